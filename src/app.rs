@@ -1,0 +1,67 @@
+//! The application state shared by every request: a cheap handle (`Arc<App>`) to the config, the store, the
+//! clock, the IdP and the forwarder. Built once, before the listener accepts anything.
+
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::idp::{Idp, IdpError};
+use crate::oauth::metadata::{self, Metadata};
+use crate::proxy::Forwarder;
+use crate::store::Store;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Idp(#[from] IdpError),
+    #[error("upstream client: {0}")]
+    Upstream(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Everything a request handler needs.
+pub struct App {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub clock: Clock,
+    pub idp: Arc<Idp>,
+    pub forwarder: Forwarder,
+    pub metadata: Metadata,
+    /// The RFC 9728 metadata URL used in `WWW-Authenticate`.
+    pub resource_metadata: String,
+    /// Values accepted for RFC 8707 `resource`: the resource URL (with and without a trailing slash) and the
+    /// public origin.
+    pub resources: Vec<String>,
+}
+
+impl App {
+    /// Builds the state; an `oidc` IdP is discovered here.
+    pub async fn new(config: Config, clock: Clock) -> Result<Arc<Self>, StartError> {
+        let idp = Idp::from_config(&config).await?;
+        Self::with_idp(config, clock, idp)
+    }
+
+    /// Builds the state around an existing IdP.
+    pub fn with_idp(config: Config, clock: Clock, idp: Arc<Idp>) -> Result<Arc<Self>, StartError> {
+        let forwarder = Forwarder::new(&config.upstream, config.is_https())?;
+        let resource = config.resource_url();
+        let resources = vec![
+            resource.clone(),
+            format!("{resource}/"),
+            config.server.public_url.clone(),
+            format!("{}/", config.server.public_url),
+        ];
+        Ok(Arc::new(Self {
+            metadata: Metadata::build(&config),
+            resource_metadata: metadata::resource_metadata_url(&config),
+            resources,
+            store: Arc::new(Store::new()),
+            clock,
+            idp,
+            forwarder,
+            config,
+        }))
+    }
+}

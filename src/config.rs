@@ -1,0 +1,739 @@
+//! Configuration: `proxy.toml` → raw serde structs (`deny_unknown_fields`) → a validated [`Config`].
+//!
+//! Every error names the config key it is about (`idp.tenant`, `tokens.access_ttl`, …). Secrets may come from the
+//! environment, read through a function that tests can feed without touching the process environment:
+//! `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET` override the `azure` keys, `OIDC_CLIENT_SECRET`
+//! the `oidc` client secret.
+//!
+//! Invariants of a validated config: `public_url` is an origin (scheme, host, port; no path, query or fragment)
+//! and is the issuer verbatim; plain HTTP is served on a non-loopback address only with
+//! `server.behind_tls_terminator = true`; IdP issuers are https except on loopback.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+/// The shipped `proxy.toml`: local login on loopback, the embedded default.
+pub const DEFAULT_CONFIG: &str = include_str!("../proxy.toml");
+
+/// A config error that names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config is not valid TOML for dcr-proxy: {0}")]
+    Parse(String),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub idp: IdpConfig,
+    pub tokens: TokenConfig,
+    pub registration: RegistrationConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// The issuer and base of every advertised URL: an origin without a trailing slash.
+    pub public_url: String,
+    pub tls: Option<TlsConfig>,
+    pub behind_tls_terminator: bool,
+    /// Deadline for in-flight requests (SSE streams included) after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Base URL; a request for `/p?q` goes to `<url>/p?q`.
+    pub url: Url,
+    /// The protected resource's path, advertised in RFC 9728 metadata.
+    pub resource_path: String,
+    pub connect_timeout: Duration,
+    /// Time allowed until the upstream's response headers; the body then streams for as long as it needs.
+    pub response_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdpConfig {
+    pub provider: IdpProvider,
+    /// Scopes asked of the IdP; also the scopes offered to MCP clients.
+    pub scopes: Vec<String>,
+    /// Timeout of every call to the IdP.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum IdpProvider {
+    /// Microsoft Entra ID v2.0 endpoints under `<authority>/<tenant>/`.
+    Azure {
+        authority: Url,
+        tenant: String,
+        client_id: String,
+        client_secret: SecretString,
+    },
+    /// Any OpenID Connect provider, by discovery at `<issuer>/.well-known/openid-configuration`.
+    Oidc {
+        issuer: Url,
+        client_id: String,
+        client_secret: Option<SecretString>,
+    },
+    /// The built-in login page with users from the config.
+    Local { users: Vec<LocalUser> },
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalUser {
+    pub username: String,
+    /// PHC string (`$argon2id$…`).
+    pub password_hash: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub code_ttl: Duration,
+    /// Lifetime of a pending authorization (consent, IdP round trip).
+    pub pending_ttl: Duration,
+    /// Window in which a replay of a just-rotated refresh token returns the same new pair.
+    pub refresh_grace: Duration,
+    /// The upstream access token is refreshed this long before it expires.
+    pub upstream_refresh_margin: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistrationConfig {
+    /// Largest accepted registration body.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+// ---- raw TOML ------------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    upstream: RawUpstream,
+    idp: RawIdp,
+    #[serde(default)]
+    tokens: RawTokens,
+    #[serde(default)]
+    registration: RawRegistration,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    public_url: String,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    behind_tls_terminator: bool,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: String,
+    #[serde(default = "default_resource_path")]
+    resource_path: String,
+    connect_timeout: Option<String>,
+    response_timeout: Option<String>,
+}
+
+fn default_resource_path() -> String {
+    "/mcp".to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdp {
+    kind: String,
+    scopes: Option<Vec<String>>,
+    timeout: Option<String>,
+    // azure
+    authority: Option<String>,
+    tenant: Option<String>,
+    // azure + oidc
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    // oidc
+    issuer: Option<String>,
+    // local
+    #[serde(default)]
+    users: Vec<RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    username: String,
+    password_hash: String,
+    email: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    access_ttl: Option<String>,
+    refresh_ttl: Option<String>,
+    code_ttl: Option<String>,
+    pending_ttl: Option<String>,
+    refresh_grace: Option<String>,
+    upstream_refresh_margin: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRegistration {
+    max_body_bytes: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<LogFormat>,
+    filter: Option<String>,
+}
+
+// ---- validation ----------------------------------------------------------------------------------------------
+
+impl Config {
+    /// Reads and validates a config file, with secrets from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates config text; `env` looks up environment overrides.
+    pub fn from_toml(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let server = validate_server(raw.server)?;
+        let upstream = validate_upstream(raw.upstream)?;
+        let idp = validate_idp(raw.idp, &env)?;
+        let tokens = validate_tokens(raw.tokens)?;
+        let registration = RegistrationConfig {
+            max_body_bytes: raw.registration.max_body_bytes.unwrap_or(16 * 1024),
+        };
+        let log = LogConfig {
+            format: raw.log.format.unwrap_or(LogFormat::Text),
+            filter: raw.log.filter.unwrap_or_else(|| "info".to_owned()),
+        };
+        Ok(Self {
+            server,
+            upstream,
+            idp,
+            tokens,
+            registration,
+            log,
+        })
+    }
+
+    /// The redirect URI registered at the IdP: `<public_url>/callback`.
+    pub fn callback_url(&self) -> String {
+        format!("{}/callback", self.server.public_url)
+    }
+
+    /// The protected resource's public URL (RFC 9728 `resource`).
+    pub fn resource_url(&self) -> String {
+        format!("{}{}", self.server.public_url, self.upstream.resource_path)
+    }
+
+    /// Whether cookies must carry `Secure` (and may use the `__Host-` prefix).
+    pub fn is_https(&self) -> bool {
+        self.server.public_url.starts_with("https://")
+    }
+}
+
+fn duration(
+    key: &'static str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => humantime::parse_duration(&text).map_err(|e| {
+            invalid(
+                key,
+                format!("`{text}` is not a duration like \"10m\" or \"30d\": {e}"),
+            )
+        }),
+    }
+}
+
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
+    let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+        invalid(
+            "server.listen",
+            format!("`{}` is not an address like 127.0.0.1:8080", raw.listen),
+        )
+    })?;
+    let url = Url::parse(&raw.public_url).map_err(|e| {
+        invalid(
+            "server.public_url",
+            format!("`{}` is not a URL: {e}", raw.public_url),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid(
+            "server.public_url",
+            "must be an http:// or https:// URL with a host",
+        ));
+    }
+    if url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+    {
+        return Err(invalid(
+            "server.public_url",
+            "must be an origin such as https://mcp.example.com (no path, query, fragment or user)",
+        ));
+    }
+    if url.scheme() == "http" && !is_loopback_host(&url) && !raw.behind_tls_terminator {
+        return Err(invalid(
+            "server.public_url",
+            "http:// is allowed only on loopback; use https:// or set server.behind_tls_terminator = true",
+        ));
+    }
+    let public_url = url.as_str().trim_end_matches('/').to_owned();
+    let tls = raw.tls.map(|t| TlsConfig {
+        cert: t.cert,
+        key: t.key,
+    });
+    if tls.is_none() && !listen.ip().is_loopback() && !raw.behind_tls_terminator {
+        return Err(invalid(
+            "server.listen",
+            format!(
+                "plain HTTP on the non-loopback address {listen}: configure [server.tls] or set \
+                 server.behind_tls_terminator = true"
+            ),
+        ));
+    }
+    Ok(ServerConfig {
+        listen,
+        public_url,
+        tls,
+        behind_tls_terminator: raw.behind_tls_terminator,
+        shutdown_grace: duration(
+            "server.shutdown_grace",
+            raw.shutdown_grace,
+            Duration::from_secs(10),
+        )?,
+    })
+}
+
+fn validate_upstream(raw: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+    let url = Url::parse(&raw.url)
+        .map_err(|e| invalid("upstream.url", format!("`{}` is not a URL: {e}", raw.url)))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid(
+            "upstream.url",
+            "must be an http:// or https:// URL with a host",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("upstream.url", "must not have a query or fragment"));
+    }
+    if !raw.resource_path.starts_with('/') || raw.resource_path.contains(['?', '#']) {
+        return Err(invalid(
+            "upstream.resource_path",
+            "must be a path starting with / such as \"/mcp\"",
+        ));
+    }
+    Ok(UpstreamConfig {
+        url,
+        resource_path: raw.resource_path,
+        connect_timeout: duration(
+            "upstream.connect_timeout",
+            raw.connect_timeout,
+            Duration::from_secs(5),
+        )?,
+        response_timeout: duration(
+            "upstream.response_timeout",
+            raw.response_timeout,
+            Duration::from_secs(60),
+        )?,
+    })
+}
+
+fn required(key: &'static str, value: Option<String>) -> Result<String, ConfigError> {
+    match value {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(invalid(key, "is required for this idp.kind")),
+    }
+}
+
+fn validate_idp(
+    raw: RawIdp,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<IdpConfig, ConfigError> {
+    let timeout = duration("idp.timeout", raw.timeout, Duration::from_secs(10))?;
+    let provider = match raw.kind.as_str() {
+        "azure" => {
+            let authority_text = raw
+                .authority
+                .unwrap_or_else(|| "https://login.microsoftonline.com".to_owned());
+            let authority = Url::parse(&authority_text).map_err(|e| {
+                invalid(
+                    "idp.authority",
+                    format!("`{authority_text}` is not a URL: {e}"),
+                )
+            })?;
+            if authority.scheme() != "https"
+                && !(authority.scheme() == "http" && is_loopback_host(&authority))
+            {
+                return Err(invalid(
+                    "idp.authority",
+                    "must be https (http only on loopback, for tests)",
+                ));
+            }
+            let tenant = required("idp.tenant", env("AZURE_TENANT_ID").or(raw.tenant))?;
+            if !tenant
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+            {
+                return Err(invalid(
+                    "idp.tenant",
+                    "must be a tenant id, domain, `common` or `organizations`",
+                ));
+            }
+            let client_id = required("idp.client_id", env("AZURE_CLIENT_ID").or(raw.client_id))?;
+            let client_secret = required(
+                "idp.client_secret",
+                env("AZURE_CLIENT_SECRET").or(raw.client_secret),
+            )
+            .map_err(|_| {
+                invalid(
+                    "idp.client_secret",
+                    "is required: set AZURE_CLIENT_SECRET in the environment",
+                )
+            })?;
+            IdpProvider::Azure {
+                authority,
+                tenant,
+                client_id,
+                client_secret: SecretString::from(client_secret),
+            }
+        }
+        "oidc" => {
+            let issuer_text = required("idp.issuer", raw.issuer)?;
+            let issuer = Url::parse(&issuer_text)
+                .map_err(|e| invalid("idp.issuer", format!("`{issuer_text}` is not a URL: {e}")))?;
+            if issuer.scheme() != "https"
+                && !(issuer.scheme() == "http" && is_loopback_host(&issuer))
+            {
+                return Err(invalid(
+                    "idp.issuer",
+                    "must be https (http only on loopback)",
+                ));
+            }
+            let client_id = required("idp.client_id", raw.client_id)?;
+            let client_secret = env("OIDC_CLIENT_SECRET")
+                .or(raw.client_secret)
+                .map(SecretString::from);
+            IdpProvider::Oidc {
+                issuer,
+                client_id,
+                client_secret,
+            }
+        }
+        "local" => {
+            if raw.users.is_empty() {
+                return Err(invalid(
+                    "idp.users",
+                    "local login needs at least one [[idp.users]] entry",
+                ));
+            }
+            let mut users = Vec::with_capacity(raw.users.len());
+            for u in raw.users {
+                if u.username.is_empty() {
+                    return Err(invalid("idp.users.username", "must not be empty"));
+                }
+                if argon2::PasswordHash::new(&u.password_hash).is_err() {
+                    return Err(invalid(
+                        "idp.users.password_hash",
+                        format!(
+                            "user `{}`: not a PHC hash; create one with `dcr-proxy hash-password`",
+                            u.username
+                        ),
+                    ));
+                }
+                users.push(LocalUser {
+                    username: u.username,
+                    password_hash: u.password_hash,
+                    email: u.email,
+                    name: u.name,
+                });
+            }
+            IdpProvider::Local { users }
+        }
+        other => {
+            return Err(invalid(
+                "idp.kind",
+                format!("`{other}` is not one of \"azure\", \"oidc\", \"local\""),
+            ));
+        }
+    };
+    let scopes = match raw.scopes {
+        Some(s) => s,
+        None => match provider {
+            IdpProvider::Azure { .. } => {
+                vec!["openid", "profile", "email", "offline_access", "User.Read"]
+            }
+            IdpProvider::Oidc { .. } => vec!["openid", "profile", "email", "offline_access"],
+            IdpProvider::Local { .. } => vec!["openid", "profile", "email"],
+        }
+        .into_iter()
+        .map(str::to_owned)
+        .collect(),
+    };
+    if scopes.is_empty() {
+        return Err(invalid("idp.scopes", "must name at least one scope"));
+    }
+    if let Some(bad) = scopes
+        .iter()
+        .find(|s| s.is_empty() || !s.chars().all(is_scope_char))
+    {
+        return Err(invalid(
+            "idp.scopes",
+            format!("`{bad}` is not a valid scope token (RFC 6749 §3.3)"),
+        ));
+    }
+    Ok(IdpConfig {
+        provider,
+        scopes,
+        timeout,
+    })
+}
+
+/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+pub fn is_scope_char(c: char) -> bool {
+    matches!(c, '\x21' | '\x23'..='\x5B' | '\x5D'..='\x7E')
+}
+
+fn validate_tokens(raw: RawTokens) -> Result<TokenConfig, ConfigError> {
+    let t = TokenConfig {
+        access_ttl: duration(
+            "tokens.access_ttl",
+            raw.access_ttl,
+            Duration::from_secs(3600),
+        )?,
+        refresh_ttl: duration(
+            "tokens.refresh_ttl",
+            raw.refresh_ttl,
+            Duration::from_secs(30 * 86400),
+        )?,
+        code_ttl: duration("tokens.code_ttl", raw.code_ttl, Duration::from_secs(600))?,
+        pending_ttl: duration(
+            "tokens.pending_ttl",
+            raw.pending_ttl,
+            Duration::from_secs(600),
+        )?,
+        refresh_grace: duration(
+            "tokens.refresh_grace",
+            raw.refresh_grace,
+            Duration::from_secs(10),
+        )?,
+        upstream_refresh_margin: duration(
+            "tokens.upstream_refresh_margin",
+            raw.upstream_refresh_margin,
+            Duration::from_secs(120),
+        )?,
+    };
+    if t.access_ttl.as_secs() == 0 {
+        return Err(invalid("tokens.access_ttl", "must be at least one second"));
+    }
+    if t.code_ttl.as_secs() == 0 || t.code_ttl > Duration::from_secs(600) {
+        return Err(invalid(
+            "tokens.code_ttl",
+            "must be between 1s and 10m (RFC 6749 §4.1.2)",
+        ));
+    }
+    Ok(t)
+}
+
+/// Whether an IP is loopback, for the plain-HTTP rule.
+pub fn is_loopback_ip(ip: IpAddr) -> bool {
+    ip.is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const AZURE: &str = r#"
+        [server]
+        listen = "127.0.0.1:8080"
+        public_url = "http://127.0.0.1:8080/"
+        [upstream]
+        url = "http://127.0.0.1:3000"
+        [idp]
+        kind = "azure"
+        tenant = "common"
+        client_id = "app"
+    "#;
+
+    fn err_key(text: &str, env: impl Fn(&str) -> Option<String>) -> String {
+        match Config::from_toml(text, env) {
+            Err(ConfigError::Invalid { key, .. }) => key.to_owned(),
+            Err(other) => format!("other: {other}"),
+            Ok(_) => "ok".to_owned(),
+        }
+    }
+
+    #[test]
+    fn embedded_default_config_is_valid() {
+        let c = Config::from_toml(DEFAULT_CONFIG, no_env).map_err(|e| e.to_string());
+        assert!(c.is_ok(), "{c:?}");
+    }
+
+    #[test]
+    fn azure_secret_comes_from_env_and_missing_secret_names_the_key() {
+        assert_eq!(err_key(AZURE, no_env), "idp.client_secret");
+        let c = Config::from_toml(AZURE, |k| {
+            (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned())
+        });
+        let c = c.map_err(|e| e.to_string());
+        assert!(c.is_ok(), "{c:?}");
+        if let Ok(c) = c {
+            assert_eq!(c.server.public_url, "http://127.0.0.1:8080");
+        }
+    }
+
+    #[test]
+    fn env_overrides_tenant() {
+        let c = Config::from_toml(AZURE, |k| match k {
+            "AZURE_CLIENT_SECRET" => Some("s".into()),
+            "AZURE_TENANT_ID" => Some("contoso.onmicrosoft.com".into()),
+            _ => None,
+        });
+        match c.map(|c| c.idp.provider) {
+            Ok(IdpProvider::Azure { tenant, .. }) => assert_eq!(tenant, "contoso.onmicrosoft.com"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        assert_eq!(
+            err_key(&AZURE.replace("127.0.0.1:8080\"\n", "nope\"\n"), secret),
+            "server.listen"
+        );
+        assert_eq!(
+            err_key(
+                &AZURE.replace("http://127.0.0.1:8080/", "http://example.com"),
+                secret
+            ),
+            "server.public_url"
+        );
+        assert_eq!(
+            err_key(
+                &AZURE.replace("http://127.0.0.1:8080/", "https://x.example/base"),
+                secret
+            ),
+            "server.public_url"
+        );
+        assert_eq!(
+            err_key(&AZURE.replace("\"azure\"", "\"saml\""), secret),
+            "idp.kind"
+        );
+        assert_eq!(
+            err_key(&format!("{AZURE}\n[tokens]\naccess_ttl = \"soon\""), secret),
+            "tokens.access_ttl"
+        );
+        assert_eq!(
+            err_key(&AZURE.replace("tenant = \"common\"", ""), secret),
+            "idp.tenant"
+        );
+        assert_eq!(
+            err_key(
+                &AZURE.replace("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:8080\""),
+                secret
+            ),
+            "server.listen"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let text = AZURE.replace("[idp]", "[idp]\ntennant = \"x\"");
+        match Config::from_toml(&text, no_env) {
+            Err(ConfigError::Parse(msg)) => assert!(msg.contains("tennant"), "{msg}"),
+            other => panic!("unexpected {:?}", other.map(|_| ())),
+        }
+    }
+}

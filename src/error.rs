@@ -1,0 +1,332 @@
+//! Every error a request can end in, and the one place that turns it into an HTTP response.
+//!
+//! - OAuth errors are RFC 6749 §5.2 JSON (`error`, `error_description`) with `Cache-Control: no-store`;
+//!   `invalid_client` is 401 with `WWW-Authenticate: Basic` (§5.2), the others 400. RFC 7591 §3.2.2 registration
+//!   errors use the same shape.
+//! - A missing or bad bearer token is 401 with `WWW-Authenticate: Bearer resource_metadata="…"` and, for a bad
+//!   token, `error="invalid_token"` (RFC 6750 §3, RFC 9728 §5.1).
+//! - An `/authorize` request whose client or redirect URI cannot be trusted is shown as an HTML page, never
+//!   redirected (RFC 6749 §4.1.2.1); other authorization errors go back to the client's redirect URI.
+//! - Anything unexpected is one 500 and one warning in the log, with no detail in the body.
+//!
+//! Descriptions never contain a token, code or secret: they are built from constant text and from names of
+//! fields, never from the values of secret fields.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::http::{html, json_response, Body};
+
+/// RFC 6749 §4.1.2.1, §5.2; RFC 7591 §3.2.2; RFC 8707 §2 error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// RFC 6749 §5.2: missing, repeated or malformed parameter.
+    InvalidRequest,
+    /// RFC 6749 §5.2: client authentication failed or client unknown.
+    InvalidClient,
+    /// RFC 6749 §5.2: code or refresh token invalid, expired, revoked, or issued to another client.
+    InvalidGrant,
+    /// RFC 6749 §5.2: the client may not use this grant type.
+    UnauthorizedClient,
+    /// RFC 6749 §5.2.
+    UnsupportedGrantType,
+    /// RFC 6749 §5.2 / §4.1.2.1.
+    InvalidScope,
+    /// RFC 8707 §2: the `resource` is not this proxy's.
+    InvalidTarget,
+    /// RFC 6749 §4.1.2.1.
+    UnsupportedResponseType,
+    /// RFC 6749 §4.1.2.1.
+    AccessDenied,
+    /// RFC 6749 §4.1.2.1.
+    ServerError,
+    /// RFC 6749 §4.1.2.1.
+    TemporarilyUnavailable,
+    /// RFC 7591 §3.2.2.
+    InvalidRedirectUri,
+    /// RFC 7591 §3.2.2.
+    InvalidClientMetadata,
+    /// OpenID Connect Core §3.1.2.6, passed through from the IdP.
+    LoginRequired,
+    InteractionRequired,
+    ConsentRequired,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidGrant => "invalid_grant",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope => "invalid_scope",
+            Self::InvalidTarget => "invalid_target",
+            Self::UnsupportedResponseType => "unsupported_response_type",
+            Self::AccessDenied => "access_denied",
+            Self::ServerError => "server_error",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::InvalidRedirectUri => "invalid_redirect_uri",
+            Self::InvalidClientMetadata => "invalid_client_metadata",
+            Self::LoginRequired => "login_required",
+            Self::InteractionRequired => "interaction_required",
+            Self::ConsentRequired => "consent_required",
+        }
+    }
+
+    /// Reads an error code an IdP sent back to the proxy's callback.
+    pub fn from_idp(s: &str) -> Self {
+        match s {
+            "access_denied" => Self::AccessDenied,
+            "login_required" => Self::LoginRequired,
+            "interaction_required" => Self::InteractionRequired,
+            "consent_required" => Self::ConsentRequired,
+            "invalid_scope" => Self::InvalidScope,
+            "temporarily_unavailable" => Self::TemporarilyUnavailable,
+            _ => Self::ServerError,
+        }
+    }
+
+    /// The status of this error at the token or registration endpoint.
+    fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidClient => StatusCode::UNAUTHORIZED,
+            Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InvalidRequest
+            | Self::InvalidGrant
+            | Self::UnauthorizedClient
+            | Self::UnsupportedGrantType
+            | Self::InvalidScope
+            | Self::InvalidTarget
+            | Self::UnsupportedResponseType
+            | Self::AccessDenied
+            | Self::InvalidRedirectUri
+            | Self::InvalidClientMetadata
+            | Self::LoginRequired
+            | Self::InteractionRequired
+            | Self::ConsentRequired => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// An OAuth error with a human-readable description (never containing a secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {description}", code.as_str())]
+pub struct OAuthError {
+    pub code: ErrorCode,
+    pub description: String,
+}
+
+impl OAuthError {
+    pub fn new(code: ErrorCode, description: impl Into<String>) -> Self {
+        Self {
+            code,
+            description: description.into(),
+        }
+    }
+    pub fn invalid_request(d: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, d)
+    }
+    pub fn invalid_client(d: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidClient, d)
+    }
+    pub fn invalid_grant(d: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidGrant, d)
+    }
+}
+
+/// Why a bearer token was refused (RFC 6750 §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerProblem {
+    /// No credentials: the challenge carries no `error` (RFC 6750 §3.1).
+    Missing,
+    /// Unknown, expired, revoked or malformed.
+    InvalidToken,
+    /// Sent somewhere other than the Authorization header (query string); RFC 6750 §3.1 `invalid_request`.
+    InvalidRequest,
+}
+
+/// A request's error. `into_response` is the only place an error becomes a response.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
+    #[error("unsupported media type, expected {expected}")]
+    UnsupportedMediaType { expected: &'static str },
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("bearer token refused: {problem:?}")]
+    Unauthorized {
+        problem: BearerProblem,
+        resource_metadata: String,
+    },
+    /// An error shown to the user in the browser, never redirected.
+    #[error("{title}: {message}")]
+    Page {
+        status: StatusCode,
+        title: &'static str,
+        message: String,
+    },
+    /// An authorization error sent back to the client's (already validated) redirect URI.
+    #[error("authorization error redirected to the client: {}", error.code.as_str())]
+    Redirect {
+        redirect_uri: String,
+        error: OAuthError,
+        state: Option<String>,
+        issuer: String,
+    },
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    #[error("upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn page(status: StatusCode, title: &'static str, message: impl Into<String>) -> Self {
+        Self::Page {
+            status,
+            title,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::OAuth(e) => e.code.status(),
+            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized { problem, .. } => match problem {
+                BearerProblem::InvalidRequest => StatusCode::BAD_REQUEST,
+                BearerProblem::Missing | BearerProblem::InvalidToken => StatusCode::UNAUTHORIZED,
+            },
+            Self::Page { status, .. } => *status,
+            Self::Redirect { .. } => StatusCode::FOUND,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Builds the response; logs once for the errors an operator must see.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        match self {
+            Self::OAuth(e) => {
+                let mut resp = oauth_json(status, e.code.as_str(), &e.description);
+                if e.code == ErrorCode::InvalidClient {
+                    resp.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"dcr-proxy\""),
+                    );
+                }
+                resp
+            }
+            Self::UnsupportedMediaType { expected } => oauth_json(
+                status,
+                "invalid_request",
+                &format!("Content-Type must be {expected}"),
+            ),
+            Self::PayloadTooLarge { limit } => oauth_json(
+                status,
+                "invalid_request",
+                &format!("request body exceeds {limit} bytes"),
+            ),
+            Self::Unauthorized {
+                problem,
+                resource_metadata,
+            } => {
+                let challenge = match problem {
+                    BearerProblem::Missing => format!("Bearer resource_metadata=\"{resource_metadata}\""),
+                    BearerProblem::InvalidToken => format!(
+                        "Bearer resource_metadata=\"{resource_metadata}\", error=\"invalid_token\", \
+                         error_description=\"The access token is invalid or expired\""
+                    ),
+                    BearerProblem::InvalidRequest => format!(
+                        "Bearer resource_metadata=\"{resource_metadata}\", error=\"invalid_request\", \
+                         error_description=\"Send the access token in the Authorization header\""
+                    ),
+                };
+                let (code, desc) = match problem {
+                    BearerProblem::Missing => ("invalid_token", "authorization required"),
+                    BearerProblem::InvalidToken => {
+                        ("invalid_token", "the access token is invalid or expired")
+                    }
+                    BearerProblem::InvalidRequest => (
+                        "invalid_request",
+                        "send the access token in the Authorization header",
+                    ),
+                };
+                let mut resp = oauth_json(status, code, desc);
+                if let Ok(v) = HeaderValue::try_from(challenge) {
+                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+                resp
+            }
+            Self::Page {
+                status,
+                title,
+                message,
+            } => html::error_page(status, title, &message),
+            Self::Redirect {
+                redirect_uri,
+                error,
+                state,
+                issuer,
+            } => {
+                let mut params = vec![
+                    ("error", error.code.as_str()),
+                    ("error_description", &error.description),
+                ];
+                if let Some(s) = &state {
+                    params.push(("state", s));
+                }
+                params.push(("iss", &issuer));
+                crate::http::redirect(&crate::http::append_query(&redirect_uri, &params))
+            }
+            Self::NotFound => json_response(status, &serde_json::json!({"error": "not_found"})),
+            Self::MethodNotAllowed { allow } => {
+                let mut resp =
+                    json_response(status, &serde_json::json!({"error": "method_not_allowed"}));
+                resp.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                resp
+            }
+            Self::UpstreamUnavailable(reason) => {
+                tracing::warn!(%reason, "upstream unavailable");
+                json_response(
+                    status,
+                    &serde_json::json!({"error": "bad_gateway", "error_description": "the upstream service is unavailable"}),
+                )
+            }
+            Self::UpstreamTimeout => {
+                tracing::warn!("upstream timed out");
+                json_response(
+                    status,
+                    &serde_json::json!({"error": "gateway_timeout", "error_description": "the upstream service did not answer in time"}),
+                )
+            }
+            Self::Internal(reason) => {
+                tracing::warn!(%reason, "internal error");
+                json_response(status, &serde_json::json!({"error": "server_error"}))
+            }
+        }
+    }
+}
+
+/// RFC 6749 §5.2 JSON with the no-store headers of §5.1.
+fn oauth_json(status: StatusCode, code: &str, description: &str) -> Response<Body> {
+    let mut resp = json_response(
+        status,
+        &serde_json::json!({"error": code, "error_description": description}),
+    );
+    crate::http::no_store(&mut resp);
+    resp
+}

@@ -1,0 +1,130 @@
+//! HTTP plumbing shared by the handlers: the response body type, size-limited body reading, parameter parsing
+//! (form and query, with repeated parameters refused), HTML pages and small response builders.
+
+pub mod html;
+pub mod params;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt as _, Empty, Full, Limited};
+
+use crate::error::Error;
+
+/// The body of every response the server sends: fixed bytes, or a streamed upstream body.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749 §5.1).
+pub fn no_store(resp: &mut Response<Body>) {
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// A 302 to `location`. A location that is not a valid header value becomes a 500.
+pub fn redirect(location: &str) -> Response<Body> {
+    match HeaderValue::try_from(location) {
+        Ok(v) => {
+            let mut resp = Response::new(empty());
+            *resp.status_mut() = StatusCode::FOUND;
+            resp.headers_mut().insert(header::LOCATION, v);
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        Err(_) => {
+            Error::Internal("redirect location is not a valid header value".into()).into_response()
+        }
+    }
+}
+
+/// Appends query parameters to a URI that may already have a query (RFC 6749 §3.1.2 keeps existing ones).
+pub fn append_query(uri: &str, params: &[(&str, &str)]) -> String {
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        ser.append_pair(k, v);
+    }
+    let query = ser.finish();
+    let (base, fragment) = match uri.split_once('#') {
+        Some((b, _)) => (b, ""),
+        None => (uri, ""),
+    };
+    let sep = if base.contains('?') {
+        if base.ends_with('?') || base.ends_with('&') {
+            ""
+        } else {
+            "&"
+        }
+    } else {
+        "?"
+    };
+    format!("{base}{sep}{query}{fragment}")
+}
+
+/// Whether the request's Content-Type is `expected` (parameters such as `charset` ignored).
+pub fn has_content_type(headers: &HeaderMap, expected: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case(expected))
+}
+
+/// Reads a whole request body, refusing more than `limit` bytes with 413.
+pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, Error>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(Error::PayloadTooLarge { limit })
+        }
+        Err(e) => Err(Error::OAuth(crate::error::OAuthError::invalid_request(
+            format!("could not read the request body: {e}"),
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_query_keeps_existing_query_and_drops_fragment() {
+        assert_eq!(
+            append_query("https://a/cb", &[("code", "x y")]),
+            "https://a/cb?code=x+y"
+        );
+        assert_eq!(
+            append_query("https://a/cb?k=1", &[("code", "c")]),
+            "https://a/cb?k=1&code=c"
+        );
+        assert_eq!(
+            append_query("https://a/cb#f", &[("e", "1")]),
+            "https://a/cb?e=1"
+        );
+    }
+}

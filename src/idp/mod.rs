@@ -1,0 +1,113 @@
+//! Upstream identity providers: where the user really logs in.
+//!
+//! - [`oidc`]: any OpenID Connect provider, endpoints by discovery; also the engine behind the Azure preset.
+//! - [`azure`]: Microsoft Entra ID v2.0 endpoints computed from the tenant (see `shared/AZURE.md`): the client's
+//!   `resource` is never forwarded (AADSTS9010010), scopes come from config, the newest refresh token is kept,
+//!   Graph access tokens are treated as opaque (only the id_token is validated), `error` is branched on, never the
+//!   AADSTS text, which is kept for the operator's log.
+//! - [`local`]: a built-in login page with argon2-hashed users from the config, for development.
+//!
+//! Toward the IdP the proxy is one confidential client with its own `state` and its own PKCE (S256).
+
+pub mod azure;
+pub mod local;
+pub mod oidc;
+
+use std::sync::Arc;
+
+use crate::clock::UnixTime;
+use crate::config::{Config, IdpProvider};
+use crate::store::{UpstreamLogin, UpstreamTokens};
+
+/// An IdP call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdpError {
+    /// The IdP answered with an OAuth error.
+    #[error("identity provider refused the request: {error} (HTTP {status}{})", aadsts.map(|c| format!(", AADSTS{c}")).unwrap_or_default())]
+    Refused {
+        status: u16,
+        error: String,
+        aadsts: Option<u64>,
+    },
+    /// Network failure, timeout, 5xx or 429: worth trying again later.
+    #[error("identity provider unavailable: {0}")]
+    Unavailable(String),
+    /// The IdP's answer broke the protocol (bad JSON, an id_token that does not validate).
+    #[error("identity provider answer rejected: {0}")]
+    Protocol(String),
+    /// The IdP could not be set up at start (discovery failed).
+    #[error("identity provider discovery failed: {0}")]
+    Discovery(String),
+}
+
+impl IdpError {
+    /// Whether the upstream grant is dead for good (RFC 6749 §5.2 `invalid_grant`: expired, revoked, AADSTS70008,
+    /// 700082, 50173), so that the proxy's grant must end too.
+    pub fn ends_grant(&self) -> bool {
+        matches!(self, Self::Refused { error, .. } if error == "invalid_grant")
+    }
+}
+
+/// The configured identity provider.
+pub enum Idp {
+    Oidc(Box<oidc::OidcProvider>),
+    Local(local::LocalUsers),
+}
+
+impl Idp {
+    /// Builds the provider; an `oidc` provider runs discovery now, so a wrong issuer stops the start.
+    pub async fn from_config(config: &Config) -> Result<Arc<Self>, IdpError> {
+        let callback = config.callback_url();
+        let idp = match &config.idp.provider {
+            IdpProvider::Azure {
+                authority,
+                tenant,
+                client_id,
+                client_secret,
+            } => Self::Oidc(Box::new(azure::provider(
+                authority,
+                tenant,
+                client_id,
+                client_secret.clone(),
+                &config.idp,
+                callback,
+            )?)),
+            IdpProvider::Oidc {
+                issuer,
+                client_id,
+                client_secret,
+            } => Self::Oidc(Box::new(
+                oidc::OidcProvider::discover(
+                    issuer,
+                    client_id,
+                    client_secret.clone(),
+                    &config.idp,
+                    callback,
+                )
+                .await?,
+            )),
+            IdpProvider::Local { users } => Self::Local(local::LocalUsers::new(users)),
+        };
+        Ok(Arc::new(idp))
+    }
+
+    /// Refreshes upstream tokens with the current upstream refresh token. The local login has none, and a grant
+    /// without a refresh token cannot be refreshed: both are `invalid_grant`, which ends the grant.
+    pub async fn refresh(
+        &self,
+        refresh_token: Option<String>,
+        now: UnixTime,
+    ) -> Result<UpstreamTokens, IdpError> {
+        match (self, refresh_token) {
+            (Self::Oidc(p), Some(rt)) => p.refresh(&rt, now).await,
+            (Self::Oidc(_), None) | (Self::Local(_), _) => Err(IdpError::Refused {
+                status: 400,
+                error: "invalid_grant".into(),
+                aadsts: None,
+            }),
+        }
+    }
+}
+
+/// The result of a completed upstream login, before the proxy's code is minted.
+pub type LoginResult = Result<UpstreamLogin, IdpError>;

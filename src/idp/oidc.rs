@@ -1,0 +1,573 @@
+//! OpenID Connect client toward the upstream IdP (OIDC Core §3.1, OIDC Discovery §4, RFC 6749 §4.1, §6).
+//!
+//! - Discovery: `<issuer>/.well-known/openid-configuration`, whose `issuer` must equal the configured one.
+//! - Authorization: the proxy's own `state`, `nonce` and PKCE S256; the client's `resource` is never forwarded.
+//! - Code exchange and refresh: form POST to the token endpoint, client secret by post (or Basic when that is all
+//!   the provider supports). The newest refresh token replaces the old; a response without one keeps the old.
+//! - id_token validation: signature by `kid` from the JWKS (refetched when an unknown `kid` appears, at most once
+//!   a minute), `aud` = client id, `iss` by [`IssuerRule`], `exp`, and `nonce`. Access tokens are opaque.
+//! - No redirect is followed and every call has a timeout; the IdP's error descriptions are never shown to users.
+
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::RwLock;
+use url::Url;
+
+use super::IdpError;
+use crate::clock::UnixTime;
+use crate::config::IdpConfig;
+use crate::store::{Identity, UpstreamCredential, UpstreamLogin, UpstreamTokens};
+
+/// Which provider quirks apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Generic,
+    /// Entra ID: `response_mode=query`, `scope` sent on code redemption and refresh.
+    Azure,
+}
+
+/// How the proxy authenticates at the IdP's token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Post,
+    Basic,
+}
+
+/// How an id_token's `iss` is checked.
+#[derive(Debug, Clone)]
+pub enum IssuerRule {
+    Exact(String),
+    /// `prefix + tid + suffix`, `tid` a GUID (and equal to `tenant` when the tenant is a GUID).
+    AzureTemplate {
+        prefix: String,
+        suffix: String,
+        tenant: Option<String>,
+    },
+}
+
+impl IssuerRule {
+    fn check(&self, iss: &str, tid: Option<&str>) -> Result<(), String> {
+        match self {
+            Self::Exact(expected)
+                if expected.trim_end_matches('/') == iss.trim_end_matches('/') =>
+            {
+                Ok(())
+            }
+            Self::Exact(expected) => Err(format!("id_token issuer `{iss}` is not `{expected}`")),
+            Self::AzureTemplate {
+                prefix,
+                suffix,
+                tenant,
+            } => {
+                let tid = tid
+                    .filter(|t| super::azure::is_guid(t))
+                    .ok_or("id_token has no GUID `tid` claim")?;
+                if tenant
+                    .as_deref()
+                    .is_some_and(|t| !t.eq_ignore_ascii_case(tid))
+                {
+                    return Err(format!(
+                        "id_token tenant `{tid}` is not the configured tenant"
+                    ));
+                }
+                if iss == format!("{prefix}{tid}{suffix}") {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "id_token issuer `{iss}` does not match tenant `{tid}`"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OidcEndpoints {
+    pub authorization_endpoint: Url,
+    pub token_endpoint: Url,
+    pub jwks_uri: Option<Url>,
+}
+
+struct JwksCache {
+    keys: Option<JwkSet>,
+    fetched: Option<Instant>,
+}
+
+/// A configured OIDC provider.
+pub struct OidcProvider {
+    flavor: Flavor,
+    endpoints: OidcEndpoints,
+    issuer: IssuerRule,
+    client_id: String,
+    client_secret: Option<SecretString>,
+    client_auth: ClientAuth,
+    scopes: String,
+    callback: String,
+    http: reqwest::Client,
+    jwks: RwLock<JwksCache>,
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    token_endpoint_auth_methods_supported: Vec<String>,
+}
+
+/// The reqwest client for IdP calls: rustls, no redirects, a timeout.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, IdpError> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("dcr-proxy/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| IdpError::Discovery(format!("HTTP client: {e}")))
+}
+
+fn parse_url(field: &str, s: &str) -> Result<Url, IdpError> {
+    Url::parse(s)
+        .map_err(|e| IdpError::Discovery(format!("discovery field `{field}` is not a URL: {e}")))
+}
+
+impl OidcProvider {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        flavor: Flavor,
+        endpoints: OidcEndpoints,
+        issuer: IssuerRule,
+        client_id: String,
+        client_secret: Option<SecretString>,
+        client_auth: ClientAuth,
+        idp: &IdpConfig,
+        callback: String,
+    ) -> Result<Self, IdpError> {
+        Ok(Self {
+            flavor,
+            endpoints,
+            issuer,
+            client_id,
+            client_secret,
+            client_auth,
+            scopes: idp.scopes.join(" "),
+            callback,
+            http: http_client(idp.timeout)?,
+            jwks: RwLock::new(JwksCache {
+                keys: None,
+                fetched: None,
+            }),
+        })
+    }
+
+    /// Runs OIDC discovery for `issuer`.
+    pub async fn discover(
+        issuer: &Url,
+        client_id: &str,
+        client_secret: Option<SecretString>,
+        idp: &IdpConfig,
+        callback: String,
+    ) -> Result<Self, IdpError> {
+        let http = http_client(idp.timeout)?;
+        let issuer_text = issuer.as_str().trim_end_matches('/');
+        let url = format!("{issuer_text}/.well-known/openid-configuration");
+        let resp = http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| IdpError::Discovery(format!("GET {url}: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(IdpError::Discovery(format!(
+                "GET {url}: HTTP {}",
+                resp.status()
+            )));
+        }
+        let doc: Discovery = resp.json().await.map_err(|e| {
+            IdpError::Discovery(format!("GET {url}: not a discovery document: {e}"))
+        })?;
+        if doc.issuer.trim_end_matches('/') != issuer_text {
+            return Err(IdpError::Discovery(format!(
+                "discovery document names issuer `{}`, expected `{issuer_text}` (idp.issuer)",
+                doc.issuer
+            )));
+        }
+        let methods = &doc.token_endpoint_auth_methods_supported;
+        let client_auth = if methods.iter().any(|m| m == "client_secret_basic")
+            && !methods.iter().any(|m| m == "client_secret_post")
+        {
+            ClientAuth::Basic
+        } else {
+            ClientAuth::Post
+        };
+        let endpoints = OidcEndpoints {
+            authorization_endpoint: parse_url(
+                "authorization_endpoint",
+                &doc.authorization_endpoint,
+            )?,
+            token_endpoint: parse_url("token_endpoint", &doc.token_endpoint)?,
+            jwks_uri: doc
+                .jwks_uri
+                .as_deref()
+                .map(|u| parse_url("jwks_uri", u))
+                .transpose()?,
+        };
+        let mut p = Self::new(
+            Flavor::Generic,
+            endpoints,
+            IssuerRule::Exact(doc.issuer),
+            client_id.to_owned(),
+            client_secret,
+            client_auth,
+            idp,
+            callback,
+        )?;
+        p.http = http;
+        Ok(p)
+    }
+
+    /// The URL the user's browser is sent to.
+    pub fn authorize_url(&self, state: &str, code_challenge: &str, nonce: &str) -> String {
+        let mut url = self.endpoints.authorization_endpoint.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("client_id", &self.client_id)
+                .append_pair("response_type", "code")
+                .append_pair("redirect_uri", &self.callback)
+                .append_pair("scope", &self.scopes)
+                .append_pair("state", state)
+                .append_pair("nonce", nonce)
+                .append_pair("code_challenge", code_challenge)
+                .append_pair("code_challenge_method", "S256");
+            if self.flavor == Flavor::Azure {
+                q.append_pair("response_mode", "query");
+            }
+        }
+        url.into()
+    }
+
+    fn with_client_auth(
+        &self,
+        req: reqwest::RequestBuilder,
+        form: &mut Vec<(&str, String)>,
+    ) -> reqwest::RequestBuilder {
+        match (&self.client_secret, self.client_auth) {
+            (Some(secret), ClientAuth::Basic) => req.basic_auth(
+                form_urlencoded::byte_serialize(self.client_id.as_bytes()).collect::<String>(),
+                Some(
+                    form_urlencoded::byte_serialize(secret.expose_secret().as_bytes())
+                        .collect::<String>(),
+                ),
+            ),
+            (Some(secret), ClientAuth::Post) => {
+                form.push(("client_id", self.client_id.clone()));
+                form.push(("client_secret", secret.expose_secret().to_owned()));
+                req
+            }
+            (None, _) => {
+                form.push(("client_id", self.client_id.clone()));
+                req
+            }
+        }
+    }
+
+    async fn token_request(&self, mut form: Vec<(&str, String)>) -> Result<TokenAnswer, IdpError> {
+        let req = self
+            .http
+            .post(self.endpoints.token_endpoint.clone())
+            .header("accept", "application/json");
+        let req = self.with_client_auth(req, &mut form);
+        let resp = req.form(&form).send().await.map_err(|e| {
+            IdpError::Unavailable(if e.is_timeout() {
+                "token endpoint timed out".into()
+            } else {
+                format!("token endpoint: {e}")
+            })
+        })?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| IdpError::Unavailable(format!("token endpoint body: {e}")))?;
+        if status.is_success() {
+            return serde_json::from_slice::<TokenAnswer>(&body)
+                .map_err(|e| IdpError::Protocol(format!("token response is not valid JSON: {e}")));
+        }
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Err(IdpError::Unavailable(format!(
+                "token endpoint answered HTTP {status}"
+            )));
+        }
+        let err: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let error = err
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown_error")
+            .to_owned();
+        let aadsts = err
+            .get("error_codes")
+            .and_then(|c| c.get(0))
+            .and_then(Value::as_u64)
+            .or_else(|| {
+                aadsts_from_description(err.get("error_description").and_then(Value::as_str))
+            });
+        if error == "temporarily_unavailable" || error == "server_error" {
+            return Err(IdpError::Unavailable(format!("token endpoint: {error}")));
+        }
+        Err(IdpError::Refused {
+            status: status.as_u16(),
+            error,
+            aadsts,
+        })
+    }
+
+    /// Redeems the IdP's code (RFC 6749 §4.1.3) and validates the id_token.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        nonce: &str,
+        now: UnixTime,
+    ) -> Result<UpstreamLogin, IdpError> {
+        let mut form = vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code.to_owned()),
+            ("redirect_uri", self.callback.clone()),
+            ("code_verifier", pkce_verifier.to_owned()),
+        ];
+        if self.flavor == Flavor::Azure {
+            form.push(("scope", self.scopes.clone()));
+        }
+        let answer = self.token_request(form).await?;
+        let identity = match &answer.id_token {
+            Some(id_token) => self.validate_id_token(id_token, Some(nonce)).await?,
+            None if self.scopes.split(' ').any(|s| s == "openid") => {
+                return Err(IdpError::Protocol(
+                    "token response has no id_token although `openid` was asked".into(),
+                ))
+            }
+            None => Identity::default(),
+        };
+        let tokens = answer.into_tokens(None, now)?;
+        Ok(UpstreamLogin {
+            credential: UpstreamCredential::Tokens(tokens),
+            identity,
+        })
+    }
+
+    /// Refreshes the upstream tokens (RFC 6749 §6). Entra rotates refresh tokens without revoking the old one; the
+    /// newest is kept.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        now: UnixTime,
+    ) -> Result<UpstreamTokens, IdpError> {
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", refresh_token.to_owned()),
+        ];
+        if self.flavor == Flavor::Azure {
+            form.push(("scope", self.scopes.clone()));
+        }
+        let answer = self.token_request(form).await?;
+        answer.into_tokens(Some(refresh_token), now)
+    }
+
+    async fn jwks(&self, kid: Option<&str>) -> Result<JwkSet, IdpError> {
+        let uri = self
+            .endpoints
+            .jwks_uri
+            .clone()
+            .ok_or_else(|| IdpError::Protocol("the IdP publishes no jwks_uri".into()))?;
+        {
+            let cache = self.jwks.read().await;
+            if let (Some(keys), Some(fetched)) = (&cache.keys, cache.fetched) {
+                let known = kid.is_none_or(|k| keys.find(k).is_some());
+                if known && fetched.elapsed() < Duration::from_secs(86400) {
+                    return Ok(keys.clone());
+                }
+                if !known && fetched.elapsed() < Duration::from_secs(60) {
+                    return Ok(keys.clone());
+                }
+            }
+        }
+        let mut cache = self.jwks.write().await;
+        let resp = self
+            .http
+            .get(uri)
+            .send()
+            .await
+            .map_err(|e| IdpError::Unavailable(format!("JWKS: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(IdpError::Unavailable(format!(
+                "JWKS answered HTTP {}",
+                resp.status()
+            )));
+        }
+        let keys: JwkSet = resp
+            .json()
+            .await
+            .map_err(|e| IdpError::Protocol(format!("JWKS is not a key set: {e}")))?;
+        cache.keys = Some(keys.clone());
+        cache.fetched = Some(Instant::now());
+        Ok(keys)
+    }
+
+    /// Validates an id_token and returns who it names.
+    pub async fn validate_id_token(
+        &self,
+        id_token: &str,
+        nonce: Option<&str>,
+    ) -> Result<Identity, IdpError> {
+        let header = jsonwebtoken::decode_header(id_token)
+            .map_err(|e| IdpError::Protocol(format!("id_token header: {e}")))?;
+        if !matches!(
+            header.alg,
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::ES256
+        ) {
+            return Err(IdpError::Protocol(format!(
+                "id_token algorithm {:?} is not accepted",
+                header.alg
+            )));
+        }
+        let keys = self.jwks(header.kid.as_deref()).await?;
+        let jwk = match &header.kid {
+            Some(kid) => keys.find(kid),
+            None => keys.keys.first(),
+        }
+        .ok_or_else(|| {
+            IdpError::Protocol("id_token is signed by a key the IdP does not publish".into())
+        })?;
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|e| IdpError::Protocol(format!("JWKS key: {e}")))?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_audience(&[&self.client_id]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 120;
+        let data = jsonwebtoken::decode::<IdClaims>(id_token, &key, &validation)
+            .map_err(|e| IdpError::Protocol(format!("id_token: {e}")))?;
+        let claims = data.claims;
+        self.issuer
+            .check(&claims.iss, claims.tid.as_deref())
+            .map_err(IdpError::Protocol)?;
+        if let Some(expected) = nonce {
+            if claims.nonce.as_deref() != Some(expected) {
+                return Err(IdpError::Protocol(
+                    "id_token nonce does not match the authorization request".into(),
+                ));
+            }
+        }
+        Ok(Identity {
+            sub: claims.sub,
+            name: claims.name,
+            email: claims.email,
+            preferred_username: claims.preferred_username,
+            tid: claims.tid,
+        })
+    }
+}
+
+fn aadsts_from_description(d: Option<&str>) -> Option<u64> {
+    let rest = d?.strip_prefix("AADSTS")?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[derive(Deserialize)]
+struct IdClaims {
+    iss: String,
+    sub: String,
+    nonce: Option<String>,
+    tid: Option<String>,
+    name: Option<String>,
+    email: Option<String>,
+    preferred_username: Option<String>,
+}
+
+/// The token endpoint's JSON (RFC 6749 §5.1); `expires_in` may come as a number or a string.
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    id_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<Value>,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+impl TokenAnswer {
+    fn into_tokens(
+        self,
+        previous_refresh: Option<&str>,
+        now: UnixTime,
+    ) -> Result<UpstreamTokens, IdpError> {
+        let expires_in = match &self.expires_in {
+            Some(Value::Number(n)) => n.as_u64(),
+            Some(Value::String(s)) => s.parse().ok(),
+            _ => None,
+        }
+        .unwrap_or(3600);
+        let refresh = self
+            .refresh_token
+            .or_else(|| previous_refresh.map(str::to_owned));
+        UpstreamTokens::new(self.access_token, refresh, now + expires_in, self.scope)
+            .map_err(|e| IdpError::Protocol(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn azure_issuer_template_substitutes_tid() {
+        let tid = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        let rule = IssuerRule::AzureTemplate {
+            prefix: "https://login/".into(),
+            suffix: "/v2.0".into(),
+            tenant: None,
+        };
+        assert!(rule
+            .check(&format!("https://login/{tid}/v2.0"), Some(tid))
+            .is_ok());
+        assert!(rule
+            .check("https://login/{tenantid}/v2.0", Some(tid))
+            .is_err());
+        assert!(rule
+            .check(&format!("https://login/{tid}/v2.0"), None)
+            .is_err());
+        let pinned = IssuerRule::AzureTemplate {
+            prefix: "https://login/".into(),
+            suffix: "/v2.0".into(),
+            tenant: Some("00000000-0000-0000-0000-000000000001".into()),
+        };
+        assert!(pinned
+            .check(&format!("https://login/{tid}/v2.0"), Some(tid))
+            .is_err());
+    }
+
+    #[test]
+    fn aadsts_code_is_read_from_description() {
+        assert_eq!(
+            aadsts_from_description(Some("AADSTS70008: The provided grant has expired")),
+            Some(70008)
+        );
+        assert_eq!(aadsts_from_description(Some("nope")), None);
+    }
+}

@@ -1,0 +1,41 @@
+//! dcr-proxy: an OAuth 2.1 sidecar that lets MCP clients register themselves (RFC 7591) and log in through an
+//! identity provider that has no Dynamic Client Registration, such as Microsoft Entra ID.
+//!
+//! # Flow
+//! ```text
+//! MCP client                 dcr-proxy                               IdP (Entra ID / OIDC / local)   upstream
+//!  POST /mcp (no token) ───▶ 401 WWW-Authenticate: Bearer resource_metadata=…
+//!  GET metadata ───────────▶ RFC 9728 + RFC 8414 documents
+//!  POST /register ─────────▶ client_id (+secret)
+//!  GET /authorize ─────────▶ consent page ─approve─▶ 302 IdP /authorize (proxy's client_id, state, PKCE)
+//!                            GET /callback?code ◀──────────── user logs in
+//!                            POST IdP token endpoint ───────▶ access + refresh + id token
+//!                            302 client redirect_uri?code&state&iss
+//!  POST /token ────────────▶ opaque access + refresh token (hashes → grant → IdP tokens)
+//!  POST /mcp Bearer <ours> ▶ swap: Authorization: Bearer <IdP access token> ───────────────────────▶ streamed
+//! ```
+//!
+//! # Layout
+//! - [`config`]: `proxy.toml` → validated [`config::Config`].
+//! - [`server`]: accept loop, TLS (rustls), HTTP/1.1 + HTTP/2, graceful shutdown.
+//! - [`router`]: `match (method, path)` and the thin handlers.
+//! - [`oauth`]: the authorization server's rules, one module per endpoint.
+//! - [`idp`]: upstream identity providers (OIDC discovery, the Azure preset, local login).
+//! - [`proxy`]: bearer lookup, upstream credential (refresh, single flight), streaming forwarder.
+//! - [`store`]: the `DashMap` store of clients, codes, grants and token hashes.
+//! - [`crypto`]: random tokens, SHA-256, PKCE, AEAD. [`error`]: every error and its one response mapping.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod http;
+pub mod idp;
+pub mod oauth;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod store;

@@ -1,0 +1,126 @@
+//! The `dcr-proxy` binary: CLI → logging → config → state → bind → serve.
+
+#![forbid(unsafe_code)]
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dcr_proxy::app::App;
+use dcr_proxy::clock::Clock;
+use dcr_proxy::config::{Config, LogFormat, DEFAULT_CONFIG};
+use dcr_proxy::server;
+
+/// OAuth 2.1 sidecar: Dynamic Client Registration for MCP clients in front of Entra ID and other OIDC providers.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Path of proxy.toml; without it the embedded default (local login on 127.0.0.1:8080) is used.
+    #[arg(long, short, global = true, env = "DCR_PROXY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Serve,
+    /// Validate the config and exit; a bad key is named and the exit code is 2.
+    CheckConfig,
+    /// Read a password from standard input and print its argon2id hash for `[[idp.users]] password_hash`.
+    HashPassword,
+}
+
+fn load(cli: &Cli) -> Result<Config, String> {
+    match &cli.config {
+        Some(path) => Config::load(path).map_err(|e| format!("{}: {e}", path.display())),
+        None => Config::from_toml(DEFAULT_CONFIG, |k| std::env::var(k).ok())
+            .map_err(|e| format!("embedded default config: {e}")),
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "dcr-proxy: {message}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::HashPassword) => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() {
+                return fail("cannot read the password from standard input");
+            }
+            return match dcr_proxy::idp::local::hash_password(line.trim_end_matches(['\r', '\n'])) {
+                Ok(hash) => {
+                    let _ = writeln!(std::io::stdout(), "{hash}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&format!("hashing failed: {e}")),
+            };
+        }
+        Some(Command::CheckConfig) => {
+            return match load(&cli) {
+                Ok(_) => {
+                    let _ = writeln!(std::io::stdout(), "config OK");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            };
+        }
+        Some(Command::Serve) | None => {}
+    }
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    init_logging(&config);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            fail(&e)
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    let tls = match &config.server.tls {
+        Some(t) => Some(server::tls::acceptor(t).map_err(|e| format!("server.tls: {e}"))?),
+        None => None,
+    };
+    let listen = config.server.listen;
+    let public_url = config.server.public_url.clone();
+    let app = App::new(config, Clock::system())
+        .await
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen} (server.listen): {e}"))?;
+    tracing::info!(%listen, %public_url, tls = tls.is_some(), "dcr-proxy ready");
+    server::serve(listener, app, tls, server::shutdown_signal()).await;
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! The authorization request (RFC 6749 §4.1.1, OAuth 2.1 §4.1.1, RFC 7636, RFC 8707, RFC 9207).
+//!
+//! Order matters (RFC 6749 §4.1.2.1): the client and its redirect URI are checked first, and a failure there is
+//! shown to the user as a page, never redirected (no open redirect). Only then do other errors go back to the
+//! validated redirect URI with `error`, `state` and `iss`.
+//!
+//! Rules: `response_type=code`; `code_challenge` with `code_challenge_method=S256` required (`plain` and a missing
+//! method refused); `state` returned verbatim; `resource`, when sent, must name this proxy's protected resource.
+
+use http::StatusCode;
+
+use super::{pkce, redirect_uri, scope};
+use crate::error::{Error, ErrorCode, OAuthError};
+use crate::http::params::Params;
+use crate::store::Client;
+
+/// What the proxy knows about itself when it checks an authorization request.
+pub struct AuthorizeContext<'a> {
+    pub issuer: &'a str,
+    /// Values accepted for RFC 8707 `resource`.
+    pub resources: &'a [String],
+    pub offered_scopes: &'a [String],
+}
+
+/// A valid authorization request, ready for the consent page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationRequest {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub redirect_uri_explicit: bool,
+    pub state: Option<String>,
+    pub code_challenge: String,
+    pub scope: Vec<String>,
+    pub resource: Option<String>,
+}
+
+/// Validates `/authorize` parameters against a client looked up by `client_id`.
+pub fn validate(
+    query: &[u8],
+    lookup: impl FnOnce(&str) -> Option<std::sync::Arc<Client>>,
+    ctx: &AuthorizeContext<'_>,
+) -> Result<AuthorizationRequest, Error> {
+    let params = Params::parse(query).map_err(|e| {
+        Error::page(
+            StatusCode::BAD_REQUEST,
+            "Invalid authorization request",
+            e.description,
+        )
+    })?;
+    let client_id = params.get("client_id").ok_or_else(|| {
+        Error::page(
+            StatusCode::BAD_REQUEST,
+            "Invalid authorization request",
+            "The request has no client_id.",
+        )
+    })?;
+    let client = lookup(client_id).ok_or_else(|| {
+        Error::page(
+            StatusCode::BAD_REQUEST,
+            "Unknown client",
+            "This application is not registered with the sign-in service (or its registration expired). \
+             Reconnect it from the application so that it registers again.",
+        )
+    })?;
+    let (redirect_uri, explicit) = match params.get("redirect_uri") {
+        Some(requested) => match redirect_uri::find_match(&client.redirect_uris, requested) {
+            Some(_) => (requested.to_owned(), true),
+            None => {
+                return Err(Error::page(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid redirect URI",
+                    "The redirect_uri is not one this application registered, so the sign-in cannot continue.",
+                ))
+            }
+        },
+        None => match client.redirect_uris.as_slice() {
+            [only] => (only.clone(), false),
+            _ => {
+                return Err(Error::page(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid authorization request",
+                    "The request has no redirect_uri and the application registered several.",
+                ))
+            }
+        },
+    };
+
+    let state = params.get("state").map(str::to_owned);
+    let redirect = |code: ErrorCode, description: &str| Error::Redirect {
+        redirect_uri: redirect_uri.clone(),
+        error: OAuthError::new(code, description),
+        state: state.clone(),
+        issuer: ctx.issuer.to_owned(),
+    };
+
+    match params.get("response_type") {
+        Some("code") => {}
+        Some(_) => {
+            return Err(redirect(
+                ErrorCode::UnsupportedResponseType,
+                "response_type must be code",
+            ))
+        }
+        None => {
+            return Err(redirect(
+                ErrorCode::InvalidRequest,
+                "missing parameter `response_type`",
+            ))
+        }
+    }
+    let challenge = params.get("code_challenge").ok_or_else(|| {
+        redirect(
+            ErrorCode::InvalidRequest,
+            "code_challenge is required (PKCE with S256)",
+        )
+    })?;
+    match params.get("code_challenge_method") {
+        Some("S256") => {}
+        Some(_) | None => {
+            return Err(redirect(
+                ErrorCode::InvalidRequest,
+                "code_challenge_method must be S256; plain is not allowed",
+            ))
+        }
+    }
+    if !pkce::is_valid_s256_challenge(challenge) {
+        return Err(redirect(
+            ErrorCode::InvalidRequest,
+            "code_challenge is not a base64url SHA-256 digest",
+        ));
+    }
+    let scope = scope::resolve(params.get("scope"), ctx.offered_scopes)
+        .map_err(|e| redirect(e.code, &e.description))?;
+    let resource = match params.get("resource") {
+        Some(r) if ctx.resources.iter().any(|ok| ok == r) => Some(r.to_owned()),
+        Some(_) => {
+            return Err(redirect(
+                ErrorCode::InvalidTarget,
+                "resource is not served by this authorization server",
+            ))
+        }
+        None => None,
+    };
+    Ok(AuthorizationRequest {
+        client_id: client.client_id.clone(),
+        redirect_uri,
+        redirect_uri_explicit: explicit,
+        state,
+        code_challenge: challenge.to_owned(),
+        scope,
+        resource,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::ClientAuthMethod;
+
+    fn client() -> Arc<Client> {
+        Arc::new(Client {
+            client_id: "c1".into(),
+            secret_hash: None,
+            auth_method: ClientAuthMethod::None,
+            redirect_uris: vec!["https://app.example/cb".into()],
+            client_name: None,
+            scope: None,
+            grant_types: vec![],
+            response_types: vec![],
+            issued_at: 0,
+        })
+    }
+
+    const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+    fn run(query: &str) -> Result<AuthorizationRequest, Error> {
+        let resources = vec!["https://p.example/mcp".to_owned()];
+        let scopes = vec!["openid".to_owned()];
+        let ctx = AuthorizeContext {
+            issuer: "https://p.example",
+            resources: &resources,
+            offered_scopes: &scopes,
+        };
+        validate(query.as_bytes(), |id| (id == "c1").then(client), &ctx)
+    }
+
+    fn ok_query() -> String {
+        format!(
+            "response_type=code&client_id=c1&redirect_uri=https%3A%2F%2Fapp.example%2Fcb&state=xyz\
+             &code_challenge={CHALLENGE}&code_challenge_method=S256"
+        )
+    }
+
+    #[test]
+    fn valid_request_passes() {
+        let r = run(&ok_query()).ok();
+        assert_eq!(r.as_ref().map(|r| r.state.as_deref()), Some(Some("xyz")));
+        assert_eq!(r.map(|r| r.scope), Some(vec!["openid".to_owned()]));
+    }
+
+    #[test]
+    fn unknown_client_and_foreign_redirect_are_pages_not_redirects() {
+        assert!(matches!(
+            run(&ok_query().replace("client_id=c1", "client_id=zz")),
+            Err(Error::Page { .. })
+        ));
+        assert!(matches!(
+            run(&ok_query().replace("app.example", "evil.example")),
+            Err(Error::Page { .. })
+        ));
+        assert!(matches!(
+            run(&format!("{}&client_id=c1", ok_query())),
+            Err(Error::Page { .. })
+        ));
+    }
+
+    fn redirected_code(q: &str) -> Option<ErrorCode> {
+        match run(q) {
+            Err(Error::Redirect { error, state, .. }) => {
+                assert_eq!(state.as_deref(), Some("xyz"));
+                Some(error.code)
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn pkce_is_required_with_s256() {
+        assert_eq!(
+            redirected_code(
+                &ok_query().replace("code_challenge_method=S256", "code_challenge_method=plain")
+            ),
+            Some(ErrorCode::InvalidRequest)
+        );
+        assert_eq!(
+            redirected_code(&ok_query().replace("&code_challenge_method=S256", "")),
+            Some(ErrorCode::InvalidRequest)
+        );
+        assert_eq!(
+            redirected_code(&ok_query().replace(&format!("&code_challenge={CHALLENGE}"), "")),
+            Some(ErrorCode::InvalidRequest)
+        );
+    }
+
+    #[test]
+    fn other_errors_redirect_with_state() {
+        assert_eq!(
+            redirected_code(&ok_query().replace("response_type=code", "response_type=token")),
+            Some(ErrorCode::UnsupportedResponseType)
+        );
+        assert_eq!(
+            redirected_code(&format!(
+                "{}&resource=https%3A%2F%2Fother.example%2F",
+                ok_query()
+            )),
+            Some(ErrorCode::InvalidTarget)
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! The consent step (MCP security best practices, "confused deputy"; SPEC §4).
+//!
+//! The proxy is one static client at the IdP for every dynamically registered client, so the user must approve each
+//! client (its name, its redirect host, the scopes) before the proxy sends them to the IdP.
+//!
+//! Invariants:
+//! - The consent form carries the pending request's id and a CSRF token; both are 256-bit random values kept only
+//!   as hashes, and the CSRF token is bound to that one pending request.
+//! - The browser that sees the consent page gets a binding cookie (`__Host-dcrp` with `Secure` under https,
+//!   `dcrp` on plain-HTTP loopback; always `HttpOnly`, `SameSite=Lax`, `Path=/`). The form post and the IdP
+//!   callback are accepted only with that cookie, so a login started in one browser cannot be finished in another
+//!   (the flaw of CVE-2026-27124).
+//! - The IdP `state` is created only after consent.
+
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+
+use crate::crypto::TokenHash;
+use crate::http::html::{escape, page};
+use crate::http::Body;
+use crate::store::{Client, PendingAuthorization};
+
+/// The binding cookie's name for the scheme of `public_url`.
+pub fn cookie_name(https: bool) -> &'static str {
+    if https {
+        "__Host-dcrp"
+    } else {
+        "dcrp"
+    }
+}
+
+/// The `Set-Cookie` value for a browser binding.
+pub fn set_cookie(https: bool, value: &str, max_age_secs: u64) -> Option<HeaderValue> {
+    let secure = if https { "; Secure" } else { "" };
+    HeaderValue::try_from(format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}",
+        cookie_name(https)
+    ))
+    .ok()
+}
+
+/// Reads the binding cookie from a request.
+pub fn read_cookie(headers: &HeaderMap, https: bool) -> Option<String> {
+    let name = cookie_name(https);
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, v)| *k == name && v.len() == 43)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// Whether the request comes from the browser the pending authorization is bound to.
+pub fn is_same_browser(headers: &HeaderMap, https: bool, pending: &PendingAuthorization) -> bool {
+    read_cookie(headers, https).is_some_and(|c| pending.browser == TokenHash::of(&c))
+}
+
+fn redirect_host(uri: &str) -> String {
+    url::Url::parse(uri)
+        .ok()
+        .and_then(|u| {
+            u.host_str().map(|h| match u.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_owned(),
+            })
+        })
+        .unwrap_or_else(|| uri.to_owned())
+}
+
+/// The consent page for a pending authorization.
+pub fn render(
+    client: &Client,
+    pending: &PendingAuthorization,
+    request_id: &str,
+    csrf: &str,
+) -> Response<Body> {
+    let name = client
+        .client_name
+        .as_deref()
+        .unwrap_or("An unnamed application");
+    let scopes: String = pending
+        .scope
+        .iter()
+        .map(|s| format!("<code>{}</code> ", escape(s)))
+        .collect();
+    let body = format!(
+        "<h1>Allow {name} to access your account?</h1>\
+         <p>This application registered itself with this server and asks for access on your behalf.</p>\
+         <dl><dt>Application</dt><dd>{name}</dd>\
+         <dt>It will receive the answer at</dt><dd><code>{host}</code></dd>\
+         <dt>Permissions</dt><dd>{scopes}</dd></dl>\
+         <p>Only approve if you started this connection yourself.</p>\
+         <form method=\"post\" action=\"/consent\">\
+         <input type=\"hidden\" name=\"request\" value=\"{request}\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <button type=\"submit\" name=\"action\" value=\"approve\">Approve</button>\
+         <button type=\"submit\" name=\"action\" value=\"deny\">Deny</button></form>",
+        name = escape(name),
+        host = escape(&redirect_host(&pending.redirect_uri)),
+        request = escape(request_id),
+        csrf = escape(csrf),
+    );
+    page(StatusCode::OK, "Approve access", &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_is_host_prefixed_and_secure_only_under_https() {
+        let v = set_cookie(true, "abc", 600)
+            .map(|v| v.to_str().unwrap_or("").to_owned())
+            .unwrap_or_default();
+        assert!(v.starts_with("__Host-dcrp=abc; Path=/; HttpOnly; SameSite=Lax"));
+        assert!(v.ends_with("; Secure"));
+        let v = set_cookie(false, "abc", 600)
+            .map(|v| v.to_str().unwrap_or("").to_owned())
+            .unwrap_or_default();
+        assert!(v.starts_with("dcrp=abc") && !v.contains("Secure"));
+    }
+
+    #[test]
+    fn cookie_is_read_among_others() {
+        let mut h = HeaderMap::new();
+        let token = "a".repeat(43);
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("x=1; dcrp={token}; y=2"))
+                .unwrap_or(HeaderValue::from_static("")),
+        );
+        assert_eq!(read_cookie(&h, false), Some(token));
+        assert_eq!(read_cookie(&h, true), None);
+    }
+}

@@ -1,0 +1,69 @@
+//! Discovery documents, built once at start.
+//!
+//! - RFC 8414 §2 authorization server metadata at `/.well-known/oauth-authorization-server`, also served at
+//!   `/.well-known/openid-configuration` (clients fall back to it). The issuer is `server.public_url` verbatim.
+//! - RFC 9728 §2 protected resource metadata at `/.well-known/oauth-protected-resource` and with the resource path
+//!   inserted (§3.1), e.g. `/.well-known/oauth-protected-resource/mcp`.
+//! - RFC 9207: `authorization_response_iss_parameter_supported`, the proxy sends `iss` with every authorization
+//!   response.
+
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::config::Config;
+
+/// The serialized documents.
+#[derive(Debug, Clone)]
+pub struct Metadata {
+    pub authorization_server: Bytes,
+    pub protected_resource: Bytes,
+    /// Path of the path-inserted RFC 9728 document.
+    pub protected_resource_path: String,
+}
+
+impl Metadata {
+    pub fn build(config: &Config) -> Self {
+        let base = &config.server.public_url;
+        let scopes = &config.idp.scopes;
+        let auth_methods = ["none", "client_secret_basic", "client_secret_post"];
+        let as_doc = json!({
+            "issuer": base,
+            "authorization_endpoint": format!("{base}/authorize"),
+            "token_endpoint": format!("{base}/token"),
+            "registration_endpoint": format!("{base}/register"),
+            "revocation_endpoint": format!("{base}/revoke"),
+            "userinfo_endpoint": format!("{base}/userinfo"),
+            "scopes_supported": scopes,
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": auth_methods,
+            "revocation_endpoint_auth_methods_supported": auth_methods,
+            "authorization_response_iss_parameter_supported": true,
+        });
+        let prm_doc = json!({
+            "resource": config.resource_url(),
+            "authorization_servers": [base],
+            "scopes_supported": scopes,
+            "bearer_methods_supported": ["header"],
+            "resource_name": "dcr-proxy protected MCP server",
+        });
+        Self {
+            authorization_server: Bytes::from(as_doc.to_string()),
+            protected_resource: Bytes::from(prm_doc.to_string()),
+            protected_resource_path: format!(
+                "/.well-known/oauth-protected-resource{}",
+                config.upstream.resource_path
+            ),
+        }
+    }
+}
+
+/// The RFC 9728 metadata URL put in `WWW-Authenticate` challenges.
+pub fn resource_metadata_url(config: &Config) -> String {
+    format!(
+        "{}/.well-known/oauth-protected-resource{}",
+        config.server.public_url, config.upstream.resource_path
+    )
+}

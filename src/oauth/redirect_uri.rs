@@ -1,0 +1,96 @@
+//! Redirect URI rules.
+//!
+//! Registration (RFC 7591 §2, RFC 6749 §3.1.2, RFC 8252 §7.3/§8.3): absolute URI, no fragment, `https`, or `http`
+//! only for a loopback host (`127.0.0.1`, `[::1]`, `localhost`).
+//! Authorization (RFC 6749 §3.1.2.3, OAuth 2.1 §4.1.1): the requested URI must equal a registered one exactly,
+//! except that for a loopback `http` URI the port may differ (RFC 8252 §7.3).
+
+use url::{Host, Url};
+
+/// The longest redirect URI accepted.
+pub const MAX_LEN: usize = 2048;
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// Checks a redirect URI offered at registration; the error says what is wrong with it.
+pub fn validate_for_registration(uri: &str) -> Result<(), String> {
+    if uri.len() > MAX_LEN {
+        return Err(format!("redirect URI longer than {MAX_LEN} characters"));
+    }
+    let url = Url::parse(uri).map_err(|e| format!("`{uri}` is not an absolute URI: {e}"))?;
+    if url.fragment().is_some() || uri.contains('#') {
+        return Err(format!("`{uri}` must not contain a fragment"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("`{uri}` must not contain user information"));
+    }
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(()),
+        "http" if is_loopback(&url) => Ok(()),
+        "http" => Err(format!(
+            "`{uri}`: http is allowed only for loopback hosts (127.0.0.1, [::1], localhost)"
+        )),
+        other => Err(format!(
+            "`{uri}`: scheme `{other}` is not allowed; use https or http on loopback"
+        )),
+    }
+}
+
+/// Returns the registered URI that `requested` matches, if any.
+pub fn find_match<'a>(registered: &'a [String], requested: &str) -> Option<&'a String> {
+    if let Some(exact) = registered.iter().find(|r| r.as_str() == requested) {
+        return Some(exact);
+    }
+    let req = Url::parse(requested).ok()?;
+    if req.scheme() != "http" || !is_loopback(&req) {
+        return None;
+    }
+    registered.iter().find(|r| {
+        Url::parse(r).is_ok_and(|reg| {
+            reg.scheme() == "http"
+                && reg.host() == req.host()
+                && reg.path() == req.path()
+                && reg.query() == req.query()
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_accepts_https_and_loopback_http_only() {
+        assert!(validate_for_registration("https://claude.ai/api/mcp/auth_callback").is_ok());
+        assert!(validate_for_registration("http://127.0.0.1:33418/callback").is_ok());
+        assert!(validate_for_registration("http://localhost/cb").is_ok());
+        assert!(validate_for_registration("http://[::1]:9/cb").is_ok());
+        assert!(validate_for_registration("http://evil.example/cb").is_err());
+        assert!(validate_for_registration("https://a.example/cb#frag").is_err());
+        assert!(validate_for_registration("javascript:alert(1)").is_err());
+        assert!(validate_for_registration("/relative").is_err());
+        assert!(validate_for_registration("https://user:pw@a.example/cb").is_err());
+    }
+
+    #[test]
+    fn matching_is_exact_except_the_loopback_port() {
+        let reg = vec![
+            "https://a.example/cb".to_owned(),
+            "http://127.0.0.1:1234/callback".to_owned(),
+        ];
+        assert!(find_match(&reg, "https://a.example/cb").is_some());
+        assert!(find_match(&reg, "https://a.example/cb/").is_none());
+        assert!(find_match(&reg, "https://a.example/cb?x=1").is_none());
+        assert!(find_match(&reg, "https://a.example:444/cb").is_none());
+        assert!(find_match(&reg, "http://127.0.0.1:5555/callback").is_some());
+        assert!(find_match(&reg, "http://127.0.0.1:5555/other").is_none());
+        assert!(find_match(&reg, "http://localhost:1234/callback").is_none());
+    }
+}

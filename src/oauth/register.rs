@@ -1,0 +1,257 @@
+//! Dynamic Client Registration (RFC 7591).
+//!
+//! - §2: metadata the server does not understand is ignored; `token_endpoint_auth_method` is `none`,
+//!   `client_secret_basic` (the RFC's default) or `client_secret_post`; `grant_types` ⊆ {authorization_code,
+//!   refresh_token} (both when omitted, so that refresh works for clients that leave it out); `response_types` =
+//!   ["code"].
+//! - §3.2.1: the response echoes the registered metadata with 201; a secret (256-bit) is issued only to
+//!   confidential clients, with `client_secret_expires_at: 0`. Absent optional fields are omitted, never `null`.
+//! - §3.2.2: errors are 400 `invalid_redirect_uri` or `invalid_client_metadata`, naming the field.
+//!
+//! The client secret is returned once and kept only as its SHA-256 hash.
+
+use serde_json::{json, Map, Value};
+
+use super::redirect_uri;
+use super::scope;
+use crate::clock::UnixTime;
+use crate::crypto::{self, TokenHash};
+use crate::error::{ErrorCode, OAuthError};
+use crate::store::{Client, ClientAuthMethod};
+
+/// The most redirect URIs a client may register.
+pub const MAX_REDIRECT_URIS: usize = 20;
+/// The longest `client_name` kept.
+pub const MAX_CLIENT_NAME: usize = 200;
+
+fn metadata_error(d: impl Into<String>) -> OAuthError {
+    OAuthError::new(ErrorCode::InvalidClientMetadata, d)
+}
+
+fn redirect_error(d: impl Into<String>) -> OAuthError {
+    OAuthError::new(ErrorCode::InvalidRedirectUri, d)
+}
+
+fn string_field(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, OAuthError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(metadata_error(format!("`{name}` must be a string"))),
+    }
+}
+
+fn string_array(obj: &Map<String, Value>, name: &str) -> Result<Option<Vec<String>>, OAuthError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                _ => Err(metadata_error(format!(
+                    "`{name}` must be an array of strings"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(metadata_error(format!(
+            "`{name}` must be an array of strings"
+        ))),
+    }
+}
+
+/// A registered client and its plaintext secret (returned once).
+pub struct Registration {
+    pub client: Client,
+    pub secret: Option<String>,
+}
+
+/// Validates RFC 7591 client metadata (a parsed JSON body) and builds the client.
+pub fn register(body: &Value, now: UnixTime) -> Result<Registration, OAuthError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| metadata_error("the body must be a JSON object"))?;
+
+    let redirect_uris = string_array(obj, "redirect_uris")
+        .map_err(|_| redirect_error("`redirect_uris` must be an array of strings"))?
+        .ok_or_else(|| redirect_error("`redirect_uris` is required"))?;
+    if redirect_uris.is_empty() {
+        return Err(redirect_error("`redirect_uris` must not be empty"));
+    }
+    if redirect_uris.len() > MAX_REDIRECT_URIS {
+        return Err(redirect_error(format!(
+            "at most {MAX_REDIRECT_URIS} `redirect_uris` are accepted"
+        )));
+    }
+    for uri in &redirect_uris {
+        redirect_uri::validate_for_registration(uri).map_err(redirect_error)?;
+    }
+
+    let auth_method = match string_field(obj, "token_endpoint_auth_method")? {
+        None => ClientAuthMethod::ClientSecretBasic,
+        Some(m) => ClientAuthMethod::parse(&m).ok_or_else(|| {
+            metadata_error(format!(
+                "`token_endpoint_auth_method` `{m}` is not supported; use none, client_secret_basic or client_secret_post"
+            ))
+        })?,
+    };
+
+    let grant_types = string_array(obj, "grant_types")?
+        .unwrap_or_else(|| vec!["authorization_code".to_owned(), "refresh_token".to_owned()]);
+    if let Some(g) = grant_types
+        .iter()
+        .find(|g| !matches!(g.as_str(), "authorization_code" | "refresh_token"))
+    {
+        return Err(metadata_error(format!(
+            "grant type `{g}` in `grant_types` is not supported"
+        )));
+    }
+    if !grant_types.iter().any(|g| g == "authorization_code") {
+        return Err(metadata_error(
+            "`grant_types` must include authorization_code",
+        ));
+    }
+    let response_types =
+        string_array(obj, "response_types")?.unwrap_or_else(|| vec!["code".to_owned()]);
+    if response_types.iter().any(|r| r != "code") || response_types.is_empty() {
+        return Err(metadata_error("`response_types` must be [\"code\"]"));
+    }
+
+    let client_name = string_field(obj, "client_name")?;
+    if client_name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > MAX_CLIENT_NAME)
+    {
+        return Err(metadata_error(format!(
+            "`client_name` is longer than {MAX_CLIENT_NAME} characters"
+        )));
+    }
+    let scope = string_field(obj, "scope")?;
+    if let Some(s) = &scope {
+        scope::parse(s)
+            .map_err(|_| metadata_error("`scope` is not a space-separated list of scope tokens"))?;
+    }
+
+    let secret = (auth_method != ClientAuthMethod::None).then(crypto::random_token);
+    let client = Client {
+        client_id: crypto::random_token(),
+        secret_hash: secret.as_deref().map(TokenHash::of),
+        auth_method,
+        redirect_uris,
+        client_name,
+        scope,
+        grant_types: dedup(grant_types),
+        response_types: dedup(response_types),
+        issued_at: now,
+    };
+    Ok(Registration { client, secret })
+}
+
+fn dedup(mut v: Vec<String>) -> Vec<String> {
+    let mut seen = Vec::with_capacity(v.len());
+    v.retain(|x| {
+        let fresh = !seen.contains(x);
+        if fresh {
+            seen.push(x.clone());
+        }
+        fresh
+    });
+    v
+}
+
+/// The RFC 7591 §3.2.1 response body.
+pub fn response_body(client: &Client, secret: Option<&str>) -> Value {
+    let mut doc = json!({
+        "client_id": client.client_id,
+        "client_id_issued_at": client.issued_at,
+        "redirect_uris": client.redirect_uris,
+        "grant_types": client.grant_types,
+        "response_types": client.response_types,
+        "token_endpoint_auth_method": client.auth_method.as_str(),
+    });
+    if let Some(obj) = doc.as_object_mut() {
+        if let Some(secret) = secret {
+            obj.insert("client_secret".into(), json!(secret));
+            obj.insert("client_secret_expires_at".into(), json!(0));
+        }
+        if let Some(name) = &client.client_name {
+            obj.insert("client_name".into(), json!(name));
+        }
+        if let Some(scope) = &client.scope {
+            obj.insert("scope".into(), json!(scope));
+        }
+    }
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(body: Value) -> Option<ErrorCode> {
+        register(&body, 1).err().map(|e| e.code)
+    }
+
+    #[test]
+    fn public_client_gets_no_secret_and_optional_fields_are_omitted() {
+        let r = register(
+            &json!({"redirect_uris": ["http://127.0.0.1:9/cb"], "token_endpoint_auth_method": "none"}),
+            5,
+        );
+        let r = r.ok();
+        assert!(r.as_ref().is_some_and(|r| r.secret.is_none()));
+        if let Some(r) = r {
+            let body = response_body(&r.client, None);
+            assert!(body.get("client_secret").is_none());
+            assert!(body.get("client_name").is_none());
+            assert_eq!(
+                body["grant_types"],
+                json!(["authorization_code", "refresh_token"])
+            );
+        }
+    }
+
+    #[test]
+    fn confidential_client_secret_is_stored_hashed() {
+        let r = register(&json!({"redirect_uris": ["https://a.example/cb"]}), 5).ok();
+        let r = r.as_ref();
+        let secret = r.and_then(|r| r.secret.clone()).unwrap_or_default();
+        assert_eq!(secret.len(), 43);
+        assert!(r.is_some_and(|r| r.client.secret_hash.is_some_and(|h| h.matches(&secret))));
+        assert_eq!(
+            r.map(|r| r.client.auth_method),
+            Some(ClientAuthMethod::ClientSecretBasic)
+        );
+    }
+
+    #[test]
+    fn bad_metadata_names_the_field() {
+        assert_eq!(code(json!({})), Some(ErrorCode::InvalidRedirectUri));
+        assert_eq!(
+            code(json!({"redirect_uris": []})),
+            Some(ErrorCode::InvalidRedirectUri)
+        );
+        assert_eq!(
+            code(json!({"redirect_uris": "https://a/cb"})),
+            Some(ErrorCode::InvalidRedirectUri)
+        );
+        assert_eq!(
+            code(json!({"redirect_uris": ["http://evil.example/cb"]})),
+            Some(ErrorCode::InvalidRedirectUri)
+        );
+        assert_eq!(
+            code(
+                json!({"redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "private_key_jwt"})
+            ),
+            Some(ErrorCode::InvalidClientMetadata)
+        );
+        assert_eq!(
+            code(json!({"redirect_uris": ["https://a.example/cb"], "grant_types": ["implicit"]})),
+            Some(ErrorCode::InvalidClientMetadata)
+        );
+        assert_eq!(
+            code(json!({"redirect_uris": ["https://a.example/cb"], "client_name": 5})),
+            Some(ErrorCode::InvalidClientMetadata)
+        );
+        assert_eq!(code(json!([1, 2])), Some(ErrorCode::InvalidClientMetadata));
+    }
+}

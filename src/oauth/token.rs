@@ -1,0 +1,571 @@
+//! The token endpoint (RFC 6749 §3.2, §4.1.3, §5, §6; RFC 7636 §4.6; RFC 9700 §4.14).
+//!
+//! - Client authentication (§2.3.1): HTTP Basic (`client_secret_basic`), `client_secret` in the body
+//!   (`client_secret_post`), or `client_id` alone for public clients; using two methods at once is refused. An
+//!   unknown client or a bad secret is 401 `invalid_client`, so that clients register again.
+//! - `authorization_code`: the code is taken out of the store atomically (single use); it must belong to the
+//!   client, be unexpired, come with the same `redirect_uri` and a matching PKCE verifier. A replayed code revokes
+//!   the grant it created (§4.1.2).
+//! - `refresh_token`: rotated on every use. A replay of a rotated token within `tokens.refresh_grace` returns the
+//!   same new pair (clients such as Claude refresh from two places at once); a later replay revokes the grant.
+//! - Tokens are 256-bit random strings stored only as SHA-256 hashes; responses carry `Cache-Control: no-store`.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use http::{header, HeaderMap};
+use serde::{Deserialize, Serialize};
+
+use super::pkce;
+use super::scope;
+use crate::clock::UnixTime;
+use crate::config::TokenConfig;
+use crate::crypto::{self, Sealer, TokenHash};
+use crate::error::{ErrorCode, OAuthError};
+use crate::http::params::Params;
+use crate::store::{
+    AccessToken, Client, ClientAuthMethod, Grant, RefreshToken, Rotation, SpentCode, Store,
+};
+
+/// A successful token response (RFC 6749 §5.1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    pub scope: String,
+}
+
+/// Authenticates the client of a token, revocation or introspection request.
+pub fn authenticate_client(
+    store: &Store,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<Arc<Client>, OAuthError> {
+    let basic = match headers.get(header::AUTHORIZATION) {
+        Some(value) => Some(parse_basic(value.to_str().unwrap_or(""))?),
+        None => None,
+    };
+    let (client_id, secret, method) = match basic {
+        Some((id, secret)) => {
+            if params.get("client_secret").is_some() {
+                return Err(OAuthError::invalid_request(
+                    "use one client authentication method, not two",
+                ));
+            }
+            if params.get("client_id").is_some_and(|body_id| body_id != id) {
+                return Err(OAuthError::invalid_request(
+                    "client_id differs from the Authorization header",
+                ));
+            }
+            (id, Some(secret), ClientAuthMethod::ClientSecretBasic)
+        }
+        None => {
+            let id = params
+                .get("client_id")
+                .ok_or_else(|| OAuthError::invalid_client("client authentication is required"))?
+                .to_owned();
+            match params.get("client_secret") {
+                Some(s) => (id, Some(s.to_owned()), ClientAuthMethod::ClientSecretPost),
+                None => (id, None, ClientAuthMethod::None),
+            }
+        }
+    };
+    let client = store
+        .clients
+        .get(&client_id)
+        .map(|c| c.clone())
+        .ok_or_else(|| OAuthError::invalid_client("unknown client; register again"))?;
+    match (client.secret_hash, secret) {
+        (None, None) => Ok(client),
+        (None, Some(_)) => Err(OAuthError::invalid_client(
+            "this client was registered as a public client (token_endpoint_auth_method none) and has no secret",
+        )),
+        (Some(_), None) => Err(OAuthError::invalid_client(format!(
+            "client authentication is required ({})",
+            client.auth_method.as_str()
+        ))),
+        (Some(hash), Some(secret)) => {
+            // Both secret methods are accepted for a confidential client; many libraries mix them up.
+            let _ = method;
+            if hash.matches(&secret) {
+                Ok(client)
+            } else {
+                Err(OAuthError::invalid_client("client authentication failed"))
+            }
+        }
+    }
+}
+
+/// RFC 6749 §2.3.1: `Basic base64(urlencode(id) ":" urlencode(secret))`.
+fn parse_basic(value: &str) -> Result<(String, String), OAuthError> {
+    let bad = || OAuthError::invalid_client("malformed Basic authorization header");
+    let (scheme, rest) = value.split_once(' ').ok_or_else(bad)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(OAuthError::invalid_client(
+            "the token endpoint accepts only Basic client authentication",
+        ));
+    }
+    let decoded = STANDARD.decode(rest.trim()).map_err(|_| bad())?;
+    let text = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (id, secret) = text.split_once(':').ok_or_else(bad)?;
+    let decode = |s: &str| -> String {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let (id, secret) = (decode(id), decode(secret));
+    if id.is_empty() {
+        return Err(bad());
+    }
+    Ok((id, secret))
+}
+
+/// What the token rules need to know about the proxy.
+pub struct TokenContext<'a> {
+    pub store: &'a Store,
+    pub config: &'a TokenConfig,
+    pub now: UnixTime,
+    /// Values accepted for RFC 8707 `resource`.
+    pub resources: &'a [String],
+}
+
+/// Dispatches on `grant_type`.
+pub fn exchange(
+    ctx: &TokenContext<'_>,
+    client: &Client,
+    params: &Params,
+) -> Result<TokenResponse, OAuthError> {
+    match params.require("grant_type")? {
+        "authorization_code" => redeem_code(ctx, client, params),
+        "refresh_token" => {
+            if !client.grant_types.iter().any(|g| g == "refresh_token") {
+                return Err(OAuthError::new(
+                    ErrorCode::UnauthorizedClient,
+                    "this client did not register the refresh_token grant",
+                ));
+            }
+            refresh(ctx, client, params)
+        }
+        other => Err(OAuthError::new(
+            ErrorCode::UnsupportedGrantType,
+            format!(
+                "grant_type `{other}` is not supported; use authorization_code or refresh_token"
+            ),
+        )),
+    }
+}
+
+fn check_resource(
+    ctx: &TokenContext<'_>,
+    params: &Params,
+    bound: Option<&str>,
+) -> Result<(), OAuthError> {
+    match params.get("resource") {
+        None => Ok(()),
+        Some(r) if bound.map_or_else(|| ctx.resources.iter().any(|ok| ok == r), |b| b == r) => {
+            Ok(())
+        }
+        Some(_) => Err(OAuthError::new(
+            ErrorCode::InvalidTarget,
+            "resource does not match the authorization",
+        )),
+    }
+}
+
+fn redeem_code(
+    ctx: &TokenContext<'_>,
+    client: &Client,
+    params: &Params,
+) -> Result<TokenResponse, OAuthError> {
+    let code = params.require("code")?;
+    let verifier = params.require("code_verifier")?;
+    if !pkce::is_valid_verifier(verifier) {
+        return Err(OAuthError::invalid_request(
+            "code_verifier must be 43-128 unreserved characters (RFC 7636)",
+        ));
+    }
+    let hash = TokenHash::of(code);
+    let Some((_, code)) = ctx.store.codes.remove(&hash) else {
+        if let Some(spent) = ctx.store.spent_codes.get(&hash).map(|s| *s) {
+            ctx.store.revoke_grant(spent.grant);
+            tracing::warn!(client_id = %client.client_id, "authorization code replayed; its grant is revoked");
+            return Err(OAuthError::invalid_grant(
+                "authorization code was already used",
+            ));
+        }
+        return Err(OAuthError::invalid_grant(
+            "authorization code is invalid or expired",
+        ));
+    };
+    if code.client_id != client.client_id {
+        return Err(OAuthError::invalid_grant(
+            "authorization code was issued to another client",
+        ));
+    }
+    if code.expires_at <= ctx.now {
+        return Err(OAuthError::invalid_grant("authorization code expired"));
+    }
+    match params.get("redirect_uri") {
+        Some(r) if r == code.redirect_uri => {}
+        Some(_) => {
+            return Err(OAuthError::invalid_grant(
+                "redirect_uri differs from the authorization request",
+            ))
+        }
+        None if code.redirect_uri_explicit => {
+            return Err(OAuthError::invalid_grant(
+                "redirect_uri is required: it was sent with the authorization request",
+            ))
+        }
+        None => {}
+    }
+    if !pkce::verify_s256(verifier, &code.code_challenge) {
+        return Err(OAuthError::invalid_grant(
+            "code_verifier does not match the code_challenge",
+        ));
+    }
+    check_resource(ctx, params, code.resource.as_deref())?;
+
+    let grant = Grant::new(
+        client.client_id.clone(),
+        code.scope,
+        code.resource,
+        code.login,
+        ctx.now,
+    );
+    ctx.store.grants.insert(grant.id, grant.clone());
+    ctx.store.spent_codes.insert(
+        hash,
+        SpentCode {
+            grant: grant.id,
+            expires_at: code.expires_at,
+        },
+    );
+    let with_refresh = client.grant_types.iter().any(|g| g == "refresh_token");
+    Ok(issue(ctx, &grant, with_refresh))
+}
+
+/// Mints an access token (and a refresh token) for a grant and records their hashes.
+fn issue(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -> TokenResponse {
+    let pair = mint(ctx, grant, with_refresh);
+    if let Some(refresh) = &pair.refresh_token {
+        insert_refresh(ctx, grant, refresh);
+    }
+    pair
+}
+
+fn mint(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -> TokenResponse {
+    let access = crypto::random_token();
+    let ttl = ctx.config.access_ttl.as_secs();
+    ctx.store.access_tokens.insert(
+        TokenHash::of(&access),
+        AccessToken {
+            grant: grant.clone(),
+            expires_at: ctx.now + ttl,
+        },
+    );
+    TokenResponse {
+        access_token: access,
+        token_type: "Bearer".to_owned(),
+        expires_in: ttl,
+        refresh_token: with_refresh.then(crypto::random_token),
+        scope: grant.scope.join(" "),
+    }
+}
+
+fn insert_refresh(ctx: &TokenContext<'_>, grant: &Arc<Grant>, refresh: &str) {
+    let expires_at = ctx.now + ctx.config.refresh_ttl.as_secs();
+    grant.extend_to(expires_at);
+    ctx.store.refresh_tokens.insert(
+        TokenHash::of(refresh),
+        RefreshToken {
+            grant: grant.clone(),
+            expires_at,
+            rotated: None,
+        },
+    );
+}
+
+/// The key that seals a rotated token's successor: derived from the rotated token, which the store does not keep.
+fn successor_sealer(refresh_token: &str) -> Sealer {
+    let mut input = b"dcr-proxy refresh successor v1\0".to_vec();
+    input.extend_from_slice(refresh_token.as_bytes());
+    Sealer::new(&crypto::sha256(&input))
+}
+
+#[derive(Serialize, Deserialize)]
+struct SealedPair {
+    access_token: String,
+    refresh_token: Option<String>,
+    access_expires_at: UnixTime,
+    scope: String,
+}
+
+fn refresh(
+    ctx: &TokenContext<'_>,
+    client: &Client,
+    params: &Params,
+) -> Result<TokenResponse, OAuthError> {
+    let presented = params.require("refresh_token")?;
+    let hash = TokenHash::of(presented);
+    let dead = || OAuthError::invalid_grant("refresh token is invalid, expired or revoked");
+    let mut record = ctx.store.refresh_tokens.get_mut(&hash).ok_or_else(dead)?;
+    let grant = record.grant.clone();
+    if grant.client_id != client.client_id {
+        return Err(OAuthError::invalid_grant(
+            "refresh token was issued to another client",
+        ));
+    }
+    if record.expires_at <= ctx.now || grant.is_revoked() {
+        return Err(dead());
+    }
+    if let Some(requested) = params.get("scope") {
+        scope::check_subset(requested, &grant.scope)?;
+    }
+    check_resource(ctx, params, grant.resource.as_deref())?;
+    match &record.rotated {
+        None => {
+            // `mint` writes only to the access-token map, never to the refresh map whose guard is held.
+            let pair = mint(ctx, &grant, true);
+            let sealed = SealedPair {
+                access_token: pair.access_token.clone(),
+                refresh_token: pair.refresh_token.clone(),
+                access_expires_at: ctx.now + pair.expires_in,
+                scope: pair.scope.clone(),
+            };
+            let plaintext = serde_json::to_vec(&sealed).map_err(|_| dead())?;
+            record.rotated = Some(Rotation {
+                at: ctx.now,
+                sealed_successor: successor_sealer(presented).seal(&hash.0, &plaintext),
+            });
+            drop(record);
+            if let Some(next) = &pair.refresh_token {
+                insert_refresh(ctx, &grant, next);
+            }
+            Ok(pair)
+        }
+        Some(rotation) if ctx.now <= rotation.at + ctx.config.refresh_grace.as_secs() => {
+            let plain = successor_sealer(presented)
+                .open(&hash.0, &rotation.sealed_successor)
+                .map_err(|_| dead())?;
+            drop(record);
+            let pair: SealedPair = serde_json::from_slice(&plain).map_err(|_| dead())?;
+            Ok(TokenResponse {
+                access_token: pair.access_token,
+                token_type: "Bearer".to_owned(),
+                expires_in: pair.access_expires_at.saturating_sub(ctx.now),
+                refresh_token: pair.refresh_token,
+                scope: pair.scope,
+            })
+        }
+        Some(_) => {
+            drop(record);
+            ctx.store.revoke_grant(grant.id);
+            tracing::warn!(client_id = %client.client_id, "rotated refresh token reused; the grant is revoked");
+            Err(OAuthError::invalid_grant(
+                "refresh token was already used; the authorization is revoked",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::{AuthorizationCode, Identity, UpstreamCredential, UpstreamLogin};
+
+    fn config() -> TokenConfig {
+        TokenConfig {
+            access_ttl: Duration::from_secs(3600),
+            refresh_ttl: Duration::from_secs(86400),
+            code_ttl: Duration::from_secs(600),
+            pending_ttl: Duration::from_secs(600),
+            refresh_grace: Duration::from_secs(10),
+            upstream_refresh_margin: Duration::from_secs(60),
+        }
+    }
+
+    fn client(id: &str) -> Client {
+        Client {
+            client_id: id.into(),
+            secret_hash: None,
+            auth_method: ClientAuthMethod::None,
+            redirect_uris: vec!["https://a.example/cb".into()],
+            client_name: None,
+            scope: None,
+            grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+            response_types: vec!["code".into()],
+            issued_at: 0,
+        }
+    }
+
+    const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+    fn put_code(store: &Store, code: &str, client_id: &str) {
+        store.codes.insert(
+            TokenHash::of(code),
+            AuthorizationCode {
+                client_id: client_id.into(),
+                redirect_uri: "https://a.example/cb".into(),
+                redirect_uri_explicit: true,
+                code_challenge: CHALLENGE.into(),
+                scope: vec!["openid".into()],
+                resource: None,
+                expires_at: 1600,
+                login: UpstreamLogin {
+                    credential: UpstreamCredential::Local,
+                    identity: Identity::default(),
+                },
+            },
+        );
+    }
+
+    fn params(s: &str) -> Params {
+        Params::parse(s.as_bytes()).unwrap_or_default()
+    }
+
+    fn code_params(code: &str) -> Params {
+        params(&format!(
+            "grant_type=authorization_code&code={code}&redirect_uri=https%3A%2F%2Fa.example%2Fcb&code_verifier={VERIFIER}"
+        ))
+    }
+
+    #[test]
+    fn replayed_code_fails_and_revokes_issued_tokens() {
+        let store = Store::new();
+        let cfg = config();
+        let ctx = TokenContext {
+            store: &store,
+            config: &cfg,
+            now: 1000,
+            resources: &[],
+        };
+        put_code(&store, "code1", "c1");
+        let first = exchange(&ctx, &client("c1"), &code_params("code1"));
+        let Ok(first) = first else {
+            panic!("first redemption failed: {first:?}")
+        };
+        assert!(store
+            .access_token(&TokenHash::of(&first.access_token), 1000)
+            .is_some());
+        let again = exchange(&ctx, &client("c1"), &code_params("code1"));
+        assert_eq!(again.err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+        assert!(store
+            .access_token(&TokenHash::of(&first.access_token), 1000)
+            .is_none());
+    }
+
+    #[test]
+    fn code_of_another_client_wrong_verifier_and_expiry_are_invalid_grant() {
+        let store = Store::new();
+        let cfg = config();
+        let ctx = TokenContext {
+            store: &store,
+            config: &cfg,
+            now: 1000,
+            resources: &[],
+        };
+        put_code(&store, "a", "c1");
+        assert_eq!(
+            exchange(&ctx, &client("c2"), &code_params("a"))
+                .err()
+                .map(|e| e.code),
+            Some(ErrorCode::InvalidGrant)
+        );
+        put_code(&store, "b", "c1");
+        let bad = params(&format!(
+            "grant_type=authorization_code&code=b&redirect_uri=https%3A%2F%2Fa.example%2Fcb&code_verifier={}",
+            "x".repeat(43)
+        ));
+        assert_eq!(
+            exchange(&ctx, &client("c1"), &bad).err().map(|e| e.code),
+            Some(ErrorCode::InvalidGrant)
+        );
+        put_code(&store, "c", "c1");
+        let late = TokenContext {
+            store: &store,
+            config: &cfg,
+            now: 1600,
+            resources: &[],
+        };
+        assert_eq!(
+            exchange(&late, &client("c1"), &code_params("c"))
+                .err()
+                .map(|e| e.code),
+            Some(ErrorCode::InvalidGrant)
+        );
+    }
+
+    #[test]
+    fn refresh_rotates_allows_grace_replay_then_revokes_on_reuse() {
+        let store = Store::new();
+        let cfg = config();
+        let c = client("c1");
+        put_code(&store, "code", "c1");
+        let ctx = TokenContext {
+            store: &store,
+            config: &cfg,
+            now: 1000,
+            resources: &[],
+        };
+        let Ok(first) = exchange(&ctx, &c, &code_params("code")) else {
+            panic!("code redemption failed")
+        };
+        let r1 = first.refresh_token.clone().unwrap_or_default();
+        let refresh_params = params(&format!("grant_type=refresh_token&refresh_token={r1}"));
+        let Ok(second) = exchange(&ctx, &c, &refresh_params) else {
+            panic!("refresh failed")
+        };
+        assert_ne!(second.refresh_token, first.refresh_token);
+        // Within the grace window the same pair comes back.
+        let ctx_grace = TokenContext { now: 1005, ..ctx };
+        let replay = exchange(&ctx_grace, &c, &refresh_params).ok();
+        assert_eq!(
+            replay.as_ref().map(|r| &r.access_token),
+            Some(&second.access_token)
+        );
+        assert_eq!(
+            replay.map(|r| r.refresh_token),
+            Some(second.refresh_token.clone())
+        );
+        // After it, reuse revokes the grant, including the newest tokens.
+        let ctx_late = TokenContext {
+            now: 1100,
+            ..ctx_grace
+        };
+        assert_eq!(
+            exchange(&ctx_late, &c, &refresh_params)
+                .err()
+                .map(|e| e.code),
+            Some(ErrorCode::InvalidGrant)
+        );
+        assert!(store
+            .access_token(&TokenHash::of(&second.access_token), 1100)
+            .is_none());
+        let r2 = second.refresh_token.unwrap_or_default();
+        let next = params(&format!("grant_type=refresh_token&refresh_token={r2}"));
+        assert_eq!(
+            exchange(&ctx_late, &c, &next).err().map(|e| e.code),
+            Some(ErrorCode::InvalidGrant)
+        );
+    }
+
+    #[test]
+    fn basic_header_is_decoded_per_rfc6749_2_3_1() {
+        let header = format!("Basic {}", STANDARD.encode("my%20id:p%3As"));
+        assert_eq!(
+            parse_basic(&header).ok(),
+            Some(("my id".to_owned(), "p:s".to_owned()))
+        );
+        assert!(parse_basic("Bearer abc").is_err());
+        assert!(parse_basic("Basic !!!").is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! The streaming forwarder: a pooled hyper client (HTTP/1.1 upstream, http or https via rustls).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::bearer::UpstreamAuth;
+use crate::config::UpstreamConfig;
+use crate::error::Error;
+use crate::http::Body;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The local login's identity headers; always removed from client requests.
+pub static X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
+pub static X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), plus the proxy-auth pair that is never forwarded.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
+
+/// Forwards requests to the upstream service.
+pub struct Forwarder {
+    client: HttpsClient,
+    /// `scheme://authority[/prefix]` without a trailing slash.
+    base: String,
+    response_timeout: Duration,
+    proto: &'static str,
+}
+
+impl Forwarder {
+    pub fn new(config: &UpstreamConfig, public_https: bool) -> Result<Self, std::io::Error> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(https);
+        let url = &config.url;
+        let host = url.host_str().unwrap_or("localhost");
+        let authority = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        };
+        let prefix = url.path().trim_end_matches('/');
+        Ok(Self {
+            client,
+            base: format!("{}://{authority}{prefix}", url.scheme()),
+            response_timeout: config.response_timeout,
+            proto: if public_https { "https" } else { "http" },
+        })
+    }
+
+    /// Forwards `req` with `auth` in place of the client's credentials and streams the answer back.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        auth: UpstreamAuth,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, Error> {
+        let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let uri: Uri = format!("{}{path_and_query}", self.base)
+            .parse()
+            .map_err(|_| {
+                Error::OAuth(crate::error::OAuthError::invalid_request(
+                    "request target cannot be forwarded",
+                ))
+            })?;
+        let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
+        });
+
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        headers.remove(header::HOST);
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(&X_FORWARDED_USER);
+        headers.remove(&X_FORWARDED_EMAIL);
+        match auth {
+            UpstreamAuth::Bearer(value) => {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+            UpstreamAuth::Identity { user, email } => {
+                headers.insert(X_FORWARDED_USER.clone(), user);
+                if let Some(email) = email {
+                    headers.insert(X_FORWARDED_EMAIL.clone(), email);
+                }
+            }
+        }
+        let peer_ip = peer.ip().to_string();
+        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prior) => format!("{prior}, {peer_ip}"),
+            None => peer_ip,
+        };
+        if let Ok(v) = HeaderValue::try_from(xff) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(self.proto),
+        );
+        if let Some(host) = original_host {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+
+        let resp = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await
+        {
+            Err(_) => return Err(Error::UpstreamTimeout),
+            Ok(Err(e)) => return Err(Error::UpstreamUnavailable(describe(&e))),
+            Ok(Ok(resp)) => resp,
+        };
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body.boxed()))
+    }
+}
+
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("mcp-session-id", HeaderValue::from_static("abc"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get(header::TRANSFER_ENCODING).is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(
+            h.get("mcp-session-id").map(|v| v.as_bytes()),
+            Some(&b"abc"[..])
+        );
+    }
+}

@@ -1,0 +1,562 @@
+//! Routing, one `match (method, path)`, and the thin handlers: parse → call the rule in [`crate::oauth`] →
+//! build the response. Every path the proxy does not answer itself is forwarded, behind a bearer token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::crypto::{self, TokenHash};
+use crate::error::{BearerProblem, Error, ErrorCode, OAuthError};
+use crate::http::params::Params;
+use crate::http::{self as h, full, json_response, no_store, read_body, Body};
+use crate::idp::{local, Idp, IdpError};
+use crate::oauth::authorize::{self, AuthorizeContext};
+use crate::oauth::{consent, pkce, register, token};
+use crate::proxy::bearer;
+use crate::store::{AuthorizationCode, IdpRequest, PendingAuthorization, UpstreamLogin};
+
+const FORM: &str = "application/x-www-form-urlencoded";
+/// Largest form body of the token, consent, login and revocation endpoints.
+const FORM_LIMIT: usize = 16 * 1024;
+
+/// Handles one request.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = route_name(&app, req.uri().path());
+    let mut resp = match dispatch(&app, req, peer).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    };
+    if route != "proxy" {
+        add_cors(resp.headers_mut());
+    }
+    tracing::debug!(%method, route, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+/// A low-cardinality name of the route, for logs.
+fn route_name(app: &App, path: &str) -> &'static str {
+    match path {
+        "/register" => "register",
+        "/authorize" => "authorize",
+        "/consent" => "consent",
+        "/callback" => "callback",
+        "/login" => "login",
+        "/token" => "token",
+        "/revoke" => "revoke",
+        "/userinfo" => "userinfo",
+        "/healthz" => "healthz",
+        p if p.starts_with("/.well-known/") => "metadata",
+        p if p == app.metadata.protected_resource_path => "metadata",
+        _ => "proxy",
+    }
+}
+
+async fn dispatch(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Error> {
+    let path = req.uri().path();
+    if req.method() == Method::OPTIONS && route_name(app, path) != "proxy" {
+        return Ok(preflight());
+    }
+    match (req.method(), path) {
+        (
+            &Method::GET,
+            "/.well-known/oauth-authorization-server" | "/.well-known/openid-configuration",
+        ) => Ok(json_bytes(app.metadata.authorization_server.clone())),
+        (&Method::GET, "/.well-known/oauth-protected-resource") => {
+            Ok(json_bytes(app.metadata.protected_resource.clone()))
+        }
+        (&Method::GET, p) if p == app.metadata.protected_resource_path => {
+            Ok(json_bytes(app.metadata.protected_resource.clone()))
+        }
+        (_, p) if p.starts_with("/.well-known/") => Err(Error::NotFound),
+        (&Method::POST, "/register") => register_client(app, req).await,
+        (&Method::GET, "/authorize") => start_authorization(app, &req),
+        (&Method::POST, "/consent") => submit_consent(app, req).await,
+        (&Method::GET, "/callback") => idp_callback(app, &req).await,
+        (&Method::GET, "/login") => show_login(app, &req),
+        (&Method::POST, "/login") => submit_login(app, req).await,
+        (&Method::POST, "/token") => token_endpoint(app, req).await,
+        (&Method::POST, "/revoke") => revoke(app, req).await,
+        (&Method::GET | &Method::POST, "/userinfo") => userinfo(app, &req),
+        (&Method::GET, "/healthz") => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok"}),
+        )),
+        (_, "/register" | "/consent" | "/token" | "/revoke") => Err(Error::MethodNotAllowed {
+            allow: "POST, OPTIONS",
+        }),
+        (_, "/authorize" | "/callback" | "/healthz") => {
+            Err(Error::MethodNotAllowed { allow: "GET" })
+        }
+        (_, "/login") => Err(Error::MethodNotAllowed { allow: "GET, POST" }),
+        _ => proxy(app, req, peer).await,
+    }
+}
+
+fn json_bytes(body: bytes::Bytes) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=3600"),
+    );
+    resp
+}
+
+/// CORS for browser-based clients (MCP Inspector): the OAuth endpoints answer any origin and expose
+/// `WWW-Authenticate`. No credentials (cookies) are allowed cross-origin.
+fn add_cors(headers: &mut HeaderMap) {
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("WWW-Authenticate"),
+    );
+}
+
+fn preflight() -> Response<Body> {
+    let mut resp = Response::new(h::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let hd = resp.headers_mut();
+    hd.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    hd.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type, Mcp-Protocol-Version"),
+    );
+    hd.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    resp
+}
+
+// ---- registration -------------------------------------------------------------------------------------------
+
+async fn register_client(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    if !h::has_content_type(req.headers(), "application/json") {
+        return Err(Error::UnsupportedMediaType {
+            expected: "application/json",
+        });
+    }
+    let body = read_body(req.into_body(), app.config.registration.max_body_bytes).await?;
+    let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        OAuthError::new(
+            ErrorCode::InvalidClientMetadata,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    let registration = register::register(&json, app.clock.now())?;
+    let doc = register::response_body(&registration.client, registration.secret.as_deref());
+    tracing::info!(
+        client_id = %registration.client.client_id,
+        client_name = registration.client.client_name.as_deref().unwrap_or(""),
+        auth_method = registration.client.auth_method.as_str(),
+        "client registered"
+    );
+    app.store.clients.insert(
+        registration.client.client_id.clone(),
+        Arc::new(registration.client),
+    );
+    let mut resp = json_response(StatusCode::CREATED, &doc);
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+// ---- authorization ------------------------------------------------------------------------------------------
+
+fn start_authorization(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+    let ctx = AuthorizeContext {
+        issuer: &app.config.server.public_url,
+        resources: &app.resources,
+        offered_scopes: &app.config.idp.scopes,
+    };
+    let query = req.uri().query().unwrap_or("").as_bytes();
+    let request = authorize::validate(
+        query,
+        |id| app.store.clients.get(id).map(|c| c.clone()),
+        &ctx,
+    )?;
+    let client = app
+        .store
+        .clients
+        .get(&request.client_id)
+        .map(|c| c.clone())
+        .ok_or_else(|| {
+            Error::page(
+                StatusCode::BAD_REQUEST,
+                "Unknown client",
+                "The application is not registered.",
+            )
+        })?;
+
+    let https = app.config.is_https();
+    let browser = consent::read_cookie(req.headers(), https).unwrap_or_else(crypto::random_token);
+    let request_id = crypto::random_token();
+    let csrf = crypto::random_token();
+    let ttl = app.config.tokens.pending_ttl.as_secs();
+    let pending = PendingAuthorization {
+        client_id: request.client_id,
+        redirect_uri: request.redirect_uri,
+        redirect_uri_explicit: request.redirect_uri_explicit,
+        state: request.state,
+        code_challenge: request.code_challenge,
+        scope: request.scope,
+        resource: request.resource,
+        browser: TokenHash::of(&browser),
+        csrf: TokenHash::of(&csrf),
+        expires_at: app.clock.now() + ttl,
+    };
+    let mut resp = consent::render(&client, &pending, &request_id, &csrf);
+    app.store
+        .pending
+        .insert(TokenHash::of(&request_id), pending);
+    if let Some(cookie) = consent::set_cookie(https, &browser, ttl) {
+        resp.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    Ok(resp)
+}
+
+/// Parses a form body of an HTML page's post; errors are shown as a page.
+async fn read_form(req: Request<Incoming>) -> Result<(HeaderMap, Params), Error> {
+    let bad = |m: String| Error::page(StatusCode::BAD_REQUEST, "Invalid form", m);
+    if !h::has_content_type(req.headers(), FORM) {
+        return Err(bad(format!("The form must be sent as {FORM}.")));
+    }
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, FORM_LIMIT).await?;
+    let params = Params::parse(&body).map_err(|e| bad(e.description))?;
+    Ok((parts.headers, params))
+}
+
+async fn submit_consent(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    let (headers, params) = read_form(req).await?;
+    let refused = || {
+        Error::page(
+            StatusCode::FORBIDDEN,
+            "Approval not accepted",
+            "This approval form has expired, was already used, or was not submitted from the browser that opened \
+             it. Start the connection again from the application.",
+        )
+    };
+    let request_id = params.get("request").ok_or_else(refused)?;
+    let csrf = params.get("csrf").ok_or_else(refused)?;
+    let now = app.clock.now();
+    let https = app.config.is_https();
+    let (_, pending) = app
+        .store
+        .pending
+        .remove_if(&TokenHash::of(request_id), |_, p| {
+            p.expires_at > now
+                && p.csrf.matches(csrf)
+                && consent::is_same_browser(&headers, https, p)
+        })
+        .ok_or_else(refused)?;
+
+    if params.get("action") != Some("approve") {
+        tracing::info!(client_id = %pending.client_id, "user denied consent");
+        return Err(Error::Redirect {
+            redirect_uri: pending.redirect_uri,
+            error: OAuthError::new(ErrorCode::AccessDenied, "the user denied the request"),
+            state: pending.state,
+            issuer: app.config.server.public_url.clone(),
+        });
+    }
+    // The IdP state, nonce and PKCE verifier exist only from here on.
+    let state = crypto::random_token();
+    let verifier = pkce::new_verifier();
+    let nonce = crypto::random_token();
+    let location = match &*app.idp {
+        Idp::Oidc(p) => p.authorize_url(&state, &crypto::pkce_s256(&verifier), &nonce),
+        Idp::Local(_) => h::append_query("/login", &[("state", &state)]),
+    };
+    app.store.idp_requests.insert(
+        TokenHash::of(&state),
+        IdpRequest {
+            pending,
+            pkce_verifier: verifier.into(),
+            nonce,
+        },
+    );
+    Ok(h::redirect(&location))
+}
+
+fn login_state_error() -> Error {
+    Error::page(
+        StatusCode::BAD_REQUEST,
+        "Sign-in expired",
+        "This sign-in has expired, was already completed, or was started in another browser. Start the \
+         connection again from the application.",
+    )
+}
+
+async fn idp_callback(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+    let params = Params::parse(req.uri().query().unwrap_or("").as_bytes()).map_err(|e| {
+        Error::page(
+            StatusCode::BAD_REQUEST,
+            "Invalid sign-in response",
+            e.description,
+        )
+    })?;
+    let state = params.get("state").ok_or_else(login_state_error)?;
+    let now = app.clock.now();
+    let https = app.config.is_https();
+    let (_, request) = app
+        .store
+        .idp_requests
+        .remove_if(&TokenHash::of(state), |_, r| {
+            r.pending.expires_at > now && consent::is_same_browser(req.headers(), https, &r.pending)
+        })
+        .ok_or_else(login_state_error)?;
+    let to_client = |code: ErrorCode, description: &str| Error::Redirect {
+        redirect_uri: request.pending.redirect_uri.clone(),
+        error: OAuthError::new(code, description),
+        state: request.pending.state.clone(),
+        issuer: app.config.server.public_url.clone(),
+    };
+    if let Some(error) = params.get("error") {
+        let code = ErrorCode::from_idp(error);
+        tracing::info!(client_id = %request.pending.client_id, idp_error = error, "identity provider returned an error");
+        return Err(to_client(
+            code,
+            &format!("the identity provider answered {}", code.as_str()),
+        ));
+    }
+    let Some(code) = params.get("code") else {
+        return Err(to_client(
+            ErrorCode::ServerError,
+            "the identity provider returned no code",
+        ));
+    };
+    let Idp::Oidc(provider) = &*app.idp else {
+        return Err(Error::NotFound);
+    };
+    use secrecy::ExposeSecret as _;
+    match provider
+        .exchange_code(
+            code,
+            request.pkce_verifier.expose_secret(),
+            &request.nonce,
+            now,
+        )
+        .await
+    {
+        Ok(login) => Ok(finish_authorization(app, request.pending, login)),
+        Err(e) => {
+            tracing::warn!(client_id = %request.pending.client_id, error = %e, "IdP code exchange failed");
+            let code = match e {
+                IdpError::Unavailable(_) => ErrorCode::TemporarilyUnavailable,
+                IdpError::Refused { .. } | IdpError::Protocol(_) | IdpError::Discovery(_) => {
+                    ErrorCode::ServerError
+                }
+            };
+            Err(to_client(
+                code,
+                "the sign-in with the identity provider could not be completed",
+            ))
+        }
+    }
+}
+
+/// Mints the proxy's authorization code and sends the browser back to the client (RFC 6749 §4.1.2, RFC 9207).
+fn finish_authorization(
+    app: &App,
+    pending: PendingAuthorization,
+    login: UpstreamLogin,
+) -> Response<Body> {
+    let code = crypto::random_token();
+    let mut params: Vec<(&str, &str)> = vec![("code", &code)];
+    if let Some(state) = &pending.state {
+        params.push(("state", state));
+    }
+    params.push(("iss", &app.config.server.public_url));
+    let location = h::append_query(&pending.redirect_uri, &params);
+    tracing::info!(client_id = %pending.client_id, "authorization code issued");
+    app.store.codes.insert(
+        TokenHash::of(&code),
+        AuthorizationCode {
+            client_id: pending.client_id,
+            redirect_uri: pending.redirect_uri,
+            redirect_uri_explicit: pending.redirect_uri_explicit,
+            code_challenge: pending.code_challenge,
+            scope: pending.scope,
+            resource: pending.resource,
+            expires_at: app.clock.now() + app.config.tokens.code_ttl.as_secs(),
+            login,
+        },
+    );
+    h::redirect(&location)
+}
+
+fn local_users(app: &App) -> Result<&local::LocalUsers, Error> {
+    match &*app.idp {
+        Idp::Local(users) => Ok(users),
+        Idp::Oidc(_) => Err(Error::NotFound),
+    }
+}
+
+fn show_login(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+    local_users(app)?;
+    let params = Params::parse(req.uri().query().unwrap_or("").as_bytes())
+        .map_err(|_| login_state_error())?;
+    let state = params.get("state").ok_or_else(login_state_error)?;
+    let known = app
+        .store
+        .idp_requests
+        .get(&TokenHash::of(state))
+        .is_some_and(|r| {
+            r.pending.expires_at > app.clock.now()
+                && consent::is_same_browser(req.headers(), app.config.is_https(), &r.pending)
+        });
+    if !known {
+        return Err(login_state_error());
+    }
+    Ok(local::login_page(state, None))
+}
+
+async fn submit_login(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    local_users(app)?;
+    let (headers, params) = read_form(req).await?;
+    let state = params
+        .get("state")
+        .ok_or_else(login_state_error)?
+        .to_owned();
+    let hash = TokenHash::of(&state);
+    let https = app.config.is_https();
+    let now = app.clock.now();
+    let valid = app.store.idp_requests.get(&hash).is_some_and(|r| {
+        r.pending.expires_at > now && consent::is_same_browser(&headers, https, &r.pending)
+    });
+    if !valid {
+        return Err(login_state_error());
+    }
+    let username = params.get("username").unwrap_or("").to_owned();
+    let password = params.get("password").unwrap_or("").to_owned();
+    let worker = app.clone();
+    let identity = tokio::task::spawn_blocking(move || match &*worker.idp {
+        Idp::Local(users) => users.verify(&username, &password),
+        Idp::Oidc(_) => None,
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("password check task: {e}")))?;
+    let Some(identity) = identity else {
+        tracing::info!("local login failed");
+        return Ok(local::login_page(
+            &state,
+            Some("Wrong username or password."),
+        ));
+    };
+    let Some((_, request)) = app.store.idp_requests.remove(&hash) else {
+        return Err(login_state_error());
+    };
+    tracing::info!(user = %identity.sub, "local login succeeded");
+    let login = UpstreamLogin {
+        credential: crate::store::UpstreamCredential::Local,
+        identity,
+    };
+    Ok(finish_authorization(app, request.pending, login))
+}
+
+// ---- token endpoint -----------------------------------------------------------------------------------------
+
+async fn read_oauth_form(req: Request<Incoming>) -> Result<(HeaderMap, Params), Error> {
+    if !h::has_content_type(req.headers(), FORM) {
+        return Err(OAuthError::invalid_request(format!("Content-Type must be {FORM}")).into());
+    }
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, FORM_LIMIT).await?;
+    let params = Params::parse(&body)?;
+    Ok((parts.headers, params))
+}
+
+async fn token_endpoint(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    let (headers, params) = read_oauth_form(req).await?;
+    let client = token::authenticate_client(&app.store, &headers, &params)?;
+    let ctx = token::TokenContext {
+        store: &app.store,
+        config: &app.config.tokens,
+        now: app.clock.now(),
+        resources: &app.resources,
+    };
+    let issued = token::exchange(&ctx, &client, &params)?;
+    let body = serde_json::to_value(&issued).map_err(|e| Error::Internal(e.to_string()))?;
+    let mut resp = json_response(StatusCode::OK, &body);
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+/// RFC 7009: revokes an access token, or a refresh token and its whole grant. Always 200 for a token that is
+/// unknown or belongs to another client (§2.2), so that nothing is learned.
+async fn revoke(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    let (headers, params) = read_oauth_form(req).await?;
+    let client = token::authenticate_client(&app.store, &headers, &params)?;
+    let hash = TokenHash::of(params.require("token")?);
+    let refresh_grant = app.store.refresh_tokens.get(&hash).map(|r| r.grant.clone());
+    if let Some(grant) = refresh_grant.filter(|g| g.client_id == client.client_id) {
+        app.store.revoke_grant(grant.id);
+        tracing::info!(client_id = %client.client_id, "grant revoked by its client");
+    } else if app
+        .store
+        .access_tokens
+        .remove_if(&hash, |_, t| t.grant.client_id == client.client_id)
+        .is_some()
+    {
+        tracing::info!(client_id = %client.client_id, "access token revoked by its client");
+    }
+    let mut resp = Response::new(h::empty());
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+/// OIDC Core §5.3-style claims of the user behind a bearer token.
+fn userinfo(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+    let grant = bearer::authenticate(app, req.headers(), req.uri().query())?;
+    let body = serde_json::to_value(&grant.identity).map_err(|e| Error::Internal(e.to_string()))?;
+    let mut resp = json_response(StatusCode::OK, &body);
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+// ---- proxy --------------------------------------------------------------------------------------------------
+
+async fn proxy(
+    app: &App,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Error> {
+    let grant = bearer::authenticate(app, req.headers(), req.uri().query())?;
+    let auth = bearer::upstream_auth(app, &grant).await?;
+    let mut resp = app.forwarder.forward(req, auth, peer).await?;
+    // The upstream's own challenge would send the client to the IdP directly: replace it with the proxy's.
+    if matches!(
+        resp.status(),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    ) && resp.headers().contains_key(header::WWW_AUTHENTICATE)
+    {
+        tracing::info!(client_id = %grant.client_id, status = resp.status().as_u16(), "upstream refused the request");
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(Error::Unauthorized {
+                problem: BearerProblem::InvalidToken,
+                resource_metadata: app.resource_metadata.clone(),
+            });
+        }
+        resp.headers_mut().remove(header::WWW_AUTHENTICATE);
+    }
+    Ok(resp)
+}

@@ -1,0 +1,97 @@
+//! The in-memory store: clients, pending authorizations, codes, grants and token hashes, in `DashMap`s.
+//!
+//! Invariants:
+//! - No token, code, state or secret is kept in clear: keys are [`TokenHash`]es (SHA-256). The upstream (IdP)
+//!   tokens are the exception by necessity; they live only inside [`Grant`] and are never logged.
+//! - Codes and IdP states are single use: they are taken out of their map with `remove`, which is atomic, so two
+//!   concurrent redemptions cannot both succeed.
+//! - No `.await` happens while a `DashMap` guard or a grant's `RwLock` is held: every guard is dropped before any
+//!   I/O. A grant's upstream refresh is serialised by its own async `refresh_lock`, not by a map lock.
+//! - A grant is revoked by a flag; every lookup checks it, and the sweeper removes what belongs to revoked grants.
+//!
+//! [`Store::sweep`] removes expired entries so that memory stays bounded.
+
+mod model;
+
+pub use model::*;
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::clock::UnixTime;
+use crate::crypto::TokenHash;
+
+/// The proxy's state. Cheap to share behind an `Arc`.
+#[derive(Default)]
+pub struct Store {
+    pub clients: DashMap<String, Arc<Client>>,
+    /// Authorizations waiting for consent, by the hash of their request id.
+    pub pending: DashMap<TokenHash, PendingAuthorization>,
+    /// Authorizations sent to the IdP, by the hash of the proxy's own `state`.
+    pub idp_requests: DashMap<TokenHash, IdpRequest>,
+    pub codes: DashMap<TokenHash, AuthorizationCode>,
+    /// Redeemed codes, kept until they would have expired, so that a replay revokes what they issued.
+    pub spent_codes: DashMap<TokenHash, SpentCode>,
+    pub grants: DashMap<GrantId, Arc<Grant>>,
+    pub access_tokens: DashMap<TokenHash, AccessToken>,
+    pub refresh_tokens: DashMap<TokenHash, RefreshToken>,
+}
+
+/// Counts of live entries, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    pub clients: usize,
+    pub pending: usize,
+    pub codes: usize,
+    pub grants: usize,
+    pub access_tokens: usize,
+    pub refresh_tokens: usize,
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Looks up a live access token: unexpired and of a grant that is not revoked.
+    pub fn access_token(&self, hash: &TokenHash, now: UnixTime) -> Option<Arc<Grant>> {
+        let entry = self.access_tokens.get(hash)?;
+        if entry.expires_at <= now || entry.grant.is_revoked() {
+            return None;
+        }
+        Some(entry.grant.clone())
+    }
+
+    /// Revokes a grant: every token issued under it stops working at once.
+    pub fn revoke_grant(&self, id: GrantId) {
+        if let Some((_, grant)) = self.grants.remove(&id) {
+            grant.revoke();
+        }
+    }
+
+    /// Removes expired and revoked entries.
+    pub fn sweep(&self, now: UnixTime) {
+        self.pending.retain(|_, p| p.expires_at > now);
+        self.idp_requests.retain(|_, r| r.pending.expires_at > now);
+        self.codes.retain(|_, c| c.expires_at > now);
+        self.spent_codes.retain(|_, c| c.expires_at > now);
+        self.access_tokens
+            .retain(|_, t| t.expires_at > now && !t.grant.is_revoked());
+        self.refresh_tokens
+            .retain(|_, t| t.expires_at > now && !t.grant.is_revoked());
+        self.grants
+            .retain(|_, g| !g.is_revoked() && g.expires_at() > now);
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            clients: self.clients.len(),
+            pending: self.pending.len() + self.idp_requests.len(),
+            codes: self.codes.len(),
+            grants: self.grants.len(),
+            access_tokens: self.access_tokens.len(),
+            refresh_tokens: self.refresh_tokens.len(),
+        }
+    }
+}

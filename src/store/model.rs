@@ -1,0 +1,291 @@
+//! The records kept by the store. Names follow the OAuth roles they play.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use http::HeaderValue;
+use secrecy::{ExposeSecret as _, SecretString};
+
+use crate::clock::UnixTime;
+use crate::crypto::TokenHash;
+
+/// How a client authenticates at the token endpoint (RFC 7591 §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMethod {
+    None,
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+impl ClientAuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::ClientSecretBasic => "client_secret_basic",
+            Self::ClientSecretPost => "client_secret_post",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(Self::None),
+            "client_secret_basic" => Some(Self::ClientSecretBasic),
+            "client_secret_post" => Some(Self::ClientSecretPost),
+            _ => None,
+        }
+    }
+}
+
+/// A dynamically registered client (RFC 7591).
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub client_id: String,
+    /// SHA-256 of the client secret, for confidential clients.
+    pub secret_hash: Option<TokenHash>,
+    pub auth_method: ClientAuthMethod,
+    pub redirect_uris: Vec<String>,
+    pub client_name: Option<String>,
+    pub scope: Option<String>,
+    pub grant_types: Vec<String>,
+    pub response_types: Vec<String>,
+    pub issued_at: UnixTime,
+}
+
+/// A validated `/authorize` request, waiting for the user's consent.
+#[derive(Debug, Clone)]
+pub struct PendingAuthorization {
+    pub client_id: String,
+    pub redirect_uri: String,
+    /// Whether the client sent `redirect_uri` (then `/token` must repeat it, RFC 6749 §4.1.3).
+    pub redirect_uri_explicit: bool,
+    pub state: Option<String>,
+    pub code_challenge: String,
+    pub scope: Vec<String>,
+    pub resource: Option<String>,
+    /// Hash of the browser-binding cookie set with the consent page.
+    pub browser: TokenHash,
+    /// Hash of the CSRF token embedded in the consent form.
+    pub csrf: TokenHash,
+    pub expires_at: UnixTime,
+}
+
+/// An authorization the user approved and the proxy sent to the IdP, keyed by the proxy's own IdP `state`.
+#[derive(Debug)]
+pub struct IdpRequest {
+    pub pending: PendingAuthorization,
+    /// The proxy's own PKCE verifier toward the IdP.
+    pub pkce_verifier: SecretString,
+    pub nonce: String,
+}
+
+/// Who the user is, from the IdP's id_token or the local login.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Identity {
+    pub sub: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preferred_username: Option<String>,
+    /// Entra tenant id (`tid`), when the IdP is Azure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tid: Option<String>,
+}
+
+/// Tokens the IdP issued to the proxy for one user.
+pub struct UpstreamTokens {
+    access_token: SecretString,
+    refresh_token: Option<SecretString>,
+    /// `Bearer <access_token>`, built once, marked sensitive.
+    bearer: HeaderValue,
+    pub expires_at: UnixTime,
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for UpstreamTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTokens")
+            .field("expires_at", &self.expires_at)
+            .field("scope", &self.scope)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An upstream access token that cannot be sent as an HTTP header value.
+#[derive(Debug, thiserror::Error)]
+#[error("the IdP's access token contains characters not allowed in an HTTP header")]
+pub struct InvalidUpstreamToken;
+
+impl UpstreamTokens {
+    pub fn new(
+        access_token: String,
+        refresh_token: Option<String>,
+        expires_at: UnixTime,
+        scope: Option<String>,
+    ) -> Result<Self, InvalidUpstreamToken> {
+        let mut bearer = HeaderValue::try_from(format!("Bearer {access_token}"))
+            .map_err(|_| InvalidUpstreamToken)?;
+        bearer.set_sensitive(true);
+        Ok(Self {
+            access_token: SecretString::from(access_token),
+            refresh_token: refresh_token.map(SecretString::from),
+            bearer,
+            expires_at,
+            scope,
+        })
+    }
+
+    pub fn access_token(&self) -> &str {
+        self.access_token.expose_secret()
+    }
+
+    pub fn refresh_token(&self) -> Option<&str> {
+        self.refresh_token.as_ref().map(|s| s.expose_secret())
+    }
+
+    pub fn bearer(&self) -> &HeaderValue {
+        &self.bearer
+    }
+}
+
+/// What the user's login produced: IdP tokens, or nothing for the local login.
+#[derive(Debug)]
+pub enum UpstreamCredential {
+    Tokens(UpstreamTokens),
+    Local,
+}
+
+/// The result of a login, carried by the authorization code until it is redeemed.
+#[derive(Debug)]
+pub struct UpstreamLogin {
+    pub credential: UpstreamCredential,
+    pub identity: Identity,
+}
+
+/// The proxy's authorization code (RFC 6749 §4.1.2), keyed by its hash.
+#[derive(Debug)]
+pub struct AuthorizationCode {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub redirect_uri_explicit: bool,
+    pub code_challenge: String,
+    pub scope: Vec<String>,
+    pub resource: Option<String>,
+    pub expires_at: UnixTime,
+    pub login: UpstreamLogin,
+}
+
+/// A code already redeemed, and the grant it created.
+#[derive(Debug, Clone, Copy)]
+pub struct SpentCode {
+    pub grant: GrantId,
+    pub expires_at: UnixTime,
+}
+
+/// Identifies a grant; random, never shown to anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GrantId(pub u128);
+
+impl GrantId {
+    pub fn random() -> Self {
+        let mut b = [0u8; 16];
+        crate::crypto::fill_random(&mut b);
+        Self(u128::from_le_bytes(b))
+    }
+}
+
+/// One user's authorization of one client: the upstream credential and every token issued under it.
+#[derive(Debug)]
+pub struct Grant {
+    pub id: GrantId,
+    pub client_id: String,
+    pub scope: Vec<String>,
+    pub resource: Option<String>,
+    pub identity: Identity,
+    pub created_at: UnixTime,
+    upstream: RwLock<UpstreamCredential>,
+    /// Serialises upstream refreshes of this grant (single flight).
+    pub refresh_lock: tokio::sync::Mutex<()>,
+    revoked: AtomicBool,
+    /// Expiry of the newest refresh token; the grant is swept after it.
+    expires_at: AtomicU64,
+}
+
+impl Grant {
+    pub fn new(
+        client_id: String,
+        scope: Vec<String>,
+        resource: Option<String>,
+        login: UpstreamLogin,
+        created_at: UnixTime,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            id: GrantId::random(),
+            client_id,
+            scope,
+            resource,
+            identity: login.identity,
+            created_at,
+            upstream: RwLock::new(login.credential),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            revoked: AtomicBool::new(false),
+            expires_at: AtomicU64::new(created_at),
+        })
+    }
+
+    /// Read access to the upstream credential. Never hold it across an `.await`.
+    pub fn upstream(&self) -> RwLockReadGuard<'_, UpstreamCredential> {
+        self.upstream
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn upstream_mut(&self) -> RwLockWriteGuard<'_, UpstreamCredential> {
+        self.upstream
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+
+    pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+    }
+
+    pub fn expires_at(&self) -> UnixTime {
+        self.expires_at.load(Ordering::Relaxed)
+    }
+
+    /// Extends the grant's life to cover a newly issued refresh token.
+    pub fn extend_to(&self, t: UnixTime) {
+        self.expires_at.fetch_max(t, Ordering::Relaxed);
+    }
+}
+
+/// An access token record, keyed by the token's hash.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub grant: Arc<Grant>,
+    pub expires_at: UnixTime,
+}
+
+/// A refresh token record, keyed by the token's hash.
+#[derive(Debug, Clone)]
+pub struct RefreshToken {
+    pub grant: Arc<Grant>,
+    pub expires_at: UnixTime,
+    /// Set when the token was used; a later use is a replay.
+    pub rotated: Option<Rotation>,
+}
+
+/// The successor of a rotated refresh token, sealed under a key derived from the rotated token itself, so that a
+/// replay within the grace window can be answered with the same pair and nobody else can read it.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub at: UnixTime,
+    pub sealed_successor: Vec<u8>,
+}
