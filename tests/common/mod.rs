@@ -1,0 +1,367 @@
+//! Test harness: the real server on 127.0.0.1:0 ([`TestProxy`]), a fake Azure AD ([`fake_azure`]), a recording
+//! upstream ([`upstream`]) and a browser-like client that keeps the proxy's cookie and follows redirects by hand
+//! ([`Browser`]).
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod fake_azure;
+pub mod http_server;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dcr_proxy::app::App;
+use dcr_proxy::clock::Clock;
+use dcr_proxy::config::Config;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+pub const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+pub const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+pub const CLIENT_REDIRECT: &str = "http://127.0.0.1:33418/callback";
+
+/// The password of the local test user `alice`.
+pub const ALICE_PASSWORD: &str = "correct horse battery staple";
+
+/// A running dcr-proxy.
+pub struct TestProxy {
+    pub base: String,
+    pub app: Arc<App>,
+    pub clock: Clock,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestProxy {
+    /// Starts the proxy with `[idp]`-and-more TOML appended to a server/upstream section for this port.
+    pub async fn start(upstream_url: &str, idp_and_rest: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let base = format!("http://{addr}");
+        let text = format!(
+            "[server]\nlisten = \"{addr}\"\npublic_url = \"{base}\"\nshutdown_grace = \"1s\"\n\
+             [upstream]\nurl = \"{upstream_url}\"\nresource_path = \"/mcp\"\nconnect_timeout = \"2s\"\nresponse_timeout = \"2s\"\n\
+             {idp_and_rest}"
+        );
+        let config = Config::from_toml(&text, |_| None)
+            .unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        let clock = Clock::manual(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("time")
+                .as_secs(),
+        );
+        let app = App::new(config, clock.clone()).await.expect("app starts");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(dcr_proxy::server::serve(
+            listener,
+            app.clone(),
+            None,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            base,
+            app,
+            clock,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// The proxy in front of the fake Azure AD.
+    pub async fn with_azure(
+        azure: &fake_azure::FakeAzure,
+        upstream_url: &str,
+        extra: &str,
+    ) -> Self {
+        let idp = format!(
+            "[idp]\nkind = \"azure\"\nauthority = \"{}\"\ntenant = \"contoso.example\"\nclient_id = \"{}\"\n\
+             client_secret = \"{}\"\nscopes = [\"openid\", \"profile\", \"email\", \"offline_access\", \"User.Read\"]\n{extra}",
+            azure.authority(),
+            fake_azure::APP_ID,
+            fake_azure::APP_SECRET
+        );
+        Self::start(upstream_url, &idp).await
+    }
+
+    /// The proxy with the local login and the user `alice`.
+    pub async fn with_local(upstream_url: &str) -> Self {
+        let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).expect("hash");
+        let idp = format!(
+            "[idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\nemail = \"alice@example.com\"\n"
+        );
+        Self::start(upstream_url, &idp).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// An HTTP client that never follows redirects.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// A browser: keeps the cookies it is given, follows redirects by hand until it leaves for the client's
+/// redirect URI.
+pub struct Browser {
+    pub client: reqwest::Client,
+    pub cookies: HashMap<String, String>,
+}
+
+/// What the browser ended on.
+pub enum Landing {
+    /// A page on a loopback server (status, body).
+    Page(u16, String),
+    /// A redirect to the client's redirect URI, with its query parameters.
+    Client(HashMap<String, String>),
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        Self {
+            client: http(),
+            cookies: HashMap::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn keep_cookies(&mut self, resp: &reqwest::Response) {
+        for v in resp.headers().get_all("set-cookie") {
+            let text = v.to_str().unwrap_or("");
+            if let Some((k, rest)) = text.split_once('=') {
+                let value = rest.split(';').next().unwrap_or("");
+                self.cookies.insert(k.to_owned(), value.to_owned());
+            }
+        }
+    }
+
+    async fn land(&mut self, mut resp: reqwest::Response) -> Landing {
+        for _ in 0..10 {
+            self.keep_cookies(&resp);
+            if resp.status().is_redirection() {
+                let location = resp
+                    .headers()
+                    .get("location")
+                    .expect("location")
+                    .to_str()
+                    .expect("ascii")
+                    .to_owned();
+                let location = if location.starts_with('/') {
+                    let u = resp.url();
+                    format!("{}://{}{location}", u.scheme(), u.authority())
+                } else {
+                    location
+                };
+                if location.starts_with(CLIENT_REDIRECT)
+                    || location.starts_with("https://app.example/")
+                {
+                    let url = url::Url::parse(&location).expect("client redirect");
+                    return Landing::Client(url.query_pairs().into_owned().collect());
+                }
+                assert!(
+                    location.starts_with("http://127.0.0.1:"),
+                    "browser would leave loopback: {location}"
+                );
+                resp = self
+                    .client
+                    .get(&location)
+                    .header("cookie", self.cookie_header())
+                    .send()
+                    .await
+                    .expect("follow");
+                continue;
+            }
+            let status = resp.status().as_u16();
+            return Landing::Page(status, resp.text().await.unwrap_or_default());
+        }
+        panic!("redirect loop");
+    }
+
+    pub async fn get(&mut self, url: &str) -> Landing {
+        let resp = self
+            .client
+            .get(url)
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .expect("get");
+        self.land(resp).await
+    }
+
+    pub async fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> Landing {
+        let resp = self
+            .client
+            .post(url)
+            .header("cookie", self.cookie_header())
+            .form(form)
+            .send()
+            .await
+            .expect("post");
+        self.land(resp).await
+    }
+}
+
+/// Reads `<input type="hidden" name="NAME" value="…">` from a page.
+pub fn hidden_field(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no hidden field {name} in page:\n{html}"))
+        + marker.len();
+    let end = html[start..].find('"').expect("value end") + start;
+    html[start..end].to_owned()
+}
+
+/// Registers a public client with the test redirect URI.
+pub async fn register_public_client(proxy: &TestProxy) -> String {
+    let resp = http()
+        .post(proxy.url("/register"))
+        .json(&json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none", "client_name": "Test Client"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(resp.status(), 201);
+    let doc: Value = resp.json().await.expect("json");
+    doc["client_id"].as_str().expect("client_id").to_owned()
+}
+
+pub fn authorize_url(proxy: &TestProxy, client_id: &str, extra: &str) -> String {
+    format!(
+        "{}/authorize?response_type=code&client_id={client_id}&redirect_uri={}&state=client-state-1\
+         &code_challenge={CHALLENGE}&code_challenge_method=S256{extra}",
+        proxy.base,
+        urlencode(CLIENT_REDIRECT)
+    )
+}
+
+pub fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Runs /authorize → consent (approve) → IdP (fake Azure logs in automatically, or the local login with
+/// `alice`) → callback, and returns the client's redirect parameters.
+pub async fn authorize(
+    proxy: &TestProxy,
+    browser: &mut Browser,
+    client_id: &str,
+) -> HashMap<String, String> {
+    let Landing::Page(200, consent) = browser.get(&authorize_url(proxy, client_id, "")).await
+    else {
+        panic!("expected the consent page");
+    };
+    let request = hidden_field(&consent, "request");
+    let csrf = hidden_field(&consent, "csrf");
+    match browser
+        .post_form(
+            &proxy.url("/consent"),
+            &[
+                ("request", &request),
+                ("csrf", &csrf),
+                ("action", "approve"),
+            ],
+        )
+        .await
+    {
+        Landing::Client(params) => params,
+        Landing::Page(200, login) => {
+            let state = hidden_field(&login, "state");
+            match browser
+                .post_form(
+                    &proxy.url("/login"),
+                    &[
+                        ("state", &state),
+                        ("username", "alice"),
+                        ("password", ALICE_PASSWORD),
+                    ],
+                )
+                .await
+            {
+                Landing::Client(params) => params,
+                Landing::Page(s, body) => panic!("login failed: {s} {body}"),
+            }
+        }
+        Landing::Page(s, body) => panic!("consent failed: {s} {body}"),
+    }
+}
+
+/// Redeems a code with the test verifier.
+pub async fn redeem(proxy: &TestProxy, client_id: &str, code: &str) -> reqwest::Response {
+    http()
+        .post(proxy.url("/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", CLIENT_REDIRECT),
+            ("code_verifier", VERIFIER),
+            ("client_id", client_id),
+        ])
+        .send()
+        .await
+        .expect("token request")
+}
+
+/// Registers, authorizes and redeems: returns (client_id, token response).
+pub async fn login(proxy: &TestProxy) -> (String, Value) {
+    let client_id = register_public_client(proxy).await;
+    let mut browser = Browser::new();
+    let params = authorize(proxy, &mut browser, &client_id).await;
+    let code = params
+        .get("code")
+        .unwrap_or_else(|| panic!("no code in {params:?}"));
+    let resp = redeem(proxy, &client_id, code).await;
+    assert_eq!(resp.status(), 200);
+    (client_id, resp.json().await.expect("token json"))
+}
+
+pub async fn refresh(proxy: &TestProxy, client_id: &str, refresh_token: &str) -> reqwest::Response {
+    http()
+        .post(proxy.url("/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", client_id),
+        ])
+        .send()
+        .await
+        .expect("refresh request")
+}
