@@ -661,6 +661,23 @@ mod tests {
     }
 
     #[test]
+    fn shipped_docker_config_is_valid_with_secrets_from_env() {
+        let env = |k: &str| match k {
+            "AZURE_TENANT_ID" => Some("9188040d-6c67-4c5b-b112-36a304b66dad".to_owned()),
+            "AZURE_CLIENT_ID" => Some("app".to_owned()),
+            "AZURE_CLIENT_SECRET" => Some("secret".to_owned()),
+            _ => None,
+        };
+        let c =
+            Config::from_toml(include_str!("../deploy/proxy.toml"), env).map_err(|e| e.to_string());
+        assert!(c.is_ok(), "{c:?}");
+        assert_eq!(
+            err_key(include_str!("../deploy/proxy.toml"), no_env),
+            "idp.tenant"
+        );
+    }
+
+    #[test]
     fn azure_secret_comes_from_env_and_missing_secret_names_the_key() {
         assert_eq!(err_key(AZURE, no_env), "idp.client_secret");
         let c = Config::from_toml(AZURE, |k| {
