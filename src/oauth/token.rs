@@ -274,7 +274,7 @@ fn mint(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -> Token
         token_type: "Bearer".to_owned(),
         expires_in: ttl,
         refresh_token: with_refresh.then(crypto::random_token),
-        scope: grant.scope.join(" "),
+        scope: grant.scope.to_string(),
     }
 }
 
@@ -339,10 +339,10 @@ fn refresh(
                 scope: pair.scope.clone(),
             };
             let plaintext = serde_json::to_vec(&sealed).map_err(|_| dead())?;
-            record.rotated = Some(Rotation {
+            record.rotated = Some(Box::new(Rotation {
                 at: ctx.now,
                 sealed_successor: successor_sealer(presented).seal(&hash.0, &plaintext),
-            });
+            }));
             drop(record);
             if let Some(next) = &pair.refresh_token {
                 insert_refresh(ctx, &grant, next);

@@ -94,10 +94,11 @@ pub struct Identity {
 }
 
 /// Tokens the IdP issued to the proxy for one user.
+///
+/// The access token is kept once, inside the ready-made `Authorization` value (`Bearer <token>`, marked
+/// sensitive), which the hot path clones (a reference count) into every forwarded request.
 pub struct UpstreamTokens {
-    access_token: SecretString,
     refresh_token: Option<SecretString>,
-    /// `Bearer <access_token>`, built once, marked sensitive.
     bearer: HeaderValue,
     pub expires_at: UnixTime,
     pub scope: Option<String>,
@@ -113,6 +114,8 @@ impl std::fmt::Debug for UpstreamTokens {
     }
 }
 
+const BEARER_PREFIX: &str = "Bearer ";
+
 /// An upstream access token that cannot be sent as an HTTP header value.
 #[derive(Debug, thiserror::Error)]
 #[error("the IdP's access token contains characters not allowed in an HTTP header")]
@@ -125,11 +128,14 @@ impl UpstreamTokens {
         expires_at: UnixTime,
         scope: Option<String>,
     ) -> Result<Self, InvalidUpstreamToken> {
-        let mut bearer = HeaderValue::try_from(format!("Bearer {access_token}"))
+        let mut bearer = HeaderValue::try_from(format!("{BEARER_PREFIX}{access_token}"))
             .map_err(|_| InvalidUpstreamToken)?;
         bearer.set_sensitive(true);
+        // A header value may hold obs-text bytes that are not UTF-8; `access_token()` needs a str.
+        if bearer.to_str().is_err() {
+            return Err(InvalidUpstreamToken);
+        }
         Ok(Self {
-            access_token: SecretString::from(access_token),
             refresh_token: refresh_token.map(SecretString::from),
             bearer,
             expires_at,
@@ -138,7 +144,7 @@ impl UpstreamTokens {
     }
 
     pub fn access_token(&self) -> &str {
-        self.access_token.expose_secret()
+        self.bearer.to_str().map(|v| v.strip_prefix(BEARER_PREFIX).unwrap_or(v)).unwrap_or("")
     }
 
     pub fn refresh_token(&self) -> Option<&str> {
@@ -201,7 +207,8 @@ impl GrantId {
 pub struct Grant {
     pub id: GrantId,
     pub client_id: String,
-    pub scope: Vec<String>,
+    /// Granted scopes, space-separated (one allocation instead of one per scope).
+    pub scope: Box<str>,
     pub resource: Option<String>,
     pub identity: Identity,
     pub created_at: UnixTime,
@@ -224,7 +231,7 @@ impl Grant {
         Arc::new(Self {
             id: GrantId::random(),
             client_id,
-            scope,
+            scope: scope.join(" ").into_boxed_str(),
             resource,
             identity: login.identity,
             created_at,
@@ -279,7 +286,7 @@ pub struct RefreshToken {
     pub grant: Arc<Grant>,
     pub expires_at: UnixTime,
     /// Set when the token was used; a later use is a replay.
-    pub rotated: Option<Rotation>,
+    pub rotated: Option<Box<Rotation>>,
 }
 
 /// The successor of a rotated refresh token, sealed under a key derived from the rotated token itself, so that a
