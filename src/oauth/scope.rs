@@ -44,7 +44,10 @@ pub fn resolve(requested: Option<&str>, offered: &[String]) -> Result<Vec<String
 /// A refresh may ask for the same or fewer scopes (RFC 6749 §6).
 pub fn check_subset(requested: &str, granted: &str) -> Result<(), OAuthError> {
     let asked = parse(requested)?;
-    match asked.iter().find(|s| !granted.split(' ').any(|g| g == s.as_str())) {
+    match asked
+        .iter()
+        .find(|s| !granted.split(' ').any(|g| g == s.as_str()))
+    {
         Some(extra) => Err(OAuthError::new(
             ErrorCode::InvalidScope,
             format!("scope `{extra}` was not granted to this refresh token"),

@@ -11,6 +11,6 @@
 //!   directly.
 
 pub mod bearer;
-mod forward;
+pub mod forward;
 
 pub use forward::Forwarder;

@@ -144,7 +144,10 @@ impl UpstreamTokens {
     }
 
     pub fn access_token(&self) -> &str {
-        self.bearer.to_str().map(|v| v.strip_prefix(BEARER_PREFIX).unwrap_or(v)).unwrap_or("")
+        self.bearer
+            .to_str()
+            .map(|v| v.strip_prefix(BEARER_PREFIX).unwrap_or(v))
+            .unwrap_or("")
     }
 
     pub fn refresh_token(&self) -> Option<&str> {
