@@ -1,7 +1,7 @@
 //! dcr-proxy for the benchmark: the real server and hot path, with one grant issued before it starts, so that
 //! the load generator sends a valid bearer that is swapped for an Entra-sized upstream token.
 //!
-//! `cargo run --release --example bench_proxy -- PORT UPSTREAM_URL [WORKER_THREADS]`
+//! `cargo run --release --example bench_proxy -- PORT UPSTREAM_URL [WORKER_THREADS]` (0: current-thread runtime)
 //! Prints `token=<access token>` once ready. The Azure IdP it is configured with points at a closed loopback
 //! port and is never called: the upstream token is valid for a day.
 
@@ -33,11 +33,19 @@ fn main() {
          [log]\nfilter = \"warn\"\n"
     );
     let config = Config::from_toml(&text, |_| None).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .unwrap();
+    // 0 workers: tokio's current-thread scheduler.
+    let rt = if workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
     rt.block_on(async move {
         let clock = Clock::system();
         let idp = Idp::from_config(&config).await.unwrap();
