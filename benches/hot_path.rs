@@ -59,6 +59,7 @@ fn client() -> Client {
         grant_types: vec!["authorization_code".into(), "refresh_token".into()],
         response_types: vec!["code".into()],
         issued_at: 0,
+        first_authorized_at: Default::default(),
     }
 }
 
@@ -211,7 +212,7 @@ fn bench(c: &mut Criterion) {
         "token_endpoint_auth_method": "none",
     });
     c.bench_function("registration", |b| {
-        b.iter(|| register::register(&metadata, 1).unwrap())
+        b.iter(|| register::register(&metadata, 1, &[]).unwrap())
     });
 }
 

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::idp::{Idp, IdpError};
 use crate::oauth::metadata::{self, Metadata};
 use crate::proxy::Forwarder;
+use crate::rate_limit::RateLimiter;
 use crate::store::Store;
 
 /// Why the proxy could not start.
@@ -34,6 +35,7 @@ pub struct App {
     /// Values accepted for RFC 8707 `resource`: the resource URL (with and without a trailing slash) and the
     /// public origin.
     pub resources: Vec<String>,
+    pub rate_limiter: RateLimiter,
 }
 
 impl App {
@@ -57,6 +59,7 @@ impl App {
             metadata: Metadata::build(&config),
             resource_metadata: metadata::resource_metadata_url(&config),
             resources,
+            rate_limiter: RateLimiter::new(&config.limits),
             store: Arc::new(Store::new()),
             clock,
             idp,

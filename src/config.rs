@@ -49,6 +49,8 @@ pub struct Config {
     pub idp: IdpConfig,
     pub tokens: TokenConfig,
     pub registration: RegistrationConfig,
+    pub limits: LimitsConfig,
+    pub introspection: Option<IntrospectionConfig>,
     pub log: LogConfig,
 }
 
@@ -134,6 +136,35 @@ pub struct TokenConfig {
 pub struct RegistrationConfig {
     /// Largest accepted registration body.
     pub max_body_bytes: usize,
+    /// Registered clients kept at most; a registration beyond it is refused with 503.
+    pub max_clients: usize,
+    /// A client that never completed an authorization is removed this long after registering.
+    pub unused_client_ttl: Duration,
+    /// RFC 7591 §3 initial access token: when set, `/register` requires it as a bearer token.
+    pub initial_access_token: Option<SecretString>,
+    /// Hosts redirect URIs may point at (`loopback` stands for 127.0.0.1, [::1] and localhost); empty: any.
+    pub allowed_redirect_hosts: Vec<String>,
+}
+
+/// Abuse limits of the public endpoints.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Requests per minute and source address at `/register`, `/token` (and `/revoke`, `/introspect`),
+    /// `/authorize` (and `/consent`, `/login`).
+    pub register_per_minute: u32,
+    pub token_per_minute: u32,
+    pub authorize_per_minute: u32,
+    /// Authorizations waiting for consent or the IdP, at most.
+    pub max_pending: usize,
+    /// Time a client has to send complete request headers; also how long an idle keep-alive connection stays.
+    pub header_timeout: Duration,
+}
+
+/// RFC 7662 introspection for a resource server.
+#[derive(Debug, Clone)]
+pub struct IntrospectionConfig {
+    pub client_id: String,
+    pub client_secret: SecretString,
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +192,9 @@ struct RawConfig {
     tokens: RawTokens,
     #[serde(default)]
     registration: RawRegistration,
+    #[serde(default)]
+    limits: RawLimits,
+    introspection: Option<RawIntrospection>,
     #[serde(default)]
     log: RawLog,
 }
@@ -240,6 +274,28 @@ struct RawTokens {
 #[serde(deny_unknown_fields)]
 struct RawRegistration {
     max_body_bytes: Option<usize>,
+    max_clients: Option<usize>,
+    unused_client_ttl: Option<String>,
+    initial_access_token: Option<String>,
+    #[serde(default)]
+    allowed_redirect_hosts: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    register_per_minute: Option<u32>,
+    token_per_minute: Option<u32>,
+    authorize_per_minute: Option<u32>,
+    max_pending: Option<usize>,
+    header_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospection {
+    client_id: String,
+    client_secret: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -271,8 +327,28 @@ impl Config {
         let upstream = validate_upstream(raw.upstream)?;
         let idp = validate_idp(raw.idp, &env)?;
         let tokens = validate_tokens(raw.tokens)?;
-        let registration = RegistrationConfig {
-            max_body_bytes: raw.registration.max_body_bytes.unwrap_or(16 * 1024),
+        let registration = validate_registration(raw.registration, &env)?;
+        let limits = validate_limits(raw.limits)?;
+        let introspection = match raw.introspection {
+            None => None,
+            Some(i) => {
+                if i.client_id.is_empty() {
+                    return Err(invalid("introspection.client_id", "must not be empty"));
+                }
+                let secret = env("DCR_PROXY_INTROSPECTION_SECRET")
+                    .or(i.client_secret)
+                    .filter(|s| s.len() >= 16);
+                let secret = secret.ok_or_else(|| {
+                    invalid(
+                        "introspection.client_secret",
+                        "is required (16 characters or more): set DCR_PROXY_INTROSPECTION_SECRET",
+                    )
+                })?;
+                Some(IntrospectionConfig {
+                    client_id: i.client_id,
+                    client_secret: SecretString::from(secret),
+                })
+            }
         };
         let log = LogConfig {
             format: raw.log.format.unwrap_or(LogFormat::Text),
@@ -284,6 +360,8 @@ impl Config {
             idp,
             tokens,
             registration,
+            limits,
+            introspection,
             log,
         })
     }
@@ -578,6 +656,71 @@ fn validate_idp(
 /// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
 pub fn is_scope_char(c: char) -> bool {
     matches!(c, '\x21' | '\x23'..='\x5B' | '\x5D'..='\x7E')
+}
+
+fn validate_registration(
+    raw: RawRegistration,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<RegistrationConfig, ConfigError> {
+    let initial_access_token = env("DCR_PROXY_INITIAL_ACCESS_TOKEN").or(raw.initial_access_token);
+    if initial_access_token.as_ref().is_some_and(|t| t.len() < 16) {
+        return Err(invalid(
+            "registration.initial_access_token",
+            "must be at least 16 characters",
+        ));
+    }
+    if let Some(bad) = raw
+        .allowed_redirect_hosts
+        .iter()
+        .find(|h| h.is_empty() || h.contains(['/', ':', ' ']))
+    {
+        return Err(invalid(
+            "registration.allowed_redirect_hosts",
+            format!("`{bad}` is not a host name such as \"claude.ai\" (or \"loopback\")"),
+        ));
+    }
+    let max_clients = raw.max_clients.unwrap_or(10_000);
+    if max_clients == 0 {
+        return Err(invalid("registration.max_clients", "must be at least 1"));
+    }
+    Ok(RegistrationConfig {
+        max_body_bytes: raw.max_body_bytes.unwrap_or(16 * 1024),
+        max_clients,
+        unused_client_ttl: duration(
+            "registration.unused_client_ttl",
+            raw.unused_client_ttl,
+            Duration::from_secs(24 * 3600),
+        )?,
+        initial_access_token: initial_access_token.map(SecretString::from),
+        allowed_redirect_hosts: raw
+            .allowed_redirect_hosts
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+    })
+}
+
+fn validate_limits(raw: RawLimits) -> Result<LimitsConfig, ConfigError> {
+    let per_minute = |key: &'static str, v: Option<u32>, default: u32| match v {
+        Some(0) => Err(invalid(key, "must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    Ok(LimitsConfig {
+        register_per_minute: per_minute("limits.register_per_minute", raw.register_per_minute, 20)?,
+        token_per_minute: per_minute("limits.token_per_minute", raw.token_per_minute, 120)?,
+        authorize_per_minute: per_minute(
+            "limits.authorize_per_minute",
+            raw.authorize_per_minute,
+            60,
+        )?,
+        max_pending: raw.max_pending.unwrap_or(10_000).max(1),
+        header_timeout: duration(
+            "limits.header_timeout",
+            raw.header_timeout,
+            Duration::from_secs(15),
+        )?,
+    })
 }
 
 fn validate_tokens(raw: RawTokens) -> Result<TokenConfig, ConfigError> {

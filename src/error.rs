@@ -175,6 +175,15 @@ pub enum Error {
         state: Option<String>,
         issuer: String,
     },
+    /// Too many requests from one source (429 with `Retry-After`); `html` for browser routes.
+    #[error("rate limited")]
+    RateLimited { retry_after_secs: u64, html: bool },
+    /// A capacity limit is reached (503 with `Retry-After`).
+    #[error("capacity reached: {what}")]
+    Capacity { what: &'static str, html: bool },
+    /// `/register` without the configured initial access token (RFC 7591 §3, RFC 6750 §3.1).
+    #[error("initial access token missing or wrong")]
+    InitialAccessToken,
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -207,6 +216,9 @@ impl Error {
             },
             Self::Page { status, .. } => *status,
             Self::Redirect { .. } => StatusCode::FOUND,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Capacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InitialAccessToken => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
@@ -290,6 +302,58 @@ impl Error {
                 }
                 params.push(("iss", &issuer));
                 crate::http::redirect(&crate::http::append_query(&redirect_uri, &params))
+            }
+            Self::RateLimited {
+                retry_after_secs,
+                html,
+            } => {
+                let mut resp = if html {
+                    html::error_page(
+                        status,
+                        "Too many requests",
+                        "Too many sign-in attempts. Wait a minute and try again.",
+                    )
+                } else {
+                    oauth_json(
+                        status,
+                        "temporarily_unavailable",
+                        "too many requests from this address; retry later",
+                    )
+                };
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                resp
+            }
+            Self::Capacity { what, html } => {
+                tracing::warn!(what, "capacity limit reached");
+                let mut resp = if html {
+                    html::error_page(
+                        status,
+                        "Service busy",
+                        "The sign-in service is busy. Try again in a minute.",
+                    )
+                } else {
+                    oauth_json(
+                        status,
+                        "temporarily_unavailable",
+                        &format!("{what}; retry later"),
+                    )
+                };
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+                resp
+            }
+            Self::InitialAccessToken => {
+                let mut resp = oauth_json(
+                    status,
+                    "invalid_token",
+                    "registration requires a valid initial access token",
+                );
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+                resp
             }
             Self::NotFound => json_response(status, &serde_json::json!({"error": "not_found"})),
             Self::MethodNotAllowed { allow } => {

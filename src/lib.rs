@@ -36,6 +36,7 @@ pub mod http;
 pub mod idp;
 pub mod oauth;
 pub mod proxy;
+pub mod rate_limit;
 pub mod router;
 pub mod server;
 pub mod store;

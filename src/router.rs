@@ -1,7 +1,7 @@
 //! Routing, one `match (method, path)`, and the thin handlers: parse → call the rule in [`crate::oauth`] →
 //! build the response. Every path the proxy does not answer itself is forwarded, behind a bearer token.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,6 +17,8 @@ use crate::idp::{local, Idp, IdpError};
 use crate::oauth::authorize::{self, AuthorizeContext};
 use crate::oauth::{consent, pkce, register, token};
 use crate::proxy::bearer;
+use crate::proxy::forward::UpstreamBody;
+use crate::rate_limit::RouteClass;
 use crate::store::{AuthorizationCode, IdpRequest, PendingAuthorization, UpstreamLogin};
 
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -49,11 +51,40 @@ fn route_name(app: &App, path: &str) -> &'static str {
         "/login" => "login",
         "/token" => "token",
         "/revoke" => "revoke",
+        "/introspect" => "introspect",
         "/userinfo" => "userinfo",
         "/healthz" => "healthz",
         p if p.starts_with("/.well-known/") => "metadata",
         p if p == app.metadata.protected_resource_path => "metadata",
         _ => "proxy",
+    }
+}
+
+/// The source address a rate limit applies to: the TCP peer, or behind a TLS terminator the right-most
+/// `X-Forwarded-For` entry (the address the terminator saw; entries left of it are client-controlled).
+fn source_ip(app: &App, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+    if app.config.server.behind_tls_terminator {
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .last()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|ip| ip.trim().parse().ok());
+        if let Some(ip) = forwarded {
+            return ip;
+        }
+    }
+    peer.ip()
+}
+
+/// The rate-limit class of a path, and whether its errors are shown as pages.
+fn rate_class(path: &str) -> Option<(RouteClass, bool)> {
+    match path {
+        "/register" => Some((RouteClass::Register, false)),
+        "/token" | "/revoke" | "/introspect" => Some((RouteClass::Token, false)),
+        "/authorize" | "/consent" | "/login" => Some((RouteClass::Authorize, true)),
+        _ => None,
     }
 }
 
@@ -65,6 +96,16 @@ async fn dispatch(
     let path = req.uri().path();
     if req.method() == Method::OPTIONS && route_name(app, path) != "proxy" {
         return Ok(preflight());
+    }
+    if let Some((class, html)) = rate_class(path) {
+        let source = source_ip(app, req.headers(), peer);
+        if let Err(wait) = app.rate_limiter.check(class, source, Instant::now()) {
+            tracing::info!(%source, ?class, "rate limited");
+            return Err(Error::RateLimited {
+                retry_after_secs: wait.as_secs(),
+                html,
+            });
+        }
     }
     match (req.method(), path) {
         (
@@ -86,14 +127,17 @@ async fn dispatch(
         (&Method::POST, "/login") => submit_login(app, req).await,
         (&Method::POST, "/token") => token_endpoint(app, req).await,
         (&Method::POST, "/revoke") => revoke(app, req).await,
+        (&Method::POST, "/introspect") => introspect(app, req).await,
         (&Method::GET | &Method::POST, "/userinfo") => userinfo(app, &req),
         (&Method::GET, "/healthz") => Ok(json_response(
             StatusCode::OK,
             &serde_json::json!({"status": "ok"}),
         )),
-        (_, "/register" | "/consent" | "/token" | "/revoke") => Err(Error::MethodNotAllowed {
-            allow: "POST, OPTIONS",
-        }),
+        (_, "/register" | "/consent" | "/token" | "/revoke" | "/introspect") => {
+            Err(Error::MethodNotAllowed {
+                allow: "POST, OPTIONS",
+            })
+        }
         (_, "/authorize" | "/callback" | "/healthz") => {
             Err(Error::MethodNotAllowed { allow: "GET" })
         }
@@ -150,6 +194,14 @@ fn preflight() -> Response<Body> {
 // ---- registration -------------------------------------------------------------------------------------------
 
 async fn register_client(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    let policy = &app.config.registration;
+    if let Some(expected) = &policy.initial_access_token {
+        use secrecy::ExposeSecret as _;
+        let presented = bearer::token_from_headers(req.headers()).unwrap_or("");
+        if !TokenHash::of(expected.expose_secret()).matches(presented) {
+            return Err(Error::InitialAccessToken);
+        }
+    }
     if !h::has_content_type(req.headers(), "application/json") {
         return Err(Error::UnsupportedMediaType {
             expected: "application/json",
@@ -162,7 +214,20 @@ async fn register_client(app: &App, req: Request<Incoming>) -> Result<Response<B
             format!("the body is not valid JSON: {e}"),
         )
     })?;
-    let registration = register::register(&json, app.clock.now())?;
+    let now = app.clock.now();
+    let registration = register::register(&json, now, &policy.allowed_redirect_hosts)?;
+    if app.store.clients.len() >= policy.max_clients {
+        let removed = app
+            .store
+            .sweep_unused_clients(now, policy.unused_client_ttl.as_secs());
+        if app.store.clients.len() >= policy.max_clients {
+            return Err(Error::Capacity {
+                what: "the client registration limit is reached",
+                html: false,
+            });
+        }
+        tracing::info!(removed, "unused clients removed to make room");
+    }
     let doc = register::response_body(&registration.client, registration.secret.as_deref());
     tracing::info!(
         client_id = %registration.client.client_id,
@@ -206,6 +271,16 @@ fn start_authorization(app: &App, req: &Request<Incoming>) -> Result<Response<Bo
             )
         })?;
 
+    let pending_now = app.store.pending.len() + app.store.idp_requests.len();
+    if pending_now >= app.config.limits.max_pending {
+        app.store.sweep(app.clock.now());
+        if app.store.pending.len() + app.store.idp_requests.len() >= app.config.limits.max_pending {
+            return Err(Error::Capacity {
+                what: "too many sign-ins in progress",
+                html: true,
+            });
+        }
+    }
     let https = app.config.is_https();
     let browser = consent::read_cookie(req.headers(), https).unwrap_or_else(crypto::random_token);
     let request_id = crypto::random_token();
@@ -524,6 +599,63 @@ async fn revoke(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Err
     Ok(resp)
 }
 
+/// RFC 7662 introspection for the configured resource server: `active` with the token's claims, or only
+/// `{"active": false}` for a token that is unknown, expired, revoked or already rotated.
+async fn introspect(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    use secrecy::ExposeSecret as _;
+    let Some(rs) = &app.config.introspection else {
+        return Err(Error::NotFound);
+    };
+    let (headers, params) = read_oauth_form(req).await?;
+    let (id, secret) = match headers.get(header::AUTHORIZATION) {
+        Some(v) => token::parse_basic(v.to_str().unwrap_or(""))?,
+        None => (
+            params.get("client_id").unwrap_or("").to_owned(),
+            params.get("client_secret").unwrap_or("").to_owned(),
+        ),
+    };
+    let id_ok = crypto::constant_time_eq(id.as_bytes(), rs.client_id.as_bytes());
+    if !(id_ok && TokenHash::of(rs.client_secret.expose_secret()).matches(&secret)) {
+        return Err(OAuthError::invalid_client(
+            "introspection requires the resource server's credentials",
+        )
+        .into());
+    }
+    let hash = TokenHash::of(params.require("token")?);
+    let now = app.clock.now();
+    let hint = params.get("token_type_hint");
+    let access = app
+        .store
+        .access_tokens
+        .get(&hash)
+        .map(|t| (t.grant.clone(), t.expires_at, "access_token"));
+    let found = access.or_else(|| {
+        app.store
+            .refresh_tokens
+            .get(&hash)
+            .filter(|t| t.rotated.is_none())
+            .map(|t| (t.grant.clone(), t.expires_at, "refresh_token"))
+    });
+    let body = match found {
+        Some((grant, exp, kind)) if exp > now && !grant.is_revoked() => serde_json::json!({
+            "active": true,
+            "scope": &*grant.scope,
+            "client_id": grant.client_id,
+            "sub": grant.identity.sub,
+            "exp": exp,
+            "iat": grant.created_at,
+            "iss": app.config.server.public_url,
+            "aud": grant.resource.clone().unwrap_or_else(|| app.config.resource_url()),
+            "token_type": if kind == "access_token" { "Bearer" } else { "refresh_token" },
+            "token_type_hint_used": hint.is_some(),
+        }),
+        _ => serde_json::json!({"active": false}),
+    };
+    let mut resp = json_response(StatusCode::OK, &body);
+    no_store(&mut resp);
+    Ok(resp)
+}
+
 /// OIDC Core §5.3-style claims of the user behind a bearer token.
 fn userinfo(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
     let grant = bearer::authenticate(app, req.headers(), req.uri().query())?;
@@ -541,8 +673,28 @@ async fn proxy(
     peer: SocketAddr,
 ) -> Result<Response<Body>, Error> {
     let grant = bearer::authenticate(app, req.headers(), req.uri().query())?;
-    let auth = bearer::upstream_auth(app, &grant).await?;
-    let mut resp = app.forwarder.forward(req, auth, peer).await?;
+    let auth = bearer::upstream_auth(app, &grant, None).await?;
+    // A request without a body can be sent again after an upstream refresh; keep what that needs.
+    let replay = replayable(&req).then(|| {
+        let mut copy = Request::new(UpstreamBody::Empty);
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        copy
+    });
+    let sent = auth.clone();
+    let mut resp = app
+        .forwarder
+        .forward(req.map(UpstreamBody::Streamed), auth, peer)
+        .await?;
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        if let (Some(again), bearer::UpstreamAuth::Bearer(rejected)) = (replay, &sent) {
+            tracing::info!(client_id = %grant.client_id, "upstream refused the token; refreshing and retrying once");
+            let fresh = bearer::upstream_auth(app, &grant, Some(rejected)).await?;
+            resp = app.forwarder.forward(again, fresh, peer).await?;
+        }
+    }
     // The upstream's own challenge would send the client to the IdP directly: replace it with the proxy's.
     if matches!(
         resp.status(),
@@ -559,4 +711,10 @@ async fn proxy(
         resp.headers_mut().remove(header::WWW_AUTHENTICATE);
     }
     Ok(resp)
+}
+
+/// Whether a request has no body, so that it can be sent again (RFC 9110 §9.2.2 methods or an empty body).
+fn replayable(req: &Request<Incoming>) -> bool {
+    use hyper::body::Body as _;
+    req.body().is_end_stream() || req.body().size_hint().exact() == Some(0)
 }

@@ -170,6 +170,7 @@ mod tests {
             grant_types: vec![],
             response_types: vec![],
             issued_at: 0,
+            first_authorized_at: Default::default(),
         })
     }
 

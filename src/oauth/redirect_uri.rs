@@ -43,6 +43,26 @@ pub fn validate_for_registration(uri: &str) -> Result<(), String> {
     }
 }
 
+/// Whether the URI's host is in the operator's allowlist (`loopback` stands for every loopback host); an empty
+/// list allows any host.
+pub fn host_allowed(uri: &str, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let Ok(url) = Url::parse(uri) else {
+        return false;
+    };
+    let host = url
+        .host_str()
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    allowed
+        .iter()
+        .any(|a| a == &host || (a == "loopback" && is_loopback(&url)))
+}
+
 /// Returns the registered URI that `requested` matches, if any.
 pub fn find_match<'a>(registered: &'a [String], requested: &str) -> Option<&'a String> {
     if let Some(exact) = registered.iter().find(|r| r.as_str() == requested) {
@@ -77,6 +97,23 @@ mod tests {
         assert!(validate_for_registration("javascript:alert(1)").is_err());
         assert!(validate_for_registration("/relative").is_err());
         assert!(validate_for_registration("https://user:pw@a.example/cb").is_err());
+    }
+
+    #[test]
+    fn allowlist_matches_hosts_exactly_and_loopback_by_keyword() {
+        let allowed = vec!["claude.ai".to_owned(), "loopback".to_owned()];
+        assert!(host_allowed(
+            "https://claude.ai/api/mcp/auth_callback",
+            &allowed
+        ));
+        assert!(host_allowed("http://127.0.0.1:5000/cb", &allowed));
+        assert!(host_allowed("http://[::1]:5000/cb", &allowed));
+        assert!(!host_allowed("https://evil.claude.ai.example/cb", &allowed));
+        assert!(!host_allowed(
+            "https://chatgpt.com/connector/oauth/x",
+            &allowed
+        ));
+        assert!(host_allowed("https://anything.example/cb", &[]));
     }
 
     #[test]

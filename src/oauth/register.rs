@@ -66,7 +66,12 @@ pub struct Registration {
 }
 
 /// Validates RFC 7591 client metadata (a parsed JSON body) and builds the client.
-pub fn register(body: &Value, now: UnixTime) -> Result<Registration, OAuthError> {
+/// `allowed_hosts` is the operator's redirect-host allowlist (empty: any host).
+pub fn register(
+    body: &Value,
+    now: UnixTime,
+    allowed_hosts: &[String],
+) -> Result<Registration, OAuthError> {
     let obj = body
         .as_object()
         .ok_or_else(|| metadata_error("the body must be a JSON object"))?;
@@ -84,6 +89,11 @@ pub fn register(body: &Value, now: UnixTime) -> Result<Registration, OAuthError>
     }
     for uri in &redirect_uris {
         redirect_uri::validate_for_registration(uri).map_err(redirect_error)?;
+        if !redirect_uri::host_allowed(uri, allowed_hosts) {
+            return Err(redirect_error(format!(
+                "`{uri}`: this server does not accept redirect URIs on that host"
+            )));
+        }
     }
 
     let auth_method = match string_field(obj, "token_endpoint_auth_method")? {
@@ -142,6 +152,7 @@ pub fn register(body: &Value, now: UnixTime) -> Result<Registration, OAuthError>
         grant_types: dedup(grant_types),
         response_types: dedup(response_types),
         issued_at: now,
+        first_authorized_at: Default::default(),
     };
     Ok(Registration { client, secret })
 }
@@ -188,7 +199,7 @@ mod tests {
     use super::*;
 
     fn code(body: Value) -> Option<ErrorCode> {
-        register(&body, 1).err().map(|e| e.code)
+        register(&body, 1, &[]).err().map(|e| e.code)
     }
 
     #[test]
@@ -196,6 +207,7 @@ mod tests {
         let r = register(
             &json!({"redirect_uris": ["http://127.0.0.1:9/cb"], "token_endpoint_auth_method": "none"}),
             5,
+            &[],
         );
         let r = r.ok();
         assert!(r.as_ref().is_some_and(|r| r.secret.is_none()));
@@ -212,7 +224,7 @@ mod tests {
 
     #[test]
     fn confidential_client_secret_is_stored_hashed() {
-        let r = register(&json!({"redirect_uris": ["https://a.example/cb"]}), 5).ok();
+        let r = register(&json!({"redirect_uris": ["https://a.example/cb"]}), 5, &[]).ok();
         let r = r.as_ref();
         let secret = r.and_then(|r| r.secret.clone()).unwrap_or_default();
         assert_eq!(secret.len(), 43);

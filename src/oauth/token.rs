@@ -101,7 +101,7 @@ pub fn authenticate_client(
 }
 
 /// RFC 6749 §2.3.1: `Basic base64(urlencode(id) ":" urlencode(secret))`.
-fn parse_basic(value: &str) -> Result<(String, String), OAuthError> {
+pub fn parse_basic(value: &str) -> Result<(String, String), OAuthError> {
     let bad = || OAuthError::invalid_client("malformed Basic authorization header");
     let (scheme, rest) = value.split_once(' ').ok_or_else(bad)?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -403,6 +403,7 @@ mod tests {
             grant_types: vec!["authorization_code".into(), "refresh_token".into()],
             response_types: vec!["code".into()],
             issued_at: 0,
+            first_authorized_at: Default::default(),
         }
     }
 

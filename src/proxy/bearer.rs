@@ -10,6 +10,7 @@ use crate::error::{BearerProblem, Error};
 use crate::store::{Grant, UpstreamCredential};
 
 /// What replaces the client's Authorization header.
+#[derive(Clone)]
 pub enum UpstreamAuth {
     /// `Authorization: Bearer <IdP access token>`.
     Bearer(HeaderValue),
@@ -73,15 +74,38 @@ fn header_value(s: &str) -> Option<HeaderValue> {
 /// calls the IdP; the others find the fresh token when they get the lock. When the IdP refuses the refresh for
 /// good (`invalid_grant`), the grant is revoked and the client gets 401 `invalid_token`, so that it logs in again.
 /// A transient IdP failure keeps the current token while it is still valid.
-pub async fn upstream_auth(app: &App, grant: &Grant) -> Result<UpstreamAuth, Error> {
+///
+/// `rejected`: the bearer the upstream just refused with 401. The token is then refreshed whatever its expiry,
+/// unless another request already replaced it.
+pub async fn upstream_auth(
+    app: &App,
+    grant: &Grant,
+    rejected: Option<&HeaderValue>,
+) -> Result<UpstreamAuth, Error> {
     let margin = app.config.tokens.upstream_refresh_margin.as_secs();
-    if let Some(auth) = current_auth(grant, app.clock.now() + margin) {
+    let usable = |auth: UpstreamAuth| match (&auth, rejected) {
+        (UpstreamAuth::Bearer(current), Some(bad)) if current == bad => None,
+        _ => Some(auth),
+    };
+    if let Some(auth) = current_auth(grant, app.clock.now() + margin).and_then(usable) {
         return Ok(auth);
     }
     let _flight = grant.refresh_lock.lock().await;
     // Another request may have refreshed while this one waited.
-    if let Some(auth) = current_auth(grant, app.clock.now() + margin) {
+    if let Some(auth) = current_auth(grant, app.clock.now() + margin).and_then(usable) {
         return Ok(auth);
+    }
+    if rejected.is_some() {
+        // An upstream that refuses every token must not make the proxy hammer the IdP.
+        let now = app.clock.now();
+        let last = grant
+            .forced_refresh_at
+            .swap(now, std::sync::atomic::Ordering::Relaxed);
+        if now < last + 30 {
+            if let Some(auth) = current_auth(grant, now) {
+                return Ok(auth);
+            }
+        }
     }
     // Copy what the IdP call needs so that no lock is held across the await.
     let refresh_token = match &*grant.upstream() {
@@ -92,7 +116,7 @@ pub async fn upstream_auth(app: &App, grant: &Grant) -> Result<UpstreamAuth, Err
         problem: BearerProblem::InvalidToken,
         resource_metadata: app.resource_metadata.clone(),
     };
-    match app.idp.refresh(refresh_token, app.clock.now()).await {
+    match refresh_with_retries(app, refresh_token).await {
         Ok(tokens) => {
             tracing::info!(client_id = %grant.client_id, "upstream access token refreshed");
             let bearer = tokens.bearer().clone();
@@ -108,6 +132,30 @@ pub async fn upstream_auth(app: &App, grant: &Grant) -> Result<UpstreamAuth, Err
             tracing::warn!(client_id = %grant.client_id, error = %e, "upstream refresh failed");
             current_auth(grant, app.clock.now())
                 .ok_or_else(|| Error::UpstreamUnavailable(format!("identity provider: {e}")))
+        }
+    }
+}
+
+/// Calls the IdP, retrying transient failures (network, 5xx, 429) twice with a growing pause; a refusal is final.
+async fn refresh_with_retries(
+    app: &App,
+    refresh_token: Option<String>,
+) -> Result<crate::store::UpstreamTokens, crate::idp::IdpError> {
+    let mut pause = std::time::Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match app
+            .idp
+            .refresh(refresh_token.clone(), app.clock.now())
+            .await
+        {
+            Err(e @ crate::idp::IdpError::Unavailable(_)) if attempt < 3 => {
+                tracing::info!(error = %e, attempt, "upstream refresh failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 4;
+                attempt += 1;
+            }
+            other => return other,
         }
     }
 }

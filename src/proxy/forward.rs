@@ -50,7 +50,42 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
+/// A forwarded request's body: the client's, streamed, or none for a replayed bodiless request.
+pub enum UpstreamBody {
+    Streamed(Incoming),
+    Empty,
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Streamed(b) => std::pin::Pin::new(b).poll_frame(cx),
+            Self::Empty => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Streamed(b) => b.is_end_stream(),
+            Self::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Self::Streamed(b) => b.size_hint(),
+            Self::Empty => hyper::body::SizeHint::with_exact(0),
+        }
+    }
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>;
 
 /// Forwards requests to the upstream service.
 pub struct Forwarder {
@@ -94,7 +129,7 @@ impl Forwarder {
     /// Forwards `req` with `auth` in place of the client's credentials and streams the answer back.
     pub async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<UpstreamBody>,
         auth: UpstreamAuth,
         peer: SocketAddr,
     ) -> Result<Response<Body>, Error> {

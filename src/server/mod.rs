@@ -21,9 +21,6 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
 
-/// Time allowed for a client to send its request headers (slowloris) and to finish a TLS handshake.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Serves `app` on `listener` until `shutdown` resolves, then drains.
 pub async fn serve(
     listener: TcpListener,
@@ -31,11 +28,14 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
+    // `limits.header_timeout`: time allowed for the request headers (slowloris), for an idle keep-alive
+    // connection's next request, and for a TLS handshake.
+    let header_timeout = app.config.limits.header_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .keep_alive(true);
     builder
         .http2()
@@ -79,7 +79,7 @@ pub async fn serve(
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream))
+                    let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream))
                         .await
                     {
                         Ok(Ok(s)) => s,
@@ -112,7 +112,11 @@ fn spawn_sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            app.store.sweep(app.clock.now());
+            let now = app.clock.now();
+            app.store.sweep(now);
+            app.store
+                .sweep_unused_clients(now, app.config.registration.unused_client_ttl.as_secs());
+            app.rate_limiter.sweep(std::time::Instant::now());
         }
     })
 }

@@ -70,6 +70,14 @@ impl Store {
         }
     }
 
+    /// Removes clients that never completed an authorization within `ttl` of registering.
+    pub fn sweep_unused_clients(&self, now: UnixTime, ttl_secs: u64) -> usize {
+        let before = self.clients.len();
+        self.clients
+            .retain(|_, c| c.was_authorized() || c.issued_at + ttl_secs > now);
+        before - self.clients.len()
+    }
+
     /// Removes expired and revoked entries.
     pub fn sweep(&self, now: UnixTime) {
         self.pending.retain(|_, p| p.expires_at > now);

@@ -37,7 +37,7 @@ impl ClientAuthMethod {
 }
 
 /// A dynamically registered client (RFC 7591).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Client {
     pub client_id: String,
     /// SHA-256 of the client secret, for confidential clients.
@@ -49,6 +49,24 @@ pub struct Client {
     pub grant_types: Vec<String>,
     pub response_types: Vec<String>,
     pub issued_at: UnixTime,
+    /// When the client first redeemed an authorization code (0: never); unused clients expire.
+    pub first_authorized_at: AtomicU64,
+}
+
+impl Client {
+    /// Records that the client completed an authorization.
+    pub fn mark_authorized(&self, now: UnixTime) {
+        let _ = self.first_authorized_at.compare_exchange(
+            0,
+            now.max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn was_authorized(&self) -> bool {
+        self.first_authorized_at.load(Ordering::Relaxed) != 0
+    }
 }
 
 /// A validated `/authorize` request, waiting for the user's consent.
@@ -219,6 +237,8 @@ pub struct Grant {
     /// Serialises upstream refreshes of this grant (single flight).
     pub refresh_lock: tokio::sync::Mutex<()>,
     revoked: AtomicBool,
+    /// When an upstream 401 last forced a refresh (0: never); at most one such refresh per 30 seconds.
+    pub forced_refresh_at: AtomicU64,
     /// Expiry of the newest refresh token; the grant is swept after it.
     expires_at: AtomicU64,
 }
@@ -241,6 +261,7 @@ impl Grant {
             upstream: RwLock::new(login.credential),
             refresh_lock: tokio::sync::Mutex::new(()),
             revoked: AtomicBool::new(false),
+            forced_refresh_at: AtomicU64::new(0),
             expires_at: AtomicU64::new(created_at),
         })
     }
