@@ -67,7 +67,7 @@ fn source_ip(app: &App, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
         let forwarded = headers
             .get_all("x-forwarded-for")
             .iter()
-            .last()
+            .next_back()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
             .and_then(|ip| ip.trim().parse().ok());

@@ -231,6 +231,7 @@ fn redeem_code(
     }
     check_resource(ctx, params, code.resource.as_deref())?;
 
+    client.mark_authorized(ctx.now);
     let grant = Grant::new(
         client.client_id.clone(),
         code.scope,

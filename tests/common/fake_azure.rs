@@ -53,6 +53,10 @@ pub struct AzureState {
     pub authorize_error: Option<(String, u64)>,
     /// A status the token endpoint answers with instead of working (e.g. 429, 503).
     pub token_fault: Option<u16>,
+    /// With `token_fault`: how many requests fail before the endpoint works again (None: all).
+    pub token_fault_count: Option<usize>,
+    /// Every token request, failed ones included.
+    pub token_requests: usize,
     /// Every `/authorize` query the fake saw.
     pub authorize_queries: Vec<HashMap<String, String>>,
     /// Count of refresh_token grants served.
@@ -199,6 +203,11 @@ impl FakeAzure {
 
     pub fn state(&self) -> std::sync::MutexGuard<'_, AzureState> {
         self.state.lock().expect("fake azure state")
+    }
+
+    /// Makes Graph refuse every access token issued so far (as a CAE revocation does).
+    pub fn revoke_access_tokens(&self) {
+        self.state().access_tokens.clear();
     }
 
     /// Revokes every refresh token (as "revoke sessions" does).
@@ -398,6 +407,14 @@ fn token(
     body_bytes: &[u8],
 ) -> Response<FakeBody> {
     let mut st = state.lock().expect("state");
+    st.token_requests += 1;
+    if st.token_fault_count == Some(0) {
+        st.token_fault = None;
+        st.token_fault_count = None;
+    }
+    if let Some(n) = st.token_fault_count.as_mut() {
+        *n -= 1;
+    }
     if let Some(status) = st.token_fault {
         if status == 429 {
             return Response::builder()

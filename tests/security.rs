@@ -1,0 +1,617 @@
+//! The security suite: one test per attack, each asserting the refusal and that nothing was issued.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::fake_azure::FakeAzure;
+use common::upstream::Upstream;
+use common::*;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn setup_with(extra: &str) -> (FakeAzure, Upstream, TestProxy) {
+    let azure = FakeAzure::start().await;
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::with_azure(&azure, &upstream.url(), extra).await;
+    (azure, upstream, proxy)
+}
+
+async fn setup() -> (FakeAzure, Upstream, TestProxy) {
+    setup_with("").await
+}
+
+async fn error_of(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        body["error"].as_str().unwrap_or("<none>").to_owned(),
+    )
+}
+
+fn nothing_issued(proxy: &TestProxy) {
+    assert!(
+        proxy.app.store.access_tokens.is_empty(),
+        "no access token was issued"
+    );
+    assert!(
+        proxy.app.store.refresh_tokens.is_empty(),
+        "no refresh token was issued"
+    );
+}
+
+#[tokio::test]
+async fn open_redirect_via_unregistered_redirect_uri_is_refused() {
+    let (azure, _u, proxy) = setup().await;
+    let client_id = register_public_client(&proxy).await;
+    let url = authorize_url(&proxy, &client_id, "").replace(
+        &urlencode(CLIENT_REDIRECT),
+        &urlencode("https://evil.example/steal"),
+    );
+    let resp = http().get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.headers().get("location").is_none());
+    assert!(azure.state().authorize_queries.is_empty());
+    assert!(proxy.app.store.pending.is_empty());
+}
+
+#[tokio::test]
+async fn authorization_without_pkce_or_with_plain_is_refused() {
+    let (azure, _u, proxy) = setup().await;
+    let client_id = register_public_client(&proxy).await;
+    let base = authorize_url(&proxy, &client_id, "");
+    for url in [
+        base.replace("&code_challenge_method=S256", "")
+            .replace(&format!("&code_challenge={CHALLENGE}"), ""),
+        base.replace("code_challenge_method=S256", "code_challenge_method=plain"),
+        base.replace(CHALLENGE, "short"),
+    ] {
+        let resp = http().get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 302);
+        assert!(
+            resp.headers()["location"]
+                .to_str()
+                .unwrap()
+                .contains("error=invalid_request"),
+            "{url}"
+        );
+    }
+    assert!(proxy.app.store.pending.is_empty());
+    assert!(azure.state().authorize_queries.is_empty());
+}
+
+#[tokio::test]
+async fn wrong_pkce_verifier_is_refused_and_spends_the_code() {
+    let (_a, _u, proxy) = setup().await;
+    let client_id = register_public_client(&proxy).await;
+    let params = authorize(&proxy, &mut Browser::new(), &client_id).await;
+    let resp = http()
+        .post(proxy.url("/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", params["code"].as_str()),
+            ("redirect_uri", CLIENT_REDIRECT),
+            ("code_verifier", &"W".repeat(64)),
+            ("client_id", &client_id),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(resp).await, (400, "invalid_grant".into()));
+    let retry = redeem(&proxy, &client_id, &params["code"]).await;
+    assert_eq!(error_of(retry).await, (400, "invalid_grant".into()));
+    nothing_issued(&proxy);
+}
+
+#[tokio::test]
+async fn replayed_code_is_refused_and_revokes_what_it_issued() {
+    let (_a, upstream, proxy) = setup().await;
+    let client_id = register_public_client(&proxy).await;
+    let params = authorize(&proxy, &mut Browser::new(), &client_id).await;
+    let tokens: Value = redeem(&proxy, &client_id, &params["code"])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let replay = redeem(&proxy, &client_id, &params["code"]).await;
+    assert_eq!(error_of(replay).await, (400, "invalid_grant".into()));
+    let resp = http()
+        .get(proxy.url("/mcp"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(upstream.recorded().is_empty());
+}
+
+#[tokio::test]
+async fn refresh_token_reuse_revokes_the_grant() {
+    let (_a, _u, proxy) = setup().await;
+    let (client_id, tokens) = login(&proxy).await;
+    let old = tokens["refresh_token"].as_str().unwrap();
+    let new: Value = refresh(&proxy, &client_id, old).await.json().await.unwrap();
+    proxy.clock.advance(11);
+    assert_eq!(
+        error_of(refresh(&proxy, &client_id, old).await).await,
+        (400, "invalid_grant".into())
+    );
+    let next = refresh(&proxy, &client_id, new["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(
+        error_of(next).await,
+        (400, "invalid_grant".into()),
+        "the thief's and the owner's tokens both die"
+    );
+    assert!(proxy.app.store.grants.is_empty());
+}
+
+#[tokio::test]
+async fn token_for_another_resource_is_refused() {
+    let (_a, _u, proxy) = setup().await;
+    let client_id = register_public_client(&proxy).await;
+    let params = authorize(&proxy, &mut Browser::new(), &client_id).await;
+    let resp = http()
+        .post(proxy.url("/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", params["code"].as_str()),
+            ("redirect_uri", CLIENT_REDIRECT),
+            ("code_verifier", VERIFIER),
+            ("client_id", &client_id),
+            ("resource", "https://other.example/mcp"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(resp).await, (400, "invalid_target".into()));
+    nothing_issued(&proxy);
+}
+
+#[tokio::test]
+async fn registration_flood_stops_at_the_client_cap_and_unused_clients_expire() {
+    let (_a, _u, proxy) =
+        setup_with("[registration]\nmax_clients = 3\nunused_client_ttl = \"1h\"\n").await;
+    let (used, _) = login(&proxy).await;
+    for _ in 0..2 {
+        register_public_client(&proxy).await;
+    }
+    let resp = http()
+        .post(proxy.url("/register"))
+        .json(&json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["retry-after"], "60");
+    assert_eq!(
+        error_of(resp).await,
+        (503, "temporarily_unavailable".into())
+    );
+    assert_eq!(proxy.app.store.clients.len(), 3);
+    // An hour later the unused clients make room; a client that logged in is kept.
+    proxy.clock.advance(3601);
+    let newest = register_public_client(&proxy).await;
+    assert_eq!(proxy.app.store.clients.len(), 2);
+    assert!(proxy.app.store.clients.contains_key(&used));
+    assert!(proxy.app.store.clients.contains_key(&newest));
+}
+
+#[tokio::test]
+async fn registration_rate_limit_answers_429_with_retry_after() {
+    let (_a, _u, proxy) =
+        setup_with("[limits]\nregister_per_minute = 2\ntoken_per_minute = 3\n").await;
+    register_public_client(&proxy).await;
+    register_public_client(&proxy).await;
+    let resp = http()
+        .post(proxy.url("/register"))
+        .json(&json!({"redirect_uris": [CLIENT_REDIRECT]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "30");
+    assert_eq!(proxy.app.store.clients.len(), 2);
+    for attempt in 1..=4 {
+        let resp = http()
+            .post(proxy.url("/token"))
+            .form(&[("grant_type", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status() == 429,
+            attempt == 4,
+            "attempt {attempt}: {}",
+            resp.status()
+        );
+    }
+}
+
+#[tokio::test]
+async fn initial_access_token_closes_registration() {
+    let (_a, _u, proxy) =
+        setup_with("[registration]\ninitial_access_token = \"operator-issued-token-123\"\n").await;
+    let body = json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"});
+    let resp = http()
+        .post(proxy.url("/register"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
+    assert_eq!(error_of(resp).await, (401, "invalid_token".into()));
+    let resp = http()
+        .post(proxy.url("/register"))
+        .bearer_auth("wrong-token-wrong-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(proxy.app.store.clients.is_empty());
+    let resp = http()
+        .post(proxy.url("/register"))
+        .bearer_auth("operator-issued-token-123")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+}
+
+#[tokio::test]
+async fn redirect_host_allowlist_refuses_other_hosts() {
+    let (_a, _u, proxy) =
+        setup_with("[registration]\nallowed_redirect_hosts = [\"claude.ai\", \"loopback\"]\n")
+            .await;
+    let resp = http()
+        .post(proxy.url("/register"))
+        .json(&json!({"redirect_uris": ["https://evil.example/cb"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(resp).await, (400, "invalid_redirect_uri".into()));
+    for ok in ["https://claude.ai/api/mcp/auth_callback", CLIENT_REDIRECT] {
+        let resp = http()
+            .post(proxy.url("/register"))
+            .json(&json!({"redirect_uris": [ok]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "{ok}");
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_before_they_are_read() {
+    let (_a, _u, proxy) = setup().await;
+    let big = vec![b'a'; 1024 * 1024];
+    for path in ["/register", "/token", "/revoke", "/consent"] {
+        let ct = if path == "/register" {
+            "application/json"
+        } else {
+            "application/x-www-form-urlencoded"
+        };
+        let resp = http()
+            .post(proxy.url(path))
+            .header("content-type", ct)
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 413, "{path}");
+    }
+    assert!(proxy.app.store.clients.is_empty());
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    let (_a, _u, proxy) = setup_with("[limits]\nheader_timeout = \"1s\"\n").await;
+    let addr = proxy.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(b"GET /mcp HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The headers never finish: the proxy must close the connection on its own.
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "connection still open after the header timeout"
+    );
+}
+
+#[tokio::test]
+async fn bearer_token_in_query_string_is_refused() {
+    let (_a, upstream, proxy) = setup().await;
+    let (_, tokens) = login(&proxy).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let resp = http()
+        .get(proxy.url(&format!("/mcp?access_token={access}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("invalid_request"));
+    assert!(upstream.recorded().is_empty());
+}
+
+#[tokio::test]
+async fn client_token_never_reaches_the_upstream() {
+    let (azure, upstream, proxy) = setup().await;
+    let (_, tokens) = login(&proxy).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let refresh_token = tokens["refresh_token"].as_str().unwrap();
+    for path in ["/mcp", "/other/path?x=1"] {
+        http()
+            .post(proxy.url(path))
+            .bearer_auth(access)
+            .header("x-copy", access)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+    }
+    let azure_token = azure.state().last_access_token.clone().unwrap();
+    for rec in upstream.recorded() {
+        assert_eq!(
+            rec.header("authorization"),
+            Some(format!("Bearer {azure_token}").as_str())
+        );
+        for (name, values) in &rec.headers {
+            if name == "x-copy" {
+                continue; // a header the client chose to send is the client's business
+            }
+            assert!(
+                values
+                    .iter()
+                    .all(|v| !v.contains(access) && !v.contains(refresh_token)),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn upstream_401_refreshes_the_idp_token_once_and_retries() {
+    let azure = FakeAzure::start().await;
+    // The upstream is the fake Graph: it accepts only access tokens the fake Entra ID still honours.
+    let proxy = TestProxy::with_azure(&azure, &azure.authority(), "").await;
+    let (_, tokens) = login(&proxy).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let me = http()
+        .get(proxy.url("/v1.0/me"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    azure.revoke_access_tokens();
+    let me = http()
+        .get(proxy.url("/v1.0/me"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200, "refreshed and retried");
+    assert_eq!(azure.state().refresh_calls, 1);
+    // A request with a body is not replayed: the client sees the proxy's own challenge.
+    azure.revoke_access_tokens();
+    let resp = http()
+        .post(proxy.url("/v1.0/me"))
+        .bearer_auth(access)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("resource_metadata"));
+}
+
+#[tokio::test]
+async fn transient_idp_errors_are_retried_and_never_end_a_grant() {
+    let (azure, upstream, proxy) = setup().await;
+    azure.state().expires_in = 300;
+    let (_, tokens) = login(&proxy).await;
+    {
+        let mut st = azure.state();
+        st.token_fault = Some(503);
+        st.token_fault_count = Some(2);
+    }
+    let before = azure.state().token_requests;
+    proxy.clock.advance(250);
+    let resp = http()
+        .get(proxy.url("/mcp"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        azure.state().token_requests - before,
+        3,
+        "two failures, then success"
+    );
+    let fresh = azure.state().last_access_token.clone().unwrap();
+    assert_eq!(
+        upstream.last().header("authorization"),
+        Some(format!("Bearer {fresh}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn introspection_needs_the_resource_server_credential() {
+    let (_a, _u, proxy) = setup_with("[introspection]\nclient_id = \"mcp-server\"\nclient_secret = \"introspection-secret-1234\"\n").await;
+    let (_, tokens) = login(&proxy).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let resp = http()
+        .post(proxy.url("/introspect"))
+        .form(&[("token", access)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(resp).await, (401, "invalid_client".into()));
+    let resp = http()
+        .post(proxy.url("/introspect"))
+        .basic_auth("mcp-server", Some("wrong"))
+        .form(&[("token", access)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let doc: Value = http()
+        .post(proxy.url("/introspect"))
+        .basic_auth("mcp-server", Some("introspection-secret-1234"))
+        .form(&[("token", access)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["active"], true);
+    assert_eq!(doc["aud"], proxy.url("/mcp"));
+    assert_eq!(doc["token_type"], "Bearer");
+    let doc: Value = http()
+        .post(proxy.url("/introspect"))
+        .basic_auth("mcp-server", Some("introspection-secret-1234"))
+        .form(&[("token", "not-a-token")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc, json!({"active": false}));
+}
+
+#[tokio::test]
+async fn pending_authorization_cap_refuses_new_sign_ins() {
+    let (_a, _u, proxy) = setup_with("[limits]\nmax_pending = 2\n").await;
+    let client_id = register_public_client(&proxy).await;
+    for _ in 0..2 {
+        assert_eq!(
+            http()
+                .get(authorize_url(&proxy, &client_id, ""))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let resp = http()
+        .get(authorize_url(&proxy, &client_id, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(proxy.app.store.pending.len(), 2);
+}
+
+#[tokio::test]
+async fn consent_cannot_be_forged_or_replayed() {
+    let (azure, _u, proxy) = setup().await;
+    let client_id = register_public_client(&proxy).await;
+    let mut browser = Browser::new();
+    let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await
+    else {
+        panic!()
+    };
+    let request = hidden_field(&consent, "request");
+    let csrf = hidden_field(&consent, "csrf");
+    let forged = "A".repeat(43);
+    // Wrong CSRF token, then a right token from a browser without the cookie.
+    match browser
+        .post_form(
+            &proxy.url("/consent"),
+            &[
+                ("request", &request),
+                ("csrf", &forged),
+                ("action", "approve"),
+            ],
+        )
+        .await
+    {
+        Landing::Page(403, _) => {}
+        _ => panic!("forged CSRF accepted"),
+    }
+    match Browser::new()
+        .post_form(
+            &proxy.url("/consent"),
+            &[
+                ("request", &request),
+                ("csrf", &csrf),
+                ("action", "approve"),
+            ],
+        )
+        .await
+    {
+        Landing::Page(403, _) => {}
+        _ => panic!("consent accepted from another browser"),
+    }
+    let resp = http()
+        .post(proxy.url("/consent"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(
+        azure.state().authorize_queries.is_empty(),
+        "no IdP state was created"
+    );
+    // The genuine approval still works once, then is spent.
+    let Landing::Client(p) = browser
+        .post_form(
+            &proxy.url("/consent"),
+            &[
+                ("request", &request),
+                ("csrf", &csrf),
+                ("action", "approve"),
+            ],
+        )
+        .await
+    else {
+        panic!("genuine consent refused")
+    };
+    assert!(p.contains_key("code"));
+    match browser
+        .post_form(
+            &proxy.url("/consent"),
+            &[
+                ("request", &request),
+                ("csrf", &csrf),
+                ("action", "approve"),
+            ],
+        )
+        .await
+    {
+        Landing::Page(403, _) => {}
+        _ => panic!("consent replayed"),
+    }
+}
+
+#[tokio::test]
+async fn code_issued_to_one_client_is_refused_to_another() {
+    let (_a, _u, proxy) = setup().await;
+    let victim = register_public_client(&proxy).await;
+    let attacker = register_public_client(&proxy).await;
+    let params = authorize(&proxy, &mut Browser::new(), &victim).await;
+    let resp = redeem(&proxy, &attacker, &params["code"]).await;
+    assert_eq!(error_of(resp).await, (400, "invalid_grant".into()));
+    assert!(proxy.app.store.access_tokens.is_empty());
+}
