@@ -205,6 +205,18 @@ impl FakeAzure {
         self.state.lock().expect("fake azure state")
     }
 
+    /// Every token and code this fake has issued (for the no-secret-in-logs check).
+    pub fn issued_secrets(&self) -> Vec<String> {
+        let st = self.state();
+        st.access_tokens
+            .iter()
+            .chain(st.refresh_tokens.keys())
+            .chain(st.used_codes.iter())
+            .chain(st.codes.keys())
+            .cloned()
+            .collect()
+    }
+
     /// Makes Graph refuse every access token issued so far (as a CAE revocation does).
     pub fn revoke_access_tokens(&self) {
         self.state().access_tokens.clear();
