@@ -60,6 +60,7 @@ fn client() -> Client {
         response_types: vec!["code".into()],
         issued_at: 0,
         first_authorized_at: Default::default(),
+        registration_token: None,
     }
 }
 

@@ -181,9 +181,10 @@ pub enum Error {
     /// A capacity limit is reached (503 with `Retry-After`).
     #[error("capacity reached: {what}")]
     Capacity { what: &'static str, html: bool },
-    /// `/register` without the configured initial access token (RFC 7591 §3, RFC 6750 §3.1).
-    #[error("initial access token missing or wrong")]
-    InitialAccessToken,
+    /// `/register` without the configured initial access token (RFC 7591 §3), or `/register/{id}` without the
+    /// client's registration access token (RFC 7592 §2).
+    #[error("registration token missing or wrong")]
+    RegistrationTokenRequired,
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -218,7 +219,7 @@ impl Error {
             Self::Redirect { .. } => StatusCode::FOUND,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Capacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::InitialAccessToken => StatusCode::UNAUTHORIZED,
+            Self::RegistrationTokenRequired => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
@@ -343,11 +344,11 @@ impl Error {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
                 resp
             }
-            Self::InitialAccessToken => {
+            Self::RegistrationTokenRequired => {
                 let mut resp = oauth_json(
                     status,
                     "invalid_token",
-                    "registration requires a valid initial access token",
+                    "a valid registration token is required (initial access token, or the RFC 7592 registration access token)",
                 );
                 resp.headers_mut().insert(
                     header::WWW_AUTHENTICATE,

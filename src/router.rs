@@ -81,7 +81,7 @@ fn source_ip(app: &App, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
 /// The rate-limit class of a path, and whether its errors are shown as pages.
 fn rate_class(path: &str) -> Option<(RouteClass, bool)> {
     match path {
-        "/register" => Some((RouteClass::Register, false)),
+        p if p == "/register" || p.starts_with("/register/") => Some((RouteClass::Register, false)),
         "/token" | "/revoke" | "/introspect" => Some((RouteClass::Token, false)),
         "/authorize" | "/consent" | "/login" => Some((RouteClass::Authorize, true)),
         _ => None,
@@ -120,6 +120,9 @@ async fn dispatch(
         }
         (_, p) if p.starts_with("/.well-known/") => Err(Error::NotFound),
         (&Method::POST, "/register") => register_client(app, req).await,
+        (&Method::GET | &Method::PUT | &Method::DELETE, p) if p.starts_with("/register/") => {
+            manage_client(app, req).await
+        }
         (&Method::GET, "/authorize") => start_authorization(app, &req),
         (&Method::POST, "/consent") => submit_consent(app, req).await,
         (&Method::GET, "/callback") => idp_callback(app, &req).await,
@@ -199,7 +202,7 @@ async fn register_client(app: &App, req: Request<Incoming>) -> Result<Response<B
         use secrecy::ExposeSecret as _;
         let presented = bearer::token_from_headers(req.headers()).unwrap_or("");
         if !TokenHash::of(expected.expose_secret()).matches(presented) {
-            return Err(Error::InitialAccessToken);
+            return Err(Error::RegistrationTokenRequired);
         }
     }
     if !h::has_content_type(req.headers(), "application/json") {
@@ -228,7 +231,15 @@ async fn register_client(app: &App, req: Request<Incoming>) -> Result<Response<B
         }
         tracing::info!(removed, "unused clients removed to make room");
     }
-    let doc = register::response_body(&registration.client, registration.secret.as_deref());
+    let config_uri = format!(
+        "{}/register/{}",
+        app.config.server.public_url, registration.client.client_id
+    );
+    let doc = register::response_body(
+        &registration.client,
+        registration.secret.as_deref(),
+        (Some(&registration.registration_token), &config_uri),
+    );
     tracing::info!(
         client_id = %registration.client.client_id,
         client_name = registration.client.client_name.as_deref().unwrap_or(""),
@@ -242,6 +253,79 @@ async fn register_client(app: &App, req: Request<Incoming>) -> Result<Response<B
     let mut resp = json_response(StatusCode::CREATED, &doc);
     no_store(&mut resp);
     Ok(resp)
+}
+
+/// RFC 7592 client configuration endpoint `/register/{client_id}`: read (GET), update (PUT), delete (DELETE),
+/// each with the registration access token as bearer. An unknown client or a wrong token is 401 (§2), so that
+/// nothing is learned about which clients exist. Deleting a client revokes its grants.
+async fn manage_client(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    let client_id = req.uri().path().trim_start_matches("/register/").to_owned();
+    let presented = bearer::token_from_headers(req.headers()).unwrap_or("");
+    let client = app
+        .store
+        .clients
+        .get(&client_id)
+        .map(|c| c.clone())
+        .filter(|c| c.registration_token.is_some_and(|h| h.matches(presented)))
+        .ok_or(Error::RegistrationTokenRequired)?;
+    let config_uri = format!(
+        "{}/register/{}",
+        app.config.server.public_url, client.client_id
+    );
+    let respond = |c: &crate::store::Client| {
+        let mut resp = json_response(
+            StatusCode::OK,
+            &register::response_body(c, None, (None, &config_uri)),
+        );
+        no_store(&mut resp);
+        resp
+    };
+    match *req.method() {
+        Method::GET => Ok(respond(&client)),
+        Method::DELETE => {
+            app.store.clients.remove(&client.client_id);
+            let grants: Vec<_> = app
+                .store
+                .grants
+                .iter()
+                .filter(|g| g.client_id == client.client_id)
+                .map(|g| g.id)
+                .collect();
+            for id in grants {
+                app.store.revoke_grant(id);
+            }
+            tracing::info!(client_id = %client.client_id, "client deleted by its owner");
+            let mut resp = Response::new(h::empty());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            Ok(resp)
+        }
+        _ => {
+            if !h::has_content_type(req.headers(), "application/json") {
+                return Err(Error::UnsupportedMediaType {
+                    expected: "application/json",
+                });
+            }
+            let body = read_body(req.into_body(), app.config.registration.max_body_bytes).await?;
+            let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+                OAuthError::new(
+                    ErrorCode::InvalidClientMetadata,
+                    format!("the body is not valid JSON: {e}"),
+                )
+            })?;
+            let updated = register::update(
+                &client,
+                &json,
+                app.clock.now(),
+                &app.config.registration.allowed_redirect_hosts,
+            )?;
+            let resp = respond(&updated);
+            tracing::info!(client_id = %client.client_id, "client metadata updated");
+            app.store
+                .clients
+                .insert(updated.client_id.clone(), Arc::new(updated));
+            Ok(resp)
+        }
+    }
 }
 
 // ---- authorization ------------------------------------------------------------------------------------------

@@ -615,3 +615,156 @@ async fn code_issued_to_one_client_is_refused_to_another() {
     assert_eq!(error_of(resp).await, (400, "invalid_grant".into()));
     assert!(proxy.app.store.access_tokens.is_empty());
 }
+
+#[tokio::test]
+async fn client_configuration_endpoint_needs_the_registration_access_token() {
+    let (_a, _u, proxy) = setup().await;
+    let reg: Value = http()
+        .post(proxy.url("/register"))
+        .json(&json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none", "client_name": "Mine"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = reg["client_id"].as_str().unwrap();
+    let rat = reg["registration_access_token"].as_str().unwrap();
+    let uri = reg["registration_client_uri"].as_str().unwrap();
+    assert_eq!(uri, proxy.url(&format!("/register/{id}")));
+    // Without the token, with a wrong one, or for another client: 401 and nothing changes.
+    assert_eq!(http().get(uri).send().await.unwrap().status(), 401);
+    assert_eq!(
+        http()
+            .delete(uri)
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let other = register_public_client(&proxy).await;
+    assert_eq!(
+        http()
+            .delete(proxy.url(&format!("/register/{other}")))
+            .bearer_auth(rat)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert!(proxy.app.store.clients.contains_key(&other));
+    // Read, update, delete with the token.
+    let read: Value = http()
+        .get(uri)
+        .bearer_auth(rat)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["client_name"], "Mine");
+    assert!(read.get("registration_access_token").is_none());
+    let bad = http()
+        .put(uri)
+        .bearer_auth(rat)
+        .json(&json!({"client_id": "someone-else", "redirect_uris": [CLIENT_REDIRECT]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(bad).await, (400, "invalid_client_metadata".into()));
+    let updated: Value = http()
+        .put(uri)
+        .bearer_auth(rat)
+        .json(&json!({"client_id": id, "redirect_uris": ["http://127.0.0.1:4444/cb"], "client_name": "Renamed"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(updated["client_name"], "Renamed");
+    assert_eq!(
+        updated["redirect_uris"],
+        json!(["http://127.0.0.1:4444/cb"])
+    );
+    assert_eq!(updated["token_endpoint_auth_method"], "none");
+    assert_eq!(
+        http()
+            .delete(uri)
+            .bearer_auth(rat)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert!(!proxy.app.store.clients.contains_key(id));
+    assert_eq!(
+        http()
+            .get(uri)
+            .bearer_auth(rat)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_client_revokes_its_grants() {
+    let (_a, _u, proxy) = setup().await;
+    let reg: Value = http()
+        .post(proxy.url("/register"))
+        .json(&json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = reg["client_id"].as_str().unwrap();
+    let params = authorize(&proxy, &mut Browser::new(), id).await;
+    let tokens: Value = redeem(&proxy, id, &params["code"])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(
+        http()
+            .get(proxy.url("/mcp"))
+            .bearer_auth(access)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let uri = reg["registration_client_uri"].as_str().unwrap();
+    let rat = reg["registration_access_token"].as_str().unwrap();
+    assert_eq!(
+        http()
+            .delete(uri)
+            .bearer_auth(rat)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        http()
+            .get(proxy.url("/mcp"))
+            .bearer_auth(access)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}

@@ -171,6 +171,7 @@ mod tests {
             response_types: vec![],
             issued_at: 0,
             first_authorized_at: Default::default(),
+            registration_token: None,
         })
     }
 

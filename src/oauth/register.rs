@@ -63,6 +63,8 @@ fn string_array(obj: &Map<String, Value>, name: &str) -> Result<Option<Vec<Strin
 pub struct Registration {
     pub client: Client,
     pub secret: Option<String>,
+    /// RFC 7592 registration access token, returned once.
+    pub registration_token: String,
 }
 
 /// Validates RFC 7591 client metadata (a parsed JSON body) and builds the client.
@@ -142,6 +144,7 @@ pub fn register(
     }
 
     let secret = (auth_method != ClientAuthMethod::None).then(crypto::random_token);
+    let registration_token = crypto::random_token();
     let client = Client {
         client_id: crypto::random_token(),
         secret_hash: secret.as_deref().map(TokenHash::of),
@@ -153,8 +156,56 @@ pub fn register(
         response_types: dedup(response_types),
         issued_at: now,
         first_authorized_at: Default::default(),
+        registration_token: Some(TokenHash::of(&registration_token)),
     };
-    Ok(Registration { client, secret })
+    Ok(Registration {
+        client,
+        secret,
+        registration_token,
+    })
+}
+
+/// RFC 7592 §2.2: replaces a client's metadata. The body must name the client's `client_id`; a `client_secret`,
+/// if sent, must be the client's; the authentication method cannot change. Identity, secret and registration
+/// token stay.
+pub fn update(
+    existing: &Client,
+    body: &Value,
+    now: UnixTime,
+    allowed_hosts: &[String],
+) -> Result<Client, OAuthError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| metadata_error("the body must be a JSON object"))?;
+    if string_field(obj, "client_id")?.as_deref() != Some(existing.client_id.as_str()) {
+        return Err(metadata_error(
+            "`client_id` must be present and equal to this client's",
+        ));
+    }
+    if let Some(secret) = string_field(obj, "client_secret")? {
+        if !existing.secret_hash.is_some_and(|h| h.matches(&secret)) {
+            return Err(metadata_error("`client_secret` is not this client's"));
+        }
+    }
+    let mut fresh = register(body, now, allowed_hosts)?.client;
+    if obj.get("token_endpoint_auth_method").is_none() {
+        fresh.auth_method = existing.auth_method;
+    }
+    if fresh.auth_method != existing.auth_method {
+        return Err(metadata_error(
+            "`token_endpoint_auth_method` cannot be changed; register a new client",
+        ));
+    }
+    fresh.client_id = existing.client_id.clone();
+    fresh.secret_hash = existing.secret_hash;
+    fresh.issued_at = existing.issued_at;
+    fresh.registration_token = existing.registration_token;
+    fresh.first_authorized_at = std::sync::atomic::AtomicU64::new(
+        existing
+            .first_authorized_at
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    Ok(fresh)
 }
 
 fn dedup(mut v: Vec<String>) -> Vec<String> {
@@ -170,7 +221,13 @@ fn dedup(mut v: Vec<String>) -> Vec<String> {
 }
 
 /// The RFC 7591 §3.2.1 response body.
-pub fn response_body(client: &Client, secret: Option<&str>) -> Value {
+/// `management`: the RFC 7592 registration access token (only in the registration response) and the client's
+/// configuration URL.
+pub fn response_body(
+    client: &Client,
+    secret: Option<&str>,
+    management: (Option<&str>, &str),
+) -> Value {
     let mut doc = json!({
         "client_id": client.client_id,
         "client_id_issued_at": client.issued_at,
@@ -190,6 +247,10 @@ pub fn response_body(client: &Client, secret: Option<&str>) -> Value {
         if let Some(scope) = &client.scope {
             obj.insert("scope".into(), json!(scope));
         }
+        if let Some(token) = management.0 {
+            obj.insert("registration_access_token".into(), json!(token));
+        }
+        obj.insert("registration_client_uri".into(), json!(management.1));
     }
     doc
 }
@@ -212,7 +273,7 @@ mod tests {
         let r = r.ok();
         assert!(r.as_ref().is_some_and(|r| r.secret.is_none()));
         if let Some(r) = r {
-            let body = response_body(&r.client, None);
+            let body = response_body(&r.client, None, (None, "https://p/register/x"));
             assert!(body.get("client_secret").is_none());
             assert!(body.get("client_name").is_none());
             assert_eq!(

@@ -405,6 +405,7 @@ mod tests {
             response_types: vec!["code".into()],
             issued_at: 0,
             first_authorized_at: Default::default(),
+            registration_token: None,
         }
     }
 

@@ -51,6 +51,8 @@ pub struct Client {
     pub issued_at: UnixTime,
     /// When the client first redeemed an authorization code (0: never); unused clients expire.
     pub first_authorized_at: AtomicU64,
+    /// SHA-256 of the RFC 7592 registration access token.
+    pub registration_token: Option<TokenHash>,
 }
 
 impl Client {
