@@ -768,3 +768,86 @@ async fn deleting_a_client_revokes_its_grants() {
         401
     );
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let (_a, _u, proxy) = setup_with("[limits]\nheader_timeout = \"1s\"\n").await;
+    let addr = proxy.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Then silence: the server closes the kept-alive connection by itself.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "idle connection left open");
+}
+
+#[tokio::test]
+async fn markup_in_client_metadata_is_escaped_on_the_consent_page() {
+    let (_a, _u, proxy) = setup().await;
+    let reg: Value = http()
+        .post(proxy.url("/register"))
+        .json(
+            &json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none",
+                      "client_name": "<script>alert(1)</script>\"><img src=x>"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resp = http()
+        .get(authorize_url(
+            &proxy,
+            reg["client_id"].as_str().unwrap(),
+            "",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-frame-options"], "DENY");
+    assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
+    assert!(resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'none'"));
+    let page = resp.text().await.unwrap();
+    assert!(!page.contains("<script>alert(1)"));
+    assert!(!page.contains("<img src=x>"));
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&gt;&lt;img src=x&gt;"));
+}
+
+#[tokio::test]
+async fn authorization_rate_limit_is_a_page_with_retry_after() {
+    let (_a, _u, proxy) = setup_with("[limits]\nauthorize_per_minute = 2\n").await;
+    let client_id = register_public_client(&proxy).await;
+    for _ in 0..2 {
+        assert_eq!(
+            http()
+                .get(authorize_url(&proxy, &client_id, ""))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let resp = http()
+        .get(authorize_url(&proxy, &client_id, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert_eq!(proxy.app.store.pending.len(), 2);
+}
