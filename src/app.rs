@@ -20,6 +20,10 @@ pub enum StartError {
     Upstream(#[from] std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(
+        "{0} (set store.start_empty_on_bad_snapshot = true to start with an empty store instead)"
+    )]
+    Snapshot(#[from] crate::store::snapshot::SnapshotError),
 }
 
 /// Everything a request handler needs.
@@ -40,13 +44,39 @@ pub struct App {
 
 impl App {
     /// Builds the state; an `oidc` IdP is discovered here.
+    /// Builds the state: loads the snapshot (when configured) and discovers an `oidc` IdP.
     pub async fn new(config: Config, clock: Clock) -> Result<Arc<Self>, StartError> {
+        let store = match &config.store.snapshot {
+            None => Store::new(),
+            Some(s) => match crate::store::snapshot::load(&s.path, &s.key, clock.now()) {
+                Ok(store) => {
+                    let stats = store.stats();
+                    tracing::info!(path = %s.path.display(), clients = stats.clients, grants = stats.grants, "snapshot loaded");
+                    store
+                }
+                Err(e) if s.start_empty_on_error => {
+                    tracing::warn!(error = %e, "snapshot unreadable; starting with an empty store as configured");
+                    Store::new()
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
         let idp = Idp::from_config(&config).await?;
-        Self::with_idp(config, clock, idp)
+        Self::with_parts(config, clock, idp, store)
     }
 
-    /// Builds the state around an existing IdP.
+    /// Builds the state around an existing IdP, with an empty store.
     pub fn with_idp(config: Config, clock: Clock, idp: Arc<Idp>) -> Result<Arc<Self>, StartError> {
+        Self::with_parts(config, clock, idp, Store::new())
+    }
+
+    /// Builds the state around an existing IdP and store.
+    pub fn with_parts(
+        config: Config,
+        clock: Clock,
+        idp: Arc<Idp>,
+        store: Store,
+    ) -> Result<Arc<Self>, StartError> {
         let forwarder = Forwarder::new(&config.upstream, config.is_https())?;
         let resource = config.resource_url();
         let resources = vec![
@@ -60,7 +90,7 @@ impl App {
             resource_metadata: metadata::resource_metadata_url(&config),
             resources,
             rate_limiter: RateLimiter::new(&config.limits),
-            store: Arc::new(Store::new()),
+            store: Arc::new(store),
             clock,
             idp,
             forwarder,

@@ -51,7 +51,33 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub limits: LimitsConfig,
     pub introspection: Option<IntrospectionConfig>,
+    pub store: StoreConfig,
     pub log: LogConfig,
+}
+
+/// A 256-bit snapshot key; `Debug` never shows it.
+#[derive(Clone)]
+pub struct SnapshotKey(pub [u8; 32]);
+
+impl std::fmt::Debug for SnapshotKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotKey(<redacted>)")
+    }
+}
+
+/// Encrypted snapshots of the store (off unless `store.snapshot_path` is set).
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub snapshot: Option<SnapshotConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotConfig {
+    pub path: PathBuf,
+    pub interval: Duration,
+    pub key: SnapshotKey,
+    /// Start with an empty store when the snapshot cannot be read, instead of refusing to start.
+    pub start_empty_on_error: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -196,6 +222,8 @@ struct RawConfig {
     limits: RawLimits,
     introspection: Option<RawIntrospection>,
     #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
     log: RawLog,
 }
 
@@ -291,6 +319,16 @@ struct RawLimits {
     header_timeout: Option<String>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    snapshot_path: Option<PathBuf>,
+    snapshot_interval: Option<String>,
+    snapshot_key_file: Option<PathBuf>,
+    #[serde(default)]
+    start_empty_on_bad_snapshot: bool,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawIntrospection {
@@ -350,6 +388,7 @@ impl Config {
                 })
             }
         };
+        let store = validate_store(raw.store, &env)?;
         let log = LogConfig {
             format: raw.log.format.unwrap_or(LogFormat::Text),
             filter: raw.log.filter.unwrap_or_else(|| "info".to_owned()),
@@ -362,6 +401,7 @@ impl Config {
             registration,
             limits,
             introspection,
+            store,
             log,
         })
     }
@@ -697,6 +737,72 @@ fn validate_registration(
             .into_iter()
             .map(|h| h.to_ascii_lowercase())
             .collect(),
+    })
+}
+
+/// Reads a 256-bit key: 64 hex digits or base64 (standard or URL-safe, padded or not) of 32 bytes.
+pub fn parse_snapshot_key(text: &str) -> Option<SnapshotKey> {
+    use base64::Engine as _;
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
+            .collect::<Option<Vec<u8>>>()?
+    } else {
+        let engines = [
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::STANDARD_NO_PAD,
+            base64::engine::general_purpose::URL_SAFE,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ];
+        engines.iter().find_map(|e| e.decode(text).ok())?
+    };
+    <[u8; 32]>::try_from(bytes.as_slice()).ok().map(SnapshotKey)
+}
+
+fn validate_store(
+    raw: RawStore,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<StoreConfig, ConfigError> {
+    let Some(path) = raw.snapshot_path else {
+        return Ok(StoreConfig { snapshot: None });
+    };
+    let key_text =
+        match (env("DCR_PROXY_SNAPSHOT_KEY"), &raw.snapshot_key_file) {
+            (Some(k), _) => k,
+            (None, Some(file)) => std::fs::read_to_string(file).map_err(|e| {
+                invalid(
+                    "store.snapshot_key_file",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?,
+            (None, None) => return Err(invalid(
+                "store.snapshot_key_file",
+                "a snapshot needs a key: set DCR_PROXY_SNAPSHOT_KEY or store.snapshot_key_file \
+                 (32 random bytes as base64 or 64 hex digits, e.g. `openssl rand -base64 32`)",
+            )),
+        };
+    let key = parse_snapshot_key(&key_text).ok_or_else(|| {
+        invalid(
+            "store.snapshot_key_file",
+            "the snapshot key must be 32 bytes as base64 or 64 hex digits",
+        )
+    })?;
+    let interval = duration(
+        "store.snapshot_interval",
+        raw.snapshot_interval,
+        Duration::from_secs(30),
+    )?;
+    if interval < Duration::from_millis(100) {
+        return Err(invalid("store.snapshot_interval", "must be at least 100ms"));
+    }
+    Ok(StoreConfig {
+        snapshot: Some(SnapshotConfig {
+            path,
+            interval,
+            key,
+            start_empty_on_error: raw.start_empty_on_bad_snapshot,
+        }),
     })
 }
 

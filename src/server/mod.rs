@@ -43,6 +43,12 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = GracefulShutdown::new();
     let sweeper = spawn_sweeper(app.clone());
+    let snapshots = app
+        .config
+        .store
+        .snapshot
+        .as_ref()
+        .map(|s| spawn_snapshot_writer(app.clone(), s.interval));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -98,11 +104,51 @@ pub async fn serve(
     }
     drop(listener);
     sweeper.abort();
+    if let Some(w) = snapshots {
+        w.abort();
+    }
     let grace = app.config.server.shutdown_grace;
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown deadline reached; closing remaining connections"),
     }
+    // The final snapshot, after in-flight requests are done.
+    write_snapshot(&app).await;
+}
+
+/// Writes the snapshot off the runtime's worker threads; failures are logged, never fatal.
+pub async fn write_snapshot(app: &Arc<App>) {
+    let Some(config) = app.config.store.snapshot.clone() else {
+        return;
+    };
+    let app = app.clone();
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || {
+        crate::store::snapshot::write(&app.store, app.clock.now(), &config.path, &config.key)
+    })
+    .await;
+    match result {
+        Ok(Ok(bytes)) => tracing::debug!(
+            bytes,
+            millis = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        ),
+        Ok(Err(e)) => tracing::warn!(error = %e, "snapshot not written"),
+        Err(e) => tracing::warn!(error = %e, "snapshot task failed"),
+    }
+}
+
+/// Writes a snapshot every `interval`.
+fn spawn_snapshot_writer(app: Arc<App>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            write_snapshot(&app).await;
+        }
+    })
 }
 
 /// Removes expired store entries every 30 seconds.

@@ -12,6 +12,7 @@
 //! [`Store::sweep`] removes expired entries so that memory stays bounded.
 
 mod model;
+pub mod snapshot;
 
 pub use model::*;
 

@@ -268,6 +268,31 @@ impl Grant {
         })
     }
 
+    /// Rebuilds a grant read from a snapshot.
+    pub fn restore(
+        id: GrantId,
+        client_id: String,
+        scope: String,
+        resource: Option<String>,
+        login: UpstreamLogin,
+        created_at: UnixTime,
+        expires_at: UnixTime,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            client_id,
+            scope: scope.into_boxed_str(),
+            resource,
+            identity: login.identity,
+            created_at,
+            upstream: RwLock::new(login.credential),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            revoked: AtomicBool::new(false),
+            forced_refresh_at: AtomicU64::new(0),
+            expires_at: AtomicU64::new(expires_at),
+        })
+    }
+
     /// Read access to the upstream credential. Never hold it across an `.await`.
     pub fn upstream(&self) -> RwLockReadGuard<'_, UpstreamCredential> {
         self.upstream

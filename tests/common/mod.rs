@@ -24,6 +24,20 @@ pub const CLIENT_REDIRECT: &str = "http://127.0.0.1:33418/callback";
 /// The password of the local test user `alice`.
 pub const ALICE_PASSWORD: &str = "correct horse battery staple";
 
+/// Anything that serves the proxy at a base URL (in-process or the binary).
+pub trait ProxyBase {
+    fn base_url(&self) -> &str;
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url())
+    }
+}
+
+impl ProxyBase for TestProxy {
+    fn base_url(&self) -> &str {
+        &self.base
+    }
+}
+
 /// A running dcr-proxy.
 pub struct TestProxy {
     pub base: String,
@@ -99,7 +113,7 @@ impl TestProxy {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        ProxyBase::url(self, path)
     }
 
     pub async fn stop(mut self) {
@@ -253,7 +267,7 @@ pub fn hidden_field(html: &str, name: &str) -> String {
 }
 
 /// Registers a public client with the test redirect URI.
-pub async fn register_public_client(proxy: &TestProxy) -> String {
+pub async fn register_public_client(proxy: &impl ProxyBase) -> String {
     let resp = http()
         .post(proxy.url("/register"))
         .json(&json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none", "client_name": "Test Client"}))
@@ -265,11 +279,11 @@ pub async fn register_public_client(proxy: &TestProxy) -> String {
     doc["client_id"].as_str().expect("client_id").to_owned()
 }
 
-pub fn authorize_url(proxy: &TestProxy, client_id: &str, extra: &str) -> String {
+pub fn authorize_url(proxy: &impl ProxyBase, client_id: &str, extra: &str) -> String {
     format!(
         "{}/authorize?response_type=code&client_id={client_id}&redirect_uri={}&state=client-state-1\
          &code_challenge={CHALLENGE}&code_challenge_method=S256{extra}",
-        proxy.base,
+        proxy.base_url(),
         urlencode(CLIENT_REDIRECT)
     )
 }
@@ -281,7 +295,7 @@ pub fn urlencode(s: &str) -> String {
 /// Runs /authorize → consent (approve) → IdP (fake Azure logs in automatically, or the local login with
 /// `alice`) → callback, and returns the client's redirect parameters.
 pub async fn authorize(
-    proxy: &TestProxy,
+    proxy: &impl ProxyBase,
     browser: &mut Browser,
     client_id: &str,
 ) -> HashMap<String, String> {
@@ -325,7 +339,7 @@ pub async fn authorize(
 }
 
 /// Redeems a code with the test verifier.
-pub async fn redeem(proxy: &TestProxy, client_id: &str, code: &str) -> reqwest::Response {
+pub async fn redeem(proxy: &impl ProxyBase, client_id: &str, code: &str) -> reqwest::Response {
     http()
         .post(proxy.url("/token"))
         .form(&[
@@ -341,7 +355,7 @@ pub async fn redeem(proxy: &TestProxy, client_id: &str, code: &str) -> reqwest::
 }
 
 /// Registers, authorizes and redeems: returns (client_id, token response).
-pub async fn login(proxy: &TestProxy) -> (String, Value) {
+pub async fn login(proxy: &impl ProxyBase) -> (String, Value) {
     let client_id = register_public_client(proxy).await;
     let mut browser = Browser::new();
     let params = authorize(proxy, &mut browser, &client_id).await;
@@ -353,7 +367,11 @@ pub async fn login(proxy: &TestProxy) -> (String, Value) {
     (client_id, resp.json().await.expect("token json"))
 }
 
-pub async fn refresh(proxy: &TestProxy, client_id: &str, refresh_token: &str) -> reqwest::Response {
+pub async fn refresh(
+    proxy: &impl ProxyBase,
+    client_id: &str,
+    refresh_token: &str,
+) -> reqwest::Response {
     http()
         .post(proxy.url("/token"))
         .form(&[

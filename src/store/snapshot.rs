@@ -1,0 +1,528 @@
+//! Encrypted snapshots of the store (SPEC §8).
+//!
+//! File format, version 1: `b"DCRPSNAP"` ‖ version byte ‖ ChaCha20-Poly1305(nonce ‖ ciphertext ‖ tag) with the
+//! first 9 bytes as associated data; the plaintext is the postcard encoding of [`SnapshotV1`]. Tokens the proxy
+//! issued appear only as their SHA-256 hashes; the upstream (IdP) tokens only inside the ciphertext.
+//!
+//! Writing: the store is copied shard by shard (each `DashMap` shard is read-locked only while it is copied, so
+//! requests are not paused), encoded and sealed off the async runtime, written to `<path>.tmp` created with mode
+//! 0600, fsynced, renamed over `<path>`, and the directory fsynced: a crash leaves the old or the new file, never a
+//! torn one.
+//!
+//! Loading: a missing file is an empty store; a file that is not a snapshot, has another version, does not
+//! authenticate (wrong key, flipped byte, truncation) or does not decode is an error that names the file and the
+//! cause. Expired entries are dropped.
+//!
+//! Not kept: authorizations waiting for consent or the IdP (a browser flow in progress when the proxy restarts
+//! starts again), rate-limit buckets.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::clock::UnixTime;
+use crate::config::SnapshotKey;
+use crate::crypto::{Sealer, TokenHash};
+
+const MAGIC: &[u8; 8] = b"DCRPSNAP";
+const VERSION: u8 = 1;
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("snapshot {path} is not a dcr-proxy snapshot (bad header or truncated)")]
+    NotASnapshot { path: PathBuf },
+    #[error("snapshot {path} has format version {version}; this build reads version {VERSION}")]
+    Version { path: PathBuf, version: u8 },
+    #[error("snapshot {path} cannot be decrypted: wrong key (DCR_PROXY_SNAPSHOT_KEY / store.snapshot_key_file) or a corrupted file")]
+    Decrypt { path: PathBuf },
+    #[error("snapshot {path} is corrupted: {reason}")]
+    Decode { path: PathBuf, reason: String },
+}
+
+#[derive(Serialize, Deserialize)]
+struct TokensRec {
+    access_token: String,
+    refresh_token: Option<String>,
+    expires_at: UnixTime,
+    scope: Option<String>,
+}
+
+/// [`Identity`] without its JSON-only `skip_serializing_if` (postcard needs every field).
+#[derive(Serialize, Deserialize)]
+struct IdentityRec {
+    sub: String,
+    name: Option<String>,
+    email: Option<String>,
+    preferred_username: Option<String>,
+    tid: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LoginRec {
+    identity: IdentityRec,
+    upstream: Option<TokensRec>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ClientRec {
+    client_id: String,
+    secret_hash: Option<[u8; 32]>,
+    auth_method: String,
+    redirect_uris: Vec<String>,
+    client_name: Option<String>,
+    scope: Option<String>,
+    grant_types: Vec<String>,
+    response_types: Vec<String>,
+    issued_at: UnixTime,
+    first_authorized_at: UnixTime,
+    registration_token: Option<[u8; 32]>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RefreshRec {
+    hash: [u8; 32],
+    expires_at: UnixTime,
+    rotated: Option<(UnixTime, Vec<u8>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct GrantRec {
+    id: u128,
+    client_id: String,
+    scope: String,
+    resource: Option<String>,
+    login: LoginRec,
+    created_at: UnixTime,
+    expires_at: UnixTime,
+    access: Vec<([u8; 32], UnixTime)>,
+    refresh: Vec<RefreshRec>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CodeRec {
+    hash: [u8; 32],
+    client_id: String,
+    redirect_uri: String,
+    redirect_uri_explicit: bool,
+    code_challenge: String,
+    scope: Vec<String>,
+    resource: Option<String>,
+    expires_at: UnixTime,
+    login: LoginRec,
+}
+
+/// Everything a snapshot holds.
+#[derive(Serialize, Deserialize)]
+struct SnapshotV1 {
+    written_at: UnixTime,
+    clients: Vec<ClientRec>,
+    grants: Vec<GrantRec>,
+    codes: Vec<CodeRec>,
+    spent_codes: Vec<([u8; 32], u128, UnixTime)>,
+}
+
+fn login_rec(credential: &UpstreamCredential, identity: &Identity) -> LoginRec {
+    let i = identity.clone();
+    LoginRec {
+        identity: IdentityRec {
+            sub: i.sub,
+            name: i.name,
+            email: i.email,
+            preferred_username: i.preferred_username,
+            tid: i.tid,
+        },
+        upstream: match credential {
+            UpstreamCredential::Tokens(t) => Some(TokensRec {
+                access_token: t.access_token().to_owned(),
+                refresh_token: t.refresh_token().map(str::to_owned),
+                expires_at: t.expires_at,
+                scope: t.scope.clone(),
+            }),
+            UpstreamCredential::Local => None,
+        },
+    }
+}
+
+fn login_from(rec: LoginRec) -> Option<UpstreamLogin> {
+    let credential = match rec.upstream {
+        Some(t) => UpstreamCredential::Tokens(
+            UpstreamTokens::new(t.access_token, t.refresh_token, t.expires_at, t.scope).ok()?,
+        ),
+        None => UpstreamCredential::Local,
+    };
+    let i = rec.identity;
+    let identity = Identity {
+        sub: i.sub,
+        name: i.name,
+        email: i.email,
+        preferred_username: i.preferred_username,
+        tid: i.tid,
+    };
+    Some(UpstreamLogin {
+        credential,
+        identity,
+    })
+}
+
+fn collect(store: &Store, now: UnixTime) -> SnapshotV1 {
+    let clients = store
+        .clients
+        .iter()
+        .map(|c| ClientRec {
+            client_id: c.client_id.clone(),
+            secret_hash: c.secret_hash.map(|h| h.0),
+            auth_method: c.auth_method.as_str().to_owned(),
+            redirect_uris: c.redirect_uris.clone(),
+            client_name: c.client_name.clone(),
+            scope: c.scope.clone(),
+            grant_types: c.grant_types.clone(),
+            response_types: c.response_types.clone(),
+            issued_at: c.issued_at,
+            first_authorized_at: c
+                .first_authorized_at
+                .load(std::sync::atomic::Ordering::Relaxed),
+            registration_token: c.registration_token.map(|h| h.0),
+        })
+        .collect();
+    let mut grants: Vec<GrantRec> = Vec::with_capacity(store.grants.len());
+    let mut index: HashMap<u128, usize> = HashMap::with_capacity(store.grants.len());
+    for g in store.grants.iter().filter(|g| !g.is_revoked()) {
+        index.insert(g.id.0, grants.len());
+        grants.push(GrantRec {
+            id: g.id.0,
+            client_id: g.client_id.clone(),
+            scope: g.scope.to_string(),
+            resource: g.resource.clone(),
+            login: login_rec(&g.upstream(), &g.identity),
+            created_at: g.created_at,
+            expires_at: g.expires_at(),
+            access: Vec::new(),
+            refresh: Vec::new(),
+        });
+    }
+    for t in store.access_tokens.iter().filter(|t| t.expires_at > now) {
+        if let Some(&i) = index.get(&t.grant.id.0) {
+            grants[i].access.push((t.key().0, t.expires_at));
+        }
+    }
+    for t in store.refresh_tokens.iter().filter(|t| t.expires_at > now) {
+        if let Some(&i) = index.get(&t.grant.id.0) {
+            grants[i].refresh.push(RefreshRec {
+                hash: t.key().0,
+                expires_at: t.expires_at,
+                rotated: t
+                    .rotated
+                    .as_ref()
+                    .map(|r| (r.at, r.sealed_successor.clone())),
+            });
+        }
+    }
+    let codes = store
+        .codes
+        .iter()
+        .filter(|c| c.expires_at > now)
+        .map(|c| CodeRec {
+            hash: c.key().0,
+            client_id: c.client_id.clone(),
+            redirect_uri: c.redirect_uri.clone(),
+            redirect_uri_explicit: c.redirect_uri_explicit,
+            code_challenge: c.code_challenge.clone(),
+            scope: c.scope.clone(),
+            resource: c.resource.clone(),
+            expires_at: c.expires_at,
+            login: login_rec(&c.login.credential, &c.login.identity),
+        })
+        .collect();
+    let spent_codes = store
+        .spent_codes
+        .iter()
+        .filter(|c| c.expires_at > now)
+        .map(|c| (c.key().0, c.grant.0, c.expires_at))
+        .collect();
+    SnapshotV1 {
+        written_at: now,
+        clients,
+        grants,
+        codes,
+        spent_codes,
+    }
+}
+
+/// Writes the store to `path` atomically. Blocking: call it from `spawn_blocking`.
+pub fn write(
+    store: &Store,
+    now: UnixTime,
+    path: &Path,
+    key: &SnapshotKey,
+) -> Result<usize, SnapshotError> {
+    let io = |source| SnapshotError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let snapshot = collect(store, now);
+    let plain = postcard::to_allocvec(&snapshot).map_err(|e| SnapshotError::Decode {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    drop(snapshot);
+    let mut header = MAGIC.to_vec();
+    header.push(VERSION);
+    let sealed = Sealer::new(&key.0).seal(&header, &plain);
+    drop(plain);
+    let tmp = path.with_extension("tmp");
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp).map_err(io)?;
+        file.write_all(&header).map_err(io)?;
+        file.write_all(&sealed).map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(header.len() + sealed.len())
+}
+
+/// Reads a snapshot into a new store, dropping what expired. A missing file is an empty store.
+pub fn load(path: &Path, key: &SnapshotKey, now: UnixTime) -> Result<Store, SnapshotError> {
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Store::new()),
+        Err(source) => {
+            return Err(SnapshotError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    if data.len() < MAGIC.len() + 1 || &data[..MAGIC.len()] != MAGIC {
+        return Err(SnapshotError::NotASnapshot {
+            path: path.to_owned(),
+        });
+    }
+    let version = data[MAGIC.len()];
+    if version != VERSION {
+        return Err(SnapshotError::Version {
+            path: path.to_owned(),
+            version,
+        });
+    }
+    let (header, sealed) = data.split_at(MAGIC.len() + 1);
+    let plain = Sealer::new(&key.0)
+        .open(header, sealed)
+        .map_err(|_| SnapshotError::Decrypt {
+            path: path.to_owned(),
+        })?;
+    let snapshot: SnapshotV1 = postcard::from_bytes(&plain).map_err(|e| SnapshotError::Decode {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(rebuild(snapshot, now))
+}
+
+fn rebuild(s: SnapshotV1, now: UnixTime) -> Store {
+    let store = Store::new();
+    for c in s.clients {
+        let Some(auth_method) = ClientAuthMethod::parse(&c.auth_method) else {
+            continue;
+        };
+        store.clients.insert(
+            c.client_id.clone(),
+            Arc::new(Client {
+                client_id: c.client_id,
+                secret_hash: c.secret_hash.map(TokenHash),
+                auth_method,
+                redirect_uris: c.redirect_uris,
+                client_name: c.client_name,
+                scope: c.scope,
+                grant_types: c.grant_types,
+                response_types: c.response_types,
+                issued_at: c.issued_at,
+                first_authorized_at: c.first_authorized_at.into(),
+                registration_token: c.registration_token.map(TokenHash),
+            }),
+        );
+    }
+    for g in s.grants.into_iter().filter(|g| g.expires_at > now) {
+        let Some(login) = login_from(g.login) else {
+            continue;
+        };
+        let grant = Grant::restore(
+            GrantId(g.id),
+            g.client_id,
+            g.scope,
+            g.resource,
+            login,
+            g.created_at,
+            g.expires_at,
+        );
+        for (hash, expires_at) in g.access.into_iter().filter(|a| a.1 > now) {
+            store.access_tokens.insert(
+                TokenHash(hash),
+                AccessToken {
+                    grant: grant.clone(),
+                    expires_at,
+                },
+            );
+        }
+        for r in g.refresh.into_iter().filter(|r| r.expires_at > now) {
+            let rotated = r.rotated.map(|(at, sealed_successor)| {
+                Box::new(Rotation {
+                    at,
+                    sealed_successor,
+                })
+            });
+            store.refresh_tokens.insert(
+                TokenHash(r.hash),
+                RefreshToken {
+                    grant: grant.clone(),
+                    expires_at: r.expires_at,
+                    rotated,
+                },
+            );
+        }
+        store.grants.insert(grant.id, grant);
+    }
+    for c in s.codes.into_iter().filter(|c| c.expires_at > now) {
+        let Some(login) = login_from(c.login) else {
+            continue;
+        };
+        store.codes.insert(
+            TokenHash(c.hash),
+            AuthorizationCode {
+                client_id: c.client_id,
+                redirect_uri: c.redirect_uri,
+                redirect_uri_explicit: c.redirect_uri_explicit,
+                code_challenge: c.code_challenge,
+                scope: c.scope,
+                resource: c.resource,
+                expires_at: c.expires_at,
+                login,
+            },
+        );
+    }
+    for (hash, grant, expires_at) in s.spent_codes.into_iter().filter(|c| c.2 > now) {
+        store.spent_codes.insert(
+            TokenHash(hash),
+            SpentCode {
+                grant: GrantId(grant),
+                expires_at,
+            },
+        );
+    }
+    store
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_store() -> (Store, String) {
+        let store = Store::new();
+        let tokens = UpstreamTokens::new(
+            "upstream-access-token-value".into(),
+            Some("upstream-refresh".into()),
+            5000,
+            None,
+        );
+        let login = UpstreamLogin {
+            credential: UpstreamCredential::Tokens(tokens.unwrap_or_else(|_| unreachable!())),
+            identity: Identity {
+                sub: "alice".into(),
+                ..Identity::default()
+            },
+        };
+        let grant = Grant::new("c1".into(), vec!["openid".into()], None, login, 100);
+        grant.extend_to(9000);
+        let access = crate::crypto::random_token();
+        store.access_tokens.insert(
+            TokenHash::of(&access),
+            AccessToken {
+                grant: grant.clone(),
+                expires_at: 4000,
+            },
+        );
+        store.access_tokens.insert(
+            TokenHash::of("expired"),
+            AccessToken {
+                grant: grant.clone(),
+                expires_at: 150,
+            },
+        );
+        store.grants.insert(grant.id, grant);
+        (store, access)
+    }
+
+    #[test]
+    fn snapshot_round_trips_and_drops_expired_entries() {
+        let dir = std::env::temp_dir().join(format!("dcrp-snap-{}", crate::crypto::random_token()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("state.snapshot");
+        let key = SnapshotKey([3u8; 32]);
+        let (store, access) = sample_store();
+        assert!(write(&store, 200, &path, &key).is_ok());
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let needle = b"upstream-access-token-value";
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "upstream token in clear"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0);
+            assert_eq!(mode, 0o600);
+        }
+        let loaded = load(&path, &key, 200).map_err(|e| e.to_string());
+        assert!(loaded.is_ok(), "{:?}", loaded.as_ref().err());
+        let loaded = loaded.unwrap_or_default();
+        assert!(loaded.access_token(&TokenHash::of(&access), 200).is_some());
+        assert_eq!(
+            loaded.access_tokens.len(),
+            1,
+            "expired access token dropped"
+        );
+        assert!(matches!(
+            load(&path, &SnapshotKey([4u8; 32]), 200),
+            Err(SnapshotError::Decrypt { .. })
+        ));
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x01;
+        let _ = std::fs::write(&path, &flipped);
+        assert!(matches!(
+            load(&path, &key, 200),
+            Err(SnapshotError::Decrypt { .. })
+        ));
+        let _ = std::fs::write(&path, &bytes[..bytes.len() / 2]);
+        assert!(matches!(
+            load(&path, &key, 200),
+            Err(SnapshotError::Decrypt { .. })
+        ));
+        let _ = std::fs::write(&path, b"hello");
+        assert!(matches!(
+            load(&path, &key, 200),
+            Err(SnapshotError::NotASnapshot { .. })
+        ));
+        assert!(load(&dir.join("missing"), &key, 200).is_ok_and(|s| s.grants.is_empty()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

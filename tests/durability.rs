@@ -1,0 +1,264 @@
+//! The store survives restarts and crashes: the real binary with an encrypted snapshot, a fake Entra ID and a
+//! recording upstream.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::fake_azure::{FakeAzure, APP_ID, APP_SECRET};
+use common::upstream::Upstream;
+use common::*;
+
+const KEY: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+const OTHER_KEY: &str = "AAAAEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+
+struct BinaryProxy {
+    base: String,
+    child: Child,
+}
+
+impl ProxyBase for BinaryProxy {
+    fn base_url(&self) -> &str {
+        &self.base
+    }
+}
+
+impl Drop for BinaryProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, port: u16, azure: &FakeAzure, upstream: &Upstream) -> PathBuf {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nshutdown_grace = \"2s\"\n\
+         [upstream]\nurl = \"{}\"\n\
+         [idp]\nkind = \"azure\"\nauthority = \"{}\"\ntenant = \"contoso.example\"\nclient_id = \"{APP_ID}\"\nclient_secret = \"{APP_SECRET}\"\n\
+         [limits]\nregister_per_minute = 1000000\n\
+         [store]\nsnapshot_path = \"{}\"\nsnapshot_interval = \"200ms\"\n",
+        upstream.url(),
+        azure.authority(),
+        dir.join("state.snapshot").display()
+    );
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn spawn(config: &Path, key: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_dcr-proxy"))
+        .args(["--config", config.to_str().unwrap()])
+        .env("DCR_PROXY_SNAPSHOT_KEY", key)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+async fn start(config: &Path, port: u16, key: &str) -> BinaryProxy {
+    let mut child = spawn(config, key);
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("dcr-proxy exited at start ({status}): {err}");
+        }
+        if let Ok(r) = http().get(format!("{base}/healthz")).send().await {
+            if r.status() == 200 {
+                return BinaryProxy { base, child };
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dcr-proxy did not become healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn terminate(proxy: &mut BinaryProxy) {
+    let status = Command::new("kill")
+        .args(["-TERM", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = proxy.child.wait().unwrap();
+    assert!(exit.success(), "SIGTERM ends with exit 0, got {exit}");
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "dcrp-durability-{}",
+        dcr_proxy::crypto::random_token()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn failed_start(config: &Path, key: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_dcr-proxy"))
+        .args(["--config", config.to_str().unwrap()])
+        .env("DCR_PROXY_SNAPSHOT_KEY", key)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "start must fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn grants_survive_a_restart_and_the_snapshot_holds_no_token_in_clear() {
+    let azure = FakeAzure::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempdir();
+    let port = free_port();
+    let config = write_config(&dir, port, &azure, &upstream);
+    let mut proxy = start(&config, port, KEY).await;
+    let (client_id, tokens) = login(&proxy).await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        http()
+            .get(proxy.url("/mcp"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    terminate(&mut proxy);
+    drop(proxy);
+
+    let snapshot = std::fs::read(dir.join("state.snapshot")).unwrap();
+    let mut secrets = azure.issued_secrets();
+    secrets.extend([access.clone(), refresh_token.clone(), APP_SECRET.to_owned()]);
+    for s in &secrets {
+        assert!(
+            !snapshot.windows(s.len()).any(|w| w == s.as_bytes()),
+            "a token is in the snapshot in clear"
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(dir.join("state.snapshot"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+
+    let proxy = start(&config, port, KEY).await;
+    let resp = http()
+        .get(proxy.url("/mcp"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "the access token works after the restart"
+    );
+    let azure_token = azure.state().last_access_token.clone().unwrap();
+    assert_eq!(
+        upstream.last().header("authorization"),
+        Some(format!("Bearer {azure_token}").as_str())
+    );
+    let resp = refresh(&proxy, &client_id, &refresh_token).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "the refresh token works after the restart"
+    );
+    drop(proxy);
+
+    // A wrong key, a flipped byte, a truncated file: the start stops with a clear message.
+    assert!(failed_start(&config, OTHER_KEY).contains("cannot be decrypted: wrong key"));
+    let good = std::fs::read(dir.join("state.snapshot")).unwrap();
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x40;
+    std::fs::write(dir.join("state.snapshot"), &flipped).unwrap();
+    assert!(failed_start(&config, KEY).contains("cannot be decrypted"));
+    std::fs::write(dir.join("state.snapshot"), &good[..5]).unwrap();
+    assert!(failed_start(&config, KEY).contains("not a dcr-proxy snapshot"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn repeated_sigkill_under_load_never_leaves_a_torn_snapshot() {
+    let azure = FakeAzure::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempdir();
+    let port = free_port();
+    let config = write_config(&dir, port, &azure, &upstream);
+    let mut proxy = start(&config, port, KEY).await;
+    let (_, tokens) = login(&proxy).await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    // Wait for a snapshot completed after the login.
+    let logged_in_at = std::time::SystemTime::now();
+    let snapshot = dir.join("state.snapshot");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&snapshot)
+        .and_then(|m| m.modified())
+        .map_or(true, |t| t <= logged_in_at)
+    {
+        assert!(Instant::now() < deadline, "no snapshot was written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for round in 0..5u64 {
+        // Load: registrations while snapshots are being written.
+        let base = proxy.base.clone();
+        let load = tokio::spawn(async move {
+            loop {
+                let _ = http()
+                    .post(format!("{base}/register"))
+                    .json(&serde_json::json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"}))
+                    .send()
+                    .await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(150 + 97 * round)).await;
+        proxy.child.kill().unwrap();
+        proxy.child.wait().unwrap();
+        load.abort();
+        proxy = start(&config, port, KEY).await;
+        let resp = http()
+            .get(proxy.url("/mcp"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            200,
+            "round {round}: the grant from before the last snapshot survives"
+        );
+    }
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
