@@ -95,6 +95,8 @@ pub struct ServerConfig {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// How often the PEM files are checked for a change (certificate renewal without restart).
+    pub reload_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -243,6 +245,7 @@ struct RawServer {
 struct RawTls {
     cert: PathBuf,
     key: PathBuf,
+    reload_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -483,10 +486,18 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
         ));
     }
     let public_url = url.as_str().trim_end_matches('/').to_owned();
-    let tls = raw.tls.map(|t| TlsConfig {
-        cert: t.cert,
-        key: t.key,
-    });
+    let tls = match raw.tls {
+        None => None,
+        Some(t) => Some(TlsConfig {
+            cert: t.cert,
+            key: t.key,
+            reload_interval: duration(
+                "server.tls.reload_interval",
+                t.reload_interval,
+                Duration::from_secs(30),
+            )?,
+        }),
+    };
     if tls.is_none() && !listen.ip().is_loopback() && !raw.behind_tls_terminator {
         return Err(invalid(
             "server.listen",

@@ -1,9 +1,18 @@
-//! TLS termination with rustls (ring provider): PEM certificate chain and private key, ALPN `h2` then `http/1.1`.
+//! TLS termination with rustls (ring provider): PEM certificate chain and private key, ALPN `h2` then
+//! `http/1.1`, and certificate reload without restart.
+//!
+//! The certificate lives behind a [`ReloadingCert`] resolver; a task checks the files' modification times every
+//! `server.tls.reload_interval` and swaps in the new pair once it parses and the key matches the certificate.
+//! A broken pair on disk is logged and the old certificate stays in use; new connections see a new certificate as
+//! soon as it is swapped, existing ones keep theirs.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
@@ -56,10 +65,53 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
-/// Builds the acceptor from the configured PEM files.
-pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+/// Reads and checks a certificate chain and its key.
+pub fn load_pair(config: &TlsConfig) -> Result<Arc<CertifiedKey>, TlsError> {
     let certs = read_certs(&config.cert)?;
     let key = read_key(&config.key)?;
+    let invalid = |path: &Path, message: String| TlsError::Invalid {
+        path: path.display().to_string(),
+        message,
+    };
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| invalid(&config.key, format!("unsupported private key: {e}")))?;
+    let pair = CertifiedKey::new(certs, signing);
+    pair.keys_match().map_err(|e| {
+        invalid(
+            &config.key,
+            format!("the key does not match the certificate: {e}"),
+        )
+    })?;
+    Ok(Arc::new(pair))
+}
+
+/// The current certificate, swapped when the files change.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+fn modified(config: &TlsConfig) -> Option<(SystemTime, SystemTime)> {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((m(&config.cert)?, m(&config.key)?))
+}
+
+/// Builds the acceptor and starts the reload task.
+pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+    let resolver = Arc::new(ReloadingCert {
+        current: RwLock::new(load_pair(config)?),
+    });
     let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -69,11 +121,31 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
         message: e.to_string(),
     })?
     .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| TlsError::Invalid {
-        path: config.key.display().to_string(),
-        message: e.to_string(),
-    })?;
+    .with_cert_resolver(resolver.clone());
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let config = config.clone();
+    tokio::spawn(async move {
+        let mut seen = modified(&config);
+        let mut tick = tokio::time::interval(config.reload_interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let now = modified(&config);
+            if now == seen {
+                continue;
+            }
+            match load_pair(&config) {
+                Ok(pair) => {
+                    *resolver.current.write().unwrap_or_else(|p| p.into_inner()) = pair;
+                    seen = now;
+                    tracing::info!(cert = %config.cert.display(), "TLS certificate reloaded");
+                }
+                // Files may be mid-rewrite: keep the old pair and try again on the next tick.
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS certificate not reloaded; keeping the current one")
+                }
+            }
+        }
+    });
     Ok(TlsAcceptor::from(Arc::new(server)))
 }

@@ -50,13 +50,23 @@ pub struct TestProxy {
 impl TestProxy {
     /// Starts the proxy with `[idp]`-and-more TOML appended to a server/upstream section for this port.
     pub async fn start(upstream_url: &str, idp_and_rest: &str) -> Self {
+        Self::start_with(upstream_url, "", idp_and_rest).await
+    }
+
+    /// Like [`TestProxy::start`] with extra `[server]` lines; a `[server.tls]` table there makes it https.
+    pub async fn start_with(upstream_url: &str, server_extra: &str, idp_and_rest: &str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
-        let base = format!("http://{addr}");
+        let scheme = if server_extra.contains("[server.tls]") {
+            "https"
+        } else {
+            "http"
+        };
+        let base = format!("{scheme}://{addr}");
         let text = format!(
-            "[server]\nlisten = \"{addr}\"\npublic_url = \"{base}\"\nshutdown_grace = \"1s\"\n\
+            "[server]\nlisten = \"{addr}\"\npublic_url = \"{base}\"\nshutdown_grace = \"1s\"\n{server_extra}\n\
              [upstream]\nurl = \"{upstream_url}\"\nresource_path = \"/mcp\"\nconnect_timeout = \"2s\"\nresponse_timeout = \"2s\"\n\
              {idp_and_rest}"
         );
@@ -70,10 +80,16 @@ impl TestProxy {
         );
         let app = App::new(config, clock.clone()).await.expect("app starts");
         let (tx, rx) = oneshot::channel::<()>();
+        let tls = app
+            .config
+            .server
+            .tls
+            .as_ref()
+            .map(|t| dcr_proxy::server::tls::acceptor(t).expect("TLS config"));
         let task = tokio::spawn(dcr_proxy::server::serve(
             listener,
             app.clone(),
-            None,
+            tls,
             async {
                 let _ = rx.await;
             },
