@@ -35,17 +35,8 @@ fn tokens_config() -> TokenConfig {
 
 fn login() -> UpstreamLogin {
     let access = crypto::random_token().repeat(48);
-    let tokens = UpstreamTokens::new(
-        access,
-        Some(crypto::random_token().repeat(36)),
-        u64::MAX / 2,
-        None,
-    )
-    .unwrap();
-    UpstreamLogin {
-        credential: UpstreamCredential::Tokens(tokens),
-        identity: Identity::default(),
-    }
+    let tokens = UpstreamTokens::new(access, Some(crypto::random_token().repeat(36)), u64::MAX / 2, None).unwrap();
+    UpstreamLogin { credential: UpstreamCredential::Tokens(tokens), identity: Identity::default() }
 }
 
 fn client() -> Client {
@@ -66,60 +57,27 @@ fn client() -> Client {
 
 fn bench(c: &mut Criterion) {
     let store = Store::new();
-    let grant = Grant::new(
-        "bench-client".into(),
-        vec!["openid".into()],
-        None,
-        login(),
-        0,
-    );
+    let grant = Grant::new("bench-client".into(), vec!["openid".into()], None, login(), 0);
     let access = crypto::random_token();
-    store.access_tokens.insert(
-        TokenHash::of(&access),
-        AccessToken {
-            grant: grant.clone(),
-            expires_at: u64::MAX,
-        },
-    );
+    store.access_tokens.insert(TokenHash::of(&access), AccessToken { grant: grant.clone(), expires_at: u64::MAX });
     for _ in 0..10_000 {
         let g = Grant::new("other".into(), vec![], None, login(), 0);
-        store.access_tokens.insert(
-            TokenHash::of(&crypto::random_token()),
-            AccessToken {
-                grant: g,
-                expires_at: u64::MAX,
-            },
-        );
+        store
+            .access_tokens
+            .insert(TokenHash::of(&crypto::random_token()), AccessToken { grant: g, expires_at: u64::MAX });
     }
     let mut template = HeaderMap::new();
-    template.insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {access}")).unwrap(),
-    );
+    template.insert("authorization", HeaderValue::from_str(&format!("Bearer {access}")).unwrap());
     template.insert("content-type", HeaderValue::from_static("application/json"));
-    template.insert(
-        "accept",
-        HeaderValue::from_static("application/json, text/event-stream"),
-    );
-    template.insert(
-        "mcp-session-id",
-        HeaderValue::from_static("4f1c2b1e-aa40-4a1e-8e58-0f9b1c1d2e3f"),
-    );
-    template.insert(
-        "mcp-protocol-version",
-        HeaderValue::from_static("2025-06-18"),
-    );
+    template.insert("accept", HeaderValue::from_static("application/json, text/event-stream"));
+    template.insert("mcp-session-id", HeaderValue::from_static("4f1c2b1e-aa40-4a1e-8e58-0f9b1c1d2e3f"));
+    template.insert("mcp-protocol-version", HeaderValue::from_static("2025-06-18"));
     template.insert("connection", HeaderValue::from_static("keep-alive"));
 
     c.bench_function("bearer_lookup_and_swap", |b| {
         b.iter(|| {
             let mut headers = template.clone();
-            let presented = headers["authorization"]
-                .to_str()
-                .unwrap()
-                .strip_prefix("Bearer ")
-                .unwrap()
-                .to_owned();
+            let presented = headers["authorization"].to_str().unwrap().strip_prefix("Bearer ").unwrap().to_owned();
             let grant = store.access_token(&TokenHash::of(&presented), 1).unwrap();
             let value = match &*grant.upstream() {
                 UpstreamCredential::Tokens(t) => t.bearer().clone(),
@@ -161,12 +119,7 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let ctx = token::TokenContext {
-        store: &store,
-        config: &cfg,
-        now: 1,
-        resources: &[],
-    };
+    let ctx = token::TokenContext { store: &store, config: &cfg, now: 1, resources: &[] };
     let mut refresh = String::new();
     // A fresh grant whose refresh token is rotated on every iteration.
     let code = crypto::random_token();
@@ -196,10 +149,7 @@ fn bench(c: &mut Criterion) {
     refresh.push_str(first.refresh_token.as_deref().unwrap());
     c.bench_function("refresh_rotation", |b| {
         b.iter(|| {
-            let params = Params::parse(
-                format!("grant_type=refresh_token&refresh_token={refresh}").as_bytes(),
-            )
-            .unwrap();
+            let params = Params::parse(format!("grant_type=refresh_token&refresh_token={refresh}").as_bytes()).unwrap();
             let next = token::exchange(&ctx, &client, &params).unwrap();
             refresh = next.refresh_token.unwrap();
         })
@@ -212,9 +162,7 @@ fn bench(c: &mut Criterion) {
         "response_types": ["code"],
         "token_endpoint_auth_method": "none",
     });
-    c.bench_function("registration", |b| {
-        b.iter(|| register::register(&metadata, 1, &[]).unwrap())
-    });
+    c.bench_function("registration", |b| b.iter(|| register::register(&metadata, 1, &[]).unwrap()));
 }
 
 criterion_group!(benches, bench);

@@ -9,8 +9,7 @@ use std::time::Instant;
 
 use dcr_proxy::crypto::{self, TokenHash};
 use dcr_proxy::store::{
-    AccessToken, Grant, Identity, RefreshToken, Store, UpstreamCredential, UpstreamLogin,
-    UpstreamTokens,
+    AccessToken, Grant, Identity, RefreshToken, Store, UpstreamCredential, UpstreamLogin, UpstreamTokens,
 };
 
 const ACCESS_BYTES: usize = 2048;
@@ -18,11 +17,7 @@ const REFRESH_BYTES: usize = 1536;
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
     pages * 4096
 }
 
@@ -36,10 +31,7 @@ fn filler(len: usize, seed: &str) -> String {
 }
 
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(10_000);
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let store = Store::new();
     let before = rss_bytes();
     let started = Instant::now();
@@ -72,18 +64,11 @@ fn main() {
         );
         store.access_tokens.insert(
             TokenHash::of(&crypto::random_token()),
-            AccessToken {
-                grant: grant.clone(),
-                expires_at: now + 3600,
-            },
+            AccessToken { grant: grant.clone(), expires_at: now + 3600 },
         );
         store.refresh_tokens.insert(
             TokenHash::of(&crypto::random_token()),
-            RefreshToken {
-                grant: grant.clone(),
-                expires_at: now + 86400,
-                rotated: None,
-            },
+            RefreshToken { grant: grant.clone(), expires_at: now + 86400, rotated: None },
         );
         store.grants.insert(grant.id, grant);
     }

@@ -14,16 +14,12 @@ use dcr_proxy::clock::Clock;
 use dcr_proxy::config::Config;
 use dcr_proxy::crypto::{self, TokenHash};
 use dcr_proxy::idp::Idp;
-use dcr_proxy::store::{
-    AccessToken, Grant, Identity, UpstreamCredential, UpstreamLogin, UpstreamTokens,
-};
+use dcr_proxy::store::{AccessToken, Grant, Identity, UpstreamCredential, UpstreamLogin, UpstreamTokens};
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(3902);
-    let upstream = args
-        .next()
-        .unwrap_or_else(|| "http://127.0.0.1:3900".to_owned());
+    let upstream = args.next().unwrap_or_else(|| "http://127.0.0.1:3900".to_owned());
     let workers: usize = args.next().and_then(|w| w.parse().ok()).unwrap_or(1);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let text = format!(
@@ -35,16 +31,9 @@ fn main() {
     let config = Config::from_toml(&text, |_| None).unwrap();
     // 0 workers: tokio's current-thread scheduler.
     let rt = if workers == 0 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-            .unwrap()
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap()
     };
     rt.block_on(async move {
         let clock = Clock::system();
@@ -52,39 +41,19 @@ fn main() {
         let app = App::with_idp(config, clock.clone(), idp).unwrap();
         let now = clock.now();
         let upstream_token = format!("EwB4A8l6BAAU{}", crypto::random_token().repeat(48));
-        let tokens = UpstreamTokens::new(
-            upstream_token,
-            Some(crypto::random_token().repeat(36)),
-            now + 86400,
-            None,
-        )
-        .unwrap();
+        let tokens =
+            UpstreamTokens::new(upstream_token, Some(crypto::random_token().repeat(36)), now + 86400, None).unwrap();
         let login = UpstreamLogin {
             credential: UpstreamCredential::Tokens(tokens),
-            identity: Identity {
-                sub: "bench-user".into(),
-                ..Identity::default()
-            },
+            identity: Identity { sub: "bench-user".into(), ..Identity::default() },
         };
-        let grant = Grant::new(
-            "bench-client".into(),
-            vec!["openid".into()],
-            None,
-            login,
-            now,
-        );
+        let grant = Grant::new("bench-client".into(), vec!["openid".into()], None, login, now);
         app.store.grants.insert(grant.id, grant.clone());
         let access = crypto::random_token();
-        app.store.access_tokens.insert(
-            TokenHash::of(&access),
-            AccessToken {
-                grant: Arc::clone(&grant),
-                expires_at: now + 86400,
-            },
-        );
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
+        app.store
+            .access_tokens
+            .insert(TokenHash::of(&access), AccessToken { grant: Arc::clone(&grant), expires_at: now + 86400 });
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         println!("token={access}");
         dcr_proxy::server::serve(listener, app, None, std::future::pending()).await;
     });

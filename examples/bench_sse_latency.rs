@@ -9,10 +9,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn micros() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i128
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i128
 }
 
 fn main() {
@@ -20,10 +17,7 @@ fn main() {
     let url = args.next().expect("URL");
     let bearer = args.next().unwrap_or_default();
     let streams: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(20);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut delays: Vec<i128> = rt.block_on(async move {
         let client = reqwest::Client::new();
         let mut delays = Vec::new();
@@ -50,10 +44,5 @@ fn main() {
     });
     delays.sort_unstable();
     let pick = |q: f64| delays[((delays.len() as f64 - 1.0) * q).round() as usize];
-    println!(
-        "{{\"events\":{},\"p50_us\":{},\"p99_us\":{}}}",
-        delays.len(),
-        pick(0.5),
-        pick(0.99)
-    );
+    println!("{{\"events\":{},\"p50_us\":{},\"p99_us\":{}}}", delays.len(), pick(0.5), pick(0.99));
 }

@@ -22,7 +22,8 @@ use hyper_util::server::conn::auto;
 
 type B = BoxBody<Bytes, Infallible>;
 
-const SMALL: &[u8] = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hello from the upstream fixture"}]}}"#;
+const SMALL: &[u8] =
+    br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hello from the upstream fixture"}]}}"#;
 
 struct Events {
     rx: tokio::sync::mpsc::Receiver<Bytes>,
@@ -40,10 +41,7 @@ impl hyper::body::Body for Events {
 }
 
 fn micros() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros()
 }
 
 async fn handle(req: Request<Incoming>, big: Bytes) -> Response<B> {
@@ -51,12 +49,7 @@ async fn handle(req: Request<Incoming>, big: Bytes) -> Response<B> {
     match req.uri().path() {
         "/big" => Response::new(Full::new(big).boxed()),
         "/upload" => {
-            let n = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes().len())
-                .unwrap_or(0);
+            let n = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
             Response::new(Full::new(Bytes::from(format!("{{\"bytes\":{n}}}"))).boxed())
         }
         "/sse" => {
@@ -79,10 +72,7 @@ async fn handle(req: Request<Incoming>, big: Bytes) -> Response<B> {
                     }
                 }
             });
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(Events { rx }.boxed())
-                .unwrap()
+            Response::builder().header("content-type", "text/event-stream").body(Events { rx }.boxed()).unwrap()
         }
         _ => Response::builder()
             .header("content-type", "application/json")
@@ -92,20 +82,11 @@ async fn handle(req: Request<Incoming>, big: Bytes) -> Response<B> {
 }
 
 fn main() {
-    let port: u16 = std::env::args()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(3900);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let port: u16 = std::env::args().nth(1).and_then(|p| p.parse().ok()).unwrap_or(3900);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     rt.block_on(async move {
         let big = Bytes::from(vec![b'x'; 1024 * 1024]);
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         println!("bench_upstream listening on 127.0.0.1:{port}");
         loop {
             let (stream, _) = listener.accept().await.unwrap();
@@ -116,9 +97,7 @@ fn main() {
                     let big = big.clone();
                     async move { Ok::<_, Infallible>(handle(req, big).await) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });

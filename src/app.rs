@@ -20,9 +20,7 @@ pub enum StartError {
     Upstream(#[from] std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
-    #[error(
-        "{0} (set store.start_empty_on_bad_snapshot = true to start with an empty store instead)"
-    )]
+    #[error("{0} (set store.start_empty_on_bad_snapshot = true to start with an empty store instead)")]
     Snapshot(#[from] crate::store::snapshot::SnapshotError),
 }
 
@@ -40,6 +38,7 @@ pub struct App {
     /// public origin.
     pub resources: Vec<String>,
     pub rate_limiter: RateLimiter,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl App {
@@ -71,12 +70,7 @@ impl App {
     }
 
     /// Builds the state around an existing IdP and store.
-    pub fn with_parts(
-        config: Config,
-        clock: Clock,
-        idp: Arc<Idp>,
-        store: Store,
-    ) -> Result<Arc<Self>, StartError> {
+    pub fn with_parts(config: Config, clock: Clock, idp: Arc<Idp>, store: Store) -> Result<Arc<Self>, StartError> {
         let forwarder = Forwarder::new(&config.upstream, config.is_https())?;
         let resource = config.resource_url();
         let resources = vec![
@@ -90,6 +84,7 @@ impl App {
             resource_metadata: metadata::resource_metadata_url(&config),
             resources,
             rate_limiter: RateLimiter::new(&config.limits),
+            metrics: crate::metrics::Metrics::new(),
             store: Arc::new(store),
             clock,
             idp,

@@ -24,19 +24,14 @@ impl Clock {
 
     /// A clock that stands still at `start` until [`Clock::advance`] moves it.
     pub fn manual(start: UnixTime) -> Self {
-        Self {
-            manual: Some(Arc::new(AtomicU64::new(start))),
-        }
+        Self { manual: Some(Arc::new(AtomicU64::new(start))) }
     }
 
     /// Now, in Unix seconds.
     pub fn now(&self) -> UnixTime {
         match &self.manual {
             Some(t) => t.load(Ordering::Relaxed),
-            None => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            None => SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         }
     }
 

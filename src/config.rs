@@ -24,10 +24,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("../proxy.toml");
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config is not valid TOML for dcr-proxy: {0}")]
     Parse(String),
     #[error("config key `{key}`: {message}")]
@@ -35,10 +32,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
-    }
+    ConfigError::Invalid { key, message: message.into() }
 }
 
 /// The validated configuration.
@@ -52,6 +46,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub introspection: Option<IntrospectionConfig>,
     pub store: StoreConfig,
+    /// Where Prometheus metrics are served (a separate listener); off when absent.
+    pub metrics_listen: Option<SocketAddr>,
     pub log: LogConfig,
 }
 
@@ -122,18 +118,9 @@ pub struct IdpConfig {
 #[derive(Debug, Clone)]
 pub enum IdpProvider {
     /// Microsoft Entra ID v2.0 endpoints under `<authority>/<tenant>/`.
-    Azure {
-        authority: Url,
-        tenant: String,
-        client_id: String,
-        client_secret: SecretString,
-    },
+    Azure { authority: Url, tenant: String, client_id: String, client_secret: SecretString },
     /// Any OpenID Connect provider, by discovery at `<issuer>/.well-known/openid-configuration`.
-    Oidc {
-        issuer: Url,
-        client_id: String,
-        client_secret: Option<SecretString>,
-    },
+    Oidc { issuer: Url, client_id: String, client_secret: Option<SecretString> },
     /// The built-in login page with users from the config.
     Local { users: Vec<LocalUser> },
 }
@@ -225,6 +212,8 @@ struct RawConfig {
     introspection: Option<RawIntrospection>,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(default)]
     log: RawLog,
 }
@@ -324,6 +313,12 @@ struct RawLimits {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawStore {
     snapshot_path: Option<PathBuf>,
     snapshot_interval: Option<String>,
@@ -351,18 +346,13 @@ struct RawLog {
 impl Config {
     /// Reads and validates a config file, with secrets from the process environment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_toml(&text, |name| std::env::var(name).ok())
     }
 
     /// Parses and validates config text; `env` looks up environment overrides.
-    pub fn from_toml(
-        text: &str,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_toml(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         let server = validate_server(raw.server)?;
         let upstream = validate_upstream(raw.upstream)?;
@@ -376,37 +366,29 @@ impl Config {
                 if i.client_id.is_empty() {
                     return Err(invalid("introspection.client_id", "must not be empty"));
                 }
-                let secret = env("DCR_PROXY_INTROSPECTION_SECRET")
-                    .or(i.client_secret)
-                    .filter(|s| s.len() >= 16);
+                let secret = env("DCR_PROXY_INTROSPECTION_SECRET").or(i.client_secret).filter(|s| s.len() >= 16);
                 let secret = secret.ok_or_else(|| {
                     invalid(
                         "introspection.client_secret",
                         "is required (16 characters or more): set DCR_PROXY_INTROSPECTION_SECRET",
                     )
                 })?;
-                Some(IntrospectionConfig {
-                    client_id: i.client_id,
-                    client_secret: SecretString::from(secret),
-                })
+                Some(IntrospectionConfig { client_id: i.client_id, client_secret: SecretString::from(secret) })
             }
         };
         let store = validate_store(raw.store, &env)?;
+        let metrics_listen = match raw.metrics.listen {
+            None => None,
+            Some(a) => Some(
+                a.parse::<SocketAddr>()
+                    .map_err(|_| invalid("metrics.listen", format!("`{a}` is not an address like 127.0.0.1:9090")))?,
+            ),
+        };
         let log = LogConfig {
             format: raw.log.format.unwrap_or(LogFormat::Text),
             filter: raw.log.filter.unwrap_or_else(|| "info".to_owned()),
         };
-        Ok(Self {
-            server,
-            upstream,
-            idp,
-            tokens,
-            registration,
-            limits,
-            introspection,
-            store,
-            log,
-        })
+        Ok(Self { server, upstream, idp, tokens, registration, limits, introspection, store, metrics_listen, log })
     }
 
     /// The redirect URI registered at the IdP: `<public_url>/callback`.
@@ -425,19 +407,11 @@ impl Config {
     }
 }
 
-fn duration(
-    key: &'static str,
-    value: Option<String>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
+fn duration(key: &'static str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
     match value {
         None => Ok(default),
-        Some(text) => humantime::parse_duration(&text).map_err(|e| {
-            invalid(
-                key,
-                format!("`{text}` is not a duration like \"10m\" or \"30d\": {e}"),
-            )
-        }),
+        Some(text) => humantime::parse_duration(&text)
+            .map_err(|e| invalid(key, format!("`{text}` is not a duration like \"10m\" or \"30d\": {e}"))),
     }
 }
 
@@ -451,29 +425,16 @@ fn is_loopback_host(url: &Url) -> bool {
 }
 
 fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
-    let listen: SocketAddr = raw.listen.parse().map_err(|_| {
-        invalid(
-            "server.listen",
-            format!("`{}` is not an address like 127.0.0.1:8080", raw.listen),
-        )
-    })?;
-    let url = Url::parse(&raw.public_url).map_err(|e| {
-        invalid(
-            "server.public_url",
-            format!("`{}` is not a URL: {e}", raw.public_url),
-        )
-    })?;
+    let listen: SocketAddr = raw
+        .listen
+        .parse()
+        .map_err(|_| invalid("server.listen", format!("`{}` is not an address like 127.0.0.1:8080", raw.listen)))?;
+    let url = Url::parse(&raw.public_url)
+        .map_err(|e| invalid("server.public_url", format!("`{}` is not a URL: {e}", raw.public_url)))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(invalid(
-            "server.public_url",
-            "must be an http:// or https:// URL with a host",
-        ));
+        return Err(invalid("server.public_url", "must be an http:// or https:// URL with a host"));
     }
-    if url.path() != "/"
-        || url.query().is_some()
-        || url.fragment().is_some()
-        || !url.username().is_empty()
-    {
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
         return Err(invalid(
             "server.public_url",
             "must be an origin such as https://mcp.example.com (no path, query, fragment or user)",
@@ -491,11 +452,7 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
         Some(t) => Some(TlsConfig {
             cert: t.cert,
             key: t.key,
-            reload_interval: duration(
-                "server.tls.reload_interval",
-                t.reload_interval,
-                Duration::from_secs(30),
-            )?,
+            reload_interval: duration("server.tls.reload_interval", t.reload_interval, Duration::from_secs(30))?,
         }),
     };
     if tls.is_none() && !listen.ip().is_loopback() && !raw.behind_tls_terminator {
@@ -512,45 +469,26 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
         public_url,
         tls,
         behind_tls_terminator: raw.behind_tls_terminator,
-        shutdown_grace: duration(
-            "server.shutdown_grace",
-            raw.shutdown_grace,
-            Duration::from_secs(10),
-        )?,
+        shutdown_grace: duration("server.shutdown_grace", raw.shutdown_grace, Duration::from_secs(10))?,
     })
 }
 
 fn validate_upstream(raw: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
-    let url = Url::parse(&raw.url)
-        .map_err(|e| invalid("upstream.url", format!("`{}` is not a URL: {e}", raw.url)))?;
+    let url = Url::parse(&raw.url).map_err(|e| invalid("upstream.url", format!("`{}` is not a URL: {e}", raw.url)))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(invalid(
-            "upstream.url",
-            "must be an http:// or https:// URL with a host",
-        ));
+        return Err(invalid("upstream.url", "must be an http:// or https:// URL with a host"));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(invalid("upstream.url", "must not have a query or fragment"));
     }
     if !raw.resource_path.starts_with('/') || raw.resource_path.contains(['?', '#']) {
-        return Err(invalid(
-            "upstream.resource_path",
-            "must be a path starting with / such as \"/mcp\"",
-        ));
+        return Err(invalid("upstream.resource_path", "must be a path starting with / such as \"/mcp\""));
     }
     Ok(UpstreamConfig {
         url,
         resource_path: raw.resource_path,
-        connect_timeout: duration(
-            "upstream.connect_timeout",
-            raw.connect_timeout,
-            Duration::from_secs(5),
-        )?,
-        response_timeout: duration(
-            "upstream.response_timeout",
-            raw.response_timeout,
-            Duration::from_secs(60),
-        )?,
+        connect_timeout: duration("upstream.connect_timeout", raw.connect_timeout, Duration::from_secs(5))?,
+        response_timeout: duration("upstream.response_timeout", raw.response_timeout, Duration::from_secs(60))?,
     })
 }
 
@@ -561,86 +499,39 @@ fn required(key: &'static str, value: Option<String>) -> Result<String, ConfigEr
     }
 }
 
-fn validate_idp(
-    raw: RawIdp,
-    env: &impl Fn(&str) -> Option<String>,
-) -> Result<IdpConfig, ConfigError> {
+fn validate_idp(raw: RawIdp, env: &impl Fn(&str) -> Option<String>) -> Result<IdpConfig, ConfigError> {
     let timeout = duration("idp.timeout", raw.timeout, Duration::from_secs(10))?;
     let provider = match raw.kind.as_str() {
         "azure" => {
-            let authority_text = raw
-                .authority
-                .unwrap_or_else(|| "https://login.microsoftonline.com".to_owned());
-            let authority = Url::parse(&authority_text).map_err(|e| {
-                invalid(
-                    "idp.authority",
-                    format!("`{authority_text}` is not a URL: {e}"),
-                )
-            })?;
-            if authority.scheme() != "https"
-                && !(authority.scheme() == "http" && is_loopback_host(&authority))
-            {
-                return Err(invalid(
-                    "idp.authority",
-                    "must be https (http only on loopback, for tests)",
-                ));
+            let authority_text = raw.authority.unwrap_or_else(|| "https://login.microsoftonline.com".to_owned());
+            let authority = Url::parse(&authority_text)
+                .map_err(|e| invalid("idp.authority", format!("`{authority_text}` is not a URL: {e}")))?;
+            if authority.scheme() != "https" && !(authority.scheme() == "http" && is_loopback_host(&authority)) {
+                return Err(invalid("idp.authority", "must be https (http only on loopback, for tests)"));
             }
             let tenant = required("idp.tenant", env("AZURE_TENANT_ID").or(raw.tenant))?;
-            if !tenant
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-            {
-                return Err(invalid(
-                    "idp.tenant",
-                    "must be a tenant id, domain, `common` or `organizations`",
-                ));
+            if !tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) {
+                return Err(invalid("idp.tenant", "must be a tenant id, domain, `common` or `organizations`"));
             }
             let client_id = required("idp.client_id", env("AZURE_CLIENT_ID").or(raw.client_id))?;
-            let client_secret = required(
-                "idp.client_secret",
-                env("AZURE_CLIENT_SECRET").or(raw.client_secret),
-            )
-            .map_err(|_| {
-                invalid(
-                    "idp.client_secret",
-                    "is required: set AZURE_CLIENT_SECRET in the environment",
-                )
-            })?;
-            IdpProvider::Azure {
-                authority,
-                tenant,
-                client_id,
-                client_secret: SecretString::from(client_secret),
-            }
+            let client_secret = required("idp.client_secret", env("AZURE_CLIENT_SECRET").or(raw.client_secret))
+                .map_err(|_| invalid("idp.client_secret", "is required: set AZURE_CLIENT_SECRET in the environment"))?;
+            IdpProvider::Azure { authority, tenant, client_id, client_secret: SecretString::from(client_secret) }
         }
         "oidc" => {
             let issuer_text = required("idp.issuer", raw.issuer)?;
             let issuer = Url::parse(&issuer_text)
                 .map_err(|e| invalid("idp.issuer", format!("`{issuer_text}` is not a URL: {e}")))?;
-            if issuer.scheme() != "https"
-                && !(issuer.scheme() == "http" && is_loopback_host(&issuer))
-            {
-                return Err(invalid(
-                    "idp.issuer",
-                    "must be https (http only on loopback)",
-                ));
+            if issuer.scheme() != "https" && !(issuer.scheme() == "http" && is_loopback_host(&issuer)) {
+                return Err(invalid("idp.issuer", "must be https (http only on loopback)"));
             }
             let client_id = required("idp.client_id", raw.client_id)?;
-            let client_secret = env("OIDC_CLIENT_SECRET")
-                .or(raw.client_secret)
-                .map(SecretString::from);
-            IdpProvider::Oidc {
-                issuer,
-                client_id,
-                client_secret,
-            }
+            let client_secret = env("OIDC_CLIENT_SECRET").or(raw.client_secret).map(SecretString::from);
+            IdpProvider::Oidc { issuer, client_id, client_secret }
         }
         "local" => {
             if raw.users.is_empty() {
-                return Err(invalid(
-                    "idp.users",
-                    "local login needs at least one [[idp.users]] entry",
-                ));
+                return Err(invalid("idp.users", "local login needs at least one [[idp.users]] entry"));
             }
             let mut users = Vec::with_capacity(raw.users.len());
             for u in raw.users {
@@ -650,10 +541,7 @@ fn validate_idp(
                 if argon2::PasswordHash::new(&u.password_hash).is_err() {
                     return Err(invalid(
                         "idp.users.password_hash",
-                        format!(
-                            "user `{}`: not a PHC hash; create one with `dcr-proxy hash-password`",
-                            u.username
-                        ),
+                        format!("user `{}`: not a PHC hash; create one with `dcr-proxy hash-password`", u.username),
                     ));
                 }
                 users.push(LocalUser {
@@ -666,10 +554,7 @@ fn validate_idp(
             IdpProvider::Local { users }
         }
         other => {
-            return Err(invalid(
-                "idp.kind",
-                format!("`{other}` is not one of \"azure\", \"oidc\", \"local\""),
-            ));
+            return Err(invalid("idp.kind", format!("`{other}` is not one of \"azure\", \"oidc\", \"local\"")));
         }
     };
     let scopes = match raw.scopes {
@@ -688,20 +573,10 @@ fn validate_idp(
     if scopes.is_empty() {
         return Err(invalid("idp.scopes", "must name at least one scope"));
     }
-    if let Some(bad) = scopes
-        .iter()
-        .find(|s| s.is_empty() || !s.chars().all(is_scope_char))
-    {
-        return Err(invalid(
-            "idp.scopes",
-            format!("`{bad}` is not a valid scope token (RFC 6749 §3.3)"),
-        ));
+    if let Some(bad) = scopes.iter().find(|s| s.is_empty() || !s.chars().all(is_scope_char)) {
+        return Err(invalid("idp.scopes", format!("`{bad}` is not a valid scope token (RFC 6749 §3.3)")));
     }
-    Ok(IdpConfig {
-        provider,
-        scopes,
-        timeout,
-    })
+    Ok(IdpConfig { provider, scopes, timeout })
 }
 
 /// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
@@ -715,16 +590,9 @@ fn validate_registration(
 ) -> Result<RegistrationConfig, ConfigError> {
     let initial_access_token = env("DCR_PROXY_INITIAL_ACCESS_TOKEN").or(raw.initial_access_token);
     if initial_access_token.as_ref().is_some_and(|t| t.len() < 16) {
-        return Err(invalid(
-            "registration.initial_access_token",
-            "must be at least 16 characters",
-        ));
+        return Err(invalid("registration.initial_access_token", "must be at least 16 characters"));
     }
-    if let Some(bad) = raw
-        .allowed_redirect_hosts
-        .iter()
-        .find(|h| h.is_empty() || h.contains(['/', ':', ' ']))
-    {
+    if let Some(bad) = raw.allowed_redirect_hosts.iter().find(|h| h.is_empty() || h.contains(['/', ':', ' '])) {
         return Err(invalid(
             "registration.allowed_redirect_hosts",
             format!("`{bad}` is not a host name such as \"claude.ai\" (or \"loopback\")"),
@@ -743,11 +611,7 @@ fn validate_registration(
             Duration::from_secs(24 * 3600),
         )?,
         initial_access_token: initial_access_token.map(SecretString::from),
-        allowed_redirect_hosts: raw
-            .allowed_redirect_hosts
-            .into_iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect(),
+        allowed_redirect_hosts: raw.allowed_redirect_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
     })
 }
 
@@ -756,9 +620,7 @@ pub fn parse_snapshot_key(text: &str) -> Option<SnapshotKey> {
     use base64::Engine as _;
     let text = text.trim();
     let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        (0..32)
-            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
-            .collect::<Option<Vec<u8>>>()?
+        (0..32).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>()?
     } else {
         let engines = [
             base64::engine::general_purpose::STANDARD,
@@ -771,49 +633,31 @@ pub fn parse_snapshot_key(text: &str) -> Option<SnapshotKey> {
     <[u8; 32]>::try_from(bytes.as_slice()).ok().map(SnapshotKey)
 }
 
-fn validate_store(
-    raw: RawStore,
-    env: &impl Fn(&str) -> Option<String>,
-) -> Result<StoreConfig, ConfigError> {
+fn validate_store(raw: RawStore, env: &impl Fn(&str) -> Option<String>) -> Result<StoreConfig, ConfigError> {
     let Some(path) = raw.snapshot_path else {
         return Ok(StoreConfig { snapshot: None });
     };
-    let key_text =
-        match (env("DCR_PROXY_SNAPSHOT_KEY"), &raw.snapshot_key_file) {
-            (Some(k), _) => k,
-            (None, Some(file)) => std::fs::read_to_string(file).map_err(|e| {
-                invalid(
-                    "store.snapshot_key_file",
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            })?,
-            (None, None) => return Err(invalid(
+    let key_text = match (env("DCR_PROXY_SNAPSHOT_KEY"), &raw.snapshot_key_file) {
+        (Some(k), _) => k,
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map_err(|e| invalid("store.snapshot_key_file", format!("cannot read {}: {e}", file.display())))?,
+        (None, None) => {
+            return Err(invalid(
                 "store.snapshot_key_file",
                 "a snapshot needs a key: set DCR_PROXY_SNAPSHOT_KEY or store.snapshot_key_file \
                  (32 random bytes as base64 or 64 hex digits, e.g. `openssl rand -base64 32`)",
-            )),
-        };
+            ))
+        }
+    };
     let key = parse_snapshot_key(&key_text).ok_or_else(|| {
-        invalid(
-            "store.snapshot_key_file",
-            "the snapshot key must be 32 bytes as base64 or 64 hex digits",
-        )
+        invalid("store.snapshot_key_file", "the snapshot key must be 32 bytes as base64 or 64 hex digits")
     })?;
-    let interval = duration(
-        "store.snapshot_interval",
-        raw.snapshot_interval,
-        Duration::from_secs(30),
-    )?;
+    let interval = duration("store.snapshot_interval", raw.snapshot_interval, Duration::from_secs(30))?;
     if interval < Duration::from_millis(100) {
         return Err(invalid("store.snapshot_interval", "must be at least 100ms"));
     }
     Ok(StoreConfig {
-        snapshot: Some(SnapshotConfig {
-            path,
-            interval,
-            key,
-            start_empty_on_error: raw.start_empty_on_bad_snapshot,
-        }),
+        snapshot: Some(SnapshotConfig { path, interval, key, start_empty_on_error: raw.start_empty_on_bad_snapshot }),
     })
 }
 
@@ -826,43 +670,19 @@ fn validate_limits(raw: RawLimits) -> Result<LimitsConfig, ConfigError> {
     Ok(LimitsConfig {
         register_per_minute: per_minute("limits.register_per_minute", raw.register_per_minute, 20)?,
         token_per_minute: per_minute("limits.token_per_minute", raw.token_per_minute, 120)?,
-        authorize_per_minute: per_minute(
-            "limits.authorize_per_minute",
-            raw.authorize_per_minute,
-            60,
-        )?,
+        authorize_per_minute: per_minute("limits.authorize_per_minute", raw.authorize_per_minute, 60)?,
         max_pending: raw.max_pending.unwrap_or(10_000).max(1),
-        header_timeout: duration(
-            "limits.header_timeout",
-            raw.header_timeout,
-            Duration::from_secs(15),
-        )?,
+        header_timeout: duration("limits.header_timeout", raw.header_timeout, Duration::from_secs(15))?,
     })
 }
 
 fn validate_tokens(raw: RawTokens) -> Result<TokenConfig, ConfigError> {
     let t = TokenConfig {
-        access_ttl: duration(
-            "tokens.access_ttl",
-            raw.access_ttl,
-            Duration::from_secs(3600),
-        )?,
-        refresh_ttl: duration(
-            "tokens.refresh_ttl",
-            raw.refresh_ttl,
-            Duration::from_secs(30 * 86400),
-        )?,
+        access_ttl: duration("tokens.access_ttl", raw.access_ttl, Duration::from_secs(3600))?,
+        refresh_ttl: duration("tokens.refresh_ttl", raw.refresh_ttl, Duration::from_secs(30 * 86400))?,
         code_ttl: duration("tokens.code_ttl", raw.code_ttl, Duration::from_secs(600))?,
-        pending_ttl: duration(
-            "tokens.pending_ttl",
-            raw.pending_ttl,
-            Duration::from_secs(600),
-        )?,
-        refresh_grace: duration(
-            "tokens.refresh_grace",
-            raw.refresh_grace,
-            Duration::from_secs(10),
-        )?,
+        pending_ttl: duration("tokens.pending_ttl", raw.pending_ttl, Duration::from_secs(600))?,
+        refresh_grace: duration("tokens.refresh_grace", raw.refresh_grace, Duration::from_secs(10))?,
         upstream_refresh_margin: duration(
             "tokens.upstream_refresh_margin",
             raw.upstream_refresh_margin,
@@ -873,10 +693,7 @@ fn validate_tokens(raw: RawTokens) -> Result<TokenConfig, ConfigError> {
         return Err(invalid("tokens.access_ttl", "must be at least one second"));
     }
     if t.code_ttl.as_secs() == 0 || t.code_ttl > Duration::from_secs(600) {
-        return Err(invalid(
-            "tokens.code_ttl",
-            "must be between 1s and 10m (RFC 6749 §4.1.2)",
-        ));
+        return Err(invalid("tokens.code_ttl", "must be between 1s and 10m (RFC 6749 §4.1.2)"));
     }
     Ok(t)
 }
@@ -926,23 +743,18 @@ mod tests {
             "AZURE_TENANT_ID" => Some("9188040d-6c67-4c5b-b112-36a304b66dad".to_owned()),
             "AZURE_CLIENT_ID" => Some("app".to_owned()),
             "AZURE_CLIENT_SECRET" => Some("secret".to_owned()),
+            "DCR_PROXY_SNAPSHOT_KEY" => Some("q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=".to_owned()),
             _ => None,
         };
-        let c =
-            Config::from_toml(include_str!("../deploy/proxy.toml"), env).map_err(|e| e.to_string());
+        let c = Config::from_toml(include_str!("../deploy/proxy.toml"), env).map_err(|e| e.to_string());
         assert!(c.is_ok(), "{c:?}");
-        assert_eq!(
-            err_key(include_str!("../deploy/proxy.toml"), no_env),
-            "idp.tenant"
-        );
+        assert_eq!(err_key(include_str!("../deploy/proxy.toml"), no_env), "idp.tenant");
     }
 
     #[test]
     fn azure_secret_comes_from_env_and_missing_secret_names_the_key() {
         assert_eq!(err_key(AZURE, no_env), "idp.client_secret");
-        let c = Config::from_toml(AZURE, |k| {
-            (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned())
-        });
+        let c = Config::from_toml(AZURE, |k| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned()));
         let c = c.map_err(|e| e.to_string());
         assert!(c.is_ok(), "{c:?}");
         if let Ok(c) = c {
@@ -966,41 +778,20 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        assert_eq!(err_key(&AZURE.replace("127.0.0.1:8080\"\n", "nope\"\n"), secret), "server.listen");
         assert_eq!(
-            err_key(&AZURE.replace("127.0.0.1:8080\"\n", "nope\"\n"), secret),
-            "server.listen"
-        );
-        assert_eq!(
-            err_key(
-                &AZURE.replace("http://127.0.0.1:8080/", "http://example.com"),
-                secret
-            ),
+            err_key(&AZURE.replace("http://127.0.0.1:8080/", "http://example.com"), secret),
             "server.public_url"
         );
         assert_eq!(
-            err_key(
-                &AZURE.replace("http://127.0.0.1:8080/", "https://x.example/base"),
-                secret
-            ),
+            err_key(&AZURE.replace("http://127.0.0.1:8080/", "https://x.example/base"), secret),
             "server.public_url"
         );
+        assert_eq!(err_key(&AZURE.replace("\"azure\"", "\"saml\""), secret), "idp.kind");
+        assert_eq!(err_key(&format!("{AZURE}\n[tokens]\naccess_ttl = \"soon\""), secret), "tokens.access_ttl");
+        assert_eq!(err_key(&AZURE.replace("tenant = \"common\"", ""), secret), "idp.tenant");
         assert_eq!(
-            err_key(&AZURE.replace("\"azure\"", "\"saml\""), secret),
-            "idp.kind"
-        );
-        assert_eq!(
-            err_key(&format!("{AZURE}\n[tokens]\naccess_ttl = \"soon\""), secret),
-            "tokens.access_ttl"
-        );
-        assert_eq!(
-            err_key(&AZURE.replace("tenant = \"common\"", ""), secret),
-            "idp.tenant"
-        );
-        assert_eq!(
-            err_key(
-                &AZURE.replace("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:8080\""),
-                secret
-            ),
+            err_key(&AZURE.replace("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:8080\""), secret),
             "server.listen"
         );
     }

@@ -28,11 +28,7 @@ pub struct TokenHash(pub [u8; 32]);
 impl std::fmt::Debug for TokenHash {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Eight hex digits identify an entry in a log without helping anyone guess the token.
-        write!(
-            f,
-            "TokenHash({:02x}{:02x}{:02x}{:02x}…)",
-            self.0[0], self.0[1], self.0[2], self.0[3]
-        )
+        write!(f, "TokenHash({:02x}{:02x}{:02x}{:02x}…)", self.0[0], self.0[1], self.0[2], self.0[3])
     }
 }
 
@@ -102,9 +98,7 @@ impl Sealer {
             Ok(k) => k,
             Err(_) => unreachable!("CHACHA20_POLY1305 takes a 32-byte key"),
         };
-        Self {
-            key: aead::LessSafeKey::new(unbound),
-        }
+        Self { key: aead::LessSafeKey::new(unbound) }
     }
 
     /// Encrypts and authenticates `plaintext`, binding `aad`.
@@ -135,10 +129,7 @@ impl Sealer {
         let (nonce, rest) = sealed.split_at(aead::NONCE_LEN);
         let nonce = aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| OpenError)?;
         let mut buf = rest.to_vec();
-        let plain = self
-            .key
-            .open_in_place(nonce, aead::Aad::from(aad), &mut buf)
-            .map_err(|_| OpenError)?;
+        let plain = self.key.open_in_place(nonce, aead::Aad::from(aad), &mut buf).map_err(|_| OpenError)?;
         Ok(plain.to_vec())
     }
 }
@@ -177,10 +168,7 @@ mod tests {
         let sealed = s.seal(b"aad", b"hello");
         assert_eq!(s.open(b"aad", &sealed).as_deref(), Ok(&b"hello"[..]));
         assert_eq!(s.open(b"other", &sealed), Err(OpenError));
-        assert_eq!(
-            Sealer::new(&[8u8; 32]).open(b"aad", &sealed),
-            Err(OpenError)
-        );
+        assert_eq!(Sealer::new(&[8u8; 32]).open(b"aad", &sealed), Err(OpenError));
         let mut flipped = sealed.clone();
         flipped[20] ^= 1;
         assert_eq!(s.open(b"aad", &flipped), Err(OpenError));

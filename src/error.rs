@@ -119,10 +119,7 @@ pub struct OAuthError {
 
 impl OAuthError {
     pub fn new(code: ErrorCode, description: impl Into<String>) -> Self {
-        Self {
-            code,
-            description: description.into(),
-        }
+        Self { code, description: description.into() }
     }
     pub fn invalid_request(d: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidRequest, d)
@@ -156,25 +153,13 @@ pub enum Error {
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("bearer token refused: {problem:?}")]
-    Unauthorized {
-        problem: BearerProblem,
-        resource_metadata: String,
-    },
+    Unauthorized { problem: BearerProblem, resource_metadata: String },
     /// An error shown to the user in the browser, never redirected.
     #[error("{title}: {message}")]
-    Page {
-        status: StatusCode,
-        title: &'static str,
-        message: String,
-    },
+    Page { status: StatusCode, title: &'static str, message: String },
     /// An authorization error sent back to the client's (already validated) redirect URI.
     #[error("authorization error redirected to the client: {}", error.code.as_str())]
-    Redirect {
-        redirect_uri: String,
-        error: OAuthError,
-        state: Option<String>,
-        issuer: String,
-    },
+    Redirect { redirect_uri: String, error: OAuthError, state: Option<String>, issuer: String },
     /// Too many requests from one source (429 with `Retry-After`); `html` for browser routes.
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64, html: bool },
@@ -199,11 +184,7 @@ pub enum Error {
 
 impl Error {
     pub fn page(status: StatusCode, title: &'static str, message: impl Into<String>) -> Self {
-        Self::Page {
-            status,
-            title,
-            message: message.into(),
-        }
+        Self::Page { status, title, message: message.into() }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -235,27 +216,18 @@ impl Error {
             Self::OAuth(e) => {
                 let mut resp = oauth_json(status, e.code.as_str(), &e.description);
                 if e.code == ErrorCode::InvalidClient {
-                    resp.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static("Basic realm=\"dcr-proxy\""),
-                    );
+                    resp.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"dcr-proxy\""));
                 }
                 resp
             }
-            Self::UnsupportedMediaType { expected } => oauth_json(
-                status,
-                "invalid_request",
-                &format!("Content-Type must be {expected}"),
-            ),
-            Self::PayloadTooLarge { limit } => oauth_json(
-                status,
-                "invalid_request",
-                &format!("request body exceeds {limit} bytes"),
-            ),
-            Self::Unauthorized {
-                problem,
-                resource_metadata,
-            } => {
+            Self::UnsupportedMediaType { expected } => {
+                oauth_json(status, "invalid_request", &format!("Content-Type must be {expected}"))
+            }
+            Self::PayloadTooLarge { limit } => {
+                oauth_json(status, "invalid_request", &format!("request body exceeds {limit} bytes"))
+            }
+            Self::Unauthorized { problem, resource_metadata } => {
                 let challenge = match problem {
                     BearerProblem::Missing => format!("Bearer resource_metadata=\"{resource_metadata}\""),
                     BearerProblem::InvalidToken => format!(
@@ -269,13 +241,10 @@ impl Error {
                 };
                 let (code, desc) = match problem {
                     BearerProblem::Missing => ("invalid_token", "authorization required"),
-                    BearerProblem::InvalidToken => {
-                        ("invalid_token", "the access token is invalid or expired")
+                    BearerProblem::InvalidToken => ("invalid_token", "the access token is invalid or expired"),
+                    BearerProblem::InvalidRequest => {
+                        ("invalid_request", "send the access token in the Authorization header")
                     }
-                    BearerProblem::InvalidRequest => (
-                        "invalid_request",
-                        "send the access token in the Authorization header",
-                    ),
                 };
                 let mut resp = oauth_json(status, code, desc);
                 if let Ok(v) = HeaderValue::try_from(challenge) {
@@ -283,31 +252,16 @@ impl Error {
                 }
                 resp
             }
-            Self::Page {
-                status,
-                title,
-                message,
-            } => html::error_page(status, title, &message),
-            Self::Redirect {
-                redirect_uri,
-                error,
-                state,
-                issuer,
-            } => {
-                let mut params = vec![
-                    ("error", error.code.as_str()),
-                    ("error_description", &error.description),
-                ];
+            Self::Page { status, title, message } => html::error_page(status, title, &message),
+            Self::Redirect { redirect_uri, error, state, issuer } => {
+                let mut params = vec![("error", error.code.as_str()), ("error_description", &error.description)];
                 if let Some(s) = &state {
                     params.push(("state", s));
                 }
                 params.push(("iss", &issuer));
                 crate::http::redirect(&crate::http::append_query(&redirect_uri, &params))
             }
-            Self::RateLimited {
-                retry_after_secs,
-                html,
-            } => {
+            Self::RateLimited { retry_after_secs, html } => {
                 let mut resp = if html {
                     html::error_page(
                         status,
@@ -315,33 +269,19 @@ impl Error {
                         "Too many sign-in attempts. Wait a minute and try again.",
                     )
                 } else {
-                    oauth_json(
-                        status,
-                        "temporarily_unavailable",
-                        "too many requests from this address; retry later",
-                    )
+                    oauth_json(status, "temporarily_unavailable", "too many requests from this address; retry later")
                 };
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
                 resp
             }
             Self::Capacity { what, html } => {
                 tracing::warn!(what, "capacity limit reached");
                 let mut resp = if html {
-                    html::error_page(
-                        status,
-                        "Service busy",
-                        "The sign-in service is busy. Try again in a minute.",
-                    )
+                    html::error_page(status, "Service busy", "The sign-in service is busy. Try again in a minute.")
                 } else {
-                    oauth_json(
-                        status,
-                        "temporarily_unavailable",
-                        &format!("{what}; retry later"),
-                    )
+                    oauth_json(status, "temporarily_unavailable", &format!("{what}; retry later"))
                 };
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
                 resp
             }
             Self::RegistrationTokenRequired => {
@@ -350,18 +290,14 @@ impl Error {
                     "invalid_token",
                     "a valid registration token is required (initial access token, or the RFC 7592 registration access token)",
                 );
-                resp.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
-                );
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
                 resp
             }
             Self::NotFound => json_response(status, &serde_json::json!({"error": "not_found"})),
             Self::MethodNotAllowed { allow } => {
-                let mut resp =
-                    json_response(status, &serde_json::json!({"error": "method_not_allowed"}));
-                resp.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                let mut resp = json_response(status, &serde_json::json!({"error": "method_not_allowed"}));
+                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
                 resp
             }
             Self::UpstreamUnavailable(reason) => {
@@ -388,10 +324,7 @@ impl Error {
 
 /// RFC 6749 §5.2 JSON with the no-store headers of §5.1.
 fn oauth_json(status: StatusCode, code: &str, description: &str) -> Response<Body> {
-    let mut resp = json_response(
-        status,
-        &serde_json::json!({"error": code, "error_description": description}),
-    );
+    let mut resp = json_response(status, &serde_json::json!({"error": code, "error_description": description}));
     crate::http::no_store(&mut resp);
     resp
 }

@@ -34,6 +34,7 @@ pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod idp;
+pub mod metrics;
 pub mod oauth;
 pub mod proxy;
 pub mod rate_limit;

@@ -44,9 +44,7 @@ fn load(cli: &Cli) -> Result<Config, String> {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -91,10 +89,7 @@ fn main() -> ExitCode {
     };
     init_logging(&config);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
@@ -114,12 +109,17 @@ async fn run(config: Config) -> Result<(), String> {
     };
     let listen = config.server.listen;
     let public_url = config.server.public_url.clone();
-    let app = App::new(config, Clock::system())
-        .await
-        .map_err(|e| e.to_string())?;
+    let app = App::new(config, Clock::system()).await.map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen} (server.listen): {e}"))?;
+    if let Some(addr) = app.config.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} (metrics.listen): {e}"))?;
+        tokio::spawn(server::serve_metrics(metrics, app.clone()));
+        tracing::info!(%addr, "metrics at /metrics");
+    }
     tracing::info!(%listen, %public_url, tls = tls.is_some(), "dcr-proxy ready");
     server::serve(listener, app, tls, server::shutdown_signal()).await;
     Ok(())

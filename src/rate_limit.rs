@@ -47,11 +47,7 @@ impl RateLimiter {
     pub fn new(limits: &LimitsConfig) -> Self {
         Self {
             buckets: DashMap::new(),
-            per_minute: [
-                limits.register_per_minute,
-                limits.token_per_minute,
-                limits.authorize_per_minute,
-            ],
+            per_minute: [limits.register_per_minute, limits.token_per_minute, limits.authorize_per_minute],
         }
     }
 
@@ -67,16 +63,12 @@ impl RateLimiter {
     pub fn check(&self, class: RouteClass, source: IpAddr, now: Instant) -> Result<(), Duration> {
         let capacity = self.capacity(class);
         let per_second = capacity / 60.0;
-        let key =
-            if self.buckets.len() >= MAX_SOURCES && !self.buckets.contains_key(&(class, source)) {
-                (class, OVERFLOW)
-            } else {
-                (class, source)
-            };
-        let mut bucket = self.buckets.entry(key).or_insert(Bucket {
-            tokens: capacity,
-            updated: now,
-        });
+        let key = if self.buckets.len() >= MAX_SOURCES && !self.buckets.contains_key(&(class, source)) {
+            (class, OVERFLOW)
+        } else {
+            (class, source)
+        };
+        let mut bucket = self.buckets.entry(key).or_insert(Bucket { tokens: capacity, updated: now });
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * per_second).min(capacity);
         bucket.updated = now;
@@ -93,8 +85,7 @@ impl RateLimiter {
     pub fn sweep(&self, now: Instant) {
         self.buckets.retain(|(class, _), b| {
             let capacity = self.capacity(*class);
-            b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * capacity / 60.0
-                < capacity
+            b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * capacity / 60.0 < capacity
         });
     }
 
@@ -129,16 +120,8 @@ mod tests {
         assert_eq!(retry, Some(Duration::from_secs(20)));
         // Other classes and other sources are independent.
         assert!(rl.check(RouteClass::Token, ip, t0).is_ok());
-        assert!(rl
-            .check(
-                RouteClass::Register,
-                "10.9.9.9".parse().unwrap_or(OVERFLOW),
-                t0
-            )
-            .is_ok());
-        assert!(rl
-            .check(RouteClass::Register, ip, t0 + Duration::from_secs(20))
-            .is_ok());
+        assert!(rl.check(RouteClass::Register, "10.9.9.9".parse().unwrap_or(OVERFLOW), t0).is_ok());
+        assert!(rl.check(RouteClass::Register, ip, t0 + Duration::from_secs(20)).is_ok());
     }
 
     #[test]

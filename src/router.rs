@@ -37,9 +37,16 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     if route != "proxy" {
         add_cors(resp.headers_mut());
     }
-    tracing::debug!(%method, route, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    app.metrics.request(route, status, elapsed.as_secs_f64());
+    let request_id = REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(request_id, %method, route, status, micros = elapsed.as_micros() as u64, "request");
     resp
 }
+
+/// A per-process request number for the access log.
+static REQUEST_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A low-cardinality name of the route, for logs.
 fn route_name(app: &App, path: &str) -> &'static str {
@@ -54,6 +61,7 @@ fn route_name(app: &App, path: &str) -> &'static str {
         "/introspect" => "introspect",
         "/userinfo" => "userinfo",
         "/healthz" => "healthz",
+        "/readyz" => "readyz",
         p if p.starts_with("/.well-known/") => "metadata",
         p if p == app.metadata.protected_resource_path => "metadata",
         _ => "proxy",
@@ -88,11 +96,7 @@ fn rate_class(path: &str) -> Option<(RouteClass, bool)> {
     }
 }
 
-async fn dispatch(
-    app: &Arc<App>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Result<Response<Body>, Error> {
+async fn dispatch(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Error> {
     let path = req.uri().path();
     if req.method() == Method::OPTIONS && route_name(app, path) != "proxy" {
         return Ok(preflight());
@@ -101,17 +105,13 @@ async fn dispatch(
         let source = source_ip(app, req.headers(), peer);
         if let Err(wait) = app.rate_limiter.check(class, source, Instant::now()) {
             tracing::info!(%source, ?class, "rate limited");
-            return Err(Error::RateLimited {
-                retry_after_secs: wait.as_secs(),
-                html,
-            });
+            return Err(Error::RateLimited { retry_after_secs: wait.as_secs(), html });
         }
     }
     match (req.method(), path) {
-        (
-            &Method::GET,
-            "/.well-known/oauth-authorization-server" | "/.well-known/openid-configuration",
-        ) => Ok(json_bytes(app.metadata.authorization_server.clone())),
+        (&Method::GET, "/.well-known/oauth-authorization-server" | "/.well-known/openid-configuration") => {
+            Ok(json_bytes(app.metadata.authorization_server.clone()))
+        }
         (&Method::GET, "/.well-known/oauth-protected-resource") => {
             Ok(json_bytes(app.metadata.protected_resource.clone()))
         }
@@ -132,18 +132,20 @@ async fn dispatch(
         (&Method::POST, "/revoke") => revoke(app, req).await,
         (&Method::POST, "/introspect") => introspect(app, req).await,
         (&Method::GET | &Method::POST, "/userinfo") => userinfo(app, &req),
-        (&Method::GET, "/healthz") => Ok(json_response(
+        (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        // The listener is bound only after the snapshot is loaded and the IdP discovered: serving means ready.
+        (&Method::GET, "/readyz") => Ok(json_response(
             StatusCode::OK,
-            &serde_json::json!({"status": "ok"}),
+            &serde_json::json!({
+                "status": "ready",
+                "idp": match &*app.idp { Idp::Oidc(_) => "oidc", Idp::Local(_) => "local" },
+                "snapshot": app.config.store.snapshot.is_some(),
+            }),
         )),
         (_, "/register" | "/consent" | "/token" | "/revoke" | "/introspect") => {
-            Err(Error::MethodNotAllowed {
-                allow: "POST, OPTIONS",
-            })
+            Err(Error::MethodNotAllowed { allow: "POST, OPTIONS" })
         }
-        (_, "/authorize" | "/callback" | "/healthz") => {
-            Err(Error::MethodNotAllowed { allow: "GET" })
-        }
+        (_, "/authorize" | "/callback" | "/healthz") => Err(Error::MethodNotAllowed { allow: "GET" }),
         (_, "/login") => Err(Error::MethodNotAllowed { allow: "GET, POST" }),
         _ => proxy(app, req, peer).await,
     }
@@ -151,46 +153,28 @@ async fn dispatch(
 
 fn json_bytes(body: bytes::Bytes) -> Response<Body> {
     let mut resp = Response::new(full(body));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("max-age=3600"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=3600"));
     resp
 }
 
 /// CORS for browser-based clients (MCP Inspector): the OAuth endpoints answer any origin and expose
 /// `WWW-Authenticate`. No credentials (cookies) are allowed cross-origin.
 fn add_cors(headers: &mut HeaderMap) {
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("WWW-Authenticate"),
-    );
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("WWW-Authenticate"));
 }
 
 fn preflight() -> Response<Body> {
     let mut resp = Response::new(h::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let hd = resp.headers_mut();
-    hd.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST, OPTIONS"),
-    );
+    hd.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
     hd.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("Authorization, Content-Type, Mcp-Protocol-Version"),
     );
-    hd.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("86400"),
-    );
+    hd.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
     resp
 }
 
@@ -206,35 +190,21 @@ async fn register_client(app: &App, req: Request<Incoming>) -> Result<Response<B
         }
     }
     if !h::has_content_type(req.headers(), "application/json") {
-        return Err(Error::UnsupportedMediaType {
-            expected: "application/json",
-        });
+        return Err(Error::UnsupportedMediaType { expected: "application/json" });
     }
     let body = read_body(req.into_body(), app.config.registration.max_body_bytes).await?;
-    let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-        OAuthError::new(
-            ErrorCode::InvalidClientMetadata,
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
+    let json: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| OAuthError::new(ErrorCode::InvalidClientMetadata, format!("the body is not valid JSON: {e}")))?;
     let now = app.clock.now();
     let registration = register::register(&json, now, &policy.allowed_redirect_hosts)?;
     if app.store.clients.len() >= policy.max_clients {
-        let removed = app
-            .store
-            .sweep_unused_clients(now, policy.unused_client_ttl.as_secs());
+        let removed = app.store.sweep_unused_clients(now, policy.unused_client_ttl.as_secs());
         if app.store.clients.len() >= policy.max_clients {
-            return Err(Error::Capacity {
-                what: "the client registration limit is reached",
-                html: false,
-            });
+            return Err(Error::Capacity { what: "the client registration limit is reached", html: false });
         }
         tracing::info!(removed, "unused clients removed to make room");
     }
-    let config_uri = format!(
-        "{}/register/{}",
-        app.config.server.public_url, registration.client.client_id
-    );
+    let config_uri = format!("{}/register/{}", app.config.server.public_url, registration.client.client_id);
     let doc = register::response_body(
         &registration.client,
         registration.secret.as_deref(),
@@ -246,10 +216,7 @@ async fn register_client(app: &App, req: Request<Incoming>) -> Result<Response<B
         auth_method = registration.client.auth_method.as_str(),
         "client registered"
     );
-    app.store.clients.insert(
-        registration.client.client_id.clone(),
-        Arc::new(registration.client),
-    );
+    app.store.clients.insert(registration.client.client_id.clone(), Arc::new(registration.client));
     let mut resp = json_response(StatusCode::CREATED, &doc);
     no_store(&mut resp);
     Ok(resp)
@@ -268,15 +235,9 @@ async fn manage_client(app: &App, req: Request<Incoming>) -> Result<Response<Bod
         .map(|c| c.clone())
         .filter(|c| c.registration_token.is_some_and(|h| h.matches(presented)))
         .ok_or(Error::RegistrationTokenRequired)?;
-    let config_uri = format!(
-        "{}/register/{}",
-        app.config.server.public_url, client.client_id
-    );
+    let config_uri = format!("{}/register/{}", app.config.server.public_url, client.client_id);
     let respond = |c: &crate::store::Client| {
-        let mut resp = json_response(
-            StatusCode::OK,
-            &register::response_body(c, None, (None, &config_uri)),
-        );
+        let mut resp = json_response(StatusCode::OK, &register::response_body(c, None, (None, &config_uri)));
         no_store(&mut resp);
         resp
     };
@@ -284,13 +245,8 @@ async fn manage_client(app: &App, req: Request<Incoming>) -> Result<Response<Bod
         Method::GET => Ok(respond(&client)),
         Method::DELETE => {
             app.store.clients.remove(&client.client_id);
-            let grants: Vec<_> = app
-                .store
-                .grants
-                .iter()
-                .filter(|g| g.client_id == client.client_id)
-                .map(|g| g.id)
-                .collect();
+            let grants: Vec<_> =
+                app.store.grants.iter().filter(|g| g.client_id == client.client_id).map(|g| g.id).collect();
             for id in grants {
                 app.store.revoke_grant(id);
             }
@@ -301,28 +257,17 @@ async fn manage_client(app: &App, req: Request<Incoming>) -> Result<Response<Bod
         }
         _ => {
             if !h::has_content_type(req.headers(), "application/json") {
-                return Err(Error::UnsupportedMediaType {
-                    expected: "application/json",
-                });
+                return Err(Error::UnsupportedMediaType { expected: "application/json" });
             }
             let body = read_body(req.into_body(), app.config.registration.max_body_bytes).await?;
             let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-                OAuthError::new(
-                    ErrorCode::InvalidClientMetadata,
-                    format!("the body is not valid JSON: {e}"),
-                )
+                OAuthError::new(ErrorCode::InvalidClientMetadata, format!("the body is not valid JSON: {e}"))
             })?;
-            let updated = register::update(
-                &client,
-                &json,
-                app.clock.now(),
-                &app.config.registration.allowed_redirect_hosts,
-            )?;
+            let updated =
+                register::update(&client, &json, app.clock.now(), &app.config.registration.allowed_redirect_hosts)?;
             let resp = respond(&updated);
             tracing::info!(client_id = %client.client_id, "client metadata updated");
-            app.store
-                .clients
-                .insert(updated.client_id.clone(), Arc::new(updated));
+            app.store.clients.insert(updated.client_id.clone(), Arc::new(updated));
             Ok(resp)
         }
     }
@@ -337,32 +282,17 @@ fn start_authorization(app: &App, req: &Request<Incoming>) -> Result<Response<Bo
         offered_scopes: &app.config.idp.scopes,
     };
     let query = req.uri().query().unwrap_or("").as_bytes();
-    let request = authorize::validate(
-        query,
-        |id| app.store.clients.get(id).map(|c| c.clone()),
-        &ctx,
-    )?;
-    let client = app
-        .store
-        .clients
-        .get(&request.client_id)
-        .map(|c| c.clone())
-        .ok_or_else(|| {
-            Error::page(
-                StatusCode::BAD_REQUEST,
-                "Unknown client",
-                "The application is not registered.",
-            )
+    let request = authorize::validate(query, |id| app.store.clients.get(id).map(|c| c.clone()), &ctx)?;
+    let client =
+        app.store.clients.get(&request.client_id).map(|c| c.clone()).ok_or_else(|| {
+            Error::page(StatusCode::BAD_REQUEST, "Unknown client", "The application is not registered.")
         })?;
 
     let pending_now = app.store.pending.len() + app.store.idp_requests.len();
     if pending_now >= app.config.limits.max_pending {
         app.store.sweep(app.clock.now());
         if app.store.pending.len() + app.store.idp_requests.len() >= app.config.limits.max_pending {
-            return Err(Error::Capacity {
-                what: "too many sign-ins in progress",
-                html: true,
-            });
+            return Err(Error::Capacity { what: "too many sign-ins in progress", html: true });
         }
     }
     let https = app.config.is_https();
@@ -383,9 +313,7 @@ fn start_authorization(app: &App, req: &Request<Incoming>) -> Result<Response<Bo
         expires_at: app.clock.now() + ttl,
     };
     let mut resp = consent::render(&client, &pending, &request_id, &csrf);
-    app.store
-        .pending
-        .insert(TokenHash::of(&request_id), pending);
+    app.store.pending.insert(TokenHash::of(&request_id), pending);
     if let Some(cookie) = consent::set_cookie(https, &browser, ttl) {
         resp.headers_mut().insert(header::SET_COOKIE, cookie);
     }
@@ -422,9 +350,7 @@ async fn submit_consent(app: &App, req: Request<Incoming>) -> Result<Response<Bo
         .store
         .pending
         .remove_if(&TokenHash::of(request_id), |_, p| {
-            p.expires_at > now
-                && p.csrf.matches(csrf)
-                && consent::is_same_browser(&headers, https, p)
+            p.expires_at > now && p.csrf.matches(csrf) && consent::is_same_browser(&headers, https, p)
         })
         .ok_or_else(refused)?;
 
@@ -445,14 +371,7 @@ async fn submit_consent(app: &App, req: Request<Incoming>) -> Result<Response<Bo
         Idp::Oidc(p) => p.authorize_url(&state, &crypto::pkce_s256(&verifier), &nonce),
         Idp::Local(_) => h::append_query("/login", &[("state", &state)]),
     };
-    app.store.idp_requests.insert(
-        TokenHash::of(&state),
-        IdpRequest {
-            pending,
-            pkce_verifier: verifier.into(),
-            nonce,
-        },
-    );
+    app.store.idp_requests.insert(TokenHash::of(&state), IdpRequest { pending, pkce_verifier: verifier.into(), nonce });
     Ok(h::redirect(&location))
 }
 
@@ -466,13 +385,8 @@ fn login_state_error() -> Error {
 }
 
 async fn idp_callback(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
-    let params = Params::parse(req.uri().query().unwrap_or("").as_bytes()).map_err(|e| {
-        Error::page(
-            StatusCode::BAD_REQUEST,
-            "Invalid sign-in response",
-            e.description,
-        )
-    })?;
+    let params = Params::parse(req.uri().query().unwrap_or("").as_bytes())
+        .map_err(|e| Error::page(StatusCode::BAD_REQUEST, "Invalid sign-in response", e.description))?;
     let state = params.get("state").ok_or_else(login_state_error)?;
     let now = app.clock.now();
     let https = app.config.is_https();
@@ -492,53 +406,31 @@ async fn idp_callback(app: &App, req: &Request<Incoming>) -> Result<Response<Bod
     if let Some(error) = params.get("error") {
         let code = ErrorCode::from_idp(error);
         tracing::info!(client_id = %request.pending.client_id, idp_error = error, "identity provider returned an error");
-        return Err(to_client(
-            code,
-            &format!("the identity provider answered {}", code.as_str()),
-        ));
+        return Err(to_client(code, &format!("the identity provider answered {}", code.as_str())));
     }
     let Some(code) = params.get("code") else {
-        return Err(to_client(
-            ErrorCode::ServerError,
-            "the identity provider returned no code",
-        ));
+        return Err(to_client(ErrorCode::ServerError, "the identity provider returned no code"));
     };
     let Idp::Oidc(provider) = &*app.idp else {
         return Err(Error::NotFound);
     };
     use secrecy::ExposeSecret as _;
-    match provider
-        .exchange_code(
-            code,
-            request.pkce_verifier.expose_secret(),
-            &request.nonce,
-            now,
-        )
-        .await
-    {
+    match provider.exchange_code(code, request.pkce_verifier.expose_secret(), &request.nonce, now).await {
         Ok(login) => Ok(finish_authorization(app, request.pending, login)),
         Err(e) => {
             tracing::warn!(client_id = %request.pending.client_id, error = %e, "IdP code exchange failed");
+            app.metrics.idp_error(&e);
             let code = match e {
                 IdpError::Unavailable(_) => ErrorCode::TemporarilyUnavailable,
-                IdpError::Refused { .. } | IdpError::Protocol(_) | IdpError::Discovery(_) => {
-                    ErrorCode::ServerError
-                }
+                IdpError::Refused { .. } | IdpError::Protocol(_) | IdpError::Discovery(_) => ErrorCode::ServerError,
             };
-            Err(to_client(
-                code,
-                "the sign-in with the identity provider could not be completed",
-            ))
+            Err(to_client(code, "the sign-in with the identity provider could not be completed"))
         }
     }
 }
 
 /// Mints the proxy's authorization code and sends the browser back to the client (RFC 6749 §4.1.2, RFC 9207).
-fn finish_authorization(
-    app: &App,
-    pending: PendingAuthorization,
-    login: UpstreamLogin,
-) -> Response<Body> {
+fn finish_authorization(app: &App, pending: PendingAuthorization, login: UpstreamLogin) -> Response<Body> {
     let code = crypto::random_token();
     let mut params: Vec<(&str, &str)> = vec![("code", &code)];
     if let Some(state) = &pending.state {
@@ -572,17 +464,12 @@ fn local_users(app: &App) -> Result<&local::LocalUsers, Error> {
 
 fn show_login(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
     local_users(app)?;
-    let params = Params::parse(req.uri().query().unwrap_or("").as_bytes())
-        .map_err(|_| login_state_error())?;
+    let params = Params::parse(req.uri().query().unwrap_or("").as_bytes()).map_err(|_| login_state_error())?;
     let state = params.get("state").ok_or_else(login_state_error)?;
-    let known = app
-        .store
-        .idp_requests
-        .get(&TokenHash::of(state))
-        .is_some_and(|r| {
-            r.pending.expires_at > app.clock.now()
-                && consent::is_same_browser(req.headers(), app.config.is_https(), &r.pending)
-        });
+    let known = app.store.idp_requests.get(&TokenHash::of(state)).is_some_and(|r| {
+        r.pending.expires_at > app.clock.now()
+            && consent::is_same_browser(req.headers(), app.config.is_https(), &r.pending)
+    });
     if !known {
         return Err(login_state_error());
     }
@@ -592,16 +479,15 @@ fn show_login(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Erro
 async fn submit_login(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Error> {
     local_users(app)?;
     let (headers, params) = read_form(req).await?;
-    let state = params
-        .get("state")
-        .ok_or_else(login_state_error)?
-        .to_owned();
+    let state = params.get("state").ok_or_else(login_state_error)?.to_owned();
     let hash = TokenHash::of(&state);
     let https = app.config.is_https();
     let now = app.clock.now();
-    let valid = app.store.idp_requests.get(&hash).is_some_and(|r| {
-        r.pending.expires_at > now && consent::is_same_browser(&headers, https, &r.pending)
-    });
+    let valid = app
+        .store
+        .idp_requests
+        .get(&hash)
+        .is_some_and(|r| r.pending.expires_at > now && consent::is_same_browser(&headers, https, &r.pending));
     if !valid {
         return Err(login_state_error());
     }
@@ -616,19 +502,13 @@ async fn submit_login(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
     .map_err(|e| Error::Internal(format!("password check task: {e}")))?;
     let Some(identity) = identity else {
         tracing::info!("local login failed");
-        return Ok(local::login_page(
-            &state,
-            Some("Wrong username or password."),
-        ));
+        return Ok(local::login_page(&state, Some("Wrong username or password.")));
     };
     let Some((_, request)) = app.store.idp_requests.remove(&hash) else {
         return Err(login_state_error());
     };
     tracing::info!(user = %identity.sub, "local login succeeded");
-    let login = UpstreamLogin {
-        credential: crate::store::UpstreamCredential::Local,
-        identity,
-    };
+    let login = UpstreamLogin { credential: crate::store::UpstreamCredential::Local, identity };
     Ok(finish_authorization(app, request.pending, login))
 }
 
@@ -670,12 +550,7 @@ async fn revoke(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Err
     if let Some(grant) = refresh_grant.filter(|g| g.client_id == client.client_id) {
         app.store.revoke_grant(grant.id);
         tracing::info!(client_id = %client.client_id, "grant revoked by its client");
-    } else if app
-        .store
-        .access_tokens
-        .remove_if(&hash, |_, t| t.grant.client_id == client.client_id)
-        .is_some()
-    {
+    } else if app.store.access_tokens.remove_if(&hash, |_, t| t.grant.client_id == client.client_id).is_some() {
         tracing::info!(client_id = %client.client_id, "access token revoked by its client");
     }
     let mut resp = Response::new(h::empty());
@@ -693,26 +568,18 @@ async fn introspect(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
     let (headers, params) = read_oauth_form(req).await?;
     let (id, secret) = match headers.get(header::AUTHORIZATION) {
         Some(v) => token::parse_basic(v.to_str().unwrap_or(""))?,
-        None => (
-            params.get("client_id").unwrap_or("").to_owned(),
-            params.get("client_secret").unwrap_or("").to_owned(),
-        ),
+        None => {
+            (params.get("client_id").unwrap_or("").to_owned(), params.get("client_secret").unwrap_or("").to_owned())
+        }
     };
     let id_ok = crypto::constant_time_eq(id.as_bytes(), rs.client_id.as_bytes());
     if !(id_ok && TokenHash::of(rs.client_secret.expose_secret()).matches(&secret)) {
-        return Err(OAuthError::invalid_client(
-            "introspection requires the resource server's credentials",
-        )
-        .into());
+        return Err(OAuthError::invalid_client("introspection requires the resource server's credentials").into());
     }
     let hash = TokenHash::of(params.require("token")?);
     let now = app.clock.now();
     let hint = params.get("token_type_hint");
-    let access = app
-        .store
-        .access_tokens
-        .get(&hash)
-        .map(|t| (t.grant.clone(), t.expires_at, "access_token"));
+    let access = app.store.access_tokens.get(&hash).map(|t| (t.grant.clone(), t.expires_at, "access_token"));
     let found = access.or_else(|| {
         app.store
             .refresh_tokens
@@ -751,11 +618,7 @@ fn userinfo(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error>
 
 // ---- proxy --------------------------------------------------------------------------------------------------
 
-async fn proxy(
-    app: &App,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Result<Response<Body>, Error> {
+async fn proxy(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Error> {
     let grant = bearer::authenticate(app, req.headers(), req.uri().query())?;
     let auth = bearer::upstream_auth(app, &grant, None).await?;
     // A request without a body can be sent again after an upstream refresh; keep what that needs.
@@ -768,10 +631,7 @@ async fn proxy(
         copy
     });
     let sent = auth.clone();
-    let mut resp = app
-        .forwarder
-        .forward(req.map(UpstreamBody::Streamed), auth, peer)
-        .await?;
+    let mut resp = app.forwarder.forward(req.map(UpstreamBody::Streamed), auth, peer).await?;
     if resp.status() == StatusCode::UNAUTHORIZED {
         if let (Some(again), bearer::UpstreamAuth::Bearer(rejected)) = (replay, &sent) {
             tracing::info!(client_id = %grant.client_id, "upstream refused the token; refreshing and retrying once");
@@ -780,10 +640,8 @@ async fn proxy(
         }
     }
     // The upstream's own challenge would send the client to the IdP directly: replace it with the proxy's.
-    if matches!(
-        resp.status(),
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
-    ) && resp.headers().contains_key(header::WWW_AUTHENTICATE)
+    if matches!(resp.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+        && resp.headers().contains_key(header::WWW_AUTHENTICATE)
     {
         tracing::info!(client_id = %grant.client_id, status = resp.status().as_u16(), "upstream refused the request");
         if resp.status() == StatusCode::UNAUTHORIZED {

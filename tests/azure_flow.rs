@@ -19,75 +19,31 @@ async fn mcp_client_flow_reaches_upstream_with_the_azure_token() {
     let client = http();
 
     // 1. An unauthenticated call is challenged with the RFC 9728 metadata URL.
-    let resp = client
-        .post(proxy.url("/mcp"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp = client.post(proxy.url("/mcp")).body("{}").send().await.unwrap();
     assert_eq!(resp.status(), 401);
-    let challenge = resp.headers()["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let challenge = resp.headers()["www-authenticate"].to_str().unwrap().to_owned();
     let prm_url = format!("{}/.well-known/oauth-protected-resource/mcp", proxy.base);
     assert_eq!(challenge, format!("Bearer resource_metadata=\"{prm_url}\""));
-    assert!(
-        upstream.recorded().is_empty(),
-        "nothing reaches the upstream without a token"
-    );
+    assert!(upstream.recorded().is_empty(), "nothing reaches the upstream without a token");
 
     // 2. Discovery documents.
-    let prm: Value = client
-        .get(&prm_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let prm: Value = client.get(&prm_url).send().await.unwrap().json().await.unwrap();
     assert_eq!(prm["resource"], format!("{}/mcp", proxy.base));
     assert_eq!(prm["authorization_servers"][0], proxy.base);
-    let as_meta: Value = client
-        .get(proxy.url("/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let as_meta: Value =
+        client.get(proxy.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
     assert_eq!(as_meta["issuer"], proxy.base);
-    assert_eq!(
-        as_meta["code_challenge_methods_supported"],
-        serde_json::json!(["S256"])
-    );
-    let oidc_meta: Value = client
-        .get(proxy.url("/.well-known/openid-configuration"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(as_meta["code_challenge_methods_supported"], serde_json::json!(["S256"]));
+    let oidc_meta: Value =
+        client.get(proxy.url("/.well-known/openid-configuration")).send().await.unwrap().json().await.unwrap();
     assert_eq!(oidc_meta, as_meta);
-    assert_eq!(
-        client
-            .get(proxy.url("/.well-known/unknown"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(client.get(proxy.url("/.well-known/unknown")).send().await.unwrap().status(), 404);
 
     // 3-5. Register, authorize with consent through the fake Entra ID, redeem the code.
     let client_id = register_public_client(&proxy).await;
     let mut browser = Browser::new();
     let params = authorize(&proxy, &mut browser, &client_id).await;
-    assert_eq!(
-        params.get("state").map(String::as_str),
-        Some("client-state-1")
-    );
+    assert_eq!(params.get("state").map(String::as_str), Some("client-state-1"));
     assert_eq!(params.get("iss"), Some(&proxy.base));
     let code = params.get("code").expect("code").clone();
     let resp = redeem(&proxy, &client_id, &code).await;
@@ -102,10 +58,7 @@ async fn mcp_client_flow_reaches_upstream_with_the_azure_token() {
     // The proxy asked Entra for the configured scopes with its own client id, state and PKCE, and no resource.
     {
         let st = azure.state();
-        let q = st
-            .authorize_queries
-            .last()
-            .expect("authorize reached the fake");
+        let q = st.authorize_queries.last().expect("authorize reached the fake");
         assert_eq!(q["client_id"], common::fake_azure::APP_ID);
         assert_eq!(q["scope"], "openid profile email offline_access User.Read");
         assert_eq!(q["code_challenge_method"], "S256");
@@ -130,41 +83,21 @@ async fn mcp_client_flow_reaches_upstream_with_the_azure_token() {
     assert_eq!(resp.headers()["mcp-session-id"], "session-42");
     let seen = upstream.last();
     let azure_token = azure.state().last_access_token.clone().unwrap();
-    assert_eq!(
-        seen.header("authorization"),
-        Some(format!("Bearer {azure_token}").as_str())
-    );
+    assert_eq!(seen.header("authorization"), Some(format!("Bearer {azure_token}").as_str()));
     assert!(azure_token.len() > 2048);
     assert_eq!(seen.path, "/mcp");
     assert_eq!(seen.header("mcp-session-id"), Some("session-42"));
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
     assert!(seen.header("x-forwarded-host").is_some());
-    assert!(
-        seen.header("x-forwarded-user").is_none(),
-        "client-sent identity headers are dropped"
-    );
-    assert!(
-        seen.header("x-hop").is_none(),
-        "hop-by-hop headers are dropped"
-    );
+    assert!(seen.header("x-forwarded-user").is_none(), "client-sent identity headers are dropped");
+    assert!(seen.header("x-hop").is_none(), "hop-by-hop headers are dropped");
     for values in seen.headers.values() {
-        assert!(
-            values.iter().all(|v| !v.contains(&access)),
-            "the client's token never reaches the upstream"
-        );
+        assert!(values.iter().all(|v| !v.contains(&access)), "the client's token never reaches the upstream");
     }
 
     // userinfo returns the id_token's claims.
-    let me: Value = client
-        .get(proxy.url("/userinfo"))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: Value = client.get(proxy.url("/userinfo")).bearer_auth(&access).send().await.unwrap().json().await.unwrap();
     assert_eq!(me["name"], "Adele Vance");
     assert_eq!(me["tid"], common::fake_azure::TENANT_ID);
 
@@ -174,12 +107,8 @@ async fn mcp_client_flow_reaches_upstream_with_the_azure_token() {
     assert_eq!(resp.status(), 200);
     let rotated: Value = resp.json().await.unwrap();
     assert_ne!(rotated["refresh_token"], tokens["refresh_token"]);
-    let resp = client
-        .get(proxy.url("/mcp"))
-        .bearer_auth(rotated["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        client.get(proxy.url("/mcp")).bearer_auth(rotated["access_token"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     proxy.clock.advance(60);
     let resp = refresh(&proxy, &client_id, refresh_token).await;
@@ -187,17 +116,10 @@ async fn mcp_client_flow_reaches_upstream_with_the_azure_token() {
     let err: Value = resp.json().await.unwrap();
     assert_eq!(err["error"], "invalid_grant");
     // Reuse after the grace window revoked the whole grant.
-    let resp = client
-        .get(proxy.url("/mcp"))
-        .bearer_auth(rotated["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        client.get(proxy.url("/mcp")).bearer_auth(rotated["access_token"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(resp.status(), 401);
-    assert!(resp.headers()["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .contains("error=\"invalid_token\""));
+    assert!(resp.headers()["www-authenticate"].to_str().unwrap().contains("error=\"invalid_token\""));
 }
 
 #[tokio::test]
@@ -223,38 +145,22 @@ async fn upstream_token_is_refreshed_once_under_concurrency_and_the_newest_refre
     }
     let second_azure_token = azure.state().last_access_token.clone().unwrap();
     assert_ne!(first_azure_token, second_azure_token);
-    assert_eq!(
-        azure.state().refresh_calls,
-        1,
-        "single flight: one upstream refresh for 16 requests"
-    );
+    assert_eq!(azure.state().refresh_calls, 1, "single flight: one upstream refresh for 16 requests");
     let recorded = upstream.recorded();
     let last16 = &recorded[recorded.len() - 16..];
-    assert!(last16.iter().all(
-        |r| r.header("authorization") == Some(format!("Bearer {second_azure_token}").as_str())
-    ));
+    assert!(last16.iter().all(|r| r.header("authorization") == Some(format!("Bearer {second_azure_token}").as_str())));
 
     // Strict rotation at the fake: the second refresh only works with the newest upstream refresh token.
     proxy.clock.advance(200);
-    let resp = client
-        .get(proxy.url("/mcp"))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap();
+    let resp = client.get(proxy.url("/mcp")).bearer_auth(&access).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(azure.state().refresh_calls, 2);
     let third = azure.state().last_access_token.clone().unwrap();
-    assert_eq!(
-        upstream.last().header("authorization"),
-        Some(format!("Bearer {third}").as_str())
-    );
+    assert_eq!(upstream.last().header("authorization"), Some(format!("Bearer {third}").as_str()));
 }
 
 /// Joins futures without an extra crate.
-async fn futures_join_all<F: std::future::Future + Send + 'static>(
-    futs: impl Iterator<Item = F>,
-) -> Vec<F::Output>
+async fn futures_join_all<F: std::future::Future + Send + 'static>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
     F::Output: Send + 'static,
 {
@@ -277,25 +183,12 @@ async fn upstream_refresh_refused_by_azure_ends_the_grant_with_invalid_token() {
     azure.revoke_all_refresh_tokens();
     proxy.clock.advance(250);
     let before = upstream.recorded().len();
-    let resp = http()
-        .get(proxy.url("/mcp"))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap();
+    let resp = http().get(proxy.url("/mcp")).bearer_auth(access).send().await.unwrap();
     assert_eq!(resp.status(), 401);
-    assert!(resp.headers()["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .contains("invalid_token"));
+    assert!(resp.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
     assert_eq!(upstream.recorded().len(), before, "nothing forwarded");
     // The grant is gone: the client's refresh token is dead too, so it logs in again.
-    let resp = refresh(
-        &proxy,
-        &client_id,
-        tokens["refresh_token"].as_str().unwrap(),
-    )
-    .await;
+    let resp = refresh(&proxy, &client_id, tokens["refresh_token"].as_str().unwrap()).await;
     assert_eq!(resp.status(), 400);
 }
 
@@ -310,30 +203,14 @@ async fn transient_idp_failure_keeps_the_grant_and_uses_the_still_valid_token() 
     let token_before = azure.state().last_access_token.clone().unwrap();
     azure.state().token_fault = Some(429);
     proxy.clock.advance(250);
-    let resp = http()
-        .get(proxy.url("/mcp"))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap();
+    let resp = http().get(proxy.url("/mcp")).bearer_auth(access).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        upstream.last().header("authorization"),
-        Some(format!("Bearer {token_before}").as_str())
-    );
+    assert_eq!(upstream.last().header("authorization"), Some(format!("Bearer {token_before}").as_str()));
     // Once the IdP recovers, the next call refreshes.
     azure.state().token_fault = None;
-    let resp = http()
-        .get(proxy.url("/mcp"))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap();
+    let resp = http().get(proxy.url("/mcp")).bearer_auth(access).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_ne!(
-        azure.state().last_access_token.clone().unwrap(),
-        token_before
-    );
+    assert_ne!(azure.state().last_access_token.clone().unwrap(), token_before);
 }
 
 #[tokio::test]
@@ -344,21 +221,12 @@ async fn idp_error_at_authorize_is_passed_to_the_client_with_state_and_iss() {
     let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
     let client_id = register_public_client(&proxy).await;
     let params = authorize(&proxy, &mut Browser::new(), &client_id).await;
-    assert_eq!(
-        params.get("error").map(String::as_str),
-        Some("access_denied")
-    );
-    assert_eq!(
-        params.get("state").map(String::as_str),
-        Some("client-state-1")
-    );
+    assert_eq!(params.get("error").map(String::as_str), Some("access_denied"));
+    assert_eq!(params.get("state").map(String::as_str), Some("client-state-1"));
     assert_eq!(params.get("iss"), Some(&proxy.base));
     assert!(!params.contains_key("code"));
     let desc = params.get("error_description").cloned().unwrap_or_default();
-    assert!(
-        !desc.contains("Trace ID"),
-        "the IdP's trace text is not shown to clients"
-    );
+    assert!(!desc.contains("Trace ID"), "the IdP's trace text is not shown to clients");
 }
 
 #[tokio::test]
@@ -368,8 +236,7 @@ async fn callback_from_another_browser_is_refused() {
     let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
     let client_id = register_public_client(&proxy).await;
     let mut victim = Browser::new();
-    let Landing::Page(200, consent) = victim.get(&authorize_url(&proxy, &client_id, "")).await
-    else {
+    let Landing::Page(200, consent) = victim.get(&authorize_url(&proxy, &client_id, "")).await else {
         panic!("consent")
     };
     let request = hidden_field(&consent, "request");
@@ -377,20 +244,8 @@ async fn callback_from_another_browser_is_refused() {
     // The consent post, without following redirects, yields the IdP URL; another browser follows it.
     let resp = http()
         .post(proxy.url("/consent"))
-        .header(
-            "cookie",
-            victim
-                .cookies
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-        .form(&[
-            ("request", request.as_str()),
-            ("csrf", csrf.as_str()),
-            ("action", "approve"),
-        ])
+        .header("cookie", victim.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; "))
+        .form(&[("request", request.as_str()), ("csrf", csrf.as_str()), ("action", "approve")])
         .send()
         .await
         .unwrap();
@@ -414,10 +269,7 @@ async fn denied_consent_redirects_access_denied_and_never_reaches_the_idp() {
     let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
     let client_id = register_public_client(&proxy).await;
     let mut browser = Browser::new();
-    let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await
-    else {
-        panic!()
-    };
+    let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
     assert!(consent.contains("Test Client") && consent.contains("127.0.0.1:33418"));
     let form = [
         ("request", hidden_field(&consent, "request")),
@@ -425,9 +277,7 @@ async fn denied_consent_redirects_access_denied_and_never_reaches_the_idp() {
         ("action", "deny".into()),
     ];
     let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let Landing::Client(params) = browser.post_form(&proxy.url("/consent"), &form).await else {
-        panic!()
-    };
+    let Landing::Client(params) = browser.post_form(&proxy.url("/consent"), &form).await else { panic!() };
     assert_eq!(params["error"], "access_denied");
     assert_eq!(params["state"], "client-state-1");
     assert!(azure.state().authorize_queries.is_empty());
@@ -465,22 +315,11 @@ async fn large_bodies_stream_both_ways_intact() {
     let access = tokens["access_token"].as_str().unwrap();
     let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let expected = dcr_proxy::crypto::b64url(&dcr_proxy::crypto::sha256(&data));
-    let resp = http()
-        .post(proxy.url("/upload"))
-        .bearer_auth(access)
-        .body(data)
-        .send()
-        .await
-        .unwrap();
+    let resp = http().post(proxy.url("/upload")).bearer_auth(access).body(data).send().await.unwrap();
     let doc: Value = resp.json().await.unwrap();
     assert_eq!(doc["bytes"], 3 * 1024 * 1024);
     assert_eq!(doc["sha256"], expected);
-    let resp = http()
-        .get(proxy.url("/download?bytes=5000000"))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap();
+    let resp = http().get(proxy.url("/download?bytes=5000000")).bearer_auth(access).send().await.unwrap();
     assert_eq!(resp.bytes().await.unwrap().len(), 5_000_000);
 }
 
@@ -495,24 +334,16 @@ async fn upstream_down_is_502_and_upstream_silence_is_504_with_json() {
     };
     let proxy = TestProxy::with_azure(&azure, &format!("http://{dead}"), "").await;
     let (_, tokens) = login(&proxy).await;
-    let resp = http()
-        .get(proxy.url("/mcp"))
-        .bearer_auth(tokens["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        http().get(proxy.url("/mcp")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(resp.status(), 502);
     let doc: Value = resp.json().await.unwrap();
     assert_eq!(doc["error"], "bad_gateway");
 
     let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
     let (_, tokens) = login(&proxy).await;
-    let resp = http()
-        .get(proxy.url("/slow"))
-        .bearer_auth(tokens["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        http().get(proxy.url("/slow")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(resp.status(), 504);
     let doc: Value = resp.json().await.unwrap();
     assert_eq!(doc["error"], "gateway_timeout");
@@ -524,18 +355,13 @@ async fn upstream_challenge_is_replaced_by_the_proxy_challenge() {
     let upstream = Upstream::start().await;
     let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
     let (_, tokens) = login(&proxy).await;
-    let resp = http()
-        .get(proxy.url("/challenge"))
-        .bearer_auth(tokens["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        http().get(proxy.url("/challenge")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(resp.status(), 401);
     let challenge = resp.headers()["www-authenticate"].to_str().unwrap();
-    assert!(challenge.contains(&format!(
-        "resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"",
-        proxy.base
-    )));
+    assert!(
+        challenge.contains(&format!("resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"", proxy.base))
+    );
     assert!(!challenge.contains("login.microsoftonline.com"));
 }
 
@@ -545,10 +371,7 @@ async fn http2_clients_are_served() {
     let upstream = Upstream::start().await;
     let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
     let (_, tokens) = login(&proxy).await;
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let resp = h2
         .post(proxy.url("/mcp"))
         .bearer_auth(tokens["access_token"].as_str().unwrap())
@@ -559,10 +382,7 @@ async fn http2_clients_are_served() {
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
     let azure_token = azure.state().last_access_token.clone().unwrap();
-    assert_eq!(
-        upstream.last().header("authorization"),
-        Some(format!("Bearer {azure_token}").as_str())
-    );
+    assert_eq!(upstream.last().header("authorization"), Some(format!("Bearer {azure_token}").as_str()));
 }
 
 #[tokio::test]

@@ -20,10 +20,7 @@ async fn setup() -> (FakeAzure, Upstream, TestProxy) {
 async fn error_of(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
-    (
-        status,
-        body["error"].as_str().unwrap_or("<none>").to_owned(),
-    )
+    (status, body["error"].as_str().unwrap_or("<none>").to_owned())
 }
 
 #[tokio::test]
@@ -31,46 +28,16 @@ async fn registration_refuses_bad_bodies_with_rfc7591_errors() {
     let (_a, _u, proxy) = setup().await;
     let c = http();
     let url = proxy.url("/register");
-    let resp = c
-        .post(&url)
-        .header("content-type", "text/plain")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(&url).header("content-type", "text/plain").body("{}").send().await.unwrap();
     assert_eq!(error_of(resp).await, (415, "invalid_request".into()));
-    let resp = c
-        .post(&url)
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        error_of(resp).await,
-        (400, "invalid_client_metadata".into())
-    );
-    let resp = c
-        .post(&url)
-        .json(&json!({"client_name": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(&url).header("content-type", "application/json").body("{not json").send().await.unwrap();
+    assert_eq!(error_of(resp).await, (400, "invalid_client_metadata".into()));
+    let resp = c.post(&url).json(&json!({"client_name": "x"})).send().await.unwrap();
     assert_eq!(error_of(resp).await, (400, "invalid_redirect_uri".into()));
-    let resp = c
-        .post(&url)
-        .json(&json!({"redirect_uris": ["http://evil.example/cb"]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(&url).json(&json!({"redirect_uris": ["http://evil.example/cb"]})).send().await.unwrap();
     let (status, code) = error_of(resp).await;
     assert_eq!((status, code.as_str()), (400, "invalid_redirect_uri"));
-    let resp = c
-        .post(&url)
-        .json(&json!({"redirect_uris": ["https://a.example/cb#x"]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(&url).json(&json!({"redirect_uris": ["https://a.example/cb#x"]})).send().await.unwrap();
     assert_eq!(error_of(resp).await, (400, "invalid_redirect_uri".into()));
     let resp = c
         .post(&url)
@@ -80,10 +47,7 @@ async fn registration_refuses_bad_bodies_with_rfc7591_errors() {
         .unwrap();
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "invalid_client_metadata");
-    assert!(body["error_description"]
-        .as_str()
-        .unwrap()
-        .contains("token_endpoint_auth_method"));
+    assert!(body["error_description"].as_str().unwrap().contains("token_endpoint_auth_method"));
     let huge = json!({"redirect_uris": [CLIENT_REDIRECT], "client_name": "x".repeat(64 * 1024)});
     let resp = c.post(&url).json(&huge).send().await.unwrap();
     assert_eq!(error_of(resp).await, (413, "invalid_request".into()));
@@ -99,76 +63,40 @@ async fn authorize_never_redirects_to_an_unregistered_uri() {
     let c = http();
     for url in [
         authorize_url(&proxy, "unknown-client", ""),
-        authorize_url(&proxy, &client_id, "").replace(
-            &urlencode(CLIENT_REDIRECT),
-            &urlencode("https://evil.example/cb"),
-        ),
-        format!(
-            "{}&client_id={client_id}",
-            authorize_url(&proxy, &client_id, "")
-        ),
+        authorize_url(&proxy, &client_id, "")
+            .replace(&urlencode(CLIENT_REDIRECT), &urlencode("https://evil.example/cb")),
+        format!("{}&client_id={client_id}", authorize_url(&proxy, &client_id, "")),
         format!("{}/authorize?response_type=code", proxy.base),
     ] {
         let resp = c.get(&url).send().await.unwrap();
         assert_eq!(resp.status(), 400, "{url}");
-        assert!(
-            resp.headers().get("location").is_none(),
-            "no redirect for {url}"
-        );
+        assert!(resp.headers().get("location").is_none(), "no redirect for {url}");
         assert_eq!(resp.headers()["x-frame-options"], "DENY");
-        assert!(resp.headers()["content-security-policy"]
-            .to_str()
-            .unwrap()
-            .contains("frame-ancestors 'none'"));
+        assert!(resp.headers()["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
     }
     // Errors after the redirect URI is trusted go back to it with state and iss.
     for (extra_from, extra_to, expected) in [
-        (
-            "code_challenge_method=S256",
-            "code_challenge_method=plain",
-            "invalid_request",
-        ),
+        ("code_challenge_method=S256", "code_challenge_method=plain", "invalid_request"),
         ("&code_challenge_method=S256", "", "invalid_request"),
-        (
-            "response_type=code",
-            "response_type=token",
-            "unsupported_response_type",
-        ),
+        ("response_type=code", "response_type=token", "unsupported_response_type"),
     ] {
         let url = authorize_url(&proxy, &client_id, "").replace(extra_from, extra_to);
         let resp = c.get(&url).send().await.unwrap();
         assert_eq!(resp.status(), 302);
         let location = resp.headers()["location"].to_str().unwrap();
         assert!(location.starts_with(CLIENT_REDIRECT), "{location}");
-        let params: std::collections::HashMap<_, _> = url::Url::parse(location)
-            .unwrap()
-            .query_pairs()
-            .into_owned()
-            .collect();
+        let params: std::collections::HashMap<_, _> =
+            url::Url::parse(location).unwrap().query_pairs().into_owned().collect();
         assert_eq!(params["error"], expected);
         assert_eq!(params["state"], "client-state-1");
         assert_eq!(params["iss"], proxy.base);
     }
-    let resp = c
-        .get(authorize_url(
-            &proxy,
-            &client_id,
-            "&resource=https%3A%2F%2Fother.example%2Fmcp",
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.headers()["location"]
-        .to_str()
-        .unwrap()
-        .contains("error=invalid_target"));
+    let resp =
+        c.get(authorize_url(&proxy, &client_id, "&resource=https%3A%2F%2Fother.example%2Fmcp")).send().await.unwrap();
+    assert!(resp.headers()["location"].to_str().unwrap().contains("error=invalid_target"));
     // The right resource is accepted.
     let resp = c
-        .get(authorize_url(
-            &proxy,
-            &client_id,
-            &format!("&resource={}", urlencode(&proxy.url("/mcp"))),
-        ))
+        .get(authorize_url(&proxy, &client_id, &format!("&resource={}", urlencode(&proxy.url("/mcp")))))
         .send()
         .await
         .unwrap();
@@ -179,18 +107,8 @@ async fn authorize_never_redirects_to_an_unregistered_uri() {
 async fn callback_with_unknown_state_or_garbage_is_a_page() {
     let (_a, _u, proxy) = setup().await;
     let c = http();
-    for q in [
-        "",
-        "?state=nope&code=x",
-        "?state=a&state=b",
-        "?error=access_denied",
-        "?%zz=%%",
-    ] {
-        let resp = c
-            .get(proxy.url(&format!("/callback{q}")))
-            .send()
-            .await
-            .unwrap();
+    for q in ["", "?state=nope&code=x", "?state=a&state=b", "?error=access_denied", "?%zz=%%"] {
+        let resp = c.get(proxy.url(&format!("/callback{q}"))).send().await.unwrap();
         assert_eq!(resp.status(), 400, "{q}");
         assert!(resp.headers().get("location").is_none());
     }
@@ -203,26 +121,11 @@ async fn token_endpoint_errors_follow_rfc6749_5_2() {
     let url = proxy.url("/token");
     let client_id = register_public_client(&proxy).await;
 
-    let resp = c
-        .post(&url)
-        .json(&json!({"grant_type": "authorization_code"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(&url).json(&json!({"grant_type": "authorization_code"})).send().await.unwrap();
     assert_eq!(error_of(resp).await, (400, "invalid_request".into()));
-    let resp = c
-        .post(&url)
-        .form(&[("client_id", client_id.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(&url).form(&[("client_id", client_id.as_str())]).send().await.unwrap();
     assert_eq!(error_of(resp).await, (400, "invalid_request".into()));
-    let resp = c
-        .post(&url)
-        .form(&[("grant_type", "password"), ("client_id", &client_id)])
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(&url).form(&[("grant_type", "password"), ("client_id", &client_id)]).send().await.unwrap();
     assert_eq!(error_of(resp).await, (400, "unsupported_grant_type".into()));
     let resp = c
         .post(&url)
@@ -243,10 +146,7 @@ async fn token_endpoint_errors_follow_rfc6749_5_2() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        resp.headers()["www-authenticate"],
-        "Basic realm=\"dcr-proxy\""
-    );
+    assert_eq!(resp.headers()["www-authenticate"], "Basic realm=\"dcr-proxy\"");
     assert_eq!(error_of(resp).await, (401, "invalid_client".into()));
     let resp = c
         .post(&url)
@@ -265,12 +165,7 @@ async fn token_endpoint_errors_follow_rfc6749_5_2() {
         .unwrap();
     assert_eq!(error_of(resp).await, (401, "invalid_client".into()));
     let big = "x".repeat(64 * 1024);
-    let resp = c
-        .post(&url)
-        .form(&[("grant_type", big.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post(&url).form(&[("grant_type", big.as_str())]).send().await.unwrap();
     assert_eq!(error_of(resp).await, (413, "invalid_request".into()));
 
     // A real code: wrong verifier fails (and spends the code); a replay revokes what the code issued.
@@ -315,20 +210,10 @@ async fn token_endpoint_errors_follow_rfc6749_5_2() {
         (code, tokens)
     };
     let before = upstream.recorded().len();
-    let resp = c
-        .get(proxy.url("/mcp"))
-        .bearer_auth(tokens["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let resp = c.get(proxy.url("/mcp")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(resp.status(), 401, "tokens of a replayed code are revoked");
     assert_eq!(upstream.recorded().len(), before);
-    let resp = refresh(
-        &proxy,
-        &client_id,
-        tokens["refresh_token"].as_str().unwrap(),
-    )
-    .await;
+    let resp = refresh(&proxy, &client_id, tokens["refresh_token"].as_str().unwrap()).await;
     assert_eq!(error_of(resp).await, (400, "invalid_grant".into()));
 }
 
@@ -338,55 +223,22 @@ async fn proxied_routes_refuse_missing_bad_and_query_tokens() {
     let c = http();
     let resp = c.get(proxy.url("/mcp")).send().await.unwrap();
     assert_eq!(resp.status(), 401);
-    assert!(!resp.headers()["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .contains("error="));
-    for auth in [
-        "Bearer nope",
-        "Basic dXNlcjpwdw==",
-        "Bearer",
-        &format!("Bearer {}", "x".repeat(5000)),
-    ] {
-        let resp = c
-            .get(proxy.url("/anything"))
-            .header("authorization", auth)
-            .send()
-            .await
-            .unwrap();
+    assert!(!resp.headers()["www-authenticate"].to_str().unwrap().contains("error="));
+    for auth in ["Bearer nope", "Basic dXNlcjpwdw==", "Bearer", &format!("Bearer {}", "x".repeat(5000))] {
+        let resp = c.get(proxy.url("/anything")).header("authorization", auth).send().await.unwrap();
         assert_eq!(resp.status(), 401, "{auth}");
-        assert!(resp.headers()["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .contains("error=\"invalid_token\""));
+        assert!(resp.headers()["www-authenticate"].to_str().unwrap().contains("error=\"invalid_token\""));
     }
     let (_, tokens) = login(&proxy).await;
     let access = tokens["access_token"].as_str().unwrap();
-    let resp = c
-        .get(proxy.url(&format!("/mcp?access_token={access}")))
-        .send()
-        .await
-        .unwrap();
+    let resp = c.get(proxy.url(&format!("/mcp?access_token={access}"))).send().await.unwrap();
     assert_eq!(resp.status(), 400);
-    let resp = c
-        .get(proxy.url(&format!("/mcp?access_token={access}")))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap();
+    let resp = c.get(proxy.url(&format!("/mcp?access_token={access}"))).bearer_auth(access).send().await.unwrap();
     assert_eq!(resp.status(), 400);
-    assert!(
-        upstream.recorded().is_empty(),
-        "nothing reached the upstream"
-    );
+    assert!(upstream.recorded().is_empty(), "nothing reached the upstream");
     // Expired access tokens are refused.
     proxy.clock.advance(3601);
-    let resp = c
-        .get(proxy.url("/mcp"))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap();
+    let resp = c.get(proxy.url("/mcp")).bearer_auth(access).send().await.unwrap();
     assert_eq!(resp.status(), 401);
 }
 
@@ -402,12 +254,7 @@ async fn garbage_at_every_endpoint_never_yields_a_server_error() {
         b"[[[[[[[[[[",
         b"grant_type=refresh_token&refresh_token=%00",
     ];
-    let types = [
-        "application/json",
-        "application/x-www-form-urlencoded",
-        "text/plain",
-        "multipart/form-data",
-    ];
+    let types = ["application/json", "application/x-www-form-urlencoded", "text/plain", "multipart/form-data"];
     for path in [
         "/register",
         "/token",
@@ -421,11 +268,7 @@ async fn garbage_at_every_endpoint_never_yields_a_server_error() {
     ] {
         for body in bodies {
             for ct in types {
-                for method in [
-                    reqwest::Method::POST,
-                    reqwest::Method::GET,
-                    reqwest::Method::PUT,
-                ] {
+                for method in [reqwest::Method::POST, reqwest::Method::GET, reqwest::Method::PUT] {
                     let resp = c
                         .request(method.clone(), proxy.url(path))
                         .header("content-type", ct)
@@ -433,19 +276,11 @@ async fn garbage_at_every_endpoint_never_yields_a_server_error() {
                         .send()
                         .await
                         .unwrap();
-                    assert!(
-                        resp.status().as_u16() < 500,
-                        "{method} {path} {ct} {body:?} → {}",
-                        resp.status()
-                    );
+                    assert!(resp.status().as_u16() < 500, "{method} {path} {ct} {body:?} → {}", resp.status());
                 }
             }
         }
-        let resp = c
-            .get(proxy.url(&format!("{path}?%ff%fe=\u{1}&a=b&a=c")))
-            .send()
-            .await
-            .unwrap();
+        let resp = c.get(proxy.url(&format!("{path}?%ff%fe=\u{1}&a=b&a=c"))).send().await.unwrap();
         assert!(resp.status().as_u16() < 500, "{path} query");
     }
 }
@@ -457,22 +292,10 @@ async fn revocation_always_answers_200_and_revokes_only_own_tokens() {
     let (client_id, tokens) = login(&proxy).await;
     let other = register_public_client(&proxy).await;
     let access = tokens["access_token"].as_str().unwrap();
-    let resp = c
-        .post(proxy.url("/revoke"))
-        .form(&[("token", access), ("client_id", other.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        c.post(proxy.url("/revoke")).form(&[("token", access), ("client_id", other.as_str())]).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        c.get(proxy.url("/mcp"))
-            .bearer_auth(access)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(c.get(proxy.url("/mcp")).bearer_auth(access).send().await.unwrap().status(), 200);
     let resp = c
         .post(proxy.url("/revoke"))
         .form(&[("token", "unknown"), ("client_id", client_id.as_str())])
@@ -482,23 +305,12 @@ async fn revocation_always_answers_200_and_revokes_only_own_tokens() {
     assert_eq!(resp.status(), 200);
     let resp = c
         .post(proxy.url("/revoke"))
-        .form(&[
-            ("token", tokens["refresh_token"].as_str().unwrap()),
-            ("client_id", client_id.as_str()),
-        ])
+        .form(&[("token", tokens["refresh_token"].as_str().unwrap()), ("client_id", client_id.as_str())])
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        c.get(proxy.url("/mcp"))
-            .bearer_auth(access)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(c.get(proxy.url("/mcp")).bearer_auth(access).send().await.unwrap().status(), 401);
 }
 
 #[tokio::test]
@@ -513,13 +325,6 @@ async fn cors_preflight_is_answered_on_oauth_endpoints() {
         .unwrap();
     assert_eq!(resp.status(), 204);
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
-    let resp = http()
-        .get(proxy.url("/.well-known/oauth-protected-resource/mcp"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        resp.headers()["access-control-expose-headers"],
-        "WWW-Authenticate"
-    );
+    let resp = http().get(proxy.url("/.well-known/oauth-protected-resource/mcp")).send().await.unwrap();
+    assert_eq!(resp.headers()["access-control-expose-headers"], "WWW-Authenticate");
 }

@@ -35,11 +35,7 @@ impl Drop for BinaryProxy {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn write_config(dir: &Path, port: u16, azure: &FakeAzure, upstream: &Upstream) -> PathBuf {
@@ -87,29 +83,20 @@ async fn start(config: &Path, port: u16, key: &str) -> BinaryProxy {
                 return BinaryProxy { base, child };
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "dcr-proxy did not become healthy"
-        );
+        assert!(Instant::now() < deadline, "dcr-proxy did not become healthy");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 fn terminate(proxy: &mut BinaryProxy) {
-    let status = Command::new("kill")
-        .args(["-TERM", &proxy.child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &proxy.child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let exit = proxy.child.wait().unwrap();
     assert!(exit.success(), "SIGTERM ends with exit 0, got {exit}");
 }
 
 fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "dcrp-durability-{}",
-        dcr_proxy::crypto::random_token()
-    ));
+    let dir = std::env::temp_dir().join(format!("dcrp-durability-{}", dcr_proxy::crypto::random_token()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -135,16 +122,7 @@ async fn grants_survive_a_restart_and_the_snapshot_holds_no_token_in_clear() {
     let (client_id, tokens) = login(&proxy).await;
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
-    assert_eq!(
-        http()
-            .get(proxy.url("/mcp"))
-            .bearer_auth(&access)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(http().get(proxy.url("/mcp")).bearer_auth(&access).send().await.unwrap().status(), 200);
     terminate(&mut proxy);
     drop(proxy);
 
@@ -152,47 +130,21 @@ async fn grants_survive_a_restart_and_the_snapshot_holds_no_token_in_clear() {
     let mut secrets = azure.issued_secrets();
     secrets.extend([access.clone(), refresh_token.clone(), APP_SECRET.to_owned()]);
     for s in &secrets {
-        assert!(
-            !snapshot.windows(s.len()).any(|w| w == s.as_bytes()),
-            "a token is in the snapshot in clear"
-        );
+        assert!(!snapshot.windows(s.len()).any(|w| w == s.as_bytes()), "a token is in the snapshot in clear");
     }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        assert_eq!(
-            std::fs::metadata(dir.join("state.snapshot"))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(dir.join("state.snapshot")).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     let proxy = start(&config, port, KEY).await;
-    let resp = http()
-        .get(proxy.url("/mcp"))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        resp.status(),
-        200,
-        "the access token works after the restart"
-    );
+    let resp = http().get(proxy.url("/mcp")).bearer_auth(&access).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the access token works after the restart");
     let azure_token = azure.state().last_access_token.clone().unwrap();
-    assert_eq!(
-        upstream.last().header("authorization"),
-        Some(format!("Bearer {azure_token}").as_str())
-    );
+    assert_eq!(upstream.last().header("authorization"), Some(format!("Bearer {azure_token}").as_str()));
     let resp = refresh(&proxy, &client_id, &refresh_token).await;
-    assert_eq!(
-        resp.status(),
-        200,
-        "the refresh token works after the restart"
-    );
+    assert_eq!(resp.status(), 200, "the refresh token works after the restart");
     drop(proxy);
 
     // A wrong key, a flipped byte, a truncated file: the start stops with a clear message.
@@ -221,10 +173,7 @@ async fn repeated_sigkill_under_load_never_leaves_a_torn_snapshot() {
     let logged_in_at = std::time::SystemTime::now();
     let snapshot = dir.join("state.snapshot");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::metadata(&snapshot)
-        .and_then(|m| m.modified())
-        .map_or(true, |t| t <= logged_in_at)
-    {
+    while std::fs::metadata(&snapshot).and_then(|m| m.modified()).map_or(true, |t| t <= logged_in_at) {
         assert!(Instant::now() < deadline, "no snapshot was written");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -237,7 +186,9 @@ async fn repeated_sigkill_under_load_never_leaves_a_torn_snapshot() {
             loop {
                 let _ = http()
                     .post(format!("{base}/register"))
-                    .json(&serde_json::json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"}))
+                    .json(
+                        &serde_json::json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"}),
+                    )
                     .send()
                     .await;
             }
@@ -247,17 +198,8 @@ async fn repeated_sigkill_under_load_never_leaves_a_torn_snapshot() {
         proxy.child.wait().unwrap();
         load.abort();
         proxy = start(&config, port, KEY).await;
-        let resp = http()
-            .get(proxy.url("/mcp"))
-            .bearer_auth(&access)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            resp.status(),
-            200,
-            "round {round}: the grant from before the last snapshot survives"
-        );
+        let resp = http().get(proxy.url("/mcp")).bearer_auth(&access).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "round {round}: the grant from before the last snapshot survives");
     }
     drop(proxy);
     let _ = std::fs::remove_dir_all(&dir);

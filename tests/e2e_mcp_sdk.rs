@@ -10,11 +10,7 @@ use std::process::Command;
 #[test]
 fn official_mcp_sdk_client_connects_through_the_proxy_with_an_oidc_idp() {
     let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e");
-    if !e2e
-        .join("node_modules")
-        .join("@modelcontextprotocol")
-        .exists()
-    {
+    if !e2e.join("node_modules").join("@modelcontextprotocol").exists() {
         let status = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(&e2e)
@@ -31,12 +27,6 @@ fn official_mcp_sdk_client_connects_through_the_proxy_with_an_oidc_idp() {
         .expect("node must be installed to run the end-to-end test");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "end-to-end flow failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    assert!(
-        stdout.contains("tool call reached the MCP server with the IdP token"),
-        "{stdout}"
-    );
+    assert!(output.status.success(), "end-to-end flow failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert!(stdout.contains("tool call reached the MCP server with the IdP token"), "{stdout}");
 }

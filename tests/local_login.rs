@@ -35,37 +35,17 @@ async fn wrong_password_shows_the_form_again_and_issues_nothing() {
     let proxy = TestProxy::with_local(&upstream.url()).await;
     let client_id = register_public_client(&proxy).await;
     let mut browser = Browser::new();
-    let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await
-    else {
-        panic!()
-    };
-    let (request, csrf) = (
-        hidden_field(&consent, "request"),
-        hidden_field(&consent, "csrf"),
-    );
+    let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
+    let (request, csrf) = (hidden_field(&consent, "request"), hidden_field(&consent, "csrf"));
     let Landing::Page(200, login) = browser
-        .post_form(
-            &proxy.url("/consent"),
-            &[
-                ("request", &request),
-                ("csrf", &csrf),
-                ("action", "approve"),
-            ],
-        )
+        .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
         .await
     else {
         panic!("login page expected")
     };
     let state = hidden_field(&login, "state");
     let Landing::Page(401, again) = browser
-        .post_form(
-            &proxy.url("/login"),
-            &[
-                ("state", &state),
-                ("username", "alice"),
-                ("password", "nope"),
-            ],
-        )
+        .post_form(&proxy.url("/login"), &[("state", &state), ("username", "alice"), ("password", "nope")])
         .await
     else {
         panic!("login should be refused")
@@ -74,14 +54,7 @@ async fn wrong_password_shows_the_form_again_and_issues_nothing() {
     assert!(proxy.app.store.codes.is_empty());
     // The right password still works with the same state.
     let Landing::Client(params) = browser
-        .post_form(
-            &proxy.url("/login"),
-            &[
-                ("state", &state),
-                ("username", "alice"),
-                ("password", ALICE_PASSWORD),
-            ],
-        )
+        .post_form(&proxy.url("/login"), &[("state", &state), ("username", "alice"), ("password", ALICE_PASSWORD)])
         .await
     else {
         panic!("login should succeed")

@@ -45,16 +45,11 @@ async fn no_secret_reaches_the_logs_of_a_full_flow() {
         .with_ansi(false)
         .init();
 
-    let mut secrets: Vec<String> = vec![
-        APP_SECRET.to_owned(),
-        ALICE_PASSWORD.to_owned(),
-        VERIFIER.to_owned(),
-    ];
+    let mut secrets: Vec<String> = vec![APP_SECRET.to_owned(), ALICE_PASSWORD.to_owned(), VERIFIER.to_owned()];
     let azure = FakeAzure::start().await;
     azure.state().expires_in = 300;
     let upstream = Upstream::start().await;
-    let introspection =
-        "[introspection]\nclient_id = \"rs\"\nclient_secret = \"introspection-secret-5678\"\n";
+    let introspection = "[introspection]\nclient_id = \"rs\"\nclient_secret = \"introspection-secret-5678\"\n";
     let proxy = TestProxy::with_azure(&azure, &upstream.url(), introspection).await;
     secrets.push("introspection-secret-5678".into());
 
@@ -72,10 +67,7 @@ async fn no_secret_reaches_the_logs_of_a_full_flow() {
     let client_secret = reg["client_secret"].as_str().unwrap().to_owned();
     secrets.push(client_secret.clone());
     let mut browser = Browser::new();
-    let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await
-    else {
-        panic!()
-    };
+    let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
     secrets.push(hidden_field(&consent, "request"));
     secrets.push(hidden_field(&consent, "csrf"));
     let params = authorize_after_consent(&proxy, &mut browser, &consent).await;
@@ -83,10 +75,7 @@ async fn no_secret_reaches_the_logs_of_a_full_flow() {
     let code = params["code"].clone();
     secrets.push(code.clone());
     let token_form = |extra: &[(&'static str, String)]| {
-        let mut f = vec![
-            ("client_id", client_id.clone()),
-            ("client_secret", client_secret.clone()),
-        ];
+        let mut f = vec![("client_id", client_id.clone()), ("client_secret", client_secret.clone())];
         f.extend_from_slice(extra);
         f
     };
@@ -109,12 +98,7 @@ async fn no_secret_reaches_the_logs_of_a_full_flow() {
     secrets.extend([access.clone(), refresh_token.clone()]);
 
     // Failures that log: a bad bearer, a replayed code, a wrong client secret.
-    http()
-        .get(proxy.url("/mcp"))
-        .bearer_auth("not-a-token-but-still-secret")
-        .send()
-        .await
-        .unwrap();
+    http().get(proxy.url("/mcp")).bearer_auth("not-a-token-but-still-secret").send().await.unwrap();
     secrets.push("not-a-token-but-still-secret".into());
     http()
         .post(proxy.url("/token"))
@@ -141,10 +125,7 @@ async fn no_secret_reaches_the_logs_of_a_full_flow() {
 
     // The replayed code revoked the grant: log in again, then use, refresh, refresh upstream, introspect, revoke.
     let mut browser = Browser::new();
-    let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await
-    else {
-        panic!()
-    };
+    let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
     let params = authorize_after_consent(&proxy, &mut browser, &consent).await;
     secrets.push(params["code"].clone());
     let tokens: Value = http()
@@ -162,29 +143,13 @@ async fn no_secret_reaches_the_logs_of_a_full_flow() {
         .await
         .unwrap();
     let access = tokens["access_token"].as_str().unwrap().to_owned();
-    secrets.extend([
-        access.clone(),
-        tokens["refresh_token"].as_str().unwrap().to_owned(),
-    ]);
-    assert_eq!(
-        http()
-            .post(proxy.url("/mcp"))
-            .bearer_auth(&access)
-            .body("{}")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    secrets.extend([access.clone(), tokens["refresh_token"].as_str().unwrap().to_owned()]);
+    assert_eq!(http().post(proxy.url("/mcp")).bearer_auth(&access).body("{}").send().await.unwrap().status(), 200);
     let rotated: Value = http()
         .post(proxy.url("/token"))
         .form(&token_form(&[
             ("grant_type", "refresh_token".into()),
-            (
-                "refresh_token",
-                tokens["refresh_token"].as_str().unwrap().into(),
-            ),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap().into()),
         ]))
         .send()
         .await
@@ -216,10 +181,7 @@ async fn no_secret_reaches_the_logs_of_a_full_flow() {
         .unwrap();
     http()
         .post(proxy.url("/revoke"))
-        .form(&token_form(&[(
-            "token",
-            rotated["refresh_token"].as_str().unwrap().into(),
-        )]))
+        .form(&token_form(&[("token", rotated["refresh_token"].as_str().unwrap().into())]))
         .send()
         .await
         .unwrap();
@@ -229,39 +191,21 @@ async fn no_secret_reaches_the_logs_of_a_full_flow() {
     let local = TestProxy::with_local(&upstream.url()).await;
     let local_client = register_public_client(&local).await;
     let mut b = Browser::new();
-    let Landing::Page(200, consent) = b.get(&authorize_url(&local, &local_client, "")).await else {
-        panic!()
-    };
+    let Landing::Page(200, consent) = b.get(&authorize_url(&local, &local_client, "")).await else { panic!() };
     let form = [
         ("request", hidden_field(&consent, "request")),
         ("csrf", hidden_field(&consent, "csrf")),
         ("action", "approve".into()),
     ];
     let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let Landing::Page(200, login_page) = b.post_form(&local.url("/consent"), &form).await else {
-        panic!()
-    };
+    let Landing::Page(200, login_page) = b.post_form(&local.url("/consent"), &form).await else { panic!() };
     let state = hidden_field(&login_page, "state");
     secrets.push(state.clone());
-    b.post_form(
-        &local.url("/login"),
-        &[
-            ("state", &state),
-            ("username", "alice"),
-            ("password", "wrong-password-123"),
-        ],
-    )
-    .await;
+    b.post_form(&local.url("/login"), &[("state", &state), ("username", "alice"), ("password", "wrong-password-123")])
+        .await;
     secrets.push("wrong-password-123".into());
     let Landing::Client(p) = b
-        .post_form(
-            &local.url("/login"),
-            &[
-                ("state", &state),
-                ("username", "alice"),
-                ("password", ALICE_PASSWORD),
-            ],
-        )
+        .post_form(&local.url("/login"), &[("state", &state), ("username", "alice"), ("password", ALICE_PASSWORD)])
         .await
     else {
         panic!("local login failed")
@@ -272,11 +216,7 @@ async fn no_secret_reaches_the_logs_of_a_full_flow() {
     assert!(logs.contains("client registered"), "the capture works");
     assert!(logs.lines().count() > 50, "trace-level logs were captured");
     for secret in secrets.iter().filter(|s| s.len() >= 8) {
-        assert!(
-            !logs.contains(secret.as_str()),
-            "a secret appears in the logs: {}…",
-            &secret[..6]
-        );
+        assert!(!logs.contains(secret.as_str()), "a secret appears in the logs: {}…", &secret[..6]);
     }
 }
 

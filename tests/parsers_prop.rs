@@ -11,10 +11,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 512,
-        ..ProptestConfig::default()
-    }
+    ProptestConfig { cases: 512, ..ProptestConfig::default() }
 }
 
 fn json_value() -> impl Strategy<Value = Value> {

@@ -26,31 +26,20 @@ async fn setup() -> (FakeAzure, Upstream, TestProxy) {
 async fn error_of(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
-    (
-        status,
-        body["error"].as_str().unwrap_or("<none>").to_owned(),
-    )
+    (status, body["error"].as_str().unwrap_or("<none>").to_owned())
 }
 
 fn nothing_issued(proxy: &TestProxy) {
-    assert!(
-        proxy.app.store.access_tokens.is_empty(),
-        "no access token was issued"
-    );
-    assert!(
-        proxy.app.store.refresh_tokens.is_empty(),
-        "no refresh token was issued"
-    );
+    assert!(proxy.app.store.access_tokens.is_empty(), "no access token was issued");
+    assert!(proxy.app.store.refresh_tokens.is_empty(), "no refresh token was issued");
 }
 
 #[tokio::test]
 async fn open_redirect_via_unregistered_redirect_uri_is_refused() {
     let (azure, _u, proxy) = setup().await;
     let client_id = register_public_client(&proxy).await;
-    let url = authorize_url(&proxy, &client_id, "").replace(
-        &urlencode(CLIENT_REDIRECT),
-        &urlencode("https://evil.example/steal"),
-    );
+    let url = authorize_url(&proxy, &client_id, "")
+        .replace(&urlencode(CLIENT_REDIRECT), &urlencode("https://evil.example/steal"));
     let resp = http().get(url).send().await.unwrap();
     assert_eq!(resp.status(), 400);
     assert!(resp.headers().get("location").is_none());
@@ -64,20 +53,13 @@ async fn authorization_without_pkce_or_with_plain_is_refused() {
     let client_id = register_public_client(&proxy).await;
     let base = authorize_url(&proxy, &client_id, "");
     for url in [
-        base.replace("&code_challenge_method=S256", "")
-            .replace(&format!("&code_challenge={CHALLENGE}"), ""),
+        base.replace("&code_challenge_method=S256", "").replace(&format!("&code_challenge={CHALLENGE}"), ""),
         base.replace("code_challenge_method=S256", "code_challenge_method=plain"),
         base.replace(CHALLENGE, "short"),
     ] {
         let resp = http().get(&url).send().await.unwrap();
         assert_eq!(resp.status(), 302);
-        assert!(
-            resp.headers()["location"]
-                .to_str()
-                .unwrap()
-                .contains("error=invalid_request"),
-            "{url}"
-        );
+        assert!(resp.headers()["location"].to_str().unwrap().contains("error=invalid_request"), "{url}");
     }
     assert!(proxy.app.store.pending.is_empty());
     assert!(azure.state().authorize_queries.is_empty());
@@ -111,19 +93,11 @@ async fn replayed_code_is_refused_and_revokes_what_it_issued() {
     let (_a, upstream, proxy) = setup().await;
     let client_id = register_public_client(&proxy).await;
     let params = authorize(&proxy, &mut Browser::new(), &client_id).await;
-    let tokens: Value = redeem(&proxy, &client_id, &params["code"])
-        .await
-        .json()
-        .await
-        .unwrap();
+    let tokens: Value = redeem(&proxy, &client_id, &params["code"]).await.json().await.unwrap();
     let replay = redeem(&proxy, &client_id, &params["code"]).await;
     assert_eq!(error_of(replay).await, (400, "invalid_grant".into()));
-    let resp = http()
-        .get(proxy.url("/mcp"))
-        .bearer_auth(tokens["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        http().get(proxy.url("/mcp")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(resp.status(), 401);
     assert!(upstream.recorded().is_empty());
 }
@@ -135,16 +109,9 @@ async fn refresh_token_reuse_revokes_the_grant() {
     let old = tokens["refresh_token"].as_str().unwrap();
     let new: Value = refresh(&proxy, &client_id, old).await.json().await.unwrap();
     proxy.clock.advance(11);
-    assert_eq!(
-        error_of(refresh(&proxy, &client_id, old).await).await,
-        (400, "invalid_grant".into())
-    );
+    assert_eq!(error_of(refresh(&proxy, &client_id, old).await).await, (400, "invalid_grant".into()));
     let next = refresh(&proxy, &client_id, new["refresh_token"].as_str().unwrap()).await;
-    assert_eq!(
-        error_of(next).await,
-        (400, "invalid_grant".into()),
-        "the thief's and the owner's tokens both die"
-    );
+    assert_eq!(error_of(next).await, (400, "invalid_grant".into()), "the thief's and the owner's tokens both die");
     assert!(proxy.app.store.grants.is_empty());
 }
 
@@ -172,8 +139,7 @@ async fn token_for_another_resource_is_refused() {
 
 #[tokio::test]
 async fn registration_flood_stops_at_the_client_cap_and_unused_clients_expire() {
-    let (_a, _u, proxy) =
-        setup_with("[registration]\nmax_clients = 3\nunused_client_ttl = \"1h\"\n").await;
+    let (_a, _u, proxy) = setup_with("[registration]\nmax_clients = 3\nunused_client_ttl = \"1h\"\n").await;
     let (used, _) = login(&proxy).await;
     for _ in 0..2 {
         register_public_client(&proxy).await;
@@ -185,10 +151,7 @@ async fn registration_flood_stops_at_the_client_cap_and_unused_clients_expire() 
         .await
         .unwrap();
     assert_eq!(resp.headers()["retry-after"], "60");
-    assert_eq!(
-        error_of(resp).await,
-        (503, "temporarily_unavailable".into())
-    );
+    assert_eq!(error_of(resp).await, (503, "temporarily_unavailable".into()));
     assert_eq!(proxy.app.store.clients.len(), 3);
     // An hour later the unused clients make room; a client that logged in is kept.
     proxy.clock.advance(3601);
@@ -200,75 +163,39 @@ async fn registration_flood_stops_at_the_client_cap_and_unused_clients_expire() 
 
 #[tokio::test]
 async fn registration_rate_limit_answers_429_with_retry_after() {
-    let (_a, _u, proxy) =
-        setup_with("[limits]\nregister_per_minute = 2\ntoken_per_minute = 3\n").await;
+    let (_a, _u, proxy) = setup_with("[limits]\nregister_per_minute = 2\ntoken_per_minute = 3\n").await;
     register_public_client(&proxy).await;
     register_public_client(&proxy).await;
-    let resp = http()
-        .post(proxy.url("/register"))
-        .json(&json!({"redirect_uris": [CLIENT_REDIRECT]}))
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        http().post(proxy.url("/register")).json(&json!({"redirect_uris": [CLIENT_REDIRECT]})).send().await.unwrap();
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "30");
     assert_eq!(proxy.app.store.clients.len(), 2);
     for attempt in 1..=4 {
-        let resp = http()
-            .post(proxy.url("/token"))
-            .form(&[("grant_type", "x")])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            resp.status() == 429,
-            attempt == 4,
-            "attempt {attempt}: {}",
-            resp.status()
-        );
+        let resp = http().post(proxy.url("/token")).form(&[("grant_type", "x")]).send().await.unwrap();
+        assert_eq!(resp.status() == 429, attempt == 4, "attempt {attempt}: {}", resp.status());
     }
 }
 
 #[tokio::test]
 async fn initial_access_token_closes_registration() {
-    let (_a, _u, proxy) =
-        setup_with("[registration]\ninitial_access_token = \"operator-issued-token-123\"\n").await;
+    let (_a, _u, proxy) = setup_with("[registration]\ninitial_access_token = \"operator-issued-token-123\"\n").await;
     let body = json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"});
-    let resp = http()
-        .post(proxy.url("/register"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        resp.headers()["www-authenticate"],
-        "Bearer error=\"invalid_token\""
-    );
+    let resp = http().post(proxy.url("/register")).json(&body).send().await.unwrap();
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer error=\"invalid_token\"");
     assert_eq!(error_of(resp).await, (401, "invalid_token".into()));
-    let resp = http()
-        .post(proxy.url("/register"))
-        .bearer_auth("wrong-token-wrong-token")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        http().post(proxy.url("/register")).bearer_auth("wrong-token-wrong-token").json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 401);
     assert!(proxy.app.store.clients.is_empty());
-    let resp = http()
-        .post(proxy.url("/register"))
-        .bearer_auth("operator-issued-token-123")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        http().post(proxy.url("/register")).bearer_auth("operator-issued-token-123").json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 201);
 }
 
 #[tokio::test]
 async fn redirect_host_allowlist_refuses_other_hosts() {
-    let (_a, _u, proxy) =
-        setup_with("[registration]\nallowed_redirect_hosts = [\"claude.ai\", \"loopback\"]\n")
-            .await;
+    let (_a, _u, proxy) = setup_with("[registration]\nallowed_redirect_hosts = [\"claude.ai\", \"loopback\"]\n").await;
     let resp = http()
         .post(proxy.url("/register"))
         .json(&json!({"redirect_uris": ["https://evil.example/cb"]}))
@@ -277,12 +204,7 @@ async fn redirect_host_allowlist_refuses_other_hosts() {
         .unwrap();
     assert_eq!(error_of(resp).await, (400, "invalid_redirect_uri".into()));
     for ok in ["https://claude.ai/api/mcp/auth_callback", CLIENT_REDIRECT] {
-        let resp = http()
-            .post(proxy.url("/register"))
-            .json(&json!({"redirect_uris": [ok]}))
-            .send()
-            .await
-            .unwrap();
+        let resp = http().post(proxy.url("/register")).json(&json!({"redirect_uris": [ok]})).send().await.unwrap();
         assert_eq!(resp.status(), 201, "{ok}");
     }
 }
@@ -292,18 +214,8 @@ async fn oversized_bodies_are_refused_before_they_are_read() {
     let (_a, _u, proxy) = setup().await;
     let big = vec![b'a'; 1024 * 1024];
     for path in ["/register", "/token", "/revoke", "/consent"] {
-        let ct = if path == "/register" {
-            "application/json"
-        } else {
-            "application/x-www-form-urlencoded"
-        };
-        let resp = http()
-            .post(proxy.url(path))
-            .header("content-type", ct)
-            .body(big.clone())
-            .send()
-            .await
-            .unwrap();
+        let ct = if path == "/register" { "application/json" } else { "application/x-www-form-urlencoded" };
+        let resp = http().post(proxy.url(path)).header("content-type", ct).body(big.clone()).send().await.unwrap();
         assert_eq!(resp.status(), 413, "{path}");
     }
     assert!(proxy.app.store.clients.is_empty());
@@ -314,17 +226,11 @@ async fn slow_headers_are_cut_off() {
     let (_a, _u, proxy) = setup_with("[limits]\nheader_timeout = \"1s\"\n").await;
     let addr = proxy.base.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    stream
-        .write_all(b"GET /mcp HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
+    stream.write_all(b"GET /mcp HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     // The headers never finish: the proxy must close the connection on its own.
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
-    assert!(
-        read.is_ok(),
-        "connection still open after the header timeout"
-    );
+    assert!(read.is_ok(), "connection still open after the header timeout");
 }
 
 #[tokio::test]
@@ -332,16 +238,9 @@ async fn bearer_token_in_query_string_is_refused() {
     let (_a, upstream, proxy) = setup().await;
     let (_, tokens) = login(&proxy).await;
     let access = tokens["access_token"].as_str().unwrap();
-    let resp = http()
-        .get(proxy.url(&format!("/mcp?access_token={access}")))
-        .send()
-        .await
-        .unwrap();
+    let resp = http().get(proxy.url(&format!("/mcp?access_token={access}"))).send().await.unwrap();
     assert_eq!(resp.status(), 400);
-    assert!(resp.headers()["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .contains("invalid_request"));
+    assert!(resp.headers()["www-authenticate"].to_str().unwrap().contains("invalid_request"));
     assert!(upstream.recorded().is_empty());
 }
 
@@ -352,31 +251,16 @@ async fn client_token_never_reaches_the_upstream() {
     let access = tokens["access_token"].as_str().unwrap();
     let refresh_token = tokens["refresh_token"].as_str().unwrap();
     for path in ["/mcp", "/other/path?x=1"] {
-        http()
-            .post(proxy.url(path))
-            .bearer_auth(access)
-            .header("x-copy", access)
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        http().post(proxy.url(path)).bearer_auth(access).header("x-copy", access).body("{}").send().await.unwrap();
     }
     let azure_token = azure.state().last_access_token.clone().unwrap();
     for rec in upstream.recorded() {
-        assert_eq!(
-            rec.header("authorization"),
-            Some(format!("Bearer {azure_token}").as_str())
-        );
+        assert_eq!(rec.header("authorization"), Some(format!("Bearer {azure_token}").as_str()));
         for (name, values) in &rec.headers {
             if name == "x-copy" {
                 continue; // a header the client chose to send is the client's business
             }
-            assert!(
-                values
-                    .iter()
-                    .all(|v| !v.contains(access) && !v.contains(refresh_token)),
-                "{name}"
-            );
+            assert!(values.iter().all(|v| !v.contains(access) && !v.contains(refresh_token)), "{name}");
         }
     }
 }
@@ -388,36 +272,17 @@ async fn upstream_401_refreshes_the_idp_token_once_and_retries() {
     let proxy = TestProxy::with_azure(&azure, &azure.authority(), "").await;
     let (_, tokens) = login(&proxy).await;
     let access = tokens["access_token"].as_str().unwrap();
-    let me = http()
-        .get(proxy.url("/v1.0/me"))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap();
+    let me = http().get(proxy.url("/v1.0/me")).bearer_auth(access).send().await.unwrap();
     assert_eq!(me.status(), 200);
     azure.revoke_access_tokens();
-    let me = http()
-        .get(proxy.url("/v1.0/me"))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap();
+    let me = http().get(proxy.url("/v1.0/me")).bearer_auth(access).send().await.unwrap();
     assert_eq!(me.status(), 200, "refreshed and retried");
     assert_eq!(azure.state().refresh_calls, 1);
     // A request with a body is not replayed: the client sees the proxy's own challenge.
     azure.revoke_access_tokens();
-    let resp = http()
-        .post(proxy.url("/v1.0/me"))
-        .bearer_auth(access)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp = http().post(proxy.url("/v1.0/me")).bearer_auth(access).body("{}").send().await.unwrap();
     assert_eq!(resp.status(), 401);
-    assert!(resp.headers()["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .contains("resource_metadata"));
+    assert!(resp.headers()["www-authenticate"].to_str().unwrap().contains("resource_metadata"));
 }
 
 #[tokio::test]
@@ -432,36 +297,22 @@ async fn transient_idp_errors_are_retried_and_never_end_a_grant() {
     }
     let before = azure.state().token_requests;
     proxy.clock.advance(250);
-    let resp = http()
-        .get(proxy.url("/mcp"))
-        .bearer_auth(tokens["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        http().get(proxy.url("/mcp")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        azure.state().token_requests - before,
-        3,
-        "two failures, then success"
-    );
+    assert_eq!(azure.state().token_requests - before, 3, "two failures, then success");
     let fresh = azure.state().last_access_token.clone().unwrap();
-    assert_eq!(
-        upstream.last().header("authorization"),
-        Some(format!("Bearer {fresh}").as_str())
-    );
+    assert_eq!(upstream.last().header("authorization"), Some(format!("Bearer {fresh}").as_str()));
 }
 
 #[tokio::test]
 async fn introspection_needs_the_resource_server_credential() {
-    let (_a, _u, proxy) = setup_with("[introspection]\nclient_id = \"mcp-server\"\nclient_secret = \"introspection-secret-1234\"\n").await;
+    let (_a, _u, proxy) =
+        setup_with("[introspection]\nclient_id = \"mcp-server\"\nclient_secret = \"introspection-secret-1234\"\n")
+            .await;
     let (_, tokens) = login(&proxy).await;
     let access = tokens["access_token"].as_str().unwrap();
-    let resp = http()
-        .post(proxy.url("/introspect"))
-        .form(&[("token", access)])
-        .send()
-        .await
-        .unwrap();
+    let resp = http().post(proxy.url("/introspect")).form(&[("token", access)]).send().await.unwrap();
     assert_eq!(error_of(resp).await, (401, "invalid_client".into()));
     let resp = http()
         .post(proxy.url("/introspect"))
@@ -502,21 +353,9 @@ async fn pending_authorization_cap_refuses_new_sign_ins() {
     let (_a, _u, proxy) = setup_with("[limits]\nmax_pending = 2\n").await;
     let client_id = register_public_client(&proxy).await;
     for _ in 0..2 {
-        assert_eq!(
-            http()
-                .get(authorize_url(&proxy, &client_id, ""))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(http().get(authorize_url(&proxy, &client_id, "")).send().await.unwrap().status(), 200);
     }
-    let resp = http()
-        .get(authorize_url(&proxy, &client_id, ""))
-        .send()
-        .await
-        .unwrap();
+    let resp = http().get(authorize_url(&proxy, &client_id, "")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     assert_eq!(proxy.app.store.pending.len(), 2);
 }
@@ -526,78 +365,39 @@ async fn consent_cannot_be_forged_or_replayed() {
     let (azure, _u, proxy) = setup().await;
     let client_id = register_public_client(&proxy).await;
     let mut browser = Browser::new();
-    let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await
-    else {
-        panic!()
-    };
+    let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
     let request = hidden_field(&consent, "request");
     let csrf = hidden_field(&consent, "csrf");
     let forged = "A".repeat(43);
     // Wrong CSRF token, then a right token from a browser without the cookie.
     match browser
-        .post_form(
-            &proxy.url("/consent"),
-            &[
-                ("request", &request),
-                ("csrf", &forged),
-                ("action", "approve"),
-            ],
-        )
+        .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &forged), ("action", "approve")])
         .await
     {
         Landing::Page(403, _) => {}
         _ => panic!("forged CSRF accepted"),
     }
     match Browser::new()
-        .post_form(
-            &proxy.url("/consent"),
-            &[
-                ("request", &request),
-                ("csrf", &csrf),
-                ("action", "approve"),
-            ],
-        )
+        .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
         .await
     {
         Landing::Page(403, _) => {}
         _ => panic!("consent accepted from another browser"),
     }
-    let resp = http()
-        .post(proxy.url("/consent"))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        http().post(proxy.url("/consent")).header("content-type", "application/json").body("{}").send().await.unwrap();
     assert_eq!(resp.status(), 400);
-    assert!(
-        azure.state().authorize_queries.is_empty(),
-        "no IdP state was created"
-    );
+    assert!(azure.state().authorize_queries.is_empty(), "no IdP state was created");
     // The genuine approval still works once, then is spent.
     let Landing::Client(p) = browser
-        .post_form(
-            &proxy.url("/consent"),
-            &[
-                ("request", &request),
-                ("csrf", &csrf),
-                ("action", "approve"),
-            ],
-        )
+        .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
         .await
     else {
         panic!("genuine consent refused")
     };
     assert!(p.contains_key("code"));
     match browser
-        .post_form(
-            &proxy.url("/consent"),
-            &[
-                ("request", &request),
-                ("csrf", &csrf),
-                ("action", "approve"),
-            ],
-        )
+        .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
         .await
     {
         Landing::Page(403, _) => {}
@@ -634,38 +434,15 @@ async fn client_configuration_endpoint_needs_the_registration_access_token() {
     assert_eq!(uri, proxy.url(&format!("/register/{id}")));
     // Without the token, with a wrong one, or for another client: 401 and nothing changes.
     assert_eq!(http().get(uri).send().await.unwrap().status(), 401);
-    assert_eq!(
-        http()
-            .delete(uri)
-            .bearer_auth("wrong")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(http().delete(uri).bearer_auth("wrong").send().await.unwrap().status(), 401);
     let other = register_public_client(&proxy).await;
     assert_eq!(
-        http()
-            .delete(proxy.url(&format!("/register/{other}")))
-            .bearer_auth(rat)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        http().delete(proxy.url(&format!("/register/{other}"))).bearer_auth(rat).send().await.unwrap().status(),
         401
     );
     assert!(proxy.app.store.clients.contains_key(&other));
     // Read, update, delete with the token.
-    let read: Value = http()
-        .get(uri)
-        .bearer_auth(rat)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read: Value = http().get(uri).bearer_auth(rat).send().await.unwrap().json().await.unwrap();
     assert_eq!(read["client_name"], "Mine");
     assert!(read.get("registration_access_token").is_none());
     let bad = http()
@@ -687,32 +464,11 @@ async fn client_configuration_endpoint_needs_the_registration_access_token() {
         .await
         .unwrap();
     assert_eq!(updated["client_name"], "Renamed");
-    assert_eq!(
-        updated["redirect_uris"],
-        json!(["http://127.0.0.1:4444/cb"])
-    );
+    assert_eq!(updated["redirect_uris"], json!(["http://127.0.0.1:4444/cb"]));
     assert_eq!(updated["token_endpoint_auth_method"], "none");
-    assert_eq!(
-        http()
-            .delete(uri)
-            .bearer_auth(rat)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    assert_eq!(http().delete(uri).bearer_auth(rat).send().await.unwrap().status(), 204);
     assert!(!proxy.app.store.clients.contains_key(id));
-    assert_eq!(
-        http()
-            .get(uri)
-            .bearer_auth(rat)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(http().get(uri).bearer_auth(rat).send().await.unwrap().status(), 401);
 }
 
 #[tokio::test]
@@ -729,44 +485,13 @@ async fn deleting_a_client_revokes_its_grants() {
         .unwrap();
     let id = reg["client_id"].as_str().unwrap();
     let params = authorize(&proxy, &mut Browser::new(), id).await;
-    let tokens: Value = redeem(&proxy, id, &params["code"])
-        .await
-        .json()
-        .await
-        .unwrap();
+    let tokens: Value = redeem(&proxy, id, &params["code"]).await.json().await.unwrap();
     let access = tokens["access_token"].as_str().unwrap();
-    assert_eq!(
-        http()
-            .get(proxy.url("/mcp"))
-            .bearer_auth(access)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(http().get(proxy.url("/mcp")).bearer_auth(access).send().await.unwrap().status(), 200);
     let uri = reg["registration_client_uri"].as_str().unwrap();
     let rat = reg["registration_access_token"].as_str().unwrap();
-    assert_eq!(
-        http()
-            .delete(uri)
-            .bearer_auth(rat)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
-    assert_eq!(
-        http()
-            .get(proxy.url("/mcp"))
-            .bearer_auth(access)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(http().delete(uri).bearer_auth(rat).send().await.unwrap().status(), 204);
+    assert_eq!(http().get(proxy.url("/mcp")).bearer_auth(access).send().await.unwrap().status(), 401);
 }
 
 #[tokio::test]
@@ -774,10 +499,7 @@ async fn idle_keep_alive_connections_are_closed() {
     let (_a, _u, proxy) = setup_with("[limits]\nheader_timeout = \"1s\"\n").await;
     let addr = proxy.base.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 4096];
     let n = stream.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
@@ -792,31 +514,18 @@ async fn markup_in_client_metadata_is_escaped_on_the_consent_page() {
     let (_a, _u, proxy) = setup().await;
     let reg: Value = http()
         .post(proxy.url("/register"))
-        .json(
-            &json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none",
-                      "client_name": "<script>alert(1)</script>\"><img src=x>"}),
-        )
+        .json(&json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none",
+                      "client_name": "<script>alert(1)</script>\"><img src=x>"}))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let resp = http()
-        .get(authorize_url(
-            &proxy,
-            reg["client_id"].as_str().unwrap(),
-            "",
-        ))
-        .send()
-        .await
-        .unwrap();
+    let resp = http().get(authorize_url(&proxy, reg["client_id"].as_str().unwrap(), "")).send().await.unwrap();
     assert_eq!(resp.headers()["x-frame-options"], "DENY");
     assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
-    assert!(resp.headers()["content-security-policy"]
-        .to_str()
-        .unwrap()
-        .contains("default-src 'none'"));
+    assert!(resp.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
     let page = resp.text().await.unwrap();
     assert!(!page.contains("<script>alert(1)"));
     assert!(!page.contains("<img src=x>"));
@@ -828,26 +537,11 @@ async fn authorization_rate_limit_is_a_page_with_retry_after() {
     let (_a, _u, proxy) = setup_with("[limits]\nauthorize_per_minute = 2\n").await;
     let client_id = register_public_client(&proxy).await;
     for _ in 0..2 {
-        assert_eq!(
-            http()
-                .get(authorize_url(&proxy, &client_id, ""))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(http().get(authorize_url(&proxy, &client_id, "")).send().await.unwrap().status(), 200);
     }
-    let resp = http()
-        .get(authorize_url(&proxy, &client_id, ""))
-        .send()
-        .await
-        .unwrap();
+    let resp = http().get(authorize_url(&proxy, &client_id, "")).send().await.unwrap();
     assert_eq!(resp.status(), 429);
     assert!(resp.headers().contains_key("retry-after"));
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/html"));
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     assert_eq!(proxy.app.store.pending.len(), 2);
 }

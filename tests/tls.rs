@@ -18,14 +18,8 @@ struct Pair {
 }
 
 fn self_signed() -> Pair {
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap();
-    Pair {
-        cert_pem: ck.cert.pem(),
-        key_pem: ck.signing_key.serialize_pem(),
-        der: ck.cert.der().to_vec(),
-    }
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    Pair { cert_pem: ck.cert.pem(), key_pem: ck.signing_key.serialize_pem(), der: ck.cert.der().to_vec() }
 }
 
 fn install(dir: &Path, pair: &Pair) {
@@ -35,9 +29,7 @@ fn install(dir: &Path, pair: &Pair) {
 }
 
 fn client(trusted: &[&Pair], h2: bool) -> reqwest::Client {
-    let mut b = reqwest::Client::builder()
-        .tls_info(true)
-        .redirect(reqwest::redirect::Policy::none());
+    let mut b = reqwest::Client::builder().tls_info(true).redirect(reqwest::redirect::Policy::none());
     for p in trusted {
         b = b.add_root_certificate(reqwest::Certificate::from_pem(p.cert_pem.as_bytes()).unwrap());
     }
@@ -48,11 +40,7 @@ fn client(trusted: &[&Pair], h2: bool) -> reqwest::Client {
 }
 
 fn served_cert(resp: &reqwest::Response) -> Vec<u8> {
-    resp.extensions()
-        .get::<reqwest::tls::TlsInfo>()
-        .and_then(|i| i.peer_certificate())
-        .unwrap()
-        .to_vec()
+    resp.extensions().get::<reqwest::tls::TlsInfo>().and_then(|i| i.peer_certificate()).unwrap().to_vec()
 }
 
 #[tokio::test]
@@ -70,31 +58,16 @@ async fn https_with_http1_and_http2_and_certificate_reload() {
     let proxy = TestProxy::start_with(&upstream.url(), &server_extra, &local_idp()).await;
     assert!(proxy.base.starts_with("https://127.0.0.1:"));
 
-    let resp = client(&[&first], false)
-        .get(proxy.url("/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let resp = client(&[&first], false).get(proxy.url("/healthz")).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_11);
     assert_eq!(served_cert(&resp), first.der);
-    let resp = client(&[&first], true)
-        .get(proxy.url("/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let resp = client(&[&first], true).get(proxy.url("/healthz")).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     // The consent cookie is `__Host-` and `Secure` under https.
     let client_id = register_public_client_with(&proxy, &client(&[&first], true)).await;
-    let resp = client(&[&first], true)
-        .get(authorize_url(&proxy, &client_id, ""))
-        .send()
-        .await
-        .unwrap();
+    let resp = client(&[&first], true).get(authorize_url(&proxy, &client_id, "")).send().await.unwrap();
     let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(
-        cookie.starts_with("__Host-dcrp=") && cookie.contains("; Secure"),
-        "{cookie}"
-    );
+    assert!(cookie.starts_with("__Host-dcrp=") && cookie.contains("; Secure"), "{cookie}");
 
     // Renewal: a new pair on disk is served to new connections.
     let second = self_signed();
@@ -106,18 +79,11 @@ async fn https_with_http1_and_http2_and_certificate_reload() {
         if served_cert(&resp) == second.der {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the new certificate was not picked up"
-        );
+        assert!(Instant::now() < deadline, "the new certificate was not picked up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A client that trusts only the old certificate now fails: the old one is gone.
-    assert!(client(&[&first], false)
-        .get(proxy.url("/healthz"))
-        .send()
-        .await
-        .is_err());
+    assert!(client(&[&first], false).get(proxy.url("/healthz")).send().await.is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -37,10 +37,7 @@ pub fn page(status: StatusCode, title: &str, body_html: &str) -> Response<Body> 
     let mut resp = Response::new(full(html));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -48,29 +45,15 @@ pub fn page(status: StatusCode, title: &str, body_html: &str) -> Response<Body> 
         ),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
 /// An error page that does not redirect anywhere.
 pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response<Body> {
-    page(
-        status,
-        title,
-        &format!(
-            "<h1>{}</h1><p class=\"error\">{}</p>",
-            escape(title),
-            escape(message)
-        ),
-    )
+    page(status, title, &format!("<h1>{}</h1><p class=\"error\">{}</p>", escape(title), escape(message)))
 }
 
 #[cfg(test)]
@@ -79,9 +62,6 @@ mod tests {
 
     #[test]
     fn escape_neutralises_markup_and_attribute_breaks() {
-        assert_eq!(
-            escape("<script>\"x\"&'y'"),
-            "&lt;script&gt;&quot;x&quot;&amp;&#39;y&#39;"
-        );
+        assert_eq!(escape("<script>\"x\"&'y'"), "&lt;script&gt;&quot;x&quot;&amp;&#39;y&#39;");
     }
 }

@@ -14,9 +14,7 @@ use crate::error::Error;
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
 pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
 }
 
 pub fn empty() -> Body {
@@ -27,19 +25,14 @@ pub fn empty() -> Body {
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(full(value.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
 /// `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749 §5.1).
 pub fn no_store(resp: &mut Response<Body>) {
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp.headers_mut()
-        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
 /// A 302 to `location`. A location that is not a valid header value becomes a 500.
@@ -49,13 +42,10 @@ pub fn redirect(location: &str) -> Response<Body> {
             let mut resp = Response::new(empty());
             *resp.status_mut() = StatusCode::FOUND;
             resp.headers_mut().insert(header::LOCATION, v);
-            resp.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp
         }
-        Err(_) => {
-            Error::Internal("redirect location is not a valid header value".into()).into_response()
-        }
+        Err(_) => Error::Internal("redirect location is not a valid header value".into()).into_response(),
     }
 }
 
@@ -99,12 +89,10 @@ where
 {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(Error::PayloadTooLarge { limit })
-        }
-        Err(e) => Err(Error::OAuth(crate::error::OAuthError::invalid_request(
-            format!("could not read the request body: {e}"),
-        ))),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::PayloadTooLarge { limit }),
+        Err(e) => Err(Error::OAuth(crate::error::OAuthError::invalid_request(format!(
+            "could not read the request body: {e}"
+        )))),
     }
 }
 
@@ -114,17 +102,8 @@ mod tests {
 
     #[test]
     fn append_query_keeps_existing_query_and_drops_fragment() {
-        assert_eq!(
-            append_query("https://a/cb", &[("code", "x y")]),
-            "https://a/cb?code=x+y"
-        );
-        assert_eq!(
-            append_query("https://a/cb?k=1", &[("code", "c")]),
-            "https://a/cb?k=1&code=c"
-        );
-        assert_eq!(
-            append_query("https://a/cb#f", &[("e", "1")]),
-            "https://a/cb?e=1"
-        );
+        assert_eq!(append_query("https://a/cb", &[("code", "x y")]), "https://a/cb?code=x+y");
+        assert_eq!(append_query("https://a/cb?k=1", &[("code", "c")]), "https://a/cb?k=1&code=c");
+        assert_eq!(append_query("https://a/cb#f", &[("e", "1")]), "https://a/cb?e=1");
     }
 }

@@ -21,16 +21,12 @@ impl Params {
             if v.is_empty() {
                 // §3.1: "Parameters sent without a value MUST be treated as if they were omitted".
                 if map.contains_key(k.as_ref()) {
-                    return Err(OAuthError::invalid_request(format!(
-                        "parameter `{k}` is repeated"
-                    )));
+                    return Err(OAuthError::invalid_request(format!("parameter `{k}` is repeated")));
                 }
                 continue;
             }
             if map.insert(k.clone().into_owned(), v.into_owned()).is_some() {
-                return Err(OAuthError::invalid_request(format!(
-                    "parameter `{k}` is repeated"
-                )));
+                return Err(OAuthError::invalid_request(format!("parameter `{k}` is repeated")));
             }
         }
         Ok(Self { map })
@@ -42,8 +38,7 @@ impl Params {
 
     /// A required parameter; `invalid_request` naming it when missing.
     pub fn require(&self, name: &str) -> Result<&str, OAuthError> {
-        self.get(name)
-            .ok_or_else(|| OAuthError::invalid_request(format!("missing parameter `{name}`")))
+        self.get(name).ok_or_else(|| OAuthError::invalid_request(format!("missing parameter `{name}`")))
     }
 }
 

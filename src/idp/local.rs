@@ -23,21 +23,15 @@ pub struct LocalUsers {
 
 impl LocalUsers {
     pub fn new(users: &[LocalUser]) -> Self {
-        Self {
-            users: users.to_vec(),
-            decoy_hash: hash_password("decoy password").unwrap_or_default(),
-        }
+        Self { users: users.to_vec(), decoy_hash: hash_password("decoy password").unwrap_or_default() }
     }
 
     /// Checks a username and password; blocking (argon2), so call it from `spawn_blocking`.
     pub fn verify(&self, username: &str, password: &str) -> Option<Identity> {
         let user = self.users.iter().find(|u| u.username == username);
         let hash = user.map_or(self.decoy_hash.as_str(), |u| u.password_hash.as_str());
-        let ok = PasswordHash::new(hash).is_ok_and(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        });
+        let ok = PasswordHash::new(hash)
+            .is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok());
         let user = user.filter(|_| ok)?;
         Some(Identity {
             sub: user.username.clone(),
@@ -54,16 +48,12 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
     let mut salt = [0u8; 16];
     crate::crypto::fill_random(&mut salt);
     let salt = SaltString::encode_b64(&salt)?;
-    Ok(Argon2::default()
-        .hash_password(password.as_bytes(), &salt)?
-        .to_string())
+    Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
 }
 
 /// The login form; `error` is shown above it after a failed attempt.
 pub fn login_page(state: &str, error: Option<&str>) -> Response<Body> {
-    let error_html = error
-        .map(|e| format!("<p class=\"error\">{}</p>", escape(e)))
-        .unwrap_or_default();
+    let error_html = error.map(|e| format!("<p class=\"error\">{}</p>", escape(e))).unwrap_or_default();
     let body = format!(
         "<h1>Sign in</h1>{error_html}<form method=\"post\" action=\"/login\">\
          <input type=\"hidden\" name=\"state\" value=\"{state}\">\
@@ -72,11 +62,7 @@ pub fn login_page(state: &str, error: Option<&str>) -> Response<Body> {
          <button type=\"submit\">Sign in</button></form>",
         state = escape(state)
     );
-    let status = if error.is_some() {
-        StatusCode::UNAUTHORIZED
-    } else {
-        StatusCode::OK
-    };
+    let status = if error.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
     page(status, "Sign in", &body)
 }
 
@@ -93,10 +79,7 @@ mod tests {
             email: Some("alice@example.com".into()),
             name: None,
         }]);
-        assert_eq!(
-            users.verify("alice", "s3cret").map(|i| i.sub),
-            Some("alice".to_owned())
-        );
+        assert_eq!(users.verify("alice", "s3cret").map(|i| i.sub), Some("alice".to_owned()));
         assert!(users.verify("alice", "wrong").is_none());
         assert!(users.verify("bob", "s3cret").is_none());
     }

@@ -24,11 +24,7 @@ use crate::store::{UpstreamLogin, UpstreamTokens};
 pub enum IdpError {
     /// The IdP answered with an OAuth error.
     #[error("identity provider refused the request: {error} (HTTP {status}{})", aadsts.map(|c| format!(", AADSTS{c}")).unwrap_or_default())]
-    Refused {
-        status: u16,
-        error: String,
-        aadsts: Option<u64>,
-    },
+    Refused { status: u16, error: String, aadsts: Option<u64> },
     /// Network failure, timeout, 5xx or 429: worth trying again later.
     #[error("identity provider unavailable: {0}")]
     Unavailable(String),
@@ -59,32 +55,11 @@ impl Idp {
     pub async fn from_config(config: &Config) -> Result<Arc<Self>, IdpError> {
         let callback = config.callback_url();
         let idp = match &config.idp.provider {
-            IdpProvider::Azure {
-                authority,
-                tenant,
-                client_id,
-                client_secret,
-            } => Self::Oidc(Box::new(azure::provider(
-                authority,
-                tenant,
-                client_id,
-                client_secret.clone(),
-                &config.idp,
-                callback,
-            )?)),
-            IdpProvider::Oidc {
-                issuer,
-                client_id,
-                client_secret,
-            } => Self::Oidc(Box::new(
-                oidc::OidcProvider::discover(
-                    issuer,
-                    client_id,
-                    client_secret.clone(),
-                    &config.idp,
-                    callback,
-                )
-                .await?,
+            IdpProvider::Azure { authority, tenant, client_id, client_secret } => Self::Oidc(Box::new(
+                azure::provider(authority, tenant, client_id, client_secret.clone(), &config.idp, callback)?,
+            )),
+            IdpProvider::Oidc { issuer, client_id, client_secret } => Self::Oidc(Box::new(
+                oidc::OidcProvider::discover(issuer, client_id, client_secret.clone(), &config.idp, callback).await?,
             )),
             IdpProvider::Local { users } => Self::Local(local::LocalUsers::new(users)),
         };
@@ -93,18 +68,12 @@ impl Idp {
 
     /// Refreshes upstream tokens with the current upstream refresh token. The local login has none, and a grant
     /// without a refresh token cannot be refreshed: both are `invalid_grant`, which ends the grant.
-    pub async fn refresh(
-        &self,
-        refresh_token: Option<String>,
-        now: UnixTime,
-    ) -> Result<UpstreamTokens, IdpError> {
+    pub async fn refresh(&self, refresh_token: Option<String>, now: UnixTime) -> Result<UpstreamTokens, IdpError> {
         match (self, refresh_token) {
             (Self::Oidc(p), Some(rt)) => p.refresh(&rt, now).await,
-            (Self::Oidc(_), None) | (Self::Local(_), _) => Err(IdpError::Refused {
-                status: 400,
-                error: "invalid_grant".into(),
-                aadsts: None,
-            }),
+            (Self::Oidc(_), None) | (Self::Local(_), _) => {
+                Err(IdpError::Refused { status: 400, error: "invalid_grant".into(), aadsts: None })
+            }
         }
     }
 }

@@ -53,34 +53,17 @@ pub enum IssuerRule {
 impl IssuerRule {
     fn check(&self, iss: &str, tid: Option<&str>) -> Result<(), String> {
         match self {
-            Self::Exact(expected)
-                if expected.trim_end_matches('/') == iss.trim_end_matches('/') =>
-            {
-                Ok(())
-            }
+            Self::Exact(expected) if expected.trim_end_matches('/') == iss.trim_end_matches('/') => Ok(()),
             Self::Exact(expected) => Err(format!("id_token issuer `{iss}` is not `{expected}`")),
-            Self::AzureTemplate {
-                prefix,
-                suffix,
-                tenant,
-            } => {
-                let tid = tid
-                    .filter(|t| super::azure::is_guid(t))
-                    .ok_or("id_token has no GUID `tid` claim")?;
-                if tenant
-                    .as_deref()
-                    .is_some_and(|t| !t.eq_ignore_ascii_case(tid))
-                {
-                    return Err(format!(
-                        "id_token tenant `{tid}` is not the configured tenant"
-                    ));
+            Self::AzureTemplate { prefix, suffix, tenant } => {
+                let tid = tid.filter(|t| super::azure::is_guid(t)).ok_or("id_token has no GUID `tid` claim")?;
+                if tenant.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case(tid)) {
+                    return Err(format!("id_token tenant `{tid}` is not the configured tenant"));
                 }
                 if iss == format!("{prefix}{tid}{suffix}") {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "id_token issuer `{iss}` does not match tenant `{tid}`"
-                    ))
+                    Err(format!("id_token issuer `{iss}` does not match tenant `{tid}`"))
                 }
             }
         }
@@ -135,8 +118,7 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, IdpError> {
 }
 
 fn parse_url(field: &str, s: &str) -> Result<Url, IdpError> {
-    Url::parse(s)
-        .map_err(|e| IdpError::Discovery(format!("discovery field `{field}` is not a URL: {e}")))
+    Url::parse(s).map_err(|e| IdpError::Discovery(format!("discovery field `{field}` is not a URL: {e}")))
 }
 
 impl OidcProvider {
@@ -161,10 +143,7 @@ impl OidcProvider {
             scopes: idp.scopes.join(" "),
             callback,
             http: http_client(idp.timeout)?,
-            jwks: RwLock::new(JwksCache {
-                keys: None,
-                fetched: None,
-            }),
+            jwks: RwLock::new(JwksCache { keys: None, fetched: None }),
         })
     }
 
@@ -179,20 +158,12 @@ impl OidcProvider {
         let http = http_client(idp.timeout)?;
         let issuer_text = issuer.as_str().trim_end_matches('/');
         let url = format!("{issuer_text}/.well-known/openid-configuration");
-        let resp = http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| IdpError::Discovery(format!("GET {url}: {e}")))?;
+        let resp = http.get(&url).send().await.map_err(|e| IdpError::Discovery(format!("GET {url}: {e}")))?;
         if !resp.status().is_success() {
-            return Err(IdpError::Discovery(format!(
-                "GET {url}: HTTP {}",
-                resp.status()
-            )));
+            return Err(IdpError::Discovery(format!("GET {url}: HTTP {}", resp.status())));
         }
-        let doc: Discovery = resp.json().await.map_err(|e| {
-            IdpError::Discovery(format!("GET {url}: not a discovery document: {e}"))
-        })?;
+        let doc: Discovery =
+            resp.json().await.map_err(|e| IdpError::Discovery(format!("GET {url}: not a discovery document: {e}")))?;
         if doc.issuer.trim_end_matches('/') != issuer_text {
             return Err(IdpError::Discovery(format!(
                 "discovery document names issuer `{}`, expected `{issuer_text}` (idp.issuer)",
@@ -208,16 +179,9 @@ impl OidcProvider {
             ClientAuth::Post
         };
         let endpoints = OidcEndpoints {
-            authorization_endpoint: parse_url(
-                "authorization_endpoint",
-                &doc.authorization_endpoint,
-            )?,
+            authorization_endpoint: parse_url("authorization_endpoint", &doc.authorization_endpoint)?,
             token_endpoint: parse_url("token_endpoint", &doc.token_endpoint)?,
-            jwks_uri: doc
-                .jwks_uri
-                .as_deref()
-                .map(|u| parse_url("jwks_uri", u))
-                .transpose()?,
+            jwks_uri: doc.jwks_uri.as_deref().map(|u| parse_url("jwks_uri", u)).transpose()?,
         };
         let mut p = Self::new(
             Flavor::Generic,
@@ -261,10 +225,7 @@ impl OidcProvider {
         match (&self.client_secret, self.client_auth) {
             (Some(secret), ClientAuth::Basic) => req.basic_auth(
                 form_urlencoded::byte_serialize(self.client_id.as_bytes()).collect::<String>(),
-                Some(
-                    form_urlencoded::byte_serialize(secret.expose_secret().as_bytes())
-                        .collect::<String>(),
-                ),
+                Some(form_urlencoded::byte_serialize(secret.expose_secret().as_bytes()).collect::<String>()),
             ),
             (Some(secret), ClientAuth::Post) => {
                 form.push(("client_id", self.client_id.clone()));
@@ -279,10 +240,7 @@ impl OidcProvider {
     }
 
     async fn token_request(&self, mut form: Vec<(&str, String)>) -> Result<TokenAnswer, IdpError> {
-        let req = self
-            .http
-            .post(self.endpoints.token_endpoint.clone())
-            .header("accept", "application/json");
+        let req = self.http.post(self.endpoints.token_endpoint.clone()).header("accept", "application/json");
         let req = self.with_client_auth(req, &mut form);
         let resp = req.form(&form).send().await.map_err(|e| {
             IdpError::Unavailable(if e.is_timeout() {
@@ -292,40 +250,25 @@ impl OidcProvider {
             })
         })?;
         let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| IdpError::Unavailable(format!("token endpoint body: {e}")))?;
+        let body = resp.bytes().await.map_err(|e| IdpError::Unavailable(format!("token endpoint body: {e}")))?;
         if status.is_success() {
             return serde_json::from_slice::<TokenAnswer>(&body)
                 .map_err(|e| IdpError::Protocol(format!("token response is not valid JSON: {e}")));
         }
         if status.as_u16() == 429 || status.is_server_error() {
-            return Err(IdpError::Unavailable(format!(
-                "token endpoint answered HTTP {status}"
-            )));
+            return Err(IdpError::Unavailable(format!("token endpoint answered HTTP {status}")));
         }
         let err: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let error = err
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown_error")
-            .to_owned();
+        let error = err.get("error").and_then(Value::as_str).unwrap_or("unknown_error").to_owned();
         let aadsts = err
             .get("error_codes")
             .and_then(|c| c.get(0))
             .and_then(Value::as_u64)
-            .or_else(|| {
-                aadsts_from_description(err.get("error_description").and_then(Value::as_str))
-            });
+            .or_else(|| aadsts_from_description(err.get("error_description").and_then(Value::as_str)));
         if error == "temporarily_unavailable" || error == "server_error" {
             return Err(IdpError::Unavailable(format!("token endpoint: {error}")));
         }
-        Err(IdpError::Refused {
-            status: status.as_u16(),
-            error,
-            aadsts,
-        })
+        Err(IdpError::Refused { status: status.as_u16(), error, aadsts })
     }
 
     /// Redeems the IdP's code (RFC 6749 §4.1.3) and validates the id_token.
@@ -349,30 +292,18 @@ impl OidcProvider {
         let identity = match &answer.id_token {
             Some(id_token) => self.validate_id_token(id_token, Some(nonce)).await?,
             None if self.scopes.split(' ').any(|s| s == "openid") => {
-                return Err(IdpError::Protocol(
-                    "token response has no id_token although `openid` was asked".into(),
-                ))
+                return Err(IdpError::Protocol("token response has no id_token although `openid` was asked".into()))
             }
             None => Identity::default(),
         };
         let tokens = answer.into_tokens(None, now)?;
-        Ok(UpstreamLogin {
-            credential: UpstreamCredential::Tokens(tokens),
-            identity,
-        })
+        Ok(UpstreamLogin { credential: UpstreamCredential::Tokens(tokens), identity })
     }
 
     /// Refreshes the upstream tokens (RFC 6749 §6). Entra rotates refresh tokens without revoking the old one; the
     /// newest is kept.
-    pub async fn refresh(
-        &self,
-        refresh_token: &str,
-        now: UnixTime,
-    ) -> Result<UpstreamTokens, IdpError> {
-        let mut form = vec![
-            ("grant_type", "refresh_token".to_owned()),
-            ("refresh_token", refresh_token.to_owned()),
-        ];
+    pub async fn refresh(&self, refresh_token: &str, now: UnixTime) -> Result<UpstreamTokens, IdpError> {
+        let mut form = vec![("grant_type", "refresh_token".to_owned()), ("refresh_token", refresh_token.to_owned())];
         if self.flavor == Flavor::Azure {
             form.push(("scope", self.scopes.clone()));
         }
@@ -399,58 +330,33 @@ impl OidcProvider {
             }
         }
         let mut cache = self.jwks.write().await;
-        let resp = self
-            .http
-            .get(uri)
-            .send()
-            .await
-            .map_err(|e| IdpError::Unavailable(format!("JWKS: {e}")))?;
+        let resp = self.http.get(uri).send().await.map_err(|e| IdpError::Unavailable(format!("JWKS: {e}")))?;
         if !resp.status().is_success() {
-            return Err(IdpError::Unavailable(format!(
-                "JWKS answered HTTP {}",
-                resp.status()
-            )));
+            return Err(IdpError::Unavailable(format!("JWKS answered HTTP {}", resp.status())));
         }
-        let keys: JwkSet = resp
-            .json()
-            .await
-            .map_err(|e| IdpError::Protocol(format!("JWKS is not a key set: {e}")))?;
+        let keys: JwkSet = resp.json().await.map_err(|e| IdpError::Protocol(format!("JWKS is not a key set: {e}")))?;
         cache.keys = Some(keys.clone());
         cache.fetched = Some(Instant::now());
         Ok(keys)
     }
 
     /// Validates an id_token and returns who it names.
-    pub async fn validate_id_token(
-        &self,
-        id_token: &str,
-        nonce: Option<&str>,
-    ) -> Result<Identity, IdpError> {
-        let header = jsonwebtoken::decode_header(id_token)
-            .map_err(|e| IdpError::Protocol(format!("id_token header: {e}")))?;
+    pub async fn validate_id_token(&self, id_token: &str, nonce: Option<&str>) -> Result<Identity, IdpError> {
+        let header =
+            jsonwebtoken::decode_header(id_token).map_err(|e| IdpError::Protocol(format!("id_token header: {e}")))?;
         if !matches!(
             header.alg,
-            Algorithm::RS256
-                | Algorithm::RS384
-                | Algorithm::RS512
-                | Algorithm::PS256
-                | Algorithm::ES256
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::ES256
         ) {
-            return Err(IdpError::Protocol(format!(
-                "id_token algorithm {:?} is not accepted",
-                header.alg
-            )));
+            return Err(IdpError::Protocol(format!("id_token algorithm {:?} is not accepted", header.alg)));
         }
         let keys = self.jwks(header.kid.as_deref()).await?;
         let jwk = match &header.kid {
             Some(kid) => keys.find(kid),
             None => keys.keys.first(),
         }
-        .ok_or_else(|| {
-            IdpError::Protocol("id_token is signed by a key the IdP does not publish".into())
-        })?;
-        let key =
-            DecodingKey::from_jwk(jwk).map_err(|e| IdpError::Protocol(format!("JWKS key: {e}")))?;
+        .ok_or_else(|| IdpError::Protocol("id_token is signed by a key the IdP does not publish".into()))?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| IdpError::Protocol(format!("JWKS key: {e}")))?;
         let mut validation = Validation::new(header.alg);
         validation.set_audience(&[&self.client_id]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
@@ -458,14 +364,10 @@ impl OidcProvider {
         let data = jsonwebtoken::decode::<IdClaims>(id_token, &key, &validation)
             .map_err(|e| IdpError::Protocol(format!("id_token: {e}")))?;
         let claims = data.claims;
-        self.issuer
-            .check(&claims.iss, claims.tid.as_deref())
-            .map_err(IdpError::Protocol)?;
+        self.issuer.check(&claims.iss, claims.tid.as_deref()).map_err(IdpError::Protocol)?;
         if let Some(expected) = nonce {
             if claims.nonce.as_deref() != Some(expected) {
-                return Err(IdpError::Protocol(
-                    "id_token nonce does not match the authorization request".into(),
-                ));
+                return Err(IdpError::Protocol("id_token nonce does not match the authorization request".into()));
             }
         }
         Ok(Identity {
@@ -480,10 +382,7 @@ impl OidcProvider {
 
 fn aadsts_from_description(d: Option<&str>) -> Option<u64> {
     let rest = d?.strip_prefix("AADSTS")?;
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 #[derive(Deserialize)]
@@ -512,20 +411,14 @@ struct TokenAnswer {
 }
 
 impl TokenAnswer {
-    fn into_tokens(
-        self,
-        previous_refresh: Option<&str>,
-        now: UnixTime,
-    ) -> Result<UpstreamTokens, IdpError> {
+    fn into_tokens(self, previous_refresh: Option<&str>, now: UnixTime) -> Result<UpstreamTokens, IdpError> {
         let expires_in = match &self.expires_in {
             Some(Value::Number(n)) => n.as_u64(),
             Some(Value::String(s)) => s.parse().ok(),
             _ => None,
         }
         .unwrap_or(3600);
-        let refresh = self
-            .refresh_token
-            .or_else(|| previous_refresh.map(str::to_owned));
+        let refresh = self.refresh_token.or_else(|| previous_refresh.map(str::to_owned));
         UpstreamTokens::new(self.access_token, refresh, now + expires_in, self.scope)
             .map_err(|e| IdpError::Protocol(e.to_string()))
     }
@@ -538,36 +431,21 @@ mod tests {
     #[test]
     fn azure_issuer_template_substitutes_tid() {
         let tid = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-        let rule = IssuerRule::AzureTemplate {
-            prefix: "https://login/".into(),
-            suffix: "/v2.0".into(),
-            tenant: None,
-        };
-        assert!(rule
-            .check(&format!("https://login/{tid}/v2.0"), Some(tid))
-            .is_ok());
-        assert!(rule
-            .check("https://login/{tenantid}/v2.0", Some(tid))
-            .is_err());
-        assert!(rule
-            .check(&format!("https://login/{tid}/v2.0"), None)
-            .is_err());
+        let rule = IssuerRule::AzureTemplate { prefix: "https://login/".into(), suffix: "/v2.0".into(), tenant: None };
+        assert!(rule.check(&format!("https://login/{tid}/v2.0"), Some(tid)).is_ok());
+        assert!(rule.check("https://login/{tenantid}/v2.0", Some(tid)).is_err());
+        assert!(rule.check(&format!("https://login/{tid}/v2.0"), None).is_err());
         let pinned = IssuerRule::AzureTemplate {
             prefix: "https://login/".into(),
             suffix: "/v2.0".into(),
             tenant: Some("00000000-0000-0000-0000-000000000001".into()),
         };
-        assert!(pinned
-            .check(&format!("https://login/{tid}/v2.0"), Some(tid))
-            .is_err());
+        assert!(pinned.check(&format!("https://login/{tid}/v2.0"), Some(tid)).is_err());
     }
 
     #[test]
     fn aadsts_code_is_read_from_description() {
-        assert_eq!(
-            aadsts_from_description(Some("AADSTS70008: The provided grant has expired")),
-            Some(70008)
-        );
+        assert_eq!(aadsts_from_description(Some("AADSTS70008: The provided grant has expired")), Some(70008));
         assert_eq!(aadsts_from_description(Some("nope")), None);
     }
 }

@@ -40,19 +40,10 @@ pub fn validate(
     lookup: impl FnOnce(&str) -> Option<std::sync::Arc<Client>>,
     ctx: &AuthorizeContext<'_>,
 ) -> Result<AuthorizationRequest, Error> {
-    let params = Params::parse(query).map_err(|e| {
-        Error::page(
-            StatusCode::BAD_REQUEST,
-            "Invalid authorization request",
-            e.description,
-        )
-    })?;
+    let params = Params::parse(query)
+        .map_err(|e| Error::page(StatusCode::BAD_REQUEST, "Invalid authorization request", e.description))?;
     let client_id = params.get("client_id").ok_or_else(|| {
-        Error::page(
-            StatusCode::BAD_REQUEST,
-            "Invalid authorization request",
-            "The request has no client_id.",
-        )
+        Error::page(StatusCode::BAD_REQUEST, "Invalid authorization request", "The request has no client_id.")
     })?;
     let client = lookup(client_id).ok_or_else(|| {
         Error::page(
@@ -95,49 +86,27 @@ pub fn validate(
 
     match params.get("response_type") {
         Some("code") => {}
-        Some(_) => {
-            return Err(redirect(
-                ErrorCode::UnsupportedResponseType,
-                "response_type must be code",
-            ))
-        }
-        None => {
-            return Err(redirect(
-                ErrorCode::InvalidRequest,
-                "missing parameter `response_type`",
-            ))
-        }
+        Some(_) => return Err(redirect(ErrorCode::UnsupportedResponseType, "response_type must be code")),
+        None => return Err(redirect(ErrorCode::InvalidRequest, "missing parameter `response_type`")),
     }
-    let challenge = params.get("code_challenge").ok_or_else(|| {
-        redirect(
-            ErrorCode::InvalidRequest,
-            "code_challenge is required (PKCE with S256)",
-        )
-    })?;
+    let challenge = params
+        .get("code_challenge")
+        .ok_or_else(|| redirect(ErrorCode::InvalidRequest, "code_challenge is required (PKCE with S256)"))?;
     match params.get("code_challenge_method") {
         Some("S256") => {}
         Some(_) | None => {
-            return Err(redirect(
-                ErrorCode::InvalidRequest,
-                "code_challenge_method must be S256; plain is not allowed",
-            ))
+            return Err(redirect(ErrorCode::InvalidRequest, "code_challenge_method must be S256; plain is not allowed"))
         }
     }
     if !pkce::is_valid_s256_challenge(challenge) {
-        return Err(redirect(
-            ErrorCode::InvalidRequest,
-            "code_challenge is not a base64url SHA-256 digest",
-        ));
+        return Err(redirect(ErrorCode::InvalidRequest, "code_challenge is not a base64url SHA-256 digest"));
     }
-    let scope = scope::resolve(params.get("scope"), ctx.offered_scopes)
-        .map_err(|e| redirect(e.code, &e.description))?;
+    let scope =
+        scope::resolve(params.get("scope"), ctx.offered_scopes).map_err(|e| redirect(e.code, &e.description))?;
     let resource = match params.get("resource") {
         Some(r) if ctx.resources.iter().any(|ok| ok == r) => Some(r.to_owned()),
         Some(_) => {
-            return Err(redirect(
-                ErrorCode::InvalidTarget,
-                "resource is not served by this authorization server",
-            ))
+            return Err(redirect(ErrorCode::InvalidTarget, "resource is not served by this authorization server"))
         }
         None => None,
     };
@@ -180,11 +149,7 @@ mod tests {
     fn run(query: &str) -> Result<AuthorizationRequest, Error> {
         let resources = vec!["https://p.example/mcp".to_owned()];
         let scopes = vec!["openid".to_owned()];
-        let ctx = AuthorizeContext {
-            issuer: "https://p.example",
-            resources: &resources,
-            offered_scopes: &scopes,
-        };
+        let ctx = AuthorizeContext { issuer: "https://p.example", resources: &resources, offered_scopes: &scopes };
         validate(query.as_bytes(), |id| (id == "c1").then(client), &ctx)
     }
 
@@ -204,18 +169,9 @@ mod tests {
 
     #[test]
     fn unknown_client_and_foreign_redirect_are_pages_not_redirects() {
-        assert!(matches!(
-            run(&ok_query().replace("client_id=c1", "client_id=zz")),
-            Err(Error::Page { .. })
-        ));
-        assert!(matches!(
-            run(&ok_query().replace("app.example", "evil.example")),
-            Err(Error::Page { .. })
-        ));
-        assert!(matches!(
-            run(&format!("{}&client_id=c1", ok_query())),
-            Err(Error::Page { .. })
-        ));
+        assert!(matches!(run(&ok_query().replace("client_id=c1", "client_id=zz")), Err(Error::Page { .. })));
+        assert!(matches!(run(&ok_query().replace("app.example", "evil.example")), Err(Error::Page { .. })));
+        assert!(matches!(run(&format!("{}&client_id=c1", ok_query())), Err(Error::Page { .. })));
     }
 
     fn redirected_code(q: &str) -> Option<ErrorCode> {
@@ -231,9 +187,7 @@ mod tests {
     #[test]
     fn pkce_is_required_with_s256() {
         assert_eq!(
-            redirected_code(
-                &ok_query().replace("code_challenge_method=S256", "code_challenge_method=plain")
-            ),
+            redirected_code(&ok_query().replace("code_challenge_method=S256", "code_challenge_method=plain")),
             Some(ErrorCode::InvalidRequest)
         );
         assert_eq!(
@@ -253,10 +207,7 @@ mod tests {
             Some(ErrorCode::UnsupportedResponseType)
         );
         assert_eq!(
-            redirected_code(&format!(
-                "{}&resource=https%3A%2F%2Fother.example%2F",
-                ok_query()
-            )),
+            redirected_code(&format!("{}&resource=https%3A%2F%2Fother.example%2F", ok_query())),
             Some(ErrorCode::InvalidTarget)
         );
     }

@@ -69,21 +69,9 @@ fn redirect_host(uri: &str) -> String {
 }
 
 /// The consent page for a pending authorization.
-pub fn render(
-    client: &Client,
-    pending: &PendingAuthorization,
-    request_id: &str,
-    csrf: &str,
-) -> Response<Body> {
-    let name = client
-        .client_name
-        .as_deref()
-        .unwrap_or("An unnamed application");
-    let scopes: String = pending
-        .scope
-        .iter()
-        .map(|s| format!("<code>{}</code> ", escape(s)))
-        .collect();
+pub fn render(client: &Client, pending: &PendingAuthorization, request_id: &str, csrf: &str) -> Response<Body> {
+    let name = client.client_name.as_deref().unwrap_or("An unnamed application");
+    let scopes: String = pending.scope.iter().map(|s| format!("<code>{}</code> ", escape(s))).collect();
     let body = format!(
         "<h1>Allow {name} to access your account?</h1>\
          <p>This application registered itself with this server and asks for access on your behalf.</p>\
@@ -110,14 +98,10 @@ mod tests {
 
     #[test]
     fn cookie_is_host_prefixed_and_secure_only_under_https() {
-        let v = set_cookie(true, "abc", 600)
-            .map(|v| v.to_str().unwrap_or("").to_owned())
-            .unwrap_or_default();
+        let v = set_cookie(true, "abc", 600).map(|v| v.to_str().unwrap_or("").to_owned()).unwrap_or_default();
         assert!(v.starts_with("__Host-dcrp=abc; Path=/; HttpOnly; SameSite=Lax"));
         assert!(v.ends_with("; Secure"));
-        let v = set_cookie(false, "abc", 600)
-            .map(|v| v.to_str().unwrap_or("").to_owned())
-            .unwrap_or_default();
+        let v = set_cookie(false, "abc", 600).map(|v| v.to_str().unwrap_or("").to_owned()).unwrap_or_default();
         assert!(v.starts_with("dcrp=abc") && !v.contains("Secure"));
     }
 
@@ -127,8 +111,7 @@ mod tests {
         let token = "a".repeat(43);
         h.insert(
             header::COOKIE,
-            HeaderValue::from_str(&format!("x=1; dcrp={token}; y=2"))
-                .unwrap_or(HeaderValue::from_static("")),
+            HeaderValue::from_str(&format!("x=1; dcrp={token}; y=2")).unwrap_or(HeaderValue::from_static("")),
         );
         assert_eq!(read_cookie(&h, false), Some(token));
         assert_eq!(read_cookie(&h, true), None);

@@ -52,18 +52,12 @@ impl Metadata {
         Self {
             authorization_server: Bytes::from(as_doc.to_string()),
             protected_resource: Bytes::from(prm_doc.to_string()),
-            protected_resource_path: format!(
-                "/.well-known/oauth-protected-resource{}",
-                config.upstream.resource_path
-            ),
+            protected_resource_path: format!("/.well-known/oauth-protected-resource{}", config.upstream.resource_path),
         }
     }
 }
 
 /// The RFC 9728 metadata URL put in `WWW-Authenticate` challenges.
 pub fn resource_metadata_url(config: &Config) -> String {
-    format!(
-        "{}/.well-known/oauth-protected-resource{}",
-        config.server.public_url, config.upstream.resource_path
-    )
+    format!("{}/.well-known/oauth-protected-resource{}", config.server.public_url, config.upstream.resource_path)
 }

@@ -7,15 +7,12 @@ use crate::crypto;
 /// for an S256 challenge, which is exactly 43 characters of base64url.
 pub fn is_valid_verifier(v: &str) -> bool {
     (43..=128).contains(&v.len())
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 
 /// An S256 challenge is the base64url (no padding) of a SHA-256 digest: 43 characters.
 pub fn is_valid_s256_challenge(c: &str) -> bool {
-    c.len() == 43
-        && c.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+    c.len() == 43 && c.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
 /// RFC 7636 §4.6: `BASE64URL(SHA256(verifier)) == challenge`, compared in constant time.
@@ -39,10 +36,7 @@ mod tests {
         let c = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
         assert!(is_valid_s256_challenge(c));
         assert!(verify_s256(v, c));
-        assert!(!verify_s256(
-            "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXK",
-            c
-        ));
+        assert!(!verify_s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXK", c));
     }
 
     #[test]

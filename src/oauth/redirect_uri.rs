@@ -34,12 +34,8 @@ pub fn validate_for_registration(uri: &str) -> Result<(), String> {
     match url.scheme() {
         "https" if url.host().is_some() => Ok(()),
         "http" if is_loopback(&url) => Ok(()),
-        "http" => Err(format!(
-            "`{uri}`: http is allowed only for loopback hosts (127.0.0.1, [::1], localhost)"
-        )),
-        other => Err(format!(
-            "`{uri}`: scheme `{other}` is not allowed; use https or http on loopback"
-        )),
+        "http" => Err(format!("`{uri}`: http is allowed only for loopback hosts (127.0.0.1, [::1], localhost)")),
+        other => Err(format!("`{uri}`: scheme `{other}` is not allowed; use https or http on loopback")),
     }
 }
 
@@ -52,15 +48,8 @@ pub fn host_allowed(uri: &str, allowed: &[String]) -> bool {
     let Ok(url) = Url::parse(uri) else {
         return false;
     };
-    let host = url
-        .host_str()
-        .unwrap_or("")
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
-    allowed
-        .iter()
-        .any(|a| a == &host || (a == "loopback" && is_loopback(&url)))
+    let host = url.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    allowed.iter().any(|a| a == &host || (a == "loopback" && is_loopback(&url)))
 }
 
 /// Returns the registered URI that `requested` matches, if any.
@@ -74,10 +63,7 @@ pub fn find_match<'a>(registered: &'a [String], requested: &str) -> Option<&'a S
     }
     registered.iter().find(|r| {
         Url::parse(r).is_ok_and(|reg| {
-            reg.scheme() == "http"
-                && reg.host() == req.host()
-                && reg.path() == req.path()
-                && reg.query() == req.query()
+            reg.scheme() == "http" && reg.host() == req.host() && reg.path() == req.path() && reg.query() == req.query()
         })
     })
 }
@@ -102,26 +88,17 @@ mod tests {
     #[test]
     fn allowlist_matches_hosts_exactly_and_loopback_by_keyword() {
         let allowed = vec!["claude.ai".to_owned(), "loopback".to_owned()];
-        assert!(host_allowed(
-            "https://claude.ai/api/mcp/auth_callback",
-            &allowed
-        ));
+        assert!(host_allowed("https://claude.ai/api/mcp/auth_callback", &allowed));
         assert!(host_allowed("http://127.0.0.1:5000/cb", &allowed));
         assert!(host_allowed("http://[::1]:5000/cb", &allowed));
         assert!(!host_allowed("https://evil.claude.ai.example/cb", &allowed));
-        assert!(!host_allowed(
-            "https://chatgpt.com/connector/oauth/x",
-            &allowed
-        ));
+        assert!(!host_allowed("https://chatgpt.com/connector/oauth/x", &allowed));
         assert!(host_allowed("https://anything.example/cb", &[]));
     }
 
     #[test]
     fn matching_is_exact_except_the_loopback_port() {
-        let reg = vec![
-            "https://a.example/cb".to_owned(),
-            "http://127.0.0.1:1234/callback".to_owned(),
-        ];
+        let reg = vec!["https://a.example/cb".to_owned(), "http://127.0.0.1:1234/callback".to_owned()];
         assert!(find_match(&reg, "https://a.example/cb").is_some());
         assert!(find_match(&reg, "https://a.example/cb/").is_none());
         assert!(find_match(&reg, "https://a.example/cb?x=1").is_none());

@@ -47,15 +47,11 @@ fn string_array(obj: &Map<String, Value>, name: &str) -> Result<Option<Vec<Strin
             .iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s.clone()),
-                _ => Err(metadata_error(format!(
-                    "`{name}` must be an array of strings"
-                ))),
+                _ => Err(metadata_error(format!("`{name}` must be an array of strings"))),
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some),
-        Some(_) => Err(metadata_error(format!(
-            "`{name}` must be an array of strings"
-        ))),
+        Some(_) => Err(metadata_error(format!("`{name}` must be an array of strings"))),
     }
 }
 
@@ -69,14 +65,8 @@ pub struct Registration {
 
 /// Validates RFC 7591 client metadata (a parsed JSON body) and builds the client.
 /// `allowed_hosts` is the operator's redirect-host allowlist (empty: any host).
-pub fn register(
-    body: &Value,
-    now: UnixTime,
-    allowed_hosts: &[String],
-) -> Result<Registration, OAuthError> {
-    let obj = body
-        .as_object()
-        .ok_or_else(|| metadata_error("the body must be a JSON object"))?;
+pub fn register(body: &Value, now: UnixTime, allowed_hosts: &[String]) -> Result<Registration, OAuthError> {
+    let obj = body.as_object().ok_or_else(|| metadata_error("the body must be a JSON object"))?;
 
     let redirect_uris = string_array(obj, "redirect_uris")
         .map_err(|_| redirect_error("`redirect_uris` must be an array of strings"))?
@@ -85,16 +75,12 @@ pub fn register(
         return Err(redirect_error("`redirect_uris` must not be empty"));
     }
     if redirect_uris.len() > MAX_REDIRECT_URIS {
-        return Err(redirect_error(format!(
-            "at most {MAX_REDIRECT_URIS} `redirect_uris` are accepted"
-        )));
+        return Err(redirect_error(format!("at most {MAX_REDIRECT_URIS} `redirect_uris` are accepted")));
     }
     for uri in &redirect_uris {
         redirect_uri::validate_for_registration(uri).map_err(redirect_error)?;
         if !redirect_uri::host_allowed(uri, allowed_hosts) {
-            return Err(redirect_error(format!(
-                "`{uri}`: this server does not accept redirect URIs on that host"
-            )));
+            return Err(redirect_error(format!("`{uri}`: this server does not accept redirect URIs on that host")));
         }
     }
 
@@ -109,38 +95,24 @@ pub fn register(
 
     let grant_types = string_array(obj, "grant_types")?
         .unwrap_or_else(|| vec!["authorization_code".to_owned(), "refresh_token".to_owned()]);
-    if let Some(g) = grant_types
-        .iter()
-        .find(|g| !matches!(g.as_str(), "authorization_code" | "refresh_token"))
-    {
-        return Err(metadata_error(format!(
-            "grant type `{g}` in `grant_types` is not supported"
-        )));
+    if let Some(g) = grant_types.iter().find(|g| !matches!(g.as_str(), "authorization_code" | "refresh_token")) {
+        return Err(metadata_error(format!("grant type `{g}` in `grant_types` is not supported")));
     }
     if !grant_types.iter().any(|g| g == "authorization_code") {
-        return Err(metadata_error(
-            "`grant_types` must include authorization_code",
-        ));
+        return Err(metadata_error("`grant_types` must include authorization_code"));
     }
-    let response_types =
-        string_array(obj, "response_types")?.unwrap_or_else(|| vec!["code".to_owned()]);
+    let response_types = string_array(obj, "response_types")?.unwrap_or_else(|| vec!["code".to_owned()]);
     if response_types.iter().any(|r| r != "code") || response_types.is_empty() {
         return Err(metadata_error("`response_types` must be [\"code\"]"));
     }
 
     let client_name = string_field(obj, "client_name")?;
-    if client_name
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > MAX_CLIENT_NAME)
-    {
-        return Err(metadata_error(format!(
-            "`client_name` is longer than {MAX_CLIENT_NAME} characters"
-        )));
+    if client_name.as_ref().is_some_and(|n| n.chars().count() > MAX_CLIENT_NAME) {
+        return Err(metadata_error(format!("`client_name` is longer than {MAX_CLIENT_NAME} characters")));
     }
     let scope = string_field(obj, "scope")?;
     if let Some(s) = &scope {
-        scope::parse(s)
-            .map_err(|_| metadata_error("`scope` is not a space-separated list of scope tokens"))?;
+        scope::parse(s).map_err(|_| metadata_error("`scope` is not a space-separated list of scope tokens"))?;
     }
 
     let secret = (auth_method != ClientAuthMethod::None).then(crypto::random_token);
@@ -158,29 +130,16 @@ pub fn register(
         first_authorized_at: Default::default(),
         registration_token: Some(TokenHash::of(&registration_token)),
     };
-    Ok(Registration {
-        client,
-        secret,
-        registration_token,
-    })
+    Ok(Registration { client, secret, registration_token })
 }
 
 /// RFC 7592 §2.2: replaces a client's metadata. The body must name the client's `client_id`; a `client_secret`,
 /// if sent, must be the client's; the authentication method cannot change. Identity, secret and registration
 /// token stay.
-pub fn update(
-    existing: &Client,
-    body: &Value,
-    now: UnixTime,
-    allowed_hosts: &[String],
-) -> Result<Client, OAuthError> {
-    let obj = body
-        .as_object()
-        .ok_or_else(|| metadata_error("the body must be a JSON object"))?;
+pub fn update(existing: &Client, body: &Value, now: UnixTime, allowed_hosts: &[String]) -> Result<Client, OAuthError> {
+    let obj = body.as_object().ok_or_else(|| metadata_error("the body must be a JSON object"))?;
     if string_field(obj, "client_id")?.as_deref() != Some(existing.client_id.as_str()) {
-        return Err(metadata_error(
-            "`client_id` must be present and equal to this client's",
-        ));
+        return Err(metadata_error("`client_id` must be present and equal to this client's"));
     }
     if let Some(secret) = string_field(obj, "client_secret")? {
         if !existing.secret_hash.is_some_and(|h| h.matches(&secret)) {
@@ -192,19 +151,14 @@ pub fn update(
         fresh.auth_method = existing.auth_method;
     }
     if fresh.auth_method != existing.auth_method {
-        return Err(metadata_error(
-            "`token_endpoint_auth_method` cannot be changed; register a new client",
-        ));
+        return Err(metadata_error("`token_endpoint_auth_method` cannot be changed; register a new client"));
     }
     fresh.client_id = existing.client_id.clone();
     fresh.secret_hash = existing.secret_hash;
     fresh.issued_at = existing.issued_at;
     fresh.registration_token = existing.registration_token;
-    fresh.first_authorized_at = std::sync::atomic::AtomicU64::new(
-        existing
-            .first_authorized_at
-            .load(std::sync::atomic::Ordering::Relaxed),
-    );
+    fresh.first_authorized_at =
+        std::sync::atomic::AtomicU64::new(existing.first_authorized_at.load(std::sync::atomic::Ordering::Relaxed));
     Ok(fresh)
 }
 
@@ -223,11 +177,7 @@ fn dedup(mut v: Vec<String>) -> Vec<String> {
 /// The RFC 7591 §3.2.1 response body.
 /// `management`: the RFC 7592 registration access token (only in the registration response) and the client's
 /// configuration URL.
-pub fn response_body(
-    client: &Client,
-    secret: Option<&str>,
-    management: (Option<&str>, &str),
-) -> Value {
+pub fn response_body(client: &Client, secret: Option<&str>, management: (Option<&str>, &str)) -> Value {
     let mut doc = json!({
         "client_id": client.client_id,
         "client_id_issued_at": client.issued_at,
@@ -276,10 +226,7 @@ mod tests {
             let body = response_body(&r.client, None, (None, "https://p/register/x"));
             assert!(body.get("client_secret").is_none());
             assert!(body.get("client_name").is_none());
-            assert_eq!(
-                body["grant_types"],
-                json!(["authorization_code", "refresh_token"])
-            );
+            assert_eq!(body["grant_types"], json!(["authorization_code", "refresh_token"]));
         }
     }
 
@@ -290,31 +237,17 @@ mod tests {
         let secret = r.and_then(|r| r.secret.clone()).unwrap_or_default();
         assert_eq!(secret.len(), 43);
         assert!(r.is_some_and(|r| r.client.secret_hash.is_some_and(|h| h.matches(&secret))));
-        assert_eq!(
-            r.map(|r| r.client.auth_method),
-            Some(ClientAuthMethod::ClientSecretBasic)
-        );
+        assert_eq!(r.map(|r| r.client.auth_method), Some(ClientAuthMethod::ClientSecretBasic));
     }
 
     #[test]
     fn bad_metadata_names_the_field() {
         assert_eq!(code(json!({})), Some(ErrorCode::InvalidRedirectUri));
+        assert_eq!(code(json!({"redirect_uris": []})), Some(ErrorCode::InvalidRedirectUri));
+        assert_eq!(code(json!({"redirect_uris": "https://a/cb"})), Some(ErrorCode::InvalidRedirectUri));
+        assert_eq!(code(json!({"redirect_uris": ["http://evil.example/cb"]})), Some(ErrorCode::InvalidRedirectUri));
         assert_eq!(
-            code(json!({"redirect_uris": []})),
-            Some(ErrorCode::InvalidRedirectUri)
-        );
-        assert_eq!(
-            code(json!({"redirect_uris": "https://a/cb"})),
-            Some(ErrorCode::InvalidRedirectUri)
-        );
-        assert_eq!(
-            code(json!({"redirect_uris": ["http://evil.example/cb"]})),
-            Some(ErrorCode::InvalidRedirectUri)
-        );
-        assert_eq!(
-            code(
-                json!({"redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "private_key_jwt"})
-            ),
+            code(json!({"redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "private_key_jwt"})),
             Some(ErrorCode::InvalidClientMetadata)
         );
         assert_eq!(

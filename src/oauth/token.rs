@@ -24,9 +24,7 @@ use crate::config::TokenConfig;
 use crate::crypto::{self, Sealer, TokenHash};
 use crate::error::{ErrorCode, OAuthError};
 use crate::http::params::Params;
-use crate::store::{
-    AccessToken, Client, ClientAuthMethod, Grant, RefreshToken, Rotation, SpentCode, Store,
-};
+use crate::store::{AccessToken, Client, ClientAuthMethod, Grant, RefreshToken, Rotation, SpentCode, Store};
 
 /// A successful token response (RFC 6749 §5.1).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -40,11 +38,7 @@ pub struct TokenResponse {
 }
 
 /// Authenticates the client of a token, revocation or introspection request.
-pub fn authenticate_client(
-    store: &Store,
-    headers: &HeaderMap,
-    params: &Params,
-) -> Result<Arc<Client>, OAuthError> {
+pub fn authenticate_client(store: &Store, headers: &HeaderMap, params: &Params) -> Result<Arc<Client>, OAuthError> {
     let basic = match headers.get(header::AUTHORIZATION) {
         Some(value) => Some(parse_basic(value.to_str().unwrap_or(""))?),
         None => None,
@@ -52,14 +46,10 @@ pub fn authenticate_client(
     let (client_id, secret, method) = match basic {
         Some((id, secret)) => {
             if params.get("client_secret").is_some() {
-                return Err(OAuthError::invalid_request(
-                    "use one client authentication method, not two",
-                ));
+                return Err(OAuthError::invalid_request("use one client authentication method, not two"));
             }
             if params.get("client_id").is_some_and(|body_id| body_id != id) {
-                return Err(OAuthError::invalid_request(
-                    "client_id differs from the Authorization header",
-                ));
+                return Err(OAuthError::invalid_request("client_id differs from the Authorization header"));
             }
             (id, Some(secret), ClientAuthMethod::ClientSecretBasic)
         }
@@ -105,18 +95,13 @@ pub fn parse_basic(value: &str) -> Result<(String, String), OAuthError> {
     let bad = || OAuthError::invalid_client("malformed Basic authorization header");
     let (scheme, rest) = value.split_once(' ').ok_or_else(bad)?;
     if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(OAuthError::invalid_client(
-            "the token endpoint accepts only Basic client authentication",
-        ));
+        return Err(OAuthError::invalid_client("the token endpoint accepts only Basic client authentication"));
     }
     let decoded = STANDARD.decode(rest.trim()).map_err(|_| bad())?;
     let text = String::from_utf8(decoded).map_err(|_| bad())?;
     let (id, secret) = text.split_once(':').ok_or_else(bad)?;
     let decode = |s: &str| -> String {
-        form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
+        form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
     };
     let (id, secret) = (decode(id), decode(secret));
     if id.is_empty() {
@@ -135,11 +120,7 @@ pub struct TokenContext<'a> {
 }
 
 /// Dispatches on `grant_type`.
-pub fn exchange(
-    ctx: &TokenContext<'_>,
-    client: &Client,
-    params: &Params,
-) -> Result<TokenResponse, OAuthError> {
+pub fn exchange(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, OAuthError> {
     match params.require("grant_type")? {
         "authorization_code" => redeem_code(ctx, client, params),
         "refresh_token" => {
@@ -153,70 +134,43 @@ pub fn exchange(
         }
         other => Err(OAuthError::new(
             ErrorCode::UnsupportedGrantType,
-            format!(
-                "grant_type `{other}` is not supported; use authorization_code or refresh_token"
-            ),
+            format!("grant_type `{other}` is not supported; use authorization_code or refresh_token"),
         )),
     }
 }
 
-fn check_resource(
-    ctx: &TokenContext<'_>,
-    params: &Params,
-    bound: Option<&str>,
-) -> Result<(), OAuthError> {
+fn check_resource(ctx: &TokenContext<'_>, params: &Params, bound: Option<&str>) -> Result<(), OAuthError> {
     match params.get("resource") {
         None => Ok(()),
-        Some(r) if bound.map_or_else(|| ctx.resources.iter().any(|ok| ok == r), |b| b == r) => {
-            Ok(())
-        }
-        Some(_) => Err(OAuthError::new(
-            ErrorCode::InvalidTarget,
-            "resource does not match the authorization",
-        )),
+        Some(r) if bound.map_or_else(|| ctx.resources.iter().any(|ok| ok == r), |b| b == r) => Ok(()),
+        Some(_) => Err(OAuthError::new(ErrorCode::InvalidTarget, "resource does not match the authorization")),
     }
 }
 
-fn redeem_code(
-    ctx: &TokenContext<'_>,
-    client: &Client,
-    params: &Params,
-) -> Result<TokenResponse, OAuthError> {
+fn redeem_code(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, OAuthError> {
     let code = params.require("code")?;
     let verifier = params.require("code_verifier")?;
     if !pkce::is_valid_verifier(verifier) {
-        return Err(OAuthError::invalid_request(
-            "code_verifier must be 43-128 unreserved characters (RFC 7636)",
-        ));
+        return Err(OAuthError::invalid_request("code_verifier must be 43-128 unreserved characters (RFC 7636)"));
     }
     let hash = TokenHash::of(code);
     let Some((_, code)) = ctx.store.codes.remove(&hash) else {
         if let Some(spent) = ctx.store.spent_codes.get(&hash).map(|s| *s) {
             ctx.store.revoke_grant(spent.grant);
             tracing::warn!(client_id = %client.client_id, "authorization code replayed; its grant is revoked");
-            return Err(OAuthError::invalid_grant(
-                "authorization code was already used",
-            ));
+            return Err(OAuthError::invalid_grant("authorization code was already used"));
         }
-        return Err(OAuthError::invalid_grant(
-            "authorization code is invalid or expired",
-        ));
+        return Err(OAuthError::invalid_grant("authorization code is invalid or expired"));
     };
     if code.client_id != client.client_id {
-        return Err(OAuthError::invalid_grant(
-            "authorization code was issued to another client",
-        ));
+        return Err(OAuthError::invalid_grant("authorization code was issued to another client"));
     }
     if code.expires_at <= ctx.now {
         return Err(OAuthError::invalid_grant("authorization code expired"));
     }
     match params.get("redirect_uri") {
         Some(r) if r == code.redirect_uri => {}
-        Some(_) => {
-            return Err(OAuthError::invalid_grant(
-                "redirect_uri differs from the authorization request",
-            ))
-        }
+        Some(_) => return Err(OAuthError::invalid_grant("redirect_uri differs from the authorization request")),
         None if code.redirect_uri_explicit => {
             return Err(OAuthError::invalid_grant(
                 "redirect_uri is required: it was sent with the authorization request",
@@ -225,28 +179,14 @@ fn redeem_code(
         None => {}
     }
     if !pkce::verify_s256(verifier, &code.code_challenge) {
-        return Err(OAuthError::invalid_grant(
-            "code_verifier does not match the code_challenge",
-        ));
+        return Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge"));
     }
     check_resource(ctx, params, code.resource.as_deref())?;
 
     client.mark_authorized(ctx.now);
-    let grant = Grant::new(
-        client.client_id.clone(),
-        code.scope,
-        code.resource,
-        code.login,
-        ctx.now,
-    );
+    let grant = Grant::new(client.client_id.clone(), code.scope, code.resource, code.login, ctx.now);
     ctx.store.grants.insert(grant.id, grant.clone());
-    ctx.store.spent_codes.insert(
-        hash,
-        SpentCode {
-            grant: grant.id,
-            expires_at: code.expires_at,
-        },
-    );
+    ctx.store.spent_codes.insert(hash, SpentCode { grant: grant.id, expires_at: code.expires_at });
     let with_refresh = client.grant_types.iter().any(|g| g == "refresh_token");
     Ok(issue(ctx, &grant, with_refresh))
 }
@@ -263,13 +203,9 @@ fn issue(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -> Toke
 fn mint(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -> TokenResponse {
     let access = crypto::random_token();
     let ttl = ctx.config.access_ttl.as_secs();
-    ctx.store.access_tokens.insert(
-        TokenHash::of(&access),
-        AccessToken {
-            grant: grant.clone(),
-            expires_at: ctx.now + ttl,
-        },
-    );
+    ctx.store
+        .access_tokens
+        .insert(TokenHash::of(&access), AccessToken { grant: grant.clone(), expires_at: ctx.now + ttl });
     TokenResponse {
         access_token: access,
         token_type: "Bearer".to_owned(),
@@ -282,14 +218,9 @@ fn mint(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -> Token
 fn insert_refresh(ctx: &TokenContext<'_>, grant: &Arc<Grant>, refresh: &str) {
     let expires_at = ctx.now + ctx.config.refresh_ttl.as_secs();
     grant.extend_to(expires_at);
-    ctx.store.refresh_tokens.insert(
-        TokenHash::of(refresh),
-        RefreshToken {
-            grant: grant.clone(),
-            expires_at,
-            rotated: None,
-        },
-    );
+    ctx.store
+        .refresh_tokens
+        .insert(TokenHash::of(refresh), RefreshToken { grant: grant.clone(), expires_at, rotated: None });
 }
 
 /// The key that seals a rotated token's successor: derived from the rotated token, which the store does not keep.
@@ -307,20 +238,14 @@ struct SealedPair {
     scope: String,
 }
 
-fn refresh(
-    ctx: &TokenContext<'_>,
-    client: &Client,
-    params: &Params,
-) -> Result<TokenResponse, OAuthError> {
+fn refresh(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, OAuthError> {
     let presented = params.require("refresh_token")?;
     let hash = TokenHash::of(presented);
     let dead = || OAuthError::invalid_grant("refresh token is invalid, expired or revoked");
     let mut record = ctx.store.refresh_tokens.get_mut(&hash).ok_or_else(dead)?;
     let grant = record.grant.clone();
     if grant.client_id != client.client_id {
-        return Err(OAuthError::invalid_grant(
-            "refresh token was issued to another client",
-        ));
+        return Err(OAuthError::invalid_grant("refresh token was issued to another client"));
     }
     if record.expires_at <= ctx.now || grant.is_revoked() {
         return Err(dead());
@@ -351,9 +276,7 @@ fn refresh(
             Ok(pair)
         }
         Some(rotation) if ctx.now <= rotation.at + ctx.config.refresh_grace.as_secs() => {
-            let plain = successor_sealer(presented)
-                .open(&hash.0, &rotation.sealed_successor)
-                .map_err(|_| dead())?;
+            let plain = successor_sealer(presented).open(&hash.0, &rotation.sealed_successor).map_err(|_| dead())?;
             drop(record);
             let pair: SealedPair = serde_json::from_slice(&plain).map_err(|_| dead())?;
             Ok(TokenResponse {
@@ -368,9 +291,7 @@ fn refresh(
             drop(record);
             ctx.store.revoke_grant(grant.id);
             tracing::warn!(client_id = %client.client_id, "rotated refresh token reused; the grant is revoked");
-            Err(OAuthError::invalid_grant(
-                "refresh token was already used; the authorization is revoked",
-            ))
+            Err(OAuthError::invalid_grant("refresh token was already used; the authorization is revoked"))
         }
     }
 }
@@ -423,10 +344,7 @@ mod tests {
                 scope: vec!["openid".into()],
                 resource: None,
                 expires_at: 1600,
-                login: UpstreamLogin {
-                    credential: UpstreamCredential::Local,
-                    identity: Identity::default(),
-                },
+                login: UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() },
             },
         );
     }
@@ -445,42 +363,24 @@ mod tests {
     fn replayed_code_fails_and_revokes_issued_tokens() {
         let store = Store::new();
         let cfg = config();
-        let ctx = TokenContext {
-            store: &store,
-            config: &cfg,
-            now: 1000,
-            resources: &[],
-        };
+        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
         put_code(&store, "code1", "c1");
         let first = exchange(&ctx, &client("c1"), &code_params("code1"));
-        let Ok(first) = first else {
-            panic!("first redemption failed: {first:?}")
-        };
-        assert!(store
-            .access_token(&TokenHash::of(&first.access_token), 1000)
-            .is_some());
+        let Ok(first) = first else { panic!("first redemption failed: {first:?}") };
+        assert!(store.access_token(&TokenHash::of(&first.access_token), 1000).is_some());
         let again = exchange(&ctx, &client("c1"), &code_params("code1"));
         assert_eq!(again.err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
-        assert!(store
-            .access_token(&TokenHash::of(&first.access_token), 1000)
-            .is_none());
+        assert!(store.access_token(&TokenHash::of(&first.access_token), 1000).is_none());
     }
 
     #[test]
     fn code_of_another_client_wrong_verifier_and_expiry_are_invalid_grant() {
         let store = Store::new();
         let cfg = config();
-        let ctx = TokenContext {
-            store: &store,
-            config: &cfg,
-            now: 1000,
-            resources: &[],
-        };
+        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
         put_code(&store, "a", "c1");
         assert_eq!(
-            exchange(&ctx, &client("c2"), &code_params("a"))
-                .err()
-                .map(|e| e.code),
+            exchange(&ctx, &client("c2"), &code_params("a")).err().map(|e| e.code),
             Some(ErrorCode::InvalidGrant)
         );
         put_code(&store, "b", "c1");
@@ -488,21 +388,11 @@ mod tests {
             "grant_type=authorization_code&code=b&redirect_uri=https%3A%2F%2Fa.example%2Fcb&code_verifier={}",
             "x".repeat(43)
         ));
-        assert_eq!(
-            exchange(&ctx, &client("c1"), &bad).err().map(|e| e.code),
-            Some(ErrorCode::InvalidGrant)
-        );
+        assert_eq!(exchange(&ctx, &client("c1"), &bad).err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
         put_code(&store, "c", "c1");
-        let late = TokenContext {
-            store: &store,
-            config: &cfg,
-            now: 1600,
-            resources: &[],
-        };
+        let late = TokenContext { store: &store, config: &cfg, now: 1600, resources: &[] };
         assert_eq!(
-            exchange(&late, &client("c1"), &code_params("c"))
-                .err()
-                .map(|e| e.code),
+            exchange(&late, &client("c1"), &code_params("c")).err().map(|e| e.code),
             Some(ErrorCode::InvalidGrant)
         );
     }
@@ -513,61 +403,30 @@ mod tests {
         let cfg = config();
         let c = client("c1");
         put_code(&store, "code", "c1");
-        let ctx = TokenContext {
-            store: &store,
-            config: &cfg,
-            now: 1000,
-            resources: &[],
-        };
-        let Ok(first) = exchange(&ctx, &c, &code_params("code")) else {
-            panic!("code redemption failed")
-        };
+        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
+        let Ok(first) = exchange(&ctx, &c, &code_params("code")) else { panic!("code redemption failed") };
         let r1 = first.refresh_token.clone().unwrap_or_default();
         let refresh_params = params(&format!("grant_type=refresh_token&refresh_token={r1}"));
-        let Ok(second) = exchange(&ctx, &c, &refresh_params) else {
-            panic!("refresh failed")
-        };
+        let Ok(second) = exchange(&ctx, &c, &refresh_params) else { panic!("refresh failed") };
         assert_ne!(second.refresh_token, first.refresh_token);
         // Within the grace window the same pair comes back.
         let ctx_grace = TokenContext { now: 1005, ..ctx };
         let replay = exchange(&ctx_grace, &c, &refresh_params).ok();
-        assert_eq!(
-            replay.as_ref().map(|r| &r.access_token),
-            Some(&second.access_token)
-        );
-        assert_eq!(
-            replay.map(|r| r.refresh_token),
-            Some(second.refresh_token.clone())
-        );
+        assert_eq!(replay.as_ref().map(|r| &r.access_token), Some(&second.access_token));
+        assert_eq!(replay.map(|r| r.refresh_token), Some(second.refresh_token.clone()));
         // After it, reuse revokes the grant, including the newest tokens.
-        let ctx_late = TokenContext {
-            now: 1100,
-            ..ctx_grace
-        };
-        assert_eq!(
-            exchange(&ctx_late, &c, &refresh_params)
-                .err()
-                .map(|e| e.code),
-            Some(ErrorCode::InvalidGrant)
-        );
-        assert!(store
-            .access_token(&TokenHash::of(&second.access_token), 1100)
-            .is_none());
+        let ctx_late = TokenContext { now: 1100, ..ctx_grace };
+        assert_eq!(exchange(&ctx_late, &c, &refresh_params).err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+        assert!(store.access_token(&TokenHash::of(&second.access_token), 1100).is_none());
         let r2 = second.refresh_token.unwrap_or_default();
         let next = params(&format!("grant_type=refresh_token&refresh_token={r2}"));
-        assert_eq!(
-            exchange(&ctx_late, &c, &next).err().map(|e| e.code),
-            Some(ErrorCode::InvalidGrant)
-        );
+        assert_eq!(exchange(&ctx_late, &c, &next).err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
     }
 
     #[test]
     fn basic_header_is_decoded_per_rfc6749_2_3_1() {
         let header = format!("Basic {}", STANDARD.encode("my%20id:p%3As"));
-        assert_eq!(
-            parse_basic(&header).ok(),
-            Some(("my id".to_owned(), "p:s".to_owned()))
-        );
+        assert_eq!(parse_basic(&header).ok(), Some(("my id".to_owned(), "p:s".to_owned())));
         assert!(parse_basic("Bearer abc").is_err());
         assert!(parse_basic("Basic !!!").is_err());
     }

@@ -15,10 +15,7 @@ pub enum UpstreamAuth {
     /// `Authorization: Bearer <IdP access token>`.
     Bearer(HeaderValue),
     /// Local login: identity headers, no Authorization.
-    Identity {
-        user: HeaderValue,
-        email: Option<HeaderValue>,
-    },
+    Identity { user: HeaderValue, email: Option<HeaderValue> },
 }
 
 /// Extracts the token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1).
@@ -46,15 +43,8 @@ pub fn token_in_query(query: Option<&str>) -> bool {
 }
 
 /// Finds the live grant of a request's bearer token.
-pub fn authenticate(
-    app: &App,
-    headers: &HeaderMap,
-    query: Option<&str>,
-) -> Result<Arc<Grant>, Error> {
-    let unauthorized = |problem| Error::Unauthorized {
-        problem,
-        resource_metadata: app.resource_metadata.clone(),
-    };
+pub fn authenticate(app: &App, headers: &HeaderMap, query: Option<&str>) -> Result<Arc<Grant>, Error> {
+    let unauthorized = |problem| Error::Unauthorized { problem, resource_metadata: app.resource_metadata.clone() };
     if token_in_query(query) {
         return Err(unauthorized(BearerProblem::InvalidRequest));
     }
@@ -77,11 +67,7 @@ fn header_value(s: &str) -> Option<HeaderValue> {
 ///
 /// `rejected`: the bearer the upstream just refused with 401. The token is then refreshed whatever its expiry,
 /// unless another request already replaced it.
-pub async fn upstream_auth(
-    app: &App,
-    grant: &Grant,
-    rejected: Option<&HeaderValue>,
-) -> Result<UpstreamAuth, Error> {
+pub async fn upstream_auth(app: &App, grant: &Grant, rejected: Option<&HeaderValue>) -> Result<UpstreamAuth, Error> {
     let margin = app.config.tokens.upstream_refresh_margin.as_secs();
     let usable = |auth: UpstreamAuth| match (&auth, rejected) {
         (UpstreamAuth::Bearer(current), Some(bad)) if current == bad => None,
@@ -98,9 +84,7 @@ pub async fn upstream_auth(
     if rejected.is_some() {
         // An upstream that refuses every token must not make the proxy hammer the IdP.
         let now = app.clock.now();
-        let last = grant
-            .forced_refresh_at
-            .swap(now, std::sync::atomic::Ordering::Relaxed);
+        let last = grant.forced_refresh_at.swap(now, std::sync::atomic::Ordering::Relaxed);
         if now < last + 30 {
             if let Some(auth) = current_auth(grant, now) {
                 return Ok(auth);
@@ -119,17 +103,22 @@ pub async fn upstream_auth(
     match refresh_with_retries(app, refresh_token).await {
         Ok(tokens) => {
             tracing::info!(client_id = %grant.client_id, "upstream access token refreshed");
+            app.metrics.upstream_refresh("ok");
             let bearer = tokens.bearer().clone();
             *grant.upstream_mut() = UpstreamCredential::Tokens(tokens);
             Ok(UpstreamAuth::Bearer(bearer))
         }
         Err(e) if e.ends_grant() => {
             tracing::warn!(client_id = %grant.client_id, error = %e, "upstream refresh refused; grant ended");
+            app.metrics.upstream_refresh("refused");
+            app.metrics.idp_error(&e);
             app.store.revoke_grant(grant.id);
             Err(unauthorized())
         }
         Err(e) => {
             tracing::warn!(client_id = %grant.client_id, error = %e, "upstream refresh failed");
+            app.metrics.upstream_refresh("failed");
+            app.metrics.idp_error(&e);
             current_auth(grant, app.clock.now())
                 .ok_or_else(|| Error::UpstreamUnavailable(format!("identity provider: {e}")))
         }
@@ -144,11 +133,7 @@ async fn refresh_with_retries(
     let mut pause = std::time::Duration::from_millis(100);
     let mut attempt = 1;
     loop {
-        match app
-            .idp
-            .refresh(refresh_token.clone(), app.clock.now())
-            .await
-        {
+        match app.idp.refresh(refresh_token.clone(), app.clock.now()).await {
             Err(e @ crate::idp::IdpError::Unavailable(_)) if attempt < 3 => {
                 tracing::info!(error = %e, attempt, "upstream refresh failed; retrying");
                 tokio::time::sleep(pause).await;
@@ -163,9 +148,7 @@ async fn refresh_with_retries(
 /// The grant's credential if it is valid beyond `valid_until`.
 fn current_auth(grant: &Grant, valid_until: u64) -> Option<UpstreamAuth> {
     match &*grant.upstream() {
-        UpstreamCredential::Tokens(t) if t.expires_at > valid_until => {
-            Some(UpstreamAuth::Bearer(t.bearer().clone()))
-        }
+        UpstreamCredential::Tokens(t) if t.expires_at > valid_until => Some(UpstreamAuth::Bearer(t.bearer().clone())),
         UpstreamCredential::Tokens(_) => None,
         UpstreamCredential::Local => Some(UpstreamAuth::Identity {
             user: header_value(&grant.identity.sub)?,
@@ -190,22 +173,10 @@ mod tests {
     fn bearer_scheme_is_case_insensitive_and_other_schemes_are_refused() {
         assert_eq!(token_from_headers(&headers(&["bearer abc"])), Ok("abc"));
         assert_eq!(token_from_headers(&headers(&["Bearer abc"])), Ok("abc"));
-        assert_eq!(
-            token_from_headers(&headers(&["Basic abc"])),
-            Err(BearerProblem::InvalidToken)
-        );
-        assert_eq!(
-            token_from_headers(&headers(&[])),
-            Err(BearerProblem::Missing)
-        );
-        assert_eq!(
-            token_from_headers(&headers(&["Bearer a", "Bearer b"])),
-            Err(BearerProblem::InvalidRequest)
-        );
-        assert_eq!(
-            token_from_headers(&headers(&["Bearer"])),
-            Err(BearerProblem::InvalidToken)
-        );
+        assert_eq!(token_from_headers(&headers(&["Basic abc"])), Err(BearerProblem::InvalidToken));
+        assert_eq!(token_from_headers(&headers(&[])), Err(BearerProblem::Missing));
+        assert_eq!(token_from_headers(&headers(&["Bearer a", "Bearer b"])), Err(BearerProblem::InvalidRequest));
+        assert_eq!(token_from_headers(&headers(&["Bearer"])), Err(BearerProblem::InvalidToken));
     }
 
     #[test]

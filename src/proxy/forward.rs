@@ -134,18 +134,14 @@ impl Forwarder {
         peer: SocketAddr,
     ) -> Result<Response<Body>, Error> {
         let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let uri: Uri = format!("{}{path_and_query}", self.base)
-            .parse()
-            .map_err(|_| {
-                Error::OAuth(crate::error::OAuthError::invalid_request(
-                    "request target cannot be forwarded",
-                ))
-            })?;
-        let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::try_from(a.as_str()).ok())
-        });
+        let uri: Uri = format!("{}{path_and_query}", self.base).parse().map_err(|_| {
+            Error::OAuth(crate::error::OAuthError::invalid_request("request target cannot be forwarded"))
+        })?;
+        let original_host = req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::try_from(a.as_str()).ok()));
 
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
@@ -172,18 +168,14 @@ impl Forwarder {
         if let Ok(v) = HeaderValue::try_from(xff) {
             headers.insert(X_FORWARDED_FOR.clone(), v);
         }
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(self.proto),
-        );
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(self.proto));
         if let Some(host) = original_host {
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
 
-        let resp = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await
-        {
+        let resp = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
             Err(_) => return Err(Error::UpstreamTimeout),
             Ok(Err(e)) => return Err(Error::UpstreamUnavailable(describe(&e))),
             Ok(Ok(resp)) => resp,
@@ -212,23 +204,14 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_listed_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         h.insert("mcp-session-id", HeaderValue::from_static("abc"));
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-secret-hop").is_none());
         assert!(h.get(header::TRANSFER_ENCODING).is_none());
         assert!(h.get(header::CONNECTION).is_none());
-        assert_eq!(
-            h.get("mcp-session-id").map(|v| v.as_bytes()),
-            Some(&b"abc"[..])
-        );
+        assert_eq!(h.get("mcp-session-id").map(|v| v.as_bytes()), Some(&b"abc"[..]));
     }
 }

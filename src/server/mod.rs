@@ -22,33 +22,16 @@ use tokio_rustls::TlsAcceptor;
 use crate::app::App;
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains.
-pub async fn serve(
-    listener: TcpListener,
-    app: Arc<App>,
-    tls: Option<TlsAcceptor>,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>, shutdown: impl Future<Output = ()>) {
     // `limits.header_timeout`: time allowed for the request headers (slowloris), for an idle keep-alive
     // connection's next request, and for a TLS handshake.
     let header_timeout = app.config.limits.header_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = GracefulShutdown::new();
     let sweeper = spawn_sweeper(app.clone());
-    let snapshots = app
-        .config
-        .store
-        .snapshot
-        .as_ref()
-        .map(|s| spawn_snapshot_writer(app.clone(), s.interval));
+    let snapshots = app.config.store.snapshot.as_ref().map(|s| spawn_snapshot_writer(app.clone(), s.interval));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -73,9 +56,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         match tls.clone() {
             None => {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                 let conn = watcher.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
@@ -85,16 +66,12 @@ pub async fn serve(
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream))
-                        .await
-                    {
+                    let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => return tracing::debug!("TLS handshake timed out"),
                     };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
@@ -128,11 +105,7 @@ pub async fn write_snapshot(app: &Arc<App>) {
     })
     .await;
     match result {
-        Ok(Ok(bytes)) => tracing::debug!(
-            bytes,
-            millis = started.elapsed().as_millis() as u64,
-            "snapshot written"
-        ),
+        Ok(Ok(bytes)) => tracing::debug!(bytes, millis = started.elapsed().as_millis() as u64, "snapshot written"),
         Ok(Err(e)) => tracing::warn!(error = %e, "snapshot not written"),
         Err(e) => tracing::warn!(error = %e, "snapshot task failed"),
     }
@@ -151,6 +124,33 @@ fn spawn_snapshot_writer(app: Arc<App>, interval: Duration) -> tokio::task::Join
     })
 }
 
+/// Serves `GET /metrics` (Prometheus text format) on its own listener until the task is dropped.
+pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let app = app.clone();
+                async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        let mut r = http::Response::new(crate::http::full(app.metrics.render(&app.store)));
+                        r.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                        );
+                        r
+                    } else {
+                        crate::error::Error::NotFound.into_response()
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
 /// Removes expired store entries every 30 seconds.
 fn spawn_sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -160,8 +160,7 @@ fn spawn_sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
             tick.tick().await;
             let now = app.clock.now();
             app.store.sweep(now);
-            app.store
-                .sweep_unused_clients(now, app.config.registration.unused_client_ttl.as_secs());
+            app.store.sweep_unused_clients(now, app.config.registration.unused_client_ttl.as_secs());
             app.rate_limiter.sweep(std::time::Instant::now());
         }
     })

@@ -21,44 +21,26 @@ use crate::config::TlsConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let data = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let data = std::fs::read(path).map_err(|source| TlsError::Read { path: path.display().to_string(), source })?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Invalid {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| TlsError::Invalid { path: path.display().to_string(), message: e.to_string() })?;
     if certs.is_empty() {
-        return Err(TlsError::Invalid {
-            path: path.display().to_string(),
-            message: "no PEM certificate found".into(),
-        });
+        return Err(TlsError::Invalid { path: path.display().to_string(), message: "no PEM certificate found".into() });
     }
     Ok(certs)
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let data = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let data = std::fs::read(path).map_err(|source| TlsError::Read { path: path.display().to_string(), source })?;
     rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|e| TlsError::Invalid {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?
+        .map_err(|e| TlsError::Invalid { path: path.display().to_string(), message: e.to_string() })?
         .ok_or_else(|| TlsError::Invalid {
             path: path.display().to_string(),
             message: "no PEM private key found".into(),
@@ -69,19 +51,11 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 pub fn load_pair(config: &TlsConfig) -> Result<Arc<CertifiedKey>, TlsError> {
     let certs = read_certs(&config.cert)?;
     let key = read_key(&config.key)?;
-    let invalid = |path: &Path, message: String| TlsError::Invalid {
-        path: path.display().to_string(),
-        message,
-    };
+    let invalid = |path: &Path, message: String| TlsError::Invalid { path: path.display().to_string(), message };
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| invalid(&config.key, format!("unsupported private key: {e}")))?;
     let pair = CertifiedKey::new(certs, signing);
-    pair.keys_match().map_err(|e| {
-        invalid(
-            &config.key,
-            format!("the key does not match the certificate: {e}"),
-        )
-    })?;
+    pair.keys_match().map_err(|e| invalid(&config.key, format!("the key does not match the certificate: {e}")))?;
     Ok(Arc::new(pair))
 }
 
@@ -93,12 +67,7 @@ pub struct ReloadingCert {
 
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }
 
@@ -109,19 +78,12 @@ fn modified(config: &TlsConfig) -> Option<(SystemTime, SystemTime)> {
 
 /// Builds the acceptor and starts the reload task.
 pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
-    let resolver = Arc::new(ReloadingCert {
-        current: RwLock::new(load_pair(config)?),
-    });
-    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| TlsError::Invalid {
-        path: config.cert.display().to_string(),
-        message: e.to_string(),
-    })?
-    .with_no_client_auth()
-    .with_cert_resolver(resolver.clone());
+    let resolver = Arc::new(ReloadingCert { current: RwLock::new(load_pair(config)?) });
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Invalid { path: config.cert.display().to_string(), message: e.to_string() })?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let config = config.clone();
     tokio::spawn(async move {

@@ -74,8 +74,7 @@ impl Store {
     /// Removes clients that never completed an authorization within `ttl` of registering.
     pub fn sweep_unused_clients(&self, now: UnixTime, ttl_secs: u64) -> usize {
         let before = self.clients.len();
-        self.clients
-            .retain(|_, c| c.was_authorized() || c.issued_at + ttl_secs > now);
+        self.clients.retain(|_, c| c.was_authorized() || c.issued_at + ttl_secs > now);
         before - self.clients.len()
     }
 
@@ -85,12 +84,9 @@ impl Store {
         self.idp_requests.retain(|_, r| r.pending.expires_at > now);
         self.codes.retain(|_, c| c.expires_at > now);
         self.spent_codes.retain(|_, c| c.expires_at > now);
-        self.access_tokens
-            .retain(|_, t| t.expires_at > now && !t.grant.is_revoked());
-        self.refresh_tokens
-            .retain(|_, t| t.expires_at > now && !t.grant.is_revoked());
-        self.grants
-            .retain(|_, g| !g.is_revoked() && g.expires_at() > now);
+        self.access_tokens.retain(|_, t| t.expires_at > now && !t.grant.is_revoked());
+        self.refresh_tokens.retain(|_, t| t.expires_at > now && !t.grant.is_revoked());
+        self.grants.retain(|_, g| !g.is_revoked() && g.expires_at() > now);
     }
 
     pub fn stats(&self) -> StoreStats {

@@ -58,12 +58,7 @@ pub struct Client {
 impl Client {
     /// Records that the client completed an authorization.
     pub fn mark_authorized(&self, now: UnixTime) {
-        let _ = self.first_authorized_at.compare_exchange(
-            0,
-            now.max(1),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        let _ = self.first_authorized_at.compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);
     }
 
     pub fn was_authorized(&self) -> bool {
@@ -148,26 +143,18 @@ impl UpstreamTokens {
         expires_at: UnixTime,
         scope: Option<String>,
     ) -> Result<Self, InvalidUpstreamToken> {
-        let mut bearer = HeaderValue::try_from(format!("{BEARER_PREFIX}{access_token}"))
-            .map_err(|_| InvalidUpstreamToken)?;
+        let mut bearer =
+            HeaderValue::try_from(format!("{BEARER_PREFIX}{access_token}")).map_err(|_| InvalidUpstreamToken)?;
         bearer.set_sensitive(true);
         // A header value may hold obs-text bytes that are not UTF-8; `access_token()` needs a str.
         if bearer.to_str().is_err() {
             return Err(InvalidUpstreamToken);
         }
-        Ok(Self {
-            refresh_token: refresh_token.map(SecretString::from),
-            bearer,
-            expires_at,
-            scope,
-        })
+        Ok(Self { refresh_token: refresh_token.map(SecretString::from), bearer, expires_at, scope })
     }
 
     pub fn access_token(&self) -> &str {
-        self.bearer
-            .to_str()
-            .map(|v| v.strip_prefix(BEARER_PREFIX).unwrap_or(v))
-            .unwrap_or("")
+        self.bearer.to_str().map(|v| v.strip_prefix(BEARER_PREFIX).unwrap_or(v)).unwrap_or("")
     }
 
     pub fn refresh_token(&self) -> Option<&str> {
@@ -295,15 +282,11 @@ impl Grant {
 
     /// Read access to the upstream credential. Never hold it across an `.await`.
     pub fn upstream(&self) -> RwLockReadGuard<'_, UpstreamCredential> {
-        self.upstream
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.upstream.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn upstream_mut(&self) -> RwLockWriteGuard<'_, UpstreamCredential> {
-        self.upstream
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.upstream.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn is_revoked(&self) -> bool {

@@ -35,10 +35,7 @@ const VERSION: u8 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("snapshot {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("snapshot {path} is not a dcr-proxy snapshot (bad header or truncated)")]
     NotASnapshot { path: PathBuf },
     #[error("snapshot {path} has format version {version}; this build reads version {VERSION}")]
@@ -161,17 +158,9 @@ fn login_from(rec: LoginRec) -> Option<UpstreamLogin> {
         None => UpstreamCredential::Local,
     };
     let i = rec.identity;
-    let identity = Identity {
-        sub: i.sub,
-        name: i.name,
-        email: i.email,
-        preferred_username: i.preferred_username,
-        tid: i.tid,
-    };
-    Some(UpstreamLogin {
-        credential,
-        identity,
-    })
+    let identity =
+        Identity { sub: i.sub, name: i.name, email: i.email, preferred_username: i.preferred_username, tid: i.tid };
+    Some(UpstreamLogin { credential, identity })
 }
 
 fn collect(store: &Store, now: UnixTime) -> SnapshotV1 {
@@ -188,9 +177,7 @@ fn collect(store: &Store, now: UnixTime) -> SnapshotV1 {
             grant_types: c.grant_types.clone(),
             response_types: c.response_types.clone(),
             issued_at: c.issued_at,
-            first_authorized_at: c
-                .first_authorized_at
-                .load(std::sync::atomic::Ordering::Relaxed),
+            first_authorized_at: c.first_authorized_at.load(std::sync::atomic::Ordering::Relaxed),
             registration_token: c.registration_token.map(|h| h.0),
         })
         .collect();
@@ -220,10 +207,7 @@ fn collect(store: &Store, now: UnixTime) -> SnapshotV1 {
             grants[i].refresh.push(RefreshRec {
                 hash: t.key().0,
                 expires_at: t.expires_at,
-                rotated: t
-                    .rotated
-                    .as_ref()
-                    .map(|r| (r.at, r.sealed_successor.clone())),
+                rotated: t.rotated.as_ref().map(|r| (r.at, r.sealed_successor.clone())),
             });
         }
     }
@@ -243,37 +227,17 @@ fn collect(store: &Store, now: UnixTime) -> SnapshotV1 {
             login: login_rec(&c.login.credential, &c.login.identity),
         })
         .collect();
-    let spent_codes = store
-        .spent_codes
-        .iter()
-        .filter(|c| c.expires_at > now)
-        .map(|c| (c.key().0, c.grant.0, c.expires_at))
-        .collect();
-    SnapshotV1 {
-        written_at: now,
-        clients,
-        grants,
-        codes,
-        spent_codes,
-    }
+    let spent_codes =
+        store.spent_codes.iter().filter(|c| c.expires_at > now).map(|c| (c.key().0, c.grant.0, c.expires_at)).collect();
+    SnapshotV1 { written_at: now, clients, grants, codes, spent_codes }
 }
 
 /// Writes the store to `path` atomically. Blocking: call it from `spawn_blocking`.
-pub fn write(
-    store: &Store,
-    now: UnixTime,
-    path: &Path,
-    key: &SnapshotKey,
-) -> Result<usize, SnapshotError> {
-    let io = |source| SnapshotError::Io {
-        path: path.to_owned(),
-        source,
-    };
+pub fn write(store: &Store, now: UnixTime, path: &Path, key: &SnapshotKey) -> Result<usize, SnapshotError> {
+    let io = |source| SnapshotError::Io { path: path.to_owned(), source };
     let snapshot = collect(store, now);
-    let plain = postcard::to_allocvec(&snapshot).map_err(|e| SnapshotError::Decode {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let plain = postcard::to_allocvec(&snapshot)
+        .map_err(|e| SnapshotError::Decode { path: path.to_owned(), reason: e.to_string() })?;
     drop(snapshot);
     let mut header = MAGIC.to_vec();
     header.push(VERSION);
@@ -292,9 +256,7 @@ pub fn write(
     }
     std::fs::rename(&tmp, path).map_err(io)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     }
     Ok(header.len() + sealed.len())
 }
@@ -304,35 +266,20 @@ pub fn load(path: &Path, key: &SnapshotKey, now: UnixTime) -> Result<Store, Snap
     let data = match std::fs::read(path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Store::new()),
-        Err(source) => {
-            return Err(SnapshotError::Io {
-                path: path.to_owned(),
-                source,
-            })
-        }
+        Err(source) => return Err(SnapshotError::Io { path: path.to_owned(), source }),
     };
     if data.len() < MAGIC.len() + 1 || &data[..MAGIC.len()] != MAGIC {
-        return Err(SnapshotError::NotASnapshot {
-            path: path.to_owned(),
-        });
+        return Err(SnapshotError::NotASnapshot { path: path.to_owned() });
     }
     let version = data[MAGIC.len()];
     if version != VERSION {
-        return Err(SnapshotError::Version {
-            path: path.to_owned(),
-            version,
-        });
+        return Err(SnapshotError::Version { path: path.to_owned(), version });
     }
     let (header, sealed) = data.split_at(MAGIC.len() + 1);
-    let plain = Sealer::new(&key.0)
-        .open(header, sealed)
-        .map_err(|_| SnapshotError::Decrypt {
-            path: path.to_owned(),
-        })?;
-    let snapshot: SnapshotV1 = postcard::from_bytes(&plain).map_err(|e| SnapshotError::Decode {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let plain =
+        Sealer::new(&key.0).open(header, sealed).map_err(|_| SnapshotError::Decrypt { path: path.to_owned() })?;
+    let snapshot: SnapshotV1 = postcard::from_bytes(&plain)
+        .map_err(|e| SnapshotError::Decode { path: path.to_owned(), reason: e.to_string() })?;
     Ok(rebuild(snapshot, now))
 }
 
@@ -363,39 +310,15 @@ fn rebuild(s: SnapshotV1, now: UnixTime) -> Store {
         let Some(login) = login_from(g.login) else {
             continue;
         };
-        let grant = Grant::restore(
-            GrantId(g.id),
-            g.client_id,
-            g.scope,
-            g.resource,
-            login,
-            g.created_at,
-            g.expires_at,
-        );
+        let grant = Grant::restore(GrantId(g.id), g.client_id, g.scope, g.resource, login, g.created_at, g.expires_at);
         for (hash, expires_at) in g.access.into_iter().filter(|a| a.1 > now) {
-            store.access_tokens.insert(
-                TokenHash(hash),
-                AccessToken {
-                    grant: grant.clone(),
-                    expires_at,
-                },
-            );
+            store.access_tokens.insert(TokenHash(hash), AccessToken { grant: grant.clone(), expires_at });
         }
         for r in g.refresh.into_iter().filter(|r| r.expires_at > now) {
-            let rotated = r.rotated.map(|(at, sealed_successor)| {
-                Box::new(Rotation {
-                    at,
-                    sealed_successor,
-                })
-            });
-            store.refresh_tokens.insert(
-                TokenHash(r.hash),
-                RefreshToken {
-                    grant: grant.clone(),
-                    expires_at: r.expires_at,
-                    rotated,
-                },
-            );
+            let rotated = r.rotated.map(|(at, sealed_successor)| Box::new(Rotation { at, sealed_successor }));
+            store
+                .refresh_tokens
+                .insert(TokenHash(r.hash), RefreshToken { grant: grant.clone(), expires_at: r.expires_at, rotated });
         }
         store.grants.insert(grant.id, grant);
     }
@@ -418,13 +341,7 @@ fn rebuild(s: SnapshotV1, now: UnixTime) -> Store {
         );
     }
     for (hash, grant, expires_at) in s.spent_codes.into_iter().filter(|c| c.2 > now) {
-        store.spent_codes.insert(
-            TokenHash(hash),
-            SpentCode {
-                grant: GrantId(grant),
-                expires_at,
-            },
-        );
+        store.spent_codes.insert(TokenHash(hash), SpentCode { grant: GrantId(grant), expires_at });
     }
     store
 }
@@ -435,36 +352,17 @@ mod tests {
 
     fn sample_store() -> (Store, String) {
         let store = Store::new();
-        let tokens = UpstreamTokens::new(
-            "upstream-access-token-value".into(),
-            Some("upstream-refresh".into()),
-            5000,
-            None,
-        );
+        let tokens =
+            UpstreamTokens::new("upstream-access-token-value".into(), Some("upstream-refresh".into()), 5000, None);
         let login = UpstreamLogin {
             credential: UpstreamCredential::Tokens(tokens.unwrap_or_else(|_| unreachable!())),
-            identity: Identity {
-                sub: "alice".into(),
-                ..Identity::default()
-            },
+            identity: Identity { sub: "alice".into(), ..Identity::default() },
         };
         let grant = Grant::new("c1".into(), vec!["openid".into()], None, login, 100);
         grant.extend_to(9000);
         let access = crate::crypto::random_token();
-        store.access_tokens.insert(
-            TokenHash::of(&access),
-            AccessToken {
-                grant: grant.clone(),
-                expires_at: 4000,
-            },
-        );
-        store.access_tokens.insert(
-            TokenHash::of("expired"),
-            AccessToken {
-                grant: grant.clone(),
-                expires_at: 150,
-            },
-        );
+        store.access_tokens.insert(TokenHash::of(&access), AccessToken { grant: grant.clone(), expires_at: 4000 });
+        store.access_tokens.insert(TokenHash::of("expired"), AccessToken { grant: grant.clone(), expires_at: 150 });
         store.grants.insert(grant.id, grant);
         (store, access)
     }
@@ -479,49 +377,28 @@ mod tests {
         assert!(write(&store, 200, &path, &key).is_ok());
         let bytes = std::fs::read(&path).unwrap_or_default();
         let needle = b"upstream-access-token-value";
-        assert!(
-            !bytes.windows(needle.len()).any(|w| w == needle),
-            "upstream token in clear"
-        );
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle), "upstream token in clear");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(&path)
-                .map(|m| m.permissions().mode() & 0o777)
-                .unwrap_or(0);
+            let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
             assert_eq!(mode, 0o600);
         }
         let loaded = load(&path, &key, 200).map_err(|e| e.to_string());
         assert!(loaded.is_ok(), "{:?}", loaded.as_ref().err());
         let loaded = loaded.unwrap_or_default();
         assert!(loaded.access_token(&TokenHash::of(&access), 200).is_some());
-        assert_eq!(
-            loaded.access_tokens.len(),
-            1,
-            "expired access token dropped"
-        );
-        assert!(matches!(
-            load(&path, &SnapshotKey([4u8; 32]), 200),
-            Err(SnapshotError::Decrypt { .. })
-        ));
+        assert_eq!(loaded.access_tokens.len(), 1, "expired access token dropped");
+        assert!(matches!(load(&path, &SnapshotKey([4u8; 32]), 200), Err(SnapshotError::Decrypt { .. })));
         let mut flipped = bytes.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0x01;
         let _ = std::fs::write(&path, &flipped);
-        assert!(matches!(
-            load(&path, &key, 200),
-            Err(SnapshotError::Decrypt { .. })
-        ));
+        assert!(matches!(load(&path, &key, 200), Err(SnapshotError::Decrypt { .. })));
         let _ = std::fs::write(&path, &bytes[..bytes.len() / 2]);
-        assert!(matches!(
-            load(&path, &key, 200),
-            Err(SnapshotError::Decrypt { .. })
-        ));
+        assert!(matches!(load(&path, &key, 200), Err(SnapshotError::Decrypt { .. })));
         let _ = std::fs::write(&path, b"hello");
-        assert!(matches!(
-            load(&path, &key, 200),
-            Err(SnapshotError::NotASnapshot { .. })
-        ));
+        assert!(matches!(load(&path, &key, 200), Err(SnapshotError::NotASnapshot { .. })));
         assert!(load(&dir.join("missing"), &key, 200).is_ok_and(|s| s.grants.is_empty()));
         let _ = std::fs::remove_dir_all(&dir);
     }

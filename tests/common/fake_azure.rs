@@ -72,10 +72,7 @@ pub struct FakeAzure {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn random(n: usize) -> String {
@@ -86,14 +83,7 @@ fn random(n: usize) -> String {
 
 fn guid() -> String {
     let h = hex(&random(16));
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 fn hex(s: &str) -> String {
@@ -149,9 +139,7 @@ fn parse(q: &[u8]) -> (HashMap<String, String>, bool) {
 }
 
 fn sign_id_token(authority: &str, aud: &str, nonce: Option<&str>) -> String {
-    let key = jsonwebtoken::EncodingKey::from_rsa_der(include_bytes!(
-        "../fixtures/fake_azure_rsa_pkcs1.der"
-    ));
+    let key = jsonwebtoken::EncodingKey::from_rsa_der(include_bytes!("../fixtures/fake_azure_rsa_pkcs1.der"));
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some(KID.to_owned());
     let t = now();
@@ -180,10 +168,7 @@ fn opaque_access_token() -> String {
 
 impl FakeAzure {
     pub async fn start() -> Self {
-        let state = Arc::new(Mutex::new(AzureState {
-            expires_in: 3599,
-            ..AzureState::default()
-        }));
+        let state = Arc::new(Mutex::new(AzureState { expires_in: 3599, ..AzureState::default() }));
         let shared = state.clone();
         let authority = Arc::new(Mutex::new(String::new()));
         let authority_for_handler = authority.clone();
@@ -240,12 +225,7 @@ async fn handle(
     let query = req.uri().query().unwrap_or("").to_owned();
     let headers = req.headers().clone();
     let method = req.method().clone();
-    let body_bytes = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body_bytes = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
 
     if path == "/v1.0/me" {
@@ -273,11 +253,8 @@ async fn handle(
     let rest = segments.get(1..).map(|s| s.join("/")).unwrap_or_default();
     match (method.as_str(), rest.as_str()) {
         ("GET", "v2.0/.well-known/openid-configuration") => {
-            let issuer_tenant = if matches!(tenant.as_str(), "common" | "organizations") {
-                "{tenantid}"
-            } else {
-                TENANT_ID
-            };
+            let issuer_tenant =
+                if matches!(tenant.as_str(), "common" | "organizations") { "{tenantid}" } else { TENANT_ID };
             let mut resp = json_ok(json!({
                 "token_endpoint": format!("{authority}/{tenant}/oauth2/v2.0/token"),
                 "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
@@ -293,10 +270,7 @@ async fn handle(
                 "msgraph_host": "graph.microsoft.com",
                 "tenant_region_scope": "EU",
             }));
-            resp.headers_mut().insert(
-                "cache-control",
-                "max-age=86400, private".parse().expect("hv"),
-            );
+            resp.headers_mut().insert("cache-control", "max-age=86400, private".parse().expect("hv"));
             resp
         }
         ("GET", "discovery/v2.0/keys") => json_ok(json!({"keys": [{
@@ -306,21 +280,12 @@ async fn handle(
         }]})),
         ("GET", "oauth2/v2.0/authorize") => {
             let (q, _) = parse(query.as_bytes());
-            state
-                .lock()
-                .expect("state")
-                .authorize_queries
-                .push(q.clone());
+            state.lock().expect("state").authorize_queries.push(q.clone());
             if q.get("client_id").map(String::as_str) != Some(APP_ID) {
-                return html(
-                    StatusCode::BAD_REQUEST,
-                    "AADSTS700016: Application not found in the directory.",
-                );
+                return html(StatusCode::BAD_REQUEST, "AADSTS700016: Application not found in the directory.");
             }
             let redirect_uri = q.get("redirect_uri").cloned().unwrap_or_default();
-            if !redirect_uri.ends_with("/callback")
-                || !redirect_uri.starts_with("http://127.0.0.1:")
-            {
+            if !redirect_uri.ends_with("/callback") || !redirect_uri.starts_with("http://127.0.0.1:") {
                 return html(
                     StatusCode::BAD_REQUEST,
                     "AADSTS50011: The redirect URI specified in the request does not match.",
@@ -328,10 +293,7 @@ async fn handle(
             }
             let scope = q.get("scope").cloned().unwrap_or_default();
             if scope.split(' ').any(|s| s.ends_with("/.default"))
-                && scope
-                    .split(' ')
-                    .filter(|s| !matches!(*s, "openid" | "profile" | "email" | "offline_access"))
-                    .count()
+                && scope.split(' ').filter(|s| !matches!(*s, "openid" | "profile" | "email" | "offline_access")).count()
                     > 1
             {
                 return html(
@@ -341,9 +303,7 @@ async fn handle(
             }
             let mut target = url::Url::parse(&redirect_uri).expect("redirect uri");
             if q.get("response_type").map(String::as_str) != Some("code") {
-                target
-                    .query_pairs_mut()
-                    .append_pair("error", "unsupported_response_type");
+                target.query_pairs_mut().append_pair("error", "unsupported_response_type");
                 return Response::builder()
                     .status(302)
                     .header("location", target.as_str())
@@ -355,14 +315,8 @@ async fn handle(
                 target
                     .query_pairs_mut()
                     .append_pair("error", &error)
-                    .append_pair(
-                        "error_description",
-                        &format!("AADSTS{code}: scripted.\r\nTrace ID: {}", guid()),
-                    )
-                    .append_pair(
-                        "error_uri",
-                        &format!("https://login.microsoftonline.com/error?code={code}"),
-                    );
+                    .append_pair("error_description", &format!("AADSTS{code}: scripted.\r\nTrace ID: {}", guid()))
+                    .append_pair("error_uri", &format!("https://login.microsoftonline.com/error?code={code}"));
                 if let Some(s) = q.get("state") {
                     target.query_pairs_mut().append_pair("state", s);
                 }
@@ -373,14 +327,9 @@ async fn handle(
                     .expect("resp");
             }
             let code = format!("1.AXo{}", random(300));
-            let challenge = q.get("code_challenge").map(|c| {
-                (
-                    c.clone(),
-                    q.get("code_challenge_method")
-                        .cloned()
-                        .unwrap_or_else(|| "plain".into()),
-                )
-            });
+            let challenge = q
+                .get("code_challenge")
+                .map(|c| (c.clone(), q.get("code_challenge_method").cloned().unwrap_or_else(|| "plain".into())));
             state.lock().expect("state").codes.insert(
                 code.clone(),
                 CodeGrant {
@@ -397,14 +346,8 @@ async fn handle(
             if let Some(s) = q.get("state") {
                 target.query_pairs_mut().append_pair("state", s);
             }
-            target
-                .query_pairs_mut()
-                .append_pair("session_state", &guid());
-            Response::builder()
-                .status(302)
-                .header("location", target.as_str())
-                .body(body(""))
-                .expect("resp")
+            target.query_pairs_mut().append_pair("session_state", &guid());
+            Response::builder().status(302).header("location", target.as_str()).body(body("")).expect("resp")
         }
         ("POST", "oauth2/v2.0/token") => token(&state, &authority, &tenant, &headers, &body_bytes),
         _ => html(StatusCode::NOT_FOUND, "not found"),
@@ -435,19 +378,11 @@ fn token(
                 .body(body("Too Many Requests"))
                 .expect("resp");
         }
-        return Response::builder()
-            .status(status)
-            .body(body("upstream failure"))
-            .expect("resp");
+        return Response::builder().status(status).body(body("upstream failure")).expect("resp");
     }
     let (form, dup) = parse(body_bytes);
     if dup {
-        return aad_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            900144,
-            "Duplicate parameter.",
-        );
+        return aad_error(StatusCode::BAD_REQUEST, "invalid_request", 900144, "Duplicate parameter.");
     }
     // Client authentication: post or Basic.
     let basic = headers
@@ -461,10 +396,7 @@ fn token(
             let (id, s) = pair.split_once(':').unwrap_or((&pair, ""));
             (id.to_owned(), Some(s.to_owned()))
         }
-        None => (
-            form.get("client_id").cloned().unwrap_or_default(),
-            form.get("client_secret").cloned(),
-        ),
+        None => (form.get("client_id").cloned().unwrap_or_default(), form.get("client_secret").cloned()),
     };
     if client_id != APP_ID {
         return aad_error(
@@ -475,12 +407,7 @@ fn token(
         );
     }
     if secret.as_deref() != Some(APP_SECRET) {
-        return aad_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7000215,
-            "Invalid client secret provided.",
-        );
+        return aad_error(StatusCode::UNAUTHORIZED, "invalid_client", 7000215, "Invalid client secret provided.");
     }
     let grant_type = form.get("grant_type").map(String::as_str).unwrap_or("");
     let (scope, nonce) = match grant_type {
@@ -500,29 +427,34 @@ fn token(
             };
             st.used_codes.insert(code);
             if grant.expires_at <= now() {
-                return aad_error(StatusCode::BAD_REQUEST, "invalid_grant", 70008, "The provided authorization code or refresh token has expired due to inactivity.");
-            }
-            if grant.tenant != tenant {
-                return aad_error(StatusCode::BAD_REQUEST, "invalid_grant", 700005, "Provided Authorization Code is intended to use against other tenant, thus rejected.");
-            }
-            if form.get("redirect_uri") != Some(&grant.redirect_uri) || grant.client_id != client_id
-            {
                 return aad_error(
                     StatusCode::BAD_REQUEST,
                     "invalid_grant",
-                    50148,
-                    "The redirect URI does not match.",
+                    70008,
+                    "The provided authorization code or refresh token has expired due to inactivity.",
                 );
+            }
+            if grant.tenant != tenant {
+                return aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    700005,
+                    "Provided Authorization Code is intended to use against other tenant, thus rejected.",
+                );
+            }
+            if form.get("redirect_uri") != Some(&grant.redirect_uri) || grant.client_id != client_id {
+                return aad_error(StatusCode::BAD_REQUEST, "invalid_grant", 50148, "The redirect URI does not match.");
             }
             if let Some((challenge, method)) = &grant.challenge {
                 let verifier = form.get("code_verifier").cloned().unwrap_or_default();
-                let computed = if method == "S256" {
-                    dcr_proxy::crypto::pkce_s256(&verifier)
-                } else {
-                    verifier
-                };
+                let computed = if method == "S256" { dcr_proxy::crypto::pkce_s256(&verifier) } else { verifier };
                 if &computed != challenge {
-                    return aad_error(StatusCode::BAD_REQUEST, "invalid_grant", 501481, "The Code_Verifier does not match the code_challenge supplied in the authorization request.");
+                    return aad_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        501481,
+                        "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+                    );
                 }
             }
             if form.get("scope").is_some_and(|s| s.is_empty()) {
@@ -548,7 +480,12 @@ fn token(
                 );
             };
             if !grant.valid {
-                return aad_error(StatusCode::BAD_REQUEST, "invalid_grant", 50173, "The provided grant has expired due to it being revoked, a fresh auth token is needed.");
+                return aad_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    50173,
+                    "The provided grant has expired due to it being revoked, a fresh auth token is needed.",
+                );
             }
             if strict {
                 grant.valid = false;
@@ -576,13 +513,7 @@ fn token(
     });
     if scope.split(' ').any(|s| s == "offline_access") {
         let rt = format!("1.AXoA{}", random(1100));
-        st.refresh_tokens.insert(
-            rt.clone(),
-            RefreshGrant {
-                scope: scope.clone(),
-                valid: true,
-            },
-        );
+        st.refresh_tokens.insert(rt.clone(), RefreshGrant { scope: scope.clone(), valid: true });
         doc["refresh_token"] = json!(rt);
     }
     if scope.split(' ').any(|s| s == "openid") {

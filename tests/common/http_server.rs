@@ -42,9 +42,7 @@ where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<FakeBody>> + Send + 'static,
 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind fake");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
     let addr = listener.local_addr().expect("fake addr");
     let handler = Arc::new(handler);
     let task = tokio::spawn(async move {
@@ -58,9 +56,7 @@ where
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(req).await) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });

@@ -55,60 +55,29 @@ impl TestProxy {
 
     /// Like [`TestProxy::start`] with extra `[server]` lines; a `[server.tls]` table there makes it https.
     pub async fn start_with(upstream_url: &str, server_extra: &str, idp_and_rest: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
-        let scheme = if server_extra.contains("[server.tls]") {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if server_extra.contains("[server.tls]") { "https" } else { "http" };
         let base = format!("{scheme}://{addr}");
         let text = format!(
             "[server]\nlisten = \"{addr}\"\npublic_url = \"{base}\"\nshutdown_grace = \"1s\"\n{server_extra}\n\
              [upstream]\nurl = \"{upstream_url}\"\nresource_path = \"/mcp\"\nconnect_timeout = \"2s\"\nresponse_timeout = \"2s\"\n\
              {idp_and_rest}"
         );
-        let config = Config::from_toml(&text, |_| None)
-            .unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
-        let clock = Clock::manual(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("time")
-                .as_secs(),
-        );
+        let config = Config::from_toml(&text, |_| None).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        let clock =
+            Clock::manual(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs());
         let app = App::new(config, clock.clone()).await.expect("app starts");
         let (tx, rx) = oneshot::channel::<()>();
-        let tls = app
-            .config
-            .server
-            .tls
-            .as_ref()
-            .map(|t| dcr_proxy::server::tls::acceptor(t).expect("TLS config"));
-        let task = tokio::spawn(dcr_proxy::server::serve(
-            listener,
-            app.clone(),
-            tls,
-            async {
-                let _ = rx.await;
-            },
-        ));
-        Self {
-            base,
-            app,
-            clock,
-            shutdown: Some(tx),
-            task: Some(task),
-        }
+        let tls = app.config.server.tls.as_ref().map(|t| dcr_proxy::server::tls::acceptor(t).expect("TLS config"));
+        let task = tokio::spawn(dcr_proxy::server::serve(listener, app.clone(), tls, async {
+            let _ = rx.await;
+        }));
+        Self { base, app, clock, shutdown: Some(tx), task: Some(task) }
     }
 
     /// The proxy in front of the fake Azure AD.
-    pub async fn with_azure(
-        azure: &fake_azure::FakeAzure,
-        upstream_url: &str,
-        extra: &str,
-    ) -> Self {
+    pub async fn with_azure(azure: &fake_azure::FakeAzure, upstream_url: &str, extra: &str) -> Self {
         let idp = format!(
             "[idp]\nkind = \"azure\"\nauthority = \"{}\"\ntenant = \"contoso.example\"\nclient_id = \"{}\"\n\
              client_secret = \"{}\"\nscopes = [\"openid\", \"profile\", \"email\", \"offline_access\", \"User.Read\"]\n{extra}",
@@ -152,10 +121,7 @@ impl Drop for TestProxy {
 
 /// An HTTP client that never follows redirects.
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
 }
 
 /// A browser: keeps the cookies it is given, follows redirects by hand until it leaves for the client's
@@ -181,18 +147,11 @@ impl Default for Browser {
 
 impl Browser {
     pub fn new() -> Self {
-        Self {
-            client: http(),
-            cookies: HashMap::new(),
-        }
+        Self { client: http(), cookies: HashMap::new() }
     }
 
     fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
+        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
     }
 
     fn keep_cookies(&mut self, resp: &reqwest::Response) {
@@ -209,36 +168,19 @@ impl Browser {
         for _ in 0..10 {
             self.keep_cookies(&resp);
             if resp.status().is_redirection() {
-                let location = resp
-                    .headers()
-                    .get("location")
-                    .expect("location")
-                    .to_str()
-                    .expect("ascii")
-                    .to_owned();
+                let location = resp.headers().get("location").expect("location").to_str().expect("ascii").to_owned();
                 let location = if location.starts_with('/') {
                     let u = resp.url();
                     format!("{}://{}{location}", u.scheme(), u.authority())
                 } else {
                     location
                 };
-                if location.starts_with(CLIENT_REDIRECT)
-                    || location.starts_with("https://app.example/")
-                {
+                if location.starts_with(CLIENT_REDIRECT) || location.starts_with("https://app.example/") {
                     let url = url::Url::parse(&location).expect("client redirect");
                     return Landing::Client(url.query_pairs().into_owned().collect());
                 }
-                assert!(
-                    location.starts_with("http://127.0.0.1:"),
-                    "browser would leave loopback: {location}"
-                );
-                resp = self
-                    .client
-                    .get(&location)
-                    .header("cookie", self.cookie_header())
-                    .send()
-                    .await
-                    .expect("follow");
+                assert!(location.starts_with("http://127.0.0.1:"), "browser would leave loopback: {location}");
+                resp = self.client.get(&location).header("cookie", self.cookie_header()).send().await.expect("follow");
                 continue;
             }
             let status = resp.status().as_u16();
@@ -248,25 +190,12 @@ impl Browser {
     }
 
     pub async fn get(&mut self, url: &str) -> Landing {
-        let resp = self
-            .client
-            .get(url)
-            .header("cookie", self.cookie_header())
-            .send()
-            .await
-            .expect("get");
+        let resp = self.client.get(url).header("cookie", self.cookie_header()).send().await.expect("get");
         self.land(resp).await
     }
 
     pub async fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> Landing {
-        let resp = self
-            .client
-            .post(url)
-            .header("cookie", self.cookie_header())
-            .form(form)
-            .send()
-            .await
-            .expect("post");
+        let resp = self.client.post(url).header("cookie", self.cookie_header()).form(form).send().await.expect("post");
         self.land(resp).await
     }
 }
@@ -274,10 +203,7 @@ impl Browser {
 /// Reads `<input type="hidden" name="NAME" value="…">` from a page.
 pub fn hidden_field(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no hidden field {name} in page:\n{html}"))
-        + marker.len();
+    let start = html.find(&marker).unwrap_or_else(|| panic!("no hidden field {name} in page:\n{html}")) + marker.len();
     let end = html[start..].find('"').expect("value end") + start;
     html[start..end].to_owned()
 }
@@ -310,26 +236,14 @@ pub fn urlencode(s: &str) -> String {
 
 /// Runs /authorize → consent (approve) → IdP (fake Azure logs in automatically, or the local login with
 /// `alice`) → callback, and returns the client's redirect parameters.
-pub async fn authorize(
-    proxy: &impl ProxyBase,
-    browser: &mut Browser,
-    client_id: &str,
-) -> HashMap<String, String> {
-    let Landing::Page(200, consent) = browser.get(&authorize_url(proxy, client_id, "")).await
-    else {
+pub async fn authorize(proxy: &impl ProxyBase, browser: &mut Browser, client_id: &str) -> HashMap<String, String> {
+    let Landing::Page(200, consent) = browser.get(&authorize_url(proxy, client_id, "")).await else {
         panic!("expected the consent page");
     };
     let request = hidden_field(&consent, "request");
     let csrf = hidden_field(&consent, "csrf");
     match browser
-        .post_form(
-            &proxy.url("/consent"),
-            &[
-                ("request", &request),
-                ("csrf", &csrf),
-                ("action", "approve"),
-            ],
-        )
+        .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
         .await
     {
         Landing::Client(params) => params,
@@ -338,11 +252,7 @@ pub async fn authorize(
             match browser
                 .post_form(
                     &proxy.url("/login"),
-                    &[
-                        ("state", &state),
-                        ("username", "alice"),
-                        ("password", ALICE_PASSWORD),
-                    ],
+                    &[("state", &state), ("username", "alice"), ("password", ALICE_PASSWORD)],
                 )
                 .await
             {
@@ -375,26 +285,16 @@ pub async fn login(proxy: &impl ProxyBase) -> (String, Value) {
     let client_id = register_public_client(proxy).await;
     let mut browser = Browser::new();
     let params = authorize(proxy, &mut browser, &client_id).await;
-    let code = params
-        .get("code")
-        .unwrap_or_else(|| panic!("no code in {params:?}"));
+    let code = params.get("code").unwrap_or_else(|| panic!("no code in {params:?}"));
     let resp = redeem(proxy, &client_id, code).await;
     assert_eq!(resp.status(), 200);
     (client_id, resp.json().await.expect("token json"))
 }
 
-pub async fn refresh(
-    proxy: &impl ProxyBase,
-    client_id: &str,
-    refresh_token: &str,
-) -> reqwest::Response {
+pub async fn refresh(proxy: &impl ProxyBase, client_id: &str, refresh_token: &str) -> reqwest::Response {
     http()
         .post(proxy.url("/token"))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-            ("client_id", client_id),
-        ])
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token), ("client_id", client_id)])
         .send()
         .await
         .expect("refresh request")

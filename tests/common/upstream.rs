@@ -30,10 +30,7 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.first())
-            .map(String::as_str)
+        self.headers.get(name).and_then(|v| v.first()).map(String::as_str)
     }
 }
 
@@ -53,11 +50,7 @@ impl Upstream {
             async move { handle(req, r, n).await }
         })
         .await;
-        Self {
-            server,
-            requests,
-            release,
-        }
+        Self { server, requests, release }
     }
 
     pub fn url(&self) -> String {
@@ -69,9 +62,7 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Recorded {
-        self.recorded()
-            .pop()
-            .expect("the upstream received a request")
+        self.recorded().pop().expect("the upstream received a request")
     }
 
     /// Lets `/sse` send its second event.
@@ -106,16 +97,9 @@ async fn handle(
 ) -> Response<FakeBody> {
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in req.headers() {
-        headers
-            .entry(k.as_str().to_owned())
-            .or_default()
-            .push(v.to_str().unwrap_or("<binary>").to_owned());
+        headers.entry(k.as_str().to_owned()).or_default().push(v.to_str().unwrap_or("<binary>").to_owned());
     }
-    let rec = Recorded {
-        method: req.method().to_string(),
-        path: req.uri().path().to_owned(),
-        headers,
-    };
+    let rec = Recorded { method: req.method().to_string(), path: req.uri().path().to_owned(), headers };
     requests.lock().expect("requests").push(rec.clone());
     let session = req.headers().get("mcp-session-id").cloned();
     let query = req.uri().query().unwrap_or("").to_owned();

@@ -1,0 +1,108 @@
+//! Prometheus metrics, served on their own listen address (`[metrics] listen`), never on the public port.
+//!
+//! - `dcr_proxy_requests_total{route,status}` and `dcr_proxy_request_duration_seconds{route}` (time to the
+//!   response head; streamed bodies continue after it);
+//! - `dcr_proxy_clients`, `dcr_proxy_grants` (gauges, read at scrape time);
+//! - `dcr_proxy_upstream_refreshes_total{result}` (`ok`, `refused` — the grant ended —, `failed` — transient);
+//! - `dcr_proxy_idp_errors_total{kind}` (`refused`, `unavailable`, `protocol`).
+//!
+//! Route labels are a fixed set of names, so cardinality stays bounded whatever paths clients send.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::idp::IdpError;
+use crate::store::Store;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// The proxy's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabel, Histogram>,
+    clients: Gauge,
+    grants: Gauge,
+    refreshes: Family<ResultLabel, Counter>,
+    idp_errors: Family<KindLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("dcr_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabel, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.0001, 2.0, 18))) as fn() -> Histogram,
+        );
+        let clients = Gauge::default();
+        let grants = Gauge::default();
+        let refreshes = Family::<ResultLabel, Counter>::default();
+        let idp_errors = Family::<KindLabel, Counter>::default();
+        registry.register("requests", "Requests by route and status", requests.clone());
+        registry.register("request_duration_seconds", "Time to the response head, by route", latency.clone());
+        registry.register("clients", "Registered clients", clients.clone());
+        registry.register("grants", "Active grants", grants.clone());
+        registry.register("upstream_refreshes", "Upstream token refreshes by result", refreshes.clone());
+        registry.register("idp_errors", "Errors from the identity provider by kind", idp_errors.clone());
+        Self { registry, requests, latency, clients, grants, refreshes, idp_errors }
+    }
+
+    pub fn request(&self, route: &'static str, status: u16, seconds: f64) {
+        self.requests.get_or_create(&RequestLabels { route, status }).inc();
+        self.latency.get_or_create(&RouteLabel { route }).observe(seconds);
+    }
+
+    pub fn upstream_refresh(&self, result: &'static str) {
+        self.refreshes.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn idp_error(&self, e: &IdpError) {
+        let kind = match e {
+            IdpError::Refused { .. } => "refused",
+            IdpError::Unavailable(_) => "unavailable",
+            IdpError::Protocol(_) | IdpError::Discovery(_) => "protocol",
+        };
+        self.idp_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// The text exposition, with the gauges read from the store now.
+    pub fn render(&self, store: &Store) -> String {
+        let stats = store.stats();
+        self.clients.set(i64::try_from(stats.clients).unwrap_or(i64::MAX));
+        self.grants.set(i64::try_from(stats.grants).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

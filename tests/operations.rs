@@ -1,0 +1,129 @@
+//! Operating the binary: readiness, Prometheus metrics on their own listener, JSON logs, SIGTERM drains and
+//! exits 0; and the shipped docker-compose.yml is a valid deployment of the proxy in front of an MCP server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::upstream::Upstream;
+use common::*;
+
+struct Bin {
+    base: String,
+}
+
+impl ProxyBase for Bin {
+    fn base_url(&self) -> &str {
+        &self.base
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn binary_serves_readiness_metrics_and_json_logs_and_drains_on_sigterm() {
+    let upstream = Upstream::start().await;
+    let (port, metrics_port) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("dcrp-ops-{}", dcr_proxy::crypto::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nshutdown_grace = \"2s\"\n\
+         [upstream]\nurl = \"{}\"\n[idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\n\
+         [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[log]\nformat = \"json\"\nfilter = \"info\"\n",
+        upstream.url()
+    );
+    std::fs::write(dir.join("proxy.toml"), config).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_dcr-proxy"))
+        .args(["check-config", "--config", dir.join("proxy.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dcr-proxy"))
+        .args(["--config", dir.join("proxy.toml").to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = http().get(format!("{base}/readyz")).send().await {
+            assert_eq!(r.status(), 200);
+            let doc: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(doc["idp"], "local");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bin = Bin { base: base.clone() };
+    let (_, tokens) = login(&bin).await;
+    let resp = http().get(bin.url("/mcp")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(http().get(bin.url("/metrics")).send().await.unwrap().status(), 401, "metrics are not public");
+
+    let metrics =
+        http().get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("dcr_proxy_requests_total{route=\"register\",status=\"201\"} 1"), "{metrics}");
+    assert!(metrics.contains("dcr_proxy_requests_total{route=\"proxy\",status=\"200\"} 1"), "{metrics}");
+    assert!(metrics.contains("dcr_proxy_request_duration_seconds_bucket"), "{metrics}");
+    assert!(metrics.contains("dcr_proxy_grants 1"), "{metrics}");
+    assert!(metrics.contains("dcr_proxy_clients 1"), "{metrics}");
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "exit status {exit}");
+    let mut logs = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    let lines: Vec<serde_json::Value> =
+        logs.lines().map(|l| serde_json::from_str(l).expect("a JSON log line")).collect();
+    assert!(lines.iter().any(|l| l["fields"]["route"] == "proxy" && l["fields"]["status"] == 200));
+    assert!(lines.iter().any(|l| l["fields"]["message"].as_str().unwrap_or("").contains("SIGTERM")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn docker_compose_runs_the_proxy_in_front_of_an_mcp_server_with_a_snapshot_volume() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    if Command::new("docker").args(["compose", "version"]).output().is_ok_and(|o| o.status.success()) {
+        let out = Command::new("docker").args(["compose", "config", "--quiet"]).current_dir(root).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let doc = &yaml_rust2::YamlLoader::load_from_str(&text).unwrap()[0];
+    let proxy = &doc["services"]["dcr-proxy"];
+    assert_eq!(proxy["build"].as_str(), Some("."));
+    assert_eq!(proxy["env_file"].as_str(), Some(".env"));
+    let volumes: Vec<&str> = proxy["volumes"].as_vec().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    assert!(volumes.iter().any(|v| v.starts_with("dcr-proxy-state:")), "snapshot on a named volume");
+    assert!(volumes.iter().any(|v| v.starts_with("./deploy/proxy.toml:")));
+    assert!(!doc["volumes"]["dcr-proxy-state"].is_badvalue());
+    assert!(!doc["services"]["mcp-server"].is_badvalue());
+    // The compose file's proxy config is valid with the secrets .env provides, and keeps the snapshot on the volume.
+    let deploy = std::fs::read_to_string(root.join("deploy/proxy.toml")).unwrap();
+    let example_env = std::fs::read_to_string(root.join(".env.example")).unwrap();
+    let mut env: std::collections::HashMap<String, String> = example_env
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    for key in ["AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "DCR_PROXY_SNAPSHOT_KEY"] {
+        assert!(env.contains_key(key), ".env.example names {key}");
+    }
+    // The example leaves the snapshot key empty on purpose: the proxy must refuse to start with it.
+    assert!(dcr_proxy::config::Config::from_toml(&deploy, |k| env.get(k).cloned()).is_err());
+    env.insert("DCR_PROXY_SNAPSHOT_KEY".into(), dcr_proxy::crypto::b64url(&[7u8; 32]));
+    let config = dcr_proxy::config::Config::from_toml(&deploy, |k| env.get(k).cloned()).unwrap();
+    let snapshot = config.store.snapshot.expect("snapshots on");
+    assert!(snapshot.path.starts_with("/var/lib/dcr-proxy"));
+    assert!(config.server.behind_tls_terminator);
+}
