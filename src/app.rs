@@ -47,18 +47,20 @@ impl App {
     pub async fn new(config: Config, clock: Clock) -> Result<Arc<Self>, StartError> {
         let store = match &config.store.snapshot {
             None => Store::new(),
-            Some(s) => match crate::store::snapshot::load(&s.path, &s.key, clock.now()) {
-                Ok(store) => {
-                    let stats = store.stats();
-                    tracing::info!(path = %s.path.display(), clients = stats.clients, grants = stats.grants, "snapshot loaded");
-                    store
+            Some(s) => {
+                match crate::store::snapshot::load_rotating(&s.path, &s.key, s.previous_key.as_ref(), clock.now()) {
+                    Ok(store) => {
+                        let stats = store.stats();
+                        tracing::info!(path = %s.path.display(), clients = stats.clients, grants = stats.grants, "snapshot loaded");
+                        store
+                    }
+                    Err(e) if s.start_empty_on_error => {
+                        tracing::warn!(error = %e, "snapshot unreadable; starting with an empty store as configured");
+                        Store::new()
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) if s.start_empty_on_error => {
-                    tracing::warn!(error = %e, "snapshot unreadable; starting with an empty store as configured");
-                    Store::new()
-                }
-                Err(e) => return Err(e.into()),
-            },
+            }
         };
         let idp = Idp::from_config(&config).await?;
         Self::with_parts(config, clock, idp, store)

@@ -72,6 +72,8 @@ pub struct SnapshotConfig {
     pub path: PathBuf,
     pub interval: Duration,
     pub key: SnapshotKey,
+    /// The key before a rotation (`DCR_PROXY_SNAPSHOT_KEY_PREVIOUS`): read with it, written with `key`.
+    pub previous_key: Option<SnapshotKey>,
     /// Start with an empty store when the snapshot cannot be read, instead of refusing to start.
     pub start_empty_on_error: bool,
 }
@@ -656,8 +658,23 @@ fn validate_store(raw: RawStore, env: &impl Fn(&str) -> Option<String>) -> Resul
     if interval < Duration::from_millis(100) {
         return Err(invalid("store.snapshot_interval", "must be at least 100ms"));
     }
+    let previous_key = match env("DCR_PROXY_SNAPSHOT_KEY_PREVIOUS") {
+        None => None,
+        Some(text) => Some(parse_snapshot_key(&text).ok_or_else(|| {
+            invalid(
+                "store.snapshot_key_file",
+                "DCR_PROXY_SNAPSHOT_KEY_PREVIOUS must be 32 bytes as base64 or 64 hex digits",
+            )
+        })?),
+    };
     Ok(StoreConfig {
-        snapshot: Some(SnapshotConfig { path, interval, key, start_empty_on_error: raw.start_empty_on_bad_snapshot }),
+        snapshot: Some(SnapshotConfig {
+            path,
+            interval,
+            key,
+            previous_key,
+            start_empty_on_error: raw.start_empty_on_bad_snapshot,
+        }),
     })
 }
 

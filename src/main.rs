@@ -19,6 +19,9 @@ struct Cli {
     /// Path of proxy.toml; without it the embedded default (local login on 127.0.0.1:8080) is used.
     #[arg(long, short, global = true, env = "DCR_PROXY_CONFIG")]
     config: Option<PathBuf>,
+    /// Log format, overriding `log.format`: text or json.
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -83,10 +86,15 @@ fn main() -> ExitCode {
         }
         Some(Command::Serve) | None => {}
     }
-    let config = match load(&cli) {
+    let mut config = match load(&cli) {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    match cli.log_format.as_deref() {
+        Some("json") => config.log.format = LogFormat::Json,
+        Some("text") => config.log.format = LogFormat::Text,
+        _ => {}
+    }
     init_logging(&config);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

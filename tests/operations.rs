@@ -106,7 +106,8 @@ fn docker_compose_runs_the_proxy_in_front_of_an_mcp_server_with_a_snapshot_volum
     assert!(volumes.iter().any(|v| v.starts_with("dcr-proxy-state:")), "snapshot on a named volume");
     assert!(volumes.iter().any(|v| v.starts_with("./deploy/proxy.toml:")));
     assert!(!doc["volumes"]["dcr-proxy-state"].is_badvalue());
-    assert!(!doc["services"]["mcp-server"].is_badvalue());
+    assert_eq!(doc["services"]["mcp-server"]["build"].as_str(), Some("./deploy/example-mcp-server"));
+    assert!(root.join("deploy/example-mcp-server/Dockerfile").exists());
     // The compose file's proxy config is valid with the secrets .env provides, and keeps the snapshot on the volume.
     let deploy = std::fs::read_to_string(root.join("deploy/proxy.toml")).unwrap();
     let example_env = std::fs::read_to_string(root.join(".env.example")).unwrap();

@@ -261,6 +261,23 @@ pub fn write(store: &Store, now: UnixTime, path: &Path, key: &SnapshotKey) -> Re
     Ok(header.len() + sealed.len())
 }
 
+/// Reads a snapshot with the current key or, during a key rotation, the previous one.
+pub fn load_rotating(
+    path: &Path,
+    key: &SnapshotKey,
+    previous: Option<&SnapshotKey>,
+    now: UnixTime,
+) -> Result<Store, SnapshotError> {
+    match (load(path, key, now), previous) {
+        (Err(SnapshotError::Decrypt { .. }), Some(old)) => {
+            let store = load(path, old, now)?;
+            tracing::info!("snapshot read with the previous key; the next snapshot is written with the new key");
+            Ok(store)
+        }
+        (result, _) => result,
+    }
+}
+
 /// Reads a snapshot into a new store, dropping what expired. A missing file is an empty store.
 pub fn load(path: &Path, key: &SnapshotKey, now: UnixTime) -> Result<Store, SnapshotError> {
     let data = match std::fs::read(path) {
@@ -390,6 +407,9 @@ mod tests {
         assert!(loaded.access_token(&TokenHash::of(&access), 200).is_some());
         assert_eq!(loaded.access_tokens.len(), 1, "expired access token dropped");
         assert!(matches!(load(&path, &SnapshotKey([4u8; 32]), 200), Err(SnapshotError::Decrypt { .. })));
+        // Key rotation: the new key with the old one as previous reads it.
+        assert!(load_rotating(&path, &SnapshotKey([4u8; 32]), Some(&key), 200).is_ok());
+        assert!(load_rotating(&path, &SnapshotKey([4u8; 32]), Some(&SnapshotKey([5u8; 32])), 200).is_err());
         let mut flipped = bytes.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0x01;
