@@ -271,7 +271,8 @@ def summarize(results):
     for m in results["memory"]:
         print(f"store: {m['grants']} grants, {m['rss_per_grant']} B/grant resident, "
               f"{m['overhead_per_grant']} B beyond the {m['token_bytes_per_grant']:.0f} token bytes, "
-              f"filled in {m['fill_seconds']} s")
+              f"filled in {m['fill_seconds']} s; snapshot {m['snapshot_bytes'] / 2**20:.0f} MiB written in "
+              f"{m['snapshot_write_seconds']} s, loaded in {m['snapshot_load_seconds']} s")
 
 
 if __name__ == "__main__":

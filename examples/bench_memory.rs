@@ -7,7 +7,9 @@
 
 use std::time::Instant;
 
+use dcr_proxy::config::SnapshotKey;
 use dcr_proxy::crypto::{self, TokenHash};
+use dcr_proxy::store::snapshot;
 use dcr_proxy::store::{
     AccessToken, Grant, Identity, RefreshToken, Store, UpstreamCredential, UpstreamLogin, UpstreamTokens,
 };
@@ -70,14 +72,27 @@ fn main() {
             TokenHash::of(&crypto::random_token()),
             RefreshToken { grant: grant.clone(), expires_at: now + 86400, rotated: None },
         );
+        grant.extend_to(now + 86400);
         store.grants.insert(grant.id, grant);
     }
     let fill_secs = started.elapsed().as_secs_f64();
     let after = rss_bytes();
     let per_grant = (after.saturating_sub(before)) as f64 / n as f64;
     let token_bytes = (ACCESS_BYTES + REFRESH_BYTES) as f64;
+    // The encrypted snapshot of the whole store, written and read back.
+    let dir = std::env::var_os("BENCH_SNAPSHOT_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let path = dir.join(format!("dcrp-bench-{}.snapshot", std::process::id()));
+    let key = SnapshotKey([9u8; 32]);
+    let t = Instant::now();
+    let bytes = snapshot::write(&store, now, &path, &key).unwrap();
+    let write_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let loaded = snapshot::load(&path, &key, now).unwrap();
+    let load_secs = t.elapsed().as_secs_f64();
+    assert_eq!(loaded.stats().grants, n);
+    let _ = std::fs::remove_file(&path);
     println!(
-        "{{\"grants\":{n},\"rss_bytes\":{after},\"rss_per_grant\":{per_grant:.0},\"token_bytes_per_grant\":{token_bytes},\"overhead_per_grant\":{:.0},\"fill_seconds\":{fill_secs:.3}}}",
+        "{{\"grants\":{n},\"rss_bytes\":{after},\"rss_per_grant\":{per_grant:.0},\"token_bytes_per_grant\":{token_bytes},\"overhead_per_grant\":{:.0},\"fill_seconds\":{fill_secs:.3},\"snapshot_bytes\":{bytes},\"snapshot_write_seconds\":{write_secs:.3},\"snapshot_load_seconds\":{load_secs:.3}}}",
         per_grant - token_bytes
     );
     assert_eq!(store.stats().grants, n);

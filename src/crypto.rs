@@ -121,6 +121,30 @@ impl Sealer {
         out
     }
 
+    /// Encrypts `data` in place (the tag is appended) and returns the random nonce, for large payloads that must
+    /// not be copied.
+    pub fn seal_in_place(&self, aad: &[u8], data: &mut Vec<u8>) -> [u8; aead::NONCE_LEN] {
+        let mut nonce = [0u8; aead::NONCE_LEN];
+        fill_random(&mut nonce);
+        match self.key.seal_in_place_append_tag(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(aad), data) {
+            Ok(()) => {}
+            Err(_) => unreachable!("message within the AEAD size limit"),
+        }
+        nonce
+    }
+
+    /// Authenticates and decrypts `nonce ‖ ciphertext ‖ tag` in place; returns the plaintext's length.
+    pub fn open_in_place(&self, aad: &[u8], sealed: &mut [u8]) -> Result<std::ops::Range<usize>, OpenError> {
+        if sealed.len() < aead::NONCE_LEN + aead::MAX_TAG_LEN {
+            return Err(OpenError);
+        }
+        let (nonce, rest) = sealed.split_at_mut(aead::NONCE_LEN);
+        let nonce = aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| OpenError)?;
+        let plain = self.key.open_in_place(nonce, aead::Aad::from(aad), rest).map_err(|_| OpenError)?;
+        let len = plain.len();
+        Ok(aead::NONCE_LEN..aead::NONCE_LEN + len)
+    }
+
     /// Authenticates and decrypts what [`Sealer::seal`] produced with the same `aad`.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
         if sealed.len() < aead::NONCE_LEN + aead::MAX_TAG_LEN {

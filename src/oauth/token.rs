@@ -203,6 +203,8 @@ fn issue(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -> Toke
 fn mint(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -> TokenResponse {
     let access = crypto::random_token();
     let ttl = ctx.config.access_ttl.as_secs();
+    // The grant lives at least as long as its newest token, so that sweeping, revocation and snapshots see it.
+    grant.extend_to(ctx.now + ttl);
     ctx.store
         .access_tokens
         .insert(TokenHash::of(&access), AccessToken { grant: grant.clone(), expires_at: ctx.now + ttl });
@@ -421,6 +423,23 @@ mod tests {
         let r2 = second.refresh_token.unwrap_or_default();
         let next = params(&format!("grant_type=refresh_token&refresh_token={r2}"));
         assert_eq!(exchange(&ctx_late, &c, &next).err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+    }
+
+    #[test]
+    fn grant_without_refresh_token_survives_the_sweep_while_its_access_token_lives() {
+        let store = Store::new();
+        let cfg = config();
+        let mut c = client("c1");
+        c.grant_types = vec!["authorization_code".into()];
+        put_code(&store, "code", "c1");
+        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
+        let Ok(issued) = exchange(&ctx, &c, &code_params("code")) else { panic!("redemption failed") };
+        assert!(issued.refresh_token.is_none());
+        store.sweep(2000);
+        assert_eq!(store.grants.len(), 1);
+        assert!(store.access_token(&TokenHash::of(&issued.access_token), 2000).is_some());
+        store.sweep(1000 + 3600);
+        assert!(store.grants.is_empty());
     }
 
     #[test]

@@ -241,8 +241,8 @@ pub fn write(store: &Store, now: UnixTime, path: &Path, key: &SnapshotKey) -> Re
     drop(snapshot);
     let mut header = MAGIC.to_vec();
     header.push(VERSION);
-    let sealed = Sealer::new(&key.0).seal(&header, &plain);
-    drop(plain);
+    let mut sealed = plain;
+    let nonce = Sealer::new(&key.0).seal_in_place(&header, &mut sealed);
     let tmp = path.with_extension("tmp");
     {
         let mut options = std::fs::OpenOptions::new();
@@ -250,15 +250,19 @@ pub fn write(store: &Store, now: UnixTime, path: &Path, key: &SnapshotKey) -> Re
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(&tmp).map_err(io)?;
-        file.write_all(&header).map_err(io)?;
-        file.write_all(&sealed).map_err(io)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+        out.write_all(&header).map_err(io)?;
+        out.write_all(&nonce).map_err(io)?;
+        out.write_all(&sealed).map_err(io)?;
+        out.flush().map_err(io)?;
+        drop(out);
         file.sync_all().map_err(io)?;
     }
     std::fs::rename(&tmp, path).map_err(io)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     }
-    Ok(header.len() + sealed.len())
+    Ok(header.len() + nonce.len() + sealed.len())
 }
 
 /// Reads a snapshot with the current key or, during a key rotation, the previous one.
@@ -280,7 +284,7 @@ pub fn load_rotating(
 
 /// Reads a snapshot into a new store, dropping what expired. A missing file is an empty store.
 pub fn load(path: &Path, key: &SnapshotKey, now: UnixTime) -> Result<Store, SnapshotError> {
-    let data = match std::fs::read(path) {
+    let mut data = match std::fs::read(path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Store::new()),
         Err(source) => return Err(SnapshotError::Io { path: path.to_owned(), source }),
@@ -292,10 +296,11 @@ pub fn load(path: &Path, key: &SnapshotKey, now: UnixTime) -> Result<Store, Snap
     if version != VERSION {
         return Err(SnapshotError::Version { path: path.to_owned(), version });
     }
-    let (header, sealed) = data.split_at(MAGIC.len() + 1);
-    let plain =
-        Sealer::new(&key.0).open(header, sealed).map_err(|_| SnapshotError::Decrypt { path: path.to_owned() })?;
-    let snapshot: SnapshotV1 = postcard::from_bytes(&plain)
+    let (header, sealed) = data.split_at_mut(MAGIC.len() + 1);
+    let range = Sealer::new(&key.0)
+        .open_in_place(header, sealed)
+        .map_err(|_| SnapshotError::Decrypt { path: path.to_owned() })?;
+    let snapshot: SnapshotV1 = postcard::from_bytes(&sealed[range])
         .map_err(|e| SnapshotError::Decode { path: path.to_owned(), reason: e.to_string() })?;
     Ok(rebuild(snapshot, now))
 }
