@@ -240,19 +240,7 @@ impl Grant {
         login: UpstreamLogin,
         created_at: UnixTime,
     ) -> Arc<Self> {
-        Arc::new(Self {
-            id: GrantId::random(),
-            client_id,
-            scope: scope.join(" ").into_boxed_str(),
-            resource,
-            identity: login.identity,
-            created_at,
-            upstream: RwLock::new(login.credential),
-            refresh_lock: tokio::sync::Mutex::new(()),
-            revoked: AtomicBool::new(false),
-            forced_refresh_at: AtomicU64::new(0),
-            expires_at: AtomicU64::new(created_at),
-        })
+        Self::restore(GrantId::random(), client_id, scope.join(" "), resource, login, created_at, created_at)
     }
 
     /// Rebuilds a grant read from a snapshot.
