@@ -34,6 +34,8 @@ pub struct App {
     pub metadata: Metadata,
     /// The RFC 9728 metadata URL used in `WWW-Authenticate`.
     pub resource_metadata: String,
+    /// `resource_metadata="…", scope="…"`, the parameters of every `WWW-Authenticate: Bearer` challenge.
+    pub challenge: String,
     /// Values accepted for RFC 8707 `resource`: the resource URL (with and without a trailing slash) and the
     /// public origin.
     pub resources: Vec<String>,
@@ -84,6 +86,11 @@ impl App {
         Ok(Arc::new(Self {
             metadata: Metadata::build(&config),
             resource_metadata: metadata::resource_metadata_url(&config),
+            challenge: format!(
+                "resource_metadata=\"{}\", scope=\"{}\"",
+                metadata::resource_metadata_url(&config),
+                config.idp.scopes.join(" ")
+            ),
             resources,
             rate_limiter: RateLimiter::new(&config.limits),
             metrics: crate::metrics::Metrics::new(),

@@ -153,7 +153,9 @@ pub enum Error {
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("bearer token refused: {problem:?}")]
-    Unauthorized { problem: BearerProblem, resource_metadata: String },
+    /// `challenge`: the parameters every challenge carries, `resource_metadata="…", scope="…"` (RFC 9728 §5.1,
+    /// MCP authorization: the scope a client should ask for).
+    Unauthorized { problem: BearerProblem, challenge: String },
     /// An error shown to the user in the browser, never redirected.
     #[error("{title}: {message}")]
     Page { status: StatusCode, title: &'static str, message: String },
@@ -227,15 +229,15 @@ impl Error {
             Self::PayloadTooLarge { limit } => {
                 oauth_json(status, "invalid_request", &format!("request body exceeds {limit} bytes"))
             }
-            Self::Unauthorized { problem, resource_metadata } => {
+            Self::Unauthorized { problem, challenge } => {
                 let challenge = match problem {
-                    BearerProblem::Missing => format!("Bearer resource_metadata=\"{resource_metadata}\""),
+                    BearerProblem::Missing => format!("Bearer {challenge}"),
                     BearerProblem::InvalidToken => format!(
-                        "Bearer resource_metadata=\"{resource_metadata}\", error=\"invalid_token\", \
+                        "Bearer {challenge}, error=\"invalid_token\", \
                          error_description=\"The access token is invalid or expired\""
                     ),
                     BearerProblem::InvalidRequest => format!(
-                        "Bearer resource_metadata=\"{resource_metadata}\", error=\"invalid_request\", \
+                        "Bearer {challenge}, error=\"invalid_request\", \
                          error_description=\"Send the access token in the Authorization header\""
                     ),
                 };

@@ -34,7 +34,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
-    if route != "proxy" {
+    // Every answer is readable by browser clients (tokens travel in headers, never cookies, so `*` is safe);
+    // an upstream that sets its own CORS headers keeps them.
+    if !resp.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
         add_cors(resp.headers_mut());
     }
     let elapsed = started.elapsed();
@@ -98,7 +100,11 @@ fn rate_class(path: &str) -> Option<(RouteClass, bool)> {
 
 async fn dispatch(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Error> {
     let path = req.uri().path();
-    if req.method() == Method::OPTIONS && route_name(app, path) != "proxy" {
+    // CORS preflights carry no credentials, so the proxy answers them itself on every path (browser clients
+    // such as MCP Inspector preflight the MCP endpoint too).
+    if req.method() == Method::OPTIONS
+        && (route_name(app, path) != "proxy" || req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD))
+    {
         return Ok(preflight());
     }
     if let Some((class, html)) = rate_class(path) {
@@ -162,7 +168,7 @@ fn json_bytes(body: bytes::Bytes) -> Response<Body> {
 /// `WWW-Authenticate`. No credentials (cookies) are allowed cross-origin.
 fn add_cors(headers: &mut HeaderMap) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("WWW-Authenticate"));
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("WWW-Authenticate, Mcp-Session-Id"));
 }
 
 fn preflight() -> Response<Body> {
@@ -172,7 +178,9 @@ fn preflight() -> Response<Body> {
     hd.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
     hd.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Authorization, Content-Type, Mcp-Protocol-Version"),
+        HeaderValue::from_static(
+            "Authorization, Content-Type, Accept, Mcp-Protocol-Version, Mcp-Session-Id, Last-Event-ID",
+        ),
     );
     hd.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
     resp
@@ -645,10 +653,7 @@ async fn proxy(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
     {
         tracing::info!(client_id = %grant.client_id, status = resp.status().as_u16(), "upstream refused the request");
         if resp.status() == StatusCode::UNAUTHORIZED {
-            return Err(Error::Unauthorized {
-                problem: BearerProblem::InvalidToken,
-                resource_metadata: app.resource_metadata.clone(),
-            });
+            return Err(Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: app.challenge.clone() });
         }
         resp.headers_mut().remove(header::WWW_AUTHENTICATE);
     }

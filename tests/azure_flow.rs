@@ -23,7 +23,13 @@ async fn mcp_client_flow_reaches_upstream_with_the_azure_token() {
     assert_eq!(resp.status(), 401);
     let challenge = resp.headers()["www-authenticate"].to_str().unwrap().to_owned();
     let prm_url = format!("{}/.well-known/oauth-protected-resource/mcp", proxy.base);
-    assert_eq!(challenge, format!("Bearer resource_metadata=\"{prm_url}\""));
+    assert_eq!(
+        challenge,
+        format!("Bearer resource_metadata=\"{prm_url}\", scope=\"openid profile email offline_access User.Read\"")
+    );
+    // Browser clients can read the challenge.
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    assert!(resp.headers()["access-control-expose-headers"].to_str().unwrap().contains("WWW-Authenticate"));
     assert!(upstream.recorded().is_empty(), "nothing reaches the upstream without a token");
 
     // 2. Discovery documents.

@@ -325,6 +325,18 @@ async fn cors_preflight_is_answered_on_oauth_endpoints() {
         .unwrap();
     assert_eq!(resp.status(), 204);
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    // The MCP endpoint's own preflight is answered too: it carries no token.
+    let resp = http()
+        .request(reqwest::Method::OPTIONS, proxy.url("/mcp"))
+        .header("origin", "http://localhost:6274")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization, mcp-session-id")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let allowed = resp.headers()["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(allowed.contains("authorization") && allowed.contains("mcp-session-id"));
     let resp = http().get(proxy.url("/.well-known/oauth-protected-resource/mcp")).send().await.unwrap();
-    assert_eq!(resp.headers()["access-control-expose-headers"], "WWW-Authenticate");
+    assert!(resp.headers()["access-control-expose-headers"].to_str().unwrap().contains("WWW-Authenticate"));
 }

@@ -44,7 +44,7 @@ pub fn token_in_query(query: Option<&str>) -> bool {
 
 /// Finds the live grant of a request's bearer token.
 pub fn authenticate(app: &App, headers: &HeaderMap, query: Option<&str>) -> Result<Arc<Grant>, Error> {
-    let unauthorized = |problem| Error::Unauthorized { problem, resource_metadata: app.resource_metadata.clone() };
+    let unauthorized = |problem| Error::Unauthorized { problem, challenge: app.challenge.clone() };
     if token_in_query(query) {
         return Err(unauthorized(BearerProblem::InvalidRequest));
     }
@@ -96,10 +96,8 @@ pub async fn upstream_auth(app: &App, grant: &Grant, rejected: Option<&HeaderVal
         UpstreamCredential::Tokens(t) => t.refresh_token().map(str::to_owned),
         UpstreamCredential::Local => None,
     };
-    let unauthorized = || Error::Unauthorized {
-        problem: BearerProblem::InvalidToken,
-        resource_metadata: app.resource_metadata.clone(),
-    };
+    let unauthorized =
+        || Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: app.challenge.clone() };
     match refresh_with_retries(app, refresh_token).await {
         Ok(tokens) => {
             tracing::info!(client_id = %grant.client_id, "upstream access token refreshed");
