@@ -162,7 +162,7 @@ fn bench(c: &mut Criterion) {
         "response_types": ["code"],
         "token_endpoint_auth_method": "none",
     });
-    c.bench_function("registration", |b| b.iter(|| register::register(&metadata, 1, &[]).unwrap()));
+    c.bench_function("registration", |b| b.iter(|| register::register(&metadata, 1, &Default::default()).unwrap()));
 }
 
 criterion_group!(benches, bench);

@@ -161,6 +161,8 @@ pub struct RegistrationConfig {
     pub initial_access_token: Option<SecretString>,
     /// Hosts redirect URIs may point at (`loopback` stands for 127.0.0.1, [::1] and localhost); empty: any.
     pub allowed_redirect_hosts: Vec<String>,
+    /// `allowed_redirect_hosts` and the presets of `registration.allow`, combined.
+    pub redirect_allowlist: crate::oauth::redirect_uri::Allowlist,
 }
 
 /// Abuse limits of the public endpoints.
@@ -301,6 +303,8 @@ struct RawRegistration {
     initial_access_token: Option<String>,
     #[serde(default)]
     allowed_redirect_hosts: Vec<String>,
+    #[serde(default)]
+    allow: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -600,6 +604,20 @@ fn validate_registration(
             format!("`{bad}` is not a host name such as \"claude.ai\" (or \"loopback\")"),
         ));
     }
+    let allowed_redirect_hosts: Vec<String> =
+        raw.allowed_redirect_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect();
+    let mut redirect_allowlist =
+        crate::oauth::redirect_uri::Allowlist { hosts: allowed_redirect_hosts.clone(), prefixes: vec![] };
+    for name in &raw.allow {
+        let preset = crate::oauth::redirect_uri::preset(name).ok_or_else(|| {
+            invalid(
+                "registration.allow",
+                format!("`{name}` is not a preset; use \"claude\", \"chatgpt\" or \"loopback\""),
+            )
+        })?;
+        redirect_allowlist.hosts.extend(preset.hosts);
+        redirect_allowlist.prefixes.extend(preset.prefixes);
+    }
     let max_clients = raw.max_clients.unwrap_or(10_000);
     if max_clients == 0 {
         return Err(invalid("registration.max_clients", "must be at least 1"));
@@ -613,7 +631,8 @@ fn validate_registration(
             Duration::from_secs(24 * 3600),
         )?,
         initial_access_token: initial_access_token.map(SecretString::from),
-        allowed_redirect_hosts: raw.allowed_redirect_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
+        redirect_allowlist,
+        allowed_redirect_hosts,
     })
 }
 

@@ -204,7 +204,7 @@ async fn register_client(app: &App, req: Request<Incoming>) -> Result<Response<B
     let json: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| OAuthError::new(ErrorCode::InvalidClientMetadata, format!("the body is not valid JSON: {e}")))?;
     let now = app.clock.now();
-    let registration = register::register(&json, now, &policy.allowed_redirect_hosts)?;
+    let registration = register::register(&json, now, &policy.redirect_allowlist)?;
     if app.store.clients.len() >= policy.max_clients {
         let removed = app.store.sweep_unused_clients(now, policy.unused_client_ttl.as_secs());
         if app.store.clients.len() >= policy.max_clients {
@@ -272,7 +272,7 @@ async fn manage_client(app: &App, req: Request<Incoming>) -> Result<Response<Bod
                 OAuthError::new(ErrorCode::InvalidClientMetadata, format!("the body is not valid JSON: {e}"))
             })?;
             let updated =
-                register::update(&client, &json, app.clock.now(), &app.config.registration.allowed_redirect_hosts)?;
+                register::update(&client, &json, app.clock.now(), &app.config.registration.redirect_allowlist)?;
             let resp = respond(&updated);
             tracing::info!(client_id = %client.client_id, "client metadata updated");
             app.store.clients.insert(updated.client_id.clone(), Arc::new(updated));

@@ -81,7 +81,7 @@ proptest! {
 
     #[test]
     fn registration_accepts_only_valid_metadata(body in json_value()) {
-        if let Ok(reg) = register::register(&body, 0, &[]) {
+        if let Ok(reg) = register::register(&body, 0, &Default::default()) {
             prop_assert!(!reg.client.redirect_uris.is_empty());
             for uri in &reg.client.redirect_uris {
                 prop_assert!(redirect_uri::validate_for_registration(uri).is_ok());

@@ -545,3 +545,18 @@ async fn authorization_rate_limit_is_a_page_with_retry_after() {
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     assert_eq!(proxy.app.store.pending.len(), 2);
 }
+
+#[tokio::test]
+async fn connector_presets_allow_only_their_callbacks() {
+    let (_a, _u, proxy) = setup_with("[registration]\nallow = [\"claude\", \"loopback\"]\n").await;
+    for (uri, expected) in [
+        ("https://claude.ai/api/mcp/auth_callback", 201),
+        ("https://claude.com/api/mcp/auth_callback", 201),
+        (CLIENT_REDIRECT, 201),
+        ("https://chatgpt.com/connector/oauth/abc", 400),
+        ("https://claude.ai/somewhere/else", 400),
+    ] {
+        let resp = http().post(proxy.url("/register")).json(&json!({"redirect_uris": [uri]})).send().await.unwrap();
+        assert_eq!(resp.status(), expected, "{uri}");
+    }
+}

@@ -39,17 +39,49 @@ pub fn validate_for_registration(uri: &str) -> Result<(), String> {
     }
 }
 
-/// Whether the URI's host is in the operator's allowlist (`loopback` stands for every loopback host); an empty
-/// list allows any host.
-pub fn host_allowed(uri: &str, allowed: &[String]) -> bool {
-    if allowed.is_empty() {
-        return true;
+/// The operator's redirect-URI allowlist: hosts (`loopback` stands for every loopback host) and URL prefixes
+/// (from connector presets). Both empty: any redirect URI that passes the registration rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allowlist {
+    pub hosts: Vec<String>,
+    pub prefixes: Vec<String>,
+}
+
+/// Connector presets for `registration.allow`, from the clients' documented callbacks (SPEC §3):
+/// Claude `https://claude.ai/api/mcp/auth_callback` and `https://claude.com/api/mcp/auth_callback`, ChatGPT
+/// `https://chatgpt.com/connector/oauth/{id}`, CLI clients on loopback.
+pub fn preset(name: &str) -> Option<Allowlist> {
+    let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    match name {
+        "claude" => Some(Allowlist {
+            hosts: vec![],
+            prefixes: owned(&["https://claude.ai/api/mcp/auth_callback", "https://claude.com/api/mcp/auth_callback"]),
+        }),
+        "chatgpt" => Some(Allowlist { hosts: vec![], prefixes: owned(&["https://chatgpt.com/connector/oauth/"]) }),
+        "loopback" => Some(Allowlist { hosts: owned(&["loopback"]), prefixes: vec![] }),
+        _ => None,
     }
-    let Ok(url) = Url::parse(uri) else {
-        return false;
-    };
-    let host = url.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-    allowed.iter().any(|a| a == &host || (a == "loopback" && is_loopback(&url)))
+}
+
+impl Allowlist {
+    /// Whether `uri` may be registered.
+    pub fn allows(&self, uri: &str) -> bool {
+        if self.hosts.is_empty() && self.prefixes.is_empty() {
+            return true;
+        }
+        let Ok(url) = Url::parse(uri) else {
+            return false;
+        };
+        let host = url.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let prefix_ok = self.prefixes.iter().any(|p| {
+            if p.ends_with('/') {
+                url.as_str().starts_with(p.as_str()) && url.as_str().len() > p.len()
+            } else {
+                url.as_str() == p
+            }
+        });
+        prefix_ok || self.hosts.iter().any(|a| a == &host || (a == "loopback" && is_loopback(&url)))
+    }
 }
 
 /// Returns the registered URI that `requested` matches, if any.
@@ -87,13 +119,28 @@ mod tests {
 
     #[test]
     fn allowlist_matches_hosts_exactly_and_loopback_by_keyword() {
-        let allowed = vec!["claude.ai".to_owned(), "loopback".to_owned()];
-        assert!(host_allowed("https://claude.ai/api/mcp/auth_callback", &allowed));
-        assert!(host_allowed("http://127.0.0.1:5000/cb", &allowed));
-        assert!(host_allowed("http://[::1]:5000/cb", &allowed));
-        assert!(!host_allowed("https://evil.claude.ai.example/cb", &allowed));
-        assert!(!host_allowed("https://chatgpt.com/connector/oauth/x", &allowed));
-        assert!(host_allowed("https://anything.example/cb", &[]));
+        let allowed = Allowlist { hosts: vec!["claude.ai".to_owned(), "loopback".to_owned()], prefixes: vec![] };
+        assert!(allowed.allows("https://claude.ai/api/mcp/auth_callback"));
+        assert!(allowed.allows("http://127.0.0.1:5000/cb"));
+        assert!(allowed.allows("http://[::1]:5000/cb"));
+        assert!(!allowed.allows("https://evil.claude.ai.example/cb"));
+        assert!(!allowed.allows("https://chatgpt.com/connector/oauth/x"));
+        assert!(Allowlist::default().allows("https://anything.example/cb"));
+    }
+
+    #[test]
+    fn presets_allow_exactly_the_known_callbacks() {
+        let claude = preset("claude").unwrap_or_default();
+        assert!(claude.allows("https://claude.ai/api/mcp/auth_callback"));
+        assert!(claude.allows("https://claude.com/api/mcp/auth_callback"));
+        assert!(!claude.allows("https://claude.ai/api/mcp/auth_callback/../x"));
+        assert!(!claude.allows("https://claude.ai/other"));
+        let chatgpt = preset("chatgpt").unwrap_or_default();
+        assert!(chatgpt.allows("https://chatgpt.com/connector/oauth/abc123"));
+        assert!(!chatgpt.allows("https://chatgpt.com/connector/oauth/"));
+        assert!(!chatgpt.allows("https://chatgpt.com.evil.example/connector/oauth/abc"));
+        assert!(preset("loopback").unwrap_or_default().allows("http://127.0.0.1:1/cb"));
+        assert!(preset("cursor").is_none());
     }
 
     #[test]

@@ -64,8 +64,8 @@ pub struct Registration {
 }
 
 /// Validates RFC 7591 client metadata (a parsed JSON body) and builds the client.
-/// `allowed_hosts` is the operator's redirect-host allowlist (empty: any host).
-pub fn register(body: &Value, now: UnixTime, allowed_hosts: &[String]) -> Result<Registration, OAuthError> {
+/// `allowed` is the operator's redirect-URI allowlist (empty: any URI the rules accept).
+pub fn register(body: &Value, now: UnixTime, allowed: &redirect_uri::Allowlist) -> Result<Registration, OAuthError> {
     let obj = body.as_object().ok_or_else(|| metadata_error("the body must be a JSON object"))?;
 
     let redirect_uris = string_array(obj, "redirect_uris")
@@ -79,7 +79,7 @@ pub fn register(body: &Value, now: UnixTime, allowed_hosts: &[String]) -> Result
     }
     for uri in &redirect_uris {
         redirect_uri::validate_for_registration(uri).map_err(redirect_error)?;
-        if !redirect_uri::host_allowed(uri, allowed_hosts) {
+        if !allowed.allows(uri) {
             return Err(redirect_error(format!("`{uri}`: this server does not accept redirect URIs on that host")));
         }
     }
@@ -136,7 +136,12 @@ pub fn register(body: &Value, now: UnixTime, allowed_hosts: &[String]) -> Result
 /// RFC 7592 §2.2: replaces a client's metadata. The body must name the client's `client_id`; a `client_secret`,
 /// if sent, must be the client's; the authentication method cannot change. Identity, secret and registration
 /// token stay.
-pub fn update(existing: &Client, body: &Value, now: UnixTime, allowed_hosts: &[String]) -> Result<Client, OAuthError> {
+pub fn update(
+    existing: &Client,
+    body: &Value,
+    now: UnixTime,
+    allowed: &redirect_uri::Allowlist,
+) -> Result<Client, OAuthError> {
     let obj = body.as_object().ok_or_else(|| metadata_error("the body must be a JSON object"))?;
     if string_field(obj, "client_id")?.as_deref() != Some(existing.client_id.as_str()) {
         return Err(metadata_error("`client_id` must be present and equal to this client's"));
@@ -146,7 +151,7 @@ pub fn update(existing: &Client, body: &Value, now: UnixTime, allowed_hosts: &[S
             return Err(metadata_error("`client_secret` is not this client's"));
         }
     }
-    let mut fresh = register(body, now, allowed_hosts)?.client;
+    let mut fresh = register(body, now, allowed)?.client;
     if obj.get("token_endpoint_auth_method").is_none() {
         fresh.auth_method = existing.auth_method;
     }
@@ -210,7 +215,7 @@ mod tests {
     use super::*;
 
     fn code(body: Value) -> Option<ErrorCode> {
-        register(&body, 1, &[]).err().map(|e| e.code)
+        register(&body, 1, &Default::default()).err().map(|e| e.code)
     }
 
     #[test]
@@ -218,7 +223,7 @@ mod tests {
         let r = register(
             &json!({"redirect_uris": ["http://127.0.0.1:9/cb"], "token_endpoint_auth_method": "none"}),
             5,
-            &[],
+            &Default::default(),
         );
         let r = r.ok();
         assert!(r.as_ref().is_some_and(|r| r.secret.is_none()));
@@ -232,7 +237,7 @@ mod tests {
 
     #[test]
     fn confidential_client_secret_is_stored_hashed() {
-        let r = register(&json!({"redirect_uris": ["https://a.example/cb"]}), 5, &[]).ok();
+        let r = register(&json!({"redirect_uris": ["https://a.example/cb"]}), 5, &Default::default()).ok();
         let r = r.as_ref();
         let secret = r.and_then(|r| r.secret.clone()).unwrap_or_default();
         assert_eq!(secret.len(), 43);
