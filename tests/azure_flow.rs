@@ -397,15 +397,11 @@ async fn confidential_client_authenticates_with_basic_and_post() {
     let upstream = Upstream::start().await;
     let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
     for method in ["client_secret_basic", "client_secret_post"] {
-        let doc: Value = http()
-            .post(proxy.url("/register"))
-            .json(&serde_json::json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": method}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let doc: Value = register_json(
+            &proxy,
+            serde_json::json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": method}),
+        )
+        .await;
         let id = doc["client_id"].as_str().unwrap();
         let secret = doc["client_secret"].as_str().unwrap();
         assert_eq!(doc["client_secret_expires_at"], 0);

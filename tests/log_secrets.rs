@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use common::fake_azure::{FakeAzure, APP_SECRET};
 use common::upstream::Upstream;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -54,15 +54,11 @@ async fn no_secret_reaches_the_logs_of_a_full_flow() {
     secrets.push("introspection-secret-5678".into());
 
     // A confidential client through the whole flow.
-    let reg: Value = http()
-        .post(proxy.url("/register"))
-        .json(&json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "client_secret_post"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reg: Value = register_json(
+        &proxy,
+        serde_json::json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "client_secret_post"}),
+    )
+    .await;
     let client_id = reg["client_id"].as_str().unwrap().to_owned();
     let client_secret = reg["client_secret"].as_str().unwrap().to_owned();
     secrets.push(client_secret.clone());

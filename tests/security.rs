@@ -419,15 +419,11 @@ async fn code_issued_to_one_client_is_refused_to_another() {
 #[tokio::test]
 async fn client_configuration_endpoint_needs_the_registration_access_token() {
     let (_a, _u, proxy) = setup().await;
-    let reg: Value = http()
-        .post(proxy.url("/register"))
-        .json(&json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none", "client_name": "Mine"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reg: Value = register_json(
+        &proxy,
+        json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none", "client_name": "Mine"}),
+    )
+    .await;
     let id = reg["client_id"].as_str().unwrap();
     let rat = reg["registration_access_token"].as_str().unwrap();
     let uri = reg["registration_client_uri"].as_str().unwrap();
@@ -474,15 +470,8 @@ async fn client_configuration_endpoint_needs_the_registration_access_token() {
 #[tokio::test]
 async fn deleting_a_client_revokes_its_grants() {
     let (_a, _u, proxy) = setup().await;
-    let reg: Value = http()
-        .post(proxy.url("/register"))
-        .json(&json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reg: Value =
+        register_json(&proxy, json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"})).await;
     let id = reg["client_id"].as_str().unwrap();
     let params = authorize(&proxy, &mut Browser::new(), id).await;
     let tokens: Value = redeem(&proxy, id, &params["code"]).await.json().await.unwrap();
@@ -512,16 +501,12 @@ async fn idle_keep_alive_connections_are_closed() {
 #[tokio::test]
 async fn markup_in_client_metadata_is_escaped_on_the_consent_page() {
     let (_a, _u, proxy) = setup().await;
-    let reg: Value = http()
-        .post(proxy.url("/register"))
-        .json(&json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none",
-                      "client_name": "<script>alert(1)</script>\"><img src=x>"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reg: Value = register_json(
+        &proxy,
+        json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none",
+                      "client_name": "<script>alert(1)</script>\"><img src=x>"}),
+    )
+    .await;
     let resp = http().get(authorize_url(&proxy, reg["client_id"].as_str().unwrap(), "")).send().await.unwrap();
     assert_eq!(resp.headers()["x-frame-options"], "DENY");
     assert_eq!(resp.headers()["referrer-policy"], "no-referrer");

@@ -208,16 +208,20 @@ pub fn hidden_field(html: &str, name: &str) -> String {
     html[start..end].to_owned()
 }
 
+/// Registers a client with the given RFC 7591 metadata and returns the response document (201 asserted).
+pub async fn register_json(proxy: &impl ProxyBase, metadata: Value) -> Value {
+    let resp = http().post(proxy.url("/register")).json(&metadata).send().await.expect("register");
+    assert_eq!(resp.status(), 201);
+    resp.json().await.expect("json")
+}
+
 /// Registers a public client with the test redirect URI.
 pub async fn register_public_client(proxy: &impl ProxyBase) -> String {
-    let resp = http()
-        .post(proxy.url("/register"))
-        .json(&json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none", "client_name": "Test Client"}))
-        .send()
-        .await
-        .expect("register");
-    assert_eq!(resp.status(), 201);
-    let doc: Value = resp.json().await.expect("json");
+    let doc = register_json(
+        proxy,
+        json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none", "client_name": "Test Client"}),
+    )
+    .await;
     doc["client_id"].as_str().expect("client_id").to_owned()
 }
 
