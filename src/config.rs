@@ -106,6 +106,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Time allowed until the upstream's response headers; the body then streams for as long as it needs.
     pub response_timeout: Duration,
+    /// Scopes a token needs for a path prefix; a token without them gets 403 `insufficient_scope`.
+    pub required_scopes: Vec<crate::oauth::scope::PathScopes>,
 }
 
 #[derive(Debug, Clone)]
@@ -249,6 +251,15 @@ struct RawUpstream {
     resource_path: String,
     connect_timeout: Option<String>,
     response_timeout: Option<String>,
+    #[serde(default)]
+    required_scopes: Vec<RawPathScopes>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPathScopes {
+    path_prefix: String,
+    scopes: Vec<String>,
 }
 
 fn default_resource_path() -> String {
@@ -363,6 +374,7 @@ impl Config {
         let server = validate_server(raw.server)?;
         let upstream = validate_upstream(raw.upstream)?;
         let idp = validate_idp(raw.idp, &env)?;
+        let upstream = validate_required_scopes(upstream, &idp.scopes)?;
         let tokens = validate_tokens(raw.tokens)?;
         let registration = validate_registration(raw.registration, &env)?;
         let limits = validate_limits(raw.limits)?;
@@ -495,7 +507,39 @@ fn validate_upstream(raw: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
         resource_path: raw.resource_path,
         connect_timeout: duration("upstream.connect_timeout", raw.connect_timeout, Duration::from_secs(5))?,
         response_timeout: duration("upstream.response_timeout", raw.response_timeout, Duration::from_secs(60))?,
+        required_scopes: raw
+            .required_scopes
+            .into_iter()
+            .map(|r| crate::oauth::scope::PathScopes { path_prefix: r.path_prefix, scopes: r.scopes })
+            .collect(),
     })
+}
+
+/// `upstream.required_scopes`: each prefix is a path, each scope one the proxy offers (`idp.scopes`), or no token
+/// could ever satisfy the rule.
+fn validate_required_scopes(upstream: UpstreamConfig, offered: &[String]) -> Result<UpstreamConfig, ConfigError> {
+    const KEY: &str = "upstream.required_scopes";
+    for (i, rule) in upstream.required_scopes.iter().enumerate() {
+        if !rule.path_prefix.starts_with('/') || rule.path_prefix.contains(['?', '#']) {
+            return Err(invalid(
+                KEY,
+                format!("entry {i}: path_prefix `{}` must be a path starting with /", rule.path_prefix),
+            ));
+        }
+        if rule.scopes.is_empty() {
+            return Err(invalid(KEY, format!("entry {i} ({}): scopes must name at least one scope", rule.path_prefix)));
+        }
+        if let Some(unknown) = rule.scopes.iter().find(|s| !offered.contains(s)) {
+            return Err(invalid(
+                KEY,
+                format!(
+                    "entry {i} ({}): scope `{unknown}` is not in idp.scopes, so no token could carry it",
+                    rule.path_prefix
+                ),
+            ));
+        }
+    }
+    Ok(upstream)
 }
 
 fn required(key: &'static str, value: Option<String>) -> Result<String, ConfigError> {
@@ -764,6 +808,24 @@ mod tests {
             Err(ConfigError::Invalid { key, .. }) => key.to_owned(),
             Err(other) => format!("other: {other}"),
             Ok(_) => "ok".to_owned(),
+        }
+    }
+
+    #[test]
+    fn required_scopes_must_be_offered_paths() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        let rule = |prefix: &str, scopes: &str| {
+            format!("{AZURE}scopes = [\"openid\", \"User.Read\"]\n[[upstream.required_scopes]]\npath_prefix = \"{prefix}\"\nscopes = {scopes}\n")
+        };
+        let ok = Config::from_toml(&rule("/mcp/admin", "[\"User.Read\"]"), secret).map_err(|e| e.to_string());
+        assert_eq!(ok.map(|c| c.upstream.required_scopes.len()), Ok(1));
+        for (prefix, scopes, needle) in [
+            ("/mcp/admin", "[\"Mail.Send\"]", "Mail.Send"),
+            ("mcp", "[\"User.Read\"]", "path_prefix"),
+            ("/mcp", "[]", "at least one"),
+        ] {
+            let err = Config::from_toml(&rule(prefix, scopes), secret).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("upstream.required_scopes") && err.contains(needle), "{err}");
         }
     }
 

@@ -156,6 +156,10 @@ pub enum Error {
     /// `challenge`: the parameters every challenge carries, `resource_metadata="…", scope="…"` (RFC 9728 §5.1,
     /// MCP authorization: the scope a client should ask for).
     Unauthorized { problem: BearerProblem, challenge: String },
+    /// The token is valid but lacks scopes the route needs (RFC 6750 §3.1 `insufficient_scope`, 403). `scope`:
+    /// what the client should ask for (the granted scopes and the missing ones); `resource_metadata`: RFC 9728 URL.
+    #[error("insufficient scope")]
+    InsufficientScope { scope: String, missing: String, resource_metadata: String },
     /// An error shown to the user in the browser, never redirected.
     #[error("{title}: {message}")]
     Page { status: StatusCode, title: &'static str, message: String },
@@ -198,6 +202,7 @@ impl Error {
                 BearerProblem::InvalidRequest => StatusCode::BAD_REQUEST,
                 BearerProblem::Missing | BearerProblem::InvalidToken => StatusCode::UNAUTHORIZED,
             },
+            Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             Self::Page { status, .. } => *status,
             Self::Redirect { .. } => StatusCode::FOUND,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -249,6 +254,18 @@ impl Error {
                     }
                 };
                 let mut resp = oauth_json(status, code, desc);
+                if let Ok(v) = HeaderValue::try_from(challenge) {
+                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+                resp
+            }
+            Self::InsufficientScope { scope, missing, resource_metadata } => {
+                let description = format!("this request needs the scope {missing}");
+                let mut resp = oauth_json(status, "insufficient_scope", &description);
+                let challenge = format!(
+                    "Bearer error=\"insufficient_scope\", scope=\"{scope}\", resource_metadata=\"{resource_metadata}\", \
+                     error_description=\"{description}\""
+                );
                 if let Ok(v) = HeaderValue::try_from(challenge) {
                     resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
                 }

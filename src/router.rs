@@ -15,7 +15,7 @@ use crate::http::params::Params;
 use crate::http::{self as h, full, json_response, no_store, read_body, Body};
 use crate::idp::{local, Idp, IdpError};
 use crate::oauth::authorize::{self, AuthorizeContext};
-use crate::oauth::{consent, pkce, register, token};
+use crate::oauth::{consent, pkce, register, scope, token};
 use crate::proxy::bearer;
 use crate::proxy::forward::UpstreamBody;
 use crate::rate_limit::RouteClass;
@@ -628,6 +628,11 @@ fn userinfo(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error>
 
 async fn proxy(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Error> {
     let grant = bearer::authenticate(app, req.headers(), req.uri().query())?;
+    let missing = scope::missing_for_path(&app.config.upstream.required_scopes, req.uri().path(), &grant.scope);
+    if let Some((scope, missing)) = scope::step_up(&grant.scope, missing) {
+        tracing::info!(client_id = %grant.client_id, %missing, "token lacks a required scope");
+        return Err(Error::InsufficientScope { scope, missing, resource_metadata: app.resource_metadata.clone() });
+    }
     let auth = bearer::upstream_auth(app, &grant, None).await?;
     // A request without a body can be sent again after an upstream refresh; keep what that needs.
     let replay = replayable(&req).then(|| {
@@ -654,6 +659,19 @@ async fn proxy(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
         tracing::info!(client_id = %grant.client_id, status = resp.status().as_u16(), "upstream refused the request");
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: app.challenge.clone() });
+        }
+        // An upstream asking for more scope: the client steps up at the proxy, for scopes the proxy offers.
+        let upstream_challenge = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
+        if upstream_challenge.and_then(|c| h::auth_param(c, "error")).as_deref() == Some("insufficient_scope") {
+            let asked = upstream_challenge.and_then(|c| h::auth_param(c, "scope")).unwrap_or_default();
+            let offered = asked.split(' ').filter(|s| app.config.idp.scopes.iter().any(|o| o == s));
+            if let Some((scope, missing)) = scope::step_up(&grant.scope, offered) {
+                return Err(Error::InsufficientScope {
+                    scope,
+                    missing,
+                    resource_metadata: app.resource_metadata.clone(),
+                });
+            }
         }
         resp.headers_mut().remove(header::WWW_AUTHENTICATE);
     }

@@ -96,6 +96,57 @@ where
     }
 }
 
+/// The value of an auth-param (RFC 9110 §11.2) in a `WWW-Authenticate` challenge such as
+/// `Bearer error="insufficient_scope", scope="a b"`: quoted (with `\\` escapes) or a token; the name is matched
+/// without case.
+pub fn auth_param(challenge: &str, name: &str) -> Option<String> {
+    let mut rest = challenge.trim_start();
+    // Skip the scheme.
+    if let Some((first, after)) = rest.split_once(' ') {
+        if !first.contains('=') {
+            rest = after;
+        }
+    }
+    loop {
+        rest = rest.trim_start_matches([' ', ',', '\t']);
+        if rest.is_empty() {
+            return None;
+        }
+        let eq = rest.find('=')?;
+        let key = rest[..eq].trim();
+        rest = rest[eq + 1..].trim_start();
+        let value = if let Some(quoted) = rest.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, escaped)) = chars.next() {
+                            value.push(escaped);
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            rest = &quoted[end.min(quoted.len())..];
+            value
+        } else {
+            let end = rest.find([',', ' ']).unwrap_or(rest.len());
+            let value = rest[..end].to_owned();
+            rest = &rest[end..];
+            value
+        };
+        if key.eq_ignore_ascii_case(name) {
+            return Some(value);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +156,16 @@ mod tests {
         assert_eq!(append_query("https://a/cb", &[("code", "x y")]), "https://a/cb?code=x+y");
         assert_eq!(append_query("https://a/cb?k=1", &[("code", "c")]), "https://a/cb?k=1&code=c");
         assert_eq!(append_query("https://a/cb#f", &[("e", "1")]), "https://a/cb?e=1");
+    }
+
+    #[test]
+    fn auth_params_are_read_quoted_or_bare() {
+        let c = r#"Bearer realm="up, stream", error=insufficient_scope, Scope="Mail.Send \"x\"""#;
+        assert_eq!(auth_param(c, "error").as_deref(), Some("insufficient_scope"));
+        assert_eq!(auth_param(c, "scope").as_deref(), Some("Mail.Send \"x\""));
+        assert_eq!(auth_param(c, "realm").as_deref(), Some("up, stream"));
+        assert_eq!(auth_param(c, "missing"), None);
+        assert_eq!(auth_param("Bearer", "error"), None);
+        assert_eq!(auth_param("Bearer error=\"unterminated", "error").as_deref(), Some("unterminated"));
     }
 }

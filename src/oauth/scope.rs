@@ -43,6 +43,91 @@ pub fn check_subset(requested: &str, granted: &str) -> Result<(), OAuthError> {
     }
 }
 
+/// Scopes a path prefix of the upstream needs (`[[upstream.required_scopes]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathScopes {
+    /// A path such as `/mcp/admin`; matches itself and everything below it, compared after
+    /// [`normalize_path`] and without regard to ASCII case.
+    pub path_prefix: String,
+    pub scopes: Vec<String>,
+}
+
+/// The scopes a request for `path` needs that `granted` (space-separated) lacks, over every matching rule, in
+/// configuration order; empty when the token is enough.
+///
+/// Matching errs on the side of asking: the path is normalized the way an upstream might before routing
+/// (percent-decoding, `\` as `/`, repeated slashes, dot segments) and compared without case, so that
+/// `/mcp/%61dmin`, `/mcp//admin`, `/mcp/x/../admin` and `/MCP/Admin` all count as `/mcp/admin`.
+pub fn missing_for_path<'a>(rules: &'a [PathScopes], path: &str, granted: &str) -> Vec<&'a str> {
+    if rules.is_empty() {
+        return Vec::new();
+    }
+    let path = normalize_path(path);
+    let mut missing: Vec<&str> = Vec::new();
+    for rule in rules.iter().filter(|r| prefix_matches(&r.path_prefix, &path)) {
+        for scope in &rule.scopes {
+            if !granted.split(' ').any(|g| g == scope) && !missing.contains(&scope.as_str()) {
+                missing.push(scope);
+            }
+        }
+    }
+    missing
+}
+
+/// The scope to put in a 403 `insufficient_scope` challenge: the granted scopes and then the missing ones (the
+/// client asks for all of them again and keeps what it had). `None` when nothing is missing.
+pub fn step_up<'a>(granted: &'a str, missing: impl IntoIterator<Item = &'a str>) -> Option<(String, String)> {
+    let mut wanted: Vec<&str> = granted.split(' ').filter(|s| !s.is_empty()).collect();
+    let mut added: Vec<&str> = Vec::new();
+    for scope in missing {
+        if !wanted.contains(&scope) {
+            wanted.push(scope);
+            added.push(scope);
+        }
+    }
+    (!added.is_empty()).then(|| (wanted.join(" "), added.join(" ")))
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    path.len() >= prefix.len()
+        && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/' || prefix.is_empty())
+}
+
+/// The path as an upstream router may see it: percent-decoded, `\` read as `/`, empty and `.` segments dropped,
+/// `..` segments applied. Always starts with `/`.
+pub fn normalize_path(path: &str) -> String {
+    let decoded: String = percent_decode(path).replace('\\', "/");
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
+
+/// Decodes `%XX` sequences (repeatedly, so that `%252e` cannot hide a `.` from a router that decodes twice).
+fn percent_decode(path: &str) -> String {
+    let mut current = path.to_owned();
+    for _ in 0..3 {
+        if !current.contains('%') {
+            break;
+        }
+        let next = percent_encoding::percent_decode_str(&current).decode_utf8_lossy().into_owned();
+        if next == current {
+            break;
+        }
+        current = next;
+    }
+    current
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +146,53 @@ mod tests {
     #[test]
     fn bad_syntax_is_invalid_scope() {
         assert_eq!(resolve(Some("open\"id"), &offered()).err().map(|e| e.code), Some(ErrorCode::InvalidScope));
+    }
+
+    fn admin_rule() -> Vec<PathScopes> {
+        vec![
+            PathScopes { path_prefix: "/mcp/admin".into(), scopes: vec!["Mail.Send".into()] },
+            PathScopes { path_prefix: "/mcp/admin/users".into(), scopes: vec!["User.Read".into(), "Mail.Send".into()] },
+        ]
+    }
+
+    #[test]
+    fn path_rules_name_what_the_token_lacks() {
+        let rules = admin_rule();
+        assert!(missing_for_path(&rules, "/mcp", "openid").is_empty());
+        assert!(missing_for_path(&rules, "/mcp/administrator", "openid").is_empty());
+        assert_eq!(missing_for_path(&rules, "/mcp/admin", "openid"), vec!["Mail.Send"]);
+        assert_eq!(missing_for_path(&rules, "/mcp/admin/x?y", "openid"), vec!["Mail.Send"]);
+        assert!(missing_for_path(&rules, "/mcp/admin", "openid Mail.Send").is_empty());
+        assert_eq!(missing_for_path(&rules, "/mcp/admin/users/1", "openid"), vec!["Mail.Send", "User.Read"]);
+        assert_eq!(missing_for_path(&rules, "/mcp/admin/users", "Mail.Send"), vec!["User.Read"]);
+    }
+
+    #[test]
+    fn step_up_keeps_granted_scopes_first() {
+        assert_eq!(
+            step_up("openid profile", ["Mail.Send", "openid"]),
+            Some(("openid profile Mail.Send".to_owned(), "Mail.Send".to_owned()))
+        );
+        assert_eq!(step_up("openid", ["openid"]), None);
+    }
+
+    #[test]
+    fn path_rules_see_through_encodings_and_dot_segments() {
+        let rules = admin_rule();
+        for disguised in [
+            "/mcp/%61dmin",
+            "/mcp//admin",
+            "/mcp/./admin",
+            "/mcp/x/../admin",
+            "/mcp/x/%2e%2e/admin",
+            "/mcp/x/%252e%252e/admin",
+            "/MCP/Admin",
+            "/mcp\\admin",
+            "/mcp%2Fadmin",
+        ] {
+            assert_eq!(missing_for_path(&rules, disguised, "openid"), vec!["Mail.Send"], "{disguised}");
+        }
+        assert_eq!(normalize_path("/a/../../b/"), "/b");
     }
 
     #[test]

@@ -241,7 +241,17 @@ pub fn urlencode(s: &str) -> String {
 /// Runs /authorize → consent (approve) → IdP (fake Azure logs in automatically, or the local login with
 /// `alice`) → callback, and returns the client's redirect parameters.
 pub async fn authorize(proxy: &impl ProxyBase, browser: &mut Browser, client_id: &str) -> HashMap<String, String> {
-    let Landing::Page(200, consent) = browser.get(&authorize_url(proxy, client_id, "")).await else {
+    authorize_with(proxy, browser, client_id, "").await
+}
+
+/// [`authorize`] with extra query parameters (`&scope=…`).
+pub async fn authorize_with(
+    proxy: &impl ProxyBase,
+    browser: &mut Browser,
+    client_id: &str,
+    extra: &str,
+) -> HashMap<String, String> {
+    let Landing::Page(200, consent) = browser.get(&authorize_url(proxy, client_id, extra)).await else {
         panic!("expected the consent page");
     };
     let request = hidden_field(&consent, "request");

@@ -6,6 +6,7 @@
 //! - `/upload`: answers the byte count and SHA-256 of the request body;
 //! - `/download?bytes=N`: streams N bytes in 64 KiB chunks;
 //! - `/challenge`: 401 with the upstream's own `WWW-Authenticate`;
+//! - `/need-scope`: 403 `insufficient_scope` asking for `User.Read` and a scope the proxy does not offer;
 //! - `/slow`: never answers.
 
 use std::collections::BTreeMap;
@@ -144,6 +145,14 @@ async fn handle(
         "/challenge" => Response::builder()
             .status(401)
             .header("www-authenticate", "Bearer realm=\"upstream\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\"")
+            .body(body("{}"))
+            .expect("resp"),
+        "/need-scope" => Response::builder()
+            .status(403)
+            .header(
+                "www-authenticate",
+                "Bearer error=\"insufficient_scope\", scope=\"User.Read Sites.FullControl.All\", realm=\"upstream\"",
+            )
             .body(body("{}"))
             .expect("resp"),
         "/slow" => {
