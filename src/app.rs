@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::client_documents::{ClientDocuments, Network};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::idp::{Idp, IdpError};
@@ -20,6 +21,8 @@ pub enum StartError {
     Upstream(#[from] std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("{0}")]
+    ClientDocuments(String),
     #[error("{0} (set store.start_empty_on_bad_snapshot = true to start with an empty store instead)")]
     Snapshot(#[from] crate::store::snapshot::SnapshotError),
 }
@@ -41,12 +44,19 @@ pub struct App {
     pub resources: Vec<String>,
     pub rate_limiter: RateLimiter,
     pub metrics: crate::metrics::Metrics,
+    /// Client ID Metadata Documents (URL client_ids).
+    pub client_documents: ClientDocuments,
 }
 
 impl App {
-    /// Builds the state; an `oidc` IdP is discovered here.
     /// Builds the state: loads the snapshot (when configured) and discovers an `oidc` IdP.
     pub async fn new(config: Config, clock: Clock) -> Result<Arc<Self>, StartError> {
+        Self::new_on(config, clock, None).await
+    }
+
+    /// [`App::new`] with the network the metadata-document fetcher uses (tests inject a resolver and a
+    /// recording transport); `None`: the system resolver and reqwest.
+    pub async fn new_on(config: Config, clock: Clock, network: Option<Network>) -> Result<Arc<Self>, StartError> {
         let store = match &config.store.snapshot {
             None => Store::new(),
             Some(s) => {
@@ -65,17 +75,33 @@ impl App {
             }
         };
         let idp = Idp::from_config(&config).await?;
-        Self::with_parts(config, clock, idp, store)
+        Self::with_parts(config, clock, idp, store, network)
     }
 
     /// Builds the state around an existing IdP, with an empty store.
     pub fn with_idp(config: Config, clock: Clock, idp: Arc<Idp>) -> Result<Arc<Self>, StartError> {
-        Self::with_parts(config, clock, idp, Store::new())
+        Self::with_parts(config, clock, idp, Store::new(), None)
     }
 
     /// Builds the state around an existing IdP and store.
-    pub fn with_parts(config: Config, clock: Clock, idp: Arc<Idp>, store: Store) -> Result<Arc<Self>, StartError> {
+    pub fn with_parts(
+        config: Config,
+        clock: Clock,
+        idp: Arc<Idp>,
+        store: Store,
+        network: Option<Network>,
+    ) -> Result<Arc<Self>, StartError> {
         let forwarder = Forwarder::new(&config.upstream, config.is_https())?;
+        let network = match network {
+            Some(n) => n,
+            None => Network::system(&config.client_documents).map_err(StartError::ClientDocuments)?,
+        };
+        if config.client_documents.enabled && config.client_documents.allow_loopback_for_testing {
+            tracing::warn!(
+                "client_metadata_documents.allow_loopback_for_testing is set: documents may be fetched from \
+                 loopback addresses; never use this in production"
+            );
+        }
         let resource = config.resource_url();
         let resources = vec![
             resource.clone(),
@@ -94,6 +120,7 @@ impl App {
             resources,
             rate_limiter: RateLimiter::new(&config.limits),
             metrics: crate::metrics::Metrics::new(),
+            client_documents: ClientDocuments::new(config.client_documents.clone(), network),
             store: Arc::new(store),
             clock,
             idp,

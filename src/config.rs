@@ -43,6 +43,7 @@ pub struct Config {
     pub idp: IdpConfig,
     pub tokens: TokenConfig,
     pub registration: RegistrationConfig,
+    pub client_documents: ClientDocumentsConfig,
     pub limits: LimitsConfig,
     pub introspection: Option<IntrospectionConfig>,
     pub store: StoreConfig,
@@ -167,6 +168,27 @@ pub struct RegistrationConfig {
     pub redirect_allowlist: crate::oauth::redirect_uri::Allowlist,
 }
 
+/// Client ID Metadata Documents: a `client_id` that is an https URL names a JSON document the proxy fetches.
+#[derive(Debug, Clone)]
+pub struct ClientDocumentsConfig {
+    /// Whether URL client_ids are accepted (and `client_id_metadata_document_supported` advertised).
+    pub enabled: bool,
+    /// Hosts documents may be fetched from (`*.example.com` for subdomains); empty: any public host.
+    pub allowed_hosts: Vec<String>,
+    /// Largest document accepted.
+    pub max_bytes: usize,
+    /// Deadline of one fetch: resolution, connection, TLS, headers and body.
+    pub timeout: Duration,
+    /// How long a fetched document is used (less when its `Cache-Control: max-age` says so).
+    pub cache_ttl: Duration,
+    /// Documents kept in the cache at most.
+    pub cache_entries: usize,
+    /// Extra trust anchors (PEM) for fetching documents, beside the public web PKI.
+    pub extra_ca_file: Option<PathBuf>,
+    /// Test-only: lets documents be served from loopback addresses. Never set in production.
+    pub allow_loopback_for_testing: bool,
+}
+
 /// Abuse limits of the public endpoints.
 #[derive(Debug, Clone)]
 pub struct LimitsConfig {
@@ -213,6 +235,8 @@ struct RawConfig {
     tokens: RawTokens,
     #[serde(default)]
     registration: RawRegistration,
+    #[serde(default)]
+    client_metadata_documents: RawClientDocuments,
     #[serde(default)]
     limits: RawLimits,
     introspection: Option<RawIntrospection>,
@@ -320,6 +344,21 @@ struct RawRegistration {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawClientDocuments {
+    enabled: Option<bool>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    max_bytes: Option<usize>,
+    timeout: Option<String>,
+    cache_ttl: Option<String>,
+    cache_entries: Option<usize>,
+    extra_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_loopback_for_testing: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawLimits {
     register_per_minute: Option<u32>,
     token_per_minute: Option<u32>,
@@ -377,6 +416,7 @@ impl Config {
         let upstream = validate_required_scopes(upstream, &idp.scopes)?;
         let tokens = validate_tokens(raw.tokens)?;
         let registration = validate_registration(raw.registration, &env)?;
+        let client_documents = validate_client_documents(raw.client_metadata_documents)?;
         let limits = validate_limits(raw.limits)?;
         let introspection = match raw.introspection {
             None => None,
@@ -406,7 +446,19 @@ impl Config {
             format: raw.log.format.unwrap_or(LogFormat::Text),
             filter: raw.log.filter.unwrap_or_else(|| "info".to_owned()),
         };
-        Ok(Self { server, upstream, idp, tokens, registration, limits, introspection, store, metrics_listen, log })
+        Ok(Self {
+            server,
+            upstream,
+            idp,
+            tokens,
+            registration,
+            client_documents,
+            limits,
+            introspection,
+            store,
+            metrics_listen,
+            log,
+        })
     }
 
     /// The redirect URI registered at the IdP: `<public_url>/callback`.
@@ -677,6 +729,51 @@ fn validate_registration(
         initial_access_token: initial_access_token.map(SecretString::from),
         redirect_allowlist,
         allowed_redirect_hosts,
+    })
+}
+
+fn validate_client_documents(raw: RawClientDocuments) -> Result<ClientDocumentsConfig, ConfigError> {
+    const HOSTS: &str = "client_metadata_documents.allowed_hosts";
+    let mut allowed_hosts = Vec::with_capacity(raw.allowed_hosts.len());
+    for host in raw.allowed_hosts {
+        let bare = host.strip_prefix("*.").unwrap_or(&host);
+        if bare.is_empty() || bare.contains(['/', ':', ' ', '*', '@']) {
+            return Err(invalid(
+                HOSTS,
+                format!("`{host}` is not a host name such as \"claude.ai\" or \"*.example.com\""),
+            ));
+        }
+        allowed_hosts.push(host.to_ascii_lowercase());
+    }
+    let max_bytes = raw.max_bytes.unwrap_or(5 * 1024);
+    if !(256..=64 * 1024).contains(&max_bytes) {
+        return Err(invalid("client_metadata_documents.max_bytes", "must be between 256 and 65536"));
+    }
+    let timeout = duration("client_metadata_documents.timeout", raw.timeout, Duration::from_secs(5))?;
+    if timeout.is_zero() || timeout > Duration::from_secs(30) {
+        return Err(invalid("client_metadata_documents.timeout", "must be more than 0 and at most 30s"));
+    }
+    let cache_entries = raw.cache_entries.unwrap_or(1024);
+    if cache_entries == 0 {
+        return Err(invalid("client_metadata_documents.cache_entries", "must be at least 1"));
+    }
+    if let Some(path) = &raw.extra_ca_file {
+        if !path.is_file() {
+            return Err(invalid(
+                "client_metadata_documents.extra_ca_file",
+                format!("{} is not a readable file", path.display()),
+            ));
+        }
+    }
+    Ok(ClientDocumentsConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        allowed_hosts,
+        max_bytes,
+        timeout,
+        cache_ttl: duration("client_metadata_documents.cache_ttl", raw.cache_ttl, Duration::from_secs(600))?,
+        cache_entries,
+        extra_ca_file: raw.extra_ca_file,
+        allow_loopback_for_testing: raw.allow_loopback_for_testing,
     })
 }
 

@@ -22,12 +22,14 @@
 //! - [`oauth`]: the authorization server's rules, one module per endpoint.
 //! - [`idp`]: upstream identity providers (OIDC discovery, the Azure preset, local login).
 //! - [`proxy`]: bearer lookup, upstream credential (refresh, single flight), streaming forwarder.
+//! - [`client_documents`]: Client ID Metadata Documents (URL client_ids), fetched without SSRF.
 //! - [`store`]: the `DashMap` store of clients, codes, grants and token hashes.
 //! - [`crypto`]: random tokens, SHA-256, PKCE, AEAD. [`error`]: every error and its one response mapping.
 
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod client_documents;
 pub mod clock;
 pub mod config;
 pub mod crypto;

@@ -9,6 +9,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use hyper::body::Incoming;
 
 use crate::app::App;
+use crate::client_documents::{self, DocumentError};
 use crate::crypto::{self, TokenHash};
 use crate::error::{BearerProblem, Error, ErrorCode, OAuthError};
 use crate::http::params::Params;
@@ -19,7 +20,7 @@ use crate::oauth::{consent, pkce, register, scope, token};
 use crate::proxy::bearer;
 use crate::proxy::forward::UpstreamBody;
 use crate::rate_limit::RouteClass;
-use crate::store::{AuthorizationCode, IdpRequest, PendingAuthorization, UpstreamLogin};
+use crate::store::{AuthorizationCode, Client, IdpRequest, PendingAuthorization, UpstreamLogin};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 /// Largest form body of the token, consent, login and revocation endpoints.
@@ -129,7 +130,7 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> R
         (&Method::GET | &Method::PUT | &Method::DELETE, p) if p.starts_with("/register/") => {
             manage_client(app, req).await
         }
-        (&Method::GET, "/authorize") => start_authorization(app, &req),
+        (&Method::GET, "/authorize") => start_authorization(app, &req).await,
         (&Method::POST, "/consent") => submit_consent(app, req).await,
         (&Method::GET, "/callback") => idp_callback(app, &req).await,
         (&Method::GET, "/login") => show_login(app, &req),
@@ -283,18 +284,42 @@ async fn manage_client(app: &App, req: Request<Incoming>) -> Result<Response<Bod
 
 // ---- authorization ------------------------------------------------------------------------------------------
 
-fn start_authorization(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+/// A client named by the URL of its metadata document, fetched (or from the cache) and checked.
+async fn document_client(app: &App, client_id: Option<&str>) -> Result<Option<Arc<Client>>, (String, DocumentError)> {
+    match client_id {
+        Some(id) if client_documents::is_document_id(id) => app
+            .client_documents
+            .client(id, app.clock.now(), &app.config.registration.redirect_allowlist)
+            .await
+            .map(Some)
+            .map_err(|e| {
+                tracing::info!(client_id = id, error = %e, "client metadata document refused");
+                (id.to_owned(), e)
+            }),
+        _ => Ok(None),
+    }
+}
+
+/// Looks a client up: the document client already resolved for this request, or a registered one.
+fn find_client(document: &Option<Arc<Client>>, store: &crate::store::Store, id: &str) -> Option<Arc<Client>> {
+    match document {
+        Some(c) if c.client_id == id => Some(c.clone()),
+        _ => store.clients.get(id).map(|c| c.clone()),
+    }
+}
+
+async fn start_authorization(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
     let ctx = AuthorizeContext {
         issuer: &app.config.server.public_url,
         resources: &app.resources,
         offered_scopes: &app.config.idp.scopes,
     };
     let query = req.uri().query().unwrap_or("").as_bytes();
-    let request = authorize::validate(query, |id| app.store.clients.get(id).map(|c| c.clone()), &ctx)?;
-    let client =
-        app.store.clients.get(&request.client_id).map(|c| c.clone()).ok_or_else(|| {
-            Error::page(StatusCode::BAD_REQUEST, "Unknown client", "The application is not registered.")
-        })?;
+    let named = Params::parse(query).ok().and_then(|p| p.get("client_id").map(str::to_owned));
+    let document = document_client(app, named.as_deref()).await.map_err(|(id, e)| e.into_page(&id))?;
+    let request = authorize::validate(query, |id| find_client(&document, &app.store, id), &ctx)?;
+    let client = find_client(&document, &app.store, &request.client_id)
+        .ok_or_else(|| Error::page(StatusCode::BAD_REQUEST, "Unknown client", "The application is not registered."))?;
 
     let pending_now = app.store.pending.len() + app.store.idp_requests.len();
     if pending_now >= app.config.limits.max_pending {
@@ -532,9 +557,15 @@ async fn read_oauth_form(req: Request<Incoming>) -> Result<(HeaderMap, Params), 
     Ok((parts.headers, params))
 }
 
+/// Authenticates the client of a token or revocation request; a metadata-document client is resolved first.
+async fn token_client(app: &App, headers: &HeaderMap, params: &Params) -> Result<Arc<Client>, Error> {
+    let document = document_client(app, params.get("client_id")).await.map_err(|(_, e)| e.into_oauth())?;
+    Ok(token::authenticate_client(|id| find_client(&document, &app.store, id), headers, params)?)
+}
+
 async fn token_endpoint(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
     let (headers, params) = read_oauth_form(req).await?;
-    let client = token::authenticate_client(&app.store, &headers, &params)?;
+    let client = token_client(app, &headers, &params).await?;
     let ctx = token::TokenContext {
         store: &app.store,
         config: &app.config.tokens,
@@ -552,7 +583,7 @@ async fn token_endpoint(app: &App, req: Request<Incoming>) -> Result<Response<Bo
 /// unknown or belongs to another client (§2.2), so that nothing is learned.
 async fn revoke(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
     let (headers, params) = read_oauth_form(req).await?;
-    let client = token::authenticate_client(&app.store, &headers, &params)?;
+    let client = token_client(app, &headers, &params).await?;
     let hash = TokenHash::of(params.require("token")?);
     let refresh_grant = app.store.refresh_tokens.get(&hash).map(|r| r.grant.clone());
     if let Some(grant) = refresh_grant.filter(|g| g.client_id == client.client_id) {

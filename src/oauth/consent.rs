@@ -72,10 +72,20 @@ fn redirect_host(uri: &str) -> String {
 pub fn render(client: &Client, pending: &PendingAuthorization, request_id: &str, csrf: &str) -> Response<Body> {
     let name = client.client_name.as_deref().unwrap_or("An unnamed application");
     let scopes: String = pending.scope.iter().map(|s| format!("<code>{}</code> ", escape(s))).collect();
+    // A metadata-document client is identified by the host that publishes its document; its name is its own.
+    let (how, published) = if crate::client_documents::is_document_id(&client.client_id) {
+        (
+            "This application identifies itself with a document published on the web and asks for access on your \
+             behalf. Its name is chosen by the application; check the publishing site.",
+            format!("<dt>Published by</dt><dd><code>{}</code></dd>", escape(&redirect_host(&client.client_id))),
+        )
+    } else {
+        ("This application registered itself with this server and asks for access on your behalf.", String::new())
+    };
     let body = format!(
         "<h1>Allow {name} to access your account?</h1>\
-         <p>This application registered itself with this server and asks for access on your behalf.</p>\
-         <dl><dt>Application</dt><dd>{name}</dd>\
+         <p>{how}</p>\
+         <dl><dt>Application</dt><dd>{name}</dd>{published}\
          <dt>It will receive the answer at</dt><dd><code>{host}</code></dd>\
          <dt>Permissions</dt><dd>{scopes}</dd></dl>\
          <p>Only approve if you started this connection yourself.</p>\

@@ -6,6 +6,8 @@
 //!   inserted (§3.1), e.g. `/.well-known/oauth-protected-resource/mcp`.
 //! - RFC 9207: `authorization_response_iss_parameter_supported`, the proxy sends `iss` with every authorization
 //!   response.
+//! - `client_id_metadata_document_supported` (draft-ietf-oauth-client-id-metadata-document §5): URL client_ids
+//!   are accepted unless `client_metadata_documents.enabled = false`.
 
 use bytes::Bytes;
 use serde_json::json;
@@ -41,6 +43,7 @@ impl Metadata {
             "token_endpoint_auth_methods_supported": auth_methods,
             "revocation_endpoint_auth_methods_supported": auth_methods,
             "authorization_response_iss_parameter_supported": true,
+            "client_id_metadata_document_supported": config.client_documents.enabled,
         });
         let prm_doc = json!({
             "resource": config.resource_url(),

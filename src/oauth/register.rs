@@ -63,9 +63,22 @@ pub struct Registration {
     pub registration_token: String,
 }
 
-/// Validates RFC 7591 client metadata (a parsed JSON body) and builds the client.
-/// `allowed` is the operator's redirect-URI allowlist (empty: any URI the rules accept).
-pub fn register(body: &Value, now: UnixTime, allowed: &redirect_uri::Allowlist) -> Result<Registration, OAuthError> {
+/// Client metadata that passed the RFC 7591 §2 rules; shared by registration and Client ID Metadata Documents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientMetadata {
+    pub redirect_uris: Vec<String>,
+    /// `None` when the document does not say (the default differs: RFC 7591 `client_secret_basic`, a metadata
+    /// document `none`).
+    pub auth_method: Option<ClientAuthMethod>,
+    pub grant_types: Vec<String>,
+    pub response_types: Vec<String>,
+    pub client_name: Option<String>,
+    pub scope: Option<String>,
+}
+
+/// Checks client metadata (a parsed JSON object) against RFC 7591 §2 and the operator's redirect-URI allowlist
+/// (`allowed`; empty: any URI the rules accept).
+pub fn validate_metadata(body: &Value, allowed: &redirect_uri::Allowlist) -> Result<ClientMetadata, OAuthError> {
     let obj = body.as_object().ok_or_else(|| metadata_error("the body must be a JSON object"))?;
 
     let redirect_uris = string_array(obj, "redirect_uris")
@@ -85,12 +98,12 @@ pub fn register(body: &Value, now: UnixTime, allowed: &redirect_uri::Allowlist) 
     }
 
     let auth_method = match string_field(obj, "token_endpoint_auth_method")? {
-        None => ClientAuthMethod::ClientSecretBasic,
-        Some(m) => ClientAuthMethod::parse(&m).ok_or_else(|| {
+        None => None,
+        Some(m) => Some(ClientAuthMethod::parse(&m).ok_or_else(|| {
             metadata_error(format!(
                 "`token_endpoint_auth_method` `{m}` is not supported; use none, client_secret_basic or client_secret_post"
             ))
-        })?,
+        })?),
     };
 
     let grant_types = string_array(obj, "grant_types")?
@@ -114,18 +127,32 @@ pub fn register(body: &Value, now: UnixTime, allowed: &redirect_uri::Allowlist) 
     if let Some(s) = &scope {
         scope::parse(s).map_err(|_| metadata_error("`scope` is not a space-separated list of scope tokens"))?;
     }
+    Ok(ClientMetadata {
+        redirect_uris,
+        auth_method,
+        grant_types: dedup(grant_types),
+        response_types: dedup(response_types),
+        client_name,
+        scope,
+    })
+}
 
+/// Validates RFC 7591 client metadata (a parsed JSON body) and builds the client.
+/// `allowed` is the operator's redirect-URI allowlist (empty: any URI the rules accept).
+pub fn register(body: &Value, now: UnixTime, allowed: &redirect_uri::Allowlist) -> Result<Registration, OAuthError> {
+    let metadata = validate_metadata(body, allowed)?;
+    let auth_method = metadata.auth_method.unwrap_or(ClientAuthMethod::ClientSecretBasic);
     let secret = (auth_method != ClientAuthMethod::None).then(crypto::random_token);
     let registration_token = crypto::random_token();
     let client = Client {
         client_id: crypto::random_token(),
         secret_hash: secret.as_deref().map(TokenHash::of),
         auth_method,
-        redirect_uris,
-        client_name,
-        scope,
-        grant_types: dedup(grant_types),
-        response_types: dedup(response_types),
+        redirect_uris: metadata.redirect_uris,
+        client_name: metadata.client_name,
+        scope: metadata.scope,
+        grant_types: metadata.grant_types,
+        response_types: metadata.response_types,
         issued_at: now,
         first_authorized_at: Default::default(),
         registration_token: Some(TokenHash::of(&registration_token)),

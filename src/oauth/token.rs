@@ -38,7 +38,12 @@ pub struct TokenResponse {
 }
 
 /// Authenticates the client of a token, revocation or introspection request.
-pub fn authenticate_client(store: &Store, headers: &HeaderMap, params: &Params) -> Result<Arc<Client>, OAuthError> {
+/// `lookup` finds a client by id (registered, or described by a metadata document).
+pub fn authenticate_client(
+    lookup: impl FnOnce(&str) -> Option<Arc<Client>>,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<Arc<Client>, OAuthError> {
     let basic = match headers.get(header::AUTHORIZATION) {
         Some(value) => Some(parse_basic(value.to_str().unwrap_or(""))?),
         None => None,
@@ -64,11 +69,7 @@ pub fn authenticate_client(store: &Store, headers: &HeaderMap, params: &Params) 
             }
         }
     };
-    let client = store
-        .clients
-        .get(&client_id)
-        .map(|c| c.clone())
-        .ok_or_else(|| OAuthError::invalid_client("unknown client; register again"))?;
+    let client = lookup(&client_id).ok_or_else(|| OAuthError::invalid_client("unknown client; register again"))?;
     match (client.secret_hash, secret) {
         (None, None) => Ok(client),
         (None, Some(_)) => Err(OAuthError::invalid_client(

@@ -1,4 +1,5 @@
-//! A tiny hyper server for fakes: binds 127.0.0.1:0 and calls an async handler per request.
+//! A tiny hyper server for fakes: binds 127.0.0.1:0 and calls an async handler per request, over plain HTTP
+//! ([`serve`]) or TLS ([`serve_tls`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -42,6 +43,31 @@ where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<FakeBody>> + Send + 'static,
 {
+    serve_on(handler, None).await
+}
+
+/// Like [`serve`], over TLS with the given PEM certificate chain and key.
+pub async fn serve_tls<H, F>(handler: H, cert_pem: &str, key_pem: &str) -> FakeServer
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<FakeBody>> + Send + 'static,
+{
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().expect("cert pem");
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes()).expect("key pem").expect("a key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+    serve_on(handler, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+}
+
+async fn serve_on<H, F>(handler: H, tls: Option<tokio_rustls::TlsAcceptor>) -> FakeServer
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<FakeBody>> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
     let addr = listener.local_addr().expect("fake addr");
     let handler = Arc::new(handler);
@@ -51,12 +77,23 @@ where
                 continue;
             };
             let handler = handler.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(req).await) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+                let builder = auto::Builder::new(TokioExecutor::new());
+                match tls {
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
+                }
             });
         }
     });

@@ -55,6 +55,16 @@ impl TestProxy {
 
     /// Like [`TestProxy::start`] with extra `[server]` lines; a `[server.tls]` table there makes it https.
     pub async fn start_with(upstream_url: &str, server_extra: &str, idp_and_rest: &str) -> Self {
+        Self::start_on(upstream_url, server_extra, idp_and_rest, None).await
+    }
+
+    /// Like [`TestProxy::start_with`], with the network the metadata-document fetcher uses.
+    pub async fn start_on(
+        upstream_url: &str,
+        server_extra: &str,
+        idp_and_rest: &str,
+        network: Option<dcr_proxy::client_documents::Network>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let scheme = if server_extra.contains("[server.tls]") { "https" } else { "http" };
@@ -67,7 +77,7 @@ impl TestProxy {
         let config = Config::from_toml(&text, |_| None).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
         let clock =
             Clock::manual(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs());
-        let app = App::new(config, clock.clone()).await.expect("app starts");
+        let app = App::new_on(config, clock.clone(), network).await.expect("app starts");
         let (tx, rx) = oneshot::channel::<()>();
         let tls = app.config.server.tls.as_ref().map(|t| dcr_proxy::server::tls::acceptor(t).expect("TLS config"));
         let task = tokio::spawn(dcr_proxy::server::serve(listener, app.clone(), tls, async {
@@ -90,11 +100,20 @@ impl TestProxy {
 
     /// The proxy with the local login and the user `alice`.
     pub async fn with_local(upstream_url: &str) -> Self {
+        Self::with_local_on(upstream_url, "", None).await
+    }
+
+    /// [`TestProxy::with_local`] with more config after `[idp]` and the metadata-document network.
+    pub async fn with_local_on(
+        upstream_url: &str,
+        extra: &str,
+        network: Option<dcr_proxy::client_documents::Network>,
+    ) -> Self {
         let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).expect("hash");
         let idp = format!(
-            "[idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\nemail = \"alice@example.com\"\n"
+            "[idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\nemail = \"alice@example.com\"\n{extra}"
         );
-        Self::start(upstream_url, &idp).await
+        Self::start_on(upstream_url, "", &idp, network).await
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,214 @@
+//! The rules of a Client ID Metadata Document (draft-ietf-oauth-client-id-metadata-document, MCP 2025-11-25
+//! "Client ID Metadata Documents"), as plain functions.
+//!
+//! - The client_id URL (§3): `https`, a path other than `/`, no fragment, no user or password, no `.`/`..`
+//!   segments, and already in canonical form (the document's `client_id` is compared byte for byte).
+//! - The document (§4): a JSON object whose `client_id` equals the URL; no client secret (there is nobody to
+//!   share it with); `token_endpoint_auth_method` `none` (the default here); every other field follows the RFC
+//!   7591 rules the proxy applies to registrations, the operator's redirect allowlist included.
+
+use url::Url;
+
+use super::DocumentError;
+use crate::clock::UnixTime;
+use crate::oauth::redirect_uri::Allowlist;
+use crate::oauth::register;
+use crate::store::{Client, ClientAuthMethod};
+
+/// The longest client_id URL accepted.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// Whether a `client_id` names a metadata document (rather than a registered client).
+pub fn is_document_id(client_id: &str) -> bool {
+    client_id.starts_with("https://")
+}
+
+/// Checks a client_id URL and, when an allowlist is set, its host. Returns the parsed URL.
+pub fn check_url(client_id: &str, allowed_hosts: &[String]) -> Result<Url, DocumentError> {
+    let bad = |why: &str| DocumentError::InvalidUrl(why.to_owned());
+    if client_id.len() > MAX_URL_LEN {
+        return Err(bad("it is longer than 2048 characters"));
+    }
+    let url = Url::parse(client_id).map_err(|e| DocumentError::InvalidUrl(e.to_string()))?;
+    if url.scheme() != "https" {
+        return Err(bad("it must be an https URL"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("it must not contain a user name or password"));
+    }
+    if url.fragment().is_some() {
+        return Err(bad("it must not contain a fragment"));
+    }
+    if url.path() == "/" {
+        return Err(bad("it must have a path (such as /client.json)"));
+    }
+    // `Url` resolves dot segments, lower-cases the host and drops a default port: any difference means the
+    // string was not canonical, and a document could never name it exactly.
+    if url.as_str() != client_id {
+        return Err(bad("it is not in canonical form (dot segments, upper-case host, default port or escapes)"));
+    }
+    let host = url.host_str().ok_or_else(|| bad("it has no host"))?;
+    if !host_allowed(host, allowed_hosts) {
+        return Err(DocumentError::HostNotAllowed(host.to_owned()));
+    }
+    Ok(url)
+}
+
+/// `allowed` entries are exact hosts or `*.suffix` (any subdomain of suffix, not suffix itself).
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    allowed.is_empty()
+        || allowed.iter().any(|a| match a.strip_prefix("*.") {
+            Some(suffix) => {
+                host.len() > suffix.len() + 1 && host.ends_with(suffix) && {
+                    let dot = host.len() - suffix.len() - 1;
+                    host.as_bytes()[dot] == b'.'
+                }
+            }
+            None => a == host,
+        })
+}
+
+/// Turns a fetched document into the client it describes.
+pub fn parse(body: &[u8], url: &Url, now: UnixTime, redirects: &Allowlist) -> Result<Client, DocumentError> {
+    let doc: serde_json::Value = serde_json::from_slice(body).map_err(|e| DocumentError::NotJson(e.to_string()))?;
+    let obj = doc.as_object().ok_or_else(|| DocumentError::NotJson("the top level is not an object".into()))?;
+    match obj.get("client_id") {
+        Some(serde_json::Value::String(id)) if id == url.as_str() => {}
+        Some(serde_json::Value::String(id)) => return Err(DocumentError::ClientIdMismatch { found: shorten(id) }),
+        _ => return Err(DocumentError::Invalid("`client_id` is missing or not a string".into())),
+    }
+    if obj.contains_key("client_secret") || obj.contains_key("client_secret_expires_at") {
+        return Err(DocumentError::Invalid("a metadata document must not contain a client secret".into()));
+    }
+    let metadata = register::validate_metadata(&doc, redirects).map_err(|e| DocumentError::Invalid(e.description))?;
+    match metadata.auth_method {
+        None | Some(ClientAuthMethod::None) => {}
+        Some(other) => {
+            return Err(DocumentError::Invalid(format!(
+                "`token_endpoint_auth_method` {} is not usable with a metadata document here; use none",
+                other.as_str()
+            )))
+        }
+    }
+    Ok(Client {
+        client_id: url.as_str().to_owned(),
+        secret_hash: None,
+        auth_method: ClientAuthMethod::None,
+        redirect_uris: metadata.redirect_uris,
+        client_name: metadata.client_name,
+        scope: metadata.scope,
+        grant_types: metadata.grant_types,
+        response_types: metadata.response_types,
+        issued_at: now,
+        first_authorized_at: Default::default(),
+        registration_token: None,
+    })
+}
+
+/// A value from a document, cut for messages.
+fn shorten(s: &str) -> String {
+    if s.chars().count() <= 120 {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(120).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const ID: &str = "https://app.example.com/oauth/client.json";
+
+    fn url() -> Url {
+        check_url(ID, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn parse_json(v: serde_json::Value) -> Result<Client, DocumentError> {
+        parse(v.to_string().as_bytes(), &url(), 1, &Allowlist::default())
+    }
+
+    #[test]
+    fn urls_must_be_canonical_https_with_a_path() {
+        assert!(check_url(ID, &[]).is_ok());
+        assert!(check_url("https://app.example.com/c.json?v=1", &[]).is_ok());
+        for bad in [
+            "http://app.example.com/client.json",
+            "https://app.example.com/",
+            "https://app.example.com",
+            "https://user:pw@app.example.com/c.json",
+            "https://app.example.com/c.json#frag",
+            "https://app.example.com/a/../c.json",
+            "https://app.example.com/./c.json",
+            "https://APP.example.com/c.json",
+            "https://app.example.com:443/c.json",
+            "not a url",
+        ] {
+            assert!(matches!(check_url(bad, &[]), Err(DocumentError::InvalidUrl(_))), "{bad}");
+        }
+        assert!(check_url(&format!("https://a.example/{}", "x".repeat(2100)), &[]).is_err());
+    }
+
+    #[test]
+    fn host_allowlist_takes_exact_hosts_and_subdomain_wildcards() {
+        let allowed = vec!["claude.ai".to_owned(), "*.openai.com".to_owned()];
+        assert!(check_url("https://claude.ai/oauth/mcp.json", &allowed).is_ok());
+        assert!(check_url("https://cdn.openai.com/c.json", &allowed).is_ok());
+        for refused in ["https://openai.com/c.json", "https://evilopenai.com/c.json", "https://claude.ai.evil.com/c"] {
+            assert!(matches!(check_url(refused, &allowed), Err(DocumentError::HostNotAllowed(_))), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_valid_document_becomes_a_public_client() {
+        let c = parse_json(json!({
+            "client_id": ID,
+            "client_name": "Example MCP client",
+            "redirect_uris": ["https://app.example.com/callback"],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_method": "none",
+            "logo_uri": "https://app.example.com/logo.png"
+        }));
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.client_id, ID);
+        assert_eq!(c.auth_method, ClientAuthMethod::None);
+        assert!(c.secret_hash.is_none() && c.registration_token.is_none());
+        assert_eq!(c.client_name.as_deref(), Some("Example MCP client"));
+    }
+
+    #[test]
+    fn documents_that_break_the_rules_are_refused() {
+        let base = || json!({"client_id": ID, "redirect_uris": ["https://app.example.com/cb"]});
+        let with = |k: &str, v: serde_json::Value| {
+            let mut d = base();
+            d[k] = v;
+            d
+        };
+        assert!(matches!(
+            parse_json(with("client_id", json!("https://other.example/c.json"))),
+            Err(DocumentError::ClientIdMismatch { .. })
+        ));
+        assert!(matches!(parse_json(with("client_id", json!(7))), Err(DocumentError::Invalid(_))));
+        assert!(matches!(parse_json(with("client_secret", json!("s"))), Err(DocumentError::Invalid(_))));
+        assert!(matches!(
+            parse_json(with("token_endpoint_auth_method", json!("client_secret_basic"))),
+            Err(DocumentError::Invalid(_))
+        ));
+        assert!(matches!(parse_json(with("redirect_uris", json!([]))), Err(DocumentError::Invalid(_))));
+        assert!(matches!(
+            parse_json(with("redirect_uris", json!(["http://evil.example/cb"]))),
+            Err(DocumentError::Invalid(_))
+        ));
+        assert!(matches!(parse(b"[1]", &url(), 1, &Allowlist::default()), Err(DocumentError::NotJson(_))));
+        assert!(matches!(parse(b"{", &url(), 1, &Allowlist::default()), Err(DocumentError::NotJson(_))));
+    }
+
+    #[test]
+    fn the_operators_redirect_allowlist_applies() {
+        let only_claude = crate::oauth::redirect_uri::preset("claude").unwrap_or_default();
+        let doc = json!({"client_id": ID, "redirect_uris": ["https://app.example.com/cb"]});
+        assert!(parse(doc.to_string().as_bytes(), &url(), 1, &only_claude).is_err());
+    }
+}

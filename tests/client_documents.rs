@@ -1,0 +1,360 @@
+//! Client ID Metadata Documents through the running proxy: a URL client_id signs in end to end, and every way a
+//! document can be abused is refused with a clear page.
+//!
+//! No connection ever leaves 127.0.0.1. The proxy gets a test resolver (names → chosen addresses) and a
+//! recording transport that logs every attempt it is handed and refuses (without connecting) any address that is
+//! not loopback; documents are served over TLS by a loopback server whose certificate the proxy trusts through
+//! `extra_ca_file`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::http_server::{body, serve_tls, FakeServer};
+use common::upstream::Upstream;
+use common::*;
+use dcr_proxy::client_documents::fetch::{BoxFuture, FetchRequest, Fetched, ReqwestTransport, Resolver, Transport};
+use dcr_proxy::client_documents::{DocumentError, Network};
+use serde_json::{json, Value};
+
+/// Names the test chose, resolved without DNS.
+struct MapResolver(HashMap<String, Vec<IpAddr>>);
+
+impl Resolver for MapResolver {
+    fn resolve<'a>(&'a self, host: &'a str, port: u16) -> BoxFuture<'a, std::io::Result<Vec<SocketAddr>>> {
+        Box::pin(async move {
+            self.0
+                .get(host)
+                .map(|ips| ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect())
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "unknown test name"))
+        })
+    }
+}
+
+/// Records every attempt; connects (through the real reqwest transport) only to loopback.
+struct RecordingTransport {
+    inner: ReqwestTransport,
+    attempts: Attempts,
+}
+
+impl Transport for RecordingTransport {
+    fn get<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Fetched, DocumentError>> {
+        self.attempts.lock().unwrap().push((request.url.to_string(), request.addrs.to_vec()));
+        if request.addrs.iter().any(|a| !a.ip().is_loopback()) {
+            return Box::pin(async { Err(DocumentError::Fetch("test transport: not leaving loopback".into())) });
+        }
+        self.inner.get(request)
+    }
+}
+
+/// The document server: TLS on 127.0.0.1 for the names `docs.test` and `127.0.0.1`.
+struct Docs {
+    server: FakeServer,
+    ca_file: PathBuf,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+const REDIRECT: &str = CLIENT_REDIRECT;
+
+impl Docs {
+    async fn start() -> Self {
+        let ck = rcgen::generate_simple_self_signed(vec!["docs.test".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let dir = std::env::temp_dir().join(format!("dcrp-docs-{}", dcr_proxy::crypto::random_token()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ck.cert.pem()).unwrap();
+        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let port = Arc::new(AtomicUsize::new(0));
+        let (h, p) = (hits.clone(), port.clone());
+        let server = serve_tls(
+            move |req| {
+                let (h, p) = (h.clone(), p.clone());
+                async move {
+                    let path = req.uri().path().to_owned();
+                    *h.lock().unwrap().entry(path.clone()).or_default() += 1;
+                    let host = req.headers().get("host").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                    let host = if host.is_empty() { format!("docs.test:{}", p.load(Ordering::Relaxed)) } else { host };
+                    let own = format!("https://{host}{path}");
+                    let doc = |id: &str| {
+                        json!({
+                            "client_id": id,
+                            "client_name": "Doc Client",
+                            "redirect_uris": [REDIRECT],
+                            "grant_types": ["authorization_code", "refresh_token"],
+                            "token_endpoint_auth_method": "none",
+                        })
+                        .to_string()
+                    };
+                    let resp = hyper::Response::builder().header("content-type", "application/json");
+                    match path.as_str() {
+                        "/good.json" | "/other.json" | "/third.json" => resp.body(body(doc(&own))),
+                        "/redirect.json" => resp.status(302).header("location", "/good.json").body(body("")),
+                        "/big.json" => {
+                            let mut d: Value = serde_json::from_str(&doc(&own)).unwrap();
+                            d["padding"] = json!("x".repeat(6000));
+                            resp.body(body(d.to_string()))
+                        }
+                        "/slow.json" => {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            resp.body(body(doc(&own)))
+                        }
+                        "/mismatch.json" => resp.body(body(doc(&own.replace("mismatch", "good")))),
+                        "/missing.json" => resp.status(404).body(body("")),
+                        _ => resp.status(404).body(body("")),
+                    }
+                    .unwrap()
+                }
+            },
+            &ck.cert.pem(),
+            &ck.signing_key.serialize_pem(),
+        )
+        .await;
+        port.store(server.addr.port() as usize, Ordering::Relaxed);
+        Self { server, ca_file, hits }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://docs.test:{}{path}", self.server.addr.port())
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+type Attempts = Arc<Mutex<Vec<(String, Vec<SocketAddr>)>>>;
+
+struct Setup {
+    upstream: Upstream,
+    docs: Docs,
+    proxy: TestProxy,
+    attempts: Attempts,
+}
+
+/// Names used by the SSRF tests and where the test resolver sends them.
+fn names() -> HashMap<String, Vec<IpAddr>> {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    HashMap::from([
+        ("docs.test".to_owned(), vec![ip("127.0.0.1")]),
+        ("private10.test".to_owned(), vec![ip("10.0.0.1")]),
+        ("metadata.test".to_owned(), vec![ip("169.254.169.254")]),
+        ("home.test".to_owned(), vec![ip("192.168.1.1")]),
+        ("ula.test".to_owned(), vec![ip("fc00::1")]),
+        ("mapped.test".to_owned(), vec![ip("::ffff:10.0.0.1")]),
+        ("mixed.test".to_owned(), vec![ip("93.184.216.34"), ip("10.0.0.1")]),
+        ("public.test".to_owned(), vec![ip("93.184.216.34")]),
+    ])
+}
+
+async fn setup(extra: &str) -> Setup {
+    let upstream = Upstream::start().await;
+    let docs = Docs::start().await;
+    let attempts: Attempts = Arc::default();
+    let pem = std::fs::read(&docs.ca_file).unwrap();
+    let network = Network {
+        resolver: Arc::new(MapResolver(names())),
+        transport: Arc::new(RecordingTransport {
+            inner: ReqwestTransport::new(Some(&pem), Duration::from_secs(1)).unwrap(),
+            attempts: attempts.clone(),
+        }),
+    };
+    let config = format!(
+        "[client_metadata_documents]\ntimeout = \"1s\"\nextra_ca_file = \"{}\"\n{extra}\n",
+        docs.ca_file.display()
+    );
+    let proxy = TestProxy::with_local_on(&upstream.url(), &config, Some(network)).await;
+    Setup { upstream, docs, proxy, attempts }
+}
+
+const LOOPBACK_OK: &str = "allow_loopback_for_testing = true";
+
+fn attempted_hosts(attempts: &Attempts) -> Vec<String> {
+    attempts.lock().unwrap().iter().map(|(u, _)| url::Url::parse(u).unwrap().host_str().unwrap().to_owned()).collect()
+}
+
+/// `/authorize` for a URL client_id; returns the status and page.
+async fn authorize_page(proxy: &TestProxy, client_id: &str) -> (u16, String) {
+    let resp = http().get(authorize_url(proxy, &urlencode(client_id), "")).send().await.unwrap();
+    assert!(resp.headers().get("location").is_none(), "errors about the client are never redirected");
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_metadata_document_client_signs_in_refreshes_and_reaches_the_upstream() {
+    let s = setup(LOOPBACK_OK).await;
+    let meta: Value =
+        http().get(s.proxy.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(meta["client_id_metadata_document_supported"], true);
+
+    let client_id = s.docs.url("/good.json");
+    // The consent page names the document's client, its publisher and the redirect host.
+    let (status, consent) = authorize_page(&s.proxy, &client_id).await;
+    assert_eq!(status, 200, "{consent}");
+    assert!(consent.contains("Doc Client"));
+    assert!(consent.contains(&format!("docs.test:{}", s.docs.server.addr.port())), "publisher shown");
+    assert!(consent.contains("127.0.0.1:33418"), "redirect host shown");
+
+    let mut browser = Browser::new();
+    let params = authorize(&s.proxy, &mut browser, &urlencode(&client_id)).await;
+    let resp = redeem(&s.proxy, &client_id, &params["code"]).await;
+    assert_eq!(resp.status(), 200);
+    let tokens: Value = resp.json().await.unwrap();
+    let resp = http()
+        .post(s.proxy.url("/mcp"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(s.upstream.last().header("x-forwarded-user"), Some("alice"));
+    let resp = refresh(&s.proxy, &client_id, tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(resp.status(), 200);
+
+    // One fetch served the page, the sign-in, the code and the refresh; it went to the pinned loopback address.
+    assert_eq!(s.docs.hits("/good.json"), 1, "the document is cached");
+    let attempts = s.attempts.lock().unwrap().clone();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].1, vec![SocketAddr::from(([127, 0, 0, 1], s.docs.server.addr.port()))]);
+
+    // The client is not a registration: nothing was added to the store.
+    assert!(s.proxy.app.store.clients.is_empty());
+}
+
+#[tokio::test]
+async fn a_redirect_uri_the_document_does_not_list_is_an_error_page() {
+    let s = setup(LOOPBACK_OK).await;
+    let client_id = s.docs.url("/good.json");
+    let url = authorize_url(&s.proxy, &urlencode(&client_id), "")
+        .replace(&urlencode(CLIENT_REDIRECT), &urlencode("https://evil.example/cb"));
+    let resp = http().get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.headers().get("location").is_none());
+    assert!(resp.text().await.unwrap().contains("redirect_uri is not one this application registered"));
+}
+
+#[tokio::test]
+async fn names_that_resolve_to_private_addresses_are_refused_before_any_connection() {
+    let s = setup(LOOPBACK_OK).await;
+    for (name, addr) in [
+        ("private10.test", "10.0.0.1"),
+        ("metadata.test", "169.254.169.254"),
+        ("home.test", "192.168.1.1"),
+        ("ula.test", "fc00::1"),
+        ("mapped.test", "::ffff:10.0.0.1"),
+        ("mixed.test", "10.0.0.1"),
+    ] {
+        let (status, page) = authorize_page(&s.proxy, &format!("https://{name}/client.json")).await;
+        assert_eq!(status, 400, "{name}");
+        assert!(page.contains("non-public address") && page.contains(addr), "{name}: {page}");
+    }
+    // Address literals are checked the same way.
+    for literal in ["https://10.0.0.1/client.json", "https://[fc00::1]/client.json", "https://169.254.169.254/latest"] {
+        let (status, page) = authorize_page(&s.proxy, literal).await;
+        assert_eq!(status, 400, "{literal}");
+        assert!(page.contains("non-public address"), "{literal}: {page}");
+    }
+    assert!(s.attempts.lock().unwrap().is_empty(), "the transport was never asked to connect");
+
+    // The recorder does see what passes the check: a public name reaches the transport (which, in this test,
+    // refuses to leave loopback), so the empty record above is meaningful.
+    let (status, page) = authorize_page(&s.proxy, "https://public.test/client.json").await;
+    assert_eq!(status, 400);
+    assert!(page.contains("could not be fetched"), "{page}");
+    assert_eq!(attempted_hosts(&s.attempts), vec!["public.test"]);
+}
+
+#[tokio::test]
+async fn loopback_documents_need_the_test_only_switch() {
+    let s = setup("").await;
+    let (status, page) = authorize_page(&s.proxy, &s.docs.url("/good.json")).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("non-public address") && page.contains("127.0.0.1"), "{page}");
+    assert!(s.attempts.lock().unwrap().is_empty());
+    assert_eq!(s.docs.hits("/good.json"), 0);
+}
+
+#[tokio::test]
+async fn redirects_oversized_slow_and_mismatched_documents_are_refused_with_a_clear_page() {
+    let s = setup(LOOPBACK_OK).await;
+    for (path, expected) in [
+        ("/redirect.json", "redirects are not followed"),
+        ("/big.json", "larger than 5120 bytes"),
+        ("/slow.json", "not served within 1s"),
+        ("/mismatch.json", "is not the URL it was fetched from"),
+        ("/missing.json", "HTTP 404"),
+    ] {
+        let (status, page) = authorize_page(&s.proxy, &s.docs.url(path)).await;
+        assert_eq!(status, 400, "{path}");
+        assert!(page.contains("Application identity refused"), "{path}: {page}");
+        assert!(page.contains(expected), "{path}: {page}");
+    }
+    assert_eq!(s.docs.hits("/good.json"), 0, "the redirect was not followed");
+    assert!(s.proxy.app.store.pending.is_empty(), "nothing is pending for a refused client");
+    assert_eq!(s.proxy.app.client_documents.cached(), 0);
+
+    // The token endpoint refuses such a client_id as an unauthenticated client.
+    let resp = http()
+        .post(s.proxy.url("/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", "x"),
+            ("code_verifier", VERIFIER),
+            ("client_id", &s.docs.url("/mismatch.json")),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"], "invalid_client");
+    assert!(err["error_description"].as_str().unwrap().contains("is not the URL it was fetched from"));
+}
+
+#[tokio::test]
+async fn documents_can_be_turned_off_or_limited_to_hosts() {
+    let off = setup("enabled = false").await;
+    let meta: Value = http()
+        .get(off.proxy.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["client_id_metadata_document_supported"], false);
+    let (status, page) = authorize_page(&off.proxy, &off.docs.url("/good.json")).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("does not accept client metadata documents"), "{page}");
+
+    let limited = setup(&format!("{LOOPBACK_OK}\nallowed_hosts = [\"claude.ai\", \"*.openai.com\"]")).await;
+    let (status, page) = authorize_page(&limited.proxy, &limited.docs.url("/good.json")).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("documents from docs.test are not accepted"), "{page}");
+    for s in [&off, &limited] {
+        assert!(s.attempts.lock().unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn the_cache_is_bounded() {
+    let s = setup(&format!("{LOOPBACK_OK}\ncache_entries = 2")).await;
+    for path in ["/good.json", "/other.json", "/third.json"] {
+        let (status, _) = authorize_page(&s.proxy, &s.docs.url(path)).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    assert_eq!(s.proxy.app.client_documents.cached(), 2);
+    // Once expired, a document is fetched again.
+    let before = s.docs.hits("/third.json");
+    s.proxy.clock.advance(601);
+    let (status, _) = authorize_page(&s.proxy, &s.docs.url("/third.json")).await;
+    assert_eq!(status, 200);
+    assert_eq!(s.docs.hits("/third.json"), before + 1);
+}
