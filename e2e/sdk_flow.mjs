@@ -1,13 +1,21 @@
-// End-to-end: the official MCP TypeScript SDK client connects through dcr-proxy (DCR, authorization code + PKCE,
-// consent, OIDC login at oauth2-mock-server) to an MCP server built with the same SDK, and calls a tool that
-// reports the Authorization header the MCP server received.
+// End-to-end: official MCP SDK clients connect through dcr-proxy (authorization code + PKCE, consent, OIDC login
+// at oauth2-mock-server) to an MCP server built with the TypeScript SDK, and call a tool that reports the
+// Authorization header the MCP server received. Modes:
+//   dcr     TypeScript SDK client, Dynamic Client Registration, then an SDK-driven refresh;
+//   cimd    TypeScript SDK client with a Client ID Metadata Document (served here over TLS on 127.0.0.1);
+//   legacy  TypeScript SDK client as a 2025-03-26 client: every /.well-known/ request fails, so it falls back to
+//           /register, /authorize and /token at the server's origin and sends no `resource`;
+//   python  the Python SDK client (PyPI `mcp`, e2e/python_client.py) with DCR.
 //
 // Usage: node sdk_flow.mjs <path to the dcr-proxy binary>
-// Everything binds 127.0.0.1 on ephemeral ports. Exit code 0 means every check passed.
+// Environment: E2E_CIMD_CERT / E2E_CIMD_KEY (PEM files for 127.0.0.1, required), E2E_PYTHON (a Python with the
+// pinned `mcp`; the python mode is skipped with a message when unset), E2E_MODES (comma list; default all).
+// Everything binds 127.0.0.1 on ephemeral ports. Exit code 0 means every mode passed.
 
-import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { spawn, execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,10 +29,13 @@ import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 
 const proxyBinary = process.argv[2];
-if (!proxyBinary) {
-  console.error('usage: node sdk_flow.mjs <dcr-proxy binary>');
+const cimdCert = process.env.E2E_CIMD_CERT;
+const cimdKey = process.env.E2E_CIMD_KEY;
+if (!proxyBinary || !cimdCert || !cimdKey) {
+  console.error('usage: E2E_CIMD_CERT=cert.pem E2E_CIMD_KEY=key.pem node sdk_flow.mjs <dcr-proxy binary>');
   process.exit(2);
 }
+const modes = (process.env.E2E_MODES ?? 'dcr,cimd,legacy,python').split(',');
 
 const log = (...args) => console.log('[e2e]', ...args);
 
@@ -79,6 +90,31 @@ await new Promise((r) => mcpHttp.listen(0, '127.0.0.1', r));
 const mcpUrl = `http://127.0.0.1:${mcpHttp.address().port}`;
 log('MCP server at', mcpUrl);
 
+// ---- the client metadata document (CIMD mode), https on 127.0.0.1 ----------------------------------------
+const REDIRECT_URL = 'http://127.0.0.1:33418/callback';
+let documentFetches = 0;
+const docServer = https.createServer({ cert: readFileSync(cimdCert), key: readFileSync(cimdKey) }, (req, res) => {
+  documentFetches += 1;
+  const url = `https://127.0.0.1:${docServer.address().port}${req.url}`;
+  if (req.url !== '/clients/e2e-cimd.json') {
+    res.writeHead(404).end();
+    return;
+  }
+  res.writeHead(200, { 'content-type': 'application/json' }).end(
+    JSON.stringify({
+      client_id: url,
+      client_name: 'e2e CIMD client',
+      redirect_uris: [REDIRECT_URL],
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'none',
+    }),
+  );
+});
+await new Promise((r) => docServer.listen(0, '127.0.0.1', r));
+const documentUrl = `https://127.0.0.1:${docServer.address().port}/clients/e2e-cimd.json`;
+log('client metadata document at', documentUrl);
+
 // ---- dcr-proxy ---------------------------------------------------------------------------------------------
 const port = await freePort();
 const proxyUrl = `http://127.0.0.1:${port}`;
@@ -99,6 +135,10 @@ issuer = "${idpUrl}"
 client_id = "dcr-proxy-e2e"
 client_secret = "e2e-secret"
 scopes = ["openid", "profile", "email", "offline_access"]
+[client_metadata_documents]
+# The document is served on loopback by this script: test-only switch, and its self-signed certificate trusted.
+allow_loopback_for_testing = true
+extra_ca_file = "${cimdCert}"
 [log]
 filter = "info"
 `,
@@ -113,6 +153,7 @@ proxy.on('exit', (code) => {
 async function cleanup() {
   if (!proxyExited) proxy.kill('SIGTERM');
   mcpHttp.close();
+  docServer.close();
   await idp.stop();
 }
 
@@ -131,9 +172,7 @@ async function waitForProxy() {
 }
 
 // ---- the browser leg: follow redirects, keep cookies, approve consent --------------------------------------
-const REDIRECT_URL = 'http://127.0.0.1:33418/callback';
-
-async function browse(startUrl) {
+async function browse(startUrl, expectedClientName) {
   const cookies = new Map();
   const cookieHeader = () => [...cookies].map(([k, v]) => `${k}=${v}`).join('; ');
   const keep = (res) => {
@@ -156,7 +195,7 @@ async function browse(startUrl) {
     const html = await res.text();
     assert.equal(res.status, 200, `unexpected page ${res.status}: ${html}`);
     const field = (name) => html.match(new RegExp(`name="${name}" value="([^"]*)"`))[1];
-    assert.ok(html.includes('e2e SDK client'), 'the consent page names the client');
+    assert.ok(html.includes(expectedClientName), `the consent page names the client: ${html}`);
     res = await fetch(`${proxyUrl}/consent`, {
       method: 'POST',
       redirect: 'manual',
@@ -168,10 +207,13 @@ async function browse(startUrl) {
 }
 
 class TestProvider {
-  constructor() {
+  constructor(clientName, clientMetadataUrl) {
+    this.clientName = clientName;
+    this.clientMetadataUrl = clientMetadataUrl;
     this._client = undefined;
     this._tokens = undefined;
     this._verifier = undefined;
+    this.authorizationUrl = undefined;
     this.authorizationCode = undefined;
     this.callbackParams = undefined;
   }
@@ -180,7 +222,7 @@ class TestProvider {
   }
   get clientMetadata() {
     return {
-      client_name: 'e2e SDK client',
+      client_name: this.clientName,
       redirect_uris: [REDIRECT_URL],
       grant_types: ['authorization_code', 'refresh_token'],
       response_types: ['code'],
@@ -200,7 +242,8 @@ class TestProvider {
     this._tokens = tokens;
   }
   async redirectToAuthorization(url) {
-    const landed = await browse(url.toString());
+    this.authorizationUrl = new URL(url);
+    const landed = await browse(url.toString(), this.clientName);
     this.callbackParams = landed.searchParams;
     this.authorizationCode = landed.searchParams.get('code');
   }
@@ -212,53 +255,121 @@ class TestProvider {
   }
 }
 
-let failed = false;
-try {
-  await waitForProxy();
-  const provider = new TestProvider();
-  const client = new Client({ name: 'e2e-client', version: '1.0.0' });
+/// A fetch for the SDK that records the paths it asks for; in legacy mode every /.well-known/ request fails as
+/// it would on a 2025-03-26 server without discovery documents.
+function recordingFetch(mode, paths) {
+  return async (input, init) => {
+    const url = new URL(typeof input === 'string' || input instanceof URL ? input : input.url);
+    paths.push(url.pathname);
+    if (mode === 'legacy' && url.pathname.startsWith('/.well-known/')) {
+      return new Response('not found', { status: 404 });
+    }
+    return fetch(input, init);
+  };
+}
+
+async function typescriptClient(mode) {
+  const names = { dcr: 'e2e SDK client', cimd: 'e2e CIMD client', legacy: 'e2e legacy client' };
+  const provider = new TestProvider(names[mode], mode === 'cimd' ? documentUrl : undefined);
+  const paths = [];
+  const options = () => ({ authProvider: provider, fetch: recordingFetch(mode, paths) });
+  const fetchesBefore = documentFetches;
+  const client = new Client({ name: `e2e-${mode}`, version: '1.0.0' });
   try {
-    await client.connect(new StreamableHTTPClientTransport(new URL(`${proxyUrl}/mcp`), { authProvider: provider }));
+    await client.connect(new StreamableHTTPClientTransport(new URL(`${proxyUrl}/mcp`), options()));
     throw new Error('connect succeeded without authorization');
   } catch (e) {
     if (!(e instanceof UnauthorizedError)) throw e;
   }
-  assert.ok(provider.clientInformation()?.client_id, 'the SDK registered itself with DCR');
+  const clientId = provider.clientInformation()?.client_id;
+  assert.ok(clientId, 'the SDK has a client_id');
   assert.ok(provider.authorizationCode, `no authorization code; redirect params: ${provider.callbackParams}`);
   assert.equal(provider.callbackParams.get('iss'), proxyUrl, 'RFC 9207 iss');
-  log('registered', provider.clientInformation().client_id, 'and got a code');
 
-  const transport = new StreamableHTTPClientTransport(new URL(`${proxyUrl}/mcp`), { authProvider: provider });
+  const transport = new StreamableHTTPClientTransport(new URL(`${proxyUrl}/mcp`), options());
   await transport.finishAuth(provider.authorizationCode);
   const proxyToken = provider.tokens().access_token;
   assert.ok(proxyToken, 'the SDK holds the proxy access token');
 
-  const connected = new Client({ name: 'e2e-client', version: '1.0.0' });
-  await connected.connect(new StreamableHTTPClientTransport(new URL(`${proxyUrl}/mcp`), { authProvider: provider }));
+  const connected = new Client({ name: `e2e-${mode}`, version: '1.0.0' });
+  await connected.connect(new StreamableHTTPClientTransport(new URL(`${proxyUrl}/mcp`), options()));
   const tools = await connected.listTools();
   assert.deepEqual(tools.tools.map((t) => t.name), ['whoami']);
   const result = await connected.callTool({ name: 'whoami', arguments: {} });
   const seen = result.content[0].text;
-  const idpToken = idpAccessTokens[idpAccessTokens.length - 1];
-  assert.equal(seen, `Bearer ${idpToken}`, 'the MCP server received the IdP access token');
+  assert.equal(seen, `Bearer ${idpAccessTokens[idpAccessTokens.length - 1]}`, 'the MCP server got the IdP token');
   assert.ok(!seen.includes(proxyToken), 'the proxy token never reaches the MCP server');
-  log('tool call reached the MCP server with the IdP token');
 
-  // A refresh through the SDK's own refresh path: drop the access token and keep the refresh token.
-  provider.saveTokens({ ...provider.tokens(), access_token: 'expired-or-unknown' });
-  const again = new Client({ name: 'e2e-client', version: '1.0.0' });
-  await again.connect(new StreamableHTTPClientTransport(new URL(`${proxyUrl}/mcp`), { authProvider: provider }));
-  const second = await again.callTool({ name: 'whoami', arguments: {} });
-  assert.ok(second.content[0].text.startsWith('Bearer '), 'tool works after the SDK refreshed its token');
-  assert.notEqual(provider.tokens().access_token, 'expired-or-unknown', 'the SDK refreshed');
-  log('refresh through the SDK works');
+  if (mode === 'dcr') {
+    assert.ok(!clientId.startsWith('https://'), 'a registered client_id');
+    assert.ok(paths.includes('/register'), 'registered with DCR');
+    assert.ok(paths.includes('/.well-known/oauth-protected-resource/mcp'), 'RFC 9728 discovery');
+    // A refresh through the SDK's own refresh path: drop the access token and keep the refresh token.
+    provider.saveTokens({ ...provider.tokens(), access_token: 'expired-or-unknown' });
+    const again = new Client({ name: 'e2e-dcr', version: '1.0.0' });
+    await again.connect(new StreamableHTTPClientTransport(new URL(`${proxyUrl}/mcp`), options()));
+    const second = await again.callTool({ name: 'whoami', arguments: {} });
+    assert.ok(second.content[0].text.startsWith('Bearer '), 'tool works after the SDK refreshed its token');
+    assert.notEqual(provider.tokens().access_token, 'expired-or-unknown', 'the SDK refreshed');
+    await again.close();
+    log('dcr: refresh through the SDK works');
+  } else if (mode === 'cimd') {
+    assert.equal(clientId, documentUrl, 'the client_id is the metadata document URL');
+    assert.ok(!paths.includes('/register'), 'no registration with a metadata document');
+    assert.ok(documentFetches > fetchesBefore, 'the proxy fetched the document');
+  } else if (mode === 'legacy') {
+    assert.ok(paths.some((p) => p.startsWith('/.well-known/')), 'the SDK tried discovery and was refused');
+    for (const p of ['/register', '/token']) assert.ok(paths.includes(p), `legacy default endpoint ${p} used`);
+    assert.equal(provider.authorizationUrl.pathname, '/authorize', 'legacy default /authorize');
+    assert.equal(provider.authorizationUrl.searchParams.get('resource'), null, 'no resource without RFC 9728');
+  }
   await connected.close();
-  await again.close();
+  log(`${mode}: tool call reached the MCP server with the IdP token (client_id ${clientId})`);
+}
+
+async function pythonClient() {
+  const python = process.env.E2E_PYTHON;
+  if (!python) throw new Error('E2E_PYTHON is not set: no Python with the pinned mcp package');
+  const tokensBefore = idpAccessTokens.length;
+  const here = new URL('.', import.meta.url).pathname;
+  const { stdout } = await new Promise((resolve, reject) => {
+    execFile(python, [join(here, 'python_client.py'), `${proxyUrl}/mcp`], { timeout: 120_000 }, (err, stdout, stderr) =>
+      err ? reject(new Error(`python client failed: ${err.message}\n${stdout}\n${stderr}`)) : resolve({ stdout }),
+    );
+  });
+  const line = stdout.split('\n').find((l) => l.startsWith('RESULT '));
+  assert.ok(line, `no RESULT line from the Python client:\n${stdout}`);
+  const r = JSON.parse(line.slice('RESULT '.length));
+  assert.ok(r.client_id && !r.client_id.startsWith('https://'), 'the Python SDK registered with DCR');
+  assert.ok(r.consent_seen, 'the Python client went through the consent page');
+  assert.equal(r.iss, proxyUrl, 'RFC 9207 iss');
+  assert.deepEqual(r.tools, ['whoami']);
+  const fresh = idpAccessTokens.slice(tokensBefore).map((t) => `Bearer ${t}`);
+  assert.ok(fresh.includes(r.authorization_seen_by_server), 'the MCP server got the IdP token of this login');
+  assert.ok(!r.authorization_seen_by_server.includes(r.access_token), 'the proxy token never reaches the MCP server');
+  log(`python: tool call reached the MCP server with the IdP token (client_id ${r.client_id})`);
+}
+
+let passed = 0;
+let failed = 0;
+try {
+  await waitForProxy();
+  for (const mode of modes) {
+    try {
+      if (mode === 'python') await pythonClient();
+      else await typescriptClient(mode);
+      passed += 1;
+      console.log(`[e2e] mode ${mode}: ok`);
+    } catch (e) {
+      failed += 1;
+      console.error(`[e2e] mode ${mode} FAILED:`, e);
+    }
+  }
 } catch (e) {
-  failed = true;
+  failed += 1;
   console.error('[e2e] FAILED:', e);
 } finally {
   await cleanup();
 }
-console.log(failed ? '0 passed, 1 failed' : '1 passed, 0 failed');
+console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed ? 1 : 0);
