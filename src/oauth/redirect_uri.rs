@@ -49,7 +49,9 @@ pub struct Allowlist {
 
 /// Connector presets for `registration.allow`, from the clients' documented callbacks (SPEC §3):
 /// Claude `https://claude.ai/api/mcp/auth_callback` and `https://claude.com/api/mcp/auth_callback`, ChatGPT
-/// `https://chatgpt.com/connector/oauth/{id}`, CLI clients on loopback.
+/// `https://chatgpt.com/connector/oauth/{id}` (SPEC §3) and `https://chatgpt.com/connector_platform_oauth_redirect`
+/// (the callback ChatGPT connectors send in practice, e.g. the authorize requests quoted in
+/// <https://community.openai.com/t/oauth-missing-scopes-after-reconnect/1366784>), CLI clients on loopback.
 pub fn preset(name: &str) -> Option<Allowlist> {
     let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     match name {
@@ -57,7 +59,13 @@ pub fn preset(name: &str) -> Option<Allowlist> {
             hosts: vec![],
             prefixes: owned(&["https://claude.ai/api/mcp/auth_callback", "https://claude.com/api/mcp/auth_callback"]),
         }),
-        "chatgpt" => Some(Allowlist { hosts: vec![], prefixes: owned(&["https://chatgpt.com/connector/oauth/"]) }),
+        "chatgpt" => Some(Allowlist {
+            hosts: vec![],
+            prefixes: owned(&[
+                "https://chatgpt.com/connector/oauth/",
+                "https://chatgpt.com/connector_platform_oauth_redirect",
+            ]),
+        }),
         "loopback" => Some(Allowlist { hosts: owned(&["loopback"]), prefixes: vec![] }),
         _ => None,
     }
@@ -137,6 +145,8 @@ mod tests {
         assert!(!claude.allows("https://claude.ai/other"));
         let chatgpt = preset("chatgpt").unwrap_or_default();
         assert!(chatgpt.allows("https://chatgpt.com/connector/oauth/abc123"));
+        assert!(chatgpt.allows("https://chatgpt.com/connector_platform_oauth_redirect"));
+        assert!(!chatgpt.allows("https://chatgpt.com/connector_platform_oauth_redirect/x"));
         assert!(!chatgpt.allows("https://chatgpt.com/connector/oauth/"));
         assert!(!chatgpt.allows("https://chatgpt.com.evil.example/connector/oauth/abc"));
         assert!(preset("loopback").unwrap_or_default().allows("http://127.0.0.1:1/cb"));
