@@ -183,6 +183,8 @@ pub struct ClientDocumentsConfig {
     pub cache_ttl: Duration,
     /// Documents kept in the cache at most.
     pub cache_entries: usize,
+    /// Fetches running at once, at most (more get 503 with `Retry-After`).
+    pub max_concurrent_fetches: usize,
     /// Extra trust anchors (PEM) for fetching documents, beside the public web PKI.
     pub extra_ca_file: Option<PathBuf>,
     /// Test-only: lets documents be served from loopback addresses. Never set in production.
@@ -352,6 +354,7 @@ struct RawClientDocuments {
     timeout: Option<String>,
     cache_ttl: Option<String>,
     cache_entries: Option<usize>,
+    max_concurrent_fetches: Option<usize>,
     extra_ca_file: Option<PathBuf>,
     #[serde(default)]
     allow_loopback_for_testing: bool,
@@ -757,6 +760,10 @@ fn validate_client_documents(raw: RawClientDocuments) -> Result<ClientDocumentsC
     if cache_entries == 0 {
         return Err(invalid("client_metadata_documents.cache_entries", "must be at least 1"));
     }
+    let max_concurrent_fetches = raw.max_concurrent_fetches.unwrap_or(16);
+    if max_concurrent_fetches == 0 {
+        return Err(invalid("client_metadata_documents.max_concurrent_fetches", "must be at least 1"));
+    }
     if let Some(path) = &raw.extra_ca_file {
         if !path.is_file() {
             return Err(invalid(
@@ -772,6 +779,7 @@ fn validate_client_documents(raw: RawClientDocuments) -> Result<ClientDocumentsC
         timeout,
         cache_ttl: duration("client_metadata_documents.cache_ttl", raw.cache_ttl, Duration::from_secs(600))?,
         cache_entries,
+        max_concurrent_fetches,
         extra_ca_file: raw.extra_ca_file,
         allow_loopback_for_testing: raw.allow_loopback_for_testing,
     })

@@ -67,6 +67,13 @@ async fn authorize_never_redirects_to_an_unregistered_uri() {
             .replace(&urlencode(CLIENT_REDIRECT), &urlencode("https://evil.example/cb")),
         format!("{}&client_id={client_id}", authorize_url(&proxy, &client_id, "")),
         format!("{}/authorize?response_type=code", proxy.base),
+        // URL client_ids that are malformed, or that cannot be fetched (this proxy's fetcher is offline).
+        authorize_url(&proxy, &urlencode("https://"), ""),
+        authorize_url(&proxy, &urlencode("https://docs.example/"), ""),
+        authorize_url(&proxy, &urlencode("https://docs.example/a/../c.json"), ""),
+        authorize_url(&proxy, &urlencode(&format!("https://docs.example/{}", "x".repeat(3000))), ""),
+        authorize_url(&proxy, &urlencode("https://docs.example/client.json"), ""),
+        authorize_url(&proxy, &urlencode("https://[::1]:1/client.json"), ""),
     ] {
         let resp = c.get(&url).send().await.unwrap();
         assert_eq!(resp.status(), 400, "{url}");

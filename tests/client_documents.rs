@@ -358,3 +358,26 @@ async fn the_cache_is_bounded() {
     assert_eq!(status, 200);
     assert_eq!(s.docs.hits("/third.json"), before + 1);
 }
+
+#[tokio::test]
+async fn fetches_in_flight_are_capped_and_the_excess_is_told_to_retry() {
+    let s = setup(&format!("{LOOPBACK_OK}\nmax_concurrent_fetches = 1")).await;
+    let slow = authorize_url(&s.proxy, &urlencode(&s.docs.url("/slow.json")), "");
+    let first = tokio::spawn(async move { http().get(slow).send().await.unwrap().status().as_u16() });
+    // Wait until the slow fetch holds the only slot.
+    for _ in 0..100 {
+        if s.docs.hits("/slow.json") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.docs.hits("/slow.json"), 1);
+    let resp = http().get(authorize_url(&s.proxy, &urlencode(&s.docs.url("/good.json")), "")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(s.docs.hits("/good.json"), 0);
+    assert_eq!(first.await.unwrap(), 400, "the slow document times out");
+    // The slot is free again.
+    let (status, _) = authorize_page(&s.proxy, &s.docs.url("/good.json")).await;
+    assert_eq!(status, 200);
+}

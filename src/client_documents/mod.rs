@@ -58,12 +58,17 @@ pub enum DocumentError {
     ClientIdMismatch { found: String },
     #[error("the document is not valid client metadata: {0}")]
     Invalid(String),
+    #[error("too many client metadata documents are being fetched right now; try again in a moment")]
+    Busy,
 }
 
 impl DocumentError {
     /// The error page shown when `/authorize` names a document that cannot be used (never a redirect: the
     /// redirect URI is not trusted yet).
     pub fn into_page(self, client_id: &str) -> crate::error::Error {
+        if matches!(self, Self::Busy) {
+            return crate::error::Error::Capacity { what: "too many client metadata documents in flight", html: true };
+        }
         crate::error::Error::page(
             http::StatusCode::BAD_REQUEST,
             "Application identity refused",
@@ -75,8 +80,11 @@ impl DocumentError {
     }
 
     /// The token endpoint's answer: the client cannot be authenticated.
-    pub fn into_oauth(self) -> crate::error::OAuthError {
-        crate::error::OAuthError::invalid_client(format!("client metadata document refused: {self}"))
+    pub fn into_oauth(self) -> crate::error::Error {
+        if matches!(self, Self::Busy) {
+            return crate::error::Error::Capacity { what: "too many client metadata documents in flight", html: false };
+        }
+        crate::error::OAuthError::invalid_client(format!("client metadata document refused: {self}")).into()
     }
 }
 
@@ -113,6 +121,8 @@ pub struct ClientDocuments {
     config: ClientDocumentsConfig,
     fetcher: Fetcher,
     cache: DashMap<String, Cached>,
+    /// Fetches in flight, at most `max_concurrent_fetches`; beyond it requests get 503 instead of queueing.
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl ClientDocuments {
@@ -126,7 +136,8 @@ impl ClientDocuments {
                 allow_loopback: config.allow_loopback_for_testing,
             },
         };
-        Self { config, fetcher, cache: DashMap::new() }
+        let in_flight = tokio::sync::Semaphore::new(config.max_concurrent_fetches);
+        Self { config, fetcher, cache: DashMap::new(), in_flight }
     }
 
     /// The client described by the document at `client_id`: cached, or fetched and checked now.
@@ -143,6 +154,7 @@ impl ClientDocuments {
             return Ok(hit.client.clone());
         }
         let url = document::check_url(client_id, &self.config.allowed_hosts)?;
+        let _permit = self.in_flight.try_acquire().map_err(|_| DocumentError::Busy)?;
         let fetched = self.fetcher.fetch(&url).await?;
         let client = Arc::new(document::parse(&fetched.body, &url, now, redirects)?);
         let ttl = fetched.max_age.map_or(self.config.cache_ttl, |age| age.min(self.config.cache_ttl));

@@ -77,7 +77,10 @@ impl TestProxy {
         let config = Config::from_toml(&text, |_| None).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
         let clock =
             Clock::manual(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs());
-        let app = App::new_on(config, clock.clone(), network).await.expect("app starts");
+        // Unless a test brings its own, the metadata-document fetcher resolves nothing and connects nowhere, so
+        // that no test can send traffic beyond loopback by naming a URL client_id.
+        let network = network.unwrap_or_else(offline_network);
+        let app = App::new_on(config, clock.clone(), Some(network)).await.expect("app starts");
         let (tx, rx) = oneshot::channel::<()>();
         let tls = app.config.server.tls.as_ref().map(|t| dcr_proxy::server::tls::acceptor(t).expect("TLS config"));
         let task = tokio::spawn(dcr_proxy::server::serve(listener, app.clone(), tls, async {
@@ -136,6 +139,28 @@ impl Drop for TestProxy {
             let _ = tx.send(());
         }
     }
+}
+
+/// A metadata-document network that refuses every name and every connection.
+pub fn offline_network() -> dcr_proxy::client_documents::Network {
+    use dcr_proxy::client_documents::fetch::{BoxFuture, FetchRequest, Fetched, Resolver, Transport};
+    use dcr_proxy::client_documents::DocumentError;
+    struct Offline;
+    impl Resolver for Offline {
+        fn resolve<'a>(
+            &'a self,
+            _host: &'a str,
+            _port: u16,
+        ) -> BoxFuture<'a, std::io::Result<Vec<std::net::SocketAddr>>> {
+            Box::pin(async { Err(std::io::Error::other("tests resolve no names")) })
+        }
+    }
+    impl Transport for Offline {
+        fn get<'a>(&'a self, _request: FetchRequest<'a>) -> BoxFuture<'a, Result<Fetched, DocumentError>> {
+            Box::pin(async { Err(DocumentError::Fetch("tests connect nowhere".into())) })
+        }
+    }
+    dcr_proxy::client_documents::Network { resolver: Arc::new(Offline), transport: Arc::new(Offline) }
 }
 
 /// An HTTP client that never follows redirects.
