@@ -189,8 +189,7 @@ async fn authorize_page(proxy: &TestProxy, client_id: &str) -> (u16, String) {
 #[tokio::test]
 async fn a_metadata_document_client_signs_in_refreshes_and_reaches_the_upstream() {
     let s = setup(LOOPBACK_OK).await;
-    let meta: Value =
-        http().get(s.proxy.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
+    let meta: Value = get_json(&s.proxy.url("/.well-known/oauth-authorization-server")).await;
     assert_eq!(meta["client_id_metadata_document_supported"], true);
 
     let client_id = s.docs.url("/good.json");
@@ -321,14 +320,7 @@ async fn redirects_oversized_slow_and_mismatched_documents_are_refused_with_a_cl
 #[tokio::test]
 async fn documents_can_be_turned_off_or_limited_to_hosts() {
     let off = setup("enabled = false").await;
-    let meta: Value = http()
-        .get(off.proxy.url("/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta: Value = get_json(&off.proxy.url("/.well-known/oauth-authorization-server")).await;
     assert_eq!(meta["client_id_metadata_document_supported"], false);
     let (status, page) = authorize_page(&off.proxy, &off.docs.url("/good.json")).await;
     assert_eq!(status, 400);

@@ -170,8 +170,7 @@ async fn a_legacy_client_without_discovery_uses_the_root_endpoints() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
     let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
-    let meta: Value =
-        http().get(proxy.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
+    let meta: Value = get_json(&proxy.url("/.well-known/oauth-authorization-server")).await;
     for (key, path) in
         [("authorization_endpoint", "/authorize"), ("token_endpoint", "/token"), ("registration_endpoint", "/register")]
     {

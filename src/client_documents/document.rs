@@ -90,19 +90,7 @@ pub fn parse(body: &[u8], url: &Url, now: UnixTime, redirects: &Allowlist) -> Re
             )))
         }
     }
-    Ok(Client {
-        client_id: url.as_str().to_owned(),
-        secret_hash: None,
-        auth_method: ClientAuthMethod::None,
-        redirect_uris: metadata.redirect_uris,
-        client_name: metadata.client_name,
-        scope: metadata.scope,
-        grant_types: metadata.grant_types,
-        response_types: metadata.response_types,
-        issued_at: now,
-        first_authorized_at: Default::default(),
-        registration_token: None,
-    })
+    Ok(metadata.into_client(url.as_str().to_owned(), ClientAuthMethod::None, None, None, now))
 }
 
 /// A value from a document, cut for messages.

@@ -76,6 +76,32 @@ pub struct ClientMetadata {
     pub scope: Option<String>,
 }
 
+impl ClientMetadata {
+    /// The client these metadata describe, under the given identity and credentials.
+    pub fn into_client(
+        self,
+        client_id: String,
+        auth_method: ClientAuthMethod,
+        secret_hash: Option<TokenHash>,
+        registration_token: Option<TokenHash>,
+        now: UnixTime,
+    ) -> Client {
+        Client {
+            client_id,
+            secret_hash,
+            auth_method,
+            redirect_uris: self.redirect_uris,
+            client_name: self.client_name,
+            scope: self.scope,
+            grant_types: self.grant_types,
+            response_types: self.response_types,
+            issued_at: now,
+            first_authorized_at: Default::default(),
+            registration_token,
+        }
+    }
+}
+
 /// Checks client metadata (a parsed JSON object) against RFC 7591 §2 and the operator's redirect-URI allowlist
 /// (`allowed`; empty: any URI the rules accept).
 pub fn validate_metadata(body: &Value, allowed: &redirect_uri::Allowlist) -> Result<ClientMetadata, OAuthError> {
@@ -144,19 +170,13 @@ pub fn register(body: &Value, now: UnixTime, allowed: &redirect_uri::Allowlist) 
     let auth_method = metadata.auth_method.unwrap_or(ClientAuthMethod::ClientSecretBasic);
     let secret = (auth_method != ClientAuthMethod::None).then(crypto::random_token);
     let registration_token = crypto::random_token();
-    let client = Client {
-        client_id: crypto::random_token(),
-        secret_hash: secret.as_deref().map(TokenHash::of),
+    let client = metadata.into_client(
+        crypto::random_token(),
         auth_method,
-        redirect_uris: metadata.redirect_uris,
-        client_name: metadata.client_name,
-        scope: metadata.scope,
-        grant_types: metadata.grant_types,
-        response_types: metadata.response_types,
-        issued_at: now,
-        first_authorized_at: Default::default(),
-        registration_token: Some(TokenHash::of(&registration_token)),
-    };
+        secret.as_deref().map(TokenHash::of),
+        Some(TokenHash::of(&registration_token)),
+        now,
+    );
     Ok(Registration { client, secret, registration_token })
 }
 

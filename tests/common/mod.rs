@@ -252,6 +252,13 @@ pub fn hidden_field(html: &str, name: &str) -> String {
     html[start..end].to_owned()
 }
 
+/// GETs a JSON document (200 asserted).
+pub async fn get_json(url: &str) -> Value {
+    let resp = http().get(url).send().await.expect("get");
+    assert_eq!(resp.status(), 200, "{url}");
+    resp.json().await.expect("json")
+}
+
 /// Registers a client with the given RFC 7591 metadata and returns the response document (201 asserted).
 pub async fn register_json(proxy: &impl ProxyBase, metadata: Value) -> Value {
     let resp = http().post(proxy.url("/register")).json(&metadata).send().await.expect("register");
