@@ -4,7 +4,9 @@
 //!   response head; streamed bodies continue after it);
 //! - `dcr_proxy_clients`, `dcr_proxy_grants` (gauges, read at scrape time);
 //! - `dcr_proxy_upstream_refreshes_total{result}` (`ok`, `refused` — the grant ended —, `failed` — transient);
-//! - `dcr_proxy_idp_errors_total{kind}` (`refused`, `unavailable`, `protocol`).
+//! - `dcr_proxy_idp_errors_total{kind}` (`refused`, `unavailable`, `protocol`);
+//! - `dcr_proxy_client_document_fetches_total{result}`: client metadata document fetches (cache hits are not
+//!   fetches) by [`crate::client_documents::DocumentError::kind`], or `ok`.
 //!
 //! Route labels are a fixed set of names, so cardinality stays bounded whatever paths clients send.
 
@@ -48,6 +50,7 @@ pub struct Metrics {
     grants: Gauge,
     refreshes: Family<ResultLabel, Counter>,
     idp_errors: Family<KindLabel, Counter>,
+    document_fetches: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -67,13 +70,19 @@ impl Metrics {
         let grants = Gauge::default();
         let refreshes = Family::<ResultLabel, Counter>::default();
         let idp_errors = Family::<KindLabel, Counter>::default();
+        let document_fetches = Family::<ResultLabel, Counter>::default();
         registry.register("requests", "Requests by route and status", requests.clone());
         registry.register("request_duration_seconds", "Time to the response head, by route", latency.clone());
         registry.register("clients", "Registered clients", clients.clone());
         registry.register("grants", "Active grants", grants.clone());
         registry.register("upstream_refreshes", "Upstream token refreshes by result", refreshes.clone());
         registry.register("idp_errors", "Errors from the identity provider by kind", idp_errors.clone());
-        Self { registry, requests, latency, clients, grants, refreshes, idp_errors }
+        registry.register(
+            "client_document_fetches",
+            "Client metadata document fetches by result",
+            document_fetches.clone(),
+        );
+        Self { registry, requests, latency, clients, grants, refreshes, idp_errors, document_fetches }
     }
 
     pub fn request(&self, route: &'static str, status: u16, seconds: f64) {
@@ -92,6 +101,10 @@ impl Metrics {
             IdpError::Protocol(_) | IdpError::Discovery(_) => "protocol",
         };
         self.idp_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn document_fetch(&self, result: &'static str) {
+        self.document_fetches.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// The text exposition, with the gauges read from the store now.

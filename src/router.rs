@@ -289,7 +289,7 @@ async fn document_client(app: &App, client_id: Option<&str>) -> Result<Option<Ar
     match client_id {
         Some(id) if client_documents::is_document_id(id) => app
             .client_documents
-            .client(id, app.clock.now(), &app.config.registration.redirect_allowlist)
+            .client(id, app.clock.now(), &app.config.registration.redirect_allowlist, &app.metrics)
             .await
             .map(Some)
             .map_err(|e| {

@@ -219,6 +219,8 @@ async fn a_metadata_document_client_signs_in_refreshes_and_reaches_the_upstream(
 
     // One fetch served the page, the sign-in, the code and the refresh; it went to the pinned loopback address.
     assert_eq!(s.docs.hits("/good.json"), 1, "the document is cached");
+    let metrics = s.proxy.app.metrics.render(&s.proxy.app.store);
+    assert!(metrics.contains("dcr_proxy_client_document_fetches_total{result=\"ok\"} 1"), "{metrics}");
     let attempts = s.attempts.lock().unwrap().clone();
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].1, vec![SocketAddr::from(([127, 0, 0, 1], s.docs.server.addr.port()))]);
@@ -261,6 +263,8 @@ async fn names_that_resolve_to_private_addresses_are_refused_before_any_connecti
         assert!(page.contains("non-public address"), "{literal}: {page}");
     }
     assert!(s.attempts.lock().unwrap().is_empty(), "the transport was never asked to connect");
+    let metrics = s.proxy.app.metrics.render(&s.proxy.app.store);
+    assert!(metrics.contains("dcr_proxy_client_document_fetches_total{result=\"refused\"} 9"), "{metrics}");
 
     // The recorder does see what passes the check: a public name reaches the transport (which, in this test,
     // refuses to leave loopback), so the empty record above is meaningful.
@@ -297,6 +301,9 @@ async fn redirects_oversized_slow_and_mismatched_documents_are_refused_with_a_cl
     }
     assert_eq!(s.docs.hits("/good.json"), 0, "the redirect was not followed");
     assert!(s.proxy.app.store.pending.is_empty(), "nothing is pending for a refused client");
+    let metrics = s.proxy.app.metrics.render(&s.proxy.app.store);
+    assert!(metrics.contains("dcr_proxy_client_document_fetches_total{result=\"failed\"} 4"), "{metrics}");
+    assert!(metrics.contains("dcr_proxy_client_document_fetches_total{result=\"invalid\"} 1"), "{metrics}");
     assert_eq!(s.proxy.app.client_documents.cached(), 0);
 
     // The token endpoint refuses such a client_id as an unauthenticated client.

@@ -63,6 +63,22 @@ pub enum DocumentError {
 }
 
 impl DocumentError {
+    /// A low-cardinality name for metrics: `refused` (the URL, its host or its address is not allowed), `failed`
+    /// (the fetch did not produce a 200 body in time and size), `invalid` (the document breaks the rules), `busy`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Disabled | Self::InvalidUrl(_) | Self::HostNotAllowed(_) | Self::NonPublicAddress { .. } => "refused",
+            Self::Resolve { .. }
+            | Self::Fetch(_)
+            | Self::Timeout(_)
+            | Self::Redirect(_)
+            | Self::Status(_)
+            | Self::TooLarge(_) => "failed",
+            Self::NotJson(_) | Self::ClientIdMismatch { .. } | Self::Invalid(_) => "invalid",
+            Self::Busy => "busy",
+        }
+    }
+
     /// The error page shown when `/authorize` names a document that cannot be used (never a redirect: the
     /// redirect URI is not trusted yet).
     pub fn into_page(self, client_id: &str) -> crate::error::Error {
@@ -141,11 +157,13 @@ impl ClientDocuments {
     }
 
     /// The client described by the document at `client_id`: cached, or fetched and checked now.
+    /// `metrics` counts the fetches (not the cache hits) by result.
     pub async fn client(
         &self,
         client_id: &str,
         now: UnixTime,
         redirects: &Allowlist,
+        metrics: &crate::metrics::Metrics,
     ) -> Result<Arc<Client>, DocumentError> {
         if !self.config.enabled {
             return Err(DocumentError::Disabled);
@@ -153,6 +171,12 @@ impl ClientDocuments {
         if let Some(hit) = self.cache.get(client_id).filter(|c| c.expires_at > now) {
             return Ok(hit.client.clone());
         }
+        let result = self.fetch(client_id, now, redirects).await;
+        metrics.document_fetch(result.as_ref().map_or_else(DocumentError::kind, |_| "ok"));
+        result
+    }
+
+    async fn fetch(&self, client_id: &str, now: UnixTime, redirects: &Allowlist) -> Result<Arc<Client>, DocumentError> {
         let url = document::check_url(client_id, &self.config.allowed_hosts)?;
         let _permit = self.in_flight.try_acquire().map_err(|_| DocumentError::Busy)?;
         let fetched = self.fetcher.fetch(&url).await?;
