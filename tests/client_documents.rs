@@ -199,6 +199,7 @@ async fn a_metadata_document_client_signs_in_refreshes_and_reaches_the_upstream(
     assert!(consent.contains("Doc Client"));
     assert!(consent.contains(&format!("docs.test:{}", s.docs.server.addr.port())), "publisher shown");
     assert!(consent.contains("127.0.0.1:33418"), "redirect host shown");
+    assert!(consent.contains("Any program on this computer can claim this identity"), "loopback warning");
 
     let mut browser = Browser::new();
     let params = authorize(&s.proxy, &mut browser, &urlencode(&client_id)).await;

@@ -14,6 +14,7 @@
 
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
+use super::redirect_uri;
 use crate::crypto::TokenHash;
 use crate::http::html::{escape, page};
 use crate::http::Body;
@@ -68,6 +69,11 @@ fn redirect_host(uri: &str) -> String {
         .unwrap_or_else(|| uri.to_owned())
 }
 
+/// Shown for a metadata-document client answered on loopback: any program on the user's computer can listen
+/// there and present a well-known client's document URL (MCP security best practices on metadata documents).
+const LOOPBACK_WARNING: &str = "<dd class=\"error\">The answer goes to a program on this computer. Any program on \
+     this computer can claim this identity: continue only if you just started the connection from that program.</dd>";
+
 /// The consent page for a pending authorization.
 pub fn render(client: &Client, pending: &PendingAuthorization, request_id: &str, csrf: &str) -> Response<Body> {
     let name = client.client_name.as_deref().unwrap_or("An unnamed application");
@@ -77,7 +83,11 @@ pub fn render(client: &Client, pending: &PendingAuthorization, request_id: &str,
         (
             "This application identifies itself with a document published on the web and asks for access on your \
              behalf. Its name is chosen by the application; check the publishing site.",
-            format!("<dt>Published by</dt><dd><code>{}</code></dd>", escape(&redirect_host(&client.client_id))),
+            format!(
+                "<dt>Published by</dt><dd><code>{}</code></dd>{}",
+                escape(&redirect_host(&client.client_id)),
+                if redirect_uri::is_loopback_uri(&pending.redirect_uri) { LOOPBACK_WARNING } else { "" }
+            ),
         )
     } else {
         ("This application registered itself with this server and asks for access on your behalf.", String::new())

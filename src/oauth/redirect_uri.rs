@@ -10,6 +10,11 @@ use url::{Host, Url};
 /// The longest redirect URI accepted.
 pub const MAX_LEN: usize = 2048;
 
+/// Whether a URI's host is loopback (127.0.0.0/8, ::1, localhost).
+pub fn is_loopback_uri(uri: &str) -> bool {
+    Url::parse(uri).is_ok_and(|u| is_loopback(&u))
+}
+
 fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(Host::Ipv4(ip)) => ip.is_loopback(),
