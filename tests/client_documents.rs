@@ -154,6 +154,11 @@ fn names() -> HashMap<String, Vec<IpAddr>> {
 }
 
 async fn setup(extra: &str) -> Setup {
+    setup_with_deadline(extra, 1).await
+}
+
+/// [`setup`] with the fetch deadline in seconds.
+async fn setup_with_deadline(extra: &str, deadline_secs: u64) -> Setup {
     let upstream = Upstream::start().await;
     let docs = Docs::start().await;
     let attempts: Attempts = Arc::default();
@@ -161,12 +166,12 @@ async fn setup(extra: &str) -> Setup {
     let network = Network {
         resolver: Arc::new(MapResolver(names())),
         transport: Arc::new(RecordingTransport {
-            inner: ReqwestTransport::new(Some(&pem), Duration::from_secs(1)).unwrap(),
+            inner: ReqwestTransport::new(Some(&pem), Duration::from_secs(deadline_secs)).unwrap(),
             attempts: attempts.clone(),
         }),
     };
     let config = format!(
-        "[client_metadata_documents]\ntimeout = \"1s\"\nextra_ca_file = \"{}\"\n{extra}\n",
+        "[client_metadata_documents]\ntimeout = \"{deadline_secs}s\"\nextra_ca_file = \"{}\"\n{extra}\n",
         docs.ca_file.display()
     );
     let proxy = TestProxy::with_local_on(&upstream.url(), &config, Some(network)).await;
@@ -361,11 +366,12 @@ async fn the_cache_is_bounded() {
 
 #[tokio::test]
 async fn fetches_in_flight_are_capped_and_the_excess_is_told_to_retry() {
-    let s = setup(&format!("{LOOPBACK_OK}\nmax_concurrent_fetches = 1")).await;
+    // A deadline long enough that the slow fetch surely still holds the only slot on a loaded machine.
+    let s = setup_with_deadline(&format!("{LOOPBACK_OK}\nmax_concurrent_fetches = 1"), 4).await;
     let slow = authorize_url(&s.proxy, &urlencode(&s.docs.url("/slow.json")), "");
     let first = tokio::spawn(async move { http().get(slow).send().await.unwrap().status().as_u16() });
     // Wait until the slow fetch holds the only slot.
-    for _ in 0..100 {
+    for _ in 0..300 {
         if s.docs.hits("/slow.json") == 1 {
             break;
         }
