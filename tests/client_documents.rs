@@ -101,6 +101,10 @@ impl Docs {
                             d["padding"] = json!("x".repeat(6000));
                             resp.body(body(d.to_string()))
                         }
+                        "/delayed.json" => {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            resp.body(body(doc(&own)))
+                        }
                         "/slow.json" => {
                             tokio::time::sleep(Duration::from_secs(30)).await;
                             resp.body(body(doc(&own)))
@@ -386,4 +390,21 @@ async fn fetches_in_flight_are_capped_and_the_excess_is_told_to_retry() {
     // The slot is free again.
     let (status, _) = authorize_page(&s.proxy, &s.docs.url("/good.json")).await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn concurrent_requests_for_one_document_share_one_fetch() {
+    let s = setup_with_deadline(LOOPBACK_OK, 4).await;
+    let url = authorize_url(&s.proxy, &urlencode(&s.docs.url("/delayed.json")), "");
+    let requests: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { http().get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    for r in requests {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    assert_eq!(s.docs.hits("/delayed.json"), 1, "one fetch served all eight");
+    assert_eq!(s.attempts.lock().unwrap().len(), 1);
 }

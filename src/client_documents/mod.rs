@@ -139,6 +139,8 @@ pub struct ClientDocuments {
     cache: DashMap<String, Cached>,
     /// Fetches in flight, at most `max_concurrent_fetches`; beyond it requests get 503 instead of queueing.
     in_flight: tokio::sync::Semaphore,
+    /// One gate per document being fetched (single flight).
+    fetching: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl ClientDocuments {
@@ -153,7 +155,7 @@ impl ClientDocuments {
             },
         };
         let in_flight = tokio::sync::Semaphore::new(config.max_concurrent_fetches);
-        Self { config, fetcher, cache: DashMap::new(), in_flight }
+        Self { config, fetcher, cache: DashMap::new(), in_flight, fetching: DashMap::new() }
     }
 
     /// The client described by the document at `client_id`: cached, or fetched and checked now.
@@ -168,11 +170,25 @@ impl ClientDocuments {
         if !self.config.enabled {
             return Err(DocumentError::Disabled);
         }
-        if let Some(hit) = self.cache.get(client_id).filter(|c| c.expires_at > now) {
-            return Ok(hit.client.clone());
+        let cached = || self.cache.get(client_id).filter(|c| c.expires_at > now).map(|c| c.client.clone());
+        if let Some(hit) = cached() {
+            return Ok(hit);
         }
-        let result = self.fetch(client_id, now, redirects).await;
-        metrics.document_fetch(result.as_ref().map_or_else(DocumentError::kind, |_| "ok"));
+        // Single flight: concurrent requests for one document wait for the first fetch and read its result from
+        // the cache (a failure is not cached, so each waiter then tries once itself).
+        let gate = self.fetching.entry(client_id.to_owned()).or_default().clone();
+        let turn = gate.lock().await;
+        let result = match cached() {
+            Some(hit) => Ok(hit),
+            None => {
+                let result = self.fetch(client_id, now, redirects).await;
+                metrics.document_fetch(result.as_ref().map_or_else(DocumentError::kind, |_| "ok"));
+                result
+            }
+        };
+        drop(turn);
+        // The map's reference and ours: nobody else is waiting on this gate.
+        self.fetching.remove_if(client_id, |_, g| Arc::strong_count(g) <= 2);
         result
     }
 
