@@ -342,6 +342,7 @@ struct RawRegistration {
     allowed_redirect_hosts: Vec<String>,
     #[serde(default)]
     allow: Vec<String>,
+    private_use_redirect_uris: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -689,6 +690,11 @@ pub fn is_scope_char(c: char) -> bool {
     matches!(c, '\x21' | '\x23'..='\x5B' | '\x5D'..='\x7E')
 }
 
+/// Private-use-scheme redirect URIs accepted unless `registration.private_use_redirect_uris` says otherwise:
+/// Cursor's callback (Cursor registers it beside an https and a loopback URI, and refuses the whole registration
+/// when one is refused).
+pub const DEFAULT_PRIVATE_USE_REDIRECTS: [&str; 1] = ["cursor://anysphere.cursor-mcp/oauth/callback"];
+
 fn validate_registration(
     raw: RawRegistration,
     env: &impl Fn(&str) -> Option<String>,
@@ -705,13 +711,22 @@ fn validate_registration(
     }
     let allowed_redirect_hosts: Vec<String> =
         raw.allowed_redirect_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect();
+    let private_use = raw
+        .private_use_redirect_uris
+        .unwrap_or_else(|| DEFAULT_PRIVATE_USE_REDIRECTS.iter().map(|s| (*s).to_owned()).collect());
+    for uri in &private_use {
+        crate::oauth::redirect_uri::validate_private_use(uri)
+            .map_err(|e| invalid("registration.private_use_redirect_uris", e))?;
+    }
     let mut redirect_allowlist =
-        crate::oauth::redirect_uri::Allowlist { hosts: allowed_redirect_hosts.clone(), prefixes: vec![] };
+        crate::oauth::redirect_uri::Allowlist { hosts: allowed_redirect_hosts.clone(), prefixes: vec![], private_use };
     for name in &raw.allow {
         let preset = crate::oauth::redirect_uri::preset(name).ok_or_else(|| {
             invalid(
                 "registration.allow",
-                format!("`{name}` is not a preset; use \"claude\", \"chatgpt\" or \"loopback\""),
+                format!(
+                    "`{name}` is not a preset; use \"claude\", \"chatgpt\", \"cursor\", \"vscode\" or \"loopback\""
+                ),
             )
         })?;
         redirect_allowlist.hosts.extend(preset.hosts);
@@ -913,6 +928,20 @@ mod tests {
             Err(ConfigError::Invalid { key, .. }) => key.to_owned(),
             Err(other) => format!("other: {other}"),
             Ok(_) => "ok".to_owned(),
+        }
+    }
+
+    #[test]
+    fn private_use_redirects_default_to_cursor_and_refuse_dangerous_schemes() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        let c = Config::from_toml(AZURE, secret).map_err(|e| e.to_string());
+        assert_eq!(
+            c.map(|c| c.registration.redirect_allowlist.private_use),
+            Ok(vec!["cursor://anysphere.cursor-mcp/oauth/callback".to_owned()])
+        );
+        for bad in ["javascript://x/y", "https://a.example/cb", "file://h/etc/passwd", "cursor:no-host"] {
+            let text = format!("{AZURE}[registration]\nprivate_use_redirect_uris = [\"{bad}\"]\n");
+            assert_eq!(err_key(&text, secret), "registration.private_use_redirect_uris", "{bad}");
         }
     }
 

@@ -207,3 +207,113 @@ async fn the_upstreams_own_well_known_documents_never_reach_the_client() {
     }
     assert!(upstream.recorded().is_empty(), "no /.well-known request was forwarded");
 }
+
+/// What Cursor registers: its app scheme, its https callback and a loopback one, in one request (a refusal of
+/// any one of them fails the whole registration, and Cursor never reaches the consent page).
+fn cursor_registration() -> Value {
+    json!({
+        "client_name": "Cursor",
+        "redirect_uris": [
+            "cursor://anysphere.cursor-mcp/oauth/callback",
+            "https://www.cursor.com/agents/mcp/oauth/callback",
+            "http://localhost:8787/callback"
+        ],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none"
+    })
+}
+
+#[tokio::test]
+async fn cursor_registers_its_app_scheme_and_gets_a_code_there() {
+    let azure = FakeAzure::start().await;
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let doc = register_json(&proxy, cursor_registration()).await;
+    let client_id = doc["client_id"].as_str().unwrap();
+    let cursor_cb = "cursor://anysphere.cursor-mcp/oauth/callback";
+    let url = authorize_url(&proxy, client_id, "").replace(&urlencode(CLIENT_REDIRECT), &urlencode(cursor_cb));
+    let mut browser = Browser::new();
+    let Landing::Page(200, consent) = browser.get(&url).await else { panic!("consent page expected") };
+    assert!(consent.contains("cursor://anysphere.cursor-mcp"), "the app scheme is shown: {consent}");
+    let (request, csrf) = (hidden_field(&consent, "request"), hidden_field(&consent, "csrf"));
+    let Landing::Client(params) = browser
+        .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
+        .await
+    else {
+        panic!("the browser should land on Cursor's callback")
+    };
+    let resp = http()
+        .post(proxy.url("/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &params["code"]),
+            ("redirect_uri", cursor_cb),
+            ("code_verifier", VERIFIER),
+            ("client_id", client_id),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn private_use_schemes_are_accepted_only_as_configured() {
+    let azure = FakeAzure::start().await;
+    let upstream = Upstream::start().await;
+    // Strict MCP rule: no private-use schemes at all.
+    let strict =
+        TestProxy::with_azure(&azure, &upstream.url(), "[registration]\nprivate_use_redirect_uris = []\n").await;
+    // Closed registration with the Cursor and loopback presets.
+    let presets =
+        TestProxy::with_azure(&azure, &upstream.url(), "[registration]\nallow = [\"cursor\", \"loopback\"]\n").await;
+    // Closed registration without Cursor.
+    let claude_only = TestProxy::with_azure(&azure, &upstream.url(), "[registration]\nallow = [\"claude\"]\n").await;
+    let register = |p: &TestProxy, body: Value| {
+        let url = p.url("/register");
+        async move { http().post(url).json(&body).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(register(&strict, cursor_registration()).await, 400);
+    assert_eq!(register(&presets, cursor_registration()).await, 201);
+    assert_eq!(register(&claude_only, cursor_registration()).await, 400);
+    for uri in [
+        "vscode://vscode.mcp/callback",
+        "javascript://x/%0aalert(1)",
+        "cursor://anysphere.cursor-mcp/oauth/callback/../x",
+        "cursor://evil.example/oauth/callback",
+    ] {
+        let body = json!({"redirect_uris": [uri], "token_endpoint_auth_method": "none"});
+        let resp = http().post(presets.url("/register")).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{uri}");
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"], "invalid_redirect_uri", "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn vs_code_registers_and_authorizes_on_any_loopback_port() {
+    let azure = FakeAzure::start().await;
+    let upstream = Upstream::start().await;
+    let proxy =
+        TestProxy::with_azure(&azure, &upstream.url(), "[registration]\nallow = [\"vscode\", \"loopback\"]\n").await;
+    // VS Code's registration (microsoft/vscode#278512); it then authorizes on whatever port was free.
+    let doc = register_json(
+        &proxy,
+        json!({
+            "client_name": "Visual Studio Code",
+            "redirect_uris": [
+                "https://insiders.vscode.dev/redirect",
+                "https://vscode.dev/redirect",
+                "http://127.0.0.1/",
+                "http://127.0.0.1:33418/"
+            ],
+            "token_endpoint_auth_method": "none"
+        }),
+    )
+    .await;
+    let url = authorize_url(&proxy, doc["client_id"].as_str().unwrap(), "")
+        .replace(&urlencode(CLIENT_REDIRECT), &urlencode("http://127.0.0.1:59656/"));
+    let resp = http().get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "consent page for a free loopback port");
+}

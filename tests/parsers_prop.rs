@@ -84,7 +84,7 @@ proptest! {
         if let Ok(reg) = register::register(&body, 0, &Default::default()) {
             prop_assert!(!reg.client.redirect_uris.is_empty());
             for uri in &reg.client.redirect_uris {
-                prop_assert!(redirect_uri::validate_for_registration(uri).is_ok());
+                prop_assert!(redirect_uri::validate_for_registration(uri, &[]).is_ok());
             }
             prop_assert_eq!(reg.secret.is_some(), reg.client.secret_hash.is_some());
         }
@@ -92,7 +92,7 @@ proptest! {
 
     #[test]
     fn redirect_uri_validation_never_panics_and_accepts_only_safe_uris(uri in ".{0,200}") {
-        if redirect_uri::validate_for_registration(&uri).is_ok() {
+        if redirect_uri::validate_for_registration(&uri, &[]).is_ok() {
             let url = url::Url::parse(&uri).unwrap();
             prop_assert!(url.scheme() == "https" || url.scheme() == "http");
             prop_assert!(url.fragment().is_none());

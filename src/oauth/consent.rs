@@ -57,14 +57,17 @@ pub fn is_same_browser(headers: &HeaderMap, https: bool, pending: &PendingAuthor
     read_cookie(headers, https).is_some_and(|c| pending.browser == TokenHash::of(&c))
 }
 
+/// Where the answer goes, as the user should read it: `host[:port]`, or `scheme://host` for an app's private-use
+/// scheme (the scheme names the app).
 fn redirect_host(uri: &str) -> String {
     url::Url::parse(uri)
         .ok()
         .and_then(|u| {
-            u.host_str().map(|h| match u.port() {
+            let host = u.host_str().map(|h| match u.port() {
                 Some(p) => format!("{h}:{p}"),
                 None => h.to_owned(),
-            })
+            })?;
+            Some(if matches!(u.scheme(), "http" | "https") { host } else { format!("{}://{host}", u.scheme()) })
         })
         .unwrap_or_else(|| uri.to_owned())
 }

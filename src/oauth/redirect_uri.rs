@@ -1,7 +1,10 @@
 //! Redirect URI rules.
 //!
 //! Registration (RFC 7591 §2, RFC 6749 §3.1.2, RFC 8252 §7.3/§8.3): absolute URI, no fragment, `https`, or `http`
-//! only for a loopback host (`127.0.0.1`, `[::1]`, `localhost`).
+//! only for a loopback host (`127.0.0.1`, `[::1]`, `localhost`). A private-use-scheme URI (RFC 8252 §7.1, e.g.
+//! Cursor's `cursor://anysphere.cursor-mcp/oauth/callback`) passes only when the operator lists it exactly
+//! (`registration.private_use_redirect_uris`): MCP allows only https and loopback, so each one is a deliberate,
+//! narrow exception (the code is still PKCE-bound, the same local-machine trust as a loopback callback).
 //! Authorization (RFC 6749 §3.1.2.3, OAuth 2.1 §4.1.1): the requested URI must equal a registered one exactly,
 //! except that for a loopback `http` URI the port may differ (RFC 8252 §7.3).
 
@@ -24,8 +27,41 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// Checks a redirect URI offered at registration; the error says what is wrong with it.
-pub fn validate_for_registration(uri: &str) -> Result<(), String> {
+/// Schemes never accepted as a redirect, even when listed: they run code, read files or are handled by the
+/// browser itself.
+pub const FORBIDDEN_SCHEMES: [&str; 12] = [
+    "javascript",
+    "data",
+    "vbscript",
+    "file",
+    "about",
+    "blob",
+    "filesystem",
+    "ftp",
+    "ws",
+    "wss",
+    "mailto",
+    "view-source",
+];
+
+/// Checks a private-use-scheme URI for `registration.private_use_redirect_uris`.
+pub fn validate_private_use(uri: &str) -> Result<(), String> {
+    let url = Url::parse(uri).map_err(|e| format!("`{uri}` is not an absolute URI: {e}"))?;
+    if matches!(url.scheme(), "http" | "https") {
+        return Err(format!("`{uri}` is http(s); list private-use schemes only (such as cursor://…)"));
+    }
+    if FORBIDDEN_SCHEMES.contains(&url.scheme()) {
+        return Err(format!("`{uri}`: the scheme `{}` is never a safe redirect", url.scheme()));
+    }
+    if url.host().is_none() || url.fragment().is_some() || url.as_str() != uri {
+        return Err(format!("`{uri}` must be a canonical scheme://host/path URI without a fragment"));
+    }
+    Ok(())
+}
+
+/// Checks a redirect URI offered at registration; the error says what is wrong with it. `private_use`: the
+/// private-use-scheme URIs the operator accepts, matched exactly.
+pub fn validate_for_registration(uri: &str, private_use: &[String]) -> Result<(), String> {
     if uri.len() > MAX_LEN {
         return Err(format!("redirect URI longer than {MAX_LEN} characters"));
     }
@@ -40,6 +76,7 @@ pub fn validate_for_registration(uri: &str) -> Result<(), String> {
         "https" if url.host().is_some() => Ok(()),
         "http" if is_loopback(&url) => Ok(()),
         "http" => Err(format!("`{uri}`: http is allowed only for loopback hosts (127.0.0.1, [::1], localhost)")),
+        _ if private_use.iter().any(|p| p == uri) => Ok(()),
         other => Err(format!("`{uri}`: scheme `{other}` is not allowed; use https or http on loopback")),
     }
 }
@@ -50,28 +87,45 @@ pub fn validate_for_registration(uri: &str) -> Result<(), String> {
 pub struct Allowlist {
     pub hosts: Vec<String>,
     pub prefixes: Vec<String>,
+    /// Private-use-scheme URIs that pass the scheme rule (exact); `hosts`/`prefixes` still apply to them.
+    pub private_use: Vec<String>,
 }
 
 /// Connector presets for `registration.allow`, from the clients' documented callbacks (SPEC §3):
 /// Claude `https://claude.ai/api/mcp/auth_callback` and `https://claude.com/api/mcp/auth_callback`, ChatGPT
 /// `https://chatgpt.com/connector/oauth/{id}` (SPEC §3) and `https://chatgpt.com/connector_platform_oauth_redirect`
 /// (the callback ChatGPT connectors send in practice, e.g. the authorize requests quoted in
-/// <https://community.openai.com/t/oauth-missing-scopes-after-reconnect/1366784>), CLI clients on loopback.
+/// <https://community.openai.com/t/oauth-missing-scopes-after-reconnect/1366784>), CLI clients on loopback; Cursor
+/// `https://www.cursor.com/agents/mcp/oauth/callback` and `cursor://anysphere.cursor-mcp/oauth/callback` (what
+/// Cursor registers, with a loopback URI, e.g. erp-mafia/accounted#2225, bytebase/bytebase#20510); VS Code
+/// `https://vscode.dev/redirect` and `https://insiders.vscode.dev/redirect` (with loopback ones,
+/// microsoft/vscode#278512).
 pub fn preset(name: &str) -> Option<Allowlist> {
     let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     match name {
         "claude" => Some(Allowlist {
-            hosts: vec![],
             prefixes: owned(&["https://claude.ai/api/mcp/auth_callback", "https://claude.com/api/mcp/auth_callback"]),
+            ..Allowlist::default()
         }),
         "chatgpt" => Some(Allowlist {
-            hosts: vec![],
             prefixes: owned(&[
                 "https://chatgpt.com/connector/oauth/",
                 "https://chatgpt.com/connector_platform_oauth_redirect",
             ]),
+            ..Allowlist::default()
         }),
-        "loopback" => Some(Allowlist { hosts: owned(&["loopback"]), prefixes: vec![] }),
+        "loopback" => Some(Allowlist { hosts: owned(&["loopback"]), ..Allowlist::default() }),
+        "cursor" => Some(Allowlist {
+            prefixes: owned(&[
+                "https://www.cursor.com/agents/mcp/oauth/callback",
+                "cursor://anysphere.cursor-mcp/oauth/callback",
+            ]),
+            ..Allowlist::default()
+        }),
+        "vscode" => Some(Allowlist {
+            prefixes: owned(&["https://vscode.dev/redirect", "https://insiders.vscode.dev/redirect"]),
+            ..Allowlist::default()
+        }),
         _ => None,
     }
 }
@@ -119,20 +173,42 @@ mod tests {
 
     #[test]
     fn registration_accepts_https_and_loopback_http_only() {
-        assert!(validate_for_registration("https://claude.ai/api/mcp/auth_callback").is_ok());
-        assert!(validate_for_registration("http://127.0.0.1:33418/callback").is_ok());
-        assert!(validate_for_registration("http://localhost/cb").is_ok());
-        assert!(validate_for_registration("http://[::1]:9/cb").is_ok());
-        assert!(validate_for_registration("http://evil.example/cb").is_err());
-        assert!(validate_for_registration("https://a.example/cb#frag").is_err());
-        assert!(validate_for_registration("javascript:alert(1)").is_err());
-        assert!(validate_for_registration("/relative").is_err());
-        assert!(validate_for_registration("https://user:pw@a.example/cb").is_err());
+        let v = |uri: &str| validate_for_registration(uri, &[]);
+        assert!(v("https://claude.ai/api/mcp/auth_callback").is_ok());
+        assert!(v("http://127.0.0.1:33418/callback").is_ok());
+        assert!(v("http://localhost/cb").is_ok());
+        assert!(v("http://[::1]:9/cb").is_ok());
+        assert!(v("http://evil.example/cb").is_err());
+        assert!(v("https://a.example/cb#frag").is_err());
+        assert!(v("javascript:alert(1)").is_err());
+        assert!(v("/relative").is_err());
+        assert!(v("https://user:pw@a.example/cb").is_err());
+        assert!(v("cursor://anysphere.cursor-mcp/oauth/callback").is_err());
+    }
+
+    #[test]
+    fn private_use_schemes_pass_only_when_listed_exactly() {
+        let listed = vec!["cursor://anysphere.cursor-mcp/oauth/callback".to_owned()];
+        assert!(validate_for_registration("cursor://anysphere.cursor-mcp/oauth/callback", &listed).is_ok());
+        assert!(validate_for_registration("cursor://anysphere.cursor-mcp/oauth/callback/x", &listed).is_err());
+        assert!(validate_for_registration("cursor://anysphere.cursor-mcp/oauth/callback#f", &listed).is_err());
+        assert!(validate_for_registration("vscode://vscode.mcp/cb", &listed).is_err());
+        assert!(validate_private_use("cursor://anysphere.cursor-mcp/oauth/callback").is_ok());
+        for bad in [
+            "javascript://x/alert(1)",
+            "data://x/y",
+            "file://host/etc/passwd",
+            "https://a.example/cb",
+            "cursor:no-host",
+            "x",
+        ] {
+            assert!(validate_private_use(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
     fn allowlist_matches_hosts_exactly_and_loopback_by_keyword() {
-        let allowed = Allowlist { hosts: vec!["claude.ai".to_owned(), "loopback".to_owned()], prefixes: vec![] };
+        let allowed = Allowlist { hosts: vec!["claude.ai".to_owned(), "loopback".to_owned()], ..Allowlist::default() };
         assert!(allowed.allows("https://claude.ai/api/mcp/auth_callback"));
         assert!(allowed.allows("http://127.0.0.1:5000/cb"));
         assert!(allowed.allows("http://[::1]:5000/cb"));
@@ -155,7 +231,12 @@ mod tests {
         assert!(!chatgpt.allows("https://chatgpt.com/connector/oauth/"));
         assert!(!chatgpt.allows("https://chatgpt.com.evil.example/connector/oauth/abc"));
         assert!(preset("loopback").unwrap_or_default().allows("http://127.0.0.1:1/cb"));
-        assert!(preset("cursor").is_none());
+        let cursor = preset("cursor").unwrap_or_default();
+        assert!(cursor.allows("cursor://anysphere.cursor-mcp/oauth/callback"));
+        assert!(cursor.allows("https://www.cursor.com/agents/mcp/oauth/callback"));
+        assert!(!cursor.allows("cursor://evil/oauth/callback"));
+        assert!(preset("vscode").unwrap_or_default().allows("https://vscode.dev/redirect"));
+        assert!(preset("windsurf").is_none());
     }
 
     #[test]

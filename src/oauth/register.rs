@@ -117,7 +117,7 @@ pub fn validate_metadata(body: &Value, allowed: &redirect_uri::Allowlist) -> Res
         return Err(redirect_error(format!("at most {MAX_REDIRECT_URIS} `redirect_uris` are accepted")));
     }
     for uri in &redirect_uris {
-        redirect_uri::validate_for_registration(uri).map_err(redirect_error)?;
+        redirect_uri::validate_for_registration(uri, &allowed.private_use).map_err(redirect_error)?;
         if !allowed.allows(uri) {
             return Err(redirect_error(format!("`{uri}`: this server does not accept redirect URIs on that host")));
         }

@@ -219,7 +219,11 @@ impl Browser {
                 } else {
                     location
                 };
-                if location.starts_with(CLIENT_REDIRECT) || location.starts_with("https://app.example/") {
+                // The client's redirect URI: the test one, an https app, or an app's private-use scheme.
+                if location.starts_with(CLIENT_REDIRECT)
+                    || location.starts_with("https://app.example/")
+                    || !location.starts_with("http")
+                {
                     let url = url::Url::parse(&location).expect("client redirect");
                     return Landing::Client(url.query_pairs().into_owned().collect());
                 }
