@@ -68,7 +68,13 @@ impl ReqwestTransport {
     /// `extra_ca_pem`: more trust anchors (PEM bundle) beside the web PKI.
     pub fn new(extra_ca_pem: Option<&[u8]>, timeout: Duration) -> Result<Self, String> {
         let extra_roots = match extra_ca_pem {
-            Some(pem) => reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())?,
+            Some(pem) => {
+                let roots = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())?;
+                if roots.is_empty() {
+                    return Err("no PEM certificate in the file".to_owned());
+                }
+                roots
+            }
             None => Vec::new(),
         };
         Ok(Self { extra_roots, timeout })
@@ -206,6 +212,12 @@ impl Fetcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_extra_ca_file_without_certificates_is_an_error() {
+        assert!(ReqwestTransport::new(Some(b"not a certificate"), Duration::from_secs(1)).is_err());
+        assert!(ReqwestTransport::new(None, Duration::from_secs(1)).is_ok());
+    }
 
     #[test]
     fn cache_control_is_read() {
