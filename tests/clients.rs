@@ -317,3 +317,21 @@ async fn vs_code_registers_and_authorizes_on_any_loopback_port() {
     let resp = http().get(url).send().await.unwrap();
     assert_eq!(resp.status(), 200, "consent page for a free loopback port");
 }
+
+#[tokio::test]
+async fn the_chatgpt_preset_takes_both_chatgpt_callbacks_and_nothing_else_on_its_host() {
+    let azure = FakeAzure::start().await;
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "[registration]\nallow = [\"chatgpt\"]\n").await;
+    for (uri, expected) in [
+        ("https://chatgpt.com/connector_platform_oauth_redirect", 201),
+        ("https://chatgpt.com/connector/oauth/abc123", 201),
+        ("https://chatgpt.com/other", 400),
+        ("https://claude.ai/api/mcp/auth_callback", 400),
+        (CLIENT_REDIRECT, 400),
+    ] {
+        let body = json!({"redirect_uris": [uri], "token_endpoint_auth_method": "none"});
+        let resp = http().post(proxy.url("/register")).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), expected, "{uri}");
+    }
+}
