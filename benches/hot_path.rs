@@ -39,20 +39,25 @@ fn login() -> UpstreamLogin {
     UpstreamLogin { credential: UpstreamCredential::Tokens(tokens), identity: Identity::default() }
 }
 
+/// An authorization code for the bench client, as `/callback` stores it.
+fn insert_code(store: &Store, code: &str) {
+    store.codes.insert(
+        TokenHash::of(code),
+        AuthorizationCode {
+            client_id: "bench-client".into(),
+            redirect_uri: "http://127.0.0.1:33418/callback".into(),
+            redirect_uri_explicit: true,
+            code_challenge: CHALLENGE.into(),
+            scope: vec!["openid".into()],
+            resource: None,
+            expires_at: 1000,
+            login: login(),
+        },
+    );
+}
+
 fn client() -> Client {
-    Client {
-        client_id: "bench-client".into(),
-        secret_hash: None,
-        auth_method: ClientAuthMethod::None,
-        redirect_uris: vec!["http://127.0.0.1:33418/callback".into()],
-        client_name: None,
-        scope: None,
-        grant_types: vec!["authorization_code".into(), "refresh_token".into()],
-        response_types: vec!["code".into()],
-        issued_at: 0,
-        first_authorized_at: Default::default(),
-        registration_token: None,
-    }
+    Client::public("bench-client", vec!["http://127.0.0.1:33418/callback".into()], 0)
 }
 
 fn bench(c: &mut Criterion) {
@@ -94,19 +99,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("token_issuance", |b| {
         b.iter(|| {
             let code = crypto::random_token();
-            store.codes.insert(
-                TokenHash::of(&code),
-                AuthorizationCode {
-                    client_id: "bench-client".into(),
-                    redirect_uri: "http://127.0.0.1:33418/callback".into(),
-                    redirect_uri_explicit: true,
-                    code_challenge: CHALLENGE.into(),
-                    scope: vec!["openid".into()],
-                    resource: None,
-                    expires_at: 1000,
-                    login: login(),
-                },
-            );
+            insert_code(&store, &code);
             let params = Params::parse(
                 format!(
                     "grant_type=authorization_code&code={code}&redirect_uri=http%3A%2F%2F127.0.0.1%3A33418%2Fcallback&code_verifier={VERIFIER}"
@@ -123,19 +116,7 @@ fn bench(c: &mut Criterion) {
     let mut refresh = String::new();
     // A fresh grant whose refresh token is rotated on every iteration.
     let code = crypto::random_token();
-    store.codes.insert(
-        TokenHash::of(&code),
-        AuthorizationCode {
-            client_id: "bench-client".into(),
-            redirect_uri: "http://127.0.0.1:33418/callback".into(),
-            redirect_uri_explicit: true,
-            code_challenge: CHALLENGE.into(),
-            scope: vec!["openid".into()],
-            resource: None,
-            expires_at: 1000,
-            login: login(),
-        },
-    );
+    insert_code(&store, &code);
     let first = token::exchange(
         &ctx,
         &client,

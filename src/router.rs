@@ -285,17 +285,14 @@ async fn manage_client(app: &App, req: Request<Incoming>) -> Result<Response<Bod
 // ---- authorization ------------------------------------------------------------------------------------------
 
 /// A client named by the URL of its metadata document, fetched (or from the cache) and checked.
-async fn document_client(app: &App, client_id: Option<&str>) -> Result<Option<Arc<Client>>, (String, DocumentError)> {
+async fn document_client(app: &App, client_id: Option<&str>) -> Result<Option<Arc<Client>>, DocumentError> {
     match client_id {
         Some(id) if client_documents::is_document_id(id) => app
             .client_documents
             .client(id, app.clock.now(), &app.config.registration.redirect_allowlist, &app.metrics)
             .await
             .map(Some)
-            .map_err(|e| {
-                tracing::info!(client_id = id, error = %e, "client metadata document refused");
-                (id.to_owned(), e)
-            }),
+            .inspect_err(|e| tracing::info!(client_id = id, error = %e, "client metadata document refused")),
         _ => Ok(None),
     }
 }
@@ -316,7 +313,8 @@ async fn start_authorization(app: &App, req: &Request<Incoming>) -> Result<Respo
     };
     let query = req.uri().query().unwrap_or("").as_bytes();
     let named = Params::parse(query).ok().and_then(|p| p.get("client_id").map(str::to_owned));
-    let document = document_client(app, named.as_deref()).await.map_err(|(id, e)| e.into_page(&id))?;
+    let document =
+        document_client(app, named.as_deref()).await.map_err(|e| e.into_page(named.as_deref().unwrap_or("")))?;
     let request = authorize::validate(query, |id| find_client(&document, &app.store, id), &ctx)?;
     let client = find_client(&document, &app.store, &request.client_id)
         .ok_or_else(|| Error::page(StatusCode::BAD_REQUEST, "Unknown client", "The application is not registered."))?;
@@ -559,7 +557,7 @@ async fn read_oauth_form(req: Request<Incoming>) -> Result<(HeaderMap, Params), 
 
 /// Authenticates the client of a token or revocation request; a metadata-document client is resolved first.
 async fn token_client(app: &App, headers: &HeaderMap, params: &Params) -> Result<Arc<Client>, Error> {
-    let document = document_client(app, params.get("client_id")).await.map_err(|(_, e)| e.into_oauth())?;
+    let document = document_client(app, params.get("client_id")).await.map_err(DocumentError::into_token_error)?;
     Ok(token::authenticate_client(|id| find_client(&document, &app.store, id), headers, params)?)
 }
 

@@ -178,32 +178,14 @@ async fn token_endpoint_errors_follow_rfc6749_5_2() {
     // A real code: wrong verifier fails (and spends the code); a replay revokes what the code issued.
     let params = authorize(&proxy, &mut Browser::new(), &client_id).await;
     let code = params["code"].clone();
-    let bad = [
-        ("grant_type", "authorization_code"),
-        ("code", code.as_str()),
-        ("redirect_uri", CLIENT_REDIRECT),
-        ("code_verifier", &"Z".repeat(43)),
-        ("client_id", &client_id),
-    ];
-    let resp = c.post(&url).form(&bad).send().await.unwrap();
+    let resp = redeem_with(&proxy, &client_id, &code, &[("code_verifier", &"Z".repeat(43))]).await;
     assert_eq!(error_of(resp).await, (400, "invalid_grant".into()));
     let resp = redeem(&proxy, &client_id, &code).await;
     assert_eq!(error_of(resp).await, (400, "invalid_grant".into()));
 
     let params = authorize(&proxy, &mut Browser::new(), &client_id).await;
     let code = params["code"].clone();
-    let resp = c
-        .post(&url)
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", code.as_str()),
-            ("redirect_uri", "http://127.0.0.1:1/other"),
-            ("code_verifier", VERIFIER),
-            ("client_id", &client_id),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let resp = redeem_with(&proxy, &client_id, &code, &[("redirect_uri", "http://127.0.0.1:1/other")]).await;
     assert_eq!(error_of(resp).await, (400, "invalid_grant".into()));
 
     let (_, tokens) = {

@@ -95,6 +95,7 @@ impl Docs {
                     let resp = hyper::Response::builder().header("content-type", "application/json");
                     match path.as_str() {
                         "/good.json" | "/other.json" | "/third.json" => resp.body(body(doc(&own))),
+                        "/nocache.json" => resp.header("cache-control", "no-store").body(body(doc(&own))),
                         "/redirect.json" => resp.status(302).header("location", "/good.json").body(body("")),
                         "/big.json" => {
                             let mut d: Value = serde_json::from_str(&doc(&own)).unwrap();
@@ -366,6 +367,12 @@ async fn the_cache_is_bounded() {
     let (status, _) = authorize_page(&s.proxy, &s.docs.url("/third.json")).await;
     assert_eq!(status, 200);
     assert_eq!(s.docs.hits("/third.json"), before + 1);
+    // A document served with `Cache-Control: no-store` is fetched every time.
+    for expected in [1, 2] {
+        let (status, _) = authorize_page(&s.proxy, &s.docs.url("/nocache.json")).await;
+        assert_eq!(status, 200);
+        assert_eq!(s.docs.hits("/nocache.json"), expected);
+    }
 }
 
 #[tokio::test]

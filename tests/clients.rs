@@ -243,18 +243,7 @@ async fn cursor_registers_its_app_scheme_and_gets_a_code_there() {
     else {
         panic!("the browser should land on Cursor's callback")
     };
-    let resp = http()
-        .post(proxy.url("/token"))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", &params["code"]),
-            ("redirect_uri", cursor_cb),
-            ("code_verifier", VERIFIER),
-            ("client_id", client_id),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let resp = redeem_with(&proxy, client_id, &params["code"], &[("redirect_uri", cursor_cb)]).await;
     assert_eq!(resp.status(), 200);
 }
 

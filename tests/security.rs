@@ -70,18 +70,7 @@ async fn wrong_pkce_verifier_is_refused_and_spends_the_code() {
     let (_a, _u, proxy) = setup().await;
     let client_id = register_public_client(&proxy).await;
     let params = authorize(&proxy, &mut Browser::new(), &client_id).await;
-    let resp = http()
-        .post(proxy.url("/token"))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", params["code"].as_str()),
-            ("redirect_uri", CLIENT_REDIRECT),
-            ("code_verifier", &"W".repeat(64)),
-            ("client_id", &client_id),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let resp = redeem_with(&proxy, &client_id, &params["code"], &[("code_verifier", &"W".repeat(64))]).await;
     assert_eq!(error_of(resp).await, (400, "invalid_grant".into()));
     let retry = redeem(&proxy, &client_id, &params["code"]).await;
     assert_eq!(error_of(retry).await, (400, "invalid_grant".into()));
@@ -120,19 +109,7 @@ async fn token_for_another_resource_is_refused() {
     let (_a, _u, proxy) = setup().await;
     let client_id = register_public_client(&proxy).await;
     let params = authorize(&proxy, &mut Browser::new(), &client_id).await;
-    let resp = http()
-        .post(proxy.url("/token"))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", params["code"].as_str()),
-            ("redirect_uri", CLIENT_REDIRECT),
-            ("code_verifier", VERIFIER),
-            ("client_id", &client_id),
-            ("resource", "https://other.example/mcp"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let resp = redeem_with(&proxy, &client_id, &params["code"], &[("resource", "https://other.example/mcp")]).await;
     assert_eq!(error_of(resp).await, (400, "invalid_target".into()));
     nothing_issued(&proxy);
 }

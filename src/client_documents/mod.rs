@@ -96,7 +96,7 @@ impl DocumentError {
     }
 
     /// The token endpoint's answer: the client cannot be authenticated.
-    pub fn into_oauth(self) -> crate::error::Error {
+    pub fn into_token_error(self) -> crate::error::Error {
         if matches!(self, Self::Busy) {
             return crate::error::Error::Capacity { what: "too many client metadata documents in flight", html: false };
         }

@@ -126,22 +126,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::ClientAuthMethod;
 
     fn client() -> Arc<Client> {
-        Arc::new(Client {
-            client_id: "c1".into(),
-            secret_hash: None,
-            auth_method: ClientAuthMethod::None,
-            redirect_uris: vec!["https://app.example/cb".into()],
-            client_name: None,
-            scope: None,
-            grant_types: vec![],
-            response_types: vec![],
-            issued_at: 0,
-            first_authorized_at: Default::default(),
-            registration_token: None,
-        })
+        Arc::new(Client::public("c1", vec!["https://app.example/cb".into()], 0))
     }
 
     const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";

@@ -318,19 +318,7 @@ mod tests {
     }
 
     fn client(id: &str) -> Client {
-        Client {
-            client_id: id.into(),
-            secret_hash: None,
-            auth_method: ClientAuthMethod::None,
-            redirect_uris: vec!["https://a.example/cb".into()],
-            client_name: None,
-            scope: None,
-            grant_types: vec!["authorization_code".into(), "refresh_token".into()],
-            response_types: vec!["code".into()],
-            issued_at: 0,
-            first_authorized_at: Default::default(),
-            registration_token: None,
-        }
+        Client::public(id, vec!["https://a.example/cb".into()], 0)
     }
 
     const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";

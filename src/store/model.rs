@@ -56,6 +56,23 @@ pub struct Client {
 }
 
 impl Client {
+    /// A public client (`none`) with the authorization-code and refresh grants, as most MCP clients register.
+    pub fn public(client_id: impl Into<String>, redirect_uris: Vec<String>, now: UnixTime) -> Self {
+        Self {
+            client_id: client_id.into(),
+            secret_hash: None,
+            auth_method: ClientAuthMethod::None,
+            redirect_uris,
+            client_name: None,
+            scope: None,
+            grant_types: vec!["authorization_code".into(), "refresh_token".into()],
+            response_types: vec!["code".into()],
+            issued_at: now,
+            first_authorized_at: Default::default(),
+            registration_token: None,
+        }
+    }
+
     /// Records that the client completed an authorization.
     pub fn mark_authorized(&self, now: UnixTime) {
         let _ = self.first_authorized_at.compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);

@@ -335,18 +335,30 @@ pub async fn authorize_with(
 
 /// Redeems a code with the test verifier.
 pub async fn redeem(proxy: &impl ProxyBase, client_id: &str, code: &str) -> reqwest::Response {
-    http()
-        .post(proxy.url("/token"))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", CLIENT_REDIRECT),
-            ("code_verifier", VERIFIER),
-            ("client_id", client_id),
-        ])
-        .send()
-        .await
-        .expect("token request")
+    redeem_with(proxy, client_id, code, &[]).await
+}
+
+/// [`redeem`] with fields replaced or added (`("code_verifier", "…")`, `("resource", "…")`).
+pub async fn redeem_with(
+    proxy: &impl ProxyBase,
+    client_id: &str,
+    code: &str,
+    changes: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", CLIENT_REDIRECT),
+        ("code_verifier", VERIFIER),
+        ("client_id", client_id),
+    ];
+    for (key, value) in changes {
+        match form.iter_mut().find(|(k, _)| k == key) {
+            Some(field) => field.1 = value,
+            None => form.push((key, value)),
+        }
+    }
+    http().post(proxy.url("/token")).form(&form).send().await.expect("token request")
 }
 
 /// Registers, authorizes and redeems: returns (client_id, token response).
