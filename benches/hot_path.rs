@@ -15,7 +15,7 @@ use dcr_proxy::config::TokenConfig;
 use dcr_proxy::crypto::{self, TokenHash};
 use dcr_proxy::http::params::Params;
 use dcr_proxy::oauth::{register, token};
-use dcr_proxy::proxy::forward::strip_hop_by_hop;
+use dcr_proxy::proxy::headers::sanitize_request;
 use dcr_proxy::store::*;
 use http::{HeaderMap, HeaderValue};
 
@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
                 UpstreamCredential::Tokens(t) => t.bearer().clone(),
                 UpstreamCredential::Local => unreachable!(),
             };
-            strip_hop_by_hop(&mut headers);
+            sanitize_request(&mut headers);
             headers.insert("authorization", value);
             headers
         })

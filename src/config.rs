@@ -582,6 +582,17 @@ fn validate_required_scopes(upstream: UpstreamConfig, offered: &[String]) -> Res
                 format!("entry {i}: path_prefix `{}` must be a path starting with /", rule.path_prefix),
             ));
         }
+        // Rules are compared with the canonical forwarded path, which never holds these.
+        let dot_segment = rule.path_prefix.split('/').any(|s| s == "." || s == "..");
+        if dot_segment || rule.path_prefix.contains(['%', ';', '\\']) || rule.path_prefix.contains("//") {
+            return Err(invalid(
+                KEY,
+                format!(
+                    "entry {i}: path_prefix `{}` must be a plain path (no %-escapes, `;`, `\\`, `//` or dot segments)",
+                    rule.path_prefix
+                ),
+            ));
+        }
         if rule.scopes.is_empty() {
             return Err(invalid(KEY, format!("entry {i} ({}): scopes must name at least one scope", rule.path_prefix)));
         }

@@ -180,6 +180,9 @@ pub enum Error {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
+    /// A proxied request whose path upstream routers could read in more than one way.
+    #[error("request path refused: {0}")]
+    BadPath(#[from] crate::proxy::target::PathRejection),
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
     #[error("upstream did not answer in time")]
@@ -210,6 +213,7 @@ impl Error {
             Self::RegistrationTokenRequired => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BadPath(_) => StatusCode::BAD_REQUEST,
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -319,6 +323,10 @@ impl Error {
                 resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
                 resp
             }
+            Self::BadPath(reason) => json_response(
+                status,
+                &serde_json::json!({"error": "invalid_request", "error_description": reason.to_string()}),
+            ),
             Self::UpstreamUnavailable(reason) => {
                 tracing::warn!(%reason, "upstream unavailable");
                 json_response(

@@ -5,12 +5,18 @@
 //! buckets are dropped by [`RateLimiter::sweep`]. No lock is held across an `.await`.
 //!
 //! The source is the TCP peer, or, behind a TLS terminator, the right-most `X-Forwarded-For` entry (the address
-//! the terminator itself saw).
+//! the terminator itself saw), in any of the forms terminators send: `ip`, `ip:port` (Azure Application
+//! Gateway), `[v6]` or `[v6]:port`. An IPv6 source counts by its /64, since one host usually owns a whole /64.
+//! An entry that is no address is logged and counted by its own value, never merged with every other client
+//! into the terminator's bucket.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::hash::BuildHasher as _;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use http::HeaderMap;
 
 use crate::config::LimitsConfig;
 
@@ -34,14 +40,81 @@ struct Bucket {
     updated: Instant,
 }
 
-/// The limiter; cheap to share.
-pub struct RateLimiter {
-    buckets: DashMap<(RouteClass, IpAddr), Bucket>,
-    per_minute: [u32; 3],
+/// Who a limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// An IPv4 address, or an IPv6 address with its last 64 bits zeroed (IPv4-mapped addresses count as IPv4).
+    Ip(IpAddr),
+    /// A forwarded value that is no address, by a keyed hash of its text.
+    Unparsed(u64),
+    /// Every source beyond [`MAX_SOURCES`].
+    Overflow,
 }
 
-/// The unspecified address stands for "every source beyond MAX_SOURCES".
-const OVERFLOW: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+impl Source {
+    pub fn of_ip(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Self::Ip(ip),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::Ip(IpAddr::V4(v4)),
+                None => Self::Ip(IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX)))),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ip(IpAddr::V6(ip)) => write!(f, "{ip}/64"),
+            Self::Ip(ip) => write!(f, "{ip}"),
+            Self::Unparsed(h) => write!(f, "unparsed:{h:016x}"),
+            Self::Overflow => f.write_str("overflow"),
+        }
+    }
+}
+
+/// Reads one `X-Forwarded-For` entry: `ip`, `ip:port`, `[v6]` or `[v6]:port`.
+pub fn parse_forwarded_address(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = entry.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    entry.strip_prefix('[')?.strip_suffix(']')?.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+}
+
+/// The source a request counts against: the TCP peer, or behind a TLS terminator the right-most
+/// `X-Forwarded-For` entry (entries left of it are client-controlled).
+pub fn source_of(headers: &HeaderMap, peer: SocketAddr, behind_tls_terminator: bool) -> Source {
+    static KEYS: LazyLock<std::collections::hash_map::RandomState> = LazyLock::new(Default::default);
+    if behind_tls_terminator {
+        let last =
+            headers.get_all("x-forwarded-for").iter().next_back().map(|v| {
+                String::from_utf8_lossy(v.as_bytes()).rsplit(',').next().unwrap_or_default().trim().to_owned()
+            });
+        match last.as_deref() {
+            None | Some("") => {}
+            Some(entry) => match parse_forwarded_address(entry) {
+                Some(ip) => return Source::of_ip(ip),
+                None => {
+                    let shown: String = entry.chars().take(64).collect();
+                    tracing::warn!(entry = ?shown, "X-Forwarded-For entry is not an address; counted on its own");
+                    return Source::Unparsed(KEYS.hash_one(entry));
+                }
+            },
+        }
+    }
+    Source::of_ip(peer.ip())
+}
+
+/// The limiter; cheap to share.
+pub struct RateLimiter {
+    buckets: DashMap<(RouteClass, Source), Bucket>,
+    per_minute: [u32; 3],
+}
 
 impl RateLimiter {
     pub fn new(limits: &LimitsConfig) -> Self {
@@ -60,11 +133,11 @@ impl RateLimiter {
     }
 
     /// Takes one request from the source's bucket; `Err(retry_after)` when it is empty.
-    pub fn check(&self, class: RouteClass, source: IpAddr, now: Instant) -> Result<(), Duration> {
+    pub fn check(&self, class: RouteClass, source: Source, now: Instant) -> Result<(), Duration> {
         let capacity = self.capacity(class);
         let per_second = capacity / 60.0;
         let key = if self.buckets.len() >= MAX_SOURCES && !self.buckets.contains_key(&(class, source)) {
-            (class, OVERFLOW)
+            (class, Source::Overflow)
         } else {
             (class, source)
         };
@@ -111,7 +184,7 @@ mod tests {
     #[test]
     fn bucket_empties_then_refills_with_time() {
         let rl = RateLimiter::new(&limits(3));
-        let ip: IpAddr = "10.1.2.3".parse().unwrap_or(OVERFLOW);
+        let ip = Source::Ip([10, 1, 2, 3].into());
         let t0 = Instant::now();
         for _ in 0..3 {
             assert!(rl.check(RouteClass::Register, ip, t0).is_ok());
@@ -120,7 +193,7 @@ mod tests {
         assert_eq!(retry, Some(Duration::from_secs(20)));
         // Other classes and other sources are independent.
         assert!(rl.check(RouteClass::Token, ip, t0).is_ok());
-        assert!(rl.check(RouteClass::Register, "10.9.9.9".parse().unwrap_or(OVERFLOW), t0).is_ok());
+        assert!(rl.check(RouteClass::Register, Source::Ip([10, 9, 9, 9].into()), t0).is_ok());
         assert!(rl.check(RouteClass::Register, ip, t0 + Duration::from_secs(20)).is_ok());
     }
 
@@ -128,10 +201,50 @@ mod tests {
     fn refilled_buckets_are_swept() {
         let rl = RateLimiter::new(&limits(60));
         let t0 = Instant::now();
-        let _ = rl.check(RouteClass::Token, OVERFLOW, t0);
+        let _ = rl.check(RouteClass::Token, Source::Overflow, t0);
         rl.sweep(t0);
         assert_eq!(rl.tracked_sources(), 1);
         rl.sweep(t0 + Duration::from_secs(2));
         assert_eq!(rl.tracked_sources(), 0);
+    }
+
+    fn xff(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", http::HeaderValue::from_str(value).unwrap_or(http::HeaderValue::from_static("")));
+        h
+    }
+
+    #[test]
+    fn forwarded_entries_in_every_form_are_read() {
+        let peer: SocketAddr = ([10, 0, 0, 1], 443).into();
+        let ip = |s: &str| Source::of_ip(s.parse().unwrap_or(IpAddr::V4([0, 0, 0, 0].into())));
+        assert_eq!(source_of(&xff("203.0.113.7"), peer, true), ip("203.0.113.7"));
+        assert_eq!(source_of(&xff("1.1.1.1, 203.0.113.7:54321"), peer, true), ip("203.0.113.7"));
+        assert_eq!(source_of(&xff("[2001:db8::1]:443"), peer, true), ip("2001:db8::"));
+        assert_eq!(source_of(&xff("[2001:db8::1]"), peer, true), ip("2001:db8::"));
+        assert_eq!(source_of(&xff("2001:db8::1"), peer, true), ip("2001:db8::"));
+        assert_eq!(source_of(&xff("::ffff:203.0.113.7"), peer, true), ip("203.0.113.7"));
+        // Not behind a terminator: the header is the client's own words.
+        assert_eq!(source_of(&xff("203.0.113.7"), peer, false), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn ipv6_sources_count_by_their_64() {
+        let a = Source::of_ip("2001:db8:1:2:aaaa::1".parse().unwrap_or(IpAddr::V4([0, 0, 0, 0].into())));
+        let b = Source::of_ip("2001:db8:1:2:bbbb::9".parse().unwrap_or(IpAddr::V4([0, 0, 0, 0].into())));
+        let c = Source::of_ip("2001:db8:1:3::1".parse().unwrap_or(IpAddr::V4([0, 0, 0, 0].into())));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn unparsable_entries_never_share_the_terminators_bucket() {
+        let peer: SocketAddr = ([10, 0, 0, 1], 443).into();
+        let odd = source_of(&xff("unknown"), peer, true);
+        let other = source_of(&xff("_hidden"), peer, true);
+        assert!(matches!(odd, Source::Unparsed(_)));
+        assert_ne!(odd, other);
+        assert_ne!(odd, Source::of_ip(peer.ip()));
+        assert_eq!(odd, source_of(&xff("unknown"), peer, true));
     }
 }

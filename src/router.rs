@@ -1,7 +1,7 @@
 //! Routing, one `match (method, path)`, and the thin handlers: parse → call the rule in [`crate::oauth`] →
 //! build the response. Every path the proxy does not answer itself is forwarded, behind a bearer token.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,9 +17,9 @@ use crate::http::{self as h, full, json_response, no_store, read_body, Body};
 use crate::idp::{local, Idp, IdpError};
 use crate::oauth::authorize::{self, AuthorizeContext};
 use crate::oauth::{consent, pkce, register, scope, token};
-use crate::proxy::bearer;
 use crate::proxy::forward::UpstreamBody;
-use crate::rate_limit::RouteClass;
+use crate::proxy::{bearer, target};
+use crate::rate_limit::{self, RouteClass};
 use crate::store::{AuthorizationCode, Client, IdpRequest, PendingAuthorization, UpstreamLogin};
 
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -71,24 +71,6 @@ fn route_name(app: &App, path: &str) -> &'static str {
     }
 }
 
-/// The source address a rate limit applies to: the TCP peer, or behind a TLS terminator the right-most
-/// `X-Forwarded-For` entry (the address the terminator saw; entries left of it are client-controlled).
-fn source_ip(app: &App, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
-    if app.config.server.behind_tls_terminator {
-        let forwarded = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|ip| ip.trim().parse().ok());
-        if let Some(ip) = forwarded {
-            return ip;
-        }
-    }
-    peer.ip()
-}
-
 /// The rate-limit class of a path, and whether its errors are shown as pages.
 fn rate_class(path: &str) -> Option<(RouteClass, bool)> {
     match path {
@@ -108,8 +90,15 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> R
     {
         return Ok(preflight());
     }
+    // TRACE would echo the upstream credential back to the client; CONNECT would open a tunnel with it.
+    if matches!(*req.method(), Method::TRACE | Method::CONNECT) {
+        return Err(Error::MethodNotAllowed { allow: ALLOWED_METHODS });
+    }
+    if req.method() == Method::OPTIONS && req.uri() == "*" {
+        return Ok(options_asterisk());
+    }
     if let Some((class, html)) = rate_class(path) {
-        let source = source_ip(app, req.headers(), peer);
+        let source = rate_limit::source_of(req.headers(), peer, app.config.server.behind_tls_terminator);
         if let Err(wait) = app.rate_limiter.check(class, source, Instant::now()) {
             tracing::info!(%source, ?class, "rate limited");
             return Err(Error::RateLimited { retry_after_secs: wait.as_secs(), html });
@@ -172,11 +161,23 @@ fn add_cors(headers: &mut HeaderMap) {
     headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("WWW-Authenticate, Mcp-Session-Id"));
 }
 
+/// The methods the proxy serves or forwards; TRACE and CONNECT are never forwarded.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// `OPTIONS *` (RFC 9110 §9.3.7) asks about the server, not a resource: answered here, never forwarded.
+fn options_asterisk() -> Response<Body> {
+    let mut resp = Response::new(h::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+    resp
+}
+
 fn preflight() -> Response<Body> {
     let mut resp = Response::new(h::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let hd = resp.headers_mut();
-    hd.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+    // PUT and DELETE: RFC 7592 client management and MCP's session end (`DELETE /mcp`) from a browser.
+    hd.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"));
     hd.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static(
@@ -655,9 +656,18 @@ fn userinfo(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error>
 
 // ---- proxy --------------------------------------------------------------------------------------------------
 
-async fn proxy(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Error> {
+async fn proxy(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Error> {
     let grant = bearer::authenticate(app, req.headers(), req.uri().query())?;
-    let missing = scope::missing_for_path(&app.config.upstream.required_scopes, req.uri().path(), &grant.scope);
+    // One path decides both the policy and what the upstream gets.
+    let path = target::canonical_path(req.uri().path())?;
+    // HTTP/2 carries the host in `:authority`, which the origin-form target below drops.
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(host) = req.uri().authority().and_then(|a| HeaderValue::try_from(a.as_str()).ok()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+    *req.uri_mut() = target::with_query(&path, req.uri().query())?;
+    let missing = scope::missing_for_path(&app.config.upstream.required_scopes, path.as_str(), &grant.scope);
     if let Some((scope, missing)) = scope::step_up(&grant.scope, missing) {
         tracing::info!(client_id = %grant.client_id, %missing, "token lacks a required scope");
         return Err(Error::InsufficientScope { scope, missing, resource_metadata: app.resource_metadata.clone() });

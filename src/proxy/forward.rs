@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::bearer::UpstreamAuth;
+use super::headers;
 use crate::config::UpstreamConfig;
 use crate::error::Error;
 use crate::http::Body;
@@ -19,36 +20,6 @@ use crate::http::Body;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-/// The local login's identity headers; always removed from client requests.
-pub static X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
-pub static X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1), plus the proxy-auth pair that is never forwarded.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-}
 
 /// A forwarded request's body: the client's, streamed, or none for a replayed bodiless request.
 pub enum UpstreamBody {
@@ -144,19 +115,17 @@ impl Forwarder {
             .or_else(|| req.uri().authority().and_then(|a| HeaderValue::try_from(a.as_str()).ok()));
 
         let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
+        headers::sanitize_request(headers);
         headers.remove(header::HOST);
         headers.remove(header::AUTHORIZATION);
-        headers.remove(&X_FORWARDED_USER);
-        headers.remove(&X_FORWARDED_EMAIL);
         match auth {
             UpstreamAuth::Bearer(value) => {
                 headers.insert(header::AUTHORIZATION, value);
             }
             UpstreamAuth::Identity { user, email } => {
-                headers.insert(X_FORWARDED_USER.clone(), user);
+                headers.insert(headers::X_FORWARDED_USER.clone(), user);
                 if let Some(email) = email {
-                    headers.insert(X_FORWARDED_EMAIL.clone(), email);
+                    headers.insert(headers::X_FORWARDED_EMAIL.clone(), email);
                 }
             }
         }
@@ -181,7 +150,7 @@ impl Forwarder {
             Ok(Ok(resp)) => resp,
         };
         let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        headers::sanitize_response(&mut parts.headers);
         Ok(Response::from_parts(parts, body.boxed()))
     }
 }
@@ -195,23 +164,4 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
         source = s.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_and_connection_listed_headers_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        h.insert("mcp-session-id", HeaderValue::from_static("abc"));
-        strip_hop_by_hop(&mut h);
-        assert!(h.get("x-secret-hop").is_none());
-        assert!(h.get(header::TRANSFER_ENCODING).is_none());
-        assert!(h.get(header::CONNECTION).is_none());
-        assert_eq!(h.get("mcp-session-id").map(|v| v.as_bytes()), Some(&b"abc"[..]));
-    }
 }

@@ -12,5 +12,7 @@
 
 pub mod bearer;
 pub mod forward;
+pub mod headers;
+pub mod target;
 
 pub use forward::Forwarder;

@@ -7,7 +7,8 @@
 //! - `/download?bytes=N`: streams N bytes in 64 KiB chunks;
 //! - `/challenge`: 401 with the upstream's own `WWW-Authenticate`;
 //! - `/need-scope`: 403 `insufficient_scope` asking for `User.Read` and a scope the proxy does not offer;
-//! - `/slow`: never answers.
+//! - `/slow`: never answers;
+//! - `/set-cookie`: sets the proxy's own cookie names beside one of its own (`session`).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -142,6 +143,12 @@ async fn handle(
             });
             Response::builder().header("content-type", "application/octet-stream").body(stream_body(rx)).expect("resp")
         }
+        "/set-cookie" => Response::builder()
+            .header("set-cookie", "dcrp=upstream-chosen; Path=/")
+            .header("set-cookie", "__Host-dcrp=upstream-chosen; Path=/; Secure")
+            .header("set-cookie", "session=upstream; Path=/")
+            .body(body("{}"))
+            .expect("resp"),
         "/challenge" => Response::builder()
             .status(401)
             .header("www-authenticate", "Bearer realm=\"upstream\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\"")

@@ -1,0 +1,172 @@
+//! Header rules of the forwarder, both ways (RFC 9110 §7.6.1, RFC 9113 §8.2.3, RFC 6265 §4.2, §5.4).
+//!
+//! Invariants:
+//! - Hop-by-hop headers, and those the `Connection` header names, never cross the proxy.
+//! - A header name with `_` never reaches the upstream: CGI/WSGI servers read `X_Forwarded_User` and
+//!   `x-forwarded-user` as the same variable, so a client could otherwise forge what the proxy asserts (nginx drops
+//!   such names by default for the same reason). The identity headers themselves are removed in every spelling.
+//! - The proxy's own cookies (the browser binding of the consent step) never cross: they are removed from the
+//!   `Cookie` header sent upstream, and an upstream `Set-Cookie` of that name never reaches the browser.
+//! - Cookies arrive as one `Cookie` header: HTTP/2 splits them into crumbs, which are joined with `"; "` for an
+//!   HTTP/1.1 upstream (RFC 9113 §8.2.3).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The names of the proxy's own cookies (`oauth::consent::cookie_name` for http and https).
+pub const PROXY_COOKIES: [&str; 2] = ["dcrp", "__Host-dcrp"];
+
+/// The local login's identity headers; always removed from client requests.
+pub static X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
+pub static X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), plus the proxy-auth pair that is never forwarded.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Prepares a client's headers for the upstream: hop-by-hop, `_` names, identity headers and the proxy's
+/// cookies removed, cookie crumbs joined. The caller then sets the credential and the `X-Forwarded-*` headers.
+pub fn sanitize_request(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    let underscored: Vec<HeaderName> = headers.keys().filter(|n| n.as_str().contains('_')).cloned().collect();
+    for name in &underscored {
+        headers.remove(name);
+    }
+    headers.remove(&X_FORWARDED_USER);
+    headers.remove(&X_FORWARDED_EMAIL);
+    join_cookies(headers);
+}
+
+/// Removes the proxy's own cookies and joins what is left into one `Cookie` header.
+fn join_cookies(headers: &mut HeaderMap) {
+    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
+    if values.is_empty() {
+        return;
+    }
+    headers.remove(header::COOKIE);
+    let mut joined: Vec<u8> = Vec::new();
+    for value in &values {
+        for pair in value.as_bytes().split(|b| *b == b';') {
+            let pair = pair.trim_ascii();
+            if pair.is_empty() || is_proxy_cookie(pair) {
+                continue;
+            }
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(pair);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        if !joined.is_empty() {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+/// Whether a `name=value` pair (or a `Set-Cookie` value) is one of the proxy's cookies. Names are compared
+/// without ASCII case: a browser would not confuse them, but a lenient upstream framework might.
+fn is_proxy_cookie(pair: &[u8]) -> bool {
+    let name = pair.split(|b| *b == b'=').next().unwrap_or_default().trim_ascii();
+    PROXY_COOKIES.iter().any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
+}
+
+/// Prepares an upstream's response headers for the client: hop-by-hop headers and any `Set-Cookie` of the
+/// proxy's own cookie names removed.
+pub fn sanitize_response(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    if headers.get_all(header::SET_COOKIE).iter().any(|v| is_proxy_cookie(v.as_bytes())) {
+        let kept: Vec<HeaderValue> =
+            headers.get_all(header::SET_COOKIE).iter().filter(|v| !is_proxy_cookie(v.as_bytes())).cloned().collect();
+        headers.remove(header::SET_COOKIE);
+        for v in kept {
+            headers.append(header::SET_COOKIE, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("mcp-session-id", HeaderValue::from_static("abc"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get(header::TRANSFER_ENCODING).is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.get("mcp-session-id").map(|v| v.as_bytes()), Some(&b"abc"[..]));
+    }
+
+    #[test]
+    fn identity_headers_go_in_every_spelling() {
+        let mut h = HeaderMap::new();
+        for name in ["x_forwarded_user", "x-forwarded_email", "x-forwarded-user", "x_real_ip"] {
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("admin"));
+        }
+        h.insert("mcp-protocol-version", HeaderValue::from_static("2025-06-18"));
+        sanitize_request(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined_and_the_proxy_cookie_removed() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("dcrp=secret; b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("__HOST-dcrp=x;c=3"));
+        sanitize_request(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, vec![HeaderValue::from_static("a=1; b=2; c=3")]);
+
+        let mut only = HeaderMap::new();
+        only.insert(header::COOKIE, HeaderValue::from_static("dcrp=secret"));
+        sanitize_request(&mut only);
+        assert!(only.get(header::COOKIE).is_none());
+    }
+
+    #[test]
+    fn the_cookie_names_are_those_the_consent_step_sets() {
+        for https in [false, true] {
+            assert!(PROXY_COOKIES.contains(&crate::oauth::consent::cookie_name(https)));
+        }
+    }
+
+    #[test]
+    fn upstream_cannot_set_the_proxy_cookie() {
+        let mut h = HeaderMap::new();
+        h.append(header::SET_COOKIE, HeaderValue::from_static("dcrp=evil; Path=/"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static("session=ok; Path=/"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static("__Host-dcrp=evil; Secure; Path=/"));
+        sanitize_response(&mut h);
+        let all: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(all, vec![HeaderValue::from_static("session=ok; Path=/")]);
+    }
+}
