@@ -834,7 +834,16 @@ fn validate_store(raw: RawStore, env: &impl Fn(&str) -> Option<String>) -> Resul
         return Ok(StoreConfig { snapshot: None });
     };
     let key_text = match (env("DCR_PROXY_SNAPSHOT_KEY"), &raw.snapshot_key_file) {
-        (Some(k), _) => k,
+        (Some(k), _) if k.trim().is_empty() => {
+            return Err(invalid(
+                "DCR_PROXY_SNAPSHOT_KEY",
+                "the environment variable is set but empty: put 32 random bytes there as base64 or 64 hex digits \
+                 (e.g. `openssl rand -base64 32`), or unset it and use store.snapshot_key_file",
+            ))
+        }
+        (Some(k), _) => parse_snapshot_key(&k).map(|_| k).ok_or_else(|| {
+            invalid("DCR_PROXY_SNAPSHOT_KEY", "the environment variable must hold 32 bytes as base64 or 64 hex digits")
+        })?,
         (None, Some(file)) => std::fs::read_to_string(file)
             .map_err(|e| invalid("store.snapshot_key_file", format!("cannot read {}: {e}", file.display())))?,
         (None, None) => {
@@ -971,6 +980,19 @@ mod tests {
         ] {
             let err = Config::from_toml(&rule(prefix, scopes), secret).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains("upstream.required_scopes") && err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_empty_snapshot_key_variable_is_named() {
+        let text = DEFAULT_CONFIG.replace("[store]", "[store]\nsnapshot_path = \"/tmp/x.snapshot\"");
+        for value in ["", "  ", "not-a-key"] {
+            let env = |k: &str| (k == "DCR_PROXY_SNAPSHOT_KEY").then(|| value.to_owned());
+            let err = Config::from_toml(&text, env).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                err.contains("`DCR_PROXY_SNAPSHOT_KEY`") && !err.contains("snapshot_key_file`"),
+                "{value:?}: {err}"
+            );
         }
     }
 

@@ -34,6 +34,13 @@ enum Command {
     CheckConfig,
     /// Read a password from standard input and print its argon2id hash for `[[idp.users]] password_hash`.
     HashPassword,
+    /// Ask the running proxy's `/readyz` (on `server.listen`, loopback when it listens on every address); exit 0
+    /// when it is ready, 1 otherwise. For container health checks: the runtime image has no curl.
+    Healthcheck {
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 fn load(cli: &Cli) -> Result<Config, String> {
@@ -84,6 +91,12 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             };
         }
+        Some(Command::Healthcheck { timeout }) => {
+            return match load(&cli) {
+                Ok(config) => healthcheck(&config, timeout),
+                Err(e) => fail(&e),
+            };
+        }
         Some(Command::Serve) | None => {}
     }
     let mut config = match load(&cli) {
@@ -106,6 +119,50 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             fail(&e)
+        }
+    }
+}
+
+/// `GET /readyz` on the configured listener.
+fn healthcheck(config: &Config, timeout: std::time::Duration) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut addr = config.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let tls = config.server.tls.is_some();
+    let url = format!("{}://{addr}/readyz", if tls { "https" } else { "http" });
+    let check = async {
+        // The certificate names the public host, not the loopback address asked here: only the status matters.
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .danger_accept_invalid_certs(tls)
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let resp = client.get(&url).send().await.map_err(|e| e.to_string())?;
+        match resp.status() {
+            reqwest::StatusCode::OK => Ok(()),
+            s => Err(format!("{url} answered {s}")),
+        }
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(check));
+    match result {
+        Ok(()) => {
+            let _ = writeln!(std::io::stdout(), "ready");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "dcr-proxy: not ready: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -204,3 +204,31 @@ async fn repeated_sigkill_under_load_never_leaves_a_torn_snapshot() {
     drop(proxy);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The container health check: `dcr-proxy healthcheck` asks the running proxy's `/readyz` with the same config.
+#[tokio::test]
+async fn the_healthcheck_subcommand_reports_a_running_proxy_and_fails_without_one() {
+    let azure = FakeAzure::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempdir();
+    let port = free_port();
+    let config = write_config(&dir, port, &azure, &upstream);
+    let config_for_check = config.clone();
+    let check = move || {
+        Command::new(env!("CARGO_BIN_EXE_dcr-proxy"))
+            .args(["--config", config_for_check.to_str().unwrap(), "healthcheck", "--timeout", "2s"])
+            .env("DCR_PROXY_SNAPSHOT_KEY", KEY)
+            .output()
+            .unwrap()
+    };
+    let before = tokio::task::spawn_blocking(check.clone()).await.unwrap();
+    assert_eq!(before.status.code(), Some(1), "{before:?}");
+    assert!(String::from_utf8_lossy(&before.stderr).contains("not ready"));
+    let mut proxy = start(&config, port, KEY).await;
+    let ready = tokio::task::spawn_blocking(check.clone()).await.unwrap();
+    assert!(ready.status.success(), "{ready:?}");
+    assert_eq!(String::from_utf8_lossy(&ready.stdout).trim(), "ready");
+    terminate(&mut proxy);
+    let after = tokio::task::spawn_blocking(check).await.unwrap();
+    assert_eq!(after.status.code(), Some(1), "{after:?}");
+}
