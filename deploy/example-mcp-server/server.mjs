@@ -28,3 +28,6 @@ http
     await transport.handleRequest(req, res, JSON.parse(Buffer.concat(chunks).toString('utf8')));
   })
   .listen(port, '0.0.0.0', () => console.log(`example MCP server on :${port}`));
+
+// PID 1 in a container gets no default signal handlers: stop at once on SIGTERM/SIGINT (docker compose down).
+for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => process.exit(0));
