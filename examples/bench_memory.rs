@@ -98,14 +98,13 @@ fn main() {
         );
         let mut pair = token::exchange(&ctx, &client, &Params::parse(form.as_bytes()).unwrap()).unwrap();
         for _ in 0..refreshes {
+            // Access tokens live one hour; what stays for 30 days is what a refresh leaves behind.
+            store.access_tokens.remove(&TokenHash::of(&pair.access_token));
             let rt = pair.refresh_token.clone().unwrap();
             let form = format!("grant_type=refresh_token&refresh_token={rt}");
             pair = token::exchange(&ctx, &client, &Params::parse(form.as_bytes()).unwrap()).unwrap();
         }
     }
-    // Access tokens live one hour; what stays for 30 days is what a refresh leaves behind.
-    store.access_tokens.clear();
-    store.spent_codes.clear();
     let fill_secs = started.elapsed().as_secs_f64();
     let after = rss_bytes();
     let per_grant = (after.saturating_sub(before)) as f64 / n as f64;
