@@ -1047,4 +1047,15 @@ mod tests {
             other => panic!("unexpected {:?}", other.map(|_| ())),
         }
     }
+
+    #[test]
+    fn upstream_refresh_floor_defaults_to_30s_and_is_bounded() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        let c = Config::from_toml(AZURE, secret).map_err(|e| e.to_string());
+        assert_eq!(c.map(|c| c.tokens.upstream_refresh_floor), Ok(Duration::from_secs(30)));
+        for bad in ["0s", "2h", "soon"] {
+            let text = format!("{AZURE}\n[tokens]\nupstream_refresh_floor = \"{bad}\"");
+            assert_eq!(err_key(&text, secret), "tokens.upstream_refresh_floor", "{bad}");
+        }
+    }
 }
