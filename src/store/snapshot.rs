@@ -1,7 +1,7 @@
 //! Encrypted snapshots of the store (SPEC §8).
 //!
 //! File format, version 2: `b"DCRPSNAP"` ‖ version byte ‖ ChaCha20-Poly1305(nonce ‖ ciphertext ‖ tag) with the
-//! first 9 bytes as associated data; the plaintext is the postcard encoding of [`SnapshotV2`]. Tokens the proxy
+//! first 9 bytes as associated data; the plaintext is the postcard encoding of `SnapshotV2`. Tokens the proxy
 //! issued appear only as their SHA-256 hashes (refresh tokens: the family id's hash, the generation, the hashes of
 //! the current and the just-rotated token); the upstream (IdP) tokens only inside the ciphertext.
 //!
