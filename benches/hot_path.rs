@@ -30,6 +30,7 @@ fn tokens_config() -> TokenConfig {
         pending_ttl: Duration::from_secs(600),
         refresh_grace: Duration::from_secs(10),
         upstream_refresh_margin: Duration::from_secs(120),
+        upstream_refresh_floor: Duration::from_secs(30),
     }
 }
 
@@ -64,12 +65,10 @@ fn bench(c: &mut Criterion) {
     let store = Store::new();
     let grant = Grant::new("bench-client".into(), vec!["openid".into()], None, login(), 0);
     let access = crypto::random_token();
-    store.access_tokens.insert(TokenHash::of(&access), AccessToken { grant: grant.clone(), expires_at: u64::MAX });
+    store.access_tokens.insert(TokenHash::of(&access), AccessToken::new(grant.clone(), u64::MAX));
     for _ in 0..10_000 {
         let g = Grant::new("other".into(), vec![], None, login(), 0);
-        store
-            .access_tokens
-            .insert(TokenHash::of(&crypto::random_token()), AccessToken { grant: g, expires_at: u64::MAX });
+        store.access_tokens.insert(TokenHash::of(&crypto::random_token()), AccessToken::new(g, u64::MAX));
     }
     let mut template = HeaderMap::new();
     template.insert("authorization", HeaderValue::from_str(&format!("Bearer {access}")).unwrap());

@@ -1,18 +1,36 @@
-//! Fills the store with N grants carrying Entra-sized upstream tokens (2 KiB access, 1.5 KiB refresh) and
-//! reports resident memory per grant, and what it costs beyond the token bytes themselves.
+//! Fills the store with N grants carrying Entra-sized upstream tokens (2 KiB access, 1.5 KiB refresh), each
+//! issued by redeeming a code at the token rules and then refreshed R times, and reports resident memory per
+//! grant, and what it costs beyond the token bytes themselves (access tokens are swept as if they had expired,
+//! so that only what a refresh leaves behind remains).
 //!
-//! `cargo run --release --example bench_memory -- N` prints one JSON line.
+//! `cargo run --release --example bench_memory -- N [R]` prints one JSON line.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::time::Instant;
 
-use dcr_proxy::config::SnapshotKey;
+use dcr_proxy::config::{Config, SnapshotKey};
 use dcr_proxy::crypto::{self, TokenHash};
+use dcr_proxy::http::params::Params;
+use dcr_proxy::oauth::token::{self, TokenContext};
 use dcr_proxy::store::snapshot;
-use dcr_proxy::store::{
-    AccessToken, Grant, Identity, RefreshToken, Store, UpstreamCredential, UpstreamLogin, UpstreamTokens,
-};
+use dcr_proxy::store::{AuthorizationCode, Client, Identity, Store, UpstreamCredential, UpstreamLogin, UpstreamTokens};
+
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+const REDIRECT: &str = "http://127.0.0.1:33418/callback";
+const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+public_url = "http://127.0.0.1:8080"
+[upstream]
+url = "http://127.0.0.1:9000"
+[idp]
+kind = "local"
+[[idp.users]]
+username = "bench"
+password_hash = "$argon2id$v=19$m=19456,t=2,p=1$9gpPZNPbendRUmJ+B80f6w$M1D3xry7fPJePZbhGcGFwNCnHq8QBELZ35VHuxvcOOQ"
+"#;
 
 const ACCESS_BYTES: usize = 2048;
 const REFRESH_BYTES: usize = 1536;
@@ -34,10 +52,14 @@ fn filler(len: usize, seed: &str) -> String {
 
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let refreshes: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let config = Config::from_toml(CONFIG, |_| None).unwrap();
     let store = Store::new();
+    let client = Client::public("qlEKu_cJ_OPRZ8fwN_ohc-ySTMhvU4CqIPQctvF1y-k", vec![REDIRECT.into()], 0);
     let before = rss_bytes();
     let started = Instant::now();
     let now = 1_800_000_000;
+    let ctx = TokenContext { store: &store, config: &config.tokens, now, resources: &[] };
     for _ in 0..n {
         let seed = crypto::random_token();
         let tokens = UpstreamTokens::new(
@@ -57,23 +79,31 @@ fn main() {
                 tid: Some("9188040d-6c67-4c5b-b112-36a304b66dad".into()),
             },
         };
-        let grant = Grant::new(
-            "qlEKu_cJ_OPRZ8fwN_ohc-ySTMhvU4CqIPQctvF1y-k".into(),
-            vec!["openid".into(), "profile".into(), "email".into()],
-            None,
-            login,
-            now,
+        let code = crypto::random_token();
+        store.codes.insert(
+            TokenHash::of(&code),
+            AuthorizationCode {
+                client_id: client.client_id.clone(),
+                redirect_uri: REDIRECT.into(),
+                redirect_uri_explicit: true,
+                code_challenge: CHALLENGE.into(),
+                scope: vec!["openid".into(), "profile".into(), "email".into()],
+                resource: None,
+                expires_at: now + 600,
+                login,
+            },
         );
-        store.access_tokens.insert(
-            TokenHash::of(&crypto::random_token()),
-            AccessToken { grant: grant.clone(), expires_at: now + 3600 },
+        let form = format!(
+            "grant_type=authorization_code&code={code}&redirect_uri=http%3A%2F%2F127.0.0.1%3A33418%2Fcallback&code_verifier={VERIFIER}"
         );
-        store.refresh_tokens.insert(
-            TokenHash::of(&crypto::random_token()),
-            RefreshToken { grant: grant.clone(), expires_at: now + 86400, rotated: None },
-        );
-        grant.extend_to(now + 86400);
-        store.grants.insert(grant.id, grant);
+        let mut pair = token::exchange(&ctx, &client, &Params::parse(form.as_bytes()).unwrap()).unwrap();
+        for _ in 0..refreshes {
+            // Access tokens live one hour; what stays for 30 days is what a refresh leaves behind.
+            store.access_tokens.remove(&TokenHash::of(&pair.access_token));
+            let rt = pair.refresh_token.clone().unwrap();
+            let form = format!("grant_type=refresh_token&refresh_token={rt}");
+            pair = token::exchange(&ctx, &client, &Params::parse(form.as_bytes()).unwrap()).unwrap();
+        }
     }
     let fill_secs = started.elapsed().as_secs_f64();
     let after = rss_bytes();
@@ -92,7 +122,7 @@ fn main() {
     assert_eq!(loaded.stats().grants, n);
     let _ = std::fs::remove_file(&path);
     println!(
-        "{{\"grants\":{n},\"rss_bytes\":{after},\"rss_per_grant\":{per_grant:.0},\"token_bytes_per_grant\":{token_bytes},\"overhead_per_grant\":{:.0},\"fill_seconds\":{fill_secs:.3},\"snapshot_bytes\":{bytes},\"snapshot_write_seconds\":{write_secs:.3},\"snapshot_load_seconds\":{load_secs:.3}}}",
+        "{{\"grants\":{n},\"refreshes_per_grant\":{refreshes},\"rss_bytes\":{after},\"rss_per_grant\":{per_grant:.0},\"token_bytes_per_grant\":{token_bytes},\"overhead_per_grant\":{:.0},\"fill_seconds\":{fill_secs:.3},\"snapshot_bytes\":{bytes},\"snapshot_write_seconds\":{write_secs:.3},\"snapshot_load_seconds\":{load_secs:.3}}}",
         per_grant - token_bytes
     );
     assert_eq!(store.stats().grants, n);

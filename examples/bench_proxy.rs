@@ -50,9 +50,7 @@ fn main() {
         let grant = Grant::new("bench-client".into(), vec!["openid".into()], None, login, now);
         app.store.grants.insert(grant.id, grant.clone());
         let access = crypto::random_token();
-        app.store
-            .access_tokens
-            .insert(TokenHash::of(&access), AccessToken { grant: Arc::clone(&grant), expires_at: now + 86400 });
+        app.store.access_tokens.insert(TokenHash::of(&access), AccessToken::new(Arc::clone(&grant), now + 86400));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         println!("token={access}");
         dcr_proxy::server::serve(listener, app, None, std::future::pending()).await;

@@ -148,8 +148,10 @@ pub struct TokenConfig {
     pub pending_ttl: Duration,
     /// Window in which a replay of a just-rotated refresh token returns the same new pair.
     pub refresh_grace: Duration,
-    /// The upstream access token is refreshed this long before it expires.
+    /// The upstream access token is refreshed this long before it expires (at most half its lifetime ahead).
     pub upstream_refresh_margin: Duration,
+    /// Least time between two IdP refreshes of one grant while its token is still valid.
+    pub upstream_refresh_floor: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -329,6 +331,7 @@ struct RawTokens {
     pending_ttl: Option<String>,
     refresh_grace: Option<String>,
     upstream_refresh_margin: Option<String>,
+    upstream_refresh_floor: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -908,12 +911,20 @@ fn validate_tokens(raw: RawTokens) -> Result<TokenConfig, ConfigError> {
             raw.upstream_refresh_margin,
             Duration::from_secs(120),
         )?,
+        upstream_refresh_floor: duration(
+            "tokens.upstream_refresh_floor",
+            raw.upstream_refresh_floor,
+            Duration::from_secs(30),
+        )?,
     };
     if t.access_ttl.as_secs() == 0 {
         return Err(invalid("tokens.access_ttl", "must be at least one second"));
     }
     if t.code_ttl.as_secs() == 0 || t.code_ttl > Duration::from_secs(600) {
         return Err(invalid("tokens.code_ttl", "must be between 1s and 10m (RFC 6749 §4.1.2)"));
+    }
+    if t.upstream_refresh_floor.as_secs() == 0 || t.upstream_refresh_floor > Duration::from_secs(3600) {
+        return Err(invalid("tokens.upstream_refresh_floor", "must be between 1s and 1h"));
     }
     Ok(t)
 }
@@ -1067,6 +1078,17 @@ mod tests {
         match Config::from_toml(&text, no_env) {
             Err(ConfigError::Parse(msg)) => assert!(msg.contains("tennant"), "{msg}"),
             other => panic!("unexpected {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn upstream_refresh_floor_defaults_to_30s_and_is_bounded() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        let c = Config::from_toml(AZURE, secret).map_err(|e| e.to_string());
+        assert_eq!(c.map(|c| c.tokens.upstream_refresh_floor), Ok(Duration::from_secs(30)));
+        for bad in ["0s", "2h", "soon"] {
+            let text = format!("{AZURE}\n[tokens]\nupstream_refresh_floor = \"{bad}\"");
+            assert_eq!(err_key(&text, secret), "tokens.upstream_refresh_floor", "{bad}");
         }
     }
 }

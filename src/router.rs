@@ -583,8 +583,9 @@ async fn token_endpoint(app: &App, req: Request<Incoming>) -> Result<Response<Bo
 async fn revoke(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
     let (headers, params) = read_oauth_form(req).await?;
     let client = token_client(app, &headers, &params).await?;
-    let hash = TokenHash::of(params.require("token")?);
-    let refresh_grant = app.store.refresh_tokens.get(&hash).map(|r| r.grant.clone());
+    let token = params.require("token")?;
+    let hash = TokenHash::of(token);
+    let refresh_grant = app.store.refresh_token(token).map(|(grant, _, _)| grant);
     if let Some(grant) = refresh_grant.filter(|g| g.client_id == client.client_id) {
         app.store.revoke_grant(grant.id);
         tracing::info!(client_id = %client.client_id, "grant revoked by its client");
@@ -614,21 +615,22 @@ async fn introspect(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
     if !(id_ok && TokenHash::of(rs.client_secret.expose_secret()).matches(&secret)) {
         return Err(OAuthError::invalid_client("introspection requires the resource server's credentials").into());
     }
-    let hash = TokenHash::of(params.require("token")?);
+    let token = params.require("token")?;
+    let hash = TokenHash::of(token);
     let now = app.clock.now();
     let hint = params.get("token_type_hint");
-    let access = app.store.access_tokens.get(&hash).map(|t| (t.grant.clone(), t.expires_at, "access_token"));
+    let access =
+        app.store.access_tokens.get(&hash).map(|t| (t.grant.clone(), t.expires_at, t.scope.clone(), "access_token"));
     let found = access.or_else(|| {
         app.store
-            .refresh_tokens
-            .get(&hash)
-            .filter(|t| t.rotated.is_none())
-            .map(|t| (t.grant.clone(), t.expires_at, "refresh_token"))
+            .refresh_token(token)
+            .filter(|(_, _, current)| *current)
+            .map(|(grant, exp, _)| (grant.clone(), exp, grant.scope.clone(), "refresh_token"))
     });
     let body = match found {
-        Some((grant, exp, kind)) if exp > now && !grant.is_revoked() => serde_json::json!({
+        Some((grant, exp, scope, kind)) if exp > now && !grant.is_revoked() => serde_json::json!({
             "active": true,
-            "scope": &*grant.scope,
+            "scope": &*scope,
             "client_id": grant.client_id,
             "sub": grant.identity.sub,
             "exp": exp,
@@ -672,7 +674,7 @@ async fn proxy(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Resul
         tracing::info!(client_id = %grant.client_id, %missing, "token lacks a required scope");
         return Err(Error::InsufficientScope { scope, missing, resource_metadata: app.resource_metadata.clone() });
     }
-    let auth = bearer::upstream_auth(app, &grant, None).await?;
+    let auth = bearer::upstream_auth(app, &grant).await?;
     // A request without a body can be sent again after an upstream refresh; keep what that needs.
     let replay = replayable(&req).then(|| {
         let mut copy = Request::new(UpstreamBody::Empty);
@@ -684,11 +686,16 @@ async fn proxy(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Resul
     });
     let sent = auth.clone();
     let mut resp = app.forwarder.forward(req.map(UpstreamBody::Streamed), auth, peer).await?;
-    if resp.status() == StatusCode::UNAUTHORIZED {
-        if let (Some(again), bearer::UpstreamAuth::Bearer(rejected)) = (replay, &sent) {
-            tracing::info!(client_id = %grant.client_id, "upstream refused the token; refreshing and retrying once");
-            let fresh = bearer::upstream_auth(app, &grant, Some(rejected)).await?;
-            resp = app.forwarder.forward(again, fresh, peer).await?;
+    if let (StatusCode::UNAUTHORIZED, bearer::UpstreamAuth::Bearer(rejected)) = (resp.status(), &sent) {
+        // Whatever the method: the grant's next request refreshes the IdP token first. A request without a body is
+        // retried once now with a fresh token.
+        grant.mark_upstream_rejected(rejected);
+        if let Some(again) = replay {
+            let fresh = bearer::upstream_auth(app, &grant).await?;
+            if !matches!(&fresh, bearer::UpstreamAuth::Bearer(b) if b == rejected) {
+                tracing::info!(client_id = %grant.client_id, "upstream refused the token; refreshed, retrying once");
+                resp = app.forwarder.forward(again, fresh, peer).await?;
+            }
         }
     }
     // The upstream's own challenge would send the client to the IdP directly: replace it with the proxy's.

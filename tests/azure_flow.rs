@@ -425,3 +425,107 @@ async fn confidential_client_authenticates_with_basic_and_post() {
         assert_eq!(resp.status(), 200, "{method}");
     }
 }
+
+/// `POST /v1.0/me` at the fake Graph, which refuses access tokens the fake Entra ID no longer honours.
+async fn post_me(proxy: &TestProxy, access: &str) -> reqwest::Response {
+    http()
+        .post(proxy.url("/v1.0/me"))
+        .bearer_auth(access)
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_upstream_401_to_a_post_makes_the_next_request_carry_a_refreshed_idp_token() {
+    let azure = FakeAzure::start().await;
+    // The upstream is the fake Graph: it accepts only access tokens the fake Entra ID still honours.
+    let proxy = TestProxy::with_azure(&azure, &azure.authority(), "").await;
+    let (client_id, tokens) = login(&proxy).await;
+    assert_eq!(post_me(&proxy, tokens["access_token"].as_str().unwrap()).await.status(), 200);
+
+    // The IdP token is revoked (CAE): the POST cannot be replayed, the client sees the proxy's challenge...
+    azure.revoke_access_tokens();
+    let resp = post_me(&proxy, tokens["access_token"].as_str().unwrap()).await;
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    assert_eq!(azure.state().refresh_calls, 0);
+    // ...refreshes at the proxy as clients do, and its retry carries a refreshed IdP token.
+    let rotated: Value =
+        refresh(&proxy, &client_id, tokens["refresh_token"].as_str().unwrap()).await.json().await.unwrap();
+    let access = rotated["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(post_me(&proxy, &access).await.status(), 200);
+    assert_eq!(azure.state().refresh_calls, 1);
+    for _ in 0..3 {
+        assert_eq!(post_me(&proxy, &access).await.status(), 200);
+    }
+    assert_eq!(azure.state().refresh_calls, 1, "one refresh, then the new token is used");
+
+    // A client that just retries without refreshing at the proxy gets through too (after the refresh floor).
+    proxy.clock.advance(31);
+    azure.revoke_access_tokens();
+    assert_eq!(post_me(&proxy, &access).await.status(), 401);
+    assert_eq!(post_me(&proxy, &access).await.status(), 200);
+    assert_eq!(azure.state().refresh_calls, 2);
+}
+
+#[tokio::test]
+async fn a_rejected_idp_token_whose_refresh_is_refused_ends_in_a_clean_sign_in_again() {
+    let azure = FakeAzure::start().await;
+    let proxy = TestProxy::with_azure(&azure, &azure.authority(), "").await;
+    let (client_id, tokens) = login(&proxy).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    azure.revoke_access_tokens();
+    azure.revoke_all_refresh_tokens();
+    assert_eq!(post_me(&proxy, access).await.status(), 401);
+    // The next request tries to refresh, Entra refuses (invalid_grant): the grant ends.
+    let resp = post_me(&proxy, access).await;
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers()["www-authenticate"].to_str().unwrap().contains("error=\"invalid_token\""));
+    assert_eq!(azure.state().refresh_calls, 1);
+    assert!(proxy.app.store.grants.is_empty(), "the grant is revoked");
+    // The client's refresh fails, so it signs in again instead of looping; nothing more reaches the IdP.
+    let resp = refresh(&proxy, &client_id, tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(post_me(&proxy, access).await.status(), 401);
+    assert_eq!(azure.state().refresh_calls, 1);
+    let (_, again) = login(&proxy).await;
+    assert_eq!(post_me(&proxy, again["access_token"].as_str().unwrap()).await.status(), 200);
+}
+
+#[tokio::test]
+async fn short_lived_idp_tokens_are_refreshed_once_per_half_lifetime_not_on_every_request() {
+    let azure = FakeAzure::start().await;
+    azure.state().expires_in = 30;
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "[tokens]\nupstream_refresh_margin = \"5m\"\n").await;
+    let (_, tokens) = login(&proxy).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let calls = |n: usize| {
+        let access = access.to_owned();
+        let url = proxy.url("/mcp");
+        async move {
+            for _ in 0..n {
+                let resp = http().post(&url).bearer_auth(&access).body("{}").send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+            }
+        }
+    };
+    // A 30 s IdP token with a 5-minute margin: the margin is capped at 15 s.
+    calls(10).await;
+    assert_eq!(azure.state().refresh_calls, 0, "a fresh 30 s token is used as it is");
+    proxy.clock.advance(16);
+    calls(10).await;
+    assert_eq!(azure.state().refresh_calls, 1, "10 requests, one refresh");
+    let refreshed = azure.state().last_access_token.clone().unwrap();
+    assert_eq!(upstream.last().header("authorization"), Some(format!("Bearer {refreshed}").as_str()));
+    // 16 s later the new token is within 15 s of expiry again, but the grant refreshed less than 30 s ago.
+    proxy.clock.advance(16);
+    calls(10).await;
+    assert_eq!(azure.state().refresh_calls, 1, "the floor holds a still-valid token");
+    // Once it has expired, it is refreshed.
+    proxy.clock.advance(16);
+    calls(10).await;
+    assert_eq!(azure.state().refresh_calls, 2);
+}

@@ -232,3 +232,38 @@ async fn the_healthcheck_subcommand_reports_a_running_proxy_and_fails_without_on
     let after = tokio::task::spawn_blocking(check).await.unwrap();
     assert_eq!(after.status.code(), Some(1), "{after:?}");
 }
+
+#[tokio::test]
+async fn refresh_families_survive_a_restart_and_a_version_1_snapshot_is_refused_by_name() {
+    let azure = FakeAzure::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempdir();
+    let port = free_port();
+    let config = write_config(&dir, port, &azure, &upstream);
+    let mut proxy = start(&config, port, KEY).await;
+    let (client_id, tokens) = login(&proxy).await;
+    let first = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let second: serde_json::Value = refresh(&proxy, &client_id, &first).await.json().await.unwrap();
+    let second = second["refresh_token"].as_str().unwrap().to_owned();
+    terminate(&mut proxy);
+    drop(proxy);
+
+    let proxy = start(&config, port, KEY).await;
+    let resp = refresh(&proxy, &client_id, &second).await;
+    assert_eq!(resp.status(), 200, "the current refresh token works after the restart");
+    let third: serde_json::Value = resp.json().await.unwrap();
+    // The token spent before the restart is still recognised as a reuse: the grant ends.
+    assert_eq!(refresh(&proxy, &client_id, &first).await.status(), 400);
+    let resp = refresh(&proxy, &client_id, third["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(resp.status(), 400, "the reuse revoked the grant");
+    drop(proxy);
+
+    // A snapshot of the previous format stops the start with a message that says what to do.
+    let mut v1 = b"DCRPSNAP\x01".to_vec();
+    v1.extend_from_slice(&[0u8; 64]);
+    std::fs::write(dir.join("state.snapshot"), &v1).unwrap();
+    let message = failed_start(&config, KEY);
+    assert!(message.contains("format version 1"), "{message}");
+    assert!(message.contains("start_empty_on_bad_snapshot"), "{message}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -31,7 +31,7 @@ async fn error_of(resp: reqwest::Response) -> (u16, String) {
 
 fn nothing_issued(proxy: &TestProxy) {
     assert!(proxy.app.store.access_tokens.is_empty(), "no access token was issued");
-    assert!(proxy.app.store.refresh_tokens.is_empty(), "no refresh token was issued");
+    assert_eq!(proxy.app.store.stats().refresh_tokens, 0, "no refresh token was issued");
 }
 
 #[tokio::test]
@@ -521,4 +521,121 @@ async fn connector_presets_allow_only_their_callbacks() {
         let resp = http().post(proxy.url("/register")).json(&json!({"redirect_uris": [uri]})).send().await.unwrap();
         assert_eq!(resp.status(), expected, "{uri}");
     }
+}
+
+/// Rewrites the generation inside a refresh token (`<base64url(family ‖ generation)>.<random>`), keeping the
+/// family: what an attacker who saw one token of the family could forge.
+fn with_generation(token: &str, generation: u32) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let (name, random) = token.split_once('.').expect("a refresh token names its family");
+    let mut bytes = URL_SAFE_NO_PAD.decode(name).unwrap();
+    bytes[16..20].copy_from_slice(&generation.to_be_bytes());
+    format!("{}.{random}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+#[tokio::test]
+async fn fifty_refreshes_keep_the_refresh_state_constant_and_any_spent_token_still_revokes() {
+    let (_a, upstream, proxy) = setup_with("[limits]\ntoken_per_minute = 100000\n").await;
+    let (client_id, tokens) = login(&proxy).await;
+    let mut issued = vec![tokens["refresh_token"].as_str().unwrap().to_owned()];
+    let mut latest = tokens;
+    for i in 0..50 {
+        proxy.clock.advance(60);
+        let resp = refresh(&proxy, &client_id, issued.last().unwrap()).await;
+        assert_eq!(resp.status(), 200, "refresh {i}");
+        latest = resp.json().await.unwrap();
+        issued.push(latest["refresh_token"].as_str().unwrap().to_owned());
+        let stats = proxy.app.store.stats();
+        assert_eq!(stats.grants, 1);
+        assert!(stats.refresh_tokens <= 2, "refresh {i}: {} refresh records for one grant", stats.refresh_tokens);
+    }
+    // Two places refresh at once (Claude): the replay within the grace window gets the same pair.
+    let current = issued.last().unwrap().clone();
+    let resp = refresh(&proxy, &client_id, &current).await;
+    let pair: Value = resp.json().await.unwrap();
+    let replay: Value = refresh(&proxy, &client_id, &current).await.json().await.unwrap();
+    assert_eq!(replay["access_token"], pair["access_token"]);
+    assert_eq!(replay["refresh_token"], pair["refresh_token"]);
+    assert!(proxy.app.store.stats().refresh_tokens <= 2);
+    let current = pair["refresh_token"].as_str().unwrap().to_owned();
+    let access = pair["access_token"].as_str().unwrap().to_owned();
+
+    // An attacker holding a token of the family forges a future generation, or the current one with another
+    // random part: refused, and the owner keeps the grant.
+    let generation = issued.len() as u32;
+    for forged in [with_generation(&current, generation + 1), with_generation(&issued[0], generation)] {
+        assert_eq!(error_of(refresh(&proxy, &client_id, &forged).await).await, (400, "invalid_grant".into()));
+    }
+    assert_eq!(http().get(proxy.url("/mcp")).bearer_auth(&access).send().await.unwrap().status(), 200);
+    assert_eq!(proxy.app.store.grants.len(), 1, "forgeries revoke nothing");
+
+    // A stolen token from 10 generations ago is a reuse: the whole grant ends, the owner's tokens with it.
+    let before = upstream.recorded().len();
+    let stolen = &issued[issued.len() - 10];
+    assert_eq!(error_of(refresh(&proxy, &client_id, stolen).await).await, (400, "invalid_grant".into()));
+    assert!(proxy.app.store.grants.is_empty());
+    assert_eq!(http().get(proxy.url("/mcp")).bearer_auth(&access).send().await.unwrap().status(), 401);
+    assert_eq!(error_of(refresh(&proxy, &client_id, &current).await).await, (400, "invalid_grant".into()));
+    assert_eq!(upstream.recorded().len(), before);
+    let _ = latest;
+}
+
+#[tokio::test]
+async fn a_narrower_scope_on_refresh_binds_the_new_access_token_only() {
+    let (_a, upstream, proxy) = setup_with(
+        "[[upstream.required_scopes]]\npath_prefix = \"/mcp/admin\"\nscopes = [\"User.Read\"]\n\
+         [introspection]\nclient_id = \"mcp-server\"\nclient_secret = \"introspection-secret-1234\"\n",
+    )
+    .await;
+    let (client_id, tokens) = login(&proxy).await;
+    assert_eq!(tokens["scope"], "openid profile email offline_access User.Read");
+    let resp = http()
+        .post(proxy.url("/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", &client_id),
+            ("scope", "openid offline_access"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let narrow: Value = resp.json().await.unwrap();
+    assert_eq!(narrow["scope"], "openid offline_access");
+    let access = narrow["access_token"].as_str().unwrap();
+
+    // The proxy's policy sees the token's scope: the admin path needs User.Read, which this token lacks.
+    let before = upstream.recorded().len();
+    let resp = http().post(proxy.url("/mcp/admin")).bearer_auth(access).body("{}").send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.headers()["www-authenticate"].to_str().unwrap().contains("insufficient_scope"));
+    assert_eq!(upstream.recorded().len(), before, "refused before the upstream");
+    let introspected: Value = http()
+        .post(proxy.url("/introspect"))
+        .basic_auth("mcp-server", Some("introspection-secret-1234"))
+        .form(&[("token", access)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(introspected["active"], true);
+    assert_eq!(introspected["scope"], "openid offline_access");
+
+    // The refresh token kept the whole grant: refreshing without `scope` gives it back.
+    proxy.clock.advance(11);
+    let full: Value =
+        refresh(&proxy, &client_id, narrow["refresh_token"].as_str().unwrap()).await.json().await.unwrap();
+    assert_eq!(full["scope"], "openid profile email offline_access User.Read");
+    let resp = http()
+        .post(proxy.url("/mcp/admin"))
+        .bearer_auth(full["access_token"].as_str().unwrap())
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }

@@ -7,8 +7,15 @@
 //!   client, be unexpired, come with the same `redirect_uri` and a matching PKCE verifier. A replayed code revokes
 //!   the grant it created (§4.1.2).
 //! - `refresh_token`: rotated on every use. A replay of a rotated token within `tokens.refresh_grace` returns the
-//!   same new pair (clients such as Claude refresh from two places at once); a later replay revokes the grant.
-//! - Tokens are 256-bit random strings stored only as SHA-256 hashes; responses carry `Cache-Control: no-store`.
+//!   same new pair (clients such as Claude refresh from two places at once); a later replay, or the use of any
+//!   older token of the grant's family, revokes the grant (RFC 9700 §4.14). The store keeps constant state per
+//!   grant whatever the number of refreshes ([`crate::store::RefreshFamily`]); a token of a known family with a
+//!   future generation or a wrong random part is refused without revoking anything (a snapshot restored from
+//!   before the client's last refresh yields such tokens).
+//! - A `scope` on refresh (§6) may only narrow: the new access token carries the requested scopes, the new refresh
+//!   token keeps the grant's.
+//! - Access tokens are 256-bit random strings, refresh tokens a family id and generation plus 256 random bits;
+//!   both stored only as SHA-256 hashes; responses carry `Cache-Control: no-store`.
 
 use std::sync::Arc;
 
@@ -24,7 +31,10 @@ use crate::config::TokenConfig;
 use crate::crypto::{self, Sealer, TokenHash};
 use crate::error::{ErrorCode, OAuthError};
 use crate::http::params::Params;
-use crate::store::{AccessToken, Client, ClientAuthMethod, Grant, RefreshToken, Rotation, SpentCode, Store};
+use crate::store::{
+    AccessToken, Client, ClientAuthMethod, FamilyId, Grant, Presented, RefreshFamily, RefreshTokenName, Rotation,
+    SpentCode, Store,
+};
 
 /// A successful token response (RFC 6749 §5.1).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -192,38 +202,46 @@ fn redeem_code(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Resu
     Ok(issue(ctx, &grant, with_refresh))
 }
 
-/// Mints an access token (and a refresh token) for a grant and records their hashes.
+/// Mints an access token (and a refresh token of a new family) for a grant and records their hashes.
 fn issue(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -> TokenResponse {
-    let pair = mint(ctx, grant, with_refresh);
-    if let Some(refresh) = &pair.refresh_token {
-        insert_refresh(ctx, grant, refresh);
+    let mut pair = mint_access(ctx, grant, grant.scope.clone());
+    if with_refresh {
+        let name = RefreshTokenName { family: FamilyId::random(), generation: 0 };
+        let refresh = name.mint();
+        let expires_at = ctx.now + ctx.config.refresh_ttl.as_secs();
+        grant.extend_to(expires_at);
+        ctx.store.refresh_families.insert(
+            name.family.hash(),
+            RefreshFamily {
+                grant: grant.clone(),
+                generation: 0,
+                current: TokenHash::of(&refresh),
+                expires_at,
+                rotated: None,
+            },
+        );
+        pair.refresh_token = Some(refresh);
     }
     pair
 }
 
-fn mint(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -> TokenResponse {
+/// Mints an access token carrying `scope` and records its hash; the response has no refresh token yet.
+fn mint_access(ctx: &TokenContext<'_>, grant: &Arc<Grant>, scope: Arc<str>) -> TokenResponse {
     let access = crypto::random_token();
     let ttl = ctx.config.access_ttl.as_secs();
     // The grant lives at least as long as its newest token, so that sweeping, revocation and snapshots see it.
     grant.extend_to(ctx.now + ttl);
+    let response_scope = scope.to_string();
     ctx.store
         .access_tokens
-        .insert(TokenHash::of(&access), AccessToken { grant: grant.clone(), expires_at: ctx.now + ttl });
+        .insert(TokenHash::of(&access), AccessToken { grant: grant.clone(), expires_at: ctx.now + ttl, scope });
     TokenResponse {
         access_token: access,
         token_type: "Bearer".to_owned(),
         expires_in: ttl,
-        refresh_token: with_refresh.then(crypto::random_token),
-        scope: grant.scope.to_string(),
+        refresh_token: None,
+        scope: response_scope,
     }
-}
-
-fn insert_refresh(ctx: &TokenContext<'_>, grant: &Arc<Grant>, refresh: &str) {
-    let expires_at = ctx.now + ctx.config.refresh_ttl.as_secs();
-    grant.extend_to(expires_at);
-    ctx.store
-        .refresh_tokens
-        .insert(TokenHash::of(refresh), RefreshToken { grant: grant.clone(), expires_at, rotated: None });
 }
 
 /// The key that seals a rotated token's successor: derived from the rotated token, which the store does not keep.
@@ -241,62 +259,90 @@ struct SealedPair {
     scope: String,
 }
 
+/// The scope of a refreshed access token (RFC 6749 §6): the requested scopes, which must all be granted, or the
+/// grant's when none is asked.
+fn refreshed_scope(requested: Option<&str>, grant: &Grant) -> Result<Arc<str>, OAuthError> {
+    let Some(requested) = requested else {
+        return Ok(grant.scope.clone());
+    };
+    scope::check_subset(requested, &grant.scope)?;
+    let asked = scope::parse(requested)?.join(" ");
+    Ok(if asked.is_empty() || *asked == *grant.scope { grant.scope.clone() } else { Arc::from(asked) })
+}
+
+/// What a refresh request leads to, once the presented token is classified.
+enum Step {
+    Rotate,
+    /// The sealed pair that rotated the presented token, within the grace window.
+    Replay(Vec<u8>),
+    Revoke,
+}
+
 fn refresh(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, OAuthError> {
     let presented = params.require("refresh_token")?;
-    let hash = TokenHash::of(presented);
     let dead = || OAuthError::invalid_grant("refresh token is invalid, expired or revoked");
-    let mut record = ctx.store.refresh_tokens.get_mut(&hash).ok_or_else(dead)?;
-    let grant = record.grant.clone();
+    let name = RefreshTokenName::parse(presented).ok_or_else(dead)?;
+    let hash = TokenHash::of(presented);
+    // The family's entry stays locked from the check to the rotation: two uses of one token cannot both rotate.
+    let mut family = ctx.store.refresh_families.get_mut(&name.family.hash()).ok_or_else(dead)?;
+    let grant = family.grant.clone();
     if grant.client_id != client.client_id {
         return Err(OAuthError::invalid_grant("refresh token was issued to another client"));
     }
-    if record.expires_at <= ctx.now || grant.is_revoked() {
+    if family.expires_at <= ctx.now || grant.is_revoked() {
         return Err(dead());
     }
-    if let Some(requested) = params.get("scope") {
-        scope::check_subset(requested, &grant.scope)?;
-    }
-    check_resource(ctx, params, grant.resource.as_deref())?;
-    match &record.rotated {
-        None => {
-            // `mint` writes only to the access-token map, never to the refresh map whose guard is held.
-            let pair = mint(ctx, &grant, true);
-            let sealed = SealedPair {
-                access_token: pair.access_token.clone(),
-                refresh_token: pair.refresh_token.clone(),
-                access_expires_at: ctx.now + pair.expires_in,
-                scope: pair.scope.clone(),
-            };
-            let plaintext = serde_json::to_vec(&sealed).map_err(|_| dead())?;
-            record.rotated = Some(Box::new(Rotation {
-                at: ctx.now,
-                sealed_successor: successor_sealer(presented).seal(&hash.0, &plaintext),
-            }));
-            drop(record);
-            if let Some(next) = &pair.refresh_token {
-                insert_refresh(ctx, &grant, next);
-            }
-            Ok(pair)
+    let step = match family.classify(name.generation, &hash) {
+        Presented::Current => Step::Rotate,
+        Presented::Rotated(rotation) if ctx.now <= rotation.at + ctx.config.refresh_grace.as_secs() => {
+            Step::Replay(successor_sealer(presented).open(&hash.0, &rotation.sealed_successor).map_err(|_| dead())?)
         }
-        Some(rotation) if ctx.now <= rotation.at + ctx.config.refresh_grace.as_secs() => {
-            let plain = successor_sealer(presented).open(&hash.0, &rotation.sealed_successor).map_err(|_| dead())?;
-            drop(record);
+        Presented::Rotated(_) | Presented::Reused => Step::Revoke,
+        Presented::Unknown => return Err(dead()),
+    };
+    match step {
+        Step::Rotate => {}
+        Step::Replay(plain) => {
+            drop(family);
             let pair: SealedPair = serde_json::from_slice(&plain).map_err(|_| dead())?;
-            Ok(TokenResponse {
+            return Ok(TokenResponse {
                 access_token: pair.access_token,
                 token_type: "Bearer".to_owned(),
                 expires_in: pair.access_expires_at.saturating_sub(ctx.now),
                 refresh_token: pair.refresh_token,
                 scope: pair.scope,
-            })
+            });
         }
-        Some(_) => {
-            drop(record);
+        Step::Revoke => {
+            drop(family);
             ctx.store.revoke_grant(grant.id);
-            tracing::warn!(client_id = %client.client_id, "rotated refresh token reused; the grant is revoked");
-            Err(OAuthError::invalid_grant("refresh token was already used; the authorization is revoked"))
+            tracing::warn!(client_id = %client.client_id, "spent refresh token reused; the grant is revoked");
+            return Err(OAuthError::invalid_grant("refresh token was already used; the authorization is revoked"));
         }
     }
+    let scope = refreshed_scope(params.get("scope"), &grant)?;
+    check_resource(ctx, params, grant.resource.as_deref())?;
+    let next_generation = name.generation.checked_add(1).ok_or_else(dead)?;
+    let next = RefreshTokenName { family: name.family, generation: next_generation }.mint();
+    // `mint_access` writes only to the access-token map, never to the family map whose guard is held.
+    let mut pair = mint_access(ctx, &grant, scope);
+    pair.refresh_token = Some(next.clone());
+    let sealed = SealedPair {
+        access_token: pair.access_token.clone(),
+        refresh_token: pair.refresh_token.clone(),
+        access_expires_at: ctx.now + pair.expires_in,
+        scope: pair.scope.clone(),
+    };
+    let plaintext = serde_json::to_vec(&sealed).map_err(|_| dead())?;
+    let expires_at = ctx.now + ctx.config.refresh_ttl.as_secs();
+    family.rotate(
+        TokenHash::of(&next),
+        expires_at,
+        Rotation { hash, at: ctx.now, sealed_successor: successor_sealer(presented).seal(&hash.0, &plaintext) },
+    );
+    drop(family);
+    grant.extend_to(expires_at);
+    Ok(pair)
 }
 
 #[cfg(test)]
@@ -314,6 +360,7 @@ mod tests {
             pending_ttl: Duration::from_secs(600),
             refresh_grace: Duration::from_secs(10),
             upstream_refresh_margin: Duration::from_secs(60),
+            upstream_refresh_floor: Duration::from_secs(30),
         }
     }
 
@@ -412,6 +459,71 @@ mod tests {
         let r2 = second.refresh_token.unwrap_or_default();
         let next = params(&format!("grant_type=refresh_token&refresh_token={r2}"));
         assert_eq!(exchange(&ctx_late, &c, &next).err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+    }
+
+    fn refresh_with(ctx: &TokenContext<'_>, c: &Client, token: &str, extra: &str) -> Result<TokenResponse, OAuthError> {
+        exchange(ctx, c, &params(&format!("grant_type=refresh_token&refresh_token={token}{extra}")))
+    }
+
+    #[test]
+    fn many_refreshes_keep_one_family_and_any_spent_generation_revokes() {
+        let store = Store::new();
+        let cfg = config();
+        let c = client("c1");
+        put_code(&store, "code", "c1");
+        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
+        let Ok(first) = exchange(&ctx, &c, &code_params("code")) else { panic!("code redemption failed") };
+        let mut issued = vec![first.refresh_token.unwrap_or_default()];
+        for i in 0..30u64 {
+            let now = 1000 + 20 * (i + 1);
+            let ctx = TokenContext { now, ..ctx };
+            let last = issued.last().cloned().unwrap_or_default();
+            let Ok(next) = refresh_with(&ctx, &c, &last, "") else { panic!("refresh {i} failed") };
+            issued.push(next.refresh_token.unwrap_or_default());
+            assert_eq!(store.refresh_families.len(), 1);
+            assert_eq!(store.stats().refresh_tokens, 2, "the current token and the one just rotated");
+        }
+        let late = TokenContext { now: 2000, ..ctx };
+        // A future generation, or the current generation with another random part, revokes nothing.
+        let current = issued.last().cloned().unwrap_or_default();
+        let name = RefreshTokenName::parse(&current).unwrap_or_else(|| unreachable!());
+        let future = RefreshTokenName { generation: name.generation + 1, ..name }.mint();
+        let forged = RefreshTokenName { generation: name.generation, ..name }.mint();
+        for bad in [future, forged] {
+            assert_eq!(refresh_with(&late, &c, &bad, "").err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+        }
+        assert_eq!(store.grants.len(), 1, "still authorized");
+        // A token of 10 generations ago revokes the grant, and the current token with it.
+        let old = issued[issued.len() - 11].clone();
+        assert_eq!(refresh_with(&late, &c, &old, "").err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+        assert!(store.grants.is_empty());
+        assert_eq!(refresh_with(&late, &c, &current, "").err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+    }
+
+    #[test]
+    fn narrower_scope_on_refresh_is_given_to_the_access_token_only() {
+        let store = Store::new();
+        let cfg = config();
+        let c = client("c1");
+        put_code(&store, "code", "c1");
+        store.codes.alter(&TokenHash::of("code"), |_, mut code| {
+            code.scope = vec!["openid".into(), "profile".into(), "User.Read".into()];
+            code
+        });
+        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
+        let Ok(first) = exchange(&ctx, &c, &code_params("code")) else { panic!("code redemption failed") };
+        assert_eq!(first.scope, "openid profile User.Read");
+        let rt = first.refresh_token.unwrap_or_default();
+        let Ok(narrow) = refresh_with(&ctx, &c, &rt, "&scope=User.Read%20openid") else { panic!("narrow refresh") };
+        assert_eq!(narrow.scope, "User.Read openid");
+        let scope = store.access(&TokenHash::of(&narrow.access_token), 1000).map(|(_, s)| s.to_string());
+        assert_eq!(scope.as_deref(), Some("User.Read openid"));
+        // The refresh token keeps the grant's scope; a wider scope is refused.
+        let rt = narrow.refresh_token.unwrap_or_default();
+        let wider = refresh_with(&ctx, &c, &rt, "&scope=openid%20Mail.Read");
+        assert_eq!(wider.err().map(|e| e.code), Some(ErrorCode::InvalidScope));
+        let Ok(full) = refresh_with(&ctx, &c, &rt, "") else { panic!("full refresh") };
+        assert_eq!(full.scope, "openid profile User.Read");
     }
 
     #[test]

@@ -1,5 +1,16 @@
 //! Bearer tokens on proxied requests (RFC 6750 §2.1) and the upstream credential they map to.
+//!
+//! - A bearer yields its grant *and the scope of that access token*, which a refresh may have narrowed
+//!   (RFC 6749 §6); the proxy's `required_scopes` check uses the token's scope.
+//! - The IdP token is refreshed before it expires, `tokens.upstream_refresh_margin` ahead but never more than half
+//!   of its lifetime ahead ([`refresh_due`]), so that a short-lived IdP token does not make every request refresh.
+//!   One grant refreshes at the IdP at most once per `tokens.upstream_refresh_floor` while its token is still
+//!   valid, whatever the margin or the upstream says.
+//! - An upstream 401 marks the IdP token rejected ([`Grant::mark_upstream_rejected`]), whatever the request's
+//!   method: the next request of the grant refreshes first. A refusal of that refresh (`invalid_grant`) ends the
+//!   grant with 401 `invalid_token`, so that the client signs in again instead of looping.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::{header, HeaderMap, HeaderValue};
@@ -42,54 +53,95 @@ pub fn token_in_query(query: Option<&str>) -> bool {
     query.is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token"))
 }
 
-/// Finds the live grant of a request's bearer token.
-pub fn authenticate(app: &App, headers: &HeaderMap, query: Option<&str>) -> Result<Arc<Grant>, Error> {
+/// A live access token: its grant, and the scope the token carries.
+///
+/// It dereferences to the [`Grant`] for everything else, so `authenticated.scope` is the *token's* scope (the
+/// grant's or narrower), the one every authorization decision must use.
+pub struct Authenticated {
+    pub grant: Arc<Grant>,
+    pub scope: Arc<str>,
+}
+
+impl std::ops::Deref for Authenticated {
+    type Target = Grant;
+    fn deref(&self) -> &Grant {
+        &self.grant
+    }
+}
+
+/// Finds the live grant of a request's bearer token, with the token's scope.
+pub fn authenticate(app: &App, headers: &HeaderMap, query: Option<&str>) -> Result<Authenticated, Error> {
     let unauthorized = |problem| Error::Unauthorized { problem, challenge: app.challenge.clone() };
     if token_in_query(query) {
         return Err(unauthorized(BearerProblem::InvalidRequest));
     }
     let token = token_from_headers(headers).map_err(unauthorized)?;
-    app.store
-        .access_token(&TokenHash::of(token), app.clock.now())
-        .ok_or_else(|| unauthorized(BearerProblem::InvalidToken))
+    let (grant, scope) = app
+        .store
+        .access(&TokenHash::of(token), app.clock.now())
+        .ok_or_else(|| unauthorized(BearerProblem::InvalidToken))?;
+    Ok(Authenticated { grant, scope })
 }
 
 fn header_value(s: &str) -> Option<HeaderValue> {
     HeaderValue::try_from(s).ok()
 }
 
-/// The upstream credential of a grant, refreshed first when it expires within the configured margin.
+/// When the proxy refreshes a grant's IdP token.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshPolicy {
+    /// `tokens.upstream_refresh_margin`: how long before expiry to refresh (capped at half the token's lifetime).
+    pub margin: u64,
+    /// `tokens.upstream_refresh_floor`: least time between two refreshes of one grant while its token is valid.
+    pub floor: u64,
+}
+
+/// The state of a grant's IdP token that the refresh decision reads.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTokenState {
+    pub obtained_at: u64,
+    pub expires_at: u64,
+    /// The upstream answered 401 to it.
+    pub rejected: bool,
+    /// When the grant last refreshed at the IdP (0: never).
+    pub refreshed_at: u64,
+}
+
+/// Whether the IdP token must be refreshed before it is sent at `now`.
+///
+/// Due when rejected by the upstream, or within the margin of its expiry, the margin being at most half of the
+/// token's lifetime. A due refresh waits while the grant refreshed less than `floor` ago and the token is still
+/// valid; an expired token is always refreshed (there is nothing else to send).
+pub fn refresh_due(t: UpstreamTokenState, now: u64, policy: RefreshPolicy) -> bool {
+    let lifetime = t.expires_at.saturating_sub(t.obtained_at);
+    let margin = policy.margin.min(lifetime / 2);
+    let due = t.rejected || t.expires_at <= now.saturating_add(margin);
+    if !due {
+        return false;
+    }
+    let expired = t.expires_at <= now;
+    let too_soon = t.refreshed_at != 0 && now < t.refreshed_at.saturating_add(policy.floor);
+    expired || !too_soon
+}
+
+/// The upstream credential of a grant, refreshed first when [`refresh_due`] says so.
 ///
 /// Single flight: concurrent requests of one grant wait on the grant's `refresh_lock`, and only the first one
 /// calls the IdP; the others find the fresh token when they get the lock. When the IdP refuses the refresh for
 /// good (`invalid_grant`), the grant is revoked and the client gets 401 `invalid_token`, so that it logs in again.
 /// A transient IdP failure keeps the current token while it is still valid.
-///
-/// `rejected`: the bearer the upstream just refused with 401. The token is then refreshed whatever its expiry,
-/// unless another request already replaced it.
-pub async fn upstream_auth(app: &App, grant: &Grant, rejected: Option<&HeaderValue>) -> Result<UpstreamAuth, Error> {
-    let margin = app.config.tokens.upstream_refresh_margin.as_secs();
-    let usable = |auth: UpstreamAuth| match (&auth, rejected) {
-        (UpstreamAuth::Bearer(current), Some(bad)) if current == bad => None,
-        _ => Some(auth),
+pub async fn upstream_auth(app: &App, grant: &Grant) -> Result<UpstreamAuth, Error> {
+    let policy = RefreshPolicy {
+        margin: app.config.tokens.upstream_refresh_margin.as_secs(),
+        floor: app.config.tokens.upstream_refresh_floor.as_secs(),
     };
-    if let Some(auth) = current_auth(grant, app.clock.now() + margin).and_then(usable) {
+    if let Some(auth) = current_auth(grant, app.clock.now(), policy) {
         return Ok(auth);
     }
     let _flight = grant.refresh_lock.lock().await;
     // Another request may have refreshed while this one waited.
-    if let Some(auth) = current_auth(grant, app.clock.now() + margin).and_then(usable) {
+    if let Some(auth) = current_auth(grant, app.clock.now(), policy) {
         return Ok(auth);
-    }
-    if rejected.is_some() {
-        // An upstream that refuses every token must not make the proxy hammer the IdP.
-        let now = app.clock.now();
-        let last = grant.forced_refresh_at.swap(now, std::sync::atomic::Ordering::Relaxed);
-        if now < last + 30 {
-            if let Some(auth) = current_auth(grant, now) {
-                return Ok(auth);
-            }
-        }
     }
     // Copy what the IdP call needs so that no lock is held across the await.
     let refresh_token = match &*grant.upstream() {
@@ -103,7 +155,7 @@ pub async fn upstream_auth(app: &App, grant: &Grant, rejected: Option<&HeaderVal
             tracing::info!(client_id = %grant.client_id, "upstream access token refreshed");
             app.metrics.upstream_refresh("ok");
             let bearer = tokens.bearer().clone();
-            *grant.upstream_mut() = UpstreamCredential::Tokens(tokens);
+            grant.set_refreshed_upstream(tokens, app.clock.now());
             Ok(UpstreamAuth::Bearer(bearer))
         }
         Err(e) if e.ends_grant() => {
@@ -117,7 +169,7 @@ pub async fn upstream_auth(app: &App, grant: &Grant, rejected: Option<&HeaderVal
             tracing::warn!(client_id = %grant.client_id, error = %e, "upstream refresh failed");
             app.metrics.upstream_refresh("failed");
             app.metrics.idp_error(&e);
-            current_auth(grant, app.clock.now())
+            still_valid_auth(grant, app.clock.now())
                 .ok_or_else(|| Error::UpstreamUnavailable(format!("identity provider: {e}")))
         }
     }
@@ -143,16 +195,36 @@ async fn refresh_with_retries(
     }
 }
 
-/// The grant's credential if it is valid beyond `valid_until`.
-fn current_auth(grant: &Grant, valid_until: u64) -> Option<UpstreamAuth> {
+/// The grant's credential, unless a refresh is due.
+fn current_auth(grant: &Grant, now: u64, policy: RefreshPolicy) -> Option<UpstreamAuth> {
     match &*grant.upstream() {
-        UpstreamCredential::Tokens(t) if t.expires_at > valid_until => Some(UpstreamAuth::Bearer(t.bearer().clone())),
-        UpstreamCredential::Tokens(_) => None,
-        UpstreamCredential::Local => Some(UpstreamAuth::Identity {
-            user: header_value(&grant.identity.sub)?,
-            email: grant.identity.email.as_deref().and_then(header_value),
-        }),
+        UpstreamCredential::Tokens(t) => {
+            let state = UpstreamTokenState {
+                obtained_at: grant.upstream_obtained_at.load(Ordering::Relaxed),
+                expires_at: t.expires_at,
+                rejected: t.is_rejected(),
+                refreshed_at: grant.upstream_refreshed_at.load(Ordering::Relaxed),
+            };
+            (!refresh_due(state, now, policy)).then(|| UpstreamAuth::Bearer(t.bearer().clone()))
+        }
+        UpstreamCredential::Local => local_auth(grant),
     }
+}
+
+/// The grant's credential if it has not expired at `now`, rejected or not (when the IdP cannot refresh it).
+fn still_valid_auth(grant: &Grant, now: u64) -> Option<UpstreamAuth> {
+    match &*grant.upstream() {
+        UpstreamCredential::Tokens(t) if t.expires_at > now => Some(UpstreamAuth::Bearer(t.bearer().clone())),
+        UpstreamCredential::Tokens(_) => None,
+        UpstreamCredential::Local => local_auth(grant),
+    }
+}
+
+fn local_auth(grant: &Grant) -> Option<UpstreamAuth> {
+    Some(UpstreamAuth::Identity {
+        user: header_value(&grant.identity.sub)?,
+        email: grant.identity.email.as_deref().and_then(header_value),
+    })
 }
 
 #[cfg(test)]
@@ -175,6 +247,43 @@ mod tests {
         assert_eq!(token_from_headers(&headers(&[])), Err(BearerProblem::Missing));
         assert_eq!(token_from_headers(&headers(&["Bearer a", "Bearer b"])), Err(BearerProblem::InvalidRequest));
         assert_eq!(token_from_headers(&headers(&["Bearer"])), Err(BearerProblem::InvalidToken));
+    }
+
+    const POLICY: RefreshPolicy = RefreshPolicy { margin: 300, floor: 30 };
+
+    fn token(obtained_at: u64, lifetime: u64) -> UpstreamTokenState {
+        UpstreamTokenState { obtained_at, expires_at: obtained_at + lifetime, rejected: false, refreshed_at: 0 }
+    }
+
+    #[test]
+    fn margin_is_capped_at_half_the_token_lifetime() {
+        // A 30 s token with a 5-minute margin: not due until 15 s before expiry.
+        let t = token(1000, 30);
+        assert!(!refresh_due(t, 1000, POLICY));
+        assert!(!refresh_due(t, 1014, POLICY));
+        assert!(refresh_due(t, 1015, POLICY));
+        // A 1-hour token keeps the configured margin.
+        let t = token(1000, 3600);
+        assert!(!refresh_due(t, 1000 + 3600 - 301, POLICY));
+        assert!(refresh_due(t, 1000 + 3600 - 300, POLICY));
+    }
+
+    #[test]
+    fn floor_holds_back_early_refreshes_but_not_an_expired_token() {
+        let t = UpstreamTokenState { refreshed_at: 1000, ..token(1000, 20) };
+        assert!(!refresh_due(t, 1015, POLICY), "due by the margin, but refreshed 15 s ago");
+        assert!(refresh_due(t, 1020, POLICY), "expired: refreshed whatever the floor");
+        let rejected = UpstreamTokenState { rejected: true, ..token(1000, 3600) };
+        assert!(refresh_due(rejected, 1001, POLICY), "rejected and never refreshed");
+        let rejected_again = UpstreamTokenState { refreshed_at: 1000, ..rejected };
+        assert!(!refresh_due(rejected_again, 1010, POLICY), "at most one refresh per floor");
+        assert!(refresh_due(rejected_again, 1030, POLICY));
+    }
+
+    #[test]
+    fn a_token_without_lifetime_or_from_the_future_is_handled() {
+        assert!(refresh_due(token(1000, 0), 1000, POLICY));
+        assert!(!refresh_due(token(2000, 100), 1000, POLICY), "clock skew: not due");
     }
 
     #[test]

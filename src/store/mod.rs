@@ -8,6 +8,8 @@
 //! - No `.await` happens while a `DashMap` guard or a grant's `RwLock` is held: every guard is dropped before any
 //!   I/O. A grant's upstream refresh is serialised by its own async `refresh_lock`, not by a map lock.
 //! - A grant is revoked by a flag; every lookup checks it, and the sweeper removes what belongs to revoked grants.
+//! - Memory per grant does not grow with use: a grant has one [`RefreshFamily`] (its current refresh token and the
+//!   one just rotated) whatever the number of refreshes, and its access tokens expire after `tokens.access_ttl`.
 //!
 //! [`Store::sweep`] removes expired entries so that memory stays bounded.
 
@@ -36,7 +38,8 @@ pub struct Store {
     pub spent_codes: DashMap<TokenHash, SpentCode>,
     pub grants: DashMap<GrantId, Arc<Grant>>,
     pub access_tokens: DashMap<TokenHash, AccessToken>,
-    pub refresh_tokens: DashMap<TokenHash, RefreshToken>,
+    /// Refresh-token families (one per grant that has refresh tokens), by [`FamilyId::hash`].
+    pub refresh_families: DashMap<TokenHash, RefreshFamily>,
 }
 
 /// Counts of live entries, for logs and tests.
@@ -47,7 +50,9 @@ pub struct StoreStats {
     pub codes: usize,
     pub grants: usize,
     pub access_tokens: usize,
+    /// Refresh tokens the store recognises by hash: each family's current token and the one it just rotated.
     pub refresh_tokens: usize,
+    pub refresh_families: usize,
 }
 
 impl Store {
@@ -62,6 +67,27 @@ impl Store {
             return None;
         }
         Some(entry.grant.clone())
+    }
+
+    /// Looks up a live access token: its grant and the scope the token carries.
+    pub fn access(&self, hash: &TokenHash, now: UnixTime) -> Option<(Arc<Grant>, Arc<str>)> {
+        let entry = self.access_tokens.get(hash)?;
+        if entry.expires_at <= now || entry.grant.is_revoked() {
+            return None;
+        }
+        Some((entry.grant.clone(), entry.scope.clone()))
+    }
+
+    /// The grant of a refresh token this store issued — the current one or the one just rotated — and the token's
+    /// expiry, and whether it is the current one. Revocation (RFC 7009) and introspection (RFC 7662) use it.
+    pub fn refresh_token(&self, token: &str) -> Option<(Arc<Grant>, UnixTime, bool)> {
+        let name = RefreshTokenName::parse(token)?;
+        let family = self.refresh_families.get(&name.family.hash())?;
+        match family.classify(name.generation, &TokenHash::of(token)) {
+            Presented::Current => Some((family.grant.clone(), family.expires_at, true)),
+            Presented::Rotated(_) => Some((family.grant.clone(), family.expires_at, false)),
+            Presented::Reused | Presented::Unknown => None,
+        }
     }
 
     /// Revokes a grant: every token issued under it stops working at once.
@@ -85,18 +111,20 @@ impl Store {
         self.codes.retain(|_, c| c.expires_at > now);
         self.spent_codes.retain(|_, c| c.expires_at > now);
         self.access_tokens.retain(|_, t| t.expires_at > now && !t.grant.is_revoked());
-        self.refresh_tokens.retain(|_, t| t.expires_at > now && !t.grant.is_revoked());
+        self.refresh_families.retain(|_, f| f.expires_at > now && !f.grant.is_revoked());
         self.grants.retain(|_, g| !g.is_revoked() && g.expires_at() > now);
     }
 
     pub fn stats(&self) -> StoreStats {
+        let rotated = self.refresh_families.iter().filter(|f| f.rotated.is_some()).count();
         StoreStats {
             clients: self.clients.len(),
             pending: self.pending.len() + self.idp_requests.len(),
             codes: self.codes.len(),
             grants: self.grants.len(),
             access_tokens: self.access_tokens.len(),
-            refresh_tokens: self.refresh_tokens.len(),
+            refresh_tokens: self.refresh_families.len() + rotated,
+            refresh_families: self.refresh_families.len(),
         }
     }
 }

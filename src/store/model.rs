@@ -1,4 +1,10 @@
 //! The records kept by the store. Names follow the OAuth roles they play.
+//!
+//! Refresh tokens (RFC 6749 §6, RFC 9700 §4.14) are kept per *family* — one per grant — in constant memory
+//! whatever the number of refreshes: a token reads `<base64url(family id ‖ generation)>.<base64url(random)>`
+//! (opaque to the client); the store keeps, under the SHA-256 of the 128-bit secret family id, the generation and
+//! hash of the current token and the hash of the one just rotated (with its sealed successor, for the grace
+//! window). Every older generation is spent, so presenting one is a reuse ([`RefreshFamily::classify`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -6,8 +12,11 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use http::HeaderValue;
 use secrecy::{ExposeSecret as _, SecretString};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+
 use crate::clock::UnixTime;
-use crate::crypto::TokenHash;
+use crate::crypto::{self, TokenHash};
 
 /// How a client authenticates at the token endpoint (RFC 7591 §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +143,8 @@ pub struct UpstreamTokens {
     bearer: HeaderValue,
     pub expires_at: UnixTime,
     pub scope: Option<String>,
+    /// Set when the upstream answered 401 to this token: it is refreshed before it is sent again.
+    rejected: AtomicBool,
 }
 
 impl std::fmt::Debug for UpstreamTokens {
@@ -142,6 +153,7 @@ impl std::fmt::Debug for UpstreamTokens {
             .field("expires_at", &self.expires_at)
             .field("scope", &self.scope)
             .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("rejected", &self.is_rejected())
             .finish_non_exhaustive()
     }
 }
@@ -167,7 +179,18 @@ impl UpstreamTokens {
         if bearer.to_str().is_err() {
             return Err(InvalidUpstreamToken);
         }
-        Ok(Self { refresh_token: refresh_token.map(SecretString::from), bearer, expires_at, scope })
+        Ok(Self {
+            refresh_token: refresh_token.map(SecretString::from),
+            bearer,
+            expires_at,
+            scope,
+            rejected: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the upstream refused this token (401); a new token starts unrejected.
+    pub fn is_rejected(&self) -> bool {
+        self.rejected.load(Ordering::Relaxed)
     }
 
     pub fn access_token(&self) -> &str {
@@ -234,8 +257,8 @@ impl GrantId {
 pub struct Grant {
     pub id: GrantId,
     pub client_id: String,
-    /// Granted scopes, space-separated (one allocation instead of one per scope).
-    pub scope: Box<str>,
+    /// Granted scopes, space-separated (one allocation, shared with the access tokens that carry all of them).
+    pub scope: Arc<str>,
     pub resource: Option<String>,
     pub identity: Identity,
     pub created_at: UnixTime,
@@ -243,8 +266,10 @@ pub struct Grant {
     /// Serialises upstream refreshes of this grant (single flight).
     pub refresh_lock: tokio::sync::Mutex<()>,
     revoked: AtomicBool,
-    /// When an upstream 401 last forced a refresh (0: never); at most one such refresh per 30 seconds.
-    pub forced_refresh_at: AtomicU64,
+    /// When the proxy last refreshed the IdP token (0: never since the login); see `tokens.upstream_refresh_floor`.
+    pub upstream_refreshed_at: AtomicU64,
+    /// When the current IdP token was obtained (login or refresh), for its lifetime.
+    pub upstream_obtained_at: AtomicU64,
     /// Expiry of the newest refresh token; the grant is swept after it.
     expires_at: AtomicU64,
 }
@@ -273,14 +298,15 @@ impl Grant {
         Arc::new(Self {
             id,
             client_id,
-            scope: scope.into_boxed_str(),
+            scope: Arc::from(scope),
             resource,
             identity: login.identity,
             created_at,
             upstream: RwLock::new(login.credential),
             refresh_lock: tokio::sync::Mutex::new(()),
             revoked: AtomicBool::new(false),
-            forced_refresh_at: AtomicU64::new(0),
+            upstream_refreshed_at: AtomicU64::new(0),
+            upstream_obtained_at: AtomicU64::new(created_at),
             expires_at: AtomicU64::new(expires_at),
         })
     }
@@ -306,6 +332,23 @@ impl Grant {
         self.expires_at.load(Ordering::Relaxed)
     }
 
+    /// Marks the grant's IdP token as refused by the upstream, if `sent` is still the current one: the next request
+    /// refreshes it first, whatever its expiry.
+    pub fn mark_upstream_rejected(&self, sent: &HeaderValue) {
+        if let UpstreamCredential::Tokens(t) = &*self.upstream() {
+            if t.bearer() == sent {
+                t.rejected.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Replaces the IdP tokens after a refresh at `now`.
+    pub fn set_refreshed_upstream(&self, tokens: UpstreamTokens, now: UnixTime) {
+        *self.upstream_mut() = UpstreamCredential::Tokens(tokens);
+        self.upstream_obtained_at.store(now, Ordering::Relaxed);
+        self.upstream_refreshed_at.store(now.max(1), Ordering::Relaxed);
+    }
+
     /// Extends the grant's life to cover a newly issued refresh token.
     pub fn extend_to(&self, t: UnixTime) {
         self.expires_at.fetch_max(t, Ordering::Relaxed);
@@ -317,21 +360,179 @@ impl Grant {
 pub struct AccessToken {
     pub grant: Arc<Grant>,
     pub expires_at: UnixTime,
+    /// The scope this token carries: the grant's, or fewer when a refresh asked for less (RFC 6749 §6).
+    pub scope: Arc<str>,
 }
 
-/// A refresh token record, keyed by the token's hash.
+impl AccessToken {
+    /// A token carrying all of its grant's scope.
+    pub fn new(grant: Arc<Grant>, expires_at: UnixTime) -> Self {
+        let scope = grant.scope.clone();
+        Self { grant, expires_at, scope }
+    }
+}
+
+/// The secret that ties the refresh tokens of one grant together (128-bit random, never stored in clear).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct FamilyId([u8; 16]);
+
+impl std::fmt::Debug for FamilyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FamilyId(<secret>)")
+    }
+}
+
+impl FamilyId {
+    pub fn random() -> Self {
+        let mut b = [0u8; 16];
+        crypto::fill_random(&mut b);
+        Self(b)
+    }
+
+    /// The key of the family in the store.
+    pub fn hash(&self) -> TokenHash {
+        TokenHash(crypto::sha256(&self.0))
+    }
+}
+
+/// What the store can read in a refresh token: its family and generation. The random part is only hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshTokenName {
+    pub family: FamilyId,
+    pub generation: u32,
+}
+
+impl RefreshTokenName {
+    /// Mints a token of this family and generation: `<base64url(family ‖ generation BE)>.<256-bit random>`.
+    pub fn mint(&self) -> String {
+        let mut name = [0u8; 20];
+        name[..16].copy_from_slice(&self.family.0);
+        name[16..].copy_from_slice(&self.generation.to_be_bytes());
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(name), crypto::random_token())
+    }
+
+    /// Reads the family and generation of a presented token; `None` for anything this proxy did not mint.
+    pub fn parse(token: &str) -> Option<Self> {
+        let (name, random) = token.split_once('.')?;
+        if name.len() != 27 || random.len() != 43 {
+            return None;
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(name).ok()?;
+        let family: [u8; 16] = bytes.get(..16)?.try_into().ok()?;
+        let generation: [u8; 4] = bytes.get(16..20)?.try_into().ok()?;
+        Some(Self { family: FamilyId(family), generation: u32::from_be_bytes(generation) })
+    }
+}
+
+/// The refresh-token state of one grant, keyed by [`FamilyId::hash`]: constant size whatever the number of
+/// refreshes.
 #[derive(Debug, Clone)]
-pub struct RefreshToken {
+pub struct RefreshFamily {
     pub grant: Arc<Grant>,
+    /// Generation of the current token; every older generation is spent.
+    pub generation: u32,
+    /// Hash of the current token.
+    pub current: TokenHash,
+    /// Expiry of the current token (`tokens.refresh_ttl` after it was issued).
     pub expires_at: UnixTime,
-    /// Set when the token was used; a later use is a replay.
+    /// The token of `generation - 1`, for the grace window.
     pub rotated: Option<Box<Rotation>>,
 }
 
-/// The successor of a rotated refresh token, sealed under a key derived from the rotated token itself, so that a
-/// replay within the grace window can be answered with the same pair and nobody else can read it.
-#[derive(Debug, Clone)]
+/// The token just rotated: its hash and its successor, sealed under a key derived from the rotated token itself,
+/// so that a replay within the grace window can be answered with the same pair and nobody else can read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rotation {
+    pub hash: TokenHash,
     pub at: UnixTime,
     pub sealed_successor: Vec<u8>,
+}
+
+/// What a presented token of a known family is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// The current token: it may be rotated.
+    Current,
+    /// The token rotated last (generation − 1, hash verified): a replay within the grace window, or a reuse.
+    Rotated(&'a Rotation),
+    /// A spent generation: the family leaked, the grant must be revoked.
+    Reused,
+    /// Not a token this family issued (a future generation, or a wrong random part where the store can check
+    /// it): refused, and nothing is revoked.
+    Unknown,
+}
+
+impl RefreshFamily {
+    /// Classifies a presented token of this family (`hash`: SHA-256 of the whole token).
+    ///
+    /// Generations older than the one rotated last cannot be checked beyond their family id — the store keeps no
+    /// hash of them, which is what keeps it constant in size — and count as a reuse. The family id is 128-bit
+    /// random and appears only inside this family's tokens, so only a holder of one of them (the client, or a
+    /// thief of a token) can present it; either way revoking is what RFC 9700 §4.14 asks.
+    pub fn classify(&self, generation: u32, hash: &TokenHash) -> Presented<'_> {
+        if generation >= self.generation {
+            return if generation == self.generation && *hash == self.current {
+                Presented::Current
+            } else {
+                Presented::Unknown
+            };
+        }
+        match &self.rotated {
+            Some(r) if generation + 1 == self.generation && r.hash == *hash => Presented::Rotated(r),
+            Some(_) if generation + 1 == self.generation => Presented::Unknown,
+            _ => Presented::Reused,
+        }
+    }
+
+    /// Makes `next` (of generation + 1) current and keeps the token it replaces for the grace window.
+    pub fn rotate(&mut self, next: TokenHash, expires_at: UnixTime, rotation: Rotation) {
+        self.generation += 1;
+        self.current = next;
+        self.expires_at = expires_at;
+        self.rotated = Some(Box::new(rotation));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn family(generation: u32) -> RefreshFamily {
+        let login = UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() };
+        RefreshFamily {
+            grant: Grant::new("c".into(), vec![], None, login, 0),
+            generation,
+            current: TokenHash::of("current"),
+            expires_at: 100,
+            rotated: Some(Box::new(Rotation { hash: TokenHash::of("rotated"), at: 0, sealed_successor: vec![] })),
+        }
+    }
+
+    #[test]
+    fn refresh_token_names_round_trip_and_foreign_tokens_do_not_parse() {
+        let name = RefreshTokenName { family: FamilyId::random(), generation: 7 };
+        let token = name.mint();
+        assert_eq!(RefreshTokenName::parse(&token), Some(name));
+        assert_ne!(name.mint(), token, "the random part differs each time");
+        assert_eq!(RefreshTokenName::parse(&crypto::random_token()), None);
+        assert_eq!(RefreshTokenName::parse(&format!("{token}x")), None);
+        assert_eq!(RefreshTokenName::parse("a.b"), None);
+        let (head, _) = token.split_once('.').unwrap_or_default();
+        assert_eq!(RefreshTokenName::parse(&format!("{head}.{}", "!".repeat(43))).map(|n| n.generation), Some(7));
+    }
+
+    #[test]
+    fn classify_current_rotated_reused_and_unknown() {
+        let f = family(5);
+        assert_eq!(f.classify(5, &TokenHash::of("current")), Presented::Current);
+        assert_eq!(f.classify(5, &TokenHash::of("forged")), Presented::Unknown, "bad random part");
+        assert_eq!(f.classify(6, &TokenHash::of("current")), Presented::Unknown, "future generation");
+        assert_eq!(f.classify(u32::MAX, &TokenHash::of("x")), Presented::Unknown);
+        assert!(matches!(f.classify(4, &TokenHash::of("rotated")), Presented::Rotated(_)));
+        assert_eq!(f.classify(4, &TokenHash::of("forged")), Presented::Unknown, "checked: bad random part");
+        assert_eq!(f.classify(3, &TokenHash::of("anything")), Presented::Reused);
+        assert_eq!(f.classify(0, &TokenHash::of("anything")), Presented::Reused);
+        let fresh = RefreshFamily { rotated: None, ..family(0) };
+        assert_eq!(fresh.classify(0, &TokenHash::of("current")), Presented::Current);
+    }
 }

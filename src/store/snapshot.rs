@@ -1,8 +1,12 @@
 //! Encrypted snapshots of the store (SPEC §8).
 //!
-//! File format, version 1: `b"DCRPSNAP"` ‖ version byte ‖ ChaCha20-Poly1305(nonce ‖ ciphertext ‖ tag) with the
-//! first 9 bytes as associated data; the plaintext is the postcard encoding of [`SnapshotV1`]. Tokens the proxy
-//! issued appear only as their SHA-256 hashes; the upstream (IdP) tokens only inside the ciphertext.
+//! File format, version 2: `b"DCRPSNAP"` ‖ version byte ‖ ChaCha20-Poly1305(nonce ‖ ciphertext ‖ tag) with the
+//! first 9 bytes as associated data; the plaintext is the postcard encoding of `SnapshotV2`. Tokens the proxy
+//! issued appear only as their SHA-256 hashes (refresh tokens: the family id's hash, the generation, the hashes of
+//! the current and the just-rotated token); the upstream (IdP) tokens only inside the ciphertext.
+//!
+//! Version 1 (one record per refresh token ever rotated, and per-grant access scopes absent) is refused with a
+//! message saying so: its refresh tokens have no family and cannot be carried over.
 //!
 //! Writing: the store is copied shard by shard (each `DashMap` shard is read-locked only while it is copied, so
 //! requests are not paused), encoded and sealed off the async runtime, written to `<path>.tmp` created with mode
@@ -29,7 +33,7 @@ use crate::config::SnapshotKey;
 use crate::crypto::{Sealer, TokenHash};
 
 const MAGIC: &[u8; 8] = b"DCRPSNAP";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// Why a snapshot could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +42,11 @@ pub enum SnapshotError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("snapshot {path} is not a dcr-proxy snapshot (bad header or truncated)")]
     NotASnapshot { path: PathBuf },
-    #[error("snapshot {path} has format version {version}; this build reads version {VERSION}")]
+    #[error(
+        "snapshot {path} has format version {version}; this build reads version {VERSION} only (a version-1 \
+         snapshot is from a dcr-proxy before refresh-token families; move it away, or set \
+         store.start_empty_on_bad_snapshot = true, and users sign in again)"
+    )]
     Version { path: PathBuf, version: u8 },
     #[error("snapshot {path} cannot be decrypted: wrong key (DCR_PROXY_SNAPSHOT_KEY / store.snapshot_key_file) or a corrupted file")]
     Decrypt { path: PathBuf },
@@ -85,11 +93,23 @@ struct ClientRec {
     registration_token: Option<[u8; 32]>,
 }
 
+/// A grant's refresh-token family.
 #[derive(Serialize, Deserialize)]
-struct RefreshRec {
+struct FamilyRec {
+    family_hash: [u8; 32],
+    generation: u32,
+    current: [u8; 32],
+    expires_at: UnixTime,
+    /// The just-rotated token: hash, time of rotation, sealed successor.
+    rotated: Option<([u8; 32], UnixTime, Vec<u8>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AccessRec {
     hash: [u8; 32],
     expires_at: UnixTime,
-    rotated: Option<(UnixTime, Vec<u8>)>,
+    /// The token's scope when narrower than the grant's.
+    scope: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -101,8 +121,10 @@ struct GrantRec {
     login: LoginRec,
     created_at: UnixTime,
     expires_at: UnixTime,
-    access: Vec<([u8; 32], UnixTime)>,
-    refresh: Vec<RefreshRec>,
+    upstream_obtained_at: UnixTime,
+    upstream_refreshed_at: UnixTime,
+    access: Vec<AccessRec>,
+    refresh: Option<FamilyRec>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -120,7 +142,7 @@ struct CodeRec {
 
 /// Everything a snapshot holds.
 #[derive(Serialize, Deserialize)]
-struct SnapshotV1 {
+struct SnapshotV2 {
     written_at: UnixTime,
     clients: Vec<ClientRec>,
     grants: Vec<GrantRec>,
@@ -163,7 +185,7 @@ fn login_from(rec: LoginRec) -> Option<UpstreamLogin> {
     Some(UpstreamLogin { credential, identity })
 }
 
-fn collect(store: &Store, now: UnixTime) -> SnapshotV1 {
+fn collect(store: &Store, now: UnixTime) -> SnapshotV2 {
     let clients = store
         .clients
         .iter()
@@ -193,21 +215,26 @@ fn collect(store: &Store, now: UnixTime) -> SnapshotV1 {
             login: login_rec(&g.upstream(), &g.identity),
             created_at: g.created_at,
             expires_at: g.expires_at(),
+            upstream_obtained_at: g.upstream_obtained_at.load(std::sync::atomic::Ordering::Relaxed),
+            upstream_refreshed_at: g.upstream_refreshed_at.load(std::sync::atomic::Ordering::Relaxed),
             access: Vec::new(),
-            refresh: Vec::new(),
+            refresh: None,
         });
     }
     for t in store.access_tokens.iter().filter(|t| t.expires_at > now) {
         if let Some(&i) = index.get(&t.grant.id.0) {
-            grants[i].access.push((t.key().0, t.expires_at));
+            let scope = (*t.scope != *t.grant.scope).then(|| t.scope.to_string());
+            grants[i].access.push(AccessRec { hash: t.key().0, expires_at: t.expires_at, scope });
         }
     }
-    for t in store.refresh_tokens.iter().filter(|t| t.expires_at > now) {
-        if let Some(&i) = index.get(&t.grant.id.0) {
-            grants[i].refresh.push(RefreshRec {
-                hash: t.key().0,
-                expires_at: t.expires_at,
-                rotated: t.rotated.as_ref().map(|r| (r.at, r.sealed_successor.clone())),
+    for f in store.refresh_families.iter().filter(|f| f.expires_at > now) {
+        if let Some(&i) = index.get(&f.grant.id.0) {
+            grants[i].refresh = Some(FamilyRec {
+                family_hash: f.key().0,
+                generation: f.generation,
+                current: f.current.0,
+                expires_at: f.expires_at,
+                rotated: f.rotated.as_ref().map(|r| (r.hash.0, r.at, r.sealed_successor.clone())),
             });
         }
     }
@@ -229,7 +256,7 @@ fn collect(store: &Store, now: UnixTime) -> SnapshotV1 {
         .collect();
     let spent_codes =
         store.spent_codes.iter().filter(|c| c.expires_at > now).map(|c| (c.key().0, c.grant.0, c.expires_at)).collect();
-    SnapshotV1 { written_at: now, clients, grants, codes, spent_codes }
+    SnapshotV2 { written_at: now, clients, grants, codes, spent_codes }
 }
 
 /// Writes the store to `path` atomically. Blocking: call it from `spawn_blocking`.
@@ -300,12 +327,12 @@ pub fn load(path: &Path, key: &SnapshotKey, now: UnixTime) -> Result<Store, Snap
     let range = Sealer::new(&key.0)
         .open_in_place(header, sealed)
         .map_err(|_| SnapshotError::Decrypt { path: path.to_owned() })?;
-    let snapshot: SnapshotV1 = postcard::from_bytes(&sealed[range])
+    let snapshot: SnapshotV2 = postcard::from_bytes(&sealed[range])
         .map_err(|e| SnapshotError::Decode { path: path.to_owned(), reason: e.to_string() })?;
     Ok(rebuild(snapshot, now))
 }
 
-fn rebuild(s: SnapshotV1, now: UnixTime) -> Store {
+fn rebuild(s: SnapshotV2, now: UnixTime) -> Store {
     let store = Store::new();
     for c in s.clients {
         let Some(auth_method) = ClientAuthMethod::parse(&c.auth_method) else {
@@ -333,14 +360,28 @@ fn rebuild(s: SnapshotV1, now: UnixTime) -> Store {
             continue;
         };
         let grant = Grant::restore(GrantId(g.id), g.client_id, g.scope, g.resource, login, g.created_at, g.expires_at);
-        for (hash, expires_at) in g.access.into_iter().filter(|a| a.1 > now) {
-            store.access_tokens.insert(TokenHash(hash), AccessToken { grant: grant.clone(), expires_at });
-        }
-        for r in g.refresh.into_iter().filter(|r| r.expires_at > now) {
-            let rotated = r.rotated.map(|(at, sealed_successor)| Box::new(Rotation { at, sealed_successor }));
+        grant.upstream_obtained_at.store(g.upstream_obtained_at, std::sync::atomic::Ordering::Relaxed);
+        grant.upstream_refreshed_at.store(g.upstream_refreshed_at, std::sync::atomic::Ordering::Relaxed);
+        for a in g.access.into_iter().filter(|a| a.expires_at > now) {
+            let scope = a.scope.map_or_else(|| grant.scope.clone(), Arc::from);
             store
-                .refresh_tokens
-                .insert(TokenHash(r.hash), RefreshToken { grant: grant.clone(), expires_at: r.expires_at, rotated });
+                .access_tokens
+                .insert(TokenHash(a.hash), AccessToken { grant: grant.clone(), expires_at: a.expires_at, scope });
+        }
+        if let Some(f) = g.refresh.filter(|f| f.expires_at > now) {
+            let rotated = f
+                .rotated
+                .map(|(hash, at, sealed_successor)| Box::new(Rotation { hash: TokenHash(hash), at, sealed_successor }));
+            store.refresh_families.insert(
+                TokenHash(f.family_hash),
+                RefreshFamily {
+                    grant: grant.clone(),
+                    generation: f.generation,
+                    current: TokenHash(f.current),
+                    expires_at: f.expires_at,
+                    rotated,
+                },
+            );
         }
         store.grants.insert(grant.id, grant);
     }
@@ -383,10 +424,49 @@ mod tests {
         let grant = Grant::new("c1".into(), vec!["openid".into()], None, login, 100);
         grant.extend_to(9000);
         let access = crate::crypto::random_token();
-        store.access_tokens.insert(TokenHash::of(&access), AccessToken { grant: grant.clone(), expires_at: 4000 });
-        store.access_tokens.insert(TokenHash::of("expired"), AccessToken { grant: grant.clone(), expires_at: 150 });
+        store.access_tokens.insert(TokenHash::of(&access), AccessToken::new(grant.clone(), 4000));
+        store.access_tokens.insert(TokenHash::of("expired"), AccessToken::new(grant.clone(), 150));
         store.grants.insert(grant.id, grant);
         (store, access)
+    }
+
+    #[test]
+    fn refresh_families_narrowed_scopes_and_refresh_times_round_trip() {
+        let dir = std::env::temp_dir().join(format!("dcrp-snap-{}", crate::crypto::random_token()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("state.snapshot");
+        let key = SnapshotKey([3u8; 32]);
+        let (store, access) = sample_store();
+        let grant = store.grants.iter().next().map(|g| g.clone()).unwrap_or_else(|| unreachable!());
+        grant.upstream_refreshed_at.store(150, std::sync::atomic::Ordering::Relaxed);
+        store.access_tokens.alter(&TokenHash::of(&access), |_, mut t| {
+            t.scope = Arc::from("narrow");
+            t
+        });
+        let name = RefreshTokenName { family: FamilyId::random(), generation: 9 };
+        let (current, rotated) = (name.mint(), RefreshTokenName { generation: 8, ..name }.mint());
+        let rotation = Rotation { hash: TokenHash::of(&rotated), at: 190, sealed_successor: vec![1, 2, 3] };
+        store.refresh_families.insert(
+            name.family.hash(),
+            RefreshFamily {
+                grant,
+                generation: 9,
+                current: TokenHash::of(&current),
+                expires_at: 9000,
+                rotated: Some(Box::new(rotation.clone())),
+            },
+        );
+        assert!(write(&store, 200, &path, &key).is_ok());
+        let loaded = load(&path, &key, 200).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        let (g, scope) = loaded.access(&TokenHash::of(&access), 200).unwrap_or_else(|| unreachable!());
+        assert_eq!((&*scope, &*g.scope), ("narrow", "openid"));
+        assert_eq!(g.upstream_refreshed_at.load(std::sync::atomic::Ordering::Relaxed), 150);
+        let family = loaded.refresh_families.get(&name.family.hash()).map(|f| f.clone());
+        let family = family.unwrap_or_else(|| unreachable!());
+        assert_eq!(family.classify(9, &TokenHash::of(&current)), Presented::Current);
+        assert_eq!(family.classify(8, &TokenHash::of(&rotated)), Presented::Rotated(&rotation));
+        assert_eq!(loaded.refresh_token(&current).map(|(_, exp, cur)| (exp, cur)), Some((9000, true)));
     }
 
     #[test]
