@@ -99,4 +99,24 @@ impl Store {
             refresh_tokens: self.refresh_tokens.len(),
         }
     }
+
+    /// The client a code was issued to (live or already redeemed), without taking it. Read-only: lets the token
+    /// endpoint refuse a made-up code before it resolves a URL client_id's document.
+    pub fn code_client(&self, hash: &TokenHash) -> Option<String> {
+        if let Some(code) = self.codes.get(hash) {
+            return Some(code.client_id.clone());
+        }
+        let spent = self.spent_codes.get(hash).map(|s| s.grant)?;
+        self.grants.get(&spent).map(|g| g.client_id.clone())
+    }
+
+    /// The client a refresh token was issued to, without using it. Read-only, like [`Store::code_client`].
+    pub fn refresh_client(&self, hash: &TokenHash) -> Option<String> {
+        self.refresh_tokens.get(hash).map(|t| t.grant.client_id.clone())
+    }
+
+    /// The client an access or refresh token was issued to. Read-only, like [`Store::code_client`].
+    pub fn token_client(&self, hash: &TokenHash) -> Option<String> {
+        self.refresh_client(hash).or_else(|| self.access_tokens.get(hash).map(|t| t.grant.client_id.clone()))
+    }
 }
