@@ -287,3 +287,63 @@ pub fn check_token_request(store: &Store, params: &Params, client_id: &str) -> R
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AuthorizationCode, Grant, Identity, RefreshToken, UpstreamCredential, UpstreamLogin};
+
+    const DOC: &str = "https://app.example/client.json";
+
+    fn params(s: &str) -> Params {
+        Params::parse(s.as_bytes()).unwrap_or_default()
+    }
+
+    fn login() -> UpstreamLogin {
+        UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() }
+    }
+
+    #[test]
+    fn a_token_request_must_present_a_code_or_refresh_token_of_that_client() {
+        let store = Store::new();
+        let code = |c: &str| params(&format!("grant_type=authorization_code&code={c}"));
+        let refresh = |t: &str| params(&format!("grant_type=refresh_token&refresh_token={t}"));
+        let refused = |p: &Params| check_token_request(&store, p, DOC).err().map(|e| e.code);
+        assert_eq!(refused(&code("made-up")), Some(ErrorCode::InvalidGrant));
+        assert_eq!(refused(&refresh("made-up")), Some(ErrorCode::InvalidGrant));
+        assert_eq!(refused(&params("grant_type=client_credentials")), Some(ErrorCode::UnsupportedGrantType));
+        assert_eq!(refused(&params("code=x")), Some(ErrorCode::InvalidRequest));
+
+        let put_code = |c: &str, client_id: &str| {
+            store.codes.insert(
+                TokenHash::of(c),
+                AuthorizationCode {
+                    client_id: client_id.into(),
+                    redirect_uri: "https://app.example/cb".into(),
+                    redirect_uri_explicit: true,
+                    code_challenge: String::new(),
+                    scope: vec![],
+                    resource: None,
+                    expires_at: 100,
+                    login: login(),
+                },
+            );
+        };
+        put_code("ours", DOC);
+        put_code("theirs", "https://other.example/client.json");
+        assert_eq!(refused(&code("ours")), None);
+        assert_eq!(refused(&code("theirs")), Some(ErrorCode::InvalidGrant));
+
+        // A redeemed code still counts, so that its replay reaches the exchange and revokes the grant.
+        let grant = Grant::new(DOC.into(), vec!["openid".into()], None, login(), 1);
+        store.grants.insert(grant.id, grant.clone());
+        store.spent_codes.insert(TokenHash::of("spent"), crate::store::SpentCode { grant: grant.id, expires_at: 100 });
+        assert_eq!(refused(&code("spent")), None);
+
+        store
+            .refresh_tokens
+            .insert(TokenHash::of("rt"), RefreshToken { grant: grant.clone(), expires_at: 100, rotated: None });
+        assert_eq!(refused(&refresh("rt")), None);
+        assert_eq!(check_token_request(&store, &refresh("rt"), "https://other.example/c.json").is_err(), true);
+    }
+}
