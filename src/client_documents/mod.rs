@@ -344,6 +344,6 @@ mod tests {
             .refresh_tokens
             .insert(TokenHash::of("rt"), RefreshToken { grant: grant.clone(), expires_at: 100, rotated: None });
         assert_eq!(refused(&refresh("rt")), None);
-        assert_eq!(check_token_request(&store, &refresh("rt"), "https://other.example/c.json").is_err(), true);
+        assert!(check_token_request(&store, &refresh("rt"), "https://other.example/c.json").is_err());
     }
 }
