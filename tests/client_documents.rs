@@ -592,3 +592,21 @@ async fn a_metadata_document_with_a_direction_control_in_its_name_is_refused() {
     let metrics = s.proxy.app.metrics.render(&s.proxy.app.store);
     assert!(metrics.contains("dcr_proxy_client_document_fetches_total{result=\"invalid\"} 1"), "{metrics}");
 }
+
+#[test]
+fn failure_ttl_is_validated_and_a_bad_value_names_the_key() {
+    let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).unwrap();
+    let config = |ttl: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\npublic_url = \"http://127.0.0.1:1\"\n[upstream]\n\
+             url = \"http://127.0.0.1:2\"\n[idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\n\
+             password_hash = \"{hash}\"\n[client_metadata_documents]\nfailure_ttl = \"{ttl}\"\n"
+        )
+    };
+    let parsed = dcr_proxy::config::Config::from_toml(&config("45s"), |_| None).unwrap();
+    assert_eq!(parsed.client_documents.failure_ttl, Duration::from_secs(45));
+    for bad in ["0s", "11m", "soon"] {
+        let err = dcr_proxy::config::Config::from_toml(&config(bad), |_| None).err().expect("refused");
+        assert!(err.to_string().contains("client_metadata_documents.failure_ttl"), "{bad}: {err}");
+    }
+}
