@@ -286,7 +286,10 @@ async fn names_that_resolve_to_private_addresses_are_refused_before_any_connecti
     for literal in ["https://10.0.0.1/client.json", "https://[fc00::1]/client.json", "https://169.254.169.254/latest"] {
         let (status, page) = authorize_page(&s.proxy, literal).await;
         assert_eq!(status, 400, "{literal}");
-        assert!(page.contains("is not allowed: it does not resolve to public addresses only"), "{literal}: {page}");
+        assert!(
+            page.contains("is not allowed: it does not resolve, or not to public addresses only"),
+            "{literal}: {page}"
+        );
     }
     assert!(s.attempts.lock().unwrap().is_empty(), "the transport was never asked to connect");
     let metrics = s.proxy.app.metrics.render(&s.proxy.app.store);
@@ -298,6 +301,14 @@ async fn names_that_resolve_to_private_addresses_are_refused_before_any_connecti
     assert_eq!(status, 400);
     assert!(page.contains("could not be fetched"), "{page}");
     assert_eq!(attempted_hosts(&s.attempts), vec!["public.test"]);
+
+    // A name that does not resolve reads like a private one: the page does not tell which internal names exist.
+    let (status, page) = authorize_page(&s.proxy, "https://unknown.test/client.json").await;
+    assert_eq!(status, 400);
+    assert!(
+        page.contains("the host unknown.test is not allowed: it does not resolve, or not to public addresses only"),
+        "{page}"
+    );
 }
 
 #[tokio::test]

@@ -5,7 +5,6 @@
 //! - [`address`]: which resolved addresses may be contacted (globally reachable unicast only).
 //! - [`fetch`]: resolution → address check → pinned fetch (no redirects, size cap, deadline), with injectable
 //!   resolver and transport.
-//!
 //! - [`flight`]: one fetch per URL at a time (single flight), its entry gone when the fetch ends or its request
 //!   is cancelled. [`cache`]: the bounded maps of accepted documents and of recent failures.
 //!
@@ -58,10 +57,10 @@ pub enum DocumentError {
     HostNotAllowed(String),
     /// The name did not resolve; `reason` is for the log only. The message is the one of [`Self::NonPublicAddress`],
     /// so that a page does not tell which internal names exist.
-    #[error("the host {host} is not allowed: it does not resolve to public addresses only")]
+    #[error("the host {host} is not allowed: it does not resolve, or not to public addresses only")]
     Resolve { host: String, reason: String },
     /// `addr` is for the log only.
-    #[error("the host {host} is not allowed: it does not resolve to public addresses only")]
+    #[error("the host {host} is not allowed: it does not resolve, or not to public addresses only")]
     NonPublicAddress { host: String, addr: IpAddr },
     #[error("the document could not be fetched ({0})")]
     Fetch(String),
