@@ -191,6 +191,8 @@ pub struct ClientDocumentsConfig {
     pub extra_ca_file: Option<PathBuf>,
     /// Test-only: lets documents be served from loopback addresses. Never set in production.
     pub allow_loopback_for_testing: bool,
+    /// How long a failed fetch is remembered (and answered again without fetching), per URL.
+    pub failure_ttl: Duration,
 }
 
 /// Abuse limits of the public endpoints.
@@ -362,6 +364,7 @@ struct RawClientDocuments {
     extra_ca_file: Option<PathBuf>,
     #[serde(default)]
     allow_loopback_for_testing: bool,
+    failure_ttl: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -793,6 +796,11 @@ fn validate_client_documents(raw: RawClientDocuments) -> Result<ClientDocumentsC
     if max_concurrent_fetches == 0 {
         return Err(invalid("client_metadata_documents.max_concurrent_fetches", "must be at least 1"));
     }
+    const FAILURE_TTL: &str = "client_metadata_documents.failure_ttl";
+    let failure_ttl = duration(FAILURE_TTL, raw.failure_ttl, Duration::from_secs(30))?;
+    if failure_ttl < Duration::from_secs(1) || failure_ttl > Duration::from_secs(600) {
+        return Err(invalid(FAILURE_TTL, "must be between 1s and 10m"));
+    }
     if let Some(path) = &raw.extra_ca_file {
         if !path.is_file() {
             return Err(invalid(
@@ -811,6 +819,7 @@ fn validate_client_documents(raw: RawClientDocuments) -> Result<ClientDocumentsC
         max_concurrent_fetches,
         extra_ca_file: raw.extra_ca_file,
         allow_loopback_for_testing: raw.allow_loopback_for_testing,
+        failure_ttl,
     })
 }
 

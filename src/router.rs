@@ -564,6 +564,9 @@ async fn token_client(app: &App, headers: &HeaderMap, params: &Params) -> Result
 
 async fn token_endpoint(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
     let (headers, params) = read_oauth_form(req).await?;
+    if let Some(id) = params.get("client_id").filter(|id| client_documents::is_document_id(id)) {
+        client_documents::check_token_request(&app.store, &params, id)?;
+    }
     let client = token_client(app, &headers, &params).await?;
     let ctx = token::TokenContext {
         store: &app.store,
@@ -582,9 +585,21 @@ async fn token_endpoint(app: &App, req: Request<Incoming>) -> Result<Response<Bo
 /// unknown or belongs to another client (§2.2), so that nothing is learned.
 async fn revoke(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
     let (headers, params) = read_oauth_form(req).await?;
-    let client = token_client(app, &headers, &params).await?;
     let token = params.require("token")?;
     let hash = TokenHash::of(token);
+    // A URL client_id's document is fetched only to revoke a token of that client; anything else is answered
+    // like an unknown token, without a fetch.
+    let unknown = || {
+        let mut resp = Response::new(h::empty());
+        no_store(&mut resp);
+        resp
+    };
+    if let Some(id) = params.get("client_id").filter(|id| client_documents::is_document_id(id)) {
+        if app.store.token_client(token).as_deref() != Some(id) {
+            return Ok(unknown());
+        }
+    }
+    let client = token_client(app, &headers, &params).await?;
     let refresh_grant = app.store.refresh_token(token).map(|(grant, _, _)| grant);
     if let Some(grant) = refresh_grant.filter(|g| g.client_id == client.client_id) {
         app.store.revoke_grant(grant.id);
@@ -592,9 +607,7 @@ async fn revoke(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Err
     } else if app.store.access_tokens.remove_if(&hash, |_, t| t.grant.client_id == client.client_id).is_some() {
         tracing::info!(client_id = %client.client_id, "access token revoked by its client");
     }
-    let mut resp = Response::new(h::empty());
-    no_store(&mut resp);
-    Ok(resp)
+    Ok(unknown())
 }
 
 /// RFC 7662 introspection for the configured resource server: `active` with the token's claims, or only

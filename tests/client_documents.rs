@@ -110,6 +110,18 @@ impl Docs {
                             tokio::time::sleep(Duration::from_secs(30)).await;
                             resp.body(body(doc(&own)))
                         }
+                        // Slow the first time only: a second fetch (after the first was abandoned) is answered.
+                        "/slow-once.json" => {
+                            if h.lock().unwrap().get(&path).copied() == Some(1) {
+                                tokio::time::sleep(Duration::from_secs(30)).await;
+                            }
+                            resp.body(body(doc(&own)))
+                        }
+                        "/bidi.json" => {
+                            let mut d: Value = serde_json::from_str(&doc(&own)).unwrap();
+                            d["client_name"] = json!("Doc Client \u{202E}evil");
+                            resp.body(body(d.to_string()))
+                        }
                         "/mismatch.json" => resp.body(body(doc(&own.replace("mismatch", "good")))),
                         "/missing.json" => resp.status(404).body(body("")),
                         _ => resp.status(404).body(body("")),
@@ -265,13 +277,19 @@ async fn names_that_resolve_to_private_addresses_are_refused_before_any_connecti
     ] {
         let (status, page) = authorize_page(&s.proxy, &format!("https://{name}/client.json")).await;
         assert_eq!(status, 400, "{name}");
-        assert!(page.contains("non-public address") && page.contains(addr), "{name}: {page}");
+        // The page says the host is not allowed; the address it resolves to goes to the log only, so that the
+        // proxy cannot be used to read internal DNS.
+        assert!(page.contains(&format!("the host {name} is not allowed")), "{name}: {page}");
+        assert!(!page.contains(addr), "{name}: the page names the address: {page}");
     }
     // Address literals are checked the same way.
     for literal in ["https://10.0.0.1/client.json", "https://[fc00::1]/client.json", "https://169.254.169.254/latest"] {
         let (status, page) = authorize_page(&s.proxy, literal).await;
         assert_eq!(status, 400, "{literal}");
-        assert!(page.contains("non-public address"), "{literal}: {page}");
+        assert!(
+            page.contains("is not allowed: it does not resolve, or not to public addresses only"),
+            "{literal}: {page}"
+        );
     }
     assert!(s.attempts.lock().unwrap().is_empty(), "the transport was never asked to connect");
     let metrics = s.proxy.app.metrics.render(&s.proxy.app.store);
@@ -283,6 +301,14 @@ async fn names_that_resolve_to_private_addresses_are_refused_before_any_connecti
     assert_eq!(status, 400);
     assert!(page.contains("could not be fetched"), "{page}");
     assert_eq!(attempted_hosts(&s.attempts), vec!["public.test"]);
+
+    // A name that does not resolve reads like a private one: the page does not tell which internal names exist.
+    let (status, page) = authorize_page(&s.proxy, "https://unknown.test/client.json").await;
+    assert_eq!(status, 400);
+    assert!(
+        page.contains("the host unknown.test is not allowed: it does not resolve, or not to public addresses only"),
+        "{page}"
+    );
 }
 
 #[tokio::test]
@@ -290,7 +316,8 @@ async fn loopback_documents_need_the_test_only_switch() {
     let s = setup("").await;
     let (status, page) = authorize_page(&s.proxy, &s.docs.url("/good.json")).await;
     assert_eq!(status, 400);
-    assert!(page.contains("non-public address") && page.contains("127.0.0.1"), "{page}");
+    assert!(page.contains("the host docs.test is not allowed"), "{page}");
+    assert!(!page.contains("127.0.0.1"), "the resolved address stays in the log: {page}");
     assert!(s.attempts.lock().unwrap().is_empty());
     assert_eq!(s.docs.hits("/good.json"), 0);
 }
@@ -317,14 +344,17 @@ async fn redirects_oversized_slow_and_mismatched_documents_are_refused_with_a_cl
     assert!(metrics.contains("dcr_proxy_client_document_fetches_total{result=\"invalid\"} 1"), "{metrics}");
     assert_eq!(s.proxy.app.client_documents.cached(), 0);
 
-    // The token endpoint refuses such a client_id as an unauthenticated client.
+    // The token endpoint refuses such a client_id as an unauthenticated client (for a code issued to it: a made-up
+    // code is refused before any document is looked at).
+    let mismatch = s.docs.url("/mismatch.json");
+    insert_code(&s.proxy, "issued-code", &mismatch);
     let resp = http()
         .post(s.proxy.url("/token"))
         .form(&[
             ("grant_type", "authorization_code"),
-            ("code", "x"),
+            ("code", "issued-code"),
             ("code_verifier", VERIFIER),
-            ("client_id", &s.docs.url("/mismatch.json")),
+            ("client_id", &mismatch),
         ])
         .send()
         .await
@@ -414,4 +444,182 @@ async fn concurrent_requests_for_one_document_share_one_fetch() {
     }
     assert_eq!(s.docs.hits("/delayed.json"), 1, "one fetch served all eight");
     assert_eq!(s.attempts.lock().unwrap().len(), 1);
+}
+
+/// Puts an authorization code for `client_id` in the proxy's store, as if a sign-in had just finished.
+fn insert_code(proxy: &TestProxy, code: &str, client_id: &str) {
+    use dcr_proxy::store::{AuthorizationCode, Identity, UpstreamCredential, UpstreamLogin};
+    proxy.app.store.codes.insert(
+        dcr_proxy::crypto::TokenHash::of(code),
+        AuthorizationCode {
+            client_id: client_id.to_owned(),
+            redirect_uri: CLIENT_REDIRECT.to_owned(),
+            redirect_uri_explicit: true,
+            code_challenge: CHALLENGE.to_owned(),
+            scope: vec!["openid".to_owned()],
+            resource: None,
+            expires_at: proxy.clock.now() + 600,
+            login: UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() },
+        },
+    );
+}
+
+/// Waits (bounded) until `done` holds; returns whether it did.
+async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
+}
+
+#[tokio::test]
+async fn a_flood_naming_a_failing_document_causes_one_fetch_per_url_per_failure_ttl() {
+    let s = setup(&format!("{LOOPBACK_OK}\nfailure_ttl = \"30s\"\ncache_entries = 4")).await;
+    let missing = s.docs.url("/missing.json");
+    // Anonymous requests, half of them at once.
+    let url = authorize_url(&s.proxy, &urlencode(&missing), "");
+    let burst: Vec<_> = (0..15)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { http().get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    for r in burst {
+        assert_eq!(r.await.unwrap(), 400);
+    }
+    for _ in 0..15 {
+        let (status, page) = authorize_page(&s.proxy, &missing).await;
+        assert_eq!(status, 400);
+        assert!(page.contains("HTTP 404"), "the remembered failure is the real one: {page}");
+    }
+    // A host that the transport cannot reach, through the token endpoint too (with a code issued to it).
+    let unreachable = "https://public.test/client.json";
+    insert_code(&s.proxy, "code-of-unreachable", unreachable);
+    for _ in 0..10 {
+        let (status, _) = authorize_page(&s.proxy, unreachable).await;
+        assert_eq!(status, 400);
+        let resp = redeem(&s.proxy, unreachable, "code-of-unreachable").await;
+        assert_eq!(resp.status(), 401);
+    }
+    assert_eq!(s.docs.hits("/missing.json"), 1, "one fetch for 30 requests");
+    assert_eq!(attempted_hosts(&s.attempts), vec!["docs.test", "public.test"], "one attempt per URL");
+
+    // After failure_ttl the URL is tried again, once.
+    s.proxy.clock.advance(31);
+    for _ in 0..3 {
+        authorize_page(&s.proxy, &missing).await;
+    }
+    assert_eq!(s.docs.hits("/missing.json"), 2);
+
+    // Distinct failing URLs are remembered up to cache_entries, whatever their number.
+    for i in 0..8 {
+        let (status, _) = authorize_page(&s.proxy, &s.docs.url(&format!("/missing.json?n={i}"))).await;
+        assert_eq!(status, 400);
+    }
+    assert_eq!(s.proxy.app.client_documents.failures(), 4);
+    assert_eq!(s.proxy.app.client_documents.in_flight(), (0, 0));
+}
+
+#[tokio::test]
+async fn the_token_endpoint_fetches_nothing_for_a_code_or_token_that_was_not_issued_to_the_client() {
+    let s = setup(LOOPBACK_OK).await;
+    let client_id = s.docs.url("/good.json");
+    for i in 0..10 {
+        let resp = redeem(&s.proxy, &client_id, &format!("made-up-{i}")).await;
+        assert_eq!(resp.status(), 400);
+        assert_eq!(resp.json::<Value>().await.unwrap()["error"], "invalid_grant");
+        let resp = refresh(&s.proxy, &client_id, &format!("made-up-{i}")).await;
+        assert_eq!(resp.status(), 400);
+        assert_eq!(resp.json::<Value>().await.unwrap()["error"], "invalid_grant");
+        let resp = http()
+            .post(s.proxy.url("/revoke"))
+            .form(&[("token", format!("made-up-{i}").as_str()), ("client_id", &client_id)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "RFC 7009 §2.2: an unknown token is answered 200");
+    }
+    // A code issued to another client does not open the door either.
+    insert_code(&s.proxy, "code-of-another-client", "https://other.example/client.json");
+    let resp = redeem(&s.proxy, &client_id, "code-of-another-client").await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(s.docs.hits("/good.json"), 0, "nothing was fetched");
+    assert!(s.attempts.lock().unwrap().is_empty());
+
+    // The real flow still works, and a replayed code still revokes what it issued.
+    let mut browser = Browser::new();
+    let params = authorize(&s.proxy, &mut browser, &urlencode(&client_id)).await;
+    let resp = redeem(&s.proxy, &client_id, &params["code"]).await;
+    assert_eq!(resp.status(), 200);
+    let tokens: Value = resp.json().await.unwrap();
+    let resp = redeem(&s.proxy, &client_id, &params["code"]).await;
+    assert_eq!(resp.status(), 400);
+    let resp = refresh(&s.proxy, &client_id, tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(resp.status(), 400, "the replay revoked the grant");
+    assert_eq!(s.docs.hits("/good.json"), 1);
+}
+
+#[tokio::test]
+async fn requests_cancelled_mid_fetch_leave_nothing_in_flight_and_their_waiters_carry_on() {
+    let s = setup_with_deadline(LOOPBACK_OK, 8).await;
+    let docs = &s.docs;
+    // Clients that go away while their document is being fetched.
+    for i in 0..8 {
+        let url = authorize_url(&s.proxy, &urlencode(&docs.url(&format!("/slow.json?n={i}"))), "");
+        let request = tokio::spawn(async move { http().get(url).send().await });
+        assert!(eventually(|| docs.hits("/slow.json") == i + 1).await, "fetch {i} started");
+        request.abort();
+    }
+    let documents = &s.proxy.app.client_documents;
+    assert!(eventually(|| documents.in_flight() == (0, 0)).await, "left in flight: {:?}", documents.in_flight());
+    assert_eq!(documents.failures(), 0, "a cancelled fetch is not a failure to remember");
+
+    // A request waiting for a fetch whose request is cancelled fetches the document itself.
+    let url = authorize_url(&s.proxy, &urlencode(&docs.url("/slow-once.json")), "");
+    let (first, second) = (url.clone(), url);
+    let leader = tokio::spawn(async move { http().get(first).send().await });
+    assert!(eventually(|| docs.hits("/slow-once.json") == 1).await);
+    let waiter = tokio::spawn(async move { http().get(second).send().await.unwrap().status().as_u16() });
+    assert!(eventually(|| documents.in_flight() == (1, 1)).await, "{:?}", documents.in_flight());
+    leader.abort();
+    let status = tokio::time::timeout(Duration::from_secs(6), waiter).await.expect("the waiter does not hang");
+    assert_eq!(status.unwrap(), 200);
+    assert_eq!(docs.hits("/slow-once.json"), 2);
+    assert_eq!(documents.in_flight(), (0, 0));
+}
+
+#[tokio::test]
+async fn a_metadata_document_with_a_direction_control_in_its_name_is_refused() {
+    let s = setup(LOOPBACK_OK).await;
+    let (status, page) = authorize_page(&s.proxy, &s.docs.url("/bidi.json")).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("Application identity refused"), "{page}");
+    assert!(page.contains("`client_name` contains a control or invisible formatting character (U+202E)"), "{page}");
+    assert!(!page.contains('\u{202E}'));
+    assert!(s.proxy.app.store.pending.is_empty(), "no sign-in was started");
+    let metrics = s.proxy.app.metrics.render(&s.proxy.app.store);
+    assert!(metrics.contains("dcr_proxy_client_document_fetches_total{result=\"invalid\"} 1"), "{metrics}");
+}
+
+#[test]
+fn failure_ttl_is_validated_and_a_bad_value_names_the_key() {
+    let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).unwrap();
+    let config = |ttl: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\npublic_url = \"http://127.0.0.1:1\"\n[upstream]\n\
+             url = \"http://127.0.0.1:2\"\n[idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\n\
+             password_hash = \"{hash}\"\n[client_metadata_documents]\nfailure_ttl = \"{ttl}\"\n"
+        )
+    };
+    let parsed = dcr_proxy::config::Config::from_toml(&config("45s"), |_| None).unwrap();
+    assert_eq!(parsed.client_documents.failure_ttl, Duration::from_secs(45));
+    for bad in ["0s", "11m", "soon"] {
+        let Err(err) = dcr_proxy::config::Config::from_toml(&config(bad), |_| None) else {
+            panic!("failure_ttl = {bad} was accepted")
+        };
+        assert!(err.to_string().contains("client_metadata_documents.failure_ttl"), "{bad}: {err}");
+    }
 }

@@ -639,3 +639,89 @@ async fn a_narrower_scope_on_refresh_binds_the_new_access_token_only() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// The consent page's heading with the client's name, as the page has it.
+async fn consent_heading(proxy: &TestProxy, client_id: &str) -> String {
+    let resp = http().get(authorize_url(proxy, &urlencode(client_id), "")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let page = resp.text().await.unwrap();
+    let start = page.find("<h1>").unwrap();
+    let end = page[start..].find("</h1>").unwrap() + start;
+    page[start..end + 5].to_owned()
+}
+
+#[tokio::test]
+async fn direction_controls_in_client_metadata_are_refused_at_registration_naming_the_field() {
+    let (_a, _u, proxy) = setup().await;
+    let base = || json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"});
+    // "evil" written backwards behind a right-to-left override reads "evil" on a page; so would "live".
+    for (field, value) in [
+        ("client_name", json!("Claude \u{202E}evil")),
+        ("client_name", json!("Claude\u{2067}x\u{2069}")),
+        ("client_name", json!("Cla\u{200B}ude")),
+        ("client_name", json!("Claude\u{200F}")),
+        ("client_name", json!("Claude\u{061C}")),
+        ("client_name", json!("Claude\u{0007}")),
+        ("client_name#ar", json!("\u{202B}name")),
+        ("client_uri", json!("https://app.example/\u{202E}")),
+        ("logo_uri", json!("https://app.example/logo\u{FEFF}.png")),
+        ("contacts", json!(["admin@app.example\u{202D}"])),
+        ("software_id", json!("sw\u{2066}")),
+    ] {
+        let mut metadata = base();
+        metadata[field] = value;
+        let resp = http().post(proxy.url("/register")).json(&metadata).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{field}");
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"], "invalid_client_metadata", "{field}");
+        assert!(err["error_description"].as_str().unwrap().contains(&format!("`{field}`")), "{field}: {err}");
+    }
+    let mut metadata = base();
+    metadata["redirect_uris"] = json!(["http://127.0.0.1:33418/\u{202E}callback"]);
+    let resp = http().post(proxy.url("/register")).json(&metadata).send().await.unwrap();
+    let (status, error) = error_of(resp).await;
+    assert_eq!((status, error.as_str()), (400, "invalid_redirect_uri"));
+    assert!(proxy.app.store.clients.is_empty(), "nothing was registered");
+
+    // RFC 7592: an update goes through the same check and leaves the client as it was.
+    let reg = register_json(&proxy, json!({"redirect_uris": [CLIENT_REDIRECT], "client_name": "Good"})).await;
+    let config_uri = reg["registration_client_uri"].as_str().unwrap();
+    let token = reg["registration_access_token"].as_str().unwrap();
+    let mut update = reg.clone();
+    for key in ["registration_access_token", "registration_client_uri", "client_id_issued_at"] {
+        update.as_object_mut().unwrap().remove(key);
+    }
+    update["client_name"] = json!("Good \u{202E}live");
+    let resp = http().put(config_uri).bearer_auth(token).json(&update).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"], "invalid_client_metadata");
+    assert!(err["error_description"].as_str().unwrap().contains("`client_name`"), "{err}");
+    let now: Value = http().get(config_uri).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(now["client_name"], "Good");
+}
+
+#[tokio::test]
+async fn the_consent_page_isolates_the_client_name_and_never_renders_a_direction_control() {
+    let (_a, _u, proxy) = setup().await;
+    // A right-to-left name is a fine name; it is isolated so that it cannot reorder the sentence around it.
+    let reg = register_json(
+        &proxy,
+        json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none", "client_name": "לקוח 1"}),
+    )
+    .await;
+    let heading = consent_heading(&proxy, reg["client_id"].as_str().unwrap()).await;
+    assert_eq!(heading, "<h1>Allow <bdi>לקוח 1</bdi> to access your account?</h1>");
+
+    // A client kept from before the check (an older snapshot) with an override in its name: the page shows the
+    // control as U+FFFD, inside the isolate, and nowhere else.
+    let mut old = dcr_proxy::store::Client::public("legacy-client", vec![CLIENT_REDIRECT.to_owned()], 1);
+    old.client_name = Some("Claude \u{202E}evil".to_owned());
+    proxy.app.store.clients.insert(old.client_id.clone(), std::sync::Arc::new(old));
+    let resp = http().get(authorize_url(&proxy, "legacy-client", "")).send().await.unwrap();
+    let page = resp.text().await.unwrap();
+    assert!(!page.contains('\u{202E}'), "no direction control reaches the page");
+    assert!(page.contains("<h1>Allow <bdi>Claude \u{FFFD}evil</bdi> to access"), "{page}");
+    assert!(page.contains("<dd><bdi>Claude \u{FFFD}evil</bdi></dd>"), "{page}");
+    assert!(page.contains("<code><bdi>127.0.0.1:33418</bdi></code>"), "the redirect host is isolated too");
+}

@@ -5,7 +5,8 @@
 //!   segments, and already in canonical form (the document's `client_id` is compared byte for byte).
 //! - The document (§4): a JSON object whose `client_id` equals the URL; no client secret (there is nobody to
 //!   share it with); `token_endpoint_auth_method` `none` (the default here); every other field follows the RFC
-//!   7591 rules the proxy applies to registrations, the operator's redirect allowlist included.
+//!   7591 rules the proxy applies to registrations, the operator's redirect allowlist included, and the same
+//!   refusal of control and bidi characters in the text it shows (`client_name` …).
 
 use url::Url;
 
@@ -74,13 +75,14 @@ pub fn parse(body: &[u8], url: &Url, now: UnixTime, redirects: &Allowlist) -> Re
     let obj = doc.as_object().ok_or_else(|| DocumentError::NotJson("the top level is not an object".into()))?;
     match obj.get("client_id") {
         Some(serde_json::Value::String(id)) if id == url.as_str() => {}
-        Some(serde_json::Value::String(id)) => return Err(DocumentError::ClientIdMismatch { found: shorten(id) }),
+        Some(serde_json::Value::String(id)) => return Err(DocumentError::ClientIdMismatch { found: shorten(id, 120) }),
         _ => return Err(DocumentError::Invalid("`client_id` is missing or not a string".into())),
     }
     if obj.contains_key("client_secret") || obj.contains_key("client_secret_expires_at") {
         return Err(DocumentError::Invalid("a metadata document must not contain a client secret".into()));
     }
-    let metadata = register::validate_metadata(&doc, redirects).map_err(|e| DocumentError::Invalid(e.description))?;
+    let metadata = register::validate_metadata(&doc, redirects)
+        .map_err(|e| DocumentError::Invalid(shorten(&e.description, 300)))?;
     match metadata.auth_method {
         None | Some(ClientAuthMethod::None) => {}
         Some(other) => {
@@ -93,12 +95,12 @@ pub fn parse(body: &[u8], url: &Url, now: UnixTime, redirects: &Allowlist) -> Re
     Ok(metadata.into_client(url.as_str().to_owned(), ClientAuthMethod::None, None, None, now))
 }
 
-/// A value from a document, cut for messages.
-fn shorten(s: &str) -> String {
-    if s.chars().count() <= 120 {
+/// A value from a document, cut for messages (which are shown, logged and remembered with failures).
+fn shorten(s: &str, max_chars: usize) -> String {
+    if s.chars().count() <= max_chars {
         s.to_owned()
     } else {
-        format!("{}…", s.chars().take(120).collect::<String>())
+        format!("{}…", s.chars().take(max_chars).collect::<String>())
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! 1. The host is resolved by a [`Resolver`] (the system's, or one a test injects).
 //! 2. Every address is checked ([`super::address`]); one non-public address refuses the name, before any
-//!    connection (loopback passes only with the test-only `allow_loopback_for_testing`).
+//!    connection (loopback passes only with the test-only `allow_loopback_for_testing`). The address is logged;
+//!    the error the client sees names only the host.
 //! 3. The [`Transport`] is handed the checked addresses and must connect to nothing else: the reqwest transport
 //!    pins the host to them (`resolve_to_addrs`, no proxy), so a second, different DNS answer cannot be used.
 //! 4. No redirect is followed, the body is read up to the size cap, and the whole fetch has one deadline.
@@ -188,17 +189,19 @@ impl Fetcher {
         let addrs: Vec<SocketAddr> = match url.host() {
             Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
             Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
-            Some(url::Host::Domain(name)) => self
-                .resolver
-                .resolve(name, port)
-                .await
-                .map_err(|e| DocumentError::Resolve { host: host.to_owned(), reason: e.to_string() })?,
+            Some(url::Host::Domain(name)) => self.resolver.resolve(name, port).await.map_err(|e| {
+                tracing::info!(host, reason = %e, "client metadata document host did not resolve");
+                DocumentError::Resolve { host: host.to_owned(), reason: e.to_string() }
+            })?,
             None => return Err(DocumentError::InvalidUrl("it has no host".into())),
         };
         if addrs.is_empty() {
+            tracing::info!(host, "client metadata document host resolved to no address");
             return Err(DocumentError::Resolve { host: host.to_owned(), reason: "no address".into() });
         }
         if let Some(bad) = addrs.iter().find(|a| !self.address_allowed(a.ip())) {
+            // The address is for the operator only; the client is told that the host is not allowed.
+            tracing::warn!(host, addr = %bad.ip(), "client metadata document host resolves to a non-public address");
             return Err(DocumentError::NonPublicAddress { host: host.to_owned(), addr: bad.ip() });
         }
         self.transport.get(FetchRequest { url, addrs: &addrs, max_bytes: self.policy.max_bytes }).await

@@ -5,32 +5,49 @@
 //! - [`address`]: which resolved addresses may be contacted (globally reachable unicast only).
 //! - [`fetch`]: resolution → address check → pinned fetch (no redirects, size cap, deadline), with injectable
 //!   resolver and transport.
+//! - [`flight`]: one fetch per URL at a time (single flight), its entry gone when the fetch ends or its request
+//!   is cancelled. [`cache`]: the bounded maps of accepted documents and of recent failures.
 //!
 //! Documents are cached (bounded, for `cache_ttl` or less when the document's `Cache-Control` says so). These
 //! clients are not kept in the store or in snapshots: a later `/token` call fetches the document again once the
 //! cached copy expires, so taking a document down stops its client.
+//!
+//! Invariants (what an anonymous flood can cost):
+//! - A failed fetch is remembered for `failure_ttl`: a URL that fails causes one outbound fetch per `failure_ttl`,
+//!   however many `/authorize` or `/token` requests name it.
+//! - `/token` and `/revoke` fetch nothing unless the request presents a code or token issued to that client_id
+//!   ([`check_token_request`]).
+//! - Memory is bounded whatever the flood: at most `cache_entries` accepted documents, `cache_entries` remembered
+//!   failures, and `max_concurrent_fetches` fetches in flight (503 beyond).
+//! - The error shown to the client never names an address a host resolved to (that goes to the log only), so the
+//!   proxy cannot be used to read an internal DNS zone.
 
 pub mod address;
+pub mod cache;
 pub mod document;
 pub mod fetch;
+pub mod flight;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
-
+use cache::BoundedCache;
 pub use document::is_document_id;
 use fetch::{FetchPolicy, Fetcher, ReqwestTransport, Resolver, SystemResolver, Transport};
+use flight::{Flights, Joined, Waited};
 
 use crate::clock::UnixTime;
 use crate::config::ClientDocumentsConfig;
+use crate::crypto::TokenHash;
+use crate::error::{ErrorCode, OAuthError};
+use crate::http::params::Params;
 use crate::oauth::redirect_uri::Allowlist;
-use crate::store::Client;
+use crate::store::{Client, Store};
 
 /// Why a metadata document cannot be used. Messages are shown to users on an error page and to clients in
-/// `error_description`; they never contain the document's body.
-#[derive(Debug, thiserror::Error)]
+/// `error_description`; they never contain the document's body nor an address a name resolved to.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DocumentError {
     #[error("this server does not accept client metadata documents (URL client_ids); register the client instead")]
     Disabled,
@@ -38,9 +55,12 @@ pub enum DocumentError {
     InvalidUrl(String),
     #[error("documents from {0} are not accepted by this server")]
     HostNotAllowed(String),
-    #[error("the host {host} could not be resolved ({reason})")]
+    /// The name did not resolve; `reason` is for the log only. The message is the one of [`Self::NonPublicAddress`],
+    /// so that a page does not tell which internal names exist.
+    #[error("the host {host} is not allowed: it does not resolve, or not to public addresses only")]
     Resolve { host: String, reason: String },
-    #[error("the host {host} resolves to {addr}, a private, loopback or otherwise non-public address, which is never contacted")]
+    /// `addr` is for the log only.
+    #[error("the host {host} is not allowed: it does not resolve, or not to public addresses only")]
     NonPublicAddress { host: String, addr: IpAddr },
     #[error("the document could not be fetched ({0})")]
     Fetch(String),
@@ -60,6 +80,9 @@ pub enum DocumentError {
     Invalid(String),
     #[error("too many client metadata documents are being fetched right now; try again in a moment")]
     Busy,
+    /// The fetch this request waited for was abandoned (its request was cancelled), more than once in a row.
+    #[error("the fetch of the client metadata document was interrupted; try again in a moment")]
+    Interrupted,
 }
 
 impl DocumentError {
@@ -75,14 +98,14 @@ impl DocumentError {
             | Self::Status(_)
             | Self::TooLarge(_) => "failed",
             Self::NotJson(_) | Self::ClientIdMismatch { .. } | Self::Invalid(_) => "invalid",
-            Self::Busy => "busy",
+            Self::Busy | Self::Interrupted => "busy",
         }
     }
 
     /// The error page shown when `/authorize` names a document that cannot be used (never a redirect: the
     /// redirect URI is not trusted yet).
     pub fn into_page(self, client_id: &str) -> crate::error::Error {
-        if matches!(self, Self::Busy) {
+        if matches!(self, Self::Busy | Self::Interrupted) {
             return crate::error::Error::Capacity { what: "too many client metadata documents in flight", html: true };
         }
         crate::error::Error::page(
@@ -97,7 +120,7 @@ impl DocumentError {
 
     /// The token endpoint's answer: the client cannot be authenticated.
     pub fn into_token_error(self) -> crate::error::Error {
-        if matches!(self, Self::Busy) {
+        if matches!(self, Self::Busy | Self::Interrupted) {
             return crate::error::Error::Capacity { what: "too many client metadata documents in flight", html: false };
         }
         crate::error::OAuthError::invalid_client(format!("client metadata document refused: {self}")).into()
@@ -127,21 +150,19 @@ impl Network {
     }
 }
 
-struct Cached {
-    client: Arc<Client>,
-    expires_at: UnixTime,
-}
-
-/// Resolves URL client_ids to clients, with a bounded cache.
+/// Resolves URL client_ids to clients, with bounded caches of documents and of failures.
 pub struct ClientDocuments {
     config: ClientDocumentsConfig,
     fetcher: Fetcher,
-    cache: DashMap<String, Cached>,
-    /// Fetches in flight, at most `max_concurrent_fetches`; beyond it requests get 503 instead of queueing.
-    in_flight: tokio::sync::Semaphore,
-    /// One gate per document being fetched (single flight).
-    fetching: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    cache: BoundedCache<Arc<Client>>,
+    /// Recent failures, answered again without a fetch until `failure_ttl` passes.
+    failures: BoundedCache<DocumentError>,
+    /// Fetches in flight, one per URL and at most `max_concurrent_fetches` (beyond: 503 instead of queueing).
+    flights: Flights,
 }
+
+/// How many times a request joins a fetch whose leader is cancelled before it gives up (and is told to retry).
+const MAX_JOINS: usize = 3;
 
 impl ClientDocuments {
     pub fn new(config: ClientDocumentsConfig, network: Network) -> Self {
@@ -154,8 +175,13 @@ impl ClientDocuments {
                 allow_loopback: config.allow_loopback_for_testing,
             },
         };
-        let in_flight = tokio::sync::Semaphore::new(config.max_concurrent_fetches);
-        Self { config, fetcher, cache: DashMap::new(), in_flight, fetching: DashMap::new() }
+        Self {
+            cache: BoundedCache::new(config.cache_entries),
+            failures: BoundedCache::new(config.cache_entries),
+            flights: Flights::new(config.max_concurrent_fetches),
+            config,
+            fetcher,
+        }
     }
 
     /// The client described by the document at `client_id`: cached, or fetched and checked now.
@@ -170,42 +196,49 @@ impl ClientDocuments {
         if !self.config.enabled {
             return Err(DocumentError::Disabled);
         }
-        let cached = || self.cache.get(client_id).filter(|c| c.expires_at > now).map(|c| c.client.clone());
-        if let Some(hit) = cached() {
-            return Ok(hit);
-        }
-        // Single flight: concurrent requests for one document wait for the first fetch and read its result from
-        // the cache (a failure is not cached, so each waiter then tries once itself).
-        let gate = self.fetching.entry(client_id.to_owned()).or_default().clone();
-        let turn = gate.lock().await;
-        let result = match cached() {
-            Some(hit) => Ok(hit),
-            None => {
-                let result = self.fetch(client_id, now, redirects).await;
-                metrics.document_fetch(result.as_ref().map_or_else(DocumentError::kind, |_| "ok"));
-                result
+        for _ in 0..MAX_JOINS {
+            if let Some(hit) = self.cache.get(client_id, now) {
+                return Ok(hit);
             }
-        };
-        drop(turn);
-        // The map's reference and ours: nobody else is waiting on this gate.
-        self.fetching.remove_if(client_id, |_, g| Arc::strong_count(g) <= 2);
-        result
+            if let Some(failure) = self.failures.get(client_id, now) {
+                return Err(failure);
+            }
+            let url = document::check_url(client_id, &self.config.allowed_hosts)?;
+            match self.flights.join(client_id)? {
+                Joined::Lead(lead) => {
+                    // If this request is cancelled during the fetch, `lead` is dropped: its entry and slot are
+                    // freed and the waiters woken.
+                    let result = self.fetch(&url, now, redirects).await;
+                    metrics.document_fetch(result.as_ref().map_or_else(DocumentError::kind, |_| "ok"));
+                    if let Err(e) = &result {
+                        let ttl = self.config.failure_ttl.as_secs();
+                        self.failures.insert(client_id, e.clone(), now, now + ttl);
+                    }
+                    lead.finish(&result);
+                    return result;
+                }
+                Joined::Wait(waiter) => match waiter.outcome().await {
+                    Waited::Done(outcome) => return outcome,
+                    // The leader went away: look again (another request may have finished it), or lead.
+                    Waited::Abandoned => continue,
+                },
+            }
+        }
+        Err(DocumentError::Interrupted)
     }
 
-    async fn fetch(&self, client_id: &str, now: UnixTime, redirects: &Allowlist) -> Result<Arc<Client>, DocumentError> {
-        let url = document::check_url(client_id, &self.config.allowed_hosts)?;
-        let _permit = self.in_flight.try_acquire().map_err(|_| DocumentError::Busy)?;
-        let fetched = self.fetcher.fetch(&url).await?;
-        let client = Arc::new(document::parse(&fetched.body, &url, now, redirects)?);
+    async fn fetch(&self, url: &url::Url, now: UnixTime, redirects: &Allowlist) -> Result<Arc<Client>, DocumentError> {
+        let fetched = self.fetcher.fetch(url).await?;
+        let client = Arc::new(document::parse(&fetched.body, url, now, redirects)?);
         let ttl = fetched.max_age.map_or(self.config.cache_ttl, |age| age.min(self.config.cache_ttl));
         tracing::info!(
-            client_id,
+            client_id = url.as_str(),
             client_name = client.client_name.as_deref().unwrap_or(""),
             cache_secs = ttl.as_secs(),
             "client metadata document accepted"
         );
         if !ttl.is_zero() {
-            self.remember(client_id, client.clone(), now, now + ttl.as_secs());
+            self.cache.insert(url.as_str(), client.clone(), now, now + ttl.as_secs());
         }
         Ok(client)
     }
@@ -215,20 +248,113 @@ impl ClientDocuments {
         self.cache.len()
     }
 
-    /// Caches a client; when the cache is full, expired entries go first, then the ones closest to expiry.
-    fn remember(&self, client_id: &str, client: Arc<Client>, now: UnixTime, expires_at: UnixTime) {
-        if self.cache.len() >= self.config.cache_entries && !self.cache.contains_key(client_id) {
-            self.cache.retain(|_, c| c.expires_at > now);
-            while self.cache.len() >= self.config.cache_entries {
-                let oldest = self.cache.iter().min_by_key(|e| e.expires_at).map(|e| e.key().clone());
-                match oldest {
-                    Some(key) => {
-                        self.cache.remove(&key);
-                    }
-                    None => break,
-                }
+    /// Remembered failures.
+    pub fn failures(&self) -> usize {
+        self.failures.len()
+    }
+
+    /// Fetches running now, and requests waiting for one of them.
+    pub fn in_flight(&self) -> (usize, usize) {
+        (self.flights.running(), self.flights.waiting())
+    }
+}
+
+/// The token endpoint's rule for a URL client_id (RFC 6749 §4.1.3, §6): its document is fetched only for a
+/// request that presents a code or a refresh token issued to that client_id, so that an anonymous request with a
+/// made-up code makes the proxy fetch nothing. A code already redeemed counts (its replay must still revoke its
+/// grant, which needs the client authenticated). The errors are the ones the exchange itself would give.
+pub fn check_token_request(store: &Store, params: &Params, client_id: &str) -> Result<(), OAuthError> {
+    match params.require("grant_type")? {
+        "authorization_code" => {
+            let code = TokenHash::of(params.require("code")?);
+            if store.code_client(&code).as_deref() != Some(client_id) {
+                return Err(OAuthError::invalid_grant("authorization code is invalid or expired"));
             }
         }
-        self.cache.insert(client_id.to_owned(), Cached { client, expires_at });
+        "refresh_token" => {
+            if store.refresh_client(params.require("refresh_token")?).as_deref() != Some(client_id) {
+                return Err(OAuthError::invalid_grant("refresh token is invalid, expired or revoked"));
+            }
+        }
+        other => {
+            return Err(OAuthError::new(
+                ErrorCode::UnsupportedGrantType,
+                format!("grant_type `{other}` is not supported; use authorization_code or refresh_token"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{
+        AuthorizationCode, FamilyId, Grant, Identity, RefreshFamily, RefreshTokenName, UpstreamCredential, UpstreamLogin,
+    };
+
+    const DOC: &str = "https://app.example/client.json";
+
+    fn params(s: &str) -> Params {
+        Params::parse(s.as_bytes()).unwrap_or_default()
+    }
+
+    fn login() -> UpstreamLogin {
+        UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() }
+    }
+
+    #[test]
+    fn a_token_request_must_present_a_code_or_refresh_token_of_that_client() {
+        let store = Store::new();
+        let code = |c: &str| params(&format!("grant_type=authorization_code&code={c}"));
+        let refresh = |t: &str| params(&format!("grant_type=refresh_token&refresh_token={t}"));
+        let refused = |p: &Params| check_token_request(&store, p, DOC).err().map(|e| e.code);
+        assert_eq!(refused(&code("made-up")), Some(ErrorCode::InvalidGrant));
+        assert_eq!(refused(&refresh("made-up")), Some(ErrorCode::InvalidGrant));
+        assert_eq!(refused(&params("grant_type=client_credentials")), Some(ErrorCode::UnsupportedGrantType));
+        assert_eq!(refused(&params("code=x")), Some(ErrorCode::InvalidRequest));
+
+        let put_code = |c: &str, client_id: &str| {
+            store.codes.insert(
+                TokenHash::of(c),
+                AuthorizationCode {
+                    client_id: client_id.into(),
+                    redirect_uri: "https://app.example/cb".into(),
+                    redirect_uri_explicit: true,
+                    code_challenge: String::new(),
+                    scope: vec![],
+                    resource: None,
+                    expires_at: 100,
+                    login: login(),
+                },
+            );
+        };
+        put_code("ours", DOC);
+        put_code("theirs", "https://other.example/client.json");
+        assert_eq!(refused(&code("ours")), None);
+        assert_eq!(refused(&code("theirs")), Some(ErrorCode::InvalidGrant));
+
+        // A redeemed code still counts, so that its replay reaches the exchange and revokes the grant.
+        let grant = Grant::new(DOC.into(), vec!["openid".into()], None, login(), 1);
+        store.grants.insert(grant.id, grant.clone());
+        store.spent_codes.insert(TokenHash::of("spent"), crate::store::SpentCode { grant: grant.id, expires_at: 100 });
+        assert_eq!(refused(&code("spent")), None);
+
+        let name = RefreshTokenName { family: FamilyId::random(), generation: 3 };
+        let (current, spent) = (name.mint(), RefreshTokenName { generation: 1, ..name }.mint());
+        store.refresh_families.insert(
+            name.family.hash(),
+            RefreshFamily {
+                grant: grant.clone(),
+                generation: 3,
+                current: TokenHash::of(&current),
+                expires_at: 100,
+                rotated: None,
+            },
+        );
+        assert_eq!(refused(&refresh(&current)), None);
+        // A spent generation counts too: its reuse must reach the exchange and revoke the grant.
+        assert_eq!(refused(&refresh(&spent)), None);
+        assert!(check_token_request(&store, &refresh(&current), "https://other.example/c.json").is_err());
     }
 }

@@ -11,12 +11,15 @@
 //!   callback are accepted only with that cookie, so a login started in one browser cannot be finished in another
 //!   (the flaw of CVE-2026-27124).
 //! - The IdP `state` is created only after consent.
+//! - Every client-supplied string on the page (its name, its publishing host, its redirect host) is escaped and
+//!   isolated in `<bdi>`: registration refuses bidi and control characters, and the page does not rely on it
+//!   (clients restored from an older snapshot, right-to-left names).
 
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
 use super::redirect_uri;
 use crate::crypto::TokenHash;
-use crate::http::html::{escape, page};
+use crate::http::html::{escape, isolate, page};
 use crate::http::Body;
 use crate::store::{Client, PendingAuthorization};
 
@@ -88,7 +91,7 @@ pub fn render(client: &Client, pending: &PendingAuthorization, request_id: &str,
              behalf. Its name is chosen by the application; check the publishing site.",
             format!(
                 "<dt>Published by</dt><dd><code>{}</code></dd>{}",
-                escape(&redirect_host(&client.client_id)),
+                isolate(&redirect_host(&client.client_id)),
                 if redirect_uri::is_loopback_uri(&pending.redirect_uri) { LOOPBACK_WARNING } else { "" }
             ),
         )
@@ -107,8 +110,8 @@ pub fn render(client: &Client, pending: &PendingAuthorization, request_id: &str,
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
          <button type=\"submit\" name=\"action\" value=\"approve\">Approve</button>\
          <button type=\"submit\" name=\"action\" value=\"deny\">Deny</button></form>",
-        name = escape(name),
-        host = escape(&redirect_host(&pending.redirect_uri)),
+        name = isolate(name),
+        host = isolate(&redirect_host(&pending.redirect_uri)),
         request = escape(request_id),
         csrf = escape(csrf),
     );

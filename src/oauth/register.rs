@@ -7,6 +7,11 @@
 //! - §3.2.1: the response echoes the registered metadata with 201; a secret (256-bit) is issued only to
 //!   confidential clients, with `client_secret_expires_at: 0`. Absent optional fields are omitted, never `null`.
 //! - §3.2.2: errors are 400 `invalid_redirect_uri` or `invalid_client_metadata`, naming the field.
+//! - Text the proxy stores, echoes or shows (§2 human-readable and URI fields, with their §2.2 `#language`
+//!   variants; `contacts`, `software_id`/`version`, `scope`, …) must not contain a control or format character
+//!   (bidi overrides such as U+202E would make the consent page read "evil" as "live"): `invalid_client_metadata`
+//!   naming the field, or `invalid_redirect_uri` for `redirect_uris`. The same check applies to RFC 7592 updates
+//!   and to Client ID Metadata Documents, which go through [`validate_metadata`].
 //!
 //! The client secret is returned once and kept only as its SHA-256 hash.
 
@@ -17,6 +22,7 @@ use super::scope;
 use crate::clock::UnixTime;
 use crate::crypto::{self, TokenHash};
 use crate::error::{ErrorCode, OAuthError};
+use crate::http::html;
 use crate::store::{Client, ClientAuthMethod};
 
 /// The most redirect URIs a client may register.
@@ -102,10 +108,60 @@ impl ClientMetadata {
     }
 }
 
+/// The metadata fields whose text is (or may become) stored, echoed or shown: RFC 7591 §2 and RFC 7592.
+const TEXT_FIELDS: [&str; 16] = [
+    "redirect_uris",
+    "client_name",
+    "client_uri",
+    "logo_uri",
+    "tos_uri",
+    "policy_uri",
+    "jwks_uri",
+    "contacts",
+    "software_id",
+    "software_version",
+    "scope",
+    "grant_types",
+    "response_types",
+    "token_endpoint_auth_method",
+    "client_id",
+    "client_secret",
+];
+
+/// Refuses a control or format character ([`html::is_control_or_format`]) in any string of a text field, or of
+/// its `field#language` variant (§2.2).
+fn check_text_fields(obj: &Map<String, Value>) -> Result<(), OAuthError> {
+    for (key, value) in obj {
+        let field = key.split_once('#').map_or(key.as_str(), |(f, _)| f);
+        if !TEXT_FIELDS.contains(&field) {
+            continue;
+        }
+        let strings: Vec<&str> = match value {
+            Value::String(s) => vec![s],
+            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+            _ => continue,
+        };
+        if let Some(c) = strings.iter().find_map(|s| s.chars().find(|c| html::is_control_or_format(*c))) {
+            let description = format!(
+                "`{}` contains a control or invisible formatting character (U+{:04X}), which is not allowed",
+                key.chars().map(|c| if html::is_control_or_format(c) { '?' } else { c }).collect::<String>(),
+                u32::from(c)
+            );
+            return Err(if field == "redirect_uris" {
+                redirect_error(description)
+            } else {
+                metadata_error(description)
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Checks client metadata (a parsed JSON object) against RFC 7591 §2 and the operator's redirect-URI allowlist
 /// (`allowed`; empty: any URI the rules accept).
 pub fn validate_metadata(body: &Value, allowed: &redirect_uri::Allowlist) -> Result<ClientMetadata, OAuthError> {
     let obj = body.as_object().ok_or_else(|| metadata_error("the body must be a JSON object"))?;
+    check_text_fields(obj)?;
 
     let redirect_uris = string_array(obj, "redirect_uris")
         .map_err(|_| redirect_error("`redirect_uris` must be an array of strings"))?
@@ -311,5 +367,54 @@ mod tests {
             Some(ErrorCode::InvalidClientMetadata)
         );
         assert_eq!(code(json!([1, 2])), Some(ErrorCode::InvalidClientMetadata));
+    }
+
+    #[test]
+    fn control_and_bidi_characters_are_refused_in_every_shown_field() {
+        let ok = || json!({"redirect_uris": ["https://a.example/cb"], "client_name": "Example"});
+        assert_eq!(code(ok()), None);
+        for (field, value) in [
+            ("client_name", json!("evil\u{202E}gnp")),
+            ("client_name", json!("a\u{2066}b")),
+            ("client_name", json!("zero\u{200B}width")),
+            ("client_name", json!("line\nbreak")),
+            ("client_name#he", json!("\u{200F}name")),
+            ("client_uri", json!("https://a.example/\u{061C}")),
+            ("logo_uri", json!("https://a.example/\u{200E}.png")),
+            ("tos_uri", json!("https://a.example/\u{0000}")),
+            ("policy_uri", json!("https://a.example/\u{FEFF}")),
+            ("contacts", json!(["ok@a.example", "x\u{202D}@a.example"])),
+            ("software_id", json!("id\u{202B}")),
+            ("software_version", json!("1.0\u{202C}")),
+            ("scope", json!("openid\u{202A}")),
+        ] {
+            let mut body = ok();
+            body[field] = value;
+            let err = register(&body, 1, &Default::default()).err();
+            assert_eq!(err.as_ref().map(|e| e.code), Some(ErrorCode::InvalidClientMetadata), "{field}");
+            assert!(err.is_some_and(|e| e.description.contains(&format!("`{field}`"))), "{field} is named");
+        }
+        let mut body = ok();
+        body["redirect_uris"] = json!(["https://a.example/\u{202E}cb"]);
+        assert_eq!(code(body), Some(ErrorCode::InvalidRedirectUri));
+        // Right-to-left names are fine; unknown extension fields are ignored as RFC 7591 §2 says.
+        let mut body = ok();
+        body["client_name"] = json!("לקוח MCP");
+        body["x_note"] = json!("free\ntext");
+        assert_eq!(code(body), None);
+    }
+
+    #[test]
+    fn an_update_goes_through_the_same_check() {
+        let r = register(
+            &json!({"redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "none"}),
+            1,
+            &Default::default(),
+        );
+        let Some(r) = r.ok() else { panic!("registration") };
+        let body = json!({"client_id": r.client.client_id, "redirect_uris": ["https://a.example/cb"],
+            "token_endpoint_auth_method": "none", "client_name": "x\u{202E}y"});
+        let err = update(&r.client, &body, 2, &Default::default()).err();
+        assert_eq!(err.map(|e| e.code), Some(ErrorCode::InvalidClientMetadata));
     }
 }

@@ -127,4 +127,27 @@ impl Store {
             refresh_families: self.refresh_families.len(),
         }
     }
+
+    /// The client a code was issued to (live or already redeemed), without taking it. Read-only: lets the token
+    /// endpoint refuse a made-up code before it resolves a URL client_id's document.
+    pub fn code_client(&self, hash: &TokenHash) -> Option<String> {
+        if let Some(code) = self.codes.get(hash) {
+            return Some(code.client_id.clone());
+        }
+        let spent = self.spent_codes.get(hash).map(|s| s.grant)?;
+        self.grants.get(&spent).map(|g| g.client_id.clone())
+    }
+
+    /// The client a refresh token's family belongs to, without using it: any generation counts, so that a spent
+    /// token is still recognised (its reuse must revoke the grant). Read-only, like [`Store::code_client`].
+    pub fn refresh_client(&self, token: &str) -> Option<String> {
+        let name = RefreshTokenName::parse(token)?;
+        self.refresh_families.get(&name.family.hash()).map(|f| f.grant.client_id.clone())
+    }
+
+    /// The client an access or refresh token was issued to. Read-only, like [`Store::code_client`].
+    pub fn token_client(&self, token: &str) -> Option<String> {
+        self.refresh_client(token)
+            .or_else(|| self.access_tokens.get(&TokenHash::of(token)).map(|t| t.grant.client_id.clone()))
+    }
 }
