@@ -127,7 +127,10 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> R
             Ok(json_bytes(app.metadata.protected_resource.clone()))
         }
         (_, p) if p.starts_with("/.well-known/") => Err(Error::NotFound),
-        (&Method::POST, "/register") => register_client(app, req).await,
+        (&Method::POST, "/register") => {
+            let source = source_ip(app, req.headers(), peer);
+            register_client(app, req, source).await
+        }
         (&Method::GET | &Method::PUT | &Method::DELETE, p) if p.starts_with("/register/") => {
             manage_client(app, req).await
         }
@@ -190,7 +193,7 @@ fn preflight() -> Response<Body> {
 
 // ---- registration -------------------------------------------------------------------------------------------
 
-async fn register_client(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn register_client(app: &App, req: Request<Incoming>, source: IpAddr) -> Result<Response<Body>, Error> {
     let policy = &app.config.registration;
     if let Some(expected) = &policy.initial_access_token {
         use secrecy::ExposeSecret as _;
@@ -226,7 +229,7 @@ async fn register_client(app: &App, req: Request<Incoming>) -> Result<Response<B
         auth_method = registration.client.auth_method.as_str(),
         "client registered"
     );
-    app.store.clients.insert(registration.client.client_id.clone(), Arc::new(registration.client));
+    app.store.add_client(registration.client, source);
     let mut resp = json_response(StatusCode::CREATED, &doc);
     no_store(&mut resp);
     Ok(resp)

@@ -9,8 +9,9 @@
 //!   redemptions cannot both succeed. Consent forms and IdP states are single use through [`SingleUse::claim`],
 //!   atomic under its lock.
 //! - Nothing an unauthenticated client can create grows without bound or locks others out: the client table evicts
-//!   its oldest never-used clients when full ([`Store::make_room_for_client`]; a client that redeemed a code is
-//!   never evicted), and [`SingleUse`] forgets its oldest entries when full.
+//!   never-used clients when full, those of the sources holding the most first, oldest first
+//!   ([`Store::make_room_for_client`]; a client that redeemed a code is never evicted), and [`SingleUse`] forgets
+//!   its oldest entries when full.
 //! - No `.await` happens while a `DashMap` guard or a grant's `RwLock` is held: every guard is dropped before any
 //!   I/O. A grant's upstream refresh is serialised by its own async `refresh_lock`, not by a map lock.
 //! - A grant is revoked by a flag; every lookup checks it, and the sweeper removes what belongs to revoked grants.
@@ -22,7 +23,8 @@ pub mod snapshot;
 
 pub use model::*;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -37,6 +39,8 @@ pub struct Store {
     pub clients: DashMap<String, Arc<Client>>,
     /// Consent forms and IdP states already used.
     pub used_sign_ins: SingleUse,
+    /// The source (address, IPv6 by /64) each client registered from, for fair eviction; not snapshotted.
+    pub client_sources: DashMap<String, IpAddr>,
     pub codes: DashMap<TokenHash, AuthorizationCode>,
     /// Redeemed codes, kept until they would have expired, so that a replay revokes what they issued.
     pub spent_codes: DashMap<TokenHash, SpentCode>,
@@ -85,17 +89,26 @@ impl Store {
         before - self.clients.len()
     }
 
+    /// Adds a registered client and the source it came from.
+    pub fn add_client(&self, client: Client, source: IpAddr) {
+        self.client_sources.insert(client.client_id.clone(), source_group(source));
+        self.clients.insert(client.client_id.clone(), Arc::new(client));
+    }
+
     /// Makes room for one more client under `max_clients`: first removes clients unused for `ttl_secs`, then, if
-    /// the table is still full, the oldest clients that never redeemed a code (a batch of 1% of the cap, so that a
-    /// flood does not rescan the table for every registration). A client that redeemed a code is never evicted.
-    /// Returns how many were removed, or `None` when every client in the full table is in use.
+    /// the table is still full, evicts clients that never redeemed a code — those of the sources holding the most
+    /// such clients first, oldest first within a source — a batch of 1% of the cap, so that a flood does not
+    /// rescan the table for every registration. A flood from many sources thus pushes out its own clients before
+    /// a user's, and a client that redeemed a code is never evicted. Returns how many were removed, or `None`
+    /// when every client in the full table is in use.
     pub fn make_room_for_client(&self, now: UnixTime, ttl_secs: u64, max_clients: usize) -> Option<usize> {
         if self.clients.len() < max_clients {
             return Some(0);
         }
         let mut removed = self.sweep_unused_clients(now, ttl_secs);
         if self.clients.len() >= max_clients {
-            let mut unused: Vec<(UnixTime, String)> = self
+            // Collected before the sources are looked up: no guard of one map is held while the other is read.
+            let unused: Vec<(UnixTime, String)> = self
                 .clients
                 .iter()
                 .filter(|c| !c.was_authorized())
@@ -105,12 +118,20 @@ impl Store {
             if batch == 0 {
                 return None;
             }
-            if batch < unused.len() {
-                unused.select_nth_unstable(batch - 1);
+            let mut ranked: Vec<(Option<IpAddr>, UnixTime, String)> =
+                unused.into_iter().map(|(at, id)| (self.client_sources.get(&id).map(|s| *s), at, id)).collect();
+            let mut per_source: HashMap<IpAddr, usize> = HashMap::new();
+            for (source, _, _) in &ranked {
+                if let Some(source) = source {
+                    *per_source.entry(*source).or_default() += 1;
+                }
             }
-            for (_, id) in unused.into_iter().take(batch) {
+            let held = |source: &Option<IpAddr>| source.and_then(|s| per_source.get(&s).copied()).unwrap_or(1);
+            ranked.sort_by(|a, b| held(&b.0).cmp(&held(&a.0)).then(a.1.cmp(&b.1)));
+            for (_, _, id) in ranked.into_iter().take(batch) {
                 // Checked again under the entry's lock: a client that just redeemed a code stays.
                 if self.clients.remove_if(&id, |_, c| !c.was_authorized()).is_some() {
+                    self.client_sources.remove(&id);
                     removed += 1;
                 }
             }
@@ -121,6 +142,11 @@ impl Store {
     /// Removes expired and revoked entries.
     pub fn sweep(&self, now: UnixTime) {
         self.used_sign_ins.sweep(now);
+        let gone: Vec<String> =
+            self.client_sources.iter().map(|e| e.key().clone()).filter(|id| !self.clients.contains_key(id)).collect();
+        for id in gone {
+            self.client_sources.remove(&id);
+        }
         self.codes.retain(|_, c| c.expires_at > now);
         self.spent_codes.retain(|_, c| c.expires_at > now);
         self.access_tokens.retain(|_, t| t.expires_at > now && !t.grant.is_revoked());
@@ -137,6 +163,14 @@ impl Store {
             access_tokens: self.access_tokens.len(),
             refresh_tokens: self.refresh_tokens.len(),
         }
+    }
+}
+
+/// The group a source is counted in for fair eviction: the address, or its /64 for IPv6 (one subscriber).
+pub fn source_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
     }
 }
 
@@ -233,6 +267,24 @@ mod tests {
         assert!(!used.claim(key(5), 100, 10));
         used.sweep(100);
         assert!(used.is_empty());
+    }
+
+    #[test]
+    fn a_full_client_table_evicts_from_the_busiest_source_first() {
+        let store = Store::new();
+        let (flood, user): (IpAddr, IpAddr) =
+            ("203.0.113.9".parse().unwrap_or(IpAddr::from([0; 4])), [10, 0, 0, 1].into());
+        store.add_client(Client::public("mine", vec![], 1), user);
+        for i in 0..3 {
+            store.add_client(Client::public(format!("flood{i}"), vec![], 2 + i), flood);
+        }
+        assert_eq!(store.make_room_for_client(10, 3600, 4), Some(1));
+        assert!(store.clients.contains_key("mine"), "the oldest client, but its source holds one");
+        assert!(!store.clients.contains_key("flood0"));
+        assert!(!store.client_sources.contains_key("flood0"));
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap_or(user);
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap_or(user);
+        assert_eq!(source_group(a), source_group(b));
     }
 
     #[test]
