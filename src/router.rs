@@ -414,10 +414,14 @@ fn login_state_error() -> Error {
     )
 }
 
-/// The sign-in an IdP `state` names, if it is live and belongs to the browser that sent `headers`.
+/// The sign-in an IdP `state` names, if it is live, belongs to the browser that sent `headers` and was not
+/// completed yet ([`spend`] is the atomic check).
 fn live_idp_ticket(app: &App, state: Option<&str>, headers: &HeaderMap) -> Result<IdpTicket, Error> {
     let state = state.ok_or_else(login_state_error)?;
-    app.sign_ins.open_live::<IdpTicket>(state, headers, app.clock.now()).ok_or_else(login_state_error)
+    app.sign_ins
+        .open_live::<IdpTicket>(state, headers, app.clock.now())
+        .filter(|t| !app.store.used_sign_ins.was_used(&t.use_key()))
+        .ok_or_else(login_state_error)
 }
 
 /// Spends an IdP state; `Err` when it was already used.
@@ -517,6 +521,11 @@ async fn submit_login(app: &App, req: Request<Incoming>) -> Result<Response<Body
     let password = params.get("password").unwrap_or("").to_owned();
     let identity = match users.login(username, password, app.clock.now()).await {
         Ok(identity) => identity,
+        Err(local::LoginRefusal::Busy) => {
+            tracing::info!("local login not checked: every password check is busy");
+            let wait = app.config.limits.password_check_wait;
+            return Ok(local::busy_page(state, wait.as_secs() + u64::from(wait.subsec_nanos() > 0)));
+        }
         Err(refusal) => {
             tracing::info!(reason = %refusal, "local login not checked");
             return Err(refusal.into());

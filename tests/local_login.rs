@@ -128,7 +128,8 @@ async fn concurrent_logins_hash_on_a_bounded_pool_and_the_excess_gets_503_quickl
         logins.spawn(async move {
             let started = std::time::Instant::now();
             let resp = post_login(&proxy, &browser, &state, "alice", &format!("wrong-{i}")).await;
-            (resp.status().as_u16(), resp.headers().contains_key("retry-after"), started.elapsed())
+            let (status, retry_after) = (resp.status().as_u16(), resp.headers().contains_key("retry-after"));
+            (status, retry_after, started.elapsed(), resp.text().await.unwrap())
         });
     }
     let mut results = Vec::new();
@@ -143,7 +144,8 @@ async fn concurrent_logins_hash_on_a_bounded_pool_and_the_excess_gets_503_quickl
     assert_eq!(checked + busy.len(), 60, "every answer is 401 or 503: {results:?}");
     assert!(checked >= 2, "the pool works: {checked} checked");
     assert!(!busy.is_empty(), "the excess is refused, not queued without bound");
-    for (_, retry_after, took) in &busy {
+    for (_, retry_after, took, page) in &busy {
+        assert!(page.contains("busy") && page.contains("name=\"state\""), "the login form again: {page}");
         assert!(retry_after, "503 carries Retry-After");
         assert!(*took < std::time::Duration::from_secs(5), "refused quickly, took {took:?}");
     }
@@ -181,4 +183,16 @@ async fn repeated_failures_lock_the_username_out_until_the_window_passes() {
         panic!("the window passed: login should succeed")
     };
     assert!(params.contains_key("code"));
+    // The state is spent: neither the form nor a login with it works again, and no password is checked for it.
+    assert_eq!(
+        http()
+            .get(proxy.url(&format!("/login?state={}", urlencode(&state))))
+            .header("cookie", format!("dcrp={}", browser.cookies["dcrp"]))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(post_login(&proxy, &browser, &state, "alice", ALICE_PASSWORD).await.status(), 400);
 }

@@ -238,6 +238,14 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
     Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
 }
 
+/// The login form again, 503 with `Retry-After`, when every password check stayed busy: the user tries again.
+pub fn busy_page(state: &str, retry_after_secs: u64) -> Response<Body> {
+    let mut resp = login_page(state, Some("The sign-in service is busy. Wait a moment and sign in again."));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after_secs.max(1)));
+    resp
+}
+
 /// The login form; `error` is shown above it after a failed attempt.
 pub fn login_page(state: &str, error: Option<&str>) -> Response<Body> {
     let error_html = error.map(|e| format!("<p class=\"error\">{}</p>", escape(e))).unwrap_or_default();

@@ -239,4 +239,20 @@ mod tests {
         let idp = IdpTicket { id: a.id, pkce_verifier: String::new(), nonce: String::new(), pending: pending("b", 1) };
         assert_ne!(a.use_key(), idp.use_key());
     }
+
+    #[test]
+    fn idp_states_stay_short_enough_for_an_idp_url() {
+        let s = SignIns::new(true);
+        let mut p = pending(&s.mint_cookie(), 100);
+        p.client_id = crypto::random_token();
+        p.redirect_uri = "https://claude.ai/api/mcp/auth_callback".into();
+        p.state = Some(crypto::random_token());
+        p.scope = ["openid", "profile", "email", "offline_access", "User.Read"].map(String::from).to_vec();
+        p.resource = Some("https://mcp.example.com/mcp".into());
+        let typical = s.seal(&IdpTicket::new(p.clone(), crate::oauth::pkce::new_verifier(), crypto::random_token()));
+        assert!(typical.len() < 700, "{}", typical.len());
+        p.state = Some("s".repeat(1024));
+        let largest = s.seal(&IdpTicket::new(p, crate::oauth::pkce::new_verifier(), crypto::random_token()));
+        assert!(largest.len() < 2100, "{}", largest.len());
+    }
 }

@@ -227,6 +227,11 @@ impl SingleUse {
         true
     }
 
+    /// Whether `key` was already claimed (and is still remembered).
+    pub fn was_used(&self, key: &TokenHash) -> bool {
+        self.log().keys.contains(key)
+    }
+
     /// Drops every expired entry.
     pub fn sweep(&self, now: UnixTime) {
         let mut log = self.log();
@@ -260,6 +265,7 @@ mod tests {
         let key = |i: u8| TokenHash([i; 32]);
         assert!(used.claim(key(1), 100, 10));
         assert!(!used.claim(key(1), 100, 10), "second use refused");
+        assert!(used.was_used(&key(1)) && !used.was_used(&key(2)));
         for i in 2..=5 {
             assert!(used.claim(key(i), 100, 10));
         }
