@@ -893,7 +893,7 @@ fn validate_limits(raw: RawLimits) -> Result<LimitsConfig, ConfigError> {
             _ => return Err(invalid("limits.max_state_bytes", "must be between 64 and 4096")),
         },
         password_checks: match raw.password_checks {
-            None => std::thread::available_parallelism().map_or(2, usize::from),
+            None => std::thread::available_parallelism().map_or(2, usize::from).min(8),
             Some(n @ 1..=256) => n,
             Some(_) => return Err(invalid("limits.password_checks", "must be between 1 and 256")),
         },
