@@ -210,8 +210,8 @@ async fn register_client(app: &App, req: Request<Incoming>, source: IpAddr) -> R
         .map_err(|e| OAuthError::new(ErrorCode::InvalidClientMetadata, format!("the body is not valid JSON: {e}")))?;
     let now = app.clock.now();
     let registration = register::register(&json, now, &policy.redirect_allowlist)?;
-    // A full table makes room by evicting the oldest never-used clients; only a table of clients that all
-    // redeemed a code refuses a registration.
+    // A full table makes room by evicting never-used clients, the busiest sources' first; only a table of clients
+    // that all redeemed a code refuses a registration.
     match app.store.make_room_for_client(now, policy.unused_client_ttl.as_secs(), policy.max_clients) {
         Some(0) => {}
         Some(removed) => tracing::info!(removed, "unused clients removed to make room"),
