@@ -46,6 +46,8 @@ pub struct App {
     pub metrics: crate::metrics::Metrics,
     /// Client ID Metadata Documents (URL client_ids).
     pub client_documents: ClientDocuments,
+    /// The per-process keys that seal sign-ins in flight and sign the browser-binding cookie.
+    pub sign_ins: crate::oauth::flow::SignIns,
 }
 
 impl App {
@@ -109,7 +111,14 @@ impl App {
             config.server.public_url.clone(),
             format!("{}/", config.server.public_url),
         ];
+        let mut metrics = crate::metrics::Metrics::new();
+        if let Idp::Local(users) = &*idp {
+            let (running, peak) = users.gauges();
+            metrics.add_password_checks(running, peak);
+        }
+        store.used_sign_ins.set_capacity(config.limits.max_pending);
         Ok(Arc::new(Self {
+            sign_ins: crate::oauth::flow::SignIns::new(config.is_https()),
             metadata: Metadata::build(&config),
             resource_metadata: metadata::resource_metadata_url(&config),
             challenge: format!(
@@ -119,7 +128,7 @@ impl App {
             ),
             resources,
             rate_limiter: RateLimiter::new(&config.limits),
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
             client_documents: ClientDocuments::new(config.client_documents.clone(), network),
             store: Arc::new(store),
             clock,

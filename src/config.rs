@@ -207,6 +207,16 @@ pub struct LimitsConfig {
     pub max_pending: usize,
     /// Time a client has to send complete request headers; also how long an idle keep-alive connection stays.
     pub header_timeout: Duration,
+    /// Longest `state` accepted at `/authorize` (400 beyond).
+    pub max_state_bytes: usize,
+    /// Password hashes (argon2, ~19 MiB each) computed at once, at most.
+    pub password_checks: usize,
+    /// How long a login waits for a free password check before it gets 503 with `Retry-After`.
+    pub password_check_wait: Duration,
+    /// Failed logins in a row after which a username is locked out.
+    pub login_failures: u32,
+    /// The first lockout; each further failure after one doubles it, up to 16 times this.
+    pub login_lockout: Duration,
 }
 
 /// RFC 7662 introspection for a resource server.
@@ -375,6 +385,11 @@ struct RawLimits {
     authorize_per_minute: Option<u32>,
     max_pending: Option<usize>,
     header_timeout: Option<String>,
+    max_state_bytes: Option<usize>,
+    password_checks: Option<usize>,
+    password_check_wait: Option<String>,
+    login_failures: Option<u32>,
+    login_lockout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -903,8 +918,33 @@ fn validate_limits(raw: RawLimits) -> Result<LimitsConfig, ConfigError> {
         register_per_minute: per_minute("limits.register_per_minute", raw.register_per_minute, 20)?,
         token_per_minute: per_minute("limits.token_per_minute", raw.token_per_minute, 120)?,
         authorize_per_minute: per_minute("limits.authorize_per_minute", raw.authorize_per_minute, 60)?,
-        max_pending: raw.max_pending.unwrap_or(10_000).max(1),
+        max_pending: raw.max_pending.unwrap_or(100_000).max(1),
         header_timeout: duration("limits.header_timeout", raw.header_timeout, Duration::from_secs(15))?,
+        max_state_bytes: match raw.max_state_bytes.unwrap_or(1024) {
+            n @ 64..=4096 => n,
+            _ => return Err(invalid("limits.max_state_bytes", "must be between 64 and 4096")),
+        },
+        password_checks: match raw.password_checks {
+            None => std::thread::available_parallelism().map_or(2, usize::from).min(8),
+            Some(n @ 1..=256) => n,
+            Some(_) => return Err(invalid("limits.password_checks", "must be between 1 and 256")),
+        },
+        password_check_wait: match duration(
+            "limits.password_check_wait",
+            raw.password_check_wait,
+            Duration::from_secs(2),
+        )? {
+            d if d <= Duration::from_secs(60) => d,
+            _ => return Err(invalid("limits.password_check_wait", "must be at most 60s")),
+        },
+        login_failures: match raw.login_failures.unwrap_or(5) {
+            0 => return Err(invalid("limits.login_failures", "must be at least 1")),
+            n => n,
+        },
+        login_lockout: match duration("limits.login_lockout", raw.login_lockout, Duration::from_secs(300))? {
+            d if d.as_secs() >= 1 && d <= Duration::from_secs(24 * 3600) => d,
+            _ => return Err(invalid("limits.login_lockout", "must be between 1s and 24h")),
+        },
     })
 }
 
@@ -1079,6 +1119,23 @@ mod tests {
             err_key(&AZURE.replace("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:8080\""), secret),
             "server.listen"
         );
+    }
+
+    #[test]
+    fn sign_in_and_login_limits_name_their_key() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        for (line, key) in [
+            ("max_state_bytes = 10", "limits.max_state_bytes"),
+            ("password_checks = 0", "limits.password_checks"),
+            ("password_check_wait = \"2m\"", "limits.password_check_wait"),
+            ("login_failures = 0", "limits.login_failures"),
+            ("login_lockout = \"0s\"", "limits.login_lockout"),
+        ] {
+            assert_eq!(err_key(&format!("{AZURE}[limits]\n{line}\n"), secret), key, "{line}");
+        }
+        let c = Config::from_toml(AZURE, secret).map_err(|e| e.to_string());
+        let limits = c.map(|c| (c.limits.max_state_bytes, c.limits.login_failures, c.limits.password_checks >= 1));
+        assert_eq!(limits, Ok((1024, 5, true)));
     }
 
     #[test]

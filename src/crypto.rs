@@ -7,6 +7,8 @@
 //! - Secrets that are compared rather than looked up go through [`constant_time_eq`].
 //! - PKCE (RFC 7636 §4.2) `S256` is `BASE64URL(SHA256(verifier))`.
 //! - [`Sealer`] is ChaCha20-Poly1305 (the AEAD of the rustls `ring` provider) with a random 96-bit nonce per message.
+//! - [`Mac`] is HMAC-SHA256, for values the proxy hands out and must recognise as its own (the browser-binding
+//!   cookie); tags are compared in constant time by `ring`.
 //!
 //! SHA-256 and the AEAD come from `ring`, the crypto provider rustls is built with here.
 
@@ -22,7 +24,7 @@ use subtle::ConstantTimeEq as _;
 pub const TOKEN_BYTES: usize = 32;
 
 /// The SHA-256 digest of a token, the only form in which a token is kept.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TokenHash(pub [u8; 32]);
 
 impl std::fmt::Debug for TokenHash {
@@ -158,6 +160,31 @@ impl Sealer {
     }
 }
 
+/// HMAC-SHA256 under a key that never leaves the process.
+pub struct Mac {
+    key: ring::hmac::Key,
+}
+
+impl Mac {
+    /// A MAC under a fresh random key: what it signs is recognised only by this process, until it restarts.
+    pub fn random() -> Self {
+        let mut key = [0u8; 32];
+        fill_random(&mut key);
+        Self { key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key) }
+    }
+
+    /// The first 128 bits of the tag of `data`, base64url (22 characters).
+    pub fn tag(&self, data: &[u8]) -> String {
+        let tag = ring::hmac::sign(&self.key, data);
+        URL_SAFE_NO_PAD.encode(&tag.as_ref()[..16])
+    }
+
+    /// Whether `tag` is [`Mac::tag`] of `data`, compared in constant time.
+    pub fn verify(&self, data: &[u8], tag: &str) -> bool {
+        constant_time_eq(self.tag(data).as_bytes(), tag.as_bytes())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +223,15 @@ mod tests {
         let mut flipped = sealed.clone();
         flipped[20] ^= 1;
         assert_eq!(s.open(b"aad", &flipped), Err(OpenError));
+    }
+
+    #[test]
+    fn mac_tags_verify_only_under_their_key() {
+        let mac = Mac::random();
+        let tag = mac.tag(b"value");
+        assert_eq!(tag.len(), 22);
+        assert!(mac.verify(b"value", &tag));
+        assert!(!mac.verify(b"other", &tag));
+        assert!(!Mac::random().verify(b"value", &tag));
     }
 }

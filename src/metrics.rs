@@ -8,6 +8,9 @@
 //! - `dcr_proxy_client_document_fetches_total{result}`: client metadata document fetches (cache hits are not
 //!   fetches) by [`crate::client_documents::DocumentError::kind`], or `ok`.
 //!
+//! - `dcr_proxy_password_checks_running`, `dcr_proxy_password_checks_peak` (local login only): argon2
+//!   computations running now, and the most ever at once — never above `limits.password_checks`.
+//!
 //! Route labels are a fixed set of names, so cardinality stays bounded whatever paths clients send.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -105,6 +108,12 @@ impl Metrics {
 
     pub fn document_fetch(&self, result: &'static str) {
         self.document_fetches.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Registers the local login's password-check gauges ([`crate::idp::local::LocalUsers::gauges`]).
+    pub fn add_password_checks(&mut self, running: Gauge, peak: Gauge) {
+        self.registry.register("password_checks_running", "Password hashes being computed now", running);
+        self.registry.register("password_checks_peak", "Most password hashes ever computed at once", peak);
     }
 
     /// The text exposition, with the gauges read from the store now.

@@ -178,6 +178,11 @@ mod tests {
             authorize_per_minute: n,
             max_pending: 10,
             header_timeout: Duration::from_secs(1),
+            max_state_bytes: 1024,
+            password_checks: 1,
+            password_check_wait: Duration::from_secs(1),
+            login_failures: 5,
+            login_lockout: Duration::from_secs(300),
         }
     }
 

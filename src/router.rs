@@ -16,11 +16,12 @@ use crate::http::params::Params;
 use crate::http::{self as h, full, json_response, no_store, read_body, Body};
 use crate::idp::{local, Idp, IdpError};
 use crate::oauth::authorize::{self, AuthorizeContext};
+use crate::oauth::flow::{ConsentTicket, IdpTicket, PendingAuthorization, Ticket as _};
 use crate::oauth::{consent, pkce, register, scope, token};
 use crate::proxy::forward::UpstreamBody;
 use crate::proxy::{bearer, target};
 use crate::rate_limit::{self, RouteClass};
-use crate::store::{AuthorizationCode, Client, IdpRequest, PendingAuthorization, UpstreamLogin};
+use crate::store::{AuthorizationCode, Client, UpstreamLogin};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 /// Largest form body of the token, consent, login and revocation endpoints.
@@ -115,7 +116,10 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> R
             Ok(json_bytes(app.metadata.protected_resource.clone()))
         }
         (_, p) if p.starts_with("/.well-known/") => Err(Error::NotFound),
-        (&Method::POST, "/register") => register_client(app, req).await,
+        (&Method::POST, "/register") => {
+            let source = rate_limit::source_of(req.headers(), peer, app.config.server.behind_tls_terminator);
+            register_client(app, req, source).await
+        }
         (&Method::GET | &Method::PUT | &Method::DELETE, p) if p.starts_with("/register/") => {
             manage_client(app, req).await
         }
@@ -190,7 +194,11 @@ fn preflight() -> Response<Body> {
 
 // ---- registration -------------------------------------------------------------------------------------------
 
-async fn register_client(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn register_client(
+    app: &App,
+    req: Request<Incoming>,
+    source: rate_limit::Source,
+) -> Result<Response<Body>, Error> {
     let policy = &app.config.registration;
     if let Some(expected) = &policy.initial_access_token {
         use secrecy::ExposeSecret as _;
@@ -207,12 +215,12 @@ async fn register_client(app: &App, req: Request<Incoming>) -> Result<Response<B
         .map_err(|e| OAuthError::new(ErrorCode::InvalidClientMetadata, format!("the body is not valid JSON: {e}")))?;
     let now = app.clock.now();
     let registration = register::register(&json, now, &policy.redirect_allowlist)?;
-    if app.store.clients.len() >= policy.max_clients {
-        let removed = app.store.sweep_unused_clients(now, policy.unused_client_ttl.as_secs());
-        if app.store.clients.len() >= policy.max_clients {
-            return Err(Error::Capacity { what: "the client registration limit is reached", html: false });
-        }
-        tracing::info!(removed, "unused clients removed to make room");
+    // A full table makes room by evicting never-used clients, the busiest sources' first; only a table of clients
+    // that all redeemed a code refuses a registration.
+    match app.store.make_room_for_client(now, policy.unused_client_ttl.as_secs(), policy.max_clients) {
+        Some(0) => {}
+        Some(removed) => tracing::info!(removed, "unused clients removed to make room"),
+        None => return Err(Error::Capacity { what: "the client registration limit is reached", html: false }),
     }
     let config_uri = format!("{}/register/{}", app.config.server.public_url, registration.client.client_id);
     let doc = register::response_body(
@@ -226,7 +234,7 @@ async fn register_client(app: &App, req: Request<Incoming>) -> Result<Response<B
         auth_method = registration.client.auth_method.as_str(),
         "client registered"
     );
-    app.store.clients.insert(registration.client.client_id.clone(), Arc::new(registration.client));
+    app.store.add_client(registration.client, source);
     let mut resp = json_response(StatusCode::CREATED, &doc);
     no_store(&mut resp);
     Ok(resp)
@@ -311,8 +319,11 @@ async fn start_authorization(app: &App, req: &Request<Incoming>) -> Result<Respo
         issuer: &app.config.server.public_url,
         resources: &app.resources,
         offered_scopes: &app.config.idp.scopes,
+        max_state_bytes: app.config.limits.max_state_bytes,
     };
     let query = req.uri().query().unwrap_or("").as_bytes();
+    // Refused before a metadata document is fetched for it.
+    authorize::check_query_length(query)?;
     let named = Params::parse(query).ok().and_then(|p| p.get("client_id").map(str::to_owned));
     let document =
         document_client(app, named.as_deref()).await.map_err(|e| e.into_page(named.as_deref().unwrap_or("")))?;
@@ -320,16 +331,8 @@ async fn start_authorization(app: &App, req: &Request<Incoming>) -> Result<Respo
     let client = find_client(&document, &app.store, &request.client_id)
         .ok_or_else(|| Error::page(StatusCode::BAD_REQUEST, "Unknown client", "The application is not registered."))?;
 
-    let pending_now = app.store.pending.len() + app.store.idp_requests.len();
-    if pending_now >= app.config.limits.max_pending {
-        app.store.sweep(app.clock.now());
-        if app.store.pending.len() + app.store.idp_requests.len() >= app.config.limits.max_pending {
-            return Err(Error::Capacity { what: "too many sign-ins in progress", html: true });
-        }
-    }
-    let https = app.config.is_https();
-    let browser = consent::read_cookie(req.headers(), https).unwrap_or_else(crypto::random_token);
-    let request_id = crypto::random_token();
+    // Nothing is stored: the request travels sealed in the consent form, bound to a cookie the proxy minted.
+    let browser = app.sign_ins.browser_cookie(req.headers()).unwrap_or_else(|| app.sign_ins.mint_cookie());
     let csrf = crypto::random_token();
     let ttl = app.config.tokens.pending_ttl.as_secs();
     let pending = PendingAuthorization {
@@ -341,12 +344,11 @@ async fn start_authorization(app: &App, req: &Request<Incoming>) -> Result<Respo
         scope: request.scope,
         resource: request.resource,
         browser: TokenHash::of(&browser),
-        csrf: TokenHash::of(&csrf),
         expires_at: app.clock.now() + ttl,
     };
-    let mut resp = consent::render(&client, &pending, &request_id, &csrf);
-    app.store.pending.insert(TokenHash::of(&request_id), pending);
-    if let Some(cookie) = consent::set_cookie(https, &browser, ttl) {
+    let ticket = ConsentTicket::new(pending, &csrf);
+    let mut resp = consent::render(&client, &ticket.pending, &app.sign_ins.seal(&ticket), &csrf);
+    if let Some(cookie) = consent::set_cookie(app.config.is_https(), &browser, ttl) {
         resp.headers_mut().insert(header::SET_COOKIE, cookie);
     }
     Ok(resp)
@@ -374,17 +376,18 @@ async fn submit_consent(app: &App, req: Request<Incoming>) -> Result<Response<Bo
              it. Start the connection again from the application.",
         )
     };
-    let request_id = params.get("request").ok_or_else(refused)?;
+    let sealed = params.get("request").ok_or_else(refused)?;
     let csrf = params.get("csrf").ok_or_else(refused)?;
     let now = app.clock.now();
-    let https = app.config.is_https();
-    let (_, pending) = app
-        .store
-        .pending
-        .remove_if(&TokenHash::of(request_id), |_, p| {
-            p.expires_at > now && p.csrf.matches(csrf) && consent::is_same_browser(&headers, https, p)
-        })
+    let ticket = app
+        .sign_ins
+        .open_live::<ConsentTicket>(sealed, &headers, now)
+        .filter(|t| t.csrf.matches(csrf))
         .ok_or_else(refused)?;
+    if !app.store.used_sign_ins.claim(ticket.use_key(), ticket.pending.expires_at, now) {
+        return Err(refused());
+    }
+    let pending = ticket.pending;
 
     if params.get("action") != Some("approve") {
         tracing::info!(client_id = %pending.client_id, "user denied consent");
@@ -395,15 +398,15 @@ async fn submit_consent(app: &App, req: Request<Incoming>) -> Result<Response<Bo
             issuer: app.config.server.public_url.clone(),
         });
     }
-    // The IdP state, nonce and PKCE verifier exist only from here on.
-    let state = crypto::random_token();
+    // The IdP state, nonce and PKCE verifier exist only from here on; the state carries them, sealed.
     let verifier = pkce::new_verifier();
     let nonce = crypto::random_token();
+    let challenge = crypto::pkce_s256(&verifier);
+    let state = app.sign_ins.seal(&IdpTicket::new(pending, verifier, nonce.clone()));
     let location = match &*app.idp {
-        Idp::Oidc(p) => p.authorize_url(&state, &crypto::pkce_s256(&verifier), &nonce),
+        Idp::Oidc(p) => p.authorize_url(&state, &challenge, &nonce),
         Idp::Local(_) => h::append_query("/login", &[("state", &state)]),
     };
-    app.store.idp_requests.insert(TokenHash::of(&state), IdpRequest { pending, pkce_verifier: verifier.into(), nonce });
     Ok(h::redirect(&location))
 }
 
@@ -416,19 +419,32 @@ fn login_state_error() -> Error {
     )
 }
 
+/// The sign-in an IdP `state` names, if it is live, belongs to the browser that sent `headers` and was not
+/// completed yet ([`spend`] is the atomic check).
+fn live_idp_ticket(app: &App, state: Option<&str>, headers: &HeaderMap) -> Result<IdpTicket, Error> {
+    let state = state.ok_or_else(login_state_error)?;
+    app.sign_ins
+        .open_live::<IdpTicket>(state, headers, app.clock.now())
+        .filter(|t| !app.store.used_sign_ins.was_used(&t.use_key()))
+        .ok_or_else(login_state_error)
+}
+
+/// Spends an IdP state; `Err` when it was already used.
+fn spend(app: &App, ticket: &IdpTicket) -> Result<(), Error> {
+    let used = app.store.used_sign_ins.claim(ticket.use_key(), ticket.pending.expires_at, app.clock.now());
+    if used {
+        Ok(())
+    } else {
+        Err(login_state_error())
+    }
+}
+
 async fn idp_callback(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
     let params = Params::parse(req.uri().query().unwrap_or("").as_bytes())
         .map_err(|e| Error::page(StatusCode::BAD_REQUEST, "Invalid sign-in response", e.description))?;
-    let state = params.get("state").ok_or_else(login_state_error)?;
+    let request = live_idp_ticket(app, params.get("state"), req.headers())?;
+    spend(app, &request)?;
     let now = app.clock.now();
-    let https = app.config.is_https();
-    let (_, request) = app
-        .store
-        .idp_requests
-        .remove_if(&TokenHash::of(state), |_, r| {
-            r.pending.expires_at > now && consent::is_same_browser(req.headers(), https, &r.pending)
-        })
-        .ok_or_else(login_state_error)?;
     let to_client = |code: ErrorCode, description: &str| Error::Redirect {
         redirect_uri: request.pending.redirect_uri.clone(),
         error: OAuthError::new(code, description),
@@ -446,8 +462,7 @@ async fn idp_callback(app: &App, req: &Request<Incoming>) -> Result<Response<Bod
     let Idp::Oidc(provider) = &*app.idp else {
         return Err(Error::NotFound);
     };
-    use secrecy::ExposeSecret as _;
-    match provider.exchange_code(code, request.pkce_verifier.expose_secret(), &request.nonce, now).await {
+    match provider.exchange_code(code, &request.pkce_verifier, &request.nonce, now).await {
         Ok(login) => Ok(finish_authorization(app, request.pending, login)),
         Err(e) => {
             tracing::warn!(client_id = %request.pending.client_id, error = %e, "IdP code exchange failed");
@@ -497,48 +512,36 @@ fn local_users(app: &App) -> Result<&local::LocalUsers, Error> {
 fn show_login(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
     local_users(app)?;
     let params = Params::parse(req.uri().query().unwrap_or("").as_bytes()).map_err(|_| login_state_error())?;
-    let state = params.get("state").ok_or_else(login_state_error)?;
-    let known = app.store.idp_requests.get(&TokenHash::of(state)).is_some_and(|r| {
-        r.pending.expires_at > app.clock.now()
-            && consent::is_same_browser(req.headers(), app.config.is_https(), &r.pending)
-    });
-    if !known {
-        return Err(login_state_error());
-    }
-    Ok(local::login_page(state, None))
+    let state = params.get("state");
+    live_idp_ticket(app, state, req.headers())?;
+    Ok(local::login_page(state.unwrap_or(""), None))
 }
 
-async fn submit_login(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Error> {
-    local_users(app)?;
+async fn submit_login(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    let users = local_users(app)?;
     let (headers, params) = read_form(req).await?;
-    let state = params.get("state").ok_or_else(login_state_error)?.to_owned();
-    let hash = TokenHash::of(&state);
-    let https = app.config.is_https();
-    let now = app.clock.now();
-    let valid = app
-        .store
-        .idp_requests
-        .get(&hash)
-        .is_some_and(|r| r.pending.expires_at > now && consent::is_same_browser(&headers, https, &r.pending));
-    if !valid {
-        return Err(login_state_error());
-    }
-    let username = params.get("username").unwrap_or("").to_owned();
+    let state = params.get("state").unwrap_or("");
+    let request = live_idp_ticket(app, Some(state), &headers)?;
+    let username = params.get("username").unwrap_or("");
     let password = params.get("password").unwrap_or("").to_owned();
-    let worker = app.clone();
-    let identity = tokio::task::spawn_blocking(move || match &*worker.idp {
-        Idp::Local(users) => users.verify(&username, &password),
-        Idp::Oidc(_) => None,
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("password check task: {e}")))?;
+    let identity = match users.login(username, password, app.clock.now()).await {
+        Ok(identity) => identity,
+        Err(local::LoginRefusal::Busy) => {
+            tracing::info!("local login not checked: every password check is busy");
+            let wait = app.config.limits.password_check_wait;
+            return Ok(local::busy_page(state, wait.as_secs() + u64::from(wait.subsec_nanos() > 0)));
+        }
+        Err(refusal) => {
+            tracing::info!(reason = %refusal, "local login not checked");
+            return Err(refusal.into());
+        }
+    };
     let Some(identity) = identity else {
         tracing::info!("local login failed");
-        return Ok(local::login_page(&state, Some("Wrong username or password.")));
+        return Ok(local::login_page(state, Some("Wrong username or password.")));
     };
-    let Some((_, request)) = app.store.idp_requests.remove(&hash) else {
-        return Err(login_state_error());
-    };
+    // A wrong password leaves the state usable; a right one spends it.
+    spend(app, &request)?;
     tracing::info!(user = %identity.sub, "local login succeeded");
     let login = UpstreamLogin { credential: crate::store::UpstreamCredential::Local, identity };
     Ok(finish_authorization(app, request.pending, login))

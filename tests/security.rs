@@ -44,7 +44,6 @@ async fn open_redirect_via_unregistered_redirect_uri_is_refused() {
     assert_eq!(resp.status(), 400);
     assert!(resp.headers().get("location").is_none());
     assert!(azure.state().authorize_queries.is_empty());
-    assert!(proxy.app.store.pending.is_empty());
 }
 
 #[tokio::test]
@@ -61,7 +60,6 @@ async fn authorization_without_pkce_or_with_plain_is_refused() {
         assert_eq!(resp.status(), 302);
         assert!(resp.headers()["location"].to_str().unwrap().contains("error=invalid_request"), "{url}");
     }
-    assert!(proxy.app.store.pending.is_empty());
     assert!(azure.state().authorize_queries.is_empty());
 }
 
@@ -115,12 +113,10 @@ async fn token_for_another_resource_is_refused() {
 }
 
 #[tokio::test]
-async fn registration_flood_stops_at_the_client_cap_and_unused_clients_expire() {
-    let (_a, _u, proxy) = setup_with("[registration]\nmax_clients = 3\nunused_client_ttl = \"1h\"\n").await;
-    let (used, _) = login(&proxy).await;
-    for _ in 0..2 {
-        register_public_client(&proxy).await;
-    }
+async fn registration_is_refused_at_the_client_cap_only_when_every_client_was_used() {
+    let (_a, _u, proxy) = setup_with("[registration]\nmax_clients = 2\nunused_client_ttl = \"1h\"\n").await;
+    let (first, _) = login(&proxy).await;
+    let (second, _) = login(&proxy).await;
     let resp = http()
         .post(proxy.url("/register"))
         .json(&json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"}))
@@ -129,13 +125,8 @@ async fn registration_flood_stops_at_the_client_cap_and_unused_clients_expire() 
         .unwrap();
     assert_eq!(resp.headers()["retry-after"], "60");
     assert_eq!(error_of(resp).await, (503, "temporarily_unavailable".into()));
-    assert_eq!(proxy.app.store.clients.len(), 3);
-    // An hour later the unused clients make room; a client that logged in is kept.
-    proxy.clock.advance(3601);
-    let newest = register_public_client(&proxy).await;
     assert_eq!(proxy.app.store.clients.len(), 2);
-    assert!(proxy.app.store.clients.contains_key(&used));
-    assert!(proxy.app.store.clients.contains_key(&newest));
+    assert!(proxy.app.store.clients.contains_key(&first) && proxy.app.store.clients.contains_key(&second));
 }
 
 #[tokio::test]
@@ -326,18 +317,6 @@ async fn introspection_needs_the_resource_server_credential() {
 }
 
 #[tokio::test]
-async fn pending_authorization_cap_refuses_new_sign_ins() {
-    let (_a, _u, proxy) = setup_with("[limits]\nmax_pending = 2\n").await;
-    let client_id = register_public_client(&proxy).await;
-    for _ in 0..2 {
-        assert_eq!(http().get(authorize_url(&proxy, &client_id, "")).send().await.unwrap().status(), 200);
-    }
-    let resp = http().get(authorize_url(&proxy, &client_id, "")).send().await.unwrap();
-    assert_eq!(resp.status(), 503);
-    assert_eq!(proxy.app.store.pending.len(), 2);
-}
-
-#[tokio::test]
 async fn consent_cannot_be_forged_or_replayed() {
     let (azure, _u, proxy) = setup().await;
     let client_id = register_public_client(&proxy).await;
@@ -505,7 +484,6 @@ async fn authorization_rate_limit_is_a_page_with_retry_after() {
     assert_eq!(resp.status(), 429);
     assert!(resp.headers().contains_key("retry-after"));
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
-    assert_eq!(proxy.app.store.pending.len(), 2);
 }
 
 #[tokio::test]
@@ -724,4 +702,145 @@ async fn the_consent_page_isolates_the_client_name_and_never_renders_a_direction
     assert!(page.contains("<h1>Allow <bdi>Claude \u{FFFD}evil</bdi> to access"), "{page}");
     assert!(page.contains("<dd><bdi>Claude \u{FFFD}evil</bdi></dd>"), "{page}");
     assert!(page.contains("<code><bdi>127.0.0.1:33418</bdi></code>"), "the redirect host is isolated too");
+}
+
+// ---- issue 10: floods without credentials, browser-chosen cookies ----------------------------------------------
+
+/// One flooding sign-in from `source` (behind the TLS terminator): `GET /authorize`, then the consent approved
+/// with the cookie the proxy set, stopping before the IdP. Returns the last status.
+async fn flood_sign_in(proxy: &TestProxy, client_id: &str, source: &str) -> u16 {
+    let resp = http().get(authorize_url(proxy, client_id, "")).header("x-forwarded-for", source).send().await.unwrap();
+    if resp.status() != 200 {
+        return resp.status().as_u16();
+    }
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let page = resp.text().await.unwrap();
+    let (request, csrf) = (hidden_field(&page, "request"), hidden_field(&page, "csrf"));
+    let resp = http()
+        .post(proxy.url("/consent"))
+        .header("x-forwarded-for", source)
+        .header("cookie", cookie)
+        .form(&[("request", request.as_str()), ("csrf", &csrf), ("action", "approve")])
+        .send()
+        .await
+        .unwrap();
+    resp.status().as_u16()
+}
+
+#[tokio::test]
+async fn a_sign_in_flood_from_many_sources_stores_nothing_and_a_user_still_signs_in() {
+    let azure = FakeAzure::start().await;
+    let upstream = Upstream::start().await;
+    let proxy =
+        with_azure_server(&azure, &upstream.url(), "behind_tls_terminator = true", "[limits]\nmax_pending = 50\n")
+            .await;
+    let client_id = register_public_client(&proxy).await;
+    // 100 sources, each well within its rate limit, start and approve 200 sign-ins they never finish.
+    for source in 0..100 {
+        for _ in 0..2 {
+            let status = flood_sign_in(&proxy, &client_id, &format!("198.51.100.{source}")).await;
+            assert_eq!(status, 302, "source {source}: approved and sent to the IdP");
+        }
+    }
+    assert!(azure.state().authorize_queries.is_empty(), "the flood never reached the IdP");
+    assert!(proxy.app.store.used_sign_ins.len() <= 50, "only the bounded single-use record grows");
+    // A real user still signs in, and the code works.
+    let params = authorize(&proxy, &mut Browser::new(), &client_id).await;
+    assert_eq!(params.get("state").map(String::as_str), Some("client-state-1"));
+    assert_eq!(redeem(&proxy, &client_id, &params["code"]).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_registration_flood_at_the_cap_evicts_unused_clients_and_a_new_client_still_signs_in() {
+    let azure = FakeAzure::start().await;
+    let upstream = Upstream::start().await;
+    let proxy = with_azure_server(
+        &azure,
+        &upstream.url(),
+        "behind_tls_terminator = true",
+        "[registration]\nmax_clients = 20\n",
+    )
+    .await;
+    let (used, tokens) = login(&proxy).await;
+    let register_from = |source: String| {
+        proxy.clock.advance(1);
+        http()
+            .post(proxy.url("/register"))
+            .header("x-forwarded-for", source)
+            .json(&json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"}))
+            .send()
+    };
+    // 10 sources × 4 registrations, each source within its rate limit: twice the cap.
+    for source in 0..10 {
+        for _ in 0..4 {
+            let resp = register_from(format!("203.0.113.{source}")).await.unwrap();
+            assert_eq!(resp.status(), 201, "source {source}");
+        }
+    }
+    assert!(proxy.app.store.clients.len() <= 20);
+    // A user's client registers while the table is full, and its sign-in is slow: another wave comes first, in
+    // which the user's client is older than every flood client.
+    let fresh = register_public_client(&proxy).await;
+    for source in 10..20 {
+        for _ in 0..4 {
+            assert_eq!(register_from(format!("203.0.113.{source}")).await.unwrap().status(), 201);
+        }
+    }
+    let params = authorize(&proxy, &mut Browser::new(), &fresh).await;
+    assert_eq!(redeem(&proxy, &fresh, &params["code"]).await.status(), 200, "the user's client was kept");
+    // The clients that redeemed a code survive; the first one's token still works.
+    assert!(proxy.app.store.clients.contains_key(&used), "a used client is never evicted");
+    assert!(proxy.app.store.clients.len() <= 20);
+    let resp =
+        http().get(proxy.url("/mcp")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn an_overlong_state_is_refused_with_400_and_never_echoed() {
+    let (azure, _u, proxy) = setup().await;
+    let client_id = register_public_client(&proxy).await;
+    // 64,000 bytes: about the most a URI can carry (hyper answers 414 beyond 65,534).
+    for (len, expected) in [(64_000, 400), (1025, 400), (1024, 200)] {
+        let state = "s".repeat(len);
+        let url = authorize_url(&proxy, &client_id, "").replace("state=client-state-1", &format!("state={state}"));
+        let resp = http().get(url).send().await.unwrap();
+        assert_eq!(resp.status(), expected, "state of {len} bytes");
+        assert!(resp.headers().get("location").is_none());
+        if expected == 400 {
+            assert!(!resp.text().await.unwrap().contains(&"s".repeat(1025)), "the state is not echoed");
+        }
+    }
+    assert!(azure.state().authorize_queries.is_empty());
+}
+
+#[tokio::test]
+async fn a_binding_cookie_chosen_by_the_browser_is_never_adopted() {
+    let (azure, _u, proxy) = setup().await;
+    let client_id = register_public_client(&proxy).await;
+    // Values an attacker could plant: the shape the proxy's cookies used to have, and the signed shape.
+    for chosen in ["A".repeat(43), format!("{}.{}", "A".repeat(43), "A".repeat(22))] {
+        let mut victim = Browser::new();
+        victim.cookies.insert("dcrp".into(), chosen.clone());
+        let Landing::Page(200, consent) = victim.get(&authorize_url(&proxy, &client_id, "")).await else {
+            panic!("consent page expected")
+        };
+        assert_ne!(victim.cookies["dcrp"], chosen, "the proxy minted its own cookie");
+        let form = [("request", hidden_field(&consent, "request")), ("csrf", hidden_field(&consent, "csrf"))];
+        let form = [("request", form[0].1.as_str()), ("csrf", form[1].1.as_str()), ("action", "approve")];
+        // The attacker holds only the value it chose: the victim's sign-in is not bound to it.
+        let mut attacker = Browser::new();
+        attacker.cookies.insert("dcrp".into(), chosen.clone());
+        match attacker.post_form(&proxy.url("/consent"), &form).await {
+            Landing::Page(403, _) => {}
+            _ => panic!("the sign-in was bound to the cookie the attacker chose"),
+        }
+        assert!(azure.state().authorize_queries.is_empty());
+        // The victim's own browser goes on.
+        let Landing::Client(params) = victim.post_form(&proxy.url("/consent"), &form).await else {
+            panic!("the victim's consent was refused")
+        };
+        assert!(params.contains_key("code"));
+        azure.state().authorize_queries.clear();
+    }
 }

@@ -290,7 +290,8 @@ pub fn check_token_request(store: &Store, params: &Params, client_id: &str) -> R
 mod tests {
     use super::*;
     use crate::store::{
-        AuthorizationCode, FamilyId, Grant, Identity, RefreshFamily, RefreshTokenName, UpstreamCredential, UpstreamLogin,
+        AuthorizationCode, FamilyId, Grant, Identity, RefreshFamily, RefreshTokenName, UpstreamCredential,
+        UpstreamLogin,
     };
 
     const DOC: &str = "https://app.example/client.json";

@@ -4,30 +4,159 @@
 //! `/login?state=…` (the proxy's own IdP state); a correct password completes the authorization like an IdP
 //! callback would. The upstream then receives the user's identity in `X-Forwarded-User` / `X-Forwarded-Email`
 //! instead of an IdP token. An unknown user costs the same argon2 work as a wrong password.
+//!
+//! Bounds (issue 10, item 5), so that no number of logins can exhaust memory or the blocking pool:
+//! - At most `limits.password_checks` argon2 computations (~19 MiB each) run at once, on a semaphore around
+//!   `spawn_blocking`; the permit moves into the blocking task, so a login whose client hangs up still holds it
+//!   until its hash is done. A login waits at most `limits.password_check_wait` for a permit, then gets 503.
+//! - After `limits.login_failures` failures in a row, a username is locked out for `limits.login_lockout`,
+//!   doubling with each further failure (up to 16×); a success clears it. Unknown usernames are counted like known
+//!   ones, so lockouts do not reveal which users exist. The failure table holds at most [`MAX_TRACKED_NAMES`]
+//!   usernames; beyond it the entry failed least recently is dropped, never a locked-out one while others remain.
+//! - Time comes from the proxy's clock (Unix seconds), so lockouts are tested without sleeping.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::Argon2;
 use http::{Response, StatusCode};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Semaphore;
 
-use crate::config::LocalUser;
+use crate::clock::UnixTime;
+use crate::config::{LimitsConfig, LocalUser};
+use crate::crypto::TokenHash;
 use crate::http::html::{escape, page};
 use crate::http::Body;
 use crate::store::Identity;
 
-/// The configured users.
+/// Usernames whose failures are tracked at most.
+pub const MAX_TRACKED_NAMES: usize = 10_000;
+
+/// Why a login was not checked.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginRefusal {
+    /// Too many failures in a row for this username (429 with `Retry-After`).
+    #[error("username locked out after repeated failures")]
+    LockedOut { retry_after_secs: u64 },
+    /// Every password check is busy and none freed up in time (503 with `Retry-After`).
+    #[error("every password check is busy")]
+    Busy,
+    #[error("password check task: {0}")]
+    Task(String),
+}
+
+impl From<LoginRefusal> for crate::error::Error {
+    fn from(refusal: LoginRefusal) -> Self {
+        match refusal {
+            LoginRefusal::LockedOut { retry_after_secs } => Self::RateLimited { retry_after_secs, html: true },
+            LoginRefusal::Busy => Self::Capacity { what: "every password check is busy", html: true },
+            LoginRefusal::Task(reason) => Self::Internal(format!("password check task: {reason}")),
+        }
+    }
+}
+
+/// The configured users and the bounds of their password checks.
 pub struct LocalUsers {
+    table: Arc<UserTable>,
+    permits: Arc<Semaphore>,
+    wait: Duration,
+    failures: Arc<FailureLog>,
+    running: Arc<CheckGauges>,
+}
+
+/// `running`: argon2 computations now; `peak`: the most ever at once (for the metrics endpoint).
+#[derive(Default)]
+struct CheckGauges {
+    running: Gauge,
+    peak: Gauge,
+}
+
+struct UserTable {
     users: Vec<LocalUser>,
     /// A hash verified against when the user is unknown, so that timing does not reveal usernames.
     decoy_hash: String,
 }
 
 impl LocalUsers {
+    /// Users with the default bounds (two password checks at once, five failures, five minutes).
     pub fn new(users: &[LocalUser]) -> Self {
-        Self { users: users.to_vec(), decoy_hash: hash_password("decoy password").unwrap_or_default() }
+        Self::with_bounds(users, 2, Duration::from_secs(2), 5, Duration::from_secs(300))
     }
 
-    /// Checks a username and password; blocking (argon2), so call it from `spawn_blocking`.
+    /// Users with the bounds of `[limits]`.
+    pub fn with_limits(users: &[LocalUser], limits: &LimitsConfig) -> Self {
+        Self::with_bounds(
+            users,
+            limits.password_checks,
+            limits.password_check_wait,
+            limits.login_failures,
+            limits.login_lockout,
+        )
+    }
+
+    fn with_bounds(users: &[LocalUser], checks: usize, wait: Duration, failures: u32, lockout: Duration) -> Self {
+        Self {
+            table: Arc::new(UserTable {
+                users: users.to_vec(),
+                decoy_hash: hash_password("decoy password").unwrap_or_default(),
+            }),
+            permits: Arc::new(Semaphore::new(checks.max(1))),
+            wait,
+            failures: Arc::new(FailureLog::new(failures, lockout.as_secs().max(1))),
+            running: Arc::default(),
+        }
+    }
+
+    /// The gauges of running password checks and of their peak, for [`crate::metrics::Metrics`].
+    pub fn gauges(&self) -> (Gauge, Gauge) {
+        (self.running.running.clone(), self.running.peak.clone())
+    }
+
+    /// Checks a login on the bounded pool: refused at once for a locked-out username, after
+    /// `limits.password_check_wait` when every check stays busy; otherwise the identity, or `None` for a wrong
+    /// username or password (which counts toward the lockout).
+    pub async fn login(
+        &self,
+        username: &str,
+        password: String,
+        now: UnixTime,
+    ) -> Result<Option<Identity>, LoginRefusal> {
+        let name = TokenHash::of(username);
+        self.failures.check(&name, now)?;
+        let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| LoginRefusal::Busy)?
+            .map_err(|_| LoginRefusal::Busy)?;
+        let (table, failures, gauges) = (self.table.clone(), self.failures.clone(), self.running.clone());
+        let username = username.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let running = gauges.running.inc() + 1;
+            gauges.peak.inner().fetch_max(running, std::sync::atomic::Ordering::Relaxed);
+            let identity = table.verify(&username, &password);
+            gauges.running.dec();
+            // Recorded here, not by the request: a client that hangs up after sending still counts.
+            match &identity {
+                Some(_) => failures.clear(&name),
+                None => failures.record(name, now),
+            }
+            identity
+        })
+        .await
+        .map_err(|e| LoginRefusal::Task(e.to_string()))
+    }
+
+    /// Checks a username and password; blocking (argon2) and unbounded: [`LocalUsers::login`] is the bounded way.
     pub fn verify(&self, username: &str, password: &str) -> Option<Identity> {
+        self.table.verify(username, password)
+    }
+}
+
+impl UserTable {
+    fn verify(&self, username: &str, password: &str) -> Option<Identity> {
         let user = self.users.iter().find(|u| u.username == username);
         let hash = user.map_or(self.decoy_hash.as_str(), |u| u.password_hash.as_str());
         let ok = PasswordHash::new(hash)
@@ -43,12 +172,78 @@ impl LocalUsers {
     }
 }
 
+/// Failures in a row per username (by hash), with the lockout they earned.
+struct FailureLog {
+    entries: Mutex<HashMap<TokenHash, Failures>>,
+    threshold: u32,
+    lockout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: UnixTime,
+    locked_until: UnixTime,
+}
+
+impl FailureLog {
+    fn new(threshold: u32, lockout_secs: u64) -> Self {
+        Self { entries: Mutex::default(), threshold: threshold.max(1), lockout_secs }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<TokenHash, Failures>> {
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `Err` while the username is locked out.
+    fn check(&self, name: &TokenHash, now: UnixTime) -> Result<(), LoginRefusal> {
+        match self.entries().get(name) {
+            Some(f) if f.locked_until > now => Err(LoginRefusal::LockedOut { retry_after_secs: f.locked_until - now }),
+            _ => Ok(()),
+        }
+    }
+
+    fn record(&self, name: TokenHash, now: UnixTime) {
+        let mut entries = self.entries();
+        if entries.len() >= MAX_TRACKED_NAMES && !entries.contains_key(&name) {
+            // Expired lockouts go first; then the entry that failed least recently (a locked one only if all are).
+            let reset_after = self.lockout_secs * 16;
+            entries.retain(|_, f| f.locked_until > now || f.last + reset_after > now);
+            if entries.len() >= MAX_TRACKED_NAMES {
+                let victim = entries.iter().min_by_key(|(_, f)| (f.locked_until > now, f.last)).map(|(k, _)| *k);
+                if let Some(victim) = victim {
+                    entries.remove(&victim);
+                }
+            }
+        }
+        let f = entries.entry(name).or_insert(Failures { count: 0, last: now, locked_until: 0 });
+        f.count = f.count.saturating_add(1);
+        f.last = now;
+        if f.count >= self.threshold {
+            let doublings = (f.count - self.threshold).min(4);
+            f.locked_until = now + (self.lockout_secs << doublings);
+        }
+    }
+
+    fn clear(&self, name: &TokenHash) {
+        self.entries().remove(name);
+    }
+}
+
 /// An argon2id PHC hash of `password` with a random salt.
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     let mut salt = [0u8; 16];
     crate::crypto::fill_random(&mut salt);
     let salt = SaltString::encode_b64(&salt)?;
     Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
+}
+
+/// The login form again, 503 with `Retry-After`, when every password check stayed busy: the user tries again.
+pub fn busy_page(state: &str, retry_after_secs: u64) -> Response<Body> {
+    let mut resp = login_page(state, Some("The sign-in service is busy. Wait a moment and sign in again."));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after_secs.max(1)));
+    resp
 }
 
 /// The login form; `error` is shown above it after a failed attempt.
@@ -82,5 +277,36 @@ mod tests {
         assert_eq!(users.verify("alice", "s3cret").map(|i| i.sub), Some("alice".to_owned()));
         assert!(users.verify("alice", "wrong").is_none());
         assert!(users.verify("bob", "s3cret").is_none());
+    }
+
+    #[test]
+    fn failures_in_a_row_lock_a_username_out_with_a_growing_window() {
+        let log = FailureLog::new(3, 60);
+        let name = TokenHash::of("alice");
+        for _ in 0..2 {
+            log.record(name, 1000);
+        }
+        assert!(log.check(&name, 1000).is_ok());
+        log.record(name, 1000);
+        assert!(matches!(log.check(&name, 1000), Err(LoginRefusal::LockedOut { retry_after_secs: 60 })));
+        assert!(log.check(&TokenHash::of("bob"), 1000).is_ok(), "other names are not affected");
+        assert!(log.check(&name, 1060).is_ok(), "the window passes");
+        log.record(name, 1060);
+        assert!(matches!(log.check(&name, 1060), Err(LoginRefusal::LockedOut { retry_after_secs: 120 })));
+        log.clear(&name);
+        assert!(log.check(&name, 1060).is_ok());
+    }
+
+    #[test]
+    fn the_failure_table_stays_bounded_and_keeps_lockouts() {
+        let log = FailureLog::new(2, 60);
+        let locked = TokenHash::of("alice");
+        log.record(locked, 1000);
+        log.record(locked, 1000);
+        for i in 0..MAX_TRACKED_NAMES + 10 {
+            log.record(TokenHash::of(&format!("user{i}")), 1001);
+        }
+        assert!(log.entries().len() <= MAX_TRACKED_NAMES);
+        assert!(log.check(&locked, 1001).is_err(), "a locked-out name is not pushed out by a flood of names");
     }
 }

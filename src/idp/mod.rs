@@ -61,7 +61,7 @@ impl Idp {
             IdpProvider::Oidc { issuer, client_id, client_secret } => Self::Oidc(Box::new(
                 oidc::OidcProvider::discover(issuer, client_id, client_secret.clone(), &config.idp, callback).await?,
             )),
-            IdpProvider::Local { users } => Self::Local(local::LocalUsers::new(users)),
+            IdpProvider::Local { users } => Self::Local(local::LocalUsers::with_limits(users, &config.limits)),
         };
         Ok(Arc::new(idp))
     }

@@ -6,6 +6,12 @@
 //!
 //! Rules: `response_type=code`; `code_challenge` with `code_challenge_method=S256` required (`plain` and a missing
 //! method refused); `state` returned verbatim; `resource`, when sent, must name this proxy's protected resource.
+//!
+//! Bounds: every parameter is echoed (on the consent page, in the sealed sign-in, in the final redirect), so each
+//! is bounded before anything else happens, with a 400 page beyond (never a redirect that would echo it):
+//! the whole query at [`MAX_QUERY_BYTES`], `state` at `limits.max_state_bytes`. The other echoed values must
+//! equal something registered or configured (client, redirect URI, resource, offered scopes) or have a fixed
+//! length (the S256 challenge), so they are bounded by what they are checked against.
 
 use http::StatusCode;
 
@@ -14,12 +20,29 @@ use crate::error::{Error, ErrorCode, OAuthError};
 use crate::http::params::Params;
 use crate::store::Client;
 
+/// Longest `/authorize` query accepted, in bytes.
+pub const MAX_QUERY_BYTES: usize = 8 * 1024;
+
 /// What the proxy knows about itself when it checks an authorization request.
 pub struct AuthorizeContext<'a> {
     pub issuer: &'a str,
     /// Values accepted for RFC 8707 `resource`.
     pub resources: &'a [String],
     pub offered_scopes: &'a [String],
+    /// Longest `state` accepted (`limits.max_state_bytes`).
+    pub max_state_bytes: usize,
+}
+
+fn too_long(what: String) -> Error {
+    Error::page(StatusCode::BAD_REQUEST, "Invalid authorization request", what)
+}
+
+/// Refuses a query longer than [`MAX_QUERY_BYTES`].
+pub fn check_query_length(query: &[u8]) -> Result<(), Error> {
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(too_long(format!("The request is longer than {MAX_QUERY_BYTES} bytes.")));
+    }
+    Ok(())
 }
 
 /// A valid authorization request, ready for the consent page.
@@ -40,8 +63,12 @@ pub fn validate(
     lookup: impl FnOnce(&str) -> Option<std::sync::Arc<Client>>,
     ctx: &AuthorizeContext<'_>,
 ) -> Result<AuthorizationRequest, Error> {
+    check_query_length(query)?;
     let params = Params::parse(query)
         .map_err(|e| Error::page(StatusCode::BAD_REQUEST, "Invalid authorization request", e.description))?;
+    if params.get("state").is_some_and(|s| s.len() > ctx.max_state_bytes) {
+        return Err(too_long(format!("The state parameter is longer than {} bytes.", ctx.max_state_bytes)));
+    }
     let client_id = params.get("client_id").ok_or_else(|| {
         Error::page(StatusCode::BAD_REQUEST, "Invalid authorization request", "The request has no client_id.")
     })?;
@@ -136,7 +163,12 @@ mod tests {
     fn run(query: &str) -> Result<AuthorizationRequest, Error> {
         let resources = vec!["https://p.example/mcp".to_owned()];
         let scopes = vec!["openid".to_owned()];
-        let ctx = AuthorizeContext { issuer: "https://p.example", resources: &resources, offered_scopes: &scopes };
+        let ctx = AuthorizeContext {
+            issuer: "https://p.example",
+            resources: &resources,
+            offered_scopes: &scopes,
+            max_state_bytes: 16,
+        };
         validate(query.as_bytes(), |id| (id == "c1").then(client), &ctx)
     }
 
@@ -197,5 +229,14 @@ mod tests {
             redirected_code(&format!("{}&resource=https%3A%2F%2Fother.example%2F", ok_query())),
             Some(ErrorCode::InvalidTarget)
         );
+    }
+
+    #[test]
+    fn overlong_state_or_query_is_a_page_not_a_redirect() {
+        assert!(run(&ok_query().replace("state=xyz", &format!("state={}", "s".repeat(16)))).is_ok());
+        let long_state = ok_query().replace("state=xyz", &format!("state={}", "s".repeat(17)));
+        assert!(matches!(run(&long_state), Err(Error::Page { status: StatusCode::BAD_REQUEST, .. })));
+        let long_query = format!("{}&x={}", ok_query(), "x".repeat(MAX_QUERY_BYTES));
+        assert!(matches!(run(&long_query), Err(Error::Page { status: StatusCode::BAD_REQUEST, .. })));
     }
 }

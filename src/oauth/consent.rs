@@ -4,12 +4,12 @@
 //! client (its name, its redirect host, the scopes) before the proxy sends them to the IdP.
 //!
 //! Invariants:
-//! - The consent form carries the pending request's id and a CSRF token; both are 256-bit random values kept only
-//!   as hashes, and the CSRF token is bound to that one pending request.
+//! - The consent form carries the sealed request ([`crate::oauth::flow::ConsentTicket`]) and a 256-bit CSRF token
+//!   whose hash is sealed in that ticket: the token is bound to that one request, and nothing is stored.
 //! - The browser that sees the consent page gets a binding cookie (`__Host-dcrp` with `Secure` under https,
-//!   `dcrp` on plain-HTTP loopback; always `HttpOnly`, `SameSite=Lax`, `Path=/`). The form post and the IdP
-//!   callback are accepted only with that cookie, so a login started in one browser cannot be finished in another
-//!   (the flaw of CVE-2026-27124).
+//!   `dcrp` on plain-HTTP loopback; always `HttpOnly`, `SameSite=Lax`, `Path=/`), minted and signed by the proxy
+//!   (a value the browser chose is never adopted). The form post and the IdP callback are accepted only with that
+//!   cookie, so a login started in one browser cannot be finished in another (the flaw of CVE-2026-27124).
 //! - The IdP `state` is created only after consent.
 //! - Every client-supplied string on the page (its name, its publishing host, its redirect host) is escaped and
 //!   isolated in `<bdi>`: registration refuses bidi and control characters, and the page does not rely on it
@@ -17,11 +17,11 @@
 
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
+use super::flow::PendingAuthorization;
 use super::redirect_uri;
-use crate::crypto::TokenHash;
 use crate::http::html::{escape, isolate, page};
 use crate::http::Body;
-use crate::store::{Client, PendingAuthorization};
+use crate::store::Client;
 
 /// The binding cookie's name for the scheme of `public_url`.
 pub fn cookie_name(https: bool) -> &'static str {
@@ -42,8 +42,9 @@ pub fn set_cookie(https: bool, value: &str, max_age_secs: u64) -> Option<HeaderV
     .ok()
 }
 
-/// Reads the binding cookie from a request.
-pub fn read_cookie(headers: &HeaderMap, https: bool) -> Option<String> {
+/// Every value of the binding cookie in a request, in order (a browser may send several cookies of one name).
+/// Whether a value is one the proxy minted is [`crate::oauth::flow::SignIns::browser_cookie`]'s question.
+pub fn cookie_values(headers: &HeaderMap, https: bool) -> Vec<&str> {
     let name = cookie_name(https);
     headers
         .get_all(header::COOKIE)
@@ -51,13 +52,9 @@ pub fn read_cookie(headers: &HeaderMap, https: bool) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, v)| *k == name && v.len() == 43)
-        .map(|(_, v)| v.to_owned())
-}
-
-/// Whether the request comes from the browser the pending authorization is bound to.
-pub fn is_same_browser(headers: &HeaderMap, https: bool, pending: &PendingAuthorization) -> bool {
-    read_cookie(headers, https).is_some_and(|c| pending.browser == TokenHash::of(&c))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+        .collect()
 }
 
 /// Where the answer goes, as the user should read it: `host[:port]`, or `scheme://host` for an app's private-use
@@ -80,8 +77,8 @@ fn redirect_host(uri: &str) -> String {
 const LOOPBACK_WARNING: &str = "<dd class=\"error\">The answer goes to a program on this computer. Any program on \
      this computer can claim this identity: continue only if you just started the connection from that program.</dd>";
 
-/// The consent page for a pending authorization.
-pub fn render(client: &Client, pending: &PendingAuthorization, request_id: &str, csrf: &str) -> Response<Body> {
+/// The consent page for a pending authorization; `request` is its sealed ticket.
+pub fn render(client: &Client, pending: &PendingAuthorization, request: &str, csrf: &str) -> Response<Body> {
     let name = client.client_name.as_deref().unwrap_or("An unnamed application");
     let scopes: String = pending.scope.iter().map(|s| format!("<code>{}</code> ", escape(s))).collect();
     // A metadata-document client is identified by the host that publishes its document; its name is its own.
@@ -112,7 +109,7 @@ pub fn render(client: &Client, pending: &PendingAuthorization, request_id: &str,
          <button type=\"submit\" name=\"action\" value=\"deny\">Deny</button></form>",
         name = isolate(name),
         host = isolate(&redirect_host(&pending.redirect_uri)),
-        request = escape(request_id),
+        request = escape(request),
         csrf = escape(csrf),
     );
     page(StatusCode::OK, "Approve access", &body)
@@ -139,7 +136,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_str(&format!("x=1; dcrp={token}; y=2")).unwrap_or(HeaderValue::from_static("")),
         );
-        assert_eq!(read_cookie(&h, false), Some(token));
-        assert_eq!(read_cookie(&h, true), None);
+        assert_eq!(cookie_values(&h, false), vec![token.as_str()]);
+        assert!(cookie_values(&h, true).is_empty());
     }
 }

@@ -1,10 +1,17 @@
-//! The in-memory store: clients, pending authorizations, codes, grants and token hashes, in `DashMap`s.
+//! The in-memory store: clients, codes, grants and token hashes, in `DashMap`s, and the record of sign-in tickets
+//! already used. A sign-in in flight is carried by the browser, sealed ([`crate::oauth::flow`]); nothing is
+//! stored for it but that single-use record.
 //!
 //! Invariants:
 //! - No token, code, state or secret is kept in clear: keys are [`TokenHash`]es (SHA-256). The upstream (IdP)
 //!   tokens are the exception by necessity; they live only inside [`Grant`] and are never logged.
-//! - Codes and IdP states are single use: they are taken out of their map with `remove`, which is atomic, so two
-//!   concurrent redemptions cannot both succeed.
+//! - Codes are single use: they are taken out of their map with `remove`, which is atomic, so two concurrent
+//!   redemptions cannot both succeed. Consent forms and IdP states are single use through [`SingleUse::claim`],
+//!   atomic under its lock.
+//! - Nothing an unauthenticated client can create grows without bound or locks others out: the client table evicts
+//!   never-used clients when full, those of the sources holding the most first, oldest first
+//!   ([`Store::make_room_for_client`]; a client that redeemed a code is never evicted), and [`SingleUse`] forgets
+//!   its oldest entries when full.
 //! - No `.await` happens while a `DashMap` guard or a grant's `RwLock` is held: every guard is dropped before any
 //!   I/O. A grant's upstream refresh is serialised by its own async `refresh_lock`, not by a map lock.
 //! - A grant is revoked by a flag; every lookup checks it, and the sweeper removes what belongs to revoked grants.
@@ -18,7 +25,10 @@ pub mod snapshot;
 
 pub use model::*;
 
-use std::sync::Arc;
+use crate::rate_limit::Source;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
@@ -29,10 +39,10 @@ use crate::crypto::TokenHash;
 #[derive(Default)]
 pub struct Store {
     pub clients: DashMap<String, Arc<Client>>,
-    /// Authorizations waiting for consent, by the hash of their request id.
-    pub pending: DashMap<TokenHash, PendingAuthorization>,
-    /// Authorizations sent to the IdP, by the hash of the proxy's own `state`.
-    pub idp_requests: DashMap<TokenHash, IdpRequest>,
+    /// Consent forms and IdP states already used.
+    pub used_sign_ins: SingleUse,
+    /// The source (address, IPv6 by /64) each client registered from, for fair eviction; not snapshotted.
+    pub client_sources: DashMap<String, Source>,
     pub codes: DashMap<TokenHash, AuthorizationCode>,
     /// Redeemed codes, kept until they would have expired, so that a replay revokes what they issued.
     pub spent_codes: DashMap<TokenHash, SpentCode>,
@@ -46,7 +56,8 @@ pub struct Store {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreStats {
     pub clients: usize,
-    pub pending: usize,
+    /// Sign-in tickets remembered as used.
+    pub used_sign_ins: usize,
     pub codes: usize,
     pub grants: usize,
     pub access_tokens: usize,
@@ -104,10 +115,64 @@ impl Store {
         before - self.clients.len()
     }
 
+    /// Adds a registered client and the source it came from.
+    pub fn add_client(&self, client: Client, source: Source) {
+        self.client_sources.insert(client.client_id.clone(), source);
+        self.clients.insert(client.client_id.clone(), Arc::new(client));
+    }
+
+    /// Makes room for one more client under `max_clients`: first removes clients unused for `ttl_secs`, then, if
+    /// the table is still full, evicts clients that never redeemed a code — those of the sources holding the most
+    /// such clients first, oldest first within a source — a batch of 1% of the cap, so that a flood does not
+    /// rescan the table for every registration. A flood from many sources thus pushes out its own clients before
+    /// a user's, and a client that redeemed a code is never evicted. Returns how many were removed, or `None`
+    /// when every client in the full table is in use.
+    pub fn make_room_for_client(&self, now: UnixTime, ttl_secs: u64, max_clients: usize) -> Option<usize> {
+        if self.clients.len() < max_clients {
+            return Some(0);
+        }
+        let mut removed = self.sweep_unused_clients(now, ttl_secs);
+        if self.clients.len() >= max_clients {
+            // Collected before the sources are looked up: no guard of one map is held while the other is read.
+            let unused: Vec<(UnixTime, String)> = self
+                .clients
+                .iter()
+                .filter(|c| !c.was_authorized())
+                .map(|c| (c.issued_at, c.client_id.clone()))
+                .collect();
+            let batch = (self.clients.len() + 1 - max_clients).max(max_clients / 100).min(unused.len());
+            if batch == 0 {
+                return None;
+            }
+            let mut ranked: Vec<(Option<Source>, UnixTime, String)> =
+                unused.into_iter().map(|(at, id)| (self.client_sources.get(&id).map(|s| *s), at, id)).collect();
+            let mut per_source: HashMap<Source, usize> = HashMap::new();
+            for (source, _, _) in &ranked {
+                if let Some(source) = source {
+                    *per_source.entry(*source).or_default() += 1;
+                }
+            }
+            let held = |source: &Option<Source>| source.and_then(|s| per_source.get(&s).copied()).unwrap_or(1);
+            ranked.sort_by(|a, b| held(&b.0).cmp(&held(&a.0)).then(a.1.cmp(&b.1)));
+            for (_, _, id) in ranked.into_iter().take(batch) {
+                // Checked again under the entry's lock: a client that just redeemed a code stays.
+                if self.clients.remove_if(&id, |_, c| !c.was_authorized()).is_some() {
+                    self.client_sources.remove(&id);
+                    removed += 1;
+                }
+            }
+        }
+        (self.clients.len() < max_clients).then_some(removed)
+    }
+
     /// Removes expired and revoked entries.
     pub fn sweep(&self, now: UnixTime) {
-        self.pending.retain(|_, p| p.expires_at > now);
-        self.idp_requests.retain(|_, r| r.pending.expires_at > now);
+        self.used_sign_ins.sweep(now);
+        let gone: Vec<String> =
+            self.client_sources.iter().map(|e| e.key().clone()).filter(|id| !self.clients.contains_key(id)).collect();
+        for id in gone {
+            self.client_sources.remove(&id);
+        }
         self.codes.retain(|_, c| c.expires_at > now);
         self.spent_codes.retain(|_, c| c.expires_at > now);
         self.access_tokens.retain(|_, t| t.expires_at > now && !t.grant.is_revoked());
@@ -119,7 +184,7 @@ impl Store {
         let rotated = self.refresh_families.iter().filter(|f| f.rotated.is_some()).count();
         StoreStats {
             clients: self.clients.len(),
-            pending: self.pending.len() + self.idp_requests.len(),
+            used_sign_ins: self.used_sign_ins.len(),
             codes: self.codes.len(),
             grants: self.grants.len(),
             access_tokens: self.access_tokens.len(),
@@ -149,5 +214,138 @@ impl Store {
     pub fn token_client(&self, token: &str) -> Option<String> {
         self.refresh_client(token)
             .or_else(|| self.access_tokens.get(&TokenHash::of(token)).map(|t| t.grant.client_id.clone()))
+    }
+}
+
+/// Sign-in tickets already used, remembered until they expire, so that a consent form or an IdP state works once.
+///
+/// Bounded: at most `capacity` entries (`limits.max_pending`); beyond it the oldest are forgotten, never is a new
+/// sign-in refused. Entries are kept in the order they were used; every ticket lives `tokens.pending_ttl` from its
+/// `/authorize`, so that order is close to expiry order and expired entries are dropped from the front.
+#[derive(Debug)]
+pub struct SingleUse {
+    log: Mutex<UsedLog>,
+    capacity: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct UsedLog {
+    keys: HashSet<TokenHash>,
+    order: VecDeque<(TokenHash, UnixTime)>,
+}
+
+impl Default for SingleUse {
+    fn default() -> Self {
+        Self { log: Mutex::default(), capacity: AtomicUsize::new(100_000) }
+    }
+}
+
+impl SingleUse {
+    /// Sets how many used tickets are remembered at most.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity.max(1), Ordering::Relaxed);
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, UsedLog> {
+        self.log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records `key` as used until `expires_at`; `false` when it was already used. Atomic: of two concurrent
+    /// claims of one key, one wins.
+    pub fn claim(&self, key: TokenHash, expires_at: UnixTime, now: UnixTime) -> bool {
+        let capacity = self.capacity.load(Ordering::Relaxed);
+        let mut log = self.log();
+        if log.keys.contains(&key) {
+            return false;
+        }
+        while let Some(&(oldest, expiry)) = log.order.front() {
+            if expiry > now && log.order.len() < capacity {
+                break;
+            }
+            log.order.pop_front();
+            log.keys.remove(&oldest);
+        }
+        log.keys.insert(key);
+        log.order.push_back((key, expires_at));
+        true
+    }
+
+    /// Whether `key` was already claimed (and is still remembered).
+    pub fn was_used(&self, key: &TokenHash) -> bool {
+        self.log().keys.contains(key)
+    }
+
+    /// Drops every expired entry.
+    pub fn sweep(&self, now: UnixTime) {
+        let mut log = self.log();
+        let UsedLog { keys, order } = &mut *log;
+        order.retain(|(key, expiry)| {
+            let live = *expiry > now;
+            if !live {
+                keys.remove(key);
+            }
+            live
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.log().order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_is_claimed_once_and_the_log_stays_bounded() {
+        let used = SingleUse::default();
+        used.set_capacity(3);
+        let key = |i: u8| TokenHash([i; 32]);
+        assert!(used.claim(key(1), 100, 10));
+        assert!(!used.claim(key(1), 100, 10), "second use refused");
+        assert!(used.was_used(&key(1)) && !used.was_used(&key(2)));
+        for i in 2..=5 {
+            assert!(used.claim(key(i), 100, 10));
+        }
+        assert_eq!(used.len(), 3, "the oldest are forgotten beyond the capacity");
+        assert!(!used.claim(key(5), 100, 10));
+        used.sweep(100);
+        assert!(used.is_empty());
+    }
+
+    #[test]
+    fn a_full_client_table_evicts_from_the_busiest_source_first() {
+        let store = Store::new();
+        let (flood, user) = (Source::of_ip([203, 0, 113, 9].into()), Source::of_ip([10, 0, 0, 1].into()));
+        store.add_client(Client::public("mine", vec![], 1), user);
+        for i in 0..3 {
+            store.add_client(Client::public(format!("flood{i}"), vec![], 2 + i), flood);
+        }
+        assert_eq!(store.make_room_for_client(10, 3600, 4), Some(1));
+        assert!(store.clients.contains_key("mine"), "the oldest client, but its source holds one");
+        assert!(!store.clients.contains_key("flood0"));
+        assert!(!store.client_sources.contains_key("flood0"));
+    }
+
+    #[test]
+    fn a_full_client_table_evicts_the_oldest_unused_clients_only() {
+        let store = Store::new();
+        let used = Client::public("used", vec![], 1);
+        used.mark_authorized(5);
+        store.clients.insert("used".into(), Arc::new(used));
+        for (id, at) in [("old", 2), ("mid", 3), ("new", 4)] {
+            store.clients.insert(id.into(), Arc::new(Client::public(id, vec![], at)));
+        }
+        assert_eq!(store.make_room_for_client(10, 3600, 4), Some(1));
+        assert!(!store.clients.contains_key("old"));
+        assert!(store.clients.contains_key("used") && store.clients.contains_key("mid"));
+        store.clients.retain(|id, _| id == "used");
+        assert_eq!(store.make_room_for_client(10, 3600, 1), None, "a used client is never evicted");
+        assert!(store.clients.contains_key("used"));
     }
 }

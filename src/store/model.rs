@@ -92,33 +92,6 @@ impl Client {
     }
 }
 
-/// A validated `/authorize` request, waiting for the user's consent.
-#[derive(Debug, Clone)]
-pub struct PendingAuthorization {
-    pub client_id: String,
-    pub redirect_uri: String,
-    /// Whether the client sent `redirect_uri` (then `/token` must repeat it, RFC 6749 §4.1.3).
-    pub redirect_uri_explicit: bool,
-    pub state: Option<String>,
-    pub code_challenge: String,
-    pub scope: Vec<String>,
-    pub resource: Option<String>,
-    /// Hash of the browser-binding cookie set with the consent page.
-    pub browser: TokenHash,
-    /// Hash of the CSRF token embedded in the consent form.
-    pub csrf: TokenHash,
-    pub expires_at: UnixTime,
-}
-
-/// An authorization the user approved and the proxy sent to the IdP, keyed by the proxy's own IdP `state`.
-#[derive(Debug)]
-pub struct IdpRequest {
-    pub pending: PendingAuthorization,
-    /// The proxy's own PKCE verifier toward the IdP.
-    pub pkce_verifier: SecretString,
-    pub nonce: String,
-}
-
 /// Who the user is, from the IdP's id_token or the local login.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Identity {

@@ -380,3 +380,33 @@ pub async fn refresh(proxy: &impl ProxyBase, client_id: &str, refresh_token: &st
         .await
         .expect("refresh request")
 }
+
+/// The proxy in front of the fake Azure AD, with extra `[server]` lines (`behind_tls_terminator = true`).
+pub async fn with_azure_server(
+    azure: &fake_azure::FakeAzure,
+    upstream_url: &str,
+    server_extra: &str,
+    extra: &str,
+) -> TestProxy {
+    let idp = format!(
+        "[idp]\nkind = \"azure\"\nauthority = \"{}\"\ntenant = \"contoso.example\"\nclient_id = \"{}\"\n\
+         client_secret = \"{}\"\nscopes = [\"openid\", \"profile\", \"email\", \"offline_access\", \"User.Read\"]\n{extra}",
+        azure.authority(),
+        fake_azure::APP_ID,
+        fake_azure::APP_SECRET
+    );
+    TestProxy::start_with(upstream_url, server_extra, &idp).await
+}
+
+/// Serves the proxy's Prometheus metrics on 127.0.0.1:0 and returns the `/metrics` URL.
+pub async fn serve_metrics(proxy: &TestProxy) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
+    let addr = listener.local_addr().expect("metrics addr");
+    tokio::spawn(dcr_proxy::server::serve_metrics(listener, proxy.app.clone()));
+    format!("http://{addr}/metrics")
+}
+
+/// The value of an unlabelled metric in a Prometheus text exposition.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
