@@ -201,8 +201,17 @@ pub struct LimitsConfig {
     pub authorize_per_minute: u32,
     /// Authorizations waiting for consent or the IdP, at most.
     pub max_pending: usize,
-    /// Time a client has to send complete request headers; also how long an idle keep-alive connection stays.
+    /// Time a connection has for its first complete request head (TLS handshake and HTTP/2 preface included),
+    /// and an HTTP/1.1 connection for each later request head.
     pub header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1 keep-alive and HTTP/2 alike).
+    pub idle_timeout: Duration,
+    /// Longest wait for the next piece of a request body; a body that stalls longer is cut (408).
+    pub body_timeout: Duration,
+    /// Client connections served at once; `None`: 4096, or half the process's open-file limit when lower.
+    pub max_connections: Option<usize>,
+    /// Client connections per source address (IPv6: per /64); not applied behind a TLS terminator.
+    pub max_connections_per_source: usize,
 }
 
 /// RFC 7662 introspection for a resource server.
@@ -369,6 +378,10 @@ struct RawLimits {
     authorize_per_minute: Option<u32>,
     max_pending: Option<usize>,
     header_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    body_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_source: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -872,8 +885,27 @@ fn validate_limits(raw: RawLimits) -> Result<LimitsConfig, ConfigError> {
         token_per_minute: per_minute("limits.token_per_minute", raw.token_per_minute, 120)?,
         authorize_per_minute: per_minute("limits.authorize_per_minute", raw.authorize_per_minute, 60)?,
         max_pending: raw.max_pending.unwrap_or(10_000).max(1),
-        header_timeout: duration("limits.header_timeout", raw.header_timeout, Duration::from_secs(15))?,
+        header_timeout: positive("limits.header_timeout", raw.header_timeout, Duration::from_secs(15))?,
+        idle_timeout: positive("limits.idle_timeout", raw.idle_timeout, Duration::from_secs(60))?,
+        body_timeout: positive("limits.body_timeout", raw.body_timeout, Duration::from_secs(10))?,
+        max_connections: match raw.max_connections {
+            Some(0) => return Err(invalid("limits.max_connections", "must be at least 1")),
+            other => other,
+        },
+        max_connections_per_source: match raw.max_connections_per_source {
+            Some(0) => return Err(invalid("limits.max_connections_per_source", "must be at least 1")),
+            other => other.unwrap_or(256),
+        },
     })
+}
+
+/// A duration of at least one millisecond (a zero deadline would close every connection at once).
+fn positive(key: &'static str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    let d = duration(key, value, default)?;
+    if d < Duration::from_millis(1) {
+        return Err(invalid(key, "must be at least 1ms"));
+    }
+    Ok(d)
 }
 
 fn validate_tokens(raw: RawTokens) -> Result<TokenConfig, ConfigError> {

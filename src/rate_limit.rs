@@ -105,6 +105,10 @@ mod tests {
             authorize_per_minute: n,
             max_pending: 10,
             header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(1),
+            max_connections: None,
+            max_connections_per_source: 1,
         }
     }
 

@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::client_documents::{self, DocumentError};
 use crate::crypto::{self, TokenHash};
 use crate::error::{BearerProblem, Error, ErrorCode, OAuthError};
 use crate::http::params::Params;
-use crate::http::{self as h, full, json_response, no_store, read_body, Body};
+use crate::http::{self as h, full, json_response, no_store, read_body, Body, RequestBody};
 use crate::idp::{local, Idp, IdpError};
 use crate::oauth::authorize::{self, AuthorizeContext};
 use crate::oauth::{consent, pkce, register, scope, token};
@@ -27,7 +26,7 @@ const FORM: &str = "application/x-www-form-urlencoded";
 const FORM_LIMIT: usize = 16 * 1024;
 
 /// Handles one request.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let route = route_name(&app, req.uri().path());
@@ -99,7 +98,7 @@ fn rate_class(path: &str) -> Option<(RouteClass, bool)> {
     }
 }
 
-async fn dispatch(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Error> {
+async fn dispatch(app: &Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Result<Response<Body>, Error> {
     let path = req.uri().path();
     // CORS preflights carry no credentials, so the proxy answers them itself on every path (browser clients
     // such as MCP Inspector preflight the MCP endpoint too).
@@ -189,7 +188,7 @@ fn preflight() -> Response<Body> {
 
 // ---- registration -------------------------------------------------------------------------------------------
 
-async fn register_client(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn register_client(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     let policy = &app.config.registration;
     if let Some(expected) = &policy.initial_access_token {
         use secrecy::ExposeSecret as _;
@@ -234,7 +233,7 @@ async fn register_client(app: &App, req: Request<Incoming>) -> Result<Response<B
 /// RFC 7592 client configuration endpoint `/register/{client_id}`: read (GET), update (PUT), delete (DELETE),
 /// each with the registration access token as bearer. An unknown client or a wrong token is 401 (§2), so that
 /// nothing is learned about which clients exist. Deleting a client revokes its grants.
-async fn manage_client(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn manage_client(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     let client_id = req.uri().path().trim_start_matches("/register/").to_owned();
     let presented = bearer::token_from_headers(req.headers()).unwrap_or("");
     let client = app
@@ -305,7 +304,7 @@ fn find_client(document: &Option<Arc<Client>>, store: &crate::store::Store, id: 
     }
 }
 
-async fn start_authorization(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn start_authorization(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
     let ctx = AuthorizeContext {
         issuer: &app.config.server.public_url,
         resources: &app.resources,
@@ -352,7 +351,7 @@ async fn start_authorization(app: &App, req: &Request<Incoming>) -> Result<Respo
 }
 
 /// Parses a form body of an HTML page's post; errors are shown as a page.
-async fn read_form(req: Request<Incoming>) -> Result<(HeaderMap, Params), Error> {
+async fn read_form(req: Request<RequestBody>) -> Result<(HeaderMap, Params), Error> {
     let bad = |m: String| Error::page(StatusCode::BAD_REQUEST, "Invalid form", m);
     if !h::has_content_type(req.headers(), FORM) {
         return Err(bad(format!("The form must be sent as {FORM}.")));
@@ -363,7 +362,7 @@ async fn read_form(req: Request<Incoming>) -> Result<(HeaderMap, Params), Error>
     Ok((parts.headers, params))
 }
 
-async fn submit_consent(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn submit_consent(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     let (headers, params) = read_form(req).await?;
     let refused = || {
         Error::page(
@@ -415,7 +414,7 @@ fn login_state_error() -> Error {
     )
 }
 
-async fn idp_callback(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn idp_callback(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
     let params = Params::parse(req.uri().query().unwrap_or("").as_bytes())
         .map_err(|e| Error::page(StatusCode::BAD_REQUEST, "Invalid sign-in response", e.description))?;
     let state = params.get("state").ok_or_else(login_state_error)?;
@@ -493,7 +492,7 @@ fn local_users(app: &App) -> Result<&local::LocalUsers, Error> {
     }
 }
 
-fn show_login(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+fn show_login(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
     local_users(app)?;
     let params = Params::parse(req.uri().query().unwrap_or("").as_bytes()).map_err(|_| login_state_error())?;
     let state = params.get("state").ok_or_else(login_state_error)?;
@@ -507,7 +506,7 @@ fn show_login(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Erro
     Ok(local::login_page(state, None))
 }
 
-async fn submit_login(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn submit_login(app: &Arc<App>, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     local_users(app)?;
     let (headers, params) = read_form(req).await?;
     let state = params.get("state").ok_or_else(login_state_error)?.to_owned();
@@ -545,7 +544,7 @@ async fn submit_login(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
 
 // ---- token endpoint -----------------------------------------------------------------------------------------
 
-async fn read_oauth_form(req: Request<Incoming>) -> Result<(HeaderMap, Params), Error> {
+async fn read_oauth_form(req: Request<RequestBody>) -> Result<(HeaderMap, Params), Error> {
     if !h::has_content_type(req.headers(), FORM) {
         return Err(OAuthError::invalid_request(format!("Content-Type must be {FORM}")).into());
     }
@@ -561,7 +560,7 @@ async fn token_client(app: &App, headers: &HeaderMap, params: &Params) -> Result
     Ok(token::authenticate_client(|id| find_client(&document, &app.store, id), headers, params)?)
 }
 
-async fn token_endpoint(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn token_endpoint(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     let (headers, params) = read_oauth_form(req).await?;
     let client = token_client(app, &headers, &params).await?;
     let ctx = token::TokenContext {
@@ -579,7 +578,7 @@ async fn token_endpoint(app: &App, req: Request<Incoming>) -> Result<Response<Bo
 
 /// RFC 7009: revokes an access token, or a refresh token and its whole grant. Always 200 for a token that is
 /// unknown or belongs to another client (§2.2), so that nothing is learned.
-async fn revoke(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn revoke(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     let (headers, params) = read_oauth_form(req).await?;
     let client = token_client(app, &headers, &params).await?;
     let hash = TokenHash::of(params.require("token")?);
@@ -597,7 +596,7 @@ async fn revoke(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Err
 
 /// RFC 7662 introspection for the configured resource server: `active` with the token's claims, or only
 /// `{"active": false}` for a token that is unknown, expired, revoked or already rotated.
-async fn introspect(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn introspect(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     use secrecy::ExposeSecret as _;
     let Some(rs) = &app.config.introspection else {
         return Err(Error::NotFound);
@@ -645,7 +644,7 @@ async fn introspect(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
 }
 
 /// OIDC Core §5.3-style claims of the user behind a bearer token.
-fn userinfo(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+fn userinfo(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
     let grant = bearer::authenticate(app, req.headers(), req.uri().query())?;
     let body = serde_json::to_value(&grant.identity).map_err(|e| Error::Internal(e.to_string()))?;
     let mut resp = json_response(StatusCode::OK, &body);
@@ -655,7 +654,7 @@ fn userinfo(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error>
 
 // ---- proxy --------------------------------------------------------------------------------------------------
 
-async fn proxy(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Error> {
+async fn proxy(app: &App, req: Request<RequestBody>, peer: SocketAddr) -> Result<Response<Body>, Error> {
     let grant = bearer::authenticate(app, req.headers(), req.uri().query())?;
     let missing = scope::missing_for_path(&app.config.upstream.required_scopes, req.uri().path(), &grant.scope);
     if let Some((scope, missing)) = scope::step_up(&grant.scope, missing) {
@@ -708,7 +707,7 @@ async fn proxy(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Result<Re
 }
 
 /// Whether a request has no body, so that it can be sent again (RFC 9110 §9.2.2 methods or an empty body).
-fn replayable(req: &Request<Incoming>) -> bool {
+fn replayable(req: &Request<RequestBody>) -> bool {
     use hyper::body::Body as _;
     req.body().is_end_stream() || req.body().size_hint().exact() == Some(0)
 }

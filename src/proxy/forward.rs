@@ -6,7 +6,6 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -14,7 +13,7 @@ use hyper_util::rt::TokioExecutor;
 use super::bearer::UpstreamAuth;
 use crate::config::UpstreamConfig;
 use crate::error::Error;
-use crate::http::Body;
+use crate::http::{Body, RequestBody};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -52,13 +51,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// A forwarded request's body: the client's, streamed, or none for a replayed bodiless request.
 pub enum UpstreamBody {
-    Streamed(Incoming),
+    Streamed(RequestBody),
     Empty,
 }
 
 impl hyper::body::Body for UpstreamBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = crate::http::timed_body::BodyError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
