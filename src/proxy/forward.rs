@@ -176,6 +176,7 @@ impl Forwarder {
 
         let resp = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
             Err(_) => return Err(Error::UpstreamTimeout),
+            Ok(Err(e)) if body_timed_out(&e) => return Err(Error::RequestTimeout),
             Ok(Err(e)) => return Err(Error::UpstreamUnavailable(describe(&e))),
             Ok(Ok(resp)) => resp,
         };
@@ -183,6 +184,18 @@ impl Forwarder {
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body.boxed()))
     }
+}
+
+/// Whether the request failed because the client's body stalled (`limits.body_timeout`), not the upstream.
+fn body_timed_out(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if matches!(s.downcast_ref(), Some(crate::http::timed_body::BodyError::TimedOut(_))) {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn describe(e: &hyper_util::client::legacy::Error) -> String {
