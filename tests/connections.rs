@@ -402,3 +402,31 @@ async fn silent_sockets_beyond_the_descriptor_limit_are_shed_and_the_proxy_answe
     assert_eq!(proxy.log_lines("accept failed"), 0, "the default cap leaves descriptors for accept");
     drop(held);
 }
+
+#[tokio::test]
+async fn shutdown_closes_idle_connections_at_once_lets_streams_run_for_the_grace_then_cuts_them() {
+    let upstream = Upstream::start().await;
+    // Long deadlines: only the shutdown closes anything here (shutdown_grace is 1 s in TestProxy).
+    let proxy = proxy_with(&upstream, "[limits]\nheader_timeout = \"30s\"\nidle_timeout = \"30s\"\n").await;
+    let (_, tokens) = login(&proxy).await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let sse = reqwest::Client::builder().http1_only().build().unwrap();
+    let mut stream = sse.get(proxy.url("/sse")).bearer_auth(&access).send().await.unwrap();
+    assert!(String::from_utf8_lossy(&stream.chunk().await.unwrap().unwrap()).contains("\"n\":1"));
+    let mut idle = TcpStream::connect(addr(&proxy)).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert!(read_until(&mut idle, "\"ok\"", Duration::from_secs(3)).await.starts_with("HTTP/1.1 200"));
+
+    let started = Instant::now();
+    let stopping = tokio::spawn(proxy.stop());
+    assert!(closed_within(&mut idle, Duration::from_millis(500)).await, "an idle connection outlives the shutdown");
+    // In flight: the stream goes on during the grace…
+    upstream.release();
+    let second = tokio::time::timeout(Duration::from_millis(800), stream.chunk()).await;
+    assert!(second.is_ok_and(|c| c.is_ok_and(|c| c.is_some())), "the stream was cut before the grace ended");
+    // …and is cut when it ends.
+    let cut = tokio::time::timeout(Duration::from_secs(3), stream.chunk()).await;
+    assert!(cut.is_ok_and(|c| !matches!(c, Ok(Some(_)))), "the stream outlives the shutdown grace");
+    tokio::time::timeout(Duration::from_secs(3), stopping).await.expect("serve returns").unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3), "shutdown took {:?}", started.elapsed());
+}
