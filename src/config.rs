@@ -964,6 +964,26 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_have_defaults_and_zero_is_refused_by_key() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        let limits = Config::from_toml(AZURE, secret).map(|c| c.limits).map_err(|e| e.to_string());
+        let limits = limits.as_ref().map(|l| {
+            (l.header_timeout, l.idle_timeout, l.body_timeout, l.max_connections, l.max_connections_per_source)
+        });
+        let secs = Duration::from_secs;
+        assert_eq!(limits, Ok((secs(15), secs(60), secs(10), None, 256)));
+        for (line, key) in [
+            ("idle_timeout = \"0s\"", "limits.idle_timeout"),
+            ("body_timeout = \"0s\"", "limits.body_timeout"),
+            ("header_timeout = \"0s\"", "limits.header_timeout"),
+            ("max_connections = 0", "limits.max_connections"),
+            ("max_connections_per_source = 0", "limits.max_connections_per_source"),
+        ] {
+            assert_eq!(err_key(&format!("{AZURE}[limits]\n{line}\n"), secret), key);
+        }
+    }
+
+    #[test]
     fn private_use_redirects_default_to_cursor_and_refuse_dangerous_schemes() {
         let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
         let c = Config::from_toml(AZURE, secret).map_err(|e| e.to_string());
