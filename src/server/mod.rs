@@ -110,6 +110,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
     let sweeper = spawn_sweeper(app.clone());
     let snapshots = app.config.store.snapshot.as_ref().map(|s| spawn_snapshot_writer(app.clone(), s.interval));
     let mut backoff = backoff::AcceptBackoff::default();
+    // Connections refused since the last log line, and when that line was written (one per `LOG_EVERY`).
+    let mut refusals: (u64, Option<std::time::Instant>) = (0, None);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -143,8 +145,14 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
                 tokio::spawn(serve_connection(shared.clone(), stream, peer, permit));
             }
             Err(refused) => {
-                tracing::debug!(%peer, ?refused, "connection refused: limit reached");
                 drop(stream);
+                refusals.0 += 1;
+                let now = std::time::Instant::now();
+                if refusals.1.is_none_or(|t| now.duration_since(t) >= backoff::LOG_EVERY) {
+                    let open = limiter.open();
+                    tracing::warn!(%peer, ?refused, open, refused_since_last = refusals.0, "connection limit reached; closing new connections");
+                    refusals = (0, Some(now));
+                }
             }
         }
     }
