@@ -205,7 +205,8 @@ pub struct LimitsConfig {
     pub authorize_per_minute: u32,
     /// Authorizations waiting for consent or the IdP, at most.
     pub max_pending: usize,
-    /// Time a client has to send complete request headers; also how long an idle keep-alive connection stays.
+    /// Time a connection has for its first complete request head (TLS handshake and HTTP/2 preface included),
+    /// and an HTTP/1.1 connection for each later request head.
     pub header_timeout: Duration,
     /// Longest `state` accepted at `/authorize` (400 beyond).
     pub max_state_bytes: usize,
@@ -217,6 +218,14 @@ pub struct LimitsConfig {
     pub login_failures: u32,
     /// The first lockout; each further failure after one doubles it, up to 16 times this.
     pub login_lockout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1 keep-alive and HTTP/2 alike).
+    pub idle_timeout: Duration,
+    /// Longest wait for the next piece of a request body; a body that stalls longer is cut (408).
+    pub body_timeout: Duration,
+    /// Client connections served at once; `None`: 4096, or half the process's open-file limit when lower.
+    pub max_connections: Option<usize>,
+    /// Client connections per source address (IPv6: per /64); not applied behind a TLS terminator.
+    pub max_connections_per_source: usize,
 }
 
 /// RFC 7662 introspection for a resource server.
@@ -390,6 +399,10 @@ struct RawLimits {
     password_check_wait: Option<String>,
     login_failures: Option<u32>,
     login_lockout: Option<String>,
+    idle_timeout: Option<String>,
+    body_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_source: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -919,7 +932,7 @@ fn validate_limits(raw: RawLimits) -> Result<LimitsConfig, ConfigError> {
         token_per_minute: per_minute("limits.token_per_minute", raw.token_per_minute, 120)?,
         authorize_per_minute: per_minute("limits.authorize_per_minute", raw.authorize_per_minute, 60)?,
         max_pending: raw.max_pending.unwrap_or(100_000).max(1),
-        header_timeout: duration("limits.header_timeout", raw.header_timeout, Duration::from_secs(15))?,
+        header_timeout: positive("limits.header_timeout", raw.header_timeout, Duration::from_secs(15))?,
         max_state_bytes: match raw.max_state_bytes.unwrap_or(1024) {
             n @ 64..=4096 => n,
             _ => return Err(invalid("limits.max_state_bytes", "must be between 64 and 4096")),
@@ -945,7 +958,26 @@ fn validate_limits(raw: RawLimits) -> Result<LimitsConfig, ConfigError> {
             d if d.as_secs() >= 1 && d <= Duration::from_secs(24 * 3600) => d,
             _ => return Err(invalid("limits.login_lockout", "must be between 1s and 24h")),
         },
+        idle_timeout: positive("limits.idle_timeout", raw.idle_timeout, Duration::from_secs(60))?,
+        body_timeout: positive("limits.body_timeout", raw.body_timeout, Duration::from_secs(10))?,
+        max_connections: match raw.max_connections {
+            Some(0) => return Err(invalid("limits.max_connections", "must be at least 1")),
+            other => other,
+        },
+        max_connections_per_source: match raw.max_connections_per_source {
+            Some(0) => return Err(invalid("limits.max_connections_per_source", "must be at least 1")),
+            other => other.unwrap_or(256),
+        },
     })
+}
+
+/// A duration of at least one millisecond (a zero deadline would close every connection at once).
+fn positive(key: &'static str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    let d = duration(key, value, default)?;
+    if d < Duration::from_millis(1) {
+        return Err(invalid(key, "must be at least 1ms"));
+    }
+    Ok(d)
 }
 
 fn validate_tokens(raw: RawTokens) -> Result<TokenConfig, ConfigError> {
@@ -1008,6 +1040,26 @@ mod tests {
             Err(ConfigError::Invalid { key, .. }) => key.to_owned(),
             Err(other) => format!("other: {other}"),
             Ok(_) => "ok".to_owned(),
+        }
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_zero_is_refused_by_key() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        let limits = Config::from_toml(AZURE, secret).map(|c| c.limits).map_err(|e| e.to_string());
+        let limits = limits.as_ref().map(|l| {
+            (l.header_timeout, l.idle_timeout, l.body_timeout, l.max_connections, l.max_connections_per_source)
+        });
+        let secs = Duration::from_secs;
+        assert_eq!(limits, Ok((secs(15), secs(60), secs(10), None, 256)));
+        for (line, key) in [
+            ("idle_timeout = \"0s\"", "limits.idle_timeout"),
+            ("body_timeout = \"0s\"", "limits.body_timeout"),
+            ("header_timeout = \"0s\"", "limits.header_timeout"),
+            ("max_connections = 0", "limits.max_connections"),
+            ("max_connections_per_source = 0", "limits.max_connections_per_source"),
+        ] {
+            assert_eq!(err_key(&format!("{AZURE}[limits]\n{line}\n"), secret), key);
         }
     }
 

@@ -189,6 +189,9 @@ pub enum Error {
     UpstreamTimeout,
     #[error("internal error: {0}")]
     Internal(String),
+    /// The client stopped sending its request body (`limits.body_timeout`): 408, and the connection is closed.
+    #[error("the request body stalled")]
+    RequestTimeout,
 }
 
 impl Error {
@@ -217,6 +220,7 @@ impl Error {
             Self::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -344,6 +348,11 @@ impl Error {
             Self::Internal(reason) => {
                 tracing::warn!(%reason, "internal error");
                 json_response(status, &serde_json::json!({"error": "server_error"}))
+            }
+            Self::RequestTimeout => {
+                let mut resp = oauth_json(status, "invalid_request", "the request body was not sent in time");
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                resp
             }
         }
     }

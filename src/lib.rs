@@ -17,7 +17,7 @@
 //!
 //! # Layout
 //! - [`config`]: `proxy.toml` → validated [`config::Config`].
-//! - [`server`]: accept loop, TLS (rustls), HTTP/1.1 + HTTP/2, graceful shutdown.
+//! - [`server`]: accept loop, TLS (rustls), HTTP/1.1 + HTTP/2, connection deadlines and caps, graceful shutdown.
 //! - [`router`]: `match (method, path)` and the thin handlers.
 //! - [`oauth`]: the authorization server's rules, one module per endpoint.
 //! - [`idp`]: upstream identity providers (OIDC discovery, the Azure preset, local login).

@@ -183,6 +183,10 @@ mod tests {
             password_check_wait: Duration::from_secs(1),
             login_failures: 5,
             login_lockout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(1),
+            max_connections: None,
+            max_connections_per_source: 1,
         }
     }
 

@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::client_documents::{self, DocumentError};
 use crate::crypto::{self, TokenHash};
 use crate::error::{BearerProblem, Error, ErrorCode, OAuthError};
 use crate::http::params::Params;
-use crate::http::{self as h, full, json_response, no_store, read_body, Body};
+use crate::http::{self as h, full, json_response, no_store, read_body, Body, RequestBody};
 use crate::idp::{local, Idp, IdpError};
 use crate::oauth::authorize::{self, AuthorizeContext};
 use crate::oauth::flow::{ConsentTicket, IdpTicket, PendingAuthorization, Ticket as _};
@@ -28,7 +27,7 @@ const FORM: &str = "application/x-www-form-urlencoded";
 const FORM_LIMIT: usize = 16 * 1024;
 
 /// Handles one request.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let route = route_name(&app, req.uri().path());
@@ -82,7 +81,7 @@ fn rate_class(path: &str) -> Option<(RouteClass, bool)> {
     }
 }
 
-async fn dispatch(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Error> {
+async fn dispatch(app: &Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Result<Response<Body>, Error> {
     let path = req.uri().path();
     // CORS preflights carry no credentials, so the proxy answers them itself on every path (browser clients
     // such as MCP Inspector preflight the MCP endpoint too).
@@ -196,7 +195,7 @@ fn preflight() -> Response<Body> {
 
 async fn register_client(
     app: &App,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     source: rate_limit::Source,
 ) -> Result<Response<Body>, Error> {
     let policy = &app.config.registration;
@@ -243,7 +242,7 @@ async fn register_client(
 /// RFC 7592 client configuration endpoint `/register/{client_id}`: read (GET), update (PUT), delete (DELETE),
 /// each with the registration access token as bearer. An unknown client or a wrong token is 401 (§2), so that
 /// nothing is learned about which clients exist. Deleting a client revokes its grants.
-async fn manage_client(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn manage_client(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     let client_id = req.uri().path().trim_start_matches("/register/").to_owned();
     let presented = bearer::token_from_headers(req.headers()).unwrap_or("");
     let client = app
@@ -314,7 +313,7 @@ fn find_client(document: &Option<Arc<Client>>, store: &crate::store::Store, id: 
     }
 }
 
-async fn start_authorization(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn start_authorization(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
     let ctx = AuthorizeContext {
         issuer: &app.config.server.public_url,
         resources: &app.resources,
@@ -355,7 +354,7 @@ async fn start_authorization(app: &App, req: &Request<Incoming>) -> Result<Respo
 }
 
 /// Parses a form body of an HTML page's post; errors are shown as a page.
-async fn read_form(req: Request<Incoming>) -> Result<(HeaderMap, Params), Error> {
+async fn read_form(req: Request<RequestBody>) -> Result<(HeaderMap, Params), Error> {
     let bad = |m: String| Error::page(StatusCode::BAD_REQUEST, "Invalid form", m);
     if !h::has_content_type(req.headers(), FORM) {
         return Err(bad(format!("The form must be sent as {FORM}.")));
@@ -366,7 +365,7 @@ async fn read_form(req: Request<Incoming>) -> Result<(HeaderMap, Params), Error>
     Ok((parts.headers, params))
 }
 
-async fn submit_consent(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn submit_consent(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     let (headers, params) = read_form(req).await?;
     let refused = || {
         Error::page(
@@ -439,7 +438,7 @@ fn spend(app: &App, ticket: &IdpTicket) -> Result<(), Error> {
     }
 }
 
-async fn idp_callback(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn idp_callback(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
     let params = Params::parse(req.uri().query().unwrap_or("").as_bytes())
         .map_err(|e| Error::page(StatusCode::BAD_REQUEST, "Invalid sign-in response", e.description))?;
     let request = live_idp_ticket(app, params.get("state"), req.headers())?;
@@ -509,7 +508,7 @@ fn local_users(app: &App) -> Result<&local::LocalUsers, Error> {
     }
 }
 
-fn show_login(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+fn show_login(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
     local_users(app)?;
     let params = Params::parse(req.uri().query().unwrap_or("").as_bytes()).map_err(|_| login_state_error())?;
     let state = params.get("state");
@@ -517,7 +516,7 @@ fn show_login(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Erro
     Ok(local::login_page(state.unwrap_or(""), None))
 }
 
-async fn submit_login(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn submit_login(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     let users = local_users(app)?;
     let (headers, params) = read_form(req).await?;
     let state = params.get("state").unwrap_or("");
@@ -549,7 +548,7 @@ async fn submit_login(app: &App, req: Request<Incoming>) -> Result<Response<Body
 
 // ---- token endpoint -----------------------------------------------------------------------------------------
 
-async fn read_oauth_form(req: Request<Incoming>) -> Result<(HeaderMap, Params), Error> {
+async fn read_oauth_form(req: Request<RequestBody>) -> Result<(HeaderMap, Params), Error> {
     if !h::has_content_type(req.headers(), FORM) {
         return Err(OAuthError::invalid_request(format!("Content-Type must be {FORM}")).into());
     }
@@ -565,7 +564,7 @@ async fn token_client(app: &App, headers: &HeaderMap, params: &Params) -> Result
     Ok(token::authenticate_client(|id| find_client(&document, &app.store, id), headers, params)?)
 }
 
-async fn token_endpoint(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn token_endpoint(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     let (headers, params) = read_oauth_form(req).await?;
     if let Some(id) = params.get("client_id").filter(|id| client_documents::is_document_id(id)) {
         client_documents::check_token_request(&app.store, &params, id)?;
@@ -586,7 +585,7 @@ async fn token_endpoint(app: &App, req: Request<Incoming>) -> Result<Response<Bo
 
 /// RFC 7009: revokes an access token, or a refresh token and its whole grant. Always 200 for a token that is
 /// unknown or belongs to another client (§2.2), so that nothing is learned.
-async fn revoke(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn revoke(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     let (headers, params) = read_oauth_form(req).await?;
     let token = params.require("token")?;
     let hash = TokenHash::of(token);
@@ -615,7 +614,7 @@ async fn revoke(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Err
 
 /// RFC 7662 introspection for the configured resource server: `active` with the token's claims, or only
 /// `{"active": false}` for a token that is unknown, expired, revoked or already rotated.
-async fn introspect(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn introspect(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     use secrecy::ExposeSecret as _;
     let Some(rs) = &app.config.introspection else {
         return Err(Error::NotFound);
@@ -664,7 +663,7 @@ async fn introspect(app: &App, req: Request<Incoming>) -> Result<Response<Body>,
 }
 
 /// OIDC Core §5.3-style claims of the user behind a bearer token.
-fn userinfo(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+fn userinfo(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
     let grant = bearer::authenticate(app, req.headers(), req.uri().query())?;
     let body = serde_json::to_value(&grant.identity).map_err(|e| Error::Internal(e.to_string()))?;
     let mut resp = json_response(StatusCode::OK, &body);
@@ -674,7 +673,7 @@ fn userinfo(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error>
 
 // ---- proxy --------------------------------------------------------------------------------------------------
 
-async fn proxy(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Error> {
+async fn proxy(app: &App, mut req: Request<RequestBody>, peer: SocketAddr) -> Result<Response<Body>, Error> {
     let grant = bearer::authenticate(app, req.headers(), req.uri().query())?;
     // One path decides both the policy and what the upstream gets.
     let path = target::canonical_path(req.uri().path())?;
@@ -741,7 +740,7 @@ async fn proxy(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Resul
 }
 
 /// Whether a request has no body, so that it can be sent again (RFC 9110 §9.2.2 methods or an empty body).
-fn replayable(req: &Request<Incoming>) -> bool {
+fn replayable(req: &Request<RequestBody>) -> bool {
     use hyper::body::Body as _;
     req.body().is_end_stream() || req.body().size_hint().exact() == Some(0)
 }

@@ -3,6 +3,7 @@
 
 pub mod html;
 pub mod params;
+pub mod timed_body;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
@@ -12,6 +13,9 @@ use crate::error::Error;
 
 /// The body of every response the server sends: fixed bytes, or a streamed upstream body.
 pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The body of every request the router sees: the client's, cut when it stalls (`limits.body_timeout`).
+pub type RequestBody = timed_body::TimedBody<hyper::body::Incoming>;
 
 pub fn full(data: impl Into<Bytes>) -> Body {
     Full::new(data.into()).map_err(|never| match never {}).boxed()
@@ -90,6 +94,7 @@ where
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::PayloadTooLarge { limit }),
+        Err(e) if matches!(e.downcast_ref(), Some(timed_body::BodyError::TimedOut(_))) => Err(Error::RequestTimeout),
         Err(e) => Err(Error::OAuth(crate::error::OAuthError::invalid_request(format!(
             "could not read the request body: {e}"
         )))),

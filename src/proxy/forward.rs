@@ -6,7 +6,6 @@ use std::time::Duration;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -15,7 +14,7 @@ use super::bearer::UpstreamAuth;
 use super::headers;
 use crate::config::UpstreamConfig;
 use crate::error::Error;
-use crate::http::Body;
+use crate::http::{Body, RequestBody};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -23,13 +22,13 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// A forwarded request's body: the client's, streamed, or none for a replayed bodiless request.
 pub enum UpstreamBody {
-    Streamed(Incoming),
+    Streamed(RequestBody),
     Empty,
 }
 
 impl hyper::body::Body for UpstreamBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = crate::http::timed_body::BodyError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
@@ -146,6 +145,7 @@ impl Forwarder {
 
         let resp = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
             Err(_) => return Err(Error::UpstreamTimeout),
+            Ok(Err(e)) if body_timed_out(&e) => return Err(Error::RequestTimeout),
             Ok(Err(e)) => return Err(Error::UpstreamUnavailable(describe(&e))),
             Ok(Ok(resp)) => resp,
         };
@@ -153,6 +153,18 @@ impl Forwarder {
         headers::sanitize_response(&mut parts.headers);
         Ok(Response::from_parts(parts, body.boxed()))
     }
+}
+
+/// Whether the request failed because the client's body stalled (`limits.body_timeout`), not the upstream.
+fn body_timed_out(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if matches!(s.downcast_ref(), Some(crate::http::timed_body::BodyError::TimedOut(_))) {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn describe(e: &hyper_util::client::legacy::Error) -> String {

@@ -1,81 +1,158 @@
 //! The accept loop: plain TCP or TLS (rustls, ALPN `h2` and `http/1.1`), HTTP/1.1 and HTTP/2 on the same port
-//! (hyper-util's auto builder), graceful shutdown after the reference `server_graceful.rs` of hyper-util.
+//! (hyper-util's auto builder), connection deadlines and caps ([`connection`]), accept-error backoff
+//! ([`backoff`]), graceful shutdown.
 //!
 //! [`serve`] takes an already bound listener and a shutdown future, so that tests bind `127.0.0.1:0` and drive
 //! the real server. On shutdown it stops accepting, lets in-flight requests finish until `server.shutdown_grace`,
 //! then drops what is left (SSE streams included).
+//!
+//! HTTP/2 bounds (RFC 9113; rapid reset, CVE-2023-44487): at most [`H2_MAX_STREAMS`] concurrent streams per
+//! connection, [`H2_MAX_PENDING_RESETS`] streams reset before they were served, [`H2_MAX_LOCAL_RESETS`] streams
+//! the server had to reset for protocol errors, [`H2_MAX_HEADER_LIST`] bytes of header list; a PING every
+//! [`H2_PING_INTERVAL`] that must be answered within [`H2_PING_TIMEOUT`] (a dead peer is dropped; a peer that
+//! only answers PINGs is closed by `limits.idle_timeout`). HTTP/1.1: at most [`H1_MAX_HEADERS`] header fields.
 
+pub mod backoff;
+pub mod connection;
 pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
+use crate::http::timed_body::TimedBody;
+use connection::{Activity, ConnectionLimiter, ConnectionPermit, Deadlines, Ended, Phase, TrackedBody};
+
+/// Concurrent HTTP/2 streams per connection.
+pub const H2_MAX_STREAMS: u32 = 100;
+/// HTTP/2 streams the client may reset before the server has served them (rapid reset).
+pub const H2_MAX_PENDING_RESETS: usize = 20;
+/// HTTP/2 streams the server may reset for a client's protocol errors before it closes the connection.
+pub const H2_MAX_LOCAL_RESETS: usize = 256;
+/// Largest HTTP/2 header list, in bytes (the decoded size, RFC 9113 §6.5.2).
+pub const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
+/// How often an HTTP/2 connection is PINGed.
+pub const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a PING may stay unanswered.
+pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Header fields in an HTTP/1.1 request head.
+pub const H1_MAX_HEADERS: usize = 100;
+
+type Builder = auto::Builder<TokioExecutor>;
+
+fn http_builder(header_timeout: Duration) -> Builder {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true)
+        .max_headers(H1_MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+        .max_header_list_size(H2_MAX_HEADER_LIST);
+    builder
+}
+
+/// What every connection task shares.
+struct Shared {
+    app: Arc<App>,
+    tls: Option<TlsAcceptor>,
+    builder: Builder,
+    deadlines: Deadlines,
+    body_timeout: Duration,
+    phase: watch::Receiver<Phase>,
+}
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains.
 pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>, shutdown: impl Future<Output = ()>) {
-    // `limits.header_timeout`: time allowed for the request headers (slowloris), for an idle keep-alive
-    // connection's next request, and for a TLS handshake.
-    let header_timeout = app.config.limits.header_timeout;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
-    let graceful = GracefulShutdown::new();
+    let limits = &app.config.limits;
+    let max_connections = connection::effective_max_connections(limits.max_connections, connection::open_file_limit());
+    if let (Some(n), Some(files)) = (limits.max_connections, connection::open_file_limit()) {
+        if n as u64 >= files {
+            tracing::warn!(
+                max_connections = n,
+                open_file_limit = files,
+                "limits.max_connections is not below the open-file limit; accept may fail for lack of descriptors"
+            );
+        }
+    }
+    let per_source = (!app.config.server.behind_tls_terminator).then_some(limits.max_connections_per_source);
+    let limiter = ConnectionLimiter::new(max_connections, per_source);
+    let (phase_tx, phase) = watch::channel(Phase::Running);
+    let shared = Arc::new(Shared {
+        tls,
+        builder: http_builder(limits.header_timeout),
+        deadlines: Deadlines { first_request: limits.header_timeout, idle: limits.idle_timeout },
+        body_timeout: limits.body_timeout,
+        phase,
+        app: app.clone(),
+    });
+    tracing::debug!(max_connections, ?per_source, "connection limits");
     let sweeper = spawn_sweeper(app.clone());
     let snapshots = app.config.store.snapshot.as_ref().map(|s| spawn_snapshot_writer(app.clone(), s.interval));
+    let mut backoff = backoff::AcceptBackoff::default();
+    // Connections refused since the last log line, and when that line was written (one per `LOG_EVERY`).
+    let mut refusals: (u64, Option<std::time::Instant>) = (0, None);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok(conn) => {
+                    if let Some(failures) = backoff.succeeded() {
+                        tracing::debug!(failures, "accepting connections again");
+                    }
+                    conn
+                }
+                Err(e) if backoff::is_connection_error(&e) => continue,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: pause, longer each time, and retry as soon as one
+                    // of our connections closes.
+                    let after = backoff.failed(std::time::Instant::now());
+                    if let Some(failures) = after.log {
+                        tracing::warn!(error = %e, failures, pause = ?after.pause, "accept failed; pausing");
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(after.pause) => {}
+                        () = limiter.released() => {}
+                        () = &mut shutdown => break,
+                    }
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let app_for_conn = app.clone();
-        let service = service_fn(move |req| {
-            let app = app_for_conn.clone();
-            async move { Ok::<_, Infallible>(crate::router::handle(app, req, peer).await) }
-        });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        match tls.clone() {
-            None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let conn = watcher.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
+        match limiter.try_admit(peer.ip()) {
+            Ok(permit) => {
+                tokio::spawn(serve_connection(shared.clone(), stream, peer, permit));
             }
-            Some(acceptor) => {
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!("TLS handshake timed out"),
-                    };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
+            Err(refused) => {
+                drop(stream);
+                refusals.0 += 1;
+                let now = std::time::Instant::now();
+                if refusals.1.is_none_or(|t| now.duration_since(t) >= backoff::LOG_EVERY) {
+                    let open = limiter.open();
+                    tracing::warn!(%peer, ?refused, open, refused_since_last = refusals.0, "connection limit reached; closing new connections");
+                    refusals = (0, Some(now));
+                }
             }
         }
     }
@@ -84,13 +161,80 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
     if let Some(w) = snapshots {
         w.abort();
     }
+    let _ = phase_tx.send(Phase::Draining);
+    drop(shared);
     let grace = app.config.server.shutdown_grace;
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(grace) => tracing::warn!(?grace, "shutdown deadline reached; closing remaining connections"),
+        () = phase_tx.closed() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(?grace, "shutdown deadline reached; closing remaining connections");
+            let _ = phase_tx.send(Phase::Abort);
+            let _ = tokio::time::timeout(Duration::from_secs(1), phase_tx.closed()).await;
+        }
     }
     // The final snapshot, after in-flight requests are done.
     write_snapshot(&app).await;
+}
+
+/// One connection: the TLS handshake and the HTTP connection, under the connection deadlines.
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, permit: ConnectionPermit) {
+    let accepted = Instant::now();
+    let _ = stream.set_nodelay(true);
+    let ended = match shared.tls.clone() {
+        None => serve_http(&shared, stream, peer, accepted).await,
+        Some(acceptor) => {
+            let deadline = accepted + shared.deadlines.first_request;
+            let mut phase = shared.phase.clone();
+            let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
+            let done = tokio::select! {
+                done = handshake => Some(done),
+                _ = phase.wait_for(|p| *p != Phase::Running) => None,
+            };
+            match done {
+                Some(Ok(Ok(tls))) => serve_http(&shared, tls, peer, accepted).await,
+                Some(Ok(Err(e))) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Some(Err(_)) => Ended::FirstRequestTimeout,
+                None => Ended::Aborted,
+            }
+        }
+    };
+    if ended != Ended::Closed {
+        tracing::debug!(%peer, ?ended, "connection closed by the server");
+    }
+    drop(permit);
+}
+
+async fn serve_http<I>(shared: &Shared, io: I, peer: SocketAddr, accepted: Instant) -> Ended
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::default());
+    let app = shared.app.clone();
+    let body_timeout = shared.body_timeout;
+    let tracker = activity.clone();
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let in_flight = tracker.begin();
+        let app = app.clone();
+        async move {
+            let req = req.map(|body| TimedBody::new(body, body_timeout));
+            let resp = crate::router::handle(app, req, peer).await;
+            Ok::<_, Infallible>(resp.map(|body| TrackedBody::new(body, in_flight)))
+        }
+    });
+    let conn = shared.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let (ended, error) = connection::supervise(
+        conn,
+        |c| c.graceful_shutdown(),
+        activity,
+        accepted,
+        shared.deadlines,
+        shared.phase.clone(),
+    )
+    .await;
+    if let Some(e) = error {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+    ended
 }
 
 /// Writes the snapshot off the runtime's worker threads; failures are logged, never fatal.
