@@ -164,7 +164,7 @@ pub struct RegistrationConfig {
     pub unused_client_ttl: Duration,
     /// RFC 7591 §3 initial access token: when set, `/register` requires it as a bearer token.
     pub initial_access_token: Option<SecretString>,
-    /// Hosts redirect URIs may point at (`loopback` stands for 127.0.0.1, [::1] and localhost); empty: any.
+    /// Hosts redirect URIs may point at (`loopback` stands for 127.0.0.1, `[::1]` and localhost); empty: any.
     pub allowed_redirect_hosts: Vec<String>,
     /// `allowed_redirect_hosts` and the presets of `registration.allow`, combined.
     pub redirect_allowlist: crate::oauth::redirect_uri::Allowlist,
