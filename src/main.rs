@@ -32,7 +32,8 @@ enum Command {
     Serve,
     /// Validate the config and exit; a bad key is named and the exit code is 2.
     CheckConfig,
-    /// Read a password from standard input and print its argon2id hash for `[[idp.users]] password_hash`.
+    /// Read a password (prompted without echo on a terminal, else one line of standard input) and print its
+    /// argon2id hash for `[[idp.users]] password_hash`. Passwords under 12 characters are refused.
     HashPassword,
     /// Ask the running proxy's `/readyz` (on `server.listen`, loopback when it listens on every address); exit 0
     /// when it is ready, 1 otherwise. For container health checks: the runtime image has no curl.
@@ -54,10 +55,44 @@ fn load(cli: &Cli) -> Result<Config, String> {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal as _;
+    // Colour codes only where a person reads them: not in files, pipes or container logs.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// Passwords shorter than this are refused by `hash-password`.
+const MIN_PASSWORD_CHARS: usize = 12;
+
+fn hash_password() -> ExitCode {
+    use std::io::IsTerminal as _;
+    let password = if std::io::stdin().is_terminal() {
+        match rpassword::prompt_password("Password (not shown): ") {
+            Ok(p) => p,
+            Err(e) => return fail(&format!("cannot read the password: {e}")),
+        }
+    } else {
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line).is_err() {
+            return fail("cannot read the password from standard input");
+        }
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return fail(&format!("the password must have at least {MIN_PASSWORD_CHARS} characters"));
+    }
+    match dcr_proxy::idp::local::hash_password(&password) {
+        Ok(hash) => {
+            let _ = writeln!(std::io::stdout(), "{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("hashing failed: {e}")),
     }
 }
 
@@ -69,19 +104,7 @@ fn fail(message: &str) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::HashPassword) => {
-            let mut line = String::new();
-            if std::io::stdin().read_line(&mut line).is_err() {
-                return fail("cannot read the password from standard input");
-            }
-            return match dcr_proxy::idp::local::hash_password(line.trim_end_matches(['\r', '\n'])) {
-                Ok(hash) => {
-                    let _ = writeln!(std::io::stdout(), "{hash}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&format!("hashing failed: {e}")),
-            };
-        }
+        Some(Command::HashPassword) => return hash_password(),
         Some(Command::CheckConfig) => {
             return match load(&cli) {
                 Ok(_) => {
@@ -116,9 +139,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Logged once, through the configured log (JSON stays one object per line), not printed again.
         Err(e) => {
             tracing::error!("{e}");
-            fail(&e)
+            ExitCode::from(2)
         }
     }
 }

@@ -107,6 +107,22 @@ fn docker_compose_runs_the_proxy_in_front_of_an_mcp_server_with_a_snapshot_volum
     assert!(volumes.iter().any(|v| v.starts_with("./deploy/proxy.toml:")));
     assert!(!doc["volumes"]["dcr-proxy-state"].is_badvalue());
     assert_eq!(doc["services"]["mcp-server"]["build"].as_str(), Some("./deploy/example-mcp-server"));
+    // Published on a configurable address, loopback by default; healthy only when /readyz answers; started once
+    // the MCP server is healthy; the MCP server stops on SIGTERM.
+    let ports: Vec<&str> = proxy["ports"].as_vec().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    assert_eq!(ports, vec!["${DCR_PROXY_BIND:-127.0.0.1}:${DCR_PROXY_PORT:-8080}:8080"]);
+    let check: Vec<&str> = proxy["healthcheck"]["test"].as_vec().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    assert_eq!(check, vec!["CMD", "/usr/local/bin/dcr-proxy", "healthcheck"]);
+    assert_eq!(proxy["depends_on"]["mcp-server"]["condition"].as_str(), Some("service_healthy"));
+    assert!(!doc["services"]["mcp-server"]["healthcheck"]["test"].is_badvalue());
+    assert_eq!(doc["services"]["mcp-server"]["init"].as_bool(), Some(true));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("COPY benches ./benches"), "Cargo.toml declares a bench target");
+    assert!(dockerfile.contains("HEALTHCHECK"));
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    for line in ["target/", "e2e/.venv/", ".env", "**/node_modules/"] {
+        assert!(ignore.lines().any(|l| l == line), ".dockerignore keeps {line} out of the build context");
+    }
     assert!(root.join("deploy/example-mcp-server/Dockerfile").exists());
     // The compose file's proxy config is valid with the secrets .env provides, and keeps the snapshot on the volume.
     let deploy = std::fs::read_to_string(root.join("deploy/proxy.toml")).unwrap();
@@ -127,4 +143,31 @@ fn docker_compose_runs_the_proxy_in_front_of_an_mcp_server_with_a_snapshot_volum
     let snapshot = config.store.snapshot.expect("snapshots on");
     assert!(snapshot.path.starts_with("/var/lib/dcr-proxy"));
     assert!(config.server.behind_tls_terminator);
+}
+
+/// `hash-password` from a pipe: a short password is refused by name, a long one hashes to a PHC string the local
+/// login accepts; nothing on stdout but the hash.
+#[test]
+fn hash_password_refuses_short_passwords_and_prints_only_the_hash() {
+    use std::io::Write as _;
+    let run = |input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dcr-proxy"))
+            .arg("hash-password")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let short = run("elevenchars\n");
+    assert_eq!(short.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 12 characters"));
+    assert!(short.stdout.is_empty());
+    let ok = run("twelve chars!\n");
+    assert!(ok.status.success(), "{ok:?}");
+    let hash = String::from_utf8(ok.stdout).unwrap();
+    assert!(hash.trim().starts_with("$argon2id$"), "{hash}");
+    assert_eq!(hash.lines().count(), 1);
 }
