@@ -125,12 +125,13 @@ impl LocalUsers {
         now: UnixTime,
     ) -> Result<Option<Identity>, LoginRefusal> {
         let name = TokenHash::of(username);
-        self.failures.check(&name, now)?;
+        // Reserved before the wait for a permit: concurrent guesses count against the lockout as they start.
+        let attempt = Attempt::begin(&self.failures, name, now)?;
         let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| LoginRefusal::Busy)?
             .map_err(|_| LoginRefusal::Busy)?;
-        let (table, failures, gauges) = (self.table.clone(), self.failures.clone(), self.running.clone());
+        let (table, gauges) = (self.table.clone(), self.running.clone());
         let username = username.to_owned();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -139,10 +140,7 @@ impl LocalUsers {
             let identity = table.verify(&username, &password);
             gauges.running.dec();
             // Recorded here, not by the request: a client that hangs up after sending still counts.
-            match &identity {
-                Some(_) => failures.clear(&name),
-                None => failures.record(name, now),
-            }
+            attempt.finish(identity.is_some(), now);
             identity
         })
         .await
@@ -184,6 +182,37 @@ struct Failures {
     count: u32,
     last: UnixTime,
     locked_until: UnixTime,
+    /// Attempts started and not finished yet: they count toward the threshold, so that concurrent guesses cannot
+    /// all be checked before the first failure is recorded.
+    pending: u32,
+}
+
+/// One login attempt's place in the [`FailureLog`]; given back when dropped unfinished (the wait for a password
+/// check timed out, or the task died).
+struct Attempt {
+    log: Arc<FailureLog>,
+    name: TokenHash,
+    finished: bool,
+}
+
+impl Attempt {
+    fn begin(log: &Arc<FailureLog>, name: TokenHash, now: UnixTime) -> Result<Self, LoginRefusal> {
+        log.begin(&name, now)?;
+        Ok(Self { log: log.clone(), name, finished: false })
+    }
+
+    fn finish(mut self, succeeded: bool, now: UnixTime) {
+        self.finished = true;
+        self.log.finish(self.name, succeeded, now);
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.log.release(&self.name);
+        }
+    }
 }
 
 impl FailureLog {
@@ -195,28 +224,42 @@ impl FailureLog {
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// `Err` while the username is locked out.
-    fn check(&self, name: &TokenHash, now: UnixTime) -> Result<(), LoginRefusal> {
-        match self.entries().get(name) {
-            Some(f) if f.locked_until > now => Err(LoginRefusal::LockedOut { retry_after_secs: f.locked_until - now }),
-            _ => Ok(()),
-        }
-    }
-
-    fn record(&self, name: TokenHash, now: UnixTime) {
+    /// Starts an attempt: `Err` while the username is locked out, or while the attempts already running would
+    /// reach the threshold if they fail (retry in a moment).
+    fn begin(&self, name: &TokenHash, now: UnixTime) -> Result<(), LoginRefusal> {
         let mut entries = self.entries();
-        if entries.len() >= MAX_TRACKED_NAMES && !entries.contains_key(&name) {
-            // Expired lockouts go first; then the entry that failed least recently (a locked one only if all are).
-            let reset_after = self.lockout_secs * 16;
-            entries.retain(|_, f| f.locked_until > now || f.last + reset_after > now);
-            if entries.len() >= MAX_TRACKED_NAMES {
-                let victim = entries.iter().min_by_key(|(_, f)| (f.locked_until > now, f.last)).map(|(k, _)| *k);
-                if let Some(victim) = victim {
-                    entries.remove(&victim);
-                }
+        if let Some(f) = entries.get(name) {
+            if f.locked_until > now {
+                return Err(LoginRefusal::LockedOut { retry_after_secs: f.locked_until - now });
             }
         }
-        let f = entries.entry(name).or_insert(Failures { count: 0, last: now, locked_until: 0 });
+        if entries.len() >= MAX_TRACKED_NAMES && !entries.contains_key(name) {
+            self.make_room(&mut entries, now);
+        }
+        let f = entries.entry(*name).or_insert(Failures { count: 0, last: now, locked_until: 0, pending: 0 });
+        // Below the threshold, running attempts count as if they failed; past a lockout, one attempt at a time.
+        let allowed =
+            if f.count >= self.threshold { f.pending == 0 } else { f.count.saturating_add(f.pending) < self.threshold };
+        if !allowed {
+            return Err(LoginRefusal::LockedOut { retry_after_secs: 2 });
+        }
+        f.pending += 1;
+        Ok(())
+    }
+
+    /// Ends an attempt: a success clears the username's failures, a failure counts (and may lock it out).
+    fn finish(&self, name: TokenHash, succeeded: bool, now: UnixTime) {
+        let mut entries = self.entries();
+        let f = entries.entry(name).or_insert(Failures { count: 0, last: now, locked_until: 0, pending: 1 });
+        f.pending = f.pending.saturating_sub(1);
+        if succeeded {
+            f.count = 0;
+            f.locked_until = 0;
+            if f.pending == 0 {
+                entries.remove(&name);
+            }
+            return;
+        }
         f.count = f.count.saturating_add(1);
         f.last = now;
         if f.count >= self.threshold {
@@ -225,8 +268,27 @@ impl FailureLog {
         }
     }
 
-    fn clear(&self, name: &TokenHash) {
-        self.entries().remove(name);
+    /// Gives back an attempt that never checked a password.
+    fn release(&self, name: &TokenHash) {
+        let mut entries = self.entries();
+        if let Some(f) = entries.get_mut(name) {
+            f.pending = f.pending.saturating_sub(1);
+            if f.pending == 0 && f.count == 0 {
+                entries.remove(name);
+            }
+        }
+    }
+
+    /// Expired lockouts go first; then the entry that failed least recently (a locked one only if all are).
+    fn make_room(&self, entries: &mut HashMap<TokenHash, Failures>, now: UnixTime) {
+        let reset_after = self.lockout_secs * 16;
+        entries.retain(|_, f| f.pending > 0 || f.locked_until > now || f.last + reset_after > now);
+        if entries.len() >= MAX_TRACKED_NAMES {
+            let victim = entries.iter().min_by_key(|(_, f)| (f.locked_until > now, f.last)).map(|(k, _)| *k);
+            if let Some(victim) = victim {
+                entries.remove(&victim);
+            }
+        }
     }
 }
 
@@ -279,34 +341,60 @@ mod tests {
         assert!(users.verify("bob", "s3cret").is_none());
     }
 
+    fn fail(log: &FailureLog, name: TokenHash, now: UnixTime) {
+        assert!(log.begin(&name, now).is_ok());
+        log.finish(name, false, now);
+    }
+
+    /// Whether an attempt may start now (given back at once).
+    fn may_try(log: &FailureLog, name: TokenHash, now: UnixTime) -> Result<(), LoginRefusal> {
+        log.begin(&name, now)?;
+        log.release(&name);
+        Ok(())
+    }
+
     #[test]
     fn failures_in_a_row_lock_a_username_out_with_a_growing_window() {
         let log = FailureLog::new(3, 60);
         let name = TokenHash::of("alice");
         for _ in 0..2 {
-            log.record(name, 1000);
+            fail(&log, name, 1000);
         }
-        assert!(log.check(&name, 1000).is_ok());
-        log.record(name, 1000);
-        assert!(matches!(log.check(&name, 1000), Err(LoginRefusal::LockedOut { retry_after_secs: 60 })));
-        assert!(log.check(&TokenHash::of("bob"), 1000).is_ok(), "other names are not affected");
-        assert!(log.check(&name, 1060).is_ok(), "the window passes");
-        log.record(name, 1060);
-        assert!(matches!(log.check(&name, 1060), Err(LoginRefusal::LockedOut { retry_after_secs: 120 })));
-        log.clear(&name);
-        assert!(log.check(&name, 1060).is_ok());
+        assert!(may_try(&log, name, 1000).is_ok());
+        fail(&log, name, 1000);
+        assert!(matches!(may_try(&log, name, 1000), Err(LoginRefusal::LockedOut { retry_after_secs: 60 })));
+        assert!(may_try(&log, TokenHash::of("bob"), 1000).is_ok(), "other names are not affected");
+        assert!(may_try(&log, name, 1060).is_ok(), "the window passes");
+        fail(&log, name, 1060);
+        assert!(matches!(may_try(&log, name, 1060), Err(LoginRefusal::LockedOut { retry_after_secs: 120 })));
+        assert!(log.begin(&name, 1200).is_ok());
+        log.finish(name, true, 1200);
+        assert!(may_try(&log, name, 1200).is_ok());
+        assert!(log.entries().is_empty(), "a success forgets the name");
+    }
+
+    #[test]
+    fn concurrent_attempts_count_toward_the_threshold_as_they_start() {
+        let log = FailureLog::new(3, 60);
+        let name = TokenHash::of("alice");
+        fail(&log, name, 1000);
+        assert!(log.begin(&name, 1000).is_ok());
+        assert!(log.begin(&name, 1000).is_ok());
+        assert!(log.begin(&name, 1000).is_err(), "1 failure + 2 running reach the threshold");
+        log.release(&name);
+        assert!(log.begin(&name, 1000).is_ok(), "an attempt given back frees its place");
     }
 
     #[test]
     fn the_failure_table_stays_bounded_and_keeps_lockouts() {
         let log = FailureLog::new(2, 60);
         let locked = TokenHash::of("alice");
-        log.record(locked, 1000);
-        log.record(locked, 1000);
+        fail(&log, locked, 1000);
+        fail(&log, locked, 1000);
         for i in 0..MAX_TRACKED_NAMES + 10 {
-            log.record(TokenHash::of(&format!("user{i}")), 1001);
+            fail(&log, TokenHash::of(&format!("user{i}")), 1001);
         }
         assert!(log.entries().len() <= MAX_TRACKED_NAMES);
-        assert!(log.check(&locked, 1001).is_err(), "a locked-out name is not pushed out by a flood of names");
+        assert!(may_try(&log, locked, 1001).is_err(), "a locked-out name is not pushed out by a flood of names");
     }
 }

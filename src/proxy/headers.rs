@@ -5,6 +5,11 @@
 //! - A header name with `_` never reaches the upstream: CGI/WSGI servers read `X_Forwarded_User` and
 //!   `x-forwarded-user` as the same variable, so a client could otherwise forge what the proxy asserts (nginx drops
 //!   such names by default for the same reason). The identity headers themselves are removed in every spelling.
+//! - Forwarding and routing headers are the proxy's to write: a client's `Forwarded`, `X-Real-IP`,
+//!   `X-Forwarded-Host/-Proto/-Port/-Prefix/-Server/-Ssl/-Scheme` are removed (frameworks such as Spring and
+//!   Quarkus trust them for redirects and links), and so are `X-Original-URL`, `X-Rewrite-URL`, `X-Original-URI`
+//!   (IIS and Symfony route by them, past the canonical path the policy judged) and the method overrides
+//!   (`X-HTTP-Method-Override` and kin, past the TRACE/CONNECT refusal). `X-Forwarded-For` is kept and appended to.
 //! - The proxy's own cookies (the browser binding of the consent step) never cross: they are removed from the
 //!   `Cookie` header sent upstream, and an upstream `Set-Cookie` of that name never reaches the browser.
 //! - Cookies arrive as one `Cookie` header: HTTP/2 splits them into crumbs, which are joined with `"; "` for an
@@ -18,6 +23,28 @@ pub const PROXY_COOKIES: [&str; 2] = ["dcrp", "__Host-dcrp"];
 /// The local login's identity headers; always removed from client requests.
 pub static X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
 pub static X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
+
+/// Headers that tell an upstream where a request came from, how it was addressed or which path or method it
+/// "really" has: only the proxy may write them.
+static CLIENT_FORBIDDEN: [&str; 17] = [
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "front-end-https",
+];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), plus the proxy-auth pair that is never forwarded.
 static HOP_BY_HOP: [HeaderName; 9] = [
@@ -56,6 +83,9 @@ pub fn sanitize_request(headers: &mut HeaderMap) {
     }
     headers.remove(&X_FORWARDED_USER);
     headers.remove(&X_FORWARDED_EMAIL);
+    for name in CLIENT_FORBIDDEN {
+        headers.remove(name);
+    }
     join_cookies(headers);
 }
 
@@ -89,8 +119,11 @@ fn join_cookies(headers: &mut HeaderMap) {
 /// Whether a `name=value` pair (or a `Set-Cookie` value) is one of the proxy's cookies. Names are compared
 /// without ASCII case: a browser would not confuse them, but a lenient upstream framework might.
 fn is_proxy_cookie(pair: &[u8]) -> bool {
-    let name = pair.split(|b| *b == b'=').next().unwrap_or_default().trim_ascii();
-    PROXY_COOKIES.iter().any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
+    let mut parts = pair.splitn(3, |b| *b == b'=');
+    let name = parts.next().unwrap_or_default().trim_ascii();
+    let is_ours = |n: &[u8]| PROXY_COOKIES.iter().any(|c| n.trim_ascii().eq_ignore_ascii_case(c.as_bytes()));
+    // `=dcrp=x`: a cookie with an empty name, which browsers send back as `dcrp=x`.
+    is_ours(name) || (name.is_empty() && parts.next().is_some_and(is_ours))
 }
 
 /// Prepares an upstream's response headers for the client: hop-by-hop headers and any `Set-Cookie` of the
@@ -165,6 +198,8 @@ mod tests {
         h.append(header::SET_COOKIE, HeaderValue::from_static("dcrp=evil; Path=/"));
         h.append(header::SET_COOKIE, HeaderValue::from_static("session=ok; Path=/"));
         h.append(header::SET_COOKIE, HeaderValue::from_static("__Host-dcrp=evil; Secure; Path=/"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static("=dcrp=evil; Path=/"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static(" = __Host-dcrp=evil"));
         sanitize_response(&mut h);
         let all: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
         assert_eq!(all, vec![HeaderValue::from_static("session=ok; Path=/")]);

@@ -12,6 +12,11 @@
 //!   request is in flight from the moment its head reaches the service until its response body has been sent or
 //!   dropped, so a response that streams for hours (SSE) keeps its connection however silent the client is.
 //! - **Body** (`limits.body_timeout`): see [`crate::http::timed_body`].
+//! - **Sending** (`limits.idle_timeout` again): a response frame that the client does not take — an HTTP/2
+//!   client that never opens its flow-control window, an HTTP/1.1 client that stops reading — would keep its
+//!   request in flight for ever. While a response body has handed over a frame and is not asked for the next one,
+//!   the connection is checked every half `idle_timeout`; two checks in a row without any progress close it. A
+//!   silent SSE stream is not affected: its body is waiting on the upstream, not on the client.
 //!
 //! Invariants: a connection holds one [`ConnectionPermit`] for its whole life (TLS handshake included) and gives
 //! it back when its task ends; every connection task ends at the latest when the server aborts after
@@ -173,6 +178,10 @@ pub struct Activity {
     started: AtomicU64,
     in_flight: AtomicUsize,
     changed: Notify,
+    /// Response bodies holding a frame the client has not taken yet.
+    sending: AtomicUsize,
+    /// Frames produced or taken by the client, over all response bodies: moves while the client reads.
+    progress: AtomicU64,
 }
 
 /// One request in flight; dropped with its response body.
@@ -197,15 +206,26 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request in flight until it is sent or dropped.
+/// A response body that keeps its request in flight until it is sent or dropped, and tells the supervisor while
+/// one of its frames waits for the client.
 pub struct TrackedBody<B> {
     inner: B,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    /// A frame was handed over and the body was not polled since: the client has not taken it yet.
+    holding: bool,
 }
 
 impl<B> TrackedBody<B> {
     pub fn new(inner: B, in_flight: InFlight) -> Self {
-        Self { inner, _in_flight: in_flight }
+        Self { inner, in_flight, holding: false }
+    }
+}
+
+impl<B> Drop for TrackedBody<B> {
+    fn drop(&mut self) {
+        if self.holding {
+            self.in_flight.0.sending.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -217,7 +237,21 @@ where
     type Error = B::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let activity = &this.in_flight.0;
+        if this.holding {
+            // Asked for the next frame: the previous one was taken.
+            this.holding = false;
+            activity.sending.fetch_sub(1, Ordering::AcqRel);
+            activity.progress.fetch_add(1, Ordering::Relaxed);
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            this.holding = true;
+            activity.sending.fetch_add(1, Ordering::AcqRel);
+            activity.progress.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -242,6 +276,8 @@ pub enum Ended {
     Dropped,
     /// The server's shutdown grace ran out.
     Aborted,
+    /// A response frame waited for the client for a whole `idle_timeout` without any progress.
+    SendStalled,
 }
 
 /// What the supervisor waits for next.
@@ -249,7 +285,8 @@ pub enum Ended {
 enum Next {
     Drop(Instant, Ended),
     Shutdown(Instant),
-    Nothing,
+    /// Busy: look at the sending progress at this time.
+    Check(Instant),
 }
 
 /// The supervisor's view of one connection.
@@ -261,9 +298,24 @@ struct Watch {
     was_busy: bool,
     idle_since: Instant,
     draining_since: Option<Instant>,
+    /// While busy, when the sending progress is looked at next (every half `idle`, never moved by new requests).
+    next_check: Option<Instant>,
+    /// The progress seen at the last check, when a frame was waiting for the client then.
+    stalled_at: Option<u64>,
 }
 
 impl Watch {
+    /// A check of the sending progress: `true` when a frame has waited for the client since the previous check
+    /// without any progress (two checks in a row, so between half and one whole `idle`).
+    fn check_sending(&mut self, sending: usize, progress: u64, now: Instant) -> bool {
+        if sending > 0 && self.stalled_at == Some(progress) {
+            return true;
+        }
+        self.stalled_at = (sending > 0).then_some(progress);
+        self.next_check = Some(now + self.deadlines.idle / 2);
+        false
+    }
+
     /// Updates from the activity counters at `now` and says what comes next.
     fn next(&mut self, started: u64, in_flight: usize, now: Instant) -> Next {
         let busy = in_flight > 0;
@@ -276,8 +328,11 @@ impl Watch {
             return Next::Drop(self.accepted + self.deadlines.first_request, Ended::FirstRequestTimeout);
         }
         if busy {
-            return Next::Nothing;
+            let at = *self.next_check.get_or_insert(now + self.deadlines.idle / 2);
+            return Next::Check(at);
         }
+        self.next_check = None;
+        self.stalled_at = None;
         match self.draining_since {
             Some(since) => Next::Drop(since.max(self.idle_since) + self.deadlines.first_request, Ended::Dropped),
             None => Next::Shutdown(self.idle_since + self.deadlines.idle),
@@ -298,8 +353,16 @@ where
     C: Future<Output = Result<(), E>>,
 {
     tokio::pin!(conn);
-    let mut watch =
-        Watch { accepted, deadlines, last_started: 0, was_busy: false, idle_since: accepted, draining_since: None };
+    let mut watch = Watch {
+        accepted,
+        deadlines,
+        last_started: 0,
+        was_busy: false,
+        idle_since: accepted,
+        draining_since: None,
+        next_check: None,
+        stalled_at: None,
+    };
     if *phase.borrow_and_update() != Phase::Running {
         return (Ended::Aborted, None);
     }
@@ -308,8 +371,7 @@ where
         let next =
             watch.next(activity.started.load(Ordering::Acquire), activity.in_flight.load(Ordering::Acquire), now);
         let deadline = match &next {
-            Next::Drop(at, _) | Next::Shutdown(at) => Some(*at),
-            Next::Nothing => None,
+            Next::Drop(at, _) | Next::Shutdown(at) | Next::Check(at) => Some(*at),
         };
         tokio::select! {
             result = conn.as_mut() => return (Ended::Closed, result.err()),
@@ -320,7 +382,12 @@ where
                     shutdown(conn.as_mut());
                     watch.draining_since = Some(Instant::now());
                 }
-                Next::Nothing => {}
+                Next::Check(_) => {
+                    let sending = activity.sending.load(Ordering::Acquire);
+                    if watch.check_sending(sending, activity.progress.load(Ordering::Relaxed), Instant::now()) {
+                        return (Ended::SendStalled, None);
+                    }
+                }
             },
             changed = phase.changed() => {
                 let current = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Abort };
@@ -356,6 +423,8 @@ mod tests {
             was_busy: false,
             idle_since: at,
             draining_since: None,
+            next_check: None,
+            stalled_at: None,
         }
     }
 
@@ -374,9 +443,9 @@ mod tests {
         let t0 = Instant::now();
         let mut w = watch(t0);
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(w.next(1, 1, t1), Next::Nothing);
+        assert_eq!(w.next(1, 1, t1), Next::Check(t1 + Duration::from_secs(30)));
         let t2 = t0 + Duration::from_secs(3600);
-        assert_eq!(w.next(1, 1, t2), Next::Nothing, "a long response (SSE) is never idle");
+        assert!(matches!(w.next(1, 1, t2), Next::Check(_)), "a long response (SSE) is never idle");
         let t3 = t2 + Duration::from_secs(1);
         assert_eq!(w.next(1, 0, t3), Next::Shutdown(t3 + Duration::from_secs(60)));
         let t4 = t3 + Duration::from_secs(5);
@@ -386,6 +455,25 @@ mod tests {
         assert_eq!(w.next(2, 0, t5), Next::Shutdown(t5 + Duration::from_secs(60)));
         w.draining_since = Some(t5 + Duration::from_secs(60));
         assert_eq!(w.next(2, 0, t5), Next::Drop(t5 + Duration::from_secs(75), Ended::Dropped));
+    }
+
+    #[test]
+    fn a_frame_the_client_does_not_take_for_two_checks_closes_the_connection() {
+        let t0 = Instant::now();
+        let mut w = watch(t0);
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(w.next(1, 1, t1), Next::Check(t1 + Duration::from_secs(30)));
+        // New requests do not move the check.
+        assert_eq!(w.next(2, 2, t1 + Duration::from_secs(10)), Next::Check(t1 + Duration::from_secs(30)));
+        let t2 = t1 + Duration::from_secs(30);
+        assert!(!w.check_sending(1, 7, t2), "first sight of a waiting frame");
+        assert_eq!(w.next(2, 2, t2), Next::Check(t2 + Duration::from_secs(30)));
+        assert!(!w.check_sending(1, 9, t2 + Duration::from_secs(30)), "the client took frames meanwhile");
+        assert!(w.check_sending(1, 9, t2 + Duration::from_secs(60)), "no progress for a whole check");
+        // A body waiting on the upstream (nothing held for the client) is never stalled.
+        let mut quiet = watch(t0);
+        assert!(!quiet.check_sending(0, 5, t1));
+        assert!(!quiet.check_sending(0, 5, t2));
     }
 
     #[test]
