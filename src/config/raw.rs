@@ -131,7 +131,13 @@ impl<'de> Deserialize<'de> for RawIdp {
                 return Ok(Self::Unknown(kind.to_owned()));
             }
         }
-        Ok(match KnownIdp::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)? {
+        let kind = table.get("kind").and_then(toml::Value::as_str).map(str::to_owned);
+        let known = KnownIdp::deserialize(toml::Value::Table(table)).map_err(|e| match kind {
+            // The table's own span is all that survives the detour: name the kind whose keys were meant.
+            Some(kind) => D::Error::custom(format!("kind = \"{kind}\": {}", e.message())),
+            None => D::Error::custom(e.message()),
+        })?;
+        Ok(match known {
             KnownIdp::Azure(a) => Self::Azure(a),
             KnownIdp::Oidc(o) => Self::Oidc(o),
             KnownIdp::Local(l) => Self::Local(l),

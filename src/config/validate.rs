@@ -505,3 +505,86 @@ fn validate_tokens(raw: RawTokens) -> Result<TokenConfig, ConfigError> {
     }
     Ok(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEX_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn with_snapshot() -> String {
+        DEFAULT_CONFIG.replace(
+            "[store]",
+            "[store]\nsnapshot_path = \"/nonexistent-dcrp/x.snapshot\"\nsnapshot_key_file = \"/nonexistent-dcrp/key\"",
+        )
+    }
+
+    fn message(result: Result<Config, ConfigError>) -> String {
+        match result {
+            Err(ConfigError::Invalid { key, message }) => format!("{key}: {message}"),
+            Err(other) => format!("other: {other}"),
+            Ok(_) => "ok".to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_snapshot_key_file_is_read_in_the_files_step_only() {
+        let text = with_snapshot();
+        let files = Files { snapshot_key: Some(Ok(format!("{HEX_KEY}\n"))), ..Files::default() };
+        let config = Config::from_toml_with_files(&text, no_env, &files).map_err(|e| e.to_string());
+        let key = config.map(|c| c.store.snapshot.map(|s| s.key.0[..2].to_vec()));
+        assert_eq!(key, Ok(Some(vec![0x00, 0x11])));
+        let files = Files { snapshot_key: Some(Err("permission denied".to_owned())), ..Files::default() };
+        assert_eq!(
+            message(Config::from_toml_with_files(&text, no_env, &files)),
+            "store.snapshot_key_file: cannot read /nonexistent-dcrp/key: permission denied"
+        );
+        // From disk: the file is missing, and named.
+        let err = message(Config::from_toml(&text, no_env));
+        assert!(err.starts_with("store.snapshot_key_file: cannot read /nonexistent-dcrp/key: "), "{err}");
+        // The variable wins, and the file is then not read at all.
+        let env = |k: &str| (k == "DCR_PROXY_SNAPSHOT_KEY").then(|| HEX_KEY.to_owned());
+        assert_eq!(message(Config::from_toml(&text, env)), "ok");
+    }
+
+    #[test]
+    fn the_extra_ca_file_must_exist_as_the_files_step_says() {
+        let text = DEFAULT_CONFIG.replace(
+            "[client_metadata_documents]",
+            "[client_metadata_documents]\nextra_ca_file = \"/nonexistent-dcrp/ca.pem\"",
+        );
+        let err = message(Config::from_toml(&text, no_env));
+        assert_eq!(err, "client_metadata_documents.extra_ca_file: /nonexistent-dcrp/ca.pem is not a readable file");
+        let files = Files { extra_ca_file_is_file: true, ..Files::default() };
+        assert_eq!(message(Config::from_toml_with_files(&text, no_env, &files)), "ok");
+    }
+
+    #[test]
+    fn each_idp_kind_gets_its_default_scopes_and_its_own_errors() {
+        let local = Config::from_toml(DEFAULT_CONFIG, no_env).map(|c| c.idp.scopes).map_err(|e| e.to_string());
+        assert_eq!(local, Ok(vec!["openid".to_owned(), "profile".to_owned(), "email".to_owned()]));
+        let (idp, _) = DEFAULT_CONFIG.split_once("\n[[idp.users]]").unwrap_or_default();
+        let (_, rest) = DEFAULT_CONFIG.split_once("\n[tokens]").unwrap_or_default();
+        let idp = idp.replacen("kind = \"local\"", "kind = \"oidc\"\nissuer = \"https://id.example\"", 1);
+        let oidc = format!("{idp}\nclient_id = \"proxy\"\n[tokens]{rest}");
+        let c = Config::from_toml(&oidc, |k| (k == "OIDC_CLIENT_SECRET").then(|| "s".to_owned()));
+        match c.map(|c| (c.idp.provider, c.idp.scopes.len())) {
+            Ok((IdpProvider::Oidc { client_secret: Some(_), client_id, .. }, 4)) => assert_eq!(client_id, "proxy"),
+            other => panic!("unexpected {:?}", other.map(|(_, n)| n)),
+        }
+        let http = oidc.replace("https://id.example", "http://id.example");
+        assert_eq!(message(Config::from_toml(&http, no_env)), "idp.issuer: must be https (http only on loopback)");
+        let saml = DEFAULT_CONFIG.replacen("kind = \"local\"", "kind = \"saml\"", 1);
+        assert_eq!(
+            message(Config::from_toml(&saml, no_env)),
+            "idp.kind: `saml` is not one of \"azure\", \"oidc\", \"local\""
+        );
+        let foreign = DEFAULT_CONFIG.replacen("kind = \"local\"", "kind = \"local\"\ntenant = \"common\"", 1);
+        let err = message(Config::from_toml(&foreign, no_env));
+        assert!(err.contains("kind = \"local\": unknown field `tenant`, expected one of"), "{err}");
+    }
+}
