@@ -14,7 +14,7 @@
 //! | `RUST_LOG`                         | `log.filter` (read by the log subscriber, `main.rs`)                |
 //!
 //! A variable overrides its key whenever it is set, also when the file sets the key. The config reads the first
-//! eight only through [`Env::get`], which takes an entry of [`TABLE`], so no other name can be read; the lookup is a
+//! eight only through `Env::get`, which takes an entry of [`TABLE`], so no other name can be read; the lookup is a
 //! function that tests feed without touching the process environment. The README's list is checked against the
 //! table by a test.
 

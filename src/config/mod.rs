@@ -1,11 +1,11 @@
 //! Configuration: `proxy.toml` → raw serde types → a validated [`Config`].
 //!
 //! Layout, in the order a config is read:
-//! - [`raw`]: the TOML as written (`deny_unknown_fields`, durations through one humantime adapter, `[idp]` an enum
+//! - `raw`: the TOML as written (`deny_unknown_fields`, durations through one humantime adapter, `[idp]` an enum
 //!   tagged by `kind`);
-//! - [`env`]: the one table of environment variables and what each overrides (secrets, the snapshot key);
+//! - [`env`](mod@env): the one table of environment variables and what each overrides (secrets, the snapshot key);
 //! - [`files`]: the one step that touches the file system (the snapshot key file, `extra_ca_file`), fed by tests;
-//! - [`validate`]: the rules, each error naming its key (`idp.tenant`, `tokens.access_ttl`, …);
+//! - `validate`: the rules, each error naming its key (`idp.tenant`, `tokens.access_ttl`, …);
 //! - this module: the validated types, [`PublicUrl`], [`PathScopes`] and the RFC 6749 §3.3 scope grammar.
 //!
 //! Config is a leaf: it imports nothing of the request path except the redirect-URI allowlist it builds.
