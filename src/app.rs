@@ -108,7 +108,7 @@ impl App {
         let resources = vec![
             resource.clone(),
             format!("{resource}/"),
-            config.server.public_url.clone(),
+            config.server.public_url.to_string(),
             format!("{}/", config.server.public_url),
         ];
         let mut metrics = crate::metrics::Metrics::new();

@@ -394,7 +394,7 @@ async fn submit_consent(app: &App, req: Request<RequestBody>) -> Result<Response
             redirect_uri: pending.redirect_uri,
             error: OAuthError::new(ErrorCode::AccessDenied, "the user denied the request"),
             state: pending.state,
-            issuer: app.config.server.public_url.clone(),
+            issuer: app.config.server.public_url.to_string(),
         });
     }
     // The IdP state, nonce and PKCE verifier exist only from here on; the state carries them, sealed.
@@ -448,7 +448,7 @@ async fn idp_callback(app: &App, req: &Request<RequestBody>) -> Result<Response<
         redirect_uri: request.pending.redirect_uri.clone(),
         error: OAuthError::new(code, description),
         state: request.pending.state.clone(),
-        issuer: app.config.server.public_url.clone(),
+        issuer: app.config.server.public_url.to_string(),
     };
     if let Some(error) = params.get("error") {
         let code = ErrorCode::from_idp(error);

@@ -5,7 +5,7 @@
 //! their own scope names), and the token response then states the granted scope. A request naming no known
 //! scope, or none at all, gets every offered scope (ChatGPT reconnects without a scope).
 
-use crate::config::is_scope_char;
+use crate::config::{is_scope_char, PathScopes};
 use crate::error::{ErrorCode, OAuthError};
 
 /// Splits a scope parameter, checking the `scope-token` grammar.
@@ -41,14 +41,6 @@ pub fn check_subset(requested: &str, granted: &str) -> Result<(), OAuthError> {
         )),
         None => Ok(()),
     }
-}
-
-/// Scopes a path prefix of the upstream needs (`[[upstream.required_scopes]]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathScopes {
-    /// A path such as `/mcp/admin`; matches itself and everything below it, without regard to ASCII case.
-    pub path_prefix: String,
-    pub scopes: Vec<String>,
 }
 
 /// The scopes a request for `path` needs that `granted` (space-separated) lacks, over every matching rule, in

@@ -1,0 +1,547 @@
+//! Configuration: `proxy.toml` → raw serde types → a validated [`Config`].
+//!
+//! Layout, in the order a config is read:
+//! - `raw`: the TOML as written (`deny_unknown_fields`, durations through one humantime adapter, `[idp]` an enum
+//!   tagged by `kind`);
+//! - [`env`](mod@env): the one table of environment variables and what each overrides (secrets, the snapshot key);
+//! - [`files`]: the one step that touches the file system (the snapshot key file, `extra_ca_file`), fed by tests;
+//! - `validate`: the rules, each error naming its key (`idp.tenant`, `tokens.access_ttl`, …);
+//! - this module: the validated types, [`PublicUrl`], [`PathScopes`] and the RFC 6749 §3.3 scope grammar.
+//!
+//! Config is a leaf: it imports nothing of the request path except the redirect-URI allowlist it builds.
+//!
+//! Invariants of a validated config: `public_url` is an origin (scheme, host, port; no path, query or fragment)
+//! and is the issuer verbatim; plain HTTP is served on a non-loopback address only with
+//! `server.behind_tls_terminator = true`; IdP issuers are https except on loopback.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+pub mod env;
+pub mod files;
+mod public_url;
+mod raw;
+mod validate;
+
+pub use files::Files;
+pub use public_url::PublicUrl;
+
+/// The shipped `proxy.toml`: local login on loopback, the embedded default.
+pub const DEFAULT_CONFIG: &str = include_str!("../../proxy.toml");
+
+/// A config error that names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config is not valid TOML for dcr-proxy: {0}")]
+    Parse(String),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, message: message.into() }
+}
+
+impl Config {
+    /// Reads and validates a config file, with secrets from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates config text; `env` looks up environment overrides, the files the config names are
+    /// read from disk.
+    pub fn from_toml(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let raw = raw::parse(text)?;
+        let env = env::Env::new(&env);
+        let files = Files::read(&raw, &env);
+        validate::config(raw, &env, &files)
+    }
+
+    /// [`Config::from_toml`] with the files' contents given instead of read: no I/O at all.
+    pub fn from_toml_with_files(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+        files: &Files,
+    ) -> Result<Self, ConfigError> {
+        validate::config(raw::parse(text)?, &env::Env::new(&env), files)
+    }
+
+    /// The redirect URI registered at the IdP: `<public_url>/callback`.
+    pub fn callback_url(&self) -> String {
+        format!("{}/callback", self.server.public_url)
+    }
+
+    /// The protected resource's public URL (RFC 9728 `resource`).
+    pub fn resource_url(&self) -> String {
+        format!("{}{}", self.server.public_url, self.upstream.resource_path)
+    }
+
+    /// Whether cookies must carry `Secure` (and may use the `__Host-` prefix).
+    pub fn is_https(&self) -> bool {
+        self.server.public_url.is_https()
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub idp: IdpConfig,
+    pub tokens: TokenConfig,
+    pub registration: RegistrationConfig,
+    pub client_documents: ClientDocumentsConfig,
+    pub limits: LimitsConfig,
+    pub introspection: Option<IntrospectionConfig>,
+    pub store: StoreConfig,
+    /// Where Prometheus metrics are served (a separate listener); off when absent.
+    pub metrics_listen: Option<SocketAddr>,
+    pub log: LogConfig,
+}
+
+/// A 256-bit snapshot key; `Debug` never shows it.
+#[derive(Clone)]
+pub struct SnapshotKey(pub [u8; 32]);
+
+impl std::fmt::Debug for SnapshotKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotKey(<redacted>)")
+    }
+}
+
+/// Encrypted snapshots of the store (off unless `store.snapshot_path` is set).
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub snapshot: Option<SnapshotConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotConfig {
+    pub path: PathBuf,
+    pub interval: Duration,
+    pub key: SnapshotKey,
+    /// The key before a rotation (`DCR_PROXY_SNAPSHOT_KEY_PREVIOUS`): read with it, written with `key`.
+    pub previous_key: Option<SnapshotKey>,
+    /// Start with an empty store when the snapshot cannot be read, instead of refusing to start.
+    pub start_empty_on_error: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// The issuer and base of every advertised URL: an origin without a trailing slash.
+    pub public_url: PublicUrl,
+    pub tls: Option<TlsConfig>,
+    pub behind_tls_terminator: bool,
+    /// Deadline for in-flight requests (SSE streams included) after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// How often the PEM files are checked for a change (certificate renewal without restart).
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Base URL; a request for `/p?q` goes to `<url>/p?q`.
+    pub url: Url,
+    /// The protected resource's path, advertised in RFC 9728 metadata.
+    pub resource_path: String,
+    pub connect_timeout: Duration,
+    /// Time allowed until the upstream's response headers; the body then streams for as long as it needs.
+    pub response_timeout: Duration,
+    /// Scopes a token needs for a path prefix; a token without them gets 403 `insufficient_scope`.
+    pub required_scopes: Vec<PathScopes>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdpConfig {
+    pub provider: IdpProvider,
+    /// Scopes asked of the IdP; also the scopes offered to MCP clients.
+    pub scopes: Vec<String>,
+    /// Timeout of every call to the IdP.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum IdpProvider {
+    /// Microsoft Entra ID v2.0 endpoints under `<authority>/<tenant>/`.
+    Azure { authority: Url, tenant: String, client_id: String, client_secret: SecretString },
+    /// Any OpenID Connect provider, by discovery at `<issuer>/.well-known/openid-configuration`.
+    Oidc { issuer: Url, client_id: String, client_secret: Option<SecretString> },
+    /// The built-in login page with users from the config.
+    Local { users: Vec<LocalUser> },
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalUser {
+    pub username: String,
+    /// PHC string (`$argon2id$…`).
+    pub password_hash: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub code_ttl: Duration,
+    /// Lifetime of a pending authorization (consent, IdP round trip).
+    pub pending_ttl: Duration,
+    /// Window in which a replay of a just-rotated refresh token returns the same new pair.
+    pub refresh_grace: Duration,
+    /// The upstream access token is refreshed this long before it expires (at most half its lifetime ahead).
+    pub upstream_refresh_margin: Duration,
+    /// Least time between two IdP refreshes of one grant while its token is still valid.
+    pub upstream_refresh_floor: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistrationConfig {
+    /// Largest accepted registration body.
+    pub max_body_bytes: usize,
+    /// Registered clients kept at most; a registration beyond it is refused with 503.
+    pub max_clients: usize,
+    /// A client that never completed an authorization is removed this long after registering.
+    pub unused_client_ttl: Duration,
+    /// RFC 7591 §3 initial access token: when set, `/register` requires it as a bearer token.
+    pub initial_access_token: Option<SecretString>,
+    /// `registration.allowed_redirect_hosts` (hosts redirect URIs may point at; `loopback` stands for 127.0.0.1,
+    /// `[::1]` and localhost; empty: any) and the presets of `registration.allow`, combined.
+    pub redirect_allowlist: crate::oauth::redirect_uri::Allowlist,
+}
+
+/// Client ID Metadata Documents: a `client_id` that is an https URL names a JSON document the proxy fetches.
+#[derive(Debug, Clone)]
+pub struct ClientDocumentsConfig {
+    /// Whether URL client_ids are accepted (and `client_id_metadata_document_supported` advertised).
+    pub enabled: bool,
+    /// Hosts documents may be fetched from (`*.example.com` for subdomains); empty: any public host.
+    pub allowed_hosts: Vec<String>,
+    /// Largest document accepted.
+    pub max_bytes: usize,
+    /// Deadline of one fetch: resolution, connection, TLS, headers and body.
+    pub timeout: Duration,
+    /// How long a fetched document is used (less when its `Cache-Control: max-age` says so).
+    pub cache_ttl: Duration,
+    /// Documents kept in the cache at most.
+    pub cache_entries: usize,
+    /// Fetches running at once, at most (more get 503 with `Retry-After`).
+    pub max_concurrent_fetches: usize,
+    /// Extra trust anchors (PEM) for fetching documents, beside the public web PKI.
+    pub extra_ca_file: Option<PathBuf>,
+    /// Test-only: lets documents be served from loopback addresses. Never set in production.
+    pub allow_loopback_for_testing: bool,
+    /// How long a failed fetch is remembered (and answered again without fetching), per URL.
+    pub failure_ttl: Duration,
+}
+
+/// Abuse limits of the public endpoints.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Requests per minute and source address at `/register`, `/token` (and `/revoke`, `/introspect`),
+    /// `/authorize` (and `/consent`, `/login`).
+    pub register_per_minute: u32,
+    pub token_per_minute: u32,
+    pub authorize_per_minute: u32,
+    /// Authorizations waiting for consent or the IdP, at most.
+    pub max_pending: usize,
+    /// Time a connection has for its first complete request head (TLS handshake and HTTP/2 preface included),
+    /// and an HTTP/1.1 connection for each later request head.
+    pub header_timeout: Duration,
+    /// Longest `state` accepted at `/authorize` (400 beyond).
+    pub max_state_bytes: usize,
+    /// Password hashes (argon2, ~19 MiB each) computed at once, at most.
+    pub password_checks: usize,
+    /// How long a login waits for a free password check before it gets 503 with `Retry-After`.
+    pub password_check_wait: Duration,
+    /// Failed logins in a row after which a username is locked out.
+    pub login_failures: u32,
+    /// The first lockout; each further failure after one doubles it, up to 16 times this.
+    pub login_lockout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1 keep-alive and HTTP/2 alike).
+    pub idle_timeout: Duration,
+    /// Longest wait for the next piece of a request body; a body that stalls longer is cut (408).
+    pub body_timeout: Duration,
+    /// Client connections served at once; `None`: 4096, or half the process's open-file limit when lower.
+    pub max_connections: Option<usize>,
+    /// Client connections per source address (IPv6: per /64); not applied behind a TLS terminator.
+    pub max_connections_per_source: usize,
+}
+
+/// RFC 7662 introspection for a resource server.
+#[derive(Debug, Clone)]
+pub struct IntrospectionConfig {
+    pub client_id: String,
+    pub client_secret: SecretString,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Scopes a path prefix of the upstream needs (`[[upstream.required_scopes]]`); applied by
+/// `oauth::scope::missing_for_path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathScopes {
+    /// A path such as `/mcp/admin`; matches itself and everything below it, without regard to ASCII case.
+    pub path_prefix: String,
+    pub scopes: Vec<String>,
+}
+
+/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+pub fn is_scope_char(c: char) -> bool {
+    matches!(c, '\x21' | '\x23'..='\x5B' | '\x5D'..='\x7E')
+}
+
+/// Private-use-scheme redirect URIs accepted unless `registration.private_use_redirect_uris` says otherwise:
+/// Cursor's callback (Cursor registers it beside an https and a loopback URI, and refuses the whole registration
+/// when one is refused).
+pub const DEFAULT_PRIVATE_USE_REDIRECTS: [&str; 1] = ["cursor://anysphere.cursor-mcp/oauth/callback"];
+
+/// Reads a 256-bit key: 64 hex digits or base64 (standard or URL-safe, padded or not) of 32 bytes.
+pub fn parse_snapshot_key(text: &str) -> Option<SnapshotKey> {
+    use base64::Engine as _;
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..32).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>()?
+    } else {
+        let engines = [
+            base64::engine::general_purpose::STANDARD,
+            base64::engine::general_purpose::STANDARD_NO_PAD,
+            base64::engine::general_purpose::URL_SAFE,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ];
+        engines.iter().find_map(|e| e.decode(text).ok())?
+    };
+    <[u8; 32]>::try_from(bytes.as_slice()).ok().map(SnapshotKey)
+}
+
+/// Whether a URL's host is loopback (`localhost`, 127.0.0.0/8, `::1`): where plain http is allowed.
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const AZURE: &str = r#"
+        [server]
+        listen = "127.0.0.1:8080"
+        public_url = "http://127.0.0.1:8080/"
+        [upstream]
+        url = "http://127.0.0.1:3000"
+        [idp]
+        kind = "azure"
+        tenant = "common"
+        client_id = "app"
+    "#;
+
+    fn err_key(text: &str, env: impl Fn(&str) -> Option<String>) -> String {
+        match Config::from_toml(text, env) {
+            Err(ConfigError::Invalid { key, .. }) => key.to_owned(),
+            Err(other) => format!("other: {other}"),
+            Ok(_) => "ok".to_owned(),
+        }
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_zero_is_refused_by_key() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        let limits = Config::from_toml(AZURE, secret).map(|c| c.limits).map_err(|e| e.to_string());
+        let limits = limits.as_ref().map(|l| {
+            (l.header_timeout, l.idle_timeout, l.body_timeout, l.max_connections, l.max_connections_per_source)
+        });
+        let secs = Duration::from_secs;
+        assert_eq!(limits, Ok((secs(15), secs(60), secs(10), None, 256)));
+        for (line, key) in [
+            ("idle_timeout = \"0s\"", "limits.idle_timeout"),
+            ("body_timeout = \"0s\"", "limits.body_timeout"),
+            ("header_timeout = \"0s\"", "limits.header_timeout"),
+            ("max_connections = 0", "limits.max_connections"),
+            ("max_connections_per_source = 0", "limits.max_connections_per_source"),
+        ] {
+            assert_eq!(err_key(&format!("{AZURE}[limits]\n{line}\n"), secret), key);
+        }
+    }
+
+    #[test]
+    fn private_use_redirects_default_to_cursor_and_refuse_dangerous_schemes() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        let c = Config::from_toml(AZURE, secret).map_err(|e| e.to_string());
+        assert_eq!(
+            c.map(|c| c.registration.redirect_allowlist.private_use),
+            Ok(vec!["cursor://anysphere.cursor-mcp/oauth/callback".to_owned()])
+        );
+        for bad in ["javascript://x/y", "https://a.example/cb", "file://h/etc/passwd", "cursor:no-host"] {
+            let text = format!("{AZURE}[registration]\nprivate_use_redirect_uris = [\"{bad}\"]\n");
+            assert_eq!(err_key(&text, secret), "registration.private_use_redirect_uris", "{bad}");
+        }
+    }
+
+    #[test]
+    fn required_scopes_must_be_offered_paths() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        let rule = |prefix: &str, scopes: &str| {
+            format!("{AZURE}scopes = [\"openid\", \"User.Read\"]\n[[upstream.required_scopes]]\npath_prefix = \"{prefix}\"\nscopes = {scopes}\n")
+        };
+        let ok = Config::from_toml(&rule("/mcp/admin", "[\"User.Read\"]"), secret).map_err(|e| e.to_string());
+        assert_eq!(ok.map(|c| c.upstream.required_scopes.len()), Ok(1));
+        for (prefix, scopes, needle) in [
+            ("/mcp/admin", "[\"Mail.Send\"]", "Mail.Send"),
+            ("mcp", "[\"User.Read\"]", "path_prefix"),
+            ("/mcp", "[]", "at least one"),
+        ] {
+            let err = Config::from_toml(&rule(prefix, scopes), secret).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("upstream.required_scopes") && err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_empty_snapshot_key_variable_is_named() {
+        let text = DEFAULT_CONFIG.replace("[store]", "[store]\nsnapshot_path = \"/tmp/x.snapshot\"");
+        for value in ["", "  ", "not-a-key"] {
+            let env = |k: &str| (k == "DCR_PROXY_SNAPSHOT_KEY").then(|| value.to_owned());
+            let err = Config::from_toml(&text, env).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                err.contains("`DCR_PROXY_SNAPSHOT_KEY`") && !err.contains("snapshot_key_file`"),
+                "{value:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn embedded_default_config_is_valid() {
+        let c = Config::from_toml(DEFAULT_CONFIG, no_env).map_err(|e| e.to_string());
+        assert!(c.is_ok(), "{c:?}");
+    }
+
+    #[test]
+    fn shipped_docker_config_is_valid_with_secrets_from_env() {
+        let env = |k: &str| match k {
+            "AZURE_TENANT_ID" => Some("9188040d-6c67-4c5b-b112-36a304b66dad".to_owned()),
+            "AZURE_CLIENT_ID" => Some("app".to_owned()),
+            "AZURE_CLIENT_SECRET" => Some("secret".to_owned()),
+            "DCR_PROXY_SNAPSHOT_KEY" => Some("q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=".to_owned()),
+            _ => None,
+        };
+        let c = Config::from_toml(include_str!("../../deploy/proxy.toml"), env).map_err(|e| e.to_string());
+        assert!(c.is_ok(), "{c:?}");
+        assert_eq!(err_key(include_str!("../../deploy/proxy.toml"), no_env), "idp.tenant");
+    }
+
+    #[test]
+    fn azure_secret_comes_from_env_and_missing_secret_names_the_key() {
+        assert_eq!(err_key(AZURE, no_env), "idp.client_secret");
+        let c = Config::from_toml(AZURE, |k| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned()));
+        let c = c.map_err(|e| e.to_string());
+        assert!(c.is_ok(), "{c:?}");
+        if let Ok(c) = c {
+            assert_eq!(c.server.public_url, "http://127.0.0.1:8080");
+        }
+    }
+
+    #[test]
+    fn env_overrides_tenant() {
+        let c = Config::from_toml(AZURE, |k| match k {
+            "AZURE_CLIENT_SECRET" => Some("s".into()),
+            "AZURE_TENANT_ID" => Some("contoso.onmicrosoft.com".into()),
+            _ => None,
+        });
+        match c.map(|c| c.idp.provider) {
+            Ok(IdpProvider::Azure { tenant, .. }) => assert_eq!(tenant, "contoso.onmicrosoft.com"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        assert_eq!(err_key(&AZURE.replace("127.0.0.1:8080\"\n", "nope\"\n"), secret), "server.listen");
+        assert_eq!(
+            err_key(&AZURE.replace("http://127.0.0.1:8080/", "http://example.com"), secret),
+            "server.public_url"
+        );
+        assert_eq!(
+            err_key(&AZURE.replace("http://127.0.0.1:8080/", "https://x.example/base"), secret),
+            "server.public_url"
+        );
+        assert_eq!(err_key(&AZURE.replace("\"azure\"", "\"saml\""), secret), "idp.kind");
+        assert_eq!(err_key(&format!("{AZURE}\n[tokens]\naccess_ttl = \"soon\""), secret), "tokens.access_ttl");
+        assert_eq!(err_key(&AZURE.replace("tenant = \"common\"", ""), secret), "idp.tenant");
+        assert_eq!(
+            err_key(&AZURE.replace("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:8080\""), secret),
+            "server.listen"
+        );
+    }
+
+    #[test]
+    fn sign_in_and_login_limits_name_their_key() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        for (line, key) in [
+            ("max_state_bytes = 10", "limits.max_state_bytes"),
+            ("password_checks = 0", "limits.password_checks"),
+            ("password_check_wait = \"2m\"", "limits.password_check_wait"),
+            ("login_failures = 0", "limits.login_failures"),
+            ("login_lockout = \"0s\"", "limits.login_lockout"),
+        ] {
+            assert_eq!(err_key(&format!("{AZURE}[limits]\n{line}\n"), secret), key, "{line}");
+        }
+        let c = Config::from_toml(AZURE, secret).map_err(|e| e.to_string());
+        let limits = c.map(|c| (c.limits.max_state_bytes, c.limits.login_failures, c.limits.password_checks >= 1));
+        assert_eq!(limits, Ok((1024, 5, true)));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let text = AZURE.replace("[idp]", "[idp]\ntennant = \"x\"");
+        match Config::from_toml(&text, no_env) {
+            Err(ConfigError::Parse(msg)) => assert!(msg.contains("tennant"), "{msg}"),
+            other => panic!("unexpected {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn upstream_refresh_floor_defaults_to_30s_and_is_bounded() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        let c = Config::from_toml(AZURE, secret).map_err(|e| e.to_string());
+        assert_eq!(c.map(|c| c.tokens.upstream_refresh_floor), Ok(Duration::from_secs(30)));
+        for bad in ["0s", "2h", "soon"] {
+            let text = format!("{AZURE}\n[tokens]\nupstream_refresh_floor = \"{bad}\"");
+            assert_eq!(err_key(&text, secret), "tokens.upstream_refresh_floor", "{bad}");
+        }
+    }
+}
