@@ -424,6 +424,11 @@ mod tests {
             ("/mcp/admin", "[\"Mail.Send\"]", "Mail.Send"),
             ("mcp", "[\"User.Read\"]", "path_prefix"),
             ("/mcp", "[]", "at least one"),
+            ("/mcp/café", "[\"User.Read\"]", "plain path"),
+            ("/mcp/my files", "[\"User.Read\"]", "plain path"),
+            ("/mcp/%61dmin", "[\"User.Read\"]", "plain path"),
+            ("/mcp/admin.", "[\"User.Read\"]", "plain path"),
+            ("/mcp/../admin", "[\"User.Read\"]", "plain path"),
         ] {
             let err = Config::from_toml(&rule(prefix, scopes), secret).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains("upstream.required_scopes") && err.contains(needle), "{err}");

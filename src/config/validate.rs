@@ -142,13 +142,17 @@ fn validate_required_scopes(upstream: UpstreamConfig, offered: &[String]) -> Res
                 format!("entry {i}: path_prefix `{}` must be a path starting with /", rule.path_prefix),
             ));
         }
-        // Rules are compared with the canonical forwarded path, which never holds these.
-        let dot_segment = rule.path_prefix.split('/').any(|s| s == "." || s == "..");
-        if dot_segment || rule.path_prefix.contains(['%', ';', '\\']) || rule.path_prefix.contains("//") {
+        // Rules are compared with the canonical forwarded path (`proxy::target`): a prefix must be written as that
+        // path holds it, or it would never match — no escapes, no character the canonical form encodes (a space,
+        // non-ASCII), no `;`, `\\`, `//`, dot segment or segment ending in a dot.
+        let literal = |c: char| c.is_ascii_alphanumeric() || "/-._~!$&'()*+,=:@".contains(c);
+        let bad_segment = rule.path_prefix.split('/').skip(1).any(|s| s == "." || s == ".." || s.ends_with('.'));
+        if !rule.path_prefix.chars().all(literal) || bad_segment || rule.path_prefix.contains("//") {
             return Err(invalid(
                 KEY,
                 format!(
-                    "entry {i}: path_prefix `{}` must be a plain path (no %-escapes, `;`, `\\`, `//` or dot segments)",
+                    "entry {i}: path_prefix `{}` must be a plain path of letters, digits and -._~!$&'()*+,=:@ \
+                     (no %-escapes, spaces, non-ASCII, `;`, `\\`, `//` or dot segments), as the forwarded path holds it",
                     rule.path_prefix
                 ),
             ));
