@@ -14,7 +14,10 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::http::{html, json_response, Body};
+use crate::client_documents::DocumentError;
+use crate::http::params::ParamError;
+use crate::http::{html, json_response, Body, ReadBodyError};
+use crate::oauth::authorize::AuthorizeError;
 
 /// RFC 6749 §4.1.2.1, §5.2; RFC 7591 §3.2.2; RFC 8707 §2 error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,6 +358,79 @@ impl Error {
                 resp
             }
         }
+    }
+}
+
+impl From<ParamError> for OAuthError {
+    /// RFC 6749 §3.1: a repeated or missing parameter is `invalid_request`.
+    fn from(e: ParamError) -> Self {
+        Self::invalid_request(e.to_string())
+    }
+}
+
+impl From<ParamError> for Error {
+    fn from(e: ParamError) -> Self {
+        Self::OAuth(e.into())
+    }
+}
+
+impl From<ReadBodyError> for Error {
+    fn from(e: ReadBodyError) -> Self {
+        match e {
+            ReadBodyError::TooLarge { limit } => Self::PayloadTooLarge { limit },
+            ReadBodyError::TimedOut => Self::RequestTimeout,
+            ReadBodyError::Broken(_) => Self::OAuth(OAuthError::invalid_request(e.to_string())),
+        }
+    }
+}
+
+impl From<AuthorizeError> for Error {
+    /// RFC 6749 §4.1.2.1: before the redirect URI is trusted, a page; after, a redirect.
+    fn from(e: AuthorizeError) -> Self {
+        const INVALID: &str = "Invalid authorization request";
+        match e {
+            AuthorizeError::Invalid(message) => Self::page(StatusCode::BAD_REQUEST, INVALID, message),
+            AuthorizeError::UnknownClient => Self::page(
+                StatusCode::BAD_REQUEST,
+                "Unknown client",
+                "This application is not registered with the sign-in service (or its registration expired). \
+                 Reconnect it from the application so that it registers again.",
+            ),
+            AuthorizeError::UnregisteredRedirectUri => Self::page(
+                StatusCode::BAD_REQUEST,
+                "Invalid redirect URI",
+                "The redirect_uri is not one this application registered, so the sign-in cannot continue.",
+            ),
+            AuthorizeError::Redirect { redirect_uri, error, state, issuer } => {
+                Self::Redirect { redirect_uri, error, state, issuer }
+            }
+        }
+    }
+}
+
+/// How a refused client metadata document is answered where it was named.
+impl DocumentError {
+    /// At `/authorize`: an error page (never a redirect: the redirect URI is not trusted yet).
+    pub fn into_page(self, client_id: &str) -> Error {
+        if self.is_busy() {
+            return Error::Capacity { what: "too many client metadata documents in flight", html: true };
+        }
+        Error::page(
+            StatusCode::BAD_REQUEST,
+            "Application identity refused",
+            format!(
+                "The application identifies itself with the document at {client_id}, which cannot be used: {self}. \
+                 Contact the application's developer."
+            ),
+        )
+    }
+
+    /// At the token endpoint: the client cannot be authenticated.
+    pub fn into_token_error(self) -> Error {
+        if self.is_busy() {
+            return Error::Capacity { what: "too many client metadata documents in flight", html: false };
+        }
+        OAuthError::invalid_client(format!("client metadata document refused: {self}")).into()
     }
 }
 
