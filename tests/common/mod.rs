@@ -3,6 +3,8 @@
 //! ([`Browser`]).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+// `pub` here is for the test files that include this module, not an interface: `unreachable_pub` does not apply.
+#![allow(unreachable_pub)]
 
 pub mod fake_azure;
 pub mod http_server;
@@ -402,7 +404,7 @@ pub async fn with_azure_server(
 pub async fn serve_metrics(proxy: &TestProxy) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
     let addr = listener.local_addr().expect("metrics addr");
-    tokio::spawn(dcr_proxy::server::serve_metrics(listener, proxy.app.clone()));
+    tokio::spawn(dcr_proxy::server::serve_metrics(listener, proxy.app.clone(), std::future::pending()));
     format!("http://{addr}/metrics")
 }
 
