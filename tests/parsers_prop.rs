@@ -64,7 +64,7 @@ fn valid_redirect_uri() -> impl Strategy<Value = String> {
     (
         prop_oneof![
             "https://[a-z][a-z0-9-]{0,15}(\\.[a-z]{2,8}){1,2}(:[1-9][0-9]{0,3})?",
-            "http://(127\\.0\\.0\\.1|localhost|\\[::1\\])(:[1-9][0-9]{0,4})?",
+            "http://(127\\.0\\.0\\.1|localhost|\\[::1\\])(:[1-9][0-9]{0,3})?",
         ],
         path,
         query,
