@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 const SHORT: &str = "[limits]\nheader_timeout = \"1s\"\nidle_timeout = \"1s\"\nbody_timeout = \"1s\"\n";
 
 async fn proxy_with(upstream: &Upstream, limits: &str) -> TestProxy {
-    TestProxy::with_local_on(&upstream.url(), limits, None).await
+    TestProxy::builder().upstream(upstream.url()).local().extra(limits).start().await
 }
 
 fn addr(proxy: &TestProxy) -> String {
@@ -90,7 +90,7 @@ async fn a_tls_connection_idle_after_its_handshake_is_closed() {
     let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).unwrap();
     let idp =
         format!("[idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\n{SHORT}");
-    let proxy = TestProxy::start_with(&upstream.url(), &server_extra, &idp).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).server_extra(&server_extra).extra(&idp).start().await;
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ck.cert.der().clone()).unwrap();
