@@ -313,8 +313,14 @@ impl Drop for LimitedBinary {
 }
 
 impl LimitedBinary {
+    /// Starts the binary (on new ports when another process took its port first, see `unused_port`).
     async fn start(upstream: &Upstream, limits: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        retry_on_taken_port(|| Self::try_start(upstream, limits)).await
+    }
+
+    /// Starts the binary and waits until it is healthy; `Err(its log)` when it exits first.
+    async fn try_start(upstream: &Upstream, limits: &str) -> Result<Self, String> {
+        let port = unused_port();
         let dir = std::env::temp_dir().join(format!("dcrp-conn-{}", dcr_proxy::crypto::random_token()));
         std::fs::create_dir_all(&dir).unwrap();
         let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).unwrap();
@@ -335,9 +341,15 @@ impl LimitedBinary {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let proxy = Self { child, base: format!("http://127.0.0.1:{port}"), log, dir };
-        assert!(proxy.healthy_within(Duration::from_secs(20)).await, "the binary did not start");
-        proxy
+        let mut proxy = Self { child, base: format!("http://127.0.0.1:{port}"), log, dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !proxy.healthy_within(Duration::from_millis(500)).await {
+            if proxy.child.try_wait().unwrap().is_some() {
+                return Err(std::fs::read_to_string(&proxy.log).unwrap_or_default());
+            }
+            assert!(std::time::Instant::now() < deadline, "the binary did not start");
+        }
+        Ok(proxy)
     }
 
     /// Whether `/healthz` answers 200 within `limit` (each try with a short timeout of its own).

@@ -458,3 +458,38 @@ pub async fn register_json_with(proxy: &impl ProxyBase, client: &reqwest::Client
     assert_eq!(resp.status(), 201);
     resp.json().await.expect("json")
 }
+
+// ---- ports for the real binary ------------------------------------------------------------------------------
+
+/// A port for the real binary to listen on: the kernel picks it (bound on 127.0.0.1:0) and it is released at once.
+///
+/// In-process proxies never need this: [`TestProxyBuilder::start`] binds once and hands the listener to the server.
+/// A child process cannot be handed a listener here (the binary binds the address in its config, which is also its
+/// issuer URL, so it cannot bind :0 and report the port without changing the binary), so between this release and
+/// the child's bind another process may take the port. [`retry_on_taken_port`] closes that race from the other
+/// side: the child's own bind failure is detected and the start retried on a new port.
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
+}
+
+/// Whether a child's stderr says its listen address was taken (`cannot listen on …`, exit 2 from `main`).
+pub fn listen_address_taken(stderr: &str) -> bool {
+    stderr.contains("cannot listen on")
+}
+
+/// Starts the binary with `start`, which picks its ports with [`unused_port`] and returns `Err(stderr)` when the
+/// child exited before it was ready. When the listen address was taken, `start` runs again on new ports (at most
+/// five times); any other early exit panics with the child's stderr.
+pub async fn retry_on_taken_port<T, F>(mut start: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Result<T, String>>,
+{
+    for _ in 0..5 {
+        match start().await {
+            Ok(started) => return started,
+            Err(stderr) if listen_address_taken(&stderr) => continue,
+            Err(stderr) => panic!("dcr-proxy exited at start: {stderr}"),
+        }
+    }
+    panic!("five fresh ports were all taken before dcr-proxy could bind them");
+}
