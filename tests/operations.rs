@@ -139,3 +139,29 @@ fn docker_compose_runs_the_proxy_in_front_of_an_mcp_server_with_a_snapshot_volum
     assert!(snapshot.path.starts_with("/var/lib/dcr-proxy"));
     assert!(config.server.behind_tls_terminator);
 }
+
+#[tokio::test]
+async fn the_metrics_listener_stops_with_the_server_and_closes_its_connections() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(dcr_proxy::server::serve_metrics(listener, proxy.app.clone(), async {
+        let _ = stopped.await;
+    }));
+    // A keep-alive connection that has been served once and stays open.
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: metrics\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+
+    drop(stop);
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("serve_metrics returns on shutdown").unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the open metrics connection is closed");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the metrics port no longer accepts");
+}
