@@ -399,6 +399,58 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_serves_again_once_they
     assert!(started.elapsed() < Duration::from_secs(2), "served again only after {:?}", started.elapsed());
 }
 
+/// CPU time (user + system, in clock ticks) a process has used, from `/proc/<pid>/stat`.
+#[cfg(target_os = "linux")]
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the `(comm)`: state is 3rd, utime the 14th and stime the 15th of the whole line.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn out_of_descriptors_the_metrics_listener_backs_off_and_serves_again_once_they_are_free() {
+    let upstream = Upstream::start().await;
+    let metrics_port = unused_port();
+    let limits = format!(
+        "[limits]\nheader_timeout = \"60s\"\nmax_connections = 1000\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+    );
+    let proxy = LimitedBinary::start(&upstream, &limits).await;
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let mut held = proxy.open_silent(150).await;
+    assert!(held.len() > 64, "only {} sockets opened", held.len());
+    // Connections waiting in the metrics listener's backlog that it cannot accept: without a backoff, its accept
+    // loop retries at once, forever.
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(&metrics_addr)).await {
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = proxy.child.id();
+    let (ticks, wall) = (cpu_ticks(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(pid) - ticks;
+    // Clock ticks are 1/100 s on Linux: spinning costs about 100 per second of wall time, a backoff next to none.
+    let per_second = used as f64 / wall.elapsed().as_secs_f64();
+    assert!(per_second < 20.0, "{per_second:.0} CPU ticks/s while descriptors are exhausted: an accept loop spins");
+    assert!(proxy.log_lines("metrics accept failed") >= 1, "the metrics accept never failed: the test proves nothing");
+    drop(held);
+    let served = async {
+        loop {
+            let probe = http().get(format!("http://{metrics_addr}/metrics")).send();
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(500), probe).await {
+                return r.status();
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    let status = tokio::time::timeout(Duration::from_secs(5), served).await.expect("metrics served again");
+    assert_eq!(status, 200);
+}
+
 #[tokio::test]
 async fn silent_sockets_beyond_the_descriptor_limit_are_shed_and_the_proxy_answers() {
     let upstream = Upstream::start().await;
