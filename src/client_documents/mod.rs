@@ -40,8 +40,8 @@ use flight::{Flights, Joined, Waited};
 use crate::clock::UnixTime;
 use crate::config::ClientDocumentsConfig;
 use crate::crypto::TokenHash;
-use crate::error::{ErrorCode, OAuthError};
 use crate::http::params::Params;
+use crate::oauth::error::{ErrorCode, OAuthError};
 use crate::oauth::redirect_uri::Allowlist;
 use crate::store::{Client, Store};
 

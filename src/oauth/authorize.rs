@@ -16,8 +16,8 @@
 //! Refusals are [`AuthorizeError`]s; `crate::error` renders them (a page, or the redirect).
 
 use super::{pkce, redirect_uri, scope};
-use crate::error::{ErrorCode, OAuthError};
 use crate::http::params::Params;
+use crate::oauth::error::{ErrorCode, OAuthError};
 use crate::store::Client;
 
 /// Longest `/authorize` query accepted, in bytes.
