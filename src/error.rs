@@ -9,128 +9,22 @@
 //!   redirected (RFC 6749 §4.1.2.1); other authorization errors go back to the client's redirect URI.
 //! - Anything unexpected is one 500 and one warning in the log, with no detail in the body.
 //!
+//! Layering: this module sits above the rules. The OAuth codes are a leaf ([`crate::oauth::error`], re-exported
+//! here); `crate::http` and the rule modules return their own errors ([`ReadBodyError`], [`ParamError`],
+//! [`AuthorizeError`], [`DocumentError`]) and this module converts them, so none of them imports it back and the
+//! HTML pages and OAuth JSON are rendered here only.
+//!
 //! Descriptions never contain a token, code or secret: they are built from constant text and from names of
 //! fields, never from the values of secret fields.
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::http::{html, json_response, Body};
+use crate::client_documents::DocumentError;
+use crate::http::params::ParamError;
+use crate::http::{html, json_response, Body, ReadBodyError};
+use crate::oauth::authorize::AuthorizeError;
 
-/// RFC 6749 §4.1.2.1, §5.2; RFC 7591 §3.2.2; RFC 8707 §2 error codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// RFC 6749 §5.2: missing, repeated or malformed parameter.
-    InvalidRequest,
-    /// RFC 6749 §5.2: client authentication failed or client unknown.
-    InvalidClient,
-    /// RFC 6749 §5.2: code or refresh token invalid, expired, revoked, or issued to another client.
-    InvalidGrant,
-    /// RFC 6749 §5.2: the client may not use this grant type.
-    UnauthorizedClient,
-    /// RFC 6749 §5.2.
-    UnsupportedGrantType,
-    /// RFC 6749 §5.2 / §4.1.2.1.
-    InvalidScope,
-    /// RFC 8707 §2: the `resource` is not this proxy's.
-    InvalidTarget,
-    /// RFC 6749 §4.1.2.1.
-    UnsupportedResponseType,
-    /// RFC 6749 §4.1.2.1.
-    AccessDenied,
-    /// RFC 6749 §4.1.2.1.
-    ServerError,
-    /// RFC 6749 §4.1.2.1.
-    TemporarilyUnavailable,
-    /// RFC 7591 §3.2.2.
-    InvalidRedirectUri,
-    /// RFC 7591 §3.2.2.
-    InvalidClientMetadata,
-    /// OpenID Connect Core §3.1.2.6, passed through from the IdP.
-    LoginRequired,
-    InteractionRequired,
-    ConsentRequired,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidRequest => "invalid_request",
-            Self::InvalidClient => "invalid_client",
-            Self::InvalidGrant => "invalid_grant",
-            Self::UnauthorizedClient => "unauthorized_client",
-            Self::UnsupportedGrantType => "unsupported_grant_type",
-            Self::InvalidScope => "invalid_scope",
-            Self::InvalidTarget => "invalid_target",
-            Self::UnsupportedResponseType => "unsupported_response_type",
-            Self::AccessDenied => "access_denied",
-            Self::ServerError => "server_error",
-            Self::TemporarilyUnavailable => "temporarily_unavailable",
-            Self::InvalidRedirectUri => "invalid_redirect_uri",
-            Self::InvalidClientMetadata => "invalid_client_metadata",
-            Self::LoginRequired => "login_required",
-            Self::InteractionRequired => "interaction_required",
-            Self::ConsentRequired => "consent_required",
-        }
-    }
-
-    /// Reads an error code an IdP sent back to the proxy's callback.
-    pub fn from_idp(s: &str) -> Self {
-        match s {
-            "access_denied" => Self::AccessDenied,
-            "login_required" => Self::LoginRequired,
-            "interaction_required" => Self::InteractionRequired,
-            "consent_required" => Self::ConsentRequired,
-            "invalid_scope" => Self::InvalidScope,
-            "temporarily_unavailable" => Self::TemporarilyUnavailable,
-            _ => Self::ServerError,
-        }
-    }
-
-    /// The status of this error at the token or registration endpoint.
-    fn status(self) -> StatusCode {
-        match self {
-            Self::InvalidClient => StatusCode::UNAUTHORIZED,
-            Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::InvalidRequest
-            | Self::InvalidGrant
-            | Self::UnauthorizedClient
-            | Self::UnsupportedGrantType
-            | Self::InvalidScope
-            | Self::InvalidTarget
-            | Self::UnsupportedResponseType
-            | Self::AccessDenied
-            | Self::InvalidRedirectUri
-            | Self::InvalidClientMetadata
-            | Self::LoginRequired
-            | Self::InteractionRequired
-            | Self::ConsentRequired => StatusCode::BAD_REQUEST,
-        }
-    }
-}
-
-/// An OAuth error with a human-readable description (never containing a secret).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}: {description}", code.as_str())]
-pub struct OAuthError {
-    pub code: ErrorCode,
-    pub description: String,
-}
-
-impl OAuthError {
-    pub fn new(code: ErrorCode, description: impl Into<String>) -> Self {
-        Self { code, description: description.into() }
-    }
-    pub fn invalid_request(d: impl Into<String>) -> Self {
-        Self::new(ErrorCode::InvalidRequest, d)
-    }
-    pub fn invalid_client(d: impl Into<String>) -> Self {
-        Self::new(ErrorCode::InvalidClient, d)
-    }
-    pub fn invalid_grant(d: impl Into<String>) -> Self {
-        Self::new(ErrorCode::InvalidGrant, d)
-    }
-}
+pub use crate::oauth::error::{ErrorCode, OAuthError};
 
 /// Why a bearer token was refused (RFC 6750 §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +95,7 @@ impl Error {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::OAuth(e) => e.code.status(),
+            Self::OAuth(e) => oauth_status(e.code),
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized { problem, .. } => match problem {
@@ -358,9 +252,150 @@ impl Error {
     }
 }
 
+impl From<ParamError> for OAuthError {
+    /// RFC 6749 §3.1: a repeated or missing parameter is `invalid_request`.
+    fn from(e: ParamError) -> Self {
+        Self::invalid_request(e.to_string())
+    }
+}
+
+impl From<ParamError> for Error {
+    fn from(e: ParamError) -> Self {
+        Self::OAuth(e.into())
+    }
+}
+
+impl From<ReadBodyError> for Error {
+    fn from(e: ReadBodyError) -> Self {
+        match e {
+            ReadBodyError::TooLarge { limit } => Self::PayloadTooLarge { limit },
+            ReadBodyError::TimedOut => Self::RequestTimeout,
+            ReadBodyError::Broken(_) => Self::OAuth(OAuthError::invalid_request(e.to_string())),
+        }
+    }
+}
+
+impl From<AuthorizeError> for Error {
+    /// RFC 6749 §4.1.2.1: before the redirect URI is trusted, a page; after, a redirect.
+    fn from(e: AuthorizeError) -> Self {
+        const INVALID: &str = "Invalid authorization request";
+        match e {
+            AuthorizeError::Invalid(message) => Self::page(StatusCode::BAD_REQUEST, INVALID, message),
+            AuthorizeError::UnknownClient => Self::page(
+                StatusCode::BAD_REQUEST,
+                "Unknown client",
+                "This application is not registered with the sign-in service (or its registration expired). \
+                 Reconnect it from the application so that it registers again.",
+            ),
+            AuthorizeError::UnregisteredRedirectUri => Self::page(
+                StatusCode::BAD_REQUEST,
+                "Invalid redirect URI",
+                "The redirect_uri is not one this application registered, so the sign-in cannot continue.",
+            ),
+            AuthorizeError::Redirect { redirect_uri, error, state, issuer } => {
+                Self::Redirect { redirect_uri, error, state, issuer }
+            }
+        }
+    }
+}
+
+/// How a refused client metadata document is answered where it was named.
+impl DocumentError {
+    /// At `/authorize`: an error page (never a redirect: the redirect URI is not trusted yet).
+    pub fn into_page(self, client_id: &str) -> Error {
+        if self.is_busy() {
+            return Error::Capacity { what: "too many client metadata documents in flight", html: true };
+        }
+        Error::page(
+            StatusCode::BAD_REQUEST,
+            "Application identity refused",
+            format!(
+                "The application identifies itself with the document at {client_id}, which cannot be used: {self}. \
+                 Contact the application's developer."
+            ),
+        )
+    }
+
+    /// At the token endpoint: the client cannot be authenticated.
+    pub fn into_token_error(self) -> Error {
+        if self.is_busy() {
+            return Error::Capacity { what: "too many client metadata documents in flight", html: false };
+        }
+        OAuthError::invalid_client(format!("client metadata document refused: {self}")).into()
+    }
+}
+
+/// The status of an OAuth error at the token or registration endpoint (RFC 6749 §5.2, RFC 7591 §3.2.2).
+fn oauth_status(code: ErrorCode) -> StatusCode {
+    use ErrorCode as C;
+    match code {
+        C::InvalidClient => StatusCode::UNAUTHORIZED,
+        C::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+        C::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        C::InvalidRequest
+        | C::InvalidGrant
+        | C::UnauthorizedClient
+        | C::UnsupportedGrantType
+        | C::InvalidScope
+        | C::InvalidTarget
+        | C::UnsupportedResponseType
+        | C::AccessDenied
+        | C::InvalidRedirectUri
+        | C::InvalidClientMetadata
+        | C::LoginRequired
+        | C::InteractionRequired
+        | C::ConsentRequired => StatusCode::BAD_REQUEST,
+    }
+}
+
 /// RFC 6749 §5.2 JSON with the no-store headers of §5.1.
 fn oauth_json(status: StatusCode, code: &str, description: &str) -> Response<Body> {
     let mut resp = json_response(status, &serde_json::json!({"error": code, "error_description": description}));
     crate::http::no_store(&mut resp);
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content_type(resp: &Response<Body>) -> &str {
+        resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    #[test]
+    fn http_layer_errors_become_their_statuses() {
+        let repeated = Error::from(ParamError::Repeated("code".into()));
+        assert!(matches!(&repeated, Error::OAuth(e) if e.code == ErrorCode::InvalidRequest
+            && e.description == "parameter `code` is repeated"));
+        assert_eq!(repeated.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(Error::from(ReadBodyError::TooLarge { limit: 9 }).status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let stalled = Error::from(ReadBodyError::TimedOut).into_response();
+        assert_eq!(stalled.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(stalled.headers().get(header::CONNECTION).and_then(|v| v.to_str().ok()), Some("close"));
+    }
+
+    #[test]
+    fn authorize_refusals_before_the_redirect_uri_is_trusted_are_pages_after_it_redirects() {
+        for refusal in [
+            AuthorizeError::Invalid("The request has no client_id.".into()),
+            AuthorizeError::UnknownClient,
+            AuthorizeError::UnregisteredRedirectUri,
+        ] {
+            let resp = Error::from(refusal).into_response();
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+            assert!(content_type(&resp).starts_with("text/html"), "{}", content_type(&resp));
+            assert!(resp.headers().get(header::LOCATION).is_none());
+        }
+        let redirect = AuthorizeError::Redirect {
+            redirect_uri: "https://app.example/cb".into(),
+            error: OAuthError::new(ErrorCode::InvalidRequest, "no"),
+            state: Some("s".into()),
+            issuer: "https://p.example".into(),
+        };
+        let resp = Error::from(redirect).into_response();
+        assert_eq!(resp.status(), StatusCode::FOUND);
+        let location = resp.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+        assert!(location.starts_with("https://app.example/cb?error=invalid_request"), "{location}");
+    }
 }

@@ -202,14 +202,25 @@ async fn run(config: Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen} (server.listen): {e}"))?;
-    if let Some(addr) = app.config.metrics_listen {
-        let metrics = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr} (metrics.listen): {e}"))?;
-        tokio::spawn(server::serve_metrics(metrics, app.clone()));
-        tracing::info!(%addr, "metrics at /metrics");
-    }
+    // The metrics listener stops when the main server has drained (`stop` is dropped below).
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = match app.config.metrics_listen {
+        Some(addr) => {
+            let metrics = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (metrics.listen): {e}"))?;
+            tracing::info!(%addr, "metrics at /metrics");
+            Some(tokio::spawn(server::serve_metrics(metrics, app.clone(), async {
+                let _ = stopped.await;
+            })))
+        }
+        None => None,
+    };
     tracing::info!(%listen, %public_url, tls = tls.is_some(), "dcr-proxy ready");
     server::serve(listener, app, tls, server::shutdown_signal()).await;
+    drop(stop);
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     Ok(())
 }

@@ -361,7 +361,7 @@ async fn read_form(req: Request<RequestBody>) -> Result<(HeaderMap, Params), Err
     }
     let (parts, body) = req.into_parts();
     let body = read_body(body, FORM_LIMIT).await?;
-    let params = Params::parse(&body).map_err(|e| bad(e.description))?;
+    let params = Params::parse(&body).map_err(|e| bad(e.to_string()))?;
     Ok((parts.headers, params))
 }
 
@@ -440,7 +440,7 @@ fn spend(app: &App, ticket: &IdpTicket) -> Result<(), Error> {
 
 async fn idp_callback(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
     let params = Params::parse(req.uri().query().unwrap_or("").as_bytes())
-        .map_err(|e| Error::page(StatusCode::BAD_REQUEST, "Invalid sign-in response", e.description))?;
+        .map_err(|e| Error::page(StatusCode::BAD_REQUEST, "Invalid sign-in response", e.to_string()))?;
     let request = live_idp_ticket(app, params.get("state"), req.headers())?;
     spend(app, &request)?;
     let now = app.clock.now();

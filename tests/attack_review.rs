@@ -56,7 +56,7 @@ async fn zero_window_h2(proxy: &TestProxy) -> (tokio::task::JoinHandle<()>, http
 async fn an_h2_client_that_never_opens_its_window_loses_its_connection() {
     let upstream = Upstream::start().await;
     let limits = format!("{SHORT}max_connections_per_source = 3\n");
-    let proxy = TestProxy::with_local_on(&upstream.url(), &limits, None).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().extra(&limits).start().await;
 
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -83,7 +83,7 @@ async fn an_h2_client_that_never_opens_its_window_loses_its_connection() {
 #[tokio::test]
 async fn control_http1_client_that_never_reads_is_closed() {
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_local_on(&upstream.url(), SHORT, None).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().extra(SHORT).start().await;
     let mut s = TcpStream::connect(addr(&proxy)).await.unwrap();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -108,7 +108,7 @@ async fn control_http1_client_that_never_reads_is_closed() {
 #[tokio::test]
 async fn client_forwarding_headers_never_reach_the_upstream() {
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_local(&upstream.url()).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
     let (_, tokens) = login(&proxy).await;
     let token = tokens["access_token"].as_str().unwrap();
     let (status, text) = raw(
@@ -144,7 +144,7 @@ async fn concurrent_guesses_stop_at_the_lockout_threshold() {
     let upstream = Upstream::start().await;
     let limits = "[limits]\nauthorize_per_minute = 1000\npassword_checks = 2\npassword_check_wait = \"60s\"\n\
                   login_failures = 2\nlogin_lockout = \"5m\"\n";
-    let proxy = TestProxy::with_local_on(&upstream.url(), limits, None).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().extra(limits).start().await;
     let client_id = register_public_client(&proxy).await;
     let mut browser = Browser::new();
     let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
@@ -196,7 +196,7 @@ async fn an_upstream_nameless_cookie_spelling_the_proxy_cookie_never_reaches_the
             .unwrap()
     })
     .await;
-    let proxy = TestProxy::with_local(&upstream.url()).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
     let (_, tokens) = login(&proxy).await;
     let resp =
         http().get(proxy.url("/mcp")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
@@ -215,7 +215,7 @@ async fn an_upstream_nameless_cookie_spelling_the_proxy_cookie_never_reaches_the
 async fn http1_pipelined_requests_never_read_do_not_hold_the_connection() {
     let upstream = Upstream::start().await;
     let limits = format!("{SHORT}max_connections_per_source = 1\n");
-    let proxy = TestProxy::with_local_on(&upstream.url(), &limits, None).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().extra(&limits).start().await;
     let s = TcpStream::connect(addr(&proxy)).await.unwrap();
     let (_reader, mut writer) = s.into_split();
     let one = b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -235,7 +235,7 @@ async fn http1_pipelined_requests_never_read_do_not_hold_the_connection() {
 #[tokio::test]
 async fn h2_stream_whose_body_never_comes_does_not_hold_the_connection() {
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_local_on(&upstream.url(), SHORT, None).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().extra(SHORT).start().await;
     let tcp = TcpStream::connect(addr(&proxy)).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
@@ -277,7 +277,7 @@ impl hyper::body::Body for NeverBody {
 #[tokio::test]
 async fn odd_requests_never_get_a_5xx() {
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_local(&upstream.url()).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
     let (_, tokens) = login(&proxy).await;
     let token = tokens["access_token"].as_str().unwrap().to_owned();
     let big = "A".repeat(20_000);

@@ -15,7 +15,7 @@ use serde_json::Value;
 async fn mcp_client_flow_reaches_upstream_with_the_azure_token() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let client = http();
 
     // 1. An unauthenticated call is challenged with the RFC 9728 metadata URL.
@@ -137,7 +137,7 @@ async fn upstream_token_is_refreshed_once_under_concurrency_and_the_newest_refre
         st.strict_rotation = true;
     }
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let (_, tokens) = login(&proxy).await;
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let first_azure_token = azure.state().last_access_token.clone().unwrap();
@@ -183,7 +183,7 @@ async fn upstream_refresh_refused_by_azure_ends_the_grant_with_invalid_token() {
     let azure = FakeAzure::start().await;
     azure.state().expires_in = 300;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let (client_id, tokens) = login(&proxy).await;
     let access = tokens["access_token"].as_str().unwrap();
     azure.revoke_all_refresh_tokens();
@@ -203,7 +203,7 @@ async fn transient_idp_failure_keeps_the_grant_and_uses_the_still_valid_token() 
     let azure = FakeAzure::start().await;
     azure.state().expires_in = 300;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let (_, tokens) = login(&proxy).await;
     let access = tokens["access_token"].as_str().unwrap();
     let token_before = azure.state().last_access_token.clone().unwrap();
@@ -224,7 +224,7 @@ async fn idp_error_at_authorize_is_passed_to_the_client_with_state_and_iss() {
     let azure = FakeAzure::start().await;
     azure.state().authorize_error = Some(("access_denied".into(), 65004));
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let client_id = register_public_client(&proxy).await;
     let params = authorize(&proxy, &mut Browser::new(), &client_id).await;
     assert_eq!(params.get("error").map(String::as_str), Some("access_denied"));
@@ -239,7 +239,7 @@ async fn idp_error_at_authorize_is_passed_to_the_client_with_state_and_iss() {
 async fn callback_from_another_browser_is_refused() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let client_id = register_public_client(&proxy).await;
     let mut victim = Browser::new();
     let Landing::Page(200, consent) = victim.get(&authorize_url(&proxy, &client_id, "")).await else {
@@ -272,7 +272,7 @@ async fn callback_from_another_browser_is_refused() {
 async fn denied_consent_redirects_access_denied_and_never_reaches_the_idp() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let client_id = register_public_client(&proxy).await;
     let mut browser = Browser::new();
     let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
@@ -293,7 +293,7 @@ async fn denied_consent_redirects_access_denied_and_never_reaches_the_idp() {
 async fn sse_events_are_forwarded_as_they_arrive() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let (_, tokens) = login(&proxy).await;
     let mut resp = http()
         .get(proxy.url("/sse"))
@@ -316,7 +316,7 @@ async fn sse_events_are_forwarded_as_they_arrive() {
 async fn large_bodies_stream_both_ways_intact() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let (_, tokens) = login(&proxy).await;
     let access = tokens["access_token"].as_str().unwrap();
     let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
@@ -338,7 +338,7 @@ async fn upstream_down_is_502_and_upstream_silence_is_504_with_json() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let proxy = TestProxy::with_azure(&azure, &format!("http://{dead}"), "").await;
+    let proxy = TestProxy::builder().upstream(format!("http://{dead}")).azure(&azure).start().await;
     let (_, tokens) = login(&proxy).await;
     let resp =
         http().get(proxy.url("/mcp")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
@@ -346,7 +346,7 @@ async fn upstream_down_is_502_and_upstream_silence_is_504_with_json() {
     let doc: Value = resp.json().await.unwrap();
     assert_eq!(doc["error"], "bad_gateway");
 
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let (_, tokens) = login(&proxy).await;
     let resp =
         http().get(proxy.url("/slow")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
@@ -359,7 +359,7 @@ async fn upstream_down_is_502_and_upstream_silence_is_504_with_json() {
 async fn upstream_challenge_is_replaced_by_the_proxy_challenge() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let (_, tokens) = login(&proxy).await;
     let resp =
         http().get(proxy.url("/challenge")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
@@ -375,7 +375,7 @@ async fn upstream_challenge_is_replaced_by_the_proxy_challenge() {
 async fn http2_clients_are_served() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let (_, tokens) = login(&proxy).await;
     let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let resp = h2
@@ -395,7 +395,7 @@ async fn http2_clients_are_served() {
 async fn confidential_client_authenticates_with_basic_and_post() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     for method in ["client_secret_basic", "client_secret_post"] {
         let doc: Value = register_json(
             &proxy,
@@ -441,7 +441,7 @@ async fn post_me(proxy: &TestProxy, access: &str) -> reqwest::Response {
 async fn an_upstream_401_to_a_post_makes_the_next_request_carry_a_refreshed_idp_token() {
     let azure = FakeAzure::start().await;
     // The upstream is the fake Graph: it accepts only access tokens the fake Entra ID still honours.
-    let proxy = TestProxy::with_azure(&azure, &azure.authority(), "").await;
+    let proxy = TestProxy::builder().upstream(azure.authority()).azure(&azure).start().await;
     let (client_id, tokens) = login(&proxy).await;
     assert_eq!(post_me(&proxy, tokens["access_token"].as_str().unwrap()).await.status(), 200);
 
@@ -473,7 +473,7 @@ async fn an_upstream_401_to_a_post_makes_the_next_request_carry_a_refreshed_idp_
 #[tokio::test]
 async fn a_rejected_idp_token_whose_refresh_is_refused_ends_in_a_clean_sign_in_again() {
     let azure = FakeAzure::start().await;
-    let proxy = TestProxy::with_azure(&azure, &azure.authority(), "").await;
+    let proxy = TestProxy::builder().upstream(azure.authority()).azure(&azure).start().await;
     let (client_id, tokens) = login(&proxy).await;
     let access = tokens["access_token"].as_str().unwrap();
     azure.revoke_access_tokens();
@@ -499,7 +499,12 @@ async fn short_lived_idp_tokens_are_refreshed_once_per_half_lifetime_not_on_ever
     let azure = FakeAzure::start().await;
     azure.state().expires_in = 30;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "[tokens]\nupstream_refresh_margin = \"5m\"\n").await;
+    let proxy = TestProxy::builder()
+        .upstream(upstream.url())
+        .azure(&azure)
+        .extra("[tokens]\nupstream_refresh_margin = \"5m\"\n")
+        .start()
+        .await;
     let (_, tokens) = login(&proxy).await;
     let access = tokens["access_token"].as_str().unwrap();
     let calls = |n: usize| {

@@ -5,23 +5,8 @@
 
 mod common;
 
-use common::fake_azure::FakeAzure;
-use common::upstream::Upstream;
 use common::*;
 use serde_json::{json, Value};
-
-async fn setup() -> (FakeAzure, Upstream, TestProxy) {
-    let azure = FakeAzure::start().await;
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
-    (azure, upstream, proxy)
-}
-
-async fn error_of(resp: reqwest::Response) -> (u16, String) {
-    let status = resp.status().as_u16();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    (status, body["error"].as_str().unwrap_or("<none>").to_owned())
-}
 
 #[tokio::test]
 async fn registration_refuses_bad_bodies_with_rfc7591_errors() {

@@ -191,7 +191,7 @@ async fn setup_with_deadline(extra: &str, deadline_secs: u64) -> Setup {
         "[client_metadata_documents]\ntimeout = \"{deadline_secs}s\"\nextra_ca_file = \"{}\"\n{extra}\n",
         docs.ca_file.display()
     );
-    let proxy = TestProxy::with_local_on(&upstream.url(), &config, Some(network)).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().extra(&config).network(network).start().await;
     Setup { upstream, docs, proxy, attempts }
 }
 

@@ -25,7 +25,7 @@ async fn token_with(proxy: &TestProxy, client_id: &str, extra: &str) -> Value {
 async fn a_path_that_needs_more_scope_answers_403_and_the_client_steps_up() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), ADMIN_RULE).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).extra(ADMIN_RULE).start().await;
     let client_id = register_public_client(&proxy).await;
     let narrow = token_with(&proxy, &client_id, "&scope=openid%20offline_access").await;
     assert_eq!(narrow["scope"], "openid offline_access");
@@ -70,7 +70,7 @@ async fn a_path_that_needs_more_scope_answers_403_and_the_client_steps_up() {
 async fn an_upstream_insufficient_scope_challenge_becomes_the_proxys_own() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let client_id = register_public_client(&proxy).await;
     let narrow = token_with(&proxy, &client_id, "&scope=openid").await;
     let resp = http()
@@ -100,7 +100,7 @@ async fn an_upstream_insufficient_scope_challenge_becomes_the_proxys_own() {
 async fn a_client_that_asks_no_scope_gets_the_default() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let (client_id, tokens) = login(&proxy).await;
     assert_eq!(tokens["scope"], "openid profile email offline_access User.Read");
     // ChatGPT reconnects without a scope, and with scope names of its own: both get the default.
@@ -112,7 +112,7 @@ async fn a_client_that_asks_no_scope_gets_the_default() {
 async fn browser_clients_get_cors_on_every_oauth_endpoint() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let paths = [
         "/.well-known/oauth-protected-resource/mcp",
         "/.well-known/oauth-authorization-server",
@@ -169,7 +169,7 @@ async fn browser_clients_get_cors_on_every_oauth_endpoint() {
 async fn a_legacy_client_without_discovery_uses_the_root_endpoints() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let meta: Value = get_json(&proxy.url("/.well-known/oauth-authorization-server")).await;
     for (key, path) in
         [("authorization_endpoint", "/authorize"), ("token_endpoint", "/token"), ("registration_endpoint", "/register")]
@@ -193,7 +193,7 @@ async fn a_legacy_client_without_discovery_uses_the_root_endpoints() {
 async fn the_upstreams_own_well_known_documents_never_reach_the_client() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let (_, tokens) = login(&proxy).await;
     let access = tokens["access_token"].as_str().unwrap();
     for path in [
@@ -228,7 +228,7 @@ fn cursor_registration() -> Value {
 async fn cursor_registers_its_app_scheme_and_gets_a_code_there() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "").await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).start().await;
     let doc = register_json(&proxy, cursor_registration()).await;
     let client_id = doc["client_id"].as_str().unwrap();
     let cursor_cb = "cursor://anysphere.cursor-mcp/oauth/callback";
@@ -252,13 +252,26 @@ async fn private_use_schemes_are_accepted_only_as_configured() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
     // Strict MCP rule: no private-use schemes at all.
-    let strict =
-        TestProxy::with_azure(&azure, &upstream.url(), "[registration]\nprivate_use_redirect_uris = []\n").await;
+    let strict = TestProxy::builder()
+        .upstream(upstream.url())
+        .azure(&azure)
+        .extra("[registration]\nprivate_use_redirect_uris = []\n")
+        .start()
+        .await;
     // Closed registration with the Cursor and loopback presets.
-    let presets =
-        TestProxy::with_azure(&azure, &upstream.url(), "[registration]\nallow = [\"cursor\", \"loopback\"]\n").await;
+    let presets = TestProxy::builder()
+        .upstream(upstream.url())
+        .azure(&azure)
+        .extra("[registration]\nallow = [\"cursor\", \"loopback\"]\n")
+        .start()
+        .await;
     // Closed registration without Cursor.
-    let claude_only = TestProxy::with_azure(&azure, &upstream.url(), "[registration]\nallow = [\"claude\"]\n").await;
+    let claude_only = TestProxy::builder()
+        .upstream(upstream.url())
+        .azure(&azure)
+        .extra("[registration]\nallow = [\"claude\"]\n")
+        .start()
+        .await;
     let register = |p: &TestProxy, body: Value| {
         let url = p.url("/register");
         async move { http().post(url).json(&body).send().await.unwrap().status().as_u16() }
@@ -284,8 +297,12 @@ async fn private_use_schemes_are_accepted_only_as_configured() {
 async fn vs_code_registers_and_authorizes_on_any_loopback_port() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy =
-        TestProxy::with_azure(&azure, &upstream.url(), "[registration]\nallow = [\"vscode\", \"loopback\"]\n").await;
+    let proxy = TestProxy::builder()
+        .upstream(upstream.url())
+        .azure(&azure)
+        .extra("[registration]\nallow = [\"vscode\", \"loopback\"]\n")
+        .start()
+        .await;
     // VS Code's registration (microsoft/vscode#278512); it then authorizes on whatever port was free.
     let doc = register_json(
         &proxy,
@@ -311,7 +328,12 @@ async fn vs_code_registers_and_authorizes_on_any_loopback_port() {
 async fn the_chatgpt_preset_takes_both_chatgpt_callbacks_and_nothing_else_on_its_host() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), "[registration]\nallow = [\"chatgpt\"]\n").await;
+    let proxy = TestProxy::builder()
+        .upstream(upstream.url())
+        .azure(&azure)
+        .extra("[registration]\nallow = [\"chatgpt\"]\n")
+        .start()
+        .await;
     for (uri, expected) in [
         ("https://chatgpt.com/connector_platform_oauth_redirect", 201),
         ("https://chatgpt.com/connector/oauth/abc123", 201),

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 const SHORT: &str = "[limits]\nheader_timeout = \"1s\"\nidle_timeout = \"1s\"\nbody_timeout = \"1s\"\n";
 
 async fn proxy_with(upstream: &Upstream, limits: &str) -> TestProxy {
-    TestProxy::with_local_on(&upstream.url(), limits, None).await
+    TestProxy::builder().upstream(upstream.url()).local().extra(limits).start().await
 }
 
 fn addr(proxy: &TestProxy) -> String {
@@ -90,7 +90,7 @@ async fn a_tls_connection_idle_after_its_handshake_is_closed() {
     let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).unwrap();
     let idp =
         format!("[idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\n{SHORT}");
-    let proxy = TestProxy::start_with(&upstream.url(), &server_extra, &idp).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).server_extra(&server_extra).extra(&idp).start().await;
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ck.cert.der().clone()).unwrap();
@@ -313,8 +313,14 @@ impl Drop for LimitedBinary {
 }
 
 impl LimitedBinary {
+    /// Starts the binary (on new ports when another process took its port first, see `unused_port`).
     async fn start(upstream: &Upstream, limits: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        retry_on_taken_port(|| Self::try_start(upstream, limits)).await
+    }
+
+    /// Starts the binary and waits until it is healthy; `Err(its log)` when it exits first.
+    async fn try_start(upstream: &Upstream, limits: &str) -> Result<Self, String> {
+        let port = unused_port();
         let dir = std::env::temp_dir().join(format!("dcrp-conn-{}", dcr_proxy::crypto::random_token()));
         std::fs::create_dir_all(&dir).unwrap();
         let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).unwrap();
@@ -335,9 +341,15 @@ impl LimitedBinary {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let proxy = Self { child, base: format!("http://127.0.0.1:{port}"), log, dir };
-        assert!(proxy.healthy_within(Duration::from_secs(20)).await, "the binary did not start");
-        proxy
+        let mut proxy = Self { child, base: format!("http://127.0.0.1:{port}"), log, dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !proxy.healthy_within(Duration::from_millis(500)).await {
+            if proxy.child.try_wait().unwrap().is_some() {
+                return Err(std::fs::read_to_string(&proxy.log).unwrap_or_default());
+            }
+            assert!(std::time::Instant::now() < deadline, "the binary did not start");
+        }
+        Ok(proxy)
     }
 
     /// Whether `/healthz` answers 200 within `limit` (each try with a short timeout of its own).
@@ -385,6 +397,58 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_serves_again_once_they
     let started = Instant::now();
     assert!(proxy.healthy_within(Duration::from_secs(5)).await, "not served again after the sockets closed");
     assert!(started.elapsed() < Duration::from_secs(2), "served again only after {:?}", started.elapsed());
+}
+
+/// CPU time (user + system, in clock ticks) a process has used, from `/proc/<pid>/stat`.
+#[cfg(target_os = "linux")]
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the `(comm)`: state is 3rd, utime the 14th and stime the 15th of the whole line.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn out_of_descriptors_the_metrics_listener_backs_off_and_serves_again_once_they_are_free() {
+    let upstream = Upstream::start().await;
+    let metrics_port = unused_port();
+    let limits = format!(
+        "[limits]\nheader_timeout = \"60s\"\nmax_connections = 1000\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+    );
+    let proxy = LimitedBinary::start(&upstream, &limits).await;
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let mut held = proxy.open_silent(150).await;
+    assert!(held.len() > 64, "only {} sockets opened", held.len());
+    // Connections waiting in the metrics listener's backlog that it cannot accept: without a backoff, its accept
+    // loop retries at once, forever.
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(&metrics_addr)).await {
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = proxy.child.id();
+    let (ticks, wall) = (cpu_ticks(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(pid) - ticks;
+    // Clock ticks are 1/100 s on Linux: spinning costs about 100 per second of wall time, a backoff next to none.
+    let per_second = used as f64 / wall.elapsed().as_secs_f64();
+    assert!(per_second < 20.0, "{per_second:.0} CPU ticks/s while descriptors are exhausted: an accept loop spins");
+    assert!(proxy.log_lines("metrics accept failed") >= 1, "the metrics accept never failed: the test proves nothing");
+    drop(held);
+    let served = async {
+        loop {
+            let probe = http().get(format!("http://{metrics_addr}/metrics")).send();
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(500), probe).await {
+                return r.status();
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    let status = tokio::time::timeout(Duration::from_secs(5), served).await.expect("metrics served again");
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]

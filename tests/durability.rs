@@ -34,10 +34,6 @@ impl Drop for BinaryProxy {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn write_config(dir: &Path, port: u16, azure: &FakeAzure, upstream: &Upstream) -> PathBuf {
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nshutdown_grace = \"2s\"\n\
@@ -65,7 +61,24 @@ fn spawn(config: &Path, key: &str) -> Child {
         .unwrap()
 }
 
+/// Starts the binary on a port of its own (a new one when another process took it first): the port, the
+/// config written for it, and the running proxy.
+async fn first_start(dir: &Path, azure: &FakeAzure, upstream: &Upstream) -> (u16, PathBuf, BinaryProxy) {
+    retry_on_taken_port(move || async move {
+        let port = unused_port();
+        let config = write_config(dir, port, azure, upstream);
+        try_start(&config, port, KEY).await.map(|proxy| (port, config, proxy))
+    })
+    .await
+}
+
+/// Restarts the binary on the port it had (the issuer URL must not change).
 async fn start(config: &Path, port: u16, key: &str) -> BinaryProxy {
+    try_start(config, port, key).await.unwrap_or_else(|e| panic!("dcr-proxy exited at start: {e}"))
+}
+
+/// Starts the binary and waits until it is healthy; `Err(stderr)` when it exits first.
+async fn try_start(config: &Path, port: u16, key: &str) -> Result<BinaryProxy, String> {
     let mut child = spawn(config, key);
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -76,11 +89,13 @@ async fn start(config: &Path, port: u16, key: &str) -> BinaryProxy {
                 use std::io::Read;
                 let _ = e.read_to_string(&mut err);
             }
-            panic!("dcr-proxy exited at start ({status}): {err}");
+            return Err(format!("({status}) {err}"));
         }
-        if let Ok(r) = http().get(format!("{base}/healthz")).send().await {
+        // A short timeout: a port taken by another process may accept and never answer.
+        let probe = tokio::time::timeout(Duration::from_millis(500), http().get(format!("{base}/healthz")).send());
+        if let Ok(Ok(r)) = probe.await {
             if r.status() == 200 {
-                return BinaryProxy { base, child };
+                return Ok(BinaryProxy { base, child });
             }
         }
         assert!(Instant::now() < deadline, "dcr-proxy did not become healthy");
@@ -116,9 +131,7 @@ async fn grants_survive_a_restart_and_the_snapshot_holds_no_token_in_clear() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
     let dir = tempdir();
-    let port = free_port();
-    let config = write_config(&dir, port, &azure, &upstream);
-    let mut proxy = start(&config, port, KEY).await;
+    let (port, config, mut proxy) = first_start(&dir, &azure, &upstream).await;
     let (client_id, tokens) = login(&proxy).await;
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
@@ -164,9 +177,7 @@ async fn repeated_sigkill_under_load_never_leaves_a_torn_snapshot() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
     let dir = tempdir();
-    let port = free_port();
-    let config = write_config(&dir, port, &azure, &upstream);
-    let mut proxy = start(&config, port, KEY).await;
+    let (port, config, mut proxy) = first_start(&dir, &azure, &upstream).await;
     let (_, tokens) = login(&proxy).await;
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     // Wait for a snapshot completed after the login.
@@ -211,8 +222,9 @@ async fn the_healthcheck_subcommand_reports_a_running_proxy_and_fails_without_on
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
     let dir = tempdir();
-    let port = free_port();
-    let config = write_config(&dir, port, &azure, &upstream);
+    // The proxy first: its port is only known once it has bound it (see `unused_port`). "Without one" is checked
+    // after it has stopped.
+    let (_, config, mut proxy) = first_start(&dir, &azure, &upstream).await;
     let config_for_check = config.clone();
     let check = move || {
         Command::new(env!("CARGO_BIN_EXE_dcr-proxy"))
@@ -221,16 +233,13 @@ async fn the_healthcheck_subcommand_reports_a_running_proxy_and_fails_without_on
             .output()
             .unwrap()
     };
-    let before = tokio::task::spawn_blocking(check.clone()).await.unwrap();
-    assert_eq!(before.status.code(), Some(1), "{before:?}");
-    assert!(String::from_utf8_lossy(&before.stderr).contains("not ready"));
-    let mut proxy = start(&config, port, KEY).await;
     let ready = tokio::task::spawn_blocking(check.clone()).await.unwrap();
     assert!(ready.status.success(), "{ready:?}");
     assert_eq!(String::from_utf8_lossy(&ready.stdout).trim(), "ready");
     terminate(&mut proxy);
     let after = tokio::task::spawn_blocking(check).await.unwrap();
     assert_eq!(after.status.code(), Some(1), "{after:?}");
+    assert!(String::from_utf8_lossy(&after.stderr).contains("not ready"));
 }
 
 #[tokio::test]
@@ -238,9 +247,7 @@ async fn refresh_families_survive_a_restart_and_a_version_1_snapshot_is_refused_
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
     let dir = tempdir();
-    let port = free_port();
-    let config = write_config(&dir, port, &azure, &upstream);
-    let mut proxy = start(&config, port, KEY).await;
+    let (port, config, mut proxy) = first_start(&dir, &azure, &upstream).await;
     let (client_id, tokens) = login(&proxy).await;
     let first = tokens["refresh_token"].as_str().unwrap().to_owned();
     let second: serde_json::Value = refresh(&proxy, &client_id, &first).await.json().await.unwrap();
@@ -265,5 +272,30 @@ async fn refresh_families_survive_a_restart_and_a_version_1_snapshot_is_refused_
     let message = failed_start(&config, KEY);
     assert!(message.contains("format version 1"), "{message}");
     assert!(message.contains("start_empty_on_bad_snapshot"), "{message}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The harness side of `unused_port`: a port another process holds when the binary starts is detected from the
+/// binary's own bind failure, and the start is retried on a new port.
+#[tokio::test]
+async fn a_port_taken_before_the_binary_binds_it_is_retried_on_a_new_one() {
+    let azure = FakeAzure::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempdir();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let mut ports = vec![taken_port, unused_port()].into_iter();
+    let mut tried = Vec::new();
+    let (port, proxy) = retry_on_taken_port(|| {
+        let port = ports.next().expect("two tries at most");
+        tried.push(port);
+        let config = write_config(&dir, port, &azure, &upstream);
+        async move { try_start(&config, port, KEY).await.map(|proxy| (port, proxy)) }
+    })
+    .await;
+    assert_eq!(tried.len(), 2, "the taken port was given up for a new one");
+    assert_ne!(port, taken_port);
+    assert_eq!(http().get(proxy.url("/healthz")).send().await.unwrap().status(), 200);
+    drop((proxy, taken));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,7 +10,7 @@ use common::*;
 #[tokio::test]
 async fn local_login_forwards_identity_headers_and_no_token() {
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_local(&upstream.url()).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
     let (_, tokens) = login(&proxy).await;
     let resp = http()
         .post(proxy.url("/mcp"))
@@ -32,7 +32,7 @@ async fn local_login_forwards_identity_headers_and_no_token() {
 #[tokio::test]
 async fn wrong_password_shows_the_form_again_and_issues_nothing() {
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_local(&upstream.url()).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
     let client_id = register_public_client(&proxy).await;
     let mut browser = Browser::new();
     let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
@@ -99,7 +99,7 @@ async fn concurrent_logins_hash_on_a_bounded_pool_and_the_excess_gets_503_quickl
     let upstream = Upstream::start().await;
     let limits = "[limits]\nauthorize_per_minute = 1000\npassword_checks = 2\npassword_check_wait = \"200ms\"\n\
                   login_failures = 1000\n";
-    let proxy = TestProxy::with_local_on(&upstream.url(), limits, None).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().extra(limits).start().await;
     let metrics_url = serve_metrics(&proxy).await;
     let mut browser = Browser::new();
     let state = login_form_state(&proxy, &mut browser).await;
@@ -160,7 +160,7 @@ async fn concurrent_logins_hash_on_a_bounded_pool_and_the_excess_gets_503_quickl
 async fn repeated_failures_lock_the_username_out_until_the_window_passes() {
     let upstream = Upstream::start().await;
     let limits = "[limits]\nlogin_failures = 3\nlogin_lockout = \"1m\"\n";
-    let proxy = TestProxy::with_local_on(&upstream.url(), limits, None).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().extra(limits).start().await;
     let mut browser = Browser::new();
     let state = login_form_state(&proxy, &mut browser).await;
     for _ in 0..3 {

@@ -50,7 +50,7 @@ async fn no_secret_reaches_the_logs_of_a_full_flow() {
     azure.state().expires_in = 300;
     let upstream = Upstream::start().await;
     let introspection = "[introspection]\nclient_id = \"rs\"\nclient_secret = \"introspection-secret-5678\"\n";
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), introspection).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).extra(introspection).start().await;
     secrets.push("introspection-secret-5678".into());
 
     // A confidential client through the whole flow.
@@ -184,7 +184,7 @@ async fn no_secret_reaches_the_logs_of_a_full_flow() {
     secrets.extend(azure.issued_secrets());
 
     // The local login: a wrong password, then the right one.
-    let local = TestProxy::with_local(&upstream.url()).await;
+    let local = TestProxy::builder().upstream(upstream.url()).local().start().await;
     let local_client = register_public_client(&local).await;
     let mut b = Browser::new();
     let Landing::Page(200, consent) = b.get(&authorize_url(&local, &local_client, "")).await else { panic!() };

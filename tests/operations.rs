@@ -22,47 +22,58 @@ impl ProxyBase for Bin {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::test]
 async fn binary_serves_readiness_metrics_and_json_logs_and_drains_on_sigterm() {
     let upstream = Upstream::start().await;
-    let (port, metrics_port) = (free_port(), free_port());
-    let dir = std::env::temp_dir().join(format!("dcrp-ops-{}", dcr_proxy::crypto::random_token()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).unwrap();
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nshutdown_grace = \"2s\"\n\
-         [upstream]\nurl = \"{}\"\n[idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\n\
-         [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[log]\nformat = \"json\"\nfilter = \"info\"\n",
-        upstream.url()
-    );
-    std::fs::write(dir.join("proxy.toml"), config).unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_dcr-proxy"))
-        .args(["check-config", "--config", dir.join("proxy.toml").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(check.status.success());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dcr-proxy"))
-        .args(["--config", dir.join("proxy.toml").to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = http().get(format!("{base}/readyz")).send().await {
-            assert_eq!(r.status(), 200);
-            let doc: serde_json::Value = r.json().await.unwrap();
-            assert_eq!(doc["idp"], "local");
-            break;
+    // The binary binds the ports in its config; when another process took one first, new ports are tried.
+    let (port, metrics_port, dir, mut child) = retry_on_taken_port(|| {
+        let upstream_url = upstream.url();
+        async move {
+            let (port, metrics_port) = (unused_port(), unused_port());
+            let dir = std::env::temp_dir().join(format!("dcrp-ops-{}", dcr_proxy::crypto::random_token()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).unwrap();
+            let config = format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nshutdown_grace = \"2s\"\n\
+                 [upstream]\nurl = \"{upstream_url}\"\n[idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\n\
+                 [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[log]\nformat = \"json\"\nfilter = \"info\"\n"
+            );
+            std::fs::write(dir.join("proxy.toml"), config).unwrap();
+            let check = Command::new(env!("CARGO_BIN_EXE_dcr-proxy"))
+                .args(["check-config", "--config", dir.join("proxy.toml").to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(check.status.success());
+            let mut child = Command::new(env!("CARGO_BIN_EXE_dcr-proxy"))
+                .args(["--config", dir.join("proxy.toml").to_str().unwrap()])
+                .env_remove("RUST_LOG")
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let base = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    let mut stderr = String::new();
+                    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(stderr);
+                }
+                // A short timeout: a port taken by another process may accept and never answer.
+                let probe = tokio::time::timeout(Duration::from_millis(500), http().get(format!("{base}/readyz")).send());
+                if let Ok(Ok(r)) = probe.await {
+                    assert_eq!(r.status(), 200);
+                    let doc: serde_json::Value = r.json().await.unwrap();
+                    assert_eq!(doc["idp"], "local");
+                    return Ok((port, metrics_port, dir, child));
+                }
+                assert!(Instant::now() < deadline, "not ready");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        assert!(Instant::now() < deadline, "not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    let base = format!("http://127.0.0.1:{port}");
     let bin = Bin { base: base.clone() };
     let (_, tokens) = login(&bin).await;
     let resp = http().get(bin.url("/mcp")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
@@ -170,4 +181,30 @@ fn hash_password_refuses_short_passwords_and_prints_only_the_hash() {
     let hash = String::from_utf8(ok.stdout).unwrap();
     assert!(hash.trim().starts_with("$argon2id$"), "{hash}");
     assert_eq!(hash.lines().count(), 1);
+}
+
+#[tokio::test]
+async fn the_metrics_listener_stops_with_the_server_and_closes_its_connections() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(dcr_proxy::server::serve_metrics(listener, proxy.app.clone(), async {
+        let _ = stopped.await;
+    }));
+    // A keep-alive connection that has been served once and stays open.
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: metrics\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+
+    drop(stop);
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("serve_metrics returns on shutdown").unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the open metrics connection is closed");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the metrics port no longer accepts");
 }

@@ -1,5 +1,9 @@
 //! Property tests of the request parsers: they never panic on any input, and what they accept obeys the rules.
 //! Bounded to 512 cases per property so that CI stays fast.
+//!
+//! The generators of registration bodies and redirect URIs mostly produce *valid* inputs (with noise mixed in),
+//! and `*_generator_produces_mostly_valid_*` asserts that share: a property whose `if accepted { assert }` body
+//! never runs proves nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -53,6 +57,96 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// A redirect URI that the registration rules accept: https on any host, or http on a loopback host.
+fn valid_redirect_uri() -> impl Strategy<Value = String> {
+    let path = "(/[a-zA-Z0-9._~-]{0,12}){0,3}";
+    let query = prop::option::of("[a-z]{1,6}=[a-zA-Z0-9]{0,8}");
+    (
+        prop_oneof![
+            "https://[a-z][a-z0-9-]{0,15}(\\.[a-z]{2,8}){1,2}(:[1-9][0-9]{0,3})?",
+            "http://(127\\.0\\.0\\.1|localhost|\\[::1\\])(:[1-9][0-9]{0,3})?",
+        ],
+        path,
+        query,
+    )
+        .prop_map(|(base, path, query)| match query {
+            Some(q) => format!("{base}{path}?{q}"),
+            None => format!("{base}{path}"),
+        })
+}
+
+/// Mostly valid redirect URIs, and some that break one rule (scheme, host, fragment, user info) or are noise.
+fn redirect_uri_input() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => valid_redirect_uri(),
+        1 => valid_redirect_uri().prop_map(|u| format!("{u}#frag")),
+        1 => valid_redirect_uri().prop_map(|u| u.replacen("https://", "http://", 1).replacen("http://127.0.0.1", "http://10.0.0.1", 1)),
+        1 => valid_redirect_uri().prop_map(|u| u.replacen("://", "://user:pw@", 1)),
+        1 => ".{0,200}",
+    ]
+}
+
+/// A registration body RFC 7591 §2 accepts: redirect URIs, optional auth method, grant and response types, name.
+fn valid_registration() -> impl Strategy<Value = Value> {
+    let auth = prop::option::of(prop_oneof![Just("none"), Just("client_secret_basic"), Just("client_secret_post")]);
+    let grants = prop::option::of(prop_oneof![
+        Just(vec!["authorization_code"]),
+        Just(vec!["authorization_code", "refresh_token"]),
+    ]);
+    let responses = prop::option::of(Just(vec!["code"]));
+    let name = prop::option::of("[a-zA-Z0-9 .-]{1,40}");
+    (prop::collection::vec(valid_redirect_uri(), 1..4), auth, grants, responses, name).prop_map(
+        |(uris, auth, grants, responses, name)| {
+            let mut body = serde_json::json!({ "redirect_uris": uris });
+            if let Some(a) = auth {
+                body["token_endpoint_auth_method"] = a.into();
+            }
+            if let Some(g) = grants {
+                body["grant_types"] = g.into();
+            }
+            if let Some(r) = responses {
+                body["response_types"] = r.into();
+            }
+            if let Some(n) = name {
+                body["client_name"] = n.into();
+            }
+            body
+        },
+    )
+}
+
+/// Mostly valid registration bodies, some with one field broken, and arbitrary JSON.
+fn registration_body() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        6 => valid_registration(),
+        1 => valid_registration().prop_map(|mut b| { b["redirect_uris"] = serde_json::json!(["http://evil.example/cb"]); b }),
+        1 => valid_registration().prop_map(|mut b| { b["grant_types"] = serde_json::json!(["client_credentials"]); b }),
+        1 => valid_registration().prop_map(|mut b| { b["token_endpoint_auth_method"] = "private_key_jwt".into(); b }),
+        1 => json_value(),
+    ]
+}
+
+/// The share of 512 generated inputs that `accepted` holds for (a fixed seed, so the number is stable).
+fn share_accepted<S: Strategy>(strategy: S, accepted: impl Fn(&S::Value) -> bool) -> f64 {
+    use proptest::strategy::ValueTree as _;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let n = 512;
+    let hits = (0..n).filter(|_| accepted(&strategy.new_tree(&mut runner).unwrap().current())).count();
+    hits as f64 / n as f64
+}
+
+#[test]
+fn registration_generator_produces_mostly_valid_bodies() {
+    let share = share_accepted(registration_body(), |b| register::register(b, 0, &Default::default()).is_ok());
+    assert!((0.5..0.95).contains(&share), "valid share {share}: the property must see both valid and invalid bodies");
+}
+
+#[test]
+fn redirect_uri_generator_produces_mostly_valid_uris() {
+    let share = share_accepted(redirect_uri_input(), |u| redirect_uri::validate_for_registration(u, &[]).is_ok());
+    assert!((0.5..0.95).contains(&share), "valid share {share}: the property must see both valid and invalid URIs");
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -80,7 +174,7 @@ proptest! {
     }
 
     #[test]
-    fn registration_accepts_only_valid_metadata(body in json_value()) {
+    fn registration_accepts_only_valid_metadata(body in registration_body()) {
         if let Ok(reg) = register::register(&body, 0, &Default::default()) {
             prop_assert!(!reg.client.redirect_uris.is_empty());
             for uri in &reg.client.redirect_uris {
@@ -91,7 +185,7 @@ proptest! {
     }
 
     #[test]
-    fn redirect_uri_validation_never_panics_and_accepts_only_safe_uris(uri in ".{0,200}") {
+    fn redirect_uri_validation_never_panics_and_accepts_only_safe_uris(uri in redirect_uri_input()) {
         if redirect_uri::validate_for_registration(&uri, &[]).is_ok() {
             let url = url::Url::parse(&uri).unwrap();
             prop_assert!(url.scheme() == "https" || url.scheme() == "http");

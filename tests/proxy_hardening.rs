@@ -40,7 +40,7 @@ async fn narrow_token(proxy: &TestProxy) -> String {
 async fn no_spelling_of_a_protected_path_reaches_the_upstream_without_the_scope() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), ADMIN_RULE).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).extra(ADMIN_RULE).start().await;
     let token = narrow_token(&proxy).await;
     for path in [
         "/mcp/admin/..",
@@ -90,7 +90,7 @@ async fn no_spelling_of_a_protected_path_reaches_the_upstream_without_the_scope(
 async fn the_upstream_url_prefix_is_a_boundary() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &format!("{}/api", upstream.url()), "").await;
+    let proxy = TestProxy::builder().upstream(format!("{}/api", upstream.url())).azure(&azure).start().await;
     let (_, body) = login(&proxy).await;
     let token = body["access_token"].as_str().unwrap();
     for path in ["/../admin", "/%2e%2e/admin", "/x/../../admin", "/..%2fadmin"] {
@@ -127,7 +127,12 @@ async fn forwarded_sources_in_port_and_bracket_forms_are_limited_each_on_their_o
         "[idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\n\
          [limits]\nregister_per_minute = 3\n"
     );
-    let proxy = TestProxy::start_with(&upstream.url(), "behind_tls_terminator = true", &idp).await;
+    let proxy = TestProxy::builder()
+        .upstream(upstream.url())
+        .server_extra("behind_tls_terminator = true")
+        .extra(&idp)
+        .start()
+        .await;
     // One attacker (Azure Application Gateway writes `ip:port`) empties its own bucket...
     for port in 1000..1003 {
         assert_eq!(register_from(&proxy, &format!("203.0.113.7:{port}")).await, 201);
@@ -157,7 +162,7 @@ async fn forwarded_sources_in_port_and_bracket_forms_are_limited_each_on_their_o
 #[tokio::test]
 async fn identity_headers_in_any_spelling_and_the_proxy_cookie_never_reach_the_upstream() {
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_local(&upstream.url()).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
     let (_, body) = login(&proxy).await;
     let token = body["access_token"].as_str().unwrap();
     let (status, text) = raw(
@@ -181,7 +186,7 @@ async fn identity_headers_in_any_spelling_and_the_proxy_cookie_never_reach_the_u
 #[tokio::test]
 async fn http2_cookie_crumbs_reach_an_http1_upstream_as_one_line() {
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_local(&upstream.url()).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
     let (_, body) = login(&proxy).await;
     let token = body["access_token"].as_str().unwrap();
     let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
@@ -204,7 +209,7 @@ async fn http2_cookie_crumbs_reach_an_http1_upstream_as_one_line() {
 #[tokio::test]
 async fn an_upstream_cannot_set_the_proxys_cookie() {
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_local(&upstream.url()).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
     let (_, body) = login(&proxy).await;
     let resp =
         http().get(proxy.url("/set-cookie")).bearer_auth(body["access_token"].as_str().unwrap()).send().await.unwrap();
@@ -216,7 +221,7 @@ async fn an_upstream_cannot_set_the_proxys_cookie() {
 #[tokio::test]
 async fn trace_and_connect_are_refused_and_options_asterisk_is_answered_here() {
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_local(&upstream.url()).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
     let (_, body) = login(&proxy).await;
     let token = body["access_token"].as_str().unwrap();
     let (status, text) = raw(
@@ -244,7 +249,7 @@ async fn trace_and_connect_are_refused_and_options_asterisk_is_answered_here() {
 #[tokio::test]
 async fn preflights_allow_the_methods_of_client_management_and_session_end() {
     let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_local(&upstream.url()).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
     for path in ["/register/some-client", "/mcp"] {
         let resp = http()
             .request(reqwest::Method::OPTIONS, proxy.url(path))

@@ -12,23 +12,6 @@ use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn setup_with(extra: &str) -> (FakeAzure, Upstream, TestProxy) {
-    let azure = FakeAzure::start().await;
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_azure(&azure, &upstream.url(), extra).await;
-    (azure, upstream, proxy)
-}
-
-async fn setup() -> (FakeAzure, Upstream, TestProxy) {
-    setup_with("").await
-}
-
-async fn error_of(resp: reqwest::Response) -> (u16, String) {
-    let status = resp.status().as_u16();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    (status, body["error"].as_str().unwrap_or("<none>").to_owned())
-}
-
 fn nothing_issued(proxy: &TestProxy) {
     assert!(proxy.app.store.access_tokens.is_empty(), "no access token was issued");
     assert_eq!(proxy.app.store.stats().refresh_tokens, 0, "no refresh token was issued");
@@ -237,7 +220,7 @@ async fn client_token_never_reaches_the_upstream() {
 async fn upstream_401_refreshes_the_idp_token_once_and_retries() {
     let azure = FakeAzure::start().await;
     // The upstream is the fake Graph: it accepts only access tokens the fake Entra ID still honours.
-    let proxy = TestProxy::with_azure(&azure, &azure.authority(), "").await;
+    let proxy = TestProxy::builder().upstream(azure.authority()).azure(&azure).start().await;
     let (_, tokens) = login(&proxy).await;
     let access = tokens["access_token"].as_str().unwrap();
     let me = http().get(proxy.url("/v1.0/me")).bearer_auth(access).send().await.unwrap();
@@ -731,9 +714,13 @@ async fn flood_sign_in(proxy: &TestProxy, client_id: &str, source: &str) -> u16 
 async fn a_sign_in_flood_from_many_sources_stores_nothing_and_a_user_still_signs_in() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy =
-        with_azure_server(&azure, &upstream.url(), "behind_tls_terminator = true", "[limits]\nmax_pending = 50\n")
-            .await;
+    let proxy = TestProxy::builder()
+        .upstream(upstream.url())
+        .azure(&azure)
+        .server_extra("behind_tls_terminator = true")
+        .extra("[limits]\nmax_pending = 50\n")
+        .start()
+        .await;
     let client_id = register_public_client(&proxy).await;
     // 100 sources, each well within its rate limit, start and approve 200 sign-ins they never finish.
     for source in 0..100 {
@@ -754,13 +741,13 @@ async fn a_sign_in_flood_from_many_sources_stores_nothing_and_a_user_still_signs
 async fn a_registration_flood_at_the_cap_evicts_unused_clients_and_a_new_client_still_signs_in() {
     let azure = FakeAzure::start().await;
     let upstream = Upstream::start().await;
-    let proxy = with_azure_server(
-        &azure,
-        &upstream.url(),
-        "behind_tls_terminator = true",
-        "[registration]\nmax_clients = 20\n",
-    )
-    .await;
+    let proxy = TestProxy::builder()
+        .upstream(upstream.url())
+        .azure(&azure)
+        .server_extra("behind_tls_terminator = true")
+        .extra("[registration]\nmax_clients = 20\n")
+        .start()
+        .await;
     let (used, tokens) = login(&proxy).await;
     let register_from = |source: String| {
         proxy.clock.advance(1);

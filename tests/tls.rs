@@ -55,7 +55,7 @@ async fn https_with_http1_and_http2_and_certificate_reload() {
         dir.join("cert.pem").display(),
         dir.join("key.pem").display()
     );
-    let proxy = TestProxy::start_with(&upstream.url(), &server_extra, &local_idp()).await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).server_extra(&server_extra).local().start().await;
     assert!(proxy.base.starts_with("https://127.0.0.1:"));
 
     let resp = client(&[&first], false).get(proxy.url("/healthz")).send().await.unwrap();
@@ -64,8 +64,14 @@ async fn https_with_http1_and_http2_and_certificate_reload() {
     let resp = client(&[&first], true).get(proxy.url("/healthz")).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     // The consent cookie is `__Host-` and `Secure` under https.
-    let client_id = register_public_client_with(&proxy, &client(&[&first], true)).await;
-    let resp = client(&[&first], true).get(authorize_url(&proxy, &client_id, "")).send().await.unwrap();
+    let doc = register_json_with(
+        &proxy,
+        &client(&[&first], true),
+        serde_json::json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"}),
+    )
+    .await;
+    let client_id = doc["client_id"].as_str().unwrap();
+    let resp = client(&[&first], true).get(authorize_url(&proxy, client_id, "")).send().await.unwrap();
     let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.starts_with("__Host-dcrp=") && cookie.contains("; Secure"), "{cookie}");
 
@@ -85,22 +91,4 @@ async fn https_with_http1_and_http2_and_certificate_reload() {
     // A client that trusts only the old certificate now fails: the old one is gone.
     assert!(client(&[&first], false).get(proxy.url("/healthz")).send().await.is_err());
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn local_idp() -> String {
-    let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).unwrap();
-    format!("[idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\n")
-}
-
-async fn register_public_client_with(proxy: &TestProxy, client: &reqwest::Client) -> String {
-    let doc: serde_json::Value = client
-        .post(proxy.url("/register"))
-        .json(&serde_json::json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    doc["client_id"].as_str().unwrap().to_owned()
 }

@@ -40,8 +40,8 @@ use flight::{Flights, Joined, Waited};
 use crate::clock::UnixTime;
 use crate::config::ClientDocumentsConfig;
 use crate::crypto::TokenHash;
-use crate::error::{ErrorCode, OAuthError};
 use crate::http::params::Params;
+use crate::oauth::error::{ErrorCode, OAuthError};
 use crate::oauth::redirect_uri::Allowlist;
 use crate::store::{Client, Store};
 
@@ -102,28 +102,9 @@ impl DocumentError {
         }
     }
 
-    /// The error page shown when `/authorize` names a document that cannot be used (never a redirect: the
-    /// redirect URI is not trusted yet).
-    pub fn into_page(self, client_id: &str) -> crate::error::Error {
-        if matches!(self, Self::Busy | Self::Interrupted) {
-            return crate::error::Error::Capacity { what: "too many client metadata documents in flight", html: true };
-        }
-        crate::error::Error::page(
-            http::StatusCode::BAD_REQUEST,
-            "Application identity refused",
-            format!(
-                "The application identifies itself with the document at {client_id}, which cannot be used: {self}. \
-                 Contact the application's developer."
-            ),
-        )
-    }
-
-    /// The token endpoint's answer: the client cannot be authenticated.
-    pub fn into_token_error(self) -> crate::error::Error {
-        if matches!(self, Self::Busy | Self::Interrupted) {
-            return crate::error::Error::Capacity { what: "too many client metadata documents in flight", html: false };
-        }
-        crate::error::OAuthError::invalid_client(format!("client metadata document refused: {self}")).into()
+    /// Whether the refusal is about capacity (too many documents in flight), not about the document.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Self::Busy | Self::Interrupted)
     }
 }
 

@@ -1,5 +1,8 @@
 //! HTTP plumbing shared by the handlers: the response body type, size-limited body reading, parameter parsing
 //! (form and query, with repeated parameters refused), HTML pages and small response builders.
+//!
+//! This layer sits below `crate::error`: it has its own small error types ([`ReadBodyError`],
+//! [`params::ParamError`]) which `crate::error` converts into responses; nothing here imports the error layer.
 
 pub mod html;
 pub mod params;
@@ -8,8 +11,6 @@ pub mod timed_body;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt as _, Empty, Full, Limited};
-
-use crate::error::Error;
 
 /// The body of every response the server sends: fixed bytes, or a streamed upstream body.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -49,7 +50,11 @@ pub fn redirect(location: &str) -> Response<Body> {
             resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp
         }
-        Err(_) => Error::Internal("redirect location is not a valid header value".into()).into_response(),
+        Err(_) => {
+            // The same answer as `Error::Internal`: one warning, a bare 500.
+            tracing::warn!(reason = "redirect location is not a valid header value", "internal error");
+            json_response(StatusCode::INTERNAL_SERVER_ERROR, &serde_json::json!({"error": "server_error"}))
+        }
     }
 }
 
@@ -85,19 +90,29 @@ pub fn has_content_type(headers: &HeaderMap, expected: &str) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case(expected))
 }
 
-/// Reads a whole request body, refusing more than `limit` bytes with 413.
-pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, Error>
+/// Why a request body could not be read (`crate::error` maps: 413, 408, 400 `invalid_request`).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadBodyError {
+    #[error("request body larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// The client stopped sending (`limits.body_timeout`).
+    #[error("the request body stalled")]
+    TimedOut,
+    #[error("could not read the request body: {0}")]
+    Broken(String),
+}
+
+/// Reads a whole request body, refusing more than `limit` bytes.
+pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ReadBodyError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::PayloadTooLarge { limit }),
-        Err(e) if matches!(e.downcast_ref(), Some(timed_body::BodyError::TimedOut(_))) => Err(Error::RequestTimeout),
-        Err(e) => Err(Error::OAuth(crate::error::OAuthError::invalid_request(format!(
-            "could not read the request body: {e}"
-        )))),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ReadBodyError::TooLarge { limit }),
+        Err(e) if matches!(e.downcast_ref(), Some(timed_body::BodyError::TimedOut(_))) => Err(ReadBodyError::TimedOut),
+        Err(e) => Err(ReadBodyError::Broken(e.to_string())),
     }
 }
 

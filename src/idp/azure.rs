@@ -10,16 +10,9 @@
 use secrecy::SecretString;
 use url::Url;
 
-use super::oidc::{ClientAuth, Flavor, IssuerRule, OidcEndpoints, OidcProvider};
+use super::oidc::{is_guid, ClientAuth, Flavor, IssuerRule, OidcEndpoints, OidcProvider};
 use super::IdpError;
 use crate::config::IdpConfig;
-
-/// Whether `s` is a GUID in its canonical 8-4-4-4-12 hex form.
-pub fn is_guid(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.len() == 5
-        && parts.iter().zip([8, 4, 4, 4, 12]).all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
-}
 
 /// Builds the Azure provider from its tenant; no network call is needed.
 pub fn provider(
@@ -55,16 +48,4 @@ pub fn provider(
         idp,
         callback,
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn guid_shape_is_checked() {
-        assert!(is_guid("72f988bf-86f1-41af-91ab-2d7cd011db47"));
-        assert!(!is_guid("common"));
-        assert!(!is_guid("72f988bf-86f1-41af-91ab-2d7cd011db4"));
-    }
 }

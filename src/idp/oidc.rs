@@ -50,13 +50,20 @@ pub enum IssuerRule {
     },
 }
 
+/// Whether `s` is a GUID in its canonical 8-4-4-4-12 hex form (Entra's `tid` claim and tenant ids).
+pub fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts.iter().zip([8, 4, 4, 4, 12]).all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 impl IssuerRule {
     fn check(&self, iss: &str, tid: Option<&str>) -> Result<(), String> {
         match self {
             Self::Exact(expected) if expected.trim_end_matches('/') == iss.trim_end_matches('/') => Ok(()),
             Self::Exact(expected) => Err(format!("id_token issuer `{iss}` is not `{expected}`")),
             Self::AzureTemplate { prefix, suffix, tenant } => {
-                let tid = tid.filter(|t| super::azure::is_guid(t)).ok_or("id_token has no GUID `tid` claim")?;
+                let tid = tid.filter(|t| is_guid(t)).ok_or("id_token has no GUID `tid` claim")?;
                 if tenant.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case(tid)) {
                     return Err(format!("id_token tenant `{tid}` is not the configured tenant"));
                 }
@@ -427,6 +434,13 @@ impl TokenAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guid_shape_is_checked() {
+        assert!(is_guid("72f988bf-86f1-41af-91ab-2d7cd011db47"));
+        assert!(!is_guid("common"));
+        assert!(!is_guid("72f988bf-86f1-41af-91ab-2d7cd011db4"));
+    }
 
     #[test]
     fn azure_issuer_template_substitutes_tid() {

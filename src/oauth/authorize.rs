@@ -12,12 +12,12 @@
 //! the whole query at [`MAX_QUERY_BYTES`], `state` at `limits.max_state_bytes`. The other echoed values must
 //! equal something registered or configured (client, redirect URI, resource, offered scopes) or have a fixed
 //! length (the S256 challenge), so they are bounded by what they are checked against.
-
-use http::StatusCode;
+//!
+//! Refusals are [`AuthorizeError`]s; `crate::error` renders them (a page, or the redirect).
 
 use super::{pkce, redirect_uri, scope};
-use crate::error::{Error, ErrorCode, OAuthError};
 use crate::http::params::Params;
+use crate::oauth::error::{ErrorCode, OAuthError};
 use crate::store::Client;
 
 /// Longest `/authorize` query accepted, in bytes.
@@ -33,14 +33,28 @@ pub struct AuthorizeContext<'a> {
     pub max_state_bytes: usize,
 }
 
-fn too_long(what: String) -> Error {
-    Error::page(StatusCode::BAD_REQUEST, "Invalid authorization request", what)
+/// Why an authorization request is refused (RFC 6749 §4.1.2.1). Every variant but `Redirect` is found before
+/// the redirect URI is trusted, so it is shown to the user (400 page) and never redirected.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizeError {
+    /// Malformed, overlong or incomplete; the message is shown to the user.
+    #[error("invalid authorization request: {0}")]
+    Invalid(String),
+    /// No registered client has this `client_id` (or its registration expired).
+    #[error("unknown client")]
+    UnknownClient,
+    /// The `redirect_uri` is not one the client registered.
+    #[error("redirect_uri not registered by the client")]
+    UnregisteredRedirectUri,
+    /// Found after the redirect URI is validated: sent back to it with `error`, `state` and `iss` (RFC 9207).
+    #[error("authorization error redirected to the client: {}", error.code.as_str())]
+    Redirect { redirect_uri: String, error: OAuthError, state: Option<String>, issuer: String },
 }
 
 /// Refuses a query longer than [`MAX_QUERY_BYTES`].
-pub fn check_query_length(query: &[u8]) -> Result<(), Error> {
+pub fn check_query_length(query: &[u8]) -> Result<(), AuthorizeError> {
     if query.len() > MAX_QUERY_BYTES {
-        return Err(too_long(format!("The request is longer than {MAX_QUERY_BYTES} bytes.")));
+        return Err(AuthorizeError::Invalid(format!("The request is longer than {MAX_QUERY_BYTES} bytes.")));
     }
     Ok(())
 }
@@ -62,49 +76,35 @@ pub fn validate(
     query: &[u8],
     lookup: impl FnOnce(&str) -> Option<std::sync::Arc<Client>>,
     ctx: &AuthorizeContext<'_>,
-) -> Result<AuthorizationRequest, Error> {
+) -> Result<AuthorizationRequest, AuthorizeError> {
     check_query_length(query)?;
-    let params = Params::parse(query)
-        .map_err(|e| Error::page(StatusCode::BAD_REQUEST, "Invalid authorization request", e.description))?;
+    let params = Params::parse(query).map_err(|e| AuthorizeError::Invalid(e.to_string()))?;
     if params.get("state").is_some_and(|s| s.len() > ctx.max_state_bytes) {
-        return Err(too_long(format!("The state parameter is longer than {} bytes.", ctx.max_state_bytes)));
+        return Err(AuthorizeError::Invalid(format!(
+            "The state parameter is longer than {} bytes.",
+            ctx.max_state_bytes
+        )));
     }
-    let client_id = params.get("client_id").ok_or_else(|| {
-        Error::page(StatusCode::BAD_REQUEST, "Invalid authorization request", "The request has no client_id.")
-    })?;
-    let client = lookup(client_id).ok_or_else(|| {
-        Error::page(
-            StatusCode::BAD_REQUEST,
-            "Unknown client",
-            "This application is not registered with the sign-in service (or its registration expired). \
-             Reconnect it from the application so that it registers again.",
-        )
-    })?;
+    let client_id =
+        params.get("client_id").ok_or_else(|| AuthorizeError::Invalid("The request has no client_id.".into()))?;
+    let client = lookup(client_id).ok_or(AuthorizeError::UnknownClient)?;
     let (redirect_uri, explicit) = match params.get("redirect_uri") {
         Some(requested) => match redirect_uri::find_match(&client.redirect_uris, requested) {
             Some(_) => (requested.to_owned(), true),
-            None => {
-                return Err(Error::page(
-                    StatusCode::BAD_REQUEST,
-                    "Invalid redirect URI",
-                    "The redirect_uri is not one this application registered, so the sign-in cannot continue.",
-                ))
-            }
+            None => return Err(AuthorizeError::UnregisteredRedirectUri),
         },
         None => match client.redirect_uris.as_slice() {
             [only] => (only.clone(), false),
             _ => {
-                return Err(Error::page(
-                    StatusCode::BAD_REQUEST,
-                    "Invalid authorization request",
-                    "The request has no redirect_uri and the application registered several.",
+                return Err(AuthorizeError::Invalid(
+                    "The request has no redirect_uri and the application registered several.".into(),
                 ))
             }
         },
     };
 
     let state = params.get("state").map(str::to_owned);
-    let redirect = |code: ErrorCode, description: &str| Error::Redirect {
+    let redirect = |code: ErrorCode, description: &str| AuthorizeError::Redirect {
         redirect_uri: redirect_uri.clone(),
         error: OAuthError::new(code, description),
         state: state.clone(),
@@ -160,7 +160,7 @@ mod tests {
 
     const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
-    fn run(query: &str) -> Result<AuthorizationRequest, Error> {
+    fn run(query: &str) -> Result<AuthorizationRequest, AuthorizeError> {
         let resources = vec!["https://p.example/mcp".to_owned()];
         let scopes = vec!["openid".to_owned()];
         let ctx = AuthorizeContext {
@@ -188,14 +188,17 @@ mod tests {
 
     #[test]
     fn unknown_client_and_foreign_redirect_are_pages_not_redirects() {
-        assert!(matches!(run(&ok_query().replace("client_id=c1", "client_id=zz")), Err(Error::Page { .. })));
-        assert!(matches!(run(&ok_query().replace("app.example", "evil.example")), Err(Error::Page { .. })));
-        assert!(matches!(run(&format!("{}&client_id=c1", ok_query())), Err(Error::Page { .. })));
+        assert!(matches!(run(&ok_query().replace("client_id=c1", "client_id=zz")), Err(AuthorizeError::UnknownClient)));
+        assert!(matches!(
+            run(&ok_query().replace("app.example", "evil.example")),
+            Err(AuthorizeError::UnregisteredRedirectUri)
+        ));
+        assert!(matches!(run(&format!("{}&client_id=c1", ok_query())), Err(AuthorizeError::Invalid(_))));
     }
 
     fn redirected_code(q: &str) -> Option<ErrorCode> {
         match run(q) {
-            Err(Error::Redirect { error, state, .. }) => {
+            Err(AuthorizeError::Redirect { error, state, .. }) => {
                 assert_eq!(state.as_deref(), Some("xyz"));
                 Some(error.code)
             }
@@ -235,8 +238,8 @@ mod tests {
     fn overlong_state_or_query_is_a_page_not_a_redirect() {
         assert!(run(&ok_query().replace("state=xyz", &format!("state={}", "s".repeat(16)))).is_ok());
         let long_state = ok_query().replace("state=xyz", &format!("state={}", "s".repeat(17)));
-        assert!(matches!(run(&long_state), Err(Error::Page { status: StatusCode::BAD_REQUEST, .. })));
+        assert!(matches!(run(&long_state), Err(AuthorizeError::Invalid(_))));
         let long_query = format!("{}&x={}", ok_query(), "x".repeat(MAX_QUERY_BYTES));
-        assert!(matches!(run(&long_query), Err(Error::Page { status: StatusCode::BAD_REQUEST, .. })));
+        assert!(matches!(run(&long_query), Err(AuthorizeError::Invalid(_))));
     }
 }

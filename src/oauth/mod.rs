@@ -5,6 +5,7 @@
 
 pub mod authorize;
 pub mod consent;
+pub mod error;
 pub mod flow;
 pub mod metadata;
 pub mod pkce;

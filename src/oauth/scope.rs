@@ -6,7 +6,7 @@
 //! scope, or none at all, gets every offered scope (ChatGPT reconnects without a scope).
 
 use crate::config::{is_scope_char, PathScopes};
-use crate::error::{ErrorCode, OAuthError};
+use crate::oauth::error::{ErrorCode, OAuthError};
 
 /// Splits a scope parameter, checking the `scope-token` grammar.
 pub fn parse(scope: &str) -> Result<Vec<String>, OAuthError> {

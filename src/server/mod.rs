@@ -82,8 +82,14 @@ struct Shared {
     phase: watch::Receiver<Phase>,
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains.
-pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>, shutdown: impl Future<Output = ()>) {
+/// Serves `app` on `listener` until `shutdown` resolves, then drains. `tls` is owned here: its certificate
+/// reload task ends when this function returns.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    tls: Option<tls::ServerTls>,
+    shutdown: impl Future<Output = ()>,
+) {
     let limits = &app.config.limits;
     let max_connections = connection::effective_max_connections(limits.max_connections, connection::open_file_limit());
     if let (Some(n), Some(files)) = (limits.max_connections, connection::open_file_limit()) {
@@ -99,7 +105,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
     let limiter = ConnectionLimiter::new(max_connections, per_source);
     let (phase_tx, phase) = watch::channel(Phase::Running);
     let shared = Arc::new(Shared {
-        tls,
+        tls: tls.as_ref().map(|t| t.acceptor.clone()),
         builder: http_builder(limits.header_timeout),
         deadlines: Deadlines { first_request: limits.header_timeout, idle: limits.idle_timeout },
         body_timeout: limits.body_timeout,
@@ -174,6 +180,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor
     }
     // The final snapshot, after in-flight requests are done.
     write_snapshot(&app).await;
+    drop(tls);
 }
 
 /// One connection: the TLS handshake and the HTTP connection, under the connection deadlines.
@@ -268,12 +275,38 @@ fn spawn_snapshot_writer(app: Arc<App>, interval: Duration) -> tokio::task::Join
     })
 }
 
-/// Serves `GET /metrics` (Prometheus text format) on its own listener until the task is dropped.
-pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
+/// Serves `GET /metrics` (Prometheus text format) on its own listener until `shutdown` resolves; then it stops
+/// accepting and ends the connections it serves. Accept errors that are not the connection's own (no
+/// descriptors left) pause as in [`serve`] ([`backoff`]) instead of spinning.
+pub async fn serve_metrics(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let mut backoff = backoff::AcceptBackoff::default();
+    // The connection tasks, aborted when this function returns.
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    backoff.succeeded();
+                    stream
+                }
+                Err(e) if backoff::is_connection_error(&e) => continue,
+                Err(e) => {
+                    let after = backoff.failed(std::time::Instant::now());
+                    if let Some(failures) = after.log {
+                        tracing::warn!(error = %e, failures, pause = ?after.pause, "metrics accept failed; pausing");
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(after.pause) => continue,
+                        () = &mut shutdown => break,
+                    }
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = &mut shutdown => break,
+        };
         let app = app.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let app = app.clone();
                 async move {

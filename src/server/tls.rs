@@ -5,6 +5,10 @@
 //! `server.tls.reload_interval` and swaps in the new pair once it parses and the key matches the certificate.
 //! A broken pair on disk is logged and the old certificate stays in use; new connections see a new certificate as
 //! soon as it is swapped, existing ones keep theirs.
+//!
+//! Invariant: the reload task is owned by the [`ServerTls`] that [`acceptor`] returns (and `server::serve` owns
+//! that); dropping it aborts the task, which also ends by itself once the certificate resolver is gone. Nothing
+//! is left running detached.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -76,8 +80,21 @@ fn modified(config: &TlsConfig) -> Option<(SystemTime, SystemTime)> {
     Some((m(&config.cert)?, m(&config.key)?))
 }
 
-/// Builds the acceptor and starts the reload task.
-pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+/// The server's TLS: the acceptor, and the task that reloads its certificate, owned here. Dropping this ends the
+/// task (it is aborted; it also ends by itself once no acceptor holds the certificate any more).
+pub struct ServerTls {
+    pub acceptor: TlsAcceptor,
+    reload: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ServerTls {
+    fn drop(&mut self) {
+        self.reload.abort();
+    }
+}
+
+/// Builds the acceptor and starts the reload task, owned by the returned [`ServerTls`].
+pub fn acceptor(config: &TlsConfig) -> Result<ServerTls, TlsError> {
     let resolver = Arc::new(ReloadingCert { current: RwLock::new(load_pair(config)?) });
     let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
@@ -86,12 +103,14 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
         .with_cert_resolver(resolver.clone());
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let config = config.clone();
-    tokio::spawn(async move {
+    let resolver = Arc::downgrade(&resolver);
+    let reload = tokio::spawn(async move {
         let mut seen = modified(&config);
         let mut tick = tokio::time::interval(config.reload_interval);
         tick.tick().await;
         loop {
             tick.tick().await;
+            let Some(resolver) = resolver.upgrade() else { break };
             let now = modified(&config);
             if now == seen {
                 continue;
@@ -109,5 +128,37 @@ pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
             }
         }
     });
-    Ok(TlsAcceptor::from(Arc::new(server)))
+    Ok(ServerTls { acceptor: TlsAcceptor::from(Arc::new(server)), reload })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_reload_task_ends_when_the_server_tls_is_dropped() {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let dir = std::env::temp_dir().join(format!("dcrp-tls-unit-{}", crate::crypto::random_token()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let config = TlsConfig { cert, key, reload_interval: Duration::from_millis(10) };
+        let tls = acceptor(&config).unwrap();
+        let task = tls.reload.abort_handle();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!task.is_finished(), "the reload task runs while the server holds its TLS");
+        drop(tls);
+        for _ in 0..100 {
+            if task.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(task.is_finished(), "dropping ServerTls ends the reload task");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -3,6 +3,8 @@
 //! ([`Browser`]).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+// `pub` here is for the test files that include this module, not an interface: `unreachable_pub` does not apply.
+#![allow(unreachable_pub)]
 
 pub mod fake_azure;
 pub mod http_server;
@@ -48,75 +50,10 @@ pub struct TestProxy {
 }
 
 impl TestProxy {
-    /// Starts the proxy with `[idp]`-and-more TOML appended to a server/upstream section for this port.
-    pub async fn start(upstream_url: &str, idp_and_rest: &str) -> Self {
-        Self::start_with(upstream_url, "", idp_and_rest).await
-    }
-
-    /// Like [`TestProxy::start`] with extra `[server]` lines; a `[server.tls]` table there makes it https.
-    pub async fn start_with(upstream_url: &str, server_extra: &str, idp_and_rest: &str) -> Self {
-        Self::start_on(upstream_url, server_extra, idp_and_rest, None).await
-    }
-
-    /// Like [`TestProxy::start_with`], with the network the metadata-document fetcher uses.
-    pub async fn start_on(
-        upstream_url: &str,
-        server_extra: &str,
-        idp_and_rest: &str,
-        network: Option<dcr_proxy::client_documents::Network>,
-    ) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy addr");
-        let scheme = if server_extra.contains("[server.tls]") { "https" } else { "http" };
-        let base = format!("{scheme}://{addr}");
-        let text = format!(
-            "[server]\nlisten = \"{addr}\"\npublic_url = \"{base}\"\nshutdown_grace = \"1s\"\n{server_extra}\n\
-             [upstream]\nurl = \"{upstream_url}\"\nresource_path = \"/mcp\"\nconnect_timeout = \"2s\"\nresponse_timeout = \"2s\"\n\
-             {idp_and_rest}"
-        );
-        let config = Config::from_toml(&text, |_| None).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
-        let clock =
-            Clock::manual(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs());
-        // Unless a test brings its own, the metadata-document fetcher resolves nothing and connects nowhere, so
-        // that no test can send traffic beyond loopback by naming a URL client_id.
-        let network = network.unwrap_or_else(offline_network);
-        let app = App::new_on(config, clock.clone(), Some(network)).await.expect("app starts");
-        let (tx, rx) = oneshot::channel::<()>();
-        let tls = app.config.server.tls.as_ref().map(|t| dcr_proxy::server::tls::acceptor(t).expect("TLS config"));
-        let task = tokio::spawn(dcr_proxy::server::serve(listener, app.clone(), tls, async {
-            let _ = rx.await;
-        }));
-        Self { base, app, clock, shutdown: Some(tx), task: Some(task) }
-    }
-
-    /// The proxy in front of the fake Azure AD.
-    pub async fn with_azure(azure: &fake_azure::FakeAzure, upstream_url: &str, extra: &str) -> Self {
-        let idp = format!(
-            "[idp]\nkind = \"azure\"\nauthority = \"{}\"\ntenant = \"contoso.example\"\nclient_id = \"{}\"\n\
-             client_secret = \"{}\"\nscopes = [\"openid\", \"profile\", \"email\", \"offline_access\", \"User.Read\"]\n{extra}",
-            azure.authority(),
-            fake_azure::APP_ID,
-            fake_azure::APP_SECRET
-        );
-        Self::start(upstream_url, &idp).await
-    }
-
-    /// The proxy with the local login and the user `alice`.
-    pub async fn with_local(upstream_url: &str) -> Self {
-        Self::with_local_on(upstream_url, "", None).await
-    }
-
-    /// [`TestProxy::with_local`] with more config after `[idp]` and the metadata-document network.
-    pub async fn with_local_on(
-        upstream_url: &str,
-        extra: &str,
-        network: Option<dcr_proxy::client_documents::Network>,
-    ) -> Self {
-        let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).expect("hash");
-        let idp = format!(
-            "[idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\nemail = \"alice@example.com\"\n{extra}"
-        );
-        Self::start_on(upstream_url, "", &idp, network).await
+    /// The one way to start a test proxy: `TestProxy::builder().upstream(url)`, an IdP (`.azure(&fake)`,
+    /// `.local()`, or an `[idp]` table in `.extra(..)`), then `.start().await`.
+    pub fn builder() -> TestProxyBuilder {
+        TestProxyBuilder::default()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -265,9 +202,7 @@ pub async fn get_json(url: &str) -> Value {
 
 /// Registers a client with the given RFC 7591 metadata and returns the response document (201 asserted).
 pub async fn register_json(proxy: &impl ProxyBase, metadata: Value) -> Value {
-    let resp = http().post(proxy.url("/register")).json(&metadata).send().await.expect("register");
-    assert_eq!(resp.status(), 201);
-    resp.json().await.expect("json")
+    register_json_with(proxy, &http(), metadata).await
 }
 
 /// Registers a public client with the test redirect URI.
@@ -381,32 +316,180 @@ pub async fn refresh(proxy: &impl ProxyBase, client_id: &str, refresh_token: &st
         .expect("refresh request")
 }
 
-/// The proxy in front of the fake Azure AD, with extra `[server]` lines (`behind_tls_terminator = true`).
-pub async fn with_azure_server(
-    azure: &fake_azure::FakeAzure,
-    upstream_url: &str,
-    server_extra: &str,
-    extra: &str,
-) -> TestProxy {
-    let idp = format!(
-        "[idp]\nkind = \"azure\"\nauthority = \"{}\"\ntenant = \"contoso.example\"\nclient_id = \"{}\"\n\
-         client_secret = \"{}\"\nscopes = [\"openid\", \"profile\", \"email\", \"offline_access\", \"User.Read\"]\n{extra}",
-        azure.authority(),
-        fake_azure::APP_ID,
-        fake_azure::APP_SECRET
-    );
-    TestProxy::start_with(upstream_url, server_extra, &idp).await
-}
-
 /// Serves the proxy's Prometheus metrics on 127.0.0.1:0 and returns the `/metrics` URL.
 pub async fn serve_metrics(proxy: &TestProxy) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
     let addr = listener.local_addr().expect("metrics addr");
-    tokio::spawn(dcr_proxy::server::serve_metrics(listener, proxy.app.clone()));
+    tokio::spawn(dcr_proxy::server::serve_metrics(listener, proxy.app.clone(), std::future::pending()));
     format!("http://{addr}/metrics")
 }
 
 /// The value of an unlabelled metric in a Prometheus text exposition.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The IdP a [`TestProxyBuilder`] configures.
+#[derive(Default)]
+enum TestIdp {
+    /// `[idp]` comes with [`TestProxyBuilder::extra`].
+    #[default]
+    Given,
+    /// The fake Azure AD at this authority.
+    Azure(String),
+    /// The local login with the user `alice`.
+    Local,
+}
+
+/// Builds a [`TestProxy`]: the real server on a listener bound to 127.0.0.1:0 and handed to it (never rebound).
+#[derive(Default)]
+pub struct TestProxyBuilder {
+    upstream: Option<String>,
+    idp: TestIdp,
+    server_extra: String,
+    extra: String,
+    network: Option<dcr_proxy::client_documents::Network>,
+}
+
+impl TestProxyBuilder {
+    /// The upstream MCP server's base URL (required).
+    pub fn upstream(mut self, url: impl AsRef<str>) -> Self {
+        self.upstream = Some(url.as_ref().to_owned());
+        self
+    }
+
+    /// The fake Azure AD as the IdP.
+    pub fn azure(mut self, azure: &fake_azure::FakeAzure) -> Self {
+        self.idp = TestIdp::Azure(azure.authority());
+        self
+    }
+
+    /// The local login with the user `alice` ([`ALICE_PASSWORD`]) as the IdP.
+    pub fn local(mut self) -> Self {
+        self.idp = TestIdp::Local;
+        self
+    }
+
+    /// More `[server]` lines; a `[server.tls]` table here makes the proxy https.
+    pub fn server_extra(mut self, toml: impl AsRef<str>) -> Self {
+        self.server_extra = toml.as_ref().to_owned();
+        self
+    }
+
+    /// More config after `[idp]` (`[limits]`, `[registration]`, … or `[idp]` itself when no IdP is chosen).
+    pub fn extra(mut self, toml: impl AsRef<str>) -> Self {
+        self.extra = toml.as_ref().to_owned();
+        self
+    }
+
+    /// The network the metadata-document fetcher uses (default: [`offline_network`]).
+    pub fn network(mut self, network: dcr_proxy::client_documents::Network) -> Self {
+        self.network = Some(network);
+        self
+    }
+
+    pub async fn start(self) -> TestProxy {
+        let upstream_url = self.upstream.expect("TestProxy::builder() needs .upstream(..)");
+        let idp = match &self.idp {
+            TestIdp::Given => String::new(),
+            TestIdp::Azure(authority) => format!(
+                "[idp]\nkind = \"azure\"\nauthority = \"{authority}\"\ntenant = \"contoso.example\"\nclient_id = \"{}\"\n\
+                 client_secret = \"{}\"\nscopes = [\"openid\", \"profile\", \"email\", \"offline_access\", \"User.Read\"]\n",
+                fake_azure::APP_ID,
+                fake_azure::APP_SECRET
+            ),
+            TestIdp::Local => {
+                let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).expect("hash");
+                format!(
+                    "[idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\nemail = \"alice@example.com\"\n"
+                )
+            }
+        };
+        let (server_extra, extra) = (self.server_extra, self.extra);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let scheme = if server_extra.contains("[server.tls]") { "https" } else { "http" };
+        let base = format!("{scheme}://{addr}");
+        let text = format!(
+            "[server]\nlisten = \"{addr}\"\npublic_url = \"{base}\"\nshutdown_grace = \"1s\"\n{server_extra}\n\
+             [upstream]\nurl = \"{upstream_url}\"\nresource_path = \"/mcp\"\nconnect_timeout = \"2s\"\nresponse_timeout = \"2s\"\n\
+             {idp}{extra}"
+        );
+        let config = Config::from_toml(&text, |_| None).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        let clock =
+            Clock::manual(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs());
+        // Unless a test brings its own, the metadata-document fetcher resolves nothing and connects nowhere, so
+        // that no test can send traffic beyond loopback by naming a URL client_id.
+        let network = self.network.unwrap_or_else(offline_network);
+        let app = App::new_on(config, clock.clone(), Some(network)).await.expect("app starts");
+        let (tx, rx) = oneshot::channel::<()>();
+        let tls = app.config.server.tls.as_ref().map(|t| dcr_proxy::server::tls::acceptor(t).expect("TLS config"));
+        let task = tokio::spawn(dcr_proxy::server::serve(listener, app.clone(), tls, async {
+            let _ = rx.await;
+        }));
+        TestProxy { base, app, clock, shutdown: Some(tx), task: Some(task) }
+    }
+}
+
+/// The fake Azure AD, the recording upstream and the proxy in front of them, with more config (`extra`).
+pub async fn setup_with(extra: &str) -> (fake_azure::FakeAzure, upstream::Upstream, TestProxy) {
+    let azure = fake_azure::FakeAzure::start().await;
+    let upstream = upstream::Upstream::start().await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).azure(&azure).extra(extra).start().await;
+    (azure, upstream, proxy)
+}
+
+/// [`setup_with`] and the default config.
+pub async fn setup() -> (fake_azure::FakeAzure, upstream::Upstream, TestProxy) {
+    setup_with("").await
+}
+
+/// The status and the OAuth `error` code of a response (`<none>` when the body has none).
+pub async fn error_of(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    (status, body["error"].as_str().unwrap_or("<none>").to_owned())
+}
+
+/// Registers a client with the given RFC 7591 metadata through `client` (one that trusts a test certificate,
+/// say) and returns the response document (201 asserted).
+pub async fn register_json_with(proxy: &impl ProxyBase, client: &reqwest::Client, metadata: Value) -> Value {
+    let resp = client.post(proxy.url("/register")).json(&metadata).send().await.expect("register");
+    assert_eq!(resp.status(), 201);
+    resp.json().await.expect("json")
+}
+
+// ---- ports for the real binary ------------------------------------------------------------------------------
+
+/// A port for the real binary to listen on: the kernel picks it (bound on 127.0.0.1:0) and it is released at once.
+///
+/// In-process proxies never need this: [`TestProxyBuilder::start`] binds once and hands the listener to the server.
+/// A child process cannot be handed a listener here (the binary binds the address in its config, which is also its
+/// issuer URL, so it cannot bind :0 and report the port without changing the binary), so between this release and
+/// the child's bind another process may take the port. [`retry_on_taken_port`] closes that race from the other
+/// side: the child's own bind failure is detected and the start retried on a new port.
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
+}
+
+/// Whether a child's stderr says its listen address was taken (`cannot listen on …`, exit 2 from `main`).
+pub fn listen_address_taken(stderr: &str) -> bool {
+    stderr.contains("cannot listen on")
+}
+
+/// Starts the binary with `start`, which picks its ports with [`unused_port`] and returns `Err(stderr)` when the
+/// child exited before it was ready. When the listen address was taken, `start` runs again on new ports (at most
+/// five times); any other early exit panics with the child's stderr.
+pub async fn retry_on_taken_port<T, F>(mut start: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Result<T, String>>,
+{
+    for _ in 0..5 {
+        match start().await {
+            Ok(started) => return started,
+            Err(stderr) if listen_address_taken(&stderr) => continue,
+            Err(stderr) => panic!("dcr-proxy exited at start: {stderr}"),
+        }
+    }
+    panic!("five fresh ports were all taken before dcr-proxy could bind them");
 }
