@@ -80,7 +80,7 @@ fn main() {
             },
         };
         let code = crypto::random_token();
-        store.codes.insert(
+        store.issue_code(
             TokenHash::of(&code),
             AuthorizationCode {
                 client_id: client.client_id.clone(),
@@ -99,7 +99,7 @@ fn main() {
         let mut pair = token::exchange(&ctx, &client, &Params::parse(form.as_bytes()).unwrap()).unwrap();
         for _ in 0..refreshes {
             // Access tokens live one hour; what stays for 30 days is what a refresh leaves behind.
-            store.access_tokens.remove(&TokenHash::of(&pair.access_token));
+            store.revoke_access_token(&TokenHash::of(&pair.access_token), &client.client_id);
             let rt = pair.refresh_token.clone().unwrap();
             let form = format!("grant_type=refresh_token&refresh_token={rt}");
             pair = token::exchange(&ctx, &client, &Params::parse(form.as_bytes()).unwrap()).unwrap();

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use http::{header, HeaderMap, HeaderValue};
 
-use crate::app::App;
+use super::Context;
 use crate::crypto::TokenHash;
 use crate::error::{BearerProblem, Error};
 use crate::store::{Grant, UpstreamCredential};
@@ -70,15 +70,15 @@ impl std::ops::Deref for Authenticated {
 }
 
 /// Finds the live grant of a request's bearer token, with the token's scope.
-pub fn authenticate(app: &App, headers: &HeaderMap, query: Option<&str>) -> Result<Authenticated, Error> {
-    let unauthorized = |problem| Error::Unauthorized { problem, challenge: app.challenge.clone() };
+pub fn authenticate(cx: &Context<'_>, headers: &HeaderMap, query: Option<&str>) -> Result<Authenticated, Error> {
+    let unauthorized = |problem| Error::Unauthorized { problem, challenge: cx.challenge.to_owned() };
     if token_in_query(query) {
         return Err(unauthorized(BearerProblem::InvalidRequest));
     }
     let token = token_from_headers(headers).map_err(unauthorized)?;
-    let (grant, scope) = app
+    let (grant, scope) = cx
         .store
-        .access(&TokenHash::of(token), app.clock.now())
+        .access(&TokenHash::of(token), cx.clock.now())
         .ok_or_else(|| unauthorized(BearerProblem::InvalidToken))?;
     Ok(Authenticated { grant, scope })
 }
@@ -130,17 +130,14 @@ pub fn refresh_due(t: UpstreamTokenState, now: u64, policy: RefreshPolicy) -> bo
 /// calls the IdP; the others find the fresh token when they get the lock. When the IdP refuses the refresh for
 /// good (`invalid_grant`), the grant is revoked and the client gets 401 `invalid_token`, so that it logs in again.
 /// A transient IdP failure keeps the current token while it is still valid.
-pub async fn upstream_auth(app: &App, grant: &Grant) -> Result<UpstreamAuth, Error> {
-    let policy = RefreshPolicy {
-        margin: app.config.tokens.upstream_refresh_margin.as_secs(),
-        floor: app.config.tokens.upstream_refresh_floor.as_secs(),
-    };
-    if let Some(auth) = current_auth(grant, app.clock.now(), policy) {
+pub async fn upstream_auth(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAuth, Error> {
+    let policy = cx.refresh;
+    if let Some(auth) = current_auth(grant, cx.clock.now(), policy) {
         return Ok(auth);
     }
     let _flight = grant.refresh_lock.lock().await;
     // Another request may have refreshed while this one waited.
-    if let Some(auth) = current_auth(grant, app.clock.now(), policy) {
+    if let Some(auth) = current_auth(grant, cx.clock.now(), policy) {
         return Ok(auth);
     }
     // Copy what the IdP call needs so that no lock is held across the await.
@@ -149,27 +146,27 @@ pub async fn upstream_auth(app: &App, grant: &Grant) -> Result<UpstreamAuth, Err
         UpstreamCredential::Local => None,
     };
     let unauthorized =
-        || Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: app.challenge.clone() };
-    match refresh_with_retries(app, refresh_token).await {
+        || Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: cx.challenge.to_owned() };
+    match refresh_with_retries(cx, refresh_token).await {
         Ok(tokens) => {
             tracing::info!(client_id = %grant.client_id, "upstream access token refreshed");
-            app.metrics.upstream_refresh("ok");
+            cx.metrics.upstream_refresh("ok");
             let bearer = tokens.bearer().clone();
-            grant.set_refreshed_upstream(tokens, app.clock.now());
+            grant.set_refreshed_upstream(tokens, cx.clock.now());
             Ok(UpstreamAuth::Bearer(bearer))
         }
         Err(e) if e.ends_grant() => {
             tracing::warn!(client_id = %grant.client_id, error = %e, "upstream refresh refused; grant ended");
-            app.metrics.upstream_refresh("refused");
-            app.metrics.idp_error(&e);
-            app.store.revoke_grant(grant.id);
+            cx.metrics.upstream_refresh("refused");
+            cx.metrics.idp_error(&e);
+            cx.store.revoke_grant(grant.id);
             Err(unauthorized())
         }
         Err(e) => {
             tracing::warn!(client_id = %grant.client_id, error = %e, "upstream refresh failed");
-            app.metrics.upstream_refresh("failed");
-            app.metrics.idp_error(&e);
-            still_valid_auth(grant, app.clock.now())
+            cx.metrics.upstream_refresh("failed");
+            cx.metrics.idp_error(&e);
+            still_valid_auth(grant, cx.clock.now())
                 .ok_or_else(|| Error::UpstreamUnavailable(format!("identity provider: {e}")))
         }
     }
@@ -177,13 +174,13 @@ pub async fn upstream_auth(app: &App, grant: &Grant) -> Result<UpstreamAuth, Err
 
 /// Calls the IdP, retrying transient failures (network, 5xx, 429) twice with a growing pause; a refusal is final.
 async fn refresh_with_retries(
-    app: &App,
+    cx: &Context<'_>,
     refresh_token: Option<String>,
 ) -> Result<crate::store::UpstreamTokens, crate::idp::IdpError> {
     let mut pause = std::time::Duration::from_millis(100);
     let mut attempt = 1;
     loop {
-        match app.idp.refresh(refresh_token.clone(), app.clock.now()).await {
+        match cx.idp.refresh(refresh_token.clone(), cx.clock.now()).await {
             Err(e @ crate::idp::IdpError::Unavailable(_)) if attempt < 3 => {
                 tracing::info!(error = %e, attempt, "upstream refresh failed; retrying");
                 tokio::time::sleep(pause).await;
