@@ -22,6 +22,7 @@
 
 mod model;
 pub mod snapshot;
+pub mod upkeep;
 
 pub use model::*;
 
