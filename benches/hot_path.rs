@@ -45,12 +45,15 @@ fn insert_code(store: &Store, code: &str) {
     store.issue_code(
         TokenHash::of(code),
         AuthorizationCode {
-            client_id: "bench-client".into(),
-            redirect_uri: "http://127.0.0.1:33418/callback".into(),
-            redirect_uri_explicit: true,
-            code_challenge: CHALLENGE.into(),
-            scope: vec!["openid".into()],
-            resource: None,
+            request: dcr_proxy::store::AuthorizationRequest {
+                client_id: "bench-client".into(),
+                redirect_uri: "http://127.0.0.1:33418/callback".into(),
+                redirect_uri_explicit: true,
+                code_challenge: CHALLENGE.into(),
+                scope: vec!["openid".into()],
+                resource: None,
+                state: None,
+            },
             expires_at: 1000,
             login: login(),
         },

@@ -83,12 +83,15 @@ fn main() {
         store.issue_code(
             TokenHash::of(&code),
             AuthorizationCode {
-                client_id: client.client_id.clone(),
-                redirect_uri: REDIRECT.into(),
-                redirect_uri_explicit: true,
-                code_challenge: CHALLENGE.into(),
-                scope: vec!["openid".into(), "profile".into(), "email".into()],
-                resource: None,
+                request: dcr_proxy::store::AuthorizationRequest {
+                    client_id: client.client_id.clone(),
+                    redirect_uri: REDIRECT.into(),
+                    redirect_uri_explicit: true,
+                    code_challenge: CHALLENGE.into(),
+                    scope: vec!["openid".into(), "profile".into(), "email".into()],
+                    resource: None,
+                    state: None,
+                },
                 expires_at: now + 600,
                 login,
             },

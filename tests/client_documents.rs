@@ -451,12 +451,15 @@ fn insert_code(proxy: &TestProxy, code: &str, client_id: &str) {
     proxy.app.store.issue_code(
         dcr_proxy::crypto::TokenHash::of(code),
         AuthorizationCode {
-            client_id: client_id.to_owned(),
-            redirect_uri: CLIENT_REDIRECT.to_owned(),
-            redirect_uri_explicit: true,
-            code_challenge: CHALLENGE.to_owned(),
-            scope: vec!["openid".to_owned()],
-            resource: None,
+            request: dcr_proxy::store::AuthorizationRequest {
+                client_id: client_id.to_owned(),
+                redirect_uri: CLIENT_REDIRECT.to_owned(),
+                redirect_uri_explicit: true,
+                code_challenge: CHALLENGE.to_owned(),
+                scope: vec!["openid".to_owned()],
+                resource: None,
+                state: None,
+            },
             expires_at: proxy.clock.now() + 600,
             login: UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() },
         },

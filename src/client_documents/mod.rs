@@ -319,12 +319,15 @@ mod tests {
             store.issue_code(
                 TokenHash::of(c),
                 AuthorizationCode {
-                    client_id: client_id.into(),
-                    redirect_uri: "https://app.example/cb".into(),
-                    redirect_uri_explicit: true,
-                    code_challenge: String::new(),
-                    scope: vec![],
-                    resource: None,
+                    request: crate::store::AuthorizationRequest {
+                        client_id: client_id.into(),
+                        redirect_uri: "https://app.example/cb".into(),
+                        redirect_uri_explicit: true,
+                        code_challenge: String::new(),
+                        scope: vec![],
+                        resource: None,
+                        state: None,
+                    },
                     expires_at: 100,
                     login: login(),
                 },

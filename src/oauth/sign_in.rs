@@ -19,7 +19,7 @@ use crate::idp::{local, Idp, IdpError};
 use crate::oauth::authorize::{self, AuthorizeContext};
 use crate::oauth::flow::{ConsentTicket, IdpTicket, PendingAuthorization, Ticket};
 use crate::oauth::{consent, pkce, requests};
-use crate::store::{AuthorizationCode, UpstreamCredential, UpstreamLogin};
+use crate::store::{AuthorizationCode, AuthorizationRequest, UpstreamCredential, UpstreamLogin};
 
 /// `GET /authorize`: validates the request and shows the consent page.
 pub async fn authorize(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
@@ -44,19 +44,9 @@ pub async fn authorize(app: &App, req: &Request<RequestBody>) -> Result<Response
     let browser = app.sign_ins.browser_cookie(req.headers()).unwrap_or_else(|| app.sign_ins.mint_cookie());
     let csrf = crypto::random_token();
     let ttl = app.config.tokens.pending_ttl.as_secs();
-    let pending = PendingAuthorization {
-        client_id: request.client_id,
-        redirect_uri: request.redirect_uri,
-        redirect_uri_explicit: request.redirect_uri_explicit,
-        state: request.state,
-        code_challenge: request.code_challenge,
-        scope: request.scope,
-        resource: request.resource,
-        browser: TokenHash::of(&browser),
-        expires_at: app.clock.now() + ttl,
-    };
+    let pending = PendingAuthorization { request, browser: TokenHash::of(&browser), expires_at: app.clock.now() + ttl };
     let ticket = ConsentTicket::new(pending, &csrf);
-    let mut resp = consent::render(&client, &ticket.pending, &app.sign_ins.seal(&ticket), &csrf);
+    let mut resp = consent::render(&client, &ticket.pending.request, &app.sign_ins.seal(&ticket), &csrf);
     if let Some(cookie) = consent::set_cookie(app.config.is_https(), &browser, ttl) {
         resp.headers_mut().insert(header::SET_COOKIE, cookie);
     }
@@ -82,11 +72,11 @@ pub async fn consent(app: &App, req: Request<RequestBody>) -> Result<Response<Bo
     let pending = ticket.pending;
 
     if params.get("action") != Some("approve") {
-        tracing::info!(client_id = %pending.client_id, "user denied consent");
+        tracing::info!(client_id = %pending.request.client_id, "user denied consent");
         return Err(Error::Redirect {
-            redirect_uri: pending.redirect_uri,
+            redirect_uri: pending.request.redirect_uri,
             error: OAuthError::new(ErrorCode::AccessDenied, "the user denied the request"),
-            state: pending.state,
+            state: pending.request.state,
             issuer: app.config.server.public_url.clone(),
         });
     }
@@ -112,14 +102,14 @@ pub async fn callback(app: &App, req: &Request<RequestBody>) -> Result<Response<
     }
     let now = app.clock.now();
     let to_client = |code: ErrorCode, description: &str| Error::Redirect {
-        redirect_uri: request.pending.redirect_uri.clone(),
+        redirect_uri: request.pending.request.redirect_uri.clone(),
         error: OAuthError::new(code, description),
-        state: request.pending.state.clone(),
+        state: request.pending.request.state.clone(),
         issuer: app.config.server.public_url.clone(),
     };
     if let Some(error) = params.get("error") {
         let code = ErrorCode::from_idp(error);
-        tracing::info!(client_id = %request.pending.client_id, idp_error = error, "identity provider returned an error");
+        tracing::info!(client_id = %request.pending.request.client_id, idp_error = error, "identity provider returned an error");
         return Err(to_client(code, &format!("the identity provider answered {}", code.as_str())));
     }
     let Some(code) = params.get("code") else {
@@ -131,7 +121,7 @@ pub async fn callback(app: &App, req: &Request<RequestBody>) -> Result<Response<
     match provider.exchange_code(code, &request.pkce_verifier, &request.nonce, now).await {
         Ok(login) => Ok(finish(app, request.pending, login)),
         Err(e) => {
-            tracing::warn!(client_id = %request.pending.client_id, error = %e, "IdP code exchange failed");
+            tracing::warn!(client_id = %request.pending.request.client_id, error = %e, "IdP code exchange failed");
             app.metrics.idp_error(&e);
             let code = match e {
                 IdpError::Unavailable(_) => ErrorCode::TemporarilyUnavailable,
@@ -214,17 +204,12 @@ fn local_users(app: &App) -> Result<&local::LocalUsers, Error> {
 /// Mints the proxy's authorization code and sends the browser back to the client (RFC 6749 §4.1.2, RFC 9207).
 fn finish(app: &App, pending: PendingAuthorization, login: UpstreamLogin) -> Response<Body> {
     let code = crypto::random_token();
-    let location = code_redirect(&pending, &code, &app.config.server.public_url);
-    tracing::info!(client_id = %pending.client_id, "authorization code issued");
+    let location = code_redirect(&pending.request, &code, &app.config.server.public_url);
+    tracing::info!(client_id = %pending.request.client_id, "authorization code issued");
     app.store.issue_code(
         TokenHash::of(&code),
         AuthorizationCode {
-            client_id: pending.client_id,
-            redirect_uri: pending.redirect_uri,
-            redirect_uri_explicit: pending.redirect_uri_explicit,
-            code_challenge: pending.code_challenge,
-            scope: pending.scope,
-            resource: pending.resource,
+            request: AuthorizationRequest { state: None, ..pending.request },
             expires_at: app.clock.now() + app.config.tokens.code_ttl.as_secs(),
             login,
         },
@@ -234,21 +219,21 @@ fn finish(app: &App, pending: PendingAuthorization, login: UpstreamLogin) -> Res
 
 /// The authorization response's location (RFC 6749 §4.1.2): `code`, the client's `state` if it sent one, and
 /// `iss` (RFC 9207), appended to its redirect URI.
-pub fn code_redirect(pending: &PendingAuthorization, code: &str, issuer: &str) -> String {
+pub fn code_redirect(request: &AuthorizationRequest, code: &str, issuer: &str) -> String {
     let mut params: Vec<(&str, &str)> = vec![("code", code)];
-    if let Some(state) = &pending.state {
+    if let Some(state) = &request.state {
         params.push(("state", state));
     }
     params.push(("iss", issuer));
-    h::append_query(&pending.redirect_uri, &params)
+    h::append_query(&request.redirect_uri, &params)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pending(redirect_uri: &str, state: Option<&str>) -> PendingAuthorization {
-        PendingAuthorization {
+    fn pending(redirect_uri: &str, state: Option<&str>) -> AuthorizationRequest {
+        AuthorizationRequest {
             client_id: "c1".into(),
             redirect_uri: redirect_uri.into(),
             redirect_uri_explicit: true,
@@ -256,8 +241,6 @@ mod tests {
             code_challenge: String::new(),
             scope: vec![],
             resource: None,
-            browser: TokenHash::of("cookie"),
-            expires_at: 100,
         }
     }
 

@@ -174,29 +174,29 @@ fn redeem_code(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Resu
         }
         CodeRedemption::Unknown => return Err(OAuthError::invalid_grant("authorization code is invalid or expired")),
     };
-    if code.client_id != client.client_id {
+    if code.request.client_id != client.client_id {
         return Err(OAuthError::invalid_grant("authorization code was issued to another client"));
     }
     if code.expires_at <= ctx.now {
         return Err(OAuthError::invalid_grant("authorization code expired"));
     }
     match params.get("redirect_uri") {
-        Some(r) if r == code.redirect_uri => {}
+        Some(r) if r == code.request.redirect_uri => {}
         Some(_) => return Err(OAuthError::invalid_grant("redirect_uri differs from the authorization request")),
-        None if code.redirect_uri_explicit => {
+        None if code.request.redirect_uri_explicit => {
             return Err(OAuthError::invalid_grant(
                 "redirect_uri is required: it was sent with the authorization request",
             ))
         }
         None => {}
     }
-    if !pkce::verify_s256(verifier, &code.code_challenge) {
+    if !pkce::verify_s256(verifier, &code.request.code_challenge) {
         return Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge"));
     }
-    check_resource(ctx, params, code.resource.as_deref())?;
+    check_resource(ctx, params, code.request.resource.as_deref())?;
 
     client.mark_authorized(ctx.now);
-    let grant = Grant::new(client.client_id.clone(), code.scope, code.resource, code.login, ctx.now);
+    let grant = Grant::new(client.client_id.clone(), code.request.scope, code.request.resource, code.login, ctx.now);
     ctx.store.start_grant(grant.clone(), hash, code.expires_at);
     let with_refresh = client.grant_types.iter().any(|g| g == "refresh_token");
     Ok(issue(ctx, &grant, with_refresh))
@@ -427,12 +427,15 @@ mod tests {
 
     fn code_for(client_id: &str) -> AuthorizationCode {
         AuthorizationCode {
-            client_id: client_id.into(),
-            redirect_uri: "https://a.example/cb".into(),
-            redirect_uri_explicit: true,
-            code_challenge: CHALLENGE.into(),
-            scope: vec!["openid".into()],
-            resource: None,
+            request: crate::store::AuthorizationRequest {
+                client_id: client_id.into(),
+                redirect_uri: "https://a.example/cb".into(),
+                redirect_uri_explicit: true,
+                code_challenge: CHALLENGE.into(),
+                scope: vec!["openid".into()],
+                resource: None,
+                state: None,
+            },
             expires_at: 1600,
             login: UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() },
         }
@@ -556,8 +559,11 @@ mod tests {
         let store = Store::new();
         let cfg = config();
         let c = client("c1");
-        let code =
-            AuthorizationCode { scope: vec!["openid".into(), "profile".into(), "User.Read".into()], ..code_for("c1") };
+        let code = {
+            let mut code = code_for("c1");
+            code.request.scope = vec!["openid".into(), "profile".into(), "User.Read".into()];
+            code
+        };
         store.issue_code(TokenHash::of("code"), code);
         let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
         let Ok(first) = exchange(&ctx, &c, &code_params("code")) else { panic!("code redemption failed") };

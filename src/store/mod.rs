@@ -324,7 +324,7 @@ impl Store {
     /// endpoint refuse a made-up code before it resolves a URL client_id's document.
     pub fn code_client(&self, hash: &TokenHash) -> Option<String> {
         if let Some(code) = self.codes.get(hash) {
-            return Some(code.client_id.clone());
+            return Some(code.request.client_id.clone());
         }
         let spent = self.spent_codes.get(hash).map(|s| s.grant)?;
         self.grants.get(&spent).map(|g| g.client_id.clone())

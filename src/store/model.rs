@@ -193,15 +193,27 @@ pub struct UpstreamLogin {
     pub identity: Identity,
 }
 
-/// The proxy's authorization code (RFC 6749 §4.1.2), keyed by its hash.
-#[derive(Debug)]
-pub struct AuthorizationCode {
+/// A validated authorization request (RFC 6749 §4.1.1, RFC 7636 §4.3, RFC 8707 §2): what the client asked for.
+/// It travels unchanged through consent and the IdP (`oauth::flow::PendingAuthorization`) into the code
+/// ([`AuthorizationCode`]), which `/token` checks against it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuthorizationRequest {
     pub client_id: String,
     pub redirect_uri: String,
+    /// Whether the client sent `redirect_uri` (then `/token` must repeat it, RFC 6749 §4.1.3).
     pub redirect_uri_explicit: bool,
+    /// The client's `state`, returned in the redirect; not kept with the code.
+    pub state: Option<String>,
     pub code_challenge: String,
     pub scope: Vec<String>,
     pub resource: Option<String>,
+}
+
+/// The proxy's authorization code (RFC 6749 §4.1.2), keyed by its hash.
+#[derive(Debug)]
+pub struct AuthorizationCode {
+    /// The request the code answers (its `state` is `None`: it went back in the redirect).
+    pub request: AuthorizationRequest,
     pub expires_at: UnixTime,
     pub login: UpstreamLogin,
 }
