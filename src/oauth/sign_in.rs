@@ -3,7 +3,7 @@
 //!
 //! Invariants:
 //! - Nothing is stored before consent: the validated request travels sealed in the consent form and IdP state.
-//! - [`live`] is the one check that a ticket is live, belongs to this browser and was not used; [`spend`] is the
+//! - `live` is the one check that a ticket is live, belongs to this browser and was not used; `spend` is the
 //!   one atomic use of it. A consent form is spent when submitted (approved or denied); an IdP state when the
 //!   callback arrives or the local login succeeds (a wrong password leaves it usable).
 //! - The authorization response carries `iss` (RFC 9207) and the client's `state` unchanged.
@@ -175,7 +175,7 @@ pub async fn submit_login(app: &App, req: Request<RequestBody>) -> Result<Respon
 }
 
 /// The ticket `sealed` names, if it is live, belongs to the browser that sent `headers` and was not used yet —
-/// the one check of every step ([`spend`] is the atomic use).
+/// the one check of every step (`spend` is the atomic use).
 fn live<T: Ticket>(app: &App, sealed: Option<&str>, headers: &HeaderMap) -> Option<T> {
     app.sign_ins.open_live::<T>(sealed?, headers, app.clock.now()).filter(|t| !app.store.sign_in_used(&t.use_key()))
 }

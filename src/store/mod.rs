@@ -18,7 +18,16 @@
 //! - Memory per grant does not grow with use: a grant has one [`RefreshFamily`] (its current refresh token and the
 //!   one just rotated) whatever the number of refreshes, and its access tokens expire after `tokens.access_ttl`.
 //!
-//! [`Store::sweep`] removes expired entries so that memory stays bounded.
+//! [`Store::sweep`] removes expired entries so that memory stays bounded; [`upkeep`] runs it, and the snapshot
+//! writer, for as long as its guard lives.
+//!
+//! The maps are private. The rules use operations named for what they do ([`Store::redeem_code`],
+//! [`Store::start_grant`], [`Store::rotate_refresh`], [`Store::revoke_grant`], [`Store::revoke_client`],
+//! [`Store::claim_sign_in`], …), each one round trip to a networked key-value store, so that a second
+//! implementation can sit behind the same operations. Atomic ones say so; the others say which order they write
+//! in and why that is safe. Must be atomic: [`Store::redeem_code`] (take), [`Store::rotate_refresh`]
+//! (compare-and-rotate), [`Store::claim_sign_in`] (set-if-absent), [`Store::revoke_access_token`]
+//! (remove-if-owner), [`Store::revoke_grant`] (one flag).
 
 mod model;
 pub mod snapshot;
