@@ -484,4 +484,66 @@ mod tests {
         assert_eq!(store.make_room_for_client(10, 3600, 1), None, "a used client is never evicted");
         assert!(store.clients.contains_key("used"));
     }
+
+    fn login() -> UpstreamLogin {
+        UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() }
+    }
+
+    fn code(client_id: &str) -> AuthorizationCode {
+        let request = AuthorizationRequest {
+            client_id: client_id.into(),
+            redirect_uri: "https://a.example/cb".into(),
+            redirect_uri_explicit: false,
+            state: None,
+            code_challenge: String::new(),
+            scope: vec![],
+            resource: None,
+        };
+        AuthorizationCode { request, expires_at: 100, login: login() }
+    }
+
+    #[test]
+    fn a_code_is_taken_once_and_then_names_the_grant_it_started() {
+        let store = Store::new();
+        let hash = TokenHash::of("code");
+        store.issue_code(hash, code("c1"));
+        assert_eq!(store.code_client(&hash).as_deref(), Some("c1"));
+        assert!(matches!(store.redeem_code(&hash), CodeRedemption::Taken(c) if c.request.client_id == "c1"));
+        assert!(matches!(store.redeem_code(&hash), CodeRedemption::Unknown), "taken out: nobody else gets it");
+        let grant = Grant::new("c1".into(), vec![], None, login(), 1);
+        store.start_grant(grant.clone(), hash, 100);
+        assert!(matches!(store.redeem_code(&hash), CodeRedemption::Spent(id) if id == grant.id));
+        assert_eq!(store.code_client(&hash).as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn deleting_a_client_revokes_its_grants_and_no_others() {
+        let store = Store::new();
+        store.add_client(Client::public("c1", vec![], 1), Source::of_ip([10, 0, 0, 1].into()));
+        let (mine, theirs) =
+            (Grant::new("c1".into(), vec![], None, login(), 1), Grant::new("c2".into(), vec![], None, login(), 1));
+        store.start_grant(mine.clone(), TokenHash::of("a"), 100);
+        store.start_grant(theirs.clone(), TokenHash::of("b"), 100);
+        store.revoke_client("c1");
+        assert!(!store.has_client("c1"));
+        assert!(mine.is_revoked() && !theirs.is_revoked());
+        assert_eq!(store.stats().grants, 1);
+    }
+
+    #[test]
+    fn only_one_of_two_concurrent_redemptions_takes_a_code() {
+        let store = Arc::new(Store::new());
+        for round in 0..50u8 {
+            let hash = TokenHash([round; 32]);
+            store.issue_code(hash, code("c1"));
+            let racers: Vec<_> = (0..2)
+                .map(|_| {
+                    let store = store.clone();
+                    std::thread::spawn(move || matches!(store.redeem_code(&hash), CodeRedemption::Taken(_)))
+                })
+                .collect();
+            let taken = racers.into_iter().map(|r| r.join()).filter(|r| matches!(r, Ok(true))).count();
+            assert_eq!(taken, 1, "round {round}");
+        }
+    }
 }
