@@ -16,7 +16,8 @@ use crate::app::App;
 use crate::error::Error;
 use crate::http::{self as h, full, json_response, Body, RequestBody};
 use crate::idp::Idp;
-use crate::oauth::{client_config, introspect, revoke, sign_in, token, userinfo};
+use crate::oauth::{client_config, introspect, revoke, sign_in, token};
+use crate::proxy::userinfo;
 use crate::rate_limit;
 use crate::route::Route;
 

@@ -7,10 +7,12 @@
 //!   [`redirect_uri`].
 //! - [`sign_in`]: `/authorize` → consent → IdP → `/callback` (RFC 6749 §4.1, RFC 7636, RFC 9207); rules in
 //!   [`authorize`], [`consent`], [`flow`] (the sealed tickets), [`pkce`], [`scope`].
-//! - [`token`] (RFC 6749 §4.1.3, §6, RFC 9700), [`revoke`] (RFC 7009), [`introspect`] (RFC 7662), [`userinfo`].
+//! - [`token`] (RFC 6749 §4.1.3, §6, RFC 9700), [`revoke`] (RFC 7009), [`introspect`] (RFC 7662);
+//!   [`bearer_token`]: RFC 6750 §2 bearer parsing (the proxy's lookup uses it too).
 //! - [`metadata`] (RFC 8414, RFC 9728); [`requests`]: form bodies and client lookup shared by the handlers.
 
 pub mod authorize;
+pub mod bearer_token;
 pub mod client_config;
 pub mod consent;
 pub mod flow;
@@ -24,4 +26,3 @@ pub mod revoke;
 pub mod scope;
 pub mod sign_in;
 pub mod token;
-pub mod userinfo;

@@ -13,7 +13,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use http::{header, HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 
 use super::Context;
 use crate::crypto::TokenHash;
@@ -29,29 +29,7 @@ pub enum UpstreamAuth {
     Identity { user: HeaderValue, email: Option<HeaderValue> },
 }
 
-/// Extracts the token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1).
-pub fn token_from_headers(headers: &HeaderMap) -> Result<&str, BearerProblem> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next().ok_or(BearerProblem::Missing)?;
-    if values.next().is_some() {
-        return Err(BearerProblem::InvalidRequest);
-    }
-    let value = value.to_str().map_err(|_| BearerProblem::InvalidToken)?;
-    let (scheme, token) = value.split_once(' ').ok_or(BearerProblem::InvalidToken)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(BearerProblem::InvalidToken);
-    }
-    let token = token.trim();
-    if token.is_empty() || token.len() > 512 {
-        return Err(BearerProblem::InvalidToken);
-    }
-    Ok(token)
-}
-
-/// Whether the query string carries `access_token` (RFC 6750 §2.3), which the proxy refuses.
-pub fn token_in_query(query: Option<&str>) -> bool {
-    query.is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token"))
-}
+pub use crate::oauth::bearer_token::{token_from_headers, token_in_query};
 
 /// A live access token: its grant, and the scope the token carries.
 ///
@@ -228,24 +206,6 @@ fn local_auth(grant: &Grant) -> Option<UpstreamAuth> {
 mod tests {
     use super::*;
 
-    fn headers(v: &[&'static str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for value in v {
-            h.append(header::AUTHORIZATION, HeaderValue::from_static(value));
-        }
-        h
-    }
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive_and_other_schemes_are_refused() {
-        assert_eq!(token_from_headers(&headers(&["bearer abc"])), Ok("abc"));
-        assert_eq!(token_from_headers(&headers(&["Bearer abc"])), Ok("abc"));
-        assert_eq!(token_from_headers(&headers(&["Basic abc"])), Err(BearerProblem::InvalidToken));
-        assert_eq!(token_from_headers(&headers(&[])), Err(BearerProblem::Missing));
-        assert_eq!(token_from_headers(&headers(&["Bearer a", "Bearer b"])), Err(BearerProblem::InvalidRequest));
-        assert_eq!(token_from_headers(&headers(&["Bearer"])), Err(BearerProblem::InvalidToken));
-    }
-
     const POLICY: RefreshPolicy = RefreshPolicy { margin: 300, floor: 30 };
 
     fn token(obtained_at: u64, lifetime: u64) -> UpstreamTokenState {
@@ -281,12 +241,5 @@ mod tests {
     fn a_token_without_lifetime_or_from_the_future_is_handled() {
         assert!(refresh_due(token(1000, 0), 1000, POLICY));
         assert!(!refresh_due(token(2000, 100), 1000, POLICY), "clock skew: not due");
-    }
-
-    #[test]
-    fn access_token_in_query_is_detected() {
-        assert!(token_in_query(Some("a=1&access_token=x")));
-        assert!(!token_in_query(Some("a=1")));
-        assert!(!token_in_query(None));
     }
 }

@@ -13,11 +13,13 @@
 //!   the upstream gets.
 //!
 //! [`handle`] is the policy, in that order; it needs only a [`Context`], never the whole application.
+//! [`userinfo`] answers from the same bearer lookup.
 
 pub mod bearer;
 pub mod forward;
 pub mod headers;
 pub mod target;
+pub mod userinfo;
 
 use std::net::SocketAddr;
 

@@ -5,9 +5,9 @@
 
 use http::{Request, Response, StatusCode};
 
+use super::{bearer, Context};
 use crate::error::Error;
 use crate::http::{json_response, no_store, Body, RequestBody};
-use crate::proxy::{bearer, Context};
 
 /// `GET|POST /userinfo`.
 pub fn handle(cx: &Context<'_>, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
