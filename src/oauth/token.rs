@@ -21,16 +21,18 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use http::{header, HeaderMap};
+use http::{header, HeaderMap, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::pkce;
-use super::scope;
+use super::{pkce, requests, scope};
+use crate::app::App;
+use crate::client_documents;
 use crate::clock::UnixTime;
 use crate::config::TokenConfig;
 use crate::crypto::{self, Sealer, TokenHash};
-use crate::error::{ErrorCode, OAuthError};
+use crate::error::{Error, ErrorCode, OAuthError};
 use crate::http::params::Params;
+use crate::http::{json_response, no_store, Body, RequestBody};
 use crate::store::{
     AccessToken, Client, ClientAuthMethod, CodeRedemption, FamilyId, Grant, GrantId, Presented, RefreshFamily,
     RefreshTokenName, Rotation, Store,
@@ -272,23 +274,19 @@ fn refreshed_scope(requested: Option<&str>, grant: &Grant) -> Result<Arc<str>, O
 }
 
 /// RFC 6749 §3.2: the token endpoint. A URL client_id's document is fetched only for a request that presents a
-/// code or refresh token of that client ([`crate::client_documents::check_token_request`]).
-pub async fn handle(
-    app: &crate::app::App,
-    req: http::Request<crate::http::RequestBody>,
-) -> Result<http::Response<crate::http::Body>, crate::error::Error> {
-    use crate::oauth::requests;
+/// code or refresh token of that client ([`client_documents::check_token_request`]).
+pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     let (headers, params) = requests::read_oauth_form(req).await?;
-    if let Some(id) = params.get("client_id").filter(|id| crate::client_documents::is_document_id(id)) {
-        crate::client_documents::check_token_request(&app.store, &params, id)?;
+    if let Some(id) = params.get("client_id").filter(|id| client_documents::is_document_id(id)) {
+        client_documents::check_token_request(&app.store, &params, id)?;
     }
     let client = requests::token_client(app, &headers, &params).await?;
     let ctx =
         TokenContext { store: &app.store, config: &app.config.tokens, now: app.clock.now(), resources: &app.resources };
     let issued = exchange(&ctx, &client, &params)?;
-    let body = serde_json::to_value(&issued).map_err(|e| crate::error::Error::Internal(e.to_string()))?;
-    let mut resp = crate::http::json_response(http::StatusCode::OK, &body);
-    crate::http::no_store(&mut resp);
+    let body = serde_json::to_value(&issued).map_err(|e| Error::Internal(e.to_string()))?;
+    let mut resp = json_response(StatusCode::OK, &body);
+    no_store(&mut resp);
     Ok(resp)
 }
 
