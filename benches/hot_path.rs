@@ -42,15 +42,18 @@ fn login() -> UpstreamLogin {
 
 /// An authorization code for the bench client, as `/callback` stores it.
 fn insert_code(store: &Store, code: &str) {
-    store.codes.insert(
+    store.issue_code(
         TokenHash::of(code),
         AuthorizationCode {
-            client_id: "bench-client".into(),
-            redirect_uri: "http://127.0.0.1:33418/callback".into(),
-            redirect_uri_explicit: true,
-            code_challenge: CHALLENGE.into(),
-            scope: vec!["openid".into()],
-            resource: None,
+            request: dcr_proxy::store::AuthorizationRequest {
+                client_id: "bench-client".into(),
+                redirect_uri: "http://127.0.0.1:33418/callback".into(),
+                redirect_uri_explicit: true,
+                code_challenge: CHALLENGE.into(),
+                scope: vec!["openid".into()],
+                resource: None,
+                state: None,
+            },
             expires_at: 1000,
             login: login(),
         },
@@ -65,10 +68,10 @@ fn bench(c: &mut Criterion) {
     let store = Store::new();
     let grant = Grant::new("bench-client".into(), vec!["openid".into()], None, login(), 0);
     let access = crypto::random_token();
-    store.access_tokens.insert(TokenHash::of(&access), AccessToken::new(grant.clone(), u64::MAX));
+    store.add_access_token(TokenHash::of(&access), AccessToken::new(grant.clone(), u64::MAX));
     for _ in 0..10_000 {
         let g = Grant::new("other".into(), vec![], None, login(), 0);
-        store.access_tokens.insert(TokenHash::of(&crypto::random_token()), AccessToken::new(g, u64::MAX));
+        store.add_access_token(TokenHash::of(&crypto::random_token()), AccessToken::new(g, u64::MAX));
     }
     let mut template = HeaderMap::new();
     template.insert("authorization", HeaderValue::from_str(&format!("Bearer {access}")).unwrap());

@@ -80,15 +80,18 @@ fn main() {
             },
         };
         let code = crypto::random_token();
-        store.codes.insert(
+        store.issue_code(
             TokenHash::of(&code),
             AuthorizationCode {
-                client_id: client.client_id.clone(),
-                redirect_uri: REDIRECT.into(),
-                redirect_uri_explicit: true,
-                code_challenge: CHALLENGE.into(),
-                scope: vec!["openid".into(), "profile".into(), "email".into()],
-                resource: None,
+                request: dcr_proxy::store::AuthorizationRequest {
+                    client_id: client.client_id.clone(),
+                    redirect_uri: REDIRECT.into(),
+                    redirect_uri_explicit: true,
+                    code_challenge: CHALLENGE.into(),
+                    scope: vec!["openid".into(), "profile".into(), "email".into()],
+                    resource: None,
+                    state: None,
+                },
                 expires_at: now + 600,
                 login,
             },
@@ -99,7 +102,7 @@ fn main() {
         let mut pair = token::exchange(&ctx, &client, &Params::parse(form.as_bytes()).unwrap()).unwrap();
         for _ in 0..refreshes {
             // Access tokens live one hour; what stays for 30 days is what a refresh leaves behind.
-            store.access_tokens.remove(&TokenHash::of(&pair.access_token));
+            store.revoke_access_token(&TokenHash::of(&pair.access_token), &client.client_id);
             let rt = pair.refresh_token.clone().unwrap();
             let form = format!("grant_type=refresh_token&refresh_token={rt}");
             pair = token::exchange(&ctx, &client, &Params::parse(form.as_bytes()).unwrap()).unwrap();

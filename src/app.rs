@@ -51,6 +51,25 @@ pub struct App {
 }
 
 impl App {
+    /// What the proxy policy ([`crate::proxy::handle`]) and bearer lookups need of the application.
+    pub fn proxy_context(&self) -> crate::proxy::Context<'_> {
+        crate::proxy::Context {
+            store: &self.store,
+            clock: &self.clock,
+            idp: &self.idp,
+            metrics: &self.metrics,
+            forwarder: &self.forwarder,
+            challenge: &self.challenge,
+            resource_metadata: &self.resource_metadata,
+            required_scopes: &self.config.upstream.required_scopes,
+            offered_scopes: &self.config.idp.scopes,
+            refresh: crate::proxy::bearer::RefreshPolicy {
+                margin: self.config.tokens.upstream_refresh_margin.as_secs(),
+                floor: self.config.tokens.upstream_refresh_floor.as_secs(),
+            },
+        }
+    }
+
     /// Builds the state: loads the snapshot (when configured) and discovers an `oidc` IdP.
     pub async fn new(config: Config, clock: Clock) -> Result<Arc<Self>, StartError> {
         Self::new_on(config, clock, None).await
@@ -116,7 +135,7 @@ impl App {
             let (running, peak) = users.gauges();
             metrics.add_password_checks(running, peak);
         }
-        store.used_sign_ins.set_capacity(config.limits.max_pending);
+        store.set_sign_in_capacity(config.limits.max_pending);
         Ok(Arc::new(Self {
             sign_ins: crate::oauth::flow::SignIns::new(config.is_https()),
             metadata: Metadata::build(&config),

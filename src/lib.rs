@@ -18,12 +18,12 @@
 //! # Layout
 //! - [`config`]: `proxy.toml` → validated [`config::Config`].
 //! - [`server`]: accept loop, TLS (rustls), HTTP/1.1 + HTTP/2, connection deadlines and caps, graceful shutdown.
-//! - [`router`]: `match (method, path)` and the thin handlers.
-//! - [`oauth`]: the authorization server's rules, one module per endpoint.
+//! - [`route`]: the request path parsed once into a [`route::Route`]. [`router`]: the `match (method, route)`.
+//! - [`oauth`]: the authorization server, one module per endpoint: its handler and its rules.
 //! - [`idp`]: upstream identity providers (OIDC discovery, the Azure preset, local login).
 //! - [`proxy`]: bearer lookup, upstream credential (refresh, single flight), streaming forwarder.
 //! - [`client_documents`]: Client ID Metadata Documents (URL client_ids), fetched without SSRF.
-//! - [`store`]: the `DashMap` store of clients, codes, grants and token hashes.
+//! - [`store`]: clients, codes, grants and token hashes behind named operations; the sweeper and snapshot writer.
 //! - [`crypto`]: random tokens, SHA-256, PKCE, AEAD. [`error`]: every error and its one response mapping.
 
 #![forbid(unsafe_code)]
@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod proxy;
 pub mod rate_limit;
+pub mod route;
 pub mod router;
 pub mod server;
 pub mod store;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::upstream::Upstream;
 use common::*;
+use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -315,4 +316,107 @@ async fn odd_requests_never_get_a_5xx() {
     }
     assert!(bad.is_empty(), "{bad:#?}");
     assert_eq!(raw(&proxy, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.0, 200);
+}
+
+/// Spellings of the proxy's own endpoints (`/%74oken`, `//.well-known/…`) are refused, never forwarded with the IdP
+/// token; other methods on the proxy's own endpoints get 405, never the upstream.
+#[tokio::test]
+async fn spellings_and_other_methods_of_the_proxys_own_endpoints_never_reach_the_upstream() {
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
+    let (_, tokens) = login(&proxy).await;
+    let token = tokens["access_token"].as_str().unwrap();
+    for path in
+        ["/%2Ewell-known/oauth-protected-resource", "//.well-known/openid-configuration", "/%74oken", "//register"]
+    {
+        let (status, text) = raw(
+            &proxy,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(text.contains("own endpoints"), "{text}");
+    }
+    for (method, path) in [("POST", "/register/some-client"), ("PATCH", "/userinfo"), ("POST", "/readyz")] {
+        let (status, text) = raw(
+            &proxy,
+            &format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(status, 405, "{method} {path}: {text}");
+    }
+    assert!(upstream.recorded().is_empty(), "{:?}", upstream.recorded());
+}
+
+async fn register_as(proxy: &TestProxy, forwarded_for: &str) -> (u16, Value) {
+    let resp = http()
+        .post(proxy.url("/register"))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&serde_json::json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Finding 7: the client cap evicts "the busiest sources first, oldest first", so a flood spread over many sources
+/// (one registration each, as many as the cap) ties with the user's source and evicts the user's client — the oldest —
+/// while the user is signing in: the code then cannot be redeemed. README: "a `/register` flood evicts its own
+/// clients first"; issue 10 item 4: "a legitimate user can always sign in while such a flood runs".
+#[tokio::test]
+async fn a_register_flood_from_many_sources_never_evicts_a_client_whose_user_is_signing_in() {
+    let upstream = Upstream::start().await;
+    let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).unwrap();
+    let idp = format!(
+        "[idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\n\
+         [registration]\nmax_clients = 50\n"
+    );
+    let proxy = TestProxy::builder()
+        .upstream(upstream.url())
+        .server_extra("behind_tls_terminator = true")
+        .extra(idp)
+        .start()
+        .await;
+    let (status, doc) = register_as(&proxy, "198.51.100.1:5000").await;
+    assert_eq!(status, 201);
+    let client_id = doc["client_id"].as_str().unwrap().to_owned();
+    let mut browser = Browser::new();
+    let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
+    // The test clock stands still; in real time the flood's clients are younger than the user's.
+    proxy.clock.advance(1);
+
+    // While the user reads the consent page and signs in: one registration from each of 60 sources.
+    for i in 0..60 {
+        let (status, _) = register_as(&proxy, &format!("203.0.113.{}:{}", i + 1, 1000 + i)).await;
+        assert!(status == 201 || status == 503, "{status}");
+    }
+
+    let (request, csrf) = (hidden_field(&consent, "request"), hidden_field(&consent, "csrf"));
+    let landing = browser
+        .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
+        .await;
+    let params = match landing {
+        Landing::Client(params) => params,
+        Landing::Page(200, login) => {
+            let state = hidden_field(&login, "state");
+            match browser
+                .post_form(
+                    &proxy.url("/login"),
+                    &[("state", &state), ("username", "alice"), ("password", ALICE_PASSWORD)],
+                )
+                .await
+            {
+                Landing::Client(params) => params,
+                Landing::Page(s, page) => panic!("sign-in failed: {s} {page}"),
+            }
+        }
+        Landing::Page(s, page) => panic!("consent failed: {s} {page}"),
+    };
+    let resp = redeem(&proxy, &client_id, &params["code"]).await;
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 200, "the user's client was evicted by a flood of 60 one-client sources: {text}");
 }

@@ -249,7 +249,7 @@ async fn a_metadata_document_client_signs_in_refreshes_and_reaches_the_upstream(
     assert_eq!(attempts[0].1, vec![SocketAddr::from(([127, 0, 0, 1], s.docs.server.addr.port()))]);
 
     // The client is not a registration: nothing was added to the store.
-    assert!(s.proxy.app.store.clients.is_empty());
+    assert!(s.proxy.app.store.stats().clients == 0);
 }
 
 #[tokio::test]
@@ -448,15 +448,18 @@ async fn concurrent_requests_for_one_document_share_one_fetch() {
 /// Puts an authorization code for `client_id` in the proxy's store, as if a sign-in had just finished.
 fn insert_code(proxy: &TestProxy, code: &str, client_id: &str) {
     use dcr_proxy::store::{AuthorizationCode, Identity, UpstreamCredential, UpstreamLogin};
-    proxy.app.store.codes.insert(
+    proxy.app.store.issue_code(
         dcr_proxy::crypto::TokenHash::of(code),
         AuthorizationCode {
-            client_id: client_id.to_owned(),
-            redirect_uri: CLIENT_REDIRECT.to_owned(),
-            redirect_uri_explicit: true,
-            code_challenge: CHALLENGE.to_owned(),
-            scope: vec!["openid".to_owned()],
-            resource: None,
+            request: dcr_proxy::store::AuthorizationRequest {
+                client_id: client_id.to_owned(),
+                redirect_uri: CLIENT_REDIRECT.to_owned(),
+                redirect_uri_explicit: true,
+                code_challenge: CHALLENGE.to_owned(),
+                scope: vec!["openid".to_owned()],
+                resource: None,
+                state: None,
+            },
             expires_at: proxy.clock.now() + 600,
             login: UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() },
         },

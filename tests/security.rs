@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn nothing_issued(proxy: &TestProxy) {
-    assert!(proxy.app.store.access_tokens.is_empty(), "no access token was issued");
+    assert!(proxy.app.store.stats().access_tokens == 0, "no access token was issued");
     assert_eq!(proxy.app.store.stats().refresh_tokens, 0, "no refresh token was issued");
 }
 
@@ -82,7 +82,7 @@ async fn refresh_token_reuse_revokes_the_grant() {
     assert_eq!(error_of(refresh(&proxy, &client_id, old).await).await, (400, "invalid_grant".into()));
     let next = refresh(&proxy, &client_id, new["refresh_token"].as_str().unwrap()).await;
     assert_eq!(error_of(next).await, (400, "invalid_grant".into()), "the thief's and the owner's tokens both die");
-    assert!(proxy.app.store.grants.is_empty());
+    assert!(proxy.app.store.stats().grants == 0);
 }
 
 #[tokio::test]
@@ -108,8 +108,8 @@ async fn registration_is_refused_at_the_client_cap_only_when_every_client_was_us
         .unwrap();
     assert_eq!(resp.headers()["retry-after"], "60");
     assert_eq!(error_of(resp).await, (503, "temporarily_unavailable".into()));
-    assert_eq!(proxy.app.store.clients.len(), 2);
-    assert!(proxy.app.store.clients.contains_key(&first) && proxy.app.store.clients.contains_key(&second));
+    assert_eq!(proxy.app.store.stats().clients, 2);
+    assert!(proxy.app.store.has_client(&first) && proxy.app.store.has_client(&second));
 }
 
 #[tokio::test]
@@ -121,7 +121,7 @@ async fn registration_rate_limit_answers_429_with_retry_after() {
         http().post(proxy.url("/register")).json(&json!({"redirect_uris": [CLIENT_REDIRECT]})).send().await.unwrap();
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "30");
-    assert_eq!(proxy.app.store.clients.len(), 2);
+    assert_eq!(proxy.app.store.stats().clients, 2);
     for attempt in 1..=4 {
         let resp = http().post(proxy.url("/token")).form(&[("grant_type", "x")]).send().await.unwrap();
         assert_eq!(resp.status() == 429, attempt == 4, "attempt {attempt}: {}", resp.status());
@@ -138,7 +138,7 @@ async fn initial_access_token_closes_registration() {
     let resp =
         http().post(proxy.url("/register")).bearer_auth("wrong-token-wrong-token").json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 401);
-    assert!(proxy.app.store.clients.is_empty());
+    assert!(proxy.app.store.stats().clients == 0);
     let resp =
         http().post(proxy.url("/register")).bearer_auth("operator-issued-token-123").json(&body).send().await.unwrap();
     assert_eq!(resp.status(), 201);
@@ -169,7 +169,7 @@ async fn oversized_bodies_are_refused_before_they_are_read() {
         let resp = http().post(proxy.url(path)).header("content-type", ct).body(big.clone()).send().await.unwrap();
         assert_eq!(resp.status(), 413, "{path}");
     }
-    assert!(proxy.app.store.clients.is_empty());
+    assert!(proxy.app.store.stats().clients == 0);
 }
 
 #[tokio::test]
@@ -352,7 +352,7 @@ async fn code_issued_to_one_client_is_refused_to_another() {
     let params = authorize(&proxy, &mut Browser::new(), &victim).await;
     let resp = redeem(&proxy, &attacker, &params["code"]).await;
     assert_eq!(error_of(resp).await, (400, "invalid_grant".into()));
-    assert!(proxy.app.store.access_tokens.is_empty());
+    assert!(proxy.app.store.stats().access_tokens == 0);
 }
 
 #[tokio::test]
@@ -375,7 +375,7 @@ async fn client_configuration_endpoint_needs_the_registration_access_token() {
         http().delete(proxy.url(&format!("/register/{other}"))).bearer_auth(rat).send().await.unwrap().status(),
         401
     );
-    assert!(proxy.app.store.clients.contains_key(&other));
+    assert!(proxy.app.store.has_client(&other));
     // Read, update, delete with the token.
     let read: Value = http().get(uri).bearer_auth(rat).send().await.unwrap().json().await.unwrap();
     assert_eq!(read["client_name"], "Mine");
@@ -402,7 +402,7 @@ async fn client_configuration_endpoint_needs_the_registration_access_token() {
     assert_eq!(updated["redirect_uris"], json!(["http://127.0.0.1:4444/cb"]));
     assert_eq!(updated["token_endpoint_auth_method"], "none");
     assert_eq!(http().delete(uri).bearer_auth(rat).send().await.unwrap().status(), 204);
-    assert!(!proxy.app.store.clients.contains_key(id));
+    assert!(!proxy.app.store.has_client(id));
     assert_eq!(http().get(uri).bearer_auth(rat).send().await.unwrap().status(), 401);
 }
 
@@ -529,13 +529,13 @@ async fn fifty_refreshes_keep_the_refresh_state_constant_and_any_spent_token_sti
         assert_eq!(error_of(refresh(&proxy, &client_id, &forged).await).await, (400, "invalid_grant".into()));
     }
     assert_eq!(http().get(proxy.url("/mcp")).bearer_auth(&access).send().await.unwrap().status(), 200);
-    assert_eq!(proxy.app.store.grants.len(), 1, "forgeries revoke nothing");
+    assert_eq!(proxy.app.store.stats().grants, 1, "forgeries revoke nothing");
 
     // A stolen token from 10 generations ago is a reuse: the whole grant ends, the owner's tokens with it.
     let before = upstream.recorded().len();
     let stolen = &issued[issued.len() - 10];
     assert_eq!(error_of(refresh(&proxy, &client_id, stolen).await).await, (400, "invalid_grant".into()));
-    assert!(proxy.app.store.grants.is_empty());
+    assert!(proxy.app.store.stats().grants == 0);
     assert_eq!(http().get(proxy.url("/mcp")).bearer_auth(&access).send().await.unwrap().status(), 401);
     assert_eq!(error_of(refresh(&proxy, &client_id, &current).await).await, (400, "invalid_grant".into()));
     assert_eq!(upstream.recorded().len(), before);
@@ -642,7 +642,7 @@ async fn direction_controls_in_client_metadata_are_refused_at_registration_namin
     let resp = http().post(proxy.url("/register")).json(&metadata).send().await.unwrap();
     let (status, error) = error_of(resp).await;
     assert_eq!((status, error.as_str()), (400, "invalid_redirect_uri"));
-    assert!(proxy.app.store.clients.is_empty(), "nothing was registered");
+    assert!(proxy.app.store.stats().clients == 0, "nothing was registered");
 
     // RFC 7592: an update goes through the same check and leaves the client as it was.
     let reg = register_json(&proxy, json!({"redirect_uris": [CLIENT_REDIRECT], "client_name": "Good"})).await;
@@ -678,7 +678,7 @@ async fn the_consent_page_isolates_the_client_name_and_never_renders_a_direction
     // control as U+FFFD, inside the isolate, and nowhere else.
     let mut old = dcr_proxy::store::Client::public("legacy-client", vec![CLIENT_REDIRECT.to_owned()], 1);
     old.client_name = Some("Claude \u{202E}evil".to_owned());
-    proxy.app.store.clients.insert(old.client_id.clone(), std::sync::Arc::new(old));
+    proxy.app.store.put_client(old);
     let resp = http().get(authorize_url(&proxy, "legacy-client", "")).send().await.unwrap();
     let page = resp.text().await.unwrap();
     assert!(!page.contains('\u{202E}'), "no direction control reaches the page");
@@ -730,7 +730,7 @@ async fn a_sign_in_flood_from_many_sources_stores_nothing_and_a_user_still_signs
         }
     }
     assert!(azure.state().authorize_queries.is_empty(), "the flood never reached the IdP");
-    assert!(proxy.app.store.used_sign_ins.len() <= 50, "only the bounded single-use record grows");
+    assert!(proxy.app.store.stats().used_sign_ins <= 50, "only the bounded single-use record grows");
     // A real user still signs in, and the code works.
     let params = authorize(&proxy, &mut Browser::new(), &client_id).await;
     assert_eq!(params.get("state").map(String::as_str), Some("client-state-1"));
@@ -764,7 +764,7 @@ async fn a_registration_flood_at_the_cap_evicts_unused_clients_and_a_new_client_
             assert_eq!(resp.status(), 201, "source {source}");
         }
     }
-    assert!(proxy.app.store.clients.len() <= 20);
+    assert!(proxy.app.store.stats().clients <= 20);
     // A user's client registers while the table is full, and its sign-in is slow: another wave comes first, in
     // which the user's client is older than every flood client.
     let fresh = register_public_client(&proxy).await;
@@ -776,8 +776,8 @@ async fn a_registration_flood_at_the_cap_evicts_unused_clients_and_a_new_client_
     let params = authorize(&proxy, &mut Browser::new(), &fresh).await;
     assert_eq!(redeem(&proxy, &fresh, &params["code"]).await.status(), 200, "the user's client was kept");
     // The clients that redeemed a code survive; the first one's token still works.
-    assert!(proxy.app.store.clients.contains_key(&used), "a used client is never evicted");
-    assert!(proxy.app.store.clients.len() <= 20);
+    assert!(proxy.app.store.has_client(&used), "a used client is never evicted");
+    assert!(proxy.app.store.stats().clients <= 20);
     let resp =
         http().get(proxy.url("/mcp")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(resp.status(), 200);

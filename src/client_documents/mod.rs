@@ -297,15 +297,18 @@ mod tests {
         assert_eq!(refused(&params("code=x")), Some(ErrorCode::InvalidRequest));
 
         let put_code = |c: &str, client_id: &str| {
-            store.codes.insert(
+            store.issue_code(
                 TokenHash::of(c),
                 AuthorizationCode {
-                    client_id: client_id.into(),
-                    redirect_uri: "https://app.example/cb".into(),
-                    redirect_uri_explicit: true,
-                    code_challenge: String::new(),
-                    scope: vec![],
-                    resource: None,
+                    request: crate::store::AuthorizationRequest {
+                        client_id: client_id.into(),
+                        redirect_uri: "https://app.example/cb".into(),
+                        redirect_uri_explicit: true,
+                        code_challenge: String::new(),
+                        scope: vec![],
+                        resource: None,
+                        state: None,
+                    },
                     expires_at: 100,
                     login: login(),
                 },
@@ -318,13 +321,12 @@ mod tests {
 
         // A redeemed code still counts, so that its replay reaches the exchange and revokes the grant.
         let grant = Grant::new(DOC.into(), vec!["openid".into()], None, login(), 1);
-        store.grants.insert(grant.id, grant.clone());
-        store.spent_codes.insert(TokenHash::of("spent"), crate::store::SpentCode { grant: grant.id, expires_at: 100 });
+        store.start_grant(grant.clone(), TokenHash::of("spent"), 100);
         assert_eq!(refused(&code("spent")), None);
 
         let name = RefreshTokenName { family: FamilyId::random(), generation: 3 };
         let (current, spent) = (name.mint(), RefreshTokenName { generation: 1, ..name }.mint());
-        store.refresh_families.insert(
+        store.add_refresh_family(
             name.family.hash(),
             RefreshFamily {
                 grant: grant.clone(),

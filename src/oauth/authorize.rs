@@ -59,17 +59,7 @@ pub fn check_query_length(query: &[u8]) -> Result<(), AuthorizeError> {
     Ok(())
 }
 
-/// A valid authorization request, ready for the consent page.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthorizationRequest {
-    pub client_id: String,
-    pub redirect_uri: String,
-    pub redirect_uri_explicit: bool,
-    pub state: Option<String>,
-    pub code_challenge: String,
-    pub scope: Vec<String>,
-    pub resource: Option<String>,
-}
+pub use crate::store::AuthorizationRequest;
 
 /// Validates `/authorize` parameters against a client looked up by `client_id`.
 pub fn validate(

@@ -17,10 +17,10 @@
 
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
-use super::flow::PendingAuthorization;
 use super::redirect_uri;
 use crate::http::html::{escape, isolate, page};
 use crate::http::Body;
+use crate::store::AuthorizationRequest;
 use crate::store::Client;
 
 /// The binding cookie's name for the scheme of `public_url`.
@@ -77,8 +77,8 @@ fn redirect_host(uri: &str) -> String {
 const LOOPBACK_WARNING: &str = "<dd class=\"error\">The answer goes to a program on this computer. Any program on \
      this computer can claim this identity: continue only if you just started the connection from that program.</dd>";
 
-/// The consent page for a pending authorization; `request` is its sealed ticket.
-pub fn render(client: &Client, pending: &PendingAuthorization, request: &str, csrf: &str) -> Response<Body> {
+/// The consent page for a validated authorization request; `request` is its sealed ticket.
+pub fn render(client: &Client, pending: &AuthorizationRequest, request: &str, csrf: &str) -> Response<Body> {
     let name = client.client_name.as_deref().unwrap_or("An unnamed application");
     let scopes: String = pending.scope.iter().map(|s| format!("<code>{}</code> ", escape(s))).collect();
     // A metadata-document client is identified by the host that publishes its document; its name is its own.

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::UnixTime;
 use crate::crypto::{self, Mac, Sealer, TokenHash};
 use crate::oauth::consent;
+use crate::store::AuthorizationRequest;
 
 /// Longest sealed ticket accepted, in characters: a state of `limits.max_state_bytes` (at most 4 KiB) plus the
 /// request's other fields fit with room to spare; anything longer is refused before it is decoded.
@@ -36,14 +37,7 @@ pub const MAX_TICKET_CHARS: usize = 16 * 1024;
 /// A validated authorization request on its way through consent and the IdP.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingAuthorization {
-    pub client_id: String,
-    pub redirect_uri: String,
-    /// Whether the client sent `redirect_uri` (then `/token` must repeat it, RFC 6749 §4.1.3).
-    pub redirect_uri_explicit: bool,
-    pub state: Option<String>,
-    pub code_challenge: String,
-    pub scope: Vec<String>,
-    pub resource: Option<String>,
+    pub request: AuthorizationRequest,
     /// Hash of the browser-binding cookie the sign-in belongs to.
     pub browser: TokenHash,
     pub expires_at: UnixTime,
@@ -182,13 +176,15 @@ mod tests {
 
     fn pending(browser: &str, expires_at: UnixTime) -> PendingAuthorization {
         PendingAuthorization {
-            client_id: "c1".into(),
-            redirect_uri: "https://app.example/cb".into(),
-            redirect_uri_explicit: true,
-            state: Some("xyz".into()),
-            code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
-            scope: vec!["openid".into()],
-            resource: None,
+            request: AuthorizationRequest {
+                client_id: "c1".into(),
+                redirect_uri: "https://app.example/cb".into(),
+                redirect_uri_explicit: true,
+                state: Some("xyz".into()),
+                code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+                scope: vec!["openid".into()],
+                resource: None,
+            },
             browser: TokenHash::of(browser),
             expires_at,
         }
@@ -208,7 +204,7 @@ mod tests {
         let cookie = s.mint_cookie();
         let sealed = s.seal(&ConsentTicket::new(pending(&cookie, 100), "csrf"));
         let ok = s.open_live::<ConsentTicket>(&sealed, &with_cookie(&cookie), 99);
-        assert_eq!(ok.map(|t| t.pending.state), Some(Some("xyz".to_owned())));
+        assert_eq!(ok.map(|t| t.pending.request.state), Some(Some("xyz".to_owned())));
         assert!(s.open_live::<ConsentTicket>(&sealed, &with_cookie(&cookie), 100).is_none(), "expired");
         assert!(s.open_live::<ConsentTicket>(&sealed, &with_cookie(&s.mint_cookie()), 99).is_none(), "browser");
         assert!(s.open_live::<ConsentTicket>(&sealed, &HeaderMap::new(), 99).is_none(), "no cookie");
@@ -244,14 +240,14 @@ mod tests {
     fn idp_states_stay_short_enough_for_an_idp_url() {
         let s = SignIns::new(true);
         let mut p = pending(&s.mint_cookie(), 100);
-        p.client_id = crypto::random_token();
-        p.redirect_uri = "https://claude.ai/api/mcp/auth_callback".into();
-        p.state = Some(crypto::random_token());
-        p.scope = ["openid", "profile", "email", "offline_access", "User.Read"].map(String::from).to_vec();
-        p.resource = Some("https://mcp.example.com/mcp".into());
+        p.request.client_id = crypto::random_token();
+        p.request.redirect_uri = "https://claude.ai/api/mcp/auth_callback".into();
+        p.request.state = Some(crypto::random_token());
+        p.request.scope = ["openid", "profile", "email", "offline_access", "User.Read"].map(String::from).to_vec();
+        p.request.resource = Some("https://mcp.example.com/mcp".into());
         let typical = s.seal(&IdpTicket::new(p.clone(), crate::oauth::pkce::new_verifier(), crypto::random_token()));
         assert!(typical.len() < 700, "{}", typical.len());
-        p.state = Some("s".repeat(1024));
+        p.request.state = Some("s".repeat(1024));
         let largest = s.seal(&IdpTicket::new(p, crate::oauth::pkce::new_verifier(), crypto::random_token()));
         assert!(largest.len() < 2100, "{}", largest.len());
     }

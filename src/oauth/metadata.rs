@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use crate::config::Config;
+use crate::route::Route;
 
 /// The serialized documents.
 #[derive(Debug, Clone)]
@@ -30,11 +31,11 @@ impl Metadata {
         let auth_methods = ["none", "client_secret_basic", "client_secret_post"];
         let as_doc = json!({
             "issuer": base,
-            "authorization_endpoint": format!("{base}/authorize"),
-            "token_endpoint": format!("{base}/token"),
-            "registration_endpoint": format!("{base}/register"),
-            "revocation_endpoint": format!("{base}/revoke"),
-            "userinfo_endpoint": format!("{base}/userinfo"),
+            "authorization_endpoint": endpoint(base, Route::Authorize),
+            "token_endpoint": endpoint(base, Route::Token),
+            "registration_endpoint": endpoint(base, Route::Register),
+            "revocation_endpoint": endpoint(base, Route::Revoke),
+            "userinfo_endpoint": endpoint(base, Route::Userinfo),
             "scopes_supported": scopes,
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
@@ -55,9 +56,18 @@ impl Metadata {
         Self {
             authorization_server: Bytes::from(as_doc.to_string()),
             protected_resource: Bytes::from(prm_doc.to_string()),
-            protected_resource_path: format!("/.well-known/oauth-protected-resource{}", config.upstream.resource_path),
+            protected_resource_path: format!(
+                "{}{}",
+                Route::ProtectedResourceMetadata.path().unwrap_or_default(),
+                config.upstream.resource_path
+            ),
         }
     }
+}
+
+/// The URL of one of the proxy's endpoints.
+fn endpoint(base: &str, route: Route) -> String {
+    format!("{base}{}", route.path().unwrap_or_default())
 }
 
 /// The RFC 9728 metadata URL put in `WWW-Authenticate` challenges.

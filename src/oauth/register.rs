@@ -103,6 +103,7 @@ impl ClientMetadata {
             response_types: self.response_types,
             issued_at: now,
             first_authorized_at: Default::default(),
+            sign_in_started_at: Default::default(),
             registration_token,
         }
     }

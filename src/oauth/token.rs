@@ -21,19 +21,21 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use http::{header, HeaderMap};
+use http::{header, HeaderMap, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::pkce;
-use super::scope;
+use super::{pkce, requests, scope};
+use crate::app::App;
+use crate::client_documents;
 use crate::clock::UnixTime;
 use crate::config::TokenConfig;
 use crate::crypto::{self, Sealer, TokenHash};
-use crate::error::{ErrorCode, OAuthError};
+use crate::error::{Error, ErrorCode, OAuthError};
 use crate::http::params::Params;
+use crate::http::{json_response, no_store, Body, RequestBody};
 use crate::store::{
-    AccessToken, Client, ClientAuthMethod, FamilyId, Grant, Presented, RefreshFamily, RefreshTokenName, Rotation,
-    SpentCode, Store,
+    AccessToken, Client, ClientAuthMethod, CodeRedemption, FamilyId, Grant, GrantId, Presented, RefreshFamily,
+    RefreshTokenName, Rotation, Store,
 };
 
 /// A successful token response (RFC 6749 §5.1).
@@ -165,39 +167,39 @@ fn redeem_code(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Resu
         return Err(OAuthError::invalid_request("code_verifier must be 43-128 unreserved characters (RFC 7636)"));
     }
     let hash = TokenHash::of(code);
-    let Some((_, code)) = ctx.store.codes.remove(&hash) else {
-        if let Some(spent) = ctx.store.spent_codes.get(&hash).map(|s| *s) {
-            ctx.store.revoke_grant(spent.grant);
+    let code = match ctx.store.redeem_code(&hash) {
+        CodeRedemption::Taken(code) => *code,
+        CodeRedemption::Spent(grant) => {
+            ctx.store.revoke_grant(grant);
             tracing::warn!(client_id = %client.client_id, "authorization code replayed; its grant is revoked");
             return Err(OAuthError::invalid_grant("authorization code was already used"));
         }
-        return Err(OAuthError::invalid_grant("authorization code is invalid or expired"));
+        CodeRedemption::Unknown => return Err(OAuthError::invalid_grant("authorization code is invalid or expired")),
     };
-    if code.client_id != client.client_id {
+    if code.request.client_id != client.client_id {
         return Err(OAuthError::invalid_grant("authorization code was issued to another client"));
     }
     if code.expires_at <= ctx.now {
         return Err(OAuthError::invalid_grant("authorization code expired"));
     }
     match params.get("redirect_uri") {
-        Some(r) if r == code.redirect_uri => {}
+        Some(r) if r == code.request.redirect_uri => {}
         Some(_) => return Err(OAuthError::invalid_grant("redirect_uri differs from the authorization request")),
-        None if code.redirect_uri_explicit => {
+        None if code.request.redirect_uri_explicit => {
             return Err(OAuthError::invalid_grant(
                 "redirect_uri is required: it was sent with the authorization request",
             ))
         }
         None => {}
     }
-    if !pkce::verify_s256(verifier, &code.code_challenge) {
+    if !pkce::verify_s256(verifier, &code.request.code_challenge) {
         return Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge"));
     }
-    check_resource(ctx, params, code.resource.as_deref())?;
+    check_resource(ctx, params, code.request.resource.as_deref())?;
 
     client.mark_authorized(ctx.now);
-    let grant = Grant::new(client.client_id.clone(), code.scope, code.resource, code.login, ctx.now);
-    ctx.store.grants.insert(grant.id, grant.clone());
-    ctx.store.spent_codes.insert(hash, SpentCode { grant: grant.id, expires_at: code.expires_at });
+    let grant = Grant::new(client.client_id.clone(), code.request.scope, code.request.resource, code.login, ctx.now);
+    ctx.store.start_grant(grant.clone(), hash, code.expires_at);
     let with_refresh = client.grant_types.iter().any(|g| g == "refresh_token");
     Ok(issue(ctx, &grant, with_refresh))
 }
@@ -210,7 +212,7 @@ fn issue(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -> Toke
         let refresh = name.mint();
         let expires_at = ctx.now + ctx.config.refresh_ttl.as_secs();
         grant.extend_to(expires_at);
-        ctx.store.refresh_families.insert(
+        ctx.store.add_refresh_family(
             name.family.hash(),
             RefreshFamily {
                 grant: grant.clone(),
@@ -232,9 +234,10 @@ fn mint_access(ctx: &TokenContext<'_>, grant: &Arc<Grant>, scope: Arc<str>) -> T
     // The grant lives at least as long as its newest token, so that sweeping, revocation and snapshots see it.
     grant.extend_to(ctx.now + ttl);
     let response_scope = scope.to_string();
-    ctx.store
-        .access_tokens
-        .insert(TokenHash::of(&access), AccessToken { grant: grant.clone(), expires_at: ctx.now + ttl, scope });
+    ctx.store.add_access_token(
+        TokenHash::of(&access),
+        AccessToken { grant: grant.clone(), expires_at: ctx.now + ttl, scope },
+    );
     TokenResponse {
         access_token: access,
         token_type: "Bearer".to_owned(),
@@ -270,6 +273,23 @@ fn refreshed_scope(requested: Option<&str>, grant: &Grant) -> Result<Arc<str>, O
     Ok(if asked.is_empty() || *asked == *grant.scope { grant.scope.clone() } else { Arc::from(asked) })
 }
 
+/// RFC 6749 §3.2: the token endpoint. A URL client_id's document is fetched only for a request that presents a
+/// code or refresh token of that client ([`client_documents::check_token_request`]).
+pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
+    let (headers, params) = requests::read_oauth_form(req).await?;
+    if let Some(id) = params.get("client_id").filter(|id| client_documents::is_document_id(id)) {
+        client_documents::check_token_request(&app.store, &params, id)?;
+    }
+    let client = requests::token_client(app, &headers, &params).await?;
+    let ctx =
+        TokenContext { store: &app.store, config: &app.config.tokens, now: app.clock.now(), resources: &app.resources };
+    let issued = exchange(&ctx, &client, &params)?;
+    let body = serde_json::to_value(&issued).map_err(|e| Error::Internal(e.to_string()))?;
+    let mut resp = json_response(StatusCode::OK, &body);
+    no_store(&mut resp);
+    Ok(resp)
+}
+
 /// What a refresh request leads to, once the presented token is classified.
 enum Step {
     Rotate,
@@ -278,13 +298,57 @@ enum Step {
     Revoke,
 }
 
+/// What one atomic step on a refresh-token family decided.
+enum Refreshed {
+    /// The family rotated; the new pair.
+    Issued(TokenResponse),
+    /// A replay within the grace window: the sealed pair it was answered with.
+    Replayed(Vec<u8>),
+    /// A spent token reused: its grant must be revoked.
+    Reused(GrantId),
+}
+
 fn refresh(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, OAuthError> {
     let presented = params.require("refresh_token")?;
     let dead = || OAuthError::invalid_grant("refresh token is invalid, expired or revoked");
     let name = RefreshTokenName::parse(presented).ok_or_else(dead)?;
+    // One atomic step of the store from the check to the rotation: two uses of one token cannot both rotate.
+    let outcome = ctx
+        .store
+        .rotate_refresh(&name.family.hash(), |family| refresh_family(ctx, client, params, presented, name, family))
+        .ok_or_else(dead)??;
+    match outcome {
+        Refreshed::Issued(pair) => Ok(pair),
+        Refreshed::Replayed(plain) => {
+            let pair: SealedPair = serde_json::from_slice(&plain).map_err(|_| dead())?;
+            Ok(TokenResponse {
+                access_token: pair.access_token,
+                token_type: "Bearer".to_owned(),
+                expires_in: pair.access_expires_at.saturating_sub(ctx.now),
+                refresh_token: pair.refresh_token,
+                scope: pair.scope,
+            })
+        }
+        Refreshed::Reused(grant) => {
+            ctx.store.revoke_grant(grant);
+            tracing::warn!(client_id = %client.client_id, "spent refresh token reused; the grant is revoked");
+            Err(OAuthError::invalid_grant("refresh token was already used; the authorization is revoked"))
+        }
+    }
+}
+
+/// The rule of RFC 9700 §4.14 on one family, inside [`crate::store::Store::rotate_refresh`]: the current token
+/// rotates, the one just rotated is answered again within `tokens.refresh_grace`, any other spent one revokes.
+fn refresh_family(
+    ctx: &TokenContext<'_>,
+    client: &Client,
+    params: &Params,
+    presented: &str,
+    name: RefreshTokenName,
+    family: &mut RefreshFamily,
+) -> Result<Refreshed, OAuthError> {
+    let dead = || OAuthError::invalid_grant("refresh token is invalid, expired or revoked");
     let hash = TokenHash::of(presented);
-    // The family's entry stays locked from the check to the rotation: two uses of one token cannot both rotate.
-    let mut family = ctx.store.refresh_families.get_mut(&name.family.hash()).ok_or_else(dead)?;
     let grant = family.grant.clone();
     if grant.client_id != client.client_id {
         return Err(OAuthError::invalid_grant("refresh token was issued to another client"));
@@ -302,29 +366,14 @@ fn refresh(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<T
     };
     match step {
         Step::Rotate => {}
-        Step::Replay(plain) => {
-            drop(family);
-            let pair: SealedPair = serde_json::from_slice(&plain).map_err(|_| dead())?;
-            return Ok(TokenResponse {
-                access_token: pair.access_token,
-                token_type: "Bearer".to_owned(),
-                expires_in: pair.access_expires_at.saturating_sub(ctx.now),
-                refresh_token: pair.refresh_token,
-                scope: pair.scope,
-            });
-        }
-        Step::Revoke => {
-            drop(family);
-            ctx.store.revoke_grant(grant.id);
-            tracing::warn!(client_id = %client.client_id, "spent refresh token reused; the grant is revoked");
-            return Err(OAuthError::invalid_grant("refresh token was already used; the authorization is revoked"));
-        }
+        Step::Replay(plain) => return Ok(Refreshed::Replayed(plain)),
+        Step::Revoke => return Ok(Refreshed::Reused(grant.id)),
     }
     let scope = refreshed_scope(params.get("scope"), &grant)?;
     check_resource(ctx, params, grant.resource.as_deref())?;
     let next_generation = name.generation.checked_add(1).ok_or_else(dead)?;
     let next = RefreshTokenName { family: name.family, generation: next_generation }.mint();
-    // `mint_access` writes only to the access-token map, never to the family map whose guard is held.
+    // `mint_access` writes only the access token's key, never the family being rotated.
     let mut pair = mint_access(ctx, &grant, scope);
     pair.refresh_token = Some(next.clone());
     let sealed = SealedPair {
@@ -340,9 +389,8 @@ fn refresh(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<T
         expires_at,
         Rotation { hash, at: ctx.now, sealed_successor: successor_sealer(presented).seal(&hash.0, &plaintext) },
     );
-    drop(family);
     grant.extend_to(expires_at);
-    Ok(pair)
+    Ok(Refreshed::Issued(pair))
 }
 
 #[cfg(test)]
@@ -372,19 +420,23 @@ mod tests {
     const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
     fn put_code(store: &Store, code: &str, client_id: &str) {
-        store.codes.insert(
-            TokenHash::of(code),
-            AuthorizationCode {
+        store.issue_code(TokenHash::of(code), code_for(client_id));
+    }
+
+    fn code_for(client_id: &str) -> AuthorizationCode {
+        AuthorizationCode {
+            request: crate::store::AuthorizationRequest {
                 client_id: client_id.into(),
                 redirect_uri: "https://a.example/cb".into(),
                 redirect_uri_explicit: true,
                 code_challenge: CHALLENGE.into(),
                 scope: vec!["openid".into()],
                 resource: None,
-                expires_at: 1600,
-                login: UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() },
+                state: None,
             },
-        );
+            expires_at: 1600,
+            login: UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() },
+        }
     }
 
     fn params(s: &str) -> Params {
@@ -480,7 +532,7 @@ mod tests {
             let last = issued.last().cloned().unwrap_or_default();
             let Ok(next) = refresh_with(&ctx, &c, &last, "") else { panic!("refresh {i} failed") };
             issued.push(next.refresh_token.unwrap_or_default());
-            assert_eq!(store.refresh_families.len(), 1);
+            assert_eq!(store.stats().refresh_families, 1);
             assert_eq!(store.stats().refresh_tokens, 2, "the current token and the one just rotated");
         }
         let late = TokenContext { now: 2000, ..ctx };
@@ -492,11 +544,11 @@ mod tests {
         for bad in [future, forged] {
             assert_eq!(refresh_with(&late, &c, &bad, "").err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
         }
-        assert_eq!(store.grants.len(), 1, "still authorized");
+        assert_eq!(store.stats().grants, 1, "still authorized");
         // A token of 10 generations ago revokes the grant, and the current token with it.
         let old = issued[issued.len() - 11].clone();
         assert_eq!(refresh_with(&late, &c, &old, "").err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
-        assert!(store.grants.is_empty());
+        assert_eq!(store.stats().grants, 0);
         assert_eq!(refresh_with(&late, &c, &current, "").err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
     }
 
@@ -505,11 +557,12 @@ mod tests {
         let store = Store::new();
         let cfg = config();
         let c = client("c1");
-        put_code(&store, "code", "c1");
-        store.codes.alter(&TokenHash::of("code"), |_, mut code| {
-            code.scope = vec!["openid".into(), "profile".into(), "User.Read".into()];
+        let code = {
+            let mut code = code_for("c1");
+            code.request.scope = vec!["openid".into(), "profile".into(), "User.Read".into()];
             code
-        });
+        };
+        store.issue_code(TokenHash::of("code"), code);
         let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
         let Ok(first) = exchange(&ctx, &c, &code_params("code")) else { panic!("code redemption failed") };
         assert_eq!(first.scope, "openid profile User.Read");
@@ -537,10 +590,10 @@ mod tests {
         let Ok(issued) = exchange(&ctx, &c, &code_params("code")) else { panic!("redemption failed") };
         assert!(issued.refresh_token.is_none());
         store.sweep(2000);
-        assert_eq!(store.grants.len(), 1);
+        assert_eq!(store.stats().grants, 1);
         assert!(store.access_token(&TokenHash::of(&issued.access_token), 2000).is_some());
         store.sweep(1000 + 3600);
-        assert!(store.grants.is_empty());
+        assert_eq!(store.stats().grants, 0);
     }
 
     #[test]

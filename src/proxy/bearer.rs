@@ -13,9 +13,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use http::{header, HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 
-use crate::app::App;
+use super::Context;
 use crate::crypto::TokenHash;
 use crate::error::{BearerProblem, Error};
 use crate::store::{Grant, UpstreamCredential};
@@ -29,29 +29,7 @@ pub enum UpstreamAuth {
     Identity { user: HeaderValue, email: Option<HeaderValue> },
 }
 
-/// Extracts the token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1).
-pub fn token_from_headers(headers: &HeaderMap) -> Result<&str, BearerProblem> {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next().ok_or(BearerProblem::Missing)?;
-    if values.next().is_some() {
-        return Err(BearerProblem::InvalidRequest);
-    }
-    let value = value.to_str().map_err(|_| BearerProblem::InvalidToken)?;
-    let (scheme, token) = value.split_once(' ').ok_or(BearerProblem::InvalidToken)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(BearerProblem::InvalidToken);
-    }
-    let token = token.trim();
-    if token.is_empty() || token.len() > 512 {
-        return Err(BearerProblem::InvalidToken);
-    }
-    Ok(token)
-}
-
-/// Whether the query string carries `access_token` (RFC 6750 §2.3), which the proxy refuses.
-pub fn token_in_query(query: Option<&str>) -> bool {
-    query.is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token"))
-}
+pub use crate::oauth::bearer_token::{token_from_headers, token_in_query};
 
 /// A live access token: its grant, and the scope the token carries.
 ///
@@ -70,15 +48,15 @@ impl std::ops::Deref for Authenticated {
 }
 
 /// Finds the live grant of a request's bearer token, with the token's scope.
-pub fn authenticate(app: &App, headers: &HeaderMap, query: Option<&str>) -> Result<Authenticated, Error> {
-    let unauthorized = |problem| Error::Unauthorized { problem, challenge: app.challenge.clone() };
+pub fn authenticate(cx: &Context<'_>, headers: &HeaderMap, query: Option<&str>) -> Result<Authenticated, Error> {
+    let unauthorized = |problem| Error::Unauthorized { problem, challenge: cx.challenge.to_owned() };
     if token_in_query(query) {
         return Err(unauthorized(BearerProblem::InvalidRequest));
     }
     let token = token_from_headers(headers).map_err(unauthorized)?;
-    let (grant, scope) = app
+    let (grant, scope) = cx
         .store
-        .access(&TokenHash::of(token), app.clock.now())
+        .access(&TokenHash::of(token), cx.clock.now())
         .ok_or_else(|| unauthorized(BearerProblem::InvalidToken))?;
     Ok(Authenticated { grant, scope })
 }
@@ -130,17 +108,14 @@ pub fn refresh_due(t: UpstreamTokenState, now: u64, policy: RefreshPolicy) -> bo
 /// calls the IdP; the others find the fresh token when they get the lock. When the IdP refuses the refresh for
 /// good (`invalid_grant`), the grant is revoked and the client gets 401 `invalid_token`, so that it logs in again.
 /// A transient IdP failure keeps the current token while it is still valid.
-pub async fn upstream_auth(app: &App, grant: &Grant) -> Result<UpstreamAuth, Error> {
-    let policy = RefreshPolicy {
-        margin: app.config.tokens.upstream_refresh_margin.as_secs(),
-        floor: app.config.tokens.upstream_refresh_floor.as_secs(),
-    };
-    if let Some(auth) = current_auth(grant, app.clock.now(), policy) {
+pub async fn upstream_auth(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAuth, Error> {
+    let policy = cx.refresh;
+    if let Some(auth) = current_auth(grant, cx.clock.now(), policy) {
         return Ok(auth);
     }
     let _flight = grant.refresh_lock.lock().await;
     // Another request may have refreshed while this one waited.
-    if let Some(auth) = current_auth(grant, app.clock.now(), policy) {
+    if let Some(auth) = current_auth(grant, cx.clock.now(), policy) {
         return Ok(auth);
     }
     // Copy what the IdP call needs so that no lock is held across the await.
@@ -149,27 +124,27 @@ pub async fn upstream_auth(app: &App, grant: &Grant) -> Result<UpstreamAuth, Err
         UpstreamCredential::Local => None,
     };
     let unauthorized =
-        || Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: app.challenge.clone() };
-    match refresh_with_retries(app, refresh_token).await {
+        || Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: cx.challenge.to_owned() };
+    match refresh_with_retries(cx, refresh_token).await {
         Ok(tokens) => {
             tracing::info!(client_id = %grant.client_id, "upstream access token refreshed");
-            app.metrics.upstream_refresh("ok");
+            cx.metrics.upstream_refresh("ok");
             let bearer = tokens.bearer().clone();
-            grant.set_refreshed_upstream(tokens, app.clock.now());
+            grant.set_refreshed_upstream(tokens, cx.clock.now());
             Ok(UpstreamAuth::Bearer(bearer))
         }
         Err(e) if e.ends_grant() => {
             tracing::warn!(client_id = %grant.client_id, error = %e, "upstream refresh refused; grant ended");
-            app.metrics.upstream_refresh("refused");
-            app.metrics.idp_error(&e);
-            app.store.revoke_grant(grant.id);
+            cx.metrics.upstream_refresh("refused");
+            cx.metrics.idp_error(&e);
+            cx.store.revoke_grant(grant.id);
             Err(unauthorized())
         }
         Err(e) => {
             tracing::warn!(client_id = %grant.client_id, error = %e, "upstream refresh failed");
-            app.metrics.upstream_refresh("failed");
-            app.metrics.idp_error(&e);
-            still_valid_auth(grant, app.clock.now())
+            cx.metrics.upstream_refresh("failed");
+            cx.metrics.idp_error(&e);
+            still_valid_auth(grant, cx.clock.now())
                 .ok_or_else(|| Error::UpstreamUnavailable(format!("identity provider: {e}")))
         }
     }
@@ -177,13 +152,13 @@ pub async fn upstream_auth(app: &App, grant: &Grant) -> Result<UpstreamAuth, Err
 
 /// Calls the IdP, retrying transient failures (network, 5xx, 429) twice with a growing pause; a refusal is final.
 async fn refresh_with_retries(
-    app: &App,
+    cx: &Context<'_>,
     refresh_token: Option<String>,
 ) -> Result<crate::store::UpstreamTokens, crate::idp::IdpError> {
     let mut pause = std::time::Duration::from_millis(100);
     let mut attempt = 1;
     loop {
-        match app.idp.refresh(refresh_token.clone(), app.clock.now()).await {
+        match cx.idp.refresh(refresh_token.clone(), cx.clock.now()).await {
             Err(e @ crate::idp::IdpError::Unavailable(_)) if attempt < 3 => {
                 tracing::info!(error = %e, attempt, "upstream refresh failed; retrying");
                 tokio::time::sleep(pause).await;
@@ -231,24 +206,6 @@ fn local_auth(grant: &Grant) -> Option<UpstreamAuth> {
 mod tests {
     use super::*;
 
-    fn headers(v: &[&'static str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for value in v {
-            h.append(header::AUTHORIZATION, HeaderValue::from_static(value));
-        }
-        h
-    }
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive_and_other_schemes_are_refused() {
-        assert_eq!(token_from_headers(&headers(&["bearer abc"])), Ok("abc"));
-        assert_eq!(token_from_headers(&headers(&["Bearer abc"])), Ok("abc"));
-        assert_eq!(token_from_headers(&headers(&["Basic abc"])), Err(BearerProblem::InvalidToken));
-        assert_eq!(token_from_headers(&headers(&[])), Err(BearerProblem::Missing));
-        assert_eq!(token_from_headers(&headers(&["Bearer a", "Bearer b"])), Err(BearerProblem::InvalidRequest));
-        assert_eq!(token_from_headers(&headers(&["Bearer"])), Err(BearerProblem::InvalidToken));
-    }
-
     const POLICY: RefreshPolicy = RefreshPolicy { margin: 300, floor: 30 };
 
     fn token(obtained_at: u64, lifetime: u64) -> UpstreamTokenState {
@@ -284,12 +241,5 @@ mod tests {
     fn a_token_without_lifetime_or_from_the_future_is_handled() {
         assert!(refresh_due(token(1000, 0), 1000, POLICY));
         assert!(!refresh_due(token(2000, 100), 1000, POLICY), "clock skew: not due");
-    }
-
-    #[test]
-    fn access_token_in_query_is_detected() {
-        assert!(token_in_query(Some("a=1&access_token=x")));
-        assert!(!token_in_query(Some("a=1")));
-        assert!(!token_in_query(None));
     }
 }

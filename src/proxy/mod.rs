@@ -8,11 +8,157 @@
 //! - Bodies stream both ways without buffering (SSE events pass as they come); upstream connections are pooled.
 //! - A refused connection is 502, no response headers within `upstream.response_timeout` is 504, both with JSON.
 //! - An upstream 401/403 challenge is replaced by the proxy's own, so that the client is never sent to the IdP
-//!   directly.
+//!   directly; an upstream `insufficient_scope` becomes the proxy's step-up (RFC 6750 §3.1) for scopes it offers.
+//! - One canonical path ([`target::canonical_path`]) decides both the `upstream.required_scopes` policy and what
+//!   the upstream gets.
+//!
+//! [`handle`] is the policy, in that order; it needs only a [`Context`], never the whole application.
+//! [`userinfo`] answers from the same bearer lookup.
 
 pub mod bearer;
 pub mod forward;
 pub mod headers;
 pub mod target;
+pub mod userinfo;
+
+use std::net::SocketAddr;
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
 
 pub use forward::Forwarder;
+
+use crate::clock::Clock;
+use crate::config::PathScopes;
+use crate::error::{BearerProblem, Error};
+use crate::http::{self as h, Body, RequestBody};
+use crate::idp::Idp;
+use crate::metrics::Metrics;
+use crate::oauth::scope;
+use crate::store::Store;
+use bearer::RefreshPolicy;
+use forward::UpstreamBody;
+
+/// What the proxy policy needs of the application.
+pub struct Context<'a> {
+    pub store: &'a Store,
+    pub clock: &'a Clock,
+    pub idp: &'a Idp,
+    pub metrics: &'a Metrics,
+    pub forwarder: &'a Forwarder,
+    /// The parameters of every `WWW-Authenticate: Bearer` challenge.
+    pub challenge: &'a str,
+    /// The RFC 9728 metadata URL of step-up challenges.
+    pub resource_metadata: &'a str,
+    /// `upstream.required_scopes`.
+    pub required_scopes: &'a [PathScopes],
+    /// `idp.scopes`: the scopes a client can step up to.
+    pub offered_scopes: &'a [String],
+    pub refresh: RefreshPolicy,
+}
+
+/// Forwards a request behind its bearer token: authenticate, canonicalise the path, check the path's required
+/// scopes, swap the credential, forward, and handle an upstream 401/403.
+pub async fn handle(
+    cx: &Context<'_>,
+    mut req: Request<RequestBody>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Error> {
+    let grant = bearer::authenticate(cx, req.headers(), req.uri().query())?;
+    // One path decides both the policy and what the upstream gets.
+    let path = target::canonical_path(req.uri().path())?;
+    // HTTP/2 carries the host in `:authority`, which the origin-form target below drops.
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(host) = req.uri().authority().and_then(|a| HeaderValue::try_from(a.as_str()).ok()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+    *req.uri_mut() = target::with_query(&path, req.uri().query())?;
+    let missing = scope::missing_for_path(cx.required_scopes, path.as_str(), &grant.scope);
+    if let Some((scope, missing)) = scope::step_up(&grant.scope, missing) {
+        tracing::info!(client_id = %grant.client_id, %missing, "token lacks a required scope");
+        return Err(Error::InsufficientScope { scope, missing, resource_metadata: cx.resource_metadata.to_owned() });
+    }
+    let auth = bearer::upstream_auth(cx, &grant).await?;
+    // A request without a body can be sent again after an upstream refresh; keep what that needs.
+    let replay = replayable(&req).then(|| {
+        let mut copy = Request::new(UpstreamBody::Empty);
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        copy
+    });
+    let sent = auth.clone();
+    let mut resp = cx.forwarder.forward(req.map(UpstreamBody::Streamed), auth, peer).await?;
+    if let (StatusCode::UNAUTHORIZED, bearer::UpstreamAuth::Bearer(rejected)) = (resp.status(), &sent) {
+        // Whatever the method: the grant's next request refreshes the IdP token first. A request without a body is
+        // retried once now with a fresh token.
+        grant.mark_upstream_rejected(rejected);
+        if let Some(again) = replay {
+            let fresh = bearer::upstream_auth(cx, &grant).await?;
+            if !matches!(&fresh, bearer::UpstreamAuth::Bearer(b) if b == rejected) {
+                tracing::info!(client_id = %grant.client_id, "upstream refused the token; refreshed, retrying once");
+                resp = cx.forwarder.forward(again, fresh, peer).await?;
+            }
+        }
+    }
+    // The upstream's own challenge would send the client to the IdP directly: replace it with the proxy's.
+    if matches!(resp.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+        && resp.headers().contains_key(header::WWW_AUTHENTICATE)
+    {
+        tracing::info!(client_id = %grant.client_id, status = resp.status().as_u16(), "upstream refused the request");
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(Error::Unauthorized {
+                problem: BearerProblem::InvalidToken,
+                challenge: cx.challenge.to_owned(),
+            });
+        }
+        let upstream_challenge = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
+        if let Some((scope, missing)) = upstream_step_up(upstream_challenge, &grant.scope, cx.offered_scopes) {
+            return Err(Error::InsufficientScope {
+                scope,
+                missing,
+                resource_metadata: cx.resource_metadata.to_owned(),
+            });
+        }
+        resp.headers_mut().remove(header::WWW_AUTHENTICATE);
+    }
+    Ok(resp)
+}
+
+/// An upstream asking for more scope (`error="insufficient_scope"`): the step-up the client makes at the proxy,
+/// for the asked scopes the proxy offers; `None` when there is nothing to step up to.
+pub fn upstream_step_up(challenge: Option<&str>, granted: &str, offered: &[String]) -> Option<(String, String)> {
+    if challenge.and_then(|c| h::auth_param(c, "error")).as_deref() != Some("insufficient_scope") {
+        return None;
+    }
+    let asked = challenge.and_then(|c| h::auth_param(c, "scope")).unwrap_or_default();
+    let step = scope::step_up(granted, asked.split(' ').filter(|s| offered.iter().any(|o| o == s)));
+    step
+}
+
+/// Whether a request has no body, so that it can be sent again (RFC 9110 §9.2.2 methods or an empty body).
+fn replayable(req: &Request<RequestBody>) -> bool {
+    use hyper::body::Body as _;
+    req.body().is_end_stream() || req.body().size_hint().exact() == Some(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_insufficient_scope_steps_up_to_offered_scopes_only() {
+        let offered = ["openid".to_owned(), "mcp.write".to_owned()];
+        let challenge = Some(r#"Bearer error="insufficient_scope", scope="mcp.write admin""#);
+        let (scope, missing) = upstream_step_up(challenge, "openid", &offered).unwrap_or_default();
+        assert_eq!(missing, "mcp.write");
+        assert!(scope.split(' ').any(|s| s == "openid") && scope.split(' ').any(|s| s == "mcp.write"), "{scope}");
+        assert_eq!(
+            upstream_step_up(Some(r#"Bearer scope="admin", error="insufficient_scope""#), "openid", &offered),
+            None
+        );
+        assert_eq!(upstream_step_up(Some(r#"Bearer error="invalid_token""#), "openid", &offered), None);
+        assert_eq!(upstream_step_up(None, "openid", &offered), None);
+    }
+}

@@ -10,7 +10,9 @@
 //! - a NUL or control character, raw or encoded (`%00`–`%1f`, `%7f`), and malformed `%` escapes;
 //! - a `;` (path parameters), raw or encoded;
 //! - a segment that ends with `.` or starts or ends with whitespace (`/admin.`, `/admin%20`);
-//! - a target that is not an absolute path (`*`, authority-form).
+//! - a target that is not an absolute path (`*`, authority-form);
+//! - (in the router) a spelling whose canonical form is one of the proxy's own endpoints (`/%74oken`,
+//!   `//.well-known/…`): those are answered by the proxy, never forwarded.
 //!
 //! What remains is normalised, and the normalised form is forwarded: repeated slashes collapse, percent-encoded
 //! unreserved characters are decoded (`%61dmin` → `admin`) and other escapes get upper-case hex. The policy
@@ -36,6 +38,8 @@ pub enum PathRejection {
     Parameter,
     #[error("a path segment ends with a dot or starts or ends with whitespace")]
     AmbiguousSegment,
+    #[error("the path is another spelling of one of the proxy's own endpoints, which are never forwarded")]
+    OwnEndpoint,
 }
 
 /// A path that every upstream reads the same way; what is forwarded and what the policy judges.

@@ -33,6 +33,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
 use crate::http::timed_body::TimedBody;
+use crate::store::upkeep::{Upkeep, UpkeepGuard};
 use connection::{Activity, ConnectionLimiter, ConnectionPermit, Deadlines, Ended, Phase, TrackedBody};
 
 /// Concurrent HTTP/2 streams per connection.
@@ -113,8 +114,14 @@ pub async fn serve(
         app: app.clone(),
     });
     tracing::debug!(max_connections, ?per_source, "connection limits");
-    let sweeper = spawn_sweeper(app.clone());
-    let snapshots = app.config.store.snapshot.as_ref().map(|s| spawn_snapshot_writer(app.clone(), s.interval));
+    let upkeep = Upkeep {
+        store: app.store.clone(),
+        clock: app.clock.clone(),
+        unused_client_ttl: app.config.registration.unused_client_ttl,
+        snapshot: app.config.store.snapshot.clone(),
+    };
+    let limits_app = app.clone();
+    let mut upkeep = UpkeepGuard::start(upkeep, move || limits_app.rate_limiter.sweep(std::time::Instant::now()));
     let mut backoff = backoff::AcceptBackoff::default();
     // Connections refused since the last log line, and when that line was written (one per `LOG_EVERY`).
     let mut refusals: (u64, Option<std::time::Instant>) = (0, None);
@@ -163,10 +170,7 @@ pub async fn serve(
         }
     }
     drop(listener);
-    sweeper.abort();
-    if let Some(w) = snapshots {
-        w.abort();
-    }
+    upkeep.stop();
     let _ = phase_tx.send(Phase::Draining);
     drop(shared);
     let grace = app.config.server.shutdown_grace;
@@ -179,7 +183,7 @@ pub async fn serve(
         }
     }
     // The final snapshot, after in-flight requests are done.
-    write_snapshot(&app).await;
+    upkeep.close().await;
     drop(tls);
 }
 
@@ -244,37 +248,6 @@ where
     ended
 }
 
-/// Writes the snapshot off the runtime's worker threads; failures are logged, never fatal.
-pub async fn write_snapshot(app: &Arc<App>) {
-    let Some(config) = app.config.store.snapshot.clone() else {
-        return;
-    };
-    let app = app.clone();
-    let started = std::time::Instant::now();
-    let result = tokio::task::spawn_blocking(move || {
-        crate::store::snapshot::write(&app.store, app.clock.now(), &config.path, &config.key)
-    })
-    .await;
-    match result {
-        Ok(Ok(bytes)) => tracing::debug!(bytes, millis = started.elapsed().as_millis() as u64, "snapshot written"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "snapshot not written"),
-        Err(e) => tracing::warn!(error = %e, "snapshot task failed"),
-    }
-}
-
-/// Writes a snapshot every `interval`.
-fn spawn_snapshot_writer(app: Arc<App>, interval: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            write_snapshot(&app).await;
-        }
-    })
-}
-
 /// Serves `GET /metrics` (Prometheus text format) on its own listener until `shutdown` resolves; then it stops
 /// accepting and ends the connections it serves. Accept errors that are not the connection's own (no
 /// descriptors left) pause as in [`serve`] ([`backoff`]) instead of spinning.
@@ -326,21 +299,6 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>, shutdown: impl 
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
     }
-}
-
-/// Removes expired store entries every 30 seconds.
-fn spawn_sweeper(app: Arc<App>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let now = app.clock.now();
-            app.store.sweep(now);
-            app.store.sweep_unused_clients(now, app.config.registration.unused_client_ttl.as_secs());
-            app.rate_limiter.sweep(std::time::Instant::now());
-        }
-    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -18,10 +18,20 @@
 //! - Memory per grant does not grow with use: a grant has one [`RefreshFamily`] (its current refresh token and the
 //!   one just rotated) whatever the number of refreshes, and its access tokens expire after `tokens.access_ttl`.
 //!
-//! [`Store::sweep`] removes expired entries so that memory stays bounded.
+//! [`Store::sweep`] removes expired entries so that memory stays bounded; [`upkeep`] runs it, and the snapshot
+//! writer, for as long as its guard lives.
+//!
+//! The maps are private. The rules use operations named for what they do ([`Store::redeem_code`],
+//! [`Store::start_grant`], [`Store::rotate_refresh`], [`Store::revoke_grant`], [`Store::revoke_client`],
+//! [`Store::claim_sign_in`], …), each one round trip to a networked key-value store, so that a second
+//! implementation can sit behind the same operations. Atomic ones say so; the others say which order they write
+//! in and why that is safe. Must be atomic: [`Store::redeem_code`] (take), [`Store::rotate_refresh`]
+//! (compare-and-rotate), [`Store::claim_sign_in`] (set-if-absent), [`Store::revoke_access_token`]
+//! (remove-if-owner), [`Store::revoke_grant`] (one flag).
 
 mod model;
 pub mod snapshot;
+pub mod upkeep;
 
 pub use model::*;
 
@@ -36,20 +46,36 @@ use crate::clock::UnixTime;
 use crate::crypto::TokenHash;
 
 /// The proxy's state. Cheap to share behind an `Arc`.
+///
+/// The maps are private: the rules change the store only through the operations below, each named for what it
+/// does. Each operation is one round trip to a networked key-value store; those documented as atomic must stay so
+/// in any implementation (a `DashMap` entry lock here, a `MULTI`/script there). Operations that touch several keys
+/// without being atomic say which order they write in and why that order is safe.
 #[derive(Default)]
 pub struct Store {
-    pub clients: DashMap<String, Arc<Client>>,
+    clients: DashMap<String, Arc<Client>>,
     /// Consent forms and IdP states already used.
-    pub used_sign_ins: SingleUse,
+    used_sign_ins: SingleUse,
     /// The source (address, IPv6 by /64) each client registered from, for fair eviction; not snapshotted.
-    pub client_sources: DashMap<String, Source>,
-    pub codes: DashMap<TokenHash, AuthorizationCode>,
+    client_sources: DashMap<String, Source>,
+    codes: DashMap<TokenHash, AuthorizationCode>,
     /// Redeemed codes, kept until they would have expired, so that a replay revokes what they issued.
-    pub spent_codes: DashMap<TokenHash, SpentCode>,
-    pub grants: DashMap<GrantId, Arc<Grant>>,
-    pub access_tokens: DashMap<TokenHash, AccessToken>,
+    spent_codes: DashMap<TokenHash, SpentCode>,
+    grants: DashMap<GrantId, Arc<Grant>>,
+    access_tokens: DashMap<TokenHash, AccessToken>,
     /// Refresh-token families (one per grant that has refresh tokens), by [`FamilyId::hash`].
-    pub refresh_families: DashMap<TokenHash, RefreshFamily>,
+    refresh_families: DashMap<TokenHash, RefreshFamily>,
+}
+
+/// What [`Store::redeem_code`] found under a code's hash.
+#[derive(Debug)]
+pub enum CodeRedemption {
+    /// A live code, now taken out of the store: nobody else can redeem it.
+    Taken(Box<AuthorizationCode>),
+    /// A code already redeemed: the grant it started.
+    Spent(GrantId),
+    /// Nothing: never issued, or expired and swept.
+    Unknown,
 }
 
 /// Counts of live entries, for logs and tests.
@@ -101,11 +127,119 @@ impl Store {
         }
     }
 
-    /// Revokes a grant: every token issued under it stops working at once.
+    /// Revokes a grant: every token issued under it stops working at once. Atomic: the grant's flag is one write
+    /// that every lookup reads; its tokens are removed later by [`Store::sweep`].
     pub fn revoke_grant(&self, id: GrantId) {
         if let Some((_, grant)) = self.grants.remove(&id) {
             grant.revoke();
         }
+    }
+
+    /// A registered client (not a metadata-document client, which lives in its cache).
+    pub fn client(&self, client_id: &str) -> Option<Arc<Client>> {
+        self.clients.get(client_id).map(|c| c.clone())
+    }
+
+    /// Whether a client is registered. Read-only.
+    pub fn has_client(&self, client_id: &str) -> bool {
+        self.clients.contains_key(client_id)
+    }
+
+    /// Replaces a client's metadata (RFC 7592 update), or adds the client — one write of one key. A client
+    /// restored from a snapshot has no known source.
+    pub fn put_client(&self, client: Client) {
+        self.clients.insert(client.client_id.clone(), Arc::new(client));
+    }
+
+    /// Deletes a client and revokes every grant it holds (RFC 7592 §2.3). Not atomic across keys: the client is
+    /// removed first, so no new code can be redeemed by it (authentication finds no client), then its grants are
+    /// revoked one by one.
+    pub fn revoke_client(&self, client_id: &str) {
+        self.clients.remove(client_id);
+        self.client_sources.remove(client_id);
+        let grants: Vec<GrantId> = self.grants.iter().filter(|g| g.client_id == client_id).map(|g| g.id).collect();
+        for id in grants {
+            self.revoke_grant(id);
+        }
+    }
+
+    /// Marks a consent form or IdP state as used; `false` when it already was. Atomic: of two concurrent claims
+    /// of one ticket, one wins.
+    pub fn claim_sign_in(&self, key: TokenHash, expires_at: UnixTime, now: UnixTime) -> bool {
+        self.used_sign_ins.claim(key, expires_at, now)
+    }
+
+    /// Whether a consent form or IdP state was already used. Read-only: [`Store::claim_sign_in`] is the check
+    /// that counts.
+    pub fn sign_in_used(&self, key: &TokenHash) -> bool {
+        self.used_sign_ins.was_used(key)
+    }
+
+    /// Sets how many used sign-in tickets are remembered at most (`limits.max_pending`).
+    pub fn set_sign_in_capacity(&self, capacity: usize) {
+        self.used_sign_ins.set_capacity(capacity);
+    }
+
+    /// Stores a freshly minted authorization code under its hash. One write.
+    pub fn issue_code(&self, hash: TokenHash, code: AuthorizationCode) {
+        self.codes.insert(hash, code);
+    }
+
+    /// Takes a code out of the store. Atomic: of two concurrent redemptions of one code, one gets
+    /// [`CodeRedemption::Taken`]; the other sees the code as [`CodeRedemption::Spent`] once
+    /// [`Store::start_grant`] has run, or as unknown before.
+    pub fn redeem_code(&self, hash: &TokenHash) -> CodeRedemption {
+        if let Some((_, code)) = self.codes.remove(hash) {
+            return CodeRedemption::Taken(Box::new(code));
+        }
+        match self.spent_codes.get(hash) {
+            Some(spent) => CodeRedemption::Spent(spent.grant),
+            None => CodeRedemption::Unknown,
+        }
+    }
+
+    /// Stores the grant a redeemed code started, and remembers the code as spent until `code_expires_at`, so that
+    /// its replay revokes the grant. Not atomic across the two keys: the grant is written first, so a replay that
+    /// finds the spent code always finds its grant.
+    pub fn start_grant(&self, grant: Arc<Grant>, code: TokenHash, code_expires_at: UnixTime) {
+        let id = grant.id;
+        self.grants.insert(id, grant);
+        self.spent_codes.insert(code, SpentCode { grant: id, expires_at: code_expires_at });
+    }
+
+    /// Stores a grant made outside a code redemption (benchmarks, tools). One write.
+    pub fn add_grant(&self, grant: Arc<Grant>) {
+        self.grants.insert(grant.id, grant);
+    }
+
+    /// Stores an access token under its hash. One write.
+    pub fn add_access_token(&self, hash: TokenHash, token: AccessToken) {
+        self.access_tokens.insert(hash, token);
+    }
+
+    /// An access token's grant, expiry and scope, live or not (introspection reports the expiry itself).
+    pub fn access_token_record(&self, hash: &TokenHash) -> Option<(Arc<Grant>, UnixTime, Arc<str>)> {
+        self.access_tokens.get(hash).map(|t| (t.grant.clone(), t.expires_at, t.scope.clone()))
+    }
+
+    /// Removes an access token if it belongs to `client_id` (RFC 7009); whether one was removed. Atomic: the check
+    /// and the removal happen under the entry's lock.
+    pub fn revoke_access_token(&self, hash: &TokenHash, client_id: &str) -> bool {
+        self.access_tokens.remove_if(hash, |_, t| t.grant.client_id == client_id).is_some()
+    }
+
+    /// Starts a refresh-token family (generation 0) under [`FamilyId::hash`]. One write.
+    pub fn add_refresh_family(&self, family: TokenHash, record: RefreshFamily) {
+        self.refresh_families.insert(family, record);
+    }
+
+    /// Reads and changes one refresh-token family in one atomic step: `step` sees the family and may rotate it;
+    /// no other rotation of the family can interleave (here the entry's lock; over the network a compare-and-set
+    /// on the family's generation). `None` when the family is unknown. `step` must not wait on anything and must
+    /// not touch the family map; it may write other keys.
+    pub fn rotate_refresh<R>(&self, family: &TokenHash, step: impl FnOnce(&mut RefreshFamily) -> R) -> Option<R> {
+        let mut entry = self.refresh_families.get_mut(family)?;
+        Some(step(&mut entry))
     }
 
     /// Removes clients that never completed an authorization within `ttl` of registering.
@@ -115,7 +249,8 @@ impl Store {
         before - self.clients.len()
     }
 
-    /// Adds a registered client and the source it came from.
+    /// Adds a registered client and the source it came from. Not atomic across the two keys: the source is written
+    /// first, so eviction never sees a client without its source.
     pub fn add_client(&self, client: Client, source: Source) {
         self.client_sources.insert(client.client_id.clone(), source);
         self.clients.insert(client.client_id.clone(), Arc::new(client));
@@ -125,21 +260,25 @@ impl Store {
     /// the table is still full, evicts clients that never redeemed a code — those of the sources holding the most
     /// such clients first, oldest first within a source — a batch of 1% of the cap, so that a flood does not
     /// rescan the table for every registration. A flood from many sources thus pushes out its own clients before
-    /// a user's, and a client that redeemed a code is never evicted. Returns how many were removed, or `None`
-    /// when every client in the full table is in use.
-    pub fn make_room_for_client(&self, now: UnixTime, ttl_secs: u64, max_clients: usize) -> Option<usize> {
+    /// a user's, and a client that redeemed a code, or whose sign-in started within `sign_in_ttl_secs` (a user may
+    /// be between consent and `/token`), is never evicted. Returns how many were removed, or `None` when every
+    /// client in the full table is in use.
+    pub fn make_room_for_client(
+        &self,
+        now: UnixTime,
+        ttl_secs: u64,
+        max_clients: usize,
+        sign_in_ttl_secs: u64,
+    ) -> Option<usize> {
+        let in_use = |c: &Client| c.was_authorized() || c.signing_in(now, sign_in_ttl_secs);
         if self.clients.len() < max_clients {
             return Some(0);
         }
         let mut removed = self.sweep_unused_clients(now, ttl_secs);
         if self.clients.len() >= max_clients {
             // Collected before the sources are looked up: no guard of one map is held while the other is read.
-            let unused: Vec<(UnixTime, String)> = self
-                .clients
-                .iter()
-                .filter(|c| !c.was_authorized())
-                .map(|c| (c.issued_at, c.client_id.clone()))
-                .collect();
+            let unused: Vec<(UnixTime, String)> =
+                self.clients.iter().filter(|c| !in_use(c)).map(|c| (c.issued_at, c.client_id.clone())).collect();
             let batch = (self.clients.len() + 1 - max_clients).max(max_clients / 100).min(unused.len());
             if batch == 0 {
                 return None;
@@ -156,7 +295,7 @@ impl Store {
             ranked.sort_by(|a, b| held(&b.0).cmp(&held(&a.0)).then(a.1.cmp(&b.1)));
             for (_, _, id) in ranked.into_iter().take(batch) {
                 // Checked again under the entry's lock: a client that just redeemed a code stays.
-                if self.clients.remove_if(&id, |_, c| !c.was_authorized()).is_some() {
+                if self.clients.remove_if(&id, |_, c| !in_use(c)).is_some() {
                     self.client_sources.remove(&id);
                     removed += 1;
                 }
@@ -165,7 +304,8 @@ impl Store {
         (self.clients.len() < max_clients).then_some(removed)
     }
 
-    /// Removes expired and revoked entries.
+    /// Removes expired and revoked entries. Not atomic: each map is swept on its own, which is safe because every
+    /// lookup checks expiry and revocation itself.
     pub fn sweep(&self, now: UnixTime) {
         self.used_sign_ins.sweep(now);
         let gone: Vec<String> =
@@ -197,7 +337,7 @@ impl Store {
     /// endpoint refuse a made-up code before it resolves a URL client_id's document.
     pub fn code_client(&self, hash: &TokenHash) -> Option<String> {
         if let Some(code) = self.codes.get(hash) {
-            return Some(code.client_id.clone());
+            return Some(code.request.client_id.clone());
         }
         let spent = self.spent_codes.get(hash).map(|s| s.grant)?;
         self.grants.get(&spent).map(|g| g.client_id.clone())
@@ -326,7 +466,7 @@ mod tests {
         for i in 0..3 {
             store.add_client(Client::public(format!("flood{i}"), vec![], 2 + i), flood);
         }
-        assert_eq!(store.make_room_for_client(10, 3600, 4), Some(1));
+        assert_eq!(store.make_room_for_client(10, 3600, 4, 600), Some(1));
         assert!(store.clients.contains_key("mine"), "the oldest client, but its source holds one");
         assert!(!store.clients.contains_key("flood0"));
         assert!(!store.client_sources.contains_key("flood0"));
@@ -337,15 +477,77 @@ mod tests {
         let store = Store::new();
         let used = Client::public("used", vec![], 1);
         used.mark_authorized(5);
-        store.clients.insert("used".into(), Arc::new(used));
+        store.put_client(used);
         for (id, at) in [("old", 2), ("mid", 3), ("new", 4)] {
-            store.clients.insert(id.into(), Arc::new(Client::public(id, vec![], at)));
+            store.put_client(Client::public(id, vec![], at));
         }
-        assert_eq!(store.make_room_for_client(10, 3600, 4), Some(1));
+        assert_eq!(store.make_room_for_client(10, 3600, 4, 600), Some(1));
         assert!(!store.clients.contains_key("old"));
         assert!(store.clients.contains_key("used") && store.clients.contains_key("mid"));
         store.clients.retain(|id, _| id == "used");
-        assert_eq!(store.make_room_for_client(10, 3600, 1), None, "a used client is never evicted");
+        assert_eq!(store.make_room_for_client(10, 3600, 1, 600), None, "a used client is never evicted");
         assert!(store.clients.contains_key("used"));
+    }
+
+    fn login() -> UpstreamLogin {
+        UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() }
+    }
+
+    fn code(client_id: &str) -> AuthorizationCode {
+        let request = AuthorizationRequest {
+            client_id: client_id.into(),
+            redirect_uri: "https://a.example/cb".into(),
+            redirect_uri_explicit: false,
+            state: None,
+            code_challenge: String::new(),
+            scope: vec![],
+            resource: None,
+        };
+        AuthorizationCode { request, expires_at: 100, login: login() }
+    }
+
+    #[test]
+    fn a_code_is_taken_once_and_then_names_the_grant_it_started() {
+        let store = Store::new();
+        let hash = TokenHash::of("code");
+        store.issue_code(hash, code("c1"));
+        assert_eq!(store.code_client(&hash).as_deref(), Some("c1"));
+        assert!(matches!(store.redeem_code(&hash), CodeRedemption::Taken(c) if c.request.client_id == "c1"));
+        assert!(matches!(store.redeem_code(&hash), CodeRedemption::Unknown), "taken out: nobody else gets it");
+        let grant = Grant::new("c1".into(), vec![], None, login(), 1);
+        store.start_grant(grant.clone(), hash, 100);
+        assert!(matches!(store.redeem_code(&hash), CodeRedemption::Spent(id) if id == grant.id));
+        assert_eq!(store.code_client(&hash).as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn deleting_a_client_revokes_its_grants_and_no_others() {
+        let store = Store::new();
+        store.add_client(Client::public("c1", vec![], 1), Source::of_ip([10, 0, 0, 1].into()));
+        let (mine, theirs) =
+            (Grant::new("c1".into(), vec![], None, login(), 1), Grant::new("c2".into(), vec![], None, login(), 1));
+        store.start_grant(mine.clone(), TokenHash::of("a"), 100);
+        store.start_grant(theirs.clone(), TokenHash::of("b"), 100);
+        store.revoke_client("c1");
+        assert!(!store.has_client("c1"));
+        assert!(mine.is_revoked() && !theirs.is_revoked());
+        assert_eq!(store.stats().grants, 1);
+    }
+
+    #[test]
+    fn only_one_of_two_concurrent_redemptions_takes_a_code() {
+        let store = Arc::new(Store::new());
+        for round in 0..50u8 {
+            let hash = TokenHash([round; 32]);
+            store.issue_code(hash, code("c1"));
+            let racers: Vec<_> = (0..2)
+                .map(|_| {
+                    let store = store.clone();
+                    std::thread::spawn(move || matches!(store.redeem_code(&hash), CodeRedemption::Taken(_)))
+                })
+                .collect();
+            let taken = racers.into_iter().map(|r| r.join()).filter(|r| matches!(r, Ok(true))).count();
+            assert_eq!(taken, 1, "round {round}");
+        }
     }
 }

@@ -62,6 +62,9 @@ pub struct Client {
     pub first_authorized_at: AtomicU64,
     /// SHA-256 of the RFC 7592 registration access token.
     pub registration_token: Option<TokenHash>,
+    /// When a sign-in last started for the client (its consent page was shown; 0: never). A client whose sign-in
+    /// is in progress is not evicted to make room for a new registration. Not snapshotted.
+    pub sign_in_started_at: AtomicU64,
 }
 
 impl Client {
@@ -79,7 +82,19 @@ impl Client {
             issued_at: now,
             first_authorized_at: Default::default(),
             registration_token: None,
+            sign_in_started_at: Default::default(),
         }
+    }
+
+    /// Records that a sign-in started for the client.
+    pub fn mark_sign_in(&self, now: UnixTime) {
+        self.sign_in_started_at.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Whether a sign-in started for the client within `ttl_secs` before `now` (it may still be in progress).
+    pub fn signing_in(&self, now: UnixTime, ttl_secs: u64) -> bool {
+        let at = self.sign_in_started_at.load(Ordering::Relaxed);
+        at != 0 && at + ttl_secs > now
     }
 
     /// Records that the client completed an authorization.
@@ -193,15 +208,27 @@ pub struct UpstreamLogin {
     pub identity: Identity,
 }
 
-/// The proxy's authorization code (RFC 6749 §4.1.2), keyed by its hash.
-#[derive(Debug)]
-pub struct AuthorizationCode {
+/// A validated authorization request (RFC 6749 §4.1.1, RFC 7636 §4.3, RFC 8707 §2): what the client asked for.
+/// It travels unchanged through consent and the IdP (`oauth::flow::PendingAuthorization`) into the code
+/// ([`AuthorizationCode`]), which `/token` checks against it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuthorizationRequest {
     pub client_id: String,
     pub redirect_uri: String,
+    /// Whether the client sent `redirect_uri` (then `/token` must repeat it, RFC 6749 §4.1.3).
     pub redirect_uri_explicit: bool,
+    /// The client's `state`, returned in the redirect; not kept with the code.
+    pub state: Option<String>,
     pub code_challenge: String,
     pub scope: Vec<String>,
     pub resource: Option<String>,
+}
+
+/// The proxy's authorization code (RFC 6749 §4.1.2), keyed by its hash.
+#[derive(Debug)]
+pub struct AuthorizationCode {
+    /// The request the code answers (its `state` is `None`: it went back in the redirect).
+    pub request: AuthorizationRequest,
     pub expires_at: UnixTime,
     pub login: UpstreamLogin,
 }

@@ -244,12 +244,12 @@ fn collect(store: &Store, now: UnixTime) -> SnapshotV2 {
         .filter(|c| c.expires_at > now)
         .map(|c| CodeRec {
             hash: c.key().0,
-            client_id: c.client_id.clone(),
-            redirect_uri: c.redirect_uri.clone(),
-            redirect_uri_explicit: c.redirect_uri_explicit,
-            code_challenge: c.code_challenge.clone(),
-            scope: c.scope.clone(),
-            resource: c.resource.clone(),
+            client_id: c.request.client_id.clone(),
+            redirect_uri: c.request.redirect_uri.clone(),
+            redirect_uri_explicit: c.request.redirect_uri_explicit,
+            code_challenge: c.request.code_challenge.clone(),
+            scope: c.request.scope.clone(),
+            resource: c.request.resource.clone(),
             expires_at: c.expires_at,
             login: login_rec(&c.login.credential, &c.login.identity),
         })
@@ -352,6 +352,7 @@ fn rebuild(s: SnapshotV2, now: UnixTime) -> Store {
                 issued_at: c.issued_at,
                 first_authorized_at: c.first_authorized_at.into(),
                 registration_token: c.registration_token.map(TokenHash),
+                sign_in_started_at: Default::default(),
             }),
         );
     }
@@ -392,12 +393,15 @@ fn rebuild(s: SnapshotV2, now: UnixTime) -> Store {
         store.codes.insert(
             TokenHash(c.hash),
             AuthorizationCode {
-                client_id: c.client_id,
-                redirect_uri: c.redirect_uri,
-                redirect_uri_explicit: c.redirect_uri_explicit,
-                code_challenge: c.code_challenge,
-                scope: c.scope,
-                resource: c.resource,
+                request: AuthorizationRequest {
+                    client_id: c.client_id,
+                    redirect_uri: c.redirect_uri,
+                    redirect_uri_explicit: c.redirect_uri_explicit,
+                    state: None,
+                    code_challenge: c.code_challenge,
+                    scope: c.scope,
+                    resource: c.resource,
+                },
                 expires_at: c.expires_at,
                 login,
             },

@@ -1,0 +1,90 @@
+//! Reading the requests of the authorization server's endpoints: form bodies (RFC 6749 §3.2, HTML forms) and the
+//! client a request names, registered (RFC 7591) or a Client ID Metadata Document.
+//!
+//! Invariants:
+//! - A form body is read only with `Content-Type: application/x-www-form-urlencoded` and at most [`FORM_LIMIT`]
+//!   bytes; errors of an OAuth endpoint are OAuth errors, errors of an HTML page's post are pages.
+//! - A metadata document is fetched only for a client_id that is a document URL.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Request, StatusCode};
+
+use crate::app::App;
+use crate::client_documents::{self, DocumentError};
+use crate::error::{Error, OAuthError};
+use crate::http::params::Params;
+use crate::http::{self as h, read_body, RequestBody};
+use crate::oauth::token;
+use crate::store::{Client, Store};
+
+const FORM: &str = "application/x-www-form-urlencoded";
+/// Largest form body of the token, consent, login and revocation endpoints.
+pub const FORM_LIMIT: usize = 16 * 1024;
+
+/// Parses the form body of an OAuth endpoint (token, revocation, introspection); errors are OAuth errors.
+pub async fn read_oauth_form(req: Request<RequestBody>) -> Result<(HeaderMap, Params), Error> {
+    if !h::has_content_type(req.headers(), FORM) {
+        return Err(OAuthError::invalid_request(format!("Content-Type must be {FORM}")).into());
+    }
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, FORM_LIMIT).await?;
+    let params = Params::parse(&body)?;
+    Ok((parts.headers, params))
+}
+
+/// Parses a form body of an HTML page's post; errors are shown as a page.
+pub async fn read_form(req: Request<RequestBody>) -> Result<(HeaderMap, Params), Error> {
+    let bad = |m: String| Error::page(StatusCode::BAD_REQUEST, "Invalid form", m);
+    if !h::has_content_type(req.headers(), FORM) {
+        return Err(bad(format!("The form must be sent as {FORM}.")));
+    }
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, FORM_LIMIT).await?;
+    let params = Params::parse(&body).map_err(|e| bad(e.to_string()))?;
+    Ok((parts.headers, params))
+}
+
+/// A client named by the URL of its metadata document, fetched (or from the cache) and checked.
+pub async fn document_client(app: &App, client_id: Option<&str>) -> Result<Option<Arc<Client>>, DocumentError> {
+    match client_id {
+        Some(id) if client_documents::is_document_id(id) => app
+            .client_documents
+            .client(id, app.clock.now(), &app.config.registration.redirect_allowlist, &app.metrics)
+            .await
+            .map(Some)
+            .inspect_err(|e| tracing::info!(client_id = id, error = %e, "client metadata document refused")),
+        _ => Ok(None),
+    }
+}
+
+/// Looks a client up: the document client already resolved for this request, or a registered one.
+pub fn find_client(document: &Option<Arc<Client>>, store: &Store, id: &str) -> Option<Arc<Client>> {
+    match document {
+        Some(c) if c.client_id == id => Some(c.clone()),
+        _ => store.client(id),
+    }
+}
+
+/// Authenticates the client of a token or revocation request; a metadata-document client is resolved first.
+pub async fn token_client(app: &App, headers: &HeaderMap, params: &Params) -> Result<Arc<Client>, Error> {
+    let document = document_client(app, params.get("client_id")).await.map_err(DocumentError::into_token_error)?;
+    Ok(token::authenticate_client(|id| find_client(&document, &app.store, id), headers, params)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resolved_document_client_is_used_only_for_its_own_id() {
+        let store = Store::new();
+        store.put_client(Client::public("registered", vec![], 1));
+        let doc = Some(Arc::new(Client::public("https://app.example/client.json", vec![], 1)));
+        let found = |id: &str| find_client(&doc, &store, id).map(|c| c.client_id.clone());
+        assert_eq!(found("https://app.example/client.json").as_deref(), Some("https://app.example/client.json"));
+        assert_eq!(found("registered").as_deref(), Some("registered"));
+        assert_eq!(found("https://other.example/client.json"), None);
+        assert_eq!(find_client(&None, &store, "unknown").map(|c| c.client_id.clone()), None);
+    }
+}

@@ -1,0 +1,256 @@
+//! The sign-in endpoints (SPEC §4): `/authorize` → consent → IdP (or the local login) → `/callback` → code
+//! (RFC 6749 §4.1.1–§4.1.2, RFC 7636, RFC 9207). The sealed tickets they pass along are [`crate::oauth::flow`]'s.
+//!
+//! Invariants:
+//! - Nothing is stored before consent: the validated request travels sealed in the consent form and IdP state.
+//! - `live` is the one check that a ticket is live, belongs to this browser and was not used; `spend` is the
+//!   one atomic use of it. A consent form is spent when submitted (approved or denied); an IdP state when the
+//!   callback arrives or the local login succeeds (a wrong password leaves it usable).
+//! - The authorization response carries `iss` (RFC 9207) and the client's `state` unchanged.
+
+use http::{header, HeaderMap, Request, Response, StatusCode};
+
+use crate::app::App;
+use crate::crypto::{self, TokenHash};
+use crate::error::{Error, ErrorCode, OAuthError};
+use crate::http::params::Params;
+use crate::http::{self as h, Body, RequestBody};
+use crate::idp::{local, Idp, IdpError};
+use crate::oauth::authorize::{self, AuthorizeContext};
+use crate::oauth::flow::{ConsentTicket, IdpTicket, PendingAuthorization, Ticket};
+use crate::oauth::{consent, pkce, requests};
+use crate::store::{AuthorizationCode, AuthorizationRequest, UpstreamCredential, UpstreamLogin};
+
+/// `GET /authorize`: validates the request and shows the consent page.
+pub async fn authorize(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
+    let ctx = AuthorizeContext {
+        issuer: &app.config.server.public_url,
+        resources: &app.resources,
+        offered_scopes: &app.config.idp.scopes,
+        max_state_bytes: app.config.limits.max_state_bytes,
+    };
+    let query = req.uri().query().unwrap_or("").as_bytes();
+    // Refused before a metadata document is fetched for it.
+    authorize::check_query_length(query)?;
+    let named = Params::parse(query).ok().and_then(|p| p.get("client_id").map(str::to_owned));
+    let document = requests::document_client(app, named.as_deref())
+        .await
+        .map_err(|e| e.into_page(named.as_deref().unwrap_or("")))?;
+    let request = authorize::validate(query, |id| requests::find_client(&document, &app.store, id), &ctx)?;
+    let client = requests::find_client(&document, &app.store, &request.client_id)
+        .ok_or_else(|| Error::page(StatusCode::BAD_REQUEST, "Unknown client", "The application is not registered."))?;
+    // While its user signs in, the client is not evicted to make room for new registrations.
+    client.mark_sign_in(app.clock.now());
+
+    // Nothing is stored: the request travels sealed in the consent form, bound to a cookie the proxy minted.
+    let browser = app.sign_ins.browser_cookie(req.headers()).unwrap_or_else(|| app.sign_ins.mint_cookie());
+    let csrf = crypto::random_token();
+    let ttl = app.config.tokens.pending_ttl.as_secs();
+    let pending = PendingAuthorization { request, browser: TokenHash::of(&browser), expires_at: app.clock.now() + ttl };
+    let ticket = ConsentTicket::new(pending, &csrf);
+    let mut resp = consent::render(&client, &ticket.pending.request, &app.sign_ins.seal(&ticket), &csrf);
+    if let Some(cookie) = consent::set_cookie(app.config.is_https(), &browser, ttl) {
+        resp.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    Ok(resp)
+}
+
+/// `POST /consent`: the user approved (on to the IdP) or denied (back to the client with `access_denied`).
+pub async fn consent(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
+    let (headers, params) = requests::read_form(req).await?;
+    let refused = || {
+        Error::page(
+            StatusCode::FORBIDDEN,
+            "Approval not accepted",
+            "This approval form has expired, was already used, or was not submitted from the browser that opened \
+             it. Start the connection again from the application.",
+        )
+    };
+    let csrf = params.get("csrf").ok_or_else(refused)?;
+    let ticket = live::<ConsentTicket>(app, params.get("request"), &headers)
+        .filter(|t| t.csrf.matches(csrf))
+        .filter(|t| spend(app, t))
+        .ok_or_else(refused)?;
+    let pending = ticket.pending;
+
+    if params.get("action") != Some("approve") {
+        tracing::info!(client_id = %pending.request.client_id, "user denied consent");
+        return Err(Error::Redirect {
+            redirect_uri: pending.request.redirect_uri,
+            error: OAuthError::new(ErrorCode::AccessDenied, "the user denied the request"),
+            state: pending.request.state,
+            issuer: app.config.server.public_url.to_string(),
+        });
+    }
+    // The IdP state, nonce and PKCE verifier exist only from here on; the state carries them, sealed.
+    let verifier = pkce::new_verifier();
+    let nonce = crypto::random_token();
+    let challenge = crypto::pkce_s256(&verifier);
+    let state = app.sign_ins.seal(&IdpTicket::new(pending, verifier, nonce.clone()));
+    let location = match &*app.idp {
+        Idp::Oidc(p) => p.authorize_url(&state, &challenge, &nonce),
+        Idp::Local(_) => h::append_query("/login", &[("state", &state)]),
+    };
+    Ok(h::redirect(&location))
+}
+
+/// `GET /callback`: the IdP's authorization response; exchanges its code and issues the proxy's.
+pub async fn callback(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
+    let params = Params::parse(req.uri().query().unwrap_or("").as_bytes())
+        .map_err(|e| Error::page(StatusCode::BAD_REQUEST, "Invalid sign-in response", e.to_string()))?;
+    let request = live::<IdpTicket>(app, params.get("state"), req.headers()).ok_or_else(login_state_error)?;
+    if !spend(app, &request) {
+        return Err(login_state_error());
+    }
+    let now = app.clock.now();
+    let to_client = |code: ErrorCode, description: &str| Error::Redirect {
+        redirect_uri: request.pending.request.redirect_uri.clone(),
+        error: OAuthError::new(code, description),
+        state: request.pending.request.state.clone(),
+        issuer: app.config.server.public_url.to_string(),
+    };
+    if let Some(error) = params.get("error") {
+        let code = ErrorCode::from_idp(error);
+        tracing::info!(client_id = %request.pending.request.client_id, idp_error = error, "identity provider returned an error");
+        return Err(to_client(code, &format!("the identity provider answered {}", code.as_str())));
+    }
+    let Some(code) = params.get("code") else {
+        return Err(to_client(ErrorCode::ServerError, "the identity provider returned no code"));
+    };
+    let Idp::Oidc(provider) = &*app.idp else {
+        return Err(Error::NotFound);
+    };
+    match provider.exchange_code(code, &request.pkce_verifier, &request.nonce, now).await {
+        Ok(login) => Ok(finish(app, request.pending, login)),
+        Err(e) => {
+            tracing::warn!(client_id = %request.pending.request.client_id, error = %e, "IdP code exchange failed");
+            app.metrics.idp_error(&e);
+            let code = match e {
+                IdpError::Unavailable(_) => ErrorCode::TemporarilyUnavailable,
+                IdpError::Refused { .. } | IdpError::Protocol(_) | IdpError::Discovery(_) => ErrorCode::ServerError,
+            };
+            Err(to_client(code, "the sign-in with the identity provider could not be completed"))
+        }
+    }
+}
+
+/// `GET /login`: the local login page of a live sign-in.
+pub fn show_login(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
+    local_users(app)?;
+    let params = Params::parse(req.uri().query().unwrap_or("").as_bytes()).map_err(|_| login_state_error())?;
+    let state = params.get("state");
+    live::<IdpTicket>(app, state, req.headers()).ok_or_else(login_state_error)?;
+    Ok(local::login_page(state.unwrap_or(""), None))
+}
+
+/// `POST /login`: checks the local user's password; a right one finishes the sign-in.
+pub async fn submit_login(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
+    let users = local_users(app)?;
+    let (headers, params) = requests::read_form(req).await?;
+    let state = params.get("state").unwrap_or("");
+    let request = live::<IdpTicket>(app, Some(state), &headers).ok_or_else(login_state_error)?;
+    let username = params.get("username").unwrap_or("");
+    let password = params.get("password").unwrap_or("").to_owned();
+    let identity = match users.login(username, password, app.clock.now()).await {
+        Ok(identity) => identity,
+        Err(local::LoginRefusal::Busy) => {
+            tracing::info!("local login not checked: every password check is busy");
+            let wait = app.config.limits.password_check_wait;
+            return Ok(local::busy_page(state, wait.as_secs() + u64::from(wait.subsec_nanos() > 0)));
+        }
+        Err(refusal) => {
+            tracing::info!(reason = %refusal, "local login not checked");
+            return Err(refusal.into());
+        }
+    };
+    let Some(identity) = identity else {
+        tracing::info!("local login failed");
+        return Ok(local::login_page(state, Some("Wrong username or password.")));
+    };
+    // A wrong password leaves the state usable; a right one spends it.
+    if !spend(app, &request) {
+        return Err(login_state_error());
+    }
+    tracing::info!(user = %identity.sub, "local login succeeded");
+    let login = UpstreamLogin { credential: UpstreamCredential::Local, identity };
+    Ok(finish(app, request.pending, login))
+}
+
+/// The ticket `sealed` names, if it is live, belongs to the browser that sent `headers` and was not used yet —
+/// the one check of every step (`spend` is the atomic use).
+fn live<T: Ticket>(app: &App, sealed: Option<&str>, headers: &HeaderMap) -> Option<T> {
+    app.sign_ins.open_live::<T>(sealed?, headers, app.clock.now()).filter(|t| !app.store.sign_in_used(&t.use_key()))
+}
+
+/// Uses a ticket once; `false` when it was already used.
+fn spend<T: Ticket>(app: &App, ticket: &T) -> bool {
+    app.store.claim_sign_in(ticket.use_key(), ticket.pending().expires_at, app.clock.now())
+}
+
+fn login_state_error() -> Error {
+    Error::page(
+        StatusCode::BAD_REQUEST,
+        "Sign-in expired",
+        "This sign-in has expired, was already completed, or was started in another browser. Start the \
+         connection again from the application.",
+    )
+}
+
+fn local_users(app: &App) -> Result<&local::LocalUsers, Error> {
+    match &*app.idp {
+        Idp::Local(users) => Ok(users),
+        Idp::Oidc(_) => Err(Error::NotFound),
+    }
+}
+
+/// Mints the proxy's authorization code and sends the browser back to the client (RFC 6749 §4.1.2, RFC 9207).
+fn finish(app: &App, pending: PendingAuthorization, login: UpstreamLogin) -> Response<Body> {
+    let code = crypto::random_token();
+    let location = code_redirect(&pending.request, &code, &app.config.server.public_url);
+    tracing::info!(client_id = %pending.request.client_id, "authorization code issued");
+    app.store.issue_code(
+        TokenHash::of(&code),
+        AuthorizationCode {
+            request: AuthorizationRequest { state: None, ..pending.request },
+            expires_at: app.clock.now() + app.config.tokens.code_ttl.as_secs(),
+            login,
+        },
+    );
+    h::redirect(&location)
+}
+
+/// The authorization response's location (RFC 6749 §4.1.2): `code`, the client's `state` if it sent one, and
+/// `iss` (RFC 9207), appended to its redirect URI.
+pub fn code_redirect(request: &AuthorizationRequest, code: &str, issuer: &str) -> String {
+    let mut params: Vec<(&str, &str)> = vec![("code", code)];
+    if let Some(state) = &request.state {
+        params.push(("state", state));
+    }
+    params.push(("iss", issuer));
+    h::append_query(&request.redirect_uri, &params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(redirect_uri: &str, state: Option<&str>) -> AuthorizationRequest {
+        AuthorizationRequest {
+            client_id: "c1".into(),
+            redirect_uri: redirect_uri.into(),
+            redirect_uri_explicit: true,
+            state: state.map(str::to_owned),
+            code_challenge: String::new(),
+            scope: vec![],
+            resource: None,
+        }
+    }
+
+    #[test]
+    fn the_code_goes_back_with_the_clients_state_and_the_issuer() {
+        let with_state = code_redirect(&pending("https://a.example/cb?x=1", Some("s t")), "c0de", "https://p.example");
+        assert_eq!(with_state, "https://a.example/cb?x=1&code=c0de&state=s+t&iss=https%3A%2F%2Fp.example");
+        let without = code_redirect(&pending("http://127.0.0.1:9/cb", None), "c0de", "https://p.example");
+        assert_eq!(without, "http://127.0.0.1:9/cb?code=c0de&iss=https%3A%2F%2Fp.example");
+    }
+}

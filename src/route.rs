@@ -1,0 +1,177 @@
+//! The proxy's own endpoints, parsed once from the request path into a [`Route`].
+//!
+//! The paths are those the authorization-server metadata (RFC 8414 §2) and the protected-resource metadata
+//! (RFC 9728 §3, path-inserted) announce; [`crate::oauth::metadata`] builds its URLs from [`Route::path`], so the
+//! documents and the router cannot disagree. Every other path is [`Route::Proxy`]: forwarded, behind a bearer.
+//!
+//! Invariants:
+//! - A path maps to exactly one route, and the route alone decides the log/metric label ([`Route::name`]), the
+//!   rate-limit class ([`Route::rate_class`]) and whether a CORS preflight is answered without forwarding.
+//! - Labels are low-cardinality: a client id in `/register/{client_id}` never becomes part of one.
+
+use crate::rate_limit::RouteClass;
+
+/// The endpoint a request path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// RFC 8414 authorization-server metadata (also served as `openid-configuration`).
+    AuthorizationServerMetadata,
+    /// RFC 9728 protected-resource metadata, at the root or path-inserted for the resource.
+    ProtectedResourceMetadata,
+    /// Any other `/.well-known/` path: never forwarded.
+    OtherWellKnown,
+    /// RFC 7591 registration.
+    Register,
+    /// RFC 7592 client configuration, `/register/{client_id}`.
+    ClientConfiguration,
+    Authorize,
+    Consent,
+    Callback,
+    Login,
+    Token,
+    Revoke,
+    Introspect,
+    Userinfo,
+    Healthz,
+    Readyz,
+    /// Everything else: forwarded to the upstream.
+    Proxy,
+}
+
+/// The path prefix of RFC 7592 client configuration endpoints.
+pub const CLIENT_CONFIGURATION_PREFIX: &str = "/register/";
+
+impl Route {
+    /// Parses a request path; `protected_resource_path` is the path-inserted RFC 9728 document's.
+    pub fn parse(path: &str, protected_resource_path: &str) -> Self {
+        match path {
+            "/.well-known/oauth-authorization-server" | "/.well-known/openid-configuration" => {
+                Self::AuthorizationServerMetadata
+            }
+            "/.well-known/oauth-protected-resource" => Self::ProtectedResourceMetadata,
+            p if p == protected_resource_path => Self::ProtectedResourceMetadata,
+            p if p.starts_with("/.well-known/") => Self::OtherWellKnown,
+            p if p.starts_with(CLIENT_CONFIGURATION_PREFIX) => Self::ClientConfiguration,
+            "/register" => Self::Register,
+            "/authorize" => Self::Authorize,
+            "/consent" => Self::Consent,
+            "/callback" => Self::Callback,
+            "/login" => Self::Login,
+            "/token" => Self::Token,
+            "/revoke" => Self::Revoke,
+            "/introspect" => Self::Introspect,
+            "/userinfo" => Self::Userinfo,
+            "/healthz" => Self::Healthz,
+            "/readyz" => Self::Readyz,
+            _ => Self::Proxy,
+        }
+    }
+
+    /// The path of an endpoint with a fixed path, as announced in the metadata documents.
+    pub fn path(self) -> Option<&'static str> {
+        Some(match self {
+            Self::AuthorizationServerMetadata => "/.well-known/oauth-authorization-server",
+            Self::ProtectedResourceMetadata => "/.well-known/oauth-protected-resource",
+            Self::Register => "/register",
+            Self::Authorize => "/authorize",
+            Self::Consent => "/consent",
+            Self::Callback => "/callback",
+            Self::Login => "/login",
+            Self::Token => "/token",
+            Self::Revoke => "/revoke",
+            Self::Introspect => "/introspect",
+            Self::Userinfo => "/userinfo",
+            Self::Healthz => "/healthz",
+            Self::Readyz => "/readyz",
+            Self::OtherWellKnown | Self::ClientConfiguration | Self::Proxy => return None,
+        })
+    }
+
+    /// A low-cardinality name of the route, for logs and metrics. Client configuration is counted as `proxy`, as
+    /// it always was: its path carries a client id.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AuthorizationServerMetadata | Self::ProtectedResourceMetadata | Self::OtherWellKnown => "metadata",
+            Self::Register => "register",
+            Self::Authorize => "authorize",
+            Self::Consent => "consent",
+            Self::Callback => "callback",
+            Self::Login => "login",
+            Self::Token => "token",
+            Self::Revoke => "revoke",
+            Self::Introspect => "introspect",
+            Self::Userinfo => "userinfo",
+            Self::Healthz => "healthz",
+            Self::Readyz => "readyz",
+            Self::ClientConfiguration | Self::Proxy => "proxy",
+        }
+    }
+
+    /// The rate-limit class of the route, and whether its errors are shown as pages.
+    pub fn rate_class(self) -> Option<(RouteClass, bool)> {
+        match self {
+            Self::Register | Self::ClientConfiguration => Some((RouteClass::Register, false)),
+            Self::Token | Self::Revoke | Self::Introspect => Some((RouteClass::Token, false)),
+            Self::Authorize | Self::Consent | Self::Login => Some((RouteClass::Authorize, true)),
+            _ => None,
+        }
+    }
+
+    /// Whether an `OPTIONS` request is a CORS preflight the proxy answers itself even without
+    /// `Access-Control-Request-Method`: on its own endpoints, yes; on forwarded paths only a real preflight is.
+    pub fn answers_every_options(self) -> bool {
+        !matches!(self, Self::Proxy | Self::ClientConfiguration)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRM: &str = "/.well-known/oauth-protected-resource/mcp";
+
+    #[test]
+    fn every_fixed_path_parses_back_to_its_route() {
+        let all = [
+            Route::AuthorizationServerMetadata,
+            Route::ProtectedResourceMetadata,
+            Route::Register,
+            Route::Authorize,
+            Route::Consent,
+            Route::Callback,
+            Route::Login,
+            Route::Token,
+            Route::Revoke,
+            Route::Introspect,
+            Route::Userinfo,
+            Route::Healthz,
+            Route::Readyz,
+        ];
+        for route in all {
+            let path = route.path().unwrap_or_default();
+            assert_eq!(Route::parse(path, PRM), route, "{path}");
+        }
+    }
+
+    #[test]
+    fn metadata_client_configuration_and_proxy_paths() {
+        assert_eq!(Route::parse("/.well-known/openid-configuration", PRM), Route::AuthorizationServerMetadata);
+        assert_eq!(Route::parse(PRM, PRM), Route::ProtectedResourceMetadata);
+        assert_eq!(Route::parse("/.well-known/other", PRM), Route::OtherWellKnown);
+        assert_eq!(Route::parse("/register/abc", PRM), Route::ClientConfiguration);
+        assert_eq!(Route::parse("/registerx", PRM), Route::Proxy);
+        assert_eq!(Route::parse("/mcp", PRM), Route::Proxy);
+        assert_eq!(Route::parse("/token/", PRM), Route::Proxy, "no trailing-slash aliases");
+    }
+
+    #[test]
+    fn labels_classes_and_preflights() {
+        assert_eq!(Route::parse("/register/abc", PRM).name(), "proxy");
+        assert_eq!(Route::OtherWellKnown.name(), "metadata");
+        assert_eq!(Route::ClientConfiguration.rate_class(), Some((RouteClass::Register, false)));
+        assert_eq!(Route::Consent.rate_class(), Some((RouteClass::Authorize, true)));
+        assert_eq!(Route::Callback.rate_class(), None);
+        assert!(Route::Token.answers_every_options());
+        assert!(!Route::Proxy.answers_every_options() && !Route::ClientConfiguration.answers_every_options());
+    }
+}
