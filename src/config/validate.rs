@@ -190,11 +190,16 @@ fn validate_idp(raw: RawIdp, env: &Env<'_>) -> Result<IdpConfig, ConfigError> {
             if authority.scheme() != "https" && !(authority.scheme() == "http" && is_loopback_host(&authority)) {
                 return Err(invalid("idp.authority", "must be https (http only on loopback, for tests)"));
             }
-            let tenant = required("idp.tenant", env.get(env::AZURE_TENANT_ID).or(raw.tenant))?;
+            let tenant = required("idp.tenant", env.get(env::AZURE_TENANT_ID).or(raw.tenant)).map_err(|_| {
+                invalid("idp.tenant", "is required: set AZURE_TENANT_ID in the environment or idp.tenant")
+            })?;
             if !tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) {
                 return Err(invalid("idp.tenant", "must be a tenant id, domain, `common` or `organizations`"));
             }
-            let client_id = required("idp.client_id", env.get(env::AZURE_CLIENT_ID).or(raw.client_id))?;
+            let client_id =
+                required("idp.client_id", env.get(env::AZURE_CLIENT_ID).or(raw.client_id)).map_err(|_| {
+                    invalid("idp.client_id", "is required: set AZURE_CLIENT_ID in the environment or idp.client_id")
+                })?;
             let client_secret = required("idp.client_secret", env.get(env::AZURE_CLIENT_SECRET).or(raw.client_secret))
                 .map_err(|_| invalid("idp.client_secret", "is required: set AZURE_CLIENT_SECRET in the environment"))?;
             let provider =
@@ -587,6 +592,21 @@ mod tests {
             message(Config::from_toml(&saml, no_env)),
             "idp.kind: `saml` is not one of \"azure\", \"oidc\", \"local\""
         );
+        // Azure without its secrets: each message names the environment variable that provides it.
+        let azure = format!("{idp}\n[tokens]{rest}").replacen(
+            "kind = \"oidc\"\nissuer = \"https://id.example\"",
+            "kind = \"azure\"",
+            1,
+        );
+        for (missing, variable) in [
+            ("AZURE_TENANT_ID", "AZURE_TENANT_ID"),
+            ("AZURE_CLIENT_ID", "AZURE_CLIENT_ID"),
+            ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_SECRET"),
+        ] {
+            let env = |k: &str| (k.starts_with("AZURE_") && k != missing).then(|| "x".to_owned());
+            let err = message(Config::from_toml(&azure, env));
+            assert!(err.contains(variable), "{missing}: {err}");
+        }
         let foreign = DEFAULT_CONFIG.replacen("kind = \"local\"", "kind = \"local\"\ntenant = \"common\"", 1);
         let err = message(Config::from_toml(&foreign, no_env));
         assert!(err.contains("kind = \"local\": unknown field `tenant`, expected one of"), "{err}");
