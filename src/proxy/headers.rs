@@ -26,67 +26,88 @@ pub static X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-
 
 /// Headers that tell an upstream where a request came from, how it was addressed or which path or method it
 /// "really" has: only the proxy may write them.
-static CLIENT_FORBIDDEN: [&str; 17] = [
-    "forwarded",
-    "x-real-ip",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-server",
-    "x-forwarded-ssl",
-    "x-forwarded-scheme",
-    "x-original-url",
-    "x-original-uri",
-    "x-rewrite-url",
-    "x-original-host",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "front-end-https",
-];
+fn is_client_forbidden(name: &str) -> bool {
+    matches!(
+        name,
+        "forwarded"
+            | "x-real-ip"
+            | "x-forwarded-host"
+            | "x-forwarded-proto"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-forwarded-server"
+            | "x-forwarded-ssl"
+            | "x-forwarded-scheme"
+            | "x-original-url"
+            | "x-original-uri"
+            | "x-rewrite-url"
+            | "x-original-host"
+            | "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+            | "front-end-https"
+            | "x-forwarded-user"
+            | "x-forwarded-email"
+    )
+}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), plus the proxy-auth pair that is never forwarded.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+/// Removes, in one pass over the names, the hop-by-hop headers, those the `Connection` header names, and those
+/// `also` picks. Allocates only when something is removed (the common request has nothing to remove but
+/// `Connection`).
+fn remove_where(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
+    let mut doomed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::try_from(name.trim()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    doomed.extend(headers.keys().filter(|n| is_hop_by_hop(n.as_str()) || also(n.as_str())).cloned());
+    for name in &doomed {
         headers.remove(name);
     }
 }
 
-/// Prepares a client's headers for the upstream: hop-by-hop, `_` names, identity headers and the proxy's
-/// cookies removed, cookie crumbs joined. The caller then sets the credential and the `X-Forwarded-*` headers.
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    remove_where(headers, |_| false);
+}
+
+/// Prepares a client's headers for the upstream: hop-by-hop, `_` names, identity, forwarding and routing headers
+/// and the proxy's cookies removed, cookie crumbs joined. The caller then sets the credential and the
+/// `X-Forwarded-*` headers.
 pub fn sanitize_request(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    let underscored: Vec<HeaderName> = headers.keys().filter(|n| n.as_str().contains('_')).cloned().collect();
-    for name in &underscored {
-        headers.remove(name);
+    remove_where(headers, |name| name.contains('_') || is_client_forbidden(name));
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let needs_work = match (cookies.next(), cookies.next()) {
+        (None, _) => false,
+        (Some(one), None) => mentions_proxy_cookie(one.as_bytes()),
+        (Some(_), Some(_)) => true,
+    };
+    if needs_work {
+        join_cookies(headers);
     }
-    headers.remove(&X_FORWARDED_USER);
-    headers.remove(&X_FORWARDED_EMAIL);
-    for name in CLIENT_FORBIDDEN {
-        headers.remove(name);
-    }
-    join_cookies(headers);
+}
+
+/// Whether a cookie header value may hold one of the proxy's cookies (a cheap test before parsing it).
+fn mentions_proxy_cookie(value: &[u8]) -> bool {
+    value.windows(4).any(|w| w.eq_ignore_ascii_case(b"dcrp"))
 }
 
 /// Removes the proxy's own cookies and joins what is left into one `Cookie` header.
