@@ -63,6 +63,7 @@ impl App {
             resource_metadata: &self.resource_metadata,
             required_scopes: &self.config.upstream.required_scopes,
             offered_scopes: &self.config.idp.scopes,
+            protected_resource_path: &self.metadata.protected_resource_path,
             refresh: crate::proxy::bearer::RefreshPolicy {
                 margin: self.config.tokens.upstream_refresh_margin.as_secs(),
                 floor: self.config.tokens.upstream_refresh_floor.as_secs(),

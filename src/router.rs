@@ -114,15 +114,7 @@ async fn dispatch(
         (_, Route::ClientConfiguration) => Err(Error::MethodNotAllowed { allow: "GET, PUT, DELETE, OPTIONS" }),
         (_, Route::Userinfo) => Err(Error::MethodNotAllowed { allow: "GET, POST" }),
         (_, Route::Readyz) => Err(Error::MethodNotAllowed { allow: "GET" }),
-        (_, Route::Proxy) => {
-            // Another spelling of an own endpoint (`/%74oken`, `//.well-known/x`) is refused, not forwarded.
-            let own = crate::proxy::target::canonical_path(req.uri().path())
-                .is_ok_and(|c| Route::parse(c.as_str(), &app.metadata.protected_resource_path) != Route::Proxy);
-            if own {
-                return Err(crate::proxy::target::PathRejection::OwnEndpoint.into());
-            }
-            crate::proxy::handle(&app.proxy_context(), req, peer).await
-        }
+        (_, Route::Proxy) => crate::proxy::handle(&app.proxy_context(), req, peer).await,
     }
 }
 

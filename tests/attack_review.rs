@@ -394,27 +394,7 @@ async fn a_register_flood_from_many_sources_never_evicts_a_client_whose_user_is_
         assert!(status == 201 || status == 503, "{status}");
     }
 
-    let (request, csrf) = (hidden_field(&consent, "request"), hidden_field(&consent, "csrf"));
-    let landing = browser
-        .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
-        .await;
-    let params = match landing {
-        Landing::Client(params) => params,
-        Landing::Page(200, login) => {
-            let state = hidden_field(&login, "state");
-            match browser
-                .post_form(
-                    &proxy.url("/login"),
-                    &[("state", &state), ("username", "alice"), ("password", ALICE_PASSWORD)],
-                )
-                .await
-            {
-                Landing::Client(params) => params,
-                Landing::Page(s, page) => panic!("sign-in failed: {s} {page}"),
-            }
-        }
-        Landing::Page(s, page) => panic!("consent failed: {s} {page}"),
-    };
+    let params = approve_and_sign_in(&proxy, &mut browser, &consent).await;
     let resp = redeem(&proxy, &client_id, &params["code"]).await;
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();

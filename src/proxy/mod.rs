@@ -53,6 +53,8 @@ pub struct Context<'a> {
     pub required_scopes: &'a [PathScopes],
     /// `idp.scopes`: the scopes a client can step up to.
     pub offered_scopes: &'a [String],
+    /// The path-inserted RFC 9728 document's path (one of the proxy's own endpoints).
+    pub protected_resource_path: &'a str,
     pub refresh: RefreshPolicy,
 }
 
@@ -66,6 +68,10 @@ pub async fn handle(
     let grant = bearer::authenticate(cx, req.headers(), req.uri().query())?;
     // One path decides both the policy and what the upstream gets.
     let path = target::canonical_path(req.uri().path())?;
+    // Another spelling of one of the proxy's own endpoints (`/%74oken`, `//.well-known/x`) is never forwarded.
+    if crate::route::Route::parse(path.as_str(), cx.protected_resource_path) != crate::route::Route::Proxy {
+        return Err(target::PathRejection::OwnEndpoint.into());
+    }
     // HTTP/2 carries the host in `:authority`, which the origin-form target below drops.
     if !req.headers().contains_key(header::HOST) {
         if let Some(host) = req.uri().authority().and_then(|a| HeaderValue::try_from(a.as_str()).ok()) {

@@ -244,8 +244,18 @@ pub async fn authorize_with(
     let Landing::Page(200, consent) = browser.get(&authorize_url(proxy, client_id, extra)).await else {
         panic!("expected the consent page");
     };
-    let request = hidden_field(&consent, "request");
-    let csrf = hidden_field(&consent, "csrf");
+    approve_and_sign_in(proxy, browser, &consent).await
+}
+
+/// Approves a consent page the browser holds and, with the local login, signs in as alice: the client's redirect
+/// parameters.
+pub async fn approve_and_sign_in(
+    proxy: &impl ProxyBase,
+    browser: &mut Browser,
+    consent: &str,
+) -> HashMap<String, String> {
+    let request = hidden_field(consent, "request");
+    let csrf = hidden_field(consent, "csrf");
     match browser
         .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
         .await
