@@ -181,7 +181,14 @@ fn login_from(rec: LoginRec) -> Option<UpstreamLogin> {
     };
     let i = rec.identity;
     let identity =
-        Identity { sub: i.sub, name: i.name, email: i.email, preferred_username: i.preferred_username, tid: i.tid };
+        Identity {
+        sub: i.sub,
+        name: i.name,
+        email: i.email,
+        preferred_username: i.preferred_username,
+        tid: i.tid,
+        ..Identity::default()
+    };
     Some(UpstreamLogin { credential, identity })
 }
 
