@@ -394,7 +394,9 @@ mod tests {
 
     #[test]
     fn application_type_is_checked_against_the_redirect_uris_and_named() {
-        let reg = |t: Value, uri: &str| register(&json!({"redirect_uris": [uri], "application_type": t}), 1, &Default::default());
+        let reg = |t: Value, uri: &str| {
+            register(&json!({"redirect_uris": [uri], "application_type": t}), 1, &Default::default())
+        };
         assert!(reg(json!("native"), "http://127.0.0.1:5/cb").is_ok_and(|r| r.application_type.is_some()));
         assert!(reg(json!("web"), "https://a.example/cb").is_ok());
         assert!(reg(Value::Null, "http://127.0.0.1:5/cb").is_ok_and(|r| r.application_type.is_none()));

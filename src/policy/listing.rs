@@ -96,10 +96,8 @@ fn event_end(buf: &[u8]) -> Option<usize> {
 fn rewrite_event(event: &[u8], keep: &dyn Fn(&str) -> bool) -> Vec<u8> {
     let Ok(text) = std::str::from_utf8(event) else { return event.to_vec() };
     let lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
-    let data: Vec<&str> = lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("data:").map(|d| d.strip_prefix(' ').unwrap_or(d)))
-        .collect();
+    let data: Vec<&str> =
+        lines.iter().filter_map(|l| l.strip_prefix("data:").map(|d| d.strip_prefix(' ').unwrap_or(d))).collect();
     if data.is_empty() {
         return event.to_vec();
     }
@@ -149,7 +147,8 @@ mod tests {
 
     #[test]
     fn sse_events_are_rewritten_across_chunk_boundaries() {
-        let listing = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "search"}, {"name": "delete_x"}]}});
+        let listing =
+            json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "search"}, {"name": "delete_x"}]}});
         let stream = format!(
             ": keep-alive\n\nevent: message\r\nid: 7\r\ndata: {}\r\n\r\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}}\n\n",
             listing

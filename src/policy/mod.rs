@@ -110,9 +110,14 @@ impl Principal<'_> {
 pub enum Verdict {
     Allow,
     /// Scopes would help: every scope the call(s) need that the token lacks, in rule order.
-    StepUp { missing: Vec<String> },
+    StepUp {
+        missing: Vec<String>,
+    },
     /// No scope would help: the user lacks a required group or role.
-    Forbidden { name: String, overage: bool },
+    Forbidden {
+        name: String,
+        overage: bool,
+    },
 }
 
 /// The decision on one call of `name` (a tool or prompt name, or a resource URI).
@@ -354,7 +359,11 @@ mod tests {
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             groups: groups.iter().map(|s| (*s).to_owned()).collect(),
         };
-        vec![rule("delete_*", &["Admin.Write"], &[]), rule("*_secret", &[], &["admins"]), rule("wipe", &["A", "B"], &[])]
+        vec![
+            rule("delete_*", &["Admin.Write"], &[]),
+            rule("*_secret", &[], &["admins"]),
+            rule("wipe", &["A", "B"], &[]),
+        ]
     }
 
     fn user<'a>(scope: &'a str, groups: &'a [String]) -> Principal<'a> {

@@ -94,7 +94,11 @@ pub async fn judge(
             let (scope, missing) = scope::step_up(&grant.scope, missing.iter().map(String::as_str))
                 .unwrap_or_else(|| (grant.scope.to_string(), missing.join(" ")));
             tracing::info!(client_id = %grant.client_id, %missing, "tool policy: token lacks a required scope");
-            return Err(Error::InsufficientScope { scope, missing, resource_metadata: cx.resource_metadata.to_owned() });
+            return Err(Error::InsufficientScope {
+                scope,
+                missing,
+                resource_metadata: cx.resource_metadata.to_owned(),
+            });
         }
         Verdict::Forbidden { name, overage } => {
             tracing::info!(client_id = %grant.client_id, tool = %name, overage, "tool policy: call refused");
@@ -163,10 +167,7 @@ impl hyper::body::Body for SseListingBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         loop {
             if this.done {

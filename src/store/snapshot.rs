@@ -180,8 +180,7 @@ fn login_from(rec: LoginRec) -> Option<UpstreamLogin> {
         None => UpstreamCredential::Local,
     };
     let i = rec.identity;
-    let identity =
-        Identity {
+    let identity = Identity {
         sub: i.sub,
         name: i.name,
         email: i.email,
