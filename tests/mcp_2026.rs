@@ -383,3 +383,42 @@ fn no_header_or_body_combination_gets_a_denied_call_to_the_upstream() {
     );
     rt.block_on(async move { proxy.stop().await });
 }
+
+/// The policy's cost on allowed calls: the same `tools/call` through a proxy without rules and one with three
+/// rules, sequentially on one keep-alive connection; prints the medians. Timing, not a check: run with
+/// `cargo test --test mcp_2026 -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+#[allow(clippy::print_stderr)]
+async fn policy_cost_on_allowed_calls() {
+    const N: usize = 400;
+    let mut medians = Vec::new();
+    for extra in ["", POLICY] {
+        let (_azure, _upstream, proxy) = start(extra).await;
+        let token = token_with_scope(&proxy, "openid").await;
+        let body = call(1, "search").to_string();
+        let client = http();
+        let mut times = Vec::with_capacity(N);
+        for i in 0..N + 50 {
+            let started = std::time::Instant::now();
+            let resp = client
+                .post(proxy.url("/mcp"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", "search")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.bytes().await.unwrap();
+            if i >= 50 {
+                times.push(started.elapsed());
+            }
+        }
+        times.sort();
+        medians.push(times[N / 2]);
+    }
+    eprintln!("median tools/call through the proxy: no rules {:?}, three rules {:?}", medians[0], medians[1]);
+}

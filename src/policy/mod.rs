@@ -220,11 +220,12 @@ const GOVERNED: [(&str, &str); 3] = [("tools/call", "name"), ("prompts/get", "na
 /// Parses an MCP POST body: a JSON-RPC message or batch. Responses (no `method`) pass without a name; a governed
 /// method whose target is missing or not a string is refused, since the upstream's reading of it is unknown.
 pub fn parse_message(body: &[u8]) -> Result<Message, BodyProblem> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| BodyProblem::NotJson(e.to_string()))?;
-    serde_json::from_slice::<NoDuplicateKeys>(body).map_err(|e| {
+    let StrictValue(value) = serde_json::from_slice(body).map_err(|e| {
         let text = e.to_string();
-        let key = text.strip_prefix(DUPLICATE).and_then(|r| r.split('`').next()).unwrap_or("?");
-        BodyProblem::DuplicateKey(key.to_owned())
+        match text.strip_prefix(DUPLICATE).and_then(|r| r.split('`').next()) {
+            Some(key) => BodyProblem::DuplicateKey(key.to_owned()),
+            None => BodyProblem::NotJson(text),
+        }
     })?;
     let (items, batch) = match &value {
         Value::Array(items) if items.is_empty() => return Err(BodyProblem::Invalid("an empty batch".into())),
@@ -296,55 +297,61 @@ pub fn decode_name(raw: &[u8]) -> Option<String> {
 
 const DUPLICATE: &str = "duplicate key `";
 
-/// Deserializes any JSON and fails on the first object key that appears twice in one object.
-struct NoDuplicateKeys;
+/// JSON parsed in one pass that fails on the first object key that appears twice in one object.
+struct StrictValue(Value);
 
-impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+impl<'de> serde::Deserialize<'de> for StrictValue {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NoDuplicateVisitor).map(|()| NoDuplicateKeys)
+        d.deserialize_any(StrictVisitor).map(StrictValue)
     }
 }
 
-struct NoDuplicateVisitor;
+struct StrictVisitor;
 
-impl<'de> serde::de::Visitor<'de> for NoDuplicateVisitor {
-    type Value = ();
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("JSON")
     }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
     }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
-        Ok(())
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
     }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen: Vec<String> = Vec::new();
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut obj = serde_json::Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if seen.contains(&key) {
+            if obj.contains_key(&key) {
                 return Err(serde::de::Error::custom(format!("{DUPLICATE}{key}`")));
             }
-            map.next_value::<NoDuplicateKeys>()?;
-            seen.push(key);
+            let StrictValue(v) = map.next_value()?;
+            obj.insert(key, v);
         }
-        Ok(())
+        Ok(Value::Object(obj))
     }
 }
 
