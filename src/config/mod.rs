@@ -450,6 +450,27 @@ mod tests {
     }
 
     #[test]
+    fn tool_policy_rules_are_checked_by_key_and_registration_is_on_by_default() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        let with = |policy: &str| format!("{AZURE}scopes = [\"openid\", \"User.Read\"]\n{policy}");
+        let ok = Config::from_toml(&with("[[policy.tools]]\nmatch = \"delete_*\"\nscopes = [\"User.Read\"]\n"), secret)
+            .map_err(|e| e.to_string());
+        assert_eq!(ok.as_ref().map(|c| (c.policy.rules.len(), c.policy.max_body_bytes)), Ok((1, 1024 * 1024)));
+        assert_eq!(ok.map(|c| c.registration.enabled), Ok(true));
+        for (policy, key) in [
+            ("[[policy.tools]]\nmatch = \"x\"\n", "policy.tools"),
+            ("[[policy.tools]]\nmatch = \"\"\ngroups = [\"g\"]\n", "policy.tools"),
+            ("[[policy.tools]]\nmatch = \"x\"\nscopes = [\"Mail.Send\"]\n", "policy.tools"),
+            ("[[policy.tools]]\nmatch = \"x\"\ngroups = [\" \"]\n", "policy.tools"),
+            ("[policy]\nmax_body_bytes = 10\n", "policy.max_body_bytes"),
+        ] {
+            assert_eq!(err_key(&with(policy), secret), key, "{policy}");
+        }
+        let off = Config::from_toml(&format!("{AZURE}[registration]\nenabled = false\n"), secret);
+        assert_eq!(off.map(|c| c.registration.enabled).map_err(|e| e.to_string()), Ok(false));
+    }
+
+    #[test]
     fn an_empty_snapshot_key_variable_is_named() {
         let text = DEFAULT_CONFIG.replace("[store]", "[store]\nsnapshot_path = \"/tmp/x.snapshot\"");
         for value in ["", "  ", "not-a-key"] {
