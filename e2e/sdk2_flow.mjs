@@ -1,9 +1,13 @@
-// End-to-end, MCP 2026-07-28: the 2.x TypeScript SDK client (@modelcontextprotocol/client) through dcr-proxy to
-// a 2.x SDK server (@modelcontextprotocol/server, createMcpHandler, modern era only), with oauth2-mock-server as
-// the OIDC IdP. Checks: sign-in (RFC 9728 discovery, DCR with application_type, PKCE, consent, iss), tool calls
-// carrying Mcp-Method / Mcp-Name through the proxy's tool policy, tools/list narrowed by the policy, a refused
-// call, a `subscriptions/listen` stream that stays silent longer than upstream.response_timeout and then delivers
-// a notification, and a refresh through the SDK.
+// End-to-end, both SDK generations through one dcr-proxy with a tool policy and a short upstream.response_timeout,
+// with oauth2-mock-server as the OIDC IdP:
+// - MCP 2026-07-28: the 2.x client (@modelcontextprotocol/client) against a 2.x server (@modelcontextprotocol/server,
+//   createMcpHandler, modern era only): sign-in (RFC 9728 discovery, DCR with application_type, PKCE, consent,
+//   iss), tool calls carrying Mcp-Method / Mcp-Name through the tool policy, tools/list narrowed, a refused call,
+//   a `subscriptions/listen` stream silent for longer than upstream.response_timeout that then delivers a
+//   notification, and a refresh through the SDK;
+// - MCP 2025-11-25: the 1.32 client against a sessionful 1.32 server (the same MCP endpoint, routed by
+//   MCP-Protocol-Version): sign-in, narrowed tools/list, a tool call, and the GET notification stream silent for
+//   longer than upstream.response_timeout that then delivers a notification.
 //
 // Usage: node sdk2_flow.mjs <path to the dcr-proxy binary>. Everything binds 127.0.0.1 on ephemeral ports.
 // Exit code 0 means every check passed.
@@ -19,6 +23,13 @@ import assert from 'node:assert/strict';
 import { OAuth2Server } from 'oauth2-mock-server';
 import { Client, StreamableHTTPClientTransport, UnauthorizedError } from '@modelcontextprotocol/client';
 import { McpServer, createMcpHandler } from '@modelcontextprotocol/server';
+import { randomUUID } from 'node:crypto';
+import { Client as Client1 } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport as Transport1 } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { UnauthorizedError as Unauthorized1 } from '@modelcontextprotocol/sdk/client/auth.js';
+import { McpServer as McpServer1 } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { StreamableHTTPServerTransport as ServerTransport1 } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import { isInitializeRequest, ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
 
 const proxyBinary = process.argv[2];
 if (!proxyBinary) {
@@ -57,6 +68,8 @@ idp.service.on('beforeResponse', (response) => {
 // ---- the MCP server: 2.x SDK, 2026-07-28 only, no keep-alive comments on streams ---------------------------
 let lastAuthorization = null;
 const upstreamCalls = [];
+let upstreamGetCount = 0;
+const upstreamGets = () => upstreamGetCount > 0;
 const handler = createMcpHandler(
   () => {
     const server = new McpServer({ name: 'whoami-server-2', version: '2.0.0' });
@@ -75,7 +88,12 @@ const mcpHttp = http.createServer(async (req, res) => {
   const chunks = [];
   for await (const c of req) chunks.push(c);
   const body = Buffer.concat(chunks);
+  if (req.method === 'GET') upstreamGetCount += 1;
   upstreamCalls.push({ method: req.headers['mcp-method'], name: req.headers['mcp-name'], body: body.toString('utf8') });
+  if (req.headers['mcp-protocol-version'] !== '2026-07-28' && !body.includes('io.modelcontextprotocol/protocolVersion')) {
+    await legacyServe(req, res, body);
+    return;
+  }
   const headers = new Headers();
   for (const [k, v] of Object.entries(req.headers)) {
     if (['host', 'connection', 'keep-alive', 'transfer-encoding', 'content-length'].includes(k)) continue;
@@ -100,6 +118,33 @@ const mcpHttp = http.createServer(async (req, res) => {
   }
   res.end();
 });
+// The 2025-11-25 leg: a sessionful 1.32 server, so that the client opens its GET notification stream.
+const sessions = new Map();
+async function legacyServe(req, res, body) {
+  const parsed = body.length ? JSON.parse(body.toString('utf8')) : undefined;
+  const sid = req.headers['mcp-session-id'];
+  if (sid && sessions.has(sid)) {
+    await sessions.get(sid).transport.handleRequest(req, res, parsed);
+    return;
+  }
+  if (req.method === 'POST' && isInitializeRequest(parsed)) {
+    const server = new McpServer1({ name: 'whoami-server-1', version: '1.32.2' });
+    server.registerTool('whoami', { description: 'Reports the Authorization header' }, async () => ({
+      content: [{ type: 'text', text: String(lastAuthorization) }],
+    }));
+    server.registerTool('delete_everything', { description: 'Only for admins (the proxy policy)' }, async () => ({
+      content: [{ type: 'text', text: 'deleted' }],
+    }));
+    const transport = new ServerTransport1({
+      sessionIdGenerator: () => randomUUID(),
+      onsessioninitialized: (id) => sessions.set(id, { transport, server }),
+    });
+    await server.connect(transport);
+    await transport.handleRequest(req, res, parsed);
+    return;
+  }
+  res.writeHead(400).end();
+}
 await new Promise((r) => mcpHttp.listen(0, '127.0.0.1', r));
 const mcpUrl = `http://127.0.0.1:${mcpHttp.address().port}`;
 
@@ -323,11 +368,44 @@ async function run() {
   log('refresh: ok');
 }
 
+async function runLegacyGeneration() {
+  const provider = new TestProvider();
+  const mcpEndpoint = new URL(`${proxyUrl}/mcp`);
+  try {
+    await new Client1({ name: 'e2e-1x', version: '1.0.0' }).connect(new Transport1(mcpEndpoint, { authProvider: provider }));
+    throw new Error('connect succeeded without authorization');
+  } catch (e) {
+    if (!(e instanceof Unauthorized1)) throw e;
+  }
+  await new Transport1(mcpEndpoint, { authProvider: provider }).finishAuth(provider.callbackParams.get('code'));
+  const client = new Client1({ name: 'e2e-1x', version: '1.0.0' });
+  let notified = 0;
+  client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
+    notified += 1;
+  });
+  await client.connect(new Transport1(mcpEndpoint, { authProvider: provider }));
+  const tools = await client.listTools();
+  assert.deepEqual(tools.tools.map((t) => t.name), ['whoami'], '1.x tools/list narrowed by the policy');
+  const result = await client.callTool({ name: 'whoami', arguments: {} });
+  assert.ok(result.content[0].text.startsWith('Bearer '), '1.x tool call reached the server');
+  // The GET stream opens after `notifications/initialized`; wait for it, then stay silent past the timeout.
+  for (let i = 0; i < 100 && !upstreamGets(); i++) await sleep(20);
+  assert.ok(upstreamGets(), 'the 1.x client opened its GET notification stream');
+  await sleep(SILENCE_MS);
+  for (const { server } of sessions.values()) server.sendToolListChanged();
+  for (let i = 0; i < 100 && notified === 0; i++) await sleep(50);
+  assert.equal(notified, 1, 'the notification arrived on the GET stream');
+  await client.close();
+  log(`sdk 1.x: GET stream delivered a notification after ${SILENCE_MS} ms of silence`);
+}
+
 let failed = false;
 try {
   await waitForProxy();
   await run();
   console.log('[e2e2] sdk 2.x: ok');
+  await runLegacyGeneration();
+  console.log('[e2e2] sdk 1.x: ok');
 } catch (e) {
   failed = true;
   console.error('[e2e2] FAILED:', e);

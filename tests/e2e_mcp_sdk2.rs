@@ -3,7 +3,10 @@
 //! oauth2-mock-server as the OIDC IdP: sign-in with DCR and `application_type`, tool calls through the tool policy
 //! (`Mcp-Method`/`Mcp-Name` checked against the body, `tools/list` narrowed, a refused call kept from the server),
 //! a `subscriptions/listen` stream silent for longer than `upstream.response_timeout` that still delivers, and a
-//! refresh. The 1.32 generation runs in `e2e_mcp_sdk.rs`.
+//! refresh. The same proxy then serves the 1.32 generation (client and sessionful server, routed by
+//! `MCP-Protocol-Version`): sign-in, narrowed `tools/list`, a tool call, and the GET notification stream silent for
+//! longer than `response_timeout` that still delivers. `e2e_mcp_sdk.rs` runs the 1.32 and Python clients in more
+//! modes (CIMD, legacy discovery).
 //!
 //! Needs Node 20+; the pinned packages are installed with `npm ci` in `e2e/` when missing.
 
@@ -13,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 
 #[test]
-fn the_2026_sdk_generation_signs_in_calls_tools_listens_and_refreshes_through_the_proxy() {
+fn both_sdk_generations_sign_in_call_tools_and_keep_notification_streams_through_the_proxy() {
     let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e");
     if !e2e.join("node_modules").join("@modelcontextprotocol").join("client").exists() {
         let status = Command::new("npm")
@@ -33,7 +36,15 @@ fn the_2026_sdk_generation_signs_in_calls_tools_listens_and_refreshes_through_th
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "2.x end-to-end flow failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
-    for step in ["sign-in: ok", "tool calls: ok", "listen: a notification arrived", "refresh: ok", "sdk 2.x: ok"] {
+    for step in [
+        "sign-in: ok",
+        "tool calls: ok",
+        "listen: a notification arrived",
+        "refresh: ok",
+        "sdk 2.x: ok",
+        "sdk 1.x: GET stream delivered",
+        "sdk 1.x: ok",
+    ] {
         assert!(stdout.contains(step), "step `{step}` did not pass:\n{stdout}");
     }
 }
