@@ -422,3 +422,39 @@ async fn policy_cost_on_allowed_calls() {
     }
     eprintln!("median tools/call through the proxy: no rules {:?}, three rules {:?}", medians[0], medians[1]);
 }
+
+/// A chunked body, split inside the tool name and with a trailer, is judged whole: the denied call is refused and
+/// the allowed one arrives intact.
+#[tokio::test]
+async fn a_chunked_body_is_judged_whole() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (_azure, upstream, proxy) = start(POLICY).await;
+    let token = token_with_scope(&proxy, "openid").await;
+    let addr = proxy.base.trim_start_matches("http://").to_owned();
+    let send = |name: &'static str| {
+        let (addr, token) = (addr.clone(), token.clone());
+        async move {
+            let body = call(30, name).to_string();
+            let (a, b) = body.split_at(body.find(name).unwrap() + 3);
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "POST /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+                 Transfer-Encoding: chunked\r\nTrailer: mcp-name\r\nConnection: close\r\n\r\n"
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            for part in [a, b] {
+                s.write_all(format!("{:x}\r\n{part}\r\n", part.len()).as_bytes()).await.unwrap();
+                s.flush().await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            s.write_all(b"0\r\nmcp-name: search\r\n\r\n").await.unwrap();
+            let mut out = Vec::new();
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await.unwrap().unwrap();
+            String::from_utf8_lossy(&out).split(' ').nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0)
+        }
+    };
+    assert_eq!(send("delete_user").await, 403);
+    assert!(upstream.bodies().is_empty());
+    assert_eq!(send("search").await, 200);
+    assert_eq!(upstream.bodies(), vec![call(30, "search").to_string()]);
+}
