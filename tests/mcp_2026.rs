@@ -147,13 +147,17 @@ async fn application_type_decides_the_redirect_uris_a_client_may_register() {
     assert_eq!(status, 201);
     let (status, _) = register(json!({"redirect_uris": ["https://app.example/cb"], "application_type": "web"})).await;
     assert_eq!(status, 201);
+    // What the 2.x SDK sends for VS Code's registration: `native` (a loopback URI is listed) beside an https one.
+    let vscode = json!({"redirect_uris": ["https://vscode.dev/redirect", "http://127.0.0.1:33418/"],
+        "application_type": "native"});
+    assert_eq!(register(vscode).await.0, 201);
     // Absent: RFC 7591 has no application_type; the loopback callback of CLI clients still registers.
     let (status, doc) = register(json!({"redirect_uris": ["http://127.0.0.1:9/cb"]})).await;
     assert_eq!((status, doc.get("application_type")), (201, None));
     for (body, code) in [
         (json!({"redirect_uris": ["http://127.0.0.1:9/cb"], "application_type": "web"}), "invalid_redirect_uri"),
         (json!({"redirect_uris": ["http://localhost:9/cb"], "application_type": "web"}), "invalid_redirect_uri"),
-        (json!({"redirect_uris": ["https://app.example/cb"], "application_type": "native"}), "invalid_redirect_uri"),
+        (json!({"redirect_uris": ["http://app.example/cb"], "application_type": "native"}), "invalid_redirect_uri"),
         (json!({"redirect_uris": ["myapp:/cb"], "application_type": "native"}), "invalid_redirect_uri"),
         (
             json!({"redirect_uris": ["https://app.example/cb"], "application_type": "desktop"}),

@@ -7,9 +7,11 @@
 //! narrow exception (the code is still PKCE-bound, the same local-machine trust as a loopback callback).
 //! `application_type` (OpenID Connect Dynamic Client Registration 1.0 §2; MCP 2026-07-28 asks clients to send it,
 //! SEP-837), when the client sends it: `web` allows only `https` URIs on a host that is not loopback; `native`
-//! allows only `http` on a loopback host and private-use schemes (RFC 8252 §7.1: a reverse-domain scheme such as
-//! `com.example.app:/cb`, or one the operator lists), never `https` (OIDC: native clients "MUST only register
-//! redirect_uris using custom URI schemes or loopback URLs"). RFC 7591 defines no `application_type`; OIDC's
+//! allows the three redirects of RFC 8252 §7: private-use schemes (§7.1: a reverse-domain scheme such as
+//! `com.example.app:/cb`, or one the operator lists), claimed `https` URIs (§7.2) and `http` on a loopback host
+//! (§7.3), never plain `http` elsewhere. (OIDC Registration names only the first and the last for native clients;
+//! the MCP 2.x SDK sends `native` for any registration that lists a loopback or app-scheme URI beside its https
+//! ones, as VS Code's and Cursor's do.) RFC 7591 defines no `application_type`; OIDC's
 //! default `web` constrains only implicit-grant clients, which this server does not serve, so a registration
 //! without it keeps the rules above.
 //! Authorization (RFC 6749 §3.1.2.3, OAuth 2.1 §4.1.1): the requested URI must equal a registered one exactly,
@@ -129,6 +131,7 @@ pub fn validate_for_application_type(uri: &str, kind: ApplicationType, private_u
         ApplicationType::Web => scheme == "https" && url.host().is_some() && !is_loopback(&url),
         ApplicationType::Native => {
             (scheme == "http" && is_loopback(&url))
+                || (scheme == "https" && url.host().is_some())
                 || private_use.iter().any(|p| p == uri)
                 || (scheme.contains('.') && !FORBIDDEN_SCHEMES.contains(&scheme))
         }
@@ -141,7 +144,7 @@ pub fn validate_for_application_type(uri: &str, kind: ApplicationType, private_u
             format!("`{uri}`: `application_type` \"web\" allows only https redirect URIs on a non-loopback host")
         }
         ApplicationType::Native => format!(
-            "`{uri}`: `application_type` \"native\" allows only http on a loopback host (127.0.0.1, [::1], \
+            "`{uri}`: `application_type` \"native\" allows https, http on a loopback host (127.0.0.1, [::1], \
              localhost) or a private-use scheme such as com.example.app:/callback"
         ),
     })
@@ -265,8 +268,8 @@ mod tests {
             assert!(native(ok).is_ok(), "{ok}");
         }
         assert!(native("cursor://anysphere.cursor-mcp/oauth/callback").is_ok());
-        for bad in ["https://app.example/cb", "http://app.example/cb", "javascript:alert(1)", "myapp:/cb", "x.y:/cb#f"]
-        {
+        assert!(native("https://vscode.dev/redirect").is_ok());
+        for bad in ["http://app.example/cb", "javascript:alert(1)", "myapp:/cb", "x.y:/cb#f"] {
             assert!(native(bad).is_err(), "{bad}");
         }
         assert_eq!(ApplicationType::parse("desktop"), None);

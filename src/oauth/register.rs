@@ -402,7 +402,7 @@ mod tests {
         assert!(reg(Value::Null, "http://127.0.0.1:5/cb").is_ok_and(|r| r.application_type.is_none()));
         for (t, uri, code) in [
             (json!("web"), "http://127.0.0.1:5/cb", ErrorCode::InvalidRedirectUri),
-            (json!("native"), "https://a.example/cb", ErrorCode::InvalidRedirectUri),
+            (json!("native"), "http://a.example/cb", ErrorCode::InvalidRedirectUri),
             (json!("desktop"), "https://a.example/cb", ErrorCode::InvalidClientMetadata),
             (json!(1), "https://a.example/cb", ErrorCode::InvalidClientMetadata),
         ] {
