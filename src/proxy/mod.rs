@@ -11,7 +11,6 @@
 //!   directly; an upstream `insufficient_scope` becomes the proxy's step-up (RFC 6750 §3.1) for scopes it offers.
 //! - One canonical path ([`target::canonical_path`]) decides both the `upstream.required_scopes` policy and what
 //!   the upstream gets.
-//!
 //! - With `[[policy.tools]]` rules, an MCP POST is read and judged by the tool policy ([`tool_policy`]) before
 //!   the credential is swapped; a refused call never reaches the upstream, and listings are narrowed.
 //!

@@ -81,14 +81,13 @@ pub async fn judge(
     let names: Vec<&[u8]> = parts.headers.get_all(&MCP_NAME).iter().map(HeaderValue::as_bytes).collect();
     policy::check_headers(&methods, &names, &message)
         .map_err(|e| Error::McpHeaderMismatch { id: message.reply_id(), message: e.0 })?;
-    let caller = Caller {
-        rules: cx.tool_rules.into(),
-        scope: grant.scope.clone(),
-        groups: grant.identity.groups.clone(),
-        roles: grant.identity.roles.clone(),
-        overage: grant.identity.groups_overage,
+    let who = Principal {
+        scope: &grant.scope,
+        groups: &grant.identity.groups,
+        roles: &grant.identity.roles,
+        groups_overage: grant.identity.groups_overage,
     };
-    match policy::decide_message(cx.tool_rules, &message, &caller.principal()) {
+    match policy::decide_message(cx.tool_rules, &message, &who) {
         Verdict::Allow => {}
         Verdict::StepUp { missing } => {
             let (scope, missing) = scope::step_up(&grant.scope, missing.iter().map(String::as_str))
@@ -116,11 +115,18 @@ pub async fn judge(
     }
     parts.headers.remove(header::TRANSFER_ENCODING);
     parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-    let lists = message.lists();
-    if lists {
+    // Only a listing's answer is read back, so only then is the caller copied out of the request.
+    let caller = message.lists().then(|| {
         parts.headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-    }
-    Ok((Request::from_parts(parts, UpstreamBody::Buffered(Some(bytes))), lists.then_some(caller)))
+        Caller {
+            rules: cx.tool_rules.into(),
+            scope: grant.scope.clone(),
+            groups: grant.identity.groups.clone(),
+            roles: grant.identity.roles.clone(),
+            overage: grant.identity.groups_overage,
+        }
+    });
+    Ok((Request::from_parts(parts, UpstreamBody::Buffered(Some(bytes))), caller))
 }
 
 /// Narrows a listing answer to what `caller` may call: JSON read whole (at most `limit`), SSE event by event.
