@@ -86,7 +86,29 @@ pub enum Error {
     /// The client stopped sending its request body (`limits.body_timeout`): 408, and the connection is closed.
     #[error("the request body stalled")]
     RequestTimeout,
+    /// `/register` while Dynamic Client Registration is turned off (`registration.enabled = false`): 403
+    /// (the endpoint exists but refuses every client; clients use Client ID Metadata Documents instead).
+    #[error("dynamic client registration is turned off")]
+    RegistrationDisabled,
+    /// An MCP POST the tool policy cannot judge (not JSON, a repeated key, a call without a name, a compressed
+    /// body): 400 with a JSON-RPC error (`code`: -32700 parse error, -32600 invalid request) and no id.
+    #[error("MCP message refused: {message}")]
+    McpBadMessage { code: i64, message: String },
+    /// `Mcp-Method` / `Mcp-Name` disagree with the body (MCP 2026-07-28 Streamable HTTP "Server Validation"): 400
+    /// with JSON-RPC `-32020` HeaderMismatch for the request's id.
+    #[error("MCP request headers do not match the body: {message}")]
+    McpHeaderMismatch { id: serde_json::Value, message: String },
+    /// A call the tool policy refuses and no scope would allow (a group or role is missing): 403 ("insufficient
+    /// permissions", MCP authorization "Error Handling") with a JSON-RPC error for the call's id.
+    #[error("MCP call refused by the tool policy")]
+    ToolForbidden { id: serde_json::Value, message: String },
 }
+
+/// The JSON-RPC error code of a call the tool policy refuses: application-defined, outside the range JSON-RPC and
+/// MCP reserve (-32768..=-32000, MCP 2026-07-28 "Error Codes").
+pub const JSONRPC_FORBIDDEN: i64 = -31403;
+/// MCP 2026-07-28 `HeaderMismatch`.
+pub const JSONRPC_HEADER_MISMATCH: i64 = -32020;
 
 impl Error {
     pub fn page(status: StatusCode, title: &'static str, message: impl Into<String>) -> Self {
@@ -115,6 +137,9 @@ impl Error {
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::RegistrationDisabled => StatusCode::FORBIDDEN,
+            Self::McpBadMessage { .. } | Self::McpHeaderMismatch { .. } => StatusCode::BAD_REQUEST,
+            Self::ToolForbidden { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -248,8 +273,27 @@ impl Error {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 resp
             }
+            Self::RegistrationDisabled => oauth_json(
+                status,
+                "access_denied",
+                "dynamic client registration is turned off on this server; use a Client ID Metadata Document \
+                 (an https URL as client_id)",
+            ),
+            Self::McpBadMessage { code, message } => jsonrpc_error(status, serde_json::Value::Null, code, &message),
+            Self::McpHeaderMismatch { id, message } => {
+                jsonrpc_error(status, id, JSONRPC_HEADER_MISMATCH, &format!("Header mismatch: {message}"))
+            }
+            Self::ToolForbidden { id, message } => jsonrpc_error(status, id, JSONRPC_FORBIDDEN, &message),
         }
     }
+}
+
+/// A JSON-RPC 2.0 error response (§5.1) as the body of an HTTP error.
+fn jsonrpc_error(status: StatusCode, id: serde_json::Value, code: i64, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+    let mut resp = json_response(status, &body);
+    crate::http::no_store(&mut resp);
+    resp
 }
 
 impl From<ParamError> for OAuthError {

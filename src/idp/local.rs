@@ -166,6 +166,7 @@ impl UserTable {
             email: user.email.clone(),
             preferred_username: Some(user.username.clone()),
             tid: None,
+            ..Identity::default()
         })
     }
 }
