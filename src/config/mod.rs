@@ -24,6 +24,7 @@ use url::Url;
 
 pub mod env;
 pub mod files;
+pub mod pages;
 mod public_url;
 mod raw;
 mod validate;
@@ -106,6 +107,8 @@ pub struct Config {
     /// Where Prometheus metrics are served (a separate listener); off when absent.
     pub metrics_listen: Option<SocketAddr>,
     pub log: LogConfig,
+    /// `[pages]`: names, scope descriptions and the logo of the HTML pages.
+    pub pages: pages::PagesConfig,
 }
 
 /// A 256-bit snapshot key; `Debug` never shows it.

@@ -61,6 +61,8 @@ pub(crate) struct RawConfig {
     pub(crate) metrics: RawMetrics,
     #[serde(default)]
     pub(crate) log: RawLog,
+    #[serde(default)]
+    pub(crate) pages: super::pages::RawPages,
 }
 
 #[derive(Deserialize)]
