@@ -56,7 +56,7 @@ pub enum Error {
     InsufficientScope { scope: String, missing: String, resource_metadata: String },
     /// An error shown to the user in the browser, never redirected: what went wrong and what to do.
     #[error("{title}: {message}")]
-    Page { status: StatusCode, title: &'static str, message: String, advice: &'static str },
+    Page { status: StatusCode, title: &'static str, message: String, detail: Option<String>, advice: &'static str },
     /// An authorization error sent back to the client's (already validated) redirect URI.
     #[error("authorization error redirected to the client: {}", error.code.as_str())]
     Redirect { redirect_uri: String, error: OAuthError, state: Option<String>, issuer: String },
@@ -105,7 +105,7 @@ impl Error {
         message: impl Into<String>,
         advice: &'static str,
     ) -> Self {
-        Self::Page { status, title, message: message.into(), advice }
+        Self::Page { status, title, message: message.into(), detail: None, advice }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -188,7 +188,9 @@ impl Error {
                 }
                 resp
             }
-            Self::Page { status, title, message, advice } => html::error_page(status, title, &message, advice),
+            Self::Page { status, title, message, detail, advice } => {
+                html::error_page(status, title, &message, detail.as_deref(), advice)
+            }
             Self::Redirect { redirect_uri, error, state, issuer } => {
                 let mut params = vec![("error", error.code.as_str()), ("error_description", &error.description)];
                 if let Some(s) = &state {
@@ -203,6 +205,7 @@ impl Error {
                         status,
                         "Too many requests",
                         "Too many sign-in attempts came from this address.",
+                        None,
                         "Wait a minute, then go back to the application and connect again.",
                     )
                 } else {
@@ -218,6 +221,7 @@ impl Error {
                         status,
                         "Service busy",
                         "The sign-in service is busy.",
+                        None,
                         "Wait a minute, then go back to the application and connect again.",
                     )
                 } else {
@@ -308,18 +312,17 @@ impl From<AuthorizeError> for Error {
                 "This application is not registered with the sign-in service (or its registration expired). \
                  Reconnect it from the application so that it registers again.",
             ),
-            AuthorizeError::UnregisteredRedirectUri(uri) => Self::page_with_advice(
-                StatusCode::BAD_REQUEST,
-                "Invalid redirect URI",
-                format!(
-                    "The application asked to send your answer to {}, an address it did not register, so the \
-                     sign-in stops here and nothing is sent there.",
-                    shown_uri(&uri)
-                ),
-                "If you did not start this connection yourself, close this page: someone may be trying to get \
-                 access in your name. Otherwise tell the application's developer that its redirect URI does not \
-                 match its registration, then connect again.",
-            ),
+            AuthorizeError::UnregisteredRedirectUri(uri) => Self::Page {
+                status: StatusCode::BAD_REQUEST,
+                title: "Invalid redirect URI",
+                message: "The application asked to send your answer to an address it did not register, so the \
+                          sign-in stops here and nothing is sent there. The address it asked for:"
+                    .to_owned(),
+                detail: Some(shown_uri(&uri)),
+                advice: "If you did not start this connection yourself, close this page: someone may be trying to \
+                         get access in your name. Otherwise tell the application's developer that its redirect URI \
+                         does not match its registration, then connect again.",
+            },
             AuthorizeError::Redirect { redirect_uri, error, state, issuer } => {
                 Self::Redirect { redirect_uri, error, state, issuer }
             }
@@ -422,8 +425,9 @@ mod tests {
         let long = format!("https://a.example/{}", "x".repeat(400));
         assert_eq!(shown_uri(&long).chars().count(), SHOWN_URI_CHARS + 1);
         let e = Error::from(AuthorizeError::UnregisteredRedirectUri("https://evil.example/<b>x</b>".into()));
-        let Error::Page { message, advice, .. } = e else { panic!("not a page") };
-        assert!(message.contains("https://evil.example/<b>x</b>") && !advice.is_empty());
+        let Error::Page { detail, advice, .. } = e else { panic!("not a page") };
+        assert_eq!(detail.as_deref(), Some("https://evil.example/<b>x</b>"));
+        assert!(!advice.is_empty());
     }
 
     #[test]

@@ -92,6 +92,7 @@ label{display:block;font-weight:600;margin-top:.8rem}\
 input{font:inherit;width:100%;padding:.5rem .6rem;margin-top:.25rem;border:1px solid var(--muted);border-radius:.4rem;\
 background:var(--card);color:var(--fg)}\
 :focus-visible{outline:3px solid var(--focus);outline-offset:2px}\
+body>main:first-child{margin-top:2rem}.detail{display:block;padding:.5rem .6rem;word-break:break-all}\
 .error{color:var(--error)}.notice{background:var(--warn-bg);border-radius:.4rem;padding:.6rem .8rem}";
 
 /// The service's header of a page: its product name and, when one is configured, its logo.
@@ -173,14 +174,26 @@ pub fn logo_response(logo: &crate::config::pages::Logo) -> Response<Body> {
     resp
 }
 
-/// An error page that does not redirect anywhere: what went wrong (`title`, `message`) and what to do (`advice`).
-pub fn error_page(status: StatusCode, title: &str, message: &str, advice: &str) -> Response<Body> {
+/// An error page that does not redirect anywhere: what went wrong (`title`, `message`, and the value at fault as
+/// code, `detail`) and what to do (`advice`).
+pub fn error_page(
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    detail: Option<&str>,
+    advice: &str,
+) -> Response<Body> {
+    let detail = detail.map(|d| format!("<p><code class=\"detail\">{}</code></p>", escape(d))).unwrap_or_default();
     let advice =
         if advice.is_empty() { String::new() } else { format!("<h2>What you can do</h2><p>{}</p>", escape(advice)) };
     page(
         status,
         title,
-        &format!("<h1>{}</h1><p class=\"error\" role=\"alert\">{}</p>{advice}", escape(title), escape(message)),
+        &format!(
+            "<h1>{}</h1><div role=\"alert\"><p class=\"error\">{}</p>{detail}</div>{advice}",
+            escape(title),
+            escape(message)
+        ),
     )
 }
 
