@@ -9,6 +9,8 @@
 //! the test skips with a message, unless `CI` is set: there a missing browser fails it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// The skip without Chromium says so on stderr (cargo test shows it with --nocapture).
+#![allow(clippy::print_stderr)]
 
 mod common;
 

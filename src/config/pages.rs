@@ -144,6 +144,7 @@ pub(crate) fn validate(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
