@@ -196,8 +196,9 @@ try {
   await Promise.all([page.waitForNavigation({ waitUntil: 'load' }), page.keyboard.press('Enter')]);
   check(new URL(page.url()).pathname === '/login', `after Approve: ${page.url()}`);
   const loginH1 = await text(page, 'main h1');
-  check(loginH1 === `Sign in to ${EXPECT.product}`, `login heading: ${loginH1}`);
-  check(/local development login/.test(await text(page, 'main')), 'the login says it is for development');
+  check(loginH1 === `Sign in to ${EXPECT.resource}`, `login heading: ${loginH1}`);
+  check((await text(page, 'header')) === EXPECT.product, 'the login header names the service');
+  check(await text(page, 'main').then((t) => t.includes(`local development login of ${EXPECT.product}`)), 'the login says it is for development');
   check((await page.$$('label[for="username"], label[for="password"]')).length === 2, 'inputs have labels');
   await accessible(page, 'login');
   await page.evaluate(() => document.activeElement?.blur());

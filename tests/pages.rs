@@ -95,9 +95,9 @@ async fn the_login_page_names_the_service_and_says_it_is_for_development() {
     let Landing::Page(200, login) = browser.post_form(&proxy.url("/consent"), &form).await else {
         panic!("expected the login page");
     };
-    assert!(login.contains("<h1>Sign in to Acme MCP</h1>"), "{login}");
-    assert!(login.contains("<strong>Acme Files</strong>"), "{login}");
-    assert!(login.contains("local development login"), "{login}");
+    assert!(login.contains("<h1>Sign in to Acme Files</h1>"), "{login}");
+    assert!(login.contains("<header class=\"brand\"><span>Acme MCP</span></header>"), "{login}");
+    assert!(login.contains("local development login of Acme MCP"), "{login}");
     assert!(login.contains("<label for=\"username\">") && login.contains("<label for=\"password\">"), "{login}");
     // A wrong password: the error is announced and tied to the inputs.
     let state = hidden_field(&login, "state");

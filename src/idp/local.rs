@@ -309,18 +309,19 @@ pub fn busy_page(pages: &PagesConfig, state: &str, retry_after_secs: u64) -> Res
     resp
 }
 
-/// The login form; `error` is shown above it after a failed attempt. It names the service and says that this
-/// login (users from the config file) is for development.
+/// The login form; `error` is shown above it after a failed attempt. It names the resource and the service
+/// (`[pages]`) and says that this login (users from the config file) is for development.
 pub fn login_page(pages: &PagesConfig, state: &str, error: Option<&str>) -> Response<Body> {
     let error_html = error
         .map(|e| format!("<p class=\"error\" role=\"alert\" id=\"login-error\">{}</p>", escape(e)))
         .unwrap_or_default();
     let described = if error.is_some() { " aria-describedby=\"login-error\"" } else { "" };
     let body = format!(
-        "<h1>Sign in to {product}</h1>\
-         <p>to use <strong>{resource}</strong>.</p>\
-         <p class=\"notice\" role=\"note\">This is the local development login: its users are listed in the \
-         proxy's configuration file. Production deployments sign in with the organisation's identity provider.</p>\
+        "<h1>Sign in to {resource}</h1>\
+         <p><strong>{product}</strong> checks who you are before an application may act for you.</p>\
+         <p class=\"notice\" role=\"note\">This is the local development login of {product}: its users are listed \
+         in the proxy's configuration file. Production deployments sign in with the organisation's identity \
+         provider.</p>\
          {error_html}<form method=\"post\" action=\"/login\" aria-label=\"Sign in\">\
          <input type=\"hidden\" name=\"state\" value=\"{state}\">\
          <label for=\"username\">Username</label>\
