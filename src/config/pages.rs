@@ -54,6 +54,13 @@ pub struct Logo {
     pub content_type: &'static str,
 }
 
+impl PagesConfig {
+    /// The header every branded page shows.
+    pub fn brand(&self) -> crate::http::html::Brand<'_> {
+        crate::http::html::Brand { product_name: &self.product_name, logo: self.logo.is_some() }
+    }
+}
+
 impl std::fmt::Debug for Logo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Logo({} bytes, {})", self.bytes.len(), self.content_type)

@@ -102,13 +102,6 @@ pub struct Brand<'a> {
     pub logo: bool,
 }
 
-impl<'a> Brand<'a> {
-    /// The brand of the configured pages.
-    pub fn of(pages: &'a crate::config::pages::PagesConfig) -> Self {
-        Self { product_name: &pages.product_name, logo: pages.logo.is_some() }
-    }
-}
-
 /// The page's `Content-Security-Policy`: no scripts, inline styles only, images only from the proxy itself (the
 /// logo), no framing, no plugins, no base override.
 pub const CSP: &str =
@@ -160,10 +153,10 @@ fn page_with(status: StatusCode, title: &str, brand: Option<Brand<'_>>, body_htm
 
 /// The configured logo at [`crate::route::LOGO_PATH`]: its type from its extension, cached a day by browsers,
 /// and sandboxed by its own CSP (an SVG opened directly runs no script and loads nothing).
-pub fn logo_response(logo: &crate::config::pages::Logo) -> Response<Body> {
-    let mut resp = Response::new(full(logo.bytes.clone()));
+pub fn logo_response(bytes: bytes::Bytes, content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(full(bytes));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(logo.content_type));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,

@@ -29,7 +29,7 @@ use crate::clock::UnixTime;
 use crate::config::pages::PagesConfig;
 use crate::config::{LimitsConfig, LocalUser};
 use crate::crypto::TokenHash;
-use crate::http::html::{branded_page, escape, Brand};
+use crate::http::html::{branded_page, escape};
 use crate::http::Body;
 use crate::store::Identity;
 
@@ -334,7 +334,7 @@ pub fn login_page(pages: &PagesConfig, state: &str, error: Option<&str>) -> Resp
         state = escape(state)
     );
     let status = if error.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
-    branded_page(status, "Sign in", Brand::of(pages), &body)
+    branded_page(status, "Sign in", pages.brand(), &body)
 }
 
 #[cfg(test)]

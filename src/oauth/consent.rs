@@ -24,7 +24,7 @@ use super::redirect_uri;
 use std::collections::BTreeMap;
 
 use crate::config::pages::PagesConfig;
-use crate::http::html::{branded_page, escape, isolate, Brand};
+use crate::http::html::{branded_page, escape, isolate};
 use crate::http::Body;
 use crate::store::AuthorizationRequest;
 use crate::store::Client;
@@ -176,7 +176,7 @@ pub fn render(
         request = escape(request),
         csrf = escape(csrf),
     );
-    branded_page(StatusCode::OK, "Approve access", Brand::of(pages), &body)
+    branded_page(StatusCode::OK, "Approve access", pages.brand(), &body)
 }
 
 #[cfg(test)]
