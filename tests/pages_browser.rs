@@ -3,7 +3,8 @@
 //!
 //! What a person sees is checked (headings, buttons, resource, application and redirect host, scope words, the
 //! refused redirect URI as text), the keyboard reaches Approve then Deny with a visible focus, axe-core finds no
-//! serious or critical violation, no request leaves 127.0.0.1, and screenshots land in `docs/screenshots/`.
+//! serious or critical violation, no request leaves 127.0.0.1, and screenshots are saved: in the target
+//! directory, or README's `docs/screenshots/` with `PAGES_UPDATE_SCREENSHOTS=1`.
 //!
 //! Needs Chromium (`/usr/bin/chromium`, Debian's `chromium`, or `PAGES_CHROMIUM`) and Node 20+. Without Chromium
 //! the test skips with a message, unless `CI` is set: there a missing browser fails it.
@@ -72,7 +73,12 @@ async fn consent_login_deny_and_error_pages_work_and_are_accessible_in_a_real_br
         .start()
         .await;
 
-    let shots = root.join("docs").join("screenshots");
+    // README's screenshots are rewritten only when asked, so that `cargo test` leaves the checkout clean.
+    let shots = if std::env::var_os("PAGES_UPDATE_SCREENSHOTS").is_some() {
+        root.join("docs").join("screenshots")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots")
+    };
     std::fs::create_dir_all(&shots).unwrap();
     let expect = serde_json::json!({
         "product": "Acme MCP",
@@ -82,6 +88,7 @@ async fn consent_login_deny_and_error_pages_work_and_are_accessible_in_a_real_br
         "password": ALICE_PASSWORD,
     });
     let base = proxy.base.clone();
+    let shots_for_node = shots.clone();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg("pages.mjs")
@@ -89,7 +96,7 @@ async fn consent_login_deny_and_error_pages_work_and_are_accessible_in_a_real_br
             .env("NO_COLOR", "1")
             .env("PAGES_PROXY", &base)
             .env("PAGES_CHROMIUM", &chromium)
-            .env("PAGES_SCREENSHOTS", &shots)
+            .env("PAGES_SCREENSHOTS", &shots_for_node)
             .env("PAGES_EXPECT", expect.to_string())
             .output()
             .expect("node must be installed to run the browser test")
@@ -110,7 +117,7 @@ async fn consent_login_deny_and_error_pages_work_and_are_accessible_in_a_real_br
         assert!(results["axe"][page]["passes"].as_u64().unwrap_or(0) > 0, "axe did not run on {page}: {results}");
     }
     for shot in ["consent", "consent-dark", "login", "error"] {
-        let path = root.join("docs").join("screenshots").join(format!("{shot}.png"));
+        let path = shots.join(format!("{shot}.png"));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(bytes.starts_with(b"\x89PNG"), "{} is not a PNG", path.display());
     }
