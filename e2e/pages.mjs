@@ -190,6 +190,15 @@ try {
   check(order.length === 2 && order[0][0] === 'Approve' && order[1][0] === 'Deny', `tab order: ${JSON.stringify(order)}`);
   check(order.every(([, outline]) => outline !== 'none'), `focus is visible: ${JSON.stringify(order)}`);
   await accessible(page, 'consent');
+  // Responsive: on a 360px phone nothing scrolls sideways and both buttons stay on screen.
+  await page.setViewport({ width: 360, height: 740 });
+  const phone = await page.evaluate(() => ({
+    overflow: document.documentElement.scrollWidth - window.innerWidth,
+    buttons: [...document.querySelectorAll('form button')].map((b) => b.getBoundingClientRect().right <= window.innerWidth),
+  }));
+  check(phone.overflow <= 0 && phone.buttons.every(Boolean), `phone layout: ${JSON.stringify(phone)}`);
+  await shoot(page, 'consent-phone');
+  await page.setViewport({ width: 720, height: 900 });
 
   // Approve with the keyboard: focus Approve and press Enter.
   await page.focus('button[value="approve"]');
