@@ -24,6 +24,7 @@ use url::Url;
 
 pub mod env;
 pub mod files;
+pub mod pages;
 mod public_url;
 mod raw;
 mod validate;
@@ -108,6 +109,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[policy]`: per-tool authorization of MCP calls (none: requests are forwarded without reading them).
     pub policy: PolicyConfig,
+    /// `[pages]`: names, scope descriptions and the logo of the HTML pages.
+    pub pages: pages::PagesConfig,
 }
 
 /// A 256-bit snapshot key; `Debug` never shows it.

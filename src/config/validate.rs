@@ -20,6 +20,9 @@ use super::*;
 /// The whole config, section by section.
 pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Config, ConfigError> {
     let server = validate_server(raw.server)?;
+    let public_host = Url::parse(server.public_url.as_str()).ok().and_then(|u| u.host_str().map(str::to_owned));
+    let pages =
+        super::pages::validate(raw.pages, public_host.as_deref().unwrap_or("this server"), files.logo.as_ref())?;
     let upstream = validate_upstream(raw.upstream)?;
     let idp = validate_idp(raw.idp, env)?;
     let upstream = validate_required_scopes(upstream, &idp.scopes)?;
@@ -69,6 +72,7 @@ pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Con
         metrics_listen,
         log,
         policy,
+        pages,
     })
 }
 
