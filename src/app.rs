@@ -48,9 +48,26 @@ pub struct App {
     pub client_documents: ClientDocuments,
     /// The per-process keys that seal sign-ins in flight and sign the browser-binding cookie.
     pub sign_ins: crate::oauth::flow::SignIns,
+    /// Whether `/register` accepts registrations; the admin API switches it at run time (not persisted: a
+    /// restart opens registration again).
+    pub registration_open: std::sync::atomic::AtomicBool,
 }
 
 impl App {
+    /// Whether `/register` accepts registrations now.
+    pub fn registration_is_open(&self) -> bool {
+        self.registration_open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The RFC 8414 document as served now: without `registration_endpoint` while registration is off.
+    pub fn authorization_server_metadata(&self) -> bytes::Bytes {
+        if self.registration_is_open() {
+            self.metadata.authorization_server.clone()
+        } else {
+            self.metadata.authorization_server_closed.clone()
+        }
+    }
+
     /// What the proxy policy ([`crate::proxy::handle`]) and bearer lookups need of the application.
     pub fn proxy_context(&self) -> crate::proxy::Context<'_> {
         crate::proxy::Context {
@@ -139,6 +156,7 @@ impl App {
         store.set_sign_in_capacity(config.limits.max_pending);
         Ok(Arc::new(Self {
             sign_ins: crate::oauth::flow::SignIns::new(config.is_https()),
+            registration_open: std::sync::atomic::AtomicBool::new(true),
             metadata: Metadata::build(&config),
             resource_metadata: metadata::resource_metadata_url(&config),
             challenge: format!(

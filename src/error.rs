@@ -86,6 +86,17 @@ pub enum Error {
     /// The client stopped sending its request body (`limits.body_timeout`): 408, and the connection is closed.
     #[error("the request body stalled")]
     RequestTimeout,
+    /// `/register` while the operator has switched registration off (admin API): 403 `access_denied`. RFC 7591
+    /// §3.2.2 names no code for a closed endpoint and its registry is open; `access_denied` (RFC 6749 §4.1.2.1) is
+    /// what an OAuth client already understands as "the server said no".
+    #[error("registration is switched off")]
+    RegistrationClosed,
+    /// The admin API without the admin token, or with a wrong one.
+    #[error("admin token missing or wrong")]
+    AdminUnauthorized,
+    /// An admin API request the API cannot read (bad JSON, unknown value).
+    #[error("bad admin request: {0}")]
+    AdminBadRequest(String),
 }
 
 impl Error {
@@ -115,6 +126,9 @@ impl Error {
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::RegistrationClosed => StatusCode::FORBIDDEN,
+            Self::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            Self::AdminBadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -248,6 +262,17 @@ impl Error {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 resp
             }
+            Self::RegistrationClosed => {
+                oauth_json(status, "access_denied", "client registration is switched off by the operator")
+            }
+            Self::AdminUnauthorized => {
+                let mut resp =
+                    oauth_json(status, "invalid_token", "the admin token (DCR_PROXY_ADMIN_TOKEN) is required");
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"dcr-proxy-admin\""));
+                resp
+            }
+            Self::AdminBadRequest(reason) => oauth_json(status, "invalid_request", &reason),
         }
     }
 }

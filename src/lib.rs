@@ -24,10 +24,12 @@
 //! - [`proxy`]: bearer lookup, upstream credential (refresh, single flight), streaming forwarder.
 //! - [`client_documents`]: Client ID Metadata Documents (URL client_ids), fetched without SSRF.
 //! - [`store`]: clients, codes, grants and token hashes behind named operations; the sweeper and snapshot writer.
+//! - [`admin`]: the admin API (own listener, token from the environment): list and revoke, registration switch.
 //! - [`crypto`]: random tokens, SHA-256, PKCE, AEAD. [`error`]: every error and its one response mapping.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod client_documents;
 pub mod clock;

@@ -74,7 +74,7 @@ async fn dispatch(
         }
     }
     match (req.method(), route) {
-        (&Method::GET, Route::AuthorizationServerMetadata) => Ok(json_bytes(app.metadata.authorization_server.clone())),
+        (&Method::GET, Route::AuthorizationServerMetadata) => Ok(json_bytes(app.authorization_server_metadata())),
         (&Method::GET, Route::ProtectedResourceMetadata) => Ok(json_bytes(app.metadata.protected_resource.clone())),
         (_, Route::AuthorizationServerMetadata | Route::ProtectedResourceMetadata | Route::OtherWellKnown) => {
             Err(Error::NotFound)

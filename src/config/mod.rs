@@ -106,7 +106,19 @@ pub struct Config {
     /// Where Prometheus metrics are served (a separate listener); off when absent.
     pub metrics_listen: Option<SocketAddr>,
     pub log: LogConfig,
+    /// The admin API (a separate listener, [`crate::admin`]); off when absent.
+    pub admin: Option<AdminConfig>,
 }
+
+/// The admin API: where it listens and the token it requires (from `DCR_PROXY_ADMIN_TOKEN`).
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: SecretString,
+}
+
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 
 /// A 256-bit snapshot key; `Debug` never shows it.
 #[derive(Clone)]

@@ -61,6 +61,8 @@ pub(crate) struct RawConfig {
     pub(crate) metrics: RawMetrics,
     #[serde(default)]
     pub(crate) log: RawLog,
+    #[serde(default)]
+    pub(crate) admin: RawAdmin,
 }
 
 #[derive(Deserialize)]
@@ -316,4 +318,10 @@ mod tests {
         assert!(bad.starts_with("`soon` is not a duration like \"10m\""), "{bad}");
         assert!(toml::from_str::<Doc>("d = 10").is_err(), "a number is not a duration");
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub(crate) listen: Option<String>,
 }

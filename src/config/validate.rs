@@ -55,6 +55,7 @@ pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Con
         format: raw.log.format.unwrap_or(LogFormat::Text),
         filter: raw.log.filter.unwrap_or_else(|| "info".to_owned()),
     };
+    let admin = validate_admin(raw.admin, env)?;
     Ok(Config {
         server,
         upstream,
@@ -67,7 +68,27 @@ pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Con
         store,
         metrics_listen,
         log,
+        admin,
     })
+}
+
+/// `[admin]`: off without `listen`; with it, `DCR_PROXY_ADMIN_TOKEN` must hold at least 32 characters.
+fn validate_admin(raw: RawAdmin, env: &Env<'_>) -> Result<Option<AdminConfig>, ConfigError> {
+    let Some(a) = raw.listen else { return Ok(None) };
+    let listen = a
+        .parse::<SocketAddr>()
+        .map_err(|_| invalid("admin.listen", format!("`{a}` is not an address like 127.0.0.1:9091")))?;
+    let token = env.get(env::ADMIN_TOKEN).unwrap_or_default();
+    if token.trim().chars().count() < MIN_ADMIN_TOKEN_CHARS {
+        return Err(invalid(
+            env::ADMIN_TOKEN.name,
+            format!(
+                "admin.listen is set: the environment variable must hold the admin token, \
+                 {MIN_ADMIN_TOKEN_CHARS} characters or more (`openssl rand -base64 32`)"
+            ),
+        ));
+    }
+    Ok(Some(AdminConfig { listen, token: SecretString::from(token.trim().to_owned()) }))
 }
 
 /// A duration key: its default when absent, refused naming the key when the text is not a duration.

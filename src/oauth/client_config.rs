@@ -7,6 +7,8 @@
 //!   only a table whose clients all redeemed a code refuses a registration.
 //! - `/register/{client_id}` needs the registration access token of that client; an unknown client and a wrong
 //!   token are the same 401 (RFC 7592 §2), so that nothing is learned about which clients exist.
+//! - While the operator has switched registration off ([`crate::admin`]), `/register` answers 403 before reading
+//!   anything.
 //! - Deleting a client revokes every grant it holds ([`crate::store::Store::revoke_client`]).
 
 use std::sync::Arc;
@@ -28,6 +30,9 @@ pub async fn register(
     req: Request<RequestBody>,
     source: rate_limit::Source,
 ) -> Result<Response<Body>, Error> {
+    if !app.registration_is_open() {
+        return Err(Error::RegistrationClosed);
+    }
     let policy = &app.config.registration;
     if let Some(expected) = &policy.initial_access_token {
         use secrecy::ExposeSecret as _;

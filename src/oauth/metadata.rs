@@ -19,6 +19,8 @@ use crate::route::Route;
 #[derive(Debug, Clone)]
 pub struct Metadata {
     pub authorization_server: Bytes,
+    /// The same document without `registration_endpoint`, served while registration is switched off.
+    pub authorization_server_closed: Bytes,
     pub protected_resource: Bytes,
     /// Path of the path-inserted RFC 9728 document.
     pub protected_resource_path: String,
@@ -46,6 +48,10 @@ impl Metadata {
             "authorization_response_iss_parameter_supported": true,
             "client_id_metadata_document_supported": config.client_documents.enabled,
         });
+        let mut closed_doc = as_doc.clone();
+        if let Some(fields) = closed_doc.as_object_mut() {
+            fields.remove("registration_endpoint");
+        }
         let prm_doc = json!({
             "resource": config.resource_url(),
             "authorization_servers": [base],
@@ -55,6 +61,7 @@ impl Metadata {
         });
         Self {
             authorization_server: Bytes::from(as_doc.to_string()),
+            authorization_server_closed: Bytes::from(closed_doc.to_string()),
             protected_resource: Bytes::from(prm_doc.to_string()),
             protected_resource_path: format!(
                 "{}{}",

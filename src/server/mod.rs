@@ -301,6 +301,38 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>, shutdown: impl 
     }
 }
 
+/// Serves the admin API ([`crate::admin`]) on its own listener (HTTP/1.1, loopback or a private address) until
+/// `shutdown` resolves. Only `/admin/…` exists here; the public listener never routes to it.
+pub async fn serve_admin(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if backoff::is_connection_error(&e) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed; pausing");
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_millis(100)) => continue,
+                        () = &mut shutdown => break,
+                    }
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let resp = crate::admin::handle(&app, req.method(), req.uri(), req.headers(), peer);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
