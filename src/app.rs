@@ -51,6 +51,10 @@ pub struct App {
     /// Whether `/register` accepts registrations; the admin API switches it at run time (not persisted: a
     /// restart opens registration again).
     pub registration_open: std::sync::atomic::AtomicBool,
+    /// How the store was loaded, for `/readyz` (set by [`App::new_on`]; unset: built empty by a caller).
+    pub store_origin: std::sync::OnceLock<&'static str>,
+    /// The `/readyz` upstream probe.
+    pub upstream_probe: crate::readiness::UpstreamProbe,
 }
 
 impl App {
@@ -96,6 +100,7 @@ impl App {
     /// [`App::new`] with the network the metadata-document fetcher uses (tests inject a resolver and a
     /// recording transport); `None`: the system resolver and reqwest.
     pub async fn new_on(config: Config, clock: Clock, network: Option<Network>) -> Result<Arc<Self>, StartError> {
+        let mut origin = "empty: no snapshot configured";
         let store = match &config.store.snapshot {
             None => Store::new(),
             Some(s) => {
@@ -103,10 +108,12 @@ impl App {
                     Ok(store) => {
                         let stats = store.stats();
                         tracing::info!(path = %s.path.display(), clients = stats.clients, grants = stats.grants, "snapshot loaded");
+                        origin = "loaded from the snapshot";
                         store
                     }
                     Err(e) if s.start_empty_on_error => {
                         tracing::warn!(error = %e, "snapshot unreadable; starting with an empty store as configured");
+                        origin = "empty: the snapshot was unreadable (store.start_empty_on_bad_snapshot)";
                         Store::new()
                     }
                     Err(e) => return Err(e.into()),
@@ -114,7 +121,9 @@ impl App {
             }
         };
         let idp = Idp::from_config(&config).await?;
-        Self::with_parts(config, clock, idp, store, network)
+        let app = Self::with_parts(config, clock, idp, store, network)?;
+        let _ = app.store_origin.set(origin);
+        Ok(app)
     }
 
     /// Builds the state around an existing IdP, with an empty store.
@@ -157,6 +166,8 @@ impl App {
         Ok(Arc::new(Self {
             sign_ins: crate::oauth::flow::SignIns::new(config.is_https()),
             registration_open: std::sync::atomic::AtomicBool::new(true),
+            store_origin: std::sync::OnceLock::new(),
+            upstream_probe: crate::readiness::UpstreamProbe::default(),
             metadata: Metadata::build(&config),
             resource_metadata: metadata::resource_metadata_url(&config),
             challenge: format!(

@@ -42,6 +42,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod proxy;
 pub mod rate_limit;
+pub mod readiness;
 pub mod route;
 pub mod router;
 pub mod server;

@@ -96,15 +96,7 @@ async fn dispatch(
         (&Method::POST, Route::Introspect) => introspect::handle(app, req).await,
         (&Method::GET | &Method::POST, Route::Userinfo) => userinfo::handle(&app.proxy_context(), &req),
         (&Method::GET, Route::Healthz) => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
-        // The listener is bound only after the snapshot is loaded and the IdP discovered: serving means ready.
-        (&Method::GET, Route::Readyz) => Ok(json_response(
-            StatusCode::OK,
-            &serde_json::json!({
-                "status": "ready",
-                "idp": match &*app.idp { Idp::Oidc(_) => "oidc", Idp::Local(_) => "local" },
-                "snapshot": app.config.store.snapshot.is_some(),
-            }),
-        )),
+        (&Method::GET, Route::Readyz) => Ok(readyz(app).await),
         (_, Route::Register | Route::Consent | Route::Token | Route::Revoke | Route::Introspect) => {
             Err(Error::MethodNotAllowed { allow: "POST, OPTIONS" })
         }
@@ -116,6 +108,32 @@ async fn dispatch(
         (_, Route::Readyz) => Err(Error::MethodNotAllowed { allow: "GET" }),
         (_, Route::Proxy) => crate::proxy::handle(&app.proxy_context(), req, peer).await,
     }
+}
+
+/// `/readyz` ([`crate::readiness`]): the store and the IdP are ready before the listener is bound; the upstream is
+/// probed.
+async fn readyz(app: &App) -> Response<Body> {
+    use crate::readiness::Check;
+    let idp = match &*app.idp {
+        Idp::Oidc(_) => "oidc",
+        Idp::Local(_) => "local",
+    };
+    let checks = [
+        Check { name: "store", ok: true, detail: app.store_origin.get().copied().unwrap_or("in memory").to_owned() },
+        Check {
+            name: "idp",
+            ok: true,
+            detail: (if idp == "oidc" { "OIDC discovery done" } else { "local login" }).to_owned(),
+        },
+        app.upstream_probe.check(&app.config.upstream.url, app.config.upstream.connect_timeout).await,
+    ];
+    let mut extra = serde_json::Map::new();
+    extra.insert("idp".into(), idp.into());
+    extra.insert("snapshot".into(), app.config.store.snapshot.is_some().into());
+    let (status, body) = crate::readiness::report(&checks, extra);
+    let mut resp = json_response(status, &body);
+    h::no_store(&mut resp);
+    resp
 }
 
 fn json_bytes(body: bytes::Bytes) -> Response<Body> {
