@@ -23,6 +23,8 @@ pub enum StartError {
     Tls(String),
     #[error("{0}")]
     ClientDocuments(String),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditOpenError),
     #[error("{0} (set store.start_empty_on_bad_snapshot = true to start with an empty store instead)")]
     Snapshot(#[from] crate::store::snapshot::SnapshotError),
 }
@@ -55,9 +57,20 @@ pub struct App {
     pub store_origin: std::sync::OnceLock<&'static str>,
     /// The `/readyz` upstream probe.
     pub upstream_probe: crate::readiness::UpstreamProbe,
+    /// The audit trail (off unless `[audit] path` is set).
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 impl App {
+    /// Writes an audit entry ([`crate::audit`]), with the client's name from the store when the entry has none.
+    pub fn audit(&self, mut entry: crate::audit::Entry) {
+        if entry.client_name.is_none() {
+            entry.client_name =
+                entry.client_id.as_deref().and_then(|id| self.store.client(id)).and_then(|c| c.client_name.clone());
+        }
+        self.audit.emit(&entry);
+    }
+
     /// Whether `/register` accepts registrations now.
     pub fn registration_is_open(&self) -> bool {
         self.registration_open.load(std::sync::atomic::Ordering::Relaxed)
@@ -163,11 +176,16 @@ impl App {
             metrics.add_password_checks(running, peak);
         }
         store.set_sign_in_capacity(config.limits.max_pending);
+        let audit = match &config.audit {
+            Some(a) => Arc::new(crate::audit::Audit::start(&a.sink, a.queue)?),
+            None => Arc::new(crate::audit::Audit::off()),
+        };
         Ok(Arc::new(Self {
             sign_ins: crate::oauth::flow::SignIns::new(config.is_https()),
             registration_open: std::sync::atomic::AtomicBool::new(true),
             store_origin: std::sync::OnceLock::new(),
             upstream_probe: crate::readiness::UpstreamProbe::default(),
+            audit,
             metadata: Metadata::build(&config),
             resource_metadata: metadata::resource_metadata_url(&config),
             challenge: format!(

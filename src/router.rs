@@ -26,7 +26,13 @@ pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) 
     let started = Instant::now();
     let method = req.method().clone();
     let route = Route::parse(req.uri().path(), &app.metadata.protected_resource_path);
-    let mut resp = match dispatch(&app, route, req, peer).await {
+    let request_id = REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let forwarded_for = match app.config.server.behind_tls_terminator {
+        true => req.headers().get_all("x-forwarded-for").iter().next_back().cloned(),
+        false => None,
+    };
+    let context = crate::audit::RequestContext { audit: app.audit.clone(), request_id, peer, forwarded_for };
+    let mut resp = match crate::audit::REQUEST.scope(context, dispatch(&app, route, req, peer)).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
@@ -38,7 +44,6 @@ pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) 
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     app.metrics.request(route.name(), status, elapsed.as_secs_f64());
-    let request_id = REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(request_id, %method, route = route.name(), status, micros = elapsed.as_micros() as u64, "request");
     resp
 }

@@ -30,6 +30,7 @@ use http::{HeaderMap, Method, StatusCode};
 use serde::Serialize;
 
 use crate::app::App;
+use crate::audit::{Entry, Event};
 use crate::clock::UnixTime;
 use crate::crypto::TokenHash;
 use crate::error::Error;
@@ -219,7 +220,8 @@ pub fn handle(
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> http::Response<Body> {
-    let mut resp = match dispatch(app, method, uri, headers, peer) {
+    let context = crate::audit::RequestContext { audit: app.audit.clone(), request_id: 0, peer, forwarded_for: None };
+    let mut resp = match crate::audit::REQUEST.sync_scope(context, || dispatch(app, method, uri, headers, peer)) {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
@@ -258,12 +260,21 @@ fn dispatch(
             let grant = app.store.grant(id).ok_or(Error::NotFound)?;
             app.store.revoke_grant(id);
             tracing::info!(%peer, action = "revoke-grant", client_id = %grant.client_id, subject = %grant.identity.sub, "admin action");
+            app.audit(
+                Entry::new(Event::AdminAction)
+                    .client(&grant.client_id)
+                    .subject(&grant.identity.sub)
+                    .detail(format!("revoke-grant {text}")),
+            );
             ok(serde_json::json!({ "revoked_grants": 1 }))
         }
         (&Method::POST, "/admin/revoke-user") => {
             let subject = required(&params, "subject")?;
             let revoked = app.store.revoke_user(&subject).len();
             tracing::info!(%peer, action = "revoke-user", %subject, revoked, "admin action");
+            app.audit(
+                Entry::new(Event::AdminAction).subject(&subject).detail(format!("revoke-user: {revoked} grant(s)")),
+            );
             ok(serde_json::json!({ "revoked_grants": revoked }))
         }
         (&Method::POST, "/admin/revoke-client") => {
@@ -274,8 +285,13 @@ fn dispatch(
             if !known {
                 return Err(Error::NotFound);
             }
+            let name = app.store.client(&client_id).and_then(|c| c.client_name.clone());
             app.store.revoke_client(&client_id);
             tracing::info!(%peer, action = "revoke-client", %client_id, revoked = grants, "admin action");
+            app.audit(Entry {
+                client_name: name,
+                ..Entry::new(Event::AdminAction).client(&client_id).detail(format!("revoke-client: {grants} grant(s)"))
+            });
             ok(serde_json::json!({ "revoked_grants": grants }))
         }
         (&Method::GET, "/admin/registration") => ok(serde_json::json!({ "enabled": app.registration_is_open() })),
@@ -287,6 +303,9 @@ fn dispatch(
             };
             app.registration_open.store(enabled, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(%peer, action = "registration", enabled, "admin action");
+            app.audit(
+                Entry::new(Event::AdminAction).detail(format!("registration {}", if enabled { "on" } else { "off" })),
+            );
             ok(serde_json::json!({ "enabled": enabled }))
         }
         (_, "/admin/clients" | "/admin/grants") => Err(Error::MethodNotAllowed { allow: "GET" }),

@@ -108,6 +108,15 @@ pub struct Config {
     pub log: LogConfig,
     /// The admin API (a separate listener, [`crate::admin`]); off when absent.
     pub admin: Option<AdminConfig>,
+    /// The audit trail ([`crate::audit`]); off when absent.
+    pub audit: Option<AuditConfig>,
+}
+
+/// The audit trail: where its lines go and how many may wait for the writer.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub sink: crate::audit::AuditSink,
+    pub queue: usize,
 }
 
 /// The admin API: where it listens and the token it requires (from `DCR_PROXY_ADMIN_TOKEN`).

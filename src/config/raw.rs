@@ -63,6 +63,8 @@ pub(crate) struct RawConfig {
     pub(crate) log: RawLog,
     #[serde(default)]
     pub(crate) admin: RawAdmin,
+    #[serde(default)]
+    pub(crate) audit: RawAudit,
 }
 
 #[derive(Deserialize)]
@@ -324,4 +326,11 @@ mod tests {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub(crate) listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    pub(crate) path: Option<String>,
+    pub(crate) queue: Option<usize>,
 }

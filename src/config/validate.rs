@@ -56,6 +56,7 @@ pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Con
         filter: raw.log.filter.unwrap_or_else(|| "info".to_owned()),
     };
     let admin = validate_admin(raw.admin, env)?;
+    let audit = validate_audit(raw.audit)?;
     Ok(Config {
         server,
         upstream,
@@ -69,7 +70,24 @@ pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Con
         metrics_listen,
         log,
         admin,
+        audit,
     })
+}
+
+/// `[audit]`: off without `path`; `"stdout"`, `"stderr"` or a file path; `queue` 1 to 1 000 000 (default 10 000).
+fn validate_audit(raw: RawAudit) -> Result<Option<AuditConfig>, ConfigError> {
+    let queue = raw.queue.unwrap_or(10_000);
+    if !(1..=1_000_000).contains(&queue) {
+        return Err(invalid("audit.queue", "must be between 1 and 1000000"));
+    }
+    let sink = match raw.path.as_deref() {
+        None => return Ok(None),
+        Some("") => return Err(invalid("audit.path", "must not be empty: a file, \"stdout\" or \"stderr\"")),
+        Some("stdout") => crate::audit::AuditSink::Stdout,
+        Some("stderr") => crate::audit::AuditSink::Stderr,
+        Some(path) => crate::audit::AuditSink::File(path.into()),
+    };
+    Ok(Some(AuditConfig { sink, queue }))
 }
 
 /// `[admin]`: off without `listen`; with it, `DCR_PROXY_ADMIN_TOKEN` must hold at least 32 characters.

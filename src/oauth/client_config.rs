@@ -16,6 +16,7 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode};
 
 use crate::app::App;
+use crate::audit::{Entry, Event};
 use crate::crypto::TokenHash;
 use crate::error::{Error, ErrorCode, OAuthError};
 use crate::http::{self as h, json_response, no_store, read_body, Body, RequestBody};
@@ -66,6 +67,11 @@ pub async fn register(
         auth_method = registration.client.auth_method.as_str(),
         "client registered"
     );
+    app.audit(
+        Entry::new(Event::ClientRegistered)
+            .client(&registration.client.client_id)
+            .name(registration.client.client_name.as_deref()),
+    );
     app.store.add_client(registration.client, source);
     let mut resp = json_response(StatusCode::CREATED, &doc);
     no_store(&mut resp);
@@ -89,6 +95,7 @@ pub async fn manage(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
         Method::DELETE => {
             app.store.revoke_client(&client.client_id);
             tracing::info!(client_id = %client.client_id, "client deleted by its owner");
+            app.audit(Entry::new(Event::ClientDeleted).client(&client.client_id).name(client.client_name.as_deref()));
             let mut resp = Response::new(h::empty());
             *resp.status_mut() = StatusCode::NO_CONTENT;
             Ok(resp)
@@ -99,6 +106,7 @@ pub async fn manage(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
                 register::update(&client, &json, app.clock.now(), &app.config.registration.redirect_allowlist)?;
             let resp = respond(&updated);
             tracing::info!(client_id = %client.client_id, "client metadata updated");
+            app.audit(Entry::new(Event::ClientUpdated).client(&client.client_id).name(updated.client_name.as_deref()));
             app.store.put_client(updated);
             Ok(resp)
         }
