@@ -80,6 +80,7 @@ async fn connect(url: &url::Url, timeout: Duration) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

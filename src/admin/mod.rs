@@ -318,6 +318,7 @@ fn dispatch(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::store::{Identity, UpstreamLogin};
