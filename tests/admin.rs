@@ -242,3 +242,84 @@ fn the_admin_listener_refuses_to_start_without_a_long_enough_token_and_names_the
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The binary opens the admin listener of its config, and `dcr-proxy --config … admin` finds it there without
+/// `--url`.
+#[tokio::test]
+async fn the_binary_serves_the_admin_api_on_its_configured_listener_and_the_cli_finds_it_from_the_config() {
+    let upstream = Upstream::start().await;
+    let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).unwrap();
+    let (port, config, dir, mut child) = retry_on_taken_port(|| {
+        let (upstream_url, hash) = (upstream.url(), hash.clone());
+        async move {
+            let (port, admin_port) = (unused_port(), unused_port());
+            let dir = std::env::temp_dir().join(format!("dcrp-admin-bin-{}", dcr_proxy::crypto::random_token()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let config = dir.join("proxy.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
+                     [upstream]\nurl = \"{upstream_url}\"\n\
+                     [idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\n\
+                     [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_dcr-proxy"))
+                .args(["--config", config.to_str().unwrap()])
+                .env("DCR_PROXY_ADMIN_TOKEN", TOKEN)
+                .env_remove("RUST_LOG")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    let mut stderr = String::new();
+                    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(stderr);
+                }
+                let admin = format!("http://127.0.0.1:{admin_port}/admin/registration");
+                let probe = tokio::time::timeout(
+                    std::time::Duration::from_millis(500),
+                    http().get(&admin).bearer_auth(TOKEN).send(),
+                );
+                if let Ok(Ok(r)) = probe.await {
+                    if r.status() == 200 {
+                        return Ok((port, config, dir, child));
+                    }
+                }
+                assert!(std::time::Instant::now() < deadline, "admin API never answered");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    })
+    .await;
+    let config_arg = config.to_str().unwrap().to_owned();
+    let run = move |args: &'static [&'static str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dcr-proxy"));
+        cmd.args(["--config", &config_arg, "admin"]).args(args).env("DCR_PROXY_ADMIN_TOKEN", TOKEN);
+        cmd
+    };
+    let mut off = run(&["registration", "off"]);
+    let out = tokio::task::spawn_blocking(move || off.output().unwrap()).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "registration is off", "{out:?}");
+    let resp = http()
+        .post(format!("http://127.0.0.1:{port}/register"))
+        .json(&json!({"redirect_uris": [CLIENT_REDIRECT]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    // The public port has no admin API.
+    let resp =
+        http().get(format!("http://127.0.0.1:{port}/admin/registration")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.headers().contains_key("www-authenticate"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
