@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use dcr_proxy::app::App;
 use dcr_proxy::clock::Clock;
-use dcr_proxy::config::{Config, LogFormat, DEFAULT_CONFIG};
+use dcr_proxy::config::{AdminListen, Config, LogFormat, DEFAULT_CONFIG};
 use dcr_proxy::server;
 
 /// OAuth 2.1 sidecar: Dynamic Client Registration for MCP clients in front of Entra ID and other OIDC providers.
@@ -45,8 +45,8 @@ enum Command {
     /// Ask the running proxy's admin API (`[admin] listen`) with the token in DCR_PROXY_ADMIN_TOKEN: list clients
     /// and grants, revoke, switch registration. A table for people; `--json` for scripts.
     Admin {
-        /// The admin API's base URL; default: `http://` + `admin.listen` of the config, else
-        /// http://127.0.0.1:9091.
+        /// The admin API's base URL (`http://host:port`, or `unix:/path/to/socket`); default: `admin.listen` of the
+        /// config, else http://127.0.0.1:9091.
         #[arg(long, global = true)]
         url: Option<String>,
         /// Print the API's JSON answer instead of a table.
@@ -192,8 +192,9 @@ fn main() -> ExitCode {
 
 /// The admin API's URL when `--url` is not given: the config's `admin.listen`, else the documented default.
 fn admin_url(cli: &Cli) -> String {
-    match load(cli).ok().and_then(|c| c.admin) {
-        Some(admin) => format!("http://{}", admin.listen),
+    match load(cli).ok().and_then(|c| c.admin).map(|a| a.listen) {
+        Some(AdminListen::Tcp(addr)) => format!("http://{addr}"),
+        Some(AdminListen::Unix(path)) => format!("unix:{}", path.display()),
         None => "http://127.0.0.1:9091".to_owned(),
     }
 }
@@ -307,14 +308,22 @@ async fn run(config: Config) -> Result<(), String> {
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = match &app.config.admin {
         Some(admin) => {
-            let addr = admin.listen;
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr} (admin.listen): {e}"))?;
-            tracing::info!(%addr, "admin API at /admin/");
-            Some(tokio::spawn(server::serve_admin(listener, app.clone(), async {
+            let at = admin.listen.clone();
+            let stopped = async {
                 let _ = admin_stopped.await;
-            })))
+            };
+            let cannot = |e: std::io::Error| format!("cannot listen on {at} (admin.listen): {e}");
+            tracing::info!(%at, "admin API at /admin/");
+            Some(match &admin.listen {
+                AdminListen::Tcp(addr) => {
+                    let listener = tokio::net::TcpListener::bind(addr).await.map_err(cannot)?;
+                    tokio::spawn(server::serve_admin(listener, app.clone(), stopped))
+                }
+                AdminListen::Unix(path) => {
+                    let listener = server::bind_admin_socket(path).map_err(cannot)?;
+                    tokio::spawn(server::serve_admin_unix(listener, app.clone(), stopped))
+                }
+            })
         }
         None => None,
     };

@@ -323,3 +323,43 @@ async fn the_binary_serves_the_admin_api_on_its_configured_listener_and_the_cli_
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `admin.listen` may be a Unix socket: created 0600 (a stale socket replaced, never another file), and the CLI
+/// reaches it with `--url unix:/path`.
+#[tokio::test]
+async fn the_admin_api_on_a_unix_socket_is_0600_and_the_cli_reaches_it() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("dcrp-admin-sock-{}", dcr_proxy::crypto::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("admin.sock");
+    let azure = fake_azure::FakeAzure::start().await;
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::builder()
+        .upstream(upstream.url())
+        .azure(&azure)
+        .env("DCR_PROXY_ADMIN_TOKEN", TOKEN)
+        .extra(format!("[admin]\nlisten = \"unix:{}\"\n", socket.display()))
+        .start()
+        .await;
+    assert_eq!(proxy.app.config.admin.as_ref().unwrap().listen, dcr_proxy::config::AdminListen::Unix(socket.clone()));
+    // A stale socket from an earlier run is replaced; a regular file is never removed.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let listener = dcr_proxy::server::bind_admin_socket(&socket).unwrap();
+    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
+    tokio::spawn(dcr_proxy::server::serve_admin_unix(listener, proxy.app.clone(), std::future::pending()));
+    let regular = dir.join("not-a-socket");
+    std::fs::write(&regular, "keep me").unwrap();
+    assert!(dcr_proxy::server::bind_admin_socket(&regular).is_err());
+    assert_eq!(std::fs::read_to_string(&regular).unwrap(), "keep me");
+
+    let (_client, tokens) = login(&proxy).await;
+    let url = format!("unix:{}", socket.display());
+    let grants = cli_json(&url, &["grants"]).await;
+    let subject = grants["grants"][0]["subject"].as_str().unwrap().to_owned();
+    let (code, out, err) = cli(&url, Some(TOKEN), &["revoke-user", &subject]).await;
+    assert_eq!((code, out.trim()), (0, "revoked 1 grant(s)"), "{err}");
+    assert_eq!(mcp_status(&proxy, tokens["access_token"].as_str().unwrap()).await, 401);
+    let (code, _, err) = cli(&url, Some("a-wrong-token-that-is-long-enough-00000000"), &["clients"]).await;
+    assert_eq!(code, 1, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -53,12 +53,17 @@ impl Request {
 /// Sends one request to the admin API at `base` (`http://127.0.0.1:9091`) and returns its JSON answer.
 pub async fn send(base: &str, token: &str, request: &Request) -> Result<Value, CliError> {
     let (method, path, query) = request.parts();
-    let client = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .map_err(|e| CliError::Unreachable(e.to_string()))?;
+        .no_proxy();
+    // `unix:/path`: every connection goes to that socket; the URL's host is then only a name.
+    let (builder, base) = match base.strip_prefix("unix:") {
+        #[cfg(unix)]
+        Some(socket) => (builder.unix_socket(socket), "http://localhost"),
+        _ => (builder, base),
+    };
+    let client = builder.build().map_err(|e| CliError::Unreachable(e.to_string()))?;
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let resp = client
         .request(method, &url)

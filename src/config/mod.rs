@@ -122,8 +122,25 @@ pub struct AuditConfig {
 /// The admin API: where it listens and the token it requires (from `DCR_PROXY_ADMIN_TOKEN`).
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
-    pub listen: SocketAddr,
+    pub listen: AdminListen,
     pub token: SecretString,
+}
+
+/// Where the admin API listens: a TCP address, or a Unix socket (created 0600, so that only the proxy's user can
+/// connect).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "{a}"),
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
 }
 
 /// The shortest admin token accepted.

@@ -90,12 +90,15 @@ fn validate_audit(raw: RawAudit) -> Result<Option<AuditConfig>, ConfigError> {
     Ok(Some(AuditConfig { sink, queue }))
 }
 
-/// `[admin]`: off without `listen`; with it, `DCR_PROXY_ADMIN_TOKEN` must hold at least 32 characters.
+/// `[admin]`: off without `listen` (an address, or an absolute Unix socket path); with it, `DCR_PROXY_ADMIN_TOKEN` must hold at least 32 characters.
 fn validate_admin(raw: RawAdmin, env: &Env<'_>) -> Result<Option<AdminConfig>, ConfigError> {
     let Some(a) = raw.listen else { return Ok(None) };
-    let listen = a
-        .parse::<SocketAddr>()
-        .map_err(|_| invalid("admin.listen", format!("`{a}` is not an address like 127.0.0.1:9091")))?;
+    let listen = match a.strip_prefix("unix:").unwrap_or(&a) {
+        path if path.starts_with('/') => AdminListen::Unix(path.into()),
+        _ => AdminListen::Tcp(a.parse::<SocketAddr>().map_err(|_| {
+            invalid("admin.listen", format!("`{a}` is not an address like 127.0.0.1:9091 or an absolute socket path"))
+        })?),
+    };
     let token = env.get(env::ADMIN_TOKEN).unwrap_or_default();
     if token.trim().chars().count() < MIN_ADMIN_TOKEN_CHARS {
         return Err(invalid(
