@@ -207,3 +207,37 @@ fn an_audit_path_that_cannot_be_opened_stops_the_start_naming_the_key() {
     assert!(err.contains("audit.path"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn an_upstream_grant_ended_by_the_idp_is_audited_without_any_idp_token() {
+    let dir = std::env::temp_dir().join(format!("dcrp-audit-idp-{}", dcr_proxy::crypto::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("audit.jsonl");
+    let azure = fake_azure::FakeAzure::start().await;
+    azure.state().expires_in = 300;
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::builder()
+        .upstream(upstream.url())
+        .azure(&azure)
+        .extra(format!("[audit]\npath = \"{}\"\n", path.display()))
+        .start()
+        .await;
+    let (client_id, tokens) = login(&proxy).await;
+    azure.revoke_all_refresh_tokens();
+    proxy.clock.advance(250);
+    let resp =
+        http().get(proxy.url("/mcp")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let (text, lines) = lines_when(&path, |l| events(l).contains(&"upstream_grant_ended")).await;
+    let ended = lines.iter().find(|l| l["event"] == "upstream_grant_ended").unwrap();
+    assert_eq!(ended["client_id"], client_id.as_str());
+    let grant = lines.iter().find(|l| l["event"] == "grant_issued").unwrap();
+    assert_eq!(ended["subject"], grant["subject"]);
+    assert!(ended["request_id"].as_u64().is_some());
+    let issued = azure.issued_secrets();
+    assert!(!issued.is_empty());
+    for secret in issued.iter().chain([tokens["access_token"].as_str().unwrap().to_owned()].iter()) {
+        assert!(!text.contains(secret.as_str()), "an IdP or proxy token is in the audit trail");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
