@@ -23,6 +23,8 @@ pub enum StartError {
     Tls(String),
     #[error("{0}")]
     ClientDocuments(String),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditOpenError),
     #[error("{0} (set store.start_empty_on_bad_snapshot = true to start with an empty store instead)")]
     Snapshot(#[from] crate::store::snapshot::SnapshotError),
 }
@@ -48,9 +50,41 @@ pub struct App {
     pub client_documents: ClientDocuments,
     /// The per-process keys that seal sign-ins in flight and sign the browser-binding cookie.
     pub sign_ins: crate::oauth::flow::SignIns,
+    /// Whether `/register` accepts registrations; the admin API switches it at run time (not persisted: a
+    /// restart opens registration again).
+    pub registration_open: std::sync::atomic::AtomicBool,
+    /// How the store was loaded, for `/readyz` (set by [`App::new_on`]; unset: built empty by a caller).
+    pub store_origin: std::sync::OnceLock<&'static str>,
+    /// The `/readyz` upstream probe.
+    pub upstream_probe: crate::readiness::UpstreamProbe,
+    /// The audit trail (off unless `[audit] path` is set).
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 impl App {
+    /// Writes an audit entry ([`crate::audit`]), with the client's name from the store when the entry has none.
+    pub fn audit(&self, mut entry: crate::audit::Entry) {
+        if entry.client_name.is_none() {
+            entry.client_name =
+                entry.client_id.as_deref().and_then(|id| self.store.client(id)).and_then(|c| c.client_name.clone());
+        }
+        self.audit.emit(&entry);
+    }
+
+    /// Whether `/register` accepts registrations now.
+    pub fn registration_is_open(&self) -> bool {
+        self.registration_open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The RFC 8414 document as served now: without `registration_endpoint` while registration is off.
+    pub fn authorization_server_metadata(&self) -> bytes::Bytes {
+        if self.registration_is_open() {
+            self.metadata.authorization_server.clone()
+        } else {
+            self.metadata.authorization_server_closed.clone()
+        }
+    }
+
     /// What the proxy policy ([`crate::proxy::handle`]) and bearer lookups need of the application.
     pub fn proxy_context(&self) -> crate::proxy::Context<'_> {
         crate::proxy::Context {
@@ -82,6 +116,7 @@ impl App {
     /// [`App::new`] with the network the metadata-document fetcher uses (tests inject a resolver and a
     /// recording transport); `None`: the system resolver and reqwest.
     pub async fn new_on(config: Config, clock: Clock, network: Option<Network>) -> Result<Arc<Self>, StartError> {
+        let mut origin = "empty: no snapshot configured";
         let store = match &config.store.snapshot {
             None => Store::new(),
             Some(s) => {
@@ -89,10 +124,12 @@ impl App {
                     Ok(store) => {
                         let stats = store.stats();
                         tracing::info!(path = %s.path.display(), clients = stats.clients, grants = stats.grants, "snapshot loaded");
+                        origin = "loaded from the snapshot";
                         store
                     }
                     Err(e) if s.start_empty_on_error => {
                         tracing::warn!(error = %e, "snapshot unreadable; starting with an empty store as configured");
+                        origin = "empty: the snapshot was unreadable (store.start_empty_on_bad_snapshot)";
                         Store::new()
                     }
                     Err(e) => return Err(e.into()),
@@ -100,7 +137,9 @@ impl App {
             }
         };
         let idp = Idp::from_config(&config).await?;
-        Self::with_parts(config, clock, idp, store, network)
+        let app = Self::with_parts(config, clock, idp, store, network)?;
+        let _ = app.store_origin.set(origin);
+        Ok(app)
     }
 
     /// Builds the state around an existing IdP, with an empty store.
@@ -140,8 +179,16 @@ impl App {
             metrics.add_password_checks(running, peak);
         }
         store.set_sign_in_capacity(config.limits.max_pending);
+        let audit = match &config.audit {
+            Some(a) => Arc::new(crate::audit::Audit::start(&a.sink, a.queue)?),
+            None => Arc::new(crate::audit::Audit::off()),
+        };
         Ok(Arc::new(Self {
             sign_ins: crate::oauth::flow::SignIns::new(config.is_https()),
+            registration_open: std::sync::atomic::AtomicBool::new(config.registration.enabled),
+            store_origin: std::sync::OnceLock::new(),
+            upstream_probe: crate::readiness::UpstreamProbe::default(),
+            audit,
             metadata: Metadata::build(&config),
             resource_metadata: metadata::resource_metadata_url(&config),
             challenge: format!(

@@ -86,10 +86,6 @@ pub enum Error {
     /// The client stopped sending its request body (`limits.body_timeout`): 408, and the connection is closed.
     #[error("the request body stalled")]
     RequestTimeout,
-    /// `/register` while Dynamic Client Registration is turned off (`registration.enabled = false`): 403
-    /// (the endpoint exists but refuses every client; clients use Client ID Metadata Documents instead).
-    #[error("dynamic client registration is turned off")]
-    RegistrationDisabled,
     /// An MCP POST the tool policy cannot judge (not JSON, a repeated key, a call without a name, a compressed
     /// body): 400 with a JSON-RPC error (`code`: -32700 parse error, -32600 invalid request) and no id.
     #[error("MCP message refused: {message}")]
@@ -102,6 +98,17 @@ pub enum Error {
     /// permissions", MCP authorization "Error Handling") with a JSON-RPC error for the call's id.
     #[error("MCP call refused by the tool policy")]
     ToolForbidden { id: serde_json::Value, message: String },
+    /// `/register` while the operator has switched registration off (admin API): 403 `access_denied`. RFC 7591
+    /// §3.2.2 names no code for a closed endpoint and its registry is open; `access_denied` (RFC 6749 §4.1.2.1) is
+    /// what an OAuth client already understands as "the server said no".
+    #[error("registration is switched off")]
+    RegistrationClosed,
+    /// The admin API without the admin token, or with a wrong one.
+    #[error("admin token missing or wrong")]
+    AdminUnauthorized,
+    /// An admin API request the API cannot read (bad JSON, unknown value).
+    #[error("bad admin request: {0}")]
+    AdminBadRequest(String),
 }
 
 /// The JSON-RPC error code of a call the tool policy refuses: application-defined, outside the range JSON-RPC and
@@ -151,9 +158,11 @@ impl Error {
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::RegistrationDisabled => StatusCode::FORBIDDEN,
             Self::McpBadMessage { .. } | Self::McpHeaderMismatch { .. } => StatusCode::BAD_REQUEST,
             Self::ToolForbidden { .. } => StatusCode::FORBIDDEN,
+            Self::RegistrationClosed => StatusCode::FORBIDDEN,
+            Self::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            Self::AdminBadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -297,17 +306,25 @@ impl Error {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 resp
             }
-            Self::RegistrationDisabled => oauth_json(
-                status,
-                "access_denied",
-                "dynamic client registration is turned off on this server; use a Client ID Metadata Document \
-                 (an https URL as client_id)",
-            ),
             Self::McpBadMessage { code, message } => jsonrpc_error(status, serde_json::Value::Null, code, &message),
             Self::McpHeaderMismatch { id, message } => {
                 jsonrpc_error(status, id, JSONRPC_HEADER_MISMATCH, &format!("Header mismatch: {message}"))
             }
             Self::ToolForbidden { id, message } => jsonrpc_error(status, id, JSONRPC_FORBIDDEN, &message),
+            Self::RegistrationClosed => oauth_json(
+                status,
+                "access_denied",
+                "dynamic client registration is turned off on this server; use a Client ID Metadata \
+                     Document (an https URL as client_id)",
+            ),
+            Self::AdminUnauthorized => {
+                let mut resp =
+                    oauth_json(status, "invalid_token", "the admin token (DCR_PROXY_ADMIN_TOKEN) is required");
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"dcr-proxy-admin\""));
+                resp
+            }
+            Self::AdminBadRequest(reason) => oauth_json(status, "invalid_request", &reason),
         }
     }
 }

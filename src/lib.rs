@@ -25,11 +25,15 @@
 //! - [`proxy`]: bearer lookup, upstream credential (refresh, single flight), streaming forwarder.
 //! - [`client_documents`]: Client ID Metadata Documents (URL client_ids), fetched without SSRF.
 //! - [`store`]: clients, codes, grants and token hashes behind named operations; the sweeper and snapshot writer.
+//! - [`admin`]: the admin API (own listener, token from the environment): list and revoke, registration switch.
+//! - [`audit`]: the audit trail, one JSON line per security event, written off the request path.
 //! - [`crypto`]: random tokens, SHA-256, PKCE, AEAD. [`error`]: every error and its one response mapping.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod client_documents;
 pub mod clock;
 pub mod config;
@@ -42,6 +46,7 @@ pub mod oauth;
 pub mod policy;
 pub mod proxy;
 pub mod rate_limit;
+pub mod readiness;
 pub mod route;
 pub mod router;
 pub mod server;

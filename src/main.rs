@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use dcr_proxy::app::App;
 use dcr_proxy::clock::Clock;
-use dcr_proxy::config::{Config, LogFormat, DEFAULT_CONFIG};
+use dcr_proxy::config::{AdminListen, Config, LogFormat, DEFAULT_CONFIG};
 use dcr_proxy::server;
 
 /// OAuth 2.1 sidecar: Dynamic Client Registration for MCP clients in front of Entra ID and other OIDC providers.
@@ -41,6 +41,45 @@ enum Command {
         /// How long to wait for the answer.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+    },
+    /// Ask the running proxy's admin API (`[admin] listen`) with the token in DCR_PROXY_ADMIN_TOKEN: list clients
+    /// and grants, revoke, switch registration. A table for people; `--json` for scripts.
+    Admin {
+        /// The admin API's base URL (`http://host:port`, or `unix:/path/to/socket`); default: `admin.listen` of the
+        /// config, else http://127.0.0.1:9091.
+        #[arg(long, global = true)]
+        url: Option<String>,
+        /// Print the API's JSON answer instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Every client: name, redirect hosts, metadata-document URL, created, last used, grants.
+    Clients,
+    /// Live grants: id, user, client, scopes, created, last refresh, IdP token expiry (never a token).
+    Grants {
+        /// Only this user's (IdP subject).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only this client's.
+        #[arg(long)]
+        client: Option<String>,
+    },
+    /// Revoke one grant by id (from `admin grants`): its tokens stop working at once.
+    RevokeGrant { id: String },
+    /// Revoke every grant of a user (IdP subject).
+    RevokeUser { subject: String },
+    /// Delete a client and revoke every grant it holds.
+    RevokeClient { id: String },
+    /// Switch dynamic client registration on or off (until the next restart).
+    Registration {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
     },
 }
 
@@ -120,6 +159,10 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             };
         }
+        Some(Command::Admin { ref url, json, ref action }) => {
+            let base = url.clone().unwrap_or_else(|| admin_url(&cli));
+            return admin(&base, json, action);
+        }
         Some(Command::Serve) | None => {}
     }
     let mut config = match load(&cli) {
@@ -144,6 +187,52 @@ fn main() -> ExitCode {
             tracing::error!("{e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// The admin API's URL when `--url` is not given: the config's `admin.listen`, else the documented default.
+fn admin_url(cli: &Cli) -> String {
+    match load(cli).ok().and_then(|c| c.admin).map(|a| a.listen) {
+        Some(AdminListen::Tcp(addr)) => format!("http://{addr}"),
+        Some(AdminListen::Unix(path)) => format!("unix:{}", path.display()),
+        None => "http://127.0.0.1:9091".to_owned(),
+    }
+}
+
+/// `dcr-proxy admin …`: one request to the admin API; exit 0 on success, 1 when the API refused, 2 when it
+/// could not be asked.
+fn admin(base: &str, json: bool, action: &AdminAction) -> ExitCode {
+    use dcr_proxy::admin::cli;
+    let Ok(token) = std::env::var(dcr_proxy::config::env::ADMIN_TOKEN.name) else {
+        return fail(&format!("set {} to the admin token", dcr_proxy::config::env::ADMIN_TOKEN.name));
+    };
+    let request = match action {
+        AdminAction::Clients => cli::Request::Clients,
+        AdminAction::Grants { subject, client } => {
+            cli::Request::Grants { subject: subject.clone(), client_id: client.clone() }
+        }
+        AdminAction::RevokeGrant { id } => cli::Request::RevokeGrant(id.clone()),
+        AdminAction::RevokeUser { subject } => cli::Request::RevokeUser(subject.clone()),
+        AdminAction::RevokeClient { id } => cli::Request::RevokeClient(id.clone()),
+        AdminAction::Registration { state } => cli::Request::Registration(state == "on"),
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| cli::CliError::Unreachable(e.to_string()))
+        .and_then(|rt| rt.block_on(cli::send(base, &token, &request)));
+    match result {
+        Ok(answer) => {
+            let text = if json { format!("{answer:#}") } else { cli::render(&request, &answer) };
+            let _ = writeln!(std::io::stdout(), "{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ cli::CliError::Refused { .. }) => {
+            let _ = writeln!(std::io::stderr(), "dcr-proxy: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => fail(&e.to_string()),
     }
 }
 
@@ -216,11 +305,37 @@ async fn run(config: Config) -> Result<(), String> {
         }
         None => None,
     };
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = match &app.config.admin {
+        Some(admin) => {
+            let at = admin.listen.clone();
+            let stopped = async {
+                let _ = admin_stopped.await;
+            };
+            let cannot = |e: std::io::Error| format!("cannot listen on {at} (admin.listen): {e}");
+            tracing::info!(%at, "admin API at /admin/");
+            Some(match &admin.listen {
+                AdminListen::Tcp(addr) => {
+                    let listener = tokio::net::TcpListener::bind(addr).await.map_err(cannot)?;
+                    tokio::spawn(server::serve_admin(listener, app.clone(), stopped))
+                }
+                AdminListen::Unix(path) => {
+                    let listener = server::bind_admin_socket(path).map_err(cannot)?;
+                    tokio::spawn(server::serve_admin_unix(listener, app.clone(), stopped))
+                }
+            })
+        }
+        None => None,
+    };
     tracing::info!(%listen, %public_url, tls = tls.is_some(), "dcr-proxy ready");
     server::serve(listener, app, tls, server::shutdown_signal()).await;
     drop(stop);
+    drop(stop_admin);
     if let Some(metrics) = metrics {
         let _ = metrics.await;
+    }
+    if let Some(admin) = admin {
+        let _ = admin.await;
     }
     Ok(())
 }

@@ -26,7 +26,13 @@ pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) 
     let started = Instant::now();
     let method = req.method().clone();
     let route = Route::parse(req.uri().path(), &app.metadata.protected_resource_path);
-    let mut resp = match dispatch(&app, route, req, peer).await {
+    let request_id = REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let forwarded_for = match app.config.server.behind_tls_terminator {
+        true => req.headers().get_all("x-forwarded-for").iter().next_back().cloned(),
+        false => None,
+    };
+    let context = crate::audit::RequestContext { audit: app.audit.clone(), request_id, peer, forwarded_for };
+    let mut resp = match crate::audit::REQUEST.scope(context, dispatch(&app, route, req, peer)).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
@@ -38,7 +44,6 @@ pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) 
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     app.metrics.request(route.name(), status, elapsed.as_secs_f64());
-    let request_id = REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(request_id, %method, route = route.name(), status, micros = elapsed.as_micros() as u64, "request");
     resp
 }
@@ -74,7 +79,7 @@ async fn dispatch(
         }
     }
     match (req.method(), route) {
-        (&Method::GET, Route::AuthorizationServerMetadata) => Ok(json_bytes(app.metadata.authorization_server.clone())),
+        (&Method::GET, Route::AuthorizationServerMetadata) => Ok(json_bytes(app.authorization_server_metadata())),
         (&Method::GET, Route::ProtectedResourceMetadata) => Ok(json_bytes(app.metadata.protected_resource.clone())),
         (_, Route::AuthorizationServerMetadata | Route::ProtectedResourceMetadata | Route::OtherWellKnown) => {
             Err(Error::NotFound)
@@ -96,15 +101,7 @@ async fn dispatch(
         (&Method::POST, Route::Introspect) => introspect::handle(app, req).await,
         (&Method::GET | &Method::POST, Route::Userinfo) => userinfo::handle(&app.proxy_context(), &req),
         (&Method::GET, Route::Healthz) => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
-        // The listener is bound only after the snapshot is loaded and the IdP discovered: serving means ready.
-        (&Method::GET, Route::Readyz) => Ok(json_response(
-            StatusCode::OK,
-            &serde_json::json!({
-                "status": "ready",
-                "idp": match &*app.idp { Idp::Oidc(_) => "oidc", Idp::Local(_) => "local" },
-                "snapshot": app.config.store.snapshot.is_some(),
-            }),
-        )),
+        (&Method::GET, Route::Readyz) => Ok(readyz(app).await),
         (_, Route::Register | Route::Consent | Route::Token | Route::Revoke | Route::Introspect) => {
             Err(Error::MethodNotAllowed { allow: "POST, OPTIONS" })
         }
@@ -124,6 +121,32 @@ async fn dispatch(
         (_, Route::Logo) => Err(Error::MethodNotAllowed { allow: "GET" }),
         (_, Route::Proxy) => crate::proxy::handle(&app.proxy_context(), req, peer).await,
     }
+}
+
+/// `/readyz` ([`crate::readiness`]): the store and the IdP are ready before the listener is bound; the upstream is
+/// probed.
+async fn readyz(app: &App) -> Response<Body> {
+    use crate::readiness::Check;
+    let idp = match &*app.idp {
+        Idp::Oidc(_) => "oidc",
+        Idp::Local(_) => "local",
+    };
+    let checks = [
+        Check { name: "store", ok: true, detail: app.store_origin.get().copied().unwrap_or("in memory").to_owned() },
+        Check {
+            name: "idp",
+            ok: true,
+            detail: (if idp == "oidc" { "OIDC discovery done" } else { "local login" }).to_owned(),
+        },
+        app.upstream_probe.check(&app.config.upstream.url, app.config.upstream.connect_timeout).await,
+    ];
+    let mut extra = serde_json::Map::new();
+    extra.insert("idp".into(), idp.into());
+    extra.insert("snapshot".into(), app.config.store.snapshot.is_some().into());
+    let (status, body) = crate::readiness::report(&checks, extra);
+    let mut resp = json_response(status, &body);
+    h::no_store(&mut resp);
+    resp
 }
 
 fn json_bytes(body: bytes::Bytes) -> Response<Body> {

@@ -111,7 +111,45 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// `[pages]`: names, scope descriptions and the logo of the HTML pages.
     pub pages: pages::PagesConfig,
+    /// The admin API (a separate listener, [`crate::admin`]); off when absent.
+    pub admin: Option<AdminConfig>,
+    /// The audit trail ([`crate::audit`]); off when absent.
+    pub audit: Option<AuditConfig>,
 }
+
+/// The audit trail: where its lines go and how many may wait for the writer.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub sink: crate::audit::AuditSink,
+    pub queue: usize,
+}
+
+/// The admin API: where it listens and the token it requires (from `DCR_PROXY_ADMIN_TOKEN`).
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: AdminListen,
+    pub token: SecretString,
+}
+
+/// Where the admin API listens: a TCP address, or a Unix socket (created 0600, so that only the proxy's user can
+/// connect).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "{a}"),
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 
 /// A 256-bit snapshot key; `Debug` never shows it.
 #[derive(Clone)]

@@ -64,6 +64,9 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) policy: RawPolicy,
     pub(crate) pages: super::pages::RawPages,
+    pub(crate) admin: RawAdmin,
+    #[serde(default)]
+    pub(crate) audit: RawAudit,
 }
 
 #[derive(Deserialize)]
@@ -341,4 +344,17 @@ mod tests {
         assert!(bad.starts_with("`soon` is not a duration like \"10m\""), "{bad}");
         assert!(toml::from_str::<Doc>("d = 10").is_err(), "a number is not a duration");
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub(crate) listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    pub(crate) path: Option<String>,
+    pub(crate) queue: Option<usize>,
 }

@@ -59,6 +59,8 @@ pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Con
         format: raw.log.format.unwrap_or(LogFormat::Text),
         filter: raw.log.filter.unwrap_or_else(|| "info".to_owned()),
     };
+    let admin = validate_admin(raw.admin, env)?;
+    let audit = validate_audit(raw.audit)?;
     Ok(Config {
         server,
         upstream,
@@ -73,7 +75,47 @@ pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Con
         log,
         policy,
         pages,
+        admin,
+        audit,
     })
+}
+
+/// `[audit]`: off without `path`; `"stdout"`, `"stderr"` or a file path; `queue` 1 to 1 000 000 (default 10 000).
+fn validate_audit(raw: RawAudit) -> Result<Option<AuditConfig>, ConfigError> {
+    let queue = raw.queue.unwrap_or(10_000);
+    if !(1..=1_000_000).contains(&queue) {
+        return Err(invalid("audit.queue", "must be between 1 and 1000000"));
+    }
+    let sink = match raw.path.as_deref() {
+        None => return Ok(None),
+        Some("") => return Err(invalid("audit.path", "must not be empty: a file, \"stdout\" or \"stderr\"")),
+        Some("stdout") => crate::audit::AuditSink::Stdout,
+        Some("stderr") => crate::audit::AuditSink::Stderr,
+        Some(path) => crate::audit::AuditSink::File(path.into()),
+    };
+    Ok(Some(AuditConfig { sink, queue }))
+}
+
+/// `[admin]`: off without `listen` (an address, or an absolute Unix socket path); with it, `DCR_PROXY_ADMIN_TOKEN` must hold at least 32 characters.
+fn validate_admin(raw: RawAdmin, env: &Env<'_>) -> Result<Option<AdminConfig>, ConfigError> {
+    let Some(a) = raw.listen else { return Ok(None) };
+    let listen = match a.strip_prefix("unix:").unwrap_or(&a) {
+        path if path.starts_with('/') => AdminListen::Unix(path.into()),
+        _ => AdminListen::Tcp(a.parse::<SocketAddr>().map_err(|_| {
+            invalid("admin.listen", format!("`{a}` is not an address like 127.0.0.1:9091 or an absolute socket path"))
+        })?),
+    };
+    let token = env.get(env::ADMIN_TOKEN).unwrap_or_default();
+    if token.trim().chars().count() < MIN_ADMIN_TOKEN_CHARS {
+        return Err(invalid(
+            env::ADMIN_TOKEN.name,
+            format!(
+                "admin.listen is set: the environment variable must hold the admin token, \
+                 {MIN_ADMIN_TOKEN_CHARS} characters or more (`openssl rand -base64 32`)"
+            ),
+        ));
+    }
+    Ok(Some(AdminConfig { listen, token: SecretString::from(token.trim().to_owned()) }))
 }
 
 /// A duration key: its default when absent, refused naming the key when the text is not a duration.

@@ -7,6 +7,8 @@
 //!   only a table whose clients all redeemed a code refuses a registration.
 //! - `/register/{client_id}` needs the registration access token of that client; an unknown client and a wrong
 //!   token are the same 401 (RFC 7592 §2), so that nothing is learned about which clients exist.
+//! - While the operator has switched registration off ([`crate::admin`]), `/register` answers 403 before reading
+//!   anything.
 //! - Deleting a client revokes every grant it holds ([`crate::store::Store::revoke_client`]).
 
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode};
 
 use crate::app::App;
+use crate::audit::{Entry, Event};
 use crate::crypto::TokenHash;
 use crate::error::{Error, ErrorCode, OAuthError};
 use crate::http::{self as h, json_response, no_store, read_body, Body, RequestBody};
@@ -28,8 +31,8 @@ pub async fn register(
     req: Request<RequestBody>,
     source: rate_limit::Source,
 ) -> Result<Response<Body>, Error> {
-    if !registration_enabled(app) {
-        return Err(Error::RegistrationDisabled);
+    if !app.registration_is_open() {
+        return Err(Error::RegistrationClosed);
     }
     let policy = &app.config.registration;
     if let Some(expected) = &policy.initial_access_token {
@@ -67,16 +70,15 @@ pub async fn register(
         auth_method = registration.client.auth_method.as_str(),
         "client registered"
     );
+    app.audit(
+        Entry::new(Event::ClientRegistered)
+            .client(&registration.client.client_id)
+            .name(registration.client.client_name.as_deref()),
+    );
     app.store.add_client(registration.client, source);
     let mut resp = json_response(StatusCode::CREATED, &doc);
     no_store(&mut resp);
     Ok(resp)
-}
-
-/// Whether `/register` accepts registrations: `registration.enabled` (MCP 2026-07-28 deprecates Dynamic Client
-/// Registration; a deployment that accepts only Client ID Metadata Documents turns it off).
-pub fn registration_enabled(app: &App) -> bool {
-    app.config.registration.enabled
 }
 
 /// RFC 7592 client configuration endpoint `/register/{client_id}`: read (GET), update (PUT), delete (DELETE),
@@ -96,6 +98,7 @@ pub async fn manage(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
         Method::DELETE => {
             app.store.revoke_client(&client.client_id);
             tracing::info!(client_id = %client.client_id, "client deleted by its owner");
+            app.audit(Entry::new(Event::ClientDeleted).client(&client.client_id).name(client.client_name.as_deref()));
             let mut resp = Response::new(h::empty());
             *resp.status_mut() = StatusCode::NO_CONTENT;
             Ok(resp)
@@ -106,6 +109,7 @@ pub async fn manage(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
                 register::update(&client, &json, app.clock.now(), &app.config.registration.redirect_allowlist)?;
             let resp = respond(&updated);
             tracing::info!(client_id = %client.client_id, "client metadata updated");
+            app.audit(Entry::new(Event::ClientUpdated).client(&client.client_id).name(updated.client_name.as_deref()));
             app.store.put_client(updated);
             Ok(resp)
         }

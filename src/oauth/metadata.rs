@@ -24,6 +24,8 @@ use crate::route::Route;
 #[derive(Debug, Clone)]
 pub struct Metadata {
     pub authorization_server: Bytes,
+    /// The same document without `registration_endpoint`, served while registration is switched off.
+    pub authorization_server_closed: Bytes,
     pub protected_resource: Bytes,
     /// Path of the path-inserted RFC 9728 document.
     pub protected_resource_path: String,
@@ -34,7 +36,7 @@ impl Metadata {
         let base = &config.server.public_url;
         let scopes = &config.idp.scopes;
         let auth_methods = ["none", "client_secret_basic", "client_secret_post"];
-        let mut as_doc = json!({
+        let as_doc = json!({
             "issuer": base,
             "authorization_endpoint": endpoint(base, Route::Authorize),
             "token_endpoint": endpoint(base, Route::Token),
@@ -51,10 +53,9 @@ impl Metadata {
             "authorization_response_iss_parameter_supported": true,
             "client_id_metadata_document_supported": config.client_documents.enabled,
         });
-        if !config.registration.enabled {
-            if let Some(doc) = as_doc.as_object_mut() {
-                doc.remove("registration_endpoint");
-            }
+        let mut closed_doc = as_doc.clone();
+        if let Some(fields) = closed_doc.as_object_mut() {
+            fields.remove("registration_endpoint");
         }
         let prm_doc = json!({
             "resource": config.resource_url(),
@@ -65,6 +66,7 @@ impl Metadata {
         });
         Self {
             authorization_server: Bytes::from(as_doc.to_string()),
+            authorization_server_closed: Bytes::from(closed_doc.to_string()),
             protected_resource: Bytes::from(prm_doc.to_string()),
             protected_resource_path: format!(
                 "{}{}",

@@ -10,6 +10,7 @@
 use http::{Request, Response};
 
 use crate::app::App;
+use crate::audit::{Entry, Event};
 use crate::client_documents;
 use crate::crypto::TokenHash;
 use crate::error::Error;
@@ -44,8 +45,14 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
     }
     let client = requests::token_client(app, &headers, &params).await?;
     match revoke(&app.store, &client.client_id, token) {
-        Revoked::Grant => tracing::info!(client_id = %client.client_id, "grant revoked by its client"),
-        Revoked::AccessToken => tracing::info!(client_id = %client.client_id, "access token revoked by its client"),
+        Revoked::Grant => {
+            tracing::info!(client_id = %client.client_id, "grant revoked by its client");
+            app.audit(Entry::new(Event::TokenRevoked).client(&client.client_id).detail("refresh token: grant revoked"));
+        }
+        Revoked::AccessToken => {
+            tracing::info!(client_id = %client.client_id, "access token revoked by its client");
+            app.audit(Entry::new(Event::TokenRevoked).client(&client.client_id).detail("access token"));
+        }
         Revoked::Nothing => {}
     }
     Ok(answer())

@@ -11,6 +11,7 @@
 use http::{header, HeaderMap, Request, Response, StatusCode};
 
 use crate::app::App;
+use crate::audit::{Entry, Event};
 use crate::crypto::{self, TokenHash};
 use crate::error::{Error, ErrorCode, OAuthError};
 use crate::http::params::Params;
@@ -76,6 +77,7 @@ pub async fn consent(app: &App, req: Request<RequestBody>) -> Result<Response<Bo
 
     if params.get("action") != Some("approve") {
         tracing::info!(client_id = %pending.request.client_id, "user denied consent");
+        app.audit(Entry::new(Event::ConsentDenied).client(&pending.request.client_id));
         return Err(Error::Redirect {
             redirect_uri: pending.request.redirect_uri,
             error: OAuthError::new(ErrorCode::AccessDenied, "the user denied the request"),
@@ -83,6 +85,11 @@ pub async fn consent(app: &App, req: Request<RequestBody>) -> Result<Response<Bo
             issuer: app.config.server.public_url.to_string(),
         });
     }
+    app.audit(
+        Entry::new(Event::ConsentApproved)
+            .client(&pending.request.client_id)
+            .detail(format!("scope: {}", pending.request.scope.join(" "))),
+    );
     // The IdP state, nonce and PKCE verifier exist only from here on; the state carries them, sealed.
     let verifier = pkce::new_verifier();
     let nonce = crypto::random_token();
@@ -209,6 +216,7 @@ fn finish(app: &App, pending: PendingAuthorization, login: UpstreamLogin) -> Res
     let code = crypto::random_token();
     let location = code_redirect(&pending.request, &code, &app.config.server.public_url);
     tracing::info!(client_id = %pending.request.client_id, "authorization code issued");
+    app.audit(Entry::new(Event::SignInCompleted).client(&pending.request.client_id).subject(&login.identity.sub));
     app.store.issue_code(
         TokenHash::of(&code),
         AuthorizationCode {

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{pkce, requests, scope};
 use crate::app::App;
+use crate::audit::{self, Entry, Event};
 use crate::client_documents;
 use crate::clock::UnixTime;
 use crate::config::TokenConfig;
@@ -170,8 +171,16 @@ fn redeem_code(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Resu
     let code = match ctx.store.redeem_code(&hash) {
         CodeRedemption::Taken(code) => *code,
         CodeRedemption::Spent(grant) => {
+            let subject = ctx.store.grant(grant).map(|g| g.identity.sub.clone()).unwrap_or_default();
             ctx.store.revoke_grant(grant);
             tracing::warn!(client_id = %client.client_id, "authorization code replayed; its grant is revoked");
+            audit::emit(
+                Entry::new(Event::CodeReplayDetected)
+                    .client(&client.client_id)
+                    .name(client.client_name.as_deref())
+                    .subject(&subject)
+                    .detail("grant revoked"),
+            );
             return Err(OAuthError::invalid_grant("authorization code was already used"));
         }
         CodeRedemption::Unknown => return Err(OAuthError::invalid_grant("authorization code is invalid or expired")),
@@ -200,6 +209,13 @@ fn redeem_code(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Resu
     client.mark_authorized(ctx.now);
     let grant = Grant::new(client.client_id.clone(), code.request.scope, code.request.resource, code.login, ctx.now);
     ctx.store.start_grant(grant.clone(), hash, code.expires_at);
+    audit::emit(
+        Entry::new(Event::GrantIssued)
+            .client(&client.client_id)
+            .name(client.client_name.as_deref())
+            .subject(&grant.identity.sub)
+            .detail(format!("scope: {}", grant.scope)),
+    );
     let with_refresh = client.grant_types.iter().any(|g| g == "refresh_token");
     Ok(issue(ctx, &grant, with_refresh))
 }
@@ -330,7 +346,15 @@ fn refresh(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<T
             })
         }
         Refreshed::Reused(grant) => {
+            let subject = ctx.store.grant(grant).map(|g| g.identity.sub.clone()).unwrap_or_default();
             ctx.store.revoke_grant(grant);
+            audit::emit(
+                Entry::new(Event::RefreshReuseDetected)
+                    .client(&client.client_id)
+                    .name(client.client_name.as_deref())
+                    .subject(&subject)
+                    .detail("refresh family and grant revoked"),
+            );
             tracing::warn!(client_id = %client.client_id, "spent refresh token reused; the grant is revoked");
             Err(OAuthError::invalid_grant("refresh token was already used; the authorization is revoked"))
         }

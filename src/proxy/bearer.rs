@@ -16,6 +16,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue};
 
 use super::Context;
+use crate::audit::{self, Entry, Event};
 use crate::crypto::TokenHash;
 use crate::error::{BearerProblem, Error};
 use crate::store::{Grant, UpstreamCredential};
@@ -138,6 +139,12 @@ pub async fn upstream_auth(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAu
             cx.metrics.upstream_refresh("refused");
             cx.metrics.idp_error(&e);
             cx.store.revoke_grant(grant.id);
+            audit::emit(
+                Entry::new(Event::UpstreamGrantEnded)
+                    .client(&grant.client_id)
+                    .subject(&grant.identity.sub)
+                    .detail("the IdP refused the refresh"),
+            );
             Err(unauthorized())
         }
         Err(e) => {

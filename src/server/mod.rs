@@ -301,6 +301,88 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>, shutdown: impl 
     }
 }
 
+/// Serves the admin API ([`crate::admin`]) on its own listener (HTTP/1.1, loopback or a private address) until
+/// `shutdown` resolves. Only `/admin/…` exists here; the public listener never routes to it.
+pub async fn serve_admin(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    serve_admin_on(AdminListener::Tcp(listener), app, shutdown).await;
+}
+
+/// [`serve_admin`] on a Unix socket ([`bind_admin_socket`]). Its clients show as `127.0.0.1` in the audit trail.
+#[cfg(unix)]
+pub async fn serve_admin_unix(listener: tokio::net::UnixListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    serve_admin_on(AdminListener::Unix(listener), app, shutdown).await;
+}
+
+/// Binds the admin API's Unix socket, replacing a stale socket file (never another kind of file), mode 0600.
+#[cfg(unix)]
+pub fn bind_admin_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+enum AdminListener {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener),
+}
+
+/// An accepted admin connection, TCP or Unix.
+enum AdminStream {
+    Tcp(tokio::net::TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+impl AdminListener {
+    async fn accept(&self) -> std::io::Result<(AdminStream, std::net::SocketAddr)> {
+        match self {
+            Self::Tcp(l) => l.accept().await.map(|(s, a)| (AdminStream::Tcp(s), a)),
+            #[cfg(unix)]
+            Self::Unix(l) => l.accept().await.map(|(s, _)| (AdminStream::Unix(s), ([127, 0, 0, 1], 0).into())),
+        }
+    }
+}
+
+async fn serve_admin_on(listener: AdminListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if backoff::is_connection_error(&e) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed; pausing");
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_millis(100)) => continue,
+                        () = &mut shutdown => break,
+                    }
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let resp = crate::admin::handle(&app, req.method(), req.uri(), req.headers(), peer);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let http = hyper::server::conn::http1::Builder::new();
+            let _ = match stream {
+                AdminStream::Tcp(s) => http.serve_connection(TokioIo::new(s), service).await,
+                #[cfg(unix)]
+                AdminStream::Unix(s) => http.serve_connection(TokioIo::new(s), service).await,
+            };
+        });
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -355,6 +355,32 @@ impl Store {
         self.refresh_client(token)
             .or_else(|| self.access_tokens.get(&TokenHash::of(token)).map(|t| t.grant.client_id.clone()))
     }
+
+    /// Every registered client, for the admin API. Read-only; a snapshot of the table, not a consistent cut.
+    pub fn list_clients(&self) -> Vec<Arc<Client>> {
+        self.clients.iter().map(|c| c.value().clone()).collect()
+    }
+
+    /// Every grant not revoked, for the admin API. Read-only, like [`Store::list_clients`].
+    pub fn list_grants(&self) -> Vec<Arc<Grant>> {
+        self.grants.iter().filter(|g| !g.is_revoked()).map(|g| g.value().clone()).collect()
+    }
+
+    /// A grant not revoked, by id. Read-only.
+    pub fn grant(&self, id: GrantId) -> Option<Arc<Grant>> {
+        self.grants.get(&id).filter(|g| !g.is_revoked()).map(|g| g.value().clone())
+    }
+
+    /// Revokes every grant of one user (IdP subject), whatever the client; returns the grants revoked. Not atomic
+    /// across grants: each is revoked by its own flag ([`Store::revoke_grant`]); a grant started while this runs
+    /// may survive it, as a sign-in after the call would.
+    pub fn revoke_user(&self, subject: &str) -> Vec<GrantId> {
+        let ids: Vec<GrantId> = self.grants.iter().filter(|g| g.identity.sub == subject).map(|g| g.id).collect();
+        for id in &ids {
+            self.revoke_grant(*id);
+        }
+        ids
+    }
 }
 
 /// Sign-in tickets already used, remembered until they expire, so that a consent form or an IdP state works once.

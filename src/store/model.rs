@@ -250,7 +250,7 @@ pub struct SpentCode {
     pub expires_at: UnixTime,
 }
 
-/// Identifies a grant; random, never shown to anyone.
+/// Identifies a grant; random, shown only to the operator (admin API, as 32 hex digits), never a credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GrantId(pub u128);
 

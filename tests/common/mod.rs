@@ -359,6 +359,7 @@ pub struct TestProxyBuilder {
     server_extra: String,
     extra: String,
     network: Option<dcr_proxy::client_documents::Network>,
+    env: Vec<(String, String)>,
 }
 
 impl TestProxyBuilder {
@@ -398,6 +399,12 @@ impl TestProxyBuilder {
         self
     }
 
+    /// An environment variable as the config sees it (the process environment is never read).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
     pub async fn start(self) -> TestProxy {
         let upstream_url = self.upstream.expect("TestProxy::builder() needs .upstream(..)");
         let idp = match &self.idp {
@@ -425,7 +432,9 @@ impl TestProxyBuilder {
              [upstream]\nurl = \"{upstream_url}\"\nresource_path = \"/mcp\"\nconnect_timeout = \"2s\"\nresponse_timeout = \"2s\"\n\
              {idp}{extra}"
         );
-        let config = Config::from_toml(&text, |_| None).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        let env = self.env;
+        let lookup = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let config = Config::from_toml(&text, lookup).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
         let clock =
             Clock::manual(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs());
         // Unless a test brings its own, the metadata-document fetcher resolves nothing and connects nowhere, so
@@ -502,4 +511,12 @@ where
         }
     }
     panic!("five fresh ports were all taken before dcr-proxy could bind them");
+}
+
+/// Serves the proxy's admin API on 127.0.0.1:0 (the proxy's config must have `[admin]`) and returns its base URL.
+pub async fn serve_admin(proxy: &TestProxy) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let addr = listener.local_addr().expect("admin addr");
+    tokio::spawn(dcr_proxy::server::serve_admin(listener, proxy.app.clone(), std::future::pending()));
+    format!("http://{addr}")
 }
