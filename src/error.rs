@@ -86,6 +86,10 @@ pub enum Error {
     /// The client stopped sending its request body (`limits.body_timeout`): 408, and the connection is closed.
     #[error("the request body stalled")]
     RequestTimeout,
+    /// The identity provider is throttling or down and the grant's IdP token has expired (issue 16 §1): 503 with
+    /// `Retry-After`; the grant is kept.
+    #[error("identity provider unavailable, retry after {retry_after}s")]
+    IdpUnavailable { retry_after: u64 },
 }
 
 impl Error {
@@ -115,6 +119,7 @@ impl Error {
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::IdpUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -246,6 +251,15 @@ impl Error {
             Self::RequestTimeout => {
                 let mut resp = oauth_json(status, "invalid_request", "the request body was not sent in time");
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                resp
+            }
+            Self::IdpUnavailable { retry_after } => {
+                let mut resp = oauth_json(
+                    status,
+                    "temporarily_unavailable",
+                    "the identity provider is busy or unavailable; the sign-in is kept, retry later",
+                );
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
                 resp
             }
         }

@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::sync::RwLock;
 use url::Url;
 
+use super::entra_error::aadsts_from_description;
 use super::IdpError;
 use crate::clock::UnixTime;
 use crate::config::IdpConfig;
@@ -75,6 +76,17 @@ impl IssuerRule {
             }
         }
     }
+}
+
+/// What an authorization request carries beyond the usual because Entra asked for it (issue 16 §1–2).
+#[derive(Debug, Clone, Default)]
+pub struct SignInHints {
+    /// `prompt=login`: the person must sign in afresh (MFA, Conditional Access).
+    pub prompt_login: bool,
+    /// The OIDC `claims` request (OIDC Core §5.5), JSON.
+    pub claims: Option<String>,
+    /// `login_hint`: who signed in last time.
+    pub login_hint: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -204,8 +216,14 @@ impl OidcProvider {
         Ok(p)
     }
 
-    /// The URL the user's browser is sent to.
-    pub fn authorize_url(&self, state: &str, code_challenge: &str, nonce: &str) -> String {
+    /// The app registration the proxy signs in as and the scopes it asks for (for the operator's log).
+    pub fn app_registration(&self) -> (&str, &str) {
+        (&self.client_id, &self.scopes)
+    }
+
+    /// The URL the user's browser is sent to; `hints` carry what an earlier Entra refusal asked of this sign-in
+    /// (`prompt=login`, `claims`, `login_hint`). `prompt=consent` is never sent.
+    pub fn authorize_url(&self, state: &str, code_challenge: &str, nonce: &str, hints: &SignInHints) -> String {
         let mut url = self.endpoints.authorization_endpoint.clone();
         {
             let mut q = url.query_pairs_mut();
@@ -219,6 +237,15 @@ impl OidcProvider {
                 .append_pair("code_challenge_method", "S256");
             if self.flavor == Flavor::Azure {
                 q.append_pair("response_mode", "query");
+            }
+            if hints.prompt_login {
+                q.append_pair("prompt", "login");
+            }
+            if let Some(hint) = &hints.login_hint {
+                q.append_pair("login_hint", hint);
+            }
+            if let Some(claims) = &hints.claims {
+                q.append_pair("claims", claims);
             }
         }
         url.into()
@@ -257,25 +284,20 @@ impl OidcProvider {
             })
         })?;
         let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let body = resp.bytes().await.map_err(|e| IdpError::Unavailable(format!("token endpoint body: {e}")))?;
         if status.is_success() {
             return serde_json::from_slice::<TokenAnswer>(&body)
                 .map_err(|e| IdpError::Protocol(format!("token response is not valid JSON: {e}")));
         }
         if status.as_u16() == 429 || status.is_server_error() {
-            return Err(IdpError::Unavailable(format!("token endpoint answered HTTP {status}")));
+            return Err(IdpError::Busy { status: status.as_u16(), retry_after });
         }
-        let err: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let error = err.get("error").and_then(Value::as_str).unwrap_or("unknown_error").to_owned();
-        let aadsts = err
-            .get("error_codes")
-            .and_then(|c| c.get(0))
-            .and_then(Value::as_u64)
-            .or_else(|| aadsts_from_description(err.get("error_description").and_then(Value::as_str)));
-        if error == "temporarily_unavailable" || error == "server_error" {
-            return Err(IdpError::Unavailable(format!("token endpoint: {error}")));
-        }
-        Err(IdpError::Refused { status: status.as_u16(), error, aadsts })
+        Err(refusal(status.as_u16(), &body))
     }
 
     /// Redeems the IdP's code (RFC 6749 §4.1.3) and validates the id_token.
@@ -387,9 +409,27 @@ impl OidcProvider {
     }
 }
 
-fn aadsts_from_description(d: Option<&str>) -> Option<u64> {
-    let rest = d?.strip_prefix("AADSTS")?;
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+/// Longest `claims` JSON kept from an Entra error answer; a longer one is dropped (the sign-in then asks
+/// `prompt=login` without it).
+pub const MAX_CLAIMS_BYTES: usize = 4096;
+
+/// An OAuth error answer (RFC 6749 §5.2) with Entra's additions: the AADSTS code from `error_codes` or the
+/// description, `suberror`, and `claims` (issue 16 §1). `temporarily_unavailable` and `server_error` are
+/// [`IdpError::Busy`].
+fn refusal(status: u16, body: &[u8]) -> IdpError {
+    let err: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let text = |k: &str| err.get(k).and_then(Value::as_str).map(str::to_owned);
+    let error = text("error").unwrap_or_else(|| "unknown_error".to_owned());
+    if error == "temporarily_unavailable" || error == "server_error" {
+        return IdpError::Busy { status: 503, retry_after: None };
+    }
+    let aadsts = err
+        .get("error_codes")
+        .and_then(|c| c.get(0))
+        .and_then(Value::as_u64)
+        .or_else(|| aadsts_from_description(err.get("error_description").and_then(Value::as_str)));
+    let claims = text("claims").filter(|c| c.len() <= MAX_CLAIMS_BYTES && serde_json::from_str::<Value>(c).is_ok());
+    IdpError::Refused { status, error, aadsts, suberror: text("suberror"), claims }
 }
 
 #[derive(Deserialize)]
@@ -455,11 +495,5 @@ mod tests {
             tenant: Some("00000000-0000-0000-0000-000000000001".into()),
         };
         assert!(pinned.check(&format!("https://login/{tid}/v2.0"), Some(tid)).is_err());
-    }
-
-    #[test]
-    fn aadsts_code_is_read_from_description() {
-        assert_eq!(aadsts_from_description(Some("AADSTS70008: The provided grant has expired")), Some(70008));
-        assert_eq!(aadsts_from_description(Some("nope")), None);
     }
 }

@@ -77,8 +77,15 @@ fn redirect_host(uri: &str) -> String {
 const LOOPBACK_WARNING: &str = "<dd class=\"error\">The answer goes to a program on this computer. Any program on \
      this computer can claim this identity: continue only if you just started the connection from that program.</dd>";
 
-/// The consent page for a validated authorization request; `request` is its sealed ticket.
-pub fn render(client: &Client, pending: &AuthorizationRequest, request: &str, csrf: &str) -> Response<Body> {
+/// The consent page for a validated authorization request; `request` is its sealed ticket. `notice`: what the
+/// person's organisation requires of this sign-in, when Entra refused the last one for want of it (issue 16).
+pub fn render(
+    client: &Client,
+    pending: &AuthorizationRequest,
+    request: &str,
+    csrf: &str,
+    notice: Option<&str>,
+) -> Response<Body> {
     let name = client.client_name.as_deref().unwrap_or("An unnamed application");
     let scopes: String = pending.scope.iter().map(|s| format!("<code>{}</code> ", escape(s))).collect();
     // A metadata-document client is identified by the host that publishes its document; its name is its own.
@@ -95,9 +102,10 @@ pub fn render(client: &Client, pending: &AuthorizationRequest, request: &str, cs
     } else {
         ("This application registered itself with this server and asks for access on your behalf.", String::new())
     };
+    let notice = notice.map(|n| format!("<p class=\"error\">{}</p>", escape(n))).unwrap_or_default();
     let body = format!(
         "<h1>Allow {name} to access your account?</h1>\
-         <p>{how}</p>\
+         {notice}<p>{how}</p>\
          <dl><dt>Application</dt><dd>{name}</dd>{published}\
          <dt>It will receive the answer at</dt><dd><code>{host}</code></dd>\
          <dt>Permissions</dt><dd>{scopes}</dd></dl>\

@@ -18,7 +18,9 @@ use http::{HeaderMap, HeaderValue};
 use super::Context;
 use crate::crypto::TokenHash;
 use crate::error::{BearerProblem, Error};
-use crate::store::{Grant, UpstreamCredential};
+use crate::idp::entra_error::ErrorFamily;
+use crate::idp::IdpError;
+use crate::store::{Grant, InteractionRequirement, UpstreamCredential};
 
 /// What replaces the client's Authorization header.
 #[derive(Clone)]
@@ -123,8 +125,6 @@ pub async fn upstream_auth(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAu
         UpstreamCredential::Tokens(t) => t.refresh_token().map(str::to_owned),
         UpstreamCredential::Local => None,
     };
-    let unauthorized =
-        || Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: cx.challenge.to_owned() };
     match refresh_with_retries(cx, refresh_token).await {
         Ok(tokens) => {
             tracing::info!(client_id = %grant.client_id, "upstream access token refreshed");
@@ -133,22 +133,50 @@ pub async fn upstream_auth(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAu
             grant.set_refreshed_upstream(tokens, cx.clock.now());
             Ok(UpstreamAuth::Bearer(bearer))
         }
-        Err(e) if e.ends_grant() => {
-            tracing::warn!(client_id = %grant.client_id, error = %e, "upstream refresh refused; grant ended");
-            cx.metrics.upstream_refresh("refused");
-            cx.metrics.idp_error(&e);
-            cx.store.revoke_grant(grant.id);
-            Err(unauthorized())
-        }
-        Err(e) => {
-            tracing::warn!(client_id = %grant.client_id, error = %e, "upstream refresh failed");
-            cx.metrics.upstream_refresh("failed");
-            cx.metrics.idp_error(&e);
-            still_valid_auth(grant, cx.clock.now())
-                .ok_or_else(|| Error::UpstreamUnavailable(format!("identity provider: {e}")))
-        }
+        Err(e) => refresh_refused(cx, grant, &e),
     }
 }
+
+/// What a refused or failed refresh becomes, by [`ErrorFamily`] (issue 16 §1): a family that needs a new sign-in
+/// ends the grant (401 `invalid_token`), an interaction requirement is kept for the client's next sign-in, missing
+/// admin consent is logged for the operator; throttling or an outage keeps the grant and answers 503 with
+/// `Retry-After` once the current token has expired.
+fn refresh_refused(cx: &Context<'_>, grant: &Grant, e: &IdpError) -> Result<UpstreamAuth, Error> {
+    cx.metrics.idp_error(e);
+    let family = e.family();
+    let kind = family.label();
+    if family.ends_grant() {
+        tracing::warn!(client_id = %grant.client_id, error = %e, kind, "upstream refresh refused; grant ended");
+        cx.metrics.upstream_refresh("refused");
+        match (family, e) {
+            (ErrorFamily::InteractionRequired, IdpError::Refused { aadsts, claims, .. }) => {
+                let requirement = InteractionRequirement {
+                    aadsts: *aadsts,
+                    claims: claims.clone(),
+                    login_hint: grant.identity.preferred_username.clone(),
+                    expires_at: grant.expires_at(),
+                };
+                cx.store.require_interaction(&grant.client_id, requirement);
+            }
+            (ErrorFamily::AdminConsent, _) => cx.idp.warn_admin_consent(e, &grant.client_id),
+            _ => {}
+        }
+        cx.store.revoke_grant(grant.id);
+        return Err(Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: cx.challenge.to_owned() });
+    }
+    tracing::warn!(client_id = %grant.client_id, error = %e, kind, "upstream refresh failed");
+    cx.metrics.upstream_refresh("failed");
+    still_valid_auth(grant, cx.clock.now()).ok_or_else(|| match e {
+        IdpError::Busy { retry_after, .. } => {
+            Error::IdpUnavailable { retry_after: retry_after.unwrap_or(DEFAULT_RETRY_AFTER).clamp(1, 3600) }
+        }
+        IdpError::Unavailable(_) => Error::IdpUnavailable { retry_after: DEFAULT_RETRY_AFTER },
+        _ => Error::UpstreamUnavailable(format!("identity provider: {e}")),
+    })
+}
+
+/// `Retry-After` when the IdP is down without saying for how long.
+const DEFAULT_RETRY_AFTER: u64 = 30;
 
 /// Calls the IdP, retrying transient failures (network, 5xx, 429) twice with a growing pause; a refusal is final.
 async fn refresh_with_retries(
@@ -159,7 +187,7 @@ async fn refresh_with_retries(
     let mut attempt = 1;
     loop {
         match cx.idp.refresh(refresh_token.clone(), cx.clock.now()).await {
-            Err(e @ crate::idp::IdpError::Unavailable(_)) if attempt < 3 => {
+            Err(e) if e.retry_now() && attempt < 3 => {
                 tracing::info!(error = %e, attempt, "upstream refresh failed; retrying");
                 tokio::time::sleep(pause).await;
                 pause *= 4;

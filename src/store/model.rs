@@ -536,3 +536,20 @@ mod tests {
         assert_eq!(fresh.classify(0, &TokenHash::of("current")), Presented::Current);
     }
 }
+
+/// What a client's next sign-in must ask of Entra, because Entra refused the client's grant until the person
+/// interacts (MFA, Conditional Access, a claims challenge; issue 16). Kept per client until used or expired.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InteractionRequirement {
+    /// The AADSTS code Entra gave, for the words shown to the person.
+    #[serde(default)]
+    pub aadsts: Option<u64>,
+    /// The OIDC `claims` request (JSON) Entra asked for, if any; size-capped when read.
+    #[serde(default)]
+    pub claims: Option<String>,
+    /// Who signed in, for Entra's `login_hint`.
+    #[serde(default)]
+    pub login_hint: Option<String>,
+    #[serde(default)]
+    pub expires_at: UnixTime,
+}
