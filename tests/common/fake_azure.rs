@@ -64,6 +64,48 @@ pub struct AzureState {
     pub code_calls: usize,
     /// The newest access token issued.
     pub last_access_token: Option<String>,
+    /// Issue 16: an Entra refusal the token endpoint answers every refresh_token grant with.
+    pub refresh_error: Option<ScriptedRefusal>,
+    /// Issue 16: an Entra refusal the token endpoint answers every authorization_code grant with.
+    pub code_error: Option<ScriptedRefusal>,
+    /// Issue 16: every token request's form fields, secrets included (tests only look at `claims`, `grant_type`).
+    pub token_forms: Vec<HashMap<String, String>>,
+}
+
+/// An Entra error answer (AZURE.md §2): `error`, the AADSTS code, and optionally `suberror` and `claims`.
+#[derive(Clone, Debug, Default)]
+pub struct ScriptedRefusal {
+    pub error: String,
+    pub code: u64,
+    pub suberror: Option<String>,
+    pub claims: Option<String>,
+}
+
+impl ScriptedRefusal {
+    pub fn new(error: &str, code: u64) -> Self {
+        Self { error: error.into(), code, ..Self::default() }
+    }
+
+    fn response(&self) -> Response<FakeBody> {
+        let resp = aad_error(StatusCode::BAD_REQUEST, &self.error, self.code, "scripted refusal.");
+        let (parts, _) = resp.into_parts();
+        let mut doc = json!({
+            "error": self.error,
+            "error_description": format!("AADSTS{}: scripted refusal.\r\nTrace ID: {}", self.code, guid()),
+            "error_codes": [self.code],
+            "timestamp": "2026-11-23 10:00:00Z",
+            "trace_id": guid(),
+            "correlation_id": guid(),
+            "error_uri": format!("https://login.microsoftonline.com/error?code={}", self.code),
+        });
+        if let Some(sub) = &self.suberror {
+            doc["suberror"] = json!(sub);
+        }
+        if let Some(claims) = &self.claims {
+            doc["claims"] = json!(claims);
+        }
+        Response::from_parts(parts, body(doc.to_string()))
+    }
 }
 
 pub struct FakeAzure {
@@ -410,6 +452,20 @@ fn token(
         return aad_error(StatusCode::UNAUTHORIZED, "invalid_client", 7000215, "Invalid client secret provided.");
     }
     let grant_type = form.get("grant_type").map(String::as_str).unwrap_or("");
+    st.token_forms.push(form.clone());
+    let scripted = match grant_type {
+        "refresh_token" => st.refresh_error.clone(),
+        "authorization_code" => st.code_error.clone(),
+        _ => None,
+    };
+    if let Some(refusal) = scripted {
+        if grant_type == "refresh_token" {
+            st.refresh_calls += 1;
+        } else {
+            st.code_calls += 1;
+        }
+        return refusal.response();
+    }
     let (scope, nonce) = match grant_type {
         "authorization_code" => {
             st.code_calls += 1;
