@@ -57,7 +57,8 @@ async fn mfa_required_at_refresh_makes_the_next_sign_in_ask_for_a_fresh_login_wi
         ..ScriptedRefusal::new("invalid_grant", 50076)
     });
     proxy.clock.advance(400);
-    let resp = http().get(proxy.url("/mcp")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
+    let resp =
+        http().get(proxy.url("/mcp")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(resp.status(), 401);
     assert!(resp.headers()["www-authenticate"].to_str().unwrap().contains("error=\"invalid_token\""));
     assert_eq!(idp_errors(&proxy, "interaction_required").await, 1.0);
@@ -94,8 +95,9 @@ async fn a_device_compliance_refusal_at_code_exchange_tells_the_person_and_marks
     let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
     let request = hidden_field(&consent, "request");
     let csrf = hidden_field(&consent, "csrf");
-    let landing =
-        browser.post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")]).await;
+    let landing = browser
+        .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
+        .await;
     let Landing::Page(403, page) = landing else { panic!("expected a page for the person") };
     assert!(page.contains("managed or compliant device"), "{page}");
     // The next attempt asks Entra for a fresh login.

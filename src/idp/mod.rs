@@ -119,15 +119,13 @@ impl Idp {
     pub async fn refresh(&self, refresh_token: Option<String>, now: UnixTime) -> Result<UpstreamTokens, IdpError> {
         match (self, refresh_token) {
             (Self::Oidc(p), Some(rt)) => p.refresh(&rt, now).await,
-            (Self::Oidc(_), None) | (Self::Local(_), _) => {
-                Err(IdpError::Refused {
-                    status: 400,
-                    error: "invalid_grant".into(),
-                    aadsts: None,
-                    suberror: None,
-                    claims: None,
-                })
-            }
+            (Self::Oidc(_), None) | (Self::Local(_), _) => Err(IdpError::Refused {
+                status: 400,
+                error: "invalid_grant".into(),
+                aadsts: None,
+                suberror: None,
+                claims: None,
+            }),
         }
     }
 }

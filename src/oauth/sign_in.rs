@@ -155,7 +155,10 @@ pub async fn callback(app: &App, req: &Request<RequestBody>) -> Result<Response<
                 if let Some(page) = person_must_act(app, e.family(), *aadsts, client_id, || e) {
                     return Err(page);
                 }
-                return Err(to_client(ErrorCode::ServerError, "the sign-in with the identity provider could not be completed"));
+                return Err(to_client(
+                    ErrorCode::ServerError,
+                    "the sign-in with the identity provider could not be completed",
+                ));
             }
             let code = match e {
                 IdpError::Unavailable(_) | IdpError::Busy { .. } => ErrorCode::TemporarilyUnavailable,
@@ -191,10 +194,7 @@ fn person_must_act(
         F::InteractionRequired => Some(Error::page(
             StatusCode::FORBIDDEN,
             "Your organisation requires more",
-            format!(
-                "{} Then start the connection again from the application.",
-                entra_error::requirement_text(aadsts)
-            ),
+            format!("{} Then start the connection again from the application.", entra_error::requirement_text(aadsts)),
         )),
         F::GrantEnded | F::Unavailable | F::Other => None,
     }
