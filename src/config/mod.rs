@@ -174,6 +174,10 @@ pub struct IdpConfig {
     pub scopes: Vec<String>,
     /// Timeout of every call to the IdP.
     pub timeout: Duration,
+    /// `idp.client_capabilities` (Azure): sent as `{"access_token":{"xms_cc":{"values":[…]}}}` (issue 16 §2).
+    pub client_capabilities: Vec<String>,
+    /// `idp.max_claims_bytes`: longest claims JSON (decoded challenge, or Entra's) the proxy carries; default 4096.
+    pub max_claims_bytes: usize,
 }
 
 #[derive(Debug, Clone)]

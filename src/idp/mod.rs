@@ -96,6 +96,15 @@ impl Idp {
         }
     }
 
+    /// `idp.max_claims_bytes` for a provider that takes claims requests; 0 (no claims challenge is answered) for
+    /// the local login.
+    pub fn max_claims_bytes(&self) -> usize {
+        match self {
+            Self::Oidc(p) => p.max_claims_bytes(),
+            Self::Local(_) => 0,
+        }
+    }
+
     /// The one log line an operator needs when Entra says consent is missing (AADSTS65001, 90094): which app
     /// registration and which scopes an administrator must grant consent for. No token is logged.
     pub fn warn_admin_consent(&self, e: &IdpError, client_id: &str) {
@@ -117,8 +126,18 @@ impl Idp {
     /// Refreshes upstream tokens with the current upstream refresh token. The local login has none, and a grant
     /// without a refresh token cannot be refreshed: both are `invalid_grant`, which ends the grant.
     pub async fn refresh(&self, refresh_token: Option<String>, now: UnixTime) -> Result<UpstreamTokens, IdpError> {
+        self.refresh_with_claims(refresh_token, now, None).await
+    }
+
+    /// [`Idp::refresh`] asking for `claims` (JSON) too: an upstream's claims challenge (issue 16 §2).
+    pub async fn refresh_with_claims(
+        &self,
+        refresh_token: Option<String>,
+        now: UnixTime,
+        claims: Option<&str>,
+    ) -> Result<UpstreamTokens, IdpError> {
         match (self, refresh_token) {
-            (Self::Oidc(p), Some(rt)) => p.refresh(&rt, now).await,
+            (Self::Oidc(p), Some(rt)) => p.refresh(&rt, now, claims).await,
             (Self::Oidc(_), None) | (Self::Local(_), _) => Err(IdpError::Refused {
                 status: 400,
                 error: "invalid_grant".into(),

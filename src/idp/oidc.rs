@@ -113,6 +113,10 @@ pub struct OidcProvider {
     callback: String,
     http: reqwest::Client,
     jwks: RwLock<JwksCache>,
+    /// `idp.client_capabilities` (issue 16 §2).
+    client_capabilities: Vec<String>,
+    /// `idp.max_claims_bytes`.
+    max_claims_bytes: usize,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +167,8 @@ impl OidcProvider {
             callback,
             http: http_client(idp.timeout)?,
             jwks: RwLock::new(JwksCache { keys: None, fetched: None }),
+            client_capabilities: idp.client_capabilities.clone(),
+            max_claims_bytes: idp.max_claims_bytes,
         })
     }
 
@@ -244,8 +250,8 @@ impl OidcProvider {
             if let Some(hint) = &hints.login_hint {
                 q.append_pair("login_hint", hint);
             }
-            if let Some(claims) = &hints.claims {
-                q.append_pair("claims", claims);
+            if let Some(claims) = self.claims_request(hints.claims.as_deref()) {
+                q.append_pair("claims", &claims);
             }
         }
         url.into()
@@ -297,7 +303,7 @@ impl OidcProvider {
         if status.as_u16() == 429 || status.is_server_error() {
             return Err(IdpError::Busy { status: status.as_u16(), retry_after });
         }
-        Err(refusal(status.as_u16(), &body))
+        Err(refusal(status.as_u16(), &body, self.max_claims_bytes))
     }
 
     /// Redeems the IdP's code (RFC 6749 §4.1.3) and validates the id_token.
@@ -317,6 +323,9 @@ impl OidcProvider {
         if self.flavor == Flavor::Azure {
             form.push(("scope", self.scopes.clone()));
         }
+        if let Some(claims) = self.claims_request(None) {
+            form.push(("claims", claims));
+        }
         let answer = self.token_request(form).await?;
         let identity = match &answer.id_token {
             Some(id_token) => self.validate_id_token(id_token, Some(nonce)).await?,
@@ -331,13 +340,36 @@ impl OidcProvider {
 
     /// Refreshes the upstream tokens (RFC 6749 §6). Entra rotates refresh tokens without revoking the old one; the
     /// newest is kept.
-    pub async fn refresh(&self, refresh_token: &str, now: UnixTime) -> Result<UpstreamTokens, IdpError> {
+    /// `claims`: a claims request (JSON) to satisfy, from an upstream's claims challenge (issue 16 §2); the
+    /// client capabilities are added to it.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        now: UnixTime,
+        claims: Option<&str>,
+    ) -> Result<UpstreamTokens, IdpError> {
         let mut form = vec![("grant_type", "refresh_token".to_owned()), ("refresh_token", refresh_token.to_owned())];
         if self.flavor == Flavor::Azure {
             form.push(("scope", self.scopes.clone()));
         }
+        if let Some(claims) = self.claims_request(claims) {
+            form.push(("claims", claims));
+        }
         let answer = self.token_request(form).await?;
         answer.into_tokens(Some(refresh_token), now)
+    }
+
+    /// The `claims` parameter (OIDC Core §5.5) for an authorize or token request: `extra` (a claims request from a
+    /// challenge or from Entra, JSON) with the client capabilities added as `access_token.xms_cc` (Microsoft,
+    /// "Claims challenges, claims requests and client capabilities"). `None` when there is nothing to ask, or when
+    /// `extra` is not a JSON object or is longer than `idp.max_claims_bytes`.
+    pub fn claims_request(&self, extra: Option<&str>) -> Option<String> {
+        merge_claims(extra, &self.client_capabilities, self.max_claims_bytes)
+    }
+
+    /// The longest claims JSON carried (`idp.max_claims_bytes`).
+    pub fn max_claims_bytes(&self) -> usize {
+        self.max_claims_bytes
     }
 
     async fn jwks(&self, kid: Option<&str>) -> Result<JwkSet, IdpError> {
@@ -409,14 +441,11 @@ impl OidcProvider {
     }
 }
 
-/// Longest `claims` JSON kept from an Entra error answer; a longer one is dropped (the sign-in then asks
-/// `prompt=login` without it).
-pub const MAX_CLAIMS_BYTES: usize = 4096;
-
 /// An OAuth error answer (RFC 6749 §5.2) with Entra's additions: the AADSTS code from `error_codes` or the
 /// description, `suberror`, and `claims` (issue 16 §1). `temporarily_unavailable` and `server_error` are
 /// [`IdpError::Busy`].
-fn refusal(status: u16, body: &[u8]) -> IdpError {
+/// A `claims` longer than `max_claims_bytes` (`idp.max_claims_bytes`) or not JSON is dropped.
+fn refusal(status: u16, body: &[u8], max_claims_bytes: usize) -> IdpError {
     let err: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let text = |k: &str| err.get(k).and_then(Value::as_str).map(str::to_owned);
     let error = text("error").unwrap_or_else(|| "unknown_error".to_owned());
@@ -428,8 +457,27 @@ fn refusal(status: u16, body: &[u8]) -> IdpError {
         .and_then(|c| c.get(0))
         .and_then(Value::as_u64)
         .or_else(|| aadsts_from_description(err.get("error_description").and_then(Value::as_str)));
-    let claims = text("claims").filter(|c| c.len() <= MAX_CLAIMS_BYTES && serde_json::from_str::<Value>(c).is_ok());
+    let claims = text("claims").filter(|c| c.len() <= max_claims_bytes && serde_json::from_str::<Value>(c).is_ok());
     IdpError::Refused { status, error, aadsts, suberror: text("suberror"), claims }
+}
+
+/// [`OidcProvider::claims_request`]'s rule, apart for its unit test.
+fn merge_claims(extra: Option<&str>, capabilities: &[String], max_bytes: usize) -> Option<String> {
+    let mut doc = match extra {
+        Some(text) if text.len() <= max_bytes => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => map,
+            _ => return None,
+        },
+        Some(_) => return None,
+        None => serde_json::Map::new(),
+    };
+    if !capabilities.is_empty() {
+        let access = doc.entry("access_token").or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Value::Object(access) = access {
+            access.insert("xms_cc".to_owned(), serde_json::json!({ "values": capabilities }));
+        }
+    }
+    (!doc.is_empty()).then(|| Value::Object(doc).to_string())
 }
 
 #[derive(Deserialize)]
@@ -474,6 +522,23 @@ impl TokenAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_capabilities_are_merged_into_the_claims_request() {
+        let cp1 = ["cp1".to_owned()];
+        assert_eq!(
+            merge_claims(None, &cp1, 4096).as_deref(),
+            Some(r#"{"access_token":{"xms_cc":{"values":["cp1"]}}}"#)
+        );
+        assert_eq!(merge_claims(None, &[], 4096), None);
+        let challenge = r#"{"access_token":{"nbf":{"essential":true,"value":"1604106651"}}}"#;
+        let merged: Value =
+            serde_json::from_str(&merge_claims(Some(challenge), &cp1, 4096).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(merged["access_token"]["nbf"]["value"], "1604106651");
+        assert_eq!(merged["access_token"]["xms_cc"]["values"][0], "cp1");
+        assert_eq!(merge_claims(Some(challenge), &cp1, 16), None, "over the cap");
+        assert_eq!(merge_claims(Some("[1]"), &cp1, 4096), None, "not an object");
+    }
 
     #[test]
     fn guid_shape_is_checked() {

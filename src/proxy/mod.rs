@@ -96,7 +96,19 @@ pub async fn handle(
     });
     let sent = auth.clone();
     let mut resp = cx.forwarder.forward(req.map(UpstreamBody::Streamed), auth, peer).await?;
-    if let (StatusCode::UNAUTHORIZED, bearer::UpstreamAuth::Bearer(rejected)) = (resp.status(), &sent) {
+    let www_authenticate = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
+    let claims = bearer::claims_challenge(www_authenticate, cx.idp.max_claims_bytes());
+    if let (StatusCode::UNAUTHORIZED, bearer::UpstreamAuth::Bearer(rejected), Some(claims)) =
+        (resp.status(), &sent, &claims)
+    {
+        // A claims challenge (CAE): one refresh asking for the claims, and one retry of a request without a body.
+        // A request with a body gets the proxy's 401 below; its retry carries the fresh token.
+        let fresh = bearer::refresh_for_claims(cx, &grant, rejected, claims).await?;
+        if let Some(again) = replay {
+            tracing::info!(client_id = %grant.client_id, "upstream claims challenge; refreshed, retrying once");
+            resp = cx.forwarder.forward(again, fresh, peer).await?;
+        }
+    } else if let (StatusCode::UNAUTHORIZED, bearer::UpstreamAuth::Bearer(rejected)) = (resp.status(), &sent) {
         // Whatever the method: the grant's next request refreshes the IdP token first. A request without a body is
         // retried once now with a fresh token.
         grant.mark_upstream_rejected(rejected);
