@@ -153,3 +153,16 @@ async fn a_challenge_entra_answers_with_interaction_required_sends_the_person_to
     let again: Value = resp.json().await.unwrap();
     assert_eq!(get_me(&proxy, again["access_token"].as_str().unwrap()).await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_claims_challenge_is_answered_without_configured_capabilities_too() {
+    let azure = FakeAzure::start().await;
+    let proxy = start(&azure, "").await;
+    let (_, tokens) = login(&proxy).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    azure.state().cae_claims = Some(CHALLENGE.into());
+    assert_eq!(get_me(&proxy, access).await.status(), 200);
+    assert_eq!(azure.state().refresh_calls, 1);
+    let asked = json(azure.state().token_forms.last().cloned().unwrap().get("claims"));
+    assert_eq!(asked, serde_json::from_str::<Value>(CHALLENGE).unwrap(), "exactly the challenge's claims");
+}
