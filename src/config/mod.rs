@@ -553,4 +553,16 @@ mod tests {
             assert_eq!(err_key(&text, secret), "tokens.upstream_refresh_floor", "{bad}");
         }
     }
+
+    #[test]
+    fn client_capabilities_and_the_claims_cap_are_validated_by_key() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        let with = |extra: &str| AZURE.replacen("kind = \"azure\"", &format!("kind = \"azure\"\n{extra}"), 1);
+        let c = Config::from_toml(&with("client_capabilities = [\"cp1\"]"), secret).map_err(|e| e.to_string());
+        assert_eq!(c.map(|c| (c.idp.client_capabilities, c.idp.max_claims_bytes)), Ok((vec!["cp1".to_owned()], 4096)));
+        assert_eq!(err_key(&with("client_capabilities = [\"cp 1\"]"), secret), "idp.client_capabilities");
+        assert_eq!(err_key(&with("client_capabilities = [\"\"]"), secret), "idp.client_capabilities");
+        assert_eq!(err_key(&with("max_claims_bytes = 10"), secret), "idp.max_claims_bytes");
+        assert_eq!(err_key(&with("max_claims_bytes = 100000"), secret), "idp.max_claims_bytes");
+    }
 }
