@@ -5,6 +5,8 @@
 //!   `resource` is never forwarded (AADSTS9010010), scopes come from config, the newest refresh token is kept,
 //!   Graph access tokens are treated as opaque (only the id_token is validated), `error` is branched on, never the
 //!   AADSTS text, which is kept for the operator's log.
+//! - [`entra_error`]: Entra's refusals sorted into families (grant ended, interaction required, admin consent,
+//!   unavailable, other), each with its effect (issue 16 §1).
 //! - [`local`]: a built-in login page with argon2-hashed users from the config, for development.
 //!
 //! Toward the IdP the proxy is one confidential client with its own `state` and its own PKCE (S256).

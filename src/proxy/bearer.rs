@@ -7,8 +7,11 @@
 //!   One grant refreshes at the IdP at most once per `tokens.upstream_refresh_floor` while its token is still
 //!   valid, whatever the margin or the upstream says.
 //! - An upstream 401 marks the IdP token rejected ([`Grant::mark_upstream_rejected`]), whatever the request's
-//!   method: the next request of the grant refreshes first. A refusal of that refresh (`invalid_grant`) ends the
-//!   grant with 401 `invalid_token`, so that the client signs in again instead of looping.
+//!   method: the next request of the grant refreshes first. A refusal of that refresh ends the grant with 401
+//!   `invalid_token` when its [`ErrorFamily`] needs a new sign-in (issue 16 §1), so that the client signs in again
+//!   instead of looping; throttling or an outage keeps the grant (503 with `Retry-After` once the token expired).
+//! - An upstream claims challenge (401 `error="insufficient_claims"`, CAE) is answered by one refresh asking Entra
+//!   for the decoded claims, at most `idp.max_claims_bytes` ([`claims_challenge`], [`refresh_for_claims`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -167,7 +170,9 @@ fn end_refused_grant(cx: &Context<'_>, grant: &Grant, e: &IdpError, challenge_cl
             let requirement = InteractionRequirement {
                 aadsts: *aadsts,
                 claims: claims.clone().or_else(|| challenge_claims.map(str::to_owned)),
-                login_hint: grant.identity.preferred_username.clone(),
+                // Not the user's name: a client registration may be shared by several people, and the next
+                // sign-in through it may be someone else's (their browser would see this user's name).
+                login_hint: None,
                 expires_at: grant.expires_at(),
             };
             cx.store.require_interaction(&grant.client_id, requirement);

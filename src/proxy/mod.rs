@@ -7,6 +7,8 @@
 //! - Hop-by-hop headers (RFC 9110 §7.6.1) are dropped both ways; `X-Forwarded-For/-Proto/-Host` are set.
 //! - Bodies stream both ways without buffering (SSE events pass as they come); upstream connections are pooled.
 //! - A refused connection is 502, no response headers within `upstream.response_timeout` is 504, both with JSON.
+//! - An upstream claims challenge (`insufficient_claims`, Continuous Access Evaluation) is answered by one refresh
+//!   with its claims and one retry of a request without a body (issue 16 §2).
 //! - An upstream 401/403 challenge is replaced by the proxy's own, so that the client is never sent to the IdP
 //!   directly; an upstream `insufficient_scope` becomes the proxy's step-up (RFC 6750 §3.1) for scopes it offers.
 //! - One canonical path ([`target::canonical_path`]) decides both the `upstream.required_scopes` policy and what

@@ -547,7 +547,8 @@ pub struct InteractionRequirement {
     /// The OIDC `claims` request (JSON) Entra asked for, if any; size-capped when read.
     #[serde(default)]
     pub claims: Option<String>,
-    /// Who signed in, for Entra's `login_hint`.
+    /// Entra's `login_hint`, when known to belong to whoever signs in next (the refresh path leaves it unset: a
+    /// client registration may be shared by several people).
     #[serde(default)]
     pub login_hint: Option<String>,
     #[serde(default)]
