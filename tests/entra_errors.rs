@@ -9,6 +9,38 @@ use common::fake_azure::{FakeAzure, ScriptedRefusal};
 use common::upstream::Upstream;
 use common::*;
 
+/// The logs of this test binary, captured in memory (a global subscriber: every test here writes into it).
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+fn capture_logs() -> Capture {
+    static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let capture = Capture::default();
+            let _ = tracing_subscriber::fmt().with_writer(capture.clone()).with_ansi(false).try_init();
+            capture
+        })
+        .clone()
+}
+
 async fn start(azure: &FakeAzure) -> (Upstream, TestProxy) {
     let upstream = Upstream::start().await;
     let proxy = TestProxy::builder().upstream(upstream.url()).azure(azure).start().await;
@@ -110,6 +142,7 @@ async fn a_device_compliance_refusal_at_code_exchange_tells_the_person_and_marks
 
 #[tokio::test]
 async fn missing_admin_consent_is_a_page_for_the_person_not_a_redirect() {
+    let logs = capture_logs();
     let azure = FakeAzure::start().await;
     let (_upstream, proxy) = start(&azure).await;
     let client_id = register_public_client(&proxy).await;
@@ -132,6 +165,11 @@ async fn missing_admin_consent_is_a_page_for_the_person_not_a_redirect() {
         assert!(page.contains("administrator"), "{page}");
     }
     assert!(idp_errors(&proxy, "admin_consent").await >= 1.0);
+    // One line for the operator: the app registration and the scopes an administrator must consent to.
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = text.lines().find(|l| l.contains("admin consent is missing")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(common::fake_azure::APP_ID) && line.contains("User.Read"), "{line}");
+    assert!(!line.contains(common::fake_azure::APP_SECRET));
     assert!(azure.state().authorize_queries.iter().all(|q| !q.contains_key("prompt")), "never prompt=consent");
 }
 
