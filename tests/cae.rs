@@ -85,7 +85,7 @@ async fn concurrent_claims_challenges_of_one_grant_refresh_once() {
 }
 
 #[tokio::test]
-async fn a_challenge_that_a_refresh_cannot_satisfy_costs_one_refresh_per_request_and_ends_in_401() {
+async fn a_challenge_that_a_refresh_cannot_satisfy_costs_one_refresh_per_floor_and_ends_in_401() {
     let azure = FakeAzure::start().await;
     let proxy = start(&azure, CP1).await;
     let (_, tokens) = login(&proxy).await;
@@ -97,9 +97,14 @@ async fn a_challenge_that_a_refresh_cannot_satisfy_costs_one_refresh_per_request
     let challenge = resp.headers()["www-authenticate"].to_str().unwrap().to_owned();
     assert!(challenge.contains("error=\"invalid_token\"") && !challenge.contains("insufficient_claims"), "{challenge}");
     assert_eq!(azure.state().refresh_calls, 1, "one refresh, one retry, no loop");
-    let resp = get_me(&proxy, access).await;
-    assert_eq!(resp.status(), 401);
-    assert_eq!(azure.state().refresh_calls, 2, "and again one for the next request");
+    // Within the refresh floor the next request does not go to Entra again; after it, one refresh again.
+    for _ in 0..3 {
+        assert_eq!(get_me(&proxy, access).await.status(), 401);
+    }
+    assert_eq!(azure.state().refresh_calls, 1, "no refresh loop at Entra");
+    proxy.clock.advance(31);
+    assert_eq!(get_me(&proxy, access).await.status(), 401);
+    assert_eq!(azure.state().refresh_calls, 2);
 }
 
 #[tokio::test]

@@ -200,7 +200,8 @@ fn unavailable(e: &IdpError) -> Error {
 /// for `claims`, single flight with the grant's other refreshes. When another request already replaced the
 /// `rejected` token while this one waited, that fresh token is used without a second refresh. A refusal ends the
 /// grant as [`upstream_auth`]'s does, an interaction requirement carrying the challenge's claims to the next
-/// sign-in; a transient failure is 503, since the upstream refuses the current token.
+/// sign-in; a transient failure is 503, since the upstream refuses the current token. At most one such refresh
+/// per grant per `tokens.upstream_refresh_floor`: a challenge again within it is 401 `invalid_token`.
 pub async fn refresh_for_claims(
     cx: &Context<'_>,
     grant: &Grant,
@@ -213,6 +214,15 @@ pub async fn refresh_for_claims(
         UpstreamCredential::Tokens(t) => t.refresh_token().map(str::to_owned),
         UpstreamCredential::Local => None,
     };
+    // An upstream that keeps challenging (claims Entra cannot put in a token) must not turn every request into a
+    // refresh at Entra, which would answer with its loop detection (AADSTS50196).
+    let now = cx.clock.now();
+    let last = grant.claims_refreshed_at.load(Ordering::Relaxed);
+    if last != 0 && now < last.saturating_add(cx.refresh.floor) {
+        tracing::info!(client_id = %grant.client_id, "upstream claims challenge again within the refresh floor");
+        return Err(Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: cx.challenge.to_owned() });
+    }
+    grant.claims_refreshed_at.store(now.max(1), Ordering::Relaxed);
     match cx.idp.refresh_with_claims(refresh_token, cx.clock.now(), Some(claims)).await {
         Ok(tokens) => {
             tracing::info!(client_id = %grant.client_id, "upstream claims challenge answered by a refresh");

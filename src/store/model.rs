@@ -272,6 +272,9 @@ pub struct Grant {
     pub upstream_obtained_at: AtomicU64,
     /// Expiry of the newest refresh token; the grant is swept after it.
     expires_at: AtomicU64,
+    /// When the grant last refreshed to answer an upstream claims challenge (0: never); at most one such refresh per
+    /// `tokens.upstream_refresh_floor` (issue 16 §2). Not persisted: a restart allows one more.
+    pub claims_refreshed_at: AtomicU64,
 }
 
 impl Grant {
@@ -308,6 +311,7 @@ impl Grant {
             upstream_refreshed_at: AtomicU64::new(0),
             upstream_obtained_at: AtomicU64::new(created_at),
             expires_at: AtomicU64::new(expires_at),
+            claims_refreshed_at: AtomicU64::new(0),
         })
     }
 
