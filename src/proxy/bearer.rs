@@ -248,10 +248,13 @@ pub fn claims_challenge(challenge: Option<&str>, max_bytes: usize) -> Option<Str
     if encoded.len() > max_bytes.saturating_mul(4) / 3 + 4 {
         return None;
     }
-    let engines = [base64::engine::general_purpose::STANDARD, base64::engine::general_purpose::URL_SAFE];
-    let bytes = engines
-        .iter()
-        .find_map(|e| e.decode(encoded.trim_end_matches('=')).ok().or_else(|| e.decode(&encoded).ok()))?;
+    use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
+    let lenient = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    let engines = [
+        GeneralPurpose::new(&base64::alphabet::STANDARD, lenient),
+        GeneralPurpose::new(&base64::alphabet::URL_SAFE, lenient),
+    ];
+    let bytes = engines.iter().find_map(|e| e.decode(&encoded).ok())?;
     let text = String::from_utf8(bytes).ok().filter(|t| t.len() <= max_bytes)?;
     matches!(serde_json::from_str::<serde_json::Value>(&text), Ok(serde_json::Value::Object(_))).then_some(text)
 }
@@ -330,6 +333,8 @@ mod tests {
             Some(r#"{"access_token":{"acrs":{"essential":true,"value":"cp1"}}}"#)
         );
         assert_eq!(claims_challenge(Some(example), 32), None, "over the cap");
+        let unpadded = example.replace("fQ==", "fQ");
+        assert!(claims_challenge(Some(&unpadded), 4096).is_some(), "padding is optional");
         assert_eq!(claims_challenge(Some(r#"Bearer error="invalid_token", claims="e30=""#), 4096), None);
         assert_eq!(claims_challenge(Some(r#"Bearer error="insufficient_claims", claims="!!""#), 4096), None);
         assert_eq!(claims_challenge(Some(r#"Bearer error="insufficient_claims", claims="WzFd""#), 4096), None);
