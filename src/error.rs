@@ -109,6 +109,10 @@ pub enum Error {
     /// An admin API request the API cannot read (bad JSON, unknown value).
     #[error("bad admin request: {0}")]
     AdminBadRequest(String),
+    /// The identity provider is throttling or down and the grant's IdP token has expired (issue 16 §1): 503 with
+    /// `Retry-After`; the grant is kept.
+    #[error("identity provider unavailable, retry after {retry_after}s")]
+    IdpUnavailable { retry_after: u64 },
 }
 
 /// The JSON-RPC error code of a call the tool policy refuses: application-defined, outside the range JSON-RPC and
@@ -163,6 +167,7 @@ impl Error {
             Self::RegistrationClosed => StatusCode::FORBIDDEN,
             Self::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             Self::AdminBadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::IdpUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -325,6 +330,15 @@ impl Error {
                 resp
             }
             Self::AdminBadRequest(reason) => oauth_json(status, "invalid_request", &reason),
+            Self::IdpUnavailable { retry_after } => {
+                let mut resp = oauth_json(
+                    status,
+                    "temporarily_unavailable",
+                    "the identity provider is busy or unavailable; the sign-in is kept, retry later",
+                );
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                resp
+            }
         }
     }
 }

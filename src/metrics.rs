@@ -4,7 +4,8 @@
 //!   response head; streamed bodies continue after it);
 //! - `dcr_proxy_clients`, `dcr_proxy_grants` (gauges, read at scrape time);
 //! - `dcr_proxy_upstream_refreshes_total{result}` (`ok`, `refused` — the grant ended —, `failed` — transient);
-//! - `dcr_proxy_idp_errors_total{kind}` (`refused`, `unavailable`, `protocol`);
+//! - `dcr_proxy_idp_errors_total{kind}` by [`crate::idp::entra_error::ErrorFamily::label`]: `grant_ended`,
+//!   `interaction_required`, `admin_consent`, `unavailable` (throttled, 5xx, network), `other` (incl. protocol);
 //! - `dcr_proxy_client_document_fetches_total{result}`: client metadata document fetches (cache hits are not
 //!   fetches) by [`crate::client_documents::DocumentError::kind`], or `ok`.
 //!
@@ -98,11 +99,7 @@ impl Metrics {
     }
 
     pub fn idp_error(&self, e: &IdpError) {
-        let kind = match e {
-            IdpError::Refused { .. } => "refused",
-            IdpError::Unavailable(_) => "unavailable",
-            IdpError::Protocol(_) | IdpError::Discovery(_) => "protocol",
-        };
+        let kind = e.family().label();
         self.idp_errors.get_or_create(&KindLabel { kind }).inc();
     }
 

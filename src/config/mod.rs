@@ -217,6 +217,10 @@ pub struct IdpConfig {
     pub scopes: Vec<String>,
     /// Timeout of every call to the IdP.
     pub timeout: Duration,
+    /// `idp.client_capabilities` (Azure): sent as `{"access_token":{"xms_cc":{"values":[…]}}}` (issue 16 §2).
+    pub client_capabilities: Vec<String>,
+    /// `idp.max_claims_bytes`: longest claims JSON (decoded challenge, or Entra's) the proxy carries; default 4096.
+    pub max_claims_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -624,5 +628,17 @@ mod tests {
             let text = format!("{AZURE}\n[tokens]\nupstream_refresh_floor = \"{bad}\"");
             assert_eq!(err_key(&text, secret), "tokens.upstream_refresh_floor", "{bad}");
         }
+    }
+
+    #[test]
+    fn client_capabilities_and_the_claims_cap_are_validated_by_key() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        let with = |extra: &str| AZURE.replacen("kind = \"azure\"", &format!("kind = \"azure\"\n{extra}"), 1);
+        let c = Config::from_toml(&with("client_capabilities = [\"cp1\"]"), secret).map_err(|e| e.to_string());
+        assert_eq!(c.map(|c| (c.idp.client_capabilities, c.idp.max_claims_bytes)), Ok((vec!["cp1".to_owned()], 4096)));
+        assert_eq!(err_key(&with("client_capabilities = [\"cp 1\"]"), secret), "idp.client_capabilities");
+        assert_eq!(err_key(&with("client_capabilities = [\"\"]"), secret), "idp.client_capabilities");
+        assert_eq!(err_key(&with("max_claims_bytes = 10"), secret), "idp.max_claims_bytes");
+        assert_eq!(err_key(&with("max_claims_bytes = 100000"), secret), "idp.max_claims_bytes");
     }
 }

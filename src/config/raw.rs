@@ -160,6 +160,11 @@ pub(crate) struct RawAzure {
     pub(crate) tenant: Option<String>,
     pub(crate) client_id: Option<String>,
     pub(crate) client_secret: Option<String>,
+    /// Issue 16 §2: client capabilities (`cp1`: CAE), sent as the `xms_cc` claims request.
+    #[serde(default)]
+    pub(crate) client_capabilities: Vec<String>,
+    /// Issue 16 §2: longest claims challenge or claims request accepted, in bytes.
+    pub(crate) max_claims_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]

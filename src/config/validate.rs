@@ -229,9 +229,23 @@ fn required(key: &'static str, value: Option<String>) -> Result<String, ConfigEr
 }
 
 fn validate_idp(raw: RawIdp, env: &Env<'_>) -> Result<IdpConfig, ConfigError> {
+    let mut client_capabilities = Vec::new();
+    let mut max_claims_bytes = DEFAULT_MAX_CLAIMS_BYTES;
     let (provider, scopes, timeout) = match raw {
         RawIdp::Azure(raw) => {
             let timeout = idp_timeout(raw.timeout)?;
+            if let Some(bad) = raw
+                .client_capabilities
+                .iter()
+                .find(|c| c.is_empty() || c.len() > 32 || !c.chars().all(|ch| ch.is_ascii_alphanumeric()))
+            {
+                return Err(invalid("idp.client_capabilities", format!("`{bad}` is not a capability such as \"cp1\"")));
+            }
+            client_capabilities = raw.client_capabilities;
+            max_claims_bytes = raw.max_claims_bytes.unwrap_or(DEFAULT_MAX_CLAIMS_BYTES);
+            if !(256..=65536).contains(&max_claims_bytes) {
+                return Err(invalid("idp.max_claims_bytes", "must be between 256 and 65536"));
+            }
             let authority_text = raw.authority.unwrap_or_else(|| "https://login.microsoftonline.com".to_owned());
             let authority = Url::parse(&authority_text)
                 .map_err(|e| invalid("idp.authority", format!("`{authority_text}` is not a URL: {e}")))?;
@@ -305,8 +319,11 @@ fn validate_idp(raw: RawIdp, env: &Env<'_>) -> Result<IdpConfig, ConfigError> {
     if let Some(bad) = scopes.iter().find(|s| s.is_empty() || !s.chars().all(is_scope_char)) {
         return Err(invalid("idp.scopes", format!("`{bad}` is not a valid scope token (RFC 6749 §3.3)")));
     }
-    Ok(IdpConfig { provider, scopes, timeout })
+    Ok(IdpConfig { provider, scopes, timeout, client_capabilities, max_claims_bytes })
 }
+
+/// `idp.max_claims_bytes` by default.
+const DEFAULT_MAX_CLAIMS_BYTES: usize = 4096;
 
 fn idp_timeout(value: Option<DurationText>) -> Result<Duration, ConfigError> {
     duration("idp.timeout", value, Duration::from_secs(10))

@@ -5,11 +5,14 @@
 //!   `resource` is never forwarded (AADSTS9010010), scopes come from config, the newest refresh token is kept,
 //!   Graph access tokens are treated as opaque (only the id_token is validated), `error` is branched on, never the
 //!   AADSTS text, which is kept for the operator's log.
+//! - [`entra_error`]: Entra's refusals sorted into families (grant ended, interaction required, admin consent,
+//!   unavailable, other), each with its effect (issue 16 §1).
 //! - [`local`]: a built-in login page with argon2-hashed users from the config, for development.
 //!
 //! Toward the IdP the proxy is one confidential client with its own `state` and its own PKCE (S256).
 
 pub mod azure;
+pub mod entra_error;
 pub mod local;
 pub mod oidc;
 
@@ -24,10 +27,14 @@ use crate::store::{UpstreamLogin, UpstreamTokens};
 pub enum IdpError {
     /// The IdP answered with an OAuth error.
     #[error("identity provider refused the request: {error} (HTTP {status}{})", aadsts.map(|c| format!(", AADSTS{c}")).unwrap_or_default())]
-    Refused { status: u16, error: String, aadsts: Option<u64> },
-    /// Network failure, timeout, 5xx or 429: worth trying again later.
+    /// `suberror` and `claims` as Entra sends them (the claims JSON is size-capped when read).
+    Refused { status: u16, error: String, aadsts: Option<u64>, suberror: Option<String>, claims: Option<String> },
+    /// Network failure, timeout or an unusable answer worth trying again.
     #[error("identity provider unavailable: {0}")]
     Unavailable(String),
+    /// The IdP answered 429 or 5xx; `retry_after`: its `Retry-After` in seconds, if it sent one.
+    #[error("identity provider busy: HTTP {status}")]
+    Busy { status: u16, retry_after: Option<u64> },
     /// The IdP's answer broke the protocol (bad JSON, an id_token that does not validate).
     #[error("identity provider answer rejected: {0}")]
     Protocol(String),
@@ -37,10 +44,27 @@ pub enum IdpError {
 }
 
 impl IdpError {
-    /// Whether the upstream grant is dead for good (RFC 6749 §5.2 `invalid_grant`: expired, revoked, AADSTS70008,
-    /// 700082, 50173), so that the proxy's grant must end too.
+    /// What the refusal means ([`entra_error::classify`]).
+    pub fn family(&self) -> entra_error::ErrorFamily {
+        match self {
+            Self::Refused { status, error, aadsts, suberror, .. } => {
+                entra_error::classify(*status, error, *aadsts, suberror.as_deref())
+            }
+            Self::Unavailable(_) | Self::Busy { .. } => entra_error::ErrorFamily::Unavailable,
+            Self::Protocol(_) | Self::Discovery(_) => entra_error::ErrorFamily::Other,
+        }
+    }
+
+    /// Whether the upstream grant is dead for good (expired, revoked, or usable only after the person signs in
+    /// again), so that the proxy's grant must end too.
     pub fn ends_grant(&self) -> bool {
-        matches!(self, Self::Refused { error, .. } if error == "invalid_grant")
+        self.family().ends_grant()
+    }
+
+    /// Whether trying again at once may help (network, 5xx without `Retry-After`); a 429 or `Retry-After` is
+    /// honoured instead of retried.
+    pub fn retry_now(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Busy { retry_after: None, status: 500..=599 })
     }
 }
 
@@ -66,14 +90,63 @@ impl Idp {
         Ok(Arc::new(idp))
     }
 
+    /// The app registration (client id) the proxy signs in as and the scopes it asks for; none for the local login.
+    pub fn app_registration(&self) -> Option<(&str, &str)> {
+        match self {
+            Self::Oidc(p) => Some(p.app_registration()),
+            Self::Local(_) => None,
+        }
+    }
+
+    /// `idp.max_claims_bytes` for a provider that takes claims requests; 0 (no claims challenge is answered) for
+    /// the local login.
+    pub fn max_claims_bytes(&self) -> usize {
+        match self {
+            Self::Oidc(p) => p.max_claims_bytes(),
+            Self::Local(_) => 0,
+        }
+    }
+
+    /// The one log line an operator needs when Entra says consent is missing (AADSTS65001, 90094): which app
+    /// registration and which scopes an administrator must grant consent for. No token is logged.
+    pub fn warn_admin_consent(&self, e: &IdpError, client_id: &str) {
+        let (app, scopes) = self.app_registration().unwrap_or(("", ""));
+        let aadsts = match e {
+            IdpError::Refused { aadsts, .. } => *aadsts,
+            _ => None,
+        };
+        tracing::warn!(
+            client_id,
+            app_registration = app,
+            scopes,
+            aadsts,
+            "Entra ID: admin consent is missing; an administrator must grant consent to the app registration for \
+             these scopes (Entra admin center > App registrations > API permissions > Grant admin consent)"
+        );
+    }
+
     /// Refreshes upstream tokens with the current upstream refresh token. The local login has none, and a grant
     /// without a refresh token cannot be refreshed: both are `invalid_grant`, which ends the grant.
     pub async fn refresh(&self, refresh_token: Option<String>, now: UnixTime) -> Result<UpstreamTokens, IdpError> {
+        self.refresh_with_claims(refresh_token, now, None).await
+    }
+
+    /// [`Idp::refresh`] asking for `claims` (JSON) too: an upstream's claims challenge (issue 16 §2).
+    pub async fn refresh_with_claims(
+        &self,
+        refresh_token: Option<String>,
+        now: UnixTime,
+        claims: Option<&str>,
+    ) -> Result<UpstreamTokens, IdpError> {
         match (self, refresh_token) {
-            (Self::Oidc(p), Some(rt)) => p.refresh(&rt, now).await,
-            (Self::Oidc(_), None) | (Self::Local(_), _) => {
-                Err(IdpError::Refused { status: 400, error: "invalid_grant".into(), aadsts: None })
-            }
+            (Self::Oidc(p), Some(rt)) => p.refresh(&rt, now, claims).await,
+            (Self::Oidc(_), None) | (Self::Local(_), _) => Err(IdpError::Refused {
+                status: 400,
+                error: "invalid_grant".into(),
+                aadsts: None,
+                suberror: None,
+                claims: None,
+            }),
         }
     }
 }

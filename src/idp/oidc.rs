@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::sync::RwLock;
 use url::Url;
 
+use super::entra_error::aadsts_from_description;
 use super::IdpError;
 use crate::clock::UnixTime;
 use crate::config::IdpConfig;
@@ -77,6 +78,17 @@ impl IssuerRule {
     }
 }
 
+/// What an authorization request carries beyond the usual because Entra asked for it (issue 16 §1–2).
+#[derive(Debug, Clone, Default)]
+pub struct SignInHints {
+    /// `prompt=login`: the person must sign in afresh (MFA, Conditional Access).
+    pub prompt_login: bool,
+    /// The OIDC `claims` request (OIDC Core §5.5), JSON.
+    pub claims: Option<String>,
+    /// `login_hint`: who signed in last time.
+    pub login_hint: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct OidcEndpoints {
     pub authorization_endpoint: Url,
@@ -101,6 +113,10 @@ pub struct OidcProvider {
     callback: String,
     http: reqwest::Client,
     jwks: RwLock<JwksCache>,
+    /// `idp.client_capabilities` (issue 16 §2).
+    client_capabilities: Vec<String>,
+    /// `idp.max_claims_bytes`.
+    max_claims_bytes: usize,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +167,8 @@ impl OidcProvider {
             callback,
             http: http_client(idp.timeout)?,
             jwks: RwLock::new(JwksCache { keys: None, fetched: None }),
+            client_capabilities: idp.client_capabilities.clone(),
+            max_claims_bytes: idp.max_claims_bytes,
         })
     }
 
@@ -204,8 +222,14 @@ impl OidcProvider {
         Ok(p)
     }
 
-    /// The URL the user's browser is sent to.
-    pub fn authorize_url(&self, state: &str, code_challenge: &str, nonce: &str) -> String {
+    /// The app registration the proxy signs in as and the scopes it asks for (for the operator's log).
+    pub fn app_registration(&self) -> (&str, &str) {
+        (&self.client_id, &self.scopes)
+    }
+
+    /// The URL the user's browser is sent to; `hints` carry what an earlier Entra refusal asked of this sign-in
+    /// (`prompt=login`, `claims`, `login_hint`). `prompt=consent` is never sent.
+    pub fn authorize_url(&self, state: &str, code_challenge: &str, nonce: &str, hints: &SignInHints) -> String {
         let mut url = self.endpoints.authorization_endpoint.clone();
         {
             let mut q = url.query_pairs_mut();
@@ -219,6 +243,15 @@ impl OidcProvider {
                 .append_pair("code_challenge_method", "S256");
             if self.flavor == Flavor::Azure {
                 q.append_pair("response_mode", "query");
+            }
+            if hints.prompt_login {
+                q.append_pair("prompt", "login");
+            }
+            if let Some(hint) = &hints.login_hint {
+                q.append_pair("login_hint", hint);
+            }
+            if let Some(claims) = self.claims_request(hints.claims.as_deref()) {
+                q.append_pair("claims", &claims);
             }
         }
         url.into()
@@ -257,25 +290,20 @@ impl OidcProvider {
             })
         })?;
         let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let body = resp.bytes().await.map_err(|e| IdpError::Unavailable(format!("token endpoint body: {e}")))?;
         if status.is_success() {
             return serde_json::from_slice::<TokenAnswer>(&body)
                 .map_err(|e| IdpError::Protocol(format!("token response is not valid JSON: {e}")));
         }
         if status.as_u16() == 429 || status.is_server_error() {
-            return Err(IdpError::Unavailable(format!("token endpoint answered HTTP {status}")));
+            return Err(IdpError::Busy { status: status.as_u16(), retry_after });
         }
-        let err: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let error = err.get("error").and_then(Value::as_str).unwrap_or("unknown_error").to_owned();
-        let aadsts = err
-            .get("error_codes")
-            .and_then(|c| c.get(0))
-            .and_then(Value::as_u64)
-            .or_else(|| aadsts_from_description(err.get("error_description").and_then(Value::as_str)));
-        if error == "temporarily_unavailable" || error == "server_error" {
-            return Err(IdpError::Unavailable(format!("token endpoint: {error}")));
-        }
-        Err(IdpError::Refused { status: status.as_u16(), error, aadsts })
+        Err(refusal(status.as_u16(), &body, self.max_claims_bytes))
     }
 
     /// Redeems the IdP's code (RFC 6749 §4.1.3) and validates the id_token.
@@ -295,6 +323,9 @@ impl OidcProvider {
         if self.flavor == Flavor::Azure {
             form.push(("scope", self.scopes.clone()));
         }
+        if let Some(claims) = self.claims_request(None) {
+            form.push(("claims", claims));
+        }
         let answer = self.token_request(form).await?;
         let identity = match &answer.id_token {
             Some(id_token) => self.validate_id_token(id_token, Some(nonce)).await?,
@@ -309,13 +340,36 @@ impl OidcProvider {
 
     /// Refreshes the upstream tokens (RFC 6749 §6). Entra rotates refresh tokens without revoking the old one; the
     /// newest is kept.
-    pub async fn refresh(&self, refresh_token: &str, now: UnixTime) -> Result<UpstreamTokens, IdpError> {
+    /// `claims`: a claims request (JSON) to satisfy, from an upstream's claims challenge (issue 16 §2); the
+    /// client capabilities are added to it.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        now: UnixTime,
+        claims: Option<&str>,
+    ) -> Result<UpstreamTokens, IdpError> {
         let mut form = vec![("grant_type", "refresh_token".to_owned()), ("refresh_token", refresh_token.to_owned())];
         if self.flavor == Flavor::Azure {
             form.push(("scope", self.scopes.clone()));
         }
+        if let Some(claims) = self.claims_request(claims) {
+            form.push(("claims", claims));
+        }
         let answer = self.token_request(form).await?;
         answer.into_tokens(Some(refresh_token), now)
+    }
+
+    /// The `claims` parameter (OIDC Core §5.5) for an authorize or token request: `extra` (a claims request from a
+    /// challenge or from Entra, JSON) with the client capabilities added as `access_token.xms_cc` (Microsoft,
+    /// "Claims challenges, claims requests and client capabilities"). `None` when there is nothing to ask, or when
+    /// `extra` is not a JSON object or is longer than `idp.max_claims_bytes`.
+    pub fn claims_request(&self, extra: Option<&str>) -> Option<String> {
+        merge_claims(extra, &self.client_capabilities, self.max_claims_bytes)
+    }
+
+    /// The longest claims JSON carried (`idp.max_claims_bytes`).
+    pub fn max_claims_bytes(&self) -> usize {
+        self.max_claims_bytes
     }
 
     async fn jwks(&self, kid: Option<&str>) -> Result<JwkSet, IdpError> {
@@ -390,9 +444,43 @@ impl OidcProvider {
     }
 }
 
-fn aadsts_from_description(d: Option<&str>) -> Option<u64> {
-    let rest = d?.strip_prefix("AADSTS")?;
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+/// An OAuth error answer (RFC 6749 §5.2) with Entra's additions: the AADSTS code from `error_codes` or the
+/// description, `suberror`, and `claims` (issue 16 §1). `temporarily_unavailable` and `server_error` are
+/// [`IdpError::Busy`].
+/// A `claims` longer than `max_claims_bytes` (`idp.max_claims_bytes`) or not JSON is dropped.
+fn refusal(status: u16, body: &[u8], max_claims_bytes: usize) -> IdpError {
+    let err: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let text = |k: &str| err.get(k).and_then(Value::as_str).map(str::to_owned);
+    let error = text("error").unwrap_or_else(|| "unknown_error".to_owned());
+    if error == "temporarily_unavailable" || error == "server_error" {
+        return IdpError::Busy { status: 503, retry_after: None };
+    }
+    let aadsts = err
+        .get("error_codes")
+        .and_then(|c| c.get(0))
+        .and_then(Value::as_u64)
+        .or_else(|| aadsts_from_description(err.get("error_description").and_then(Value::as_str)));
+    let claims = text("claims").filter(|c| c.len() <= max_claims_bytes && serde_json::from_str::<Value>(c).is_ok());
+    IdpError::Refused { status, error, aadsts, suberror: text("suberror"), claims }
+}
+
+/// [`OidcProvider::claims_request`]'s rule, apart for its unit test.
+fn merge_claims(extra: Option<&str>, capabilities: &[String], max_bytes: usize) -> Option<String> {
+    let mut doc = match extra {
+        Some(text) if text.len() <= max_bytes => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => map,
+            _ => return None,
+        },
+        Some(_) => return None,
+        None => serde_json::Map::new(),
+    };
+    if !capabilities.is_empty() {
+        let access = doc.entry("access_token").or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Value::Object(access) = access {
+            access.insert("xms_cc".to_owned(), serde_json::json!({ "values": capabilities }));
+        }
+    }
+    (!doc.is_empty()).then(|| Value::Object(doc).to_string())
 }
 
 #[derive(Deserialize)]
@@ -457,6 +545,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn client_capabilities_are_merged_into_the_claims_request() {
+        let cp1 = ["cp1".to_owned()];
+        assert_eq!(
+            merge_claims(None, &cp1, 4096).as_deref(),
+            Some(r#"{"access_token":{"xms_cc":{"values":["cp1"]}}}"#)
+        );
+        assert_eq!(merge_claims(None, &[], 4096), None);
+        let challenge = r#"{"access_token":{"nbf":{"essential":true,"value":"1604106651"}}}"#;
+        let merged: Value =
+            serde_json::from_str(&merge_claims(Some(challenge), &cp1, 4096).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(merged["access_token"]["nbf"]["value"], "1604106651");
+        assert_eq!(merged["access_token"]["xms_cc"]["values"][0], "cp1");
+        assert_eq!(merge_claims(Some(challenge), &cp1, 16), None, "over the cap");
+        assert_eq!(merge_claims(Some("[1]"), &cp1, 4096), None, "not an object");
+    }
+
+    #[test]
     fn guid_shape_is_checked() {
         assert!(is_guid("72f988bf-86f1-41af-91ab-2d7cd011db47"));
         assert!(!is_guid("common"));
@@ -476,11 +581,5 @@ mod tests {
             tenant: Some("00000000-0000-0000-0000-000000000001".into()),
         };
         assert!(pinned.check(&format!("https://login/{tid}/v2.0"), Some(tid)).is_err());
-    }
-
-    #[test]
-    fn aadsts_code_is_read_from_description() {
-        assert_eq!(aadsts_from_description(Some("AADSTS70008: The provided grant has expired")), Some(70008));
-        assert_eq!(aadsts_from_description(Some("nope")), None);
     }
 }

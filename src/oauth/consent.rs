@@ -122,13 +122,15 @@ pub fn describe_scope<'a>(scope: &str, operator: &'a BTreeMap<String, String>) -
     BUILT_IN_SCOPES.iter().find(|(name, _)| *name == scope || *name == short).map(|(_, d)| *d)
 }
 
-/// The consent page for a validated authorization request; `request` is its sealed ticket.
+/// The consent page for a validated authorization request; `request` is its sealed ticket. `notice`: what the
+/// person's organisation requires of this sign-in, when Entra refused the last one for want of it (issue 16).
 pub fn render(
     client: &Client,
     pending: &AuthorizationRequest,
     request: &str,
     csrf: &str,
     pages: &PagesConfig,
+    notice: Option<&str>,
 ) -> Response<Body> {
     let name = client.client_name.as_deref().unwrap_or("An unnamed application");
     let resource = escape(&pages.resource_name);
@@ -155,8 +157,9 @@ pub fn render(
     } else {
         ("Nobody checked: the application registered itself with this service, and chose its own name".to_owned(), "")
     };
+    let notice = notice.map(|n| format!("<p class=\"notice\" role=\"note\">{}</p>", escape(n))).unwrap_or_default();
     let body = format!(
-        "<h1>Allow {name} to access {resource}?</h1>\
+        "<h1>Allow {name} to access {resource}?</h1>{notice}\
          <p>{name} asks to use <strong>{resource}</strong> in your name.</p>\
          <dl><dt>Application</dt><dd>{name}</dd>\
          <dt>Published by</dt><dd>{published}</dd>\

@@ -16,11 +16,14 @@ use crate::crypto::{self, TokenHash};
 use crate::error::{Error, ErrorCode, OAuthError};
 use crate::http::params::Params;
 use crate::http::{self as h, Body, RequestBody};
-use crate::idp::{local, Idp, IdpError};
+use crate::idp::oidc::SignInHints;
+use crate::idp::{entra_error, local, Idp, IdpError};
 use crate::oauth::authorize::{self, AuthorizeContext};
 use crate::oauth::flow::{ConsentTicket, IdpTicket, PendingAuthorization, Ticket};
 use crate::oauth::{consent, pkce, requests};
-use crate::store::{AuthorizationCode, AuthorizationRequest, UpstreamCredential, UpstreamLogin};
+use crate::store::{
+    AuthorizationCode, AuthorizationRequest, InteractionRequirement, UpstreamCredential, UpstreamLogin,
+};
 
 /// `GET /authorize`: validates the request and shows the consent page.
 pub async fn authorize(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
@@ -49,8 +52,19 @@ pub async fn authorize(app: &App, req: &Request<RequestBody>) -> Result<Response
     let ttl = app.config.tokens.pending_ttl.as_secs();
     let pending = PendingAuthorization { request, browser: TokenHash::of(&browser), expires_at: app.clock.now() + ttl };
     let ticket = ConsentTicket::new(pending, &csrf);
-    let mut resp =
-        consent::render(&client, &ticket.pending.request, &app.sign_ins.seal(&ticket), &csrf, &app.config.pages);
+    // Entra refused this client's last grant until the person interacts: say what their organisation requires.
+    let notice = app
+        .store
+        .interaction_required(&client.client_id, app.clock.now())
+        .map(|i| entra_error::requirement_text(i.aadsts));
+    let mut resp = consent::render(
+        &client,
+        &ticket.pending.request,
+        &app.sign_ins.seal(&ticket),
+        &csrf,
+        &app.config.pages,
+        notice,
+    );
     if let Some(cookie) = consent::set_cookie(app.config.is_https(), &browser, ttl) {
         resp.headers_mut().insert(header::SET_COOKIE, cookie);
     }
@@ -94,9 +108,10 @@ pub async fn consent(app: &App, req: Request<RequestBody>) -> Result<Response<Bo
     let verifier = pkce::new_verifier();
     let nonce = crypto::random_token();
     let challenge = crypto::pkce_s256(&verifier);
+    let client_id = pending.request.client_id.clone();
     let state = app.sign_ins.seal(&IdpTicket::new(pending, verifier, nonce.clone()));
     let location = match &*app.idp {
-        Idp::Oidc(p) => p.authorize_url(&state, &challenge, &nonce),
+        Idp::Oidc(p) => p.authorize_url(&state, &challenge, &nonce, &sign_in_hints(app, &client_id)),
         Idp::Local(_) => h::append_query("/login", &[("state", &state)]),
     };
     Ok(h::redirect(&location))
@@ -118,6 +133,13 @@ pub async fn callback(app: &App, req: &Request<RequestBody>) -> Result<Response<
         issuer: app.config.server.public_url.to_string(),
     };
     if let Some(error) = params.get("error") {
+        let aadsts = entra_error::aadsts_from_description(params.get("error_description"));
+        let family = entra_error::classify(400, error, aadsts, params.get("suberror"));
+        if let Some(page) = person_must_act(app, family, aadsts, &request.pending.request.client_id, || {
+            IdpError::Refused { status: 400, error: error.to_owned(), aadsts, suberror: None, claims: None }
+        }) {
+            return Err(page);
+        }
         let code = ErrorCode::from_idp(error);
         tracing::info!(client_id = %request.pending.request.client_id, idp_error = error, "identity provider returned an error");
         return Err(to_client(code, &format!("the identity provider answered {}", code.as_str())));
@@ -131,14 +153,74 @@ pub async fn callback(app: &App, req: &Request<RequestBody>) -> Result<Response<
     match provider.exchange_code(code, &request.pkce_verifier, &request.nonce, now).await {
         Ok(login) => Ok(finish(app, request.pending, login)),
         Err(e) => {
-            tracing::warn!(client_id = %request.pending.request.client_id, error = %e, "IdP code exchange failed");
+            let client_id = &request.pending.request.client_id;
+            tracing::warn!(%client_id, error = %e, kind = e.family().label(), "IdP code exchange failed");
             app.metrics.idp_error(&e);
+            if let IdpError::Refused { aadsts, claims, .. } = &e {
+                if e.family() == entra_error::ErrorFamily::InteractionRequired {
+                    let requirement = InteractionRequirement {
+                        aadsts: *aadsts,
+                        claims: claims.clone(),
+                        login_hint: None,
+                        expires_at: now + app.config.tokens.pending_ttl.as_secs(),
+                    };
+                    app.store.require_interaction(client_id, requirement);
+                }
+                if let Some(page) = person_must_act(app, e.family(), *aadsts, client_id, || e) {
+                    return Err(page);
+                }
+                return Err(to_client(
+                    ErrorCode::ServerError,
+                    "the sign-in with the identity provider could not be completed",
+                ));
+            }
             let code = match e {
-                IdpError::Unavailable(_) => ErrorCode::TemporarilyUnavailable,
+                IdpError::Unavailable(_) | IdpError::Busy { .. } => ErrorCode::TemporarilyUnavailable,
                 IdpError::Refused { .. } | IdpError::Protocol(_) | IdpError::Discovery(_) => ErrorCode::ServerError,
             };
             Err(to_client(code, "the sign-in with the identity provider could not be completed"))
         }
+    }
+}
+
+/// The page that tells the person what to do when Entra refused their sign-in for a reason only they or their
+/// organisation can fix (issue 16 §1): missing admin consent (and the operator's log line), or an interaction
+/// their organisation requires. `None` for the other families, which go back to the client.
+fn person_must_act(
+    app: &App,
+    family: entra_error::ErrorFamily,
+    aadsts: Option<u64>,
+    client_id: &str,
+    error: impl FnOnce() -> IdpError,
+) -> Option<Error> {
+    use entra_error::ErrorFamily as F;
+    match family {
+        F::AdminConsent => {
+            app.idp.warn_admin_consent(&error(), client_id);
+            Some(Error::page(
+                StatusCode::FORBIDDEN,
+                "Administrator approval required",
+                "Your organisation has not approved this application's access to your account yet. An \
+                 administrator of your Microsoft Entra tenant must grant consent for it; the operator of this \
+                 service has been told which app registration and permissions. Try again once it is approved.",
+            ))
+        }
+        F::InteractionRequired => Some(Error::page(
+            StatusCode::FORBIDDEN,
+            "Your organisation requires more",
+            format!("{} Then start the connection again from the application.", entra_error::requirement_text(aadsts)),
+        )),
+        F::GrantEnded | F::Unavailable | F::Other => None,
+    }
+}
+
+/// What the next authorization request to Entra carries for `client_id` because Entra refused its last grant
+/// until the person interacts: `prompt=login` (never `prompt=consent`), the `claims` Entra asked for, and who
+/// signed in. Taken once.
+fn sign_in_hints(app: &App, client_id: &str) -> SignInHints {
+    match app.store.take_interaction(client_id, app.clock.now()) {
+        Some(i) => SignInHints { prompt_login: true, claims: i.claims, login_hint: i.login_hint },
+        None => SignInHints::default(),
     }
 }
 

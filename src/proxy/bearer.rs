@@ -7,8 +7,11 @@
 //!   One grant refreshes at the IdP at most once per `tokens.upstream_refresh_floor` while its token is still
 //!   valid, whatever the margin or the upstream says.
 //! - An upstream 401 marks the IdP token rejected ([`Grant::mark_upstream_rejected`]), whatever the request's
-//!   method: the next request of the grant refreshes first. A refusal of that refresh (`invalid_grant`) ends the
-//!   grant with 401 `invalid_token`, so that the client signs in again instead of looping.
+//!   method: the next request of the grant refreshes first. A refusal of that refresh ends the grant with 401
+//!   `invalid_token` when its [`ErrorFamily`] needs a new sign-in (issue 16 §1), so that the client signs in again
+//!   instead of looping; throttling or an outage keeps the grant (503 with `Retry-After` once the token expired).
+//! - An upstream claims challenge (401 `error="insufficient_claims"`, CAE) is answered by one refresh asking Entra
+//!   for the decoded claims, at most `idp.max_claims_bytes` ([`claims_challenge`], [`refresh_for_claims`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,7 +22,9 @@ use super::Context;
 use crate::audit::{self, Entry, Event};
 use crate::crypto::TokenHash;
 use crate::error::{BearerProblem, Error};
-use crate::store::{Grant, UpstreamCredential};
+use crate::idp::entra_error::ErrorFamily;
+use crate::idp::IdpError;
+use crate::store::{Grant, InteractionRequirement, UpstreamCredential};
 
 /// What replaces the client's Authorization header.
 #[derive(Clone)]
@@ -124,8 +129,6 @@ pub async fn upstream_auth(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAu
         UpstreamCredential::Tokens(t) => t.refresh_token().map(str::to_owned),
         UpstreamCredential::Local => None,
     };
-    let unauthorized =
-        || Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: cx.challenge.to_owned() };
     match refresh_with_retries(cx, refresh_token).await {
         Ok(tokens) => {
             tracing::info!(client_id = %grant.client_id, "upstream access token refreshed");
@@ -134,28 +137,134 @@ pub async fn upstream_auth(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAu
             grant.set_refreshed_upstream(tokens, cx.clock.now());
             Ok(UpstreamAuth::Bearer(bearer))
         }
-        Err(e) if e.ends_grant() => {
-            tracing::warn!(client_id = %grant.client_id, error = %e, "upstream refresh refused; grant ended");
-            cx.metrics.upstream_refresh("refused");
-            cx.metrics.idp_error(&e);
-            cx.store.revoke_grant(grant.id);
-            audit::emit(
-                Entry::new(Event::UpstreamGrantEnded)
-                    .client(&grant.client_id)
-                    .subject(&grant.identity.sub)
-                    .detail("the IdP refused the refresh"),
-            );
-            Err(unauthorized())
-        }
-        Err(e) => {
-            tracing::warn!(client_id = %grant.client_id, error = %e, "upstream refresh failed");
-            cx.metrics.upstream_refresh("failed");
-            cx.metrics.idp_error(&e);
-            still_valid_auth(grant, cx.clock.now())
-                .ok_or_else(|| Error::UpstreamUnavailable(format!("identity provider: {e}")))
-        }
+        Err(e) => refresh_refused(cx, grant, &e),
     }
 }
+
+/// What a refused or failed refresh becomes, by [`ErrorFamily`] (issue 16 §1): a family that needs a new sign-in
+/// ends the grant (401 `invalid_token`), an interaction requirement is kept for the client's next sign-in, missing
+/// admin consent is logged for the operator; throttling or an outage keeps the grant and answers 503 with
+/// `Retry-After` once the current token has expired.
+fn refresh_refused(cx: &Context<'_>, grant: &Grant, e: &IdpError) -> Result<UpstreamAuth, Error> {
+    if let Some(ended) = end_refused_grant(cx, grant, e, None) {
+        return Err(ended);
+    }
+    still_valid_auth(grant, cx.clock.now()).ok_or_else(|| unavailable(e))
+}
+
+/// For a refusal that needs a new sign-in: ends the grant, keeps what the next sign-in must ask (Entra's claims,
+/// else `challenge_claims`), logs missing admin consent; the 401 `invalid_token` to answer. `None` (after the
+/// log and metric) for a transient failure, which keeps the grant.
+fn end_refused_grant(cx: &Context<'_>, grant: &Grant, e: &IdpError, challenge_claims: Option<&str>) -> Option<Error> {
+    cx.metrics.idp_error(e);
+    let family = e.family();
+    let kind = family.label();
+    if !family.ends_grant() {
+        tracing::warn!(client_id = %grant.client_id, error = %e, kind, "upstream refresh failed");
+        cx.metrics.upstream_refresh("failed");
+        return None;
+    }
+    tracing::warn!(client_id = %grant.client_id, error = %e, kind, "upstream refresh refused; grant ended");
+    cx.metrics.upstream_refresh("refused");
+    match (family, e) {
+        (ErrorFamily::InteractionRequired, IdpError::Refused { aadsts, claims, .. }) => {
+            let requirement = InteractionRequirement {
+                aadsts: *aadsts,
+                claims: claims.clone().or_else(|| challenge_claims.map(str::to_owned)),
+                // Not the user's name: a client registration may be shared by several people, and the next
+                // sign-in through it may be someone else's (their browser would see this user's name).
+                login_hint: None,
+                expires_at: grant.expires_at(),
+            };
+            cx.store.require_interaction(&grant.client_id, requirement);
+        }
+        (ErrorFamily::AdminConsent, _) => cx.idp.warn_admin_consent(e, &grant.client_id),
+        _ => {}
+    }
+    cx.store.revoke_grant(grant.id);
+    audit::emit(
+        Entry::new(Event::UpstreamGrantEnded).client(&grant.client_id).subject(&grant.identity.sub).detail(kind),
+    );
+    Some(Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: cx.challenge.to_owned() })
+}
+
+/// The answer when the IdP could not refresh and no valid token is left: 503 with `Retry-After` when it is busy or
+/// unreachable, 502 for anything else.
+fn unavailable(e: &IdpError) -> Error {
+    match e {
+        IdpError::Busy { retry_after, .. } => {
+            Error::IdpUnavailable { retry_after: retry_after.unwrap_or(DEFAULT_RETRY_AFTER).clamp(1, 3600) }
+        }
+        IdpError::Unavailable(_) => Error::IdpUnavailable { retry_after: DEFAULT_RETRY_AFTER },
+        _ => Error::UpstreamUnavailable(format!("identity provider: {e}")),
+    }
+}
+
+/// Answers an upstream's claims challenge (issue 16 §2, Continuous Access Evaluation): one refresh asking Entra
+/// for `claims`, single flight with the grant's other refreshes. When another request already replaced the
+/// `rejected` token while this one waited, that fresh token is used without a second refresh. A refusal ends the
+/// grant as [`upstream_auth`]'s does, an interaction requirement carrying the challenge's claims to the next
+/// sign-in; a transient failure is 503, since the upstream refuses the current token. At most one such refresh
+/// per grant per `tokens.upstream_refresh_floor`: a challenge again within it is 401 `invalid_token`.
+pub async fn refresh_for_claims(
+    cx: &Context<'_>,
+    grant: &Grant,
+    rejected: &HeaderValue,
+    claims: &str,
+) -> Result<UpstreamAuth, Error> {
+    let _flight = grant.refresh_lock.lock().await;
+    let refresh_token = match &*grant.upstream() {
+        UpstreamCredential::Tokens(t) if t.bearer() != rejected => return Ok(UpstreamAuth::Bearer(t.bearer().clone())),
+        UpstreamCredential::Tokens(t) => t.refresh_token().map(str::to_owned),
+        UpstreamCredential::Local => None,
+    };
+    // An upstream that keeps challenging (claims Entra cannot put in a token) must not turn every request into a
+    // refresh at Entra, which would answer with its loop detection (AADSTS50196).
+    let now = cx.clock.now();
+    let last = grant.claims_refreshed_at.load(Ordering::Relaxed);
+    if last != 0 && now < last.saturating_add(cx.refresh.floor) {
+        tracing::info!(client_id = %grant.client_id, "upstream claims challenge again within the refresh floor");
+        return Err(Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: cx.challenge.to_owned() });
+    }
+    grant.claims_refreshed_at.store(now.max(1), Ordering::Relaxed);
+    match cx.idp.refresh_with_claims(refresh_token, cx.clock.now(), Some(claims)).await {
+        Ok(tokens) => {
+            tracing::info!(client_id = %grant.client_id, "upstream claims challenge answered by a refresh");
+            cx.metrics.upstream_refresh("ok");
+            let bearer = tokens.bearer().clone();
+            grant.set_refreshed_upstream(tokens, cx.clock.now());
+            Ok(UpstreamAuth::Bearer(bearer))
+        }
+        Err(e) => Err(end_refused_grant(cx, grant, &e, Some(claims)).unwrap_or_else(|| unavailable(&e))),
+    }
+}
+
+/// The claims request (JSON object) of an upstream's `WWW-Authenticate: Bearer error="insufficient_claims",
+/// claims="<base64>"` (Microsoft, "Claims challenges"); `None` for any other challenge, or for claims that are
+/// not base64 of a JSON object of at most `max_bytes`.
+pub fn claims_challenge(challenge: Option<&str>, max_bytes: usize) -> Option<String> {
+    use base64::Engine as _;
+    let challenge = challenge?;
+    if crate::http::auth_param(challenge, "error").as_deref() != Some("insufficient_claims") {
+        return None;
+    }
+    let encoded = crate::http::auth_param(challenge, "claims")?;
+    if encoded.len() > max_bytes.saturating_mul(4) / 3 + 4 {
+        return None;
+    }
+    use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
+    let lenient = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    let engines = [
+        GeneralPurpose::new(&base64::alphabet::STANDARD, lenient),
+        GeneralPurpose::new(&base64::alphabet::URL_SAFE, lenient),
+    ];
+    let bytes = engines.iter().find_map(|e| e.decode(&encoded).ok())?;
+    let text = String::from_utf8(bytes).ok().filter(|t| t.len() <= max_bytes)?;
+    matches!(serde_json::from_str::<serde_json::Value>(&text), Ok(serde_json::Value::Object(_))).then_some(text)
+}
+
+/// `Retry-After` when the IdP is down without saying for how long.
+const DEFAULT_RETRY_AFTER: u64 = 30;
 
 /// Calls the IdP, retrying transient failures (network, 5xx, 429) twice with a growing pause; a refusal is final.
 async fn refresh_with_retries(
@@ -166,7 +275,7 @@ async fn refresh_with_retries(
     let mut attempt = 1;
     loop {
         match cx.idp.refresh(refresh_token.clone(), cx.clock.now()).await {
-            Err(e @ crate::idp::IdpError::Unavailable(_)) if attempt < 3 => {
+            Err(e) if e.retry_now() && attempt < 3 => {
                 tracing::info!(error = %e, attempt, "upstream refresh failed; retrying");
                 tokio::time::sleep(pause).await;
                 pause *= 4;
@@ -217,6 +326,23 @@ mod tests {
 
     fn token(obtained_at: u64, lifetime: u64) -> UpstreamTokenState {
         UpstreamTokenState { obtained_at, expires_at: obtained_at + lifetime, rejected: false, refreshed_at: 0 }
+    }
+
+    #[test]
+    fn a_claims_challenge_is_read_only_when_it_is_one_and_fits() {
+        // Microsoft's example challenge: {"access_token":{"acrs":{"essential":true,"value":"cp1"}}}.
+        let example = r#"Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", error="insufficient_claims", claims="eyJhY2Nlc3NfdG9rZW4iOnsiYWNycyI6eyJlc3NlbnRpYWwiOnRydWUsInZhbHVlIjoiY3AxIn19fQ==""#;
+        assert_eq!(
+            claims_challenge(Some(example), 4096).as_deref(),
+            Some(r#"{"access_token":{"acrs":{"essential":true,"value":"cp1"}}}"#)
+        );
+        assert_eq!(claims_challenge(Some(example), 32), None, "over the cap");
+        let unpadded = example.replace("fQ==", "fQ");
+        assert!(claims_challenge(Some(&unpadded), 4096).is_some(), "padding is optional");
+        assert_eq!(claims_challenge(Some(r#"Bearer error="invalid_token", claims="e30=""#), 4096), None);
+        assert_eq!(claims_challenge(Some(r#"Bearer error="insufficient_claims", claims="!!""#), 4096), None);
+        assert_eq!(claims_challenge(Some(r#"Bearer error="insufficient_claims", claims="WzFd""#), 4096), None);
+        assert_eq!(claims_challenge(None, 4096), None);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - Hop-by-hop headers (RFC 9110 §7.6.1) are dropped both ways; `X-Forwarded-For/-Proto/-Host` are set.
 //! - Bodies stream both ways without buffering (SSE events pass as they come); upstream connections are pooled.
 //! - A refused connection is 502, no response headers within `upstream.response_timeout` is 504, both with JSON.
+//! - An upstream claims challenge (`insufficient_claims`, Continuous Access Evaluation) is answered by one refresh
+//!   with its claims and one retry of a request without a body (issue 16 §2).
 //! - An upstream 401/403 challenge is replaced by the proxy's own, so that the client is never sent to the IdP
 //!   directly; an upstream `insufficient_scope` becomes the proxy's step-up (RFC 6750 §3.1) for scopes it offers.
 //! - One canonical path ([`target::canonical_path`]) decides both the `upstream.required_scopes` policy and what
@@ -110,7 +112,19 @@ pub async fn handle(
     let auth = bearer::upstream_auth(cx, &grant).await?;
     let sent = auth.clone();
     let mut resp = cx.forwarder.forward(req, auth, peer).await?;
-    if let (StatusCode::UNAUTHORIZED, bearer::UpstreamAuth::Bearer(rejected)) = (resp.status(), &sent) {
+    let www_authenticate = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
+    let claims = bearer::claims_challenge(www_authenticate, cx.idp.max_claims_bytes());
+    if let (StatusCode::UNAUTHORIZED, bearer::UpstreamAuth::Bearer(rejected), Some(claims)) =
+        (resp.status(), &sent, &claims)
+    {
+        // A claims challenge (CAE): one refresh asking for the claims, and one retry of a request without a body.
+        // A request with a body gets the proxy's 401 below; its retry carries the fresh token.
+        let fresh = bearer::refresh_for_claims(cx, &grant, rejected, claims).await?;
+        if let Some(again) = replay {
+            tracing::info!(client_id = %grant.client_id, "upstream claims challenge; refreshed, retrying once");
+            resp = cx.forwarder.forward(again, fresh, peer).await?;
+        }
+    } else if let (StatusCode::UNAUTHORIZED, bearer::UpstreamAuth::Bearer(rejected)) = (resp.status(), &sent) {
         // Whatever the method: the grant's next request refreshes the IdP token first. A request without a body is
         // retried once now with a fresh token.
         grant.mark_upstream_rejected(rejected);

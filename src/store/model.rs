@@ -282,6 +282,9 @@ pub struct Grant {
     pub upstream_obtained_at: AtomicU64,
     /// Expiry of the newest refresh token; the grant is swept after it.
     expires_at: AtomicU64,
+    /// When the grant last refreshed to answer an upstream claims challenge (0: never); at most one such refresh per
+    /// `tokens.upstream_refresh_floor` (issue 16 §2). Not persisted: a restart allows one more.
+    pub claims_refreshed_at: AtomicU64,
 }
 
 impl Grant {
@@ -318,6 +321,7 @@ impl Grant {
             upstream_refreshed_at: AtomicU64::new(0),
             upstream_obtained_at: AtomicU64::new(created_at),
             expires_at: AtomicU64::new(expires_at),
+            claims_refreshed_at: AtomicU64::new(0),
         })
     }
 
@@ -545,4 +549,22 @@ mod tests {
         let fresh = RefreshFamily { rotated: None, ..family(0) };
         assert_eq!(fresh.classify(0, &TokenHash::of("current")), Presented::Current);
     }
+}
+
+/// What a client's next sign-in must ask of Entra, because Entra refused the client's grant until the person
+/// interacts (MFA, Conditional Access, a claims challenge; issue 16). Kept per client until used or expired.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InteractionRequirement {
+    /// The AADSTS code Entra gave, for the words shown to the person.
+    #[serde(default)]
+    pub aadsts: Option<u64>,
+    /// The OIDC `claims` request (JSON) Entra asked for, if any; size-capped when read.
+    #[serde(default)]
+    pub claims: Option<String>,
+    /// Entra's `login_hint`, when known to belong to whoever signs in next (the refresh path leaves it unset: a
+    /// client registration may be shared by several people).
+    #[serde(default)]
+    pub login_hint: Option<String>,
+    #[serde(default)]
+    pub expires_at: UnixTime,
 }

@@ -31,6 +31,8 @@ struct CodeGrant {
     challenge: Option<(String, String)>,
     nonce: Option<String>,
     expires_at: u64,
+    /// The `claims` of the authorization request, which the code's tokens satisfy (issue 16 §2).
+    claims: Option<String>,
 }
 
 struct RefreshGrant {
@@ -66,6 +68,65 @@ pub struct AzureState {
     pub last_access_token: Option<String>,
     /// Claims added to every id_token issued (`groups`, `roles`, `_claim_names`, …).
     pub id_token_claims: serde_json::Map<String, Value>,
+    /// Issue 16: an Entra refusal the token endpoint answers every refresh_token grant with.
+    pub refresh_error: Option<ScriptedRefusal>,
+    /// Issue 16: an Entra refusal the token endpoint answers every authorization_code grant with.
+    pub code_error: Option<ScriptedRefusal>,
+    /// Issue 16: every token request's form fields, secrets included (tests only look at `claims`, `grant_type`).
+    pub token_forms: Vec<HashMap<String, String>>,
+    /// Issue 16 §2: a claims request (JSON) Graph's `/v1.0/me` demands, as a CAE claims challenge (401
+    /// `insufficient_claims`, the claims base64-encoded), of every access token not issued for a token request
+    /// whose `claims` asked for each of its `access_token` claims.
+    pub cae_claims: Option<String>,
+    /// Access tokens issued for a token request that satisfied `cae_claims`.
+    pub cae_satisfied: HashSet<String>,
+    /// Graph challenges every token while `cae_claims` is set, satisfied or not.
+    pub cae_unsatisfiable: bool,
+}
+
+/// Whether a token request's `claims` (JSON) asks for every `access_token` claim of `demanded`.
+fn satisfies(asked: Option<&String>, demanded: &str) -> bool {
+    let asked: Value = asked.and_then(|a| serde_json::from_str(a).ok()).unwrap_or(Value::Null);
+    let demanded: Value = serde_json::from_str(demanded).unwrap_or(Value::Null);
+    demanded["access_token"]
+        .as_object()
+        .is_some_and(|d| d.keys().all(|k| asked["access_token"].get(k).is_some_and(|v| *v == d[k])))
+}
+
+/// An Entra error answer (AZURE.md §2): `error`, the AADSTS code, and optionally `suberror` and `claims`.
+#[derive(Clone, Debug, Default)]
+pub struct ScriptedRefusal {
+    pub error: String,
+    pub code: u64,
+    pub suberror: Option<String>,
+    pub claims: Option<String>,
+}
+
+impl ScriptedRefusal {
+    pub fn new(error: &str, code: u64) -> Self {
+        Self { error: error.into(), code, ..Self::default() }
+    }
+
+    fn response(&self) -> Response<FakeBody> {
+        let resp = aad_error(StatusCode::BAD_REQUEST, &self.error, self.code, "scripted refusal.");
+        let (parts, _) = resp.into_parts();
+        let mut doc = json!({
+            "error": self.error,
+            "error_description": format!("AADSTS{}: scripted refusal.\r\nTrace ID: {}", self.code, guid()),
+            "error_codes": [self.code],
+            "timestamp": "2026-11-23 10:00:00Z",
+            "trace_id": guid(),
+            "correlation_id": guid(),
+            "error_uri": format!("https://login.microsoftonline.com/error?code={}", self.code),
+        });
+        if let Some(sub) = &self.suberror {
+            doc["suberror"] = json!(sub);
+        }
+        if let Some(claims) = &self.claims {
+            doc["claims"] = json!(claims);
+        }
+        Response::from_parts(parts, body(doc.to_string()))
+    }
 }
 
 pub struct FakeAzure {
@@ -247,6 +308,25 @@ async fn handle(
                 .body(body(json!({"error": {"code": "InvalidAuthenticationToken", "message": "Access token validation failure. Invalid audience.", "innerError": {"date": "2026-11-23T10:00:00", "request-id": guid(), "client-request-id": guid()}}}).to_string()))
                 .expect("response");
         }
+        let cae = {
+            let st = state.lock().expect("state");
+            st.cae_claims.clone().filter(|_| st.cae_unsatisfiable || !st.cae_satisfied.contains(token))
+        };
+        if let Some(claims) = cae {
+            return Response::builder()
+                .status(401)
+                .header(
+                    "www-authenticate",
+                    format!(
+                        "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", \
+                         error=\"insufficient_claims\", claims=\"{}\"",
+                        STANDARD.encode(claims)
+                    ),
+                )
+                .header("content-type", "application/json")
+                .body(body(json!({"error": {"code": "InvalidAuthenticationToken", "message": "Continuous access evaluation resulted in claims challenge"}}).to_string()))
+                .expect("response");
+        }
         return json_ok(json!({
             "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users/$entity",
             "businessPhones": [], "displayName": "Adele Vance", "givenName": "Adele", "jobTitle": null,
@@ -345,6 +425,7 @@ async fn handle(
                     challenge,
                     nonce: q.get("nonce").cloned(),
                     expires_at: now() + 600,
+                    claims: q.get("claims").cloned(),
                 },
             );
             target.query_pairs_mut().append_pair("code", &code);
@@ -415,6 +496,21 @@ fn token(
         return aad_error(StatusCode::UNAUTHORIZED, "invalid_client", 7000215, "Invalid client secret provided.");
     }
     let grant_type = form.get("grant_type").map(String::as_str).unwrap_or("");
+    st.token_forms.push(form.clone());
+    let scripted = match grant_type {
+        "refresh_token" => st.refresh_error.clone(),
+        "authorization_code" => st.code_error.clone(),
+        _ => None,
+    };
+    if let Some(refusal) = scripted {
+        if grant_type == "refresh_token" {
+            st.refresh_calls += 1;
+        } else {
+            st.code_calls += 1;
+        }
+        return refusal.response();
+    }
+    let mut code_claims = None;
     let (scope, nonce) = match grant_type {
         "authorization_code" => {
             st.code_calls += 1;
@@ -470,6 +566,7 @@ fn token(
                     "Provided value for the input parameter scope cannot be empty.",
                 );
             }
+            code_claims = grant.claims;
             (grant.scope, grant.nonce)
         }
         "refresh_token" => {
@@ -508,6 +605,9 @@ fn token(
     };
     let access = opaque_access_token();
     st.access_tokens.insert(access.clone());
+    if st.cae_claims.as_deref().is_some_and(|d| satisfies(code_claims.as_ref().or(form.get("claims")), d)) {
+        st.cae_satisfied.insert(access.clone());
+    }
     st.last_access_token = Some(access.clone());
     let mut doc = json!({
         "token_type": "Bearer",
