@@ -10,7 +10,7 @@ use crate::idp::{Idp, IdpError};
 use crate::oauth::metadata::{self, Metadata};
 use crate::proxy::Forwarder;
 use crate::rate_limit::RateLimiter;
-use crate::store::Store;
+use crate::store::{StateStore, Store, StoreError};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -25,12 +25,14 @@ pub enum StartError {
     ClientDocuments(String),
     #[error("{0} (set store.start_empty_on_bad_snapshot = true to start with an empty store instead)")]
     Snapshot(#[from] crate::store::snapshot::SnapshotError),
+    #[error("store.redis_url: {0}")]
+    Redis(#[from] StoreError),
 }
 
 /// Everything a request handler needs.
 pub struct App {
     pub config: Config,
-    pub store: Arc<Store>,
+    pub store: StateStore,
     pub clock: Clock,
     pub idp: Arc<Idp>,
     pub forwarder: Forwarder,
@@ -79,6 +81,12 @@ impl App {
     /// [`App::new`] with the network the metadata-document fetcher uses (tests inject a resolver and a
     /// recording transport); `None`: the system resolver and reqwest.
     pub async fn new_on(config: Config, clock: Clock, network: Option<Network>) -> Result<Arc<Self>, StartError> {
+        if let Some(redis) = &config.store.redis {
+            let store = crate::store::redis::RedisStore::connect(redis, clock.clone()).await?;
+            tracing::info!(url = %redis.url.redacted(), "shared store on Redis");
+            let idp = Idp::from_config(&config).await?;
+            return Self::with_state(config, clock, idp, StateStore::Redis(store), network);
+        }
         let store = match &config.store.snapshot {
             None => Store::new(),
             Some(s) => {
@@ -113,6 +121,18 @@ impl App {
         store: Store,
         network: Option<Network>,
     ) -> Result<Arc<Self>, StartError> {
+        store.set_sign_in_capacity(config.limits.max_pending);
+        Self::with_state(config, clock, idp, StateStore::Memory(Arc::new(store)), network)
+    }
+
+    /// Builds the state around an existing IdP and store of either backend.
+    pub fn with_state(
+        config: Config,
+        clock: Clock,
+        idp: Arc<Idp>,
+        store: StateStore,
+        network: Option<Network>,
+    ) -> Result<Arc<Self>, StartError> {
         let forwarder = Forwarder::new(&config.upstream, config.is_https())?;
         let network = match network {
             Some(n) => n,
@@ -136,9 +156,12 @@ impl App {
             let (running, peak) = users.gauges();
             metrics.add_password_checks(running, peak);
         }
-        store.set_sign_in_capacity(config.limits.max_pending);
+        let sign_ins = match &config.store.redis {
+            Some(redis) => crate::oauth::flow::SignIns::from_key(&redis.key.0, config.is_https()),
+            None => crate::oauth::flow::SignIns::new(config.is_https()),
+        };
         Ok(Arc::new(Self {
-            sign_ins: crate::oauth::flow::SignIns::new(config.is_https()),
+            sign_ins,
             metadata: Metadata::build(&config),
             resource_metadata: metadata::resource_metadata_url(&config),
             challenge: format!(
@@ -150,7 +173,7 @@ impl App {
             rate_limiter: RateLimiter::new(&config.limits),
             metrics,
             client_documents: ClientDocuments::new(config.client_documents.clone(), network),
-            store: Arc::new(store),
+            store,
             clock,
             idp,
             forwarder,

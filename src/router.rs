@@ -89,14 +89,19 @@ async fn dispatch(
         (&Method::GET, Route::Authorize) => sign_in::authorize(app, &req).await,
         (&Method::POST, Route::Consent) => sign_in::consent(app, req).await,
         (&Method::GET, Route::Callback) => sign_in::callback(app, &req).await,
-        (&Method::GET, Route::Login) => sign_in::show_login(app, &req),
+        (&Method::GET, Route::Login) => sign_in::show_login(app, &req).await,
         (&Method::POST, Route::Login) => sign_in::submit_login(app, req).await,
         (&Method::POST, Route::Token) => token::handle(app, req).await,
         (&Method::POST, Route::Revoke) => revoke::handle(app, req).await,
         (&Method::POST, Route::Introspect) => introspect::handle(app, req).await,
-        (&Method::GET | &Method::POST, Route::Userinfo) => userinfo::handle(&app.proxy_context(), &req),
+        (&Method::GET | &Method::POST, Route::Userinfo) => userinfo::handle(&app.proxy_context(), &req).await,
         (&Method::GET, Route::Healthz) => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
-        // The listener is bound only after the snapshot is loaded and the IdP discovered: serving means ready.
+        // The listener is bound only after the snapshot is loaded and the IdP discovered: serving means ready, as
+        // long as the store answers (Redis).
+        (&Method::GET, Route::Readyz) if !app.store.ready().await => Err(crate::store::StoreError::Unavailable(
+            "the shared store does not answer".into(),
+        )
+        .into()),
         (&Method::GET, Route::Readyz) => Ok(json_response(
             StatusCode::OK,
             &serde_json::json!({

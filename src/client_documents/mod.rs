@@ -43,7 +43,7 @@ use crate::crypto::TokenHash;
 use crate::http::params::Params;
 use crate::oauth::error::{ErrorCode, OAuthError};
 use crate::oauth::redirect_uri::Allowlist;
-use crate::store::{Client, Store};
+use crate::store::{Client, StateStore, StoreError};
 
 /// Why a metadata document cannot be used. Messages are shown to users on an error page and to clients in
 /// `error_description`; they never contain the document's body nor an address a name resolved to.
@@ -244,27 +244,33 @@ impl ClientDocuments {
 /// request that presents a code or a refresh token issued to that client_id, so that an anonymous request with a
 /// made-up code makes the proxy fetch nothing. A code already redeemed counts (its replay must still revoke its
 /// grant, which needs the client authenticated). The errors are the ones the exchange itself would give.
-pub fn check_token_request(store: &Store, params: &Params, client_id: &str) -> Result<(), OAuthError> {
-    match params.require("grant_type")? {
-        "authorization_code" => {
-            let code = TokenHash::of(params.require("code")?);
-            if store.code_client(&code).as_deref() != Some(client_id) {
-                return Err(OAuthError::invalid_grant("authorization code is invalid or expired"));
-            }
-        }
-        "refresh_token" => {
-            if store.refresh_client(params.require("refresh_token")?).as_deref() != Some(client_id) {
-                return Err(OAuthError::invalid_grant("refresh token is invalid, expired or revoked"));
-            }
-        }
-        other => {
-            return Err(OAuthError::new(
+///
+/// The outer error: the store did not answer.
+pub async fn check_token_request(
+    store: &StateStore,
+    params: &Params,
+    client_id: &str,
+) -> Result<Result<(), OAuthError>, StoreError> {
+    let (grant_type, presented) = match params.require("grant_type") {
+        Ok(t) => (t, params.require(if t == "refresh_token" { "refresh_token" } else { "code" })),
+        Err(e) => return Ok(Err(e.into())),
+    };
+    let owner = match (grant_type, presented) {
+        ("authorization_code" | "refresh_token", Err(e)) => return Ok(Err(e.into())),
+        ("authorization_code", Ok(code)) => store.code_client(&TokenHash::of(code)).await?,
+        ("refresh_token", Ok(token)) => store.refresh_client(token).await?,
+        (other, _) => {
+            return Ok(Err(OAuthError::new(
                 ErrorCode::UnsupportedGrantType,
                 format!("grant_type `{other}` is not supported; use authorization_code or refresh_token"),
-            ))
+            )))
         }
-    }
-    Ok(())
+    };
+    Ok(match (owner.as_deref() == Some(client_id), grant_type) {
+        (true, _) => Ok(()),
+        (false, "authorization_code") => Err(OAuthError::invalid_grant("authorization code is invalid or expired")),
+        (false, _) => Err(OAuthError::invalid_grant("refresh token is invalid, expired or revoked")),
+    })
 }
 
 #[cfg(test)]

@@ -122,6 +122,44 @@ impl std::fmt::Debug for SnapshotKey {
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub snapshot: Option<SnapshotConfig>,
+    /// `store.backend = "redis"`: the shared store; `None` is the in-memory store.
+    pub redis: Option<RedisConfig>,
+}
+
+/// The shared store on Redis (`store.backend = "redis"`).
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `store.redis_url` or `DCR_PROXY_REDIS_URL`; may carry `user:password`, never logged whole.
+    pub url: RedisUrl,
+    /// The snapshot key: seals IdP tokens in Redis and derives the sign-in keys every replica shares.
+    pub key: SnapshotKey,
+    /// `store.redis_cache_ttl`: how long a bearer lookup is served from the replica's own cache (≤ 1 s).
+    pub cache_ttl: Duration,
+    /// `store.redis_cache_entries`: bearer lookups kept per replica at most.
+    pub cache_entries: usize,
+}
+
+/// A Redis URL, whose password must never be logged: `Debug` and [`RedisUrl::redacted`] hide it.
+#[derive(Clone)]
+pub struct RedisUrl(pub String);
+
+impl RedisUrl {
+    /// The URL with any password replaced by `***`, for logs.
+    pub fn redacted(&self) -> String {
+        match (self.0.split_once("://"), self.0.rfind('@')) {
+            (Some((scheme, rest)), Some(_)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => self.0.clone(),
+            },
+            _ => self.0.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({})", self.redacted())
+    }
 }
 
 #[derive(Debug, Clone)]

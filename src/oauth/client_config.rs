@@ -20,7 +20,7 @@ use crate::http::{self as h, json_response, no_store, read_body, Body, RequestBo
 use crate::oauth::{bearer_token as bearer, register};
 use crate::rate_limit;
 use crate::route::CLIENT_CONFIGURATION_PREFIX;
-use crate::store::{Client, Store};
+use crate::store::{Client, StateStore, StoreError};
 
 /// RFC 7591 §3: registers a client from a JSON metadata body.
 pub async fn register(
@@ -39,12 +39,16 @@ pub async fn register(
     let json = read_metadata(app, req).await?;
     let now = app.clock.now();
     let registration = register::register(&json, now, &policy.redirect_allowlist)?;
-    match app.store.make_room_for_client(
-        now,
-        policy.unused_client_ttl.as_secs(),
-        policy.max_clients,
-        app.config.tokens.pending_ttl.as_secs(),
-    ) {
+    match app
+        .store
+        .make_room_for_client(
+            now,
+            policy.unused_client_ttl.as_secs(),
+            policy.max_clients,
+            app.config.tokens.pending_ttl.as_secs(),
+        )
+        .await?
+    {
         Some(0) => {}
         Some(removed) => tracing::info!(removed, "unused clients removed to make room"),
         None => return Err(Error::Capacity { what: "the client registration limit is reached", html: false }),
@@ -61,7 +65,7 @@ pub async fn register(
         auth_method = registration.client.auth_method.as_str(),
         "client registered"
     );
-    app.store.add_client(registration.client, source);
+    app.store.add_client(registration.client, source).await?;
     let mut resp = json_response(StatusCode::CREATED, &doc);
     no_store(&mut resp);
     Ok(resp)
@@ -72,7 +76,7 @@ pub async fn register(
 pub async fn manage(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     let client_id = req.uri().path().trim_start_matches(CLIENT_CONFIGURATION_PREFIX).to_owned();
     let presented = bearer::token_from_headers(req.headers()).unwrap_or("");
-    let client = managed_client(&app.store, &client_id, presented).ok_or(Error::RegistrationTokenRequired)?;
+    let client = managed_client(&app.store, &client_id, presented).await?.ok_or(Error::RegistrationTokenRequired)?;
     let config_uri = configuration_uri(&app.config.server.public_url, &client.client_id);
     let respond = |c: &Client| {
         let mut resp = json_response(StatusCode::OK, &register::response_body(c, None, (None, &config_uri)));
@@ -82,7 +86,7 @@ pub async fn manage(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
     match *req.method() {
         Method::GET => Ok(respond(&client)),
         Method::DELETE => {
-            app.store.revoke_client(&client.client_id);
+            app.store.revoke_client(&client.client_id).await?;
             tracing::info!(client_id = %client.client_id, "client deleted by its owner");
             let mut resp = Response::new(h::empty());
             *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -94,15 +98,19 @@ pub async fn manage(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
                 register::update(&client, &json, app.clock.now(), &app.config.registration.redirect_allowlist)?;
             let resp = respond(&updated);
             tracing::info!(client_id = %client.client_id, "client metadata updated");
-            app.store.put_client(updated);
+            app.store.put_client(updated).await?;
             Ok(resp)
         }
     }
 }
 
 /// The registered client `client_id` if `presented` is its registration access token (RFC 7592 §2.1).
-pub fn managed_client(store: &Store, client_id: &str, presented: &str) -> Option<Arc<Client>> {
-    store.client(client_id).filter(|c| c.registration_token.is_some_and(|h| h.matches(presented)))
+pub async fn managed_client(
+    store: &StateStore,
+    client_id: &str,
+    presented: &str,
+) -> Result<Option<Arc<Client>>, StoreError> {
+    Ok(store.client(client_id).await?.filter(|c| c.registration_token.is_some_and(|h| h.matches(presented))))
 }
 
 /// The `registration_client_uri` of a client (RFC 7592 §3).

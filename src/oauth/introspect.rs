@@ -15,7 +15,7 @@ use crate::crypto::{self, TokenHash};
 use crate::error::{Error, OAuthError};
 use crate::http::{json_response, no_store, Body, RequestBody};
 use crate::oauth::{requests, token};
-use crate::store::Store;
+use crate::store::{StateStore, StoreError};
 
 /// RFC 7662 §2: the introspection endpoint.
 pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
@@ -36,7 +36,7 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
     }
     let token = params.require("token")?;
     let issuer = Issuer { url: &app.config.server.public_url, resource: app.config.resource_url() };
-    let body = introspect(&app.store, token, params.get("token_type_hint"), app.clock.now(), &issuer);
+    let body = introspect(&app.store, token, params.get("token_type_hint"), app.clock.now(), &issuer).await?;
     let mut resp = json_response(StatusCode::OK, &body);
     no_store(&mut resp);
     Ok(resp)
@@ -50,16 +50,26 @@ pub struct Issuer<'a> {
 }
 
 /// The introspection response for `token` (§2.2).
-pub fn introspect(store: &Store, token: &str, hint: Option<&str>, now: UnixTime, issuer: &Issuer<'_>) -> Value {
-    let access =
-        store.access_token_record(&TokenHash::of(token)).map(|(grant, exp, scope)| (grant, exp, scope, "access_token"));
-    let found = access.or_else(|| {
-        store
+pub async fn introspect(
+    store: &StateStore,
+    token: &str,
+    hint: Option<&str>,
+    now: UnixTime,
+    issuer: &Issuer<'_>,
+) -> Result<Value, StoreError> {
+    let access = store
+        .access_token_record(&TokenHash::of(token))
+        .await?
+        .map(|(grant, exp, scope)| (grant, exp, scope, "access_token"));
+    let found = match access {
+        Some(found) => Some(found),
+        None => store
             .refresh_token(token)
+            .await?
             .filter(|(_, _, current)| *current)
-            .map(|(grant, exp, _)| (grant.clone(), exp, grant.scope.clone(), "refresh_token"))
-    });
-    match found {
+            .map(|(grant, exp, _)| (grant.clone(), exp, grant.scope.clone(), "refresh_token")),
+    };
+    Ok(match found {
         Some((grant, exp, scope, kind)) if exp > now && !grant.is_revoked() => serde_json::json!({
             "active": true,
             "scope": &*scope,
@@ -73,7 +83,7 @@ pub fn introspect(store: &Store, token: &str, hint: Option<&str>, now: UnixTime,
             "token_type_hint_used": hint.is_some(),
         }),
         _ => serde_json::json!({"active": false}),
-    }
+    })
 }
 
 #[cfg(test)]

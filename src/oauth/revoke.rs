@@ -15,7 +15,7 @@ use crate::crypto::TokenHash;
 use crate::error::Error;
 use crate::http::{self as h, no_store, Body, RequestBody};
 use crate::oauth::requests;
-use crate::store::Store;
+use crate::store::{StateStore, StoreError};
 
 /// What a revocation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,12 +38,12 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
         resp
     };
     if let Some(id) = params.get("client_id").filter(|id| client_documents::is_document_id(id)) {
-        if app.store.token_client(token).as_deref() != Some(id) {
+        if app.store.token_client(token).await?.as_deref() != Some(id) {
             return Ok(answer());
         }
     }
     let client = requests::token_client(app, &headers, &params).await?;
-    match revoke(&app.store, &client.client_id, token) {
+    match revoke(&app.store, &client.client_id, token).await? {
         Revoked::Grant => tracing::info!(client_id = %client.client_id, "grant revoked by its client"),
         Revoked::AccessToken => tracing::info!(client_id = %client.client_id, "access token revoked by its client"),
         Revoked::Nothing => {}
@@ -53,16 +53,16 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
 
 /// Revokes `token` if it was issued to `client_id`: a refresh token (current or just rotated) with its grant, or
 /// an access token.
-pub fn revoke(store: &Store, client_id: &str, token: &str) -> Revoked {
-    let refresh_grant = store.refresh_token(token).map(|(grant, _, _)| grant);
-    if let Some(grant) = refresh_grant.filter(|g| g.client_id == client_id) {
-        store.revoke_grant(grant.id);
+pub async fn revoke(store: &StateStore, client_id: &str, token: &str) -> Result<Revoked, StoreError> {
+    let refresh_grant = store.refresh_token(token).await?.map(|(grant, _, _)| grant);
+    Ok(if let Some(grant) = refresh_grant.filter(|g| g.client_id == client_id) {
+        store.revoke_grant(grant.id).await?;
         Revoked::Grant
-    } else if store.revoke_access_token(&TokenHash::of(token), client_id) {
+    } else if store.revoke_access_token(&TokenHash::of(token), client_id).await? {
         Revoked::AccessToken
     } else {
         Revoked::Nothing
-    }
+    })
 }
 
 #[cfg(test)]

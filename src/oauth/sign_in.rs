@@ -36,8 +36,12 @@ pub async fn authorize(app: &App, req: &Request<RequestBody>) -> Result<Response
     let document = requests::document_client(app, named.as_deref())
         .await
         .map_err(|e| e.into_page(named.as_deref().unwrap_or("")))?;
-    let request = authorize::validate(query, |id| requests::find_client(&document, &app.store, id), &ctx)?;
-    let client = requests::find_client(&document, &app.store, &request.client_id)
+    let registered = match named.as_deref() {
+        Some(id) if !crate::client_documents::is_document_id(id) => app.store.client(id).await?,
+        _ => None,
+    };
+    let request = authorize::validate(query, |id| requests::find_client(&document, &registered, id), &ctx)?;
+    let client = requests::find_client(&document, &registered, &request.client_id)
         .ok_or_else(|| Error::page(StatusCode::BAD_REQUEST, "Unknown client", "The application is not registered."))?;
     // While its user signs in, the client is not evicted to make room for new registrations.
     client.mark_sign_in(app.clock.now());
@@ -68,9 +72,12 @@ pub async fn consent(app: &App, req: Request<RequestBody>) -> Result<Response<Bo
     };
     let csrf = params.get("csrf").ok_or_else(refused)?;
     let ticket = live::<ConsentTicket>(app, params.get("request"), &headers)
+        .await?
         .filter(|t| t.csrf.matches(csrf))
-        .filter(|t| spend(app, t))
         .ok_or_else(refused)?;
+    if !spend(app, &ticket).await? {
+        return Err(refused());
+    }
     let pending = ticket.pending;
 
     if params.get("action") != Some("approve") {
@@ -98,8 +105,8 @@ pub async fn consent(app: &App, req: Request<RequestBody>) -> Result<Response<Bo
 pub async fn callback(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
     let params = Params::parse(req.uri().query().unwrap_or("").as_bytes())
         .map_err(|e| Error::page(StatusCode::BAD_REQUEST, "Invalid sign-in response", e.to_string()))?;
-    let request = live::<IdpTicket>(app, params.get("state"), req.headers()).ok_or_else(login_state_error)?;
-    if !spend(app, &request) {
+    let request = live::<IdpTicket>(app, params.get("state"), req.headers()).await?.ok_or_else(login_state_error)?;
+    if !spend(app, &request).await? {
         return Err(login_state_error());
     }
     let now = app.clock.now();
@@ -121,7 +128,7 @@ pub async fn callback(app: &App, req: &Request<RequestBody>) -> Result<Response<
         return Err(Error::NotFound);
     };
     match provider.exchange_code(code, &request.pkce_verifier, &request.nonce, now).await {
-        Ok(login) => Ok(finish(app, request.pending, login)),
+        Ok(login) => finish(app, request.pending, login).await,
         Err(e) => {
             tracing::warn!(client_id = %request.pending.request.client_id, error = %e, "IdP code exchange failed");
             app.metrics.idp_error(&e);
@@ -135,11 +142,11 @@ pub async fn callback(app: &App, req: &Request<RequestBody>) -> Result<Response<
 }
 
 /// `GET /login`: the local login page of a live sign-in.
-pub fn show_login(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
+pub async fn show_login(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
     local_users(app)?;
     let params = Params::parse(req.uri().query().unwrap_or("").as_bytes()).map_err(|_| login_state_error())?;
     let state = params.get("state");
-    live::<IdpTicket>(app, state, req.headers()).ok_or_else(login_state_error)?;
+    live::<IdpTicket>(app, state, req.headers()).await?.ok_or_else(login_state_error)?;
     Ok(local::login_page(state.unwrap_or(""), None))
 }
 
@@ -148,7 +155,7 @@ pub async fn submit_login(app: &App, req: Request<RequestBody>) -> Result<Respon
     let users = local_users(app)?;
     let (headers, params) = requests::read_form(req).await?;
     let state = params.get("state").unwrap_or("");
-    let request = live::<IdpTicket>(app, Some(state), &headers).ok_or_else(login_state_error)?;
+    let request = live::<IdpTicket>(app, Some(state), &headers).await?.ok_or_else(login_state_error)?;
     let username = params.get("username").unwrap_or("");
     let password = params.get("password").unwrap_or("").to_owned();
     let identity = match users.login(username, password, app.clock.now()).await {
@@ -168,23 +175,26 @@ pub async fn submit_login(app: &App, req: Request<RequestBody>) -> Result<Respon
         return Ok(local::login_page(state, Some("Wrong username or password.")));
     };
     // A wrong password leaves the state usable; a right one spends it.
-    if !spend(app, &request) {
+    if !spend(app, &request).await? {
         return Err(login_state_error());
     }
     tracing::info!(user = %identity.sub, "local login succeeded");
     let login = UpstreamLogin { credential: UpstreamCredential::Local, identity };
-    Ok(finish(app, request.pending, login))
+    finish(app, request.pending, login).await
 }
 
 /// The ticket `sealed` names, if it is live, belongs to the browser that sent `headers` and was not used yet —
 /// the one check of every step (`spend` is the atomic use).
-fn live<T: Ticket>(app: &App, sealed: Option<&str>, headers: &HeaderMap) -> Option<T> {
-    app.sign_ins.open_live::<T>(sealed?, headers, app.clock.now()).filter(|t| !app.store.sign_in_used(&t.use_key()))
+async fn live<T: Ticket>(app: &App, sealed: Option<&str>, headers: &HeaderMap) -> Result<Option<T>, Error> {
+    let Some(ticket) = sealed.and_then(|s| app.sign_ins.open_live::<T>(s, headers, app.clock.now())) else {
+        return Ok(None);
+    };
+    Ok((!app.store.sign_in_used(&ticket.use_key()).await?).then_some(ticket))
 }
 
 /// Uses a ticket once; `false` when it was already used.
-fn spend<T: Ticket>(app: &App, ticket: &T) -> bool {
-    app.store.claim_sign_in(ticket.use_key(), ticket.pending().expires_at, app.clock.now())
+async fn spend<T: Ticket>(app: &App, ticket: &T) -> Result<bool, Error> {
+    Ok(app.store.claim_sign_in(ticket.use_key(), ticket.pending().expires_at, app.clock.now()).await?)
 }
 
 fn login_state_error() -> Error {
@@ -204,7 +214,7 @@ fn local_users(app: &App) -> Result<&local::LocalUsers, Error> {
 }
 
 /// Mints the proxy's authorization code and sends the browser back to the client (RFC 6749 §4.1.2, RFC 9207).
-fn finish(app: &App, pending: PendingAuthorization, login: UpstreamLogin) -> Response<Body> {
+async fn finish(app: &App, pending: PendingAuthorization, login: UpstreamLogin) -> Result<Response<Body>, Error> {
     let code = crypto::random_token();
     let location = code_redirect(&pending.request, &code, &app.config.server.public_url);
     tracing::info!(client_id = %pending.request.client_id, "authorization code issued");
@@ -215,8 +225,9 @@ fn finish(app: &App, pending: PendingAuthorization, login: UpstreamLogin) -> Res
             expires_at: app.clock.now() + app.config.tokens.code_ttl.as_secs(),
             login,
         },
-    );
-    h::redirect(&location)
+    )
+    .await?;
+    Ok(h::redirect(&location))
 }
 
 /// The authorization response's location (RFC 6749 §4.1.2): `code`, the client's `state` if it sent one, and

@@ -34,8 +34,9 @@ use crate::error::{Error, ErrorCode, OAuthError};
 use crate::http::params::Params;
 use crate::http::{json_response, no_store, Body, RequestBody};
 use crate::store::{
-    AccessToken, Client, ClientAuthMethod, CodeRedemption, FamilyId, Grant, GrantId, Presented, RefreshFamily,
-    RefreshTokenName, Rotation, Store,
+    AccessToken, AuthorizationCode, Client, ClientAuthMethod, CodeRedemption, FamilyId, Grant, GrantId, Presented,
+    RefreshFamily,
+    RefreshTokenName, Rotation, StateStore,
 };
 
 /// A successful token response (RFC 6749 §5.1).
@@ -125,7 +126,7 @@ pub fn parse_basic(value: &str) -> Result<(String, String), OAuthError> {
 
 /// What the token rules need to know about the proxy.
 pub struct TokenContext<'a> {
-    pub store: &'a Store,
+    pub store: &'a StateStore,
     pub config: &'a TokenConfig,
     pub now: UnixTime,
     /// Values accepted for RFC 8707 `resource`.
@@ -133,22 +134,24 @@ pub struct TokenContext<'a> {
 }
 
 /// Dispatches on `grant_type`.
-pub fn exchange(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, OAuthError> {
-    match params.require("grant_type")? {
-        "authorization_code" => redeem_code(ctx, client, params),
+pub async fn exchange(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, Error> {
+    match params.require("grant_type").map_err(OAuthError::from)? {
+        "authorization_code" => redeem_code(ctx, client, params).await,
         "refresh_token" => {
             if !client.grant_types.iter().any(|g| g == "refresh_token") {
                 return Err(OAuthError::new(
                     ErrorCode::UnauthorizedClient,
                     "this client did not register the refresh_token grant",
-                ));
+                )
+                .into());
             }
-            refresh(ctx, client, params)
+            refresh(ctx, client, params).await
         }
         other => Err(OAuthError::new(
             ErrorCode::UnsupportedGrantType,
             format!("grant_type `{other}` is not supported; use authorization_code or refresh_token"),
-        )),
+        )
+        .into()),
     }
 }
 
@@ -160,22 +163,40 @@ fn check_resource(ctx: &TokenContext<'_>, params: &Params, bound: Option<&str>) 
     }
 }
 
-fn redeem_code(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, OAuthError> {
-    let code = params.require("code")?;
-    let verifier = params.require("code_verifier")?;
+async fn redeem_code(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, Error> {
+    let code = params.require("code").map_err(OAuthError::from)?;
+    let verifier = params.require("code_verifier").map_err(OAuthError::from)?;
     if !pkce::is_valid_verifier(verifier) {
-        return Err(OAuthError::invalid_request("code_verifier must be 43-128 unreserved characters (RFC 7636)"));
+        return Err(OAuthError::invalid_request("code_verifier must be 43-128 unreserved characters (RFC 7636)").into());
     }
     let hash = TokenHash::of(code);
-    let code = match ctx.store.redeem_code(&hash) {
+    let code = match ctx.store.redeem_code(&hash).await? {
         CodeRedemption::Taken(code) => *code,
         CodeRedemption::Spent(grant) => {
-            ctx.store.revoke_grant(grant);
+            ctx.store.revoke_grant(grant).await?;
             tracing::warn!(client_id = %client.client_id, "authorization code replayed; its grant is revoked");
-            return Err(OAuthError::invalid_grant("authorization code was already used"));
+            return Err(OAuthError::invalid_grant("authorization code was already used").into());
         }
-        CodeRedemption::Unknown => return Err(OAuthError::invalid_grant("authorization code is invalid or expired")),
+        CodeRedemption::Unknown => {
+            return Err(OAuthError::invalid_grant("authorization code is invalid or expired").into())
+        }
     };
+    check_code(ctx, client, params, &code, verifier)?;
+    ctx.store.client_authorized(client, ctx.now).await?;
+    let grant = Grant::new(client.client_id.clone(), code.request.scope, code.request.resource, code.login, ctx.now);
+    ctx.store.start_grant(grant.clone(), hash, code.expires_at).await?;
+    let with_refresh = client.grant_types.iter().any(|g| g == "refresh_token");
+    issue(ctx, &grant, with_refresh).await
+}
+
+/// The checks of a taken code (RFC 6749 §4.1.3, RFC 7636 §4.6, RFC 8707).
+fn check_code(
+    ctx: &TokenContext<'_>,
+    client: &Client,
+    params: &Params,
+    code: &AuthorizationCode,
+    verifier: &str,
+) -> Result<(), OAuthError> {
     if code.request.client_id != client.client_id {
         return Err(OAuthError::invalid_grant("authorization code was issued to another client"));
     }
@@ -195,56 +216,53 @@ fn redeem_code(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Resu
     if !pkce::verify_s256(verifier, &code.request.code_challenge) {
         return Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge"));
     }
-    check_resource(ctx, params, code.request.resource.as_deref())?;
-
-    client.mark_authorized(ctx.now);
-    let grant = Grant::new(client.client_id.clone(), code.request.scope, code.request.resource, code.login, ctx.now);
-    ctx.store.start_grant(grant.clone(), hash, code.expires_at);
-    let with_refresh = client.grant_types.iter().any(|g| g == "refresh_token");
-    Ok(issue(ctx, &grant, with_refresh))
+    check_resource(ctx, params, code.request.resource.as_deref())
 }
 
 /// Mints an access token (and a refresh token of a new family) for a grant and records their hashes.
-fn issue(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -> TokenResponse {
-    let mut pair = mint_access(ctx, grant, grant.scope.clone());
+async fn issue(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -> Result<TokenResponse, Error> {
+    let (mut pair, hash, access) = mint_access(ctx, grant, grant.scope.clone());
+    ctx.store.add_access_token(hash, access).await?;
     if with_refresh {
         let name = RefreshTokenName { family: FamilyId::random(), generation: 0 };
         let refresh = name.mint();
         let expires_at = ctx.now + ctx.config.refresh_ttl.as_secs();
         grant.extend_to(expires_at);
-        ctx.store.add_refresh_family(
-            name.family.hash(),
-            RefreshFamily {
-                grant: grant.clone(),
-                generation: 0,
-                current: TokenHash::of(&refresh),
-                expires_at,
-                rotated: None,
-            },
-        );
+        ctx.store
+            .add_refresh_family(
+                name.family.hash(),
+                RefreshFamily {
+                    grant: grant.clone(),
+                    generation: 0,
+                    current: TokenHash::of(&refresh),
+                    expires_at,
+                    rotated: None,
+                },
+            )
+            .await?;
         pair.refresh_token = Some(refresh);
     }
-    pair
+    Ok(pair)
 }
 
-/// Mints an access token carrying `scope` and records its hash; the response has no refresh token yet.
-fn mint_access(ctx: &TokenContext<'_>, grant: &Arc<Grant>, scope: Arc<str>) -> TokenResponse {
+/// Mints an access token carrying `scope`: the response (no refresh token yet) and the record to store under
+/// the token's hash. Writes nothing.
+fn mint_access(ctx: &TokenContext<'_>, grant: &Arc<Grant>, scope: Arc<str>) -> (TokenResponse, TokenHash, AccessToken) {
     let access = crypto::random_token();
     let ttl = ctx.config.access_ttl.as_secs();
     // The grant lives at least as long as its newest token, so that sweeping, revocation and snapshots see it.
     grant.extend_to(ctx.now + ttl);
     let response_scope = scope.to_string();
-    ctx.store.add_access_token(
-        TokenHash::of(&access),
-        AccessToken { grant: grant.clone(), expires_at: ctx.now + ttl, scope },
-    );
-    TokenResponse {
+    let record = AccessToken { grant: grant.clone(), expires_at: ctx.now + ttl, scope };
+    let hash = TokenHash::of(&access);
+    let pair = TokenResponse {
         access_token: access,
         token_type: "Bearer".to_owned(),
         expires_in: ttl,
         refresh_token: None,
         scope: response_scope,
-    }
+    };
+    (pair, hash, record)
 }
 
 /// The key that seals a rotated token's successor: derived from the rotated token, which the store does not keep.
@@ -278,12 +296,12 @@ fn refreshed_scope(requested: Option<&str>, grant: &Grant) -> Result<Arc<str>, O
 pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     let (headers, params) = requests::read_oauth_form(req).await?;
     if let Some(id) = params.get("client_id").filter(|id| client_documents::is_document_id(id)) {
-        client_documents::check_token_request(&app.store, &params, id)?;
+        client_documents::check_token_request(&app.store, &params, id).await??;
     }
     let client = requests::token_client(app, &headers, &params).await?;
     let ctx =
         TokenContext { store: &app.store, config: &app.config.tokens, now: app.clock.now(), resources: &app.resources };
-    let issued = exchange(&ctx, &client, &params)?;
+    let issued = exchange(&ctx, &client, &params).await?;
     let body = serde_json::to_value(&issued).map_err(|e| Error::Internal(e.to_string()))?;
     let mut resp = json_response(StatusCode::OK, &body);
     no_store(&mut resp);
@@ -300,25 +318,48 @@ enum Step {
 
 /// What one atomic step on a refresh-token family decided.
 enum Refreshed {
-    /// The family rotated; the new pair.
-    Issued(TokenResponse),
+    /// The family may rotate to `next`: the new pair, and its access token to store first.
+    Issued { pair: TokenResponse, access: (TokenHash, AccessToken), next: RefreshFamily },
     /// A replay within the grace window: the sealed pair it was answered with.
     Replayed(Vec<u8>),
     /// A spent token reused: its grant must be revoked.
     Reused(GrantId),
 }
 
-fn refresh(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, OAuthError> {
-    let presented = params.require("refresh_token")?;
+/// How many times a refresh decides again after losing the compare-and-set to a concurrent use of its family.
+const ROTATION_ATTEMPTS: usize = 3;
+
+async fn refresh(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, Error> {
+    let presented = params.require("refresh_token").map_err(OAuthError::from)?;
     let dead = || OAuthError::invalid_grant("refresh token is invalid, expired or revoked");
     let name = RefreshTokenName::parse(presented).ok_or_else(dead)?;
-    // One atomic step of the store from the check to the rotation: two uses of one token cannot both rotate.
-    let outcome = ctx
-        .store
-        .rotate_refresh(&name.family.hash(), |family| refresh_family(ctx, client, params, presented, name, family))
-        .ok_or_else(dead)??;
+    let key = name.family.hash();
+    // Read, decide, then compare-and-set on the generation: two uses of one token cannot both rotate. The loser
+    // decides again on the family the winner wrote (its token is now the one just rotated: the grace window).
+    for _ in 0..ROTATION_ATTEMPTS {
+        let family = ctx.store.refresh_family(&key).await?.ok_or_else(dead)?;
+        let expected = family.generation;
+        match refresh_family(ctx, client, params, presented, name, family)? {
+            Refreshed::Issued { pair, access: (hash, access), next } => {
+                let grant = access.grant.clone();
+                // The access token is stored first, so that a replay answered from the family finds it.
+                ctx.store.add_access_token(hash, access).await?;
+                if ctx.store.replace_refresh_family(&key, expected, next).await? {
+                    return Ok(pair);
+                }
+                ctx.store.revoke_access_token(&hash, &grant.client_id).await?;
+            }
+            other => return answer_refresh(ctx, client, other).await,
+        }
+    }
+    Err(OAuthError::invalid_grant("refresh token is being used concurrently; retry").into())
+}
+
+/// The answer to a replay or a reuse.
+async fn answer_refresh(ctx: &TokenContext<'_>, client: &Client, outcome: Refreshed) -> Result<TokenResponse, Error> {
+    let dead = || OAuthError::invalid_grant("refresh token is invalid, expired or revoked");
     match outcome {
-        Refreshed::Issued(pair) => Ok(pair),
+        Refreshed::Issued { pair, .. } => Ok(pair),
         Refreshed::Replayed(plain) => {
             let pair: SealedPair = serde_json::from_slice(&plain).map_err(|_| dead())?;
             Ok(TokenResponse {
@@ -330,22 +371,23 @@ fn refresh(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<T
             })
         }
         Refreshed::Reused(grant) => {
-            ctx.store.revoke_grant(grant);
+            ctx.store.revoke_grant(grant).await?;
             tracing::warn!(client_id = %client.client_id, "spent refresh token reused; the grant is revoked");
-            Err(OAuthError::invalid_grant("refresh token was already used; the authorization is revoked"))
+            Err(OAuthError::invalid_grant("refresh token was already used; the authorization is revoked").into())
         }
     }
 }
 
-/// The rule of RFC 9700 §4.14 on one family, inside [`crate::store::Store::rotate_refresh`]: the current token
-/// rotates, the one just rotated is answered again within `tokens.refresh_grace`, any other spent one revokes.
+/// The rule of RFC 9700 §4.14 on a copy of one family: the current token rotates (into the returned next
+/// family, which [`StateStore::replace_refresh_family`] writes only if nobody rotated meanwhile), the one just
+/// rotated is answered again within `tokens.refresh_grace`, any other spent one revokes. Writes nothing.
 fn refresh_family(
     ctx: &TokenContext<'_>,
     client: &Client,
     params: &Params,
     presented: &str,
     name: RefreshTokenName,
-    family: &mut RefreshFamily,
+    mut family: RefreshFamily,
 ) -> Result<Refreshed, OAuthError> {
     let dead = || OAuthError::invalid_grant("refresh token is invalid, expired or revoked");
     let hash = TokenHash::of(presented);
@@ -373,8 +415,7 @@ fn refresh_family(
     check_resource(ctx, params, grant.resource.as_deref())?;
     let next_generation = name.generation.checked_add(1).ok_or_else(dead)?;
     let next = RefreshTokenName { family: name.family, generation: next_generation }.mint();
-    // `mint_access` writes only the access token's key, never the family being rotated.
-    let mut pair = mint_access(ctx, &grant, scope);
+    let (mut pair, hash_of_access, access) = mint_access(ctx, &grant, scope);
     pair.refresh_token = Some(next.clone());
     let sealed = SealedPair {
         access_token: pair.access_token.clone(),
@@ -390,7 +431,7 @@ fn refresh_family(
         Rotation { hash, at: ctx.now, sealed_successor: successor_sealer(presented).seal(&hash.0, &plaintext) },
     );
     grant.extend_to(expires_at);
-    Ok(Refreshed::Issued(pair))
+    Ok(Refreshed::Issued { pair, access: (hash_of_access, access), next: family })
 }
 
 #[cfg(test)]

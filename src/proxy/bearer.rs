@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderValue};
 use super::Context;
 use crate::crypto::TokenHash;
 use crate::error::{BearerProblem, Error};
-use crate::store::{Grant, UpstreamCredential};
+use crate::store::{Grant, UpstreamCredential, UpstreamTurn};
 
 /// What replaces the client's Authorization header.
 #[derive(Clone)]
@@ -48,7 +48,11 @@ impl std::ops::Deref for Authenticated {
 }
 
 /// Finds the live grant of a request's bearer token, with the token's scope.
-pub fn authenticate(cx: &Context<'_>, headers: &HeaderMap, query: Option<&str>) -> Result<Authenticated, Error> {
+pub async fn authenticate(
+    cx: &Context<'_>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Authenticated, Error> {
     let unauthorized = |problem| Error::Unauthorized { problem, challenge: cx.challenge.to_owned() };
     if token_in_query(query) {
         return Err(unauthorized(BearerProblem::InvalidRequest));
@@ -57,6 +61,7 @@ pub fn authenticate(cx: &Context<'_>, headers: &HeaderMap, query: Option<&str>) 
     let (grant, scope) = cx
         .store
         .access(&TokenHash::of(token), cx.clock.now())
+        .await?
         .ok_or_else(|| unauthorized(BearerProblem::InvalidToken))?;
     Ok(Authenticated { grant, scope })
 }
@@ -118,6 +123,21 @@ pub async fn upstream_auth(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAu
     if let Some(auth) = current_auth(grant, cx.clock.now(), policy) {
         return Ok(auth);
     }
+    // Across replicas (Redis): one of them refreshes; the others adopt its token.
+    let fence = match cx.store.begin_upstream_refresh(grant).await? {
+        UpstreamTurn::Refresh { fence } => fence,
+        UpstreamTurn::Refreshed => {
+            return still_valid_auth(grant, cx.clock.now())
+                .ok_or_else(|| Error::UpstreamUnavailable("identity provider: refreshed token expired".into()))
+        }
+    };
+    let outcome = refresh_upstream(cx, grant).await;
+    cx.store.end_upstream_refresh(grant, fence, outcome.is_ok()).await?;
+    outcome
+}
+
+/// Refreshes the grant's IdP token (this replica's turn).
+async fn refresh_upstream(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAuth, Error> {
     // Copy what the IdP call needs so that no lock is held across the await.
     let refresh_token = match &*grant.upstream() {
         UpstreamCredential::Tokens(t) => t.refresh_token().map(str::to_owned),
@@ -137,7 +157,7 @@ pub async fn upstream_auth(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAu
             tracing::warn!(client_id = %grant.client_id, error = %e, "upstream refresh refused; grant ended");
             cx.metrics.upstream_refresh("refused");
             cx.metrics.idp_error(&e);
-            cx.store.revoke_grant(grant.id);
+            cx.store.revoke_grant(grant.id).await?;
             Err(unauthorized())
         }
         Err(e) => {

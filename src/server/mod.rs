@@ -115,7 +115,8 @@ pub async fn serve(
     });
     tracing::debug!(max_connections, ?per_source, "connection limits");
     let upkeep = Upkeep {
-        store: app.store.clone(),
+        // Redis keeps its own expiries: the sweeper then has an empty store to sweep.
+        store: app.store.memory().cloned().unwrap_or_default(),
         clock: app.clock.clone(),
         unused_client_ttl: app.config.registration.unused_client_ttl,
         snapshot: app.config.store.snapshot.clone(),
@@ -284,7 +285,7 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>, shutdown: impl 
                 let app = app.clone();
                 async move {
                     let resp = if req.uri().path() == "/metrics" {
-                        let mut r = http::Response::new(crate::http::full(app.metrics.render(&app.store)));
+                        let mut r = http::Response::new(crate::http::full(app.metrics.render(app.store.memory().map_or(&crate::store::Store::new(), |s| s))));
                         r.headers_mut().insert(
                             http::header::CONTENT_TYPE,
                             http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

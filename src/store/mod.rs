@@ -30,10 +30,13 @@
 //! (remove-if-owner), [`Store::revoke_grant`] (one flag).
 
 mod model;
+pub mod redis;
 pub mod snapshot;
+pub mod state;
 pub mod upkeep;
 
 pub use model::*;
+pub use state::{StateStore, StoreError, UpstreamTurn};
 
 use crate::rate_limit::Source;
 use std::collections::{HashMap, HashSet, VecDeque};
