@@ -98,10 +98,9 @@ async fn dispatch(
         (&Method::GET, Route::Healthz) => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         // The listener is bound only after the snapshot is loaded and the IdP discovered: serving means ready, as
         // long as the store answers (Redis).
-        (&Method::GET, Route::Readyz) if !app.store.ready().await => Err(crate::store::StoreError::Unavailable(
-            "the shared store does not answer".into(),
-        )
-        .into()),
+        (&Method::GET, Route::Readyz) if !app.store.ready().await => {
+            Err(crate::store::StoreError::Unavailable("the shared store does not answer".into()).into())
+        }
         (&Method::GET, Route::Readyz) => Ok(json_response(
             StatusCode::OK,
             &serde_json::json!({

@@ -448,7 +448,7 @@ async fn concurrent_requests_for_one_document_share_one_fetch() {
 /// Puts an authorization code for `client_id` in the proxy's store, as if a sign-in had just finished.
 fn insert_code(proxy: &TestProxy, code: &str, client_id: &str) {
     use dcr_proxy::store::{AuthorizationCode, Identity, UpstreamCredential, UpstreamLogin};
-    proxy.app.store.issue_code(
+    proxy.app.store.memory().expect("memory store").issue_code(
         dcr_proxy::crypto::TokenHash::of(code),
         AuthorizationCode {
             request: dcr_proxy::store::AuthorizationRequest {

@@ -291,16 +291,20 @@ mod tests {
         UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() }
     }
 
-    #[test]
-    fn a_token_request_must_present_a_code_or_refresh_token_of_that_client() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn a_token_request_must_present_a_code_or_refresh_token_of_that_client() {
+        let store = Arc::new(crate::store::Store::new());
+        let state = StateStore::Memory(store.clone());
         let code = |c: &str| params(&format!("grant_type=authorization_code&code={c}"));
         let refresh = |t: &str| params(&format!("grant_type=refresh_token&refresh_token={t}"));
-        let refused = |p: &Params| check_token_request(&store, p, DOC).err().map(|e| e.code);
-        assert_eq!(refused(&code("made-up")), Some(ErrorCode::InvalidGrant));
-        assert_eq!(refused(&refresh("made-up")), Some(ErrorCode::InvalidGrant));
-        assert_eq!(refused(&params("grant_type=client_credentials")), Some(ErrorCode::UnsupportedGrantType));
-        assert_eq!(refused(&params("code=x")), Some(ErrorCode::InvalidRequest));
+        let refused = |p: Params| {
+            let state = &state;
+            async move { check_token_request(state, &p, DOC).await.ok().and_then(|r| r.err()).map(|e| e.code) }
+        };
+        assert_eq!(refused(code("made-up")).await, Some(ErrorCode::InvalidGrant));
+        assert_eq!(refused(refresh("made-up")).await, Some(ErrorCode::InvalidGrant));
+        assert_eq!(refused(params("grant_type=client_credentials")).await, Some(ErrorCode::UnsupportedGrantType));
+        assert_eq!(refused(params("code=x")).await, Some(ErrorCode::InvalidRequest));
 
         let put_code = |c: &str, client_id: &str| {
             store.issue_code(
@@ -322,13 +326,13 @@ mod tests {
         };
         put_code("ours", DOC);
         put_code("theirs", "https://other.example/client.json");
-        assert_eq!(refused(&code("ours")), None);
-        assert_eq!(refused(&code("theirs")), Some(ErrorCode::InvalidGrant));
+        assert_eq!(refused(code("ours")).await, None);
+        assert_eq!(refused(code("theirs")).await, Some(ErrorCode::InvalidGrant));
 
         // A redeemed code still counts, so that its replay reaches the exchange and revokes the grant.
         let grant = Grant::new(DOC.into(), vec!["openid".into()], None, login(), 1);
         store.start_grant(grant.clone(), TokenHash::of("spent"), 100);
-        assert_eq!(refused(&code("spent")), None);
+        assert_eq!(refused(code("spent")).await, None);
 
         let name = RefreshTokenName { family: FamilyId::random(), generation: 3 };
         let (current, spent) = (name.mint(), RefreshTokenName { generation: 1, ..name }.mint());
@@ -342,9 +346,10 @@ mod tests {
                 rotated: None,
             },
         );
-        assert_eq!(refused(&refresh(&current)), None);
+        assert_eq!(refused(refresh(&current)).await, None);
         // A spent generation counts too: its reuse must reach the exchange and revoke the grant.
-        assert_eq!(refused(&refresh(&spent)), None);
-        assert!(check_token_request(&store, &refresh(&current), "https://other.example/c.json").is_err());
+        assert_eq!(refused(refresh(&spent)).await, None);
+        let other = check_token_request(&state, &refresh(&current), "https://other.example/c.json").await;
+        assert!(matches!(other, Ok(Err(_))));
     }
 }

@@ -136,18 +136,23 @@ pub fn parse_metadata(body: &[u8]) -> Result<serde_json::Value, OAuthError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_the_clients_own_registration_token_manages_it() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn only_the_clients_own_registration_token_manages_it() {
+        let store = Arc::new(crate::store::Store::new());
+        let state = StateStore::Memory(store.clone());
         let mut client = Client::public("c1", vec![], 1);
         client.registration_token = Some(TokenHash::of("rat-1"));
         store.put_client(client);
         store.put_client(Client::public("no-token", vec![], 1));
-        assert!(managed_client(&store, "c1", "rat-1").is_some());
-        assert!(managed_client(&store, "c1", "rat-2").is_none());
-        assert!(managed_client(&store, "c1", "").is_none());
-        assert!(managed_client(&store, "no-token", "").is_none(), "a client without a token is never managed");
-        assert!(managed_client(&store, "unknown", "rat-1").is_none());
+        let managed = |id: &'static str, token: &'static str| {
+            let state = &state;
+            async move { managed_client(state, id, token).await.ok().flatten().is_some() }
+        };
+        assert!(managed("c1", "rat-1").await);
+        assert!(!managed("c1", "rat-2").await);
+        assert!(!managed("c1", "").await);
+        assert!(!managed("no-token", "").await, "a client without a token is never managed");
+        assert!(!managed("unknown", "rat-1").await);
     }
 
     #[test]

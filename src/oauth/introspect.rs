@@ -89,11 +89,14 @@ pub async fn introspect(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use crate::store::{AccessToken, Grant, Identity, UpstreamCredential, UpstreamLogin};
+    use std::sync::Arc;
 
-    #[test]
-    fn live_tokens_are_described_and_anything_else_is_only_inactive() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn live_tokens_are_described_and_anything_else_is_only_inactive() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let login = UpstreamLogin {
             credential: UpstreamCredential::Local,
             identity: Identity { sub: "user-1".into(), ..Identity::default() },
@@ -101,15 +104,15 @@ mod tests {
         let grant = Grant::new("c1".into(), vec!["openid".into()], None, login, 5);
         store.add_access_token(TokenHash::of("at"), AccessToken::new(grant.clone(), 100));
         let issuer = Issuer { url: "https://p.example", resource: "https://p.example/mcp".into() };
-        let live = introspect(&store, "at", None, 50, &issuer);
+        let live = introspect(&state, "at", None, 50, &issuer).await.unwrap_or_default();
         assert_eq!(live["active"], true);
         assert_eq!(live["sub"], "user-1");
         assert_eq!(live["aud"], "https://p.example/mcp");
         assert_eq!(live["token_type"], "Bearer");
         let inactive = serde_json::json!({"active": false});
-        assert_eq!(introspect(&store, "at", None, 100, &issuer), inactive, "expired");
-        assert_eq!(introspect(&store, "unknown", Some("access_token"), 50, &issuer), inactive);
+        assert_eq!(introspect(&state, "at", None, 100, &issuer).await.ok(), Some(inactive.clone()), "expired");
+        assert_eq!(introspect(&state, "unknown", Some("access_token"), 50, &issuer).await.ok(), Some(inactive.clone()));
         grant.revoke();
-        assert_eq!(introspect(&store, "at", None, 50, &issuer), inactive, "revoked");
+        assert_eq!(introspect(&state, "at", None, 50, &issuer).await.ok(), Some(inactive), "revoked");
     }
 }

@@ -60,11 +60,7 @@ pub async fn document_client(app: &App, client_id: Option<&str>) -> Result<Optio
 
 /// Looks a client up: the document client already resolved for this request, or the registered one already
 /// read from the store, each only for its own id.
-pub fn find_client(
-    document: &Option<Arc<Client>>,
-    registered: &Option<Arc<Client>>,
-    id: &str,
-) -> Option<Arc<Client>> {
+pub fn find_client(document: &Option<Arc<Client>>, registered: &Option<Arc<Client>>, id: &str) -> Option<Arc<Client>> {
     [document, registered].into_iter().flatten().find(|c| c.client_id == id).cloned()
 }
 

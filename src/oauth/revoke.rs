@@ -68,17 +68,20 @@ pub async fn revoke(store: &StateStore, client_id: &str, token: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use crate::store::UpstreamLogin;
     use crate::store::{AccessToken, FamilyId, Grant, Identity, RefreshFamily, RefreshTokenName, UpstreamCredential};
+    use std::sync::Arc;
 
     fn grant(client_id: &str) -> std::sync::Arc<Grant> {
         let login = UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() };
         Grant::new(client_id.into(), vec!["openid".into()], None, login, 1)
     }
 
-    #[test]
-    fn a_refresh_token_revokes_its_grant_for_its_own_client_only() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn a_refresh_token_revokes_its_grant_for_its_own_client_only() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let g = grant("c1");
         store.start_grant(g.clone(), TokenHash::of("code"), 100);
         let name = RefreshTokenName { family: FamilyId::random(), generation: 0 };
@@ -91,22 +94,23 @@ mod tests {
             rotated: None,
         };
         store.add_refresh_family(name.family.hash(), family);
-        assert_eq!(revoke(&store, "c2", &refresh), Revoked::Nothing);
+        assert_eq!(revoke(&state, "c2", &refresh).await.ok(), Some(Revoked::Nothing));
         assert!(!g.is_revoked());
-        assert_eq!(revoke(&store, "c1", &refresh), Revoked::Grant);
+        assert_eq!(revoke(&state, "c1", &refresh).await.ok(), Some(Revoked::Grant));
         assert!(g.is_revoked());
     }
 
-    #[test]
-    fn an_access_token_is_removed_for_its_own_client_only() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn an_access_token_is_removed_for_its_own_client_only() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let g = grant("c1");
         store.add_access_token(TokenHash::of("at"), AccessToken::new(g.clone(), 100));
-        assert_eq!(revoke(&store, "c2", "at"), Revoked::Nothing);
+        assert_eq!(revoke(&state, "c2", "at").await.ok(), Some(Revoked::Nothing));
         assert!(store.access_token(&TokenHash::of("at"), 10).is_some());
-        assert_eq!(revoke(&store, "c1", "at"), Revoked::AccessToken);
+        assert_eq!(revoke(&state, "c1", "at").await.ok(), Some(Revoked::AccessToken));
         assert!(store.access_token(&TokenHash::of("at"), 10).is_none());
         assert!(!g.is_revoked(), "an access token does not revoke its grant");
-        assert_eq!(revoke(&store, "c1", "unknown"), Revoked::Nothing);
+        assert_eq!(revoke(&state, "c1", "unknown").await.ok(), Some(Revoked::Nothing));
     }
 }

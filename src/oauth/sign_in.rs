@@ -218,15 +218,16 @@ async fn finish(app: &App, pending: PendingAuthorization, login: UpstreamLogin) 
     let code = crypto::random_token();
     let location = code_redirect(&pending.request, &code, &app.config.server.public_url);
     tracing::info!(client_id = %pending.request.client_id, "authorization code issued");
-    app.store.issue_code(
-        TokenHash::of(&code),
-        AuthorizationCode {
-            request: AuthorizationRequest { state: None, ..pending.request },
-            expires_at: app.clock.now() + app.config.tokens.code_ttl.as_secs(),
-            login,
-        },
-    )
-    .await?;
+    app.store
+        .issue_code(
+            TokenHash::of(&code),
+            AuthorizationCode {
+                request: AuthorizationRequest { state: None, ..pending.request },
+                expires_at: app.clock.now() + app.config.tokens.code_ttl.as_secs(),
+                login,
+            },
+        )
+        .await?;
     Ok(h::redirect(&location))
 }
 

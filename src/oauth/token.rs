@@ -35,8 +35,7 @@ use crate::http::params::Params;
 use crate::http::{json_response, no_store, Body, RequestBody};
 use crate::store::{
     AccessToken, AuthorizationCode, Client, ClientAuthMethod, CodeRedemption, FamilyId, Grant, GrantId, Presented,
-    RefreshFamily,
-    RefreshTokenName, Rotation, StateStore,
+    RefreshFamily, RefreshTokenName, Rotation, StateStore,
 };
 
 /// A successful token response (RFC 6749 §5.1).
@@ -319,7 +318,7 @@ enum Step {
 /// What one atomic step on a refresh-token family decided.
 enum Refreshed {
     /// The family may rotate to `next`: the new pair, and its access token to store first.
-    Issued { pair: TokenResponse, access: (TokenHash, AccessToken), next: RefreshFamily },
+    Issued { pair: TokenResponse, access: (TokenHash, AccessToken), next: Box<RefreshFamily> },
     /// A replay within the grace window: the sealed pair it was answered with.
     Replayed(Vec<u8>),
     /// A spent token reused: its grant must be revoked.
@@ -344,7 +343,7 @@ async fn refresh(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Re
                 let grant = access.grant.clone();
                 // The access token is stored first, so that a replay answered from the family finds it.
                 ctx.store.add_access_token(hash, access).await?;
-                if ctx.store.replace_refresh_family(&key, expected, next).await? {
+                if ctx.store.replace_refresh_family(&key, expected, *next).await? {
                     return Ok(pair);
                 }
                 ctx.store.revoke_access_token(&hash, &grant.client_id).await?;
@@ -431,7 +430,7 @@ fn refresh_family(
         Rotation { hash, at: ctx.now, sealed_successor: successor_sealer(presented).seal(&hash.0, &plaintext) },
     );
     grant.extend_to(expires_at);
-    Ok(Refreshed::Issued { pair, access: (hash_of_access, access), next: family })
+    Ok(Refreshed::Issued { pair, access: (hash_of_access, access), next: Box::new(family) })
 }
 
 #[cfg(test)]
@@ -439,6 +438,14 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::store::Store;
+
+    fn oauth_code(e: Error) -> Option<ErrorCode> {
+        match e {
+            Error::OAuth(o) => Some(o.code),
+            _ => None,
+        }
+    }
     use crate::store::{AuthorizationCode, Identity, UpstreamCredential, UpstreamLogin};
 
     fn config() -> TokenConfig {
@@ -490,28 +497,30 @@ mod tests {
         ))
     }
 
-    #[test]
-    fn replayed_code_fails_and_revokes_issued_tokens() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn replayed_code_fails_and_revokes_issued_tokens() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let cfg = config();
-        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
+        let ctx = TokenContext { store: &state, config: &cfg, now: 1000, resources: &[] };
         put_code(&store, "code1", "c1");
-        let first = exchange(&ctx, &client("c1"), &code_params("code1"));
+        let first = exchange(&ctx, &client("c1"), &code_params("code1")).await;
         let Ok(first) = first else { panic!("first redemption failed: {first:?}") };
         assert!(store.access_token(&TokenHash::of(&first.access_token), 1000).is_some());
-        let again = exchange(&ctx, &client("c1"), &code_params("code1"));
-        assert_eq!(again.err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+        let again = exchange(&ctx, &client("c1"), &code_params("code1")).await;
+        assert_eq!(again.err().and_then(oauth_code), Some(ErrorCode::InvalidGrant));
         assert!(store.access_token(&TokenHash::of(&first.access_token), 1000).is_none());
     }
 
-    #[test]
-    fn code_of_another_client_wrong_verifier_and_expiry_are_invalid_grant() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn code_of_another_client_wrong_verifier_and_expiry_are_invalid_grant() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let cfg = config();
-        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
+        let ctx = TokenContext { store: &state, config: &cfg, now: 1000, resources: &[] };
         put_code(&store, "a", "c1");
         assert_eq!(
-            exchange(&ctx, &client("c2"), &code_params("a")).err().map(|e| e.code),
+            exchange(&ctx, &client("c2"), &code_params("a")).await.err().and_then(oauth_code),
             Some(ErrorCode::InvalidGrant)
         );
         put_code(&store, "b", "c1");
@@ -519,59 +528,69 @@ mod tests {
             "grant_type=authorization_code&code=b&redirect_uri=https%3A%2F%2Fa.example%2Fcb&code_verifier={}",
             "x".repeat(43)
         ));
-        assert_eq!(exchange(&ctx, &client("c1"), &bad).err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+        assert_eq!(exchange(&ctx, &client("c1"), &bad).await.err().and_then(oauth_code), Some(ErrorCode::InvalidGrant));
         put_code(&store, "c", "c1");
-        let late = TokenContext { store: &store, config: &cfg, now: 1600, resources: &[] };
+        let late = TokenContext { store: &state, config: &cfg, now: 1600, resources: &[] };
         assert_eq!(
-            exchange(&late, &client("c1"), &code_params("c")).err().map(|e| e.code),
+            exchange(&late, &client("c1"), &code_params("c")).await.err().and_then(oauth_code),
             Some(ErrorCode::InvalidGrant)
         );
     }
 
-    #[test]
-    fn refresh_rotates_allows_grace_replay_then_revokes_on_reuse() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn refresh_rotates_allows_grace_replay_then_revokes_on_reuse() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let cfg = config();
         let c = client("c1");
         put_code(&store, "code", "c1");
-        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
-        let Ok(first) = exchange(&ctx, &c, &code_params("code")) else { panic!("code redemption failed") };
+        let ctx = TokenContext { store: &state, config: &cfg, now: 1000, resources: &[] };
+        let Ok(first) = exchange(&ctx, &c, &code_params("code")).await else { panic!("code redemption failed") };
         let r1 = first.refresh_token.clone().unwrap_or_default();
         let refresh_params = params(&format!("grant_type=refresh_token&refresh_token={r1}"));
-        let Ok(second) = exchange(&ctx, &c, &refresh_params) else { panic!("refresh failed") };
+        let Ok(second) = exchange(&ctx, &c, &refresh_params).await else { panic!("refresh failed") };
         assert_ne!(second.refresh_token, first.refresh_token);
         // Within the grace window the same pair comes back.
         let ctx_grace = TokenContext { now: 1005, ..ctx };
-        let replay = exchange(&ctx_grace, &c, &refresh_params).ok();
+        let replay = exchange(&ctx_grace, &c, &refresh_params).await.ok();
         assert_eq!(replay.as_ref().map(|r| &r.access_token), Some(&second.access_token));
         assert_eq!(replay.map(|r| r.refresh_token), Some(second.refresh_token.clone()));
         // After it, reuse revokes the grant, including the newest tokens.
         let ctx_late = TokenContext { now: 1100, ..ctx_grace };
-        assert_eq!(exchange(&ctx_late, &c, &refresh_params).err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+        assert_eq!(
+            exchange(&ctx_late, &c, &refresh_params).await.err().and_then(oauth_code),
+            Some(ErrorCode::InvalidGrant)
+        );
         assert!(store.access_token(&TokenHash::of(&second.access_token), 1100).is_none());
         let r2 = second.refresh_token.unwrap_or_default();
         let next = params(&format!("grant_type=refresh_token&refresh_token={r2}"));
-        assert_eq!(exchange(&ctx_late, &c, &next).err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+        assert_eq!(exchange(&ctx_late, &c, &next).await.err().and_then(oauth_code), Some(ErrorCode::InvalidGrant));
     }
 
-    fn refresh_with(ctx: &TokenContext<'_>, c: &Client, token: &str, extra: &str) -> Result<TokenResponse, OAuthError> {
-        exchange(ctx, c, &params(&format!("grant_type=refresh_token&refresh_token={token}{extra}")))
+    async fn refresh_with(
+        ctx: &TokenContext<'_>,
+        c: &Client,
+        token: &str,
+        extra: &str,
+    ) -> Result<TokenResponse, Error> {
+        exchange(ctx, c, &params(&format!("grant_type=refresh_token&refresh_token={token}{extra}"))).await
     }
 
-    #[test]
-    fn many_refreshes_keep_one_family_and_any_spent_generation_revokes() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn many_refreshes_keep_one_family_and_any_spent_generation_revokes() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let cfg = config();
         let c = client("c1");
         put_code(&store, "code", "c1");
-        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
-        let Ok(first) = exchange(&ctx, &c, &code_params("code")) else { panic!("code redemption failed") };
+        let ctx = TokenContext { store: &state, config: &cfg, now: 1000, resources: &[] };
+        let Ok(first) = exchange(&ctx, &c, &code_params("code")).await else { panic!("code redemption failed") };
         let mut issued = vec![first.refresh_token.unwrap_or_default()];
         for i in 0..30u64 {
             let now = 1000 + 20 * (i + 1);
             let ctx = TokenContext { now, ..ctx };
             let last = issued.last().cloned().unwrap_or_default();
-            let Ok(next) = refresh_with(&ctx, &c, &last, "") else { panic!("refresh {i} failed") };
+            let Ok(next) = refresh_with(&ctx, &c, &last, "").await else { panic!("refresh {i} failed") };
             issued.push(next.refresh_token.unwrap_or_default());
             assert_eq!(store.stats().refresh_families, 1);
             assert_eq!(store.stats().refresh_tokens, 2, "the current token and the one just rotated");
@@ -583,19 +602,26 @@ mod tests {
         let future = RefreshTokenName { generation: name.generation + 1, ..name }.mint();
         let forged = RefreshTokenName { generation: name.generation, ..name }.mint();
         for bad in [future, forged] {
-            assert_eq!(refresh_with(&late, &c, &bad, "").err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+            assert_eq!(
+                refresh_with(&late, &c, &bad, "").await.err().and_then(oauth_code),
+                Some(ErrorCode::InvalidGrant)
+            );
         }
         assert_eq!(store.stats().grants, 1, "still authorized");
         // A token of 10 generations ago revokes the grant, and the current token with it.
         let old = issued[issued.len() - 11].clone();
-        assert_eq!(refresh_with(&late, &c, &old, "").err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+        assert_eq!(refresh_with(&late, &c, &old, "").await.err().and_then(oauth_code), Some(ErrorCode::InvalidGrant));
         assert_eq!(store.stats().grants, 0);
-        assert_eq!(refresh_with(&late, &c, &current, "").err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+        assert_eq!(
+            refresh_with(&late, &c, &current, "").await.err().and_then(oauth_code),
+            Some(ErrorCode::InvalidGrant)
+        );
     }
 
-    #[test]
-    fn narrower_scope_on_refresh_is_given_to_the_access_token_only() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn narrower_scope_on_refresh_is_given_to_the_access_token_only() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let cfg = config();
         let c = client("c1");
         let code = {
@@ -604,31 +630,34 @@ mod tests {
             code
         };
         store.issue_code(TokenHash::of("code"), code);
-        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
-        let Ok(first) = exchange(&ctx, &c, &code_params("code")) else { panic!("code redemption failed") };
+        let ctx = TokenContext { store: &state, config: &cfg, now: 1000, resources: &[] };
+        let Ok(first) = exchange(&ctx, &c, &code_params("code")).await else { panic!("code redemption failed") };
         assert_eq!(first.scope, "openid profile User.Read");
         let rt = first.refresh_token.unwrap_or_default();
-        let Ok(narrow) = refresh_with(&ctx, &c, &rt, "&scope=User.Read%20openid") else { panic!("narrow refresh") };
+        let Ok(narrow) = refresh_with(&ctx, &c, &rt, "&scope=User.Read%20openid").await else {
+            panic!("narrow refresh")
+        };
         assert_eq!(narrow.scope, "User.Read openid");
         let scope = store.access(&TokenHash::of(&narrow.access_token), 1000).map(|(_, s)| s.to_string());
         assert_eq!(scope.as_deref(), Some("User.Read openid"));
         // The refresh token keeps the grant's scope; a wider scope is refused.
         let rt = narrow.refresh_token.unwrap_or_default();
-        let wider = refresh_with(&ctx, &c, &rt, "&scope=openid%20Mail.Read");
-        assert_eq!(wider.err().map(|e| e.code), Some(ErrorCode::InvalidScope));
-        let Ok(full) = refresh_with(&ctx, &c, &rt, "") else { panic!("full refresh") };
+        let wider = refresh_with(&ctx, &c, &rt, "&scope=openid%20Mail.Read").await;
+        assert_eq!(wider.err().and_then(oauth_code), Some(ErrorCode::InvalidScope));
+        let Ok(full) = refresh_with(&ctx, &c, &rt, "").await else { panic!("full refresh") };
         assert_eq!(full.scope, "openid profile User.Read");
     }
 
-    #[test]
-    fn grant_without_refresh_token_survives_the_sweep_while_its_access_token_lives() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn grant_without_refresh_token_survives_the_sweep_while_its_access_token_lives() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let cfg = config();
         let mut c = client("c1");
         c.grant_types = vec!["authorization_code".into()];
         put_code(&store, "code", "c1");
-        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
-        let Ok(issued) = exchange(&ctx, &c, &code_params("code")) else { panic!("redemption failed") };
+        let ctx = TokenContext { store: &state, config: &cfg, now: 1000, resources: &[] };
+        let Ok(issued) = exchange(&ctx, &c, &code_params("code")).await else { panic!("redemption failed") };
         assert!(issued.refresh_token.is_none());
         store.sweep(2000);
         assert_eq!(store.stats().grants, 1);
@@ -637,8 +666,8 @@ mod tests {
         assert_eq!(store.stats().grants, 0);
     }
 
-    #[test]
-    fn basic_header_is_decoded_per_rfc6749_2_3_1() {
+    #[tokio::test]
+    async fn basic_header_is_decoded_per_rfc6749_2_3_1() {
         let header = format!("Basic {}", STANDARD.encode("my%20id:p%3As"));
         assert_eq!(parse_basic(&header).ok(), Some(("my id".to_owned(), "p:s".to_owned())));
         assert!(parse_basic("Bearer abc").is_err());

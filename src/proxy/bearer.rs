@@ -48,11 +48,7 @@ impl std::ops::Deref for Authenticated {
 }
 
 /// Finds the live grant of a request's bearer token, with the token's scope.
-pub async fn authenticate(
-    cx: &Context<'_>,
-    headers: &HeaderMap,
-    query: Option<&str>,
-) -> Result<Authenticated, Error> {
+pub async fn authenticate(cx: &Context<'_>, headers: &HeaderMap, query: Option<&str>) -> Result<Authenticated, Error> {
     let unauthorized = |problem| Error::Unauthorized { problem, challenge: cx.challenge.to_owned() };
     if token_in_query(query) {
         return Err(unauthorized(BearerProblem::InvalidRequest));

@@ -285,7 +285,7 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>, shutdown: impl 
                 let app = app.clone();
                 async move {
                     let resp = if req.uri().path() == "/metrics" {
-                        let mut r = http::Response::new(crate::http::full(app.metrics.render(app.store.memory().map_or(&crate::store::Store::new(), |s| s))));
+                        let mut r = http::Response::new(crate::http::full(app.metrics.render(&app.store)));
                         r.headers_mut().insert(
                             http::header::CONTENT_TYPE,
                             http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -29,9 +29,9 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use ::redis::aio::ConnectionManager;
 use dashmap::DashMap;
 use futures_util::StreamExt as _;
-use ::redis::aio::ConnectionManager;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::snapshot::{client_from, client_rec, login_from, login_rec, ClientRec, LoginRec};
@@ -275,7 +275,12 @@ impl RedisStore {
     }
 
     async fn publish(&self, event: String) -> Result<(), StoreError> {
-        ::redis::cmd("PUBLISH").arg(EVENTS).arg(event).query_async::<i64>(&mut self.conn()).await.map_err(unavailable)?;
+        ::redis::cmd("PUBLISH")
+            .arg(EVENTS)
+            .arg(event)
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -312,7 +317,8 @@ impl RedisStore {
         if let Some(local) = self.inner.grants.get(&id).map(|g| g.clone()) {
             local.extend_to(rec.expires_at);
             if rec.upstream_obtained_at > local.upstream_obtained_at.load(Relaxed) {
-                if let Some(UpstreamLogin { credential: UpstreamCredential::Tokens(tokens), .. }) = login_from(rec.login)
+                if let Some(UpstreamLogin { credential: UpstreamCredential::Tokens(tokens), .. }) =
+                    login_from(rec.login)
                 {
                     *local.upstream_mut() = UpstreamCredential::Tokens(tokens);
                     local.upstream_obtained_at.store(rec.upstream_obtained_at, Relaxed);
@@ -324,8 +330,7 @@ impl RedisStore {
         let Some(login) = login_from(rec.login) else {
             return Ok(None);
         };
-        let grant =
-            Grant::restore(id, rec.client_id, rec.scope, rec.resource, login, rec.created_at, rec.expires_at);
+        let grant = Grant::restore(id, rec.client_id, rec.scope, rec.resource, login, rec.created_at, rec.expires_at);
         grant.upstream_obtained_at.store(rec.upstream_obtained_at, Relaxed);
         grant.upstream_refreshed_at.store(rec.upstream_refreshed_at, Relaxed);
         if self.inner.grants.len() >= self.inner.cache_entries {
@@ -347,14 +352,9 @@ impl RedisStore {
 
     /// The hot path: from the cache while fresh, else from Redis (and cached); a cached entry is served when
     /// Redis does not answer.
-    pub async fn access(
-        &self,
-        hash: &TokenHash,
-        now: UnixTime,
-    ) -> Result<Option<(Arc<Grant>, Arc<str>)>, StoreError> {
-        let live = |c: &Cached| {
-            (c.expires_at > now && !c.grant.is_revoked()).then(|| (c.grant.clone(), c.scope.clone()))
-        };
+    pub async fn access(&self, hash: &TokenHash, now: UnixTime) -> Result<Option<(Arc<Grant>, Arc<str>)>, StoreError> {
+        let live =
+            |c: &Cached| (c.expires_at > now && !c.grant.is_revoked()).then(|| (c.grant.clone(), c.scope.clone()));
         if let Some(c) = self.inner.cache.get(hash) {
             if c.checked.elapsed() < self.inner.cache_ttl {
                 return Ok(live(&c));
@@ -513,7 +513,11 @@ impl RedisStore {
 
     /// Deletes the client first (no code can be redeemed by it any more), then revokes its grants.
     pub async fn revoke_client(&self, client_id: &str) -> Result<(), StoreError> {
-        ::redis::cmd("DEL").arg(client_key(client_id)).query_async::<i64>(&mut self.conn()).await.map_err(unavailable)?;
+        ::redis::cmd("DEL")
+            .arg(client_key(client_id))
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
         let ids: Vec<String> = ::redis::cmd("SMEMBERS")
             .arg(client_grants_key(client_id))
             .query_async(&mut self.conn())
@@ -539,7 +543,12 @@ impl RedisStore {
     }
 
     pub async fn sign_in_used(&self, key: &TokenHash) -> Result<bool, StoreError> {
-        ::redis::cmd("EXISTS").arg(used_key(key)).query_async::<i64>(&mut self.conn()).await.map(|n| n > 0).map_err(unavailable)
+        ::redis::cmd("EXISTS")
+            .arg(used_key(key))
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map(|n| n > 0)
+            .map_err(unavailable)
     }
 
     pub async fn issue_code(&self, hash: &TokenHash, code: &AuthorizationCode) -> Result<(), StoreError> {
@@ -593,7 +602,12 @@ impl RedisStore {
     ) -> Result<(), StoreError> {
         let sealed = self.sealed_grant(&grant)?;
         let mut conn = self.conn();
-        ::redis::cmd("SET").arg(grant_key(grant.id)).arg(sealed).query_async::<()>(&mut conn).await.map_err(unavailable)?;
+        ::redis::cmd("SET")
+            .arg(grant_key(grant.id))
+            .arg(sealed)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)?;
         ::redis::cmd("SADD")
             .arg(client_grants_key(&grant.client_id))
             .arg(format!("{:032x}", grant.id.0))
@@ -605,7 +619,8 @@ impl RedisStore {
     }
 
     pub async fn add_access_token(&self, hash: &TokenHash, token: &AccessToken) -> Result<(), StoreError> {
-        let rec = AccessRecord { grant: token.grant.id.0, expires_at: token.expires_at, scope: token.scope.to_string() };
+        let rec =
+            AccessRecord { grant: token.grant.id.0, expires_at: token.expires_at, scope: token.scope.to_string() };
         self.set_ex(&access_key(hash), &encode(&rec)?, token.expires_at).await?;
         self.extend(&grant_key(token.grant.id), token.expires_at).await?;
         self.extend(&client_grants_key(&token.grant.client_id), token.expires_at).await
@@ -614,7 +629,11 @@ impl RedisStore {
     pub async fn revoke_access_token(&self, hash: &TokenHash, client_id: &str) -> Result<bool, StoreError> {
         match self.lookup_access(hash).await? {
             Some((grant, _, _)) if grant.client_id == client_id => {
-                ::redis::cmd("DEL").arg(access_key(hash)).query_async::<i64>(&mut self.conn()).await.map_err(unavailable)?;
+                ::redis::cmd("DEL")
+                    .arg(access_key(hash))
+                    .query_async::<i64>(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
                 self.inner.cache.remove(hash);
                 self.publish(format!("a:{}", hex(&hash.0))).await?;
                 Ok(true)
@@ -760,9 +779,11 @@ mod tests {
     #[test]
     fn an_event_drops_the_grant_and_its_cached_bearers_only() {
         let login = || UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() };
-        let (revoked, other) = (Grant::new("c".into(), vec![], None, login(), 1), Grant::new("c".into(), vec![], None, login(), 1));
+        let (revoked, other) =
+            (Grant::new("c".into(), vec![], None, login(), 1), Grant::new("c".into(), vec![], None, login(), 1));
         let cache: DashMap<TokenHash, Cached> = DashMap::new();
-        let cached = |g: &Arc<Grant>| Cached { grant: g.clone(), scope: Arc::from(""), expires_at: 10, checked: Instant::now() };
+        let cached =
+            |g: &Arc<Grant>| Cached { grant: g.clone(), scope: Arc::from(""), expires_at: 10, checked: Instant::now() };
         cache.insert(TokenHash([1; 32]), cached(&revoked));
         cache.insert(TokenHash([2; 32]), cached(&other));
         cache.insert(TokenHash([3; 32]), cached(&other));

@@ -51,6 +51,14 @@ impl StateStore {
         }
     }
 
+    /// Counts of live entries (metrics, tests). Redis: not counted here (zeros); ask Redis (`DBSIZE`, `SCAN`).
+    pub fn stats(&self) -> super::StoreStats {
+        match self {
+            Self::Memory(s) => s.stats(),
+            Self::Redis(_) => super::StoreStats::default(),
+        }
+    }
+
     /// Whether the store can serve requests (`/readyz`).
     pub async fn ready(&self) -> bool {
         match self {
