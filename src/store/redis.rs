@@ -162,7 +162,7 @@ local v = redis.call('GETDEL', KEYS[1])
 if v then return {1, v} end
 local s = redis.call('GET', KEYS[2])
 if s then return {2, s} end
-return {0}
+return {0, ''}
 ";
 
 const SWAP_FAMILY: &str = r"
