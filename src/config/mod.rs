@@ -587,4 +587,32 @@ mod tests {
             assert_eq!(err_key(&text, secret), "tokens.upstream_refresh_floor", "{bad}");
         }
     }
+
+    #[test]
+    fn the_redis_backend_needs_a_url_and_the_key_and_names_them() {
+        let redis = |store: &str| DEFAULT_CONFIG.replace("[store]", &format!("[store]\n{store}"));
+        let key = |name: &str| (name == "DCR_PROXY_SNAPSHOT_KEY").then(|| "ab".repeat(32));
+        let url_env = |name: &str| match name {
+            "DCR_PROXY_REDIS_URL" => Some("redis://env:6379/1".to_owned()),
+            other => key(other),
+        };
+        assert_eq!(err_key(&redis("backend = \"redis\""), key), "store.redis_url");
+        let with_url = redis("backend = \"redis\"\nredis_url = \"redis://u:pw@r:6379/0\"");
+        assert_eq!(err_key(&with_url, no_env), "store.snapshot_key_file");
+        let config = Config::from_toml(&with_url, key).map_err(|e| e.to_string());
+        let redis_config = config.map(|c| c.store.redis.map(|r| (r.url.redacted(), r.cache_ttl, r.cache_entries)));
+        assert_eq!(redis_config, Ok(Some(("redis://***@r:6379/0".to_owned(), Duration::from_secs(1), 100_000))));
+        let config = Config::from_toml(&with_url, url_env).map_err(|e| e.to_string());
+        assert_eq!(config.map(|c| c.store.redis.map(|r| r.url.0)), Ok(Some("redis://env:6379/1".to_owned())));
+        assert_eq!(err_key(&redis("backend = \"etcd\""), key), "store.backend");
+        assert_eq!(err_key(&redis("backend = \"redis\"\nredis_url = \"rediss://r\""), key), "store.redis_url");
+        assert_eq!(err_key(&redis("backend = \"redis\"\nredis_url = \"http://r\""), key), "store.redis_url");
+        let long_ttl = redis("backend = \"redis\"\nredis_url = \"redis://r\"\nredis_cache_ttl = \"2s\"");
+        assert_eq!(err_key(&long_ttl, key), "store.redis_cache_ttl");
+        let no_entries = redis("backend = \"redis\"\nredis_url = \"redis://r\"\nredis_cache_entries = 0");
+        assert_eq!(err_key(&no_entries, key), "store.redis_cache_entries");
+        let with_snapshot = redis("backend = \"redis\"\nredis_url = \"redis://r\"\nsnapshot_path = \"/tmp/s\"");
+        assert_eq!(err_key(&with_snapshot, key), "store.snapshot_path");
+        assert!(!format!("{:?}", RedisUrl("redis://u:secret@h/0".into())).contains("secret"));
+    }
 }

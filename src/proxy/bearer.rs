@@ -122,6 +122,12 @@ pub async fn upstream_auth(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAu
     // Across replicas (Redis): one of them refreshes; the others adopt its token.
     let fence = match cx.store.begin_upstream_refresh(grant).await? {
         UpstreamTurn::Refresh { fence } => fence,
+        UpstreamTurn::Revoked => {
+            return Err(Error::Unauthorized {
+                problem: BearerProblem::InvalidToken,
+                challenge: cx.challenge.to_owned(),
+            })
+        }
         UpstreamTurn::Refreshed => {
             return still_valid_auth(grant, cx.clock.now())
                 .ok_or_else(|| Error::UpstreamUnavailable("identity provider: refreshed token expired".into()))

@@ -671,6 +671,12 @@ impl RedisStore {
                 .map_err(unavailable)?;
             // Whether or not this replica got the lock, another one may have refreshed already.
             let fresh = self.grant(grant.id).await?;
+            if fresh.is_none() {
+                if fence != 0 {
+                    self.end_upstream_refresh(grant, fence, false).await?;
+                }
+                return Ok(UpstreamTurn::Revoked);
+            }
             let adopted = fresh.as_ref().is_some_and(|g| g.upstream_obtained_at.load(Relaxed) > before);
             if adopted {
                 if fence != 0 {

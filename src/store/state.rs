@@ -40,6 +40,8 @@ pub enum UpstreamTurn {
     Refresh { fence: u64 },
     /// Another replica refreshed meanwhile; the grant now holds its token.
     Refreshed,
+    /// The grant was revoked meanwhile (on any replica).
+    Revoked,
 }
 
 impl StateStore {
