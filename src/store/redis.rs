@@ -34,8 +34,8 @@ use dashmap::DashMap;
 use futures_util::StreamExt as _;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use super::outcome::{StoreError, UpstreamTurn};
 use super::snapshot::{client_from, client_rec, login_from, login_rec, ClientRec, LoginRec};
-use super::state::{StoreError, UpstreamTurn};
 use super::*;
 use crate::clock::{Clock, UnixTime};
 use crate::config::RedisConfig;

@@ -17,31 +17,14 @@ use crate::clock::UnixTime;
 use crate::crypto::TokenHash;
 use crate::rate_limit::Source;
 
+use super::outcome::{StoreError, UpstreamTurn};
 use super::redis::RedisStore;
 use super::{AccessToken, AuthorizationCode, Client, CodeRedemption, Grant, GrantId, RefreshFamily, Store};
-
-/// Why the store could not do what was asked.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The shared store did not answer (down, unreachable, timed out); the request may be retried.
-    #[error("the shared store is unavailable: {0}")]
-    Unavailable(String),
-}
 
 /// The proxy's state: in this process, or shared by every replica through Redis.
 pub enum StateStore {
     Memory(Arc<Store>),
     Redis(RedisStore),
-}
-
-/// What [`StateStore::begin_upstream_refresh`] decided for a grant whose IdP token is due.
-pub enum UpstreamTurn {
-    /// This replica refreshes; `fence` is the fencing token its write must carry.
-    Refresh { fence: u64 },
-    /// Another replica refreshed meanwhile; the grant now holds its token.
-    Refreshed,
-    /// The grant was revoked meanwhile (on any replica).
-    Revoked,
 }
 
 impl StateStore {
