@@ -42,6 +42,20 @@ enum Command {
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// The shared store: `store import --snapshot FILE` copies a memory-backend snapshot into Redis.
+    Store {
+        #[command(subcommand)]
+        action: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy a snapshot (read with the configured key) into the Redis of `[store] backend = "redis"`.
+    Import {
+        #[arg(long)]
+        snapshot: PathBuf,
+    },
 }
 
 fn load(cli: &Cli) -> Result<Config, String> {
@@ -120,6 +134,12 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             };
         }
+        Some(Command::Store { action: StoreCommand::Import { ref snapshot } }) => {
+            return match load(&cli) {
+                Ok(config) => import_snapshot(&config, snapshot),
+                Err(e) => fail(&e),
+            };
+        }
         Some(Command::Serve) | None => {}
     }
     let mut config = match load(&cli) {
@@ -144,6 +164,37 @@ fn main() -> ExitCode {
             tracing::error!("{e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `store import --snapshot FILE`: loads the snapshot with the configured key and copies it into Redis.
+fn import_snapshot(config: &Config, path: &std::path::Path) -> ExitCode {
+    let Some(redis) = &config.store.redis else {
+        return fail("store import needs [store] backend = \"redis\" and its redis_url");
+    };
+    if !path.is_file() {
+        return fail(&format!("{}: no such snapshot", path.display()));
+    }
+    let clock = dcr_proxy::clock::Clock::system();
+    let store = match dcr_proxy::store::snapshot::load(path, &redis.key, clock.now()) {
+        Ok(store) => store,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let imported = runtime.block_on(async {
+        let now = clock.now();
+        let target = dcr_proxy::store::redis::RedisStore::connect(redis, clock).await?;
+        target.import(&store, now).await
+    });
+    match imported {
+        Ok(done) => {
+            let _ = writeln!(std::io::stdout(), "imported into {}: {done:?}", redis.url.redacted());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string()),
     }
 }
 

@@ -295,3 +295,34 @@ async fn nothing_in_redis_reads_as_a_token_or_secret_of_a_full_flow() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_memory_snapshot_imported_into_redis_keeps_every_user_signed_in() {
+    let upstream = Upstream::start().await;
+    let single = TestProxy::builder().upstream(upstream.url()).local().start().await;
+    let (client_id, tokens) = login(&single).await;
+    let dir = std::env::temp_dir().join(format!("dcrp-import-{}", dcr_proxy::crypto::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (snapshot, config) = (dir.join("state.snapshot"), dir.join("proxy.toml"));
+    let key = dcr_proxy::config::parse_snapshot_key(TEST_STORE_KEY).unwrap();
+    let memory = single.app.store.memory().expect("the single replica is in memory");
+    dcr_proxy::store::snapshot::write(memory, single.clock.now(), &snapshot, &key).unwrap();
+    single.stop().await;
+
+    let redis = TestRedis::start().await;
+    let text = dcr_proxy::config::DEFAULT_CONFIG.replace("[store]", "[store]\nbackend = \"redis\"");
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dcr-proxy"))
+        .args(["--config", config.to_str().unwrap(), "store", "import", "--snapshot", snapshot.to_str().unwrap()])
+        .env("DCR_PROXY_SNAPSHOT_KEY", TEST_STORE_KEY)
+        .env("DCR_PROXY_REDIS_URL", redis.url())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "store import: {}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let r = replicas(2, &redis, &upstream, None).await;
+    assert_eq!(get_mcp(&r[0], tokens["access_token"].as_str().unwrap()).await, 200, "the access token moved");
+    let resp = refresh(&r[1], &client_id, tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(resp.status(), 200, "the refresh token moved, with its client");
+}

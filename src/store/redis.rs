@@ -710,6 +710,75 @@ impl RedisStore {
     }
 }
 
+/// What [`RedisStore::import`] copied.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    pub clients: usize,
+    pub grants: usize,
+    pub access_tokens: usize,
+    pub refresh_families: usize,
+    pub codes: usize,
+}
+
+impl RedisStore {
+    /// Copies an in-memory store (a snapshot just loaded) into Redis, so that a single-replica deployment moves
+    /// without its users signing in again (`dcr-proxy store import --snapshot FILE`). What is expired at `now` is
+    /// left out; running it twice writes the same records again. The maps are copied first (no guard is held
+    /// across a write).
+    pub async fn import(&self, store: &Store, now: UnixTime) -> Result<Imported, StoreError> {
+        let clients: Vec<Arc<Client>> = store.clients.iter().map(|c| c.clone()).collect();
+        let grants: Vec<Arc<Grant>> =
+            store.grants.iter().filter(|g| !g.is_revoked() && g.expires_at() > now).map(|g| g.clone()).collect();
+        let access: Vec<(TokenHash, AccessToken)> =
+            store.access_tokens.iter().filter(|t| t.expires_at > now).map(|t| (*t.key(), t.clone())).collect();
+        let families: Vec<(TokenHash, RefreshFamily)> =
+            store.refresh_families.iter().filter(|f| f.expires_at > now).map(|f| (*f.key(), f.clone())).collect();
+        let mut codes = Vec::new();
+        for c in store.codes.iter().filter(|c| c.expires_at > now) {
+            let key = code_key(c.key());
+            let rec = CodeRecord {
+                request: c.request.clone(),
+                expires_at: c.expires_at,
+                login: login_rec(&c.login.credential, &c.login.identity),
+            };
+            codes.push((key.clone(), self.seal(&key, &encode(&rec)?), c.expires_at));
+        }
+        let spent: Vec<(TokenHash, SpentCode)> =
+            store.spent_codes.iter().filter(|c| c.expires_at > now).map(|c| (*c.key(), *c)).collect();
+        let mut done = Imported { clients: clients.len(), codes: codes.len(), ..Imported::default() };
+        for client in clients {
+            self.put_client(&client).await?;
+        }
+        for grant in grants {
+            let sealed = self.sealed_grant(&grant)?;
+            self.set_ex(&grant_key(grant.id), &sealed, grant.expires_at()).await?;
+            ::redis::cmd("SADD")
+                .arg(client_grants_key(&grant.client_id))
+                .arg(format!("{:032x}", grant.id.0))
+                .query_async::<i64>(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            self.extend(&client_grants_key(&grant.client_id), grant.expires_at()).await?;
+            done.grants += 1;
+        }
+        for (hash, token) in access {
+            self.add_access_token(&hash, &token).await?;
+            done.access_tokens += 1;
+        }
+        for (hash, family) in families {
+            self.put_refresh_family(&hash, &family, None).await?;
+            done.refresh_families += 1;
+        }
+        for (key, sealed, expires_at) in codes {
+            self.set_ex(&key, &sealed, expires_at).await?;
+        }
+        for (hash, code) in spent {
+            self.set_ex(&spent_key(&hash), format!("{:032x}", code.grant.0).as_bytes(), code.expires_at).await?;
+        }
+        Ok(done)
+    }
+}
+
 /// Follows `dcrp:events` for as long as the store lives, reconnecting with backoff; drops what a revocation
 /// names, and the whole cache whenever the subscription (re)starts (a message may have been missed).
 async fn listen(store: Weak<Inner>, client: ::redis::Client) {
