@@ -141,6 +141,11 @@ allow_loopback_for_testing = true
 extra_ca_file = "${cimdCert}"
 [log]
 filter = "info"
+# A tool policy, so that every MCP POST of the 1.x and Python clients is read and judged on its way (whoami is
+# allowed; the 1.x clients send no Mcp-Method / Mcp-Name headers).
+[[policy.tools]]
+match = "delete_*"
+groups = ["admins"]
 `,
 );
 const proxy = spawn(proxyBinary, ['--config', configPath], { stdio: ['ignore', 'inherit', 'inherit'] });

@@ -79,6 +79,7 @@ fn main() {
                 email: Some("AdeleV@contoso.example".into()),
                 preferred_username: Some("AdeleV@contoso.example".into()),
                 tid: Some("9188040d-6c67-4c5b-b112-36a304b66dad".into()),
+                ..Identity::default()
             },
         };
         let code = crypto::random_token();

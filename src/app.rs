@@ -70,6 +70,9 @@ impl App {
                 margin: self.config.tokens.upstream_refresh_margin.as_secs(),
                 floor: self.config.tokens.upstream_refresh_floor.as_secs(),
             },
+            tool_rules: &self.config.policy.rules,
+            policy_max_body: self.config.policy.max_body_bytes,
+            resource_path: &self.config.upstream.resource_path,
         }
     }
 
@@ -167,7 +170,7 @@ impl App {
             challenge: format!(
                 "resource_metadata=\"{}\", scope=\"{}\"",
                 metadata::resource_metadata_url(&config),
-                config.idp.scopes.join(" ")
+                metadata::challenge_scopes(&config.idp.scopes).join(" ")
             ),
             resources,
             rate_limiter: RateLimiter::new(&config.limits),

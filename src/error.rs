@@ -54,9 +54,9 @@ pub enum Error {
     /// what the client should ask for (the granted scopes and the missing ones); `resource_metadata`: RFC 9728 URL.
     #[error("insufficient scope")]
     InsufficientScope { scope: String, missing: String, resource_metadata: String },
-    /// An error shown to the user in the browser, never redirected.
+    /// An error shown to the user in the browser, never redirected: what went wrong and what to do.
     #[error("{title}: {message}")]
-    Page { status: StatusCode, title: &'static str, message: String },
+    Page { status: StatusCode, title: &'static str, message: String, detail: Option<String>, advice: &'static str },
     /// An authorization error sent back to the client's (already validated) redirect URI.
     #[error("authorization error redirected to the client: {}", error.code.as_str())]
     Redirect { redirect_uri: String, error: OAuthError, state: Option<String>, issuer: String },
@@ -89,11 +89,47 @@ pub enum Error {
     /// The shared store (Redis) does not answer: 503 with `Retry-After`, OAuth `temporarily_unavailable`.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// `/register` while Dynamic Client Registration is turned off (`registration.enabled = false`): 403
+    /// (the endpoint exists but refuses every client; clients use Client ID Metadata Documents instead).
+    #[error("dynamic client registration is turned off")]
+    RegistrationDisabled,
+    /// An MCP POST the tool policy cannot judge (not JSON, a repeated key, a call without a name, a compressed
+    /// body): 400 with a JSON-RPC error (`code`: -32700 parse error, -32600 invalid request) and no id.
+    #[error("MCP message refused: {message}")]
+    McpBadMessage { code: i64, message: String },
+    /// `Mcp-Method` / `Mcp-Name` disagree with the body (MCP 2026-07-28 Streamable HTTP "Server Validation"): 400
+    /// with JSON-RPC `-32020` HeaderMismatch for the request's id.
+    #[error("MCP request headers do not match the body: {message}")]
+    McpHeaderMismatch { id: serde_json::Value, message: String },
+    /// A call the tool policy refuses and no scope would allow (a group or role is missing): 403 ("insufficient
+    /// permissions", MCP authorization "Error Handling") with a JSON-RPC error for the call's id.
+    #[error("MCP call refused by the tool policy")]
+    ToolForbidden { id: serde_json::Value, message: String },
 }
 
+/// The JSON-RPC error code of a call the tool policy refuses: application-defined, outside the range JSON-RPC and
+/// MCP reserve (-32768..=-32000, MCP 2026-07-28 "Error Codes").
+pub const JSONRPC_FORBIDDEN: i64 = -31403;
+/// MCP 2026-07-28 `HeaderMismatch`.
+pub const JSONRPC_HEADER_MISMATCH: i64 = -32020;
+/// What a user can do after most sign-in errors.
+const START_OVER: &str = "Close this page, go back to the application you were connecting and connect again. \
+     If it happens again, tell the application's developer or the administrator of this service.";
+
 impl Error {
+    /// An error page whose advice is to start over from the application.
     pub fn page(status: StatusCode, title: &'static str, message: impl Into<String>) -> Self {
-        Self::Page { status, title, message: message.into() }
+        Self::page_with_advice(status, title, message, START_OVER)
+    }
+
+    /// An error page with its own advice.
+    pub fn page_with_advice(
+        status: StatusCode,
+        title: &'static str,
+        message: impl Into<String>,
+        advice: &'static str,
+    ) -> Self {
+        Self::Page { status, title, message: message.into(), detail: None, advice }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -119,6 +155,9 @@ impl Error {
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RegistrationDisabled => StatusCode::FORBIDDEN,
+            Self::McpBadMessage { .. } | Self::McpHeaderMismatch { .. } => StatusCode::BAD_REQUEST,
+            Self::ToolForbidden { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -177,7 +216,9 @@ impl Error {
                 }
                 resp
             }
-            Self::Page { status, title, message } => html::error_page(status, title, &message),
+            Self::Page { status, title, message, detail, advice } => {
+                html::error_page(status, title, &message, detail.as_deref(), advice)
+            }
             Self::Redirect { redirect_uri, error, state, issuer } => {
                 let mut params = vec![("error", error.code.as_str()), ("error_description", &error.description)];
                 if let Some(s) = &state {
@@ -191,7 +232,9 @@ impl Error {
                     html::error_page(
                         status,
                         "Too many requests",
-                        "Too many sign-in attempts. Wait a minute and try again.",
+                        "Too many sign-in attempts came from this address.",
+                        None,
+                        "Wait a minute, then go back to the application and connect again.",
                     )
                 } else {
                     oauth_json(status, "temporarily_unavailable", "too many requests from this address; retry later")
@@ -202,7 +245,13 @@ impl Error {
             Self::Capacity { what, html } => {
                 tracing::warn!(what, "capacity limit reached");
                 let mut resp = if html {
-                    html::error_page(status, "Service busy", "The sign-in service is busy. Try again in a minute.")
+                    html::error_page(
+                        status,
+                        "Service busy",
+                        "The sign-in service is busy.",
+                        None,
+                        "Wait a minute, then go back to the application and connect again.",
+                    )
                 } else {
                     oauth_json(status, "temporarily_unavailable", &format!("{what}; retry later"))
                 };
@@ -258,8 +307,27 @@ impl Error {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 resp
             }
+            Self::RegistrationDisabled => oauth_json(
+                status,
+                "access_denied",
+                "dynamic client registration is turned off on this server; use a Client ID Metadata Document \
+                 (an https URL as client_id)",
+            ),
+            Self::McpBadMessage { code, message } => jsonrpc_error(status, serde_json::Value::Null, code, &message),
+            Self::McpHeaderMismatch { id, message } => {
+                jsonrpc_error(status, id, JSONRPC_HEADER_MISMATCH, &format!("Header mismatch: {message}"))
+            }
+            Self::ToolForbidden { id, message } => jsonrpc_error(status, id, JSONRPC_FORBIDDEN, &message),
         }
     }
+}
+
+/// A JSON-RPC 2.0 error response (§5.1) as the body of an HTTP error.
+fn jsonrpc_error(status: StatusCode, id: serde_json::Value, code: i64, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+    let mut resp = json_response(status, &body);
+    crate::http::no_store(&mut resp);
+    resp
 }
 
 impl From<ParamError> for OAuthError {
@@ -297,17 +365,36 @@ impl From<AuthorizeError> for Error {
                 "This application is not registered with the sign-in service (or its registration expired). \
                  Reconnect it from the application so that it registers again.",
             ),
-            AuthorizeError::UnregisteredRedirectUri => Self::page(
-                StatusCode::BAD_REQUEST,
-                "Invalid redirect URI",
-                "The redirect_uri is not one this application registered, so the sign-in cannot continue.",
-            ),
+            AuthorizeError::UnregisteredRedirectUri(uri) => Self::Page {
+                status: StatusCode::BAD_REQUEST,
+                title: "Invalid redirect URI",
+                message: "The application asked to send your answer to an address it did not register, so the \
+                          sign-in stops here and nothing is sent there. The address it asked for:"
+                    .to_owned(),
+                detail: Some(shown_uri(&uri)),
+                advice: "If you did not start this connection yourself, close this page: someone may be trying to \
+                         get access in your name. Otherwise tell the application's developer that its redirect URI \
+                         does not match its registration, then connect again.",
+            },
             AuthorizeError::Redirect { redirect_uri, error, state, issuer } => {
                 Self::Redirect { redirect_uri, error, state, issuer }
             }
         }
     }
 }
+
+/// A URI as an error page shows it: at most [`SHOWN_URI_CHARS`] characters (the page escapes it).
+fn shown_uri(uri: &str) -> String {
+    if uri.chars().count() <= SHOWN_URI_CHARS {
+        return uri.to_owned();
+    }
+    let mut shown: String = uri.chars().take(SHOWN_URI_CHARS).collect();
+    shown.push('…');
+    shown
+}
+
+/// Longest redirect URI an error page shows in full.
+const SHOWN_URI_CHARS: usize = 300;
 
 /// How a refused client metadata document is answered where it was named.
 impl DocumentError {
@@ -386,11 +473,22 @@ mod tests {
     }
 
     #[test]
+    fn an_unregistered_redirect_uri_is_shown_escaped_and_bounded() {
+        assert_eq!(shown_uri("https://a.example/cb"), "https://a.example/cb");
+        let long = format!("https://a.example/{}", "x".repeat(400));
+        assert_eq!(shown_uri(&long).chars().count(), SHOWN_URI_CHARS + 1);
+        let e = Error::from(AuthorizeError::UnregisteredRedirectUri("https://evil.example/<b>x</b>".into()));
+        let Error::Page { detail, advice, .. } = e else { panic!("not a page") };
+        assert_eq!(detail.as_deref(), Some("https://evil.example/<b>x</b>"));
+        assert!(!advice.is_empty());
+    }
+
+    #[test]
     fn authorize_refusals_before_the_redirect_uri_is_trusted_are_pages_after_it_redirects() {
         for refusal in [
             AuthorizeError::Invalid("The request has no client_id.".into()),
             AuthorizeError::UnknownClient,
-            AuthorizeError::UnregisteredRedirectUri,
+            AuthorizeError::UnregisteredRedirectUri("https://evil.example/<cb>".into()),
         ] {
             let resp = Error::from(refusal).into_response();
             assert_eq!(resp.status(), StatusCode::BAD_REQUEST);

@@ -21,6 +21,7 @@
 //! - [`route`]: the request path parsed once into a [`route::Route`]. [`router`]: the `match (method, route)`.
 //! - [`oauth`]: the authorization server, one module per endpoint: its handler and its rules.
 //! - [`idp`]: upstream identity providers (OIDC discovery, the Azure preset, local login).
+//! - [`policy`]: per-tool authorization (`[[policy.tools]]`) judged from the JSON-RPC body; listings narrowed.
 //! - [`proxy`]: bearer lookup, upstream credential (refresh, single flight), streaming forwarder.
 //! - [`client_documents`]: Client ID Metadata Documents (URL client_ids), fetched without SSRF.
 //! - [`store`]: clients, codes, grants and token hashes behind named operations; the sweeper and snapshot writer.
@@ -38,6 +39,7 @@ pub mod http;
 pub mod idp;
 pub mod metrics;
 pub mod oauth;
+pub mod policy;
 pub mod proxy;
 pub mod rate_limit;
 pub mod route;

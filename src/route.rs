@@ -34,12 +34,17 @@ pub enum Route {
     Userinfo,
     Healthz,
     Readyz,
+    /// The configured logo of the HTML pages ([`LOGO_PATH`]).
+    Logo,
     /// Everything else: forwarded to the upstream.
     Proxy,
 }
 
 /// The path prefix of RFC 7592 client configuration endpoints.
 pub const CLIENT_CONFIGURATION_PREFIX: &str = "/register/";
+
+/// Where the pages' logo (`pages.logo_file`) is served; never forwarded, 404 when no logo is configured.
+pub const LOGO_PATH: &str = "/dcr-proxy/logo";
 
 impl Route {
     /// Parses a request path; `protected_resource_path` is the path-inserted RFC 9728 document's.
@@ -63,6 +68,7 @@ impl Route {
             "/userinfo" => Self::Userinfo,
             "/healthz" => Self::Healthz,
             "/readyz" => Self::Readyz,
+            LOGO_PATH => Self::Logo,
             _ => Self::Proxy,
         }
     }
@@ -83,6 +89,7 @@ impl Route {
             Self::Userinfo => "/userinfo",
             Self::Healthz => "/healthz",
             Self::Readyz => "/readyz",
+            Self::Logo => LOGO_PATH,
             Self::OtherWellKnown | Self::ClientConfiguration | Self::Proxy => return None,
         })
     }
@@ -103,6 +110,7 @@ impl Route {
             Self::Userinfo => "userinfo",
             Self::Healthz => "healthz",
             Self::Readyz => "readyz",
+            Self::Logo => "logo",
             Self::ClientConfiguration | Self::Proxy => "proxy",
         }
     }
@@ -146,6 +154,7 @@ mod tests {
             Route::Userinfo,
             Route::Healthz,
             Route::Readyz,
+            Route::Logo,
         ];
         for route in all {
             let path = route.path().unwrap_or_default();

@@ -118,6 +118,14 @@ async fn dispatch(
         (_, Route::ClientConfiguration) => Err(Error::MethodNotAllowed { allow: "GET, PUT, DELETE, OPTIONS" }),
         (_, Route::Userinfo) => Err(Error::MethodNotAllowed { allow: "GET, POST" }),
         (_, Route::Readyz) => Err(Error::MethodNotAllowed { allow: "GET" }),
+        (&Method::GET, Route::Logo) => app
+            .config
+            .pages
+            .logo
+            .as_ref()
+            .map(|l| h::html::logo_response(l.bytes.clone(), l.content_type))
+            .ok_or(Error::NotFound),
+        (_, Route::Logo) => Err(Error::MethodNotAllowed { allow: "GET" }),
         (_, Route::Proxy) => crate::proxy::handle(&app.proxy_context(), req, peer).await,
     }
 }

@@ -25,7 +25,8 @@ async fn mcp_client_flow_reaches_upstream_with_the_azure_token() {
     let prm_url = format!("{}/.well-known/oauth-protected-resource/mcp", proxy.base);
     assert_eq!(
         challenge,
-        format!("Bearer resource_metadata=\"{prm_url}\", scope=\"openid profile email offline_access User.Read\"")
+        // MCP 2026-07-28 (SEP-2207): no `offline_access` in the challenge, though it is asked of the IdP.
+        format!("Bearer resource_metadata=\"{prm_url}\", scope=\"openid profile email User.Read\"")
     );
     // Browser clients can read the challenge.
     assert_eq!(resp.headers()["access-control-allow-origin"], "*");

@@ -261,7 +261,9 @@ async fn a_redirect_uri_the_document_does_not_list_is_an_error_page() {
     let resp = http().get(url).send().await.unwrap();
     assert_eq!(resp.status(), 400);
     assert!(resp.headers().get("location").is_none());
-    assert!(resp.text().await.unwrap().contains("redirect_uri is not one this application registered"));
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("an address it did not register"), "{page}");
+    assert!(page.contains("<code class=\"detail\">https://evil.example/cb</code>"), "{page}");
 }
 
 #[tokio::test]

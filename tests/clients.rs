@@ -42,7 +42,8 @@ async fn a_path_that_needs_more_scope_answers_403_and_the_client_steps_up() {
         assert_eq!(resp.status(), 403, "{path}");
         let challenge = resp.headers()["www-authenticate"].to_str().unwrap().to_owned();
         assert!(challenge.starts_with("Bearer error=\"insufficient_scope\""), "{challenge}");
-        assert!(challenge.contains("scope=\"openid offline_access User.Read\""), "{challenge}");
+        // Granted and missing scopes, without `offline_access` (MCP 2026-07-28, SEP-2207).
+        assert!(challenge.contains("scope=\"openid User.Read\""), "{challenge}");
         assert!(challenge
             .contains(&format!("resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp\"", proxy.base)));
         assert_eq!(resp.headers()["access-control-allow-origin"], "*");

@@ -675,7 +675,7 @@ async fn the_consent_page_isolates_the_client_name_and_never_renders_a_direction
     )
     .await;
     let heading = consent_heading(&proxy, reg["client_id"].as_str().unwrap()).await;
-    assert_eq!(heading, "<h1>Allow <bdi>לקוח 1</bdi> to access your account?</h1>");
+    assert_eq!(heading, "<h1>Allow <bdi>לקוח 1</bdi> to access 127.0.0.1?</h1>");
 
     // A client kept from before the check (an older snapshot) with an override in its name: the page shows the
     // control as U+FFFD, inside the isolate, and nowhere else.

@@ -3,7 +3,7 @@
 //!
 //! Read: the snapshot key file (`store.snapshot_key_file`), only when a snapshot is configured and
 //! `DCR_PROXY_SNAPSHOT_KEY` is not set; whether `client_metadata_documents.extra_ca_file` is a file (its
-//! certificates are loaded when the fetcher is built). TLS certificates are read by the server, which reloads them.
+//! certificates are loaded when the fetcher is built); the logo `pages.logo_file`, at most `pages.logo_max_bytes`. TLS certificates are read by the server, which reloads them.
 
 use super::env::{self, Env};
 use super::raw::RawConfig;
@@ -15,6 +15,9 @@ pub struct Files {
     pub snapshot_key: Option<Result<String, String>>,
     /// Whether `client_metadata_documents.extra_ca_file`, when set, is a file.
     pub extra_ca_file_is_file: bool,
+    /// The bytes of `pages.logo_file` (at most `pages.logo_max_bytes`), or why they could not be read; `None` when
+    /// no logo is configured or its size cap is invalid (validation names the key).
+    pub logo: Option<Result<Vec<u8>, String>>,
 }
 
 impl Files {
@@ -28,6 +31,10 @@ impl Files {
             _ => None,
         };
         let extra_ca_file_is_file = raw.client_metadata_documents.extra_ca_file.as_ref().is_some_and(|p| p.is_file());
-        Self { snapshot_key, extra_ca_file_is_file }
+        let logo = match (&raw.pages.logo_file, super::pages::logo_max_bytes(&raw.pages)) {
+            (Some(path), Ok(max)) => Some(super::pages::read_logo(path, max)),
+            _ => None,
+        };
+        Self { snapshot_key, extra_ca_file_is_file, logo }
     }
 }

@@ -24,6 +24,7 @@ use url::Url;
 
 pub mod env;
 pub mod files;
+pub mod pages;
 mod public_url;
 mod raw;
 mod validate;
@@ -106,6 +107,10 @@ pub struct Config {
     /// Where Prometheus metrics are served (a separate listener); off when absent.
     pub metrics_listen: Option<SocketAddr>,
     pub log: LogConfig,
+    /// `[policy]`: per-tool authorization of MCP calls (none: requests are forwarded without reading them).
+    pub policy: PolicyConfig,
+    /// `[pages]`: names, scope descriptions and the logo of the HTML pages.
+    pub pages: pages::PagesConfig,
 }
 
 /// A 256-bit snapshot key; `Debug` never shows it.
@@ -261,6 +266,9 @@ pub struct RegistrationConfig {
     /// `registration.allowed_redirect_hosts` (hosts redirect URIs may point at; `loopback` stands for 127.0.0.1,
     /// `[::1]` and localhost; empty: any) and the presets of `registration.allow`, combined.
     pub redirect_allowlist: crate::oauth::redirect_uri::Allowlist,
+    /// `registration.enabled`: whether `/register` (RFC 7591) is open at start; `false` leaves only Client ID
+    /// Metadata Documents (and the metadata omits `registration_endpoint`).
+    pub enabled: bool,
 }
 
 /// Client ID Metadata Documents: a `client_id` that is an https URL names a JSON document the proxy fetches.
@@ -339,6 +347,15 @@ pub struct LogConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `[policy]`: who may call which MCP tool, resource or prompt (`crate::policy`).
+#[derive(Debug, Clone, Default)]
+pub struct PolicyConfig {
+    /// Largest JSON-RPC body read to decide a call (413 beyond); only read when `rules` is not empty.
+    pub max_body_bytes: usize,
+    /// `[[policy.tools]]`, in configuration order.
+    pub rules: Vec<crate::policy::ToolRule>,
 }
 
 /// Scopes a path prefix of the upstream needs (`[[upstream.required_scopes]]`); applied by
@@ -471,6 +488,27 @@ mod tests {
             let err = Config::from_toml(&rule(prefix, scopes), secret).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains("upstream.required_scopes") && err.contains(needle), "{err}");
         }
+    }
+
+    #[test]
+    fn tool_policy_rules_are_checked_by_key_and_registration_is_on_by_default() {
+        let secret = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "s".to_owned());
+        let with = |policy: &str| format!("{AZURE}scopes = [\"openid\", \"User.Read\"]\n{policy}");
+        let ok = Config::from_toml(&with("[[policy.tools]]\nmatch = \"delete_*\"\nscopes = [\"User.Read\"]\n"), secret)
+            .map_err(|e| e.to_string());
+        assert_eq!(ok.as_ref().map(|c| (c.policy.rules.len(), c.policy.max_body_bytes)), Ok((1, 1024 * 1024)));
+        assert_eq!(ok.map(|c| c.registration.enabled), Ok(true));
+        for (policy, key) in [
+            ("[[policy.tools]]\nmatch = \"x\"\n", "policy.tools"),
+            ("[[policy.tools]]\nmatch = \"\"\ngroups = [\"g\"]\n", "policy.tools"),
+            ("[[policy.tools]]\nmatch = \"x\"\nscopes = [\"Mail.Send\"]\n", "policy.tools"),
+            ("[[policy.tools]]\nmatch = \"x\"\ngroups = [\" \"]\n", "policy.tools"),
+            ("[policy]\nmax_body_bytes = 10\n", "policy.max_body_bytes"),
+        ] {
+            assert_eq!(err_key(&with(policy), secret), key, "{policy}");
+        }
+        let off = Config::from_toml(&format!("{AZURE}[registration]\nenabled = false\n"), secret);
+        assert_eq!(off.map(|c| c.registration.enabled).map_err(|e| e.to_string()), Ok(false));
     }
 
     #[test]

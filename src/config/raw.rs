@@ -61,6 +61,9 @@ pub(crate) struct RawConfig {
     pub(crate) metrics: RawMetrics,
     #[serde(default)]
     pub(crate) log: RawLog,
+    #[serde(default)]
+    pub(crate) policy: RawPolicy,
+    pub(crate) pages: super::pages::RawPages,
 }
 
 #[derive(Deserialize)]
@@ -208,6 +211,28 @@ pub(crate) struct RawRegistration {
     #[serde(default)]
     pub(crate) allow: Vec<String>,
     pub(crate) private_use_redirect_uris: Option<Vec<String>>,
+    pub(crate) enabled: Option<bool>,
+}
+
+/// `[policy]`: per-tool authorization of MCP calls.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPolicy {
+    pub(crate) max_body_bytes: Option<usize>,
+    #[serde(default)]
+    pub(crate) tools: Vec<RawToolRule>,
+}
+
+/// One `[[policy.tools]]` rule.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawToolRule {
+    #[serde(rename = "match")]
+    pub(crate) pattern: String,
+    #[serde(default)]
+    pub(crate) scopes: Vec<String>,
+    #[serde(default)]
+    pub(crate) groups: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]

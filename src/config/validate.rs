@@ -20,6 +20,9 @@ use super::*;
 /// The whole config, section by section.
 pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Config, ConfigError> {
     let server = validate_server(raw.server)?;
+    let public_host = Url::parse(server.public_url.as_str()).ok().and_then(|u| u.host_str().map(str::to_owned));
+    let pages =
+        super::pages::validate(raw.pages, public_host.as_deref().unwrap_or("this server"), files.logo.as_ref())?;
     let upstream = validate_upstream(raw.upstream)?;
     let idp = validate_idp(raw.idp, env)?;
     let upstream = validate_required_scopes(upstream, &idp.scopes)?;
@@ -44,6 +47,7 @@ pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Con
         }
     };
     let store = validate_store(raw.store, env, files)?;
+    let policy = validate_policy(raw.policy, &idp.scopes)?;
     let metrics_listen = match raw.metrics.listen {
         None => None,
         Some(a) => Some(
@@ -67,6 +71,8 @@ pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Con
         store,
         metrics_listen,
         log,
+        policy,
+        pages,
     })
 }
 
@@ -310,7 +316,33 @@ fn validate_registration(raw: RawRegistration, env: &Env<'_>) -> Result<Registra
         )?,
         initial_access_token: initial_access_token.map(SecretString::from),
         redirect_allowlist,
+        enabled: raw.enabled.unwrap_or(true),
     })
+}
+
+/// `[policy]`: each rule has a valid glob, at least one scope or group, and only scopes the IdP is asked for (a
+/// step-up to a scope the proxy never grants would loop).
+fn validate_policy(raw: RawPolicy, offered: &[String]) -> Result<PolicyConfig, ConfigError> {
+    const KEY: &str = "policy.tools";
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(1024 * 1024);
+    if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
+        return Err(invalid("policy.max_body_bytes", "must be between 1024 and 67108864 bytes"));
+    }
+    let mut rules = Vec::with_capacity(raw.tools.len());
+    for rule in raw.tools {
+        let pattern = crate::policy::Pattern::parse(&rule.pattern).map_err(|e| invalid(KEY, e))?;
+        if rule.scopes.is_empty() && rule.groups.is_empty() {
+            return Err(invalid(KEY, format!("the rule for `{}` needs `scopes` or `groups`", rule.pattern)));
+        }
+        if let Some(s) = rule.scopes.iter().find(|s| !offered.contains(s)) {
+            return Err(invalid(KEY, format!("scope `{s}` (rule `{}`) is not one of idp.scopes", rule.pattern)));
+        }
+        if rule.groups.iter().any(|g| g.trim().is_empty()) {
+            return Err(invalid(KEY, format!("the rule for `{}` has an empty group", rule.pattern)));
+        }
+        rules.push(crate::policy::ToolRule { pattern, scopes: rule.scopes, groups: rule.groups });
+    }
+    Ok(PolicyConfig { max_body_bytes, rules })
 }
 
 fn validate_client_documents(raw: RawClientDocuments, files: &Files) -> Result<ClientDocumentsConfig, ConfigError> {

@@ -2,7 +2,7 @@
 //! bidi overrides and isolates among them, are shown as U+FFFD, so that no text can reorder or hide what follows
 //! it), a client-supplied name is isolated in `<bdi>` ([`isolate`]) so that right-to-left text in it cannot move
 //! the words around it (Unicode Bidirectional Algorithm, UAX #9), and every page is sent with
-//! `Content-Security-Policy` (no scripts, no framing, no plugins or base override; form-action is left open because the consent and login forms redirect to the IdP and to the client, and browsers apply form-action to those redirects), `X-Frame-Options: DENY`,
+//! `Content-Security-Policy` ([`CSP`]: no scripts, images only from the proxy (its logo), no framing, no plugins or base override; form-action is left open because the consent and login forms redirect to the IdP and to the client, and browsers apply form-action to those redirects), `X-Frame-Options: DENY`,
 //! `Referrer-Policy: no-referrer` and `Cache-Control: no-store`.
 
 use http::{header, HeaderValue, Response, StatusCode};
@@ -66,28 +66,84 @@ pub fn is_control_or_format(c: char) -> bool {
     c.is_control() || u == 0x2028 || u == 0x2029 || FORMAT.iter().any(|(lo, hi)| (*lo..=*hi).contains(&u))
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem;color:#222}\
-h1{font-size:1.4rem}code{background:#f3f3f3;padding:.1rem .3rem}dl dt{font-weight:600;margin-top:.6rem}\
-button{font-size:1rem;padding:.5rem 1.2rem;margin-right:.6rem}input{font-size:1rem;padding:.3rem;width:100%}\
-.error{color:#a00}";
+/// The pages' one stylesheet: light and dark (`prefers-color-scheme`), a visible focus ring on every control,
+/// a primary and a secondary button, readable from a 320px phone to a desktop. Inline, as the CSP allows.
+const STYLE: &str = ":root{color-scheme:light dark;--bg:#f4f5f7;--card:#fff;--fg:#1b1d21;--muted:#50555e;\
+--line:#d5d8de;--accent:#0b57d0;--accent-fg:#fff;--code:#eef0f3;--error:#a3141c;--warn-bg:#fff4e5;--focus:#0b57d0}\
+@media (prefers-color-scheme:dark){:root{--bg:#111317;--card:#1c1f25;--fg:#e8eaed;--muted:#b4b9c2;--line:#3a3f48;\
+--accent:#8ab4f8;--accent-fg:#0b1b33;--code:#2a2e36;--error:#ff8a80;--warn-bg:#3a2a12;--focus:#8ab4f8}}\
+*{box-sizing:border-box}\
+body{margin:0;background:var(--bg);color:var(--fg);font:1rem/1.5 system-ui,-apple-system,'Segoe UI',sans-serif}\
+.brand{display:flex;align-items:center;gap:.6rem;max-width:34rem;margin:0 auto;padding:1.2rem 1rem .4rem;\
+font-weight:600;color:var(--muted)}.brand img{width:2rem;height:2rem;object-fit:contain}\
+main{max-width:34rem;margin:0 auto 2rem;padding:1.5rem;background:var(--card);border:1px solid var(--line);\
+border-radius:.75rem}@media (max-width:36rem){main{border-radius:0;border-left:0;border-right:0}}\
+h1{font-size:1.35rem;line-height:1.3;margin:0 0 .8rem}h2{font-size:1rem;margin:1.2rem 0 .4rem}\
+p{margin:.5rem 0}.muted{color:var(--muted)}\
+code{background:var(--code);padding:.1rem .3rem;border-radius:.25rem;font-size:.9em;overflow-wrap:anywhere}\
+dl{margin:1rem 0;display:grid;grid-template-columns:minmax(7rem,max-content) 1fr;gap:.4rem 1rem}\
+dt{font-weight:600}dd{margin:0;overflow-wrap:anywhere}@media (max-width:30rem){dl{grid-template-columns:1fr}dd{margin-bottom:.4rem}}\
+ul{padding-left:1.2rem;margin:.3rem 0}li{margin:.3rem 0}\
+.actions{display:flex;flex-wrap:wrap;gap:.75rem;margin-top:1.4rem}\
+button{font:inherit;font-weight:600;padding:.6rem 1.4rem;border-radius:.5rem;cursor:pointer;min-height:2.75rem}\
+.primary{background:var(--accent);color:var(--accent-fg);border:2px solid var(--accent)}\
+.secondary{background:transparent;color:var(--fg);border:2px solid var(--line)}\
+label{display:block;font-weight:600;margin-top:.8rem}\
+input{font:inherit;width:100%;padding:.5rem .6rem;margin-top:.25rem;border:1px solid var(--muted);border-radius:.4rem;\
+background:var(--card);color:var(--fg)}\
+:focus-visible{outline:3px solid var(--focus);outline-offset:2px}\
+body>main:first-child{margin-top:2rem}.detail{display:block;padding:.5rem .6rem;word-break:break-all}\
+.error{color:var(--error)}.notice{background:var(--warn-bg);border-radius:.4rem;padding:.6rem .8rem}";
 
-/// A complete page; `body_html` must already be escaped.
+/// The service's header of a page: its product name and, when one is configured, its logo.
+#[derive(Debug, Clone, Copy)]
+pub struct Brand<'a> {
+    pub product_name: &'a str,
+    pub logo: bool,
+}
+
+/// The page's `Content-Security-Policy`: no scripts, inline styles only, images only from the proxy itself (the
+/// logo), no framing, no plugins, no base override.
+pub const CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// A complete page without the service's header (error pages, which are rendered without the config);
+/// `body_html` must already be escaped.
 pub fn page(status: StatusCode, title: &str, body_html: &str) -> Response<Body> {
+    page_with(status, title, None, body_html)
+}
+
+/// A complete page under the service's header; `body_html` must already be escaped.
+pub fn branded_page(status: StatusCode, title: &str, brand: Brand<'_>, body_html: &str) -> Response<Body> {
+    page_with(status, title, Some(brand), body_html)
+}
+
+fn page_with(status: StatusCode, title: &str, brand: Option<Brand<'_>>, body_html: &str) -> Response<Body> {
+    let (header, title) = match brand {
+        Some(b) => {
+            let logo = if b.logo {
+                format!("<img src=\"{}\" alt=\"\" width=\"32\" height=\"32\">", crate::route::LOGO_PATH)
+            } else {
+                String::new()
+            };
+            (
+                format!("<header class=\"brand\">{logo}<span>{}</span></header>", escape(b.product_name)),
+                format!("{} – {}", escape(title), escape(b.product_name)),
+            )
+        }
+        None => (String::new(), escape(title)),
+    };
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" \
-         content=\"width=device-width\"><title>{}</title><style>{STYLE}</style></head><body>{body_html}</body></html>",
-        escape(title)
+         content=\"width=device-width, initial-scale=1\"><meta name=\"color-scheme\" content=\"light dark\">\
+         <meta name=\"referrer\" content=\"no-referrer\"><title>{title}</title><style>{STYLE}</style></head>\
+         <body>{header}<main>{body_html}</main></body></html>"
     );
     let mut resp = Response::new(full(html));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -95,9 +151,43 @@ pub fn page(status: StatusCode, title: &str, body_html: &str) -> Response<Body> 
     resp
 }
 
-/// An error page that does not redirect anywhere.
-pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response<Body> {
-    page(status, title, &format!("<h1>{}</h1><p class=\"error\">{}</p>", escape(title), escape(message)))
+/// The configured logo at [`crate::route::LOGO_PATH`]: its type from its extension, cached a day by browsers,
+/// and sandboxed by its own CSP (an SVG opened directly runs no script and loads nothing).
+pub fn logo_response(bytes: bytes::Bytes, content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(full(bytes));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; sandbox"),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::HeaderName::from_static("cross-origin-resource-policy"), HeaderValue::from_static("same-origin"));
+    resp
+}
+
+/// An error page that does not redirect anywhere: what went wrong (`title`, `message`, and the value at fault as
+/// code, `detail`) and what to do (`advice`).
+pub fn error_page(
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    detail: Option<&str>,
+    advice: &str,
+) -> Response<Body> {
+    let detail = detail.map(|d| format!("<p><code class=\"detail\">{}</code></p>", escape(d))).unwrap_or_default();
+    let advice =
+        if advice.is_empty() { String::new() } else { format!("<h2>What you can do</h2><p>{}</p>", escape(advice)) };
+    page(
+        status,
+        title,
+        &format!(
+            "<h1>{}</h1><div role=\"alert\"><p class=\"error\">{}</p>{detail}</div>{advice}",
+            escape(title),
+            escape(message)
+        ),
+    )
 }
 
 #[cfg(test)]

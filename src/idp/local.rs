@@ -26,9 +26,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Semaphore;
 
 use crate::clock::UnixTime;
+use crate::config::pages::PagesConfig;
 use crate::config::{LimitsConfig, LocalUser};
 use crate::crypto::TokenHash;
-use crate::http::html::{escape, page};
+use crate::http::html::{branded_page, escape};
 use crate::http::Body;
 use crate::store::Identity;
 
@@ -166,6 +167,7 @@ impl UserTable {
             email: user.email.clone(),
             preferred_username: Some(user.username.clone()),
             tid: None,
+            ..Identity::default()
         })
     }
 }
@@ -301,26 +303,39 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
 }
 
 /// The login form again, 503 with `Retry-After`, when every password check stayed busy: the user tries again.
-pub fn busy_page(state: &str, retry_after_secs: u64) -> Response<Body> {
-    let mut resp = login_page(state, Some("The sign-in service is busy. Wait a moment and sign in again."));
+pub fn busy_page(pages: &PagesConfig, state: &str, retry_after_secs: u64) -> Response<Body> {
+    let mut resp = login_page(pages, state, Some("The sign-in service is busy. Wait a moment and sign in again."));
     *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(retry_after_secs.max(1)));
     resp
 }
 
-/// The login form; `error` is shown above it after a failed attempt.
-pub fn login_page(state: &str, error: Option<&str>) -> Response<Body> {
-    let error_html = error.map(|e| format!("<p class=\"error\">{}</p>", escape(e))).unwrap_or_default();
+/// The login form; `error` is shown above it after a failed attempt. It names the resource and the service
+/// (`[pages]`) and says that this login (users from the config file) is for development.
+pub fn login_page(pages: &PagesConfig, state: &str, error: Option<&str>) -> Response<Body> {
+    let error_html = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\" id=\"login-error\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    let described = if error.is_some() { " aria-describedby=\"login-error\"" } else { "" };
     let body = format!(
-        "<h1>Sign in</h1>{error_html}<form method=\"post\" action=\"/login\">\
+        "<h1>Sign in to {resource}</h1>\
+         <p><strong>{product}</strong> checks who you are before an application may act for you.</p>\
+         <p class=\"notice\" role=\"note\">This is the local development login of {product}: its users are listed \
+         in the proxy's configuration file. Production deployments sign in with the organisation's identity \
+         provider.</p>\
+         {error_html}<form method=\"post\" action=\"/login\" aria-label=\"Sign in\">\
          <input type=\"hidden\" name=\"state\" value=\"{state}\">\
-         <p><label>Username<br><input name=\"username\" autocomplete=\"username\" required></label></p>\
-         <p><label>Password<br><input name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label></p>\
-         <button type=\"submit\">Sign in</button></form>",
+         <label for=\"username\">Username</label>\
+         <input id=\"username\" name=\"username\" autocomplete=\"username\" autocapitalize=\"none\" spellcheck=\"false\" required autofocus{described}>\
+         <label for=\"password\">Password</label>\
+         <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required{described}>\
+         <div class=\"actions\"><button class=\"primary\" type=\"submit\">Sign in</button></div></form>",
+        product = escape(&pages.product_name),
+        resource = escape(&pages.resource_name),
         state = escape(state)
     );
     let status = if error.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
-    page(status, "Sign in", &body)
+    branded_page(status, "Sign in", pages.brand(), &body)
 }
 
 #[cfg(test)]

@@ -383,6 +383,9 @@ impl OidcProvider {
             email: claims.email,
             preferred_username: claims.preferred_username,
             tid: claims.tid,
+            groups: string_list(claims.groups.as_ref()),
+            roles: string_list(claims.roles.as_ref()),
+            groups_overage: claims.claim_names.as_ref().and_then(|n| n.get("groups")).is_some(),
         })
     }
 }
@@ -401,6 +404,24 @@ struct IdClaims {
     name: Option<String>,
     email: Option<String>,
     preferred_username: Option<String>,
+    /// Entra group object ids (or names), when the app registration emits them.
+    #[serde(default)]
+    groups: Option<Value>,
+    /// Entra app roles assigned to the user.
+    #[serde(default)]
+    roles: Option<Value>,
+    /// OIDC Core §5.6.2 distributed claims: Entra's groups overage names `groups` here instead of listing them.
+    #[serde(default, rename = "_claim_names")]
+    claim_names: Option<Value>,
+}
+
+/// The strings of a claim that should be a string array (other entries are ignored).
+fn string_list(claim: Option<&Value>) -> Vec<String> {
+    match claim {
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::String(one)) => vec![one.clone()],
+        _ => Vec::new(),
+    }
 }
 
 /// The token endpoint's JSON (RFC 6749 §5.1); `expires_in` may come as a number or a string.

@@ -45,7 +45,7 @@ pub enum AuthorizeError {
     UnknownClient,
     /// The `redirect_uri` is not one the client registered.
     #[error("redirect_uri not registered by the client")]
-    UnregisteredRedirectUri,
+    UnregisteredRedirectUri(String),
     /// Found after the redirect URI is validated: sent back to it with `error`, `state` and `iss` (RFC 9207).
     #[error("authorization error redirected to the client: {}", error.code.as_str())]
     Redirect { redirect_uri: String, error: OAuthError, state: Option<String>, issuer: String },
@@ -81,7 +81,7 @@ pub fn validate(
     let (redirect_uri, explicit) = match params.get("redirect_uri") {
         Some(requested) => match redirect_uri::find_match(&client.redirect_uris, requested) {
             Some(_) => (requested.to_owned(), true),
-            None => return Err(AuthorizeError::UnregisteredRedirectUri),
+            None => return Err(AuthorizeError::UnregisteredRedirectUri(requested.to_owned())),
         },
         None => match client.redirect_uris.as_slice() {
             [only] => (only.clone(), false),
@@ -181,7 +181,7 @@ mod tests {
         assert!(matches!(run(&ok_query().replace("client_id=c1", "client_id=zz")), Err(AuthorizeError::UnknownClient)));
         assert!(matches!(
             run(&ok_query().replace("app.example", "evil.example")),
-            Err(AuthorizeError::UnregisteredRedirectUri)
+            Err(AuthorizeError::UnregisteredRedirectUri(uri)) if uri == "https://evil.example/cb"
         ));
         assert!(matches!(run(&format!("{}&client_id=c1", ok_query())), Err(AuthorizeError::Invalid(_))));
     }

@@ -28,6 +28,9 @@ pub async fn register(
     req: Request<RequestBody>,
     source: rate_limit::Source,
 ) -> Result<Response<Body>, Error> {
+    if !registration_enabled(app) {
+        return Err(Error::RegistrationDisabled);
+    }
     let policy = &app.config.registration;
     if let Some(expected) = &policy.initial_access_token {
         use secrecy::ExposeSecret as _;
@@ -54,11 +57,14 @@ pub async fn register(
         None => return Err(Error::Capacity { what: "the client registration limit is reached", html: false }),
     }
     let config_uri = configuration_uri(&app.config.server.public_url, &registration.client.client_id);
-    let doc = register::response_body(
+    let mut doc = register::response_body(
         &registration.client,
         registration.secret.as_deref(),
         (Some(&registration.registration_token), &config_uri),
     );
+    if let (Some(kind), Some(obj)) = (registration.application_type, doc.as_object_mut()) {
+        obj.insert("application_type".into(), kind.as_str().into());
+    }
     tracing::info!(
         client_id = %registration.client.client_id,
         client_name = registration.client.client_name.as_deref().unwrap_or(""),
@@ -69,6 +75,12 @@ pub async fn register(
     let mut resp = json_response(StatusCode::CREATED, &doc);
     no_store(&mut resp);
     Ok(resp)
+}
+
+/// Whether `/register` accepts registrations: `registration.enabled` (MCP 2026-07-28 deprecates Dynamic Client
+/// Registration; a deployment that accepts only Client ID Metadata Documents turns it off).
+pub fn registration_enabled(app: &App) -> bool {
+    app.config.registration.enabled
 }
 
 /// RFC 7592 client configuration endpoint `/register/{client_id}`: read (GET), update (PUT), delete (DELETE),

@@ -6,6 +6,11 @@
 //!   inserted (§3.1), e.g. `/.well-known/oauth-protected-resource/mcp`.
 //! - RFC 9207: `authorization_response_iss_parameter_supported`, the proxy sends `iss` with every authorization
 //!   response.
+//! - MCP 2026-07-28 (SEP-2207): `offline_access` is left out of the protected-resource `scopes_supported` (and of
+//!   every `WWW-Authenticate` scope, [`challenge_scopes`]); the authorization server metadata still lists it, it
+//!   is still asked of the IdP and still accepted from clients.
+//! - `registration.enabled = false` (Dynamic Client Registration off, deprecated by MCP 2026-07-28): no
+//!   `registration_endpoint`.
 //! - `client_id_metadata_document_supported` (draft-ietf-oauth-client-id-metadata-document §5): URL client_ids
 //!   are accepted unless `client_metadata_documents.enabled = false`.
 
@@ -29,7 +34,7 @@ impl Metadata {
         let base = &config.server.public_url;
         let scopes = &config.idp.scopes;
         let auth_methods = ["none", "client_secret_basic", "client_secret_post"];
-        let as_doc = json!({
+        let mut as_doc = json!({
             "issuer": base,
             "authorization_endpoint": endpoint(base, Route::Authorize),
             "token_endpoint": endpoint(base, Route::Token),
@@ -46,10 +51,15 @@ impl Metadata {
             "authorization_response_iss_parameter_supported": true,
             "client_id_metadata_document_supported": config.client_documents.enabled,
         });
+        if !config.registration.enabled {
+            if let Some(doc) = as_doc.as_object_mut() {
+                doc.remove("registration_endpoint");
+            }
+        }
         let prm_doc = json!({
             "resource": config.resource_url(),
             "authorization_servers": [base],
-            "scopes_supported": scopes,
+            "scopes_supported": challenge_scopes(scopes),
             "bearer_methods_supported": ["header"],
             "resource_name": "dcr-proxy protected MCP server",
         });
@@ -64,6 +74,15 @@ impl Metadata {
         }
     }
 }
+
+/// The scopes a protected resource names (RFC 9728 `scopes_supported`, `WWW-Authenticate` scope): all but
+/// `offline_access`, which is about the client's refresh tokens, not the resource (MCP 2026-07-28, SEP-2207).
+pub fn challenge_scopes<'a>(scopes: impl IntoIterator<Item = &'a String>) -> Vec<&'a str> {
+    scopes.into_iter().map(String::as_str).filter(|s| *s != OFFLINE_ACCESS).collect()
+}
+
+/// The OIDC scope that asks for a refresh token.
+pub const OFFLINE_ACCESS: &str = "offline_access";
 
 /// The URL of one of the proxy's endpoints.
 fn endpoint(base: &str, route: Route) -> String {

@@ -5,6 +5,15 @@
 //! Cursor's `cursor://anysphere.cursor-mcp/oauth/callback`) passes only when the operator lists it exactly
 //! (`registration.private_use_redirect_uris`): MCP allows only https and loopback, so each one is a deliberate,
 //! narrow exception (the code is still PKCE-bound, the same local-machine trust as a loopback callback).
+//! `application_type` (OpenID Connect Dynamic Client Registration 1.0 §2; MCP 2026-07-28 asks clients to send it,
+//! SEP-837), when the client sends it: `web` allows only `https` URIs on a host that is not loopback; `native`
+//! allows the three redirects of RFC 8252 §7: private-use schemes (§7.1: a reverse-domain scheme such as
+//! `com.example.app:/cb`, or one the operator lists), claimed `https` URIs (§7.2) and `http` on a loopback host
+//! (§7.3), never plain `http` elsewhere. (OIDC Registration names only the first and the last for native clients;
+//! the MCP 2.x SDK sends `native` for any registration that lists a loopback or app-scheme URI beside its https
+//! ones, as VS Code's and Cursor's do.) RFC 7591 defines no `application_type`; OIDC's
+//! default `web` constrains only implicit-grant clients, which this server does not serve, so a registration
+//! without it keeps the rules above.
 //! Authorization (RFC 6749 §3.1.2.3, OAuth 2.1 §4.1.1): the requested URI must equal a registered one exactly,
 //! except that for a loopback `http` URI the port may differ (RFC 8252 §7.3).
 
@@ -79,6 +88,66 @@ pub fn validate_for_registration(uri: &str, private_use: &[String]) -> Result<()
         _ if private_use.iter().any(|p| p == uri) => Ok(()),
         other => Err(format!("`{uri}`: scheme `{other}` is not allowed; use https or http on loopback")),
     }
+}
+
+/// OIDC Registration §2 `application_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplicationType {
+    Web,
+    Native,
+}
+
+impl ApplicationType {
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "web" => Some(Self::Web),
+            "native" => Some(Self::Native),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Web => "web",
+            Self::Native => "native",
+        }
+    }
+}
+
+/// Checks a redirect URI offered with an `application_type`; the error names the field.
+pub fn validate_for_application_type(uri: &str, kind: ApplicationType, private_use: &[String]) -> Result<(), String> {
+    if uri.len() > MAX_LEN {
+        return Err(format!("redirect URI longer than {MAX_LEN} characters"));
+    }
+    let url = Url::parse(uri).map_err(|e| format!("`{uri}` is not an absolute URI: {e}"))?;
+    if url.fragment().is_some() || uri.contains('#') {
+        return Err(format!("`{uri}` must not contain a fragment"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("`{uri}` must not contain user information"));
+    }
+    let scheme = url.scheme();
+    let allowed = match kind {
+        ApplicationType::Web => scheme == "https" && url.host().is_some() && !is_loopback(&url),
+        ApplicationType::Native => {
+            (scheme == "http" && is_loopback(&url))
+                || (scheme == "https" && url.host().is_some())
+                || private_use.iter().any(|p| p == uri)
+                || (scheme.contains('.') && !FORBIDDEN_SCHEMES.contains(&scheme))
+        }
+    };
+    if allowed {
+        return Ok(());
+    }
+    Err(match kind {
+        ApplicationType::Web => {
+            format!("`{uri}`: `application_type` \"web\" allows only https redirect URIs on a non-loopback host")
+        }
+        ApplicationType::Native => format!(
+            "`{uri}`: `application_type` \"native\" allows https, http on a loopback host (127.0.0.1, [::1], \
+             localhost) or a private-use scheme such as com.example.app:/callback"
+        ),
+    })
 }
 
 /// The operator's redirect-URI allowlist: hosts (`loopback` stands for every loopback host) and URL prefixes
@@ -184,6 +253,26 @@ mod tests {
         assert!(v("/relative").is_err());
         assert!(v("https://user:pw@a.example/cb").is_err());
         assert!(v("cursor://anysphere.cursor-mcp/oauth/callback").is_err());
+    }
+
+    #[test]
+    fn application_type_decides_which_redirects_pass() {
+        let listed = vec!["cursor://anysphere.cursor-mcp/oauth/callback".to_owned()];
+        let web = |u: &str| validate_for_application_type(u, ApplicationType::Web, &listed);
+        let native = |u: &str| validate_for_application_type(u, ApplicationType::Native, &listed);
+        assert!(web("https://app.example/cb").is_ok());
+        for bad in ["http://127.0.0.1:9/cb", "https://localhost/cb", "https://127.0.0.1/cb", "com.example.app:/cb"] {
+            assert!(web(bad).is_err_and(|e| e.contains("application_type")), "{bad}");
+        }
+        for ok in ["http://127.0.0.1:9/cb", "http://[::1]/cb", "http://localhost:3/cb", "com.example.app:/cb"] {
+            assert!(native(ok).is_ok(), "{ok}");
+        }
+        assert!(native("cursor://anysphere.cursor-mcp/oauth/callback").is_ok());
+        assert!(native("https://vscode.dev/redirect").is_ok());
+        for bad in ["http://app.example/cb", "javascript:alert(1)", "myapp:/cb", "x.y:/cb#f"] {
+            assert!(native(bad).is_err(), "{bad}");
+        }
+        assert_eq!(ApplicationType::parse("desktop"), None);
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //!   naming the field, or `invalid_redirect_uri` for `redirect_uris`. The same check applies to RFC 7592 updates
 //!   and to Client ID Metadata Documents, which go through [`validate_metadata`].
 //!
+//! - `application_type` (OIDC Registration §2, MCP 2026-07-28 SEP-837): `web` or `native` decides which redirect
+//!   URIs pass ([`redirect_uri::validate_for_application_type`]); absent, the RFC 7591 / RFC 8252 rules apply
+//!   (RFC 7591 has no such field). Any other value is `invalid_client_metadata` naming the field. The value is
+//!   echoed in the registration response.
+//!
 //! The client secret is returned once and kept only as its SHA-256 hash.
 
 use serde_json::{json, Map, Value};
@@ -67,6 +72,8 @@ pub struct Registration {
     pub secret: Option<String>,
     /// RFC 7592 registration access token, returned once.
     pub registration_token: String,
+    /// The `application_type` the client sent, echoed in the response.
+    pub application_type: Option<redirect_uri::ApplicationType>,
 }
 
 /// Client metadata that passed the RFC 7591 §2 rules; shared by registration and Client ID Metadata Documents.
@@ -80,6 +87,8 @@ pub struct ClientMetadata {
     pub response_types: Vec<String>,
     pub client_name: Option<String>,
     pub scope: Option<String>,
+    /// OIDC Registration §2 `application_type`, when sent.
+    pub application_type: Option<redirect_uri::ApplicationType>,
 }
 
 impl ClientMetadata {
@@ -110,7 +119,7 @@ impl ClientMetadata {
 }
 
 /// The metadata fields whose text is (or may become) stored, echoed or shown: RFC 7591 §2 and RFC 7592.
-const TEXT_FIELDS: [&str; 16] = [
+const TEXT_FIELDS: [&str; 17] = [
     "redirect_uris",
     "client_name",
     "client_uri",
@@ -127,6 +136,7 @@ const TEXT_FIELDS: [&str; 16] = [
     "token_endpoint_auth_method",
     "client_id",
     "client_secret",
+    "application_type",
 ];
 
 /// Refuses a control or format character ([`html::is_control_or_format`]) in any string of a text field, or of
@@ -173,8 +183,18 @@ pub fn validate_metadata(body: &Value, allowed: &redirect_uri::Allowlist) -> Res
     if redirect_uris.len() > MAX_REDIRECT_URIS {
         return Err(redirect_error(format!("at most {MAX_REDIRECT_URIS} `redirect_uris` are accepted")));
     }
+    let application_type = match string_field(obj, "application_type")? {
+        None => None,
+        Some(t) => Some(redirect_uri::ApplicationType::parse(&t).ok_or_else(|| {
+            metadata_error(format!("`application_type` `{t}` is not supported; use \"web\" or \"native\""))
+        })?),
+    };
     for uri in &redirect_uris {
-        redirect_uri::validate_for_registration(uri, &allowed.private_use).map_err(redirect_error)?;
+        match application_type {
+            None => redirect_uri::validate_for_registration(uri, &allowed.private_use),
+            Some(kind) => redirect_uri::validate_for_application_type(uri, kind, &allowed.private_use),
+        }
+        .map_err(redirect_error)?;
         if !allowed.allows(uri) {
             return Err(redirect_error(format!("`{uri}`: this server does not accept redirect URIs on that host")));
         }
@@ -217,6 +237,7 @@ pub fn validate_metadata(body: &Value, allowed: &redirect_uri::Allowlist) -> Res
         response_types: dedup(response_types),
         client_name,
         scope,
+        application_type,
     })
 }
 
@@ -224,6 +245,7 @@ pub fn validate_metadata(body: &Value, allowed: &redirect_uri::Allowlist) -> Res
 /// `allowed` is the operator's redirect-URI allowlist (empty: any URI the rules accept).
 pub fn register(body: &Value, now: UnixTime, allowed: &redirect_uri::Allowlist) -> Result<Registration, OAuthError> {
     let metadata = validate_metadata(body, allowed)?;
+    let application_type = metadata.application_type;
     let auth_method = metadata.auth_method.unwrap_or(ClientAuthMethod::ClientSecretBasic);
     let secret = (auth_method != ClientAuthMethod::None).then(crypto::random_token);
     let registration_token = crypto::random_token();
@@ -234,7 +256,7 @@ pub fn register(body: &Value, now: UnixTime, allowed: &redirect_uri::Allowlist) 
         Some(TokenHash::of(&registration_token)),
         now,
     );
-    Ok(Registration { client, secret, registration_token })
+    Ok(Registration { client, secret, registration_token, application_type })
 }
 
 /// RFC 7592 §2.2: replaces a client's metadata. The body must name the client's `client_id`; a `client_secret`,
@@ -368,6 +390,26 @@ mod tests {
             Some(ErrorCode::InvalidClientMetadata)
         );
         assert_eq!(code(json!([1, 2])), Some(ErrorCode::InvalidClientMetadata));
+    }
+
+    #[test]
+    fn application_type_is_checked_against_the_redirect_uris_and_named() {
+        let reg = |t: Value, uri: &str| {
+            register(&json!({"redirect_uris": [uri], "application_type": t}), 1, &Default::default())
+        };
+        assert!(reg(json!("native"), "http://127.0.0.1:5/cb").is_ok_and(|r| r.application_type.is_some()));
+        assert!(reg(json!("web"), "https://a.example/cb").is_ok());
+        assert!(reg(Value::Null, "http://127.0.0.1:5/cb").is_ok_and(|r| r.application_type.is_none()));
+        for (t, uri, code) in [
+            (json!("web"), "http://127.0.0.1:5/cb", ErrorCode::InvalidRedirectUri),
+            (json!("native"), "http://a.example/cb", ErrorCode::InvalidRedirectUri),
+            (json!("desktop"), "https://a.example/cb", ErrorCode::InvalidClientMetadata),
+            (json!(1), "https://a.example/cb", ErrorCode::InvalidClientMetadata),
+        ] {
+            let err = reg(t.clone(), uri).err();
+            assert_eq!(err.as_ref().map(|e| e.code), Some(code), "{t} {uri}");
+            assert!(err.is_some_and(|e| e.description.contains("application_type")), "{t} {uri}");
+        }
     }
 
     #[test]

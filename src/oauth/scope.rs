@@ -63,8 +63,11 @@ pub fn missing_for_path<'a>(rules: &'a [PathScopes], path: &str, granted: &str) 
 
 /// The scope to put in a 403 `insufficient_scope` challenge: the granted scopes and then the missing ones (the
 /// client asks for all of them again and keeps what it had). `None` when nothing is missing.
+///
+/// `offline_access` is never put in the challenge (MCP 2026-07-28, SEP-2207): it is about refresh tokens, which the
+/// proxy issues whatever the scope.
 pub fn step_up<'a>(granted: &'a str, missing: impl IntoIterator<Item = &'a str>) -> Option<(String, String)> {
-    let mut wanted: Vec<&str> = granted.split(' ').filter(|s| !s.is_empty()).collect();
+    let mut wanted: Vec<&str> = granted.split(' ').filter(|s| !s.is_empty() && *s != "offline_access").collect();
     let mut added: Vec<&str> = Vec::new();
     for scope in missing {
         if !wanted.contains(&scope) {
@@ -75,7 +78,8 @@ pub fn step_up<'a>(granted: &'a str, missing: impl IntoIterator<Item = &'a str>)
     (!added.is_empty()).then(|| (wanted.join(" "), added.join(" ")))
 }
 
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+/// Whether `path` is `prefix` or below it, without regard to ASCII case (an empty prefix matches every path).
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
     path.len() >= prefix.len()
         && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
@@ -128,6 +132,10 @@ mod tests {
             Some(("openid profile Mail.Send".to_owned(), "Mail.Send".to_owned()))
         );
         assert_eq!(step_up("openid", ["openid"]), None);
+        assert_eq!(
+            step_up("openid offline_access", ["Mail.Send"]),
+            Some(("openid Mail.Send".to_owned(), "Mail.Send".to_owned()))
+        );
     }
 
     #[test]

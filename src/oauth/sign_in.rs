@@ -52,7 +52,8 @@ pub async fn authorize(app: &App, req: &Request<RequestBody>) -> Result<Response
     let ttl = app.config.tokens.pending_ttl.as_secs();
     let pending = PendingAuthorization { request, browser: TokenHash::of(&browser), expires_at: app.clock.now() + ttl };
     let ticket = ConsentTicket::new(pending, &csrf);
-    let mut resp = consent::render(&client, &ticket.pending.request, &app.sign_ins.seal(&ticket), &csrf);
+    let mut resp =
+        consent::render(&client, &ticket.pending.request, &app.sign_ins.seal(&ticket), &csrf, &app.config.pages);
     if let Some(cookie) = consent::set_cookie(app.config.is_https(), &browser, ttl) {
         resp.headers_mut().insert(header::SET_COOKIE, cookie);
     }
@@ -147,7 +148,7 @@ pub async fn show_login(app: &App, req: &Request<RequestBody>) -> Result<Respons
     let params = Params::parse(req.uri().query().unwrap_or("").as_bytes()).map_err(|_| login_state_error())?;
     let state = params.get("state");
     live::<IdpTicket>(app, state, req.headers()).await?.ok_or_else(login_state_error)?;
-    Ok(local::login_page(state.unwrap_or(""), None))
+    Ok(local::login_page(&app.config.pages, state.unwrap_or(""), None))
 }
 
 /// `POST /login`: checks the local user's password; a right one finishes the sign-in.
@@ -163,7 +164,7 @@ pub async fn submit_login(app: &App, req: Request<RequestBody>) -> Result<Respon
         Err(local::LoginRefusal::Busy) => {
             tracing::info!("local login not checked: every password check is busy");
             let wait = app.config.limits.password_check_wait;
-            return Ok(local::busy_page(state, wait.as_secs() + u64::from(wait.subsec_nanos() > 0)));
+            return Ok(local::busy_page(&app.config.pages, state, wait.as_secs() + u64::from(wait.subsec_nanos() > 0)));
         }
         Err(refusal) => {
             tracing::info!(reason = %refusal, "local login not checked");
@@ -172,7 +173,7 @@ pub async fn submit_login(app: &App, req: Request<RequestBody>) -> Result<Respon
     };
     let Some(identity) = identity else {
         tracing::info!("local login failed");
-        return Ok(local::login_page(state, Some("Wrong username or password.")));
+        return Ok(local::login_page(&app.config.pages, state, Some("Wrong username or password.")));
     };
     // A wrong password leaves the state usable; a right one spends it.
     if !spend(app, &request).await? {

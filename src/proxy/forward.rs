@@ -20,10 +20,12 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// A forwarded request's body: the client's, streamed, or none for a replayed bodiless request.
+/// A forwarded request's body: the client's, streamed, or none for a replayed bodiless request, or the bytes the
+/// tool policy read and judged.
 pub enum UpstreamBody {
     Streamed(RequestBody),
     Empty,
+    Buffered(Option<bytes::Bytes>),
 }
 
 impl hyper::body::Body for UpstreamBody {
@@ -37,6 +39,7 @@ impl hyper::body::Body for UpstreamBody {
         match self.get_mut() {
             Self::Streamed(b) => std::pin::Pin::new(b).poll_frame(cx),
             Self::Empty => std::task::Poll::Ready(None),
+            Self::Buffered(b) => std::task::Poll::Ready(b.take().map(|d| Ok(hyper::body::Frame::data(d)))),
         }
     }
 
@@ -44,6 +47,7 @@ impl hyper::body::Body for UpstreamBody {
         match self {
             Self::Streamed(b) => b.is_end_stream(),
             Self::Empty => true,
+            Self::Buffered(b) => b.is_none(),
         }
     }
 
@@ -51,6 +55,7 @@ impl hyper::body::Body for UpstreamBody {
         match self {
             Self::Streamed(b) => b.size_hint(),
             Self::Empty => hyper::body::SizeHint::with_exact(0),
+            Self::Buffered(b) => hyper::body::SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }

@@ -11,6 +11,8 @@
 //!   directly; an upstream `insufficient_scope` becomes the proxy's step-up (RFC 6750 §3.1) for scopes it offers.
 //! - One canonical path ([`target::canonical_path`]) decides both the `upstream.required_scopes` policy and what
 //!   the upstream gets.
+//! - With `[[policy.tools]]` rules, an MCP POST is read and judged by the tool policy ([`tool_policy`]) before
+//!   the credential is swapped; a refused call never reaches the upstream, and listings are narrowed.
 //!
 //! [`handle`] is the policy, in that order; it needs only a [`Context`], never the whole application.
 //! [`userinfo`] answers from the same bearer lookup.
@@ -19,6 +21,7 @@ pub mod bearer;
 pub mod forward;
 pub mod headers;
 pub mod target;
+pub mod tool_policy;
 pub mod userinfo;
 
 use std::net::SocketAddr;
@@ -56,6 +59,12 @@ pub struct Context<'a> {
     /// The path-inserted RFC 9728 document's path (one of the proxy's own endpoints).
     pub protected_resource_path: &'a str,
     pub refresh: RefreshPolicy,
+    /// `[[policy.tools]]` (empty: MCP bodies are streamed without being read).
+    pub tool_rules: &'a [crate::policy::ToolRule],
+    /// `policy.max_body_bytes`: the largest MCP body the tool policy reads, and the largest listing it narrows.
+    pub policy_max_body: usize,
+    /// `upstream.resource_path`: the MCP endpoint the tool policy judges.
+    pub resource_path: &'a str,
 }
 
 /// Forwards a request behind its bearer token: authenticate, canonicalise the path, check the path's required
@@ -84,7 +93,6 @@ pub async fn handle(
         tracing::info!(client_id = %grant.client_id, %missing, "token lacks a required scope");
         return Err(Error::InsufficientScope { scope, missing, resource_metadata: cx.resource_metadata.to_owned() });
     }
-    let auth = bearer::upstream_auth(cx, &grant).await?;
     // A request without a body can be sent again after an upstream refresh; keep what that needs.
     let replay = replayable(&req).then(|| {
         let mut copy = Request::new(UpstreamBody::Empty);
@@ -94,8 +102,14 @@ pub async fn handle(
         *copy.headers_mut() = req.headers().clone();
         copy
     });
+    let (req, listing) = if tool_policy::applies(cx, req.method(), path.as_str()) {
+        tool_policy::judge(cx, &grant, req).await?
+    } else {
+        (req.map(UpstreamBody::Streamed), None)
+    };
+    let auth = bearer::upstream_auth(cx, &grant).await?;
     let sent = auth.clone();
-    let mut resp = cx.forwarder.forward(req.map(UpstreamBody::Streamed), auth, peer).await?;
+    let mut resp = cx.forwarder.forward(req, auth, peer).await?;
     if let (StatusCode::UNAUTHORIZED, bearer::UpstreamAuth::Bearer(rejected)) = (resp.status(), &sent) {
         // Whatever the method: the grant's next request refreshes the IdP token first. A request without a body is
         // retried once now with a fresh token.
@@ -129,7 +143,10 @@ pub async fn handle(
         }
         resp.headers_mut().remove(header::WWW_AUTHENTICATE);
     }
-    Ok(resp)
+    match listing {
+        Some(caller) => tool_policy::narrow_listing(resp, caller, cx.policy_max_body).await,
+        None => Ok(resp),
+    }
 }
 
 /// An upstream asking for more scope (`error="insufficient_scope"`): the step-up the client makes at the proxy,

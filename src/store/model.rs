@@ -120,6 +120,16 @@ pub struct Identity {
     /// Entra tenant id (`tid`), when the IdP is Azure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tid: Option<String>,
+    /// The id_token's `groups` claim (Entra: group object ids), for `[[policy.tools]] groups`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// The id_token's `roles` claim (Entra app roles), for `[[policy.tools]] groups`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// The id_token named a `groups` overage source (`_claim_names.groups`) instead of the list: too many groups
+    /// for a token. Group rules then refuse, naming the fix (app roles).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub groups_overage: bool,
 }
 
 /// Tokens the IdP issued to the proxy for one user.

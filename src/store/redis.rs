@@ -35,7 +35,7 @@ use futures_util::StreamExt as _;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::outcome::{StoreError, UpstreamTurn};
-use super::snapshot::{client_from, client_rec, login_from, login_rec, ClientRec, LoginRec};
+use super::snapshot::{client_from, client_rec, login_from, login_rec, ClientRec, LoginRec, MembershipRec};
 use super::*;
 use crate::clock::{Clock, UnixTime};
 use crate::config::RedisConfig;
@@ -94,6 +94,8 @@ struct GrantRecord {
     expires_at: UnixTime,
     upstream_obtained_at: UnixTime,
     upstream_refreshed_at: UnixTime,
+    /// The identity's groups, roles and overage mark (`[[policy.tools]]`), which `LoginRec` does not carry.
+    membership: Option<MembershipRec>,
 }
 
 /// A live code as kept in Redis (sealed).
@@ -102,6 +104,7 @@ struct CodeRecord {
     request: AuthorizationRequest,
     expires_at: UnixTime,
     login: LoginRec,
+    membership: Option<MembershipRec>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -295,6 +298,7 @@ impl RedisStore {
             expires_at: grant.expires_at(),
             upstream_obtained_at: grant.upstream_obtained_at.load(Relaxed),
             upstream_refreshed_at: grant.upstream_refreshed_at.load(Relaxed),
+            membership: MembershipRec::of(&grant.identity),
         }
     }
 
@@ -327,9 +331,12 @@ impl RedisStore {
             }
             return Ok(Some(local));
         }
-        let Some(login) = login_from(rec.login) else {
+        let Some(mut login) = login_from(rec.login) else {
             return Ok(None);
         };
+        if let Some(membership) = rec.membership {
+            membership.apply(&mut login.identity);
+        }
         let grant = Grant::restore(id, rec.client_id, rec.scope, rec.resource, login, rec.created_at, rec.expires_at);
         grant.upstream_obtained_at.store(rec.upstream_obtained_at, Relaxed);
         grant.upstream_refreshed_at.store(rec.upstream_refreshed_at, Relaxed);
@@ -557,6 +564,7 @@ impl RedisStore {
             request: code.request.clone(),
             expires_at: code.expires_at,
             login: login_rec(&code.login.credential, &code.login.identity),
+            membership: MembershipRec::of(&code.login.identity),
         };
         let sealed = self.seal(&key, &encode(&rec)?);
         self.set_ex(&key, &sealed, code.expires_at).await
@@ -576,11 +584,16 @@ impl RedisStore {
                     return Ok(CodeRedemption::Unknown);
                 };
                 match login_from(rec.login) {
-                    Some(login) => CodeRedemption::Taken(Box::new(AuthorizationCode {
-                        request: rec.request,
-                        expires_at: rec.expires_at,
-                        login,
-                    })),
+                    Some(mut login) => {
+                        if let Some(membership) = rec.membership {
+                            membership.apply(&mut login.identity);
+                        }
+                        CodeRedemption::Taken(Box::new(AuthorizationCode {
+                            request: rec.request,
+                            expires_at: rec.expires_at,
+                            login,
+                        }))
+                    }
                     None => CodeRedemption::Unknown,
                 }
             }
@@ -740,6 +753,7 @@ impl RedisStore {
                 request: c.request.clone(),
                 expires_at: c.expires_at,
                 login: login_rec(&c.login.credential, &c.login.identity),
+                membership: MembershipRec::of(&c.login.identity),
             };
             codes.push((key.clone(), self.seal(&key, &encode(&rec)?), c.expires_at));
         }

@@ -5,6 +5,10 @@
 //! issued appear only as their SHA-256 hashes (refresh tokens: the family id's hash, the generation, the hashes of
 //! the current and the just-rotated token); the upstream (IdP) tokens only inside the ciphertext.
 //!
+//! The encoding of `SnapshotV2` may be followed by that of `Memberships`: the id_token's groups and roles of the
+//! grants and codes that have any (the tool policy's input). Readers that predate it ignore the trailing bytes
+//! (postcard reads a value and leaves the rest), and a file without it reads as "no groups": no version change.
+//!
 //! Version 1 (one record per refresh token ever rotated, and per-grant access scopes absent) is refused with a
 //! message saying so: its refresh tokens have no family and cannot be carried over.
 //!
@@ -150,6 +154,48 @@ struct SnapshotV2 {
     spent_codes: Vec<([u8; 32], u128, UnixTime)>,
 }
 
+/// The groups, roles and overage mark of one identity.
+#[derive(Serialize, Deserialize, Default)]
+pub(super) struct MembershipRec {
+    groups: Vec<String>,
+    roles: Vec<String>,
+    overage: bool,
+}
+
+impl MembershipRec {
+    pub(super) fn of(i: &Identity) -> Option<Self> {
+        let any = !i.groups.is_empty() || !i.roles.is_empty() || i.groups_overage;
+        any.then(|| Self { groups: i.groups.clone(), roles: i.roles.clone(), overage: i.groups_overage })
+    }
+
+    pub(super) fn apply(self, i: &mut Identity) {
+        (i.groups, i.roles, i.groups_overage) = (self.groups, self.roles, self.overage);
+    }
+}
+
+/// The section after `SnapshotV2`: memberships by grant id and by code hash.
+#[derive(Serialize, Deserialize, Default)]
+struct Memberships {
+    grants: Vec<(u128, MembershipRec)>,
+    codes: Vec<([u8; 32], MembershipRec)>,
+}
+
+fn collect_memberships(store: &Store) -> Memberships {
+    Memberships {
+        grants: store
+            .grants
+            .iter()
+            .filter(|g| !g.is_revoked())
+            .filter_map(|g| MembershipRec::of(&g.identity).map(|m| (g.id.0, m)))
+            .collect(),
+        codes: store
+            .codes
+            .iter()
+            .filter_map(|c| MembershipRec::of(&c.login.identity).map(|m| (c.key().0, m)))
+            .collect(),
+    }
+}
+
 pub(super) fn login_rec(credential: &UpstreamCredential, identity: &Identity) -> LoginRec {
     let i = identity.clone();
     LoginRec {
@@ -180,8 +226,14 @@ pub(super) fn login_from(rec: LoginRec) -> Option<UpstreamLogin> {
         None => UpstreamCredential::Local,
     };
     let i = rec.identity;
-    let identity =
-        Identity { sub: i.sub, name: i.name, email: i.email, preferred_username: i.preferred_username, tid: i.tid };
+    let identity = Identity {
+        sub: i.sub,
+        name: i.name,
+        email: i.email,
+        preferred_username: i.preferred_username,
+        tid: i.tid,
+        ..Identity::default()
+    };
     Some(UpstreamLogin { credential, identity })
 }
 
@@ -298,9 +350,10 @@ fn collect(store: &Store, now: UnixTime) -> SnapshotV2 {
 pub fn write(store: &Store, now: UnixTime, path: &Path, key: &SnapshotKey) -> Result<usize, SnapshotError> {
     let io = |source| SnapshotError::Io { path: path.to_owned(), source };
     let snapshot = collect(store, now);
-    let plain = postcard::to_allocvec(&snapshot)
-        .map_err(|e| SnapshotError::Decode { path: path.to_owned(), reason: e.to_string() })?;
+    let encode_error = |e: postcard::Error| SnapshotError::Decode { path: path.to_owned(), reason: e.to_string() };
+    let mut plain = postcard::to_allocvec(&snapshot).map_err(encode_error)?;
     drop(snapshot);
+    plain.extend(postcard::to_allocvec(&collect_memberships(store)).map_err(encode_error)?);
     let mut header = MAGIC.to_vec();
     header.push(VERSION);
     let mut sealed = plain;
@@ -362,12 +415,16 @@ pub fn load(path: &Path, key: &SnapshotKey, now: UnixTime) -> Result<Store, Snap
     let range = Sealer::new(&key.0)
         .open_in_place(header, sealed)
         .map_err(|_| SnapshotError::Decrypt { path: path.to_owned() })?;
-    let snapshot: SnapshotV2 = postcard::from_bytes(&sealed[range])
-        .map_err(|e| SnapshotError::Decode { path: path.to_owned(), reason: e.to_string() })?;
-    Ok(rebuild(snapshot, now))
+    let decode_error = |e: postcard::Error| SnapshotError::Decode { path: path.to_owned(), reason: e.to_string() };
+    let (snapshot, rest): (SnapshotV2, &[u8]) = postcard::take_from_bytes(&sealed[range]).map_err(decode_error)?;
+    let memberships: Memberships =
+        if rest.is_empty() { Memberships::default() } else { postcard::from_bytes(rest).map_err(decode_error)? };
+    Ok(rebuild(snapshot, memberships, now))
 }
 
-fn rebuild(s: SnapshotV2, now: UnixTime) -> Store {
+fn rebuild(s: SnapshotV2, memberships: Memberships, now: UnixTime) -> Store {
+    let mut grant_members: HashMap<u128, MembershipRec> = memberships.grants.into_iter().collect();
+    let mut code_members: HashMap<[u8; 32], MembershipRec> = memberships.codes.into_iter().collect();
     let store = Store::new();
     for c in s.clients {
         let Some(auth_method) = ClientAuthMethod::parse(&c.auth_method) else {
@@ -392,9 +449,12 @@ fn rebuild(s: SnapshotV2, now: UnixTime) -> Store {
         );
     }
     for g in s.grants.into_iter().filter(|g| g.expires_at > now) {
-        let Some(login) = login_from(g.login) else {
+        let Some(mut login) = login_from(g.login) else {
             continue;
         };
+        if let Some(m) = grant_members.remove(&g.id) {
+            m.apply(&mut login.identity);
+        }
         let grant = Grant::restore(GrantId(g.id), g.client_id, g.scope, g.resource, login, g.created_at, g.expires_at);
         grant.upstream_obtained_at.store(g.upstream_obtained_at, std::sync::atomic::Ordering::Relaxed);
         grant.upstream_refreshed_at.store(g.upstream_refreshed_at, std::sync::atomic::Ordering::Relaxed);
@@ -422,9 +482,12 @@ fn rebuild(s: SnapshotV2, now: UnixTime) -> Store {
         store.grants.insert(grant.id, grant);
     }
     for c in s.codes.into_iter().filter(|c| c.expires_at > now) {
-        let Some(login) = login_from(c.login) else {
+        let Some(mut login) = login_from(c.login) else {
             continue;
         };
+        if let Some(m) = code_members.remove(&c.hash) {
+            m.apply(&mut login.identity);
+        }
         store.codes.insert(
             TokenHash(c.hash),
             AuthorizationCode {
@@ -467,6 +530,50 @@ mod tests {
         store.access_tokens.insert(TokenHash::of("expired"), AccessToken::new(grant.clone(), 150));
         store.grants.insert(grant.id, grant);
         (store, access)
+    }
+
+    #[test]
+    fn groups_and_roles_round_trip_and_a_file_without_them_still_loads() {
+        let dir = std::env::temp_dir().join(format!("dcrp-snap-{}", crate::crypto::random_token()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("state.snapshot");
+        let key = SnapshotKey([5u8; 32]);
+        let store = Store::new();
+        let identity = Identity {
+            sub: "bob".into(),
+            groups: vec!["g-admins".into()],
+            roles: vec!["Admin".into()],
+            groups_overage: true,
+            ..Identity::default()
+        };
+        let grant = Grant::new(
+            "c1".into(),
+            vec!["openid".into()],
+            None,
+            UpstreamLogin { credential: UpstreamCredential::Local, identity },
+            100,
+        );
+        grant.extend_to(9000);
+        store.grants.insert(grant.id, grant.clone());
+        assert!(write(&store, 200, &path, &key).is_ok());
+        let loaded = load(&path, &key, 200).unwrap_or_default();
+        let back = loaded.grants.get(&grant.id).map(|g| g.identity.clone()).unwrap_or_default();
+        assert_eq!(
+            (back.groups, back.roles, back.groups_overage),
+            (vec!["g-admins".into()], vec!["Admin".into()], true)
+        );
+
+        // A file as written before the membership section: the SnapshotV2 encoding alone.
+        let plain = postcard::to_allocvec(&collect(&store, 200)).unwrap_or_default();
+        let mut header = MAGIC.to_vec();
+        header.push(VERSION);
+        let mut sealed = plain;
+        let nonce = Sealer::new(&key.0).seal_in_place(&header, &mut sealed);
+        let _ = std::fs::write(&path, [header, nonce.to_vec(), sealed].concat());
+        let loaded = load(&path, &key, 200).unwrap_or_default();
+        let back = loaded.grants.get(&grant.id).map(|g| g.identity.clone()).unwrap_or_default();
+        assert_eq!((back.sub.as_str(), back.groups.len()), ("bob", 0));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

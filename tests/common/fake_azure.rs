@@ -64,6 +64,8 @@ pub struct AzureState {
     pub code_calls: usize,
     /// The newest access token issued.
     pub last_access_token: Option<String>,
+    /// Claims added to every id_token issued (`groups`, `roles`, `_claim_names`, …).
+    pub id_token_claims: serde_json::Map<String, Value>,
 }
 
 pub struct FakeAzure {
@@ -138,7 +140,7 @@ fn parse(q: &[u8]) -> (HashMap<String, String>, bool) {
     (map, dup)
 }
 
-fn sign_id_token(authority: &str, aud: &str, nonce: Option<&str>) -> String {
+fn sign_id_token(authority: &str, aud: &str, nonce: Option<&str>, extra: &serde_json::Map<String, Value>) -> String {
     let key = jsonwebtoken::EncodingKey::from_rsa_der(include_bytes!("../fixtures/fake_azure_rsa_pkcs1.der"));
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some(KID.to_owned());
@@ -157,6 +159,9 @@ fn sign_id_token(authority: &str, aud: &str, nonce: Option<&str>) -> String {
     });
     if let Some(n) = nonce {
         claims["nonce"] = json!(n);
+    }
+    for (k, v) in extra {
+        claims[k] = v.clone();
     }
     jsonwebtoken::encode(&header, &claims, &key).expect("sign id_token")
 }
@@ -517,7 +522,7 @@ fn token(
         doc["refresh_token"] = json!(rt);
     }
     if scope.split(' ').any(|s| s == "openid") {
-        doc["id_token"] = json!(sign_id_token(authority, &client_id, nonce.as_deref()));
+        doc["id_token"] = json!(sign_id_token(authority, &client_id, nonce.as_deref(), &st.id_token_claims));
     }
     json_ok(doc)
 }
