@@ -63,6 +63,7 @@ pub(crate) struct RawConfig {
     pub(crate) log: RawLog,
     #[serde(default)]
     pub(crate) policy: RawPolicy,
+    #[serde(default)]
     pub(crate) pages: super::pages::RawPages,
 }
 
