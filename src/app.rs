@@ -85,7 +85,9 @@ impl App {
     /// recording transport); `None`: the system resolver and reqwest.
     pub async fn new_on(config: Config, clock: Clock, network: Option<Network>) -> Result<Arc<Self>, StartError> {
         if let Some(redis) = &config.store.redis {
-            let store = crate::store::redis::RedisStore::connect(redis, clock.clone()).await?;
+            let store =
+                crate::store::redis::RedisStore::connect(redis, clock.clone(), config.registration.unused_client_ttl)
+                    .await?;
             tracing::info!(url = %redis.url.redacted(), "shared store on Redis");
             let idp = Idp::from_config(&config).await?;
             return Self::with_state(config, clock, idp, StateStore::Redis(store), network);

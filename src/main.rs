@@ -186,7 +186,8 @@ fn import_snapshot(config: &Config, path: &std::path::Path) -> ExitCode {
     };
     let imported = runtime.block_on(async {
         let now = clock.now();
-        let target = dcr_proxy::store::redis::RedisStore::connect(redis, clock).await?;
+        let target =
+            dcr_proxy::store::redis::RedisStore::connect(redis, clock, config.registration.unused_client_ttl).await?;
         target.import(&store, now).await
     });
     match imported {

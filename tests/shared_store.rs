@@ -326,3 +326,37 @@ async fn a_memory_snapshot_imported_into_redis_keeps_every_user_signed_in() {
     let resp = refresh(&r[1], &client_id, tokens["refresh_token"].as_str().unwrap()).await;
     assert_eq!(resp.status(), 200, "the refresh token moved, with its client");
 }
+
+#[tokio::test]
+async fn the_client_cap_counts_registrations_on_every_replica_and_unused_clients_expire() {
+    let redis = TestRedis::start().await;
+    let upstream = Upstream::start().await;
+    let mut r = Vec::new();
+    for _ in 0..2 {
+        let builder = TestProxy::builder().upstream(upstream.url()).local().redis(&redis);
+        r.push(builder.extra("[registration]\nmax_clients = 3\n").start().await);
+    }
+    let first = register_public_client(&r[0]).await;
+    register_public_client(&r[1]).await;
+    register_public_client(&r[0]).await;
+    let metadata = serde_json::json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"});
+    for proxy in &r {
+        let resp = http().post(proxy.url("/register")).json(&metadata).send().await.unwrap();
+        assert_eq!(resp.status(), 503, "three registrations across two replicas fill a cap of three");
+    }
+    let ttl = |id: String| {
+        let url = redis.url();
+        async move {
+            let client = redis::Client::open(url).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            redis::cmd("TTL").arg(format!("dcrp:client:{{c:{id}}}")).query_async::<i64>(&mut conn).await.unwrap()
+        }
+    };
+    assert!(ttl(first.clone()).await > 0, "a client that never signed in expires");
+    let mut browser = Browser::new();
+    let params = authorize(&r[1], &mut browser, &first).await;
+    assert_eq!(redeem(&r[0], &first, &params["code"]).await.status(), 200);
+    assert_eq!(ttl(first).await, -1, "a client that completed an authorization stays");
+    let resp = http().post(r[1].url("/register")).json(&metadata).send().await.unwrap();
+    assert_eq!(resp.status(), 201, "a used client no longer counts against the cap of unused ones");
+}

@@ -42,6 +42,8 @@ use crate::config::RedisConfig;
 use crate::crypto::{self, Sealer, TokenHash};
 
 const EVENTS: &str = "dcrp:events";
+/// Registrations not yet used, scored by their time (`registration.max_clients` across replicas).
+const REGISTRATIONS: &str = "dcrp:registrations";
 /// How long a replica may hold a grant's IdP-refresh lock (the IdP call and its retries fit well within it).
 const LOCK_MS: u64 = 30_000;
 /// How long a replica waits for another one's IdP refresh before giving up (503).
@@ -140,6 +142,8 @@ struct Inner {
     grants: DashMap<GrantId, Arc<Grant>>,
     cache_ttl: Duration,
     cache_entries: usize,
+    /// `registration.unused_client_ttl`: how long a registered client lives unless it completes an authorization.
+    unused_client_ttl: u64,
 }
 
 /// The shared store. Cheap to clone.
@@ -166,6 +170,11 @@ if v then return {1, v} end
 local s = redis.call('GET', KEYS[2])
 if s then return {2, s} end
 return {0, ''}
+";
+
+const COUNT_REGISTRATIONS: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+return redis.call('ZCARD', KEYS[1])
 ";
 
 const SWAP_FAMILY: &str = r"
@@ -208,7 +217,7 @@ return 1
 impl RedisStore {
     /// Connects (failing when Redis does not answer: the orchestrator restarts the proxy) and starts listening
     /// for revocations.
-    pub async fn connect(config: &RedisConfig, clock: Clock) -> Result<Self, StoreError> {
+    pub async fn connect(config: &RedisConfig, clock: Clock, unused_client_ttl: Duration) -> Result<Self, StoreError> {
         let client = ::redis::Client::open(config.url.0.as_str())
             .map_err(|e| StoreError::Unavailable(format!("store.redis_url {}: {e}", config.url.redacted())))?;
         let manager = ::redis::aio::ConnectionManagerConfig::new()
@@ -225,9 +234,15 @@ impl RedisStore {
             grants: DashMap::new(),
             cache_ttl: config.cache_ttl,
             cache_entries: config.cache_entries,
+            unused_client_ttl: unused_client_ttl.as_secs(),
         });
         tokio::spawn(listen(Arc::downgrade(&inner), client));
         Ok(Self { inner })
+    }
+
+    /// `registration.unused_client_ttl` in seconds.
+    pub fn unused_client_ttl(&self) -> u64 {
+        self.inner.unused_client_ttl
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -497,16 +512,20 @@ impl RedisStore {
         Ok(rec.and_then(|b| decode::<ClientRec>(&b)).and_then(client_from).map(Arc::new))
     }
 
+    /// Writes a client's metadata, keeping the expiry it has (an RFC 7592 update of a never-used client does not
+    /// make it permanent).
     pub async fn put_client(&self, client: &Client) -> Result<(), StoreError> {
         ::redis::cmd("SET")
             .arg(client_key(&client.client_id))
             .arg(encode(&client_rec(client))?)
+            .arg("KEEPTTL")
             .query_async::<()>(&mut self.conn())
             .await
             .map_err(unavailable)
     }
 
-    /// Rewrites a client that is in the store (`SET XX`); nothing for one that is not.
+    /// Rewrites a client that is in the store (`SET XX`, which also drops its expiry: a client that completed an
+    /// authorization stays) and takes it out of the count of unused registrations; nothing for one that is not.
     pub async fn update_client(&self, client: &Client) -> Result<(), StoreError> {
         ::redis::cmd("SET")
             .arg(client_key(&client.client_id))
@@ -514,7 +533,46 @@ impl RedisStore {
             .arg("XX")
             .query_async::<Option<String>>(&mut self.conn())
             .await
+            .map_err(unavailable)?;
+        ::redis::cmd("ZREM")
+            .arg(REGISTRATIONS)
+            .arg(&client.client_id)
+            .query_async::<i64>(&mut self.conn())
+            .await
             .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// Whether one more registration fits under `max_clients` across all replicas: registrations not yet used
+    /// and younger than `ttl_secs` are counted in one sorted set (older ones have expired with their key).
+    /// Concurrent registrations on several replicas may overshoot the cap by their number, never more.
+    pub async fn room_for_client(&self, ttl_secs: u64, max_clients: usize) -> Result<bool, StoreError> {
+        let now = self.inner.clock.now();
+        let count: i64 = ::redis::Script::new(COUNT_REGISTRATIONS)
+            .key(REGISTRATIONS)
+            .arg(now.saturating_sub(ttl_secs))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(usize::try_from(count).unwrap_or(usize::MAX) < max_clients)
+    }
+
+    /// Adds a registered client, which expires after `ttl_secs` unless it completes an authorization.
+    pub async fn add_client(&self, client: &Client, ttl_secs: u64) -> Result<(), StoreError> {
+        ::redis::cmd("ZADD")
+            .arg(REGISTRATIONS)
+            .arg(self.inner.clock.now())
+            .arg(&client.client_id)
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        ::redis::cmd("SET")
+            .arg(client_key(&client.client_id))
+            .arg(encode(&client_rec(client))?)
+            .arg("EX")
+            .arg(ttl_secs.max(1))
+            .query_async::<()>(&mut self.conn())
+            .await
             .map_err(unavailable)
     }
 

@@ -117,7 +117,7 @@ impl StateStore {
                 s.add_client(client, source);
                 Ok(())
             }
-            Self::Redis(r) => r.put_client(&client).await,
+            Self::Redis(r) => r.add_client(&client, r.unused_client_ttl()).await,
         }
     }
 
@@ -132,8 +132,8 @@ impl StateStore {
         }
     }
 
-    /// Makes room for one more client under `max_clients` ([`Store::make_room_for_client`]). Redis: the table
-    /// is not capped yet (see README, "Shared store on Redis").
+    /// Makes room for one more client under `max_clients` ([`Store::make_room_for_client`]). Redis: counts the
+    /// unused registrations of every replica (they expire after `ttl_secs`) and evicts nothing.
     pub async fn make_room_for_client(
         &self,
         now: UnixTime,
@@ -143,7 +143,7 @@ impl StateStore {
     ) -> Result<Option<usize>, StoreError> {
         match self {
             Self::Memory(s) => Ok(s.make_room_for_client(now, ttl_secs, max_clients, sign_in_ttl_secs)),
-            Self::Redis(_) => Ok(Some(0)),
+            Self::Redis(r) => Ok(r.room_for_client(ttl_secs, max_clients).await?.then_some(0)),
         }
     }
 
