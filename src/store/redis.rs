@@ -583,6 +583,12 @@ impl RedisStore {
             .query_async::<i64>(&mut self.conn())
             .await
             .map_err(unavailable)?;
+        ::redis::cmd("ZREM")
+            .arg(REGISTRATIONS)
+            .arg(client_id)
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
         let ids: Vec<String> = ::redis::cmd("SMEMBERS")
             .arg(client_grants_key(client_id))
             .query_async(&mut self.conn())
