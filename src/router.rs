@@ -72,6 +72,11 @@ async fn dispatch(
             tracing::info!(%source, ?class, "rate limited");
             return Err(Error::RateLimited { retry_after_secs: wait.as_secs(), html });
         }
+        // Across replicas (Redis): the same limit counted by every replica together.
+        if let Some(wait) = app.store.count_request(class, source, app.rate_limiter.per_minute(class)).await? {
+            tracing::info!(%source, ?class, "rate limited across replicas");
+            return Err(Error::RateLimited { retry_after_secs: wait, html });
+        }
     }
     match (req.method(), route) {
         (&Method::GET, Route::AuthorizationServerMetadata) => Ok(json_bytes(app.metadata.authorization_server.clone())),

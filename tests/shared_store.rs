@@ -360,3 +360,24 @@ async fn the_client_cap_counts_registrations_on_every_replica_and_unused_clients
     let resp = http().post(r[1].url("/register")).json(&metadata).send().await.unwrap();
     assert_eq!(resp.status(), 201, "a used client no longer counts against the cap of unused ones");
 }
+
+#[tokio::test]
+async fn a_rate_limit_counts_the_requests_of_a_source_on_every_replica() {
+    let redis = TestRedis::start().await;
+    let upstream = Upstream::start().await;
+    let mut r = Vec::new();
+    for _ in 0..2 {
+        let builder = TestProxy::builder().upstream(upstream.url()).local().redis(&redis);
+        r.push(builder.extra("[limits]\nregister_per_minute = 3\n").start().await);
+    }
+    // Both replicas in the same minute (their clocks are set at start).
+    r[0].clock.advance(r[1].clock.now() - r[0].clock.now());
+    let metadata = serde_json::json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"});
+    let mut statuses = Vec::new();
+    for proxy in [&r[0], &r[1], &r[0], &r[1]] {
+        statuses.push(http().post(proxy.url("/register")).json(&metadata).send().await.unwrap().status().as_u16());
+    }
+    // Each replica alone saw two requests, under its own limit of three; together they saw four.
+    assert_eq!(statuses[..3], [201, 201, 201]);
+    assert_eq!(statuses[3], 429, "{statuses:?}");
+}

@@ -172,6 +172,13 @@ if s then return {2, s} end
 return {0, ''}
 ";
 
+/// One request in the current minute's window (ARGV[1]: its expiry in seconds); the count so far.
+const COUNT_REQUEST: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+";
+
 const COUNT_REGISTRATIONS: &str = r"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
 return redis.call('ZCARD', KEYS[1])
@@ -555,6 +562,20 @@ impl RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(usize::try_from(count).unwrap_or(usize::MAX) < max_clients)
+    }
+
+    /// Counts one request of `who` (route class and source) in the current minute across replicas: a fixed
+    /// window, so a source gets at most `per_minute` per calendar minute whichever replicas it reaches. The seconds
+    /// to the next window when over.
+    pub async fn count_request(&self, who: &str, per_minute: u32) -> Result<Option<u64>, StoreError> {
+        let now = self.inner.clock.now();
+        let count: u64 = ::redis::Script::new(COUNT_REQUEST)
+            .key(format!("dcrp:rl:{who}:{}", now / 60))
+            .arg(61)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok((count > u64::from(per_minute)).then(|| 60 - now % 60))
     }
 
     /// Adds a registered client, which expires after `ttl_secs` unless it completes an authorization.

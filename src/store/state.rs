@@ -293,6 +293,20 @@ impl StateStore {
         Ok(self.access_token_record(&TokenHash::of(token)).await?.map(|(g, _, _)| g.client_id.clone()))
     }
 
+    /// Counts one request of `source` on routes of `class` against `per_minute` across every replica; the seconds
+    /// to wait when over. Memory: nothing beyond the replica's own buckets ([`crate::rate_limit::RateLimiter`]).
+    pub async fn count_request(
+        &self,
+        class: crate::rate_limit::RouteClass,
+        source: Source,
+        per_minute: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        match self {
+            Self::Memory(_) => Ok(None),
+            Self::Redis(r) => r.count_request(&format!("{class:?}:{source}"), per_minute).await,
+        }
+    }
+
     /// Before refreshing a grant's IdP token: with Redis, takes the grant's refresh lock (with expiry and a
     /// fencing token) or waits for the replica holding it and adopts its token. Memory: always this process's
     /// turn (the grant's own `refresh_lock` already serialises it).
