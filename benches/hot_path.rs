@@ -65,7 +65,9 @@ fn client() -> Client {
 }
 
 fn bench(c: &mut Criterion) {
-    let store = Store::new();
+    let store = std::sync::Arc::new(Store::new());
+    let state = dcr_proxy::store::StateStore::Memory(store.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let grant = Grant::new("bench-client".into(), vec!["openid".into()], None, login(), 0);
     let access = crypto::random_token();
     store.add_access_token(TokenHash::of(&access), AccessToken::new(grant.clone(), u64::MAX));
@@ -109,31 +111,32 @@ fn bench(c: &mut Criterion) {
                 .as_bytes(),
             )
             .unwrap();
-            let ctx = token::TokenContext { store: &store, config: &cfg, now: 1, resources: &[] };
-            token::exchange(&ctx, &client, &params).unwrap()
+            let ctx = token::TokenContext { store: &state, config: &cfg, now: 1, resources: &[] };
+            runtime.block_on(token::exchange(&ctx, &client, &params)).unwrap()
         })
     });
 
-    let ctx = token::TokenContext { store: &store, config: &cfg, now: 1, resources: &[] };
+    let ctx = token::TokenContext { store: &state, config: &cfg, now: 1, resources: &[] };
     let mut refresh = String::new();
     // A fresh grant whose refresh token is rotated on every iteration.
     let code = crypto::random_token();
     insert_code(&store, &code);
-    let first = token::exchange(
-        &ctx,
-        &client,
-        &Params::parse(
-            format!("grant_type=authorization_code&code={code}&redirect_uri=http%3A%2F%2F127.0.0.1%3A33418%2Fcallback&code_verifier={VERIFIER}")
-                .as_bytes(),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let first = runtime
+        .block_on(token::exchange(
+            &ctx,
+            &client,
+            &Params::parse(
+                format!("grant_type=authorization_code&code={code}&redirect_uri=http%3A%2F%2F127.0.0.1%3A33418%2Fcallback&code_verifier={VERIFIER}")
+                    .as_bytes(),
+            )
+            .unwrap(),
+        ))
+        .unwrap();
     refresh.push_str(first.refresh_token.as_deref().unwrap());
     c.bench_function("refresh_rotation", |b| {
         b.iter(|| {
             let params = Params::parse(format!("grant_type=refresh_token&refresh_token={refresh}").as_bytes()).unwrap();
-            let next = token::exchange(&ctx, &client, &params).unwrap();
+            let next = runtime.block_on(token::exchange(&ctx, &client, &params)).unwrap();
             refresh = next.refresh_token.unwrap();
         })
     });

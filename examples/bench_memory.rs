@@ -54,12 +54,14 @@ fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let refreshes: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(0);
     let config = Config::from_toml(CONFIG, |_| None).unwrap();
-    let store = Store::new();
+    let store = std::sync::Arc::new(Store::new());
+    let state = dcr_proxy::store::StateStore::Memory(store.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let client = Client::public("qlEKu_cJ_OPRZ8fwN_ohc-ySTMhvU4CqIPQctvF1y-k", vec![REDIRECT.into()], 0);
     let before = rss_bytes();
     let started = Instant::now();
     let now = 1_800_000_000;
-    let ctx = TokenContext { store: &store, config: &config.tokens, now, resources: &[] };
+    let ctx = TokenContext { store: &state, config: &config.tokens, now, resources: &[] };
     for _ in 0..n {
         let seed = crypto::random_token();
         let tokens = UpstreamTokens::new(
@@ -100,13 +102,14 @@ fn main() {
         let form = format!(
             "grant_type=authorization_code&code={code}&redirect_uri=http%3A%2F%2F127.0.0.1%3A33418%2Fcallback&code_verifier={VERIFIER}"
         );
-        let mut pair = token::exchange(&ctx, &client, &Params::parse(form.as_bytes()).unwrap()).unwrap();
+        let mut pair =
+            runtime.block_on(token::exchange(&ctx, &client, &Params::parse(form.as_bytes()).unwrap())).unwrap();
         for _ in 0..refreshes {
             // Access tokens live one hour; what stays for 30 days is what a refresh leaves behind.
             store.revoke_access_token(&TokenHash::of(&pair.access_token), &client.client_id);
             let rt = pair.refresh_token.clone().unwrap();
             let form = format!("grant_type=refresh_token&refresh_token={rt}");
-            pair = token::exchange(&ctx, &client, &Params::parse(form.as_bytes()).unwrap()).unwrap();
+            pair = runtime.block_on(token::exchange(&ctx, &client, &Params::parse(form.as_bytes()).unwrap())).unwrap();
         }
     }
     let fill_secs = started.elapsed().as_secs_f64();

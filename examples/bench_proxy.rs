@@ -48,9 +48,12 @@ fn main() {
             identity: Identity { sub: "bench-user".into(), ..Identity::default() },
         };
         let grant = Grant::new("bench-client".into(), vec!["openid".into()], None, login, now);
-        app.store.add_grant(grant.clone());
+        app.store.start_grant(grant.clone(), TokenHash::of("bench-code"), now + 1).await.unwrap();
         let access = crypto::random_token();
-        app.store.add_access_token(TokenHash::of(&access), AccessToken::new(Arc::clone(&grant), now + 86400));
+        app.store
+            .add_access_token(TokenHash::of(&access), AccessToken::new(Arc::clone(&grant), now + 86400))
+            .await
+            .unwrap();
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         println!("token={access}");
         dcr_proxy::server::serve(listener, app, None, std::future::pending()).await;

@@ -10,7 +10,7 @@ use crate::idp::{Idp, IdpError};
 use crate::oauth::metadata::{self, Metadata};
 use crate::proxy::Forwarder;
 use crate::rate_limit::RateLimiter;
-use crate::store::Store;
+use crate::store::{StateStore, Store, StoreError};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -27,12 +27,14 @@ pub enum StartError {
     Audit(#[from] crate::audit::AuditOpenError),
     #[error("{0} (set store.start_empty_on_bad_snapshot = true to start with an empty store instead)")]
     Snapshot(#[from] crate::store::snapshot::SnapshotError),
+    #[error("store.redis_url: {0}")]
+    Redis(#[from] StoreError),
 }
 
 /// Everything a request handler needs.
 pub struct App {
     pub config: Config,
-    pub store: Arc<Store>,
+    pub store: StateStore,
     pub clock: Clock,
     pub idp: Arc<Idp>,
     pub forwarder: Forwarder,
@@ -63,10 +65,14 @@ pub struct App {
 
 impl App {
     /// Writes an audit entry ([`crate::audit`]), with the client's name from the store when the entry has none.
+    /// (The name is looked up in the memory store only: with Redis, call sites that know it pass it.)
     pub fn audit(&self, mut entry: crate::audit::Entry) {
         if entry.client_name.is_none() {
-            entry.client_name =
-                entry.client_id.as_deref().and_then(|id| self.store.client(id)).and_then(|c| c.client_name.clone());
+            entry.client_name = entry
+                .client_id
+                .as_deref()
+                .and_then(|id| self.store.memory().and_then(|s| s.client(id)))
+                .and_then(|c| c.client_name.clone());
         }
         self.audit.emit(&entry);
     }
@@ -116,6 +122,14 @@ impl App {
     /// [`App::new`] with the network the metadata-document fetcher uses (tests inject a resolver and a
     /// recording transport); `None`: the system resolver and reqwest.
     pub async fn new_on(config: Config, clock: Clock, network: Option<Network>) -> Result<Arc<Self>, StartError> {
+        if let Some(redis) = &config.store.redis {
+            let store =
+                crate::store::redis::RedisStore::connect(redis, clock.clone(), config.registration.unused_client_ttl)
+                    .await?;
+            tracing::info!(url = %redis.url.redacted(), "shared store on Redis");
+            let idp = Idp::from_config(&config).await?;
+            return Self::with_state(config, clock, idp, StateStore::Redis(store), network);
+        }
         let mut origin = "empty: no snapshot configured";
         let store = match &config.store.snapshot {
             None => Store::new(),
@@ -155,6 +169,18 @@ impl App {
         store: Store,
         network: Option<Network>,
     ) -> Result<Arc<Self>, StartError> {
+        store.set_sign_in_capacity(config.limits.max_pending);
+        Self::with_state(config, clock, idp, StateStore::Memory(Arc::new(store)), network)
+    }
+
+    /// Builds the state around an existing IdP and store of either backend.
+    pub fn with_state(
+        config: Config,
+        clock: Clock,
+        idp: Arc<Idp>,
+        store: StateStore,
+        network: Option<Network>,
+    ) -> Result<Arc<Self>, StartError> {
         let forwarder = Forwarder::new(&config.upstream, config.is_https())?;
         let network = match network {
             Some(n) => n,
@@ -178,13 +204,16 @@ impl App {
             let (running, peak) = users.gauges();
             metrics.add_password_checks(running, peak);
         }
-        store.set_sign_in_capacity(config.limits.max_pending);
         let audit = match &config.audit {
             Some(a) => Arc::new(crate::audit::Audit::start(&a.sink, a.queue)?),
             None => Arc::new(crate::audit::Audit::off()),
         };
+        let sign_ins = match &config.store.redis {
+            Some(redis) => crate::oauth::flow::SignIns::from_key(&redis.key.0, config.is_https()),
+            None => crate::oauth::flow::SignIns::new(config.is_https()),
+        };
         Ok(Arc::new(Self {
-            sign_ins: crate::oauth::flow::SignIns::new(config.is_https()),
+            sign_ins,
             registration_open: std::sync::atomic::AtomicBool::new(config.registration.enabled),
             store_origin: std::sync::OnceLock::new(),
             upstream_probe: crate::readiness::UpstreamProbe::default(),
@@ -200,7 +229,7 @@ impl App {
             rate_limiter: RateLimiter::new(&config.limits),
             metrics,
             client_documents: ClientDocuments::new(config.client_documents.clone(), network),
-            store: Arc::new(store),
+            store,
             clock,
             idp,
             forwarder,

@@ -160,6 +160,15 @@ impl Sealer {
     }
 }
 
+/// A 256-bit key for `purpose` derived from `secret` (HMAC-SHA256 with the purpose as message): keys for different
+/// purposes are independent, and none reveals `secret`.
+pub fn derive_key(secret: &[u8; 32], purpose: &str) -> [u8; 32] {
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret), purpose.as_bytes());
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&tag.as_ref()[..32]);
+    key
+}
+
 /// HMAC-SHA256 under a key that never leaves the process.
 pub struct Mac {
     key: ring::hmac::Key,
@@ -171,6 +180,11 @@ impl Mac {
         let mut key = [0u8; 32];
         fill_random(&mut key);
         Self { key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key) }
+    }
+
+    /// A MAC under a key derived from `secret` for `purpose`: every process with the same secret recognises it.
+    pub fn derived(secret: &[u8; 32], purpose: &str) -> Self {
+        Self { key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &derive_key(secret, purpose)) }
     }
 
     /// The first 128 bits of the tag of `data`, base64url (22 characters).

@@ -86,6 +86,9 @@ pub enum Error {
     /// The client stopped sending its request body (`limits.body_timeout`): 408, and the connection is closed.
     #[error("the request body stalled")]
     RequestTimeout,
+    /// The shared store (Redis) does not answer: 503 with `Retry-After`, OAuth `temporarily_unavailable`.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// An MCP POST the tool policy cannot judge (not JSON, a repeated key, a call without a name, a compressed
     /// body): 400 with a JSON-RPC error (`code`: -32700 parse error, -32600 invalid request) and no id.
     #[error("MCP message refused: {message}")]
@@ -162,6 +165,7 @@ impl Error {
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::McpBadMessage { .. } | Self::McpHeaderMismatch { .. } => StatusCode::BAD_REQUEST,
             Self::ToolForbidden { .. } => StatusCode::FORBIDDEN,
             Self::RegistrationClosed => StatusCode::FORBIDDEN,
@@ -309,6 +313,12 @@ impl Error {
             Self::RequestTimeout => {
                 let mut resp = oauth_json(status, "invalid_request", "the request body was not sent in time");
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                resp
+            }
+            Self::Store(e) => {
+                tracing::warn!(error = %e, "store unavailable");
+                let mut resp = oauth_json(status, "temporarily_unavailable", "the service is unavailable; retry later");
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 resp
             }
             Self::McpBadMessage { code, message } => jsonrpc_error(status, serde_json::Value::Null, code, &message),

@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// The shared store: `store import --snapshot FILE` copies a memory-backend snapshot into Redis.
+    Store {
+        #[command(subcommand)]
+        action: StoreCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -80,6 +85,15 @@ enum AdminAction {
     Registration {
         #[arg(value_parser = ["on", "off"])]
         state: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy a snapshot (read with the configured key) into the Redis of `[store] backend = "redis"`.
+    Import {
+        #[arg(long)]
+        snapshot: PathBuf,
     },
 }
 
@@ -163,6 +177,12 @@ fn main() -> ExitCode {
             let base = url.clone().unwrap_or_else(|| admin_url(&cli));
             return admin(&base, json, action);
         }
+        Some(Command::Store { action: StoreCommand::Import { ref snapshot } }) => {
+            return match load(&cli) {
+                Ok(config) => import_snapshot(&config, snapshot),
+                Err(e) => fail(&e),
+            };
+        }
         Some(Command::Serve) | None => {}
     }
     let mut config = match load(&cli) {
@@ -231,6 +251,38 @@ fn admin(base: &str, json: bool, action: &AdminAction) -> ExitCode {
         Err(e @ cli::CliError::Refused { .. }) => {
             let _ = writeln!(std::io::stderr(), "dcr-proxy: {e}");
             ExitCode::from(1)
+        }
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// `store import --snapshot FILE`: loads the snapshot with the configured key and copies it into Redis.
+fn import_snapshot(config: &Config, path: &std::path::Path) -> ExitCode {
+    let Some(redis) = &config.store.redis else {
+        return fail("store import needs [store] backend = \"redis\" and its redis_url");
+    };
+    if !path.is_file() {
+        return fail(&format!("{}: no such snapshot", path.display()));
+    }
+    let clock = dcr_proxy::clock::Clock::system();
+    let store = match dcr_proxy::store::snapshot::load(path, &redis.key, clock.now()) {
+        Ok(store) => store,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let imported = runtime.block_on(async {
+        let now = clock.now();
+        let target =
+            dcr_proxy::store::redis::RedisStore::connect(redis, clock, config.registration.unused_client_ttl).await?;
+        target.import(&store, now).await
+    });
+    match imported {
+        Ok(done) => {
+            let _ = writeln!(std::io::stdout(), "imported into {}: {done:?}", redis.url.redacted());
+            ExitCode::SUCCESS
         }
         Err(e) => fail(&e.to_string()),
     }

@@ -22,7 +22,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::idp::IdpError;
-use crate::store::Store;
+use crate::store::StateStore;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -114,7 +114,7 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges read from the store now.
-    pub fn render(&self, store: &Store) -> String {
+    pub fn render(&self, store: &StateStore) -> String {
         let stats = store.stats();
         self.clients.set(i64::try_from(stats.clients).unwrap_or(i64::MAX));
         self.grants.set(i64::try_from(stats.grants).unwrap_or(i64::MAX));

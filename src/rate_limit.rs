@@ -132,6 +132,15 @@ impl RateLimiter {
         })
     }
 
+    /// The configured requests per minute of `class` (the shared store counts them across replicas too).
+    pub fn per_minute(&self, class: RouteClass) -> u32 {
+        match class {
+            RouteClass::Register => self.per_minute[0],
+            RouteClass::Token => self.per_minute[1],
+            RouteClass::Authorize => self.per_minute[2],
+        }
+    }
+
     /// Takes one request from the source's bucket; `Err(retry_after)` when it is empty.
     pub fn check(&self, class: RouteClass, source: Source, now: Instant) -> Result<(), Duration> {
         let capacity = self.capacity(class);

@@ -20,6 +20,7 @@ use crate::oauth::{client_config, introspect, revoke, sign_in, token};
 use crate::proxy::userinfo;
 use crate::rate_limit;
 use crate::route::Route;
+use crate::store::StateStore;
 
 /// Handles one request.
 pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
@@ -77,6 +78,11 @@ async fn dispatch(
             tracing::info!(%source, ?class, "rate limited");
             return Err(Error::RateLimited { retry_after_secs: wait.as_secs(), html });
         }
+        // Across replicas (Redis): the same limit counted by every replica together.
+        if let Some(wait) = app.store.count_request(class, source, app.rate_limiter.per_minute(class)).await? {
+            tracing::info!(%source, ?class, "rate limited across replicas");
+            return Err(Error::RateLimited { retry_after_secs: wait, html });
+        }
     }
     match (req.method(), route) {
         (&Method::GET, Route::AuthorizationServerMetadata) => Ok(json_bytes(app.authorization_server_metadata())),
@@ -94,12 +100,12 @@ async fn dispatch(
         (&Method::GET, Route::Authorize) => sign_in::authorize(app, &req).await,
         (&Method::POST, Route::Consent) => sign_in::consent(app, req).await,
         (&Method::GET, Route::Callback) => sign_in::callback(app, &req).await,
-        (&Method::GET, Route::Login) => sign_in::show_login(app, &req),
+        (&Method::GET, Route::Login) => sign_in::show_login(app, &req).await,
         (&Method::POST, Route::Login) => sign_in::submit_login(app, req).await,
         (&Method::POST, Route::Token) => token::handle(app, req).await,
         (&Method::POST, Route::Revoke) => revoke::handle(app, req).await,
         (&Method::POST, Route::Introspect) => introspect::handle(app, req).await,
-        (&Method::GET | &Method::POST, Route::Userinfo) => userinfo::handle(&app.proxy_context(), &req),
+        (&Method::GET | &Method::POST, Route::Userinfo) => userinfo::handle(&app.proxy_context(), &req).await,
         (&Method::GET, Route::Healthz) => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         (&Method::GET, Route::Readyz) => Ok(readyz(app).await),
         (_, Route::Register | Route::Consent | Route::Token | Route::Revoke | Route::Introspect) => {
@@ -132,7 +138,17 @@ async fn readyz(app: &App) -> Response<Body> {
         Idp::Local(_) => "local",
     };
     let checks = [
-        Check { name: "store", ok: true, detail: app.store_origin.get().copied().unwrap_or("in memory").to_owned() },
+        match &app.store {
+            StateStore::Redis(_) if !app.store.ready().await => {
+                Check { name: "store", ok: false, detail: "Redis does not answer PING".to_owned() }
+            }
+            StateStore::Redis(_) => Check { name: "store", ok: true, detail: "Redis answers".to_owned() },
+            StateStore::Memory(_) => Check {
+                name: "store",
+                ok: true,
+                detail: app.store_origin.get().copied().unwrap_or("in memory").to_owned(),
+            },
+        },
         Check {
             name: "idp",
             ok: true,

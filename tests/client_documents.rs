@@ -450,7 +450,7 @@ async fn concurrent_requests_for_one_document_share_one_fetch() {
 /// Puts an authorization code for `client_id` in the proxy's store, as if a sign-in had just finished.
 fn insert_code(proxy: &TestProxy, code: &str, client_id: &str) {
     use dcr_proxy::store::{AuthorizationCode, Identity, UpstreamCredential, UpstreamLogin};
-    proxy.app.store.issue_code(
+    proxy.app.store.memory().expect("memory store").issue_code(
         dcr_proxy::crypto::TokenHash::of(code),
         AuthorizationCode {
             request: dcr_proxy::store::AuthorizationRequest {
@@ -625,4 +625,56 @@ fn failure_ttl_is_validated_and_a_bad_value_names_the_key() {
         };
         assert!(err.to_string().contains("client_metadata_documents.failure_ttl"), "{bad}: {err}");
     }
+}
+
+/// Issue 12: a metadata-document client signs in with every request on another of three replicas sharing Redis.
+/// Fails on a build without the Redis backend (`[store] backend` is unknown there: no replica starts).
+#[tokio::test]
+async fn a_metadata_document_client_signs_in_across_replicas_sharing_redis() {
+    let redis = TestRedis::start().await;
+    let upstream = Upstream::start().await;
+    let docs = Docs::start().await;
+    let pem = std::fs::read(&docs.ca_file).unwrap();
+    let config = format!(
+        "[client_metadata_documents]\ntimeout = \"1s\"\nextra_ca_file = \"{}\"\n{LOOPBACK_OK}\n",
+        docs.ca_file.display()
+    );
+    let mut r = Vec::new();
+    for _ in 0..3 {
+        let network = Network {
+            resolver: Arc::new(MapResolver(names())),
+            transport: Arc::new(RecordingTransport {
+                inner: ReqwestTransport::new(Some(&pem), Duration::from_secs(1)).unwrap(),
+                attempts: Attempts::default(),
+            }),
+        };
+        let builder = TestProxy::builder().upstream(upstream.url()).local().extra(&config).network(network);
+        r.push(builder.redis(&redis).start().await);
+    }
+    let client_id = docs.url("/good.json");
+    let mut browser = Browser::new();
+    let Landing::Page(200, consent) = browser.get(&authorize_url(&r[0], &urlencode(&client_id), "")).await else {
+        panic!("consent page");
+    };
+    let (request, csrf) = (hidden_field(&consent, "request"), hidden_field(&consent, "csrf"));
+    let Landing::Page(200, login) = browser
+        .post_form(&r[1].url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
+        .await
+    else {
+        panic!("the second replica accepts the consent the first one sealed");
+    };
+    let state = hidden_field(&login, "state");
+    let Landing::Client(params) = browser
+        .post_form(&r[2].url("/login"), &[("state", &state), ("username", "alice"), ("password", ALICE_PASSWORD)])
+        .await
+    else {
+        panic!("the third replica finishes the sign-in");
+    };
+    let resp = redeem(&r[0], &client_id, &params["code"]).await;
+    assert_eq!(resp.status(), 200);
+    let tokens: Value = resp.json().await.unwrap();
+    let resp = http().post(r[1].url("/mcp")).bearer_auth(tokens["access_token"].as_str().unwrap()).body("{}").send();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    let resp = refresh(&r[2], &client_id, tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(resp.status(), 200, "the document client refreshes on a third replica");
 }

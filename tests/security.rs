@@ -109,7 +109,10 @@ async fn registration_is_refused_at_the_client_cap_only_when_every_client_was_us
     assert_eq!(resp.headers()["retry-after"], "60");
     assert_eq!(error_of(resp).await, (503, "temporarily_unavailable".into()));
     assert_eq!(proxy.app.store.stats().clients, 2);
-    assert!(proxy.app.store.has_client(&first) && proxy.app.store.has_client(&second));
+    assert!(
+        proxy.app.store.memory().expect("memory store").has_client(&first)
+            && proxy.app.store.memory().expect("memory store").has_client(&second)
+    );
 }
 
 #[tokio::test]
@@ -375,7 +378,7 @@ async fn client_configuration_endpoint_needs_the_registration_access_token() {
         http().delete(proxy.url(&format!("/register/{other}"))).bearer_auth(rat).send().await.unwrap().status(),
         401
     );
-    assert!(proxy.app.store.has_client(&other));
+    assert!(proxy.app.store.memory().expect("memory store").has_client(&other));
     // Read, update, delete with the token.
     let read: Value = http().get(uri).bearer_auth(rat).send().await.unwrap().json().await.unwrap();
     assert_eq!(read["client_name"], "Mine");
@@ -402,7 +405,7 @@ async fn client_configuration_endpoint_needs_the_registration_access_token() {
     assert_eq!(updated["redirect_uris"], json!(["http://127.0.0.1:4444/cb"]));
     assert_eq!(updated["token_endpoint_auth_method"], "none");
     assert_eq!(http().delete(uri).bearer_auth(rat).send().await.unwrap().status(), 204);
-    assert!(!proxy.app.store.has_client(id));
+    assert!(!proxy.app.store.memory().expect("memory store").has_client(id));
     assert_eq!(http().get(uri).bearer_auth(rat).send().await.unwrap().status(), 401);
 }
 
@@ -678,7 +681,7 @@ async fn the_consent_page_isolates_the_client_name_and_never_renders_a_direction
     // control as U+FFFD, inside the isolate, and nowhere else.
     let mut old = dcr_proxy::store::Client::public("legacy-client", vec![CLIENT_REDIRECT.to_owned()], 1);
     old.client_name = Some("Claude \u{202E}evil".to_owned());
-    proxy.app.store.put_client(old);
+    proxy.app.store.memory().expect("memory store").put_client(old);
     let resp = http().get(authorize_url(&proxy, "legacy-client", "")).send().await.unwrap();
     let page = resp.text().await.unwrap();
     assert!(!page.contains('\u{202E}'), "no direction control reaches the page");
@@ -776,7 +779,7 @@ async fn a_registration_flood_at_the_cap_evicts_unused_clients_and_a_new_client_
     let params = authorize(&proxy, &mut Browser::new(), &fresh).await;
     assert_eq!(redeem(&proxy, &fresh, &params["code"]).await.status(), 200, "the user's client was kept");
     // The clients that redeemed a code survive; the first one's token still works.
-    assert!(proxy.app.store.has_client(&used), "a used client is never evicted");
+    assert!(proxy.app.store.memory().expect("memory store").has_client(&used), "a used client is never evicted");
     assert!(proxy.app.store.stats().clients <= 20);
     let resp =
         http().get(proxy.url("/mcp")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();

@@ -35,7 +35,9 @@ use crate::clock::UnixTime;
 use crate::crypto::TokenHash;
 use crate::error::Error;
 use crate::http::{json_response, no_store, Body};
-use crate::store::{Client, Grant, GrantId, Store, UpstreamCredential};
+use std::sync::Arc;
+
+use crate::store::{Client, Grant, GrantId, UpstreamCredential};
 
 /// One client as the admin API shows it.
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -111,10 +113,9 @@ fn host_of(uri: &str) -> Option<String> {
 }
 
 /// The client rows: registered clients, and metadata-document clients that hold grants. Sorted by creation.
-pub fn client_rows(store: &Store) -> Vec<ClientRow> {
-    let grants = store.list_grants();
+pub fn client_rows(clients: &[Arc<Client>], grants: &[Arc<Grant>]) -> Vec<ClientRow> {
     let mut by_client: HashMap<&str, Vec<&Grant>> = HashMap::new();
-    for g in &grants {
+    for g in grants {
         by_client.entry(g.client_id.as_str()).or_default().push(g);
     }
     let used = |client_id: &str, first: UnixTime| {
@@ -124,7 +125,6 @@ pub fn client_rows(store: &Store) -> Vec<ClientRow> {
         nonzero(latest)
     };
     let document_url = |client_id: &str| client_id.starts_with("https://").then(|| client_id.to_owned());
-    let clients = store.list_clients();
     let mut rows: Vec<ClientRow> = clients
         .iter()
         .map(|c: &std::sync::Arc<Client>| ClientRow {
@@ -161,9 +161,9 @@ pub fn client_rows(store: &Store) -> Vec<ClientRow> {
 }
 
 /// The grant rows that pass the filter, oldest first.
-pub fn grant_rows(store: &Store, filter: &GrantFilter) -> Vec<GrantRow> {
-    let mut rows: Vec<GrantRow> = store
-        .list_grants()
+pub fn grant_rows(clients: &[Arc<Client>], grants: &[Arc<Grant>], filter: &GrantFilter) -> Vec<GrantRow> {
+    let name_of = |id: &str| clients.iter().find(|c| c.client_id == id).and_then(|c| c.client_name.clone());
+    let mut rows: Vec<GrantRow> = grants
         .iter()
         .filter(|g| filter.subject.as_deref().is_none_or(|s| g.identity.sub == s))
         .filter(|g| filter.client_id.as_deref().is_none_or(|c| g.client_id == c))
@@ -178,7 +178,7 @@ pub fn grant_rows(store: &Store, filter: &GrantFilter) -> Vec<GrantRow> {
                     .or_else(|| identity.preferred_username.clone())
                     .or_else(|| identity.email.clone()),
                 client_id: g.client_id.clone(),
-                client_name: store.client(&g.client_id).and_then(|c| c.client_name.clone()),
+                client_name: name_of(&g.client_id),
                 scopes: g.scope.to_string(),
                 created: g.created_at,
                 last_refresh: nonzero(g.upstream_refreshed_at.load(std::sync::atomic::Ordering::Relaxed)),
@@ -213,7 +213,7 @@ fn required(params: &HashMap<String, String>, name: &str) -> Result<String, Erro
 }
 
 /// Handles one admin request (the admin listener only; see [`crate::server::serve_admin`]).
-pub fn handle(
+pub async fn handle(
     app: &App,
     method: &Method,
     uri: &http::Uri,
@@ -221,7 +221,7 @@ pub fn handle(
     peer: SocketAddr,
 ) -> http::Response<Body> {
     let context = crate::audit::RequestContext { audit: app.audit.clone(), request_id: 0, peer, forwarded_for: None };
-    let mut resp = match crate::audit::REQUEST.sync_scope(context, || dispatch(app, method, uri, headers, peer)) {
+    let mut resp = match crate::audit::REQUEST.scope(context, dispatch(app, method, uri, headers, peer)).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
@@ -229,7 +229,7 @@ pub fn handle(
     resp
 }
 
-fn dispatch(
+async fn dispatch(
     app: &App,
     method: &Method,
     uri: &http::Uri,
@@ -247,18 +247,22 @@ fn dispatch(
     let params = query(uri)?;
     let ok = |value: serde_json::Value| Ok(json_response(StatusCode::OK, &value));
     match (method, uri.path()) {
-        (&Method::GET, "/admin/clients") => ok(serde_json::json!({ "clients": client_rows(&app.store) })),
+        (&Method::GET, "/admin/clients") => {
+            let (clients, grants) = (app.store.list_clients().await?, app.store.list_grants().await?);
+            ok(serde_json::json!({ "clients": client_rows(&clients, &grants) }))
+        }
         (&Method::GET, "/admin/grants") => {
             let filter =
                 GrantFilter { subject: params.get("subject").cloned(), client_id: params.get("client_id").cloned() };
-            ok(serde_json::json!({ "grants": grant_rows(&app.store, &filter) }))
+            let (clients, grants) = (app.store.list_clients().await?, app.store.list_grants().await?);
+            ok(serde_json::json!({ "grants": grant_rows(&clients, &grants, &filter) }))
         }
         (&Method::POST, "/admin/revoke-grant") => {
             let text = required(&params, "id")?;
             let id = parse_grant_id(&text)
                 .ok_or_else(|| Error::AdminBadRequest("`id` must be a grant id of 32 hex digits".to_owned()))?;
-            let grant = app.store.grant(id).ok_or(Error::NotFound)?;
-            app.store.revoke_grant(id);
+            let grant = app.store.grant(id).await?.ok_or(Error::NotFound)?;
+            app.store.revoke_grant(id).await?;
             tracing::info!(%peer, action = "revoke-grant", client_id = %grant.client_id, subject = %grant.identity.sub, "admin action");
             app.audit(
                 Entry::new(Event::AdminAction)
@@ -270,7 +274,7 @@ fn dispatch(
         }
         (&Method::POST, "/admin/revoke-user") => {
             let subject = required(&params, "subject")?;
-            let revoked = app.store.revoke_user(&subject).len();
+            let revoked = app.store.revoke_user(&subject).await?.len();
             tracing::info!(%peer, action = "revoke-user", %subject, revoked, "admin action");
             app.audit(
                 Entry::new(Event::AdminAction).subject(&subject).detail(format!("revoke-user: {revoked} grant(s)")),
@@ -279,14 +283,13 @@ fn dispatch(
         }
         (&Method::POST, "/admin/revoke-client") => {
             let client_id = required(&params, "id")?;
-            let grants =
-                grant_rows(&app.store, &GrantFilter { client_id: Some(client_id.clone()), subject: None }).len();
-            let known = app.store.has_client(&client_id) || grants > 0;
+            let grants = app.store.list_grants().await?.iter().filter(|g| g.client_id == client_id).count();
+            let known = app.store.has_client(&client_id).await? || grants > 0;
             if !known {
                 return Err(Error::NotFound);
             }
-            let name = app.store.client(&client_id).and_then(|c| c.client_name.clone());
-            app.store.revoke_client(&client_id);
+            let name = app.store.client(&client_id).await?.and_then(|c| c.client_name.clone());
+            app.store.revoke_client(&client_id).await?;
             tracing::info!(%peer, action = "revoke-client", %client_id, revoked = grants, "admin action");
             app.audit(Entry {
                 client_name: name,
@@ -321,6 +324,7 @@ fn dispatch(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use crate::store::{Identity, UpstreamLogin};
 
     fn grant(client: &str, sub: &str, at: UnixTime) -> std::sync::Arc<Grant> {
@@ -368,18 +372,26 @@ mod tests {
         store.add_grant(grant("c1", "alice", 20));
         store.add_grant(grant("c1", "bob", 30));
         store.add_grant(grant("https://app.example/client.json", "alice", 40));
-        let alice = grant_rows(&store, &GrantFilter { subject: Some("alice".into()), client_id: None });
+        let alice = grant_rows(
+            &store.list_clients(),
+            &store.list_grants(),
+            &GrantFilter { subject: Some("alice".into()), client_id: None },
+        );
         assert_eq!(alice.len(), 2);
         assert_eq!(alice[0].user_name.as_deref(), Some("alice name"));
-        let c1 = grant_rows(&store, &GrantFilter { subject: None, client_id: Some("c1".into()) });
+        let c1 = grant_rows(
+            &store.list_clients(),
+            &store.list_grants(),
+            &GrantFilter { subject: None, client_id: Some("c1".into()) },
+        );
         assert_eq!(c1.len(), 2);
-        let clients = client_rows(&store);
+        let clients = client_rows(&store.list_clients(), &store.list_grants());
         assert_eq!(clients.len(), 2, "{clients:?}");
         let doc = clients.iter().find(|c| c.client_id.starts_with("https://")).unwrap();
         assert_eq!(doc.metadata_document_url.as_deref(), Some("https://app.example/client.json"));
         let c1 = clients.iter().find(|c| c.client_id == "c1").unwrap();
         assert_eq!((c1.grants, c1.redirect_hosts.clone(), c1.last_used), (2, vec!["127.0.0.1".to_owned()], Some(30)));
         assert_eq!(store.revoke_user("alice").len(), 2);
-        assert_eq!(grant_rows(&store, &GrantFilter::default()).len(), 1);
+        assert_eq!(grant_rows(&store.list_clients(), &store.list_grants(), &GrantFilter::default()).len(), 1);
     }
 }

@@ -43,7 +43,7 @@ use crate::crypto::TokenHash;
 use crate::http::params::Params;
 use crate::oauth::error::{ErrorCode, OAuthError};
 use crate::oauth::redirect_uri::Allowlist;
-use crate::store::{Client, Store};
+use crate::store::{Client, StateStore, StoreError};
 
 /// Why a metadata document cannot be used. Messages are shown to users on an error page and to clients in
 /// `error_description`; they never contain the document's body nor an address a name resolved to.
@@ -244,27 +244,33 @@ impl ClientDocuments {
 /// request that presents a code or a refresh token issued to that client_id, so that an anonymous request with a
 /// made-up code makes the proxy fetch nothing. A code already redeemed counts (its replay must still revoke its
 /// grant, which needs the client authenticated). The errors are the ones the exchange itself would give.
-pub fn check_token_request(store: &Store, params: &Params, client_id: &str) -> Result<(), OAuthError> {
-    match params.require("grant_type")? {
-        "authorization_code" => {
-            let code = TokenHash::of(params.require("code")?);
-            if store.code_client(&code).as_deref() != Some(client_id) {
-                return Err(OAuthError::invalid_grant("authorization code is invalid or expired"));
-            }
-        }
-        "refresh_token" => {
-            if store.refresh_client(params.require("refresh_token")?).as_deref() != Some(client_id) {
-                return Err(OAuthError::invalid_grant("refresh token is invalid, expired or revoked"));
-            }
-        }
-        other => {
-            return Err(OAuthError::new(
+///
+/// The outer error: the store did not answer.
+pub async fn check_token_request(
+    store: &StateStore,
+    params: &Params,
+    client_id: &str,
+) -> Result<Result<(), OAuthError>, StoreError> {
+    let (grant_type, presented) = match params.require("grant_type") {
+        Ok(t) => (t, params.require(if t == "refresh_token" { "refresh_token" } else { "code" })),
+        Err(e) => return Ok(Err(e.into())),
+    };
+    let owner = match (grant_type, presented) {
+        ("authorization_code" | "refresh_token", Err(e)) => return Ok(Err(e.into())),
+        ("authorization_code", Ok(code)) => store.code_client(&TokenHash::of(code)).await?,
+        ("refresh_token", Ok(token)) => store.refresh_client(token).await?,
+        (other, _) => {
+            return Ok(Err(OAuthError::new(
                 ErrorCode::UnsupportedGrantType,
                 format!("grant_type `{other}` is not supported; use authorization_code or refresh_token"),
-            ))
+            )))
         }
-    }
-    Ok(())
+    };
+    Ok(match (owner.as_deref() == Some(client_id), grant_type) {
+        (true, _) => Ok(()),
+        (false, "authorization_code") => Err(OAuthError::invalid_grant("authorization code is invalid or expired")),
+        (false, _) => Err(OAuthError::invalid_grant("refresh token is invalid, expired or revoked")),
+    })
 }
 
 #[cfg(test)]
@@ -285,16 +291,20 @@ mod tests {
         UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() }
     }
 
-    #[test]
-    fn a_token_request_must_present_a_code_or_refresh_token_of_that_client() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn a_token_request_must_present_a_code_or_refresh_token_of_that_client() {
+        let store = Arc::new(crate::store::Store::new());
+        let state = StateStore::Memory(store.clone());
         let code = |c: &str| params(&format!("grant_type=authorization_code&code={c}"));
         let refresh = |t: &str| params(&format!("grant_type=refresh_token&refresh_token={t}"));
-        let refused = |p: &Params| check_token_request(&store, p, DOC).err().map(|e| e.code);
-        assert_eq!(refused(&code("made-up")), Some(ErrorCode::InvalidGrant));
-        assert_eq!(refused(&refresh("made-up")), Some(ErrorCode::InvalidGrant));
-        assert_eq!(refused(&params("grant_type=client_credentials")), Some(ErrorCode::UnsupportedGrantType));
-        assert_eq!(refused(&params("code=x")), Some(ErrorCode::InvalidRequest));
+        let refused = |p: Params| {
+            let state = &state;
+            async move { check_token_request(state, &p, DOC).await.ok().and_then(|r| r.err()).map(|e| e.code) }
+        };
+        assert_eq!(refused(code("made-up")).await, Some(ErrorCode::InvalidGrant));
+        assert_eq!(refused(refresh("made-up")).await, Some(ErrorCode::InvalidGrant));
+        assert_eq!(refused(params("grant_type=client_credentials")).await, Some(ErrorCode::UnsupportedGrantType));
+        assert_eq!(refused(params("code=x")).await, Some(ErrorCode::InvalidRequest));
 
         let put_code = |c: &str, client_id: &str| {
             store.issue_code(
@@ -316,13 +326,13 @@ mod tests {
         };
         put_code("ours", DOC);
         put_code("theirs", "https://other.example/client.json");
-        assert_eq!(refused(&code("ours")), None);
-        assert_eq!(refused(&code("theirs")), Some(ErrorCode::InvalidGrant));
+        assert_eq!(refused(code("ours")).await, None);
+        assert_eq!(refused(code("theirs")).await, Some(ErrorCode::InvalidGrant));
 
         // A redeemed code still counts, so that its replay reaches the exchange and revokes the grant.
         let grant = Grant::new(DOC.into(), vec!["openid".into()], None, login(), 1);
         store.start_grant(grant.clone(), TokenHash::of("spent"), 100);
-        assert_eq!(refused(&code("spent")), None);
+        assert_eq!(refused(code("spent")).await, None);
 
         let name = RefreshTokenName { family: FamilyId::random(), generation: 3 };
         let (current, spent) = (name.mint(), RefreshTokenName { generation: 1, ..name }.mint());
@@ -336,9 +346,10 @@ mod tests {
                 rotated: None,
             },
         );
-        assert_eq!(refused(&refresh(&current)), None);
+        assert_eq!(refused(refresh(&current)).await, None);
         // A spent generation counts too: its reuse must reach the exchange and revoke the grant.
-        assert_eq!(refused(&refresh(&spent)), None);
-        assert!(check_token_request(&store, &refresh(&current), "https://other.example/c.json").is_err());
+        assert_eq!(refused(refresh(&spent)).await, None);
+        let other = check_token_request(&state, &refresh(&current), "https://other.example/c.json").await;
+        assert!(matches!(other, Ok(Err(_))));
     }
 }

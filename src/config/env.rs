@@ -10,6 +10,7 @@
 //! | `DCR_PROXY_INTROSPECTION_SECRET`   | `introspection.client_secret`                                       |
 //! | `DCR_PROXY_SNAPSHOT_KEY`           | `store.snapshot_key_file` (the key itself, not a path)              |
 //! | `DCR_PROXY_SNAPSHOT_KEY_PREVIOUS`  | none: the key before a rotation, snapshots are also read with it    |
+//! | `DCR_PROXY_REDIS_URL`              | `store.redis_url`                                                   |
 //! | `DCR_PROXY_CONFIG`                 | the `--config` flag (read by the command line, `main.rs`)           |
 //! | `RUST_LOG`                         | `log.filter` (read by the log subscriber, `main.rs`)                |
 //! | `DCR_PROXY_ADMIN_TOKEN`            | none: the admin API's token (`admin.listen`; also read by `admin`)  |
@@ -41,13 +42,14 @@ pub const SNAPSHOT_KEY_PREVIOUS: EnvVar =
     EnvVar { name: "DCR_PROXY_SNAPSHOT_KEY_PREVIOUS", overrides: "none: the key before a rotation, read with" };
 pub const ADMIN_TOKEN: EnvVar =
     EnvVar { name: "DCR_PROXY_ADMIN_TOKEN", overrides: "none: the admin API token (required with admin.listen)" };
+pub const REDIS_URL: EnvVar = EnvVar { name: "DCR_PROXY_REDIS_URL", overrides: "store.redis_url" };
 /// Read by the command line parser (`clap`), not by the config.
 pub const CONFIG_PATH: EnvVar = EnvVar { name: "DCR_PROXY_CONFIG", overrides: "the --config flag" };
 /// Read by the log subscriber, not by the config.
 pub const LOG_FILTER: EnvVar = EnvVar { name: "RUST_LOG", overrides: "log.filter" };
 
 /// Every variable dcr-proxy reads.
-pub const TABLE: [EnvVar; 11] = [
+pub const TABLE: [EnvVar; 12] = [
     AZURE_TENANT_ID,
     AZURE_CLIENT_ID,
     AZURE_CLIENT_SECRET,
@@ -59,6 +61,7 @@ pub const TABLE: [EnvVar; 11] = [
     CONFIG_PATH,
     LOG_FILTER,
     ADMIN_TOKEN,
+    REDIS_URL,
 ];
 
 /// The environment as the config sees it: a lookup by name (the process environment, or a test's map).

@@ -23,8 +23,9 @@ pub struct Files {
 impl Files {
     /// Reads what `raw` names from the file system.
     pub(crate) fn read(raw: &RawConfig, env: &Env<'_>) -> Self {
-        let snapshot_key = match (&raw.store.snapshot_path, &raw.store.snapshot_key_file) {
-            (Some(_), Some(file)) if env.get(env::SNAPSHOT_KEY).is_none() => {
+        let redis = raw.store.backend.as_deref() == Some("redis");
+        let snapshot_key = match (raw.store.snapshot_path.is_some() || redis, &raw.store.snapshot_key_file) {
+            (true, Some(file)) if env.get(env::SNAPSHOT_KEY).is_none() => {
                 Some(std::fs::read_to_string(file).map_err(|e| e.to_string()))
             }
             _ => None,

@@ -165,6 +165,44 @@ impl std::fmt::Debug for SnapshotKey {
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub snapshot: Option<SnapshotConfig>,
+    /// `store.backend = "redis"`: the shared store; `None` is the in-memory store.
+    pub redis: Option<RedisConfig>,
+}
+
+/// The shared store on Redis (`store.backend = "redis"`).
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `store.redis_url` or `DCR_PROXY_REDIS_URL`; may carry `user:password`, never logged whole.
+    pub url: RedisUrl,
+    /// The snapshot key: seals IdP tokens in Redis and derives the sign-in keys every replica shares.
+    pub key: SnapshotKey,
+    /// `store.redis_cache_ttl`: how long a bearer lookup is served from the replica's own cache (≤ 1 s).
+    pub cache_ttl: Duration,
+    /// `store.redis_cache_entries`: bearer lookups kept per replica at most.
+    pub cache_entries: usize,
+}
+
+/// A Redis URL, whose password must never be logged: `Debug` and [`RedisUrl::redacted`] hide it.
+#[derive(Clone)]
+pub struct RedisUrl(pub String);
+
+impl RedisUrl {
+    /// The URL with any password replaced by `***`, for logs.
+    pub fn redacted(&self) -> String {
+        match (self.0.split_once("://"), self.0.rfind('@')) {
+            (Some((scheme, rest)), Some(_)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => self.0.clone(),
+            },
+            _ => self.0.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({})", self.redacted())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -640,5 +678,33 @@ mod tests {
         assert_eq!(err_key(&with("client_capabilities = [\"\"]"), secret), "idp.client_capabilities");
         assert_eq!(err_key(&with("max_claims_bytes = 10"), secret), "idp.max_claims_bytes");
         assert_eq!(err_key(&with("max_claims_bytes = 100000"), secret), "idp.max_claims_bytes");
+    }
+
+    #[test]
+    fn the_redis_backend_needs_a_url_and_the_key_and_names_them() {
+        let redis = |store: &str| DEFAULT_CONFIG.replace("[store]", &format!("[store]\n{store}"));
+        let key = |name: &str| (name == "DCR_PROXY_SNAPSHOT_KEY").then(|| "ab".repeat(32));
+        let url_env = |name: &str| match name {
+            "DCR_PROXY_REDIS_URL" => Some("redis://env:6379/1".to_owned()),
+            other => key(other),
+        };
+        assert_eq!(err_key(&redis("backend = \"redis\""), key), "store.redis_url");
+        let with_url = redis("backend = \"redis\"\nredis_url = \"redis://u:pw@r:6379/0\"");
+        assert_eq!(err_key(&with_url, no_env), "store.snapshot_key_file");
+        let config = Config::from_toml(&with_url, key).map_err(|e| e.to_string());
+        let redis_config = config.map(|c| c.store.redis.map(|r| (r.url.redacted(), r.cache_ttl, r.cache_entries)));
+        assert_eq!(redis_config, Ok(Some(("redis://***@r:6379/0".to_owned(), Duration::from_secs(1), 100_000))));
+        let config = Config::from_toml(&with_url, url_env).map_err(|e| e.to_string());
+        assert_eq!(config.map(|c| c.store.redis.map(|r| r.url.0)), Ok(Some("redis://env:6379/1".to_owned())));
+        assert_eq!(err_key(&redis("backend = \"etcd\""), key), "store.backend");
+        assert_eq!(err_key(&redis("backend = \"redis\"\nredis_url = \"rediss://r\""), key), "store.redis_url");
+        assert_eq!(err_key(&redis("backend = \"redis\"\nredis_url = \"http://r\""), key), "store.redis_url");
+        let long_ttl = redis("backend = \"redis\"\nredis_url = \"redis://r\"\nredis_cache_ttl = \"2s\"");
+        assert_eq!(err_key(&long_ttl, key), "store.redis_cache_ttl");
+        let no_entries = redis("backend = \"redis\"\nredis_url = \"redis://r\"\nredis_cache_entries = 0");
+        assert_eq!(err_key(&no_entries, key), "store.redis_cache_entries");
+        let with_snapshot = redis("backend = \"redis\"\nredis_url = \"redis://r\"\nsnapshot_path = \"/tmp/s\"");
+        assert_eq!(err_key(&with_snapshot, key), "store.snapshot_path");
+        assert!(!format!("{:?}", RedisUrl("redis://u:secret@h/0".into())).contains("secret"));
     }
 }

@@ -295,6 +295,10 @@ pub(crate) struct RawStore {
     pub(crate) snapshot_key_file: Option<PathBuf>,
     #[serde(default)]
     pub(crate) start_empty_on_bad_snapshot: bool,
+    pub(crate) backend: Option<String>,
+    pub(crate) redis_url: Option<String>,
+    pub(crate) redis_cache_ttl: Option<DurationText>,
+    pub(crate) redis_cache_entries: Option<usize>,
 }
 
 #[derive(Deserialize)]

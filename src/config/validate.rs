@@ -461,38 +461,18 @@ fn validate_client_documents(raw: RawClientDocuments, files: &Files) -> Result<C
 }
 
 fn validate_store(raw: RawStore, env: &Env<'_>, files: &Files) -> Result<StoreConfig, ConfigError> {
-    let Some(path) = raw.snapshot_path else {
-        return Ok(StoreConfig { snapshot: None });
+    let redis = validate_redis(&raw, env, files)?;
+    let Some(path) = raw.snapshot_path.clone() else {
+        return Ok(StoreConfig { snapshot: None, redis });
     };
-    let key_text = match (env.get(env::SNAPSHOT_KEY), &raw.snapshot_key_file) {
-        (Some(k), _) if k.trim().is_empty() => {
-            return Err(invalid(
-                env::SNAPSHOT_KEY.name,
-                "the environment variable is set but empty: put 32 random bytes there as base64 or 64 hex digits \
-                 (e.g. `openssl rand -base64 32`), or unset it and use store.snapshot_key_file",
-            ))
-        }
-        (Some(k), _) => parse_snapshot_key(&k).map(|_| k).ok_or_else(|| {
-            invalid(env::SNAPSHOT_KEY.name, "the environment variable must hold 32 bytes as base64 or 64 hex digits")
-        })?,
-        (None, Some(file)) => match &files.snapshot_key {
-            Some(Ok(text)) => text.clone(),
-            Some(Err(e)) => {
-                return Err(invalid("store.snapshot_key_file", format!("cannot read {}: {e}", file.display())))
-            }
-            None => return Err(invalid("store.snapshot_key_file", format!("{} was not read", file.display()))),
-        },
-        (None, None) => {
-            return Err(invalid(
-                "store.snapshot_key_file",
-                "a snapshot needs a key: set DCR_PROXY_SNAPSHOT_KEY or store.snapshot_key_file \
-                 (32 random bytes as base64 or 64 hex digits, e.g. `openssl rand -base64 32`)",
-            ))
-        }
-    };
-    let key = parse_snapshot_key(&key_text).ok_or_else(|| {
-        invalid("store.snapshot_key_file", "the snapshot key must be 32 bytes as base64 or 64 hex digits")
-    })?;
+    if redis.is_some() {
+        return Err(invalid(
+            "store.snapshot_path",
+            "with store.backend = \"redis\" the state lives in Redis: remove snapshot_path (move an existing \
+             snapshot in with `dcr-proxy store import`)",
+        ));
+    }
+    let key = snapshot_key(&raw, env, files, "a snapshot")?;
     let interval = duration("store.snapshot_interval", raw.snapshot_interval, Duration::from_secs(30))?;
     if interval < Duration::from_millis(100) {
         return Err(invalid("store.snapshot_interval", "must be at least 100ms"));
@@ -514,7 +494,75 @@ fn validate_store(raw: RawStore, env: &Env<'_>, files: &Files) -> Result<StoreCo
             previous_key,
             start_empty_on_error: raw.start_empty_on_bad_snapshot,
         }),
+        redis,
     })
+}
+
+/// The snapshot key (`DCR_PROXY_SNAPSHOT_KEY` or `store.snapshot_key_file`), required by `what`.
+fn snapshot_key(raw: &RawStore, env: &Env<'_>, files: &Files, what: &str) -> Result<SnapshotKey, ConfigError> {
+    let key_text = match (env.get(env::SNAPSHOT_KEY), &raw.snapshot_key_file) {
+        (Some(k), _) if k.trim().is_empty() => {
+            return Err(invalid(
+                env::SNAPSHOT_KEY.name,
+                "the environment variable is set but empty: put 32 random bytes there as base64 or 64 hex digits \
+                 (e.g. `openssl rand -base64 32`), or unset it and use store.snapshot_key_file",
+            ))
+        }
+        (Some(k), _) => parse_snapshot_key(&k).map(|_| k).ok_or_else(|| {
+            invalid(env::SNAPSHOT_KEY.name, "the environment variable must hold 32 bytes as base64 or 64 hex digits")
+        })?,
+        (None, Some(file)) => match &files.snapshot_key {
+            Some(Ok(text)) => text.clone(),
+            Some(Err(e)) => {
+                return Err(invalid("store.snapshot_key_file", format!("cannot read {}: {e}", file.display())))
+            }
+            None => return Err(invalid("store.snapshot_key_file", format!("{} was not read", file.display()))),
+        },
+        (None, None) => {
+            return Err(invalid(
+                "store.snapshot_key_file",
+                format!(
+                    "{what} needs a key: set DCR_PROXY_SNAPSHOT_KEY or store.snapshot_key_file \
+                     (32 random bytes as base64 or 64 hex digits, e.g. `openssl rand -base64 32`)"
+                ),
+            ))
+        }
+    };
+    parse_snapshot_key(&key_text).ok_or_else(|| {
+        invalid("store.snapshot_key_file", "the snapshot key must be 32 bytes as base64 or 64 hex digits")
+    })
+}
+
+/// `store.backend`, `store.redis_url` (`DCR_PROXY_REDIS_URL` overrides it), `store.redis_cache_ttl` (default 1 s,
+/// at most 1 s) and `store.redis_cache_entries` (default 100000).
+fn validate_redis(raw: &RawStore, env: &Env<'_>, files: &Files) -> Result<Option<RedisConfig>, ConfigError> {
+    match raw.backend.as_deref() {
+        None | Some("memory") => return Ok(None),
+        Some("redis") => {}
+        Some(_) => return Err(invalid("store.backend", "must be \"memory\" or \"redis\"")),
+    }
+    let url = env.get(env::REDIS_URL).or_else(|| raw.redis_url.clone()).ok_or_else(|| {
+        invalid("store.redis_url", "store.backend = \"redis\" needs store.redis_url or DCR_PROXY_REDIS_URL")
+    })?;
+    if url.starts_with("rediss://") {
+        return Err(invalid(
+            "store.redis_url",
+            "rediss:// (TLS) is not supported by this build yet; use redis:// on a private network",
+        ));
+    }
+    if !url.starts_with("redis://") {
+        return Err(invalid("store.redis_url", "must start with redis://"));
+    }
+    let key = snapshot_key(raw, env, files, "store.backend = \"redis\"")?;
+    let cache_ttl = duration("store.redis_cache_ttl", raw.redis_cache_ttl.clone(), Duration::from_secs(1))?;
+    if cache_ttl > Duration::from_secs(1) {
+        return Err(invalid("store.redis_cache_ttl", "must be at most 1s (revocations must reach every replica)"));
+    }
+    let cache_entries = match raw.redis_cache_entries {
+        Some(0) => return Err(invalid("store.redis_cache_entries", "must be at least 1")),
+        n => n.unwrap_or(100_000),
+    };
+    Ok(Some(RedisConfig { url: RedisUrl(url), key, cache_ttl, cache_entries }))
 }
 
 fn validate_limits(raw: RawLimits) -> Result<LimitsConfig, ConfigError> {

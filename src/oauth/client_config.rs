@@ -23,7 +23,7 @@ use crate::http::{self as h, json_response, no_store, read_body, Body, RequestBo
 use crate::oauth::{bearer_token as bearer, register};
 use crate::rate_limit;
 use crate::route::CLIENT_CONFIGURATION_PREFIX;
-use crate::store::{Client, Store};
+use crate::store::{Client, StateStore, StoreError};
 
 /// RFC 7591 §3: registers a client from a JSON metadata body.
 pub async fn register(
@@ -45,12 +45,16 @@ pub async fn register(
     let json = read_metadata(app, req).await?;
     let now = app.clock.now();
     let registration = register::register(&json, now, &policy.redirect_allowlist)?;
-    match app.store.make_room_for_client(
-        now,
-        policy.unused_client_ttl.as_secs(),
-        policy.max_clients,
-        app.config.tokens.pending_ttl.as_secs(),
-    ) {
+    match app
+        .store
+        .make_room_for_client(
+            now,
+            policy.unused_client_ttl.as_secs(),
+            policy.max_clients,
+            app.config.tokens.pending_ttl.as_secs(),
+        )
+        .await?
+    {
         Some(0) => {}
         Some(removed) => tracing::info!(removed, "unused clients removed to make room"),
         None => return Err(Error::Capacity { what: "the client registration limit is reached", html: false }),
@@ -75,7 +79,7 @@ pub async fn register(
             .client(&registration.client.client_id)
             .name(registration.client.client_name.as_deref()),
     );
-    app.store.add_client(registration.client, source);
+    app.store.add_client(registration.client, source).await?;
     let mut resp = json_response(StatusCode::CREATED, &doc);
     no_store(&mut resp);
     Ok(resp)
@@ -86,7 +90,7 @@ pub async fn register(
 pub async fn manage(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     let client_id = req.uri().path().trim_start_matches(CLIENT_CONFIGURATION_PREFIX).to_owned();
     let presented = bearer::token_from_headers(req.headers()).unwrap_or("");
-    let client = managed_client(&app.store, &client_id, presented).ok_or(Error::RegistrationTokenRequired)?;
+    let client = managed_client(&app.store, &client_id, presented).await?.ok_or(Error::RegistrationTokenRequired)?;
     let config_uri = configuration_uri(&app.config.server.public_url, &client.client_id);
     let respond = |c: &Client| {
         let mut resp = json_response(StatusCode::OK, &register::response_body(c, None, (None, &config_uri)));
@@ -96,7 +100,7 @@ pub async fn manage(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
     match *req.method() {
         Method::GET => Ok(respond(&client)),
         Method::DELETE => {
-            app.store.revoke_client(&client.client_id);
+            app.store.revoke_client(&client.client_id).await?;
             tracing::info!(client_id = %client.client_id, "client deleted by its owner");
             app.audit(Entry::new(Event::ClientDeleted).client(&client.client_id).name(client.client_name.as_deref()));
             let mut resp = Response::new(h::empty());
@@ -110,15 +114,19 @@ pub async fn manage(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
             let resp = respond(&updated);
             tracing::info!(client_id = %client.client_id, "client metadata updated");
             app.audit(Entry::new(Event::ClientUpdated).client(&client.client_id).name(updated.client_name.as_deref()));
-            app.store.put_client(updated);
+            app.store.put_client(updated).await?;
             Ok(resp)
         }
     }
 }
 
 /// The registered client `client_id` if `presented` is its registration access token (RFC 7592 §2.1).
-pub fn managed_client(store: &Store, client_id: &str, presented: &str) -> Option<Arc<Client>> {
-    store.client(client_id).filter(|c| c.registration_token.is_some_and(|h| h.matches(presented)))
+pub async fn managed_client(
+    store: &StateStore,
+    client_id: &str,
+    presented: &str,
+) -> Result<Option<Arc<Client>>, StoreError> {
+    Ok(store.client(client_id).await?.filter(|c| c.registration_token.is_some_and(|h| h.matches(presented))))
 }
 
 /// The `registration_client_uri` of a client (RFC 7592 §3).
@@ -144,18 +152,23 @@ pub fn parse_metadata(body: &[u8]) -> Result<serde_json::Value, OAuthError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_the_clients_own_registration_token_manages_it() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn only_the_clients_own_registration_token_manages_it() {
+        let store = Arc::new(crate::store::Store::new());
+        let state = StateStore::Memory(store.clone());
         let mut client = Client::public("c1", vec![], 1);
         client.registration_token = Some(TokenHash::of("rat-1"));
         store.put_client(client);
         store.put_client(Client::public("no-token", vec![], 1));
-        assert!(managed_client(&store, "c1", "rat-1").is_some());
-        assert!(managed_client(&store, "c1", "rat-2").is_none());
-        assert!(managed_client(&store, "c1", "").is_none());
-        assert!(managed_client(&store, "no-token", "").is_none(), "a client without a token is never managed");
-        assert!(managed_client(&store, "unknown", "rat-1").is_none());
+        let managed = |id: &'static str, token: &'static str| {
+            let state = &state;
+            async move { managed_client(state, id, token).await.ok().flatten().is_some() }
+        };
+        assert!(managed("c1", "rat-1").await);
+        assert!(!managed("c1", "rat-2").await);
+        assert!(!managed("c1", "").await);
+        assert!(!managed("no-token", "").await, "a client without a token is never managed");
+        assert!(!managed("unknown", "rat-1").await);
     }
 
     #[test]

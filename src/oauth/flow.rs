@@ -11,7 +11,9 @@
 //! Invariants:
 //! - Tickets are sealed with ChaCha20-Poly1305 under a per-process random key, with the ticket's kind as AAD: the
 //!   browser carries them but can neither read nor change them, and a consent ticket is never accepted as an IdP
-//!   state or the reverse. A restart ends the sign-ins in flight, as the in-memory table did before.
+//!   state or the reverse. A restart ends the sign-ins in flight, as the in-memory table did before. With
+//!   `store.backend = "redis"` the sealing and cookie keys are derived from the configured key instead
+//!   ([`SignIns::from_key`]), so that every replica opens what another sealed; the single-use record is in Redis.
 //! - [`SignIns::open_live`] is the one check that a sign-in is live (unexpired) and belongs to this browser (the
 //!   request carries the binding cookie whose hash is sealed in the ticket) — the rule of CVE-2026-27124.
 //! - The binding cookie is minted by the proxy only: `<256-bit random>.<HMAC-SHA256 tag>` under a per-process
@@ -128,6 +130,16 @@ impl SignIns {
         let mut key = [0u8; 32];
         crypto::fill_random(&mut key);
         Self { sealer: Sealer::new(&key), cookie_mac: Mac::random(), https }
+    }
+
+    /// Keys derived from the configured key (`backend = "redis"`): every replica opens what another sealed, so a
+    /// sign-in may start on one replica and finish on another.
+    pub fn from_key(key: &[u8; 32], https: bool) -> Self {
+        Self {
+            sealer: Sealer::new(&crypto::derive_key(key, "dcr-proxy sign-in seal v1")),
+            cookie_mac: Mac::derived(key, "dcr-proxy browser binding v1"),
+            https,
+        }
     }
 
     /// Seals a ticket for the browser to carry (base64url).

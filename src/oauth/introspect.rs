@@ -15,7 +15,7 @@ use crate::crypto::{self, TokenHash};
 use crate::error::{Error, OAuthError};
 use crate::http::{json_response, no_store, Body, RequestBody};
 use crate::oauth::{requests, token};
-use crate::store::Store;
+use crate::store::{StateStore, StoreError};
 
 /// RFC 7662 §2: the introspection endpoint.
 pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
@@ -36,7 +36,7 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
     }
     let token = params.require("token")?;
     let issuer = Issuer { url: &app.config.server.public_url, resource: app.config.resource_url() };
-    let body = introspect(&app.store, token, params.get("token_type_hint"), app.clock.now(), &issuer);
+    let body = introspect(&app.store, token, params.get("token_type_hint"), app.clock.now(), &issuer).await?;
     let mut resp = json_response(StatusCode::OK, &body);
     no_store(&mut resp);
     Ok(resp)
@@ -50,16 +50,26 @@ pub struct Issuer<'a> {
 }
 
 /// The introspection response for `token` (§2.2).
-pub fn introspect(store: &Store, token: &str, hint: Option<&str>, now: UnixTime, issuer: &Issuer<'_>) -> Value {
-    let access =
-        store.access_token_record(&TokenHash::of(token)).map(|(grant, exp, scope)| (grant, exp, scope, "access_token"));
-    let found = access.or_else(|| {
-        store
+pub async fn introspect(
+    store: &StateStore,
+    token: &str,
+    hint: Option<&str>,
+    now: UnixTime,
+    issuer: &Issuer<'_>,
+) -> Result<Value, StoreError> {
+    let access = store
+        .access_token_record(&TokenHash::of(token))
+        .await?
+        .map(|(grant, exp, scope)| (grant, exp, scope, "access_token"));
+    let found = match access {
+        Some(found) => Some(found),
+        None => store
             .refresh_token(token)
+            .await?
             .filter(|(_, _, current)| *current)
-            .map(|(grant, exp, _)| (grant.clone(), exp, grant.scope.clone(), "refresh_token"))
-    });
-    match found {
+            .map(|(grant, exp, _)| (grant.clone(), exp, grant.scope.clone(), "refresh_token")),
+    };
+    Ok(match found {
         Some((grant, exp, scope, kind)) if exp > now && !grant.is_revoked() => serde_json::json!({
             "active": true,
             "scope": &*scope,
@@ -73,17 +83,20 @@ pub fn introspect(store: &Store, token: &str, hint: Option<&str>, now: UnixTime,
             "token_type_hint_used": hint.is_some(),
         }),
         _ => serde_json::json!({"active": false}),
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use crate::store::{AccessToken, Grant, Identity, UpstreamCredential, UpstreamLogin};
+    use std::sync::Arc;
 
-    #[test]
-    fn live_tokens_are_described_and_anything_else_is_only_inactive() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn live_tokens_are_described_and_anything_else_is_only_inactive() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let login = UpstreamLogin {
             credential: UpstreamCredential::Local,
             identity: Identity { sub: "user-1".into(), ..Identity::default() },
@@ -91,15 +104,15 @@ mod tests {
         let grant = Grant::new("c1".into(), vec!["openid".into()], None, login, 5);
         store.add_access_token(TokenHash::of("at"), AccessToken::new(grant.clone(), 100));
         let issuer = Issuer { url: "https://p.example", resource: "https://p.example/mcp".into() };
-        let live = introspect(&store, "at", None, 50, &issuer);
+        let live = introspect(&state, "at", None, 50, &issuer).await.unwrap_or_default();
         assert_eq!(live["active"], true);
         assert_eq!(live["sub"], "user-1");
         assert_eq!(live["aud"], "https://p.example/mcp");
         assert_eq!(live["token_type"], "Bearer");
         let inactive = serde_json::json!({"active": false});
-        assert_eq!(introspect(&store, "at", None, 100, &issuer), inactive, "expired");
-        assert_eq!(introspect(&store, "unknown", Some("access_token"), 50, &issuer), inactive);
+        assert_eq!(introspect(&state, "at", None, 100, &issuer).await.ok(), Some(inactive.clone()), "expired");
+        assert_eq!(introspect(&state, "unknown", Some("access_token"), 50, &issuer).await.ok(), Some(inactive.clone()));
         grant.revoke();
-        assert_eq!(introspect(&store, "at", None, 50, &issuer), inactive, "revoked");
+        assert_eq!(introspect(&state, "at", None, 50, &issuer).await.ok(), Some(inactive), "revoked");
     }
 }

@@ -16,7 +16,7 @@ use crate::error::{Error, OAuthError};
 use crate::http::params::Params;
 use crate::http::{self as h, read_body, RequestBody};
 use crate::oauth::token;
-use crate::store::{Client, Store};
+use crate::store::Client;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 /// Largest form body of the token, consent, login and revocation endpoints.
@@ -58,18 +58,30 @@ pub async fn document_client(app: &App, client_id: Option<&str>) -> Result<Optio
     }
 }
 
-/// Looks a client up: the document client already resolved for this request, or a registered one.
-pub fn find_client(document: &Option<Arc<Client>>, store: &Store, id: &str) -> Option<Arc<Client>> {
-    match document {
-        Some(c) if c.client_id == id => Some(c.clone()),
-        _ => store.client(id),
-    }
+/// Looks a client up: the document client already resolved for this request, or the registered one already
+/// read from the store, each only for its own id.
+pub fn find_client(document: &Option<Arc<Client>>, registered: &Option<Arc<Client>>, id: &str) -> Option<Arc<Client>> {
+    [document, registered].into_iter().flatten().find(|c| c.client_id == id).cloned()
 }
 
 /// Authenticates the client of a token or revocation request; a metadata-document client is resolved first.
 pub async fn token_client(app: &App, headers: &HeaderMap, params: &Params) -> Result<Arc<Client>, Error> {
     let document = document_client(app, params.get("client_id")).await.map_err(DocumentError::into_token_error)?;
-    Ok(token::authenticate_client(|id| find_client(&document, &app.store, id), headers, params)?)
+    // The id the request authenticates as (Basic or `client_id`), read once by the rule itself.
+    let mut named = None;
+    let _ = token::authenticate_client(
+        |id| {
+            named = Some(id.to_owned());
+            None
+        },
+        headers,
+        params,
+    );
+    let registered = match named {
+        Some(id) if !client_documents::is_document_id(&id) => app.store.client(&id).await?,
+        _ => None,
+    };
+    Ok(token::authenticate_client(|id| find_client(&document, &registered, id), headers, params)?)
 }
 
 #[cfg(test)]
@@ -78,13 +90,12 @@ mod tests {
 
     #[test]
     fn a_resolved_document_client_is_used_only_for_its_own_id() {
-        let store = Store::new();
-        store.put_client(Client::public("registered", vec![], 1));
+        let registered = Some(Arc::new(Client::public("registered", vec![], 1)));
         let doc = Some(Arc::new(Client::public("https://app.example/client.json", vec![], 1)));
-        let found = |id: &str| find_client(&doc, &store, id).map(|c| c.client_id.clone());
+        let found = |id: &str| find_client(&doc, &registered, id).map(|c| c.client_id.clone());
         assert_eq!(found("https://app.example/client.json").as_deref(), Some("https://app.example/client.json"));
         assert_eq!(found("registered").as_deref(), Some("registered"));
         assert_eq!(found("https://other.example/client.json"), None);
-        assert_eq!(find_client(&None, &store, "unknown").map(|c| c.client_id.clone()), None);
+        assert_eq!(find_client(&None, &registered, "unknown").map(|c| c.client_id.clone()), None);
     }
 }

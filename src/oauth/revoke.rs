@@ -16,7 +16,7 @@ use crate::crypto::TokenHash;
 use crate::error::Error;
 use crate::http::{self as h, no_store, Body, RequestBody};
 use crate::oauth::requests;
-use crate::store::Store;
+use crate::store::{StateStore, StoreError};
 
 /// What a revocation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,12 +39,12 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
         resp
     };
     if let Some(id) = params.get("client_id").filter(|id| client_documents::is_document_id(id)) {
-        if app.store.token_client(token).as_deref() != Some(id) {
+        if app.store.token_client(token).await?.as_deref() != Some(id) {
             return Ok(answer());
         }
     }
     let client = requests::token_client(app, &headers, &params).await?;
-    match revoke(&app.store, &client.client_id, token) {
+    match revoke(&app.store, &client.client_id, token).await? {
         Revoked::Grant => {
             tracing::info!(client_id = %client.client_id, "grant revoked by its client");
             app.audit(Entry::new(Event::TokenRevoked).client(&client.client_id).detail("refresh token: grant revoked"));
@@ -60,32 +60,35 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
 
 /// Revokes `token` if it was issued to `client_id`: a refresh token (current or just rotated) with its grant, or
 /// an access token.
-pub fn revoke(store: &Store, client_id: &str, token: &str) -> Revoked {
-    let refresh_grant = store.refresh_token(token).map(|(grant, _, _)| grant);
-    if let Some(grant) = refresh_grant.filter(|g| g.client_id == client_id) {
-        store.revoke_grant(grant.id);
+pub async fn revoke(store: &StateStore, client_id: &str, token: &str) -> Result<Revoked, StoreError> {
+    let refresh_grant = store.refresh_token(token).await?.map(|(grant, _, _)| grant);
+    Ok(if let Some(grant) = refresh_grant.filter(|g| g.client_id == client_id) {
+        store.revoke_grant(grant.id).await?;
         Revoked::Grant
-    } else if store.revoke_access_token(&TokenHash::of(token), client_id) {
+    } else if store.revoke_access_token(&TokenHash::of(token), client_id).await? {
         Revoked::AccessToken
     } else {
         Revoked::Nothing
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use crate::store::UpstreamLogin;
     use crate::store::{AccessToken, FamilyId, Grant, Identity, RefreshFamily, RefreshTokenName, UpstreamCredential};
+    use std::sync::Arc;
 
     fn grant(client_id: &str) -> std::sync::Arc<Grant> {
         let login = UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() };
         Grant::new(client_id.into(), vec!["openid".into()], None, login, 1)
     }
 
-    #[test]
-    fn a_refresh_token_revokes_its_grant_for_its_own_client_only() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn a_refresh_token_revokes_its_grant_for_its_own_client_only() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let g = grant("c1");
         store.start_grant(g.clone(), TokenHash::of("code"), 100);
         let name = RefreshTokenName { family: FamilyId::random(), generation: 0 };
@@ -98,22 +101,23 @@ mod tests {
             rotated: None,
         };
         store.add_refresh_family(name.family.hash(), family);
-        assert_eq!(revoke(&store, "c2", &refresh), Revoked::Nothing);
+        assert_eq!(revoke(&state, "c2", &refresh).await.ok(), Some(Revoked::Nothing));
         assert!(!g.is_revoked());
-        assert_eq!(revoke(&store, "c1", &refresh), Revoked::Grant);
+        assert_eq!(revoke(&state, "c1", &refresh).await.ok(), Some(Revoked::Grant));
         assert!(g.is_revoked());
     }
 
-    #[test]
-    fn an_access_token_is_removed_for_its_own_client_only() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn an_access_token_is_removed_for_its_own_client_only() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let g = grant("c1");
         store.add_access_token(TokenHash::of("at"), AccessToken::new(g.clone(), 100));
-        assert_eq!(revoke(&store, "c2", "at"), Revoked::Nothing);
+        assert_eq!(revoke(&state, "c2", "at").await.ok(), Some(Revoked::Nothing));
         assert!(store.access_token(&TokenHash::of("at"), 10).is_some());
-        assert_eq!(revoke(&store, "c1", "at"), Revoked::AccessToken);
+        assert_eq!(revoke(&state, "c1", "at").await.ok(), Some(Revoked::AccessToken));
         assert!(store.access_token(&TokenHash::of("at"), 10).is_none());
         assert!(!g.is_revoked(), "an access token does not revoke its grant");
-        assert_eq!(revoke(&store, "c1", "unknown"), Revoked::Nothing);
+        assert_eq!(revoke(&state, "c1", "unknown").await.ok(), Some(Revoked::Nothing));
     }
 }

@@ -40,8 +40,12 @@ pub async fn authorize(app: &App, req: &Request<RequestBody>) -> Result<Response
     let document = requests::document_client(app, named.as_deref())
         .await
         .map_err(|e| e.into_page(named.as_deref().unwrap_or("")))?;
-    let request = authorize::validate(query, |id| requests::find_client(&document, &app.store, id), &ctx)?;
-    let client = requests::find_client(&document, &app.store, &request.client_id)
+    let registered = match named.as_deref() {
+        Some(id) if !crate::client_documents::is_document_id(id) => app.store.client(id).await?,
+        _ => None,
+    };
+    let request = authorize::validate(query, |id| requests::find_client(&document, &registered, id), &ctx)?;
+    let client = requests::find_client(&document, &registered, &request.client_id)
         .ok_or_else(|| Error::page(StatusCode::BAD_REQUEST, "Unknown client", "The application is not registered."))?;
     // While its user signs in, the client is not evicted to make room for new registrations.
     client.mark_sign_in(app.clock.now());
@@ -56,6 +60,7 @@ pub async fn authorize(app: &App, req: &Request<RequestBody>) -> Result<Response
     let notice = app
         .store
         .interaction_required(&client.client_id, app.clock.now())
+        .await?
         .map(|i| entra_error::requirement_text(i.aadsts));
     let mut resp = consent::render(
         &client,
@@ -84,9 +89,12 @@ pub async fn consent(app: &App, req: Request<RequestBody>) -> Result<Response<Bo
     };
     let csrf = params.get("csrf").ok_or_else(refused)?;
     let ticket = live::<ConsentTicket>(app, params.get("request"), &headers)
+        .await?
         .filter(|t| t.csrf.matches(csrf))
-        .filter(|t| spend(app, t))
         .ok_or_else(refused)?;
+    if !spend(app, &ticket).await? {
+        return Err(refused());
+    }
     let pending = ticket.pending;
 
     if params.get("action") != Some("approve") {
@@ -111,7 +119,7 @@ pub async fn consent(app: &App, req: Request<RequestBody>) -> Result<Response<Bo
     let client_id = pending.request.client_id.clone();
     let state = app.sign_ins.seal(&IdpTicket::new(pending, verifier, nonce.clone()));
     let location = match &*app.idp {
-        Idp::Oidc(p) => p.authorize_url(&state, &challenge, &nonce, &sign_in_hints(app, &client_id)),
+        Idp::Oidc(p) => p.authorize_url(&state, &challenge, &nonce, &sign_in_hints(app, &client_id).await?),
         Idp::Local(_) => h::append_query("/login", &[("state", &state)]),
     };
     Ok(h::redirect(&location))
@@ -121,8 +129,8 @@ pub async fn consent(app: &App, req: Request<RequestBody>) -> Result<Response<Bo
 pub async fn callback(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
     let params = Params::parse(req.uri().query().unwrap_or("").as_bytes())
         .map_err(|e| Error::page(StatusCode::BAD_REQUEST, "Invalid sign-in response", e.to_string()))?;
-    let request = live::<IdpTicket>(app, params.get("state"), req.headers()).ok_or_else(login_state_error)?;
-    if !spend(app, &request) {
+    let request = live::<IdpTicket>(app, params.get("state"), req.headers()).await?.ok_or_else(login_state_error)?;
+    if !spend(app, &request).await? {
         return Err(login_state_error());
     }
     let now = app.clock.now();
@@ -151,7 +159,7 @@ pub async fn callback(app: &App, req: &Request<RequestBody>) -> Result<Response<
         return Err(Error::NotFound);
     };
     match provider.exchange_code(code, &request.pkce_verifier, &request.nonce, now).await {
-        Ok(login) => Ok(finish(app, request.pending, login)),
+        Ok(login) => finish(app, request.pending, login).await,
         Err(e) => {
             let client_id = &request.pending.request.client_id;
             tracing::warn!(%client_id, error = %e, kind = e.family().label(), "IdP code exchange failed");
@@ -164,7 +172,7 @@ pub async fn callback(app: &App, req: &Request<RequestBody>) -> Result<Response<
                         login_hint: None,
                         expires_at: now + app.config.tokens.pending_ttl.as_secs(),
                     };
-                    app.store.require_interaction(client_id, requirement);
+                    app.store.require_interaction(client_id, requirement).await?;
                 }
                 if let Some(page) = person_must_act(app, e.family(), *aadsts, client_id, || e) {
                     return Err(page);
@@ -217,19 +225,19 @@ fn person_must_act(
 /// What the next authorization request to Entra carries for `client_id` because Entra refused its last grant
 /// until the person interacts: `prompt=login` (never `prompt=consent`), the `claims` Entra asked for, and who
 /// signed in. Taken once.
-fn sign_in_hints(app: &App, client_id: &str) -> SignInHints {
-    match app.store.take_interaction(client_id, app.clock.now()) {
+async fn sign_in_hints(app: &App, client_id: &str) -> Result<SignInHints, Error> {
+    Ok(match app.store.take_interaction(client_id, app.clock.now()).await? {
         Some(i) => SignInHints { prompt_login: true, claims: i.claims, login_hint: i.login_hint },
         None => SignInHints::default(),
-    }
+    })
 }
 
 /// `GET /login`: the local login page of a live sign-in.
-pub fn show_login(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
+pub async fn show_login(app: &App, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
     local_users(app)?;
     let params = Params::parse(req.uri().query().unwrap_or("").as_bytes()).map_err(|_| login_state_error())?;
     let state = params.get("state");
-    live::<IdpTicket>(app, state, req.headers()).ok_or_else(login_state_error)?;
+    live::<IdpTicket>(app, state, req.headers()).await?.ok_or_else(login_state_error)?;
     Ok(local::login_page(&app.config.pages, state.unwrap_or(""), None))
 }
 
@@ -238,7 +246,7 @@ pub async fn submit_login(app: &App, req: Request<RequestBody>) -> Result<Respon
     let users = local_users(app)?;
     let (headers, params) = requests::read_form(req).await?;
     let state = params.get("state").unwrap_or("");
-    let request = live::<IdpTicket>(app, Some(state), &headers).ok_or_else(login_state_error)?;
+    let request = live::<IdpTicket>(app, Some(state), &headers).await?.ok_or_else(login_state_error)?;
     let username = params.get("username").unwrap_or("");
     let password = params.get("password").unwrap_or("").to_owned();
     let identity = match users.login(username, password, app.clock.now()).await {
@@ -258,23 +266,26 @@ pub async fn submit_login(app: &App, req: Request<RequestBody>) -> Result<Respon
         return Ok(local::login_page(&app.config.pages, state, Some("Wrong username or password.")));
     };
     // A wrong password leaves the state usable; a right one spends it.
-    if !spend(app, &request) {
+    if !spend(app, &request).await? {
         return Err(login_state_error());
     }
     tracing::info!(user = %identity.sub, "local login succeeded");
     let login = UpstreamLogin { credential: UpstreamCredential::Local, identity };
-    Ok(finish(app, request.pending, login))
+    finish(app, request.pending, login).await
 }
 
 /// The ticket `sealed` names, if it is live, belongs to the browser that sent `headers` and was not used yet —
 /// the one check of every step (`spend` is the atomic use).
-fn live<T: Ticket>(app: &App, sealed: Option<&str>, headers: &HeaderMap) -> Option<T> {
-    app.sign_ins.open_live::<T>(sealed?, headers, app.clock.now()).filter(|t| !app.store.sign_in_used(&t.use_key()))
+async fn live<T: Ticket>(app: &App, sealed: Option<&str>, headers: &HeaderMap) -> Result<Option<T>, Error> {
+    let Some(ticket) = sealed.and_then(|s| app.sign_ins.open_live::<T>(s, headers, app.clock.now())) else {
+        return Ok(None);
+    };
+    Ok((!app.store.sign_in_used(&ticket.use_key()).await?).then_some(ticket))
 }
 
 /// Uses a ticket once; `false` when it was already used.
-fn spend<T: Ticket>(app: &App, ticket: &T) -> bool {
-    app.store.claim_sign_in(ticket.use_key(), ticket.pending().expires_at, app.clock.now())
+async fn spend<T: Ticket>(app: &App, ticket: &T) -> Result<bool, Error> {
+    Ok(app.store.claim_sign_in(ticket.use_key(), ticket.pending().expires_at, app.clock.now()).await?)
 }
 
 fn login_state_error() -> Error {
@@ -294,20 +305,22 @@ fn local_users(app: &App) -> Result<&local::LocalUsers, Error> {
 }
 
 /// Mints the proxy's authorization code and sends the browser back to the client (RFC 6749 §4.1.2, RFC 9207).
-fn finish(app: &App, pending: PendingAuthorization, login: UpstreamLogin) -> Response<Body> {
+async fn finish(app: &App, pending: PendingAuthorization, login: UpstreamLogin) -> Result<Response<Body>, Error> {
     let code = crypto::random_token();
     let location = code_redirect(&pending.request, &code, &app.config.server.public_url);
     tracing::info!(client_id = %pending.request.client_id, "authorization code issued");
     app.audit(Entry::new(Event::SignInCompleted).client(&pending.request.client_id).subject(&login.identity.sub));
-    app.store.issue_code(
-        TokenHash::of(&code),
-        AuthorizationCode {
-            request: AuthorizationRequest { state: None, ..pending.request },
-            expires_at: app.clock.now() + app.config.tokens.code_ttl.as_secs(),
-            login,
-        },
-    );
-    h::redirect(&location)
+    app.store
+        .issue_code(
+            TokenHash::of(&code),
+            AuthorizationCode {
+                request: AuthorizationRequest { state: None, ..pending.request },
+                expires_at: app.clock.now() + app.config.tokens.code_ttl.as_secs(),
+                login,
+            },
+        )
+        .await?;
+    Ok(h::redirect(&location))
 }
 
 /// The authorization response's location (RFC 6749 §4.1.2): `code`, the client's `state` if it sent one, and

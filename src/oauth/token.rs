@@ -35,8 +35,8 @@ use crate::error::{Error, ErrorCode, OAuthError};
 use crate::http::params::Params;
 use crate::http::{json_response, no_store, Body, RequestBody};
 use crate::store::{
-    AccessToken, Client, ClientAuthMethod, CodeRedemption, FamilyId, Grant, GrantId, Presented, RefreshFamily,
-    RefreshTokenName, Rotation, Store,
+    AccessToken, AuthorizationCode, Client, ClientAuthMethod, CodeRedemption, FamilyId, Grant, GrantId, Presented,
+    RefreshFamily, RefreshTokenName, Rotation, StateStore,
 };
 
 /// A successful token response (RFC 6749 §5.1).
@@ -126,7 +126,7 @@ pub fn parse_basic(value: &str) -> Result<(String, String), OAuthError> {
 
 /// What the token rules need to know about the proxy.
 pub struct TokenContext<'a> {
-    pub store: &'a Store,
+    pub store: &'a StateStore,
     pub config: &'a TokenConfig,
     pub now: UnixTime,
     /// Values accepted for RFC 8707 `resource`.
@@ -134,22 +134,24 @@ pub struct TokenContext<'a> {
 }
 
 /// Dispatches on `grant_type`.
-pub fn exchange(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, OAuthError> {
-    match params.require("grant_type")? {
-        "authorization_code" => redeem_code(ctx, client, params),
+pub async fn exchange(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, Error> {
+    match params.require("grant_type").map_err(OAuthError::from)? {
+        "authorization_code" => redeem_code(ctx, client, params).await,
         "refresh_token" => {
             if !client.grant_types.iter().any(|g| g == "refresh_token") {
                 return Err(OAuthError::new(
                     ErrorCode::UnauthorizedClient,
                     "this client did not register the refresh_token grant",
-                ));
+                )
+                .into());
             }
-            refresh(ctx, client, params)
+            refresh(ctx, client, params).await
         }
         other => Err(OAuthError::new(
             ErrorCode::UnsupportedGrantType,
             format!("grant_type `{other}` is not supported; use authorization_code or refresh_token"),
-        )),
+        )
+        .into()),
     }
 }
 
@@ -161,18 +163,18 @@ fn check_resource(ctx: &TokenContext<'_>, params: &Params, bound: Option<&str>) 
     }
 }
 
-fn redeem_code(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, OAuthError> {
-    let code = params.require("code")?;
-    let verifier = params.require("code_verifier")?;
+async fn redeem_code(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, Error> {
+    let code = params.require("code").map_err(OAuthError::from)?;
+    let verifier = params.require("code_verifier").map_err(OAuthError::from)?;
     if !pkce::is_valid_verifier(verifier) {
-        return Err(OAuthError::invalid_request("code_verifier must be 43-128 unreserved characters (RFC 7636)"));
+        return Err(OAuthError::invalid_request("code_verifier must be 43-128 unreserved characters (RFC 7636)").into());
     }
     let hash = TokenHash::of(code);
-    let code = match ctx.store.redeem_code(&hash) {
+    let code = match ctx.store.redeem_code(&hash).await? {
         CodeRedemption::Taken(code) => *code,
         CodeRedemption::Spent(grant) => {
-            let subject = ctx.store.grant(grant).map(|g| g.identity.sub.clone()).unwrap_or_default();
-            ctx.store.revoke_grant(grant);
+            let subject = ctx.store.grant(grant).await?.map(|g| g.identity.sub.clone()).unwrap_or_default();
+            ctx.store.revoke_grant(grant).await?;
             tracing::warn!(client_id = %client.client_id, "authorization code replayed; its grant is revoked");
             audit::emit(
                 Entry::new(Event::CodeReplayDetected)
@@ -181,10 +183,35 @@ fn redeem_code(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Resu
                     .subject(&subject)
                     .detail("grant revoked"),
             );
-            return Err(OAuthError::invalid_grant("authorization code was already used"));
+            return Err(OAuthError::invalid_grant("authorization code was already used").into());
         }
-        CodeRedemption::Unknown => return Err(OAuthError::invalid_grant("authorization code is invalid or expired")),
+        CodeRedemption::Unknown => {
+            return Err(OAuthError::invalid_grant("authorization code is invalid or expired").into())
+        }
     };
+    check_code(ctx, client, params, &code, verifier)?;
+    ctx.store.client_authorized(client, ctx.now).await?;
+    let grant = Grant::new(client.client_id.clone(), code.request.scope, code.request.resource, code.login, ctx.now);
+    ctx.store.start_grant(grant.clone(), hash, code.expires_at).await?;
+    audit::emit(
+        Entry::new(Event::GrantIssued)
+            .client(&client.client_id)
+            .name(client.client_name.as_deref())
+            .subject(&grant.identity.sub)
+            .detail(format!("scope: {}", grant.scope)),
+    );
+    let with_refresh = client.grant_types.iter().any(|g| g == "refresh_token");
+    issue(ctx, &grant, with_refresh).await
+}
+
+/// The checks of a taken code (RFC 6749 §4.1.3, RFC 7636 §4.6, RFC 8707).
+fn check_code(
+    ctx: &TokenContext<'_>,
+    client: &Client,
+    params: &Params,
+    code: &AuthorizationCode,
+    verifier: &str,
+) -> Result<(), OAuthError> {
     if code.request.client_id != client.client_id {
         return Err(OAuthError::invalid_grant("authorization code was issued to another client"));
     }
@@ -204,63 +231,53 @@ fn redeem_code(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Resu
     if !pkce::verify_s256(verifier, &code.request.code_challenge) {
         return Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge"));
     }
-    check_resource(ctx, params, code.request.resource.as_deref())?;
-
-    client.mark_authorized(ctx.now);
-    let grant = Grant::new(client.client_id.clone(), code.request.scope, code.request.resource, code.login, ctx.now);
-    ctx.store.start_grant(grant.clone(), hash, code.expires_at);
-    audit::emit(
-        Entry::new(Event::GrantIssued)
-            .client(&client.client_id)
-            .name(client.client_name.as_deref())
-            .subject(&grant.identity.sub)
-            .detail(format!("scope: {}", grant.scope)),
-    );
-    let with_refresh = client.grant_types.iter().any(|g| g == "refresh_token");
-    Ok(issue(ctx, &grant, with_refresh))
+    check_resource(ctx, params, code.request.resource.as_deref())
 }
 
 /// Mints an access token (and a refresh token of a new family) for a grant and records their hashes.
-fn issue(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -> TokenResponse {
-    let mut pair = mint_access(ctx, grant, grant.scope.clone());
+async fn issue(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -> Result<TokenResponse, Error> {
+    let (mut pair, hash, access) = mint_access(ctx, grant, grant.scope.clone());
+    ctx.store.add_access_token(hash, access).await?;
     if with_refresh {
         let name = RefreshTokenName { family: FamilyId::random(), generation: 0 };
         let refresh = name.mint();
         let expires_at = ctx.now + ctx.config.refresh_ttl.as_secs();
         grant.extend_to(expires_at);
-        ctx.store.add_refresh_family(
-            name.family.hash(),
-            RefreshFamily {
-                grant: grant.clone(),
-                generation: 0,
-                current: TokenHash::of(&refresh),
-                expires_at,
-                rotated: None,
-            },
-        );
+        ctx.store
+            .add_refresh_family(
+                name.family.hash(),
+                RefreshFamily {
+                    grant: grant.clone(),
+                    generation: 0,
+                    current: TokenHash::of(&refresh),
+                    expires_at,
+                    rotated: None,
+                },
+            )
+            .await?;
         pair.refresh_token = Some(refresh);
     }
-    pair
+    Ok(pair)
 }
 
-/// Mints an access token carrying `scope` and records its hash; the response has no refresh token yet.
-fn mint_access(ctx: &TokenContext<'_>, grant: &Arc<Grant>, scope: Arc<str>) -> TokenResponse {
+/// Mints an access token carrying `scope`: the response (no refresh token yet) and the record to store under
+/// the token's hash. Writes nothing.
+fn mint_access(ctx: &TokenContext<'_>, grant: &Arc<Grant>, scope: Arc<str>) -> (TokenResponse, TokenHash, AccessToken) {
     let access = crypto::random_token();
     let ttl = ctx.config.access_ttl.as_secs();
     // The grant lives at least as long as its newest token, so that sweeping, revocation and snapshots see it.
     grant.extend_to(ctx.now + ttl);
     let response_scope = scope.to_string();
-    ctx.store.add_access_token(
-        TokenHash::of(&access),
-        AccessToken { grant: grant.clone(), expires_at: ctx.now + ttl, scope },
-    );
-    TokenResponse {
+    let record = AccessToken { grant: grant.clone(), expires_at: ctx.now + ttl, scope };
+    let hash = TokenHash::of(&access);
+    let pair = TokenResponse {
         access_token: access,
         token_type: "Bearer".to_owned(),
         expires_in: ttl,
         refresh_token: None,
         scope: response_scope,
-    }
+    };
+    (pair, hash, record)
 }
 
 /// The key that seals a rotated token's successor: derived from the rotated token, which the store does not keep.
@@ -294,12 +311,12 @@ fn refreshed_scope(requested: Option<&str>, grant: &Grant) -> Result<Arc<str>, O
 pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     let (headers, params) = requests::read_oauth_form(req).await?;
     if let Some(id) = params.get("client_id").filter(|id| client_documents::is_document_id(id)) {
-        client_documents::check_token_request(&app.store, &params, id)?;
+        client_documents::check_token_request(&app.store, &params, id).await??;
     }
     let client = requests::token_client(app, &headers, &params).await?;
     let ctx =
         TokenContext { store: &app.store, config: &app.config.tokens, now: app.clock.now(), resources: &app.resources };
-    let issued = exchange(&ctx, &client, &params)?;
+    let issued = exchange(&ctx, &client, &params).await?;
     let body = serde_json::to_value(&issued).map_err(|e| Error::Internal(e.to_string()))?;
     let mut resp = json_response(StatusCode::OK, &body);
     no_store(&mut resp);
@@ -316,25 +333,48 @@ enum Step {
 
 /// What one atomic step on a refresh-token family decided.
 enum Refreshed {
-    /// The family rotated; the new pair.
-    Issued(TokenResponse),
+    /// The family may rotate to `next`: the new pair, and its access token to store first.
+    Issued { pair: TokenResponse, access: (TokenHash, AccessToken), next: Box<RefreshFamily> },
     /// A replay within the grace window: the sealed pair it was answered with.
     Replayed(Vec<u8>),
     /// A spent token reused: its grant must be revoked.
     Reused(GrantId),
 }
 
-fn refresh(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, OAuthError> {
-    let presented = params.require("refresh_token")?;
+/// How many times a refresh decides again after losing the compare-and-set to a concurrent use of its family.
+const ROTATION_ATTEMPTS: usize = 3;
+
+async fn refresh(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, Error> {
+    let presented = params.require("refresh_token").map_err(OAuthError::from)?;
     let dead = || OAuthError::invalid_grant("refresh token is invalid, expired or revoked");
     let name = RefreshTokenName::parse(presented).ok_or_else(dead)?;
-    // One atomic step of the store from the check to the rotation: two uses of one token cannot both rotate.
-    let outcome = ctx
-        .store
-        .rotate_refresh(&name.family.hash(), |family| refresh_family(ctx, client, params, presented, name, family))
-        .ok_or_else(dead)??;
+    let key = name.family.hash();
+    // Read, decide, then compare-and-set on the generation: two uses of one token cannot both rotate. The loser
+    // decides again on the family the winner wrote (its token is now the one just rotated: the grace window).
+    for _ in 0..ROTATION_ATTEMPTS {
+        let family = ctx.store.refresh_family(&key).await?.ok_or_else(dead)?;
+        let expected = family.generation;
+        match refresh_family(ctx, client, params, presented, name, family)? {
+            Refreshed::Issued { pair, access: (hash, access), next } => {
+                let grant = access.grant.clone();
+                // The access token is stored first, so that a replay answered from the family finds it.
+                ctx.store.add_access_token(hash, access).await?;
+                if ctx.store.replace_refresh_family(&key, expected, *next).await? {
+                    return Ok(pair);
+                }
+                ctx.store.revoke_access_token(&hash, &grant.client_id).await?;
+            }
+            other => return answer_refresh(ctx, client, other).await,
+        }
+    }
+    Err(OAuthError::invalid_grant("refresh token is being used concurrently; retry").into())
+}
+
+/// The answer to a replay or a reuse.
+async fn answer_refresh(ctx: &TokenContext<'_>, client: &Client, outcome: Refreshed) -> Result<TokenResponse, Error> {
+    let dead = || OAuthError::invalid_grant("refresh token is invalid, expired or revoked");
     match outcome {
-        Refreshed::Issued(pair) => Ok(pair),
+        Refreshed::Issued { pair, .. } => Ok(pair),
         Refreshed::Replayed(plain) => {
             let pair: SealedPair = serde_json::from_slice(&plain).map_err(|_| dead())?;
             Ok(TokenResponse {
@@ -346,8 +386,8 @@ fn refresh(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<T
             })
         }
         Refreshed::Reused(grant) => {
-            let subject = ctx.store.grant(grant).map(|g| g.identity.sub.clone()).unwrap_or_default();
-            ctx.store.revoke_grant(grant);
+            let subject = ctx.store.grant(grant).await?.map(|g| g.identity.sub.clone()).unwrap_or_default();
+            ctx.store.revoke_grant(grant).await?;
             audit::emit(
                 Entry::new(Event::RefreshReuseDetected)
                     .client(&client.client_id)
@@ -356,20 +396,21 @@ fn refresh(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<T
                     .detail("refresh family and grant revoked"),
             );
             tracing::warn!(client_id = %client.client_id, "spent refresh token reused; the grant is revoked");
-            Err(OAuthError::invalid_grant("refresh token was already used; the authorization is revoked"))
+            Err(OAuthError::invalid_grant("refresh token was already used; the authorization is revoked").into())
         }
     }
 }
 
-/// The rule of RFC 9700 §4.14 on one family, inside [`crate::store::Store::rotate_refresh`]: the current token
-/// rotates, the one just rotated is answered again within `tokens.refresh_grace`, any other spent one revokes.
+/// The rule of RFC 9700 §4.14 on a copy of one family: the current token rotates (into the returned next
+/// family, which [`StateStore::replace_refresh_family`] writes only if nobody rotated meanwhile), the one just
+/// rotated is answered again within `tokens.refresh_grace`, any other spent one revokes. Writes nothing.
 fn refresh_family(
     ctx: &TokenContext<'_>,
     client: &Client,
     params: &Params,
     presented: &str,
     name: RefreshTokenName,
-    family: &mut RefreshFamily,
+    mut family: RefreshFamily,
 ) -> Result<Refreshed, OAuthError> {
     let dead = || OAuthError::invalid_grant("refresh token is invalid, expired or revoked");
     let hash = TokenHash::of(presented);
@@ -397,8 +438,7 @@ fn refresh_family(
     check_resource(ctx, params, grant.resource.as_deref())?;
     let next_generation = name.generation.checked_add(1).ok_or_else(dead)?;
     let next = RefreshTokenName { family: name.family, generation: next_generation }.mint();
-    // `mint_access` writes only the access token's key, never the family being rotated.
-    let mut pair = mint_access(ctx, &grant, scope);
+    let (mut pair, hash_of_access, access) = mint_access(ctx, &grant, scope);
     pair.refresh_token = Some(next.clone());
     let sealed = SealedPair {
         access_token: pair.access_token.clone(),
@@ -414,7 +454,7 @@ fn refresh_family(
         Rotation { hash, at: ctx.now, sealed_successor: successor_sealer(presented).seal(&hash.0, &plaintext) },
     );
     grant.extend_to(expires_at);
-    Ok(Refreshed::Issued(pair))
+    Ok(Refreshed::Issued { pair, access: (hash_of_access, access), next: Box::new(family) })
 }
 
 #[cfg(test)]
@@ -422,6 +462,14 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::store::Store;
+
+    fn oauth_code(e: Error) -> Option<ErrorCode> {
+        match e {
+            Error::OAuth(o) => Some(o.code),
+            _ => None,
+        }
+    }
     use crate::store::{AuthorizationCode, Identity, UpstreamCredential, UpstreamLogin};
 
     fn config() -> TokenConfig {
@@ -473,28 +521,30 @@ mod tests {
         ))
     }
 
-    #[test]
-    fn replayed_code_fails_and_revokes_issued_tokens() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn replayed_code_fails_and_revokes_issued_tokens() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let cfg = config();
-        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
+        let ctx = TokenContext { store: &state, config: &cfg, now: 1000, resources: &[] };
         put_code(&store, "code1", "c1");
-        let first = exchange(&ctx, &client("c1"), &code_params("code1"));
+        let first = exchange(&ctx, &client("c1"), &code_params("code1")).await;
         let Ok(first) = first else { panic!("first redemption failed: {first:?}") };
         assert!(store.access_token(&TokenHash::of(&first.access_token), 1000).is_some());
-        let again = exchange(&ctx, &client("c1"), &code_params("code1"));
-        assert_eq!(again.err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+        let again = exchange(&ctx, &client("c1"), &code_params("code1")).await;
+        assert_eq!(again.err().and_then(oauth_code), Some(ErrorCode::InvalidGrant));
         assert!(store.access_token(&TokenHash::of(&first.access_token), 1000).is_none());
     }
 
-    #[test]
-    fn code_of_another_client_wrong_verifier_and_expiry_are_invalid_grant() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn code_of_another_client_wrong_verifier_and_expiry_are_invalid_grant() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let cfg = config();
-        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
+        let ctx = TokenContext { store: &state, config: &cfg, now: 1000, resources: &[] };
         put_code(&store, "a", "c1");
         assert_eq!(
-            exchange(&ctx, &client("c2"), &code_params("a")).err().map(|e| e.code),
+            exchange(&ctx, &client("c2"), &code_params("a")).await.err().and_then(oauth_code),
             Some(ErrorCode::InvalidGrant)
         );
         put_code(&store, "b", "c1");
@@ -502,59 +552,69 @@ mod tests {
             "grant_type=authorization_code&code=b&redirect_uri=https%3A%2F%2Fa.example%2Fcb&code_verifier={}",
             "x".repeat(43)
         ));
-        assert_eq!(exchange(&ctx, &client("c1"), &bad).err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+        assert_eq!(exchange(&ctx, &client("c1"), &bad).await.err().and_then(oauth_code), Some(ErrorCode::InvalidGrant));
         put_code(&store, "c", "c1");
-        let late = TokenContext { store: &store, config: &cfg, now: 1600, resources: &[] };
+        let late = TokenContext { store: &state, config: &cfg, now: 1600, resources: &[] };
         assert_eq!(
-            exchange(&late, &client("c1"), &code_params("c")).err().map(|e| e.code),
+            exchange(&late, &client("c1"), &code_params("c")).await.err().and_then(oauth_code),
             Some(ErrorCode::InvalidGrant)
         );
     }
 
-    #[test]
-    fn refresh_rotates_allows_grace_replay_then_revokes_on_reuse() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn refresh_rotates_allows_grace_replay_then_revokes_on_reuse() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let cfg = config();
         let c = client("c1");
         put_code(&store, "code", "c1");
-        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
-        let Ok(first) = exchange(&ctx, &c, &code_params("code")) else { panic!("code redemption failed") };
+        let ctx = TokenContext { store: &state, config: &cfg, now: 1000, resources: &[] };
+        let Ok(first) = exchange(&ctx, &c, &code_params("code")).await else { panic!("code redemption failed") };
         let r1 = first.refresh_token.clone().unwrap_or_default();
         let refresh_params = params(&format!("grant_type=refresh_token&refresh_token={r1}"));
-        let Ok(second) = exchange(&ctx, &c, &refresh_params) else { panic!("refresh failed") };
+        let Ok(second) = exchange(&ctx, &c, &refresh_params).await else { panic!("refresh failed") };
         assert_ne!(second.refresh_token, first.refresh_token);
         // Within the grace window the same pair comes back.
         let ctx_grace = TokenContext { now: 1005, ..ctx };
-        let replay = exchange(&ctx_grace, &c, &refresh_params).ok();
+        let replay = exchange(&ctx_grace, &c, &refresh_params).await.ok();
         assert_eq!(replay.as_ref().map(|r| &r.access_token), Some(&second.access_token));
         assert_eq!(replay.map(|r| r.refresh_token), Some(second.refresh_token.clone()));
         // After it, reuse revokes the grant, including the newest tokens.
         let ctx_late = TokenContext { now: 1100, ..ctx_grace };
-        assert_eq!(exchange(&ctx_late, &c, &refresh_params).err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+        assert_eq!(
+            exchange(&ctx_late, &c, &refresh_params).await.err().and_then(oauth_code),
+            Some(ErrorCode::InvalidGrant)
+        );
         assert!(store.access_token(&TokenHash::of(&second.access_token), 1100).is_none());
         let r2 = second.refresh_token.unwrap_or_default();
         let next = params(&format!("grant_type=refresh_token&refresh_token={r2}"));
-        assert_eq!(exchange(&ctx_late, &c, &next).err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+        assert_eq!(exchange(&ctx_late, &c, &next).await.err().and_then(oauth_code), Some(ErrorCode::InvalidGrant));
     }
 
-    fn refresh_with(ctx: &TokenContext<'_>, c: &Client, token: &str, extra: &str) -> Result<TokenResponse, OAuthError> {
-        exchange(ctx, c, &params(&format!("grant_type=refresh_token&refresh_token={token}{extra}")))
+    async fn refresh_with(
+        ctx: &TokenContext<'_>,
+        c: &Client,
+        token: &str,
+        extra: &str,
+    ) -> Result<TokenResponse, Error> {
+        exchange(ctx, c, &params(&format!("grant_type=refresh_token&refresh_token={token}{extra}"))).await
     }
 
-    #[test]
-    fn many_refreshes_keep_one_family_and_any_spent_generation_revokes() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn many_refreshes_keep_one_family_and_any_spent_generation_revokes() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let cfg = config();
         let c = client("c1");
         put_code(&store, "code", "c1");
-        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
-        let Ok(first) = exchange(&ctx, &c, &code_params("code")) else { panic!("code redemption failed") };
+        let ctx = TokenContext { store: &state, config: &cfg, now: 1000, resources: &[] };
+        let Ok(first) = exchange(&ctx, &c, &code_params("code")).await else { panic!("code redemption failed") };
         let mut issued = vec![first.refresh_token.unwrap_or_default()];
         for i in 0..30u64 {
             let now = 1000 + 20 * (i + 1);
             let ctx = TokenContext { now, ..ctx };
             let last = issued.last().cloned().unwrap_or_default();
-            let Ok(next) = refresh_with(&ctx, &c, &last, "") else { panic!("refresh {i} failed") };
+            let Ok(next) = refresh_with(&ctx, &c, &last, "").await else { panic!("refresh {i} failed") };
             issued.push(next.refresh_token.unwrap_or_default());
             assert_eq!(store.stats().refresh_families, 1);
             assert_eq!(store.stats().refresh_tokens, 2, "the current token and the one just rotated");
@@ -566,19 +626,26 @@ mod tests {
         let future = RefreshTokenName { generation: name.generation + 1, ..name }.mint();
         let forged = RefreshTokenName { generation: name.generation, ..name }.mint();
         for bad in [future, forged] {
-            assert_eq!(refresh_with(&late, &c, &bad, "").err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+            assert_eq!(
+                refresh_with(&late, &c, &bad, "").await.err().and_then(oauth_code),
+                Some(ErrorCode::InvalidGrant)
+            );
         }
         assert_eq!(store.stats().grants, 1, "still authorized");
         // A token of 10 generations ago revokes the grant, and the current token with it.
         let old = issued[issued.len() - 11].clone();
-        assert_eq!(refresh_with(&late, &c, &old, "").err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+        assert_eq!(refresh_with(&late, &c, &old, "").await.err().and_then(oauth_code), Some(ErrorCode::InvalidGrant));
         assert_eq!(store.stats().grants, 0);
-        assert_eq!(refresh_with(&late, &c, &current, "").err().map(|e| e.code), Some(ErrorCode::InvalidGrant));
+        assert_eq!(
+            refresh_with(&late, &c, &current, "").await.err().and_then(oauth_code),
+            Some(ErrorCode::InvalidGrant)
+        );
     }
 
-    #[test]
-    fn narrower_scope_on_refresh_is_given_to_the_access_token_only() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn narrower_scope_on_refresh_is_given_to_the_access_token_only() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let cfg = config();
         let c = client("c1");
         let code = {
@@ -587,31 +654,34 @@ mod tests {
             code
         };
         store.issue_code(TokenHash::of("code"), code);
-        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
-        let Ok(first) = exchange(&ctx, &c, &code_params("code")) else { panic!("code redemption failed") };
+        let ctx = TokenContext { store: &state, config: &cfg, now: 1000, resources: &[] };
+        let Ok(first) = exchange(&ctx, &c, &code_params("code")).await else { panic!("code redemption failed") };
         assert_eq!(first.scope, "openid profile User.Read");
         let rt = first.refresh_token.unwrap_or_default();
-        let Ok(narrow) = refresh_with(&ctx, &c, &rt, "&scope=User.Read%20openid") else { panic!("narrow refresh") };
+        let Ok(narrow) = refresh_with(&ctx, &c, &rt, "&scope=User.Read%20openid").await else {
+            panic!("narrow refresh")
+        };
         assert_eq!(narrow.scope, "User.Read openid");
         let scope = store.access(&TokenHash::of(&narrow.access_token), 1000).map(|(_, s)| s.to_string());
         assert_eq!(scope.as_deref(), Some("User.Read openid"));
         // The refresh token keeps the grant's scope; a wider scope is refused.
         let rt = narrow.refresh_token.unwrap_or_default();
-        let wider = refresh_with(&ctx, &c, &rt, "&scope=openid%20Mail.Read");
-        assert_eq!(wider.err().map(|e| e.code), Some(ErrorCode::InvalidScope));
-        let Ok(full) = refresh_with(&ctx, &c, &rt, "") else { panic!("full refresh") };
+        let wider = refresh_with(&ctx, &c, &rt, "&scope=openid%20Mail.Read").await;
+        assert_eq!(wider.err().and_then(oauth_code), Some(ErrorCode::InvalidScope));
+        let Ok(full) = refresh_with(&ctx, &c, &rt, "").await else { panic!("full refresh") };
         assert_eq!(full.scope, "openid profile User.Read");
     }
 
-    #[test]
-    fn grant_without_refresh_token_survives_the_sweep_while_its_access_token_lives() {
-        let store = Store::new();
+    #[tokio::test]
+    async fn grant_without_refresh_token_survives_the_sweep_while_its_access_token_lives() {
+        let store = Arc::new(Store::new());
+        let state = StateStore::Memory(store.clone());
         let cfg = config();
         let mut c = client("c1");
         c.grant_types = vec!["authorization_code".into()];
         put_code(&store, "code", "c1");
-        let ctx = TokenContext { store: &store, config: &cfg, now: 1000, resources: &[] };
-        let Ok(issued) = exchange(&ctx, &c, &code_params("code")) else { panic!("redemption failed") };
+        let ctx = TokenContext { store: &state, config: &cfg, now: 1000, resources: &[] };
+        let Ok(issued) = exchange(&ctx, &c, &code_params("code")).await else { panic!("redemption failed") };
         assert!(issued.refresh_token.is_none());
         store.sweep(2000);
         assert_eq!(store.stats().grants, 1);
@@ -620,8 +690,8 @@ mod tests {
         assert_eq!(store.stats().grants, 0);
     }
 
-    #[test]
-    fn basic_header_is_decoded_per_rfc6749_2_3_1() {
+    #[tokio::test]
+    async fn basic_header_is_decoded_per_rfc6749_2_3_1() {
         let header = format!("Basic {}", STANDARD.encode("my%20id:p%3As"));
         assert_eq!(parse_basic(&header).ok(), Some(("my id".to_owned(), "p:s".to_owned())));
         assert!(parse_basic("Bearer abc").is_err());

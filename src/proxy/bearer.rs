@@ -24,7 +24,7 @@ use crate::crypto::TokenHash;
 use crate::error::{BearerProblem, Error};
 use crate::idp::entra_error::ErrorFamily;
 use crate::idp::IdpError;
-use crate::store::{Grant, InteractionRequirement, UpstreamCredential};
+use crate::store::{Grant, InteractionRequirement, UpstreamCredential, UpstreamTurn};
 
 /// What replaces the client's Authorization header.
 #[derive(Clone)]
@@ -54,7 +54,7 @@ impl std::ops::Deref for Authenticated {
 }
 
 /// Finds the live grant of a request's bearer token, with the token's scope.
-pub fn authenticate(cx: &Context<'_>, headers: &HeaderMap, query: Option<&str>) -> Result<Authenticated, Error> {
+pub async fn authenticate(cx: &Context<'_>, headers: &HeaderMap, query: Option<&str>) -> Result<Authenticated, Error> {
     let unauthorized = |problem| Error::Unauthorized { problem, challenge: cx.challenge.to_owned() };
     if token_in_query(query) {
         return Err(unauthorized(BearerProblem::InvalidRequest));
@@ -63,6 +63,7 @@ pub fn authenticate(cx: &Context<'_>, headers: &HeaderMap, query: Option<&str>) 
     let (grant, scope) = cx
         .store
         .access(&TokenHash::of(token), cx.clock.now())
+        .await?
         .ok_or_else(|| unauthorized(BearerProblem::InvalidToken))?;
     Ok(Authenticated { grant, scope })
 }
@@ -124,6 +125,27 @@ pub async fn upstream_auth(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAu
     if let Some(auth) = current_auth(grant, cx.clock.now(), policy) {
         return Ok(auth);
     }
+    // Across replicas (Redis): one of them refreshes; the others adopt its token.
+    let fence = match cx.store.begin_upstream_refresh(grant).await? {
+        UpstreamTurn::Refresh { fence } => fence,
+        UpstreamTurn::Revoked => {
+            return Err(Error::Unauthorized {
+                problem: BearerProblem::InvalidToken,
+                challenge: cx.challenge.to_owned(),
+            })
+        }
+        UpstreamTurn::Refreshed => {
+            return still_valid_auth(grant, cx.clock.now())
+                .ok_or_else(|| Error::UpstreamUnavailable("identity provider: refreshed token expired".into()))
+        }
+    };
+    let outcome = refresh_upstream(cx, grant).await;
+    cx.store.end_upstream_refresh(grant, fence, outcome.is_ok()).await?;
+    outcome
+}
+
+/// Refreshes the grant's IdP token (this replica's turn).
+async fn refresh_upstream(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAuth, Error> {
     // Copy what the IdP call needs so that no lock is held across the await.
     let refresh_token = match &*grant.upstream() {
         UpstreamCredential::Tokens(t) => t.refresh_token().map(str::to_owned),
@@ -137,7 +159,7 @@ pub async fn upstream_auth(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAu
             grant.set_refreshed_upstream(tokens, cx.clock.now());
             Ok(UpstreamAuth::Bearer(bearer))
         }
-        Err(e) => refresh_refused(cx, grant, &e),
+        Err(e) => refresh_refused(cx, grant, &e).await,
     }
 }
 
@@ -145,8 +167,8 @@ pub async fn upstream_auth(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAu
 /// ends the grant (401 `invalid_token`), an interaction requirement is kept for the client's next sign-in, missing
 /// admin consent is logged for the operator; throttling or an outage keeps the grant and answers 503 with
 /// `Retry-After` once the current token has expired.
-fn refresh_refused(cx: &Context<'_>, grant: &Grant, e: &IdpError) -> Result<UpstreamAuth, Error> {
-    if let Some(ended) = end_refused_grant(cx, grant, e, None) {
+async fn refresh_refused(cx: &Context<'_>, grant: &Grant, e: &IdpError) -> Result<UpstreamAuth, Error> {
+    if let Some(ended) = end_refused_grant(cx, grant, e, None).await? {
         return Err(ended);
     }
     still_valid_auth(grant, cx.clock.now()).ok_or_else(|| unavailable(e))
@@ -155,14 +177,19 @@ fn refresh_refused(cx: &Context<'_>, grant: &Grant, e: &IdpError) -> Result<Upst
 /// For a refusal that needs a new sign-in: ends the grant, keeps what the next sign-in must ask (Entra's claims,
 /// else `challenge_claims`), logs missing admin consent; the 401 `invalid_token` to answer. `None` (after the
 /// log and metric) for a transient failure, which keeps the grant.
-fn end_refused_grant(cx: &Context<'_>, grant: &Grant, e: &IdpError, challenge_claims: Option<&str>) -> Option<Error> {
+async fn end_refused_grant(
+    cx: &Context<'_>,
+    grant: &Grant,
+    e: &IdpError,
+    challenge_claims: Option<&str>,
+) -> Result<Option<Error>, Error> {
     cx.metrics.idp_error(e);
     let family = e.family();
     let kind = family.label();
     if !family.ends_grant() {
         tracing::warn!(client_id = %grant.client_id, error = %e, kind, "upstream refresh failed");
         cx.metrics.upstream_refresh("failed");
-        return None;
+        return Ok(None);
     }
     tracing::warn!(client_id = %grant.client_id, error = %e, kind, "upstream refresh refused; grant ended");
     cx.metrics.upstream_refresh("refused");
@@ -176,16 +203,16 @@ fn end_refused_grant(cx: &Context<'_>, grant: &Grant, e: &IdpError, challenge_cl
                 login_hint: None,
                 expires_at: grant.expires_at(),
             };
-            cx.store.require_interaction(&grant.client_id, requirement);
+            cx.store.require_interaction(&grant.client_id, requirement).await?;
         }
         (ErrorFamily::AdminConsent, _) => cx.idp.warn_admin_consent(e, &grant.client_id),
         _ => {}
     }
-    cx.store.revoke_grant(grant.id);
+    cx.store.revoke_grant(grant.id).await?;
     audit::emit(
         Entry::new(Event::UpstreamGrantEnded).client(&grant.client_id).subject(&grant.identity.sub).detail(kind),
     );
-    Some(Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: cx.challenge.to_owned() })
+    Ok(Some(Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: cx.challenge.to_owned() }))
 }
 
 /// The answer when the IdP could not refresh and no valid token is left: 503 with `Retry-After` when it is busy or
@@ -235,7 +262,7 @@ pub async fn refresh_for_claims(
             grant.set_refreshed_upstream(tokens, cx.clock.now());
             Ok(UpstreamAuth::Bearer(bearer))
         }
-        Err(e) => Err(end_refused_grant(cx, grant, &e, Some(claims)).unwrap_or_else(|| unavailable(&e))),
+        Err(e) => Err(end_refused_grant(cx, grant, &e, Some(claims)).await?.unwrap_or_else(|| unavailable(&e))),
     }
 }
 

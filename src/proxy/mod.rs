@@ -39,13 +39,13 @@ use crate::http::{self as h, Body, RequestBody};
 use crate::idp::Idp;
 use crate::metrics::Metrics;
 use crate::oauth::scope;
-use crate::store::Store;
+use crate::store::StateStore;
 use bearer::RefreshPolicy;
 use forward::UpstreamBody;
 
 /// What the proxy policy needs of the application.
 pub struct Context<'a> {
-    pub store: &'a Store,
+    pub store: &'a StateStore,
     pub clock: &'a Clock,
     pub idp: &'a Idp,
     pub metrics: &'a Metrics,
@@ -76,7 +76,7 @@ pub async fn handle(
     mut req: Request<RequestBody>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Error> {
-    let grant = bearer::authenticate(cx, req.headers(), req.uri().query())?;
+    let grant = bearer::authenticate(cx, req.headers(), req.uri().query()).await?;
     // One path decides both the policy and what the upstream gets.
     let path = target::canonical_path(req.uri().path())?;
     // Another spelling of one of the proxy's own endpoints (`/%74oken`, `//.well-known/x`) is never forwarded.

@@ -10,8 +10,8 @@ use crate::error::Error;
 use crate::http::{json_response, no_store, Body, RequestBody};
 
 /// `GET|POST /userinfo`.
-pub fn handle(cx: &Context<'_>, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
-    let grant = bearer::authenticate(cx, req.headers(), req.uri().query())?;
+pub async fn handle(cx: &Context<'_>, req: &Request<RequestBody>) -> Result<Response<Body>, Error> {
+    let grant = bearer::authenticate(cx, req.headers(), req.uri().query()).await?;
     let body = serde_json::to_value(&grant.identity).map_err(|e| Error::Internal(e.to_string()))?;
     let mut resp = json_response(StatusCode::OK, &body);
     no_store(&mut resp);

@@ -115,7 +115,8 @@ pub async fn serve(
     });
     tracing::debug!(max_connections, ?per_source, "connection limits");
     let upkeep = Upkeep {
-        store: app.store.clone(),
+        // Redis keeps its own expiries: the sweeper then has an empty store to sweep.
+        store: app.store.memory().cloned().unwrap_or_default(),
         clock: app.clock.clone(),
         unused_client_ttl: app.config.registration.unused_client_ttl,
         snapshot: app.config.store.snapshot.clone(),
@@ -370,8 +371,10 @@ async fn serve_admin_on(listener: AdminListener, app: Arc<App>, shutdown: impl F
         let app = app.clone();
         connections.spawn(async move {
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let resp = crate::admin::handle(&app, req.method(), req.uri(), req.headers(), peer);
-                async move { Ok::<_, Infallible>(resp) }
+                let app = app.clone();
+                async move {
+                    Ok::<_, Infallible>(crate::admin::handle(&app, req.method(), req.uri(), req.headers(), peer).await)
+                }
             });
             let http = hyper::server::conn::http1::Builder::new();
             let _ = match stream {

@@ -30,10 +30,15 @@
 //! (remove-if-owner), [`Store::revoke_grant`] (one flag).
 
 mod model;
+pub mod outcome;
+pub mod redis;
 pub mod snapshot;
+pub mod state;
 pub mod upkeep;
 
 pub use model::*;
+pub use outcome::{StoreError, UpstreamTurn};
+pub use state::StateStore;
 
 use crate::rate_limit::Source;
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -59,7 +59,7 @@ pub enum SnapshotError {
 }
 
 #[derive(Serialize, Deserialize)]
-struct TokensRec {
+pub(super) struct TokensRec {
     access_token: String,
     refresh_token: Option<String>,
     expires_at: UnixTime,
@@ -68,7 +68,7 @@ struct TokensRec {
 
 /// [`Identity`] without its JSON-only `skip_serializing_if` (postcard needs every field).
 #[derive(Serialize, Deserialize)]
-struct IdentityRec {
+pub(super) struct IdentityRec {
     sub: String,
     name: Option<String>,
     email: Option<String>,
@@ -77,13 +77,13 @@ struct IdentityRec {
 }
 
 #[derive(Serialize, Deserialize)]
-struct LoginRec {
+pub(super) struct LoginRec {
     identity: IdentityRec,
     upstream: Option<TokensRec>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct ClientRec {
+pub(super) struct ClientRec {
     client_id: String,
     secret_hash: Option<[u8; 32]>,
     auth_method: String,
@@ -156,19 +156,19 @@ struct SnapshotV2 {
 
 /// The groups, roles and overage mark of one identity.
 #[derive(Serialize, Deserialize, Default)]
-struct MembershipRec {
+pub(super) struct MembershipRec {
     groups: Vec<String>,
     roles: Vec<String>,
     overage: bool,
 }
 
 impl MembershipRec {
-    fn of(i: &Identity) -> Option<Self> {
+    pub(super) fn of(i: &Identity) -> Option<Self> {
         let any = !i.groups.is_empty() || !i.roles.is_empty() || i.groups_overage;
         any.then(|| Self { groups: i.groups.clone(), roles: i.roles.clone(), overage: i.groups_overage })
     }
 
-    fn apply(self, i: &mut Identity) {
+    pub(super) fn apply(self, i: &mut Identity) {
         (i.groups, i.roles, i.groups_overage) = (self.groups, self.roles, self.overage);
     }
 }
@@ -196,7 +196,7 @@ fn collect_memberships(store: &Store) -> Memberships {
     }
 }
 
-fn login_rec(credential: &UpstreamCredential, identity: &Identity) -> LoginRec {
+pub(super) fn login_rec(credential: &UpstreamCredential, identity: &Identity) -> LoginRec {
     let i = identity.clone();
     LoginRec {
         identity: IdentityRec {
@@ -218,7 +218,7 @@ fn login_rec(credential: &UpstreamCredential, identity: &Identity) -> LoginRec {
     }
 }
 
-fn login_from(rec: LoginRec) -> Option<UpstreamLogin> {
+pub(super) fn login_from(rec: LoginRec) -> Option<UpstreamLogin> {
     let credential = match rec.upstream {
         Some(t) => UpstreamCredential::Tokens(
             UpstreamTokens::new(t.access_token, t.refresh_token, t.expires_at, t.scope).ok()?,
@@ -235,6 +235,41 @@ fn login_from(rec: LoginRec) -> Option<UpstreamLogin> {
         ..Identity::default()
     };
     Some(UpstreamLogin { credential, identity })
+}
+
+/// A client as stored outside the process (snapshot, Redis).
+pub(super) fn client_rec(c: &Client) -> ClientRec {
+    ClientRec {
+        client_id: c.client_id.clone(),
+        secret_hash: c.secret_hash.map(|h| h.0),
+        auth_method: c.auth_method.as_str().to_owned(),
+        redirect_uris: c.redirect_uris.clone(),
+        client_name: c.client_name.clone(),
+        scope: c.scope.clone(),
+        grant_types: c.grant_types.clone(),
+        response_types: c.response_types.clone(),
+        issued_at: c.issued_at,
+        first_authorized_at: c.first_authorized_at.load(std::sync::atomic::Ordering::Relaxed),
+        registration_token: c.registration_token.map(|h| h.0),
+    }
+}
+
+/// The client [`client_rec`] stored; `None` for an unknown authentication method.
+pub(super) fn client_from(c: ClientRec) -> Option<Client> {
+    Some(Client {
+        auth_method: ClientAuthMethod::parse(&c.auth_method)?,
+        client_id: c.client_id,
+        secret_hash: c.secret_hash.map(TokenHash),
+        redirect_uris: c.redirect_uris,
+        client_name: c.client_name,
+        scope: c.scope,
+        grant_types: c.grant_types,
+        response_types: c.response_types,
+        issued_at: c.issued_at,
+        first_authorized_at: c.first_authorized_at.into(),
+        registration_token: c.registration_token.map(TokenHash),
+        sign_in_started_at: Default::default(),
+    })
 }
 
 fn collect(store: &Store, now: UnixTime) -> SnapshotV2 {

@@ -360,6 +360,7 @@ pub struct TestProxyBuilder {
     extra: String,
     network: Option<dcr_proxy::client_documents::Network>,
     env: Vec<(String, String)>,
+    redis: Option<String>,
 }
 
 impl TestProxyBuilder {
@@ -432,8 +433,18 @@ impl TestProxyBuilder {
              [upstream]\nurl = \"{upstream_url}\"\nresource_path = \"/mcp\"\nconnect_timeout = \"2s\"\nresponse_timeout = \"2s\"\n\
              {idp}{extra}"
         );
+        let text = match &self.redis {
+            Some(url) => format!("{text}\n[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\n"),
+            None => text,
+        };
         let env = self.env;
-        let lookup = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let with_redis = self.redis.is_some();
+        let lookup = |k: &str| {
+            if k == "DCR_PROXY_SNAPSHOT_KEY" && with_redis {
+                return Some(TEST_STORE_KEY.to_owned());
+            }
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        };
         let config = Config::from_toml(&text, lookup).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
         let clock =
             Clock::manual(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs());
@@ -519,4 +530,137 @@ pub async fn serve_admin(proxy: &TestProxy) -> String {
     let addr = listener.local_addr().expect("admin addr");
     tokio::spawn(dcr_proxy::server::serve_admin(listener, proxy.app.clone(), std::future::pending()));
     format!("http://{addr}")
+}
+
+// ---- the shared store on Redis ------------------------------------------------------------------------------
+
+/// The key replicas sharing a [`TestRedis`] are configured with (`DCR_PROXY_SNAPSHOT_KEY`), 32 bytes as hex.
+pub const TEST_STORE_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+impl TestProxyBuilder {
+    /// `[store] backend = "redis"` on `redis`, with [`TEST_STORE_KEY`].
+    pub fn redis(mut self, redis: &TestRedis) -> Self {
+        self.redis = Some(redis.url());
+        self
+    }
+}
+
+/// A `redis-server` of its own on an ephemeral loopback port (no persistence), killed on drop.
+pub struct TestRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    /// The directory of the append-only file, when the server persists.
+    aof_dir: Option<std::path::PathBuf>,
+}
+
+impl TestRedis {
+    /// Starts `redis-server` on a port the kernel picked (retried on a new port if it was taken meanwhile).
+    pub async fn start() -> Self {
+        for _ in 0..5 {
+            let mut redis = Self { port: unused_port(), child: None, aof_dir: None };
+            if redis.run().await {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start on five fresh ports");
+    }
+
+    /// [`TestRedis::start`] with an append-only file fsynced on every write, so that a restart keeps everything
+    /// acknowledged.
+    pub async fn start_persistent() -> Self {
+        for _ in 0..5 {
+            let dir = std::env::temp_dir().join(format!("dcrp-redis-{}-{}", std::process::id(), unused_port()));
+            std::fs::create_dir_all(&dir).expect("redis dir");
+            let mut redis = Self { port: unused_port(), child: None, aof_dir: Some(dir) };
+            if redis.run().await {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start on five fresh ports");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts the server (again) on its port; whether it answers PING within 5 s.
+    pub async fn run(&mut self) -> bool {
+        let mut command = std::process::Command::new("redis-server");
+        command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
+        match &self.aof_dir {
+            Some(dir) => command.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"]).arg(dir),
+            None => command.args(["--appendonly", "no"]),
+        };
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if self.ping().await {
+                return true;
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Kills the server (SIGKILL) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else { return false };
+        let Ok(Ok(mut conn)) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), client.get_multiplexed_async_connection()).await
+        else {
+            return false;
+        };
+        redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+    }
+
+    /// Every key and every value (strings, hashes, sets) as raw bytes, for a scan at rest.
+    pub async fn dump_all(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let client = redis::Client::open(self.url()).expect("url");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+        let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.expect("KEYS");
+        let mut out = Vec::new();
+        for key in keys {
+            let kind: String = redis::cmd("TYPE").arg(&key).query_async(&mut conn).await.expect("TYPE");
+            let value: Vec<u8> = match kind.as_str() {
+                "string" => redis::cmd("GET").arg(&key).query_async(&mut conn).await.expect("GET"),
+                "hash" => {
+                    let all: Vec<Vec<u8>> =
+                        redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await.expect("HGETALL");
+                    all.concat()
+                }
+                "set" => {
+                    let all: Vec<Vec<u8>> =
+                        redis::cmd("SMEMBERS").arg(&key).query_async(&mut conn).await.expect("SMEMBERS");
+                    all.concat()
+                }
+                other => panic!("unexpected type {other}"),
+            };
+            let dump: Vec<u8> = redis::cmd("DUMP").arg(&key).query_async(&mut conn).await.expect("DUMP");
+            out.push((key, [value, dump].concat()));
+        }
+        out
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(dir) = &self.aof_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }

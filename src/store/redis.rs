@@ -1,0 +1,1062 @@
+//! The shared store on Redis (`store.backend = "redis"`): N replicas behave as one (issue 12).
+//!
+//! Keys (prefix `dcrp:`; every multi-key operation stays within one `{…}` hash tag, so it works on a Cluster):
+//! - `client:{c:<client_id>}` client metadata (postcard; the secret and registration token only as hashes);
+//!   `cgrants:{c:<client_id>}` the set of its grant ids, for RFC 7592 delete.
+//! - `used:<hash>` a consent form or IdP state already used: `SET NX` with the ticket's expiry (atomic claim).
+//! - `code:{k:<hash>}` a live code (sealed: it holds the IdP tokens), `spent:{k:<hash>}` the grant a redeemed code
+//!   started. Redemption is one Lua script: `GETDEL` the code, or read the spent record (RFC 6749 §4.1.2: a code is
+//!   used once; its replay revokes what it issued).
+//! - `grant:{g:<id>}` a grant (sealed: identity and IdP tokens); its absence means revoked.
+//!   `lock:{g:<id>}` / `fence:{g:<id>}` the IdP-refresh lock and its fencing counter.
+//! - `at:<hash>` an access token: grant id, expiry, scope (RFC 6750 bearer; only the SHA-256 is a key).
+//! - `rf:<family hash>` a refresh-token family, a hash of `gen` and `rec`: rotation is a compare-and-set on `gen`
+//!   in one Lua script (RFC 9700 §4.14: two uses of one token cannot both rotate, from any replicas).
+//!
+//! Invariants:
+//! - Nothing readable at rest: proxy tokens, codes, secrets and sign-in tickets appear only as SHA-256 hashes;
+//!   records holding IdP tokens are sealed (ChaCha20-Poly1305, key derived from the snapshot key, the Redis key
+//!   name as associated data, so a record cannot be moved under another key).
+//! - The hot path is local: a bearer lookup is served from this replica's bounded cache for at most
+//!   `store.redis_cache_ttl` (≤ 1 s), then checked again in Redis. Revocations are published on `dcrp:events`;
+//!   every replica drops what they name at once, and clears its cache when its subscription (re)connects, since
+//!   a message may have been missed. When Redis does not answer, a cached bearer keeps working (stale-if-error:
+//!   no revocation can be recorded meanwhile either); everything else fails with [`StoreError::Unavailable`].
+//! - One IdP refresh per grant across replicas: a lock with expiry and a fencing token; the new IdP token is
+//!   written only while the fence still holds the lock, and the others adopt it from the grant record.
+//! - Expiries are relative (`EX` seconds from the proxy's clock), so that a test clock and Redis's agree.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use ::redis::aio::ConnectionManager;
+use dashmap::DashMap;
+use futures_util::StreamExt as _;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::outcome::{StoreError, UpstreamTurn};
+use super::snapshot::{client_from, client_rec, login_from, login_rec, ClientRec, LoginRec, MembershipRec};
+use super::*;
+use crate::clock::{Clock, UnixTime};
+use crate::config::RedisConfig;
+use crate::crypto::{self, Sealer, TokenHash};
+
+const EVENTS: &str = "dcrp:events";
+/// Registrations not yet used, scored by their time (`registration.max_clients` across replicas).
+const REGISTRATIONS: &str = "dcrp:registrations";
+/// How long a replica may hold a grant's IdP-refresh lock (the IdP call and its retries fit well within it).
+const LOCK_MS: u64 = 30_000;
+/// How long a replica waits for another one's IdP refresh before giving up (503).
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+const IO_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn client_key(id: &str) -> String {
+    format!("dcrp:client:{{c:{id}}}")
+}
+fn client_grants_key(id: &str) -> String {
+    format!("dcrp:cgrants:{{c:{id}}}")
+}
+fn used_key(h: &TokenHash) -> String {
+    format!("dcrp:used:{}", hex(&h.0))
+}
+fn code_key(h: &TokenHash) -> String {
+    format!("dcrp:code:{{k:{}}}", hex(&h.0))
+}
+fn spent_key(h: &TokenHash) -> String {
+    format!("dcrp:spent:{{k:{}}}", hex(&h.0))
+}
+fn grant_key(id: GrantId) -> String {
+    format!("dcrp:grant:{{g:{:032x}}}", id.0)
+}
+fn interaction_key(client_id: &str) -> String {
+    format!("dcrp:ia:{{c:{client_id}}}")
+}
+fn lock_key(id: GrantId) -> String {
+    format!("dcrp:lock:{{g:{:032x}}}", id.0)
+}
+fn fence_key(id: GrantId) -> String {
+    format!("dcrp:fence:{{g:{:032x}}}", id.0)
+}
+fn access_key(h: &TokenHash) -> String {
+    format!("dcrp:at:{}", hex(&h.0))
+}
+fn family_key(h: &TokenHash) -> String {
+    format!("dcrp:rf:{}", hex(&h.0))
+}
+
+/// A grant as kept in Redis (sealed).
+#[derive(Serialize, Deserialize)]
+struct GrantRecord {
+    client_id: String,
+    scope: String,
+    resource: Option<String>,
+    login: LoginRec,
+    created_at: UnixTime,
+    expires_at: UnixTime,
+    upstream_obtained_at: UnixTime,
+    upstream_refreshed_at: UnixTime,
+    /// The identity's groups, roles and overage mark (`[[policy.tools]]`), which `LoginRec` does not carry.
+    membership: Option<MembershipRec>,
+}
+
+/// A live code as kept in Redis (sealed).
+#[derive(Serialize, Deserialize)]
+struct CodeRecord {
+    request: AuthorizationRequest,
+    expires_at: UnixTime,
+    login: LoginRec,
+    membership: Option<MembershipRec>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AccessRecord {
+    grant: u128,
+    expires_at: UnixTime,
+    scope: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FamilyRecord {
+    grant: u128,
+    generation: u32,
+    current: [u8; 32],
+    expires_at: UnixTime,
+    rotated: Option<([u8; 32], UnixTime, Vec<u8>)>,
+}
+
+/// A bearer lookup cached by this replica.
+struct Cached {
+    grant: Arc<Grant>,
+    scope: Arc<str>,
+    expires_at: UnixTime,
+    checked: Instant,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    sealer: Sealer,
+    clock: Clock,
+    cache: DashMap<TokenHash, Cached>,
+    /// The grants this replica works with, so that requests of one grant share its IdP token and refresh lock.
+    grants: DashMap<GrantId, Arc<Grant>>,
+    cache_ttl: Duration,
+    cache_entries: usize,
+    /// `registration.unused_client_ttl`: how long a registered client lives unless it completes an authorization.
+    unused_client_ttl: u64,
+}
+
+/// The shared store. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+fn unavailable(e: ::redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(value).map_err(|e| StoreError::Unavailable(format!("encoding a record: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    postcard::from_bytes(bytes).ok()
+}
+
+const REDEEM: &str = r"
+local v = redis.call('GETDEL', KEYS[1])
+if v then return {1, v} end
+local s = redis.call('GET', KEYS[2])
+if s then return {2, s} end
+return {0, ''}
+";
+
+/// One request in the current minute's window (ARGV[1]: its expiry in seconds); the count so far.
+const COUNT_REQUEST: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+";
+
+const COUNT_REGISTRATIONS: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+return redis.call('ZCARD', KEYS[1])
+";
+
+const SWAP_FAMILY: &str = r"
+if ARGV[1] ~= '' then
+  local cur = redis.call('HGET', KEYS[1], 'gen')
+  if cur ~= ARGV[1] then return 0 end
+end
+redis.call('HSET', KEYS[1], 'gen', ARGV[2], 'rec', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+";
+
+/// Extends a key's life to at least ARGV[1] seconds (never shortens it; a key without expiry gets one).
+const EXTEND: &str = r"
+local t = redis.call('TTL', KEYS[1])
+if t == -1 or (t >= 0 and t < tonumber(ARGV[1])) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return t
+";
+
+const LOCK: &str = r"
+if redis.call('SET', KEYS[1], '0', 'NX', 'PX', ARGV[1]) then
+  local f = redis.call('INCR', KEYS[2])
+  redis.call('EXPIRE', KEYS[2], 86400)
+  redis.call('SET', KEYS[1], f, 'PX', ARGV[1])
+  return f
+end
+return 0
+";
+
+/// Writes the grant's refreshed record only while the fence holds the lock and the grant exists; releases it.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SET', KEYS[2], ARGV[2], 'KEEPTTL')
+end
+return 1
+";
+
+impl RedisStore {
+    /// Connects (failing when Redis does not answer: the orchestrator restarts the proxy) and starts listening
+    /// for revocations.
+    pub async fn connect(config: &RedisConfig, clock: Clock, unused_client_ttl: Duration) -> Result<Self, StoreError> {
+        let client = ::redis::Client::open(config.url.0.as_str())
+            .map_err(|e| StoreError::Unavailable(format!("store.redis_url {}: {e}", config.url.redacted())))?;
+        let manager = ::redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(IO_TIMEOUT))
+            .set_response_timeout(Some(IO_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_with_config(client.clone(), manager).await.map_err(unavailable)?;
+        let inner = Arc::new(Inner {
+            conn,
+            sealer: Sealer::new(&crypto::derive_key(&config.key.0, "dcr-proxy redis records v1")),
+            clock,
+            cache: DashMap::new(),
+            grants: DashMap::new(),
+            cache_ttl: config.cache_ttl,
+            cache_entries: config.cache_entries,
+            unused_client_ttl: unused_client_ttl.as_secs(),
+        });
+        tokio::spawn(listen(Arc::downgrade(&inner), client));
+        Ok(Self { inner })
+    }
+
+    /// `registration.unused_client_ttl` in seconds.
+    pub fn unused_client_ttl(&self) -> u64 {
+        self.inner.unused_client_ttl
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    fn ttl(&self, expires_at: UnixTime) -> u64 {
+        expires_at.saturating_sub(self.inner.clock.now()).max(1)
+    }
+
+    fn seal(&self, key: &str, plain: &[u8]) -> Vec<u8> {
+        self.inner.sealer.seal(key.as_bytes(), plain)
+    }
+
+    fn open<T: DeserializeOwned>(&self, key: &str, sealed: &[u8]) -> Option<T> {
+        decode(&self.inner.sealer.open(key.as_bytes(), sealed).ok()?)
+    }
+
+    /// The keys matching `pattern`, by `SCAN` (never `KEYS`: it would block Redis on a large store).
+    async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn();
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Every registered client (admin API).
+    pub async fn list_clients(&self) -> Result<Vec<Arc<Client>>, StoreError> {
+        let mut clients = Vec::new();
+        for key in self.scan("dcrp:client:*").await? {
+            if let Some(client) = self.get(&key).await?.and_then(|b| decode::<ClientRec>(&b)).and_then(client_from) {
+                clients.push(Arc::new(client));
+            }
+        }
+        Ok(clients)
+    }
+
+    /// Every live grant (admin API): the ids read from the grant keys, each grant opened as a lookup would.
+    pub async fn list_grants(&self) -> Result<Vec<Arc<Grant>>, StoreError> {
+        let mut grants = Vec::new();
+        for key in self.scan("dcrp:grant:*").await? {
+            let hex = key.trim_start_matches("dcrp:grant:{g:").trim_end_matches('}');
+            let Ok(id) = u128::from_str_radix(hex, 16) else { continue };
+            if let Some(grant) = self.grant(GrantId(id)).await? {
+                grants.push(grant);
+            }
+        }
+        Ok(grants)
+    }
+
+    /// A grant by id (admin API, audit).
+    pub async fn grant_by_id(&self, id: GrantId) -> Result<Option<Arc<Grant>>, StoreError> {
+        self.grant(id).await
+    }
+
+    /// Records what a client's next sign-in must ask of Entra, sealed (Entra's claims request), expiring with it;
+    /// nothing for an unknown client.
+    pub async fn require_interaction(
+        &self,
+        client_id: &str,
+        requirement: &InteractionRequirement,
+    ) -> Result<(), StoreError> {
+        if self.client(client_id).await?.is_none() {
+            return Ok(());
+        }
+        let key = interaction_key(client_id);
+        let sealed = self.seal(&key, &encode(requirement)?);
+        self.set_ex(&key, &sealed, requirement.expires_at).await
+    }
+
+    /// The live requirement of a client's next sign-in; `take`: removed as read (`GETDEL`, one taker).
+    pub async fn interaction(
+        &self,
+        client_id: &str,
+        now: UnixTime,
+        take: bool,
+    ) -> Result<Option<InteractionRequirement>, StoreError> {
+        let key = interaction_key(client_id);
+        let bytes: Option<Vec<u8>> = ::redis::cmd(if take { "GETDEL" } else { "GET" })
+            .arg(&key)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(bytes
+            .and_then(|b| self.open::<InteractionRequirement>(&key, &b))
+            .filter(|i: &InteractionRequirement| i.expires_at > now))
+    }
+
+    /// `PING`, for `/readyz`.
+    pub async fn ping(&self) -> bool {
+        let mut conn = self.conn();
+        matches!(::redis::cmd("PING").query_async::<String>(&mut conn).await, Ok(pong) if pong == "PONG")
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        ::redis::cmd("GET").arg(key).query_async(&mut self.conn()).await.map_err(unavailable)
+    }
+
+    async fn set_ex(&self, key: &str, value: &[u8], expires_at: UnixTime) -> Result<(), StoreError> {
+        ::redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("EX")
+            .arg(self.ttl(expires_at))
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn extend(&self, key: &str, expires_at: UnixTime) -> Result<(), StoreError> {
+        ::redis::Script::new(EXTEND)
+            .key(key)
+            .arg(self.ttl(expires_at))
+            .invoke_async::<i64>(&mut self.conn())
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn publish(&self, event: String) -> Result<(), StoreError> {
+        ::redis::cmd("PUBLISH")
+            .arg(EVENTS)
+            .arg(event)
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn grant_record(&self, grant: &Grant) -> GrantRecord {
+        use std::sync::atomic::Ordering::Relaxed;
+        GrantRecord {
+            client_id: grant.client_id.clone(),
+            scope: grant.scope.to_string(),
+            resource: grant.resource.clone(),
+            login: login_rec(&grant.upstream(), &grant.identity),
+            created_at: grant.created_at,
+            expires_at: grant.expires_at(),
+            upstream_obtained_at: grant.upstream_obtained_at.load(Relaxed),
+            upstream_refreshed_at: grant.upstream_refreshed_at.load(Relaxed),
+            membership: MembershipRec::of(&grant.identity),
+        }
+    }
+
+    fn sealed_grant(&self, grant: &Grant) -> Result<Vec<u8>, StoreError> {
+        Ok(self.seal(&grant_key(grant.id), &encode(&self.grant_record(grant))?))
+    }
+
+    /// A grant by id: this replica's object, brought up to date with the record (a newer IdP token another
+    /// replica obtained is adopted); `None` when the grant is gone (revoked or expired) — then this replica's
+    /// object is revoked too.
+    async fn grant(&self, id: GrantId) -> Result<Option<Arc<Grant>>, StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let key = grant_key(id);
+        let Some(rec) = self.get(&key).await?.and_then(|b| self.open::<GrantRecord>(&key, &b)) else {
+            if let Some((_, gone)) = self.inner.grants.remove(&id) {
+                gone.revoke();
+            }
+            return Ok(None);
+        };
+        if let Some(local) = self.inner.grants.get(&id).map(|g| g.clone()) {
+            local.extend_to(rec.expires_at);
+            if rec.upstream_obtained_at > local.upstream_obtained_at.load(Relaxed) {
+                if let Some(UpstreamLogin { credential: UpstreamCredential::Tokens(tokens), .. }) =
+                    login_from(rec.login)
+                {
+                    *local.upstream_mut() = UpstreamCredential::Tokens(tokens);
+                    local.upstream_obtained_at.store(rec.upstream_obtained_at, Relaxed);
+                    local.upstream_refreshed_at.store(rec.upstream_refreshed_at, Relaxed);
+                }
+            }
+            return Ok(Some(local));
+        }
+        let Some(mut login) = login_from(rec.login) else {
+            return Ok(None);
+        };
+        if let Some(membership) = rec.membership {
+            membership.apply(&mut login.identity);
+        }
+        let grant = Grant::restore(id, rec.client_id, rec.scope, rec.resource, login, rec.created_at, rec.expires_at);
+        grant.upstream_obtained_at.store(rec.upstream_obtained_at, Relaxed);
+        grant.upstream_refreshed_at.store(rec.upstream_refreshed_at, Relaxed);
+        if self.inner.grants.len() >= self.inner.cache_entries {
+            self.inner.grants.clear();
+        }
+        Ok(Some(self.inner.grants.entry(id).or_insert(grant).clone()))
+    }
+
+    async fn lookup_access(&self, hash: &TokenHash) -> Result<Option<(Arc<Grant>, UnixTime, Arc<str>)>, StoreError> {
+        let Some(rec) = self.get(&access_key(hash)).await?.and_then(|b| decode::<AccessRecord>(&b)) else {
+            return Ok(None);
+        };
+        let Some(grant) = self.grant(GrantId(rec.grant)).await? else {
+            return Ok(None);
+        };
+        let scope = if *rec.scope == *grant.scope { grant.scope.clone() } else { Arc::from(rec.scope) };
+        Ok(Some((grant, rec.expires_at, scope)))
+    }
+
+    /// The hot path: from the cache while fresh, else from Redis (and cached); a cached entry is served when
+    /// Redis does not answer.
+    pub async fn access(&self, hash: &TokenHash, now: UnixTime) -> Result<Option<(Arc<Grant>, Arc<str>)>, StoreError> {
+        let live =
+            |c: &Cached| (c.expires_at > now && !c.grant.is_revoked()).then(|| (c.grant.clone(), c.scope.clone()));
+        if let Some(c) = self.inner.cache.get(hash) {
+            if c.checked.elapsed() < self.inner.cache_ttl {
+                return Ok(live(&c));
+            }
+        }
+        match self.lookup_access(hash).await {
+            Ok(Some((grant, expires_at, scope))) => {
+                let cached = Cached { grant, scope, expires_at, checked: Instant::now() };
+                let found = live(&cached);
+                let cache = &self.inner.cache;
+                if cache.len() >= self.inner.cache_entries {
+                    let ttl = self.inner.cache_ttl;
+                    cache.retain(|_, c| c.checked.elapsed() < ttl);
+                    if cache.len() >= self.inner.cache_entries {
+                        cache.clear();
+                    }
+                }
+                cache.insert(*hash, cached);
+                Ok(found)
+            }
+            Ok(None) => {
+                self.inner.cache.remove(hash);
+                Ok(None)
+            }
+            Err(e) => match self.inner.cache.get(hash) {
+                Some(c) => Ok(live(&c)),
+                None => Err(e),
+            },
+        }
+    }
+
+    pub async fn access_token_record(
+        &self,
+        hash: &TokenHash,
+    ) -> Result<Option<(Arc<Grant>, UnixTime, Arc<str>)>, StoreError> {
+        self.lookup_access(hash).await
+    }
+
+    async fn family_record(&self, family: &TokenHash) -> Result<Option<FamilyRecord>, StoreError> {
+        let rec: Option<Vec<u8>> = ::redis::cmd("HGET")
+            .arg(family_key(family))
+            .arg("rec")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(rec.and_then(|b| decode(&b)))
+    }
+
+    pub async fn refresh_family(&self, family: &TokenHash) -> Result<Option<RefreshFamily>, StoreError> {
+        let Some(rec) = self.family_record(family).await? else {
+            return Ok(None);
+        };
+        let Some(grant) = self.grant(GrantId(rec.grant)).await? else {
+            return Ok(None);
+        };
+        Ok(Some(RefreshFamily {
+            grant,
+            generation: rec.generation,
+            current: TokenHash(rec.current),
+            expires_at: rec.expires_at,
+            rotated: rec
+                .rotated
+                .map(|(hash, at, sealed_successor)| Box::new(Rotation { hash: TokenHash(hash), at, sealed_successor })),
+        }))
+    }
+
+    /// Writes a family: unconditionally (`expected = None`, a new family) or if its generation is still
+    /// `expected` (one Lua script). Extends the grant's life to the family's.
+    pub async fn put_refresh_family(
+        &self,
+        family: &TokenHash,
+        f: &RefreshFamily,
+        expected: Option<u32>,
+    ) -> Result<bool, StoreError> {
+        let rec = FamilyRecord {
+            grant: f.grant.id.0,
+            generation: f.generation,
+            current: f.current.0,
+            expires_at: f.expires_at,
+            rotated: f.rotated.as_ref().map(|r| (r.hash.0, r.at, r.sealed_successor.clone())),
+        };
+        let swapped: i64 = ::redis::Script::new(SWAP_FAMILY)
+            .key(family_key(family))
+            .arg(expected.map(|g| g.to_string()).unwrap_or_default())
+            .arg(f.generation.to_string())
+            .arg(encode(&rec)?)
+            .arg(self.ttl(f.expires_at))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if swapped == 1 {
+            self.extend(&grant_key(f.grant.id), f.expires_at).await?;
+            self.extend(&client_grants_key(&f.grant.client_id), f.expires_at).await?;
+        }
+        Ok(swapped == 1)
+    }
+
+    pub async fn refresh_token(&self, token: &str) -> Result<Option<(Arc<Grant>, UnixTime, bool)>, StoreError> {
+        let Some(name) = RefreshTokenName::parse(token) else {
+            return Ok(None);
+        };
+        let Some(family) = self.refresh_family(&name.family.hash()).await? else {
+            return Ok(None);
+        };
+        Ok(match family.classify(name.generation, &TokenHash::of(token)) {
+            Presented::Current => Some((family.grant.clone(), family.expires_at, true)),
+            Presented::Rotated(_) => Some((family.grant.clone(), family.expires_at, false)),
+            Presented::Reused | Presented::Unknown => None,
+        })
+    }
+
+    pub async fn refresh_client(&self, token: &str) -> Result<Option<String>, StoreError> {
+        let Some(name) = RefreshTokenName::parse(token) else {
+            return Ok(None);
+        };
+        let Some(rec) = self.family_record(&name.family.hash()).await? else {
+            return Ok(None);
+        };
+        Ok(self.grant(GrantId(rec.grant)).await?.map(|g| g.client_id.clone()))
+    }
+
+    /// Deletes the grant record (every lookup then fails) and tells the other replicas.
+    pub async fn revoke_grant(&self, id: GrantId) -> Result<(), StoreError> {
+        if let Some((_, local)) = self.inner.grants.remove(&id) {
+            local.revoke();
+        }
+        ::redis::cmd("DEL").arg(grant_key(id)).query_async::<i64>(&mut self.conn()).await.map_err(unavailable)?;
+        self.publish(format!("g:{:032x}", id.0)).await
+    }
+
+    pub async fn client(&self, client_id: &str) -> Result<Option<Arc<Client>>, StoreError> {
+        let rec = self.get(&client_key(client_id)).await?;
+        Ok(rec.and_then(|b| decode::<ClientRec>(&b)).and_then(client_from).map(Arc::new))
+    }
+
+    /// Writes a client's metadata, keeping the expiry it has (an RFC 7592 update of a never-used client does not
+    /// make it permanent).
+    pub async fn put_client(&self, client: &Client) -> Result<(), StoreError> {
+        ::redis::cmd("SET")
+            .arg(client_key(&client.client_id))
+            .arg(encode(&client_rec(client))?)
+            .arg("KEEPTTL")
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Rewrites a client that is in the store (`SET XX`, which also drops its expiry: a client that completed an
+    /// authorization stays) and takes it out of the count of unused registrations; nothing for one that is not.
+    pub async fn update_client(&self, client: &Client) -> Result<(), StoreError> {
+        ::redis::cmd("SET")
+            .arg(client_key(&client.client_id))
+            .arg(encode(&client_rec(client))?)
+            .arg("XX")
+            .query_async::<Option<String>>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        ::redis::cmd("ZREM")
+            .arg(REGISTRATIONS)
+            .arg(&client.client_id)
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// Whether one more registration fits under `max_clients` across all replicas: registrations not yet used
+    /// and younger than `ttl_secs` are counted in one sorted set (older ones have expired with their key).
+    /// Concurrent registrations on several replicas may overshoot the cap by their number, never more.
+    pub async fn room_for_client(&self, ttl_secs: u64, max_clients: usize) -> Result<bool, StoreError> {
+        let now = self.inner.clock.now();
+        let count: i64 = ::redis::Script::new(COUNT_REGISTRATIONS)
+            .key(REGISTRATIONS)
+            .arg(now.saturating_sub(ttl_secs))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(usize::try_from(count).unwrap_or(usize::MAX) < max_clients)
+    }
+
+    /// Counts one request of `who` (route class and source) in the current minute across replicas: a fixed
+    /// window, so a source gets at most `per_minute` per calendar minute whichever replicas it reaches. The seconds
+    /// to the next window when over.
+    pub async fn count_request(&self, who: &str, per_minute: u32) -> Result<Option<u64>, StoreError> {
+        let now = self.inner.clock.now();
+        let count: u64 = ::redis::Script::new(COUNT_REQUEST)
+            .key(format!("dcrp:rl:{who}:{}", now / 60))
+            .arg(61)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok((count > u64::from(per_minute)).then(|| 60 - now % 60))
+    }
+
+    /// Adds a registered client, which expires after `ttl_secs` unless it completes an authorization.
+    pub async fn add_client(&self, client: &Client, ttl_secs: u64) -> Result<(), StoreError> {
+        ::redis::cmd("ZADD")
+            .arg(REGISTRATIONS)
+            .arg(self.inner.clock.now())
+            .arg(&client.client_id)
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        ::redis::cmd("SET")
+            .arg(client_key(&client.client_id))
+            .arg(encode(&client_rec(client))?)
+            .arg("EX")
+            .arg(ttl_secs.max(1))
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Deletes the client first (no code can be redeemed by it any more), then revokes its grants.
+    pub async fn revoke_client(&self, client_id: &str) -> Result<(), StoreError> {
+        ::redis::cmd("DEL")
+            .arg(client_key(client_id))
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        ::redis::cmd("ZREM")
+            .arg(REGISTRATIONS)
+            .arg(client_id)
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let ids: Vec<String> = ::redis::cmd("SMEMBERS")
+            .arg(client_grants_key(client_id))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        for id in ids.iter().filter_map(|id| u128::from_str_radix(id, 16).ok()) {
+            self.revoke_grant(GrantId(id)).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn claim_sign_in(&self, key: &TokenHash, expires_at: UnixTime) -> Result<bool, StoreError> {
+        let set: Option<String> = ::redis::cmd("SET")
+            .arg(used_key(key))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(self.ttl(expires_at))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(set.is_some())
+    }
+
+    pub async fn sign_in_used(&self, key: &TokenHash) -> Result<bool, StoreError> {
+        ::redis::cmd("EXISTS")
+            .arg(used_key(key))
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map(|n| n > 0)
+            .map_err(unavailable)
+    }
+
+    pub async fn issue_code(&self, hash: &TokenHash, code: &AuthorizationCode) -> Result<(), StoreError> {
+        let key = code_key(hash);
+        let rec = CodeRecord {
+            request: code.request.clone(),
+            expires_at: code.expires_at,
+            login: login_rec(&code.login.credential, &code.login.identity),
+            membership: MembershipRec::of(&code.login.identity),
+        };
+        let sealed = self.seal(&key, &encode(&rec)?);
+        self.set_ex(&key, &sealed, code.expires_at).await
+    }
+
+    pub async fn redeem_code(&self, hash: &TokenHash) -> Result<CodeRedemption, StoreError> {
+        let key = code_key(hash);
+        let (kind, value): (i64, Option<Vec<u8>>) = ::redis::Script::new(REDEEM)
+            .key(&key)
+            .key(spent_key(hash))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(match (kind, value) {
+            (1, Some(sealed)) => {
+                let Some(rec) = self.open::<CodeRecord>(&key, &sealed) else {
+                    return Ok(CodeRedemption::Unknown);
+                };
+                match login_from(rec.login) {
+                    Some(mut login) => {
+                        if let Some(membership) = rec.membership {
+                            membership.apply(&mut login.identity);
+                        }
+                        CodeRedemption::Taken(Box::new(AuthorizationCode {
+                            request: rec.request,
+                            expires_at: rec.expires_at,
+                            login,
+                        }))
+                    }
+                    None => CodeRedemption::Unknown,
+                }
+            }
+            (2, Some(id)) => match std::str::from_utf8(&id).ok().and_then(|s| u128::from_str_radix(s, 16).ok()) {
+                Some(id) => CodeRedemption::Spent(GrantId(id)),
+                None => CodeRedemption::Unknown,
+            },
+            _ => CodeRedemption::Unknown,
+        })
+    }
+
+    /// Writes the grant (no expiry yet: its tokens extend it), indexes it under its client, then marks the code
+    /// spent, in that order: a replay that finds the spent code finds the grant.
+    pub async fn start_grant(
+        &self,
+        grant: Arc<Grant>,
+        code: &TokenHash,
+        code_expires_at: UnixTime,
+    ) -> Result<(), StoreError> {
+        let sealed = self.sealed_grant(&grant)?;
+        let mut conn = self.conn();
+        ::redis::cmd("SET")
+            .arg(grant_key(grant.id))
+            .arg(sealed)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        ::redis::cmd("SADD")
+            .arg(client_grants_key(&grant.client_id))
+            .arg(format!("{:032x}", grant.id.0))
+            .query_async::<i64>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        self.inner.grants.insert(grant.id, grant.clone());
+        self.set_ex(&spent_key(code), format!("{:032x}", grant.id.0).as_bytes(), code_expires_at).await
+    }
+
+    pub async fn add_access_token(&self, hash: &TokenHash, token: &AccessToken) -> Result<(), StoreError> {
+        let rec =
+            AccessRecord { grant: token.grant.id.0, expires_at: token.expires_at, scope: token.scope.to_string() };
+        self.set_ex(&access_key(hash), &encode(&rec)?, token.expires_at).await?;
+        self.extend(&grant_key(token.grant.id), token.expires_at).await?;
+        self.extend(&client_grants_key(&token.grant.client_id), token.expires_at).await
+    }
+
+    pub async fn revoke_access_token(&self, hash: &TokenHash, client_id: &str) -> Result<bool, StoreError> {
+        match self.lookup_access(hash).await? {
+            Some((grant, _, _)) if grant.client_id == client_id => {
+                ::redis::cmd("DEL")
+                    .arg(access_key(hash))
+                    .query_async::<i64>(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+                self.inner.cache.remove(hash);
+                self.publish(format!("a:{}", hex(&hash.0))).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    pub async fn code_client(&self, hash: &TokenHash) -> Result<Option<String>, StoreError> {
+        let key = code_key(hash);
+        if let Some(rec) = self.get(&key).await?.and_then(|b| self.open::<CodeRecord>(&key, &b)) {
+            return Ok(Some(rec.request.client_id));
+        }
+        let spent = self.get(&spent_key(hash)).await?;
+        let Some(id) = spent.and_then(|b| String::from_utf8(b).ok()).and_then(|s| u128::from_str_radix(&s, 16).ok())
+        else {
+            return Ok(None);
+        };
+        Ok(self.grant(GrantId(id)).await?.map(|g| g.client_id.clone()))
+    }
+
+    /// Takes the grant's IdP-refresh lock, or waits (bounded) for the replica holding it; either way, when the
+    /// record shows a newer IdP token than this replica's, adopts it and leaves the refresh to nobody.
+    pub async fn begin_upstream_refresh(&self, grant: &Grant) -> Result<UpstreamTurn, StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = grant.upstream_obtained_at.load(Relaxed);
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            let fence: u64 = ::redis::Script::new(LOCK)
+                .key(lock_key(grant.id))
+                .key(fence_key(grant.id))
+                .arg(LOCK_MS)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            // Whether or not this replica got the lock, another one may have refreshed already.
+            let fresh = self.grant(grant.id).await?;
+            if fresh.is_none() {
+                if fence != 0 {
+                    self.end_upstream_refresh(grant, fence, false).await?;
+                }
+                return Ok(UpstreamTurn::Revoked);
+            }
+            let adopted = fresh.as_ref().is_some_and(|g| g.upstream_obtained_at.load(Relaxed) > before);
+            if adopted {
+                if fence != 0 {
+                    self.end_upstream_refresh(grant, fence, false).await?;
+                }
+                return Ok(UpstreamTurn::Refreshed);
+            }
+            if fence != 0 {
+                return Ok(UpstreamTurn::Refresh { fence });
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::Unavailable("another replica holds the IdP refresh lock".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Writes the refreshed grant record if `fence` still holds the lock (fencing: a replica whose lock expired
+    /// writes nothing), and releases the lock.
+    pub async fn end_upstream_refresh(&self, grant: &Grant, fence: u64, refreshed: bool) -> Result<(), StoreError> {
+        let record = if refreshed { self.sealed_grant(grant)? } else { Vec::new() };
+        ::redis::Script::new(UNLOCK)
+            .key(lock_key(grant.id))
+            .key(grant_key(grant.id))
+            .arg(fence.to_string())
+            .arg(record)
+            .invoke_async::<i64>(&mut self.conn())
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}
+
+/// What [`RedisStore::import`] copied.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    pub clients: usize,
+    pub grants: usize,
+    pub access_tokens: usize,
+    pub refresh_families: usize,
+    pub codes: usize,
+}
+
+impl RedisStore {
+    /// Copies an in-memory store (a snapshot just loaded) into Redis, so that a single-replica deployment moves
+    /// without its users signing in again (`dcr-proxy store import --snapshot FILE`). What is expired at `now` is
+    /// left out; running it twice writes the same records again. The maps are copied first (no guard is held
+    /// across a write).
+    pub async fn import(&self, store: &Store, now: UnixTime) -> Result<Imported, StoreError> {
+        let clients: Vec<Arc<Client>> = store.clients.iter().map(|c| c.clone()).collect();
+        let grants: Vec<Arc<Grant>> =
+            store.grants.iter().filter(|g| !g.is_revoked() && g.expires_at() > now).map(|g| g.clone()).collect();
+        let access: Vec<(TokenHash, AccessToken)> =
+            store.access_tokens.iter().filter(|t| t.expires_at > now).map(|t| (*t.key(), t.clone())).collect();
+        let families: Vec<(TokenHash, RefreshFamily)> =
+            store.refresh_families.iter().filter(|f| f.expires_at > now).map(|f| (*f.key(), f.clone())).collect();
+        let mut codes = Vec::new();
+        for c in store.codes.iter().filter(|c| c.expires_at > now) {
+            let key = code_key(c.key());
+            let rec = CodeRecord {
+                request: c.request.clone(),
+                expires_at: c.expires_at,
+                login: login_rec(&c.login.credential, &c.login.identity),
+                membership: MembershipRec::of(&c.login.identity),
+            };
+            codes.push((key.clone(), self.seal(&key, &encode(&rec)?), c.expires_at));
+        }
+        let spent: Vec<(TokenHash, SpentCode)> =
+            store.spent_codes.iter().filter(|c| c.expires_at > now).map(|c| (*c.key(), *c)).collect();
+        let mut done = Imported { clients: clients.len(), codes: codes.len(), ..Imported::default() };
+        for client in clients {
+            self.put_client(&client).await?;
+        }
+        for grant in grants {
+            let sealed = self.sealed_grant(&grant)?;
+            self.set_ex(&grant_key(grant.id), &sealed, grant.expires_at()).await?;
+            ::redis::cmd("SADD")
+                .arg(client_grants_key(&grant.client_id))
+                .arg(format!("{:032x}", grant.id.0))
+                .query_async::<i64>(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            self.extend(&client_grants_key(&grant.client_id), grant.expires_at()).await?;
+            done.grants += 1;
+        }
+        for (hash, token) in access {
+            self.add_access_token(&hash, &token).await?;
+            done.access_tokens += 1;
+        }
+        for (hash, family) in families {
+            self.put_refresh_family(&hash, &family, None).await?;
+            done.refresh_families += 1;
+        }
+        for (key, sealed, expires_at) in codes {
+            self.set_ex(&key, &sealed, expires_at).await?;
+        }
+        for (hash, code) in spent {
+            self.set_ex(&spent_key(&hash), format!("{:032x}", code.grant.0).as_bytes(), code.expires_at).await?;
+        }
+        Ok(done)
+    }
+}
+
+/// Follows `dcrp:events` for as long as the store lives, reconnecting with backoff; drops what a revocation
+/// names, and the whole cache whenever the subscription (re)starts (a message may have been missed).
+async fn listen(store: Weak<Inner>, client: ::redis::Client) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        if store.strong_count() == 0 {
+            return;
+        }
+        if let Ok(mut pubsub) = client.get_async_pubsub().await {
+            if pubsub.subscribe(EVENTS).await.is_ok() {
+                pause = Duration::from_millis(100);
+                match store.upgrade() {
+                    Some(inner) => inner.cache.clear(),
+                    None => return,
+                }
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        message = messages.next() => {
+                            let Some(message) = message else { break };
+                            let Some(inner) = store.upgrade() else { return };
+                            if let Ok(event) = message.get_payload::<String>() {
+                                apply(&inner.cache, &inner.grants, &event);
+                            }
+                        }
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {
+                            if store.strong_count() == 0 {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One event: `g:<grant id>` (revoked) or `a:<token hash>` (access token revoked).
+fn apply(cache: &DashMap<TokenHash, Cached>, grants: &DashMap<GrantId, Arc<Grant>>, event: &str) {
+    match event.split_once(':') {
+        Some(("g", id)) => {
+            if let Ok(id) = u128::from_str_radix(id, 16) {
+                if let Some((_, grant)) = grants.remove(&GrantId(id)) {
+                    grant.revoke();
+                }
+                cache.retain(|_, c| c.grant.id.0 != id);
+            }
+        }
+        Some(("a", hash)) => {
+            cache.retain(|h, _| hex(&h.0) != hash);
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_key_operations_share_one_hash_tag() {
+        let tag = |k: &str| k[k.find('{').unwrap_or(0)..=k.find('}').unwrap_or(0)].to_owned();
+        let h = TokenHash([7; 32]);
+        assert_eq!(tag(&code_key(&h)), tag(&spent_key(&h)));
+        let g = GrantId(42);
+        assert_eq!(tag(&grant_key(g)), tag(&lock_key(g)));
+        assert_eq!(tag(&lock_key(g)), tag(&fence_key(g)));
+        assert!(!access_key(&h).contains(&format!("{:?}", h.0)), "keys hold hashes in hex only");
+    }
+
+    #[test]
+    fn an_event_drops_the_grant_and_its_cached_bearers_only() {
+        let login = || UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() };
+        let (revoked, other) =
+            (Grant::new("c".into(), vec![], None, login(), 1), Grant::new("c".into(), vec![], None, login(), 1));
+        let cache: DashMap<TokenHash, Cached> = DashMap::new();
+        let cached =
+            |g: &Arc<Grant>| Cached { grant: g.clone(), scope: Arc::from(""), expires_at: 10, checked: Instant::now() };
+        cache.insert(TokenHash([1; 32]), cached(&revoked));
+        cache.insert(TokenHash([2; 32]), cached(&other));
+        cache.insert(TokenHash([3; 32]), cached(&other));
+        let grants = DashMap::new();
+        grants.insert(revoked.id, revoked.clone());
+        apply(&cache, &grants, &format!("g:{:032x}", revoked.id.0));
+        assert!(revoked.is_revoked() && !other.is_revoked());
+        assert!(grants.is_empty() && cache.len() == 2);
+        apply(&cache, &grants, &format!("a:{}", hex(&[2; 32])));
+        assert!(cache.contains_key(&TokenHash([3; 32])) && cache.len() == 1);
+        apply(&cache, &grants, "g:not-hex");
+        assert_eq!(cache.len(), 1);
+    }
+}
