@@ -63,7 +63,9 @@ pub(crate) struct RawConfig {
     pub(crate) log: RawLog,
     #[serde(default)]
     pub(crate) policy: RawPolicy,
+    #[serde(default)]
     pub(crate) pages: super::pages::RawPages,
+    #[serde(default)]
     pub(crate) admin: RawAdmin,
     #[serde(default)]
     pub(crate) audit: RawAudit,
