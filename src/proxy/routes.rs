@@ -97,6 +97,7 @@ pub fn accepted_resources(routes: &[RouteState]) -> impl Iterator<Item = String>
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
 
