@@ -114,7 +114,12 @@ pub async fn handle(
             req.headers_mut().insert(header::HOST, host);
         }
     }
-    *req.uri_mut() = target::with_query(&path, req.uri().query())?;
+    // A route's API gets the path below its prefix (`/graph/v1.0/me` → `<url>/v1.0/me`).
+    let forwarded = match route {
+        Some(r) => target::strip_route_prefix(&path, &r.config.path_prefix),
+        None => path.clone(),
+    };
+    *req.uri_mut() = target::with_query(&forwarded, req.uri().query())?;
     let missing = scope::missing_for_path(cx.required_scopes, path.as_str(), &grant.scope);
     if let Some((scope, missing)) = scope::step_up(&grant.scope, missing) {
         tracing::info!(client_id = %grant.client_id, %missing, "token lacks a required scope");
