@@ -61,6 +61,8 @@ pub struct App {
     pub upstream_probe: crate::readiness::UpstreamProbe,
     /// The audit trail (off unless `[audit] path` is set).
     pub audit: Arc<crate::audit::Audit>,
+    /// `[[routes]]`: their resources, metadata, challenges and upstream pools (issue 16 §3).
+    pub routes: Vec<crate::proxy::routes::RouteState>,
 }
 
 impl App {
@@ -111,6 +113,7 @@ impl App {
             tool_rules: &self.config.policy.rules,
             policy_max_body: self.config.policy.max_body_bytes,
             resource_path: &self.config.upstream.resource_path,
+            routes: &self.routes,
         }
     }
 
@@ -199,6 +202,8 @@ impl App {
             config.server.public_url.to_string(),
             format!("{}/", config.server.public_url),
         ];
+        let routes = crate::proxy::routes::RouteState::build_all(&config)?;
+        let resources = resources.into_iter().chain(crate::proxy::routes::accepted_resources(&routes)).collect();
         let mut metrics = crate::metrics::Metrics::new();
         if let Idp::Local(users) = &*idp {
             let (running, peak) = users.gauges();
@@ -226,6 +231,7 @@ impl App {
                 metadata::challenge_scopes(&config.idp.scopes).join(" ")
             ),
             resources,
+            routes,
             rate_limiter: RateLimiter::new(&config.limits),
             metrics,
             client_documents: ClientDocuments::new(config.client_documents.clone(), network),

@@ -87,6 +87,13 @@ async fn dispatch(
     match (req.method(), route) {
         (&Method::GET, Route::AuthorizationServerMetadata) => Ok(json_bytes(app.authorization_server_metadata())),
         (&Method::GET, Route::ProtectedResourceMetadata) => Ok(json_bytes(app.metadata.protected_resource.clone())),
+        // A `[[routes]]` entry's own RFC 9728 document (issue 16 §3).
+        (&Method::GET, Route::OtherWellKnown) => app
+            .routes
+            .iter()
+            .find(|r| r.metadata_path == req.uri().path())
+            .map(|r| json_bytes(r.metadata.clone()))
+            .ok_or(Error::NotFound),
         (_, Route::AuthorizationServerMetadata | Route::ProtectedResourceMetadata | Route::OtherWellKnown) => {
             Err(Error::NotFound)
         }

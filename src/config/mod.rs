@@ -44,6 +44,9 @@ pub enum ConfigError {
     Parse(String),
     #[error("config key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    /// A key inside an array of tables, such as `routes[1].path_prefix`.
+    #[error("config key `{key}`: {message}")]
+    InvalidEntry { key: String, message: String },
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
@@ -86,6 +89,16 @@ impl Config {
         format!("{}{}", self.server.public_url, self.upstream.resource_path)
     }
 
+    /// The RFC 8707 resource of a `[[routes]]` entry: `<public_url><path_prefix>`.
+    pub fn route_resource_url(&self, route: &RouteConfig) -> String {
+        format!("{}{}", self.server.public_url, route.path_prefix)
+    }
+
+    /// The `[[routes]]` entry serving a (canonical) request path; `None`: the default `[upstream]`.
+    pub fn route_for(&self, path: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.serves(path))
+    }
+
     /// Whether cookies must carry `Secure` (and may use the `__Host-` prefix).
     pub fn is_https(&self) -> bool {
         self.server.public_url.is_https()
@@ -115,6 +128,33 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// The audit trail ([`crate::audit`]); off when absent.
     pub audit: Option<AuditConfig>,
+    /// `[[routes]]` (issue 16 §3): further protected resources beside `[upstream]`, each its own API.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One `[[routes]]` entry: the protected resource `<public_url><path_prefix>`, forwarded to `url` with an IdP
+/// access token for `scopes`. Paths under no route go to `[upstream]`, which stays the default.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// A plain path (`/graph`): the route serves it and every path below it (`/graph/...`).
+    pub path_prefix: String,
+    /// Base URL; a request for `/graph/p?q` goes to `<url>/graph/p?q`, as for `[upstream]`.
+    pub url: Url,
+    /// The IdP scopes of the route's access token (asked by a refresh_token grant).
+    pub scopes: Vec<String>,
+}
+
+/// Whether `path` is `prefix` or below it, segment-wise (`/graphx` is not under `/graph`; everything is under `/`).
+pub fn path_under(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+impl RouteConfig {
+    /// Whether `path` is this route's prefix or below it (segment-wise: `/graphx` is not under `/graph`).
+    pub fn serves(&self, path: &str) -> bool {
+        path_under(&self.path_prefix, path)
+    }
 }
 
 /// The audit trail: where its lines go and how many may wait for the writer.

@@ -69,6 +69,17 @@ pub(crate) struct RawConfig {
     pub(crate) admin: RawAdmin,
     #[serde(default)]
     pub(crate) audit: RawAudit,
+    #[serde(default)]
+    pub(crate) routes: Vec<RawRoute>,
+}
+
+/// `[[routes]]`: one more protected resource (issue 16 §3).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub(crate) path_prefix: String,
+    pub(crate) url: String,
+    pub(crate) scopes: Vec<String>,
 }
 
 #[derive(Deserialize)]

@@ -61,6 +61,7 @@ pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Con
     };
     let admin = validate_admin(raw.admin, env)?;
     let audit = validate_audit(raw.audit)?;
+    let routes = validate_routes(raw.routes, &upstream.resource_path)?;
     Ok(Config {
         server,
         upstream,
@@ -77,7 +78,86 @@ pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Con
         pages,
         admin,
         audit,
+        routes,
     })
+}
+
+/// `[[routes]]` (issue 16 §3): each `path_prefix` a plain path as the canonical forwarded path holds it, not `/`,
+/// without a trailing `/`, neither the prefix of another route's nor below it, and not covering one of the proxy's
+/// own endpoints or `upstream.resource_path`; `url` as `upstream.url`; `scopes` at least one, without spaces.
+/// `[upstream]` stays required: it serves every path under no route.
+fn validate_routes(raw: Vec<RawRoute>, resource_path: &str) -> Result<Vec<RouteConfig>, ConfigError> {
+    let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("routes[{i}].{field}");
+        let prefix = r.path_prefix;
+        if let Some(why) = route_prefix_problem(&prefix) {
+            return Err(invalid_entry(key("path_prefix"), format!("`{prefix}` {why}")));
+        }
+        let own =
+            OWN_PATHS.iter().chain([&resource_path]).find(|own| path_under(&prefix, own) || path_under(own, &prefix));
+        if let Some(own) = own {
+            return Err(invalid_entry(key("path_prefix"), format!("`{prefix}` overlaps the proxy's own path `{own}`")));
+        }
+        if let Some((j, other)) =
+            routes.iter().enumerate().find(|(_, o)| o.serves(&prefix) || path_under(&prefix, &o.path_prefix))
+        {
+            return Err(invalid_entry(
+                key("path_prefix"),
+                format!("`{prefix}` overlaps routes[{j}].path_prefix `{}`", other.path_prefix),
+            ));
+        }
+        let url =
+            Url::parse(&r.url).map_err(|e| invalid_entry(key("url"), format!("`{}` is not a URL: {e}", r.url)))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(invalid_entry(key("url"), "must be an http:// or https:// URL with a host"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(invalid_entry(key("url"), "must not have a query or fragment"));
+        }
+        if r.scopes.is_empty() || r.scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
+            return Err(invalid_entry(key("scopes"), "must name at least one scope, each without spaces"));
+        }
+        routes.push(RouteConfig { path_prefix: prefix, url, scopes: r.scopes });
+    }
+    Ok(routes)
+}
+
+/// The proxy's own fixed paths, which no route may cover.
+const OWN_PATHS: [&str; 13] = [
+    "/.well-known",
+    "/register",
+    "/authorize",
+    "/consent",
+    "/callback",
+    "/login",
+    "/token",
+    "/revoke",
+    "/introspect",
+    "/userinfo",
+    "/healthz",
+    "/readyz",
+    crate::route::LOGO_PATH,
+];
+
+/// Why a route's `path_prefix` is not a plain path the forwarded path can start with; `None` when it is.
+fn route_prefix_problem(prefix: &str) -> Option<&'static str> {
+    let literal = |c: char| c.is_ascii_alphanumeric() || "/-._~!$&'()*+,=:@".contains(c);
+    let bad_segment = prefix.split('/').skip(1).any(|s| s.is_empty() || s == "." || s == ".." || s.ends_with('.'));
+    if !prefix.starts_with('/') || prefix == "/" || prefix.ends_with('/') {
+        Some("must be a path starting with / such as \"/graph\", not / and without a trailing /")
+    } else if !prefix.chars().all(literal) || bad_segment {
+        Some(
+            "must be a plain path of letters, digits and -._~!$&'()*+,=:@ (no %-escapes, spaces, non-ASCII, `;`, \
+             `\\`, `//` or dot segments)",
+        )
+    } else {
+        None
+    }
+}
+
+fn invalid_entry(key: String, message: impl Into<String>) -> ConfigError {
+    ConfigError::InvalidEntry { key, message: message.into() }
 }
 
 /// `[audit]`: off without `path`; `"stdout"`, `"stderr"` or a file path; `queue` 1 to 1 000 000 (default 10 000).

@@ -131,6 +131,20 @@ impl Idp {
         self.refresh_with_claims(refresh_token, now, None).await
     }
 
+    /// A refresh_token grant for a `[[routes]]` entry's `scopes` (issue 16 §3); refused like [`Idp::refresh`]
+    /// without a refresh token or for the local login.
+    pub async fn refresh_for_scopes(
+        &self,
+        refresh_token: Option<String>,
+        now: UnixTime,
+        scopes: &str,
+    ) -> Result<UpstreamTokens, IdpError> {
+        match (self, refresh_token) {
+            (Self::Oidc(p), Some(rt)) => p.refresh_for_scopes(&rt, now, scopes).await,
+            (_, rt) => self.refresh_with_claims(rt, now, None).await,
+        }
+    }
+
     /// [`Idp::refresh`] asking for `claims` (JSON) too: an upstream's claims challenge (issue 16 §2).
     pub async fn refresh_with_claims(
         &self,

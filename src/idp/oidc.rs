@@ -359,6 +359,26 @@ impl OidcProvider {
         answer.into_tokens(Some(refresh_token), now)
     }
 
+    /// A refresh_token grant for another API's `scopes` (issue 16 §3, `[[routes]]`): the access token of one
+    /// route. The grant's own token is not replaced.
+    pub async fn refresh_for_scopes(
+        &self,
+        refresh_token: &str,
+        now: UnixTime,
+        scopes: &str,
+    ) -> Result<UpstreamTokens, IdpError> {
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", refresh_token.to_owned()),
+            ("scope", scopes.to_owned()),
+        ];
+        if let Some(claims) = self.claims_request(None) {
+            form.push(("claims", claims));
+        }
+        let answer = self.token_request(form).await?;
+        answer.into_tokens(Some(refresh_token), now)
+    }
+
     /// The `claims` parameter (OIDC Core §5.5) for an authorize or token request: `extra` (a claims request from a
     /// challenge or from Entra, JSON) with the client capabilities added as `access_token.xms_cc` (Microsoft,
     /// "Claims challenges, claims requests and client capabilities"). `None` when there is nothing to ask, or when

@@ -163,6 +163,72 @@ async fn refresh_upstream(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAut
     }
 }
 
+/// The credential of a `[[routes]]` entry for a grant (issue 16 §3): the IdP access token for the route's scopes,
+/// obtained by a refresh_token grant with the grant's refresh token and cached on the grant by route; refreshed
+/// when [`refresh_due`] says so (or when the upstream rejected it), single flight under the grant's
+/// `refresh_lock` as [`upstream_auth`]. A refusal ends the grant as there. The local login sends its identity.
+pub async fn route_auth(
+    cx: &Context<'_>,
+    grant: &Grant,
+    route: &crate::config::RouteConfig,
+) -> Result<UpstreamAuth, Error> {
+    if matches!(&*grant.upstream(), UpstreamCredential::Local) {
+        return local_auth(grant)
+            .ok_or(Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: cx.challenge.to_owned() });
+    }
+    let policy = cx.refresh;
+    let cached = |now| {
+        route_token(grant, &route.path_prefix).filter(|(obtained_at, t)| {
+            let state = UpstreamTokenState {
+                obtained_at: *obtained_at,
+                expires_at: t.expires_at,
+                rejected: t.is_rejected(),
+                refreshed_at: 0,
+            };
+            !refresh_due(state, now, policy)
+        })
+    };
+    if let Some((_, t)) = cached(cx.clock.now()) {
+        return Ok(UpstreamAuth::Bearer(t.bearer().clone()));
+    }
+    let _flight = grant.refresh_lock.lock().await;
+    if let Some((_, t)) = cached(cx.clock.now()) {
+        return Ok(UpstreamAuth::Bearer(t.bearer().clone()));
+    }
+    let refresh_token = match &*grant.upstream() {
+        UpstreamCredential::Tokens(t) => t.refresh_token().map(str::to_owned),
+        UpstreamCredential::Local => None,
+    };
+    match cx.idp.refresh_for_scopes(refresh_token, cx.clock.now(), &route.scopes.join(" ")).await {
+        Ok(tokens) => {
+            tracing::info!(client_id = %grant.client_id, route = %route.path_prefix, "route access token obtained");
+            cx.metrics.upstream_refresh("ok");
+            let bearer = tokens.bearer().clone();
+            grant
+                .route_tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(route.path_prefix.clone(), (cx.clock.now(), Arc::new(tokens)));
+            Ok(UpstreamAuth::Bearer(bearer))
+        }
+        Err(e) => {
+            let now = cx.clock.now();
+            if let Some(ended) = end_refused_grant(cx, grant, &e, None).await? {
+                return Err(ended);
+            }
+            match route_token(grant, &route.path_prefix).filter(|(_, t)| t.expires_at > now) {
+                Some((_, t)) => Ok(UpstreamAuth::Bearer(t.bearer().clone())),
+                None => Err(unavailable(&e)),
+            }
+        }
+    }
+}
+
+/// The cached token of a route, if any.
+fn route_token(grant: &Grant, prefix: &str) -> Option<(u64, Arc<crate::store::UpstreamTokens>)> {
+    grant.route_tokens.lock().unwrap_or_else(|p| p.into_inner()).get(prefix).cloned()
+}
+
 /// What a refused or failed refresh becomes, by [`ErrorFamily`] (issue 16 §1): a family that needs a new sign-in
 /// ends the grant (401 `invalid_token`), an interaction requirement is kept for the client's next sign-in, missing
 /// admin consent is logged for the operator; throttling or an outage keeps the grant and answers 503 with

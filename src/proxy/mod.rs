@@ -22,6 +22,7 @@
 pub mod bearer;
 pub mod forward;
 pub mod headers;
+pub mod routes;
 pub mod target;
 pub mod tool_policy;
 pub mod userinfo;
@@ -67,6 +68,8 @@ pub struct Context<'a> {
     pub policy_max_body: usize,
     /// `upstream.resource_path`: the MCP endpoint the tool policy judges.
     pub resource_path: &'a str,
+    /// `[[routes]]` (issue 16 §3); empty: every path goes to `[upstream]`.
+    pub routes: &'a [routes::RouteState],
 }
 
 /// Forwards a request behind its bearer token: authenticate, canonicalise the path, check the path's required
@@ -76,9 +79,31 @@ pub async fn handle(
     mut req: Request<RequestBody>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Error> {
+    // A `[[routes]]` entry's requests get its challenges, its upstream and its credential (issue 16 §3).
+    let routed;
+    let cx = match routes::route_for(cx.routes, req.uri().path()) {
+        Some(r) => {
+            routed = Context {
+                challenge: &r.challenge,
+                resource_metadata: &r.resource_metadata,
+                forwarder: &r.forwarder,
+                required_scopes: &[],
+                ..*cx
+            };
+            &routed
+        }
+        None => cx,
+    };
     let grant = bearer::authenticate(cx, req.headers(), req.uri().query()).await?;
     // One path decides both the policy and what the upstream gets.
     let path = target::canonical_path(req.uri().path())?;
+    // RFC 8707: a token serves the resource its grant asked for, and no other (the canonical path decides).
+    let route = routes::route_for(cx.routes, path.as_str());
+    if !routes::bound_to(grant.resource.as_deref(), route.map(|r| r.resource.as_str()), cx.routes) {
+        tracing::info!(client_id = %grant.client_id, "token used for another resource than it was issued for");
+        let challenge = route.map_or(cx.challenge, |r| r.challenge.as_str()).to_owned();
+        return Err(Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge });
+    }
     // Another spelling of one of the proxy's own endpoints (`/%74oken`, `//.well-known/x`) is never forwarded.
     if crate::route::Route::parse(path.as_str(), cx.protected_resource_path) != crate::route::Route::Proxy {
         return Err(target::PathRejection::OwnEndpoint.into());
@@ -89,7 +114,12 @@ pub async fn handle(
             req.headers_mut().insert(header::HOST, host);
         }
     }
-    *req.uri_mut() = target::with_query(&path, req.uri().query())?;
+    // A route's API gets the path below its prefix (`/graph/v1.0/me` → `<url>/v1.0/me`).
+    let forwarded = match route {
+        Some(r) => target::strip_route_prefix(&path, &r.config.path_prefix),
+        None => path.clone(),
+    };
+    *req.uri_mut() = target::with_query(&forwarded, req.uri().query())?;
     let missing = scope::missing_for_path(cx.required_scopes, path.as_str(), &grant.scope);
     if let Some((scope, missing)) = scope::step_up(&grant.scope, missing) {
         tracing::info!(client_id = %grant.client_id, %missing, "token lacks a required scope");
@@ -109,12 +139,19 @@ pub async fn handle(
     } else {
         (req.map(UpstreamBody::Streamed), None)
     };
-    let auth = bearer::upstream_auth(cx, &grant).await?;
+    let auth = match route {
+        Some(r) => bearer::route_auth(cx, &grant, &r.config).await?,
+        None => bearer::upstream_auth(cx, &grant).await?,
+    };
     let sent = auth.clone();
     let mut resp = cx.forwarder.forward(req, auth, peer).await?;
     let www_authenticate = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
     let claims = bearer::claims_challenge(www_authenticate, cx.idp.max_claims_bytes());
-    if let (StatusCode::UNAUTHORIZED, bearer::UpstreamAuth::Bearer(rejected), Some(claims)) =
+    if let (StatusCode::UNAUTHORIZED, bearer::UpstreamAuth::Bearer(rejected), Some(r)) = (resp.status(), &sent, route) {
+        // A route's token refused: obtained again for the grant's next request (never the grant's own token, which
+        // is for another API). Claims challenges of routes are not answered yet.
+        grant.mark_route_rejected(&r.config.path_prefix, rejected);
+    } else if let (StatusCode::UNAUTHORIZED, bearer::UpstreamAuth::Bearer(rejected), Some(claims)) =
         (resp.status(), &sent, &claims)
     {
         // A claims challenge (CAE): one refresh asking for the claims, and one retry of a request without a body.

@@ -91,6 +91,16 @@ pub fn canonical_path(raw: &str) -> Result<CanonicalPath, PathRejection> {
     Ok(CanonicalPath(out))
 }
 
+/// The path a `[[routes]]` entry's API gets: the canonical path without the route's `prefix` (`/graph/v1.0/me`
+/// → `/v1.0/me`, `/graph` → `/`); the path unchanged when it is not under `prefix`.
+pub fn strip_route_prefix(path: &CanonicalPath, prefix: &str) -> CanonicalPath {
+    match path.0.strip_prefix(prefix) {
+        Some("") => CanonicalPath("/".to_owned()),
+        Some(rest) if rest.starts_with('/') => CanonicalPath(rest.to_owned()),
+        _ => CanonicalPath(path.0.clone()),
+    }
+}
+
 /// The origin-form target sent upstream: the canonical path and the client's query unchanged.
 pub fn with_query(path: &CanonicalPath, query: Option<&str>) -> Result<http::Uri, PathRejection> {
     let target = match query {
@@ -158,6 +168,17 @@ fn is_unreserved(b: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_route_prefix_is_removed_segment_wise() {
+        let strip = |p: &str, prefix: &str| match canonical_path(p) {
+            Ok(c) => strip_route_prefix(&c, prefix).as_str().to_owned(),
+            Err(e) => format!("{e:?}"),
+        };
+        assert_eq!(strip("/graph/v1.0/me", "/graph"), "/v1.0/me");
+        assert_eq!(strip("/graph", "/graph"), "/");
+        assert_eq!(strip("/graphx/a", "/graph"), "/graphx/a");
+    }
+
     use super::*;
 
     fn ok(raw: &str) -> String {

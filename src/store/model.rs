@@ -285,6 +285,10 @@ pub struct Grant {
     /// When the grant last refreshed to answer an upstream claims challenge (0: never); at most one such refresh per
     /// `tokens.upstream_refresh_floor` (issue 16 §2). Not persisted: a restart allows one more.
     pub claims_refreshed_at: AtomicU64,
+    /// The IdP access tokens of `[[routes]]`, by route prefix (issue 16 §3), each obtained with the grant's refresh
+    /// token, with when it was obtained. Not persisted: a restart obtains them again. Never hold the lock across
+    /// an `.await`.
+    pub route_tokens: std::sync::Mutex<std::collections::HashMap<String, (UnixTime, Arc<UpstreamTokens>)>>,
 }
 
 impl Grant {
@@ -322,6 +326,7 @@ impl Grant {
             upstream_obtained_at: AtomicU64::new(created_at),
             expires_at: AtomicU64::new(expires_at),
             claims_refreshed_at: AtomicU64::new(0),
+            route_tokens: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -353,6 +358,15 @@ impl Grant {
             if t.bearer() == sent {
                 t.rejected.store(true, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Marks a `[[routes]]` token the route's upstream answered 401 to, so that it is obtained again before it is
+    /// sent again (issue 16 §3).
+    pub fn mark_route_rejected(&self, prefix: &str, sent: &HeaderValue) {
+        let tokens = self.route_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, t)) = tokens.get(prefix).filter(|(_, t)| t.bearer() == sent) {
+            t.rejected.store(true, Ordering::Relaxed);
         }
     }
 

@@ -82,6 +82,9 @@ pub struct AzureState {
     pub cae_satisfied: HashSet<String>,
     /// Graph challenges every token while `cae_claims` is set, satisfied or not.
     pub cae_unsatisfiable: bool,
+    /// Issue 16 §3: the scope every access token was issued for (a refresh_token grant's `scope` when it sends
+    /// one, as Entra issues a token for another API with the same refresh token).
+    pub token_scopes: HashMap<String, String>,
 }
 
 /// Whether a token request's `claims` (JSON) asks for every `access_token` claim of `demanded`.
@@ -592,7 +595,7 @@ fn token(
             if strict {
                 grant.valid = false;
             }
-            (grant.scope.clone(), None)
+            (form.get("scope").filter(|s| !s.is_empty()).cloned().unwrap_or_else(|| grant.scope.clone()), None)
         }
         _ => {
             return aad_error(
@@ -609,6 +612,7 @@ fn token(
         st.cae_satisfied.insert(access.clone());
     }
     st.last_access_token = Some(access.clone());
+    st.token_scopes.insert(access.clone(), scope.clone());
     let mut doc = json!({
         "token_type": "Bearer",
         "scope": scope.split(' ').filter(|s| !matches!(*s, "openid" | "offline_access")).collect::<Vec<_>>().join(" "),
