@@ -273,23 +273,7 @@ pub(super) fn client_from(c: ClientRec) -> Option<Client> {
 }
 
 fn collect(store: &Store, now: UnixTime) -> SnapshotV2 {
-    let clients = store
-        .clients
-        .iter()
-        .map(|c| ClientRec {
-            client_id: c.client_id.clone(),
-            secret_hash: c.secret_hash.map(|h| h.0),
-            auth_method: c.auth_method.as_str().to_owned(),
-            redirect_uris: c.redirect_uris.clone(),
-            client_name: c.client_name.clone(),
-            scope: c.scope.clone(),
-            grant_types: c.grant_types.clone(),
-            response_types: c.response_types.clone(),
-            issued_at: c.issued_at,
-            first_authorized_at: c.first_authorized_at.load(std::sync::atomic::Ordering::Relaxed),
-            registration_token: c.registration_token.map(|h| h.0),
-        })
-        .collect();
+    let clients = store.clients.iter().map(|c| client_rec(&c)).collect();
     let mut grants: Vec<GrantRec> = Vec::with_capacity(store.grants.len());
     let mut index: HashMap<u128, usize> = HashMap::with_capacity(store.grants.len());
     for g in store.grants.iter().filter(|g| !g.is_revoked()) {
@@ -426,27 +410,8 @@ fn rebuild(s: SnapshotV2, memberships: Memberships, now: UnixTime) -> Store {
     let mut grant_members: HashMap<u128, MembershipRec> = memberships.grants.into_iter().collect();
     let mut code_members: HashMap<[u8; 32], MembershipRec> = memberships.codes.into_iter().collect();
     let store = Store::new();
-    for c in s.clients {
-        let Some(auth_method) = ClientAuthMethod::parse(&c.auth_method) else {
-            continue;
-        };
-        store.clients.insert(
-            c.client_id.clone(),
-            Arc::new(Client {
-                client_id: c.client_id,
-                secret_hash: c.secret_hash.map(TokenHash),
-                auth_method,
-                redirect_uris: c.redirect_uris,
-                client_name: c.client_name,
-                scope: c.scope,
-                grant_types: c.grant_types,
-                response_types: c.response_types,
-                issued_at: c.issued_at,
-                first_authorized_at: c.first_authorized_at.into(),
-                registration_token: c.registration_token.map(TokenHash),
-                sign_in_started_at: Default::default(),
-            }),
-        );
+    for client in s.clients.into_iter().filter_map(client_from) {
+        store.clients.insert(client.client_id.clone(), Arc::new(client));
     }
     for g in s.grants.into_iter().filter(|g| g.expires_at > now) {
         let Some(mut login) = login_from(g.login) else {
