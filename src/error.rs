@@ -116,6 +116,10 @@ pub enum Error {
     /// `Retry-After`; the grant is kept.
     #[error("identity provider unavailable, retry after {retry_after}s")]
     IdpUnavailable { retry_after: u64 },
+    /// [`Error::Store`] on a page a browser shows (`/authorize`, consent, login, callback): an HTML page, 503 with
+    /// `Retry-After`, instead of OAuth JSON a user cannot read.
+    #[error("{0} (browser route)")]
+    StorePage(crate::store::StoreError),
 }
 
 /// The JSON-RPC error code of a call the tool policy refuses: application-defined, outside the range JSON-RPC and
@@ -141,6 +145,15 @@ impl Error {
         advice: &'static str,
     ) -> Self {
         Self::Page { status, title, message: message.into(), detail: None, advice }
+    }
+
+    /// The same error for a route a browser shows: a store that does not answer becomes [`Error::StorePage`].
+    #[must_use]
+    pub fn for_browser(self) -> Self {
+        match self {
+            Self::Store(e) => Self::StorePage(e),
+            other => other,
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -172,6 +185,7 @@ impl Error {
             Self::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             Self::AdminBadRequest(_) => StatusCode::BAD_REQUEST,
             Self::IdpUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StorePage(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -349,6 +363,18 @@ impl Error {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
                 resp
             }
+            Self::StorePage(e) => {
+                tracing::warn!(error = %e, "store unavailable");
+                let mut resp = html::error_page(
+                    status,
+                    "Service unavailable",
+                    "The sign-in service cannot reach its storage right now.",
+                    None,
+                    "Wait a few seconds, then reload this page or go back to the application and connect again.",
+                );
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                resp
+            }
         }
     }
 }
@@ -489,6 +515,21 @@ mod tests {
 
     fn content_type(resp: &Response<Body>) -> &str {
         resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    #[test]
+    fn a_store_that_does_not_answer_is_json_for_clients_and_a_page_for_browsers() {
+        let down = || crate::store::StoreError::Unavailable("connection refused".into());
+        let json = Error::Store(down()).into_response();
+        assert_eq!(json.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(content_type(&json).starts_with("application/json"));
+        assert_eq!(json.headers()[header::RETRY_AFTER], "1");
+        let page = Error::Store(down()).for_browser().into_response();
+        assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(content_type(&page).starts_with("text/html"), "{}", content_type(&page));
+        assert_eq!(page.headers()[header::RETRY_AFTER], "1");
+        let other = Error::NotFound.for_browser();
+        assert!(matches!(other, Error::NotFound), "only store errors change");
     }
 
     #[test]

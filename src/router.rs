@@ -79,7 +79,9 @@ async fn dispatch(
             return Err(Error::RateLimited { retry_after_secs: wait.as_secs(), html });
         }
         // Across replicas (Redis): the same limit counted by every replica together.
-        if let Some(wait) = app.store.count_request(class, source, app.rate_limiter.per_minute(class)).await? {
+        let counted = app.store.count_request(class, source, app.rate_limiter.per_minute(class)).await;
+        let counted = counted.map_err(|e| if html { Error::StorePage(e) } else { Error::Store(e) })?;
+        if let Some(wait) = counted {
             tracing::info!(%source, ?class, "rate limited across replicas");
             return Err(Error::RateLimited { retry_after_secs: wait, html });
         }
@@ -104,11 +106,12 @@ async fn dispatch(
         (&Method::GET | &Method::PUT | &Method::DELETE, Route::ClientConfiguration) => {
             client_config::manage(app, req).await
         }
-        (&Method::GET, Route::Authorize) => sign_in::authorize(app, &req).await,
-        (&Method::POST, Route::Consent) => sign_in::consent(app, req).await,
-        (&Method::GET, Route::Callback) => sign_in::callback(app, &req).await,
-        (&Method::GET, Route::Login) => sign_in::show_login(app, &req).await,
-        (&Method::POST, Route::Login) => sign_in::submit_login(app, req).await,
+        // Pages a browser shows: a store that does not answer is an HTML page too.
+        (&Method::GET, Route::Authorize) => sign_in::authorize(app, &req).await.map_err(Error::for_browser),
+        (&Method::POST, Route::Consent) => sign_in::consent(app, req).await.map_err(Error::for_browser),
+        (&Method::GET, Route::Callback) => sign_in::callback(app, &req).await.map_err(Error::for_browser),
+        (&Method::GET, Route::Login) => sign_in::show_login(app, &req).await.map_err(Error::for_browser),
+        (&Method::POST, Route::Login) => sign_in::submit_login(app, req).await.map_err(Error::for_browser),
         (&Method::POST, Route::Token) => token::handle(app, req).await,
         (&Method::POST, Route::Revoke) => revoke::handle(app, req).await,
         (&Method::POST, Route::Introspect) => introspect::handle(app, req).await,

@@ -664,3 +664,16 @@ impl Drop for TestRedis {
         }
     }
 }
+
+impl TestRedis {
+    /// Stops the server as an orchestrator does (SIGTERM: Redis flushes its append-only file and exits) and waits
+    /// for it; [`TestRedis::run`] starts it again on the same port and directory.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            assert!(status.is_ok_and(|s| s.success()), "kill -TERM redis-server");
+            let exit = child.wait().expect("redis-server exits");
+            assert!(exit.success(), "redis-server shuts down cleanly on SIGTERM: {exit}");
+        }
+    }
+}
