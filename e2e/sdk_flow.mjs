@@ -10,6 +10,10 @@
 // Usage: node sdk_flow.mjs <path to the dcr-proxy binary>
 // Environment: E2E_CIMD_CERT / E2E_CIMD_KEY (PEM files for 127.0.0.1, required), E2E_PYTHON (a Python with the
 // pinned `mcp`; the python mode is skipped with a message when unset), E2E_MODES (comma list; default all).
+// Replicas (issue 12): E2E_REPLICAS=N (N > 1) with E2E_REDIS_URL and E2E_STORE_KEY starts N proxies sharing that
+// Redis behind a round-robin TCP balancer (per connection) on the public origin, and makes every request of the
+// SDK and of the browser leg a connection of its own (`Connection: close`), so consecutive requests land on
+// different replicas; it prints the connections each replica served and fails unless every one served some.
 // Everything binds 127.0.0.1 on ephemeral ports. Exit code 0 means every mode passed.
 
 import { spawn, execFile } from 'node:child_process';
@@ -115,15 +119,39 @@ await new Promise((r) => docServer.listen(0, '127.0.0.1', r));
 const documentUrl = `https://127.0.0.1:${docServer.address().port}/clients/e2e-cimd.json`;
 log('client metadata document at', documentUrl);
 
-// ---- dcr-proxy ---------------------------------------------------------------------------------------------
-const port = await freePort();
+// ---- dcr-proxy (one, or N replicas behind a round-robin balancer) -----------------------------------------
+const replicas = Number(process.env.E2E_REPLICAS ?? '1');
+const balancerCounts = [];
+let balancer = null;
+let port;
+if (replicas > 1) {
+  assert.ok(process.env.E2E_REDIS_URL && process.env.E2E_STORE_KEY, 'E2E_REPLICAS needs E2E_REDIS_URL and E2E_STORE_KEY');
+  // Round robin per connection: each accepted connection is piped, byte for byte, to the next replica.
+  const backendPorts = [];
+  let next = 0;
+  balancer = net.createServer((sock) => {
+    const i = next++ % replicas;
+    balancerCounts[i] += 1;
+    const up = net.connect(backendPorts[i], '127.0.0.1');
+    sock.pipe(up).on('error', () => sock.destroy());
+    up.pipe(sock).on('error', () => up.destroy());
+    sock.on('error', () => up.destroy());
+    up.on('error', () => sock.destroy());
+  });
+  for (let i = 0; i < replicas; i++) {
+    backendPorts.push(await freePort());
+    balancerCounts.push(0);
+  }
+  balancer.backendPorts = backendPorts;
+  await new Promise((r) => balancer.listen(0, '127.0.0.1', r));
+  port = balancer.address().port;
+} else {
+  port = await freePort();
+}
 const proxyUrl = `http://127.0.0.1:${port}`;
 const dir = mkdtempSync(join(tmpdir(), 'dcr-proxy-e2e-'));
-const configPath = join(dir, 'proxy.toml');
-writeFileSync(
-  configPath,
-  `[server]
-listen = "127.0.0.1:${port}"
+const configText = (listenPort) => `[server]
+listen = "127.0.0.1:${listenPort}"
 public_url = "${proxyUrl}"
 shutdown_grace = "1s"
 [upstream]
@@ -140,23 +168,39 @@ scopes = ["openid", "profile", "email", "offline_access"]
 allow_loopback_for_testing = true
 extra_ca_file = "${cimdCert}"
 [log]
-filter = "info"
+filter = "${replicas > 1 ? 'warn' : 'info'}"
 # A tool policy, so that every MCP POST of the 1.x and Python clients is read and judged on its way (whoami is
 # allowed; the 1.x clients send no Mcp-Method / Mcp-Name headers).
 [[policy.tools]]
 match = "delete_*"
 groups = ["admins"]
-`,
-);
-const proxy = spawn(proxyBinary, ['--config', configPath], { stdio: ['ignore', 'inherit', 'inherit'] });
-let proxyExited = false;
-proxy.on('exit', (code) => {
-  proxyExited = true;
-  if (code !== 0 && code !== null) log('dcr-proxy exited with', code);
+${replicas > 1 ? `[store]\nbackend = "redis"\nredis_url = "${process.env.E2E_REDIS_URL}"\n` : ''}`;
+const listenPorts = replicas > 1 ? balancer.backendPorts : [port];
+const proxies = listenPorts.map((listenPort, i) => {
+  const configPath = join(dir, `proxy-${i}.toml`);
+  writeFileSync(configPath, configText(listenPort));
+  const env = replicas > 1 ? { ...process.env, DCR_PROXY_SNAPSHOT_KEY: process.env.E2E_STORE_KEY } : process.env;
+  const child = spawn(proxyBinary, ['--config', configPath], { stdio: ['ignore', 'inherit', 'inherit'], env });
+  child.exited = false;
+  child.on('exit', (code) => {
+    child.exited = true;
+    if (code !== 0 && code !== null) log(`dcr-proxy ${i} exited with`, code);
+  });
+  return child;
 });
+const proxyExited = () => proxies.some((p) => p.exited);
+
+/// With replicas, every request is a connection of its own, so that the balancer spreads consecutive requests.
+function churn(init) {
+  if (replicas <= 1) return init;
+  const headers = new Headers(init?.headers);
+  headers.set('connection', 'close');
+  return { ...init, headers };
+}
 
 async function cleanup() {
-  if (!proxyExited) proxy.kill('SIGTERM');
+  for (const p of proxies) if (!p.exited) p.kill('SIGTERM');
+  balancer?.close();
   mcpHttp.close();
   docServer.close();
   await idp.stop();
@@ -164,10 +208,10 @@ async function cleanup() {
 
 async function waitForProxy() {
   for (let i = 0; i < 200; i++) {
-    if (proxyExited) throw new Error('dcr-proxy exited during start');
+    if (proxyExited()) throw new Error('dcr-proxy exited during start');
     try {
-      const r = await fetch(`${proxyUrl}/healthz`);
-      if (r.ok) return;
+      const ready = await Promise.all(listenPorts.map((p) => fetch(`http://127.0.0.1:${p}/readyz`, churn({}))));
+      if (ready.every((r) => r.ok)) return;
     } catch {
       /* not yet listening */
     }
@@ -187,26 +231,29 @@ async function browse(startUrl, expectedClientName) {
       cookies.set(pair.slice(0, i), pair.slice(i + 1));
     }
   };
-  let res = await fetch(startUrl, { redirect: 'manual' });
+  let res = await fetch(startUrl, churn({ redirect: 'manual' }));
   for (let hop = 0; hop < 10; hop++) {
     keep(res);
     if (res.status >= 300 && res.status < 400) {
       const location = new URL(res.headers.get('location'), res.url || startUrl).toString();
       if (location.startsWith(REDIRECT_URL)) return new URL(location);
       assert.ok(location.startsWith('http://127.0.0.1:'), `browser would leave loopback: ${location}`);
-      res = await fetch(location, { redirect: 'manual', headers: { cookie: cookieHeader() } });
+      res = await fetch(location, churn({ redirect: 'manual', headers: { cookie: cookieHeader() } }));
       continue;
     }
     const html = await res.text();
     assert.equal(res.status, 200, `unexpected page ${res.status}: ${html}`);
     const field = (name) => html.match(new RegExp(`name="${name}" value="([^"]*)"`))[1];
     assert.ok(html.includes(expectedClientName), `the consent page names the client: ${html}`);
-    res = await fetch(`${proxyUrl}/consent`, {
-      method: 'POST',
-      redirect: 'manual',
-      headers: { cookie: cookieHeader(), 'content-type': 'application/x-www-form-urlencoded' },
-      body: new URLSearchParams({ request: field('request'), csrf: field('csrf'), action: 'approve' }),
-    });
+    res = await fetch(
+      `${proxyUrl}/consent`,
+      churn({
+        method: 'POST',
+        redirect: 'manual',
+        headers: { cookie: cookieHeader(), 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ request: field('request'), csrf: field('csrf'), action: 'approve' }),
+      }),
+    );
   }
   throw new Error('too many redirects');
 }
@@ -269,7 +316,7 @@ function recordingFetch(mode, paths) {
     if (mode === 'legacy' && url.pathname.startsWith('/.well-known/')) {
       return new Response('not found', { status: 404 });
     }
-    return fetch(input, init);
+    return fetch(input, churn(init));
   };
 }
 
@@ -375,6 +422,13 @@ try {
   console.error('[e2e] FAILED:', e);
 } finally {
   await cleanup();
+}
+if (replicas > 1) {
+  log(`balancer connections per replica: ${balancerCounts.join(',')}`);
+  if (!balancerCounts.every((n) => n > 0)) {
+    console.error('[e2e] FAILED: a replica served no connection');
+    failed += 1;
+  }
 }
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed ? 1 : 0);
