@@ -220,6 +220,15 @@ pub struct RedisConfig {
     pub cache_ttl: Duration,
     /// `store.redis_cache_entries`: bearer lookups kept per replica at most.
     pub cache_entries: usize,
+    /// `store.redis_cluster`: `url` names one or more nodes of a Redis Cluster (comma-separated seeds).
+    pub cluster: bool,
+    /// `store.redis_ca_file`: the CA (PEM) a `rediss://` server's certificate must chain to; unset: public roots.
+    pub ca_file: Option<PathBuf>,
+    /// `store.redis_client_cert_file` / `store.redis_client_key_file`: a client certificate (mutual TLS).
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    /// `store.redis_stats_interval`: how often the store's counts (metrics) are taken from Redis at most.
+    pub stats_interval: Duration,
 }
 
 /// A Redis URL, whose password must never be logged: `Debug` and [`RedisUrl::redacted`] hide it.
@@ -227,15 +236,25 @@ pub struct RedisConfig {
 pub struct RedisUrl(pub String);
 
 impl RedisUrl {
-    /// The URL with any password replaced by `***`, for logs.
+    /// The nodes the URL names: one, or several separated by commas (the seeds of a Redis Cluster).
+    pub fn nodes(&self) -> Vec<&str> {
+        self.0.split(',').map(str::trim).filter(|n| !n.is_empty()).collect()
+    }
+
+    /// The URL with any password replaced by `***`, for logs (each node of a comma-separated cluster list).
     pub fn redacted(&self) -> String {
-        match (self.0.split_once("://"), self.0.rfind('@')) {
-            (Some((scheme, rest)), Some(_)) => match rest.rsplit_once('@') {
-                Some((_, host)) => format!("{scheme}://***@{host}"),
-                None => self.0.clone(),
-            },
-            _ => self.0.clone(),
-        }
+        self.0.split(',').map(|node| redact_node(node.trim())).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// One `redis://` URL with its user info replaced by `***`.
+fn redact_node(node: &str) -> String {
+    match (node.split_once("://"), node.rfind('@')) {
+        (Some((scheme, rest)), Some(_)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => node.to_owned(),
+        },
+        _ => node.to_owned(),
     }
 }
 
