@@ -124,7 +124,10 @@ impl RedisConn {
             let reason = scrub(&e.to_string(), &secrets);
             let hint = if tls && reason.to_ascii_lowercase().contains("certificate") {
                 " (the server's certificate must chain to store.redis_ca_file, or to a public CA when it is unset)"
-            } else if reason.contains("WRONGPASS") || reason.contains("NOAUTH") || reason.contains("NOPERM") {
+            } else if ["wrongpass", "noauth", "noperm", "authentication"]
+                .iter()
+                .any(|w| reason.to_ascii_lowercase().contains(w))
+            {
                 " (check the user:password in store.redis_url)"
             } else {
                 ""
