@@ -12,18 +12,32 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::fake_azure::FakeAzure;
 use common::upstream::Upstream;
 use common::*;
 use serde_json::Value;
 
 const ADMIN_TOKEN: &str = "admin-token-for-the-cluster-tests-0123456789";
 
-async fn replicas(n: usize, cluster: &TestRedisCluster, upstream: &Upstream, extra: &str) -> Vec<TestProxy> {
+/// `n` replicas on the cluster; with the fake Azure AD as IdP, or the local login (whose password hashing is slow
+/// in a debug build: used only where a test posts each step of the sign-in to another replica).
+async fn replicas(
+    n: usize,
+    cluster: &TestRedisCluster,
+    upstream: &Upstream,
+    azure: Option<&FakeAzure>,
+    extra: &str,
+) -> Vec<TestProxy> {
     let mut all = Vec::new();
     for _ in 0..n {
-        let builder = TestProxy::builder().upstream(upstream.url()).local().extra(extra);
+        let builder = TestProxy::builder().upstream(upstream.url()).extra(extra);
+        let builder = match azure {
+            Some(azure) => builder.azure(azure),
+            None => builder.local(),
+        };
         let builder = builder.env("DCR_PROXY_ADMIN_TOKEN", ADMIN_TOKEN);
-        all.push(builder.redis_at(&cluster.url(), "redis_cluster = true").start().await);
+        let store = "redis_cluster = true\nredis_stats_interval = \"1s\"";
+        all.push(builder.redis_at(&cluster.url(), store).start().await);
     }
     all
 }
@@ -33,7 +47,10 @@ async fn get_mcp(proxy: &TestProxy, access: &str) -> u16 {
 }
 
 /// Polls `check` every 20 ms until it holds or `within` has passed; how long it took.
-async fn within<F: std::future::Future<Output = bool>>(within: Duration, mut check: impl FnMut() -> F) -> Option<Duration> {
+async fn within<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) -> Option<Duration> {
     let start = Instant::now();
     for _ in 0..1000 {
         if check().await {
@@ -51,7 +68,7 @@ async fn within<F: std::future::Future<Output = bool>>(within: Duration, mut che
 async fn on_a_cluster_a_sign_in_spread_over_three_replicas_works_revocation_reaches_all_and_admin_lists_grants() {
     let cluster = TestRedisCluster::start().await;
     let upstream = Upstream::start().await;
-    let r = replicas(3, &cluster, &upstream, "[admin]\nlisten = \"127.0.0.1:9\"\n").await;
+    let r = replicas(3, &cluster, &upstream, None, "[admin]\nlisten = \"127.0.0.1:9\"\n").await;
 
     // Every request of the sign-in on another replica.
     let client_id = register_public_client(&r[0]).await;
@@ -83,11 +100,8 @@ async fn on_a_cluster_a_sign_in_spread_over_three_replicas_works_revocation_reac
     for proxy in &r {
         assert_eq!(get_mcp(proxy, &access).await, 200, "every replica knows the access token");
     }
-    // More sign-ins, so that the records spread over the masters.
-    let mut others = Vec::new();
-    for i in 0..4 {
-        others.push(login(&r[i % 3]).await);
-    }
+    // One more sign-in; the records of both spread over the masters.
+    let others = [login(&r[1]).await];
     let spread = cluster.keys_per_node().await;
     assert!(spread.iter().filter(|n| **n > 0).count() >= 2, "the keys are spread over the masters: {spread:?}");
 
@@ -103,7 +117,7 @@ async fn on_a_cluster_a_sign_in_spread_over_three_replicas_works_revocation_reac
         .await
         .unwrap();
     let rows = grants["grants"].as_array().expect("grants");
-    assert_eq!(rows.len(), 5, "every grant, from whichever master holds it: {grants}");
+    assert_eq!(rows.len(), 2, "every grant, from whichever master holds it: {grants}");
 
     // Revocation on one replica reaches the others (they have the bearer cached).
     let resp = http()
@@ -120,13 +134,55 @@ async fn on_a_cluster_a_sign_in_spread_over_three_replicas_works_revocation_reac
     }
     let (_, other) = &others[0];
     assert_eq!(get_mcp(&r[1], other["access_token"].as_str().unwrap()).await, 200, "only that grant was revoked");
+
+    // The metrics count the keys of every master: two clients, one live grant.
+    let metrics = serve_metrics(&r[0]).await;
+    let counted = within(Duration::from_secs(5), || async {
+        let text = http().get(&metrics).send().await.unwrap().text().await.unwrap();
+        metric(&text, "dcr_proxy_clients") == Some(2.0) && metric(&text, "dcr_proxy_grants") == Some(1.0)
+    })
+    .await;
+    assert!(counted.is_some(), "dcr_proxy_clients and dcr_proxy_grants count the whole cluster");
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_full_client_table_evicts_the_oldest_unused_client_but_not_one_signing_in() {
+    let cluster = TestRedisCluster::start().await;
+    let upstream = Upstream::start().await;
+    let azure = FakeAzure::start().await;
+    let r = replicas(2, &cluster, &upstream, Some(&azure), "[registration]\nmax_clients = 3\n").await;
+    let signing = register_public_client(&r[0]).await;
+    let oldest_unused = register_public_client(&r[1]).await;
+    let newest = register_public_client(&r[0]).await;
+    let mut browser = Browser::new();
+    assert!(matches!(browser.get(&authorize_url(&r[1], &signing, "")).await, Landing::Page(200, _)));
+
+    let metadata = serde_json::json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"});
+    let resp = http().post(r[1].url("/register")).json(&metadata).send().await.unwrap();
+    assert_eq!(resp.status(), 201, "a full table makes room, counting the registrations of both replicas");
+    let page = |id: String| {
+        let proxy = &r[0];
+        async move {
+            match Browser::new().get(&authorize_url(proxy, &id, "")).await {
+                Landing::Page(status, _) => status,
+                Landing::Client(_) => 302,
+            }
+        }
+    };
+    assert_eq!(page(oldest_unused).await, 400, "the oldest unused client was evicted");
+    assert_eq!(page(signing.clone()).await, 200, "the older client whose sign-in started stays");
+    assert_eq!(page(newest).await, 200);
+    // The sign-in in progress finishes.
+    let params = authorize(&r[0], &mut browser, &signing).await;
+    assert_eq!(redeem(&r[1], &signing, &params["code"]).await.status(), 200);
 }
 
 #[tokio::test]
 async fn on_a_cluster_a_code_redeemed_on_two_replicas_at_once_is_issued_once_and_one_refresh_token_rotates_once() {
     let cluster = TestRedisCluster::start().await;
     let upstream = Upstream::start().await;
-    let r = replicas(3, &cluster, &upstream, "").await;
+    let azure = FakeAzure::start().await;
+    let r = replicas(3, &cluster, &upstream, Some(&azure), "").await;
     for round in 0..4 {
         let client_id = register_public_client(&r[round % 3]).await;
         let mut browser = Browser::new();

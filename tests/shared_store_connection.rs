@@ -23,9 +23,28 @@ async fn tls_redis(pki: &TestPki) -> RedisProcess {
     let (cert, key, ca) = (pki.server_cert.clone(), pki.server_key.clone(), pki.ca.clone());
     RedisProcess::start(move |port| {
         let args = [
-            "--port", "0", "--tls-port", &port.to_string(), "--tls-cert-file", &cert, "--tls-key-file", &key,
-            "--tls-ca-cert-file", &ca, "--tls-auth-clients", "yes", "--user", "default", "off", "--user", "dcrp", "on",
-            &format!(">{PASSWORD}"), "~*", "&*", "+@all",
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "yes",
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "dcrp",
+            "on",
+            &format!(">{PASSWORD}"),
+            "~*",
+            "&*",
+            "+@all",
         ];
         args.iter().map(|a| (*a).to_owned()).collect()
     })
@@ -86,7 +105,8 @@ async fn a_server_certificate_of_another_ca_stops_the_start_naming_the_ca_file_a
     assert!(error.contains("store.redis_ca_file") && error.contains("store.redis_url"), "{error}");
     assert!(!error.contains(PASSWORD), "the password leaked: {error}");
     // Without a CA file, the public roots are used: the test CA is not one of them.
-    let no_ca = format!("redis_client_cert_file = \"{}\"\nredis_client_key_file = \"{}\"\n", pki.client_cert, pki.client_key);
+    let no_ca =
+        format!("redis_client_cert_file = \"{}\"\nredis_client_key_file = \"{}\"\n", pki.client_cert, pki.client_key);
     let error = start_error(&url, &no_ca).await;
     assert!(error.contains("store.redis_ca_file") && !error.contains(PASSWORD), "{error}");
 }

@@ -756,7 +756,23 @@ mod tests {
         let config = Config::from_toml(&with_url, url_env).map_err(|e| e.to_string());
         assert_eq!(config.map(|c| c.store.redis.map(|r| r.url.0)), Ok(Some("redis://env:6379/1".to_owned())));
         assert_eq!(err_key(&redis("backend = \"etcd\""), key), "store.backend");
-        assert_eq!(err_key(&redis("backend = \"redis\"\nredis_url = \"rediss://r\""), key), "store.redis_url");
+        let ca_on_plain = redis("backend = \"redis\"\nredis_url = \"redis://r\"\nredis_ca_file = \"/ca.pem\"");
+        assert_eq!(err_key(&ca_on_plain, key), "store.redis_ca_file");
+        let cert_alone = redis("backend = \"redis\"\nredis_url = \"rediss://r\"\nredis_client_cert_file = \"/c.pem\"");
+        assert_eq!(err_key(&cert_alone, key), "store.redis_client_key_file");
+        let list = "backend = \"redis\"\nredis_url = \"redis://u:pw@a:1, redis://u:pw@b:2\"";
+        assert_eq!(err_key(&redis(list), key), "store.redis_url", "several nodes need redis_cluster = true");
+        let cluster =
+            Config::from_toml(&redis(&format!("{list}\nredis_cluster = true")), key).map_err(|e| e.to_string());
+        let shown = cluster.map(|c| c.store.redis.map(|r| (r.cluster, r.url.redacted(), r.stats_interval)));
+        assert_eq!(shown, Ok(Some((true, "redis://***@a:1,redis://***@b:2".to_owned(), Duration::from_secs(30)))));
+        let mixed = "backend = \"redis\"\nredis_url = \"redis://a:1,rediss://b:2\"\nredis_cluster = true";
+        assert_eq!(err_key(&redis(mixed), key), "store.redis_url");
+        let tls = Config::from_toml(&redis("backend = \"redis\"\nredis_url = \"rediss://r\""), key);
+        assert!(
+            tls.is_ok_and(|c| c.store.redis.is_some_and(|r| r.ca_file.is_none())),
+            "rediss:// with the public roots"
+        );
         assert_eq!(err_key(&redis("backend = \"redis\"\nredis_url = \"http://r\""), key), "store.redis_url");
         let long_ttl = redis("backend = \"redis\"\nredis_url = \"redis://r\"\nredis_cache_ttl = \"2s\"");
         assert_eq!(err_key(&long_ttl, key), "store.redis_cache_ttl");

@@ -41,6 +41,8 @@ use crate::clock::{Clock, UnixTime};
 use crate::config::RedisConfig;
 use crate::crypto::{self, Sealer, TokenHash};
 
+mod counts;
+
 const EVENTS: &str = "dcrp:events";
 /// Registrations not yet used, scored by their time (`registration.max_clients` across replicas).
 const REGISTRATIONS: &str = "dcrp:registrations";
@@ -146,6 +148,9 @@ struct Inner {
     cache_entries: usize,
     /// `registration.unused_client_ttl`: how long a registered client lives unless it completes an authorization.
     unused_client_ttl: u64,
+    /// The counts for metrics ([`RedisStore::stats`]) and `store.redis_stats_interval`.
+    counts: counts::Counts,
+    stats_interval: Duration,
 }
 
 /// The shared store. Cheap to clone.
@@ -238,6 +243,8 @@ impl RedisStore {
             cache_ttl: config.cache_ttl,
             cache_entries: config.cache_entries,
             unused_client_ttl: unused_client_ttl.as_secs(),
+            counts: counts::Counts::default(),
+            stats_interval: config.stats_interval,
         });
         tokio::spawn(listen(Arc::downgrade(&inner), subscriber));
         Ok(Self { inner })

@@ -23,8 +23,9 @@ use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClientBuilder;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use ::redis::{Client, ClientTlsConfig, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, TlsCertificates,
-    Value};
+use ::redis::{
+    Client, ClientTlsConfig, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, TlsCertificates, Value,
+};
 
 use crate::config::RedisConfig;
 
@@ -146,7 +147,8 @@ impl RedisConn {
             return Err(ConnectError::Url { url: shown, reason: "names no node".to_owned() });
         };
         let conn = if config.cluster {
-            let infos = nodes.iter().map(|n| n.into_connection_info()).collect::<Result<Vec<_>, _>>().map_err(url_error)?;
+            let infos =
+                nodes.iter().map(|n| n.into_connection_info()).collect::<Result<Vec<_>, _>>().map_err(url_error)?;
             let mut builder = ClusterClientBuilder::new(infos)
                 .connection_timeout(IO_TIMEOUT)
                 .response_timeout(IO_TIMEOUT)
@@ -175,23 +177,26 @@ impl RedisConn {
     /// store). Not a consistent cut: keys written meanwhile may or may not be listed.
     pub async fn scan(&self, pattern: &str) -> Result<Vec<String>, RedisError> {
         let mut keys = Vec::new();
+        self.scan_each(pattern, |batch| keys.extend(batch)).await?;
+        Ok(keys)
+    }
+
+    /// [`RedisConn::scan`], handing each batch to `on_batch` instead of collecting them (counting a large store).
+    pub async fn scan_each(&self, pattern: &str, mut on_batch: impl FnMut(Vec<String>)) -> Result<(), RedisError> {
         match self {
             Self::Single(conn) => {
-                scan_node(pattern, &mut keys, |cmd| {
+                scan_node(pattern, &mut on_batch, |cmd| {
                     let mut conn = conn.clone();
                     async move { cmd.query_async::<(u64, Vec<String>)>(&mut conn).await }
                 })
-                .await?;
+                .await
             }
             Self::Cluster(conn) => {
                 for (host, port) in self.masters().await? {
-                    let conn = conn.clone();
-                    scan_node(pattern, &mut keys, |cmd| {
+                    scan_node(pattern, &mut on_batch, |cmd| {
                         let mut conn = conn.clone();
-                        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                            host: host.clone(),
-                            port,
-                        });
+                        let routing =
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.clone(), port });
                         async move {
                             let value = conn.route_command(cmd, routing).await?;
                             ::redis::from_redis_value::<(u64, Vec<String>)>(value).map_err(RedisError::from)
@@ -199,9 +204,9 @@ impl RedisConn {
                     })
                     .await?;
                 }
+                Ok(())
             }
         }
-        Ok(keys)
     }
 
     /// The masters of the cluster (host, port), from `CLUSTER SLOTS`; one server: empty.
@@ -234,7 +239,7 @@ fn masters_of(slots: &[Value]) -> Vec<(String, u16)> {
 }
 
 /// `SCAN` one node to the end, `send` carrying each step's command.
-async fn scan_node<F, Fut>(pattern: &str, keys: &mut Vec<String>, mut send: F) -> Result<(), RedisError>
+async fn scan_node<F, Fut>(pattern: &str, on_batch: &mut impl FnMut(Vec<String>), mut send: F) -> Result<(), RedisError>
 where
     F: FnMut(Cmd) -> Fut,
     Fut: std::future::Future<Output = Result<(u64, Vec<String>), RedisError>>,
@@ -245,7 +250,7 @@ where
         let mut cmd = ::redis::cmd("SCAN");
         cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
         let (next, batch) = send(cmd).await?;
-        keys.extend(batch);
+        on_batch(batch);
         if next == 0 {
             return Ok(());
         }
@@ -315,9 +320,8 @@ mod tests {
         let node = |host: &str, port: i64| {
             Value::Array(vec![Value::BulkString(host.as_bytes().to_vec()), Value::Int(port), Value::Nil])
         };
-        let range = |a: i64, b: i64, nodes: Vec<Value>| {
-            Value::Array([vec![Value::Int(a), Value::Int(b)], nodes].concat())
-        };
+        let range =
+            |a: i64, b: i64, nodes: Vec<Value>| Value::Array([vec![Value::Int(a), Value::Int(b)], nodes].concat());
         let slots = [
             range(0, 100, vec![node("10.0.0.1", 7000), node("10.0.0.9", 7009)]),
             range(101, 200, vec![node("10.0.0.2", 7001)]),

@@ -436,10 +436,9 @@ impl TestProxyBuilder {
              {idp}{extra}"
         );
         let text = match &self.redis {
-            Some(url) => format!(
-                "{text}\n[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\n{}\n",
-                self.redis_store_extra
-            ),
+            Some(url) => {
+                format!("{text}\n[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\n{}\n", self.redis_store_extra)
+            }
             None => text,
         };
         let env = self.env;
