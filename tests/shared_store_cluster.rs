@@ -151,9 +151,14 @@ async fn on_a_cluster_a_full_client_table_evicts_the_oldest_unused_client_but_no
     let upstream = Upstream::start().await;
     let azure = FakeAzure::start().await;
     let r = replicas(2, &cluster, &upstream, Some(&azure), "[registration]\nmax_clients = 3\n").await;
+    // One registration a second (the age order is by the proxy's clock, in seconds).
+    let tick = || r.iter().for_each(|p| p.clock.advance(1));
     let signing = register_public_client(&r[0]).await;
+    tick();
     let oldest_unused = register_public_client(&r[1]).await;
+    tick();
     let newest = register_public_client(&r[0]).await;
+    tick();
     let mut browser = Browser::new();
     assert!(matches!(browser.get(&authorize_url(&r[1], &signing, "")).await, Landing::Page(200, _)));
 
