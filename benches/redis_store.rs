@@ -85,8 +85,16 @@ async fn run(n: usize) {
     let (rr50, rr99) = percentiles(&mut r_refresh);
     println!("dcr-proxy shared store bench: {n} sign-ins and {n} refreshes per backend, one at a time");
     println!("                     memory p50/p99 ms   redis p50/p99 ms   added by Redis p50/p99 ms");
-    println!("sign-in              {ms50:7.2} / {ms99:7.2}   {rs50:7.2} / {rs99:7.2}   {:7.2} / {:7.2}", rs50 - ms50, rs99 - ms99);
-    println!("refresh              {mr50:7.2} / {mr99:7.2}   {rr50:7.2} / {rr99:7.2}   {:7.2} / {:7.2}", rr50 - mr50, rr99 - mr99);
+    println!(
+        "sign-in              {ms50:7.2} / {ms99:7.2}   {rs50:7.2} / {rs99:7.2}   {:7.2} / {:7.2}",
+        rs50 - ms50,
+        rs99 - ms99
+    );
+    println!(
+        "refresh              {mr50:7.2} / {mr99:7.2}   {rr50:7.2} / {rr99:7.2}   {:7.2} / {:7.2}",
+        rr50 - mr50,
+        rr99 - mr99
+    );
     let per_grant = (after - before) as f64 / n as f64;
     println!(
         "redis used_memory: {before} -> {after} bytes: {per_grant:.0} bytes ({:.2} KiB) per signed-in grant \
