@@ -100,6 +100,8 @@ async fn on_a_cluster_a_sign_in_spread_over_three_replicas_works_revocation_reac
     for proxy in &r {
         assert_eq!(get_mcp(proxy, &access).await, 200, "every replica knows the access token");
     }
+    let ready = http().get(r[0].url("/readyz")).send().await.unwrap().status();
+    assert_eq!(ready, 200, "PING answered by every master");
     // One more sign-in; the records of both spread over the masters.
     let others = [login(&r[1]).await];
     let spread = cluster.keys_per_node().await;
