@@ -337,8 +337,12 @@ async fn the_client_cap_counts_registrations_on_every_replica_and_unused_clients
         r.push(builder.extra("[registration]\nmax_clients = 3\n").start().await);
     }
     let first = register_public_client(&r[0]).await;
-    register_public_client(&r[1]).await;
-    register_public_client(&r[0]).await;
+    let second = register_public_client(&r[1]).await;
+    let third = register_public_client(&r[0]).await;
+    // Each one's sign-in started (on the other replica): none may be evicted to make room.
+    for (proxy, id) in [(&r[1], &first), (&r[0], &second), (&r[1], &third)] {
+        assert!(matches!(Browser::new().get(&authorize_url(proxy, id, "")).await, Landing::Page(200, _)));
+    }
     let metadata = serde_json::json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"});
     for proxy in &r {
         let resp = http().post(proxy.url("/register")).json(&metadata).send().await.unwrap();

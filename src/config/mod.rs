@@ -220,6 +220,15 @@ pub struct RedisConfig {
     pub cache_ttl: Duration,
     /// `store.redis_cache_entries`: bearer lookups kept per replica at most.
     pub cache_entries: usize,
+    /// `store.redis_cluster`: `url` names one or more nodes of a Redis Cluster (comma-separated seeds).
+    pub cluster: bool,
+    /// `store.redis_ca_file`: the CA (PEM) a `rediss://` server's certificate must chain to; unset: public roots.
+    pub ca_file: Option<PathBuf>,
+    /// `store.redis_client_cert_file` / `store.redis_client_key_file`: a client certificate (mutual TLS).
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    /// `store.redis_stats_interval`: how often the store's counts (metrics) are taken from Redis at most.
+    pub stats_interval: Duration,
 }
 
 /// A Redis URL, whose password must never be logged: `Debug` and [`RedisUrl::redacted`] hide it.
@@ -227,15 +236,25 @@ pub struct RedisConfig {
 pub struct RedisUrl(pub String);
 
 impl RedisUrl {
-    /// The URL with any password replaced by `***`, for logs.
+    /// The nodes the URL names: one, or several separated by commas (the seeds of a Redis Cluster).
+    pub fn nodes(&self) -> Vec<&str> {
+        self.0.split(',').map(str::trim).filter(|n| !n.is_empty()).collect()
+    }
+
+    /// The URL with any password replaced by `***`, for logs (each node of a comma-separated cluster list).
     pub fn redacted(&self) -> String {
-        match (self.0.split_once("://"), self.0.rfind('@')) {
-            (Some((scheme, rest)), Some(_)) => match rest.rsplit_once('@') {
-                Some((_, host)) => format!("{scheme}://***@{host}"),
-                None => self.0.clone(),
-            },
-            _ => self.0.clone(),
-        }
+        self.0.split(',').map(|node| redact_node(node.trim())).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// One `redis://` URL with its user info replaced by `***`.
+fn redact_node(node: &str) -> String {
+    match (node.split_once("://"), node.rfind('@')) {
+        (Some((scheme, rest)), Some(_)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => node.to_owned(),
+        },
+        _ => node.to_owned(),
     }
 }
 
@@ -737,7 +756,23 @@ mod tests {
         let config = Config::from_toml(&with_url, url_env).map_err(|e| e.to_string());
         assert_eq!(config.map(|c| c.store.redis.map(|r| r.url.0)), Ok(Some("redis://env:6379/1".to_owned())));
         assert_eq!(err_key(&redis("backend = \"etcd\""), key), "store.backend");
-        assert_eq!(err_key(&redis("backend = \"redis\"\nredis_url = \"rediss://r\""), key), "store.redis_url");
+        let ca_on_plain = redis("backend = \"redis\"\nredis_url = \"redis://r\"\nredis_ca_file = \"/ca.pem\"");
+        assert_eq!(err_key(&ca_on_plain, key), "store.redis_ca_file");
+        let cert_alone = redis("backend = \"redis\"\nredis_url = \"rediss://r\"\nredis_client_cert_file = \"/c.pem\"");
+        assert_eq!(err_key(&cert_alone, key), "store.redis_client_key_file");
+        let list = "backend = \"redis\"\nredis_url = \"redis://u:pw@a:1, redis://u:pw@b:2\"";
+        assert_eq!(err_key(&redis(list), key), "store.redis_url", "several nodes need redis_cluster = true");
+        let cluster =
+            Config::from_toml(&redis(&format!("{list}\nredis_cluster = true")), key).map_err(|e| e.to_string());
+        let shown = cluster.map(|c| c.store.redis.map(|r| (r.cluster, r.url.redacted(), r.stats_interval)));
+        assert_eq!(shown, Ok(Some((true, "redis://***@a:1,redis://***@b:2".to_owned(), Duration::from_secs(30)))));
+        let mixed = "backend = \"redis\"\nredis_url = \"redis://a:1,rediss://b:2\"\nredis_cluster = true";
+        assert_eq!(err_key(&redis(mixed), key), "store.redis_url");
+        let tls = Config::from_toml(&redis("backend = \"redis\"\nredis_url = \"rediss://r\""), key);
+        assert!(
+            tls.is_ok_and(|c| c.store.redis.is_some_and(|r| r.ca_file.is_none())),
+            "rediss:// with the public roots"
+        );
         assert_eq!(err_key(&redis("backend = \"redis\"\nredis_url = \"http://r\""), key), "store.redis_url");
         let long_ttl = redis("backend = \"redis\"\nredis_url = \"redis://r\"\nredis_cache_ttl = \"2s\"");
         assert_eq!(err_key(&long_ttl, key), "store.redis_cache_ttl");

@@ -310,6 +310,12 @@ pub(crate) struct RawStore {
     pub(crate) redis_url: Option<String>,
     pub(crate) redis_cache_ttl: Option<DurationText>,
     pub(crate) redis_cache_entries: Option<usize>,
+    #[serde(default)]
+    pub(crate) redis_cluster: bool,
+    pub(crate) redis_ca_file: Option<PathBuf>,
+    pub(crate) redis_client_cert_file: Option<PathBuf>,
+    pub(crate) redis_client_key_file: Option<PathBuf>,
+    pub(crate) redis_stats_interval: Option<DurationText>,
 }
 
 #[derive(Deserialize)]

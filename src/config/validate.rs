@@ -613,8 +613,11 @@ fn snapshot_key(raw: &RawStore, env: &Env<'_>, files: &Files, what: &str) -> Res
     })
 }
 
-/// `store.backend`, `store.redis_url` (`DCR_PROXY_REDIS_URL` overrides it), `store.redis_cache_ttl` (default 1 s,
-/// at most 1 s) and `store.redis_cache_entries` (default 100000).
+/// `store.backend`, `store.redis_url` (`DCR_PROXY_REDIS_URL` overrides it; `redis://` or `rediss://`, several
+/// nodes separated by commas only with `store.redis_cluster = true`), `store.redis_cache_ttl` (default 1 s, at most
+/// 1 s), `store.redis_cache_entries` (default 100000), the TLS files (`store.redis_ca_file`, the client
+/// certificate and key together, only with `rediss://`) and `store.redis_stats_interval` (default 30 s, at least
+/// 1 s).
 fn validate_redis(raw: &RawStore, env: &Env<'_>, files: &Files) -> Result<Option<RedisConfig>, ConfigError> {
     match raw.backend.as_deref() {
         None | Some("memory") => return Ok(None),
@@ -624,14 +627,40 @@ fn validate_redis(raw: &RawStore, env: &Env<'_>, files: &Files) -> Result<Option
     let url = env.get(env::REDIS_URL).or_else(|| raw.redis_url.clone()).ok_or_else(|| {
         invalid("store.redis_url", "store.backend = \"redis\" needs store.redis_url or DCR_PROXY_REDIS_URL")
     })?;
-    if url.starts_with("rediss://") {
+    let url = RedisUrl(url);
+    let nodes = url.nodes();
+    if nodes.is_empty() {
+        return Err(invalid("store.redis_url", "names no node"));
+    }
+    if nodes.iter().any(|n| !n.starts_with("redis://") && !n.starts_with("rediss://")) {
+        return Err(invalid("store.redis_url", "every node must start with redis:// or rediss:// (TLS)"));
+    }
+    let tls = nodes[0].starts_with("rediss://");
+    if nodes.iter().any(|n| n.starts_with("rediss://") != tls) {
+        return Err(invalid("store.redis_url", "the nodes must all be redis:// or all rediss://"));
+    }
+    if nodes.len() > 1 && !raw.redis_cluster {
         return Err(invalid(
             "store.redis_url",
-            "rediss:// (TLS) is not supported by this build yet; use redis:// on a private network",
+            "lists several nodes: that is a Redis Cluster, say so with store.redis_cluster = true",
         ));
     }
-    if !url.starts_with("redis://") {
-        return Err(invalid("store.redis_url", "must start with redis://"));
+    for (key, file) in [
+        ("store.redis_ca_file", &raw.redis_ca_file),
+        ("store.redis_client_cert_file", &raw.redis_client_cert_file),
+        ("store.redis_client_key_file", &raw.redis_client_key_file),
+    ] {
+        if file.is_some() && !tls {
+            return Err(invalid(key, "is for TLS: store.redis_url must then start with rediss://"));
+        }
+    }
+    if raw.redis_client_cert_file.is_some() != raw.redis_client_key_file.is_some() {
+        let key = if raw.redis_client_cert_file.is_some() {
+            "store.redis_client_key_file"
+        } else {
+            "store.redis_client_cert_file"
+        };
+        return Err(invalid(key, "a client certificate needs both store.redis_client_cert_file and its key file"));
     }
     let key = snapshot_key(raw, env, files, "store.backend = \"redis\"")?;
     let cache_ttl = duration("store.redis_cache_ttl", raw.redis_cache_ttl.clone(), Duration::from_secs(1))?;
@@ -642,7 +671,22 @@ fn validate_redis(raw: &RawStore, env: &Env<'_>, files: &Files) -> Result<Option
         Some(0) => return Err(invalid("store.redis_cache_entries", "must be at least 1")),
         n => n.unwrap_or(100_000),
     };
-    Ok(Some(RedisConfig { url: RedisUrl(url), key, cache_ttl, cache_entries }))
+    let stats_interval =
+        duration("store.redis_stats_interval", raw.redis_stats_interval.clone(), Duration::from_secs(30))?;
+    if stats_interval < Duration::from_secs(1) {
+        return Err(invalid("store.redis_stats_interval", "must be at least 1s"));
+    }
+    Ok(Some(RedisConfig {
+        url,
+        key,
+        cache_ttl,
+        cache_entries,
+        cluster: raw.redis_cluster,
+        ca_file: raw.redis_ca_file.clone(),
+        client_cert_file: raw.redis_client_cert_file.clone(),
+        client_key_file: raw.redis_client_key_file.clone(),
+        stats_interval,
+    }))
 }
 
 fn validate_limits(raw: RawLimits) -> Result<LimitsConfig, ConfigError> {

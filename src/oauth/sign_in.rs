@@ -49,6 +49,9 @@ pub async fn authorize(app: &App, req: &Request<RequestBody>) -> Result<Response
         .ok_or_else(|| Error::page(StatusCode::BAD_REQUEST, "Unknown client", "The application is not registered."))?;
     // While its user signs in, the client is not evicted to make room for new registrations.
     client.mark_sign_in(app.clock.now());
+    if registered.is_some() {
+        app.store.sign_in_started(&client.client_id, app.config.tokens.pending_ttl.as_secs()).await?;
+    }
 
     // Nothing is stored: the request travels sealed in the consent form, bound to a cookie the proxy minted.
     let browser = app.sign_ins.browser_cookie(req.headers()).unwrap_or_else(|| app.sign_ins.mint_cookie());

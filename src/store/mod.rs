@@ -32,6 +32,7 @@
 mod model;
 pub mod outcome;
 pub mod redis;
+pub mod redis_conn;
 pub mod snapshot;
 pub mod state;
 pub mod upkeep;

@@ -29,17 +29,19 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use ::redis::aio::ConnectionManager;
 use dashmap::DashMap;
 use futures_util::StreamExt as _;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::outcome::{StoreError, UpstreamTurn};
+use super::redis_conn::{RedisConn, Subscriber};
 use super::snapshot::{client_from, client_rec, login_from, login_rec, ClientRec, LoginRec, MembershipRec};
 use super::*;
 use crate::clock::{Clock, UnixTime};
 use crate::config::RedisConfig;
 use crate::crypto::{self, Sealer, TokenHash};
+
+mod counts;
 
 const EVENTS: &str = "dcrp:events";
 /// Registrations not yet used, scored by their time (`registration.max_clients` across replicas).
@@ -48,7 +50,6 @@ const REGISTRATIONS: &str = "dcrp:registrations";
 const LOCK_MS: u64 = 30_000;
 /// How long a replica waits for another one's IdP refresh before giving up (503).
 const LOCK_WAIT: Duration = Duration::from_secs(10);
-const IO_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -137,7 +138,7 @@ struct Cached {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    conn: RedisConn,
     sealer: Sealer,
     clock: Clock,
     cache: DashMap<TokenHash, Cached>,
@@ -147,6 +148,9 @@ struct Inner {
     cache_entries: usize,
     /// `registration.unused_client_ttl`: how long a registered client lives unless it completes an authorization.
     unused_client_ttl: u64,
+    /// The counts for metrics ([`RedisStore::stats`]) and `store.redis_stats_interval`.
+    counts: counts::Counts,
+    stats_interval: Duration,
 }
 
 /// The shared store. Cheap to clone.
@@ -228,14 +232,8 @@ impl RedisStore {
     /// Connects (failing when Redis does not answer: the orchestrator restarts the proxy) and starts listening
     /// for revocations.
     pub async fn connect(config: &RedisConfig, clock: Clock, unused_client_ttl: Duration) -> Result<Self, StoreError> {
-        let client = ::redis::Client::open(config.url.0.as_str())
-            .map_err(|e| StoreError::Unavailable(format!("store.redis_url {}: {e}", config.url.redacted())))?;
-        let manager = ::redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(IO_TIMEOUT))
-            .set_response_timeout(Some(IO_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_with_config(client.clone(), manager).await.map_err(unavailable)?;
+        let (conn, subscriber) =
+            RedisConn::connect(config).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let inner = Arc::new(Inner {
             conn,
             sealer: Sealer::new(&crypto::derive_key(&config.key.0, "dcr-proxy redis records v1")),
@@ -245,8 +243,10 @@ impl RedisStore {
             cache_ttl: config.cache_ttl,
             cache_entries: config.cache_entries,
             unused_client_ttl: unused_client_ttl.as_secs(),
+            counts: counts::Counts::default(),
+            stats_interval: config.stats_interval,
         });
-        tokio::spawn(listen(Arc::downgrade(&inner), client));
+        tokio::spawn(listen(Arc::downgrade(&inner), subscriber));
         Ok(Self { inner })
     }
 
@@ -255,7 +255,7 @@ impl RedisStore {
         self.inner.unused_client_ttl
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> RedisConn {
         self.inner.conn.clone()
     }
 
@@ -271,27 +271,10 @@ impl RedisStore {
         decode(&self.inner.sealer.open(key.as_bytes(), sealed).ok()?)
     }
 
-    /// The keys matching `pattern`, by `SCAN` (never `KEYS`: it would block Redis on a large store).
+    /// The keys matching `pattern`, by `SCAN` on every master (never `KEYS`: it would block Redis on a large
+    /// store).
     async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.conn();
-        let mut cursor: u64 = 0;
-        let mut keys = Vec::new();
-        loop {
-            let (next, batch): (u64, Vec<String>) = ::redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            keys.extend(batch);
-            if next == 0 {
-                return Ok(keys);
-            }
-            cursor = next;
-        }
+        self.inner.conn.scan(pattern).await.map_err(unavailable)
     }
 
     /// Every registered client (admin API).
@@ -968,13 +951,13 @@ impl RedisStore {
 
 /// Follows `dcrp:events` for as long as the store lives, reconnecting with backoff; drops what a revocation
 /// names, and the whole cache whenever the subscription (re)starts (a message may have been missed).
-async fn listen(store: Weak<Inner>, client: ::redis::Client) {
+async fn listen(store: Weak<Inner>, mut subscriber: Subscriber) {
     let mut pause = Duration::from_millis(100);
     loop {
         if store.strong_count() == 0 {
             return;
         }
-        if let Ok(mut pubsub) = client.get_async_pubsub().await {
+        if let Ok(mut pubsub) = subscriber.pubsub().await {
             if pubsub.subscribe(EVENTS).await.is_ok() {
                 pause = Duration::from_millis(100);
                 match store.upgrade() {

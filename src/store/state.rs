@@ -39,11 +39,12 @@ impl StateStore {
         }
     }
 
-    /// Counts of live entries (metrics, tests). Redis: not counted here (zeros); ask Redis (`DBSIZE`, `SCAN`).
+    /// Counts of live entries (metrics, tests). Redis: the counts last taken by any replica, at most
+    /// `store.redis_stats_interval` old ([`RedisStore::stats`]; zeros until the first count is in).
     pub fn stats(&self) -> super::StoreStats {
         match self {
             Self::Memory(s) => s.stats(),
-            Self::Redis(_) => super::StoreStats::default(),
+            Self::Redis(r) => r.stats(),
         }
     }
 
@@ -136,7 +137,8 @@ impl StateStore {
     }
 
     /// Makes room for one more client under `max_clients` ([`Store::make_room_for_client`]). Redis: counts the
-    /// unused registrations of every replica (they expire after `ttl_secs`) and evicts nothing.
+    /// unused registrations of every replica (they expire after `ttl_secs`) and evicts the oldest unused ones not
+    /// signing in ([`RedisStore::make_room`]).
     pub async fn make_room_for_client(
         &self,
         now: UnixTime,
@@ -146,7 +148,7 @@ impl StateStore {
     ) -> Result<Option<usize>, StoreError> {
         match self {
             Self::Memory(s) => Ok(s.make_room_for_client(now, ttl_secs, max_clients, sign_in_ttl_secs)),
-            Self::Redis(r) => Ok(r.room_for_client(ttl_secs, max_clients).await?.then_some(0)),
+            Self::Redis(r) => r.make_room(ttl_secs, max_clients).await,
         }
     }
 
@@ -415,6 +417,16 @@ impl StateStore {
         match self {
             Self::Memory(s) => Ok(s.take_interaction(client_id, now)),
             Self::Redis(r) => r.interaction(client_id, now, true).await,
+        }
+    }
+
+    /// Records that a sign-in of the registered client `client_id` started, so that it is not evicted for
+    /// `ttl_secs` to make room for new registrations. Memory: the client's own mark does it
+    /// ([`Client::mark_sign_in`]).
+    pub async fn sign_in_started(&self, client_id: &str, ttl_secs: u64) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis(r) => r.sign_in_started(client_id, ttl_secs).await,
         }
     }
 }

@@ -361,6 +361,8 @@ pub struct TestProxyBuilder {
     network: Option<dcr_proxy::client_documents::Network>,
     env: Vec<(String, String)>,
     redis: Option<String>,
+    /// More `[store]` lines with [`TestProxyBuilder::redis_at`] (TLS files, `redis_cluster`).
+    redis_store_extra: String,
 }
 
 impl TestProxyBuilder {
@@ -434,7 +436,9 @@ impl TestProxyBuilder {
              {idp}{extra}"
         );
         let text = match &self.redis {
-            Some(url) => format!("{text}\n[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\n"),
+            Some(url) => {
+                format!("{text}\n[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\n{}\n", self.redis_store_extra)
+            }
             None => text,
         };
         let env = self.env;
@@ -675,5 +679,209 @@ impl TestRedis {
             let exit = child.wait().expect("redis-server exits");
             assert!(exit.success(), "redis-server shuts down cleanly on SIGTERM: {exit}");
         }
+    }
+}
+// ---- Redis over TLS, with credentials, and as a cluster (issue 12: the connection layer) ----------------------
+
+impl TestProxyBuilder {
+    /// `[store] backend = "redis"` at `url` (a `rediss://` URL, a comma-separated cluster list, …) with more
+    /// `[store]` lines (`redis_ca_file`, `redis_cluster`, …), and [`TEST_STORE_KEY`].
+    pub fn redis_at(mut self, url: &str, store_extra: &str) -> Self {
+        self.redis = Some(url.to_owned());
+        self.redis_store_extra = store_extra.to_owned();
+        self
+    }
+}
+
+/// The config of a proxy on the shared store at `url` with more `[store]` lines, as [`App::new`] is given it (for
+/// tests of a start that must fail).
+pub fn redis_config(url: &str, store_extra: &str) -> Config {
+    let text = dcr_proxy::config::DEFAULT_CONFIG
+        .replace("[store]", &format!("[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\n{store_extra}\n"));
+    let lookup = |k: &str| (k == "DCR_PROXY_SNAPSHOT_KEY").then(|| TEST_STORE_KEY.to_owned());
+    Config::from_toml(&text, lookup).unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+/// A scratch directory under the target directory (`target/tmp`), removed on drop.
+pub struct ScratchDir(pub std::path::PathBuf);
+
+impl ScratchDir {
+    pub fn new(name: &str) -> Self {
+        let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let dir = base.join(format!("{name}-{}-{}", std::process::id(), dcr_proxy::crypto::random_token()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+
+    /// Writes `text` to `name` in the directory; its path.
+    pub fn write(&self, name: &str, text: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("write scratch file");
+        path.display().to_string()
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A test CA (rcgen) and what it signed: a server certificate for `127.0.0.1`/`localhost` and a client
+/// certificate, all as PEM files in `dir`.
+pub struct TestPki {
+    pub ca: String,
+    pub server_cert: String,
+    pub server_key: String,
+    pub client_cert: String,
+    pub client_key: String,
+}
+
+impl TestPki {
+    pub fn new(dir: &ScratchDir, name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, format!("dcr-proxy test CA {name}"));
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names).unwrap().signed_by(&key, &ca).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]);
+        let (client_cert, client_key) = leaf(vec!["dcr-proxy".to_owned()]);
+        Self {
+            ca: dir.write(&format!("{name}-ca.pem"), &ca.pem()),
+            server_cert: dir.write(&format!("{name}-server.pem"), &server_cert),
+            server_key: dir.write(&format!("{name}-server.key"), &server_key),
+            client_cert: dir.write(&format!("{name}-client.pem"), &client_cert),
+            client_key: dir.write(&format!("{name}-client.key"), &client_key),
+        }
+    }
+}
+
+/// A `redis-server` started with the given arguments on a port the kernel picked, killed (and waited for) on drop.
+pub struct RedisProcess {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl RedisProcess {
+    /// Starts `redis-server` with `args(port)` (loopback only, no persistence); ready when its port accepts a
+    /// connection (within 5 s). Retried on a new port if the first was taken meanwhile.
+    pub async fn start(args: impl Fn(u16) -> Vec<String>) -> Self {
+        for _ in 0..5 {
+            let port = unused_port();
+            let child = std::process::Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(args(port))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (.ci/run installs it)");
+            let mut process = Self { port, child };
+            for _ in 0..100 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    return process;
+                }
+                if let Ok(Some(_)) = process.child.try_wait() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        panic!("redis-server did not start on five fresh ports");
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas) on loopback ports, each with an explicit cluster-bus port (its
+/// port + 10000 may be taken or out of range), created with `redis-cli --cluster create`; killed on drop.
+pub struct TestRedisCluster {
+    pub nodes: Vec<RedisProcess>,
+    _dir: ScratchDir,
+}
+
+impl TestRedisCluster {
+    pub async fn start() -> Self {
+        let dir = ScratchDir::new("redis-cluster");
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let path = dir.0.clone();
+            nodes.push(
+                RedisProcess::start(move |port| {
+                    let bus = unused_port();
+                    vec![
+                        "--port".into(),
+                        port.to_string(),
+                        "--cluster-enabled".into(),
+                        "yes".into(),
+                        "--cluster-config-file".into(),
+                        path.join(format!("nodes-{port}.conf")).display().to_string(),
+                        "--cluster-port".into(),
+                        bus.to_string(),
+                        "--dir".into(),
+                        path.display().to_string(),
+                    ]
+                })
+                .await,
+            );
+        }
+        let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed with redis-server");
+        assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        let cluster = Self { nodes, _dir: dir };
+        for _ in 0..200 {
+            if cluster.all_ok().await {
+                return cluster;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the cluster did not reach cluster_state:ok within 10 s");
+    }
+
+    /// Every node says `cluster_state:ok`.
+    async fn all_ok(&self) -> bool {
+        for node in &self.nodes {
+            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{}", node.port)) else { return false };
+            let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return false };
+            let info: String = match redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await {
+                Ok(info) => info,
+                Err(_) => return false,
+            };
+            if !info.contains("cluster_state:ok") {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The seed list for `store.redis_url` (every node, comma-separated).
+    pub fn url(&self) -> String {
+        self.nodes.iter().map(|n| format!("redis://127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The keys each node holds (`DBSIZE`), in node order.
+    pub async fn keys_per_node(&self) -> Vec<i64> {
+        let mut out = Vec::new();
+        for node in &self.nodes {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{}", node.port)).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            out.push(redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap());
+        }
+        out
     }
 }
