@@ -312,7 +312,7 @@ async fn finish(app: &App, pending: PendingAuthorization, login: UpstreamLogin) 
     app.audit(Entry::new(Event::SignInCompleted).client(&pending.request.client_id).subject(&login.identity.sub));
     app.store
         .issue_code(
-            TokenHash::of(&code),
+            &code,
             AuthorizationCode {
                 request: AuthorizationRequest { state: None, ..pending.request },
                 expires_at: app.clock.now() + app.config.tokens.code_ttl.as_secs(),

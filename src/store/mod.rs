@@ -35,6 +35,7 @@ pub mod redis;
 pub mod snapshot;
 pub mod state;
 pub mod upkeep;
+pub mod wrap;
 
 pub use model::*;
 pub use outcome::{StoreError, UpstreamTurn};
