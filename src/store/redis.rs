@@ -102,14 +102,9 @@ fn idp_aad(record_key: &str) -> Vec<u8> {
     format!("{record_key}\0idp").into_bytes()
 }
 
-/// The purpose the record key is derived from the configured key with.
+/// The purpose the record key is derived from the configured key with (tests/shared_store_wrap.rs opens records
+/// with it, as an attacker holding the configuration would).
 const RECORDS_LABEL: &str = "dcr-proxy redis records v1";
-
-/// Opens a value of the shared store with the configured key alone, as an attacker holding a dump of Redis and the
-/// configuration would (the at-rest test uses it); `None` when the value is not sealed under that key for `name`.
-pub fn open_with_configured_key(key: &[u8; 32], name: &str, value: &[u8]) -> Option<Vec<u8>> {
-    Sealer::new(&crypto::derive_key(key, RECORDS_LABEL)).open(name.as_bytes(), value).ok()
-}
 
 /// A grant as kept in Redis (sealed).
 #[derive(Serialize, Deserialize)]
