@@ -358,3 +358,48 @@ async fn an_idp_refresh_and_a_route_token_obtained_on_one_replica_serve_the_othe
     }
     assert_eq!(s.azure.state().refresh_calls, calls, "B reuses A's route token: no second IdP call");
 }
+
+/// `App::audit` names the client from the shared store: a sign-in completed on a replica that did not register
+/// the client is logged with the client's name (before, only the memory store was asked).
+#[tokio::test]
+async fn an_audit_line_on_another_replica_names_the_client_from_redis() {
+    let redis = TestRedis::start().await;
+    let upstream = Upstream::start().await;
+    let dir = std::env::temp_dir().join(format!("dcrp-wrap-audit-{}", crypto::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("audit.jsonl");
+    let a = TestProxy::builder().upstream(upstream.url()).local().redis(&redis).start().await;
+    let b = TestProxy::builder()
+        .upstream(upstream.url())
+        .local()
+        .redis(&redis)
+        .extra(format!("[audit]\npath = \"{}\"\n", path.display()))
+        .start()
+        .await;
+    let registered = register_json(
+        &a,
+        serde_json::json!({"redirect_uris": [CLIENT_REDIRECT], "client_name": "Named In Redis",
+                           "token_endpoint_auth_method": "none"}),
+    )
+    .await;
+    let client_id = str_of(&registered, "client_id").to_owned();
+    let mut browser = Browser::new();
+    let params = authorize(&b, &mut browser, &client_id).await;
+    assert!(params.contains_key("code"));
+    let mut line = None;
+    for _ in 0..500 {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        line = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("one JSON object per line"))
+            .find(|l| l["event"] == "sign_in_completed");
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let line = line.expect("the sign-in is audited on B");
+    assert_eq!(line["client_id"], client_id.as_str());
+    assert_eq!(line["client_name"], "Named In Redis", "the name comes from Redis: {line}");
+}
