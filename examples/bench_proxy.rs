@@ -50,10 +50,7 @@ fn main() {
         let grant = Grant::new("bench-client".into(), vec!["openid".into()], None, login, now);
         app.store.start_grant(grant.clone(), TokenHash::of("bench-code"), now + 1).await.unwrap();
         let access = crypto::random_token();
-        app.store
-            .add_access_token(TokenHash::of(&access), AccessToken::new(Arc::clone(&grant), now + 86400))
-            .await
-            .unwrap();
+        app.store.add_access_token(&access, AccessToken::new(Arc::clone(&grant), now + 86400)).await.unwrap();
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         println!("token={access}");
         dcr_proxy::server::serve(listener, app, None, std::future::pending()).await;

@@ -66,15 +66,17 @@ pub struct App {
 }
 
 impl App {
-    /// Writes an audit entry ([`crate::audit`]), with the client's name from the store when the entry has none.
-    /// (The name is looked up in the memory store only: with Redis, call sites that know it pass it.)
-    pub fn audit(&self, mut entry: crate::audit::Entry) {
+    /// Writes an audit entry ([`crate::audit`]), with the client's name from the store (memory or Redis) when the
+    /// entry has none. A store that cannot answer leaves the name out: the entry is written all the same.
+    pub async fn audit(&self, mut entry: crate::audit::Entry) {
         if entry.client_name.is_none() {
-            entry.client_name = entry
-                .client_id
-                .as_deref()
-                .and_then(|id| self.store.memory().and_then(|s| s.client(id)))
-                .and_then(|c| c.client_name.clone());
+            if let Some(id) = entry.client_id.as_deref() {
+                let client = match &self.store {
+                    crate::store::StateStore::Memory(s) => s.client(id),
+                    redis => redis.client(id).await.ok().flatten(),
+                };
+                entry.client_name = client.and_then(|c| c.client_name.clone());
+            }
         }
         self.audit.emit(&entry);
     }

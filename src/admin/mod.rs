@@ -269,7 +269,8 @@ async fn dispatch(
                     .client(&grant.client_id)
                     .subject(&grant.identity.sub)
                     .detail(format!("revoke-grant {text}")),
-            );
+            )
+            .await;
             ok(serde_json::json!({ "revoked_grants": 1 }))
         }
         (&Method::POST, "/admin/revoke-user") => {
@@ -278,7 +279,8 @@ async fn dispatch(
             tracing::info!(%peer, action = "revoke-user", %subject, revoked, "admin action");
             app.audit(
                 Entry::new(Event::AdminAction).subject(&subject).detail(format!("revoke-user: {revoked} grant(s)")),
-            );
+            )
+            .await;
             ok(serde_json::json!({ "revoked_grants": revoked }))
         }
         (&Method::POST, "/admin/revoke-client") => {
@@ -294,7 +296,8 @@ async fn dispatch(
             app.audit(Entry {
                 client_name: name,
                 ..Entry::new(Event::AdminAction).client(&client_id).detail(format!("revoke-client: {grants} grant(s)"))
-            });
+            })
+            .await;
             ok(serde_json::json!({ "revoked_grants": grants }))
         }
         (&Method::GET, "/admin/registration") => ok(serde_json::json!({ "enabled": app.registration_is_open() })),
@@ -308,7 +311,8 @@ async fn dispatch(
             tracing::info!(%peer, action = "registration", enabled, "admin action");
             app.audit(
                 Entry::new(Event::AdminAction).detail(format!("registration {}", if enabled { "on" } else { "off" })),
-            );
+            )
+            .await;
             ok(serde_json::json!({ "enabled": enabled }))
         }
         (_, "/admin/clients" | "/admin/grants") => Err(Error::MethodNotAllowed { allow: "GET" }),

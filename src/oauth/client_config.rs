@@ -78,7 +78,8 @@ pub async fn register(
         Entry::new(Event::ClientRegistered)
             .client(&registration.client.client_id)
             .name(registration.client.client_name.as_deref()),
-    );
+    )
+    .await;
     app.store.add_client(registration.client, source).await?;
     let mut resp = json_response(StatusCode::CREATED, &doc);
     no_store(&mut resp);
@@ -102,7 +103,8 @@ pub async fn manage(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
         Method::DELETE => {
             app.store.revoke_client(&client.client_id).await?;
             tracing::info!(client_id = %client.client_id, "client deleted by its owner");
-            app.audit(Entry::new(Event::ClientDeleted).client(&client.client_id).name(client.client_name.as_deref()));
+            app.audit(Entry::new(Event::ClientDeleted).client(&client.client_id).name(client.client_name.as_deref()))
+                .await;
             let mut resp = Response::new(h::empty());
             *resp.status_mut() = StatusCode::NO_CONTENT;
             Ok(resp)
@@ -113,7 +115,8 @@ pub async fn manage(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
                 register::update(&client, &json, app.clock.now(), &app.config.registration.redirect_allowlist)?;
             let resp = respond(&updated);
             tracing::info!(client_id = %client.client_id, "client metadata updated");
-            app.audit(Entry::new(Event::ClientUpdated).client(&client.client_id).name(updated.client_name.as_deref()));
+            app.audit(Entry::new(Event::ClientUpdated).client(&client.client_id).name(updated.client_name.as_deref()))
+                .await;
             app.store.put_client(updated).await?;
             Ok(resp)
         }

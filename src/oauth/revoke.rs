@@ -47,11 +47,12 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
     match revoke(&app.store, &client.client_id, token).await? {
         Revoked::Grant => {
             tracing::info!(client_id = %client.client_id, "grant revoked by its client");
-            app.audit(Entry::new(Event::TokenRevoked).client(&client.client_id).detail("refresh token: grant revoked"));
+            app.audit(Entry::new(Event::TokenRevoked).client(&client.client_id).detail("refresh token: grant revoked"))
+                .await;
         }
         Revoked::AccessToken => {
             tracing::info!(client_id = %client.client_id, "access token revoked by its client");
-            app.audit(Entry::new(Event::TokenRevoked).client(&client.client_id).detail("access token"));
+            app.audit(Entry::new(Event::TokenRevoked).client(&client.client_id).detail("access token")).await;
         }
         Revoked::Nothing => {}
     }

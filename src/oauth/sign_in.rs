@@ -102,7 +102,7 @@ pub async fn consent(app: &App, req: Request<RequestBody>) -> Result<Response<Bo
 
     if params.get("action") != Some("approve") {
         tracing::info!(client_id = %pending.request.client_id, "user denied consent");
-        app.audit(Entry::new(Event::ConsentDenied).client(&pending.request.client_id));
+        app.audit(Entry::new(Event::ConsentDenied).client(&pending.request.client_id)).await;
         return Err(Error::Redirect {
             redirect_uri: pending.request.redirect_uri,
             error: OAuthError::new(ErrorCode::AccessDenied, "the user denied the request"),
@@ -114,7 +114,8 @@ pub async fn consent(app: &App, req: Request<RequestBody>) -> Result<Response<Bo
         Entry::new(Event::ConsentApproved)
             .client(&pending.request.client_id)
             .detail(format!("scope: {}", pending.request.scope.join(" "))),
-    );
+    )
+    .await;
     // The IdP state, nonce and PKCE verifier exist only from here on; the state carries them, sealed.
     let verifier = pkce::new_verifier();
     let nonce = crypto::random_token();
@@ -312,10 +313,10 @@ async fn finish(app: &App, pending: PendingAuthorization, login: UpstreamLogin) 
     let code = crypto::random_token();
     let location = code_redirect(&pending.request, &code, &app.config.server.public_url);
     tracing::info!(client_id = %pending.request.client_id, "authorization code issued");
-    app.audit(Entry::new(Event::SignInCompleted).client(&pending.request.client_id).subject(&login.identity.sub));
+    app.audit(Entry::new(Event::SignInCompleted).client(&pending.request.client_id).subject(&login.identity.sub)).await;
     app.store
         .issue_code(
-            TokenHash::of(&code),
+            &code,
             AuthorizationCode {
                 request: AuthorizationRequest { state: None, ..pending.request },
                 expires_at: app.clock.now() + app.config.tokens.code_ttl.as_secs(),

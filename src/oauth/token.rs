@@ -170,7 +170,7 @@ async fn redeem_code(ctx: &TokenContext<'_>, client: &Client, params: &Params) -
         return Err(OAuthError::invalid_request("code_verifier must be 43-128 unreserved characters (RFC 7636)").into());
     }
     let hash = TokenHash::of(code);
-    let code = match ctx.store.redeem_code(&hash).await? {
+    let code = match ctx.store.redeem_code(code).await? {
         CodeRedemption::Taken(code) => *code,
         CodeRedemption::Spent(grant) => {
             let subject = ctx.store.grant(grant).await?.map(|g| g.identity.sub.clone()).unwrap_or_default();
@@ -236,8 +236,8 @@ fn check_code(
 
 /// Mints an access token (and a refresh token of a new family) for a grant and records their hashes.
 async fn issue(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -> Result<TokenResponse, Error> {
-    let (mut pair, hash, access) = mint_access(ctx, grant, grant.scope.clone());
-    ctx.store.add_access_token(hash, access).await?;
+    let (mut pair, _, access) = mint_access(ctx, grant, grant.scope.clone());
+    ctx.store.add_access_token(&pair.access_token, access).await?;
     if with_refresh {
         let name = RefreshTokenName { family: FamilyId::random(), generation: 0 };
         let refresh = name.mint();
@@ -253,6 +253,7 @@ async fn issue(ctx: &TokenContext<'_>, grant: &Arc<Grant>, with_refresh: bool) -
                     expires_at,
                     rotated: None,
                 },
+                &refresh,
             )
             .await?;
         pair.refresh_token = Some(refresh);
@@ -352,14 +353,15 @@ async fn refresh(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Re
     // Read, decide, then compare-and-set on the generation: two uses of one token cannot both rotate. The loser
     // decides again on the family the winner wrote (its token is now the one just rotated: the grace window).
     for _ in 0..ROTATION_ATTEMPTS {
-        let family = ctx.store.refresh_family(&key).await?.ok_or_else(dead)?;
+        let family = ctx.store.refresh_family(&key, presented).await?.ok_or_else(dead)?;
         let expected = family.generation;
         match refresh_family(ctx, client, params, presented, name, family)? {
             Refreshed::Issued { pair, access: (hash, access), next } => {
                 let grant = access.grant.clone();
                 // The access token is stored first, so that a replay answered from the family finds it.
-                ctx.store.add_access_token(hash, access).await?;
-                if ctx.store.replace_refresh_family(&key, expected, *next).await? {
+                ctx.store.add_access_token(&pair.access_token, access).await?;
+                let rotated_to = pair.refresh_token.as_deref().unwrap_or_default();
+                if ctx.store.replace_refresh_family(&key, expected, *next, rotated_to).await? {
                     return Ok(pair);
                 }
                 ctx.store.revoke_access_token(&hash, &grant.client_id).await?;

@@ -20,7 +20,6 @@ use http::{HeaderMap, HeaderValue};
 
 use super::Context;
 use crate::audit::{self, Entry, Event};
-use crate::crypto::TokenHash;
 use crate::error::{BearerProblem, Error};
 use crate::idp::entra_error::ErrorFamily;
 use crate::idp::IdpError;
@@ -60,11 +59,8 @@ pub async fn authenticate(cx: &Context<'_>, headers: &HeaderMap, query: Option<&
         return Err(unauthorized(BearerProblem::InvalidRequest));
     }
     let token = token_from_headers(headers).map_err(unauthorized)?;
-    let (grant, scope) = cx
-        .store
-        .access(&TokenHash::of(token), cx.clock.now())
-        .await?
-        .ok_or_else(|| unauthorized(BearerProblem::InvalidToken))?;
+    let (grant, scope) =
+        cx.store.access(token, cx.clock.now()).await?.ok_or_else(|| unauthorized(BearerProblem::InvalidToken))?;
     Ok(Authenticated { grant, scope })
 }
 
@@ -195,6 +191,15 @@ pub async fn route_auth(
     if let Some((_, t)) = cached(cx.clock.now()) {
         return Ok(UpstreamAuth::Bearer(t.bearer().clone()));
     }
+    // With Redis, another replica may have obtained it (best effort: without Redis, ask the IdP).
+    match cx.store.shared_route_token(grant, &route.path_prefix).await {
+        Ok(_) => {
+            if let Some((_, t)) = cached(cx.clock.now()) {
+                return Ok(UpstreamAuth::Bearer(t.bearer().clone()));
+            }
+        }
+        Err(e) => tracing::warn!(client_id = %grant.client_id, error = %e, "shared route token not read"),
+    }
     let refresh_token = match &*grant.upstream() {
         UpstreamCredential::Tokens(t) => t.refresh_token().map(str::to_owned),
         UpstreamCredential::Local => None,
@@ -209,6 +214,9 @@ pub async fn route_auth(
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(route.path_prefix.clone(), (cx.clock.now(), Arc::new(tokens)));
+            if let Err(e) = cx.store.share_route_token(grant, &route.path_prefix).await {
+                tracing::warn!(client_id = %grant.client_id, error = %e, "route token not shared");
+            }
             Ok(UpstreamAuth::Bearer(bearer))
         }
         Err(e) => {

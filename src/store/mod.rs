@@ -36,6 +36,7 @@ pub mod redis_conn;
 pub mod snapshot;
 pub mod state;
 pub mod upkeep;
+pub mod wrap;
 
 pub use model::*;
 pub use outcome::{StoreError, UpstreamTurn};

@@ -289,6 +289,9 @@ pub struct Grant {
     /// token, with when it was obtained. Not persisted: a restart obtains them again. Never hold the lock across
     /// an `.await`.
     pub route_tokens: std::sync::Mutex<std::collections::HashMap<String, (UnixTime, Arc<UpstreamTokens>)>>,
+    /// The grant's data key in the shared store (`store::wrap`): set when the grant starts or is read through one
+    /// of its proxy tokens; unset with the memory backend and for grants imported into Redis from a snapshot.
+    pub data_key: std::sync::OnceLock<super::wrap::DataKey>,
 }
 
 impl Grant {
@@ -327,6 +330,7 @@ impl Grant {
             expires_at: AtomicU64::new(expires_at),
             claims_refreshed_at: AtomicU64::new(0),
             route_tokens: std::sync::Mutex::new(std::collections::HashMap::new()),
+            data_key: std::sync::OnceLock::new(),
         })
     }
 

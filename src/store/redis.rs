@@ -9,14 +9,19 @@
 //!   used once; its replay revokes what it issued).
 //! - `grant:{g:<id>}` a grant (sealed: identity and IdP tokens); its absence means revoked.
 //!   `lock:{g:<id>}` / `fence:{g:<id>}` the IdP-refresh lock and its fencing counter.
-//! - `at:<hash>` an access token: grant id, expiry, scope (RFC 6750 bearer; only the SHA-256 is a key).
+//! - `at:<hash>` an access token: grant id, expiry, scope (RFC 6750 bearer; only the SHA-256 is a key) and the
+//!   grant's data key wrapped under the token (`store::wrap`).
 //! - `rf:<family hash>` a refresh-token family, a hash of `gen` and `rec`: rotation is a compare-and-set on `gen`
-//!   in one Lua script (RFC 9700 §4.14: two uses of one token cannot both rotate, from any replicas).
+//!   in one Lua script (RFC 9700 §4.14: two uses of one token cannot both rotate, from any replicas); `rec` holds
+//!   the grant's data key wrapped under the current refresh token.
+//! - `rt:{g:<id>}` the grant's `[[routes]]` IdP tokens, a hash by route prefix, each sealed with the data key.
 //!
 //! Invariants:
 //! - Nothing readable at rest: proxy tokens, codes, secrets and sign-in tickets appear only as SHA-256 hashes;
-//!   records holding IdP tokens are sealed (ChaCha20-Poly1305, key derived from the snapshot key, the Redis key
-//!   name as associated data, so a record cannot be moved under another key).
+//!   records are sealed (ChaCha20-Poly1305, key derived from the snapshot key, the Redis key name as associated
+//!   data, so a record cannot be moved under another key), and the IdP tokens inside them are sealed again with
+//!   the grant's data key, which only a live proxy token of the grant unwraps (`store::wrap`: the threat model).
+//!   Grants imported from a snapshot are the exception: their IdP tokens are under the configured key only.
 //! - The hot path is local: a bearer lookup is served from this replica's bounded cache for at most
 //!   `store.redis_cache_ttl` (≤ 1 s), then checked again in Redis. Revocations are published on `dcrp:events`;
 //!   every replica drops what they name at once, and clears its cache when its subscription (re)connects, since
@@ -36,6 +41,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use super::outcome::{StoreError, UpstreamTurn};
 use super::redis_conn::{RedisConn, Subscriber};
 use super::snapshot::{client_from, client_rec, login_from, login_rec, ClientRec, LoginRec, MembershipRec};
+use super::wrap::{DataKey, WrapKind};
 use super::*;
 use crate::clock::{Clock, UnixTime};
 use crate::config::RedisConfig;
@@ -88,6 +94,18 @@ fn access_key(h: &TokenHash) -> String {
 fn family_key(h: &TokenHash) -> String {
     format!("dcrp:rf:{}", hex(&h.0))
 }
+fn route_key(id: GrantId) -> String {
+    format!("dcrp:rt:{{g:{:032x}}}", id.0)
+}
+
+/// What the IdP-token blob of a record is bound to (the record's key and its role).
+fn idp_aad(record_key: &str) -> Vec<u8> {
+    format!("{record_key}\0idp").into_bytes()
+}
+
+/// The purpose the record key is derived from the configured key with (tests/shared_store_wrap.rs opens records
+/// with it, as an attacker holding the configuration would).
+const RECORDS_LABEL: &str = "dcr-proxy redis records v1";
 
 /// A grant as kept in Redis (sealed).
 #[derive(Serialize, Deserialize)]
@@ -102,6 +120,10 @@ struct GrantRecord {
     upstream_refreshed_at: UnixTime,
     /// The identity's groups, roles and overage mark (`[[policy.tools]]`), which `LoginRec` does not carry.
     membership: Option<MembershipRec>,
+    /// The IdP tokens (a `LoginRec` without identity) sealed with the grant's data key; then `login` holds the
+    /// identity only. `None` for a grant imported from a snapshot: `login` holds them, under the configured key.
+    #[serde(default)]
+    idp: Option<Vec<u8>>,
 }
 
 /// A live code as kept in Redis (sealed).
@@ -109,8 +131,14 @@ struct GrantRecord {
 struct CodeRecord {
     request: AuthorizationRequest,
     expires_at: UnixTime,
+    /// The identity; with the IdP tokens too when `idp` is empty (a code imported from a snapshot).
     login: LoginRec,
     membership: Option<MembershipRec>,
+    /// The IdP tokens sealed with the code's own data key, which `wrapped` holds under the code.
+    #[serde(default)]
+    idp: Vec<u8>,
+    #[serde(default)]
+    wrapped: Vec<u8>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -118,6 +146,9 @@ struct AccessRecord {
     grant: u128,
     expires_at: UnixTime,
     scope: String,
+    /// The grant's data key wrapped under this token (empty: imported, or a grant without one).
+    #[serde(default)]
+    wrapped: Vec<u8>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -127,6 +158,16 @@ struct FamilyRecord {
     current: [u8; 32],
     expires_at: UnixTime,
     rotated: Option<([u8; 32], UnixTime, Vec<u8>)>,
+    /// The grant's data key wrapped under the current token (empty: imported, or a grant without one).
+    #[serde(default)]
+    wrapped: Vec<u8>,
+}
+
+/// A `[[routes]]` token as kept in Redis (sealed with the grant's data key).
+#[derive(Serialize, Deserialize)]
+struct RouteRecord {
+    obtained_at: UnixTime,
+    tokens: LoginRec,
 }
 
 /// A bearer lookup cached by this replica.
@@ -236,7 +277,7 @@ impl RedisStore {
             RedisConn::connect(config).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let inner = Arc::new(Inner {
             conn,
-            sealer: Sealer::new(&crypto::derive_key(&config.key.0, "dcr-proxy redis records v1")),
+            sealer: Sealer::new(&crypto::derive_key(&config.key.0, RECORDS_LABEL)),
             clock,
             cache: DashMap::new(),
             grants: DashMap::new(),
@@ -380,29 +421,54 @@ impl RedisStore {
         Ok(())
     }
 
-    fn grant_record(&self, grant: &Grant) -> GrantRecord {
+    /// A grant's record: with a data key, the IdP tokens sealed with it apart from the identity; without one
+    /// (imported), as before.
+    fn grant_record(&self, grant: &Grant) -> Result<GrantRecord, StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
-        GrantRecord {
+        let (login, idp) = match grant.data_key.get() {
+            Some(k) => {
+                let tokens = encode(&login_rec(&grant.upstream(), &Identity::default()))?;
+                let idp = k.seal(&idp_aad(&grant_key(grant.id)), &tokens);
+                (login_rec(&UpstreamCredential::Local, &grant.identity), Some(idp))
+            }
+            None => (login_rec(&grant.upstream(), &grant.identity), None),
+        };
+        Ok(GrantRecord {
             client_id: grant.client_id.clone(),
             scope: grant.scope.to_string(),
             resource: grant.resource.clone(),
-            login: login_rec(&grant.upstream(), &grant.identity),
+            login,
             created_at: grant.created_at,
             expires_at: grant.expires_at(),
             upstream_obtained_at: grant.upstream_obtained_at.load(Relaxed),
             upstream_refreshed_at: grant.upstream_refreshed_at.load(Relaxed),
             membership: MembershipRec::of(&grant.identity),
-        }
+            idp,
+        })
     }
 
     fn sealed_grant(&self, grant: &Grant) -> Result<Vec<u8>, StoreError> {
-        Ok(self.seal(&grant_key(grant.id), &encode(&self.grant_record(grant))?))
+        Ok(self.seal(&grant_key(grant.id), &encode(&self.grant_record(grant)?)?))
     }
 
-    /// A grant by id: this replica's object, brought up to date with the record (a newer IdP token another
-    /// replica obtained is adopted); `None` when the grant is gone (revoked or expired) — then this replica's
-    /// object is revoked too.
+    /// A grant by id, metadata only unless this replica holds it: see [`RedisStore::unlock_grant`].
     async fn grant(&self, id: GrantId) -> Result<Option<Arc<Grant>>, StoreError> {
+        Ok(self.unlock_grant(id, None).await?.map(|(grant, _)| grant))
+    }
+
+    /// A grant by id and whether its IdP tokens are open. `unlock`: the data key a proxy token just unwrapped;
+    /// else the one this replica holds for the grant, if any.
+    ///
+    /// With its data key (or for an imported grant, which has none): this replica's object, brought up to date
+    /// with the record (a newer IdP token another replica obtained is adopted), or a new one it keeps. Without:
+    /// a grant of metadata only (identity, client, scope; credential `Local`), which is never kept nor cached, and
+    /// must never be used to reach an upstream (`false`). `None` when the grant is gone (revoked or expired) —
+    /// then this replica's object is revoked too.
+    async fn unlock_grant(
+        &self,
+        id: GrantId,
+        unlock: Option<&DataKey>,
+    ) -> Result<Option<(Arc<Grant>, bool)>, StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
         let key = grant_key(id);
         let Some(rec) = self.get(&key).await?.and_then(|b| self.open::<GrantRecord>(&key, &b)) else {
@@ -411,48 +477,94 @@ impl RedisStore {
             }
             return Ok(None);
         };
-        if let Some(local) = self.inner.grants.get(&id).map(|g| g.clone()) {
-            local.extend_to(rec.expires_at);
-            if rec.upstream_obtained_at > local.upstream_obtained_at.load(Relaxed) {
-                if let Some(UpstreamLogin { credential: UpstreamCredential::Tokens(tokens), .. }) =
-                    login_from(rec.login)
-                {
-                    *local.upstream_mut() = UpstreamCredential::Tokens(tokens);
-                    local.upstream_obtained_at.store(rec.upstream_obtained_at, Relaxed);
-                    local.upstream_refreshed_at.store(rec.upstream_refreshed_at, Relaxed);
-                }
+        // This replica's object, unless a token unwrapped another key than the one it holds.
+        let local = self.inner.grants.get(&id).map(|g| g.clone()).filter(|l| match unlock {
+            Some(k) => l.data_key.get() == Some(k),
+            None => true,
+        });
+        let data_key = unlock.cloned().or_else(|| local.as_ref().and_then(|l| l.data_key.get().cloned()));
+        let (metadata, credential) = match (&rec.idp, &data_key) {
+            (None, _) => match login_from(rec.login) {
+                Some(login) => (login.identity, Some(login.credential)),
+                None => return Ok(None),
+            },
+            (Some(sealed), k) => {
+                let Some(identity) = login_from(rec.login).map(|l| l.identity) else {
+                    return Ok(None);
+                };
+                let opened = k
+                    .as_ref()
+                    .and_then(|k| k.open(&idp_aad(&key), sealed).ok())
+                    .and_then(|plain| decode::<LoginRec>(&plain))
+                    .and_then(login_from)
+                    .map(|l| l.credential);
+                (identity, opened)
             }
-            return Ok(Some(local));
-        }
-        let Some(mut login) = login_from(rec.login) else {
-            return Ok(None);
         };
+        if let Some(local) = local {
+            if credential.is_some() || rec.idp.is_none() {
+                local.extend_to(rec.expires_at);
+                if rec.upstream_obtained_at > local.upstream_obtained_at.load(Relaxed) {
+                    if let Some(UpstreamCredential::Tokens(tokens)) = credential {
+                        *local.upstream_mut() = UpstreamCredential::Tokens(tokens);
+                        local.upstream_obtained_at.store(rec.upstream_obtained_at, Relaxed);
+                        local.upstream_refreshed_at.store(rec.upstream_refreshed_at, Relaxed);
+                    }
+                }
+                return Ok(Some((local, true)));
+            }
+        }
+        let open = credential.is_some();
+        let mut login =
+            UpstreamLogin { credential: credential.unwrap_or(UpstreamCredential::Local), identity: metadata };
         if let Some(membership) = rec.membership {
             membership.apply(&mut login.identity);
         }
         let grant = Grant::restore(id, rec.client_id, rec.scope, rec.resource, login, rec.created_at, rec.expires_at);
         grant.upstream_obtained_at.store(rec.upstream_obtained_at, Relaxed);
         grant.upstream_refreshed_at.store(rec.upstream_refreshed_at, Relaxed);
+        if !open {
+            return Ok(Some((grant, false)));
+        }
+        if let (Some(k), Some(_)) = (data_key, &rec.idp) {
+            let _ = grant.data_key.set(k);
+        }
         if self.inner.grants.len() >= self.inner.cache_entries {
             self.inner.grants.clear();
         }
-        Ok(Some(self.inner.grants.entry(id).or_insert(grant).clone()))
+        let mut entry = self.inner.grants.entry(id).or_insert_with(|| grant.clone());
+        if entry.data_key.get() != grant.data_key.get() {
+            *entry = grant;
+        }
+        Ok(Some((entry.clone(), true)))
     }
 
-    async fn lookup_access(&self, hash: &TokenHash) -> Result<Option<(Arc<Grant>, UnixTime, Arc<str>)>, StoreError> {
-        let Some(rec) = self.get(&access_key(hash)).await?.and_then(|b| decode::<AccessRecord>(&b)) else {
+    /// An access token's record and grant. With the token as presented (`secret`), its wrap unlocks the grant's
+    /// IdP tokens and a grant that stays shut is `None`; without, metadata is enough (introspection, revocation).
+    async fn lookup_access(
+        &self,
+        hash: &TokenHash,
+        secret: Option<&str>,
+    ) -> Result<Option<(Arc<Grant>, UnixTime, Arc<str>)>, StoreError> {
+        let key = access_key(hash);
+        let Some(rec) = self.get(&key).await?.and_then(|b| decode::<AccessRecord>(&b)) else {
             return Ok(None);
         };
-        let Some(grant) = self.grant(GrantId(rec.grant)).await? else {
+        let unlock = secret.and_then(|t| DataKey::unwrap(&rec.wrapped, t, WrapKind::AccessToken, &key));
+        let Some((grant, open)) = self.unlock_grant(GrantId(rec.grant), unlock.as_ref()).await? else {
             return Ok(None);
         };
+        if secret.is_some() && !open {
+            return Ok(None);
+        }
         let scope = if *rec.scope == *grant.scope { grant.scope.clone() } else { Arc::from(rec.scope) };
         Ok(Some((grant, rec.expires_at, scope)))
     }
 
     /// The hot path: from the cache while fresh, else from Redis (and cached); a cached entry is served when
     /// Redis does not answer.
-    pub async fn access(&self, hash: &TokenHash, now: UnixTime) -> Result<Option<(Arc<Grant>, Arc<str>)>, StoreError> {
+    pub async fn access(&self, token: &str, now: UnixTime) -> Result<Option<(Arc<Grant>, Arc<str>)>, StoreError> {
+        let hash = &TokenHash::of(token);
         let live =
             |c: &Cached| (c.expires_at > now && !c.grant.is_revoked()).then(|| (c.grant.clone(), c.scope.clone()));
         if let Some(c) = self.inner.cache.get(hash) {
@@ -460,7 +572,7 @@ impl RedisStore {
                 return Ok(live(&c));
             }
         }
-        match self.lookup_access(hash).await {
+        match self.lookup_access(hash, Some(token)).await {
             Ok(Some((grant, expires_at, scope))) => {
                 let cached = Cached { grant, scope, expires_at, checked: Instant::now() };
                 let found = live(&cached);
@@ -490,7 +602,7 @@ impl RedisStore {
         &self,
         hash: &TokenHash,
     ) -> Result<Option<(Arc<Grant>, UnixTime, Arc<str>)>, StoreError> {
-        self.lookup_access(hash).await
+        self.lookup_access(hash, None).await
     }
 
     async fn family_record(&self, family: &TokenHash) -> Result<Option<FamilyRecord>, StoreError> {
@@ -503,13 +615,25 @@ impl RedisStore {
         Ok(rec.and_then(|b| decode(&b)))
     }
 
-    pub async fn refresh_family(&self, family: &TokenHash) -> Result<Option<RefreshFamily>, StoreError> {
+    /// A family, to decide on `presented`: when it is the current token, its wrap must unlock the grant (else
+    /// `None`: the rotation would have no data key to wrap again); any other token decides on metadata.
+    pub async fn refresh_family(
+        &self,
+        family: &TokenHash,
+        presented: Option<&str>,
+    ) -> Result<Option<RefreshFamily>, StoreError> {
         let Some(rec) = self.family_record(family).await? else {
             return Ok(None);
         };
-        let Some(grant) = self.grant(GrantId(rec.grant)).await? else {
+        let current = presented.filter(|t| TokenHash::of(t).0 == rec.current);
+        let unlock =
+            current.and_then(|t| DataKey::unwrap(&rec.wrapped, t, WrapKind::RefreshToken, &family_key(family)));
+        let Some((grant, open)) = self.unlock_grant(GrantId(rec.grant), unlock.as_ref()).await? else {
             return Ok(None);
         };
+        if current.is_some() && !open {
+            return Ok(None);
+        }
         Ok(Some(RefreshFamily {
             grant,
             generation: rec.generation,
@@ -522,19 +646,26 @@ impl RedisStore {
     }
 
     /// Writes a family: unconditionally (`expected = None`, a new family) or if its generation is still
-    /// `expected` (one Lua script). Extends the grant's life to the family's.
+    /// `expected` (one Lua script), with the grant's data key wrapped under `secret`, its current token. Extends
+    /// the grant's life to the family's.
     pub async fn put_refresh_family(
         &self,
         family: &TokenHash,
         f: &RefreshFamily,
         expected: Option<u32>,
+        secret: Option<&str>,
     ) -> Result<bool, StoreError> {
+        let wrapped = match (f.grant.data_key.get(), secret) {
+            (Some(k), Some(t)) => k.wrap(t, WrapKind::RefreshToken, &family_key(family)),
+            _ => Vec::new(),
+        };
         let rec = FamilyRecord {
             grant: f.grant.id.0,
             generation: f.generation,
             current: f.current.0,
             expires_at: f.expires_at,
             rotated: f.rotated.as_ref().map(|r| (r.hash.0, r.at, r.sealed_successor.clone())),
+            wrapped,
         };
         let swapped: i64 = ::redis::Script::new(SWAP_FAMILY)
             .key(family_key(family))
@@ -556,7 +687,7 @@ impl RedisStore {
         let Some(name) = RefreshTokenName::parse(token) else {
             return Ok(None);
         };
-        let Some(family) = self.refresh_family(&name.family.hash()).await? else {
+        let Some(family) = self.refresh_family(&name.family.hash(), None).await? else {
             return Ok(None);
         };
         Ok(match family.classify(name.generation, &TokenHash::of(token)) {
@@ -581,7 +712,12 @@ impl RedisStore {
         if let Some((_, local)) = self.inner.grants.remove(&id) {
             local.revoke();
         }
-        ::redis::cmd("DEL").arg(grant_key(id)).query_async::<i64>(&mut self.conn()).await.map_err(unavailable)?;
+        ::redis::cmd("DEL")
+            .arg(grant_key(id))
+            .arg(route_key(id))
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
         self.publish(format!("g:{:032x}", id.0)).await
     }
 
@@ -714,19 +850,25 @@ impl RedisStore {
             .map_err(unavailable)
     }
 
-    pub async fn issue_code(&self, hash: &TokenHash, code: &AuthorizationCode) -> Result<(), StoreError> {
-        let key = code_key(hash);
+    /// Stores a code (`secret`: the code itself): the IdP tokens sealed with a fresh data key, which is kept
+    /// only wrapped under the code.
+    pub async fn issue_code(&self, secret: &str, code: &AuthorizationCode) -> Result<(), StoreError> {
+        let key = code_key(&TokenHash::of(secret));
+        let k = DataKey::random();
         let rec = CodeRecord {
             request: code.request.clone(),
             expires_at: code.expires_at,
-            login: login_rec(&code.login.credential, &code.login.identity),
+            login: login_rec(&UpstreamCredential::Local, &code.login.identity),
             membership: MembershipRec::of(&code.login.identity),
+            idp: k.seal(&idp_aad(&key), &encode(&login_rec(&code.login.credential, &Identity::default()))?),
+            wrapped: k.wrap(secret, WrapKind::AuthorizationCode, &key),
         };
         let sealed = self.seal(&key, &encode(&rec)?);
         self.set_ex(&key, &sealed, code.expires_at).await
     }
 
-    pub async fn redeem_code(&self, hash: &TokenHash) -> Result<CodeRedemption, StoreError> {
+    pub async fn redeem_code(&self, secret: &str) -> Result<CodeRedemption, StoreError> {
+        let hash = &TokenHash::of(secret);
         let key = code_key(hash);
         let (kind, value): (i64, Option<Vec<u8>>) = ::redis::Script::new(REDEEM)
             .key(&key)
@@ -739,7 +881,7 @@ impl RedisStore {
                 let Some(rec) = self.open::<CodeRecord>(&key, &sealed) else {
                     return Ok(CodeRedemption::Unknown);
                 };
-                match login_from(rec.login) {
+                match code_login(&key, rec.login, &rec.idp, &rec.wrapped, secret) {
                     Some(mut login) => {
                         if let Some(membership) = rec.membership {
                             membership.apply(&mut login.identity);
@@ -769,6 +911,7 @@ impl RedisStore {
         code: &TokenHash,
         code_expires_at: UnixTime,
     ) -> Result<(), StoreError> {
+        grant.data_key.get_or_init(DataKey::random);
         let sealed = self.sealed_grant(&grant)?;
         let mut conn = self.conn();
         ::redis::cmd("SET")
@@ -787,16 +930,32 @@ impl RedisStore {
         self.set_ex(&spent_key(code), format!("{:032x}", grant.id.0).as_bytes(), code_expires_at).await
     }
 
-    pub async fn add_access_token(&self, hash: &TokenHash, token: &AccessToken) -> Result<(), StoreError> {
-        let rec =
-            AccessRecord { grant: token.grant.id.0, expires_at: token.expires_at, scope: token.scope.to_string() };
-        self.set_ex(&access_key(hash), &encode(&rec)?, token.expires_at).await?;
+    /// Stores an access token's record, with the grant's data key wrapped under `secret` (the token itself;
+    /// `None` on import, which has only the hash).
+    pub async fn add_access_token(
+        &self,
+        hash: &TokenHash,
+        token: &AccessToken,
+        secret: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let key = access_key(hash);
+        let wrapped = match (token.grant.data_key.get(), secret) {
+            (Some(k), Some(t)) => k.wrap(t, WrapKind::AccessToken, &key),
+            _ => Vec::new(),
+        };
+        let rec = AccessRecord {
+            grant: token.grant.id.0,
+            expires_at: token.expires_at,
+            scope: token.scope.to_string(),
+            wrapped,
+        };
+        self.set_ex(&key, &encode(&rec)?, token.expires_at).await?;
         self.extend(&grant_key(token.grant.id), token.expires_at).await?;
         self.extend(&client_grants_key(&token.grant.client_id), token.expires_at).await
     }
 
     pub async fn revoke_access_token(&self, hash: &TokenHash, client_id: &str) -> Result<bool, StoreError> {
-        match self.lookup_access(hash).await? {
+        match self.lookup_access(hash, None).await? {
             Some((grant, _, _)) if grant.client_id == client_id => {
                 ::redis::cmd("DEL")
                     .arg(access_key(hash))
@@ -839,7 +998,7 @@ impl RedisStore {
                 .await
                 .map_err(unavailable)?;
             // Whether or not this replica got the lock, another one may have refreshed already.
-            let fresh = self.grant(grant.id).await?;
+            let fresh = self.unlock_grant(grant.id, grant.data_key.get()).await?.map(|(g, _)| g);
             if fresh.is_none() {
                 if fence != 0 {
                     self.end_upstream_refresh(grant, fence, false).await?;
@@ -879,6 +1038,90 @@ impl RedisStore {
     }
 }
 
+/// The login a redeemed code carries: its IdP tokens opened with the code's data key, unwrapped with the code
+/// (`secret`); an imported code (no `idp`) holds them in `login`. `None` when they cannot be opened.
+fn code_login(key: &str, login: LoginRec, idp: &[u8], wrapped: &[u8], secret: &str) -> Option<UpstreamLogin> {
+    let mut login = login_from(login)?;
+    if !idp.is_empty() {
+        let k = DataKey::unwrap(wrapped, secret, WrapKind::AuthorizationCode, key)?;
+        let plain = k.open(&idp_aad(key), idp).ok()?;
+        login.credential = login_from(decode::<LoginRec>(&plain)?)?.credential;
+    }
+    Some(login)
+}
+
+/// `[[routes]]` tokens shared across replicas (issue 16 §3), sealed with the grant's data key: a grant without
+/// one in this replica (imported) does not share them.
+impl RedisStore {
+    /// The route's token in Redis, if it opens with the grant's data key: adopted onto `grant.route_tokens` when
+    /// newer than this replica's. The token to use (this replica's when not older).
+    pub async fn route_token(
+        &self,
+        grant: &Grant,
+        prefix: &str,
+    ) -> Result<Option<(UnixTime, Arc<UpstreamTokens>)>, StoreError> {
+        let Some(k) = grant.data_key.get() else {
+            return Ok(None);
+        };
+        let key = route_key(grant.id);
+        let sealed: Option<Vec<u8>> =
+            ::redis::cmd("HGET").arg(&key).arg(prefix).query_async(&mut self.conn()).await.map_err(unavailable)?;
+        let Some(rec) = sealed
+            .and_then(|b| k.open(&route_aad(&key, prefix), &b).ok())
+            .and_then(|plain| decode::<RouteRecord>(&plain))
+        else {
+            return Ok(None);
+        };
+        let Some(UpstreamLogin { credential: UpstreamCredential::Tokens(tokens), .. }) = login_from(rec.tokens) else {
+            return Ok(None);
+        };
+        let mut routes = grant.route_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, mine)) = routes.get(prefix).filter(|(at, _)| *at >= rec.obtained_at) {
+            return Ok(Some((*at, mine.clone())));
+        }
+        let tokens = Arc::new(tokens);
+        routes.insert(prefix.to_owned(), (rec.obtained_at, tokens.clone()));
+        Ok(Some((rec.obtained_at, tokens)))
+    }
+
+    /// Writes this replica's token of a route for the other replicas, sealed with the grant's data key; it
+    /// expires with the grant.
+    pub async fn put_route_token(&self, grant: &Grant, prefix: &str) -> Result<(), StoreError> {
+        let Some(k) = grant.data_key.get() else {
+            return Ok(());
+        };
+        let entry = grant.route_tokens.lock().unwrap_or_else(|p| p.into_inner()).get(prefix).cloned();
+        let Some((obtained_at, t)) = entry else {
+            return Ok(());
+        };
+        let Ok(copy) = UpstreamTokens::new(
+            t.access_token().to_owned(),
+            t.refresh_token().map(str::to_owned),
+            t.expires_at,
+            t.scope.clone(),
+        ) else {
+            return Ok(());
+        };
+        let rec =
+            RouteRecord { obtained_at, tokens: login_rec(&UpstreamCredential::Tokens(copy), &Identity::default()) };
+        let key = route_key(grant.id);
+        let sealed = k.seal(&route_aad(&key, prefix), &encode(&rec)?);
+        ::redis::cmd("HSET")
+            .arg(&key)
+            .arg(prefix)
+            .arg(sealed)
+            .query_async::<i64>(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        self.extend(&key, grant.expires_at()).await
+    }
+}
+
+/// What a route token's blob is bound to: the grant's route key and the route's prefix.
+fn route_aad(key: &str, prefix: &str) -> Vec<u8> {
+    format!("{key}\0route\0{prefix}").into_bytes()
+}
+
 /// What [`RedisStore::import`] copied.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Imported {
@@ -893,7 +1136,9 @@ impl RedisStore {
     /// Copies an in-memory store (a snapshot just loaded) into Redis, so that a single-replica deployment moves
     /// without its users signing in again (`dcr-proxy store import --snapshot FILE`). What is expired at `now` is
     /// left out; running it twice writes the same records again. The maps are copied first (no guard is held
-    /// across a write).
+    /// across a write). The snapshot has the hashes of the proxy tokens, not the tokens: no data key can be
+    /// wrapped for them, so the imported grants and codes keep their IdP tokens under the configured key only
+    /// (`store::wrap`), for as long as they live.
     pub async fn import(&self, store: &Store, now: UnixTime) -> Result<Imported, StoreError> {
         let clients: Vec<Arc<Client>> = store.clients.iter().map(|c| c.clone()).collect();
         let grants: Vec<Arc<Grant>> =
@@ -905,11 +1150,14 @@ impl RedisStore {
         let mut codes = Vec::new();
         for c in store.codes.iter().filter(|c| c.expires_at > now) {
             let key = code_key(c.key());
+            // The import has the code's hash only: its IdP tokens stay under the configured key (`store::wrap`).
             let rec = CodeRecord {
                 request: c.request.clone(),
                 expires_at: c.expires_at,
                 login: login_rec(&c.login.credential, &c.login.identity),
                 membership: MembershipRec::of(&c.login.identity),
+                idp: Vec::new(),
+                wrapped: Vec::new(),
             };
             codes.push((key.clone(), self.seal(&key, &encode(&rec)?), c.expires_at));
         }
@@ -932,11 +1180,11 @@ impl RedisStore {
             done.grants += 1;
         }
         for (hash, token) in access {
-            self.add_access_token(&hash, &token).await?;
+            self.add_access_token(&hash, &token, None).await?;
             done.access_tokens += 1;
         }
         for (hash, family) in families {
-            self.put_refresh_family(&hash, &family, None).await?;
+            self.put_refresh_family(&hash, &family, None, None).await?;
             done.refresh_families += 1;
         }
         for (key, sealed, expires_at) in codes {

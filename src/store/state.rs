@@ -56,11 +56,12 @@ impl StateStore {
         }
     }
 
-    /// A live access token: its grant and the scope the token carries (the proxy's hot path).
-    pub async fn access(&self, hash: &TokenHash, now: UnixTime) -> Result<Option<(Arc<Grant>, Arc<str>)>, StoreError> {
+    /// A live access token, as presented: its grant and the scope the token carries (the proxy's hot path).
+    /// Redis: the token also unwraps the grant's data key (`store::wrap`), without which its IdP tokens stay shut.
+    pub async fn access(&self, token: &str, now: UnixTime) -> Result<Option<(Arc<Grant>, Arc<str>)>, StoreError> {
         match self {
-            Self::Memory(s) => Ok(s.access(hash, now)),
-            Self::Redis(r) => r.access(hash, now).await,
+            Self::Memory(s) => Ok(s.access(&TokenHash::of(token), now)),
+            Self::Redis(r) => r.access(token, now).await,
         }
     }
 
@@ -179,22 +180,24 @@ impl StateStore {
         }
     }
 
-    /// Stores a freshly minted authorization code under its hash.
-    pub async fn issue_code(&self, hash: TokenHash, code: AuthorizationCode) -> Result<(), StoreError> {
+    /// Stores a freshly minted authorization code under its hash (`secret`: the code itself, which Redis also
+    /// wraps the code's key under).
+    pub async fn issue_code(&self, secret: &str, code: AuthorizationCode) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => {
-                s.issue_code(hash, code);
+                s.issue_code(TokenHash::of(secret), code);
                 Ok(())
             }
-            Self::Redis(r) => r.issue_code(&hash, &code).await,
+            Self::Redis(r) => r.issue_code(secret, &code).await,
         }
     }
 
-    /// Takes a code out of the store. Atomic: of two concurrent redemptions (on any replicas), one takes it.
-    pub async fn redeem_code(&self, hash: &TokenHash) -> Result<CodeRedemption, StoreError> {
+    /// Takes a code (as presented) out of the store. Atomic: of two concurrent redemptions (on any replicas), one
+    /// takes it.
+    pub async fn redeem_code(&self, secret: &str) -> Result<CodeRedemption, StoreError> {
         match self {
-            Self::Memory(s) => Ok(s.redeem_code(hash)),
-            Self::Redis(r) => r.redeem_code(hash).await,
+            Self::Memory(s) => Ok(s.redeem_code(&TokenHash::of(secret))),
+            Self::Redis(r) => r.redeem_code(secret).await,
         }
     }
 
@@ -214,14 +217,14 @@ impl StateStore {
         }
     }
 
-    /// Stores an access token under its hash.
-    pub async fn add_access_token(&self, hash: TokenHash, token: AccessToken) -> Result<(), StoreError> {
+    /// Stores an access token (`secret`, as issued) under its hash; Redis wraps the grant's data key under it.
+    pub async fn add_access_token(&self, secret: &str, token: AccessToken) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => {
-                s.add_access_token(hash, token);
+                s.add_access_token(TokenHash::of(secret), token);
                 Ok(())
             }
-            Self::Redis(r) => r.add_access_token(&hash, &token).await,
+            Self::Redis(r) => r.add_access_token(&TokenHash::of(secret), &token, Some(secret)).await,
         }
     }
 
@@ -233,22 +236,33 @@ impl StateStore {
         }
     }
 
-    /// Starts a refresh-token family (generation 0).
-    pub async fn add_refresh_family(&self, family: TokenHash, record: RefreshFamily) -> Result<(), StoreError> {
+    /// Starts a refresh-token family (generation 0) whose current token is `secret` (Redis wraps the grant's data
+    /// key under it).
+    pub async fn add_refresh_family(
+        &self,
+        family: TokenHash,
+        record: RefreshFamily,
+        secret: &str,
+    ) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => {
                 s.add_refresh_family(family, record);
                 Ok(())
             }
-            Self::Redis(r) => r.put_refresh_family(&family, &record, None).await.map(|_| ()),
+            Self::Redis(r) => r.put_refresh_family(&family, &record, None, Some(secret)).await.map(|_| ()),
         }
     }
 
-    /// A copy of a refresh-token family, to decide on; `None` when unknown (or its grant is gone).
-    pub async fn refresh_family(&self, family: &TokenHash) -> Result<Option<RefreshFamily>, StoreError> {
+    /// A copy of a refresh-token family, to decide on `presented`; `None` when unknown (or its grant is gone).
+    /// Redis: when `presented` is the current token, it unwraps the grant's data key (else `None`).
+    pub async fn refresh_family(
+        &self,
+        family: &TokenHash,
+        presented: &str,
+    ) -> Result<Option<RefreshFamily>, StoreError> {
         match self {
             Self::Memory(s) => Ok(s.rotate_refresh(family, |f| f.clone())),
-            Self::Redis(r) => r.refresh_family(family).await,
+            Self::Redis(r) => r.refresh_family(family, Some(presented)).await,
         }
     }
 
@@ -259,6 +273,7 @@ impl StateStore {
         family: &TokenHash,
         expected: u32,
         next: RefreshFamily,
+        secret: &str,
     ) -> Result<bool, StoreError> {
         match self {
             Self::Memory(s) => Ok(s
@@ -270,7 +285,7 @@ impl StateStore {
                     swap
                 })
                 .unwrap_or(false)),
-            Self::Redis(r) => r.put_refresh_family(family, &next, Some(expected)).await,
+            Self::Redis(r) => r.put_refresh_family(family, &next, Some(expected), Some(secret)).await,
         }
     }
 
@@ -427,6 +442,31 @@ impl StateStore {
         match self {
             Self::Memory(_) => Ok(()),
             Self::Redis(r) => r.sign_in_started(client_id, ttl_secs).await,
+        }
+    }
+}
+
+/// The IdP tokens of `[[routes]]` (issue 16 §3), shared across replicas with Redis (sealed with the grant's data
+/// key, `store::wrap`); the memory backend keeps them on the grant only.
+impl StateStore {
+    /// A route's token another replica obtained for `grant` (newer than this replica's, if any): adopted onto the
+    /// grant's `route_tokens`. Memory: nothing (`None`).
+    pub async fn shared_route_token(
+        &self,
+        grant: &Grant,
+        prefix: &str,
+    ) -> Result<Option<(UnixTime, Arc<super::UpstreamTokens>)>, StoreError> {
+        match self {
+            Self::Memory(_) => Ok(None),
+            Self::Redis(r) => r.route_token(grant, prefix).await,
+        }
+    }
+
+    /// Shares a route's token just obtained for `grant`. Memory: nothing.
+    pub async fn share_route_token(&self, grant: &Grant, prefix: &str) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis(r) => r.put_route_token(grant, prefix).await,
         }
     }
 }

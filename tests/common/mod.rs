@@ -885,3 +885,19 @@ impl TestRedisCluster {
         out
     }
 }
+
+impl TestProxy {
+    /// Another replica of this one: the same configuration (so the same `public_url` and RFC 8707 resources, as
+    /// replicas behind one load balancer have), with its own port, app, caches and clock (set to this one's).
+    pub async fn replica(&self) -> TestProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind replica");
+        let base = format!("http://{}", listener.local_addr().expect("replica addr"));
+        let clock = Clock::manual(self.clock.now());
+        let app = App::new_on(self.app.config.clone(), clock.clone(), Some(offline_network())).await.expect("replica");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(dcr_proxy::server::serve(listener, app.clone(), None, async {
+            let _ = rx.await;
+        }));
+        TestProxy { base, app, clock, shutdown: Some(tx), task: Some(task) }
+    }
+}
