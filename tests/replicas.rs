@@ -541,3 +541,50 @@ async fn with_redis_down_the_sign_in_pages_are_html_503_pages_with_retry_after()
     let resp = redeem(&proxy, &at_callback.client_id, "a-code").await;
     assert_eq!(error_of(resp).await, (503, "temporarily_unavailable".to_owned()), "/token stays OAuth JSON");
 }
+
+/// A replica that dies while it holds a grant's IdP-refresh lock (its IdP call in flight): the grant's next request
+/// on another replica waits for the lock to expire (three `idp.timeout`s and a margin, not a fixed 30 s) and then
+/// refreshes itself, instead of answering 503 for as long as the dead replica's lock lives.
+#[tokio::test]
+async fn a_replica_killed_while_it_holds_the_idp_refresh_lock_delays_the_grant_and_does_not_fail_it() {
+    let redis = TestRedis::start().await;
+    let azure = FakeAzure::start().await;
+    let upstream = Upstream::start().await;
+    let mut deployment = Deployment::new(&redis, &azure, &upstream, "");
+    deployment.rest = deployment.rest.replacen("[idp]\n", "[idp]\ntimeout = \"1s\"\n", 1);
+    let (mut a, b) = (deployment.start().await, deployment.start().await);
+
+    azure.state().expires_in = 1;
+    let sign_in = begin_sign_in(&b).await;
+    let params = callback_on(&deployment, &b, &sign_in).await;
+    let tokens: Value = redeem(&b, &sign_in.client_id, &params["code"]).await.json().await.unwrap();
+    let access = str_of(&tokens, "access_token").to_owned();
+    let first_idp_token = azure.state().last_access_token.clone().unwrap();
+    // The IdP token (1 s) is due; A's refresh is held at the IdP while A holds the lock, and A dies.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    azure.state().expires_in = 3599;
+    azure.state().refresh_delay_once = Some(Duration::from_secs(30));
+    let on_a = tokio::spawn({
+        let url = a.url("/mcp");
+        let access = access.clone();
+        async move { http().get(url).bearer_auth(access).send().await }
+    });
+    let held = eventually(Duration::from_secs(10), || async { azure.state().held_refreshes == 1 }).await;
+    if !held {
+        let answer = on_a.await.unwrap().unwrap();
+        let st = azure.state();
+        panic!(
+            "A's IdP refresh did not reach the IdP: A answered {}, {} refresh calls, same IdP token: {}",
+            answer.status(),
+            st.refresh_calls,
+            upstream.last().header("authorization") == Some(format!("Bearer {first_idp_token}").as_str())
+        );
+    }
+    a.sigkill();
+    assert!(on_a.await.unwrap().is_err(), "A died before answering");
+
+    assert_eq!(get_mcp(&b, &access).await, 200, "B takes the dead replica's lock over once it expires");
+    let new_idp_token = azure.state().last_access_token.clone().unwrap();
+    assert_ne!(new_idp_token, first_idp_token, "B refreshed the IdP token itself");
+    assert_eq!(upstream.last().header("authorization"), Some(format!("Bearer {new_idp_token}").as_str()));
+}

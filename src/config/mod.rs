@@ -229,6 +229,9 @@ pub struct RedisConfig {
     pub client_key_file: Option<PathBuf>,
     /// `store.redis_stats_interval`: how often the store's counts (metrics) are taken from Redis at most.
     pub stats_interval: Duration,
+    /// How long a replica holds a grant's IdP-refresh lock: the IdP refresh with its retries (three calls of
+    /// `idp.timeout` and their pauses) fits within it. Derived, not configured.
+    pub refresh_lock: Duration,
 }
 
 /// A Redis URL, whose password must never be logged: `Debug` and [`RedisUrl::redacted`] hide it.

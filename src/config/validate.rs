@@ -46,7 +46,10 @@ pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Con
             Some(IntrospectionConfig { client_id: i.client_id, client_secret: SecretString::from(secret) })
         }
     };
-    let store = validate_store(raw.store, env, files)?;
+    let mut store = validate_store(raw.store, env, files)?;
+    if let Some(redis) = store.redis.as_mut() {
+        redis.refresh_lock = refresh_lock(idp.timeout);
+    }
     let policy = validate_policy(raw.policy, &idp.scopes)?;
     let metrics_listen = match raw.metrics.listen {
         None => None,
@@ -686,7 +689,14 @@ fn validate_redis(raw: &RawStore, env: &Env<'_>, files: &Files) -> Result<Option
         client_cert_file: raw.redis_client_cert_file.clone(),
         client_key_file: raw.redis_client_key_file.clone(),
         stats_interval,
+        refresh_lock: refresh_lock(Duration::from_secs(10)),
     }))
+}
+
+/// The IdP-refresh lock's lifetime across replicas: the bearer path's refresh makes at most three IdP calls of
+/// `idp_timeout` each with 0.1 s and 0.4 s pauses between them; one more second of margin.
+fn refresh_lock(idp_timeout: Duration) -> Duration {
+    idp_timeout.saturating_mul(3) + Duration::from_millis(1_500)
 }
 
 fn validate_limits(raw: RawLimits) -> Result<LimitsConfig, ConfigError> {

@@ -52,10 +52,10 @@ mod counts;
 const EVENTS: &str = "dcrp:events";
 /// Registrations not yet used, scored by their time (`registration.max_clients` across replicas).
 const REGISTRATIONS: &str = "dcrp:registrations";
-/// How long a replica may hold a grant's IdP-refresh lock (the IdP call and its retries fit well within it).
-const LOCK_MS: u64 = 30_000;
-/// How long a replica waits for another one's IdP refresh before giving up (503).
-const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How much longer than the IdP-refresh lock's lifetime (`RedisConfig::refresh_lock`) a replica waits for another
+/// one's refresh before giving up (503): a holder that died (SIGKILL, node lost) loses the lock by expiry first, and
+/// the waiter takes it and refreshes, so a dead replica costs its users a delay, not an error.
+const LOCK_WAIT_MARGIN: Duration = Duration::from_secs(1);
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -192,6 +192,8 @@ struct Inner {
     /// The counts for metrics ([`RedisStore::stats`]) and `store.redis_stats_interval`.
     counts: counts::Counts,
     stats_interval: Duration,
+    /// `RedisConfig::refresh_lock`: how long a grant's IdP-refresh lock is held at most.
+    refresh_lock: Duration,
 }
 
 /// The shared store. Cheap to clone.
@@ -286,6 +288,7 @@ impl RedisStore {
             unused_client_ttl: unused_client_ttl.as_secs(),
             counts: counts::Counts::default(),
             stats_interval: config.stats_interval,
+            refresh_lock: config.refresh_lock,
         });
         tokio::spawn(listen(Arc::downgrade(&inner), subscriber));
         Ok(Self { inner })
@@ -988,12 +991,13 @@ impl RedisStore {
     pub async fn begin_upstream_refresh(&self, grant: &Grant) -> Result<UpstreamTurn, StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
         let before = grant.upstream_obtained_at.load(Relaxed);
-        let deadline = Instant::now() + LOCK_WAIT;
+        let lock_ms = u64::try_from(self.inner.refresh_lock.as_millis()).unwrap_or(u64::MAX);
+        let deadline = Instant::now() + self.inner.refresh_lock + LOCK_WAIT_MARGIN;
         loop {
             let fence: u64 = ::redis::Script::new(LOCK)
                 .key(lock_key(grant.id))
                 .key(fence_key(grant.id))
-                .arg(LOCK_MS)
+                .arg(lock_ms)
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(unavailable)?;
@@ -1005,8 +1009,26 @@ impl RedisStore {
                 }
                 return Ok(UpstreamTurn::Revoked);
             }
-            let adopted = fresh.as_ref().is_some_and(|g| g.upstream_obtained_at.load(Relaxed) > before);
-            if adopted {
+            let adopted = fresh.as_ref().filter(|g| g.upstream_obtained_at.load(Relaxed) > before);
+            if let Some(newer) = adopted {
+                // `fresh` is a new object when this replica's cache no longer held `grant`: the caller uses `grant`.
+                if !std::ptr::eq(Arc::as_ptr(newer), grant) {
+                    let copy = match &*newer.upstream() {
+                        UpstreamCredential::Tokens(t) => UpstreamTokens::new(
+                            t.access_token().to_owned(),
+                            t.refresh_token().map(str::to_owned),
+                            t.expires_at,
+                            t.scope.clone(),
+                        )
+                        .ok(),
+                        UpstreamCredential::Local => None,
+                    };
+                    if let Some(tokens) = copy {
+                        *grant.upstream_mut() = UpstreamCredential::Tokens(tokens);
+                        grant.upstream_obtained_at.store(newer.upstream_obtained_at.load(Relaxed), Relaxed);
+                        grant.upstream_refreshed_at.store(newer.upstream_refreshed_at.load(Relaxed), Relaxed);
+                    }
+                }
                 if fence != 0 {
                     self.end_upstream_refresh(grant, fence, false).await?;
                 }

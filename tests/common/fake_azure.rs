@@ -85,6 +85,10 @@ pub struct AzureState {
     /// Issue 16 §3: the scope every access token was issued for (a refresh_token grant's `scope` when it sends
     /// one, as Entra issues a token for another API with the same refresh token).
     pub token_scopes: HashMap<String, String>,
+    /// The next refresh_token request is held this long before it is answered (once): a replica can die while
+    /// it holds the grant's IdP-refresh lock. `held_refreshes` counts the requests held.
+    pub refresh_delay_once: Option<std::time::Duration>,
+    pub held_refreshes: usize,
 }
 
 /// Whether a token request's `claims` (JSON) asks for every `access_token` claim of `demanded`.
@@ -296,6 +300,20 @@ async fn handle(
     let method = req.method().clone();
     let body_bytes = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if method == "POST"
+        && path.ends_with("/oauth2/v2.0/token")
+        && body_bytes.windows(24).any(|w| w == b"grant_type=refresh_token")
+    {
+        let hold = {
+            let mut st = state.lock().expect("state");
+            let hold = st.refresh_delay_once.take();
+            st.held_refreshes += usize::from(hold.is_some());
+            hold
+        };
+        if let Some(hold) = hold {
+            tokio::time::sleep(hold).await;
+        }
+    }
 
     if path == "/v1.0/me" {
         let token = headers
