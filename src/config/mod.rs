@@ -286,6 +286,10 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     /// Scopes a token needs for a path prefix; a token without them gets 403 `insufficient_scope`.
     pub required_scopes: Vec<PathScopes>,
+    /// `upstream.pool_idle_timeout`: an idle upstream connection is closed after this; default 90 s.
+    pub pool_idle_timeout: Duration,
+    /// `upstream.pool_max_idle`: idle upstream connections kept (0: none, a connection per request); default 256.
+    pub pool_max_idle: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -111,6 +111,8 @@ pub(crate) struct RawUpstream {
     pub(crate) response_timeout: Option<DurationText>,
     #[serde(default)]
     pub(crate) required_scopes: Vec<RawPathScopes>,
+    pub(crate) pool_idle_timeout: Option<DurationText>,
+    pub(crate) pool_max_idle: Option<usize>,
 }
 
 #[derive(Deserialize)]

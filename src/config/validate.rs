@@ -256,6 +256,11 @@ fn validate_upstream(raw: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
             .into_iter()
             .map(|r| PathScopes { path_prefix: r.path_prefix, scopes: r.scopes })
             .collect(),
+        pool_idle_timeout: positive("upstream.pool_idle_timeout", raw.pool_idle_timeout, Duration::from_secs(90))?,
+        pool_max_idle: match raw.pool_max_idle {
+            Some(n) if n > 65_536 => return Err(invalid("upstream.pool_max_idle", "must be at most 65536")),
+            n => n.unwrap_or(256),
+        },
     })
 }
 
