@@ -14,7 +14,8 @@ Optional targets (same run, same rounds):
 Runs are interleaved (direct nginx proxy redis ..., direct nginx proxy redis ...) for BENCH_ROUNDS rounds; medians
 are reported with the ratios proxy/nginx and proxy/direct. Also: CPU time per request of the proxying process, SSE
 per-event delay, the store's memory per grant, idle RSS and start-to-ready time of the real binary.
-BENCH_SCENARIOS=name,name limits the scenarios (e.g. "small c16,SSE 100 events c16").
+BENCH_SCENARIOS=name,name limits the scenarios (e.g. "small c16,SSE 100 events c16"); BENCH_REDIS=0 leaves out the
+Redis target, BENCH_BINARY=0 the real binary's start and RSS, BENCH_MEMORY_MAX=0 the store's memory.
 """
 
 import json
@@ -229,7 +230,7 @@ def main():
                 p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    results["binary"] = binary_start_and_idle()
+    results["binary"] = binary_start_and_idle() if os.environ.get("BENCH_BINARY", "1") == "1" else {}
     results["memory"] = [json.loads(subprocess.run([os.path.join(EX, "bench_memory"), str(n)], capture_output=True,
                                                    text=True, check=True).stdout)
                          for n in (10_000, 100_000, 1_000_000) if n <= MEMORY_MAX]
@@ -307,9 +308,6 @@ def summarize(results):
             extra_rows.append(f"| {name} | {target} | {m['rps']:.0f} | {m['rps'] / n['rps']:.2f} | "
                               f"{p['rps'] / m['rps']:.2f} | {m['p50_ms']:.3f} / {m['p99_ms']:.3f} | "
                               f"{m['cpu_us_per_request']:.1f} | {p['cpu_us_per_request'] / m['cpu_us_per_request']:.2f} |")
-    if "small c1" not in summary:
-        return
-    c1 = summary["small c1"]
     print("\n| scenario | direct req/s | nginx req/s | proxy req/s | proxy/nginx | proxy/direct | nginx p50/p99 ms "
           "| proxy p50/p99 ms | nginx CPU µs/req | proxy CPU µs/req |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -319,12 +317,15 @@ def summarize(results):
               "| proxy/target CPU |")
         print("|---|---|---|---|---|---|---|---|")
         print("\n".join(extra_rows))
-    print(f"\nadded median latency at c1: nginx {1000 * (c1['nginx']['p50_ms'] - c1['direct']['p50_ms']):.0f} µs, "
-          f"proxy {1000 * (c1['proxy']['p50_ms'] - c1['direct']['p50_ms']):.0f} µs")
+    if "small c1" in summary:
+        c1 = summary["small c1"]
+        print("\nadded median latency at c1: " + ", ".join(
+            f"{t} {1000 * (v['p50_ms'] - c1['direct']['p50_ms']):.0f} µs" for t, v in c1.items() if t != "direct"))
     sse = results["sse_event_delay"]
     print("SSE per-event delay p50/p99 µs: " + ", ".join(f"{t} {v['p50_us']}/{v['p99_us']}" for t, v in sse.items()))
     b = results["binary"]
-    print(f"binary: start to ready {b['start_to_ready_ms_median']:.1f} ms, idle RSS {b['idle_rss_mib']:.1f} MiB")
+    if b:
+        print(f"binary: start to ready {b['start_to_ready_ms_median']:.1f} ms, idle RSS {b['idle_rss_mib']:.1f} MiB")
     for m in results["memory"]:
         print(f"store: {m['grants']} grants, {m['rss_per_grant']} B/grant resident, "
               f"{m['overhead_per_grant']} B beyond the {m['token_bytes_per_grant']:.0f} token bytes, "

@@ -426,6 +426,8 @@ pub struct IntrospectionConfig {
 pub struct LogConfig {
     pub format: LogFormat,
     pub filter: String,
+    /// `log.queue`: log lines waiting for the writer thread; beyond it lines are dropped and counted. Default 65536.
+    pub queue: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -326,6 +326,7 @@ pub(crate) struct RawIntrospection {
 pub(crate) struct RawLog {
     pub(crate) format: Option<LogFormat>,
     pub(crate) filter: Option<String>,
+    pub(crate) queue: Option<usize>,
 }
 
 #[cfg(test)]

@@ -58,6 +58,10 @@ pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Con
     let log = LogConfig {
         format: raw.log.format.unwrap_or(LogFormat::Text),
         filter: raw.log.filter.unwrap_or_else(|| "info".to_owned()),
+        queue: match raw.log.queue {
+            Some(n) if !(1..=1_000_000).contains(&n) => return Err(invalid("log.queue", "must be 1 to 1000000")),
+            n => n.unwrap_or(65_536),
+        },
     };
     let admin = validate_admin(raw.admin, env)?;
     let audit = validate_audit(raw.audit)?;
