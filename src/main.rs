@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use dcr_proxy::app::App;
 use dcr_proxy::clock::Clock;
-use dcr_proxy::config::{AdminListen, Config, LogFormat, DEFAULT_CONFIG};
+use dcr_proxy::config::{AdminListen, Config, LogFormat, RuntimeKind, DEFAULT_CONFIG};
 use dcr_proxy::server;
 
 /// OAuth 2.1 sidecar: Dynamic Client Registration for MCP clients in front of Entra ID and other OIDC providers.
@@ -204,7 +204,11 @@ fn main() -> ExitCode {
     }
     let _log = init_logging(&config);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = match config.server.runtime {
+        RuntimeKind::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+        RuntimeKind::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };

@@ -95,7 +95,8 @@ async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
 
 /// The proxy in front of `upstream` with more `[upstream]` keys, and an access token of the local login.
 async fn proxy(upstream: &RawUpstream, keys: &str) -> (TestProxy, String) {
-    let proxy = TestProxy::builder().upstream(&upstream.url).upstream_keys(keys).local().start().await;
+    let keys = format!("drive_in_request_task = true\n{keys}");
+    let proxy = TestProxy::builder().upstream(&upstream.url).upstream_keys(&keys).local().start().await;
     let (_, tokens) = login(&proxy).await;
     let token = tokens["access_token"].as_str().unwrap().to_owned();
     (proxy, token)

@@ -91,6 +91,7 @@ pub(crate) struct RawServer {
     #[serde(default)]
     pub(crate) behind_tls_terminator: bool,
     pub(crate) shutdown_grace: Option<DurationText>,
+    pub(crate) runtime: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -113,6 +114,8 @@ pub(crate) struct RawUpstream {
     pub(crate) required_scopes: Vec<RawPathScopes>,
     pub(crate) pool_idle_timeout: Option<DurationText>,
     pub(crate) pool_max_idle: Option<usize>,
+    #[serde(default)]
+    pub(crate) drive_in_request_task: bool,
 }
 
 #[derive(Deserialize)]

@@ -236,6 +236,11 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
         tls,
         behind_tls_terminator: raw.behind_tls_terminator,
         shutdown_grace: duration("server.shutdown_grace", raw.shutdown_grace, Duration::from_secs(10))?,
+        runtime: match raw.runtime.as_deref() {
+            None | Some("multi-thread") => RuntimeKind::MultiThread,
+            Some("current-thread") => RuntimeKind::CurrentThread,
+            Some(_) => return Err(invalid("server.runtime", "must be \"multi-thread\" or \"current-thread\"")),
+        },
     })
 }
 
@@ -265,6 +270,7 @@ fn validate_upstream(raw: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
             Some(n) if n > 65_536 => return Err(invalid("upstream.pool_max_idle", "must be at most 65536")),
             n => n.unwrap_or(256),
         },
+        drive_in_request_task: raw.drive_in_request_task,
     })
 }
 

@@ -110,7 +110,7 @@ impl Forwarder {
         };
         let prefix = url.path().trim_end_matches('/');
         let transport = match (url.scheme(), url.host()) {
-            ("http", Some(h)) => {
+            ("http", Some(h)) if config.drive_in_request_task => {
                 let port = url.port_or_known_default().unwrap_or(80);
                 let address = match h {
                     url::Host::Ipv4(ip) => Address::Ip(SocketAddr::from((ip, port))),
