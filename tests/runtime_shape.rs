@@ -107,7 +107,8 @@ async fn an_unknown_runtime_is_refused_by_name() {
     let err = dcr_proxy::config::Config::from_toml(text, |_| None).err().map(|e| e.to_string());
     assert!(err.as_deref().is_some_and(|e| e.contains("server.runtime")), "{err:?}");
     let queue = "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1:8080\"\n\
-                 [upstream]\nurl = \"http://127.0.0.1:9\"\n[idp]\nkind = \"local\"\n[log]\nqueue = 0\n";
+                 [upstream]\nurl = \"http://127.0.0.1:9\"\n[idp]\nkind = \"azure\"\nauthority = \"http://127.0.0.1:9\"\n\
+                 tenant = \"common\"\nclient_id = \"x\"\nclient_secret = \"y\"\n[log]\nqueue = 0\n";
     let err = dcr_proxy::config::Config::from_toml(queue, |_| None).err().map(|e| e.to_string());
     assert!(err.as_deref().is_some_and(|e| e.contains("log.queue")), "{err:?}");
 }
