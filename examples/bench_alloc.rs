@@ -51,7 +51,28 @@ async fn upstream() -> u16 {
     port
 }
 
-/// `n` GETs on one keep-alive connection; (allocations, bytes) during them.
+/// One request on `stream` and its whole response.
+async fn one(stream: &mut TcpStream, request: &[u8], buf: &mut [u8]) {
+    stream.write_all(request).await.unwrap();
+    let mut have = 0;
+    loop {
+        let read = stream.read(&mut buf[have..]).await.unwrap();
+        assert!(read > 0, "connection closed");
+        have += read;
+        let text = &buf[..have];
+        if let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&text[..end]).unwrap().to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            let len: usize =
+                head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+            if have >= end + 4 + len {
+                return;
+            }
+        }
+    }
+}
+
+/// `n` MCP POSTs on one keep-alive connection; (allocations, bytes) during them.
 async fn count(port: u16, token: &str, n: u64) -> (u64, u64) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     stream.set_nodelay(true).unwrap();
@@ -61,36 +82,18 @@ async fn count(port: u16, token: &str, n: u64) -> (u64, u64) {
          {{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{}}}}"
     );
     let mut buf = vec![0u8; 64 * 1024];
-    let mut one = || async {
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut have = 0;
-        loop {
-            let read = stream.read(&mut buf[have..]).await.unwrap();
-            assert!(read > 0, "connection closed");
-            have += read;
-            let text = &buf[..have];
-            if let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = std::str::from_utf8(&text[..end]).unwrap().to_ascii_lowercase();
-                assert!(head.starts_with("http/1.1 200"), "{head}");
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                if have >= end + 4 + len {
-                    return;
-                }
-            }
-        }
-    };
     for _ in 0..100 {
-        one().await;
+        one(&mut stream, request.as_bytes(), &mut buf).await;
     }
     let before = GLOBAL.stats();
     for _ in 0..n {
-        one().await;
+        one(&mut stream, request.as_bytes(), &mut buf).await;
     }
     let during = GLOBAL.stats() - before;
-    ((during.allocations + during.reallocations) as u64, (during.bytes_allocated + during.bytes_reallocated.max(0) as usize) as u64)
+    (
+        (during.allocations + during.reallocations) as u64,
+        (during.bytes_allocated + during.bytes_reallocated.max(0) as usize) as u64,
+    )
 }
 
 fn main() {
@@ -103,13 +106,15 @@ fn main() {
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap()
     };
+    // `BENCH_REQUEST_TASK=1`: `upstream.drive_in_request_task = true`.
+    let request_task = std::env::var("BENCH_REQUEST_TASK").is_ok_and(|v| v == "1");
     rt.block_on(async move {
         let up = upstream().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
-             [upstream]\nurl = \"http://127.0.0.1:{up}\"\n\
+             [upstream]\nurl = \"http://127.0.0.1:{up}\"\ndrive_in_request_task = {request_task}\n\
              [idp]\nkind = \"azure\"\nauthority = \"http://127.0.0.1:9\"\ntenant = \"common\"\nclient_id = \"bench\"\nclient_secret = \"bench\"\n\
              [log]\nfilter = \"warn\"\n"
         );

@@ -71,7 +71,7 @@ enum Transport {
     /// `http://`: own connections, driven by the request's task.
     Pool(Arc<Pool>),
     /// `https://`: hyper-util's client.
-    Client(HttpsClient),
+    Client(Box<HttpsClient>),
 }
 
 /// Forwards requests to the upstream service.
@@ -117,9 +117,14 @@ impl Forwarder {
                     url::Host::Ipv6(ip) => Address::Ip(SocketAddr::from((ip, port))),
                     url::Host::Domain(name) => Address::Name(name.to_owned(), port),
                 };
-                Transport::Pool(Pool::new(address, config.connect_timeout, config.pool_idle_timeout, config.pool_max_idle))
+                Transport::Pool(Pool::new(
+                    address,
+                    config.connect_timeout,
+                    config.pool_idle_timeout,
+                    config.pool_max_idle,
+                ))
             }
-            _ => Transport::Client(client),
+            _ => Transport::Client(Box::new(client)),
         };
         let host = HeaderValue::try_from(authority.as_str())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
