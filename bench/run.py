@@ -5,9 +5,18 @@ Targets, all on 127.0.0.1 with the servers pinned to core 0 and wrk to core 1:
   direct  the upstream fixture (examples/bench_upstream.rs), one worker thread
   nginx   nginx, one worker, keep-alive pool to the fixture, fixed 2 KiB Authorization header, no buffering
   proxy   dcr-proxy with a pre-issued grant (examples/bench_proxy.rs), one worker thread: bearer lookup + swap
-Runs are interleaved (direct nginx proxy, direct nginx proxy, ...) for BENCH_ROUNDS rounds; medians are reported
-with the ratios proxy/nginx and proxy/direct. Also: CPU time per request of the proxying process, SSE per-event
-delay, the store's memory per grant, idle RSS and start-to-ready time of the real binary.
+  redis   the same with `[store] backend = "redis"` on a redis-server of its own (ephemeral loopback port, pinned
+          to core 0 with the proxy): bearer lookups are cache hits, as on a replica under load
+Optional targets (same run, same rounds):
+  proxy-ct  BENCH_CURRENT_THREAD=1: dcr-proxy on tokio's current-thread runtime instead of one worker thread
+  request-task  BENCH_REQUEST_TASK=1: dcr-proxy with upstream.drive_in_request_task = true (src/proxy/pool.rs)
+  main      BENCH_MAIN_EXAMPLES=DIR: the bench_proxy example of another build (e.g. main's target/release/examples),
+            for before/after ratios in one run
+Runs are interleaved (direct nginx proxy redis ..., direct nginx proxy redis ...) for BENCH_ROUNDS rounds; medians
+are reported with the ratios proxy/nginx and proxy/direct. Also: CPU time per request of the proxying process, SSE
+per-event delay, the store's memory per grant, idle RSS and start-to-ready time of the real binary.
+BENCH_SCENARIOS=name,name limits the scenarios (e.g. "small c16,SSE 100 events c16"); BENCH_REDIS=0 leaves out the
+Redis target, BENCH_BINARY=0 the real binary's start and RSS, BENCH_MEMORY_MAX=0 the store's memory.
 """
 
 import json
@@ -29,7 +38,12 @@ EX = os.path.join(REL, "examples")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 MEMORY_MAX = int(os.environ.get("BENCH_MEMORY_MAX", "1000000"))
-PORTS = {"direct": 39100, "nginx": 39101, "proxy": 39102, "binary": 39103}
+PORTS = {"direct": 39100, "nginx": 39101, "proxy": 39102, "binary": 39103, "redis": 39104, "proxy-ct": 39105,
+         "main": 39106, "request-task": 39107}
+REQUEST_TASK = os.environ.get("BENCH_REQUEST_TASK", "") == "1"
+MAIN_EXAMPLES = os.environ.get("BENCH_MAIN_EXAMPLES", "")
+CURRENT_THREAD = os.environ.get("BENCH_CURRENT_THREAD", "") == "1"
+WITH_REDIS = os.environ.get("BENCH_REDIS", "1") == "1"
 TICK = os.sysconf("SC_CLK_TCK")
 
 SCENARIOS = [
@@ -41,6 +55,9 @@ SCENARIOS = [
     ("1MiB upload c16", "/upload", 16, 1024 * 1024),
     ("SSE 100 events c16", "/sse?n=100", 16, None),
 ]
+if os.environ.get("BENCH_SCENARIOS"):
+    _wanted = os.environ["BENCH_SCENARIOS"].split(",")
+    SCENARIOS = [s for s in SCENARIOS if s[0] in _wanted]
 
 
 def wait_port(port, timeout=10.0):
@@ -136,6 +153,23 @@ def start(cmd, **kw):
     return subprocess.Popen(["taskset", "-c", "0"] + cmd, **kw)
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_proxy(procs, examples, port, workers, redis_url="", request_task=False):
+    """bench_proxy on `port`; returns (process, access token)."""
+    env = dict(os.environ, BENCH_REQUEST_TASK="1" if request_task else "0")
+    px = start([os.path.join(examples, "bench_proxy"), str(port), f"http://127.0.0.1:{PORTS['direct']}", str(workers),
+                redis_url], stdout=subprocess.PIPE, text=True, env=env)
+    procs.append(px)
+    token = px.stdout.readline().strip().split("=", 1)[1]
+    wait_port(port)
+    return px, token
+
+
 def main():
     procs = []
     tmp = tempfile.mkdtemp(prefix="dcr-bench-")
@@ -150,17 +184,30 @@ def main():
         ngx = start(["nginx", "-c", os.path.join(tmp, "nginx.conf")], stderr=subprocess.DEVNULL)
         procs.append(ngx)
         wait_port(PORTS["nginx"])
-        px = start([os.path.join(EX, "bench_proxy"), str(PORTS["proxy"]), f"http://127.0.0.1:{PORTS['direct']}", "1"],
-                   stdout=subprocess.PIPE, text=True)
-        procs.append(px)
-        token = px.stdout.readline().strip().split("=", 1)[1]
-        wait_port(PORTS["proxy"])
+        px, token = start_proxy(procs, EX, PORTS["proxy"], 1)
 
         targets = {
             "direct": (PORTS["direct"], "", lambda: [up.pid]),
             "nginx": (PORTS["nginx"], "", lambda: [ngx.pid] + children(ngx.pid)),
             "proxy": (PORTS["proxy"], token, lambda: [px.pid]),
         }
+        if WITH_REDIS:
+            rport = free_port()
+            rs = start(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                       stdout=subprocess.DEVNULL)
+            procs.append(rs)
+            wait_port(rport)
+            pr, rtoken = start_proxy(procs, EX, PORTS["redis"], 1, f"redis://127.0.0.1:{rport}/0")
+            targets["redis"] = (PORTS["redis"], rtoken, lambda: [pr.pid, rs.pid])
+        if CURRENT_THREAD:
+            pc, ctoken = start_proxy(procs, EX, PORTS["proxy-ct"], 0)
+            targets["proxy-ct"] = (PORTS["proxy-ct"], ctoken, lambda: [pc.pid])
+        if REQUEST_TASK:
+            pt, ttoken = start_proxy(procs, EX, PORTS["request-task"], 1, request_task=True)
+            targets["request-task"] = (PORTS["request-task"], ttoken, lambda: [pt.pid])
+        if MAIN_EXAMPLES:
+            pm, mtoken = start_proxy(procs, MAIN_EXAMPLES, PORTS["main"], 1)
+            targets["main"] = (PORTS["main"], mtoken, lambda: [pm.pid])
         for rnd in range(ROUNDS):
             for name, path, conns, body in SCENARIOS:
                 for target, (port, auth, pids) in targets.items():
@@ -189,7 +236,7 @@ def main():
                 p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    results["binary"] = binary_start_and_idle()
+    results["binary"] = binary_start_and_idle() if os.environ.get("BENCH_BINARY", "1") == "1" else {}
     results["memory"] = [json.loads(subprocess.run([os.path.join(EX, "bench_memory"), str(n)], capture_output=True,
                                                    text=True, check=True).stdout)
                          for n in (10_000, 100_000, 1_000_000) if n <= MEMORY_MAX]
@@ -256,18 +303,35 @@ def summarize(results):
                     f"{p['p50_ms']:.3f} / {p['p99_ms']:.3f} | {n['cpu_us_per_request']:.1f} | "
                     f"{p['cpu_us_per_request']:.1f} |")
     results["summary"] = summary
-    c1 = summary["small c1"]
+    others = [t for t in ("redis", "proxy-ct", "request-task", "main") if any(r["target"] == t for r in results["runs"])]
+    extra_rows = []
+    for name, *_ in SCENARIOS:
+        for target in others:
+            runs = [r for r in results["runs"] if r["scenario"] == name and r["target"] == target]
+            m = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")}
+            summary[name][target] = m
+            n, p = summary[name]["nginx"], summary[name]["proxy"]
+            extra_rows.append(f"| {name} | {target} | {m['rps']:.0f} | {m['rps'] / n['rps']:.2f} | "
+                              f"{p['rps'] / m['rps']:.2f} | {m['p50_ms']:.3f} / {m['p99_ms']:.3f} | "
+                              f"{m['cpu_us_per_request']:.1f} | {p['cpu_us_per_request'] / m['cpu_us_per_request']:.2f} |")
     print("\n| scenario | direct req/s | nginx req/s | proxy req/s | proxy/nginx | proxy/direct | nginx p50/p99 ms "
           "| proxy p50/p99 ms | nginx CPU µs/req | proxy CPU µs/req |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
-    print(f"\nadded median latency at c1: nginx {1000 * (c1['nginx']['p50_ms'] - c1['direct']['p50_ms']):.0f} µs, "
-          f"proxy {1000 * (c1['proxy']['p50_ms'] - c1['direct']['p50_ms']):.0f} µs")
+    if extra_rows:
+        print("\n| scenario | target | req/s | target/nginx | proxy/target req/s | p50/p99 ms | CPU µs/req "
+              "| proxy/target CPU |")
+        print("|---|---|---|---|---|---|---|---|")
+        print("\n".join(extra_rows))
+    if "small c1" in summary:
+        c1 = summary["small c1"]
+        print("\nadded median latency at c1: " + ", ".join(
+            f"{t} {1000 * (v['p50_ms'] - c1['direct']['p50_ms']):.0f} µs" for t, v in c1.items() if t != "direct"))
     sse = results["sse_event_delay"]
-    print(f"SSE per-event delay p50/p99 µs: direct {sse['direct']['p50_us']}/{sse['direct']['p99_us']}, "
-          f"nginx {sse['nginx']['p50_us']}/{sse['nginx']['p99_us']}, proxy {sse['proxy']['p50_us']}/{sse['proxy']['p99_us']}")
+    print("SSE per-event delay p50/p99 µs: " + ", ".join(f"{t} {v['p50_us']}/{v['p99_us']}" for t, v in sse.items()))
     b = results["binary"]
-    print(f"binary: start to ready {b['start_to_ready_ms_median']:.1f} ms, idle RSS {b['idle_rss_mib']:.1f} MiB")
+    if b:
+        print(f"binary: start to ready {b['start_to_ready_ms_median']:.1f} ms, idle RSS {b['idle_rss_mib']:.1f} MiB")
     for m in results["memory"]:
         print(f"store: {m['grants']} grants, {m['rss_per_grant']} B/grant resident, "
               f"{m['overhead_per_grant']} B beyond the {m['token_bytes_per_grant']:.0f} token bytes, "

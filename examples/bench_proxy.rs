@@ -1,8 +1,9 @@
 //! dcr-proxy for the benchmark: the real server and hot path, with one grant issued before it starts, so that
 //! the load generator sends a valid bearer that is swapped for an Entra-sized upstream token.
 //!
-//! `cargo run --release --example bench_proxy -- PORT UPSTREAM_URL [WORKER_THREADS]` (0: current-thread runtime)
-//! Prints `token=<access token>` once ready. The Azure IdP it is configured with points at a closed loopback
+//! `cargo run --release --example bench_proxy -- PORT UPSTREAM_URL [WORKER_THREADS] [REDIS_URL]` (0 workers: the
+//! current-thread runtime; a Redis URL: `[store] backend = "redis"` there, bearer lookups then served from the
+//! replica's cache as in production; `BENCH_REQUEST_TASK=1`: `upstream.drive_in_request_task = true`). Prints `token=<access token>` once ready. The Azure IdP it is configured with points at a closed loopback
 //! port and is never called: the upstream token is valid for a day.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -13,7 +14,6 @@ use dcr_proxy::app::App;
 use dcr_proxy::clock::Clock;
 use dcr_proxy::config::Config;
 use dcr_proxy::crypto::{self, TokenHash};
-use dcr_proxy::idp::Idp;
 use dcr_proxy::store::{AccessToken, Grant, Identity, UpstreamCredential, UpstreamLogin, UpstreamTokens};
 
 fn main() {
@@ -21,14 +21,21 @@ fn main() {
     let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(3902);
     let upstream = args.next().unwrap_or_else(|| "http://127.0.0.1:3900".to_owned());
     let workers: usize = args.next().and_then(|w| w.parse().ok()).unwrap_or(1);
+    let redis = args.next().filter(|u| !u.is_empty());
+    // `upstream.drive_in_request_task` (the `request-task` target of bench/run.py).
+    let request_task = std::env::var("BENCH_REQUEST_TASK").is_ok_and(|v| v == "1");
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let text = format!(
+    let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
-         [upstream]\nurl = \"{upstream}\"\n\
+         [upstream]\nurl = \"{upstream}\"\ndrive_in_request_task = {request_task}\n\
          [idp]\nkind = \"azure\"\nauthority = \"http://127.0.0.1:9\"\ntenant = \"common\"\nclient_id = \"bench\"\nclient_secret = \"bench\"\n\
          [log]\nfilter = \"warn\"\n"
     );
-    let config = Config::from_toml(&text, |_| None).unwrap();
+    if let Some(url) = &redis {
+        text.push_str(&format!("[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\n"));
+    }
+    let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".to_owned();
+    let config = Config::from_toml(&text, |k| (k == "DCR_PROXY_SNAPSHOT_KEY").then(|| key.clone())).unwrap();
     // 0 workers: tokio's current-thread scheduler.
     let rt = if workers == 0 {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
@@ -37,8 +44,7 @@ fn main() {
     };
     rt.block_on(async move {
         let clock = Clock::system();
-        let idp = Idp::from_config(&config).await.unwrap();
-        let app = App::with_idp(config, clock.clone(), idp).unwrap();
+        let app = App::new_on(config, clock.clone(), None).await.unwrap();
         let now = clock.now();
         let upstream_token = format!("EwB4A8l6BAAU{}", crypto::random_token().repeat(48));
         let tokens =

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use dcr_proxy::app::App;
 use dcr_proxy::clock::Clock;
-use dcr_proxy::config::{AdminListen, Config, LogFormat, DEFAULT_CONFIG};
+use dcr_proxy::config::{AdminListen, Config, LogFormat, RuntimeKind, DEFAULT_CONFIG};
 use dcr_proxy::server;
 
 /// OAuth 2.1 sidecar: Dynamic Client Registration for MCP clients in front of Entra ID and other OIDC providers.
@@ -105,19 +105,27 @@ fn load(cli: &Cli) -> Result<Config, String> {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Installs the log; the guard writes out the queued lines when `main` returns ([`dcr_proxy::log_writer`]).
+fn init_logging(config: &Config) -> Option<dcr_proxy::log_writer::LogGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
     use std::io::IsTerminal as _;
     // Colour codes only where a person reads them: not in files, pipes or container logs.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stderr().is_terminal());
+    let Some((writer, guard)) = dcr_proxy::log_writer::LogWriter::start(config.log.queue) else {
+        let builder = builder.with_writer(std::io::stderr);
+        match config.log.format {
+            LogFormat::Json => builder.json().init(),
+            LogFormat::Text => builder.init(),
+        }
+        return None;
+    };
+    let builder = builder.with_writer(writer);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    Some(guard)
 }
 
 /// Passwords shorter than this are refused by `hash-password`.
@@ -194,9 +202,13 @@ fn main() -> ExitCode {
         Some("text") => config.log.format = LogFormat::Text,
         _ => {}
     }
-    init_logging(&config);
+    let _log = init_logging(&config);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = match config.server.runtime {
+        RuntimeKind::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+        RuntimeKind::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };

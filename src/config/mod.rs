@@ -287,6 +287,17 @@ pub struct ServerConfig {
     pub behind_tls_terminator: bool,
     /// Deadline for in-flight requests (SSE streams included) after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// `server.runtime`: the tokio scheduler `main` starts (issue 13); default multi-thread.
+    pub runtime: RuntimeKind,
+}
+
+/// `server.runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// `"multi-thread"`: tokio's work-stealing scheduler, one worker per core.
+    MultiThread,
+    /// `"current-thread"`: every connection on the thread that runs `main` (one core; no cross-thread wake-ups).
+    CurrentThread,
 }
 
 #[derive(Debug, Clone)]
@@ -308,6 +319,13 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     /// Scopes a token needs for a path prefix; a token without them gets 403 `insufficient_scope`.
     pub required_scopes: Vec<PathScopes>,
+    /// `upstream.pool_idle_timeout`: an idle upstream connection is closed after this; default 90 s.
+    pub pool_idle_timeout: Duration,
+    /// `upstream.pool_max_idle`: idle upstream connections kept (0: none, a connection per request); default 256.
+    pub pool_max_idle: usize,
+    /// `upstream.drive_in_request_task`: an `http://` upstream's connections are driven by the request's own task
+    /// ([`crate::proxy::pool`]) instead of a task per connection (hyper-util's client); default false.
+    pub drive_in_request_task: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -444,6 +462,8 @@ pub struct IntrospectionConfig {
 pub struct LogConfig {
     pub format: LogFormat,
     pub filter: String,
+    /// `log.queue`: log lines waiting for the writer thread; beyond it lines are dropped and counted. Default 65536.
+    pub queue: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

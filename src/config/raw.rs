@@ -91,6 +91,7 @@ pub(crate) struct RawServer {
     #[serde(default)]
     pub(crate) behind_tls_terminator: bool,
     pub(crate) shutdown_grace: Option<DurationText>,
+    pub(crate) runtime: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +112,10 @@ pub(crate) struct RawUpstream {
     pub(crate) response_timeout: Option<DurationText>,
     #[serde(default)]
     pub(crate) required_scopes: Vec<RawPathScopes>,
+    pub(crate) pool_idle_timeout: Option<DurationText>,
+    pub(crate) pool_max_idle: Option<usize>,
+    #[serde(default)]
+    pub(crate) drive_in_request_task: bool,
 }
 
 #[derive(Deserialize)]
@@ -330,6 +335,7 @@ pub(crate) struct RawIntrospection {
 pub(crate) struct RawLog {
     pub(crate) format: Option<LogFormat>,
     pub(crate) filter: Option<String>,
+    pub(crate) queue: Option<usize>,
 }
 
 #[cfg(test)]

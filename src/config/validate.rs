@@ -61,6 +61,10 @@ pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Con
     let log = LogConfig {
         format: raw.log.format.unwrap_or(LogFormat::Text),
         filter: raw.log.filter.unwrap_or_else(|| "info".to_owned()),
+        queue: match raw.log.queue {
+            Some(n) if !(1..=1_000_000).contains(&n) => return Err(invalid("log.queue", "must be 1 to 1000000")),
+            n => n.unwrap_or(65_536),
+        },
     };
     let admin = validate_admin(raw.admin, env)?;
     let audit = validate_audit(raw.audit)?;
@@ -235,6 +239,11 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
         tls,
         behind_tls_terminator: raw.behind_tls_terminator,
         shutdown_grace: duration("server.shutdown_grace", raw.shutdown_grace, Duration::from_secs(10))?,
+        runtime: match raw.runtime.as_deref() {
+            None | Some("multi-thread") => RuntimeKind::MultiThread,
+            Some("current-thread") => RuntimeKind::CurrentThread,
+            Some(_) => return Err(invalid("server.runtime", "must be \"multi-thread\" or \"current-thread\"")),
+        },
     })
 }
 
@@ -259,6 +268,12 @@ fn validate_upstream(raw: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
             .into_iter()
             .map(|r| PathScopes { path_prefix: r.path_prefix, scopes: r.scopes })
             .collect(),
+        pool_idle_timeout: positive("upstream.pool_idle_timeout", raw.pool_idle_timeout, Duration::from_secs(90))?,
+        pool_max_idle: match raw.pool_max_idle {
+            Some(n) if n > 65_536 => return Err(invalid("upstream.pool_max_idle", "must be at most 65536")),
+            n => n.unwrap_or(256),
+        },
+        drive_in_request_task: raw.drive_in_request_task,
     })
 }
 

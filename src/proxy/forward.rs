@@ -1,6 +1,9 @@
-//! The streaming forwarder: a pooled hyper client (HTTP/1.1 upstream, http or https via rustls).
+//! The streaming forwarder (RFC 9110 §7.6, RFC 9112): a plain `http://` upstream through the connection pool
+//! driven in the request's own task ([`super::pool`]); an `https://` upstream through hyper-util's pooled client
+//! (rustls).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -12,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::bearer::UpstreamAuth;
 use super::headers;
+use super::pool::{Address, Pool};
 use crate::config::UpstreamConfig;
 use crate::error::Error;
 use crate::http::{Body, RequestBody};
@@ -62,9 +66,21 @@ impl hyper::body::Body for UpstreamBody {
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>;
 
+/// How requests reach the upstream.
+enum Transport {
+    /// `http://`: own connections, driven by the request's task.
+    Pool(Arc<Pool>),
+    /// `https://`: hyper-util's client.
+    Client(Box<HttpsClient>),
+}
+
 /// Forwards requests to the upstream service.
 pub struct Forwarder {
-    client: HttpsClient,
+    transport: Transport,
+    /// The `Host` the upstream gets (its URL's authority).
+    host: HeaderValue,
+    /// The path of `upstream.url` without a trailing slash (`""` for none), put before every forwarded path.
+    prefix: String,
     /// `scheme://authority[/prefix]` without a trailing slash.
     base: String,
     response_timeout: Duration,
@@ -83,8 +99,8 @@ impl Forwarder {
             .enable_http1()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle)
             .build(https);
         let url = &config.url;
         let host = url.host_str().unwrap_or("localhost");
@@ -93,8 +109,29 @@ impl Forwarder {
             None => host.to_owned(),
         };
         let prefix = url.path().trim_end_matches('/');
+        let transport = match (url.scheme(), url.host()) {
+            ("http", Some(h)) if config.drive_in_request_task => {
+                let port = url.port_or_known_default().unwrap_or(80);
+                let address = match h {
+                    url::Host::Ipv4(ip) => Address::Ip(SocketAddr::from((ip, port))),
+                    url::Host::Ipv6(ip) => Address::Ip(SocketAddr::from((ip, port))),
+                    url::Host::Domain(name) => Address::Name(name.to_owned(), port),
+                };
+                Transport::Pool(Pool::new(
+                    address,
+                    config.connect_timeout,
+                    config.pool_idle_timeout,
+                    config.pool_max_idle,
+                ))
+            }
+            _ => Transport::Client(Box::new(client)),
+        };
+        let host = HeaderValue::try_from(authority.as_str())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         Ok(Self {
-            client,
+            transport,
+            host,
+            prefix: prefix.to_owned(),
             base: format!("{}://{authority}{prefix}", url.scheme()),
             response_timeout: config.response_timeout,
             proto: if public_https { "https" } else { "http" },
@@ -109,9 +146,16 @@ impl Forwarder {
         peer: SocketAddr,
     ) -> Result<Response<Body>, Error> {
         let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let uri: Uri = format!("{}{path_and_query}", self.base).parse().map_err(|_| {
-            Error::OAuth(crate::error::OAuthError::invalid_request("request target cannot be forwarded"))
-        })?;
+        let uri: Option<Uri> = match (&self.transport, self.prefix.is_empty()) {
+            // The pool sends the origin-form target the request already has.
+            (Transport::Pool(_), true) => None,
+            (Transport::Pool(_), false) => Some(format!("{}{path_and_query}", self.prefix).parse().map_err(|_| {
+                Error::OAuth(crate::error::OAuthError::invalid_request("request target cannot be forwarded"))
+            })?),
+            (Transport::Client(_), _) => Some(format!("{}{path_and_query}", self.base).parse().map_err(|_| {
+                Error::OAuth(crate::error::OAuthError::invalid_request("request target cannot be forwarded"))
+            })?),
+        };
         let original_host = req
             .headers()
             .get(header::HOST)
@@ -120,7 +164,11 @@ impl Forwarder {
 
         let headers = req.headers_mut();
         headers::sanitize_request(headers);
-        headers.remove(header::HOST);
+        match self.transport {
+            // hyper-util's client writes `Host` from the absolute URI.
+            Transport::Client(_) => headers.remove(header::HOST),
+            Transport::Pool(_) => headers.insert(header::HOST, self.host.clone()),
+        };
         headers.remove(header::AUTHORIZATION);
         match auth {
             UpstreamAuth::Bearer(value) => {
@@ -145,23 +193,46 @@ impl Forwarder {
         if let Some(host) = original_host {
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
-        *req.uri_mut() = uri;
+        if let Some(uri) = uri {
+            *req.uri_mut() = uri;
+        }
         *req.version_mut() = Version::HTTP_11;
 
-        let resp = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-            Err(_) => return Err(Error::UpstreamTimeout),
-            Ok(Err(e)) if body_timed_out(&e) => return Err(Error::RequestTimeout),
-            Ok(Err(e)) => return Err(Error::UpstreamUnavailable(describe(&e))),
-            Ok(Ok(resp)) => resp,
+        let (mut parts, body) = match &self.transport {
+            Transport::Pool(pool) => match tokio::time::timeout(self.response_timeout, pool.send(req)).await {
+                Err(_) => return Err(Error::UpstreamTimeout),
+                Ok(Err(e)) if body_timed_out(&e) => return Err(Error::RequestTimeout),
+                Ok(Err(e)) => return Err(Error::UpstreamUnavailable(describe(&e))),
+                Ok(Ok(resp)) => {
+                    let (parts, body) = resp.into_parts();
+                    (parts, body.boxed())
+                }
+            },
+            Transport::Client(client) => match tokio::time::timeout(self.response_timeout, client.request(req)).await {
+                Err(_) => return Err(Error::UpstreamTimeout),
+                Ok(Err(e)) if body_timed_out(&e) => return Err(Error::RequestTimeout),
+                Ok(Err(e)) => return Err(Error::UpstreamUnavailable(describe(&e))),
+                Ok(Ok(resp)) => {
+                    let (parts, body) = resp.into_parts();
+                    (parts, body.boxed())
+                }
+            },
         };
-        let (mut parts, body) = resp.into_parts();
         headers::sanitize_response(&mut parts.headers);
-        Ok(Response::from_parts(parts, body.boxed()))
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// The idle pooled connections (`http://` upstreams; 0 for others).
+    pub fn idle_connections(&self) -> usize {
+        match &self.transport {
+            Transport::Pool(pool) => pool.idle_count(),
+            Transport::Client(_) => 0,
+        }
     }
 }
 
 /// Whether the request failed because the client's body stalled (`limits.body_timeout`), not the upstream.
-fn body_timed_out(e: &hyper_util::client::legacy::Error) -> bool {
+fn body_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if matches!(s.downcast_ref(), Some(crate::http::timed_body::BodyError::TimedOut(_))) {
@@ -172,7 +243,7 @@ fn body_timed_out(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

@@ -22,6 +22,7 @@
 pub mod bearer;
 pub mod forward;
 pub mod headers;
+pub mod pool;
 pub mod routes;
 pub mod target;
 pub mod tool_policy;

@@ -901,3 +901,12 @@ impl TestProxy {
         TestProxy { base, app, clock, shutdown: Some(tx), task: Some(task) }
     }
 }
+impl TestProxyBuilder {
+    /// More `[upstream]` keys (`"pool_max_idle = 1\n"`): written on the lines after `url`, so the string goes
+    /// after the URL's closing quote and ends in a comment that takes the builder's own closing quote.
+    pub fn upstream_keys(mut self, toml: &str) -> Self {
+        let url = self.upstream.take().expect("TestProxy::builder().upstream(..) before .upstream_keys(..)");
+        self.upstream = Some(format!("{url}\"\n{toml}\n# \""));
+        self
+    }
+}
