@@ -32,6 +32,7 @@
 mod model;
 pub mod outcome;
 pub mod redis;
+mod sealed_stream;
 pub mod snapshot;
 pub mod state;
 pub mod upkeep;
