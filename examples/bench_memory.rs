@@ -116,21 +116,67 @@ fn main() {
     let after = rss_bytes();
     let per_grant = (after.saturating_sub(before)) as f64 / n as f64;
     let token_bytes = (ACCESS_BYTES + REFRESH_BYTES) as f64;
-    // The encrypted snapshot of the whole store, written and read back.
-    let dir = std::env::var_os("BENCH_SNAPSHOT_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    let path = dir.join(format!("dcrp-bench-{}.snapshot", std::process::id()));
+    // The encrypted snapshot of the whole store, written and read back, BENCH_SNAPSHOT_ROUNDS times (default 1) in
+    // each directory of BENCH_SNAPSHOT_DIRS (comma-separated; default BENCH_SNAPSHOT_DIR or the temp dir), with the
+    // peak resident memory while writing (sampled every 5 ms) beyond that of the filled store.
+    let dirs: Vec<std::path::PathBuf> = std::env::var("BENCH_SNAPSHOT_DIRS")
+        .or_else(|_| std::env::var("BENCH_SNAPSHOT_DIR"))
+        .map(|d| d.split(',').map(std::path::PathBuf::from).collect())
+        .unwrap_or_else(|_| vec![std::env::temp_dir()]);
+    let rounds: usize = std::env::var("BENCH_SNAPSHOT_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
     let key = SnapshotKey([9u8; 32]);
-    let t = Instant::now();
-    let bytes = snapshot::write(&store, now, &path, &key).unwrap();
-    let write_secs = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let loaded = snapshot::load(&path, &key, now).unwrap();
-    let load_secs = t.elapsed().as_secs_f64();
-    assert_eq!(loaded.stats().grants, n);
-    let _ = std::fs::remove_file(&path);
+    let mut per_dir = Vec::new();
+    let (mut bytes, mut write_secs, mut load_secs, mut peak_extra) = (0, 0.0, 0.0, 0u64);
+    for dir in &dirs {
+        let path = dir.join(format!("dcrp-bench-{}.snapshot", std::process::id()));
+        let (mut writes, mut loads, mut peaks) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let base = rss_bytes();
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let (written, secs, peak) = std::thread::scope(|s| {
+                let sampler = s.spawn(|| {
+                    let mut peak = 0;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        peak = peak.max(rss_bytes());
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    peak
+                });
+                let t = Instant::now();
+                let written = snapshot::write(&store, now, &path, &key).unwrap();
+                let secs = t.elapsed().as_secs_f64();
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+                (written, secs, sampler.join().unwrap().max(rss_bytes()))
+            });
+            bytes = written;
+            writes.push(secs);
+            peaks.push(peak.saturating_sub(base));
+            let t = Instant::now();
+            let loaded = snapshot::load(&path, &key, now).unwrap();
+            loads.push(t.elapsed().as_secs_f64());
+            assert_eq!(loaded.stats().grants, n);
+            drop(loaded);
+            let _ = std::fs::remove_file(&path);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        peaks.sort_unstable();
+        let (w, l, p) = (median(&mut writes), median(&mut loads), peaks[peaks.len() / 2]);
+        if per_dir.is_empty() {
+            (write_secs, load_secs, peak_extra) = (w, l, p);
+        }
+        per_dir.push(format!(
+            "{{\"dir\":{:?},\"write_seconds\":{writes:?},\"load_seconds\":{loads:?},\"write_peak_extra_rss_bytes\":{peaks:?}}}",
+            dir.display().to_string()
+        ));
+    }
+    let store_bytes = after.saturating_sub(before);
     println!(
-        "{{\"grants\":{n},\"refreshes_per_grant\":{refreshes},\"rss_bytes\":{after},\"rss_per_grant\":{per_grant:.0},\"token_bytes_per_grant\":{token_bytes},\"overhead_per_grant\":{:.0},\"fill_seconds\":{fill_secs:.3},\"snapshot_bytes\":{bytes},\"snapshot_write_seconds\":{write_secs:.3},\"snapshot_load_seconds\":{load_secs:.3}}}",
-        per_grant - token_bytes
+        "{{\"grants\":{n},\"refreshes_per_grant\":{refreshes},\"rss_bytes\":{after},\"rss_per_grant\":{per_grant:.0},\"token_bytes_per_grant\":{token_bytes},\"overhead_per_grant\":{:.0},\"fill_seconds\":{fill_secs:.3},\"snapshot_bytes\":{bytes},\"snapshot_write_seconds\":{write_secs:.3},\"snapshot_load_seconds\":{load_secs:.3},\"snapshot_write_peak_extra_rss_bytes\":{peak_extra},\"store_rss_bytes\":{store_bytes},\"snapshot_dirs\":[{}]}}",
+        per_grant - token_bytes,
+        per_dir.join(",")
     );
     assert_eq!(store.stats().grants, n);
 }

@@ -5,8 +5,13 @@
 //! current-thread runtime; a Redis URL: `[store] backend = "redis"` there, bearer lookups then served from the
 //! replica's cache as in production; `BENCH_REQUEST_TASK=1`: `upstream.drive_in_request_task = true`). Prints `token=<access token>` once ready. The Azure IdP it is configured with points at a closed loopback
 //! port and is never called: the upstream token is valid for a day.
+//!
+//! Snapshots under load (issue 13): with `BENCH_SNAPSHOT_GRANTS=N` and `BENCH_SNAPSHOT_PATH=<file>` the store is
+//! first filled with N more grants with Entra-sized tokens (2 KiB access, 1.5 KiB refresh), and each SIGUSR1
+//! turns on or off a loop writing snapshots back to back on the blocking pool, as the server's snapshot task
+//! does; each write prints `snapshot_seconds=<s>` on stderr.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
 
 use std::sync::Arc;
 
@@ -57,8 +62,57 @@ fn main() {
         app.store.start_grant(grant.clone(), TokenHash::of("bench-code"), now + 1).await.unwrap();
         let access = crypto::random_token();
         app.store.add_access_token(&access, AccessToken::new(Arc::clone(&grant), now + 86400)).await.unwrap();
+        if let (Ok(n), Ok(path)) = (std::env::var("BENCH_SNAPSHOT_GRANTS"), std::env::var("BENCH_SNAPSHOT_PATH")) {
+            let dcr_proxy::store::StateStore::Memory(store) = &app.store else { unreachable!() };
+            let store = store.clone();
+            fill(&app.store, n.parse().unwrap(), now).await;
+            tokio::spawn(snapshot_on_signal(store, path.into(), now));
+        }
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         println!("token={access}");
         dcr_proxy::server::serve(listener, app, None, std::future::pending()).await;
     });
+}
+
+async fn fill(store: &dcr_proxy::store::StateStore, n: usize, now: u64) {
+    for _ in 0..n {
+        let seed = crypto::random_token();
+        let tokens = UpstreamTokens::new(
+            seed.repeat(48)[..2048].to_owned(),
+            Some(seed.repeat(36)[..1536].to_owned()),
+            now + 86400,
+            Some("User.Read".into()),
+        )
+        .unwrap();
+        let login = UpstreamLogin {
+            credential: UpstreamCredential::Tokens(tokens),
+            identity: Identity { sub: seed[..20].to_owned(), ..Identity::default() },
+        };
+        let grant = Grant::new("bench-client".into(), vec!["openid".into()], None, login, now);
+        store.start_grant(grant.clone(), TokenHash::of(&seed), now + 1).await.unwrap();
+        let access = crypto::random_token();
+        store.add_access_token(&access, AccessToken::new(grant, now + 86400)).await.unwrap();
+    }
+}
+
+async fn snapshot_on_signal(store: Arc<dcr_proxy::store::Store>, path: std::path::PathBuf, now: u64) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = signal(SignalKind::user_defined1()).unwrap();
+    let key = dcr_proxy::config::SnapshotKey([9u8; 32]);
+    loop {
+        usr1.recv().await;
+        loop {
+            let (store, path, key) = (store.clone(), path.clone(), key.clone());
+            let t = std::time::Instant::now();
+            tokio::task::spawn_blocking(move || dcr_proxy::store::snapshot::write(&store, now, &path, &key))
+                .await
+                .unwrap()
+                .unwrap();
+            eprintln!("snapshot_seconds={:.3}", t.elapsed().as_secs_f64());
+            // A second SIGUSR1 stops the loop after the write in progress.
+            if tokio::time::timeout(std::time::Duration::ZERO, usr1.recv()).await.is_ok() {
+                break;
+            }
+        }
+    }
 }

@@ -299,3 +299,48 @@ async fn a_port_taken_before_the_binary_binds_it_is_retried_on_a_new_one() {
     drop((proxy, taken));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 13: a snapshot written by the version-2 writer (dcr-proxy before chunked snapshots; the fixture was made
+/// by that code, `snapshot::tests::write_the_version_2_fixture`, with `KEY`) is read at start, its user is still
+/// signed in, and the next snapshot the proxy writes is version 3, which a restart reads again.
+#[tokio::test]
+async fn a_version_2_snapshot_is_read_and_the_next_one_written_is_version_3() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let access = "v2-fixture-proxy-access-token";
+    let refresh_token = std::fs::read_to_string(fixtures.join("snapshot-v2.refresh-token")).unwrap();
+    let azure = FakeAzure::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempdir();
+    let snapshot = dir.join("state.snapshot");
+    std::fs::copy(fixtures.join("snapshot-v2.bin"), &snapshot).unwrap();
+    assert_eq!(std::fs::read(&snapshot).unwrap()[..9], *b"DCRPSNAP\x02");
+    let (port, config, mut proxy) = first_start(&dir, &azure, &upstream).await;
+    let resp = http().get(proxy.url("/mcp")).bearer_auth(access).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the user of the v2 snapshot is still signed in");
+    assert_eq!(upstream.last().header("authorization"), Some("Bearer v2-fixture-upstream-access-token"));
+
+    // The periodic write (every 200 ms) replaces it with a version-3 file.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read(&snapshot).map_or(true, |f| f.get(8) != Some(&3)) {
+        assert!(Instant::now() < deadline, "no version-3 snapshot was written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    terminate(&mut proxy);
+    drop(proxy);
+    let file = std::fs::read(&snapshot).unwrap();
+    assert_eq!(file[..9], *b"DCRPSNAP\x03");
+    for secret in
+        [access, refresh_token.trim(), "v2-fixture-upstream-access-token", "v2-fixture-upstream-refresh-token"]
+    {
+        assert!(!file.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} in clear");
+    }
+
+    let proxy = start(&config, port, KEY).await;
+    let resp = http().get(proxy.url("/mcp")).bearer_auth(access).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "still signed in after a restart on the version-3 file");
+    assert_eq!(upstream.last().header("authorization"), Some("Bearer v2-fixture-upstream-access-token"));
+    let resp = refresh(&proxy, "v2-fixture-client", refresh_token.trim()).await;
+    assert_eq!(resp.status(), 200, "the refresh token of the v2 snapshot works");
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -33,6 +33,7 @@ mod model;
 pub mod outcome;
 pub mod redis;
 pub mod redis_conn;
+mod sealed_stream;
 pub mod snapshot;
 pub mod state;
 pub mod upkeep;
