@@ -1,6 +1,6 @@
-//! The streaming forwarder (RFC 9110 §7.6, RFC 9112): a plain `http://` upstream through the connection pool
-//! driven in the request's own task ([`super::pool`]); an `https://` upstream through hyper-util's pooled client
-//! (rustls).
+//! The streaming forwarder (RFC 9110 §7.6, RFC 9112): an upstream through hyper-util's pooled client (rustls for
+//! `https://`), or, with `upstream.drive_in_request_task` and a plain `http://` upstream, through the connection
+//! pool driven in the request's own task ([`super::pool`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,53 +16,14 @@ use hyper_util::rt::TokioExecutor;
 use super::bearer::UpstreamAuth;
 use super::headers;
 use super::pool::{Address, Pool};
+pub use super::upstream_body::UpstreamBody;
 use crate::config::UpstreamConfig;
 use crate::error::Error;
-use crate::http::{Body, RequestBody};
+use crate::http::Body;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// A forwarded request's body: the client's, streamed, or none for a replayed bodiless request, or the bytes the
-/// tool policy read and judged.
-pub enum UpstreamBody {
-    Streamed(RequestBody),
-    Empty,
-    Buffered(Option<bytes::Bytes>),
-}
-
-impl hyper::body::Body for UpstreamBody {
-    type Data = bytes::Bytes;
-    type Error = crate::http::timed_body::BodyError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        match self.get_mut() {
-            Self::Streamed(b) => std::pin::Pin::new(b).poll_frame(cx),
-            Self::Empty => std::task::Poll::Ready(None),
-            Self::Buffered(b) => std::task::Poll::Ready(b.take().map(|d| Ok(hyper::body::Frame::data(d)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Streamed(b) => b.is_end_stream(),
-            Self::Empty => true,
-            Self::Buffered(b) => b.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        match self {
-            Self::Streamed(b) => b.size_hint(),
-            Self::Empty => hyper::body::SizeHint::with_exact(0),
-            Self::Buffered(b) => hyper::body::SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
-        }
-    }
-}
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>;
 

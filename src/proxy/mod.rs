@@ -26,6 +26,7 @@ pub mod pool;
 pub mod routes;
 pub mod target;
 pub mod tool_policy;
+pub mod upstream_body;
 pub mod userinfo;
 
 use std::net::SocketAddr;

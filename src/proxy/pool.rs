@@ -38,7 +38,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::forward::UpstreamBody;
+use super::upstream_body::UpstreamBody;
 
 /// Ready body chunks smaller than this are joined into one frame, up to this many bytes.
 pub const COALESCE_MAX: usize = 16 * 1024;
