@@ -324,7 +324,7 @@ pub struct UpstreamConfig {
     /// `upstream.pool_max_idle`: idle upstream connections kept (0: none, a connection per request); default 256.
     pub pool_max_idle: usize,
     /// `upstream.drive_in_request_task`: an `http://` upstream's connections are driven by the request's own task
-    /// ([`crate::proxy::pool`]) instead of a task per connection (hyper-util's client); default false.
+    /// ([`crate::proxy::pool`]) instead of a task per connection (hyper-util's client); default true.
     pub drive_in_request_task: bool,
 }
 

@@ -114,8 +114,7 @@ pub(crate) struct RawUpstream {
     pub(crate) required_scopes: Vec<RawPathScopes>,
     pub(crate) pool_idle_timeout: Option<DurationText>,
     pub(crate) pool_max_idle: Option<usize>,
-    #[serde(default)]
-    pub(crate) drive_in_request_task: bool,
+    pub(crate) drive_in_request_task: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -273,7 +273,7 @@ fn validate_upstream(raw: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
             Some(n) if n > 65_536 => return Err(invalid("upstream.pool_max_idle", "must be at most 65536")),
             n => n.unwrap_or(256),
         },
-        drive_in_request_task: raw.drive_in_request_task,
+        drive_in_request_task: raw.drive_in_request_task.unwrap_or(true),
     })
 }
 
