@@ -170,14 +170,17 @@ async fn identity_headers_in_any_spelling_and_the_proxy_cookie_never_reach_the_u
         &format!(
             "GET /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nX_Forwarded_User: admin\r\n\
              x-forwarded_email: admin@evil.example\r\nX-FORWARDED-USER: admin\r\nCookie: dcrp=bindingvalue; theme=dark\r\n\
-             Cookie: __Host-dcrp=other; lang=en\r\nConnection: close\r\n\r\n"
+             Cookie: __Host-dcrp=other; lang=en\r\nMcp-Param-user_id: 42\r\nX-Mcp-Param-a_b: 1\r\n\
+             Connection: close\r\n\r\n"
         ),
     )
     .await;
     assert_eq!(status, 200, "{text}");
     let seen = upstream.last();
     assert_eq!(seen.headers.get("x-forwarded-user"), Some(&vec!["alice".to_owned()]), "{:?}", seen.headers);
-    for name in seen.headers.keys() {
+    // MCP 2026-07-28 (SEP-2243): a tool parameter's header name is any token; it is the one `_` name forwarded.
+    assert_eq!(seen.headers.get("mcp-param-user_id"), Some(&vec!["42".to_owned()]), "{:?}", seen.headers);
+    for name in seen.headers.keys().filter(|n| !n.starts_with("mcp-param-")) {
         assert!(!name.contains('_'), "{name} was forwarded");
     }
     assert_eq!(seen.headers.get("cookie"), Some(&vec!["theme=dark; lang=en".to_owned()]));

@@ -189,26 +189,8 @@ async fn callback_on(deployment: &Deployment, b: &Replica, sign_in: &SignInInPro
     url::Url::parse(&to_client).unwrap().query_pairs().into_owned().collect()
 }
 
-async fn get_mcp(replica: &Replica, access: &str) -> u16 {
-    http().get(replica.url("/mcp")).bearer_auth(access).send().await.expect("proxied request").status().as_u16()
-}
-
 fn str_of<'a>(doc: &'a Value, name: &str) -> &'a str {
     doc[name].as_str().unwrap_or_else(|| panic!("no {name} in {doc}"))
-}
-
-/// Polls `check` every 20 ms for at most `limit`.
-async fn eventually<F: std::future::Future<Output = bool>>(limit: Duration, mut check: impl FnMut() -> F) -> bool {
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return true;
-        }
-        if start.elapsed() > limit {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn redis_conn(redis: &TestRedis) -> redis::aio::MultiplexedConnection {
@@ -305,14 +287,15 @@ async fn refresh_while_the_replica_dies(
         }
     });
     if pause {
-        let blocked = eventually(Duration::from_secs(5), || {
+        let blocked = within(Duration::from_secs(5), || {
             let mut conn = conn.clone();
             async move {
                 let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.unwrap();
                 list.lines().any(|l| l.contains(" flags=b "))
             }
         })
-        .await;
+        .await
+        .is_some();
         assert!(blocked, "the refresh waits on its Redis write");
     } else {
         // A blocking wait on this thread while a worker thread sends the request: the kill lands before, during
@@ -411,7 +394,7 @@ async fn redis_restarted_with_its_append_only_file_keeps_clients_grants_families
     redis.terminate();
     assert!(!ready(&a).await, "/readyz fails while Redis is down");
     assert!(redis.run().await, "redis-server starts again on its port with its append-only file");
-    assert!(eventually(Duration::from_secs(10), || ready(&a)).await, "the replica reconnects");
+    assert!(within(Duration::from_secs(10), || ready(&a)).await.is_some(), "the replica reconnects");
     // A replica that starts now has nothing cached: all it knows comes from Redis.
     let fresh = deployment.start().await;
 
@@ -426,10 +409,11 @@ async fn redis_restarted_with_its_append_only_file_keeps_clients_grants_families
     let resp = redeem(&fresh, &replayed_sign_in.client_id, &replayed_code).await;
     assert_eq!(error_of(resp).await, (400, "invalid_grant".to_owned()), "a redeemed code stays redeemed");
     let replayed_access = str_of(&replayed, "access_token").to_owned();
-    let code_replay_revoked = eventually(Duration::from_secs(2), || async {
+    let code_replay_revoked = within(Duration::from_secs(2), || async {
         get_mcp(&fresh, &replayed_access).await == 401 && get_mcp(&b, &replayed_access).await == 401
     })
-    .await;
+    .await
+    .is_some();
     assert!(code_replay_revoked, "the replay of a code redeemed before the restart revokes its grant");
 
     let resp = refresh(&fresh, &sign_in.client_id, str_of(&kept, "refresh_token")).await;
@@ -439,10 +423,11 @@ async fn redis_restarted_with_its_append_only_file_keeps_clients_grants_families
     let resp = refresh(&b, &sign_in.client_id, &rotated_out).await;
     assert_eq!(error_of(resp).await, (400, "invalid_grant".to_owned()));
     let newest_access = str_of(&newest, "access_token").to_owned();
-    let revoked_everywhere = eventually(Duration::from_secs(2), || async {
+    let revoked_everywhere = within(Duration::from_secs(2), || async {
         get_mcp(&fresh, &newest_access).await == 401 && get_mcp(&a, &newest_access).await == 401
     })
-    .await;
+    .await
+    .is_some();
     assert!(revoked_everywhere, "reuse detected after the restart revokes the grant on every replica");
 }
 
@@ -569,7 +554,7 @@ async fn a_replica_killed_while_it_holds_the_idp_refresh_lock_delays_the_grant_a
         let access = access.clone();
         async move { http().get(url).bearer_auth(access).send().await }
     });
-    let held = eventually(Duration::from_secs(10), || async { azure.state().held_refreshes == 1 }).await;
+    let held = within(Duration::from_secs(10), || async { azure.state().held_refreshes == 1 }).await.is_some();
     if !held {
         let answer = on_a.await.unwrap().unwrap();
         let st = azure.state();

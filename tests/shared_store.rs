@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fake_azure::FakeAzure;
 use common::upstream::Upstream;
@@ -26,28 +26,6 @@ async fn replicas(n: usize, redis: &TestRedis, upstream: &Upstream, azure: Optio
         all.push(builder.start().await);
     }
     all
-}
-
-async fn get_mcp(proxy: &TestProxy, access: &str) -> u16 {
-    http().get(proxy.url("/mcp")).bearer_auth(access).send().await.expect("proxied request").status().as_u16()
-}
-
-/// Polls `check` every 20 ms until it holds or `within` has passed; how long it took.
-async fn within<F: std::future::Future<Output = bool>>(
-    within: Duration,
-    mut check: impl FnMut() -> F,
-) -> Option<Duration> {
-    let start = Instant::now();
-    for _ in 0..1000 {
-        if check().await {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > within {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
 }
 
 #[tokio::test]

@@ -5,6 +5,9 @@
 //! - A header name with `_` never reaches the upstream: CGI/WSGI servers read `X_Forwarded_User` and
 //!   `x-forwarded-user` as the same variable, so a client could otherwise forge what the proxy asserts (nginx drops
 //!   such names by default for the same reason). The identity headers themselves are removed in every spelling.
+//!   One exception: `Mcp-Param-*` (MCP 2026-07-28, SEP-2243) names a tool parameter's `x-mcp-header`, any HTTP
+//!   token, so `Mcp-Param-user_id` is forwarded; its CGI spelling `HTTP_MCP_PARAM_…` cannot collide with a header
+//!   the proxy asserts.
 //! - Forwarding and routing headers are the proxy's to write: a client's `Forwarded`, `X-Real-IP`,
 //!   `X-Forwarded-Host/-Proto/-Port/-Prefix/-Server/-Ssl/-Scheme` are removed (frameworks such as Spring and
 //!   Quarkus trust them for redirects and links), and so are `X-Original-URL`, `X-Rewrite-URL`, `X-Original-URI`
@@ -93,7 +96,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// and the proxy's cookies removed, cookie crumbs joined. The caller then sets the credential and the
 /// `X-Forwarded-*` headers.
 pub fn sanitize_request(headers: &mut HeaderMap) {
-    remove_where(headers, |name| name.contains('_') || is_client_forbidden(name));
+    remove_where(headers, |name| underscore_refused(name) || is_client_forbidden(name));
     let mut cookies = headers.get_all(header::COOKIE).iter();
     let needs_work = match (cookies.next(), cookies.next()) {
         (None, _) => false,
@@ -103,6 +106,11 @@ pub fn sanitize_request(headers: &mut HeaderMap) {
     if needs_work {
         join_cookies(headers);
     }
+}
+
+/// Whether a (lower-case) request header name is dropped for its `_` (see the module doc; `Mcp-Param-*` is kept).
+pub fn underscore_refused(name: &str) -> bool {
+    name.contains('_') && !name.starts_with("mcp-param-")
 }
 
 /// Whether a cookie header value may hold one of the proxy's cookies (a cheap test before parsing it).
@@ -164,6 +172,15 @@ pub fn sanitize_response(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn underscore_names_are_refused_except_mcp_parameters() {
+        assert!(underscore_refused("x_forwarded_user"));
+        assert!(underscore_refused("mcp_param-x"), "only the exact Mcp-Param- prefix is kept");
+        assert!(underscore_refused("x-mcp-param-user_id"));
+        assert!(!underscore_refused("mcp-param-user_id"));
+        assert!(!underscore_refused("x-forwarded-user"));
+    }
 
     #[test]
     fn hop_by_hop_and_connection_listed_headers_are_removed() {

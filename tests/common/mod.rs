@@ -910,3 +910,26 @@ impl TestProxyBuilder {
         self
     }
 }
+
+/// `GET /mcp` through the proxy with `access` as the bearer; the status.
+pub async fn get_mcp(proxy: &impl ProxyBase, access: &str) -> u16 {
+    http().get(proxy.url("/mcp")).bearer_auth(access).send().await.expect("proxied request").status().as_u16()
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` has passed; how long it took (`None`: it never held).
+pub async fn within<F: std::future::Future<Output = bool>>(
+    limit: std::time::Duration,
+    mut check: impl FnMut() -> F,
+) -> Option<std::time::Duration> {
+    let start = std::time::Instant::now();
+    for _ in 0..1000 {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    None
+}
