@@ -54,7 +54,7 @@ pub fn thread_count(configured: Option<usize>) -> usize {
 /// Binds `count` listeners on `addr`, all with `SO_REUSEPORT`. They are returned unregistered (std), so that
 /// each can be registered with the runtime of the thread that will serve it. Must be called inside a runtime.
 pub fn bind(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, PerCoreError> {
-    let bind_one = || -> std::io::Result<std::net::TcpListener> {
+    let bind_one = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
         let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         socket.set_reuseaddr(true)?;
         socket.set_reuseport(true)?;
@@ -64,7 +64,7 @@ pub fn bind(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>
     let mut listeners = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {
-        let listener = bind_one().map_err(|source| PerCoreError::Bind { addr, source })?;
+        let listener = bind_one(addr).map_err(|source| PerCoreError::Bind { addr, source })?;
         // Port 0 binds the first listener to a free port; the others join that one.
         if addr.port() == 0 {
             addr = listener.local_addr().map_err(|source| PerCoreError::Bind { addr, source })?;
