@@ -12,7 +12,10 @@
 //!   accepted; a failure is a start-up error naming `server.listen` / `server.worker_threads`.
 //! - Shutdown: on the signal every thread stops accepting and drains its own connections (until
 //!   `server.shutdown_grace`); the final snapshot is written once, after every thread has finished. The control
-//!   runtime keeps running meanwhile (it owns the Redis connections the draining requests may still use).
+//!   runtime keeps running meanwhile (it owns the Redis connections the draining requests may still use), and
+//!   so does every worker runtime until the last thread has drained: a thread that finished early may own a
+//!   connection (hyper-util's pooled client) that a request on another thread is still using.
+//! - The own upstream pool ([`crate::proxy::pool`]) hands a thread only the connections opened on that thread.
 //! - With `SO_REUSEPORT`, another process of the same user that binds the same address with `SO_REUSEPORT` joins
 //!   the group and receives a share of the connections (as with nginx's `reuseport`): run the proxy under a user
 //!   of its own.
@@ -118,40 +121,56 @@ pub async fn serve(
     let limiter = super::connection_limiter(&app);
     let mut upkeep = super::start_upkeep(&app);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut done = Vec::with_capacity(workers.len());
+    let (release_tx, release_rx) = watch::channel(false);
+    let mut drained = Vec::with_capacity(workers.len());
+    let mut exited = Vec::with_capacity(workers.len());
     for (index, Worker { runtime, listener }) in workers.into_iter().enumerate() {
-        let (finished, finished_rx) = oneshot::channel::<()>();
+        let (drained_tx, drained_rx) = oneshot::channel::<()>();
+        let (exited_tx, exited_rx) = oneshot::channel::<()>();
         let app = app.clone();
         let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
         let limiter = limiter.clone();
-        let mut stop = stop_rx.clone();
+        let (mut stop, mut release) = (stop_rx.clone(), release_rx.clone());
         let spawned = std::thread::Builder::new().name(thread_name(index)).spawn(move || {
-            let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            runtime.block_on(super::serve_listener(listener, app, acceptor, limiter, stopped));
-            // Connection tasks left after the drain end with the runtime, before the control thread is told.
+            runtime.block_on(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                super::serve_listener(listener, app, acceptor, limiter, stopped).await;
+                let _ = drained_tx.send(());
+                // Until every thread has drained, this runtime keeps driving what it owns that another thread's
+                // request may still use (a connection of hyper-util's pooled client, a Redis reconnection).
+                let _ = release.wait_for(|r| *r).await;
+            });
             drop(runtime);
-            let _ = finished.send(());
+            let _ = exited_tx.send(());
         });
         match spawned {
-            Ok(_) => done.push(finished_rx),
+            Ok(_) => {
+                drained.push(drained_rx);
+                exited.push(exited_rx);
+            }
             Err(source) => {
                 // Those already started stop: the process does not serve with fewer threads than configured.
                 let _ = stop_tx.send(true);
-                for finished in done {
+                let _ = release_tx.send(true);
+                for finished in exited {
                     let _ = finished.await;
                 }
                 return Err(PerCoreError::Runtime { index, source });
             }
         }
     }
-    tracing::info!(threads = done.len(), "per-core runtimes serving");
+    tracing::info!(threads = drained.len(), "per-core runtimes serving");
     shutdown.await;
     upkeep.stop();
     let _ = stop_tx.send(true);
     // Awaited, not joined: the control runtime keeps driving what the draining requests use (Redis).
-    for finished in done {
+    for finished in drained {
+        let _ = finished.await;
+    }
+    let _ = release_tx.send(true);
+    for finished in exited {
         let _ = finished.await;
     }
     tracing::info!("every worker thread has drained");
