@@ -62,9 +62,10 @@ async fn try_start(
     extra: &str,
 ) -> Result<BinaryProxy, String> {
     let port = unused_port();
+    let scheme = if server_keys.contains("[server.tls]") { "https" } else { "http" };
     let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).unwrap();
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n{server_keys}\n\
+        "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{scheme}://127.0.0.1:{port}\"\n{server_keys}\n\
          [upstream]\nurl = \"{}\"\n\
          [idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\n{extra}\n",
         upstream.url()
@@ -79,7 +80,9 @@ async fn try_start(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("{scheme}://127.0.0.1:{port}");
+    // The probe only asks whether the server answers; the certificate is checked by the TLS test itself.
+    let probe_client = reqwest::Client::builder().no_proxy().danger_accept_invalid_certs(true).build().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -89,7 +92,8 @@ async fn try_start(
             }
             return Err(format!("({status}) {err}"));
         }
-        let probe = tokio::time::timeout(Duration::from_millis(500), http().get(format!("{base}/healthz")).send());
+        let probe =
+            tokio::time::timeout(Duration::from_millis(500), probe_client.get(format!("{base}/healthz")).send());
         if let Ok(Ok(r)) = probe.await {
             if r.status() == 200 {
                 return Ok(BinaryProxy { base, port, child });
@@ -323,4 +327,34 @@ fn worker_threads_and_per_core_are_validated_by_name() {
         let err = config(bad);
         assert!(err.as_deref().is_some_and(|e| e.contains("server.worker_threads")), "{bad}: {err:?}");
     }
+}
+
+#[tokio::test]
+async fn tls_is_served_by_every_thread() {
+    let upstream = Upstream::start().await;
+    let dir = ScratchDir::new("per-core-tls");
+    let pki = TestPki::new(&dir, "percore");
+    let server = format!("{THREADS}[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n", pki.server_cert, pki.server_key);
+    let mut proxy = retry_on_taken_port(|| try_start(&dir.0, &upstream, &server, "[log]\nfilter = \"info\"\n")).await;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
+    // 32 TLS connections of their own, the certificate checked against the test CA.
+    let mut calls = Vec::new();
+    for _ in 0..32 {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca.clone())
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let url = proxy.url("/.well-known/oauth-authorization-server");
+        calls.push(tokio::spawn(async move { client.get(url).send().await.map(|r| r.status()) }));
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), 200);
+    }
+    let (ok, log) = proxy.terminate();
+    assert!(ok, "SIGTERM ends with exit 0:\n{log}");
+    let threads = threads_in(&log, &["request", "status=200"]);
+    assert_eq!(threads.len(), 2, "the TLS connections were served by {threads:?}:\n{log}");
 }
