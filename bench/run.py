@@ -10,6 +10,8 @@ Targets, all on 127.0.0.1 with the servers pinned to core 0 and wrk to core 1:
 Optional targets (same run, same rounds):
   proxy-ct  BENCH_CURRENT_THREAD=1: dcr-proxy on tokio's current-thread runtime instead of one worker thread
   request-task  BENCH_REQUEST_TASK=1: dcr-proxy with upstream.drive_in_request_task = true (src/proxy/pool.rs)
+  per-core  BENCH_PER_CORE=1: dcr-proxy with server.runtime = "per-core" (a current-thread runtime per thread, each
+            with its own SO_REUSEPORT listener; src/server/per_core.rs), upstream.drive_in_request_task = true
   main      BENCH_MAIN_EXAMPLES=DIR: the bench_proxy example of another build (e.g. main's target/release/examples),
             for before/after ratios in one run
 Runs are interleaved (direct nginx proxy redis ..., direct nginx proxy redis ...) for BENCH_ROUNDS rounds; medians
@@ -17,6 +19,9 @@ are reported with the ratios proxy/nginx and proxy/direct. Also: CPU time per re
 per-event delay, the store's memory per grant, idle RSS and start-to-ready time of the real binary.
 BENCH_SCENARIOS=name,name limits the scenarios (e.g. "small c16,SSE 100 events c16"); BENCH_REDIS=0 leaves out the
 Redis target, BENCH_BINARY=0 the real binary's start and RSS, BENCH_MEMORY_MAX=0 the store's memory.
+BENCH_UNPINNED=1 (runtime shape, issue 13): the servers may use cores 0 and 1 (wrk stays on core 1 and competes
+with them), nginx runs `worker_processes 2`, the proxy 2 worker threads and per-core 2 threads, both proxies with
+upstream.drive_in_request_task = true; e.g. BENCH_UNPINNED=1 BENCH_PER_CORE=1 BENCH_REDIS=0.
 """
 
 import json
@@ -39,11 +44,16 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 MEMORY_MAX = int(os.environ.get("BENCH_MEMORY_MAX", "1000000"))
 PORTS = {"direct": 39100, "nginx": 39101, "proxy": 39102, "binary": 39103, "redis": 39104, "proxy-ct": 39105,
-         "main": 39106, "request-task": 39107}
+         "main": 39106, "request-task": 39107, "per-core": 39108}
 REQUEST_TASK = os.environ.get("BENCH_REQUEST_TASK", "") == "1"
 MAIN_EXAMPLES = os.environ.get("BENCH_MAIN_EXAMPLES", "")
 CURRENT_THREAD = os.environ.get("BENCH_CURRENT_THREAD", "") == "1"
 WITH_REDIS = os.environ.get("BENCH_REDIS", "1") == "1"
+PER_CORE = os.environ.get("BENCH_PER_CORE", "") == "1"
+UNPINNED = os.environ.get("BENCH_UNPINNED", "") == "1"
+# Cores the servers run on, and their workers (nginx processes, proxy threads).
+SERVER_CORES = "0,1" if UNPINNED else "0"
+WORKERS = 2 if UNPINNED else 1
 TICK = os.sysconf("SC_CLK_TCK")
 
 SCENARIOS = [
@@ -120,7 +130,7 @@ def run_wrk(port, path, conns, body, auth):
 
 
 NGINX_CONF = """
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
@@ -150,7 +160,7 @@ http {{
 
 
 def start(cmd, **kw):
-    return subprocess.Popen(["taskset", "-c", "0"] + cmd, **kw)
+    return subprocess.Popen(["taskset", "-c", SERVER_CORES] + cmd, **kw)
 
 
 def free_port():
@@ -159,9 +169,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_proxy(procs, examples, port, workers, redis_url="", request_task=False):
+def start_proxy(procs, examples, port, workers, redis_url="", request_task=False, per_core=False):
     """bench_proxy on `port`; returns (process, access token)."""
-    env = dict(os.environ, BENCH_REQUEST_TASK="1" if request_task else "0")
+    env = dict(os.environ, BENCH_REQUEST_TASK="1" if request_task else "0", BENCH_PER_CORE="1" if per_core else "0")
     px = start([os.path.join(examples, "bench_proxy"), str(port), f"http://127.0.0.1:{PORTS['direct']}", str(workers),
                 redis_url], stdout=subprocess.PIPE, text=True, env=env)
     procs.append(px)
@@ -173,18 +183,19 @@ def start_proxy(procs, examples, port, workers, redis_url="", request_task=False
 def main():
     procs = []
     tmp = tempfile.mkdtemp(prefix="dcr-bench-")
-    results = {"machine": machine(), "seconds_per_run": SECONDS, "rounds": ROUNDS, "runs": [], "summary": {}}
+    results = {"machine": machine(), "seconds_per_run": SECONDS, "rounds": ROUNDS, "runs": [], "summary": {},
+               "server_cores": SERVER_CORES, "workers": WORKERS}
     try:
         up = start([os.path.join(EX, "bench_upstream"), str(PORTS["direct"])], stdout=subprocess.DEVNULL)
         procs.append(up)
         wait_port(PORTS["direct"])
         token2k = "EwB4A8l6BAAU" + "x" * 2048
         with open(os.path.join(tmp, "nginx.conf"), "w") as f:
-            f.write(NGINX_CONF.format(dir=tmp, up=PORTS["direct"], port=PORTS["nginx"], token=token2k))
+            f.write(NGINX_CONF.format(dir=tmp, up=PORTS["direct"], port=PORTS["nginx"], token=token2k, workers=WORKERS))
         ngx = start(["nginx", "-c", os.path.join(tmp, "nginx.conf")], stderr=subprocess.DEVNULL)
         procs.append(ngx)
         wait_port(PORTS["nginx"])
-        px, token = start_proxy(procs, EX, PORTS["proxy"], 1)
+        px, token = start_proxy(procs, EX, PORTS["proxy"], WORKERS, request_task=UNPINNED)
 
         targets = {
             "direct": (PORTS["direct"], "", lambda: [up.pid]),
@@ -205,6 +216,9 @@ def main():
         if REQUEST_TASK:
             pt, ttoken = start_proxy(procs, EX, PORTS["request-task"], 1, request_task=True)
             targets["request-task"] = (PORTS["request-task"], ttoken, lambda: [pt.pid])
+        if PER_CORE:
+            pp, ptoken = start_proxy(procs, EX, PORTS["per-core"], WORKERS, request_task=True, per_core=True)
+            targets["per-core"] = (PORTS["per-core"], ptoken, lambda: [pp.pid])
         if MAIN_EXAMPLES:
             pm, mtoken = start_proxy(procs, MAIN_EXAMPLES, PORTS["main"], 1)
             targets["main"] = (PORTS["main"], mtoken, lambda: [pm.pid])
@@ -303,7 +317,7 @@ def summarize(results):
                     f"{p['p50_ms']:.3f} / {p['p99_ms']:.3f} | {n['cpu_us_per_request']:.1f} | "
                     f"{p['cpu_us_per_request']:.1f} |")
     results["summary"] = summary
-    others = [t for t in ("redis", "proxy-ct", "request-task", "main") if any(r["target"] == t for r in results["runs"])]
+    others = [t for t in ("redis", "proxy-ct", "request-task", "per-core", "main") if any(r["target"] == t for r in results["runs"])]
     extra_rows = []
     for name, *_ in SCENARIOS:
         for target in others:

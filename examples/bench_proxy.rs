@@ -6,6 +6,9 @@
 //! replica's cache as in production; `BENCH_REQUEST_TASK=1`: `upstream.drive_in_request_task = true`). Prints `token=<access token>` once ready. The Azure IdP it is configured with points at a closed loopback
 //! port and is never called: the upstream token is valid for a day.
 //!
+//! `BENCH_PER_CORE=1`: `server.runtime = "per-core"` with WORKER_THREADS threads, each a current-thread runtime
+//! with its own `SO_REUSEPORT` listener (the `per-core` target of bench/run.py).
+//!
 //! Snapshots under load (issue 13): with `BENCH_SNAPSHOT_GRANTS=N` and `BENCH_SNAPSHOT_PATH=<file>` the store is
 //! first filled with N more grants with Entra-sized tokens (2 KiB access, 1.5 KiB refresh), and each SIGUSR1
 //! turns on or off a loop writing snapshots back to back on the blocking pool, as the server's snapshot task
@@ -41,8 +44,9 @@ fn main() {
     }
     let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff".to_owned();
     let config = Config::from_toml(&text, |k| (k == "DCR_PROXY_SNAPSHOT_KEY").then(|| key.clone())).unwrap();
-    // 0 workers: tokio's current-thread scheduler.
-    let rt = if workers == 0 {
+    let per_core = std::env::var("BENCH_PER_CORE").is_ok_and(|v| v == "1");
+    // 0 workers: tokio's current-thread scheduler; per-core: this is the control runtime.
+    let rt = if workers == 0 || per_core {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap()
@@ -67,6 +71,12 @@ fn main() {
             let store = store.clone();
             fill(&app.store, n.parse().unwrap(), now).await;
             tokio::spawn(snapshot_on_signal(store, path.into(), now));
+        }
+        if per_core {
+            let listeners = dcr_proxy::server::per_core::bind(([127, 0, 0, 1], port).into(), workers.max(1)).unwrap();
+            println!("token={access}");
+            dcr_proxy::server::per_core::serve(listeners, app, None, std::future::pending()).await.unwrap();
+            return;
         }
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         println!("token={access}");

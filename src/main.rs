@@ -111,7 +111,12 @@ fn init_logging(config: &Config) -> Option<dcr_proxy::log_writer::LogGuard> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
     use std::io::IsTerminal as _;
     // Colour codes only where a person reads them: not in files, pipes or container logs.
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stderr().is_terminal());
+    // per-core: each line names the worker thread that wrote it (`dcr-proxy-worker-N`), so an operator sees how
+    // the kernel spreads connections.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_thread_names(config.server.runtime == RuntimeKind::PerCore);
     let Some((writer, guard)) = dcr_proxy::log_writer::LogWriter::start(config.log.queue) else {
         let builder = builder.with_writer(std::io::stderr);
         match config.log.format {
@@ -205,8 +210,16 @@ fn main() -> ExitCode {
     let _log = init_logging(&config);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = match config.server.runtime {
-        RuntimeKind::MultiThread => tokio::runtime::Builder::new_multi_thread(),
-        RuntimeKind::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        RuntimeKind::MultiThread => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(threads) = config.server.worker_threads {
+                builder.worker_threads(threads);
+            }
+            builder
+        }
+        // per-core: this thread's runtime is the control runtime (upkeep, metrics, admin, Redis); the accept
+        // loops get runtimes of their own ([`server::per_core`]).
+        RuntimeKind::CurrentThread | RuntimeKind::PerCore => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -344,6 +357,12 @@ fn healthcheck(config: &Config, timeout: std::time::Duration) -> ExitCode {
     }
 }
 
+/// The public listener(s): one, or one per worker thread with `server.runtime = "per-core"`.
+enum Listeners {
+    One(tokio::net::TcpListener),
+    PerCore(Vec<std::net::TcpListener>),
+}
+
 async fn run(config: Config) -> Result<(), String> {
     let tls = match &config.server.tls {
         Some(t) => Some(server::tls::acceptor(t).map_err(|e| format!("server.tls: {e}"))?),
@@ -352,9 +371,17 @@ async fn run(config: Config) -> Result<(), String> {
     let listen = config.server.listen;
     let public_url = config.server.public_url.clone();
     let app = App::new(config, Clock::system()).await.map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on {listen} (server.listen): {e}"))?;
+    let listeners = match app.config.server.runtime {
+        RuntimeKind::PerCore => {
+            let threads = server::per_core::thread_count(app.config.server.worker_threads);
+            Listeners::PerCore(server::per_core::bind(listen, threads).map_err(|e| e.to_string())?)
+        }
+        RuntimeKind::MultiThread | RuntimeKind::CurrentThread => Listeners::One(
+            tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen} (server.listen): {e}"))?,
+        ),
+    };
     // The metrics listener stops when the main server has drained (`stop` is dropped below).
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics = match app.config.metrics_listen {
@@ -392,7 +419,12 @@ async fn run(config: Config) -> Result<(), String> {
         None => None,
     };
     tracing::info!(%listen, %public_url, tls = tls.is_some(), "dcr-proxy ready");
-    server::serve(listener, app, tls, server::shutdown_signal()).await;
+    match listeners {
+        Listeners::One(listener) => server::serve(listener, app, tls, server::shutdown_signal()).await,
+        Listeners::PerCore(listeners) => {
+            server::per_core::serve(listeners, app, tls, server::shutdown_signal()).await.map_err(|e| e.to_string())?
+        }
+    }
     drop(stop);
     drop(stop_admin);
     if let Some(metrics) = metrics {

@@ -289,6 +289,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// `server.runtime`: the tokio scheduler `main` starts (issue 13); default multi-thread.
     pub runtime: RuntimeKind,
+    /// `server.worker_threads`: threads of the multi-thread runtime, or runtimes of `per-core`; `None`: one per
+    /// available core (tokio's default). Always `None` with `current-thread`.
+    pub worker_threads: Option<usize>,
 }
 
 /// `server.runtime`.
@@ -298,6 +301,9 @@ pub enum RuntimeKind {
     MultiThread,
     /// `"current-thread"`: every connection on the thread that runs `main` (one core; no cross-thread wake-ups).
     CurrentThread,
+    /// `"per-core"`: `server.worker_threads` OS threads, each a current-thread runtime with its own listener on
+    /// `server.listen` (`SO_REUSEPORT`, the kernel spreads the connections); Linux only ([`crate::server::per_core`]).
+    PerCore,
 }
 
 #[derive(Debug, Clone)]

@@ -92,6 +92,7 @@ pub(crate) struct RawServer {
     pub(crate) behind_tls_terminator: bool,
     pub(crate) shutdown_grace: Option<DurationText>,
     pub(crate) runtime: Option<String>,
+    pub(crate) worker_threads: Option<usize>,
 }
 
 #[derive(Deserialize)]

@@ -233,18 +233,44 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
             ),
         ));
     }
+    let runtime =
+        match raw.runtime.as_deref() {
+            None | Some("multi-thread") => RuntimeKind::MultiThread,
+            Some("current-thread") => RuntimeKind::CurrentThread,
+            Some("per-core") if cfg!(target_os = "linux") => RuntimeKind::PerCore,
+            Some("per-core") => return Err(invalid(
+                "server.runtime",
+                "\"per-core\" needs Linux (SO_REUSEPORT spreading connections over listeners); use \"multi-thread\"",
+            )),
+            Some(_) => {
+                return Err(invalid("server.runtime", "must be \"multi-thread\", \"current-thread\" or \"per-core\""))
+            }
+        };
     Ok(ServerConfig {
         listen,
         public_url,
         tls,
         behind_tls_terminator: raw.behind_tls_terminator,
         shutdown_grace: duration("server.shutdown_grace", raw.shutdown_grace, Duration::from_secs(10))?,
-        runtime: match raw.runtime.as_deref() {
-            None | Some("multi-thread") => RuntimeKind::MultiThread,
-            Some("current-thread") => RuntimeKind::CurrentThread,
-            Some(_) => return Err(invalid("server.runtime", "must be \"multi-thread\" or \"current-thread\"")),
-        },
+        runtime,
+        worker_threads: validate_worker_threads(runtime, raw.worker_threads)?,
     })
+}
+
+/// Most threads `server.worker_threads` may ask for.
+pub(crate) const MAX_WORKER_THREADS: usize = 1024;
+
+/// `server.worker_threads`: 1 to [`MAX_WORKER_THREADS`]; with `current-thread` only 1 (or unset).
+fn validate_worker_threads(runtime: RuntimeKind, threads: Option<usize>) -> Result<Option<usize>, ConfigError> {
+    match (runtime, threads) {
+        (_, None) | (RuntimeKind::CurrentThread, Some(1)) => Ok(None),
+        (RuntimeKind::CurrentThread, Some(_)) => Err(invalid(
+            "server.worker_threads",
+            "current-thread runs on one thread: remove the key or use \"per-core\"",
+        )),
+        (_, Some(n)) if (1..=MAX_WORKER_THREADS).contains(&n) => Ok(Some(n)),
+        (_, Some(_)) => Err(invalid("server.worker_threads", format!("must be 1 to {MAX_WORKER_THREADS}"))),
+    }
 }
 
 fn validate_upstream(raw: RawUpstream) -> Result<UpstreamConfig, ConfigError> {

@@ -75,6 +75,18 @@ struct Open {
 struct Idle {
     open: Open,
     since: Instant,
+    /// The thread whose current-thread runtime the connection is registered with ([`runtime_thread`]).
+    thread: Option<std::thread::ThreadId>,
+}
+
+/// The calling thread when it runs a current-thread runtime, else `None`. With `server.runtime = "per-core"`
+/// every worker thread has its own IO driver: a connection opened on one thread is taken only by that thread,
+/// so its wake-ups never wait for another thread's driver (nor die with it at shutdown).
+fn runtime_thread() -> Option<std::thread::ThreadId> {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => Some(std::thread::current().id()),
+        _ => None,
+    }
 }
 
 /// The idle connections to one upstream.
@@ -151,13 +163,20 @@ impl Pool {
 
     /// The most recently used idle connection that is still open and ready, dropping the others on the way.
     fn take_idle(&self, cx: &mut Context<'_>) -> Option<Open> {
+        let here = runtime_thread();
         let mut idle = self.idle.lock().ok()?;
-        while let Some(mut entry) = idle.pop_back() {
-            if entry.since.elapsed() >= self.idle_timeout {
+        let mut at = idle.len();
+        while at > 0 {
+            at -= 1;
+            if idle[at].since.elapsed() >= self.idle_timeout {
                 // Older ones are older still.
-                idle.clear();
+                idle.drain(..=at);
                 return None;
             }
+            if idle[at].thread != here {
+                continue;
+            }
+            let mut entry = idle.remove(at)?;
             // A poll notices an upstream that closed or sent something unasked (the connection then ends).
             if Pin::new(&mut entry.open.conn).poll(cx).is_pending() && entry.open.sender.is_ready() {
                 return Some(entry.open);
@@ -192,7 +211,7 @@ impl Pool {
             idle.pop_front();
         }
         if self.max_idle > 0 {
-            idle.push_back(Idle { open, since: Instant::now() });
+            idle.push_back(Idle { open, since: Instant::now(), thread: runtime_thread() });
         }
         drop(idle);
         if !self.sweeping.swap(true, Ordering::AcqRel) {

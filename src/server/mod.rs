@@ -14,6 +14,7 @@
 
 pub mod backoff;
 pub mod connection;
+pub mod per_core;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -91,6 +92,22 @@ pub async fn serve(
     tls: Option<tls::ServerTls>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let limiter = connection_limiter(&app);
+    let mut upkeep = start_upkeep(&app);
+    let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
+    let stop = async {
+        shutdown.await;
+        upkeep.stop();
+    };
+    serve_listener(listener, app, acceptor, limiter, stop).await;
+    // The final snapshot, after in-flight requests are done.
+    upkeep.close().await;
+    drop(tls);
+}
+
+/// The connection cap (`limits.max_connections`, `limits.max_connections_per_source`): one per process, shared
+/// by every accept loop (one per thread with `server.runtime = "per-core"`).
+pub fn connection_limiter(app: &App) -> Arc<ConnectionLimiter> {
     let limits = &app.config.limits;
     let max_connections = connection::effective_max_connections(limits.max_connections, connection::open_file_limit());
     if let (Some(n), Some(files)) = (limits.max_connections, connection::open_file_limit()) {
@@ -103,17 +120,12 @@ pub async fn serve(
         }
     }
     let per_source = (!app.config.server.behind_tls_terminator).then_some(limits.max_connections_per_source);
-    let limiter = ConnectionLimiter::new(max_connections, per_source);
-    let (phase_tx, phase) = watch::channel(Phase::Running);
-    let shared = Arc::new(Shared {
-        tls: tls.as_ref().map(|t| t.acceptor.clone()),
-        builder: http_builder(limits.header_timeout),
-        deadlines: Deadlines { first_request: limits.header_timeout, idle: limits.idle_timeout },
-        body_timeout: limits.body_timeout,
-        phase,
-        app: app.clone(),
-    });
     tracing::debug!(max_connections, ?per_source, "connection limits");
+    ConnectionLimiter::new(max_connections, per_source)
+}
+
+/// Starts the store's sweeper and snapshot writer (once per process, on the calling runtime).
+pub fn start_upkeep(app: &Arc<App>) -> UpkeepGuard {
     let upkeep = Upkeep {
         // Redis keeps its own expiries: the sweeper then has an empty store to sweep.
         store: app.store.memory().cloned().unwrap_or_default(),
@@ -122,7 +134,28 @@ pub async fn serve(
         snapshot: app.config.store.snapshot.clone(),
     };
     let limits_app = app.clone();
-    let mut upkeep = UpkeepGuard::start(upkeep, move || limits_app.rate_limiter.sweep(std::time::Instant::now()));
+    UpkeepGuard::start(upkeep, move || limits_app.rate_limiter.sweep(std::time::Instant::now()))
+}
+
+/// One accept loop: serves `listener` under the shared `limiter` until `shutdown` resolves, then drains its
+/// own connections (until `server.shutdown_grace`) and returns. Runs on the runtime it is awaited on.
+pub async fn serve_listener(
+    listener: TcpListener,
+    app: Arc<App>,
+    tls: Option<TlsAcceptor>,
+    limiter: Arc<ConnectionLimiter>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limits = &app.config.limits;
+    let (phase_tx, phase) = watch::channel(Phase::Running);
+    let shared = Arc::new(Shared {
+        tls,
+        builder: http_builder(limits.header_timeout),
+        deadlines: Deadlines { first_request: limits.header_timeout, idle: limits.idle_timeout },
+        body_timeout: limits.body_timeout,
+        phase,
+        app: app.clone(),
+    });
     let mut backoff = backoff::AcceptBackoff::default();
     // Connections refused since the last log line, and when that line was written (one per `LOG_EVERY`).
     let mut refusals: (u64, Option<std::time::Instant>) = (0, None);
@@ -171,7 +204,6 @@ pub async fn serve(
         }
     }
     drop(listener);
-    upkeep.stop();
     let _ = phase_tx.send(Phase::Draining);
     drop(shared);
     let grace = app.config.server.shutdown_grace;
@@ -183,9 +215,6 @@ pub async fn serve(
             let _ = tokio::time::timeout(Duration::from_secs(1), phase_tx.closed()).await;
         }
     }
-    // The final snapshot, after in-flight requests are done.
-    upkeep.close().await;
-    drop(tls);
 }
 
 /// One connection: the TLS handshake and the HTTP connection, under the connection deadlines.
