@@ -866,8 +866,7 @@ fn split_records(
                 input.read_exact(&mut record[1..]).map_err(eof)?;
                 queue.send(batch)?;
                 queue.settle()?;
-                let Record::End { records: counted } = postcard::from_bytes(&record).map_err(|e| e.to_string())?
-                else {
+                let Record::End { records: counted } = postcard::from_bytes(&record).map_err(|e| e.to_string())? else {
                     return Err("the last record is not the end".to_owned());
                 };
                 if counted != records {
@@ -946,9 +945,7 @@ fn restore_record(store: &Store, record: Record<'_>, now: UnixTime) -> Result<()
             let grant = store.grants.get(&GrantId(a.grant)).map(|g| g.clone());
             if let Some(grant) = grant.filter(|_| a.expires_at > now) {
                 let scope = a.scope.map_or_else(|| grant.scope.clone(), |s| Arc::from(s.as_ref()));
-                store
-                    .access_tokens
-                    .insert(TokenHash(a.hash), AccessToken { grant, expires_at: a.expires_at, scope });
+                store.access_tokens.insert(TokenHash(a.hash), AccessToken { grant, expires_at: a.expires_at, scope });
             }
         }
         Record::Family(f) => {
@@ -1542,5 +1539,161 @@ mod tests {
             loaded.refresh_token(refresh.trim()).map(|(_, exp, current)| (exp, current)),
             Some((YEAR_2100, true))
         );
+    }
+
+    /// Issue 13, parallel load: grants over many encoding and decoding batches, each with an access token and a
+    /// refresh family recorded after all grants, come back joined to their own grant (the decoding threads finish
+    /// the grants before the first access token is decoded), and expired ones stay out.
+    #[test]
+    fn grants_over_many_batches_keep_their_access_tokens_and_families() {
+        let (dir, path) = temp_path();
+        let key = SnapshotKey([3u8; 32]);
+        let store = Store::new();
+        // Tokens of 4 KiB: several decoding batches of grants, and more encoding batches than threads.
+        let n = 3 * GRANTS_PER_BATCH * sealed_stream::workers() + 7;
+        let mut issued = Vec::new();
+        for i in 0..n {
+            let upstream = format!("{i:08}-{}", "u".repeat(4096));
+            let tokens = UpstreamTokens::new(upstream.clone(), Some(format!("r{i}")), 5000, None);
+            let login = UpstreamLogin {
+                credential: UpstreamCredential::Tokens(tokens.unwrap_or_else(|_| unreachable!())),
+                identity: Identity { sub: format!("user-{i}"), ..Identity::default() },
+            };
+            let grant = Grant::new("c1".into(), vec!["openid".into()], None, login, 100);
+            grant.extend_to(9000);
+            let access = crate::crypto::random_token();
+            let expires = if i % 5 == 0 { 150 } else { 4000 };
+            store.access_tokens.insert(TokenHash::of(&access), AccessToken::new(grant.clone(), expires));
+            let name = RefreshTokenName { family: FamilyId::random(), generation: 1 };
+            let refresh = name.mint();
+            let family = RefreshFamily {
+                grant: grant.clone(),
+                generation: 1,
+                current: TokenHash::of(&refresh),
+                expires_at: 9000,
+                rotated: None,
+            };
+            store.refresh_families.insert(name.family.hash(), family);
+            store.grants.insert(grant.id, grant);
+            issued.push((access, refresh, upstream, expires));
+        }
+        assert!(write(&store, 200, &path, &key).is_ok());
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) as usize;
+        assert!(size > 4 * DECODE_BATCH, "{size} bytes: several decoding batches");
+        let loaded = load(&path, &key, 200).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.grants.len(), n);
+        let upstream_of = |g: Arc<Grant>| match &*g.upstream() {
+            UpstreamCredential::Tokens(t) => t.access_token().to_owned(),
+            UpstreamCredential::Local => String::new(),
+        };
+        for (access, refresh, upstream, expires) in issued {
+            let grant = loaded.access_token(&TokenHash::of(&access), 200);
+            if expires < 200 {
+                assert!(grant.is_none(), "an expired access token was loaded");
+            } else {
+                assert_eq!(grant.map(upstream_of).as_deref(), Some(upstream.as_str()));
+            }
+            let family = loaded.refresh_token(&refresh).map(|(g, exp, current)| (upstream_of(g), exp, current));
+            assert_eq!(family, Some((upstream, 9000, true)));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A version-3 file sealed with `key` around the plaintext `records` writes (each record length first).
+    fn craft(path: &Path, key: &SnapshotKey, records: impl FnOnce(&mut Vec<u8>)) {
+        let salt = [4u8; 32];
+        let header = [&MAGIC[..], &[VERSION], &(CHUNK as u32).to_be_bytes(), &salt].concat();
+        let mut plain = Vec::new();
+        records(&mut plain);
+        let mut file = Vec::new();
+        let sealed = sealed_stream::seal_to(&mut file, &StreamKey::derive(&key.0, &salt), &header, CHUNK, |w| {
+            w.write_all(&plain)
+        });
+        assert!(sealed.is_ok());
+        assert!(std::fs::write(path, file).is_ok());
+    }
+
+    /// `n` grant records of about 1 KiB each (3000 of them: several decoding batches).
+    fn some_grants(plain: &mut Vec<u8>, n: usize) {
+        for i in 0..n {
+            let tokens = UpstreamTokens::new(format!("{i}-{}", "t".repeat(1024)), None, 5000, None);
+            let login = UpstreamLogin {
+                credential: UpstreamCredential::Tokens(tokens.unwrap_or_else(|_| unreachable!())),
+                identity: Identity { sub: format!("user-{i}"), ..Identity::default() },
+            };
+            let grant = Grant::new("c1".into(), vec!["openid".into()], None, login, 100);
+            grant.extend_to(9000);
+            assert!(append_grant(plain, &grant).is_ok());
+        }
+    }
+
+    /// Authentic files (the right key) whose records do not add up are refused naming the file, wherever the
+    /// bad record falls among the parallel batches, and the load does not hang.
+    #[test]
+    fn authentic_records_that_do_not_add_up_are_refused_naming_the_file() {
+        let (dir, path) = temp_path();
+        let key = SnapshotKey([3u8; 32]);
+        fn end(plain: &mut Vec<u8>, records: u64) {
+            assert!(append_record(plain, &Record::End { records }).is_ok());
+        }
+        let cases: Vec<(&str, Box<dyn FnOnce(&mut Vec<u8>)>)> = vec![
+            (
+                "a grant that does not decode among thousands",
+                Box::new(|p: &mut Vec<u8>| {
+                    some_grants(p, 3000);
+                    p.extend_from_slice(&[3, 0, 0, 0, TAG_GRANT, 0xff, 0xff]);
+                    some_grants(p, 3000);
+                    end(p, 6001);
+                }),
+            ),
+            (
+                "a count that differs",
+                Box::new(|p: &mut Vec<u8>| {
+                    some_grants(p, 3000);
+                    end(p, 2999);
+                }),
+            ),
+            (
+                "records after the last",
+                Box::new(|p: &mut Vec<u8>| {
+                    some_grants(p, 10);
+                    end(p, 10);
+                    some_grants(p, 1);
+                }),
+            ),
+            ("no last record", Box::new(|p: &mut Vec<u8>| some_grants(p, 3000))),
+            (
+                "an empty record",
+                Box::new(|p: &mut Vec<u8>| {
+                    some_grants(p, 10);
+                    p.extend_from_slice(&[0, 0, 0, 0]);
+                    end(p, 11);
+                }),
+            ),
+            (
+                "a record cut by the end of the stream",
+                Box::new(|p: &mut Vec<u8>| {
+                    some_grants(p, 10);
+                    p.extend_from_slice(&[200, 0, 0, 0, TAG_GRANT, 1]);
+                }),
+            ),
+        ];
+        for (what, records) in cases {
+            craft(&path, &key, records);
+            match load(&path, &key, 200) {
+                Err(e @ SnapshotError::Decode { .. }) => {
+                    assert!(e.to_string().contains(&path.display().to_string()), "{what}: {e}");
+                }
+                Err(e) => panic!("{what}: {e}"),
+                Ok(_) => panic!("{what}: loaded"),
+            }
+        }
+        // The same crafting, adding up, loads: the refusals above are about the records.
+        craft(&path, &key, |p| {
+            some_grants(p, 3000);
+            end(p, 3000);
+        });
+        assert_eq!(load(&path, &key, 200).map(|s| s.grants.len()).ok(), Some(3000));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
