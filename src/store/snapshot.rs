@@ -26,13 +26,17 @@
 //! read lock — handles only (an `Arc` per grant, the hash, grant id, expiry and narrowed scope per access token,
 //! keys of families and codes), a few percent of the store — then each record is encoded from the live entry
 //! without any map lock (a grant's credential lock only while its record is encoded into a scratch buffer) and
-//! streamed into chunks that a second thread seals and writes. No copy of the store and no whole-file buffer is
+//! streamed into chunks. Grants (most of the bytes) are encoded in batches on one thread per core, batch `b` on
+//! thread `b mod n`, and taken back in order; chunks are sealed on one thread per core and written in order by
+//! one more (see sealed_stream). No copy of the store and no whole-file buffer is
 //! made: the extra memory is the handles and a few 1 MiB chunks. The file is `<path>.tmp` created with mode 0600,
 //! fsynced, renamed over `<path>`, and the directory fsynced: a crash leaves the old or the new file, never a torn
 //! one. Entries added while the maps are listed may or may not be in the file (as in version 2); an access token
 //! or family whose grant is not in the file is dropped at load.
 //!
-//! Loading: chunks are read and opened on a second thread while the caller decodes records and inserts them. A
+//! Loading: one thread reads chunks, one per core opens them; the caller's thread cuts the plaintext into 1 MiB
+//! batches of whole records and one thread per core decodes them and inserts into the (sharded) maps. Access
+//! tokens and families name their grant, so every batch holding grants is finished before the first of them. A
 //! missing file is an empty store; a file that is not a snapshot, has another version, does not authenticate
 //! (wrong key, flipped byte, truncation, a dropped, repeated or reordered chunk) or does not decode is an error that
 //! names the file and the cause, and nothing of it is used. Expired entries are dropped.
