@@ -1640,7 +1640,8 @@ mod tests {
         fn end(plain: &mut Vec<u8>, records: u64) {
             assert!(append_record(plain, &Record::End { records }).is_ok());
         }
-        let cases: Vec<(&str, Box<dyn FnOnce(&mut Vec<u8>)>)> = vec![
+        type Records = Box<dyn FnOnce(&mut Vec<u8>)>;
+        let cases: Vec<(&str, Records)> = vec![
             (
                 "a grant that does not decode among thousands",
                 Box::new(|p: &mut Vec<u8>| {
