@@ -99,6 +99,9 @@ async fn fill(store: &dcr_proxy::store::StateStore, n: usize, now: u64) {
             identity: Identity { sub: seed[..20].to_owned(), ..Identity::default() },
         };
         let grant = Grant::new("bench-client".into(), vec!["openid".into()], None, login, now);
+        // A new grant expires at its creation until a token extends it: without this the sweeper removes it and
+        // the snapshots hold only the access-token records.
+        grant.extend_to(now + 86400);
         store.start_grant(grant.clone(), TokenHash::of(&seed), now + 1).await.unwrap();
         let access = crypto::random_token();
         store.add_access_token(&access, AccessToken::new(grant, now + 86400)).await.unwrap();

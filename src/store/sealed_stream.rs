@@ -15,8 +15,11 @@
 //!   wrong key all fail authentication. No byte of a chunk is handed on before its tag is checked, and a reader
 //!   must reach the authenticated last chunk ([`OpeningReader::finish`]) before anything it read is used.
 //! - A stream of 2³² chunks or more is refused rather than letting the counter wrap.
-//! - Sealing and opening run on a second thread ([`seal_to`], [`open_from`]), overlapping with the encoding or
-//!   decoding on the caller's thread; buffers go back and forth, so memory stays a few chunks.
+//! - Sealing and opening run on worker threads, one per core up to [`MAX_WORKERS`] ([`seal_to`], [`open_from`]),
+//!   overlapping with the encoding or decoding on the caller's thread and with the file I/O on one more thread;
+//!   chunks are independent (the nonce is the index), each has its own reply channel queued in stream order, so
+//!   they are written and handed on in order however the workers finish. Buffers go back and forth, so memory
+//!   stays a few chunks per thread.
 
 use std::io::{Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -29,8 +32,11 @@ pub(super) const TAG_LEN: usize = 16;
 /// Domain separation of the per-file key.
 pub(super) const LABEL: &[u8] = b"dcr-proxy snapshot v3 file key";
 
-/// Chunks in flight between the two threads, each way.
+/// Chunks queued between the threads, each way.
 const DEPTH: usize = 4;
+
+/// The most worker threads sealing or opening chunks.
+const MAX_WORKERS: usize = 4;
 
 /// A per-file key of the stream.
 pub(super) struct StreamKey {
@@ -85,11 +91,38 @@ impl StreamKey {
     }
 }
 
-/// The plaintext side of [`seal_to`]: what is written here is cut into chunks and sealed on the other thread.
+/// A chunk handed to a worker thread: its index, whether it is the last, its bytes, and where the result goes
+/// (each chunk has its own reply channel, queued in stream order, so workers may finish in any order while the
+/// chunks stay in order).
+struct Job<R> {
+    index: u32,
+    last: bool,
+    buf: Vec<u8>,
+    reply: SyncSender<R>,
+}
+
+/// Threads that seal or open chunks beside the caller's thread (which encodes or decodes meanwhile).
+pub(super) fn workers() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).clamp(1, MAX_WORKERS)
+}
+
+/// Takes the next job from a queue shared by the workers; `None` once the queue is closed.
+fn next_job<R>(jobs: &std::sync::Mutex<Receiver<Job<R>>>) -> Option<Job<R>> {
+    jobs.lock().ok()?.recv().ok()
+}
+
+/// A sealed chunk and whether it is the last.
+type Sealed = (Vec<u8>, bool);
+
+/// The plaintext side of [`seal_to`]: what is written here is cut into chunks, sealed by worker threads and
+/// written in order by another.
 pub(super) struct SealingWriter {
     buf: Vec<u8>,
     chunk: usize,
-    full: SyncSender<(Vec<u8>, bool)>,
+    /// The index of the next chunk.
+    index: usize,
+    jobs: SyncSender<Job<Sealed>>,
+    order: SyncSender<Receiver<Sealed>>,
     empty: Receiver<Vec<u8>>,
 }
 
@@ -99,9 +132,13 @@ fn stopped() -> std::io::Error {
 
 impl SealingWriter {
     fn send(&mut self, last: bool) -> std::io::Result<()> {
+        let index = u32::try_from(self.index).map_err(|_| std::io::Error::other("stream of 2^32 chunks"))?;
+        self.index += 1;
         let next = self.empty.try_recv().unwrap_or_else(|_| Vec::with_capacity(self.chunk + TAG_LEN));
-        let full = std::mem::replace(&mut self.buf, next);
-        self.full.send((full, last)).map_err(|_| stopped())
+        let buf = std::mem::replace(&mut self.buf, next);
+        let (reply, sealed) = sync_channel(1);
+        self.order.send(sealed).map_err(|_| stopped())?;
+        self.jobs.send(Job { index, last, buf, reply }).map_err(|_| stopped())
     }
 }
 
@@ -121,7 +158,8 @@ impl Write for SealingWriter {
 }
 
 /// Writes `header`, then what `fill` writes, sealed chunk by chunk, to `out`: the number of bytes written.
-/// Sealing and writing to `out` happen on a second thread while `fill` runs.
+/// While `fill` runs, [`workers`] threads seal chunks (each chunk's nonce is its index, so they are independent)
+/// and one more thread writes them to `out` in order.
 pub(super) fn seal_to<W: Write + Send, T>(
     out: &mut W,
     key: &StreamKey,
@@ -130,14 +168,26 @@ pub(super) fn seal_to<W: Write + Send, T>(
     fill: impl FnOnce(&mut SealingWriter) -> std::io::Result<T>,
 ) -> std::io::Result<(T, u64)> {
     out.write_all(header)?;
-    let (full_tx, full_rx) = sync_channel::<(Vec<u8>, bool)>(DEPTH);
+    let chunk = chunk.max(1);
+    let (jobs_tx, jobs_rx) = sync_channel::<Job<Sealed>>(DEPTH);
+    let jobs_rx = std::sync::Mutex::new(jobs_rx);
+    let (order_tx, order_rx) = sync_channel::<Receiver<Sealed>>(DEPTH);
     let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(DEPTH + 2);
     std::thread::scope(|scope| {
-        let sealer = scope.spawn(move || -> std::io::Result<u64> {
+        for _ in 0..workers() {
+            let jobs = &jobs_rx;
+            scope.spawn(move || {
+                while let Some(mut job) = next_job(jobs) {
+                    key.seal(job.index, job.last, header, &mut job.buf);
+                    // The writer stopped (it failed): the caller learns it from the order queue.
+                    let _ = job.reply.send((job.buf, job.last));
+                }
+            });
+        }
+        let writer = scope.spawn(move || -> std::io::Result<u64> {
             let mut written = header.len() as u64;
-            for (index, (mut buf, last)) in full_rx.into_iter().enumerate() {
-                let index = u32::try_from(index).map_err(|_| std::io::Error::other("stream of 2^32 chunks"))?;
-                key.seal(index, last, header, &mut buf);
+            for sealed in order_rx {
+                let (mut buf, last) = sealed.recv().map_err(|_| stopped())?;
                 out.write_all(&buf)?;
                 written += buf.len() as u64;
                 buf.clear();
@@ -148,17 +198,20 @@ pub(super) fn seal_to<W: Write + Send, T>(
             }
             Err(stopped())
         });
-        let mut writer = SealingWriter {
+        let mut sealing = SealingWriter {
             buf: Vec::with_capacity(chunk + TAG_LEN),
-            chunk: chunk.max(1),
-            full: full_tx,
+            chunk,
+            index: 0,
+            jobs: jobs_tx,
+            order: order_tx,
             empty: empty_rx,
         };
-        let filled = fill(&mut writer).and_then(|t| writer.send(true).map(|()| t));
-        drop(writer);
-        let sealed = sealer.join().unwrap_or_else(|_| Err(std::io::Error::other("the sealing thread panicked")));
-        // The sealer's own error explains a `fill` that failed because the sealer stopped.
-        match (filled, sealed) {
+        let filled = fill(&mut sealing).and_then(|t| sealing.send(true).map(|()| t));
+        // Closing the queues ends the workers and the writer.
+        drop(sealing);
+        let written = writer.join().unwrap_or_else(|_| Err(std::io::Error::other("the writing thread panicked")));
+        // The writer's own error explains a `fill` that failed because the writer stopped.
+        match (filled, written) {
             (Ok(t), Ok(n)) => Ok((t, n)),
             (_, Err(e)) | (Err(e), _) => Err(e),
         }
@@ -177,9 +230,9 @@ pub(super) enum OpenFailure<E> {
 /// An opened chunk and whether it is the last, or why the stream stopped.
 type Opened = Result<(Vec<u8>, bool), OpenFailure<std::convert::Infallible>>;
 
-/// The plaintext side of [`open_from`]: reads the authenticated plaintext, chunk by chunk.
+/// The plaintext side of [`open_from`]: reads the authenticated plaintext, chunk by chunk, in order.
 pub(super) struct OpeningReader {
-    chunks: Receiver<Opened>,
+    chunks: Receiver<Receiver<Opened>>,
     empty: SyncSender<Vec<u8>>,
     current: Vec<u8>,
     at: usize,
@@ -197,7 +250,7 @@ impl OpeningReader {
         if self.ended || self.failure.is_some() {
             return Ok(false);
         }
-        match self.chunks.recv() {
+        match self.chunks.recv().and_then(|opened| opened.recv()) {
             Ok(Ok((buf, last))) => {
                 let old = std::mem::replace(&mut self.current, buf);
                 let _ = self.empty.try_send(old);
@@ -243,26 +296,24 @@ impl Read for OpeningReader {
     }
 }
 
-/// Reads `len` bytes or up to the end of `input`, whichever comes first.
+/// Reads `len` bytes or up to the end of `input`, whichever comes first (into the buffer's spare capacity: a
+/// file reads into it without zeroing it first).
 fn read_up_to(input: &mut impl Read, buf: &mut Vec<u8>, len: usize) -> std::io::Result<()> {
     buf.clear();
-    buf.resize(len, 0);
-    let mut got = 0;
-    while got < len {
-        match input.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(got);
-    Ok(())
+    input.take(len as u64).read_to_end(buf).map(|_| ())
+}
+
+/// Queues an outcome that needs no worker (an I/O error, a stream too long) in stream order.
+fn settled(order: &SyncSender<Receiver<Opened>>, outcome: Opened) {
+    let (reply, opened) = sync_channel(1);
+    let _ = reply.send(outcome);
+    let _ = order.send(opened);
 }
 
 /// Opens the stream that follows `header` in `input` (the header already read) and hands its plaintext to
-/// `consume`, which must read all of it; chunks are read and opened on a second thread meanwhile. An error when
-/// a chunk does not authenticate, when the stream does not end with its last chunk, or when `consume` fails.
+/// `consume`, which must read all of it; meanwhile one thread reads chunks and [`workers`] threads open them (in
+/// any order; `consume` sees them in stream order). An error when a chunk does not authenticate, when the stream
+/// does not end with its last chunk, or when `consume` fails.
 pub(super) fn open_from<R: Read + Send, T, E>(
     input: R,
     key: &StreamKey,
@@ -270,37 +321,51 @@ pub(super) fn open_from<R: Read + Send, T, E>(
     chunk: usize,
     consume: impl FnOnce(&mut OpeningReader) -> Result<T, E>,
 ) -> Result<T, OpenFailure<E>> {
-    let (full_tx, full_rx) = sync_channel::<Opened>(DEPTH);
+    let (jobs_tx, jobs_rx) = sync_channel::<Job<Opened>>(DEPTH);
+    let jobs_rx = std::sync::Mutex::new(jobs_rx);
+    let (order_tx, order_rx) = sync_channel::<Receiver<Opened>>(DEPTH);
     let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(DEPTH + 2);
     std::thread::scope(|scope| {
+        for _ in 0..workers() {
+            let jobs = &jobs_rx;
+            scope.spawn(move || {
+                while let Some(mut job) = next_job(jobs) {
+                    let opened = match key.open(job.index, job.last, header, &mut job.buf) {
+                        Ok(plain) => {
+                            let len = plain.len();
+                            job.buf.truncate(len);
+                            Ok((job.buf, job.last))
+                        }
+                        Err(e) => Err(OpenFailure::Chunk(e)),
+                    };
+                    let _ = job.reply.send(opened);
+                }
+            });
+        }
         scope.spawn(move || {
             let mut input = input;
             for index in 0..=u32::MAX {
                 let mut buf = empty_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(chunk + TAG_LEN));
                 if let Err(e) = read_up_to(&mut input, &mut buf, chunk + TAG_LEN) {
-                    let _ = full_tx.send(Err(OpenFailure::Io(e)));
-                    return;
+                    return settled(&order_tx, Err(OpenFailure::Io(e)));
                 }
                 // A full-size chunk is never the last one: the writer ends with a shorter chunk.
                 let last = buf.len() < chunk + TAG_LEN;
-                match key.open(index, last, header, &mut buf) {
-                    Ok(plain) => {
-                        let len = plain.len();
-                        buf.truncate(len);
-                        if full_tx.send(Ok((buf, last))).is_err() || last {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = full_tx.send(Err(OpenFailure::Chunk(e)));
-                        return;
-                    }
+                let (reply, opened) = sync_channel(1);
+                if order_tx.send(opened).is_err() || jobs_tx.send(Job { index, last, buf, reply }).is_err() || last {
+                    return;
                 }
             }
-            let _ = full_tx.send(Err(OpenFailure::Chunk(ChunkError)));
+            settled(&order_tx, Err(OpenFailure::Chunk(ChunkError)));
         });
-        let mut reader =
-            OpeningReader { chunks: full_rx, empty: empty_tx, current: Vec::new(), at: 0, ended: false, failure: None };
+        let mut reader = OpeningReader {
+            chunks: order_rx,
+            empty: empty_tx,
+            current: Vec::new(),
+            at: 0,
+            ended: false,
+            failure: None,
+        };
         let consumed = consume(&mut reader);
         let finished = reader.finish();
         // A failure of the stream explains a consumer that failed reading it.
@@ -312,7 +377,8 @@ pub(super) fn open_from<R: Read + Send, T, E>(
             (None, Ok(_), Err(e)) => Err(OpenFailure::Io(e)),
             (None, Ok(t), Ok(())) => Ok(t),
         }
-        // Dropping `reader` closes the channels, which ends the opening thread.
+        // Dropping `reader` closes the order queue, which ends the reading thread, whose end closes the job
+        // queue, which ends the workers.
     })
 }
 

@@ -26,13 +26,17 @@
 //! read lock — handles only (an `Arc` per grant, the hash, grant id, expiry and narrowed scope per access token,
 //! keys of families and codes), a few percent of the store — then each record is encoded from the live entry
 //! without any map lock (a grant's credential lock only while its record is encoded into a scratch buffer) and
-//! streamed into chunks that a second thread seals and writes. No copy of the store and no whole-file buffer is
+//! streamed into chunks. Grants (most of the bytes) are encoded in batches on one thread per core, batch `b` on
+//! thread `b mod n`, and taken back in order; chunks are sealed on one thread per core and written in order by
+//! one more (see sealed_stream). No copy of the store and no whole-file buffer is
 //! made: the extra memory is the handles and a few 1 MiB chunks. The file is `<path>.tmp` created with mode 0600,
 //! fsynced, renamed over `<path>`, and the directory fsynced: a crash leaves the old or the new file, never a torn
 //! one. Entries added while the maps are listed may or may not be in the file (as in version 2); an access token
 //! or family whose grant is not in the file is dropped at load.
 //!
-//! Loading: chunks are read and opened on a second thread while the caller decodes records and inserts them. A
+//! Loading: one thread reads chunks, one per core opens them; the caller's thread cuts the plaintext into 1 MiB
+//! batches of whole records and one thread per core decodes them and inserts into the (sharded) maps. Access
+//! tokens and families name their grant, so every batch holding grants is finished before the first of them. A
 //! missing file is an empty store; a file that is not a snapshot, has another version, does not authenticate
 //! (wrong key, flipped byte, truncation, a dropped, repeated or reordered chunk) or does not decode is an error that
 //! names the file and the cause, and nothing of it is used. Expired entries are dropped.
@@ -609,6 +613,77 @@ impl RecordWriter<'_> {
     }
 }
 
+/// Grants per batch encoded by one thread (about 1 MiB with Entra-sized tokens).
+const GRANTS_PER_BATCH: usize = 256;
+
+/// Appends `record`, length first, to `buf` (the caller may hold a lock meanwhile: nothing blocks here).
+fn append_record(buf: &mut Vec<u8>, record: &Record<'_>) -> std::io::Result<()> {
+    let at = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    *buf = postcard::to_extend(record, std::mem::take(buf))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let len = u32::try_from(buf.len() - at - 4).map_err(|_| std::io::Error::other("record too large"))?;
+    buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
+/// The grant's record, its credential read-locked only while it is encoded.
+fn append_grant(buf: &mut Vec<u8>, g: &Grant) -> std::io::Result<()> {
+    let upstream = g.upstream();
+    append_record(
+        buf,
+        &Record::Grant(GrantV3 {
+            id: g.id.0,
+            client_id: cow(&g.client_id),
+            scope: cow(&g.scope),
+            resource: g.resource.as_deref().map(cow),
+            identity: identity_v3(&g.identity),
+            upstream: tokens_v3(&upstream),
+            created_at: g.created_at,
+            expires_at: g.expires_at(),
+            upstream_obtained_at: g.upstream_obtained_at.load(std::sync::atomic::Ordering::Relaxed),
+            upstream_refreshed_at: g.upstream_refreshed_at.load(std::sync::atomic::Ordering::Relaxed),
+        }),
+    )
+}
+
+/// Encodes the grants on [`sealed_stream::workers`] threads, batch `b` on thread `b mod threads`, and writes the
+/// batches in order (the grant records are most of a snapshot's bytes; encoding them is mostly copying tokens).
+fn encode_grants(grants: &[Arc<Grant>], w: &mut RecordWriter<'_>) -> std::io::Result<()> {
+    type Batch = std::io::Result<(Vec<u8>, u64)>;
+    let threads = sealed_stream::workers();
+    let batches: Vec<&[Arc<Grant>]> = grants.chunks(GRANTS_PER_BATCH).collect();
+    std::thread::scope(|scope| {
+        let mut lanes = Vec::with_capacity(threads);
+        for lane in 0..threads {
+            let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+            let (spare_tx, spare_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+            let mine: Vec<&[Arc<Grant>]> = batches.iter().skip(lane).step_by(threads).copied().collect();
+            scope.spawn(move || {
+                for batch in mine {
+                    let mut buf = spare_rx.try_recv().unwrap_or_default();
+                    buf.clear();
+                    let encoded = batch.iter().try_for_each(|g| append_grant(&mut buf, g));
+                    // The receiver is gone when the writing stopped: stop too.
+                    if done_tx.send(encoded.map(|()| (buf, batch.len() as u64))).is_err() {
+                        return;
+                    }
+                }
+            });
+            lanes.push((done_rx, spare_tx));
+        }
+        for b in 0..batches.len() {
+            let (done, spare) = &lanes[b % threads];
+            let (buf, records) = done.recv().map_err(|_| std::io::Error::other("an encoding thread stopped"))??;
+            w.out.write_all(&buf)?;
+            w.records += records;
+            let _ = spare.try_send(buf);
+        }
+        Ok(())
+        // Returning drops the receivers, which ends the encoding threads if the writing stopped early.
+    })
+}
+
 /// Streams the store's records, map by map (see the module doc for what is locked when).
 fn encode_v3(store: &Store, now: UnixTime, out: &mut sealed_stream::SealingWriter) -> std::io::Result<()> {
     let mut w = RecordWriter { out, scratch: Vec::with_capacity(8192), records: 0 };
@@ -618,24 +693,7 @@ fn encode_v3(store: &Store, now: UnixTime, out: &mut sealed_stream::SealingWrite
         w.put(&Record::Client(client_rec(&c)))?;
     }
     let grants: Vec<Arc<Grant>> = store.grants.iter().filter(|g| !g.is_revoked()).map(|g| g.clone()).collect();
-    for g in grants {
-        {
-            let upstream = g.upstream();
-            w.encode(&Record::Grant(GrantV3 {
-                id: g.id.0,
-                client_id: cow(&g.client_id),
-                scope: cow(&g.scope),
-                resource: g.resource.as_deref().map(cow),
-                identity: identity_v3(&g.identity),
-                upstream: tokens_v3(&upstream),
-                created_at: g.created_at,
-                expires_at: g.expires_at(),
-                upstream_obtained_at: g.upstream_obtained_at.load(std::sync::atomic::Ordering::Relaxed),
-                upstream_refreshed_at: g.upstream_refreshed_at.load(std::sync::atomic::Ordering::Relaxed),
-            }))?;
-        }
-        w.emit()?;
-    }
+    encode_grants(&grants, &mut w)?;
     let access: Vec<(TokenHash, u128, UnixTime, Option<Arc<str>>)> = store
         .access_tokens
         .iter()
@@ -695,102 +753,126 @@ fn encode_v3(store: &Store, now: UnixTime, out: &mut sealed_stream::SealingWrite
     w.put(&Record::End { records })
 }
 
+/// Bytes of whole records handed to one decoding thread at a time.
+const DECODE_BATCH: usize = 1 << 20;
+
+/// The first byte of a record: its variant (postcard encodes the variant index as a varint, one byte here).
+const TAG_GRANT: u8 = 2;
+const TAG_ACCESS: u8 = 3;
+const TAG_FAMILY: u8 = 4;
+const TAG_END: u8 = 7;
+
 /// Reads the records of a version-3 stream into a new store, dropping what expired. `Err`: why it does not
 /// decode.
+///
+/// The caller's thread only cuts the plaintext into batches of whole records (checking lengths and the count at
+/// the end); [`sealed_stream::workers`] threads decode the batches and insert into the (sharded) maps in
+/// parallel. Access tokens and families name their grant: before the first of them after a grant, every batch
+/// in flight is finished, so their grant is in the map.
 fn decode_v3(input: &mut sealed_stream::OpeningReader, now: UnixTime) -> Result<Store, String> {
     let store = Store::new();
-    let mut scratch = Vec::with_capacity(8192);
-    let mut records = 0u64;
+    let threads = sealed_stream::workers();
+    let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(threads);
+    let batch_rx = std::sync::Mutex::new(batch_rx);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<Vec<u8>, String>>();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let (batches, done, store) = (&batch_rx, done_tx.clone(), &store);
+            scope.spawn(move || {
+                while let Some(batch) = batches.lock().ok().and_then(|b| b.recv().ok()) {
+                    if done.send(restore_batch(store, &batch, now).map(|()| batch)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        // Returning drops `batch_tx`, which ends the decoding threads.
+        split_records(input, batch_tx, &done_rx)
+    })?;
+    Ok(store)
+}
+
+/// Batches handed to the decoding threads, and their buffers coming back.
+struct BatchQueue<'a> {
+    batches: std::sync::mpsc::SyncSender<Vec<u8>>,
+    done: &'a std::sync::mpsc::Receiver<Result<Vec<u8>, String>>,
+    in_flight: usize,
+    spare: Vec<Vec<u8>>,
+}
+
+impl BatchQueue<'_> {
+    fn stopped() -> String {
+        "a decoding thread stopped".to_owned()
+    }
+
+    /// Takes one batch back: an error when its decoding failed.
+    fn take_back(&mut self) -> Result<(), String> {
+        let buf = self.done.recv().map_err(|_| Self::stopped())??;
+        self.in_flight -= 1;
+        self.spare.push(buf);
+        Ok(())
+    }
+
+    /// Hands `batch` out (a few in flight, no more) and returns an empty buffer for the next one.
+    fn send(&mut self, batch: Vec<u8>) -> Result<Vec<u8>, String> {
+        if batch.is_empty() {
+            return Ok(batch);
+        }
+        self.batches.send(batch).map_err(|_| Self::stopped())?;
+        self.in_flight += 1;
+        while self.in_flight > 2 * sealed_stream::workers() {
+            self.take_back()?;
+        }
+        let mut next = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(DECODE_BATCH + 8192));
+        next.clear();
+        Ok(next)
+    }
+
+    /// Waits until every batch handed out is decoded.
+    fn settle(&mut self) -> Result<(), String> {
+        while self.in_flight > 0 {
+            self.take_back()?;
+        }
+        Ok(())
+    }
+}
+
+/// Cuts the plaintext into batches of whole records for the decoding threads; see [`decode_v3`].
+fn split_records(
+    input: &mut sealed_stream::OpeningReader,
+    batches: std::sync::mpsc::SyncSender<Vec<u8>>,
+    done: &std::sync::mpsc::Receiver<Result<Vec<u8>, String>>,
+) -> Result<(), String> {
     let eof = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => "the records end before their last one".to_owned(),
         _ => e.to_string(),
     };
+    let mut queue = BatchQueue { batches, done, in_flight: 0, spare: Vec::new() };
+    let mut batch: Vec<u8> = Vec::with_capacity(DECODE_BATCH + 8192);
+    let mut records = 0u64;
+    let mut grants_in_flight = false;
     loop {
         let mut len = [0u8; 4];
         input.read_exact(&mut len).map_err(eof)?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_RECORD {
-            return Err(format!("a record of {len} bytes"));
+        let size = u32::from_le_bytes(len) as usize;
+        if size > MAX_RECORD {
+            return Err(format!("a record of {size} bytes"));
         }
-        scratch.resize(len, 0);
-        input.read_exact(&mut scratch).map_err(eof)?;
-        let record: Record<'_> = postcard::from_bytes(&scratch).map_err(|e| e.to_string())?;
-        match record {
-            Record::Meta { .. } => {}
-            Record::Client(c) => {
-                if let Some(client) = client_from(c) {
-                    store.clients.insert(client.client_id.clone(), Arc::new(client));
-                }
-            }
-            Record::Grant(g) => {
-                if g.expires_at <= now {
-                    continue;
-                }
-                let Some(login) = login_from_v3(g.identity, g.upstream) else {
-                    continue;
+        let mut tag = [0u8; 1];
+        if size > 0 {
+            input.read_exact(&mut tag).map_err(eof)?;
+        }
+        match (size > 0).then_some(tag[0]) {
+            Some(TAG_END) => {
+                let mut record = vec![0u8; size];
+                record[0] = TAG_END;
+                input.read_exact(&mut record[1..]).map_err(eof)?;
+                queue.send(batch)?;
+                queue.settle()?;
+                let Record::End { records: counted } = postcard::from_bytes(&record).map_err(|e| e.to_string())? else {
+                    return Err("the last record is not the end".to_owned());
                 };
-                let grant = Grant::restore(
-                    GrantId(g.id),
-                    g.client_id.into_owned(),
-                    g.scope.into_owned(),
-                    g.resource.map(Cow::into_owned),
-                    login,
-                    g.created_at,
-                    g.expires_at,
-                );
-                grant.upstream_obtained_at.store(g.upstream_obtained_at, std::sync::atomic::Ordering::Relaxed);
-                grant.upstream_refreshed_at.store(g.upstream_refreshed_at, std::sync::atomic::Ordering::Relaxed);
-                store.grants.insert(grant.id, grant);
-            }
-            Record::Access(a) => {
-                let grant = store.grants.get(&GrantId(a.grant)).map(|g| g.clone());
-                if let Some(grant) = grant.filter(|_| a.expires_at > now) {
-                    let scope = a.scope.map_or_else(|| grant.scope.clone(), |s| Arc::from(s.as_ref()));
-                    store
-                        .access_tokens
-                        .insert(TokenHash(a.hash), AccessToken { grant, expires_at: a.expires_at, scope });
-                }
-            }
-            Record::Family(f) => {
-                let grant = store.grants.get(&GrantId(f.grant)).map(|g| g.clone());
-                if let Some(grant) = grant.filter(|_| f.expires_at > now) {
-                    let rotated = f.rotated.map(|(hash, at, sealed)| {
-                        Box::new(Rotation { hash: TokenHash(hash), at, sealed_successor: sealed.into_owned() })
-                    });
-                    let family = RefreshFamily {
-                        grant,
-                        generation: f.generation,
-                        current: TokenHash(f.current),
-                        expires_at: f.expires_at,
-                        rotated,
-                    };
-                    store.refresh_families.insert(TokenHash(f.family_hash), family);
-                }
-            }
-            Record::Code(c) => {
-                if c.expires_at <= now {
-                    continue;
-                }
-                let Some(login) = login_from_v3(c.identity, c.upstream) else {
-                    continue;
-                };
-                let request = AuthorizationRequest {
-                    client_id: c.client_id.into_owned(),
-                    redirect_uri: c.redirect_uri.into_owned(),
-                    redirect_uri_explicit: c.redirect_uri_explicit,
-                    state: None,
-                    code_challenge: c.code_challenge.into_owned(),
-                    scope: c.scope.into_iter().map(Cow::into_owned).collect(),
-                    resource: c.resource.map(Cow::into_owned),
-                };
-                store.codes.insert(TokenHash(c.hash), AuthorizationCode { request, expires_at: c.expires_at, login });
-            }
-            Record::Spent { hash, grant, expires_at } => {
-                if expires_at > now {
-                    store.spent_codes.insert(TokenHash(hash), SpentCode { grant: GrantId(grant), expires_at });
-                }
-            }
-            Record::End { records: counted } => {
                 if counted != records {
                     return Err(format!("{records} records where the file counts {counted}"));
                 }
@@ -798,11 +880,120 @@ fn decode_v3(input: &mut sealed_stream::OpeningReader, now: UnixTime) -> Result<
                 if input.read(&mut rest).map_err(|e| e.to_string())? != 0 {
                     return Err("data after the last record".to_owned());
                 }
-                return Ok(store);
+                return Ok(());
             }
+            Some(TAG_ACCESS | TAG_FAMILY) if grants_in_flight => {
+                // Their grants first: hand out what came before this record, and wait for all of it.
+                batch = queue.send(batch)?;
+                queue.settle()?;
+                grants_in_flight = false;
+            }
+            Some(TAG_GRANT) => grants_in_flight = true,
+            _ => {}
+        }
+        let start = batch.len();
+        batch.extend_from_slice(&len);
+        if size > 0 {
+            batch.push(tag[0]);
+            batch.resize(start + 4 + size, 0);
+            input.read_exact(&mut batch[start + 5..]).map_err(eof)?;
         }
         records += 1;
+        if batch.len() >= DECODE_BATCH {
+            batch = queue.send(batch)?;
+        }
     }
+}
+
+/// Decodes a batch of whole records (each length first) and puts them into `store`.
+fn restore_batch(store: &Store, mut batch: &[u8], now: UnixTime) -> Result<(), String> {
+    while let Some((len, rest)) = batch.split_first_chunk::<4>() {
+        let len = u32::from_le_bytes(*len) as usize;
+        let (record, rest) = rest.split_at_checked(len).ok_or("a record cut short")?;
+        restore_record(store, postcard::from_bytes(record).map_err(|e| e.to_string())?, now)?;
+        batch = rest;
+    }
+    Ok(())
+}
+
+/// Puts one record into `store`, unless it expired (or names a grant that is not there).
+fn restore_record(store: &Store, record: Record<'_>, now: UnixTime) -> Result<(), String> {
+    match record {
+        Record::Meta { .. } => {}
+        Record::Client(c) => {
+            if let Some(client) = client_from(c) {
+                store.clients.insert(client.client_id.clone(), Arc::new(client));
+            }
+        }
+        Record::Grant(g) => {
+            if g.expires_at <= now {
+                return Ok(());
+            }
+            let Some(login) = login_from_v3(g.identity, g.upstream) else {
+                return Ok(());
+            };
+            let grant = Grant::restore(
+                GrantId(g.id),
+                g.client_id.into_owned(),
+                g.scope.into_owned(),
+                g.resource.map(Cow::into_owned),
+                login,
+                g.created_at,
+                g.expires_at,
+            );
+            grant.upstream_obtained_at.store(g.upstream_obtained_at, std::sync::atomic::Ordering::Relaxed);
+            grant.upstream_refreshed_at.store(g.upstream_refreshed_at, std::sync::atomic::Ordering::Relaxed);
+            store.grants.insert(grant.id, grant);
+        }
+        Record::Access(a) => {
+            let grant = store.grants.get(&GrantId(a.grant)).map(|g| g.clone());
+            if let Some(grant) = grant.filter(|_| a.expires_at > now) {
+                let scope = a.scope.map_or_else(|| grant.scope.clone(), |s| Arc::from(s.as_ref()));
+                store.access_tokens.insert(TokenHash(a.hash), AccessToken { grant, expires_at: a.expires_at, scope });
+            }
+        }
+        Record::Family(f) => {
+            let grant = store.grants.get(&GrantId(f.grant)).map(|g| g.clone());
+            if let Some(grant) = grant.filter(|_| f.expires_at > now) {
+                let rotated = f.rotated.map(|(hash, at, sealed)| {
+                    Box::new(Rotation { hash: TokenHash(hash), at, sealed_successor: sealed.into_owned() })
+                });
+                let family = RefreshFamily {
+                    grant,
+                    generation: f.generation,
+                    current: TokenHash(f.current),
+                    expires_at: f.expires_at,
+                    rotated,
+                };
+                store.refresh_families.insert(TokenHash(f.family_hash), family);
+            }
+        }
+        Record::Code(c) => {
+            if c.expires_at <= now {
+                return Ok(());
+            }
+            let Some(login) = login_from_v3(c.identity, c.upstream) else {
+                return Ok(());
+            };
+            let request = AuthorizationRequest {
+                client_id: c.client_id.into_owned(),
+                redirect_uri: c.redirect_uri.into_owned(),
+                redirect_uri_explicit: c.redirect_uri_explicit,
+                state: None,
+                code_challenge: c.code_challenge.into_owned(),
+                scope: c.scope.into_iter().map(Cow::into_owned).collect(),
+                resource: c.resource.map(Cow::into_owned),
+            };
+            store.codes.insert(TokenHash(c.hash), AuthorizationCode { request, expires_at: c.expires_at, login });
+        }
+        Record::Spent { hash, grant, expires_at } => {
+            if expires_at > now {
+                store.spent_codes.insert(TokenHash(hash), SpentCode { grant: GrantId(grant), expires_at });
+            }
+        }
+        Record::End { .. } => return Err("a record after the last one".to_owned()),
+    }
+    Ok(())
 }
 
 /// Reads a snapshot with the current key or, during a key rotation, the previous one.
@@ -1352,5 +1543,162 @@ mod tests {
             loaded.refresh_token(refresh.trim()).map(|(_, exp, current)| (exp, current)),
             Some((YEAR_2100, true))
         );
+    }
+
+    /// Issue 13, parallel load: grants over many encoding and decoding batches, each with an access token and a
+    /// refresh family recorded after all grants, come back joined to their own grant (the decoding threads finish
+    /// the grants before the first access token is decoded), and expired ones stay out.
+    #[test]
+    fn grants_over_many_batches_keep_their_access_tokens_and_families() {
+        let (dir, path) = temp_path();
+        let key = SnapshotKey([3u8; 32]);
+        let store = Store::new();
+        // Tokens of 4 KiB: several decoding batches of grants, and more encoding batches than threads.
+        let n = 3 * GRANTS_PER_BATCH * sealed_stream::workers() + 7;
+        let mut issued = Vec::new();
+        for i in 0..n {
+            let upstream = format!("{i:08}-{}", "u".repeat(4096));
+            let tokens = UpstreamTokens::new(upstream.clone(), Some(format!("r{i}")), 5000, None);
+            let login = UpstreamLogin {
+                credential: UpstreamCredential::Tokens(tokens.unwrap_or_else(|_| unreachable!())),
+                identity: Identity { sub: format!("user-{i}"), ..Identity::default() },
+            };
+            let grant = Grant::new("c1".into(), vec!["openid".into()], None, login, 100);
+            grant.extend_to(9000);
+            let access = crate::crypto::random_token();
+            let expires = if i % 5 == 0 { 150 } else { 4000 };
+            store.access_tokens.insert(TokenHash::of(&access), AccessToken::new(grant.clone(), expires));
+            let name = RefreshTokenName { family: FamilyId::random(), generation: 1 };
+            let refresh = name.mint();
+            let family = RefreshFamily {
+                grant: grant.clone(),
+                generation: 1,
+                current: TokenHash::of(&refresh),
+                expires_at: 9000,
+                rotated: None,
+            };
+            store.refresh_families.insert(name.family.hash(), family);
+            store.grants.insert(grant.id, grant);
+            issued.push((access, refresh, upstream, expires));
+        }
+        assert!(write(&store, 200, &path, &key).is_ok());
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) as usize;
+        assert!(size > 4 * DECODE_BATCH, "{size} bytes: several decoding batches");
+        let loaded = load(&path, &key, 200).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.grants.len(), n);
+        let upstream_of = |g: Arc<Grant>| match &*g.upstream() {
+            UpstreamCredential::Tokens(t) => t.access_token().to_owned(),
+            UpstreamCredential::Local => String::new(),
+        };
+        for (access, refresh, upstream, expires) in issued {
+            let grant = loaded.access_token(&TokenHash::of(&access), 200);
+            if expires < 200 {
+                assert!(grant.is_none(), "an expired access token was loaded");
+            } else {
+                assert_eq!(grant.map(upstream_of).as_deref(), Some(upstream.as_str()));
+            }
+            let family = loaded.refresh_token(&refresh).map(|(g, exp, current)| (upstream_of(g), exp, current));
+            assert_eq!(family, Some((upstream, 9000, true)));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A version-3 file sealed with `key` around the plaintext `records` writes (each record length first).
+    fn craft(path: &Path, key: &SnapshotKey, records: impl FnOnce(&mut Vec<u8>)) {
+        let salt = [4u8; 32];
+        let header = [&MAGIC[..], &[VERSION], &(CHUNK as u32).to_be_bytes(), &salt].concat();
+        let mut plain = Vec::new();
+        records(&mut plain);
+        let mut file = Vec::new();
+        let sealed = sealed_stream::seal_to(&mut file, &StreamKey::derive(&key.0, &salt), &header, CHUNK, |w| {
+            w.write_all(&plain)
+        });
+        assert!(sealed.is_ok());
+        assert!(std::fs::write(path, file).is_ok());
+    }
+
+    /// `n` grant records of about 1 KiB each (3000 of them: several decoding batches).
+    fn some_grants(plain: &mut Vec<u8>, n: usize) {
+        for i in 0..n {
+            let tokens = UpstreamTokens::new(format!("{i}-{}", "t".repeat(1024)), None, 5000, None);
+            let login = UpstreamLogin {
+                credential: UpstreamCredential::Tokens(tokens.unwrap_or_else(|_| unreachable!())),
+                identity: Identity { sub: format!("user-{i}"), ..Identity::default() },
+            };
+            let grant = Grant::new("c1".into(), vec!["openid".into()], None, login, 100);
+            grant.extend_to(9000);
+            assert!(append_grant(plain, &grant).is_ok());
+        }
+    }
+
+    /// Authentic files (the right key) whose records do not add up are refused naming the file, wherever the
+    /// bad record falls among the parallel batches, and the load does not hang.
+    #[test]
+    fn authentic_records_that_do_not_add_up_are_refused_naming_the_file() {
+        let (dir, path) = temp_path();
+        let key = SnapshotKey([3u8; 32]);
+        fn end(plain: &mut Vec<u8>, records: u64) {
+            assert!(append_record(plain, &Record::End { records }).is_ok());
+        }
+        type Records = Box<dyn FnOnce(&mut Vec<u8>)>;
+        let cases: Vec<(&str, Records)> = vec![
+            (
+                "a grant that does not decode among thousands",
+                Box::new(|p: &mut Vec<u8>| {
+                    some_grants(p, 3000);
+                    p.extend_from_slice(&[3, 0, 0, 0, TAG_GRANT, 0xff, 0xff]);
+                    some_grants(p, 3000);
+                    end(p, 6001);
+                }),
+            ),
+            (
+                "a count that differs",
+                Box::new(|p: &mut Vec<u8>| {
+                    some_grants(p, 3000);
+                    end(p, 2999);
+                }),
+            ),
+            (
+                "records after the last",
+                Box::new(|p: &mut Vec<u8>| {
+                    some_grants(p, 10);
+                    end(p, 10);
+                    some_grants(p, 1);
+                }),
+            ),
+            ("no last record", Box::new(|p: &mut Vec<u8>| some_grants(p, 3000))),
+            (
+                "an empty record",
+                Box::new(|p: &mut Vec<u8>| {
+                    some_grants(p, 10);
+                    p.extend_from_slice(&[0, 0, 0, 0]);
+                    end(p, 11);
+                }),
+            ),
+            (
+                "a record cut by the end of the stream",
+                Box::new(|p: &mut Vec<u8>| {
+                    some_grants(p, 10);
+                    p.extend_from_slice(&[200, 0, 0, 0, TAG_GRANT, 1]);
+                }),
+            ),
+        ];
+        for (what, records) in cases {
+            craft(&path, &key, records);
+            match load(&path, &key, 200) {
+                Err(e @ SnapshotError::Decode { .. }) => {
+                    assert!(e.to_string().contains(&path.display().to_string()), "{what}: {e}");
+                }
+                Err(e) => panic!("{what}: {e}"),
+                Ok(_) => panic!("{what}: loaded"),
+            }
+        }
+        // The same crafting, adding up, loads: the refusals above are about the records.
+        craft(&path, &key, |p| {
+            some_grants(p, 3000);
+            end(p, 3000);
+        });
+        assert_eq!(load(&path, &key, 200).map(|s| s.grants.len()).ok(), Some(3000));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
