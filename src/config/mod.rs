@@ -289,6 +289,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// `server.runtime`: the tokio scheduler `main` starts (issue 13); default multi-thread.
     pub runtime: RuntimeKind,
+    /// `server.fast_path`: plain HTTP/1.1 proxied requests served byte-level ([`crate::server::fast_path`],
+    /// issue 13); default false.
+    pub fast_path: bool,
 }
 
 /// `server.runtime`.

@@ -92,6 +92,8 @@ pub(crate) struct RawServer {
     pub(crate) behind_tls_terminator: bool,
     pub(crate) shutdown_grace: Option<DurationText>,
     pub(crate) runtime: Option<String>,
+    #[serde(default)]
+    pub(crate) fast_path: bool,
 }
 
 #[derive(Deserialize)]

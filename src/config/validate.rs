@@ -244,6 +244,7 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
             Some("current-thread") => RuntimeKind::CurrentThread,
             Some(_) => return Err(invalid("server.runtime", "must be \"multi-thread\" or \"current-thread\"")),
         },
+        fast_path: raw.fast_path,
     })
 }
 
