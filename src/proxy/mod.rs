@@ -23,6 +23,7 @@ pub mod bearer;
 pub mod forward;
 pub mod headers;
 pub mod pool;
+pub mod raw_pool;
 pub mod routes;
 pub mod target;
 pub mod tool_policy;
@@ -96,8 +97,7 @@ pub async fn handle(
         }
         None => cx,
     };
-    let Admitted { grant, path, route, target } =
-        admit(cx, req.headers(), req.uri().path(), req.uri().query()).await?;
+    let Admitted { grant, path, route, target } = admit(cx, req.headers(), req.uri().path(), req.uri().query()).await?;
     // HTTP/2 carries the host in `:authority`, which the origin-form target below drops.
     if !req.headers().contains_key(header::HOST) {
         if let Some(host) = req.uri().authority().and_then(|a| HeaderValue::try_from(a.as_str()).ok()) {
@@ -123,7 +123,9 @@ pub async fn handle(
     let sent = auth.clone();
     let mut resp = cx.forwarder.forward(req, auth, peer).await?;
     let www_authenticate = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
-    if let Some(fresh) = after_refusal(cx, &grant, route, &sent, resp.status(), www_authenticate, replay.is_some()).await? {
+    if let Some(fresh) =
+        after_refusal(cx, &grant, route, &sent, resp.status(), www_authenticate, replay.is_some()).await?
+    {
         if let Some(again) = replay {
             resp = cx.forwarder.forward(again, fresh, peer).await?;
         }

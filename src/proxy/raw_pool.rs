@@ -1,0 +1,102 @@
+//! The fast path's own plain-HTTP/1.1 upstream connections (RFC 9112 §9.3 persistence; issue 13): bare TCP
+//! streams, no HTTP machinery. [`crate::server::fast_path`] writes request heads and copies bodies on them.
+//!
+//! Invariants:
+//! - A stream comes back ([`RawPool::put`]) only after a complete exchange: both bodies ended at the end their
+//!   framing gives, no byte left over, neither side said `Connection: close`. The caller never puts back a stream
+//!   after an error, a timeout or a client that went away mid-body (the rest of that body would be read as the
+//!   next response).
+//! - At most `upstream.pool_max_idle` idle streams, the most recently used taken first; one idle longer than
+//!   `upstream.pool_idle_timeout`, closed by the upstream, or holding bytes nobody asked for is closed at
+//!   checkout (and expired ones whenever a stream is put back) instead of being used.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::pool::{Address, PoolError};
+
+/// Idle raw upstream streams of one upstream.
+pub struct RawPool {
+    address: Address,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    /// Most recently returned at the back.
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    /// Exchanges the fast path has started on this pool (tests and benchmarks: proof that it ran).
+    exchanges: AtomicU64,
+}
+
+impl RawPool {
+    pub fn new(address: Address, connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Self {
+        Self {
+            address,
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+            idle: Mutex::new(Vec::new()),
+            exchanges: AtomicU64::new(0),
+        }
+    }
+
+    /// An open stream: an idle one that is still usable (`true`: reused), else a new one.
+    pub async fn checkout(&self) -> Result<(TcpStream, bool), PoolError> {
+        self.exchanges.fetch_add(1, Ordering::Relaxed);
+        while let Some((stream, since)) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+            if since.elapsed() < self.idle_timeout && is_quiet(&stream) {
+                return Ok((stream, true));
+            }
+        }
+        Ok((self.connect().await?, false))
+    }
+
+    /// A new stream, within `upstream.connect_timeout`.
+    pub async fn connect(&self) -> Result<TcpStream, PoolError> {
+        let connecting = async {
+            match &self.address {
+                Address::Ip(addr) => TcpStream::connect(addr).await,
+                Address::Name(host, port) => TcpStream::connect((host.as_str(), *port)).await,
+            }
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| PoolError::ConnectTimeout(self.connect_timeout))?
+            .map_err(PoolError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Takes back a stream whose exchange completed cleanly (see the module's invariants).
+    pub fn put(&self, stream: TcpStream) {
+        if self.max_idle == 0 {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else { return };
+        let now = Instant::now();
+        idle.retain(|(_, since)| now.duration_since(*since) < self.idle_timeout);
+        if idle.len() >= self.max_idle {
+            idle.remove(0);
+        }
+        idle.push((stream, now));
+    }
+
+    /// Idle streams now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map_or(0, |idle| idle.len())
+    }
+
+    /// Exchanges started so far.
+    pub fn exchanges(&self) -> u64 {
+        self.exchanges.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether an idle stream has neither been closed by the upstream nor received bytes nobody asked for.
+fn is_quiet(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
