@@ -209,8 +209,8 @@ impl Forwarder {
     }
 
     /// The fast path's raw connections to a plain `http://` upstream (`None` for `https://`).
-    pub fn raw_pool(&self) -> Option<&RawPool> {
-        self.raw.as_deref()
+    pub fn raw_pool(&self) -> Option<&Arc<RawPool>> {
+        self.raw.as_ref()
     }
 
     /// The path of `upstream.url` (`""` or `/prefix`), put before every forwarded target.

@@ -8,10 +8,11 @@
 //!   next response).
 //! - At most `upstream.pool_max_idle` idle streams, the most recently used taken first; one idle longer than
 //!   `upstream.pool_idle_timeout`, closed by the upstream, or holding bytes nobody asked for is closed at
-//!   checkout (and expired ones whenever a stream is put back) instead of being used.
+//!   checkout instead of being used, and a sweeper task (one per pool, started with the first idle stream, ended
+//!   with the pool) closes expired, closed or noisy idle streams every half `pool_idle_timeout`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -29,6 +30,7 @@ pub struct RawPool {
     idle: Mutex<Vec<(TcpStream, Instant)>>,
     /// Exchanges the fast path has started on this pool (tests and benchmarks: proof that it ran).
     exchanges: AtomicU64,
+    sweeping: AtomicBool,
 }
 
 impl RawPool {
@@ -40,6 +42,7 @@ impl RawPool {
             max_idle,
             idle: Mutex::new(Vec::new()),
             exchanges: AtomicU64::new(0),
+            sweeping: AtomicBool::new(false),
         }
     }
 
@@ -71,17 +74,27 @@ impl RawPool {
     }
 
     /// Takes back a stream whose exchange completed cleanly (see the module's invariants).
-    pub fn put(&self, stream: TcpStream) {
+    pub fn put(self: &Arc<Self>, stream: TcpStream) {
         if self.max_idle == 0 {
             return;
         }
         let Ok(mut idle) = self.idle.lock() else { return };
-        let now = Instant::now();
-        idle.retain(|(_, since)| now.duration_since(*since) < self.idle_timeout);
         if idle.len() >= self.max_idle {
             idle.remove(0);
         }
-        idle.push((stream, now));
+        idle.push((stream, Instant::now()));
+        drop(idle);
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(sweep(Arc::downgrade(self), self.idle_timeout));
+            }
+        }
+    }
+
+    /// Closes the idle streams that expired, were closed by the upstream or hold unasked bytes.
+    fn sweep(&self) {
+        let Ok(mut idle) = self.idle.lock() else { return };
+        idle.retain(|(stream, since)| since.elapsed() < self.idle_timeout && is_quiet(stream));
     }
 
     /// Idle streams now.
@@ -92,6 +105,19 @@ impl RawPool {
     /// Exchanges started so far.
     pub fn exchanges(&self) -> u64 {
         self.exchanges.load(Ordering::Relaxed)
+    }
+}
+
+/// The pool's sweeper: every half idle timeout until the pool is gone.
+async fn sweep(pool: Weak<RawPool>, idle_timeout: Duration) {
+    let mut tick = tokio::time::interval((idle_timeout / 2).max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match pool.upgrade() {
+            Some(pool) => pool.sweep(),
+            None => return,
+        }
     }
 }
 

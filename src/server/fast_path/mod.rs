@@ -196,7 +196,7 @@ fn served_here(cx: &Context<'_>, head: &Head) -> bool {
 async fn exchange<I>(
     env: &Env,
     cx: &Context<'_>,
-    pool: &RawPool,
+    pool: &Arc<RawPool>,
     io: &mut I,
     buf: &mut BytesMut,
     head: Head,
@@ -305,7 +305,7 @@ struct Ready {
 async fn forward<I>(
     env: &Env,
     cx: &Context<'_>,
-    pool: &RawPool,
+    pool: &Arc<RawPool>,
     io: &mut I,
     buf: &mut BytesMut,
     head: &Head,
@@ -339,7 +339,7 @@ where
 async fn send<I>(
     env: &Env,
     cx: &Context<'_>,
-    pool: &RawPool,
+    pool: &Arc<RawPool>,
     io: &mut I,
     buf: &mut BytesMut,
     head: &Head,
