@@ -700,8 +700,8 @@ mod tests {
             (ok, Framing::Chunked, false)
         );
         assert_eq!(final_of("HTTP/1.1 204 No Content\r\n\r\n"), (StatusCode::NO_CONTENT, Framing::Empty, true));
-        assert_eq!(final_of("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").2, false);
-        assert_eq!(final_of("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").2, false);
+        assert!(!final_of("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").2);
+        assert!(!final_of("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").2);
         assert!(matches!(parse_response(b"HTTP/1.1 103 Early Hints\r\n\r\n"), Ok(Some((_, Response::Informational)))));
         assert!(parse_response(b"HTTP/1.1 101 Switching\r\n\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err());
