@@ -468,3 +468,71 @@ async fn a_mebibyte_passes_byte_identical_both_ways_with_a_length_and_chunked() 
     drop(writer);
     assert_eq!(fast_exchanges(&proxy), 2);
 }
+
+/// Answers every request on every upstream connection with `ok("x")`; all bytes the upstream saw.
+fn answer_everything(mut upstream: RawUpstream) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Some(mut up) = upstream.accepted.recv().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 16 * 1024];
+                while let Ok(n @ 1..) = up.read(&mut buf).await {
+                    record.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if up.write_all(ok("x").as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    seen
+}
+
+/// What the proxy sends before it closes or goes quiet for a second (bounded by [`PATIENCE`]).
+async fn answer_of(c: &mut TcpStream) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n @ 1..)) =
+        tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + Duration::from_secs(1)), c.read(&mut buf))
+            .await
+    {
+        data.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&data).into_owned()
+}
+
+#[tokio::test]
+async fn loose_chunk_size_lines_are_refused_and_never_forwarded() {
+    let upstream = RawUpstream::start().await;
+    let (proxy, token) = proxy(&upstream, true, "").await;
+    let seen = answer_everything(upstream);
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: p\r\nContent-Length: 900\r\n\r\n";
+    let head = format!(
+        "POST /mcp/chunked HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let budget = format!("1;{}\r\nx\r\n", "e".repeat(4000)).repeat(5);
+    let shapes = [
+        // A front proxy that ends the size line at the bare LF reads `xx` as data and `45` as the next size.
+        format!("2;\nxx\r\n45\r\n0\r\n\r\n{smuggled}"),
+        format!("\r\n{smuggled}"),
+        format!(";x\r\n{smuggled}"),
+        format!(" \r\n{smuggled}"),
+        format!("2;a\x0bb\r\nxx\r\n0\r\n\r\n{smuggled}"),
+        format!("2;a\rb\r\nxx\r\n0\r\n\r\n{smuggled}"),
+        format!("{budget}0\r\n\r\n{smuggled}"),
+    ];
+    for shape in &shapes {
+        let mut c = client(&proxy).await;
+        c.write_all(format!("{head}{shape}").as_bytes()).await.unwrap();
+        let answer = answer_of(&mut c).await;
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400 "), "{shape:?} answered:\n{answer}");
+        let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+        let shape: String = shape.chars().take(40).collect();
+        assert!(!text.contains("/smuggled") && !text.contains("0\r\n\r\n"), "{shape:?} forwarded:\n{text}");
+        // Refused from its first bytes, but for the budget (past the first read): never forwarded.
+        assert!(shape.starts_with("1;") || !text.contains("/mcp/chunked"), "{shape:?} forwarded:\n{text}");
+    }
+}

@@ -3,7 +3,9 @@
 //! hyper path does: `Trailer` is hop-by-hop there, so hyper sends none), then `0\r\n\r\n`.
 //!
 //! Invariants: a size line, a trailer line and the trailer section are bounded ([`MAX_LINE`], [`MAX_TRAILERS`]);
-//! a size that overflows, a missing CRLF after chunk data, or a bare LF is an error, never a guess; bytes after
+//! a size line without a hex digit, with anything but SP/HTAB before `;`, with a control byte (a bare LF or CR
+//! included) or more than [`MAX_EXTENSIONS`] extension bytes per body (as hyper), a size that overflows, a missing
+//! CRLF after chunk data, or a bare LF is an error, never a guess (the same rules for requests and responses); bytes after
 //! the final CRLF are left in the input (the next pipelined message).
 
 use bytes::{Buf as _, BytesMut};
@@ -12,6 +14,33 @@ use bytes::{Buf as _, BytesMut};
 pub const MAX_LINE: usize = 4096;
 /// The largest trailer section.
 pub const MAX_TRAILERS: usize = 16 * 1024;
+/// The most chunk-extension bytes in one body (as hyper).
+pub const MAX_EXTENSIONS: usize = 16 * 1024;
+
+/// A chunk-size line without its CRLF (RFC 9112 §7.1, §7.1.1): `1*HEXDIG *(BWS ";" ext)`, where what follows the
+/// size may only be SP/HTAB then `;`, and nothing in it is a control byte other than HTAB (a bare LF or CR is a
+/// line end for some parsers: request smuggling). The size and the extension bytes.
+fn size_line(line: &[u8]) -> Result<(u64, usize), ChunkError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(ChunkError::Size);
+    }
+    let mut size: u64 = 0;
+    for b in &line[..digits] {
+        let d = u64::from(char::from(*b).to_digit(16).ok_or(ChunkError::Size)?);
+        size = size.checked_mul(16).and_then(|s| s.checked_add(d)).ok_or(ChunkError::Size)?;
+    }
+    let rest = &line[digits..];
+    let blank = rest.iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+    let ext = &rest[blank..];
+    if !ext.is_empty() && ext[0] != b';' {
+        return Err(ChunkError::Size);
+    }
+    if ext.iter().any(|b| (b.is_ascii_control() && *b != b'\t')) {
+        return Err(ChunkError::Size);
+    }
+    Ok((size, ext.len()))
+}
 
 /// Why a chunked body was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +53,8 @@ pub enum ChunkError {
     MissingCrlf,
     #[error("invalid or too large trailer section")]
     Trailers,
+    #[error("chunk extensions longer than {MAX_EXTENSIONS} bytes in one body")]
+    Extensions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +70,13 @@ enum State {
 #[derive(Debug)]
 pub struct Chunked {
     state: State,
+    /// Chunk-extension bytes seen so far in this body.
+    extensions: usize,
 }
 
 impl Default for Chunked {
     fn default() -> Self {
-        Self { state: State::Size }
+        Self { state: State::Size, extensions: 0 }
     }
 }
 
@@ -53,23 +86,29 @@ impl Chunked {
         loop {
             match self.state {
                 State::Done => return Ok(true),
-                State::Size => match httparse::parse_chunk_size(input) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        if used > MAX_LINE || !input[..used].ends_with(b"\r\n") {
-                            return Err(if used > MAX_LINE { ChunkError::LineTooLong } else { ChunkError::Size });
-                        }
-                        input.advance(used);
-                        if size == 0 {
-                            self.state = State::Trailers(0);
-                        } else {
-                            out.extend_from_slice(format!("{size:x}\r\n").as_bytes());
-                            self.state = State::Data(size);
-                        }
+                State::Size => {
+                    let Some(lf) = input.iter().take(MAX_LINE + 1).position(|b| *b == b'\n') else {
+                        return match input.len() > MAX_LINE {
+                            true => Err(ChunkError::LineTooLong),
+                            false => Ok(false),
+                        };
+                    };
+                    if lf == 0 || input[lf - 1] != b'\r' {
+                        return Err(ChunkError::Size);
                     }
-                    Ok(httparse::Status::Partial) if input.len() <= MAX_LINE => return Ok(false),
-                    Ok(httparse::Status::Partial) => return Err(ChunkError::LineTooLong),
-                    Err(_) => return Err(ChunkError::Size),
-                },
+                    let (size, extensions) = size_line(&input[..lf - 1])?;
+                    self.extensions += extensions;
+                    if self.extensions > MAX_EXTENSIONS {
+                        return Err(ChunkError::Extensions);
+                    }
+                    input.advance(lf + 1);
+                    if size == 0 {
+                        self.state = State::Trailers(0);
+                    } else {
+                        out.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+                        self.state = State::Data(size);
+                    }
+                }
                 State::Data(left) => {
                     if input.is_empty() {
                         return Ok(false);
@@ -164,6 +203,13 @@ mod tests {
         assert_eq!(run(&[long.as_bytes()]).0, Err(ChunkError::LineTooLong));
         let long = format!("5;{}\r\nhello\r\n", "e".repeat(MAX_LINE));
         assert_eq!(run(&[long.as_bytes()]).0, Err(ChunkError::LineTooLong));
+        for line in [&b"\r\n"[..], b";x\r\n", b" \r\n", b" 5\r\n", b"2;\nxx\r\n", b"2;a\x00\r\n", b"2 3\r\n", b"2x\r\n"]
+        {
+            assert_eq!(run(&[line]).0, Err(ChunkError::Size), "{:?}", String::from_utf8_lossy(line));
+        }
+        assert_eq!(run(&[b"2 \t;a=\"b\tc\"\r\nxx\r\n0\r\n\r\n"]).0, Ok(true));
+        let ext = format!("1;{}\r\nx\r\n", "e".repeat(MAX_LINE - 8));
+        assert_eq!(run(&[ext.repeat(5).as_bytes()]).0, Err(ChunkError::Extensions));
         let many = format!("0\r\n{}", "X-T: 1\r\n".repeat(MAX_TRAILERS / 8 + 1));
         assert_eq!(run(&[many.as_bytes()]).0, Err(ChunkError::Trailers));
     }
