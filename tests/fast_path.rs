@@ -536,3 +536,54 @@ async fn loose_chunk_size_lines_are_refused_and_never_forwarded() {
         assert!(shape.starts_with("1;") || !text.contains("/mcp/chunked"), "{shape:?} forwarded:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_chunked_response_broken_in_its_first_read_closes_the_client_and_answers_nothing_more() {
+    let mut upstream = RawUpstream::start().await;
+    let (proxy, token) = proxy(&upstream, true, "").await;
+    let mut c = client(&proxy).await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\n\r\n");
+    c.write_all(format!("{}{}", get("/mcp/a"), get("/mcp/b")).as_bytes()).await.unwrap();
+    let mut up = upstream.accept().await;
+    assert!(read_request(&mut up).await.0.starts_with("GET /mcp/a "));
+    up.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n").await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let (mut data, mut buf) = (Vec::new(), [0u8; 4096]);
+    loop {
+        match tokio::time::timeout_at(deadline, c.read(&mut buf)).await {
+            Ok(Ok(n @ 1..)) => data.extend_from_slice(&buf[..n]),
+            Ok(_) => break,
+            Err(_) => {
+                panic!("the client connection stays open after a broken body: {:?}", String::from_utf8_lossy(&data))
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&data);
+    assert!(text.starts_with("HTTP/1.1 200 OK") && !text.ends_with("0\r\n\r\n"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 1, "the pipelined request was answered: {text}");
+    assert!(!upstream.opened_within(Duration::from_millis(300)).await, "the pipelined request was forwarded");
+}
+
+#[tokio::test]
+async fn a_client_gone_mid_request_is_logged_and_counted() {
+    let mut upstream = RawUpstream::start().await;
+    let (proxy, token) = proxy(&upstream, true, "").await;
+    let mut c = client(&proxy).await;
+    let head = format!("POST /mcp HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n");
+    c.write_all(format!("{head}0123456789").as_bytes()).await.unwrap();
+    let mut up = upstream.accept().await;
+    read_until(&mut up, &mut Vec::new(), |d| d.ends_with(b"0123456789")).await;
+    drop(c);
+    assert!(closed_within(&mut up, PATIENCE).await);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let counted = "dcr_proxy_requests_total{route=\"proxy\",status=\"400\"} 1";
+    loop {
+        let metrics = proxy.app.metrics.render(&proxy.app.store);
+        if metrics.contains(counted) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the abandoned request was not counted:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fast_exchanges(&proxy), 1);
+}

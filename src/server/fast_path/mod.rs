@@ -224,16 +224,21 @@ where
     };
     let ready = match forwarded {
         Ok(ready) => ready,
-        Err(Failed::Client(e)) => return Err(e),
+        Err(Failed::Client(e)) => {
+            // Logged and counted as the hyper path does a broken request body (`ReadBodyError::Broken`).
+            log(StatusCode::BAD_REQUEST);
+            return Err(e);
+        }
         Err(Failed::Http(e)) => {
             // A body not read to its end cannot be told from the next request: close after the answer.
             let close = head.close || !body_sent;
-            let status = write_error(env, io, e, close).await?;
+            let (status, out) = error_response(e, close).await;
             log(status);
+            write_client(env, io, &out).await?;
             return Ok(!close);
         }
     };
-    let Ready { status, mut headers, framing, mut upstream, mut ubuf, mut reusable } = ready;
+    let Ready { status, mut headers, framing, mut upstream, mut ubuf, reusable } = ready;
     crate::proxy::headers::sanitize_response(&mut headers);
     if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
         crate::router::add_cors(&mut headers);
@@ -260,9 +265,14 @@ where
     write_status_and_headers(&mut out, status, &headers);
     // The head and the body bytes already read, in one write.
     let mut body = ResponseBody::new(framing);
-    let mut ended = body.take(&mut ubuf, &mut out).map_err(|_| reusable = false).unwrap_or(true);
-    write_client(env, io, &out).await?;
+    let first = body.take(&mut ubuf, &mut out);
     log(status);
+    write_client(env, io, &out).await?;
+    let Ok(mut ended) = first else {
+        // The upstream's framing broke in its first bytes: what was decoded went out, the client cannot be told
+        // but by closing (no terminating chunk), and the upstream stream is dropped.
+        return Ok(false);
+    };
     while !ended {
         ubuf.reserve(READ_SIZE);
         match upstream.read_buf(&mut ubuf).await {
@@ -560,13 +570,9 @@ async fn write_client<I: AsyncWrite + Unpin>(env: &Env, io: &mut I, bytes: &[u8]
     io.write_all(bytes).await
 }
 
-/// The proxy's error response, as the hyper path sends it (CORS added as `router::handle` adds it).
-async fn write_error<I: AsyncWrite + Unpin>(
-    env: &Env,
-    io: &mut I,
-    e: Error,
-    close: bool,
-) -> std::io::Result<StatusCode> {
+/// The proxy's error response, as the hyper path sends it (CORS added as `router::handle` adds it): its status
+/// and its bytes.
+async fn error_response(e: Error, close: bool) -> (StatusCode, BytesMut) {
     let (parts, body) = e.into_response().into_parts();
     let body: Bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let mut headers = parts.headers;
@@ -583,8 +589,7 @@ async fn write_error<I: AsyncWrite + Unpin>(
     let mut out = BytesMut::with_capacity(512 + body.len());
     write_status_and_headers(&mut out, parts.status, &headers);
     out.extend_from_slice(&body);
-    write_client(env, io, &out).await?;
-    Ok(parts.status)
+    (parts.status, out)
 }
 
 fn write_status_and_headers(out: &mut BytesMut, status: StatusCode, headers: &HeaderMap) {
