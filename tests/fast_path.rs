@@ -587,3 +587,29 @@ async fn a_client_gone_mid_request_is_logged_and_counted() {
     }
     assert_eq!(fast_exchanges(&proxy), 1);
 }
+
+#[tokio::test]
+async fn an_unsolicited_response_on_an_idle_upstream_stream_is_never_read_as_the_next_answer() {
+    let mut upstream = RawUpstream::start().await;
+    let (proxy, token) = proxy(&upstream, true, "").await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let mut c = client(&proxy).await;
+    c.write_all(get("/mcp/mine").as_bytes()).await.unwrap();
+    let mut up = upstream.accept().await;
+    read_request(&mut up).await;
+    up.write_all(ok("mine").as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut c).await.1, b"mine");
+    // The stream is idle in the pool; a stale answer arrives on it, then another user's request.
+    up.write_all(ok("stale").as_bytes()).await.unwrap();
+    let mut other = client(&proxy).await;
+    other.write_all(get("/mcp/theirs").as_bytes()).await.unwrap();
+    let mut fresh = tokio::select! {
+        fresh = upstream.accept() => fresh,
+        resp = read_response(&mut other) => panic!("answered on the dirty stream: {resp:?}"),
+    };
+    assert!(read_request(&mut fresh).await.0.starts_with("GET /mcp/theirs "));
+    fresh.write_all(ok("theirs").as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut other).await.1, b"theirs");
+    assert!(closed_within(&mut up, PATIENCE).await, "the dirty stream stays open");
+    assert_eq!(fast_exchanges(&proxy), 2);
+}

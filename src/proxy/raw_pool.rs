@@ -121,8 +121,45 @@ async fn sweep(pool: Weak<RawPool>, idle_timeout: Duration) {
     }
 }
 
-/// Whether an idle stream has neither been closed by the upstream nor received bytes nobody asked for.
+/// Whether an idle stream has neither been closed by the upstream nor received bytes nobody asked for: a real
+/// `recv(MSG_PEEK)` on the non-blocking socket. (`TcpStream::try_read` would not do: it answers `WouldBlock`
+/// without a syscall until the reactor has seen the socket readable, so bytes or a FIN that arrived since the last
+/// turn of the reactor would pass as quiet.)
 fn is_quiet(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(socket2::SockRef::from(stream).peek(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+
+    /// Bytes written by the peer right before the check are seen at once, with no turn of the reactor between.
+    #[tokio::test]
+    async fn bytes_or_a_close_that_just_arrived_make_an_idle_stream_noisy() {
+        for close in [false, true] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let (mut peer, _) = listener.accept().unwrap();
+            // A complete response, read short: tokio clears the stream's readiness.
+            peer.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+            let mut buf = [0u8; 1024];
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0 && is_quiet(&stream));
+            // No await from here on: the reactor cannot have seen what follows.
+            match close {
+                false => peer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale").unwrap(),
+                true => drop(peer),
+            }
+            assert!(
+                !is_quiet(&stream),
+                "an idle stream with {} passed as quiet",
+                ["unasked bytes", "a FIN"][usize::from(close)]
+            );
+        }
+    }
 }
