@@ -613,3 +613,45 @@ async fn an_unsolicited_response_on_an_idle_upstream_stream_is_never_read_as_the
     assert!(closed_within(&mut up, PATIENCE).await, "the dirty stream stays open");
     assert_eq!(fast_exchanges(&proxy), 2);
 }
+
+#[tokio::test]
+async fn an_upstream_that_never_reads_is_a_504_within_the_response_timeout() {
+    // An upstream with a tiny receive buffer that accepts and never reads: the proxy's first write fills up.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(8).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, accepted) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = tx.send(stream);
+        }
+    });
+    let upstream = RawUpstream { url, accepted };
+    let (proxy, token) = proxy(&upstream, true, "").await;
+    let c = client(&proxy).await;
+    // A large body in one write: the proxy's first upstream write (head and what it read of the body) and the
+    // rest fill the buffers.
+    let body = "a".repeat(1024 * 1024);
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (mut r, mut w) = c.into_split();
+    tokio::spawn(async move { w.write_all(request.as_bytes()).await });
+    let started = std::time::Instant::now();
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    while head_end(&data).is_none() {
+        match tokio::time::timeout(Duration::from_secs(8), r.read(&mut buf)).await {
+            Ok(Ok(n @ 1..)) => data.extend_from_slice(&buf[..n]),
+            other => panic!("no answer after {:?}: {other:?}", started.elapsed()),
+        }
+    }
+    let text = String::from_utf8_lossy(&data);
+    assert!(text.starts_with("HTTP/1.1 504 "), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(4), "answered after {:?}", started.elapsed());
+    assert_eq!(fast_exchanges(&proxy), 1);
+    drop(upstream);
+}

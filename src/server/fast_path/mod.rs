@@ -375,12 +375,18 @@ where
     let mut done = body.take(buf, &mut out)?;
     let response_timeout = cx.forwarder.response_timeout();
     let (mut upstream, reused) = pool.checkout().await.map_err(unavailable)?;
-    if let Err(e) = upstream.write_all(&out).await {
-        if !reused {
-            return Err(unavailable(e).into());
+    // Every upstream write, the first included, under `upstream.response_timeout` (504), as on the hyper path.
+    match tokio::time::timeout(response_timeout, upstream.write_all(&out)).await {
+        Err(_) => return Err(Error::UpstreamTimeout.into()),
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if !reused => return Err(unavailable(e).into()),
+        Ok(Err(_)) => {
+            upstream = pool.connect().await.map_err(unavailable)?;
+            tokio::time::timeout(response_timeout, upstream.write_all(&out))
+                .await
+                .map_err(|_| Error::UpstreamTimeout)?
+                .map_err(unavailable)?;
         }
-        upstream = pool.connect().await.map_err(unavailable)?;
-        upstream.write_all(&out).await.map_err(unavailable)?;
     }
     while !done {
         buf.reserve(READ_SIZE);
