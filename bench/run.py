@@ -12,6 +12,7 @@ Optional targets (same run, same rounds):
   request-task  BENCH_REQUEST_TASK=1: dcr-proxy with upstream.drive_in_request_task = true (src/proxy/pool.rs)
   per-core  BENCH_PER_CORE=1: dcr-proxy with server.runtime = "per-core" (a current-thread runtime per thread, each
             with its own SO_REUSEPORT listener; src/server/per_core.rs), upstream.drive_in_request_task = true
+  fast-path  BENCH_FAST_PATH=1: dcr-proxy with server.fast_path = true (src/server/fast_path)
   main      BENCH_MAIN_EXAMPLES=DIR: the bench_proxy example of another build (e.g. main's target/release/examples),
             for before/after ratios in one run
 Runs are interleaved (direct nginx proxy redis ..., direct nginx proxy redis ...) for BENCH_ROUNDS rounds; medians
@@ -44,7 +45,8 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 MEMORY_MAX = int(os.environ.get("BENCH_MEMORY_MAX", "1000000"))
 PORTS = {"direct": 39100, "nginx": 39101, "proxy": 39102, "binary": 39103, "redis": 39104, "proxy-ct": 39105,
-         "main": 39106, "request-task": 39107, "per-core": 39108}
+         "main": 39106, "request-task": 39107, "per-core": 39108, "fast-path": 39109}
+FAST_PATH = os.environ.get("BENCH_FAST_PATH", "") == "1"
 REQUEST_TASK = os.environ.get("BENCH_REQUEST_TASK", "") == "1"
 MAIN_EXAMPLES = os.environ.get("BENCH_MAIN_EXAMPLES", "")
 CURRENT_THREAD = os.environ.get("BENCH_CURRENT_THREAD", "") == "1"
@@ -169,9 +171,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_proxy(procs, examples, port, workers, redis_url="", request_task=False, per_core=False):
+def start_proxy(procs, examples, port, workers, redis_url="", request_task=False, per_core=False, fast_path=False):
     """bench_proxy on `port`; returns (process, access token)."""
-    env = dict(os.environ, BENCH_REQUEST_TASK="1" if request_task else "0", BENCH_PER_CORE="1" if per_core else "0")
+    env = dict(os.environ, BENCH_REQUEST_TASK="1" if request_task else "0", BENCH_PER_CORE="1" if per_core else "0",
+               BENCH_FAST_PATH="1" if fast_path else "0")
     px = start([os.path.join(examples, "bench_proxy"), str(port), f"http://127.0.0.1:{PORTS['direct']}", str(workers),
                 redis_url], stdout=subprocess.PIPE, text=True, env=env)
     procs.append(px)
@@ -219,6 +222,9 @@ def main():
         if PER_CORE:
             pp, ptoken = start_proxy(procs, EX, PORTS["per-core"], WORKERS, request_task=True, per_core=True)
             targets["per-core"] = (PORTS["per-core"], ptoken, lambda: [pp.pid])
+        if FAST_PATH:
+            pf, ftoken = start_proxy(procs, EX, PORTS["fast-path"], 1, fast_path=True)
+            targets["fast-path"] = (PORTS["fast-path"], ftoken, lambda: [pf.pid])
         if MAIN_EXAMPLES:
             pm, mtoken = start_proxy(procs, MAIN_EXAMPLES, PORTS["main"], 1)
             targets["main"] = (PORTS["main"], mtoken, lambda: [pm.pid])
@@ -317,7 +323,7 @@ def summarize(results):
                     f"{p['p50_ms']:.3f} / {p['p99_ms']:.3f} | {n['cpu_us_per_request']:.1f} | "
                     f"{p['cpu_us_per_request']:.1f} |")
     results["summary"] = summary
-    others = [t for t in ("redis", "proxy-ct", "request-task", "per-core", "main") if any(r["target"] == t for r in results["runs"])]
+    others = [t for t in ("redis", "proxy-ct", "request-task", "per-core", "fast-path", "main") if any(r["target"] == t for r in results["runs"])]
     extra_rows = []
     for name, *_ in SCENARIOS:
         for target in others:

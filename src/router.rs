@@ -27,7 +27,7 @@ pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) 
     let started = Instant::now();
     let method = req.method().clone();
     let route = Route::parse(req.uri().path(), &app.metadata.protected_resource_path);
-    let request_id = REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let request_id = next_request_id();
     let forwarded_for = match app.config.server.behind_tls_terminator {
         true => req.headers().get_all("x-forwarded-for").iter().next_back().cloned(),
         false => None,
@@ -51,6 +51,11 @@ pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) 
 
 /// A per-process request number for the access log.
 static REQUEST_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The next request number (the fast path's requests are numbered with the others).
+pub fn next_request_id() -> u64 {
+    REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 
 async fn dispatch(
     app: &Arc<App>,
@@ -184,7 +189,7 @@ fn json_bytes(body: bytes::Bytes) -> Response<Body> {
 
 /// CORS for browser-based clients (MCP Inspector): the OAuth endpoints answer any origin and expose
 /// `WWW-Authenticate`. No credentials (cookies) are allowed cross-origin.
-fn add_cors(headers: &mut HeaderMap) {
+pub fn add_cors(headers: &mut HeaderMap) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("WWW-Authenticate, Mcp-Session-Id"));
 }

@@ -292,6 +292,9 @@ pub struct ServerConfig {
     /// `server.worker_threads`: threads of the multi-thread runtime, or runtimes of `per-core`; `None`: one per
     /// available core (tokio's default). Always `None` with `current-thread`.
     pub worker_threads: Option<usize>,
+    /// `server.fast_path`: plain HTTP/1.1 proxied requests served byte-level ([`crate::server::fast_path`],
+    /// issue 13); default false.
+    pub fast_path: bool,
 }
 
 /// `server.runtime`.

@@ -93,6 +93,8 @@ pub(crate) struct RawServer {
     pub(crate) shutdown_grace: Option<DurationText>,
     pub(crate) runtime: Option<String>,
     pub(crate) worker_threads: Option<usize>,
+    #[serde(default)]
+    pub(crate) fast_path: bool,
 }
 
 #[derive(Deserialize)]

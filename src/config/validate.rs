@@ -254,6 +254,7 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
         shutdown_grace: duration("server.shutdown_grace", raw.shutdown_grace, Duration::from_secs(10))?,
         runtime,
         worker_threads: validate_worker_threads(runtime, raw.worker_threads)?,
+        fast_path: raw.fast_path,
     })
 }
 

@@ -16,6 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use super::bearer::UpstreamAuth;
 use super::headers;
 use super::pool::{Address, Pool};
+use super::raw_pool::RawPool;
 pub use super::upstream_body::UpstreamBody;
 use crate::config::UpstreamConfig;
 use crate::error::Error;
@@ -46,6 +47,8 @@ pub struct Forwarder {
     base: String,
     response_timeout: Duration,
     proto: &'static str,
+    /// The fast path's own connections (`http://` upstreams).
+    raw: Option<Arc<RawPool>>,
 }
 
 impl Forwarder {
@@ -70,21 +73,27 @@ impl Forwarder {
             None => host.to_owned(),
         };
         let prefix = url.path().trim_end_matches('/');
-        let transport = match (url.scheme(), url.host()) {
-            ("http", Some(h)) if config.drive_in_request_task => {
+        let address = match (url.scheme(), url.host()) {
+            ("http", Some(h)) => {
                 let port = url.port_or_known_default().unwrap_or(80);
-                let address = match h {
+                Some(match h {
                     url::Host::Ipv4(ip) => Address::Ip(SocketAddr::from((ip, port))),
                     url::Host::Ipv6(ip) => Address::Ip(SocketAddr::from((ip, port))),
                     url::Host::Domain(name) => Address::Name(name.to_owned(), port),
-                };
-                Transport::Pool(Pool::new(
-                    address,
-                    config.connect_timeout,
-                    config.pool_idle_timeout,
-                    config.pool_max_idle,
-                ))
+                })
             }
+            _ => None,
+        };
+        let raw = address
+            .clone()
+            .map(|a| Arc::new(RawPool::new(a, config.connect_timeout, config.pool_idle_timeout, config.pool_max_idle)));
+        let transport = match address {
+            Some(address) if config.drive_in_request_task => Transport::Pool(Pool::new(
+                address,
+                config.connect_timeout,
+                config.pool_idle_timeout,
+                config.pool_max_idle,
+            )),
             _ => Transport::Client(Box::new(client)),
         };
         let host = HeaderValue::try_from(authority.as_str())
@@ -96,6 +105,7 @@ impl Forwarder {
             base: format!("{}://{authority}{prefix}", url.scheme()),
             response_timeout: config.response_timeout,
             proto: if public_https { "https" } else { "http" },
+            raw,
         })
     }
 
@@ -123,37 +133,8 @@ impl Forwarder {
             .cloned()
             .or_else(|| req.uri().authority().and_then(|a| HeaderValue::try_from(a.as_str()).ok()));
 
-        let headers = req.headers_mut();
-        headers::sanitize_request(headers);
-        match self.transport {
-            // hyper-util's client writes `Host` from the absolute URI.
-            Transport::Client(_) => headers.remove(header::HOST),
-            Transport::Pool(_) => headers.insert(header::HOST, self.host.clone()),
-        };
-        headers.remove(header::AUTHORIZATION);
-        match auth {
-            UpstreamAuth::Bearer(value) => {
-                headers.insert(header::AUTHORIZATION, value);
-            }
-            UpstreamAuth::Identity { user, email } => {
-                headers.insert(headers::X_FORWARDED_USER.clone(), user);
-                if let Some(email) = email {
-                    headers.insert(headers::X_FORWARDED_EMAIL.clone(), email);
-                }
-            }
-        }
-        let peer_ip = peer.ip().to_string();
-        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prior) => format!("{prior}, {peer_ip}"),
-            None => peer_ip,
-        };
-        if let Ok(v) = HeaderValue::try_from(xff) {
-            headers.insert(X_FORWARDED_FOR.clone(), v);
-        }
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(self.proto));
-        if let Some(host) = original_host {
-            headers.insert(X_FORWARDED_HOST.clone(), host);
-        }
+        let own_host = matches!(self.transport, Transport::Pool(_));
+        self.prepare_headers(req.headers_mut(), original_host, auth, peer, own_host);
         if let Some(uri) = uri {
             *req.uri_mut() = uri;
         }
@@ -181,6 +162,65 @@ impl Forwarder {
         };
         headers::sanitize_response(&mut parts.headers);
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// The headers the upstream gets: the client's sanitised ([`headers::sanitize_request`]), `auth` in place of
+    /// the client's credentials, `X-Forwarded-For/-Proto/-Host` set; `Host` is the upstream's (`own_host`, an
+    /// origin-form target) or left to hyper-util's client (absolute URI). The fast path
+    /// ([`crate::server::fast_path`]) calls this too, so both paths send the same headers.
+    pub fn prepare_headers(
+        &self,
+        headers: &mut http::HeaderMap,
+        original_host: Option<HeaderValue>,
+        auth: UpstreamAuth,
+        peer: SocketAddr,
+        own_host: bool,
+    ) {
+        headers::sanitize_request(headers);
+        match own_host {
+            true => headers.insert(header::HOST, self.host.clone()),
+            // hyper-util's client writes `Host` from the absolute URI.
+            false => headers.remove(header::HOST),
+        };
+        headers.remove(header::AUTHORIZATION);
+        match auth {
+            UpstreamAuth::Bearer(value) => {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+            UpstreamAuth::Identity { user, email } => {
+                headers.insert(headers::X_FORWARDED_USER.clone(), user);
+                if let Some(email) = email {
+                    headers.insert(headers::X_FORWARDED_EMAIL.clone(), email);
+                }
+            }
+        }
+        let peer_ip = peer.ip().to_string();
+        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prior) => format!("{prior}, {peer_ip}"),
+            None => peer_ip,
+        };
+        if let Ok(v) = HeaderValue::try_from(xff) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(self.proto));
+        if let Some(host) = original_host {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    }
+
+    /// The fast path's raw connections to a plain `http://` upstream (`None` for `https://`).
+    pub fn raw_pool(&self) -> Option<&Arc<RawPool>> {
+        self.raw.as_ref()
+    }
+
+    /// The path of `upstream.url` (`""` or `/prefix`), put before every forwarded target.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Time allowed until the upstream's response head.
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
     }
 
     /// The idle pooled connections (`http://` upstreams; 0 for others).

@@ -23,6 +23,7 @@ pub mod bearer;
 pub mod forward;
 pub mod headers;
 pub mod pool;
+pub mod raw_pool;
 pub mod routes;
 pub mod target;
 pub mod tool_policy;
@@ -96,37 +97,14 @@ pub async fn handle(
         }
         None => cx,
     };
-    let grant = bearer::authenticate(cx, req.headers(), req.uri().query()).await?;
-    // One path decides both the policy and what the upstream gets.
-    let path = target::canonical_path(req.uri().path())?;
-    // RFC 8707: a token serves the resource its grant asked for, and no other (the canonical path decides).
-    let route = routes::route_for(cx.routes, path.as_str());
-    if !routes::bound_to(grant.resource.as_deref(), route.map(|r| r.resource.as_str()), cx.routes) {
-        tracing::info!(client_id = %grant.client_id, "token used for another resource than it was issued for");
-        let challenge = route.map_or(cx.challenge, |r| r.challenge.as_str()).to_owned();
-        return Err(Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge });
-    }
-    // Another spelling of one of the proxy's own endpoints (`/%74oken`, `//.well-known/x`) is never forwarded.
-    if crate::route::Route::parse(path.as_str(), cx.protected_resource_path) != crate::route::Route::Proxy {
-        return Err(target::PathRejection::OwnEndpoint.into());
-    }
+    let Admitted { grant, path, route, target } = admit(cx, req.headers(), req.uri().path(), req.uri().query()).await?;
     // HTTP/2 carries the host in `:authority`, which the origin-form target below drops.
     if !req.headers().contains_key(header::HOST) {
         if let Some(host) = req.uri().authority().and_then(|a| HeaderValue::try_from(a.as_str()).ok()) {
             req.headers_mut().insert(header::HOST, host);
         }
     }
-    // A route's API gets the path below its prefix (`/graph/v1.0/me` → `<url>/v1.0/me`).
-    let forwarded = match route {
-        Some(r) => target::strip_route_prefix(&path, &r.config.path_prefix),
-        None => path.clone(),
-    };
-    *req.uri_mut() = target::with_query(&forwarded, req.uri().query())?;
-    let missing = scope::missing_for_path(cx.required_scopes, path.as_str(), &grant.scope);
-    if let Some((scope, missing)) = scope::step_up(&grant.scope, missing) {
-        tracing::info!(client_id = %grant.client_id, %missing, "token lacks a required scope");
-        return Err(Error::InsufficientScope { scope, missing, resource_metadata: cx.resource_metadata.to_owned() });
-    }
+    *req.uri_mut() = target;
     // A request without a body can be sent again after an upstream refresh; keep what that needs.
     let replay = replayable(&req).then(|| {
         let mut copy = Request::new(UpstreamBody::Empty);
@@ -141,65 +119,152 @@ pub async fn handle(
     } else {
         (req.map(UpstreamBody::Streamed), None)
     };
-    let auth = match route {
-        Some(r) => bearer::route_auth(cx, &grant, &r.config).await?,
-        None => bearer::upstream_auth(cx, &grant).await?,
-    };
+    let auth = credential(cx, &grant, route).await?;
     let sent = auth.clone();
     let mut resp = cx.forwarder.forward(req, auth, peer).await?;
     let www_authenticate = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
-    let claims = bearer::claims_challenge(www_authenticate, cx.idp.max_claims_bytes());
-    if let (StatusCode::UNAUTHORIZED, bearer::UpstreamAuth::Bearer(rejected), Some(r)) = (resp.status(), &sent, route) {
-        // A route's token refused: obtained again for the grant's next request (never the grant's own token, which
-        // is for another API). Claims challenges of routes are not answered yet.
-        grant.mark_route_rejected(&r.config.path_prefix, rejected);
-    } else if let (StatusCode::UNAUTHORIZED, bearer::UpstreamAuth::Bearer(rejected), Some(claims)) =
-        (resp.status(), &sent, &claims)
+    if let Some(fresh) =
+        after_refusal(cx, &grant, route, &sent, resp.status(), www_authenticate, replay.is_some()).await?
     {
-        // A claims challenge (CAE): one refresh asking for the claims, and one retry of a request without a body.
-        // A request with a body gets the proxy's 401 below; its retry carries the fresh token.
-        let fresh = bearer::refresh_for_claims(cx, &grant, rejected, claims).await?;
         if let Some(again) = replay {
-            tracing::info!(client_id = %grant.client_id, "upstream claims challenge; refreshed, retrying once");
             resp = cx.forwarder.forward(again, fresh, peer).await?;
         }
-    } else if let (StatusCode::UNAUTHORIZED, bearer::UpstreamAuth::Bearer(rejected)) = (resp.status(), &sent) {
-        // Whatever the method: the grant's next request refreshes the IdP token first. A request without a body is
-        // retried once now with a fresh token.
-        grant.mark_upstream_rejected(rejected);
-        if let Some(again) = replay {
-            let fresh = bearer::upstream_auth(cx, &grant).await?;
-            if !matches!(&fresh, bearer::UpstreamAuth::Bearer(b) if b == rejected) {
-                tracing::info!(client_id = %grant.client_id, "upstream refused the token; refreshed, retrying once");
-                resp = cx.forwarder.forward(again, fresh, peer).await?;
-            }
-        }
     }
-    // The upstream's own challenge would send the client to the IdP directly: replace it with the proxy's.
-    if matches!(resp.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-        && resp.headers().contains_key(header::WWW_AUTHENTICATE)
-    {
-        tracing::info!(client_id = %grant.client_id, status = resp.status().as_u16(), "upstream refused the request");
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            return Err(Error::Unauthorized {
-                problem: BearerProblem::InvalidToken,
-                challenge: cx.challenge.to_owned(),
-            });
-        }
-        let upstream_challenge = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
-        if let Some((scope, missing)) = upstream_step_up(upstream_challenge, &grant.scope, cx.offered_scopes) {
-            return Err(Error::InsufficientScope {
-                scope,
-                missing,
-                resource_metadata: cx.resource_metadata.to_owned(),
-            });
-        }
+    if upstream_challenge(cx, &grant, resp.status(), resp.headers().get(header::WWW_AUTHENTICATE))? {
         resp.headers_mut().remove(header::WWW_AUTHENTICATE);
     }
     match listing {
         Some(caller) => tool_policy::narrow_listing(resp, caller, cx.policy_max_body).await,
         None => Ok(resp),
     }
+}
+
+/// What the policy admitted, before the credential is swapped.
+pub struct Admitted<'r> {
+    pub grant: bearer::Authenticated,
+    /// The canonical path: what the policy judged.
+    pub path: target::CanonicalPath,
+    /// The `[[routes]]` entry of the canonical path.
+    pub route: Option<&'r routes::RouteState>,
+    /// The origin-form target the upstream gets (a route's prefix stripped, the query kept).
+    pub target: http::Uri,
+}
+
+/// The policy up to the credential, for both the hyper path and the fast path ([`crate::server::fast_path`]):
+/// the bearer (never in the query), the canonical path, the resource binding (RFC 8707), another spelling of an
+/// own endpoint refused, and the path's required scopes (step-up).
+pub async fn admit<'r>(
+    cx: &Context<'r>,
+    headers: &http::HeaderMap,
+    raw_path: &str,
+    query: Option<&str>,
+) -> Result<Admitted<'r>, Error> {
+    let grant = bearer::authenticate(cx, headers, query).await?;
+    // One path decides both the policy and what the upstream gets.
+    let path = target::canonical_path(raw_path)?;
+    // RFC 8707: a token serves the resource its grant asked for, and no other (the canonical path decides).
+    let route = routes::route_for(cx.routes, path.as_str());
+    if !routes::bound_to(grant.resource.as_deref(), route.map(|r| r.resource.as_str()), cx.routes) {
+        tracing::info!(client_id = %grant.client_id, "token used for another resource than it was issued for");
+        let challenge = route.map_or(cx.challenge, |r| r.challenge.as_str()).to_owned();
+        return Err(Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge });
+    }
+    // Another spelling of one of the proxy's own endpoints (`/%74oken`, `//.well-known/x`) is never forwarded.
+    if crate::route::Route::parse(path.as_str(), cx.protected_resource_path) != crate::route::Route::Proxy {
+        return Err(target::PathRejection::OwnEndpoint.into());
+    }
+    // A route's API gets the path below its prefix (`/graph/v1.0/me` → `<url>/v1.0/me`).
+    let forwarded = match route {
+        Some(r) => target::strip_route_prefix(&path, &r.config.path_prefix),
+        None => path.clone(),
+    };
+    let target = target::with_query(&forwarded, query)?;
+    let missing = scope::missing_for_path(cx.required_scopes, path.as_str(), &grant.scope);
+    if let Some((scope, missing)) = scope::step_up(&grant.scope, missing) {
+        tracing::info!(client_id = %grant.client_id, %missing, "token lacks a required scope");
+        return Err(Error::InsufficientScope { scope, missing, resource_metadata: cx.resource_metadata.to_owned() });
+    }
+    Ok(Admitted { grant, path, route, target })
+}
+
+/// The credential the upstream gets for `grant`: a route's own token, or the grant's IdP token / identity.
+pub async fn credential(
+    cx: &Context<'_>,
+    grant: &bearer::Authenticated,
+    route: Option<&routes::RouteState>,
+) -> Result<bearer::UpstreamAuth, Error> {
+    match route {
+        Some(r) => bearer::route_auth(cx, grant, &r.config).await,
+        None => bearer::upstream_auth(cx, grant).await,
+    }
+}
+
+/// An upstream 401 to the credential `sent`: the token is marked rejected (a route's, or the grant's) or
+/// refreshed for a claims challenge (CAE). `Some(fresh)`: a `replayable` request (no body) is sent once more with
+/// `fresh`.
+pub async fn after_refusal(
+    cx: &Context<'_>,
+    grant: &bearer::Authenticated,
+    route: Option<&routes::RouteState>,
+    sent: &bearer::UpstreamAuth,
+    status: StatusCode,
+    www_authenticate: Option<&str>,
+    replayable: bool,
+) -> Result<Option<bearer::UpstreamAuth>, Error> {
+    let bearer::UpstreamAuth::Bearer(rejected) = sent else { return Ok(None) };
+    if status != StatusCode::UNAUTHORIZED {
+        return Ok(None);
+    }
+    if let Some(r) = route {
+        // A route's token refused: obtained again for the grant's next request (never the grant's own token, which
+        // is for another API). Claims challenges of routes are not answered yet.
+        grant.mark_route_rejected(&r.config.path_prefix, rejected);
+        return Ok(None);
+    }
+    if let Some(claims) = bearer::claims_challenge(www_authenticate, cx.idp.max_claims_bytes()) {
+        // A claims challenge (CAE): one refresh asking for the claims, and one retry of a request without a body.
+        // A request with a body gets the proxy's 401; its retry carries the fresh token.
+        let fresh = bearer::refresh_for_claims(cx, grant, rejected, &claims).await?;
+        if replayable {
+            tracing::info!(client_id = %grant.client_id, "upstream claims challenge; refreshed, retrying once");
+            return Ok(Some(fresh));
+        }
+        return Ok(None);
+    }
+    // Whatever the method: the grant's next request refreshes the IdP token first. A request without a body is
+    // retried once now with a fresh token.
+    grant.mark_upstream_rejected(rejected);
+    if replayable {
+        let fresh = bearer::upstream_auth(cx, grant).await?;
+        if !matches!(&fresh, bearer::UpstreamAuth::Bearer(b) if b == rejected) {
+            tracing::info!(client_id = %grant.client_id, "upstream refused the token; refreshed, retrying once");
+            return Ok(Some(fresh));
+        }
+    }
+    Ok(None)
+}
+
+/// The upstream's own 401/403 challenge would send the client to the IdP directly: a 401 becomes the proxy's,
+/// an `insufficient_scope` the proxy's step-up; `Ok(true)`: any other 401/403 goes on without its
+/// `WWW-Authenticate`.
+pub fn upstream_challenge(
+    cx: &Context<'_>,
+    grant: &bearer::Authenticated,
+    status: StatusCode,
+    www_authenticate: Option<&HeaderValue>,
+) -> Result<bool, Error> {
+    let Some(challenge) = www_authenticate else { return Ok(false) };
+    if !matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        return Ok(false);
+    }
+    tracing::info!(client_id = %grant.client_id, status = status.as_u16(), "upstream refused the request");
+    if status == StatusCode::UNAUTHORIZED {
+        return Err(Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge: cx.challenge.to_owned() });
+    }
+    if let Some((scope, missing)) = upstream_step_up(challenge.to_str().ok(), &grant.scope, cx.offered_scopes) {
+        return Err(Error::InsufficientScope { scope, missing, resource_metadata: cx.resource_metadata.to_owned() });
+    }
+    Ok(true)
 }
 
 /// An upstream asking for more scope (`error="insufficient_scope"`): the step-up the client makes at the proxy,

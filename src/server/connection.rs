@@ -198,6 +198,27 @@ impl Activity {
     }
 }
 
+/// A write to the client in progress (the fast path, [`crate::server::fast_path`]): counted like a response frame
+/// the client has not taken yet, so that a client that stops reading is closed by the same send-stall check.
+#[derive(Debug)]
+pub struct Sending<'a>(&'a Activity);
+
+impl Activity {
+    /// A write to the client starts; it ends when the guard is dropped.
+    pub fn sending(&self) -> Sending<'_> {
+        self.sending.fetch_add(1, Ordering::AcqRel);
+        self.progress.fetch_add(1, Ordering::Relaxed);
+        Sending(self)
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.sending.fetch_sub(1, Ordering::AcqRel);
+        self.0.progress.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -343,15 +364,28 @@ impl Watch {
 /// Drives `conn` under the connection deadlines until it ends; `shutdown` starts its graceful shutdown.
 pub async fn supervise<C, E>(
     conn: C,
+    shutdown: impl FnMut(Pin<&mut C>),
+    activity: Arc<Activity>,
+    accepted: Instant,
+    deadlines: Deadlines,
+    phase: watch::Receiver<Phase>,
+) -> (Ended, Option<E>)
+where
+    C: Future<Output = Result<(), E>>,
+{
+    let (ended, output) = supervise_any(conn, shutdown, activity, accepted, deadlines, phase).await;
+    (ended, output.and_then(Result::err))
+}
+
+/// [`supervise`] for any connection future: its output when it ended by itself (`Ended::Closed`).
+pub async fn supervise_any<C: Future>(
+    conn: C,
     mut shutdown: impl FnMut(Pin<&mut C>),
     activity: Arc<Activity>,
     accepted: Instant,
     deadlines: Deadlines,
     mut phase: watch::Receiver<Phase>,
-) -> (Ended, Option<E>)
-where
-    C: Future<Output = Result<(), E>>,
-{
+) -> (Ended, Option<C::Output>) {
     tokio::pin!(conn);
     let mut watch = Watch {
         accepted,
@@ -374,7 +408,7 @@ where
             Next::Drop(at, _) | Next::Shutdown(at) | Next::Check(at) => Some(*at),
         };
         tokio::select! {
-            result = conn.as_mut() => return (Ended::Closed, result.err()),
+            output = conn.as_mut() => return (Ended::Closed, Some(output)),
             () = activity.changed.notified() => {}
             () = sleep_until_some(deadline) => match next {
                 Next::Drop(_, why) => return (why, None),

@@ -15,6 +15,7 @@
 pub mod backoff;
 pub mod connection;
 pub mod per_core;
+pub mod fast_path;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -222,7 +223,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     let accepted = Instant::now();
     let _ = stream.set_nodelay(true);
     let ended = match shared.tls.clone() {
-        None => serve_http(&shared, stream, peer, accepted).await,
+        None => serve_http(&shared, stream, peer, accepted, shared.app.config.server.fast_path).await,
         Some(acceptor) => {
             let deadline = accepted + shared.deadlines.first_request;
             let mut phase = shared.phase.clone();
@@ -232,7 +233,11 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
                 _ = phase.wait_for(|p| *p != Phase::Running) => None,
             };
             match done {
-                Some(Ok(Ok(tls))) => serve_http(&shared, tls, peer, accepted).await,
+                Some(Ok(Ok(tls))) => {
+                    // A client that chose HTTP/2 is hyper's.
+                    let fast = shared.app.config.server.fast_path && tls.get_ref().1.alpn_protocol() != Some(b"h2");
+                    serve_http(&shared, tls, peer, accepted, fast).await
+                }
                 Some(Ok(Err(e))) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Some(Err(_)) => Ended::FirstRequestTimeout,
                 None => Ended::Aborted,
@@ -245,7 +250,44 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     drop(permit);
 }
 
-async fn serve_http<I>(shared: &Shared, io: I, peer: SocketAddr, accepted: Instant) -> Ended
+/// One HTTP connection: the fast path first when `fast` ([`fast_path`]; it hands the rest of the connection to
+/// hyper at the first request it does not serve), else hyper.
+async fn serve_http<I>(shared: &Shared, io: I, peer: SocketAddr, accepted: Instant, fast: bool) -> Ended
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if !fast {
+        return serve_hyper(shared, io, peer, accepted).await;
+    }
+    let activity = Arc::new(Activity::default());
+    let closing = Arc::new(fast_path::Closing::default());
+    let env = fast_path::Env {
+        app: shared.app.clone(),
+        peer,
+        activity: activity.clone(),
+        closing: closing.clone(),
+        header_timeout: shared.deadlines.first_request,
+        body_timeout: shared.body_timeout,
+    };
+    let run = fast_path::run(env, io);
+    let (ended, output) =
+        connection::supervise_any(run, |_| closing.close(), activity, accepted, shared.deadlines, shared.phase.clone())
+            .await;
+    match output {
+        Some(Ok(Some(hand_over))) => {
+            let io = fast_path::Prefixed::new(hand_over.io, hand_over.read.freeze());
+            serve_hyper(shared, io, peer, Instant::now()).await
+        }
+        Some(Ok(None)) => ended,
+        Some(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            ended
+        }
+        None => ended,
+    }
+}
+
+async fn serve_hyper<I>(shared: &Shared, io: I, peer: SocketAddr, accepted: Instant) -> Ended
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

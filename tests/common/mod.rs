@@ -426,6 +426,11 @@ impl TestProxyBuilder {
             }
         };
         let (server_extra, extra) = (self.server_extra, self.extra);
+        // `DCR_TEST_FAST_PATH=1`: the same tests through the fast path (issue 13), unless a test sets it itself.
+        let server_extra = match std::env::var("DCR_TEST_FAST_PATH").as_deref() {
+            Ok("1") if !server_extra.contains("fast_path") => format!("fast_path = true\n{server_extra}"),
+            _ => server_extra,
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let scheme = if server_extra.contains("[server.tls]") { "https" } else { "http" };

@@ -1,0 +1,730 @@
+//! The byte-level HTTP/1.1 fast path (`server.fast_path`, issue 13): a proxied request in the common shape is
+//! served without hyper — head parsed with `httparse`, the policy of [`crate::proxy`] applied, the rewritten head
+//! and the body written to a raw upstream stream ([`crate::proxy::raw_pool`]), the response copied back with its
+//! framing parsed (RFC 9112 §6) and its bytes untouched.
+//!
+//! Invariants:
+//! - The fast path never answers what it does not fully understand: a head that [`head::classify`] does not pass,
+//!   a path with a `[[routes]]` entry or under the tool policy, an `https://` upstream — the connection, from that
+//!   request on, goes to hyper with the bytes already read ([`Prefixed`]), and hyper answers exactly as without
+//!   the fast path. TLS connections that chose `h2` and HTTP/2 prior knowledge never come here.
+//! - The policy is [`crate::proxy::admit`], [`crate::proxy::credential`], [`crate::proxy::after_refusal`] and
+//!   [`crate::proxy::upstream_challenge`], the very functions `proxy::handle` calls; the upstream's headers are
+//!   [`crate::proxy::Forwarder::prepare_headers`]'s and the head is written anew from them with CRLF line ends
+//!   (a client's bare LF or odd spacing never reaches the upstream). Errors are `Error::into_response`'s bytes.
+//! - Deadlines are [`super::connection::supervise`]'s: the first request, idle keep-alive, send stall (every
+//!   client write counts as a frame in flight), draining and abort; a head must complete within
+//!   `limits.header_timeout` of its first byte, a request body must not pause longer than `limits.body_timeout`.
+//! - The request body is sent whole before the response is read, under `upstream.response_timeout` from then
+//!   (the hyper path's clock starts before the body; a slow upload here does not count against it). Every
+//!   response chunk is written to the client as soon as it arrives (SSE).
+//! - An upstream stream is reused only after a clean exchange ([`crate::proxy::raw_pool`]); a request that was
+//!   written is never sent again, except the bodiless replay after an upstream 401 that `proxy::handle` makes too.
+//!   A pooled stream found closed or noisy at checkout is not used (a new one is opened); one whose first write
+//!   fails is replaced once by a new stream (nothing of the request was taken).
+//! - A response delimited by the upstream's close is passed on with `Connection: close`, and the client
+//!   connection closes after it; 1xx responses other than 101 are skipped (none is forwarded), 101 is a 502.
+
+pub mod chunked;
+pub mod head;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::StatusCode;
+use http_body_util::BodyExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::connection::Activity;
+use crate::app::App;
+use crate::error::{Error, OAuthError};
+use crate::proxy::raw_pool::RawPool;
+use crate::proxy::{self, bearer, Context};
+use crate::route::Route;
+use chunked::Chunked;
+use head::{Framing, Head, Parsed};
+
+/// Bytes asked for per read.
+const READ_SIZE: usize = 16 * 1024;
+/// The largest upstream response head.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// What a connection's fast path needs.
+pub struct Env {
+    pub app: Arc<App>,
+    pub peer: SocketAddr,
+    pub activity: Arc<Activity>,
+    pub closing: Arc<Closing>,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+/// The supervisor's graceful shutdown (idle, draining): close once no request is in flight.
+#[derive(Debug, Default)]
+pub struct Closing {
+    flag: AtomicBool,
+    wake: Notify,
+}
+
+impl Closing {
+    pub fn close(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn is_closing(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+}
+
+/// The rest of a connection for hyper: the stream and the bytes already read from it.
+pub struct HandOver<I> {
+    pub io: I,
+    pub read: BytesMut,
+}
+
+/// How the fast path failed one request.
+enum Failed {
+    /// Answered with the proxy's error response.
+    Http(Error),
+    /// The client connection broke or went away: closed without an answer.
+    Client(std::io::Error),
+}
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Self {
+        Self::Http(e)
+    }
+}
+
+/// Serves requests until the connection closes (`None`) or a request is hyper's (`Some`).
+pub async fn run<I>(env: Env, mut io: I) -> std::io::Result<Option<HandOver<I>>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let app = env.app.clone();
+    let cx = app.proxy_context();
+    loop {
+        let head = match read_head(&env, &mut io, &mut buf).await? {
+            Next::Close => return Ok(None),
+            Next::Hyper => return Ok(Some(HandOver { io, read: buf })),
+            Next::Head(head) => head,
+        };
+        let Some(pool) = cx.forwarder.raw_pool().filter(|_| served_here(&cx, &head)) else {
+            return Ok(Some(HandOver { io, read: buf }));
+        };
+        let in_flight = env.activity.begin();
+        buf.advance(head.len);
+        let keep = exchange(&env, &cx, pool, &mut io, &mut buf, head).await?;
+        drop(in_flight);
+        if !keep || env.closing.is_closing() {
+            let _ = io.shutdown().await;
+            return Ok(None);
+        }
+    }
+}
+
+enum Next {
+    Head(Head),
+    Hyper,
+    Close,
+}
+
+/// Reads until a complete head, under `limits.header_timeout` from its first byte.
+async fn read_head<I: AsyncRead + Unpin>(env: &Env, io: &mut I, buf: &mut BytesMut) -> std::io::Result<Next> {
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if buf.is_empty() {
+            if env.closing.is_closing() {
+                return Ok(Next::Close);
+            }
+        } else {
+            match head::classify(buf, &env.app.metadata.protected_resource_path) {
+                Parsed::Partial => {}
+                Parsed::Hyper => return Ok(Next::Hyper),
+                Parsed::Head(head) => return Ok(Next::Head(head)),
+            }
+            deadline.get_or_insert_with(|| Instant::now() + env.header_timeout);
+        }
+        buf.reserve(READ_SIZE);
+        let waiting = buf.is_empty();
+        tokio::select! {
+            read = io.read_buf(buf) => if read? == 0 {
+                return Ok(Next::Close);
+            },
+            () = env.closing.wake.notified(), if waiting => {}
+            () = sleep_until_some(deadline) => return Ok(Next::Close),
+        }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether the policy needs nothing but what the fast path does: no `[[routes]]` entry for the path (as sent or
+/// canonical) and no tool policy.
+fn served_here(cx: &Context<'_>, head: &Head) -> bool {
+    let raw = head.target.path();
+    if proxy::routes::route_for(cx.routes, raw).is_some() {
+        return false;
+    }
+    match proxy::target::canonical_path(raw) {
+        Ok(path) => {
+            proxy::routes::route_for(cx.routes, path.as_str()).is_none()
+                && !proxy::tool_policy::applies(cx, &head.method, path.as_str())
+        }
+        // Refused by `admit` as on the hyper path, unless a tool policy could have read it first.
+        Err(_) => cx.tool_rules.is_empty(),
+    }
+}
+
+/// One request: forwarded and answered; `Ok(false)` when the client connection must close after it.
+async fn exchange<I>(
+    env: &Env,
+    cx: &Context<'_>,
+    pool: &Arc<RawPool>,
+    io: &mut I,
+    buf: &mut BytesMut,
+    head: Head,
+) -> std::io::Result<bool>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = std::time::Instant::now();
+    let request_id = crate::router::next_request_id();
+    let app = &env.app;
+    let forwarded_for = match app.config.server.behind_tls_terminator {
+        true => head.headers.get_all("x-forwarded-for").iter().next_back().cloned(),
+        false => None,
+    };
+    let context = crate::audit::RequestContext { audit: app.audit.clone(), request_id, peer: env.peer, forwarded_for };
+    let mut body_sent = head.framing == Framing::Empty;
+    let forwarded = crate::audit::REQUEST.scope(context, forward(env, cx, pool, io, buf, &head, &mut body_sent)).await;
+    let log = |status: StatusCode| {
+        let elapsed = started.elapsed();
+        let route = Route::Proxy;
+        let status = status.as_u16();
+        app.metrics.request(route.name(), status, elapsed.as_secs_f64());
+        let method = &head.method;
+        tracing::info!(request_id, %method, route = route.name(), status, micros = elapsed.as_micros() as u64, "request");
+    };
+    let ready = match forwarded {
+        Ok(ready) => ready,
+        Err(Failed::Client(e)) => {
+            // Logged and counted as the hyper path does a broken request body (`ReadBodyError::Broken`).
+            log(StatusCode::BAD_REQUEST);
+            return Err(e);
+        }
+        Err(Failed::Http(e)) => {
+            // A body not read to its end cannot be told from the next request: close after the answer.
+            let close = head.close || !body_sent;
+            let (status, out) = error_response(e, close).await;
+            log(status);
+            write_client(env, io, &out).await?;
+            return Ok(!close);
+        }
+    };
+    let Ready { status, mut headers, framing, mut upstream, mut ubuf, reusable } = ready;
+    crate::proxy::headers::sanitize_response(&mut headers);
+    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        crate::router::add_cors(&mut headers);
+    }
+    if !headers.contains_key(header::DATE) {
+        headers.insert(header::DATE, date());
+    }
+    let mut close = head.close;
+    match framing {
+        Framing::Chunked => {
+            headers.remove(header::CONTENT_LENGTH);
+            headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
+        Framing::UntilClose => {
+            headers.remove(header::CONTENT_LENGTH);
+            close = true;
+        }
+        Framing::Empty | Framing::Length(_) => {}
+    }
+    if close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let mut out = BytesMut::with_capacity(1024 + ubuf.len());
+    write_status_and_headers(&mut out, status, &headers);
+    // The head and the body bytes already read, in one write.
+    let mut body = ResponseBody::new(framing);
+    let first = body.take(&mut ubuf, &mut out);
+    log(status);
+    write_client(env, io, &out).await?;
+    let Ok(mut ended) = first else {
+        // The upstream's framing broke in its first bytes: what was decoded went out, the client cannot be told
+        // but by closing (no terminating chunk), and the upstream stream is dropped.
+        return Ok(false);
+    };
+    while !ended {
+        ubuf.reserve(READ_SIZE);
+        match upstream.read_buf(&mut ubuf).await {
+            Ok(0) if framing == Framing::UntilClose => ended = true,
+            Ok(0) | Err(_) => {
+                // The upstream broke off a framed body: the client cannot be told but by closing.
+                return Ok(false);
+            }
+            Ok(_) => {
+                out.clear();
+                match body.take(&mut ubuf, &mut out) {
+                    Ok(done) => ended = done,
+                    Err(()) => return Ok(false),
+                }
+                if !out.is_empty() {
+                    write_client(env, io, &out).await?;
+                }
+            }
+        }
+    }
+    if reusable && ubuf.is_empty() && framing != Framing::UntilClose {
+        pool.put(upstream);
+    }
+    Ok(!close)
+}
+
+/// A response ready to be passed on.
+struct Ready {
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    upstream: TcpStream,
+    /// Bytes read after the response head.
+    ubuf: BytesMut,
+    /// The upstream did not say it closes.
+    reusable: bool,
+}
+
+/// The policy, the exchange with the upstream, and the handling of an upstream refusal (as `proxy::handle`).
+async fn forward<I>(
+    env: &Env,
+    cx: &Context<'_>,
+    pool: &Arc<RawPool>,
+    io: &mut I,
+    buf: &mut BytesMut,
+    head: &Head,
+    body_sent: &mut bool,
+) -> Result<Ready, Failed>
+where
+    I: AsyncRead + Unpin,
+{
+    let admitted = proxy::admit(cx, &head.headers, head.target.path(), head.target.query()).await?;
+    let auth = proxy::credential(cx, &admitted.grant, admitted.route).await?;
+    let target = admitted.target.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = format!("{}{target}", cx.forwarder.prefix());
+    let sent = auth.clone();
+    let mut ready = send(env, cx, pool, io, buf, head, &target, auth, body_sent).await?;
+    let www_authenticate = ready.headers.get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
+    let replayable = head.framing == Framing::Empty;
+    let again =
+        proxy::after_refusal(cx, &admitted.grant, admitted.route, &sent, ready.status, www_authenticate, replayable);
+    if let Some(fresh) = again.await? {
+        // The refused response's body is not read: its stream is dropped, never reused.
+        ready = send(env, cx, pool, io, buf, head, &target, fresh, body_sent).await?;
+    }
+    if proxy::upstream_challenge(cx, &admitted.grant, ready.status, ready.headers.get(header::WWW_AUTHENTICATE))? {
+        ready.headers.remove(header::WWW_AUTHENTICATE);
+    }
+    Ok(ready)
+}
+
+/// Writes the request to an upstream stream and reads the response head.
+#[allow(clippy::too_many_arguments)]
+async fn send<I>(
+    env: &Env,
+    cx: &Context<'_>,
+    pool: &Arc<RawPool>,
+    io: &mut I,
+    buf: &mut BytesMut,
+    head: &Head,
+    target: &str,
+    auth: bearer::UpstreamAuth,
+    body_sent: &mut bool,
+) -> Result<Ready, Failed>
+where
+    I: AsyncRead + Unpin,
+{
+    let mut headers = head.headers.clone();
+    cx.forwarder.prepare_headers(&mut headers, head.headers.get(header::HOST).cloned(), auth, env.peer, true);
+    if head.framing == Framing::Chunked {
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
+    let mut out = BytesMut::with_capacity(1024 + buf.len().min(READ_SIZE));
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    write_headers(&mut out, &headers);
+    let mut body = RequestBody::new(head.framing);
+    let mut done = body.take(buf, &mut out)?;
+    let response_timeout = cx.forwarder.response_timeout();
+    let (mut upstream, reused) = pool.checkout().await.map_err(unavailable)?;
+    // Every upstream write, the first included, under `upstream.response_timeout` (504), as on the hyper path.
+    match tokio::time::timeout(response_timeout, upstream.write_all(&out)).await {
+        Err(_) => return Err(Error::UpstreamTimeout.into()),
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if !reused => return Err(unavailable(e).into()),
+        Ok(Err(_)) => {
+            upstream = pool.connect().await.map_err(unavailable)?;
+            tokio::time::timeout(response_timeout, upstream.write_all(&out))
+                .await
+                .map_err(|_| Error::UpstreamTimeout)?
+                .map_err(unavailable)?;
+        }
+    }
+    while !done {
+        buf.reserve(READ_SIZE);
+        match tokio::time::timeout(env.body_timeout, io.read_buf(buf)).await {
+            Err(_) => return Err(Error::RequestTimeout.into()),
+            Ok(Ok(0)) => return Err(Failed::Client(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(Err(e)) => return Err(Failed::Client(e)),
+            Ok(Ok(_)) => {}
+        }
+        out.clear();
+        done = body.take(buf, &mut out)?;
+        match tokio::time::timeout(response_timeout, upstream.write_all(&out)).await {
+            Err(_) => return Err(Error::UpstreamTimeout.into()),
+            Ok(Err(e)) => return Err(unavailable(e).into()),
+            Ok(Ok(())) => {}
+        }
+    }
+    *body_sent = true;
+    let deadline = Instant::now() + response_timeout;
+    let mut ubuf = BytesMut::with_capacity(READ_SIZE);
+    loop {
+        if let Some((len, response)) = parse_response(&ubuf)? {
+            ubuf.advance(len);
+            match response {
+                Response::Informational => continue,
+                Response::Final { status, headers, framing, reusable } => {
+                    return Ok(Ready { status, headers, framing, upstream, ubuf, reusable });
+                }
+            }
+        }
+        if ubuf.len() > MAX_RESPONSE_HEAD {
+            return Err(Error::UpstreamUnavailable("response head too large".into()).into());
+        }
+        ubuf.reserve(READ_SIZE);
+        match tokio::time::timeout_at(deadline, upstream.read_buf(&mut ubuf)).await {
+            Err(_) => return Err(Error::UpstreamTimeout.into()),
+            Ok(Ok(0)) => {
+                return Err(Error::UpstreamUnavailable("connection closed before the response head".into()).into())
+            }
+            Ok(Err(e)) => return Err(unavailable(e).into()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::UpstreamUnavailable(e.to_string())
+}
+
+/// An upstream response head.
+#[derive(Debug)]
+enum Response {
+    /// 1xx (not 101): skipped.
+    Informational,
+    Final {
+        status: StatusCode,
+        headers: HeaderMap,
+        framing: Framing,
+        reusable: bool,
+    },
+}
+
+/// The response head at the start of `buf`, if complete (RFC 9112 §4, §6.3).
+fn parse_response(buf: &[u8]) -> Result<Option<(usize, Response)>, Error> {
+    let bad = |what: &str| Error::UpstreamUnavailable(format!("invalid response head: {what}"));
+    let mut fields = [httparse::EMPTY_HEADER; crate::server::H1_MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(bad(&e.to_string())),
+    };
+    let code = resp.code.ok_or_else(|| bad("no status"))?;
+    let status = StatusCode::from_u16(code).map_err(|_| bad("status"))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(bad("101 to a request without Upgrade"));
+    }
+    if status.is_informational() {
+        return Ok(Some((len, Response::Informational)));
+    }
+    let mut reusable = resp.version == Some(1);
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    let (mut length, mut chunked, mut encoded) = (None::<u64>, false, false);
+    for field in resp.headers.iter() {
+        let name = header::HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| bad("header name"))?;
+        let value = HeaderValue::from_bytes(field.value).map_err(|_| bad("header value"))?;
+        match name {
+            header::CONTENT_LENGTH => {
+                let n = head::content_length(value.as_bytes()).ok_or_else(|| bad("Content-Length"))?;
+                if length.is_some_and(|m| m != n) {
+                    return Err(bad("conflicting Content-Length"));
+                }
+                length = Some(n);
+            }
+            header::TRANSFER_ENCODING => {
+                encoded = true;
+                let last = value.as_bytes().rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii();
+                chunked = last.eq_ignore_ascii_case(b"chunked");
+            }
+            header::CONNECTION
+                if value.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")) =>
+            {
+                reusable = false;
+            }
+            _ => {}
+        }
+        headers.append(name, value);
+    }
+    let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        Framing::Empty
+    } else if encoded && chunked {
+        Framing::Chunked
+    } else if encoded {
+        Framing::UntilClose
+    } else {
+        match length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    if framing == Framing::UntilClose || (encoded && length.is_some()) {
+        reusable = false;
+    }
+    Ok(Some((len, Response::Final { status, headers, framing, reusable })))
+}
+
+/// A request body on its way: framing parsed, bytes copied.
+struct RequestBody {
+    framing: Framing,
+    left: u64,
+    chunked: Chunked,
+}
+
+impl RequestBody {
+    fn new(framing: Framing) -> Self {
+        let left = match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        Self { framing, left, chunked: Chunked::default() }
+    }
+
+    /// Moves what `input` holds of the body to `out`; `Ok(true)` once it ended (the rest of `input` is the next
+    /// request).
+    fn take(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Result<bool, Error> {
+        match self.framing {
+            Framing::Empty | Framing::UntilClose => Ok(true),
+            Framing::Length(_) => {
+                let n = usize::try_from(self.left).unwrap_or(usize::MAX).min(input.len());
+                out.extend_from_slice(&input.split_to(n));
+                self.left -= n as u64;
+                Ok(self.left == 0)
+            }
+            Framing::Chunked => self
+                .chunked
+                .feed(input, out)
+                .map_err(|e| Error::OAuth(OAuthError::invalid_request(format!("request body: {e}")))),
+        }
+    }
+}
+
+/// A response body on its way to the client.
+struct ResponseBody(RequestBody);
+
+impl ResponseBody {
+    fn new(framing: Framing) -> Self {
+        Self(RequestBody::new(framing))
+    }
+
+    /// As [`RequestBody::take`]; a close-delimited body takes everything and never ends here. `Err`: the
+    /// upstream's chunked framing is broken.
+    fn take(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Result<bool, ()> {
+        match self.0.framing {
+            Framing::UntilClose => {
+                out.extend_from_slice(&input.split());
+                Ok(false)
+            }
+            _ => self.0.take(input, out).map_err(|_| ()),
+        }
+    }
+}
+
+/// Writes to the client; a write the client does not take counts towards the send-stall check.
+async fn write_client<I: AsyncWrite + Unpin>(env: &Env, io: &mut I, bytes: &[u8]) -> std::io::Result<()> {
+    let _sending = env.activity.sending();
+    io.write_all(bytes).await
+}
+
+/// The proxy's error response, as the hyper path sends it (CORS added as `router::handle` adds it): its status
+/// and its bytes.
+async fn error_response(e: Error, close: bool) -> (StatusCode, BytesMut) {
+    let (parts, body) = e.into_response().into_parts();
+    let body: Bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let mut headers = parts.headers;
+    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        crate::router::add_cors(&mut headers);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if !headers.contains_key(header::DATE) {
+        headers.insert(header::DATE, date());
+    }
+    if close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let mut out = BytesMut::with_capacity(512 + body.len());
+    write_status_and_headers(&mut out, parts.status, &headers);
+    out.extend_from_slice(&body);
+    (parts.status, out)
+}
+
+fn write_status_and_headers(out: &mut BytesMut, status: StatusCode, headers: &HeaderMap) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(status.canonical_reason().unwrap_or("<unknown status code>").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    write_headers(out, headers);
+}
+
+fn write_headers(out: &mut BytesMut, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The `Date` header (RFC 9110 §6.6.1), formatted once a second per thread.
+fn date() -> HeaderValue {
+    thread_local! {
+        static CACHED: std::cell::RefCell<(u64, Option<HeaderValue>)> = const { std::cell::RefCell::new((0, None)) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        match &cached.1 {
+            Some(v) if cached.0 == secs => v.clone(),
+            _ => {
+                let v = HeaderValue::try_from(httpdate::fmt_http_date(now))
+                    .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+                *cached = (secs, Some(v.clone()));
+                v
+            }
+        }
+    })
+}
+
+/// A stream that first yields bytes already read from it (the hand-over to hyper).
+pub struct Prefixed<I> {
+    prefix: Bytes,
+    inner: I,
+}
+
+impl<I> Prefixed<I> {
+    pub fn new(inner: I, prefix: Bytes) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, out: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(out.remaining());
+            out.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, out)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn final_of(text: &str) -> (StatusCode, Framing, bool) {
+        match parse_response(text.as_bytes()) {
+            Ok(Some((_, Response::Final { status, framing, reusable, .. }))) => (status, framing, reusable),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112_section_6_3() {
+        let ok = StatusCode::OK;
+        assert_eq!(final_of("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"), (ok, Framing::Length(5), true));
+        assert_eq!(final_of("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"), (ok, Framing::Chunked, true));
+        assert_eq!(final_of("HTTP/1.1 200 OK\r\n\r\n"), (ok, Framing::UntilClose, false));
+        assert_eq!(final_of("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"), (ok, Framing::UntilClose, false));
+        assert_eq!(
+            final_of("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            (ok, Framing::Chunked, false)
+        );
+        assert_eq!(final_of("HTTP/1.1 204 No Content\r\n\r\n"), (StatusCode::NO_CONTENT, Framing::Empty, true));
+        assert!(!final_of("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").2);
+        assert!(!final_of("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").2);
+        assert!(matches!(parse_response(b"HTTP/1.1 103 Early Hints\r\n\r\n"), Ok(Some((_, Response::Informational)))));
+        assert!(parse_response(b"HTTP/1.1 101 Switching\r\n\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n").is_err());
+        assert!(matches!(parse_response(b"HTTP/1.1 200 OK\r\n"), Ok(None)));
+    }
+
+    #[test]
+    fn a_length_body_stops_at_its_length() {
+        let mut body = RequestBody::new(Framing::Length(3));
+        let (mut input, mut out) = (BytesMut::from(&b"abcGET"[..]), BytesMut::new());
+        assert!(matches!(body.take(&mut input, &mut out), Ok(true)));
+        assert_eq!((&out[..], &input[..]), (&b"abc"[..], &b"GET"[..]));
+    }
+}
