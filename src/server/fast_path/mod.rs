@@ -90,6 +90,10 @@ impl Closing {
 pub struct HandOver<I> {
     pub io: I,
     pub read: BytesMut,
+    /// When the first byte of the pending head arrived: hyper's clock for it starts there, not at the hand-over.
+    pub head_since: Instant,
+    /// A request was served here first: the connection is HTTP/1.1 for good (no HTTP/2 preface mid-connection).
+    pub served: bool,
 }
 
 /// How the fast path failed one request.
@@ -114,15 +118,22 @@ where
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let app = env.app.clone();
     let cx = app.proxy_context();
+    let mut served = false;
     loop {
-        let head = match read_head(&env, &mut io, &mut buf).await? {
+        let mut since = None;
+        let head = match read_head(&env, &mut io, &mut buf, &mut since).await? {
             Next::Close => return Ok(None),
-            Next::Hyper => return Ok(Some(HandOver { io, read: buf })),
+            Next::Hyper => {
+                let head_since = since.unwrap_or_else(Instant::now);
+                return Ok(Some(HandOver { io, read: buf, head_since, served }));
+            }
             Next::Head(head) => head,
         };
         let Some(pool) = cx.forwarder.raw_pool().filter(|_| served_here(&cx, &head)) else {
-            return Ok(Some(HandOver { io, read: buf }));
+            let head_since = since.unwrap_or_else(Instant::now);
+            return Ok(Some(HandOver { io, read: buf, head_since, served }));
         };
+        served = true;
         let in_flight = env.activity.begin();
         buf.advance(head.len);
         let keep = exchange(&env, &cx, pool, &mut io, &mut buf, head).await?;
@@ -140,8 +151,13 @@ enum Next {
     Close,
 }
 
-/// Reads until a complete head, under `limits.header_timeout` from its first byte.
-async fn read_head<I: AsyncRead + Unpin>(env: &Env, io: &mut I, buf: &mut BytesMut) -> std::io::Result<Next> {
+/// Reads until a complete head, under `limits.header_timeout` from its first byte (`since`).
+async fn read_head<I: AsyncRead + Unpin>(
+    env: &Env,
+    io: &mut I,
+    buf: &mut BytesMut,
+    since: &mut Option<Instant>,
+) -> std::io::Result<Next> {
     let mut deadline: Option<Instant> = None;
     loop {
         if buf.is_empty() {
@@ -154,7 +170,7 @@ async fn read_head<I: AsyncRead + Unpin>(env: &Env, io: &mut I, buf: &mut BytesM
                 Parsed::Hyper => return Ok(Next::Hyper),
                 Parsed::Head(head) => return Ok(Next::Head(head)),
             }
-            deadline.get_or_insert_with(|| Instant::now() + env.header_timeout);
+            deadline = Some(*since.get_or_insert_with(Instant::now) + env.header_timeout);
         }
         buf.reserve(READ_SIZE);
         let waiting = buf.is_empty();
