@@ -24,6 +24,13 @@
 //!   fails is replaced once by a new stream (nothing of the request was taken).
 //! - A response delimited by the upstream's close is passed on with `Connection: close`, and the client
 //!   connection closes after it; 1xx responses other than 101 are skipped (none is forwarded), 101 is a 502.
+//!
+//! Visible differences from the hyper path (review of issue 13): a response without framing is passed on
+//! close-delimited with `Connection: close` (hyper re-frames it as chunked and keeps the connection alive); the
+//! reason phrase is the canonical one for the status (as hyper writes it), never the upstream's; a response head is
+//! refused (502) past the same ~408 KiB hyper's client allows. After a request served here, hyper gets the rest of
+//! the connection as HTTP/1.1 only and without upgrades, its first-request clock starting at the accept (first
+//! request) or at the pending head's first byte.
 
 pub mod chunked;
 pub mod head;
@@ -55,8 +62,9 @@ use head::{Framing, Head, Parsed};
 
 /// Bytes asked for per read.
 const READ_SIZE: usize = 16 * 1024;
-/// The largest upstream response head.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// The largest upstream response head: hyper's client buffer limit (8 KiB + 100 × 4 KiB), so that a head one path
+/// takes the other takes too.
+const MAX_RESPONSE_HEAD: usize = 8192 + 4096 * 100;
 
 /// What a connection's fast path needs.
 pub struct Env {
