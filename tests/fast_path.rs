@@ -655,3 +655,50 @@ async fn an_upstream_that_never_reads_is_a_504_within_the_response_timeout() {
     assert_eq!(fast_exchanges(&proxy), 1);
     drop(upstream);
 }
+
+#[tokio::test]
+async fn a_slow_head_handed_to_hyper_keeps_its_header_timeout() {
+    let mut upstream = RawUpstream::start().await;
+    let limits = "[limits]\nheader_timeout = \"1s\"\nidle_timeout = \"30s\"\n";
+    let (proxy, token) = proxy(&upstream, true, limits).await;
+    for earlier in [false, true] {
+        let mut c = client(&proxy).await;
+        if earlier {
+            c.write_all(format!("GET /mcp HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut up = upstream.accept().await;
+            read_request(&mut up).await;
+            up.write_all(ok("x").as_bytes()).await.unwrap();
+            read_response(&mut c).await;
+        }
+        let started = std::time::Instant::now();
+        c.write_all(b"GET /mcp HTTP/1.1\r\nHost: p\r\nX-Slow: ").await.unwrap();
+        // Pacing, not waiting for expiry: the rest of the head (still incomplete, past the fast path's 16 KiB)
+        // comes 600 ms later and sends the connection to hyper.
+        assert!(!closed_within(&mut c, Duration::from_millis(600)).await);
+        c.write_all("a".repeat(17 * 1024).as_bytes()).await.unwrap();
+        assert!(closed_within(&mut c, PATIENCE).await, "earlier request {earlier}: never cut");
+        let cut = started.elapsed();
+        assert!(cut < Duration::from_millis(1400), "earlier request {earlier}: cut after {cut:?}, not at 1 s");
+    }
+}
+
+#[tokio::test]
+async fn an_http2_preface_after_a_fast_request_is_refused() {
+    let mut upstream = RawUpstream::start().await;
+    let (proxy, token) = proxy(&upstream, true, "").await;
+    let mut c = client(&proxy).await;
+    c.write_all(format!("GET /mcp HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut up = upstream.accept().await;
+    read_request(&mut up).await;
+    up.write_all(ok("x").as_bytes()).await.unwrap();
+    read_response(&mut c).await;
+    // The preface and an empty SETTINGS frame.
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let answer = answer_of(&mut c).await;
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 "), "HTTP/2 spoken mid-connection: {answer:?}");
+    assert_eq!(fast_exchanges(&proxy), 1);
+}

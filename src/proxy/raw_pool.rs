@@ -131,6 +131,7 @@ fn is_quiet(stream: &TcpStream) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::io::Write as _;
 

@@ -83,6 +83,8 @@ struct Shared {
     deadlines: Deadlines,
     body_timeout: Duration,
     phase: watch::Receiver<Phase>,
+    /// For a connection handed over by the fast path after it served a request: HTTP/1.1 only.
+    builder_h1: Builder,
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains. `tls` is owned here: its certificate
@@ -152,6 +154,7 @@ pub async fn serve_listener(
     let shared = Arc::new(Shared {
         tls,
         builder: http_builder(limits.header_timeout),
+        builder_h1: http_builder(limits.header_timeout).http1_only(),
         deadlines: Deadlines { first_request: limits.header_timeout, idle: limits.idle_timeout },
         body_timeout: limits.body_timeout,
         phase,
@@ -275,8 +278,14 @@ where
             .await;
     match output {
         Some(Ok(Some(hand_over))) => {
+            // hyper's clocks go on from where they were: the accept for the first request, else the pending
+            // head's first byte; after a request served fast, HTTP/1.1 only.
+            let (since, served) = (hand_over.head_since, hand_over.served);
             let io = fast_path::Prefixed::new(hand_over.io, hand_over.read.freeze());
-            serve_hyper(shared, io, peer, Instant::now()).await
+            match served {
+                true => serve_hyper_with(shared, true, io, peer, since).await,
+                false => serve_hyper(shared, io, peer, accepted).await,
+            }
         }
         Some(Ok(None)) => ended,
         Some(Err(e)) => {
@@ -288,6 +297,13 @@ where
 }
 
 async fn serve_hyper<I>(shared: &Shared, io: I, peer: SocketAddr, accepted: Instant) -> Ended
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    serve_hyper_with(shared, false, io, peer, accepted).await
+}
+
+async fn serve_hyper_with<I>(shared: &Shared, h1_only: bool, io: I, peer: SocketAddr, accepted: Instant) -> Ended
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -304,16 +320,20 @@ where
             Ok::<_, Infallible>(resp.map(|body| TrackedBody::new(body, in_flight)))
         }
     });
-    let conn = shared.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    let (ended, error) = connection::supervise(
-        conn,
-        |c| c.graceful_shutdown(),
-        activity,
-        accepted,
-        shared.deadlines,
-        shared.phase.clone(),
-    )
-    .await;
+    let io = TokioIo::new(io);
+    let (ended, error) = match h1_only {
+        // The auto builder ignores `http1_only` with upgrades: no upgrades on a connection the fast path began.
+        true => {
+            let conn = shared.builder_h1.serve_connection(io, service);
+            let phase = shared.phase.clone();
+            connection::supervise(conn, |c| c.graceful_shutdown(), activity, accepted, shared.deadlines, phase).await
+        }
+        false => {
+            let conn = shared.builder.serve_connection_with_upgrades(io, service);
+            let phase = shared.phase.clone();
+            connection::supervise(conn, |c| c.graceful_shutdown(), activity, accepted, shared.deadlines, phase).await
+        }
+    };
     if let Some(e) = error {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }

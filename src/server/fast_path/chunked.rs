@@ -36,7 +36,7 @@ fn size_line(line: &[u8]) -> Result<(u64, usize), ChunkError> {
     if !ext.is_empty() && ext[0] != b';' {
         return Err(ChunkError::Size);
     }
-    if ext.iter().any(|b| (b.is_ascii_control() && *b != b'\t')) {
+    if ext.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
         return Err(ChunkError::Size);
     }
     Ok((size, ext.len()))

@@ -24,6 +24,13 @@
 //!   fails is replaced once by a new stream (nothing of the request was taken).
 //! - A response delimited by the upstream's close is passed on with `Connection: close`, and the client
 //!   connection closes after it; 1xx responses other than 101 are skipped (none is forwarded), 101 is a 502.
+//!
+//! Visible differences from the hyper path (review of issue 13): a response without framing is passed on
+//! close-delimited with `Connection: close` (hyper re-frames it as chunked and keeps the connection alive); the
+//! reason phrase is the canonical one for the status (as hyper writes it), never the upstream's; a response head is
+//! refused (502) past the same ~408 KiB hyper's client allows. After a request served here, hyper gets the rest of
+//! the connection as HTTP/1.1 only and without upgrades, its first-request clock starting at the accept (first
+//! request) or at the pending head's first byte.
 
 pub mod chunked;
 pub mod head;
@@ -55,8 +62,9 @@ use head::{Framing, Head, Parsed};
 
 /// Bytes asked for per read.
 const READ_SIZE: usize = 16 * 1024;
-/// The largest upstream response head.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// The largest upstream response head: hyper's client buffer limit (8 KiB + 100 × 4 KiB), so that a head one path
+/// takes the other takes too.
+const MAX_RESPONSE_HEAD: usize = 8192 + 4096 * 100;
 
 /// What a connection's fast path needs.
 pub struct Env {
@@ -90,6 +98,10 @@ impl Closing {
 pub struct HandOver<I> {
     pub io: I,
     pub read: BytesMut,
+    /// When the first byte of the pending head arrived: hyper's clock for it starts there, not at the hand-over.
+    pub head_since: Instant,
+    /// A request was served here first: the connection is HTTP/1.1 for good (no HTTP/2 preface mid-connection).
+    pub served: bool,
 }
 
 /// How the fast path failed one request.
@@ -114,15 +126,22 @@ where
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let app = env.app.clone();
     let cx = app.proxy_context();
+    let mut served = false;
     loop {
-        let head = match read_head(&env, &mut io, &mut buf).await? {
+        let mut since = None;
+        let head = match read_head(&env, &mut io, &mut buf, &mut since).await? {
             Next::Close => return Ok(None),
-            Next::Hyper => return Ok(Some(HandOver { io, read: buf })),
+            Next::Hyper => {
+                let head_since = since.unwrap_or_else(Instant::now);
+                return Ok(Some(HandOver { io, read: buf, head_since, served }));
+            }
             Next::Head(head) => head,
         };
         let Some(pool) = cx.forwarder.raw_pool().filter(|_| served_here(&cx, &head)) else {
-            return Ok(Some(HandOver { io, read: buf }));
+            let head_since = since.unwrap_or_else(Instant::now);
+            return Ok(Some(HandOver { io, read: buf, head_since, served }));
         };
+        served = true;
         let in_flight = env.activity.begin();
         buf.advance(head.len);
         let keep = exchange(&env, &cx, pool, &mut io, &mut buf, head).await?;
@@ -140,8 +159,13 @@ enum Next {
     Close,
 }
 
-/// Reads until a complete head, under `limits.header_timeout` from its first byte.
-async fn read_head<I: AsyncRead + Unpin>(env: &Env, io: &mut I, buf: &mut BytesMut) -> std::io::Result<Next> {
+/// Reads until a complete head, under `limits.header_timeout` from its first byte (`since`).
+async fn read_head<I: AsyncRead + Unpin>(
+    env: &Env,
+    io: &mut I,
+    buf: &mut BytesMut,
+    since: &mut Option<Instant>,
+) -> std::io::Result<Next> {
     let mut deadline: Option<Instant> = None;
     loop {
         if buf.is_empty() {
@@ -154,7 +178,7 @@ async fn read_head<I: AsyncRead + Unpin>(env: &Env, io: &mut I, buf: &mut BytesM
                 Parsed::Hyper => return Ok(Next::Hyper),
                 Parsed::Head(head) => return Ok(Next::Head(head)),
             }
-            deadline.get_or_insert_with(|| Instant::now() + env.header_timeout);
+            deadline = Some(*since.get_or_insert_with(Instant::now) + env.header_timeout);
         }
         buf.reserve(READ_SIZE);
         let waiting = buf.is_empty();
