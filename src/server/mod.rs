@@ -14,8 +14,8 @@
 
 pub mod backoff;
 pub mod connection;
-pub mod per_core;
 pub mod fast_path;
+pub mod per_core;
 pub mod tls;
 
 use std::convert::Infallible;
