@@ -141,24 +141,14 @@ impl Forwarder {
         *req.version_mut() = Version::HTTP_11;
 
         let (mut parts, body) = match &self.transport {
-            Transport::Pool(pool) => match tokio::time::timeout(self.response_timeout, pool.send(req)).await {
-                Err(_) => return Err(Error::UpstreamTimeout),
-                Ok(Err(e)) if body_timed_out(&e) => return Err(Error::RequestTimeout),
-                Ok(Err(e)) => return Err(Error::UpstreamUnavailable(describe(&e))),
-                Ok(Ok(resp)) => {
-                    let (parts, body) = resp.into_parts();
-                    (parts, body.boxed())
-                }
-            },
-            Transport::Client(client) => match tokio::time::timeout(self.response_timeout, client.request(req)).await {
-                Err(_) => return Err(Error::UpstreamTimeout),
-                Ok(Err(e)) if body_timed_out(&e) => return Err(Error::RequestTimeout),
-                Ok(Err(e)) => return Err(Error::UpstreamUnavailable(describe(&e))),
-                Ok(Ok(resp)) => {
-                    let (parts, body) = resp.into_parts();
-                    (parts, body.boxed())
-                }
-            },
+            Transport::Pool(pool) => {
+                let (parts, body) = answered(tokio::time::timeout(self.response_timeout, pool.send(req)).await)?;
+                (parts, body.boxed())
+            }
+            Transport::Client(client) => {
+                let (parts, body) = answered(tokio::time::timeout(self.response_timeout, client.request(req)).await)?;
+                (parts, body.boxed())
+            }
         };
         headers::sanitize_response(&mut parts.headers);
         Ok(Response::from_parts(parts, body))
@@ -233,6 +223,18 @@ impl Forwarder {
 }
 
 /// Whether the request failed because the client's body stalled (`limits.body_timeout`), not the upstream.
+/// The upstream's answer within `upstream.response_timeout`, or the error it maps to (504, 408, 502).
+fn answered<B, E: std::error::Error + 'static>(
+    sent: Result<Result<Response<B>, E>, tokio::time::error::Elapsed>,
+) -> Result<(http::response::Parts, B), Error> {
+    match sent {
+        Err(_) => Err(Error::UpstreamTimeout),
+        Ok(Err(e)) if body_timed_out(&e) => Err(Error::RequestTimeout),
+        Ok(Err(e)) => Err(Error::UpstreamUnavailable(describe(&e))),
+        Ok(Ok(resp)) => Ok(resp.into_parts()),
+    }
+}
+
 fn body_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

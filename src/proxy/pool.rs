@@ -66,6 +66,24 @@ pub enum Address {
     Name(String, u16),
 }
 
+impl Address {
+    /// A new TCP stream to the upstream (`TCP_NODELAY`), within `timeout` (`upstream.connect_timeout`).
+    pub async fn connect(&self, timeout: Duration) -> Result<TcpStream, PoolError> {
+        let connecting = async {
+            match self {
+                Self::Ip(addr) => TcpStream::connect(addr).await,
+                Self::Name(host, port) => TcpStream::connect((host.as_str(), *port)).await,
+            }
+        };
+        let stream = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| PoolError::ConnectTimeout(timeout))?
+            .map_err(PoolError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
 /// One open upstream connection: the handle requests are sent with, and the connection future that does the IO.
 struct Open {
     sender: Sender,
@@ -186,17 +204,7 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Open, PoolError> {
-        let connecting = async {
-            match &self.address {
-                Address::Ip(addr) => TcpStream::connect(addr).await,
-                Address::Name(host, port) => TcpStream::connect((host.as_str(), *port)).await,
-            }
-        };
-        let stream = tokio::time::timeout(self.connect_timeout, connecting)
-            .await
-            .map_err(|_| PoolError::ConnectTimeout(self.connect_timeout))?
-            .map_err(PoolError::Connect)?;
-        let _ = stream.set_nodelay(true);
+        let stream = self.address.connect(self.connect_timeout).await?;
         let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(PoolError::Http)?;
         Ok(Open { sender, conn })
     }

@@ -59,18 +59,7 @@ impl RawPool {
 
     /// A new stream, within `upstream.connect_timeout`.
     pub async fn connect(&self) -> Result<TcpStream, PoolError> {
-        let connecting = async {
-            match &self.address {
-                Address::Ip(addr) => TcpStream::connect(addr).await,
-                Address::Name(host, port) => TcpStream::connect((host.as_str(), *port)).await,
-            }
-        };
-        let stream = tokio::time::timeout(self.connect_timeout, connecting)
-            .await
-            .map_err(|_| PoolError::ConnectTimeout(self.connect_timeout))?
-            .map_err(PoolError::Connect)?;
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+        self.address.connect(self.connect_timeout).await
     }
 
     /// Takes back a stream whose exchange completed cleanly (see the module's invariants).
