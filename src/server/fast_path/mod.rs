@@ -60,8 +60,11 @@ use crate::route::Route;
 use chunked::Chunked;
 use head::{Framing, Head, Parsed};
 
-/// Bytes asked for per read.
+/// Bytes asked for per read of a head.
 const READ_SIZE: usize = 16 * 1024;
+/// Room asked for per read of a body: a large body moves in few reads and, when it is length- or close-delimited,
+/// each read is written on as it is, without a copy ([`RequestBody::piece`]).
+const BODY_READ_SIZE: usize = 64 * 1024;
 /// The largest upstream response head: hyper's client buffer limit (8 KiB + 100 × 4 KiB), so that a head one path
 /// takes the other takes too.
 const MAX_RESPONSE_HEAD: usize = 8192 + 4096 * 100;
@@ -298,7 +301,7 @@ where
         return Ok(false);
     };
     while !ended {
-        ubuf.reserve(READ_SIZE);
+        ubuf.reserve(BODY_READ_SIZE);
         match upstream.read_buf(&mut ubuf).await {
             Ok(0) if framing == Framing::UntilClose => ended = true,
             Ok(0) | Err(_) => {
@@ -307,12 +310,14 @@ where
             }
             Ok(_) => {
                 out.clear();
-                match body.take(&mut ubuf, &mut out) {
-                    Ok(done) => ended = done,
+                let piece;
+                (piece, ended) = match body.piece(&mut ubuf, &mut out) {
+                    Ok(taken) => taken,
                     Err(()) => return Ok(false),
-                }
-                if !out.is_empty() {
-                    write_client(env, io, &out).await?;
+                };
+                let bytes = piece.as_deref().unwrap_or(&out);
+                if !bytes.is_empty() {
+                    write_client(env, io, bytes).await?;
                 }
             }
         }
@@ -413,7 +418,7 @@ where
         }
     }
     while !done {
-        buf.reserve(READ_SIZE);
+        buf.reserve(BODY_READ_SIZE);
         match tokio::time::timeout(env.body_timeout, io.read_buf(buf)).await {
             Err(_) => return Err(Error::RequestTimeout.into()),
             Ok(Ok(0)) => return Err(Failed::Client(std::io::ErrorKind::UnexpectedEof.into())),
@@ -421,8 +426,10 @@ where
             Ok(Ok(_)) => {}
         }
         out.clear();
-        done = body.take(buf, &mut out)?;
-        match tokio::time::timeout(response_timeout, upstream.write_all(&out)).await {
+        let piece;
+        (piece, done) = body.piece(buf, &mut out)?;
+        let bytes = piece.as_deref().unwrap_or(&out);
+        match tokio::time::timeout(response_timeout, upstream.write_all(bytes)).await {
             Err(_) => return Err(Error::UpstreamTimeout.into()),
             Ok(Err(e)) => return Err(unavailable(e).into()),
             Ok(Ok(())) => {}
@@ -573,6 +580,21 @@ impl RequestBody {
     }
 }
 
+impl RequestBody {
+    /// As [`take`](Self::take), for the reads after the head: a length-delimited piece is split off `input` and
+    /// returned (written on as read, no copy); a chunked one is re-framed into `out` and `None` returned.
+    fn piece(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Result<(Option<BytesMut>, bool), Error> {
+        match self.framing {
+            Framing::Length(_) => {
+                let n = usize::try_from(self.left).unwrap_or(usize::MAX).min(input.len());
+                self.left -= n as u64;
+                Ok((Some(input.split_to(n)), self.left == 0))
+            }
+            _ => self.take(input, out).map(|done| (None, done)),
+        }
+    }
+}
+
 /// A response body on its way to the client.
 struct ResponseBody(RequestBody);
 
@@ -590,6 +612,14 @@ impl ResponseBody {
                 Ok(false)
             }
             _ => self.0.take(input, out).map_err(|_| ()),
+        }
+    }
+
+    /// As [`RequestBody::piece`]; a close-delimited body is passed on as read and never ends here.
+    fn piece(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Result<(Option<BytesMut>, bool), ()> {
+        match self.0.framing {
+            Framing::UntilClose => Ok((Some(input.split()), false)),
+            _ => self.0.piece(input, out).map_err(|_| ()),
         }
     }
 }
@@ -713,6 +743,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -750,5 +781,28 @@ mod tests {
         let (mut input, mut out) = (BytesMut::from(&b"abcGET"[..]), BytesMut::new());
         assert!(matches!(body.take(&mut input, &mut out), Ok(true)));
         assert_eq!((&out[..], &input[..]), (&b"abc"[..], &b"GET"[..]));
+    }
+
+    #[test]
+    fn pieces_of_a_length_body_are_split_off_and_stop_at_its_length() {
+        let mut body = RequestBody::new(Framing::Length(5));
+        let (mut input, mut out) = (BytesMut::from(&b"abc"[..]), BytesMut::new());
+        let (piece, done) = body.piece(&mut input, &mut out).unwrap();
+        assert_eq!((piece.as_deref(), done, input.len(), out.len()), (Some(&b"abc"[..]), false, 0, 0));
+        input.extend_from_slice(b"deGET /");
+        let (piece, done) = body.piece(&mut input, &mut out).unwrap();
+        assert_eq!((piece.as_deref(), done, &input[..]), (Some(&b"de"[..]), true, &b"GET /"[..]));
+    }
+
+    #[test]
+    fn pieces_of_a_chunked_body_are_reframed_and_a_close_delimited_one_passes_whole() {
+        let mut body = ResponseBody::new(Framing::Chunked);
+        let (mut input, mut out) = (BytesMut::from(&b"3;x=y\r\nabc\r\n0\r\n\r\n"[..]), BytesMut::new());
+        let (piece, done) = body.piece(&mut input, &mut out).unwrap();
+        assert_eq!((piece, done, &out[..]), (None, true, &b"3\r\nabc\r\n0\r\n\r\n"[..]));
+        let mut body = ResponseBody::new(Framing::UntilClose);
+        let mut input = BytesMut::from(&b"anything\r\n0\r\n\r\n"[..]);
+        let (piece, done) = body.piece(&mut input, &mut out).unwrap();
+        assert_eq!((piece.as_deref(), done, input.len()), (Some(&b"anything\r\n0\r\n\r\n"[..]), false, 0));
     }
 }
