@@ -91,7 +91,7 @@ async fn fill(store: &dcr_proxy::store::StateStore, n: usize, now: u64) {
     for _ in 0..n {
         let seed = crypto::random_token();
         let tokens = UpstreamTokens::new(
-            seed.repeat(48)[..2048].to_owned(),
+            &seed.repeat(48)[..2048],
             Some(seed.repeat(36)[..1536].to_owned()),
             now + 86400,
             Some("User.Read".into()),

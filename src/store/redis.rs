@@ -1015,7 +1015,7 @@ impl RedisStore {
                 if !std::ptr::eq(Arc::as_ptr(newer), grant) {
                     let copy = match &*newer.upstream() {
                         UpstreamCredential::Tokens(t) => UpstreamTokens::new(
-                            t.access_token().to_owned(),
+                            t.access_token(),
                             t.refresh_token().map(str::to_owned),
                             t.expires_at,
                             t.scope.clone(),
@@ -1116,12 +1116,9 @@ impl RedisStore {
         let Some((obtained_at, t)) = entry else {
             return Ok(());
         };
-        let Ok(copy) = UpstreamTokens::new(
-            t.access_token().to_owned(),
-            t.refresh_token().map(str::to_owned),
-            t.expires_at,
-            t.scope.clone(),
-        ) else {
+        let Ok(copy) =
+            UpstreamTokens::new(t.access_token(), t.refresh_token().map(str::to_owned), t.expires_at, t.scope.clone())
+        else {
             return Ok(());
         };
         let rec =

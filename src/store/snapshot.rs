@@ -559,7 +559,7 @@ fn login_from_v3(identity: IdentityV3<'_>, upstream: Option<TokensV3<'_>>) -> Op
     let credential = match upstream {
         Some(t) => UpstreamCredential::Tokens(
             UpstreamTokens::new(
-                t.access_token.into_owned(),
+                t.access_token,
                 t.refresh_token.map(Cow::into_owned),
                 t.expires_at,
                 t.scope.map(Cow::into_owned),
@@ -1161,8 +1161,7 @@ mod tests {
 
     fn sample_store() -> (Store, String) {
         let store = Store::new();
-        let tokens =
-            UpstreamTokens::new("upstream-access-token-value".into(), Some("upstream-refresh".into()), 5000, None);
+        let tokens = UpstreamTokens::new("upstream-access-token-value", Some("upstream-refresh".into()), 5000, None);
         let login = UpstreamLogin {
             credential: UpstreamCredential::Tokens(tokens.unwrap_or_else(|_| unreachable!())),
             identity: Identity { sub: "alice".into(), ..Identity::default() },
@@ -1498,7 +1497,7 @@ mod tests {
         client.mark_authorized(1_700_000_000);
         store.put_client(client);
         let tokens = UpstreamTokens::new(
-            FIXTURE_UPSTREAM.into(),
+            FIXTURE_UPSTREAM,
             Some("v2-fixture-upstream-refresh-token".into()),
             YEAR_2100,
             Some("User.Read".into()),
