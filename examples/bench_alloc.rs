@@ -1,7 +1,8 @@
 //! Heap allocations per proxied request (issue 13): a counting global allocator around the real server and hot
 //! path, in one process with a small upstream and a raw keep-alive client.
 //!
-//! `cargo run --release --example bench_alloc -- [REQUESTS] [WORKER_THREADS]` (0: current-thread runtime)
+//! `cargo run --release --example bench_alloc -- [REQUESTS] [WORKER_THREADS]` (0: current-thread runtime;
+//! `BENCH_REQUEST_TASK=1`: the own upstream pool, `BENCH_FAST_PATH=1`: the byte-level fast path)
 //! Prints one JSON line: allocations and bytes per request straight to the upstream (`direct`), through the proxy
 //! (`proxied`), and their difference (`proxy`: what the proxy adds per request, bearer lookup and swap included).
 
@@ -108,12 +109,14 @@ fn main() {
     };
     // `BENCH_REQUEST_TASK=1`: `upstream.drive_in_request_task = true`.
     let request_task = std::env::var("BENCH_REQUEST_TASK").is_ok_and(|v| v == "1");
+    // `BENCH_FAST_PATH=1`: `server.fast_path = true` (the byte-level HTTP/1.1 path).
+    let fast_path = std::env::var("BENCH_FAST_PATH").is_ok_and(|v| v == "1");
     rt.block_on(async move {
         let up = upstream().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nfast_path = {fast_path}\n\
              [upstream]\nurl = \"http://127.0.0.1:{up}\"\ndrive_in_request_task = {request_task}\n\
              [idp]\nkind = \"azure\"\nauthority = \"http://127.0.0.1:9\"\ntenant = \"common\"\nclient_id = \"bench\"\nclient_secret = \"bench\"\n\
              [log]\nfilter = \"warn\"\n"

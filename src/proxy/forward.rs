@@ -172,18 +172,7 @@ impl Forwarder {
             // hyper-util's client writes `Host` from the absolute URI.
             false => headers.remove(header::HOST),
         };
-        headers.remove(header::AUTHORIZATION);
-        match auth {
-            UpstreamAuth::Bearer(value) => {
-                headers.insert(header::AUTHORIZATION, value);
-            }
-            UpstreamAuth::Identity { user, email } => {
-                headers.insert(headers::X_FORWARDED_USER.clone(), user);
-                if let Some(email) = email {
-                    headers.insert(headers::X_FORWARDED_EMAIL.clone(), email);
-                }
-            }
-        }
+        self.set_auth(headers, auth);
         let peer_ip = peer.ip().to_string();
         let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prior) => format!("{prior}, {peer_ip}"),
@@ -195,6 +184,25 @@ impl Forwarder {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(self.proto));
         if let Some(host) = original_host {
             headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    }
+
+    /// Puts `auth` in `headers` in place of any credential there (also on a prepared map, for a replay with a
+    /// fresh token).
+    pub fn set_auth(&self, headers: &mut http::HeaderMap, auth: UpstreamAuth) {
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(&headers::X_FORWARDED_USER);
+        headers.remove(&headers::X_FORWARDED_EMAIL);
+        match auth {
+            UpstreamAuth::Bearer(value) => {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+            UpstreamAuth::Identity { user, email } => {
+                headers.insert(headers::X_FORWARDED_USER.clone(), user);
+                if let Some(email) = email {
+                    headers.insert(headers::X_FORWARDED_EMAIL.clone(), email);
+                }
+            }
         }
     }
 

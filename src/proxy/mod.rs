@@ -174,11 +174,8 @@ pub async fn admit<'r>(
         return Err(target::PathRejection::OwnEndpoint.into());
     }
     // A route's API gets the path below its prefix (`/graph/v1.0/me` → `<url>/v1.0/me`).
-    let forwarded = match route {
-        Some(r) => target::strip_route_prefix(&path, &r.config.path_prefix),
-        None => path.clone(),
-    };
-    let target = target::with_query(&forwarded, query)?;
+    let stripped = route.map(|r| target::strip_route_prefix(&path, &r.config.path_prefix));
+    let target = target::with_query(stripped.as_ref().unwrap_or(&path), query)?;
     let missing = scope::missing_for_path(cx.required_scopes, path.as_str(), &grant.scope);
     if let Some((scope, missing)) = scope::step_up(&grant.scope, missing) {
         tracing::info!(client_id = %grant.client_id, %missing, "token lacks a required scope");

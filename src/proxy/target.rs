@@ -19,6 +19,7 @@
 //! compares path prefixes without ASCII case, since some upstreams route without case; the prefix of
 //! `upstream.url` stays a boundary because no dot segment is ever forwarded.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Why a request path is refused; the text is shown to the client.
@@ -107,18 +108,25 @@ pub fn with_query(path: &CanonicalPath, query: Option<&str>) -> Result<http::Uri
         Some(q) => format!("{}?{q}", path.0),
         None => path.0.clone(),
     };
-    target.parse().map_err(|_| PathRejection::NotAbsolute)
+    http::Uri::try_from(target).map_err(|_| PathRejection::NotAbsolute)
 }
 
-struct Segment {
+struct Segment<'a> {
     /// The segment as forwarded: unreserved characters decoded, other escapes with upper-case hex.
-    text: String,
+    text: Cow<'a, str>,
     /// The segment fully decoded (lossy), for the dot and whitespace rules.
-    plain: String,
+    plain: Cow<'a, str>,
 }
 
-fn canonical_segment(segment: &str) -> Result<Segment, PathRejection> {
+fn canonical_segment(segment: &str) -> Result<Segment<'_>, PathRejection> {
     let bytes = segment.as_bytes();
+    if !bytes.contains(&b'%') {
+        // Nothing to decode (the common case): the segment is its own canonical and decoded form.
+        for &b in bytes {
+            check_byte(b, false)?;
+        }
+        return Ok(Segment { text: Cow::Borrowed(segment), plain: Cow::Borrowed(segment) });
+    }
     let mut text = String::with_capacity(segment.len());
     let mut plain_bytes = Vec::with_capacity(segment.len());
     let mut i = 0;
@@ -135,7 +143,8 @@ fn canonical_segment(segment: &str) -> Result<Segment, PathRejection> {
                 text.push(char::from(value));
             } else {
                 text.push('%');
-                text.push_str(&format!("{value:02X}"));
+                text.push(char::from(HEX_UPPER[usize::from(value >> 4)]));
+                text.push(char::from(HEX_UPPER[usize::from(value & 0xf)]));
             }
             plain_bytes.push(value);
             i += 3;
@@ -146,8 +155,11 @@ fn canonical_segment(segment: &str) -> Result<Segment, PathRejection> {
             i += 1;
         }
     }
-    Ok(Segment { text, plain: String::from_utf8_lossy(&plain_bytes).into_owned() })
+    let plain = Cow::Owned(String::from_utf8_lossy(&plain_bytes).into_owned());
+    Ok(Segment { text: Cow::Owned(text), plain })
 }
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
 fn check_byte(b: u8, encoded: bool) -> Result<(), PathRejection> {
     match b {

@@ -96,7 +96,8 @@ fn judge(req: &httparse::Request<'_, '_>, protected_resource_path: &str) -> Opti
     {
         return None;
     }
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    // Room for what the upstream's copy gains (forwarding headers, credential) without growing the map.
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + 6);
     let (mut hosts, mut authorizations, mut lengths, mut encodings) = (0, 0, 0, 0);
     let mut framing = Framing::Empty;
     let mut close = false;

@@ -55,7 +55,7 @@ use super::connection::Activity;
 use crate::app::App;
 use crate::error::{Error, OAuthError};
 use crate::proxy::raw_pool::RawPool;
-use crate::proxy::{self, bearer, Context};
+use crate::proxy::{self, Context};
 use crate::route::Route;
 use chunked::Chunked;
 use head::{Framing, Head, Parsed};
@@ -226,7 +226,7 @@ async fn exchange<I>(
     pool: &Arc<RawPool>,
     io: &mut I,
     buf: &mut BytesMut,
-    head: Head,
+    mut head: Head,
 ) -> std::io::Result<bool>
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -240,7 +240,8 @@ where
     };
     let context = crate::audit::RequestContext { audit: app.audit.clone(), request_id, peer: env.peer, forwarded_for };
     let mut body_sent = head.framing == Framing::Empty;
-    let forwarded = crate::audit::REQUEST.scope(context, forward(env, cx, pool, io, buf, &head, &mut body_sent)).await;
+    let forwarded =
+        crate::audit::REQUEST.scope(context, forward(env, cx, pool, io, buf, &mut head, &mut body_sent)).await;
     let log = |status: StatusCode| {
         let elapsed = started.elapsed();
         let route = Route::Proxy;
@@ -288,7 +289,7 @@ where
     if close {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let mut out = BytesMut::with_capacity(1024 + ubuf.len());
+    let mut out = BytesMut::with_capacity(head_size(&headers) + 64 + ubuf.len());
     write_status_and_headers(&mut out, status, &headers);
     // The head and the body bytes already read, in one write.
     let mut body = ResponseBody::new(framing);
@@ -347,7 +348,7 @@ async fn forward<I>(
     pool: &Arc<RawPool>,
     io: &mut I,
     buf: &mut BytesMut,
-    head: &Head,
+    head: &mut Head,
     body_sent: &mut bool,
 ) -> Result<Ready, Failed>
 where
@@ -358,14 +359,22 @@ where
     let target = admitted.target.path_and_query().map_or("/", |pq| pq.as_str());
     let target = format!("{}{target}", cx.forwarder.prefix());
     let sent = auth.clone();
-    let mut ready = send(env, cx, pool, io, buf, head, &target, auth, body_sent).await?;
+    // The client's header map becomes the upstream's (no copy); a replay only swaps the credential in it.
+    let mut headers = std::mem::take(&mut head.headers);
+    let host = headers.get(header::HOST).cloned();
+    cx.forwarder.prepare_headers(&mut headers, host, auth, env.peer, true);
+    if head.framing == Framing::Chunked {
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
+    let mut ready = send(env, cx, pool, io, buf, head, &target, &headers, body_sent).await?;
     let www_authenticate = ready.headers.get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
     let replayable = head.framing == Framing::Empty;
     let again =
         proxy::after_refusal(cx, &admitted.grant, admitted.route, &sent, ready.status, www_authenticate, replayable);
     if let Some(fresh) = again.await? {
         // The refused response's body is not read: its stream is dropped, never reused.
-        ready = send(env, cx, pool, io, buf, head, &target, fresh, body_sent).await?;
+        cx.forwarder.set_auth(&mut headers, fresh);
+        ready = send(env, cx, pool, io, buf, head, &target, &headers, body_sent).await?;
     }
     if proxy::upstream_challenge(cx, &admitted.grant, ready.status, ready.headers.get(header::WWW_AUTHENTICATE))? {
         ready.headers.remove(header::WWW_AUTHENTICATE);
@@ -373,7 +382,7 @@ where
     Ok(ready)
 }
 
-/// Writes the request to an upstream stream and reads the response head.
+/// Writes the request (`headers`: the upstream's, prepared) to an upstream stream and reads the response head.
 #[allow(clippy::too_many_arguments)]
 async fn send<I>(
     env: &Env,
@@ -383,23 +392,18 @@ async fn send<I>(
     buf: &mut BytesMut,
     head: &Head,
     target: &str,
-    auth: bearer::UpstreamAuth,
+    headers: &HeaderMap,
     body_sent: &mut bool,
 ) -> Result<Ready, Failed>
 where
     I: AsyncRead + Unpin,
 {
-    let mut headers = head.headers.clone();
-    cx.forwarder.prepare_headers(&mut headers, head.headers.get(header::HOST).cloned(), auth, env.peer, true);
-    if head.framing == Framing::Chunked {
-        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-    }
-    let mut out = BytesMut::with_capacity(1024 + buf.len().min(READ_SIZE));
+    let mut out = BytesMut::with_capacity(head_size(headers) + target.len() + 32 + buf.len().min(READ_SIZE));
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    write_headers(&mut out, &headers);
+    write_headers(&mut out, headers);
     let mut body = RequestBody::new(head.framing);
     let mut done = body.take(buf, &mut out)?;
     let response_timeout = cx.forwarder.response_timeout();
@@ -499,7 +503,8 @@ fn parse_response(buf: &[u8]) -> Result<Option<(usize, Response)>, Error> {
         return Ok(Some((len, Response::Informational)));
     }
     let mut reusable = resp.version == Some(1);
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    // Room for what the answer gains (CORS, Date, Connection) without growing the map.
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 4);
     let (mut length, mut chunked, mut encoded) = (None::<u64>, false, false);
     for field in resp.headers.iter() {
         let name = header::HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| bad("header name"))?;
@@ -659,6 +664,11 @@ fn write_status_and_headers(out: &mut BytesMut, status: StatusCode, headers: &He
     out.extend_from_slice(status.canonical_reason().unwrap_or("<unknown status code>").as_bytes());
     out.extend_from_slice(b"\r\n");
     write_headers(out, headers);
+}
+
+/// The bytes [`write_headers`] writes.
+fn head_size(headers: &HeaderMap) -> usize {
+    headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>() + 2
 }
 
 fn write_headers(out: &mut BytesMut, headers: &HeaderMap) {
