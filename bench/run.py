@@ -4,14 +4,16 @@
 Targets, all on 127.0.0.1 with the servers pinned to core 0 and wrk to core 1:
   direct  the upstream fixture (examples/bench_upstream.rs), one worker thread
   nginx   nginx, one worker, keep-alive pool to the fixture, fixed 2 KiB Authorization header, no buffering
-  proxy   dcr-proxy with a pre-issued grant (examples/bench_proxy.rs), one worker thread: bearer lookup + swap
+  proxy   dcr-proxy with a pre-issued grant (examples/bench_proxy.rs), one worker thread: bearer lookup + swap;
+          the shipped defaults (the upstream pool driven in the request's task, src/proxy/pool.rs)
   redis   the same with `[store] backend = "redis"` on a redis-server of its own (ephemeral loopback port, pinned
           to core 0 with the proxy): bearer lookups are cache hits, as on a replica under load
 Optional targets (same run, same rounds):
   proxy-ct  BENCH_CURRENT_THREAD=1: dcr-proxy on tokio's current-thread runtime instead of one worker thread
-  request-task  BENCH_REQUEST_TASK=1: dcr-proxy with upstream.drive_in_request_task = true (src/proxy/pool.rs)
+  hyper-util  BENCH_HYPER_UTIL=1: dcr-proxy with upstream.drive_in_request_task = false (hyper-util's pooled
+            client, the default before issue 13)
   per-core  BENCH_PER_CORE=1: dcr-proxy with server.runtime = "per-core" (a current-thread runtime per thread, each
-            with its own SO_REUSEPORT listener; src/server/per_core.rs), upstream.drive_in_request_task = true
+            with its own SO_REUSEPORT listener; src/server/per_core.rs)
   fast-path  BENCH_FAST_PATH=1: dcr-proxy with server.fast_path = true (src/server/fast_path)
   main      BENCH_MAIN_EXAMPLES=DIR: the bench_proxy example of another build (e.g. main's target/release/examples),
             for before/after ratios in one run
@@ -21,8 +23,7 @@ per-event delay, the store's memory per grant, idle RSS and start-to-ready time 
 BENCH_SCENARIOS=name,name limits the scenarios (e.g. "small c16,SSE 100 events c16"); BENCH_REDIS=0 leaves out the
 Redis target, BENCH_BINARY=0 the real binary's start and RSS, BENCH_MEMORY_MAX=0 the store's memory.
 BENCH_UNPINNED=1 (runtime shape, issue 13): the servers may use cores 0 and 1 (wrk stays on core 1 and competes
-with them), nginx runs `worker_processes 2`, the proxy 2 worker threads and per-core 2 threads, both proxies with
-upstream.drive_in_request_task = true; e.g. BENCH_UNPINNED=1 BENCH_PER_CORE=1 BENCH_REDIS=0.
+with them), nginx runs `worker_processes 2`, the proxy 2 worker threads and per-core 2 threads; e.g. BENCH_UNPINNED=1 BENCH_PER_CORE=1 BENCH_REDIS=0.
 """
 
 import json
@@ -45,9 +46,9 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 MEMORY_MAX = int(os.environ.get("BENCH_MEMORY_MAX", "1000000"))
 PORTS = {"direct": 39100, "nginx": 39101, "proxy": 39102, "binary": 39103, "redis": 39104, "proxy-ct": 39105,
-         "main": 39106, "request-task": 39107, "per-core": 39108, "fast-path": 39109}
+         "main": 39106, "hyper-util": 39107, "per-core": 39108, "fast-path": 39109}
 FAST_PATH = os.environ.get("BENCH_FAST_PATH", "") == "1"
-REQUEST_TASK = os.environ.get("BENCH_REQUEST_TASK", "") == "1"
+HYPER_UTIL = os.environ.get("BENCH_HYPER_UTIL", "") == "1"
 MAIN_EXAMPLES = os.environ.get("BENCH_MAIN_EXAMPLES", "")
 CURRENT_THREAD = os.environ.get("BENCH_CURRENT_THREAD", "") == "1"
 WITH_REDIS = os.environ.get("BENCH_REDIS", "1") == "1"
@@ -171,7 +172,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_proxy(procs, examples, port, workers, redis_url="", request_task=False, per_core=False, fast_path=False):
+def start_proxy(procs, examples, port, workers, redis_url="", request_task=True, per_core=False, fast_path=False):
     """bench_proxy on `port`; returns (process, access token)."""
     env = dict(os.environ, BENCH_REQUEST_TASK="1" if request_task else "0", BENCH_PER_CORE="1" if per_core else "0",
                BENCH_FAST_PATH="1" if fast_path else "0")
@@ -198,7 +199,7 @@ def main():
         ngx = start(["nginx", "-c", os.path.join(tmp, "nginx.conf")], stderr=subprocess.DEVNULL)
         procs.append(ngx)
         wait_port(PORTS["nginx"])
-        px, token = start_proxy(procs, EX, PORTS["proxy"], WORKERS, request_task=UNPINNED)
+        px, token = start_proxy(procs, EX, PORTS["proxy"], WORKERS)
 
         targets = {
             "direct": (PORTS["direct"], "", lambda: [up.pid]),
@@ -216,11 +217,11 @@ def main():
         if CURRENT_THREAD:
             pc, ctoken = start_proxy(procs, EX, PORTS["proxy-ct"], 0)
             targets["proxy-ct"] = (PORTS["proxy-ct"], ctoken, lambda: [pc.pid])
-        if REQUEST_TASK:
-            pt, ttoken = start_proxy(procs, EX, PORTS["request-task"], 1, request_task=True)
-            targets["request-task"] = (PORTS["request-task"], ttoken, lambda: [pt.pid])
+        if HYPER_UTIL:
+            pt, ttoken = start_proxy(procs, EX, PORTS["hyper-util"], 1, request_task=False)
+            targets["hyper-util"] = (PORTS["hyper-util"], ttoken, lambda: [pt.pid])
         if PER_CORE:
-            pp, ptoken = start_proxy(procs, EX, PORTS["per-core"], WORKERS, request_task=True, per_core=True)
+            pp, ptoken = start_proxy(procs, EX, PORTS["per-core"], WORKERS, per_core=True)
             targets["per-core"] = (PORTS["per-core"], ptoken, lambda: [pp.pid])
         if FAST_PATH:
             pf, ftoken = start_proxy(procs, EX, PORTS["fast-path"], 1, fast_path=True)
@@ -323,7 +324,7 @@ def summarize(results):
                     f"{p['p50_ms']:.3f} / {p['p99_ms']:.3f} | {n['cpu_us_per_request']:.1f} | "
                     f"{p['cpu_us_per_request']:.1f} |")
     results["summary"] = summary
-    others = [t for t in ("redis", "proxy-ct", "request-task", "per-core", "fast-path", "main") if any(r["target"] == t for r in results["runs"])]
+    others = [t for t in ("redis", "proxy-ct", "hyper-util", "per-core", "fast-path", "main") if any(r["target"] == t for r in results["runs"])]
     extra_rows = []
     for name, *_ in SCENARIOS:
         for target in others:
