@@ -5,16 +5,17 @@ Targets, all on 127.0.0.1 with the servers pinned to core 0 and wrk to core 1:
   direct  the upstream fixture (examples/bench_upstream.rs), one worker thread
   nginx   nginx, one worker, keep-alive pool to the fixture, fixed 2 KiB Authorization header, no buffering
   proxy   dcr-proxy with a pre-issued grant (examples/bench_proxy.rs), one worker thread: bearer lookup + swap;
-          the shipped defaults (the upstream pool driven in the request's task, src/proxy/pool.rs)
+          the shipped defaults (the byte-level fast path for plain HTTP/1.1, src/server/fast_path; the upstream pool
+          driven in the request's task for the rest, src/proxy/pool.rs)
   redis   the same with `[store] backend = "redis"` on a redis-server of its own (ephemeral loopback port, pinned
           to core 0 with the proxy): bearer lookups are cache hits, as on a replica under load
 Optional targets (same run, same rounds):
   proxy-ct  BENCH_CURRENT_THREAD=1: dcr-proxy on tokio's current-thread runtime instead of one worker thread
-  hyper-util  BENCH_HYPER_UTIL=1: dcr-proxy with upstream.drive_in_request_task = false (hyper-util's pooled
-            client, the default before issue 13)
+  hyper-path  BENCH_HYPER_PATH=1: dcr-proxy with server.fast_path = false (hyper serves every request)
+  hyper-util  BENCH_HYPER_UTIL=1: dcr-proxy with server.fast_path = false and upstream.drive_in_request_task = false
+            (hyper-util's pooled client: the defaults before issue 13)
   per-core  BENCH_PER_CORE=1: dcr-proxy with server.runtime = "per-core" (a current-thread runtime per thread, each
             with its own SO_REUSEPORT listener; src/server/per_core.rs)
-  fast-path  BENCH_FAST_PATH=1: dcr-proxy with server.fast_path = true (src/server/fast_path)
   main      BENCH_MAIN_EXAMPLES=DIR: the bench_proxy example of another build (e.g. main's target/release/examples),
             for before/after ratios in one run
 Runs are interleaved (direct nginx proxy redis ..., direct nginx proxy redis ...) for BENCH_ROUNDS rounds; medians
@@ -46,8 +47,8 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 MEMORY_MAX = int(os.environ.get("BENCH_MEMORY_MAX", "1000000"))
 PORTS = {"direct": 39100, "nginx": 39101, "proxy": 39102, "binary": 39103, "redis": 39104, "proxy-ct": 39105,
-         "main": 39106, "hyper-util": 39107, "per-core": 39108, "fast-path": 39109}
-FAST_PATH = os.environ.get("BENCH_FAST_PATH", "") == "1"
+         "main": 39106, "hyper-util": 39107, "per-core": 39108, "hyper-path": 39109}
+HYPER_PATH = os.environ.get("BENCH_HYPER_PATH", "") == "1"
 HYPER_UTIL = os.environ.get("BENCH_HYPER_UTIL", "") == "1"
 MAIN_EXAMPLES = os.environ.get("BENCH_MAIN_EXAMPLES", "")
 CURRENT_THREAD = os.environ.get("BENCH_CURRENT_THREAD", "") == "1"
@@ -172,7 +173,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_proxy(procs, examples, port, workers, redis_url="", request_task=True, per_core=False, fast_path=False):
+def start_proxy(procs, examples, port, workers, redis_url="", request_task=True, per_core=False, fast_path=True):
     """bench_proxy on `port`; returns (process, access token)."""
     env = dict(os.environ, BENCH_REQUEST_TASK="1" if request_task else "0", BENCH_PER_CORE="1" if per_core else "0",
                BENCH_FAST_PATH="1" if fast_path else "0")
@@ -218,14 +219,14 @@ def main():
             pc, ctoken = start_proxy(procs, EX, PORTS["proxy-ct"], 0)
             targets["proxy-ct"] = (PORTS["proxy-ct"], ctoken, lambda: [pc.pid])
         if HYPER_UTIL:
-            pt, ttoken = start_proxy(procs, EX, PORTS["hyper-util"], 1, request_task=False)
+            pt, ttoken = start_proxy(procs, EX, PORTS["hyper-util"], 1, request_task=False, fast_path=False)
             targets["hyper-util"] = (PORTS["hyper-util"], ttoken, lambda: [pt.pid])
         if PER_CORE:
             pp, ptoken = start_proxy(procs, EX, PORTS["per-core"], WORKERS, per_core=True)
             targets["per-core"] = (PORTS["per-core"], ptoken, lambda: [pp.pid])
-        if FAST_PATH:
-            pf, ftoken = start_proxy(procs, EX, PORTS["fast-path"], 1, fast_path=True)
-            targets["fast-path"] = (PORTS["fast-path"], ftoken, lambda: [pf.pid])
+        if HYPER_PATH:
+            pf, ftoken = start_proxy(procs, EX, PORTS["hyper-path"], 1, fast_path=False)
+            targets["hyper-path"] = (PORTS["hyper-path"], ftoken, lambda: [pf.pid])
         if MAIN_EXAMPLES:
             pm, mtoken = start_proxy(procs, MAIN_EXAMPLES, PORTS["main"], 1)
             targets["main"] = (PORTS["main"], mtoken, lambda: [pm.pid])
@@ -324,7 +325,7 @@ def summarize(results):
                     f"{p['p50_ms']:.3f} / {p['p99_ms']:.3f} | {n['cpu_us_per_request']:.1f} | "
                     f"{p['cpu_us_per_request']:.1f} |")
     results["summary"] = summary
-    others = [t for t in ("redis", "proxy-ct", "hyper-util", "per-core", "fast-path", "main") if any(r["target"] == t for r in results["runs"])]
+    others = [t for t in ("redis", "proxy-ct", "hyper-path", "hyper-util", "per-core", "main") if any(r["target"] == t for r in results["runs"])]
     extra_rows = []
     for name, *_ in SCENARIOS:
         for target in others:
@@ -344,6 +345,29 @@ def summarize(results):
               "| proxy/target CPU |")
         print("|---|---|---|---|---|---|---|---|")
         print("\n".join(extra_rows))
+    # The host's speed drifts between rounds (virtualised cores): a ratio taken inside each round, then its median
+    # over the rounds, is steadier than a ratio of medians.
+    targets = [t for t in ("proxy",) + tuple(others) if any(r["target"] == t for r in results["runs"])]
+    paired = {}
+    ratio_rows = []
+    for name, *_ in SCENARIOS:
+        by_round = {}
+        for r in results["runs"]:
+            if r["scenario"] == name:
+                by_round.setdefault(r["round"], {})[r["target"]] = r
+        cells = []
+        for target in targets:
+            rps = [rd[target]["rps"] / rd["nginx"]["rps"] for rd in by_round.values() if target in rd and rd["nginx"]["rps"]]
+            cpu = [rd[target]["cpu_us_per_request"] / rd["nginx"]["cpu_us_per_request"] for rd in by_round.values()
+                   if target in rd and rd["nginx"]["cpu_us_per_request"]]
+            paired.setdefault(name, {})[target] = {"rps_vs_nginx": statistics.median(rps), "cpu_vs_nginx": statistics.median(cpu)}
+            cells.append(f"{statistics.median(rps):.2f} / {statistics.median(cpu):.2f}")
+        ratio_rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    results["paired"] = paired
+    print("\nsame-round ratios to nginx, median over rounds (req/s / CPU per request):")
+    print("| scenario | " + " | ".join(targets) + " |")
+    print("|---|" + "---|" * len(targets))
+    print("\n".join(ratio_rows))
     if "small c1" in summary:
         c1 = summary["small c1"]
         print("\nadded median latency at c1: " + ", ".join(

@@ -2,7 +2,7 @@
 //! path, in one process with a small upstream and a raw keep-alive client.
 //!
 //! `cargo run --release --example bench_alloc -- [REQUESTS] [WORKER_THREADS]` (0: current-thread runtime;
-//! `BENCH_REQUEST_TASK=1`: the own upstream pool, `BENCH_FAST_PATH=1`: the byte-level fast path)
+//! the shipped defaults unless `BENCH_FAST_PATH=0`: the fast path off, `BENCH_REQUEST_TASK=0`: hyper-util's client)
 //! Prints one JSON line: allocations and bytes per request straight to the upstream (`direct`), through the proxy
 //! (`proxied`), and their difference (`proxy`: what the proxy adds per request, bearer lookup and swap included).
 
@@ -107,10 +107,10 @@ fn main() {
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap()
     };
-    // `BENCH_REQUEST_TASK=1`: `upstream.drive_in_request_task = true`.
-    let request_task = std::env::var("BENCH_REQUEST_TASK").is_ok_and(|v| v == "1");
-    // `BENCH_FAST_PATH=1`: `server.fast_path = true` (the byte-level HTTP/1.1 path).
-    let fast_path = std::env::var("BENCH_FAST_PATH").is_ok_and(|v| v == "1");
+    // `BENCH_REQUEST_TASK=0`: `upstream.drive_in_request_task = false`.
+    let request_task = std::env::var("BENCH_REQUEST_TASK").map_or(true, |v| v != "0");
+    // `BENCH_FAST_PATH=0`: `server.fast_path = false` (hyper serves every request).
+    let fast_path = std::env::var("BENCH_FAST_PATH").map_or(true, |v| v != "0");
     rt.block_on(async move {
         let up = upstream().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

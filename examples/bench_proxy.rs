@@ -3,8 +3,8 @@
 //!
 //! `cargo run --release --example bench_proxy -- PORT UPSTREAM_URL [WORKER_THREADS] [REDIS_URL]` (0 workers: the
 //! current-thread runtime; a Redis URL: `[store] backend = "redis"` there, bearer lookups then served from the
-//! replica's cache as in production; `BENCH_REQUEST_TASK=1`: `upstream.drive_in_request_task = true`;
-//! `BENCH_FAST_PATH=1`: `server.fast_path = true`). Prints `token=<access token>` once ready. The Azure IdP it is configured with points at a closed loopback
+//! replica's cache as in production; the shipped defaults unless `BENCH_REQUEST_TASK=0`:
+//! `upstream.drive_in_request_task = false`, `BENCH_FAST_PATH=0`: `server.fast_path = false`). Prints `token=<access token>` once ready. The Azure IdP it is configured with points at a closed loopback
 //! port and is never called: the upstream token is valid for a day.
 //!
 //! `BENCH_PER_CORE=1`: `server.runtime = "per-core"` with WORKER_THREADS threads, each a current-thread runtime
@@ -31,10 +31,10 @@ fn main() {
     let upstream = args.next().unwrap_or_else(|| "http://127.0.0.1:3900".to_owned());
     let workers: usize = args.next().and_then(|w| w.parse().ok()).unwrap_or(1);
     let redis = args.next().filter(|u| !u.is_empty());
-    // `upstream.drive_in_request_task` (the `request-task` target of bench/run.py).
-    let request_task = std::env::var("BENCH_REQUEST_TASK").is_ok_and(|v| v == "1");
-    // `server.fast_path` (the `fast-path` target of bench/run.py).
-    let fast_path = std::env::var("BENCH_FAST_PATH").is_ok_and(|v| v == "1");
+    // `upstream.drive_in_request_task` (off for the `hyper-util` target of bench/run.py).
+    let request_task = std::env::var("BENCH_REQUEST_TASK").map_or(true, |v| v != "0");
+    // `server.fast_path` (off for the `hyper-path` and `hyper-util` targets of bench/run.py).
+    let fast_path = std::env::var("BENCH_FAST_PATH").map_or(true, |v| v != "0");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nfast_path = {fast_path}\n\

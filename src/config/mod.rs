@@ -293,7 +293,7 @@ pub struct ServerConfig {
     /// available core (tokio's default). Always `None` with `current-thread`.
     pub worker_threads: Option<usize>,
     /// `server.fast_path`: plain HTTP/1.1 proxied requests served byte-level ([`crate::server::fast_path`],
-    /// issue 13); default false.
+    /// issue 13); default true (`false`: hyper serves every request).
     pub fast_path: bool,
 }
 

@@ -93,8 +93,12 @@ pub(crate) struct RawServer {
     pub(crate) shutdown_grace: Option<DurationText>,
     pub(crate) runtime: Option<String>,
     pub(crate) worker_threads: Option<usize>,
-    #[serde(default)]
+    #[serde(default = "default_fast_path")]
     pub(crate) fast_path: bool,
+}
+
+fn default_fast_path() -> bool {
+    true
 }
 
 #[derive(Deserialize)]

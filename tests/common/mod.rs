@@ -426,9 +426,12 @@ impl TestProxyBuilder {
             }
         };
         let (server_extra, extra) = (self.server_extra, self.extra);
-        // `DCR_TEST_FAST_PATH=1`: the same tests through the fast path (issue 13), unless a test sets it itself.
+        // `DCR_TEST_FAST_PATH=0`: the same tests with the fast path off (hyper serves every request; issue 13),
+        // `=1` on (the default), unless a test sets it itself.
         let server_extra = match std::env::var("DCR_TEST_FAST_PATH").as_deref() {
-            Ok("1") if !server_extra.contains("fast_path") => format!("fast_path = true\n{server_extra}"),
+            Ok(v @ ("0" | "1")) if !server_extra.contains("fast_path") => {
+                format!("fast_path = {}\n{server_extra}", v == "1")
+            }
             _ => server_extra,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
