@@ -175,6 +175,7 @@ async fn read_head<I: AsyncRead + Unpin>(
             if env.closing.is_closing() {
                 return Ok(Next::Close);
             }
+            shrink_idle(buf);
         } else {
             match head::classify(buf, &env.app.metadata.protected_resource_path) {
                 Parsed::Partial => {}
@@ -192,6 +193,14 @@ async fn read_head<I: AsyncRead + Unpin>(
             () = env.closing.wake.notified(), if waiting => {}
             () = sleep_until_some(deadline) => return Ok(Next::Close),
         }
+    }
+}
+
+/// An empty buffer that grew for a body ([`BODY_READ_SIZE`]) goes back to [`READ_SIZE`] before the connection
+/// waits for its next request: an idle keep-alive connection holds 16 KiB, whatever it carried before.
+fn shrink_idle(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 2 * READ_SIZE {
+        *buf = BytesMut::with_capacity(READ_SIZE);
     }
 }
 
@@ -791,6 +800,28 @@ mod tests {
         let (mut input, mut out) = (BytesMut::from(&b"abcGET"[..]), BytesMut::new());
         assert!(matches!(body.take(&mut input, &mut out), Ok(true)));
         assert_eq!((&out[..], &input[..]), (&b"abc"[..], &b"GET"[..]));
+    }
+
+    #[test]
+    fn an_idle_buffer_grown_for_a_body_goes_back_to_the_head_size() {
+        let mut buf = BytesMut::with_capacity(READ_SIZE);
+        buf.reserve(BODY_READ_SIZE);
+        buf.extend_from_slice(&[b'x'; 1000]);
+        let piece = buf.split_to(1000);
+        drop(piece);
+        buf.reserve(BODY_READ_SIZE);
+        assert!(buf.capacity() >= BODY_READ_SIZE);
+        shrink_idle(&mut buf);
+        assert!(buf.capacity() <= 2 * READ_SIZE, "{}", buf.capacity());
+        // Kept as it is while it holds bytes (a pipelined request) or is not larger than a head read needs.
+        let mut holding = BytesMut::with_capacity(BODY_READ_SIZE);
+        holding.extend_from_slice(b"GET");
+        shrink_idle(&mut holding);
+        assert!(holding.capacity() >= BODY_READ_SIZE);
+        let mut small = BytesMut::with_capacity(READ_SIZE);
+        let before = small.as_ptr();
+        shrink_idle(&mut small);
+        assert_eq!(small.as_ptr(), before);
     }
 
     #[test]
