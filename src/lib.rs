@@ -41,6 +41,7 @@ pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod idp;
+pub mod jwk;
 pub mod log_writer;
 pub mod metrics;
 pub mod oauth;

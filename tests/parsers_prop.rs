@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use dcr_proxy::http::params::Params;
-use dcr_proxy::oauth::{redirect_uri, register, token};
+use dcr_proxy::oauth::{client_auth, redirect_uri, register};
 use dcr_proxy::proxy::bearer;
 use http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
@@ -210,13 +210,13 @@ proptest! {
         use base64::Engine as _;
         let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
         let header = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", enc(&id), enc(&secret))));
-        prop_assert_eq!(token::parse_basic(&header).ok(), Some((id, secret)));
+        prop_assert_eq!(client_auth::parse_basic(&header).ok(), Some((id, secret)));
     }
 
     #[test]
     fn authorization_header_parsers_never_panic(value in prop::collection::vec(any::<u8>(), 0..300)) {
         if let Ok(v) = HeaderValue::from_bytes(&value) {
-            let _ = token::parse_basic(v.to_str().unwrap_or(""));
+            let _ = client_auth::parse_basic(v.to_str().unwrap_or(""));
             let mut h = HeaderMap::new();
             h.insert("authorization", v);
             let _ = bearer::token_from_headers(&h);

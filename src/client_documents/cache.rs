@@ -40,6 +40,10 @@ impl<T: Clone> BoundedCache<T> {
         self.entries.insert(key.to_owned(), (value, expires_at));
     }
 
+    pub fn remove(&self, key: &str) {
+        self.entries.remove(key);
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -4,7 +4,8 @@
 //! - The client_id URL (§3): `https`, a path other than `/`, no fragment, no user or password, no `.`/`..`
 //!   segments, and already in canonical form (the document's `client_id` is compared byte for byte).
 //! - The document (§4): a JSON object whose `client_id` equals the URL; no client secret (there is nobody to
-//!   share it with); `token_endpoint_auth_method` `none` (the default here); every other field follows the RFC
+//!   share it with); `token_endpoint_auth_method` `none` (the default here) or `private_key_jwt` with `jwks` or
+//!   `jwks_uri` (RFC 7523 §2.2; ChatGPT's documents), never a shared-secret method; every other field follows the RFC
 //!   7591 rules the proxy applies to registrations, the operator's redirect allowlist included, and the same
 //!   refusal of control and bidi characters in the text it shows (`client_name` …).
 
@@ -56,7 +57,7 @@ pub fn check_url(client_id: &str, allowed_hosts: &[String]) -> Result<Url, Docum
 }
 
 /// `allowed` entries are exact hosts or `*.suffix` (any subdomain of suffix, not suffix itself).
-fn host_allowed(host: &str, allowed: &[String]) -> bool {
+pub(crate) fn host_allowed(host: &str, allowed: &[String]) -> bool {
     allowed.is_empty()
         || allowed.iter().any(|a| match a.strip_prefix("*.") {
             Some(suffix) => {
@@ -83,16 +84,31 @@ pub fn parse(body: &[u8], url: &Url, now: UnixTime, redirects: &Allowlist) -> Re
     }
     let metadata = register::validate_metadata(&doc, redirects)
         .map_err(|e| DocumentError::Invalid(shorten(&e.description, 300)))?;
+    let method = document_auth_method(obj, &metadata)?;
+    Ok(metadata.into_client(url.as_str().to_owned(), method, None, None, now))
+}
+
+/// How a document's client authenticates: `none` (the default), or `private_key_jwt` when the document says so in
+/// `token_endpoint_auth_method`, or lists it in `token_endpoint_auth_methods_supported` (as ChatGPT's documents
+/// do) and publishes keys. Shared-secret methods are refused: there is nobody to share a secret with.
+fn document_auth_method(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    metadata: &register::ClientMetadata,
+) -> Result<ClientAuthMethod, DocumentError> {
+    let listed = obj
+        .get("token_endpoint_auth_methods_supported")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|methods| methods.iter().any(|m| m.as_str() == Some("private_key_jwt")));
     match metadata.auth_method {
-        None | Some(ClientAuthMethod::None) => {}
-        Some(other) => {
-            return Err(DocumentError::Invalid(format!(
-                "`token_endpoint_auth_method` {} is not usable with a metadata document here; use none",
-                other.as_str()
-            )))
-        }
+        Some(ClientAuthMethod::PrivateKeyJwt) => Ok(ClientAuthMethod::PrivateKeyJwt),
+        None if listed && metadata.keys.is_some() => Ok(ClientAuthMethod::PrivateKeyJwt),
+        None | Some(ClientAuthMethod::None) => Ok(ClientAuthMethod::None),
+        Some(other) => Err(DocumentError::Invalid(format!(
+            "`token_endpoint_auth_method` {} is not usable with a metadata document (a shared secret has nobody \
+             to be shared with); use none or private_key_jwt",
+            other.as_str()
+        ))),
     }
-    Ok(metadata.into_client(url.as_str().to_owned(), ClientAuthMethod::None, None, None, now))
 }
 
 /// A value from a document, cut for messages (which are shown, logged and remembered with failures).

@@ -17,45 +17,45 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use super::DocumentError;
 use crate::store::Client;
 
-/// What a fetch produced.
-pub type Outcome = Result<Arc<Client>, DocumentError>;
+/// What a fetch produced: a document's client, or (for `jwks_uri`) a key set.
+pub type Outcome<T = Arc<Client>> = Result<T, DocumentError>;
 
 #[derive(Debug, Clone)]
-enum State {
+enum State<T> {
     Running,
-    Done(Outcome),
+    Done(Outcome<T>),
     Abandoned,
 }
 
-/// The fetches running, by document URL.
-pub struct Flights {
-    running: DashMap<String, Arc<watch::Sender<State>>>,
+/// The fetches running, by URL.
+pub struct Flights<T = Arc<Client>> {
+    running: DashMap<String, Arc<watch::Sender<State<T>>>>,
     slots: Arc<Semaphore>,
 }
 
 /// The caller's part in a fetch.
-pub enum Joined<'a> {
+pub enum Joined<'a, T = Arc<Client>> {
     /// Nobody was fetching this URL: the caller fetches it and reports through [`Lead::finish`].
-    Lead(Lead<'a>),
+    Lead(Lead<'a, T>),
     /// Another request is fetching it: wait with [`Waiter::outcome`].
-    Wait(Waiter),
+    Wait(Waiter<T>),
 }
 
 /// How a wait ended.
 #[derive(Debug)]
-pub enum Waited {
-    Done(Outcome),
+pub enum Waited<T = Arc<Client>> {
+    Done(Outcome<T>),
     /// The leading request was cancelled before its fetch finished.
     Abandoned,
 }
 
-impl Flights {
+impl<T: Clone> Flights<T> {
     pub fn new(max_concurrent: usize) -> Self {
         Self { running: DashMap::new(), slots: Arc::new(Semaphore::new(max_concurrent)) }
     }
 
     /// Joins the fetch of `url`, or starts one when a slot is free ([`DocumentError::Busy`] otherwise).
-    pub fn join(&self, url: &str) -> Result<Joined<'_>, DocumentError> {
+    pub fn join(&self, url: &str) -> Result<Joined<'_, T>, DocumentError> {
         match self.running.entry(url.to_owned()) {
             Entry::Occupied(e) => Ok(Joined::Wait(Waiter(e.get().subscribe()))),
             Entry::Vacant(e) => {
@@ -80,11 +80,11 @@ impl Flights {
 }
 
 /// A request waiting for a fetch another request leads.
-pub struct Waiter(watch::Receiver<State>);
+pub struct Waiter<T = Arc<Client>>(watch::Receiver<State<T>>);
 
-impl Waiter {
+impl<T: Clone> Waiter<T> {
     /// Waits until the fetch ends or its leader is dropped.
-    pub async fn outcome(mut self) -> Waited {
+    pub async fn outcome(mut self) -> Waited<T> {
         match self.0.wait_for(|s| !matches!(s, State::Running)).await {
             Ok(state) => match &*state {
                 State::Done(outcome) => Waited::Done(outcome.clone()),
@@ -97,21 +97,24 @@ impl Waiter {
 }
 
 /// The leading request's hold on a fetch: its map entry and its slot, both released on drop.
-pub struct Lead<'a> {
-    flights: &'a Flights,
+pub struct Lead<'a, T = Arc<Client>> {
+    flights: &'a Flights<T>,
     url: String,
-    tx: Arc<watch::Sender<State>>,
+    tx: Arc<watch::Sender<State<T>>>,
     _slot: OwnedSemaphorePermit,
 }
 
-impl Lead<'_> {
+impl<T> Lead<'_, T> {
     /// Hands the outcome to the waiters and ends the flight.
-    pub fn finish(self, outcome: &Outcome) {
+    pub fn finish(self, outcome: &Outcome<T>)
+    where
+        T: Clone,
+    {
         self.tx.send_replace(State::Done(outcome.clone()));
     }
 }
 
-impl Drop for Lead<'_> {
+impl<T> Drop for Lead<'_, T> {
     fn drop(&mut self) {
         // Out of the map first, so that a woken waiter that tries again starts a new flight instead of joining
         // this finished one.
@@ -136,7 +139,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiters_get_the_leaders_outcome_and_the_entry_goes() {
-        let flights = Flights::new(4);
+        let flights: Flights = Flights::new(4);
         let Ok(Joined::Lead(lead)) = flights.join("u") else { panic!("first caller leads") };
         let Ok(Joined::Wait(rx)) = flights.join("u") else { panic!("second caller waits") };
         assert_eq!(flights.waiting(), 1);
@@ -147,7 +150,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_leader_frees_its_entry_and_slot_and_wakes_its_waiters() {
-        let flights = Flights::new(1);
+        let flights: Flights = Flights::new(1);
         let Ok(Joined::Lead(lead)) = flights.join("u") else { panic!("first caller leads") };
         let Ok(Joined::Wait(rx)) = flights.join("u") else { panic!("second caller waits") };
         assert!(matches!(flights.join("other"), Err(DocumentError::Busy)), "the only slot is taken");

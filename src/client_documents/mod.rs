@@ -27,6 +27,7 @@ pub mod cache;
 pub mod document;
 pub mod fetch;
 pub mod flight;
+pub mod keys;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -140,6 +141,8 @@ pub struct ClientDocuments {
     failures: BoundedCache<DocumentError>,
     /// Fetches in flight, one per URL and at most `max_concurrent_fetches` (beyond: 503 instead of queueing).
     flights: Flights,
+    /// Key sets of `private_key_jwt` clients published at a `jwks_uri`, fetched with the same guard.
+    pub keys: keys::KeyCache,
 }
 
 /// How many times a request joins a fetch whose leader is cancelled before it gives up (and is told to retry).
@@ -156,7 +159,19 @@ impl ClientDocuments {
                 allow_loopback: config.allow_loopback_for_testing,
             },
         };
+        let keys = keys::KeyCache::new(
+            fetcher.clone(),
+            keys::KeyCachePolicy {
+                cache_ttl: config.cache_ttl,
+                failure_ttl: config.failure_ttl,
+                refetch_interval: config.jwks_refetch_interval,
+                entries: config.cache_entries,
+                max_concurrent: config.max_concurrent_fetches,
+                allowed_hosts: config.allowed_hosts.clone(),
+            },
+        );
         Self {
+            keys,
             cache: BoundedCache::new(config.cache_entries),
             failures: BoundedCache::new(config.cache_entries),
             flights: Flights::new(config.max_concurrent_fetches),

@@ -425,6 +425,8 @@ pub struct ClientDocumentsConfig {
     pub allow_loopback_for_testing: bool,
     /// How long a failed fetch is remembered (and answered again without fetching), per URL.
     pub failure_ttl: Duration,
+    /// A `jwks_uri` is fetched again for an assertion naming an unknown `kid` at most once per this interval.
+    pub jwks_refetch_interval: Duration,
 }
 
 /// Abuse limits of the public endpoints.

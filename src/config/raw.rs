@@ -282,6 +282,7 @@ pub(crate) struct RawClientDocuments {
     #[serde(default)]
     pub(crate) allow_loopback_for_testing: bool,
     pub(crate) failure_ttl: Option<DurationText>,
+    pub(crate) jwks_refetch_interval: Option<DurationText>,
 }
 
 #[derive(Deserialize, Default)]

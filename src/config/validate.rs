@@ -563,6 +563,11 @@ fn validate_client_documents(raw: RawClientDocuments, files: &Files) -> Result<C
     if failure_ttl < Duration::from_secs(1) || failure_ttl > Duration::from_secs(600) {
         return Err(invalid(FAILURE_TTL, "must be between 1s and 10m"));
     }
+    const REFETCH: &str = "client_metadata_documents.jwks_refetch_interval";
+    let jwks_refetch_interval = duration(REFETCH, raw.jwks_refetch_interval, Duration::from_secs(10))?;
+    if jwks_refetch_interval < Duration::from_secs(1) || jwks_refetch_interval > Duration::from_secs(600) {
+        return Err(invalid(REFETCH, "must be between 1s and 10m"));
+    }
     if let Some(path) = &raw.extra_ca_file {
         if !files.extra_ca_file_is_file {
             return Err(invalid(
@@ -582,6 +587,7 @@ fn validate_client_documents(raw: RawClientDocuments, files: &Files) -> Result<C
         extra_ca_file: raw.extra_ca_file,
         allow_loopback_for_testing: raw.allow_loopback_for_testing,
         failure_ttl,
+        jwks_refetch_interval,
     })
 }
 

@@ -6,7 +6,7 @@
 //! - A token that is unknown, expired, of a revoked grant, or a refresh token already rotated is only
 //!   `{"active": false}` (§2.2): nothing else is said about it.
 
-use http::{header, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use serde_json::Value;
 
 use crate::app::App;
@@ -14,7 +14,8 @@ use crate::clock::UnixTime;
 use crate::crypto::{self, TokenHash};
 use crate::error::{Error, OAuthError};
 use crate::http::{json_response, no_store, Body, RequestBody};
-use crate::oauth::{requests, token};
+use crate::oauth::client_auth::Credential;
+use crate::oauth::requests;
 use crate::store::{StateStore, StoreError};
 
 /// RFC 7662 §2: the introspection endpoint.
@@ -24,14 +25,14 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
         return Err(Error::NotFound);
     };
     let (headers, params) = requests::read_oauth_form(req).await?;
-    let (id, secret) = match headers.get(header::AUTHORIZATION) {
-        Some(v) => token::parse_basic(v.to_str().unwrap_or(""))?,
-        None => {
-            (params.get("client_id").unwrap_or("").to_owned(), params.get("client_secret").unwrap_or("").to_owned())
-        }
+    // The resource server authenticates with its secret (Basic or form), read by the one client-authentication
+    // module; any other credential is refused like a wrong secret.
+    let (id, secret) = match Credential::read(&headers, &params)? {
+        Credential::Secret { client_id, secret } => (client_id, secret),
+        Credential::Id(client_id) | Credential::Assertion { client_id, .. } => (client_id, String::new()),
     };
     let id_ok = crypto::constant_time_eq(id.as_bytes(), rs.client_id.as_bytes());
-    if !(id_ok && TokenHash::of(rs.client_secret.expose_secret()).matches(&secret)) {
+    if !(id_ok && !secret.is_empty() && TokenHash::of(rs.client_secret.expose_secret()).matches(&secret)) {
         return Err(OAuthError::invalid_client("introspection requires the resource server's credentials").into());
     }
     let token = params.require("token")?;

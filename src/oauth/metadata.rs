@@ -11,6 +11,8 @@
 //!   is still asked of the IdP and still accepted from clients.
 //! - `registration.enabled = false` (Dynamic Client Registration off, deprecated by MCP 2026-07-28): no
 //!   `registration_endpoint`.
+//! - Client authentication (RFC 8414 §2): `none`, the two secret methods and `private_key_jwt` (RFC 7523) with the
+//!   signing algorithms of [`crate::jwk::ALGORITHMS`], at the token and revocation endpoints.
 //! - `client_id_metadata_document_supported` (draft-ietf-oauth-client-id-metadata-document §5): URL client_ids
 //!   are accepted unless `client_metadata_documents.enabled = false`.
 
@@ -19,6 +21,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::route::Route;
+use crate::store::ClientAuthMethod;
 
 /// The serialized documents.
 #[derive(Debug, Clone)]
@@ -35,7 +38,8 @@ impl Metadata {
     pub fn build(config: &Config) -> Self {
         let base = &config.server.public_url;
         let scopes = &config.idp.scopes;
-        let auth_methods = ["none", "client_secret_basic", "client_secret_post"];
+        let auth_methods: Vec<&str> = ClientAuthMethod::ALL.iter().map(|m| m.as_str()).collect();
+        let signing_algs = crate::jwk::algorithm_names();
         let as_doc = json!({
             "issuer": base,
             "authorization_endpoint": endpoint(base, Route::Authorize),
@@ -49,7 +53,9 @@ impl Metadata {
             "grant_types_supported": ["authorization_code", "refresh_token"],
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": auth_methods,
+            "token_endpoint_auth_signing_alg_values_supported": signing_algs,
             "revocation_endpoint_auth_methods_supported": auth_methods,
+            "revocation_endpoint_auth_signing_alg_values_supported": signing_algs,
             "authorization_response_iss_parameter_supported": true,
             "client_id_metadata_document_supported": config.client_documents.enabled,
         });

@@ -13,6 +13,7 @@
 
 pub mod authorize;
 pub mod bearer_token;
+pub mod client_auth;
 pub mod client_config;
 pub mod consent;
 pub mod error;

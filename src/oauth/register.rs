@@ -1,7 +1,9 @@
 //! Dynamic Client Registration (RFC 7591).
 //!
 //! - §2: metadata the server does not understand is ignored; `token_endpoint_auth_method` is `none`,
-//!   `client_secret_basic` (the RFC's default) or `client_secret_post`; `grant_types` ⊆ {authorization_code,
+//!   `client_secret_basic` (the RFC's default), `client_secret_post` or `private_key_jwt` (RFC 7523 §2.2, which
+//!   needs the client's public keys: `jwks` or `jwks_uri`, never both, §2; `token_endpoint_auth_signing_alg`, when
+//!   sent, one of [`jwk::ALGORITHMS`]); `grant_types` ⊆ {authorization_code,
 //!   refresh_token} (both when omitted, so that refresh works for clients that leave it out); `response_types` =
 //!   ["code"].
 //! - §3.2.1: the response echoes the registered metadata with 201; a secret (256-bit) is issued only to
@@ -28,7 +30,8 @@ use crate::clock::UnixTime;
 use crate::crypto::{self, TokenHash};
 use crate::error::{ErrorCode, OAuthError};
 use crate::http::html;
-use crate::store::{Client, ClientAuthMethod};
+use crate::jwk::{self, KeySet};
+use crate::store::{Client, ClientAuthMethod, ClientKeys};
 
 /// The most redirect URIs a client may register.
 pub const MAX_REDIRECT_URIS: usize = 20;
@@ -89,6 +92,10 @@ pub struct ClientMetadata {
     pub scope: Option<String>,
     /// OIDC Registration §2 `application_type`, when sent.
     pub application_type: Option<redirect_uri::ApplicationType>,
+    /// `jwks` or `jwks_uri` (never both), checked; kept only for a `private_key_jwt` client.
+    pub keys: Option<ClientKeys>,
+    /// `token_endpoint_auth_signing_alg`, when sent (one of [`jwk::ALGORITHMS`]).
+    pub signing_alg: Option<jsonwebtoken::Algorithm>,
 }
 
 impl ClientMetadata {
@@ -101,10 +108,13 @@ impl ClientMetadata {
         registration_token: Option<TokenHash>,
         now: UnixTime,
     ) -> Client {
+        let private_key = auth_method == ClientAuthMethod::PrivateKeyJwt;
         Client {
             client_id,
             secret_hash,
             auth_method,
+            keys: self.keys.filter(|_| private_key),
+            signing_alg: self.signing_alg.filter(|_| private_key),
             redirect_uris: self.redirect_uris,
             client_name: self.client_name,
             scope: self.scope,
@@ -119,7 +129,7 @@ impl ClientMetadata {
 }
 
 /// The metadata fields whose text is (or may become) stored, echoed or shown: RFC 7591 §2 and RFC 7592.
-const TEXT_FIELDS: [&str; 17] = [
+const TEXT_FIELDS: [&str; 18] = [
     "redirect_uris",
     "client_name",
     "client_uri",
@@ -137,6 +147,7 @@ const TEXT_FIELDS: [&str; 17] = [
     "client_id",
     "client_secret",
     "application_type",
+    "token_endpoint_auth_signing_alg",
 ];
 
 /// Refuses a control or format character ([`html::is_control_or_format`]) in any string of a text field, or of
@@ -204,10 +215,26 @@ pub fn validate_metadata(body: &Value, allowed: &redirect_uri::Allowlist) -> Res
         None => None,
         Some(m) => Some(ClientAuthMethod::parse(&m).ok_or_else(|| {
             metadata_error(format!(
-                "`token_endpoint_auth_method` `{m}` is not supported; use none, client_secret_basic or client_secret_post"
+                "`token_endpoint_auth_method` `{m}` is not supported; use none, client_secret_basic, \
+                 client_secret_post or private_key_jwt"
             ))
         })?),
     };
+    let keys = client_keys(obj)?;
+    let signing_alg = match string_field(obj, "token_endpoint_auth_signing_alg")? {
+        None => None,
+        Some(name) => Some(jwk::parse_algorithm(&name).ok_or_else(|| {
+            metadata_error(format!(
+                "`token_endpoint_auth_signing_alg` `{name}` is not supported; use one of {}",
+                jwk::algorithm_names().join(", ")
+            ))
+        })?),
+    };
+    if auth_method == Some(ClientAuthMethod::PrivateKeyJwt) && keys.is_none() {
+        return Err(metadata_error(
+            "`token_endpoint_auth_method` private_key_jwt needs the client's public keys: `jwks` or `jwks_uri`",
+        ));
+    }
 
     let grant_types = string_array(obj, "grant_types")?
         .unwrap_or_else(|| vec!["authorization_code".to_owned(), "refresh_token".to_owned()]);
@@ -238,7 +265,48 @@ pub fn validate_metadata(body: &Value, allowed: &redirect_uri::Allowlist) -> Res
         client_name,
         scope,
         application_type,
+        keys,
+        signing_alg,
     })
+}
+
+/// The longest `jwks_uri` accepted.
+const MAX_JWKS_URI: usize = 2048;
+
+/// RFC 7591 §2 `jwks` / `jwks_uri`: at most one of them; an inline set must hold usable public keys only, a URL
+/// must be https without credentials or fragment (what it serves is checked when it is fetched).
+pub fn client_keys(obj: &Map<String, Value>) -> Result<Option<ClientKeys>, OAuthError> {
+    match (obj.get("jwks").filter(|v| !v.is_null()), string_field(obj, "jwks_uri")?) {
+        (Some(_), Some(_)) => Err(metadata_error("`jwks` and `jwks_uri` must not both be present; send one")),
+        (Some(set), None) => KeySet::parse_registered(set)
+            .map(|set| Some(ClientKeys::Inline(std::sync::Arc::new(set))))
+            .map_err(|e| metadata_error(format!("`jwks`: {e}"))),
+        (None, Some(uri)) => check_jwks_uri(&uri).map(|()| Some(ClientKeys::Uri(uri))),
+        (None, None) => Ok(None),
+    }
+}
+
+fn check_jwks_uri(uri: &str) -> Result<(), OAuthError> {
+    let bad = |why: &str| Err(metadata_error(format!("`jwks_uri` {why}")));
+    if uri.len() > MAX_JWKS_URI {
+        return bad("is longer than 2048 characters");
+    }
+    let Ok(url) = url::Url::parse(uri) else {
+        return bad("is not an absolute URL");
+    };
+    if url.scheme() != "https" {
+        return bad("must be an https URL");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return bad("must not contain a user name or password");
+    }
+    if url.fragment().is_some() {
+        return bad("must not contain a fragment");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return bad("has no host");
+    }
+    Ok(())
 }
 
 /// Validates RFC 7591 client metadata (a parsed JSON body) and builds the client.
@@ -247,7 +315,7 @@ pub fn register(body: &Value, now: UnixTime, allowed: &redirect_uri::Allowlist) 
     let metadata = validate_metadata(body, allowed)?;
     let application_type = metadata.application_type;
     let auth_method = metadata.auth_method.unwrap_or(ClientAuthMethod::ClientSecretBasic);
-    let secret = (auth_method != ClientAuthMethod::None).then(crypto::random_token);
+    let secret = auth_method.uses_secret().then(crypto::random_token);
     let registration_token = crypto::random_token();
     let client = metadata.into_client(
         crypto::random_token(),
@@ -277,13 +345,15 @@ pub fn update(
             return Err(metadata_error("`client_secret` is not this client's"));
         }
     }
-    let mut fresh = register(body, now, allowed)?.client;
-    if obj.get("token_endpoint_auth_method").is_none() {
-        fresh.auth_method = existing.auth_method;
-    }
-    if fresh.auth_method != existing.auth_method {
+    let metadata = validate_metadata(body, allowed)?;
+    let auth_method = metadata.auth_method.unwrap_or(existing.auth_method);
+    if auth_method != existing.auth_method {
         return Err(metadata_error("`token_endpoint_auth_method` cannot be changed; register a new client"));
     }
+    if auth_method == ClientAuthMethod::PrivateKeyJwt && metadata.keys.is_none() {
+        return Err(metadata_error("a private_key_jwt client's update must carry its keys: `jwks` or `jwks_uri`"));
+    }
+    let mut fresh = metadata.into_client(String::new(), auth_method, None, None, now);
     fresh.client_id = existing.client_id.clone();
     fresh.secret_hash = existing.secret_hash;
     fresh.issued_at = existing.issued_at;
@@ -327,6 +397,18 @@ pub fn response_body(client: &Client, secret: Option<&str>, management: (Option<
         }
         if let Some(scope) = &client.scope {
             obj.insert("scope".into(), json!(scope));
+        }
+        match &client.keys {
+            Some(ClientKeys::Inline(set)) => {
+                obj.insert("jwks".into(), serde_json::from_str(set.json()).unwrap_or(Value::Null));
+            }
+            Some(ClientKeys::Uri(uri)) => {
+                obj.insert("jwks_uri".into(), json!(uri));
+            }
+            None => {}
+        }
+        if let Some(alg) = client.signing_alg {
+            obj.insert("token_endpoint_auth_signing_alg".into(), json!(jwk::algorithm_name(alg)));
         }
         if let Some(token) = management.0 {
             obj.insert("registration_access_token".into(), json!(token));

@@ -15,7 +15,8 @@ use crate::client_documents::{self, DocumentError};
 use crate::error::{Error, OAuthError};
 use crate::http::params::Params;
 use crate::http::{self as h, read_body, RequestBody};
-use crate::oauth::token;
+use crate::oauth::client_auth::{self, Credential};
+use crate::route::Route;
 use crate::store::Client;
 
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -64,24 +65,17 @@ pub fn find_client(document: &Option<Arc<Client>>, registered: &Option<Arc<Clien
     [document, registered].into_iter().flatten().find(|c| c.client_id == id).cloned()
 }
 
-/// Authenticates the client of a token or revocation request; a metadata-document client is resolved first.
-pub async fn token_client(app: &App, headers: &HeaderMap, params: &Params) -> Result<Arc<Client>, Error> {
-    let document = document_client(app, params.get("client_id")).await.map_err(DocumentError::into_token_error)?;
-    // The id the request authenticates as (Basic or `client_id`), read once by the rule itself.
-    let mut named = None;
-    let _ = token::authenticate_client(
-        |id| {
-            named = Some(id.to_owned());
-            None
-        },
-        headers,
-        params,
-    );
-    let registered = match named {
-        Some(id) if !client_documents::is_document_id(&id) => app.store.client(&id).await?,
-        _ => None,
+/// The client a token, revocation or introspection request names (registered, or a metadata document fetched
+/// or cached), authenticated with the request's credential ([`client_auth`]).
+pub async fn token_client(app: &App, credential: &Credential, endpoint: Route) -> Result<Arc<Client>, Error> {
+    let id = credential.client_id();
+    let client = if client_documents::is_document_id(id) {
+        document_client(app, Some(id)).await.map_err(DocumentError::into_token_error)?
+    } else {
+        app.store.client(id).await?
     };
-    Ok(token::authenticate_client(|id| find_client(&document, &registered, id), headers, params)?)
+    let client = client.ok_or_else(|| OAuthError::invalid_client("unknown client; register again"))?;
+    client_auth::authenticate(app, client, credential, endpoint).await
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@ use crate::client_documents;
 use crate::crypto::TokenHash;
 use crate::error::Error;
 use crate::http::{self as h, no_store, Body, RequestBody};
+use crate::oauth::client_auth::Credential;
 use crate::oauth::requests;
+use crate::route::Route;
 use crate::store::{StateStore, StoreError};
 
 /// What a revocation did.
@@ -38,12 +40,12 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
         no_store(&mut resp);
         resp
     };
-    if let Some(id) = params.get("client_id").filter(|id| client_documents::is_document_id(id)) {
-        if app.store.token_client(token).await?.as_deref() != Some(id) {
-            return Ok(answer());
-        }
+    let credential = Credential::read(&headers, &params)?;
+    let id = credential.client_id();
+    if client_documents::is_document_id(id) && app.store.token_client(token).await?.as_deref() != Some(id) {
+        return Ok(answer());
     }
-    let client = requests::token_client(app, &headers, &params).await?;
+    let client = requests::token_client(app, &credential, Route::Revoke).await?;
     match revoke(&app.store, &client.client_id, token).await? {
         Revoked::Grant => {
             tracing::info!(client_id = %client.client_id, "grant revoked by its client");

@@ -1,8 +1,8 @@
 //! The token endpoint (RFC 6749 §3.2, §4.1.3, §5, §6; RFC 7636 §4.6; RFC 9700 §4.14).
 //!
-//! - Client authentication (§2.3.1): HTTP Basic (`client_secret_basic`), `client_secret` in the body
-//!   (`client_secret_post`), or `client_id` alone for public clients; using two methods at once is refused. An
-//!   unknown client or a bad secret is 401 `invalid_client`, so that clients register again.
+//! - Client authentication ([`super::client_auth`]): the method the client registered — a secret (§2.3.1), a
+//!   signed assertion (RFC 7523, `private_key_jwt`) or `client_id` alone for public clients — before anything is
+//!   spent. An unknown client or a failed authentication is 401 `invalid_client`, so that clients register again.
 //! - `authorization_code`: the code is taken out of the store atomically (single use); it must belong to the
 //!   client, be unexpired, come with the same `redirect_uri` and a matching PKCE verifier. A replayed code revokes
 //!   the grant it created (§4.1.2).
@@ -19,11 +19,10 @@
 
 use std::sync::Arc;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
-use http::{header, HeaderMap, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use super::client_auth::Credential;
 use super::{pkce, requests, scope};
 use crate::app::App;
 use crate::audit::{self, Entry, Event};
@@ -35,8 +34,8 @@ use crate::error::{Error, ErrorCode, OAuthError};
 use crate::http::params::Params;
 use crate::http::{json_response, no_store, Body, RequestBody};
 use crate::store::{
-    AccessToken, AuthorizationCode, Client, ClientAuthMethod, CodeRedemption, FamilyId, Grant, GrantId, Presented,
-    RefreshFamily, RefreshTokenName, Rotation, StateStore,
+    AccessToken, AuthorizationCode, Client, CodeRedemption, FamilyId, Grant, GrantId, Presented, RefreshFamily,
+    RefreshTokenName, Rotation, StateStore,
 };
 
 /// A successful token response (RFC 6749 §5.1).
@@ -48,80 +47,6 @@ pub struct TokenResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
     pub scope: String,
-}
-
-/// Authenticates the client of a token, revocation or introspection request.
-/// `lookup` finds a client by id (registered, or described by a metadata document).
-pub fn authenticate_client(
-    lookup: impl FnOnce(&str) -> Option<Arc<Client>>,
-    headers: &HeaderMap,
-    params: &Params,
-) -> Result<Arc<Client>, OAuthError> {
-    let basic = match headers.get(header::AUTHORIZATION) {
-        Some(value) => Some(parse_basic(value.to_str().unwrap_or(""))?),
-        None => None,
-    };
-    let (client_id, secret, method) = match basic {
-        Some((id, secret)) => {
-            if params.get("client_secret").is_some() {
-                return Err(OAuthError::invalid_request("use one client authentication method, not two"));
-            }
-            if params.get("client_id").is_some_and(|body_id| body_id != id) {
-                return Err(OAuthError::invalid_request("client_id differs from the Authorization header"));
-            }
-            (id, Some(secret), ClientAuthMethod::ClientSecretBasic)
-        }
-        None => {
-            let id = params
-                .get("client_id")
-                .ok_or_else(|| OAuthError::invalid_client("client authentication is required"))?
-                .to_owned();
-            match params.get("client_secret") {
-                Some(s) => (id, Some(s.to_owned()), ClientAuthMethod::ClientSecretPost),
-                None => (id, None, ClientAuthMethod::None),
-            }
-        }
-    };
-    let client = lookup(&client_id).ok_or_else(|| OAuthError::invalid_client("unknown client; register again"))?;
-    match (client.secret_hash, secret) {
-        (None, None) => Ok(client),
-        (None, Some(_)) => Err(OAuthError::invalid_client(
-            "this client was registered as a public client (token_endpoint_auth_method none) and has no secret",
-        )),
-        (Some(_), None) => Err(OAuthError::invalid_client(format!(
-            "client authentication is required ({})",
-            client.auth_method.as_str()
-        ))),
-        (Some(hash), Some(secret)) => {
-            // Both secret methods are accepted for a confidential client; many libraries mix them up.
-            let _ = method;
-            if hash.matches(&secret) {
-                Ok(client)
-            } else {
-                Err(OAuthError::invalid_client("client authentication failed"))
-            }
-        }
-    }
-}
-
-/// RFC 6749 §2.3.1: `Basic base64(urlencode(id) ":" urlencode(secret))`.
-pub fn parse_basic(value: &str) -> Result<(String, String), OAuthError> {
-    let bad = || OAuthError::invalid_client("malformed Basic authorization header");
-    let (scheme, rest) = value.split_once(' ').ok_or_else(bad)?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(OAuthError::invalid_client("the token endpoint accepts only Basic client authentication"));
-    }
-    let decoded = STANDARD.decode(rest.trim()).map_err(|_| bad())?;
-    let text = String::from_utf8(decoded).map_err(|_| bad())?;
-    let (id, secret) = text.split_once(':').ok_or_else(bad)?;
-    let decode = |s: &str| -> String {
-        form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
-    };
-    let (id, secret) = (decode(id), decode(secret));
-    if id.is_empty() {
-        return Err(bad());
-    }
-    Ok((id, secret))
 }
 
 /// What the token rules need to know about the proxy.
@@ -311,10 +236,12 @@ fn refreshed_scope(requested: Option<&str>, grant: &Grant) -> Result<Arc<str>, O
 /// code or refresh token of that client ([`client_documents::check_token_request`]).
 pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
     let (headers, params) = requests::read_oauth_form(req).await?;
-    if let Some(id) = params.get("client_id").filter(|id| client_documents::is_document_id(id)) {
+    let credential = Credential::read(&headers, &params)?;
+    let id = credential.client_id();
+    if client_documents::is_document_id(id) {
         client_documents::check_token_request(&app.store, &params, id).await??;
     }
-    let client = requests::token_client(app, &headers, &params).await?;
+    let client = requests::token_client(app, &credential, crate::route::Route::Token).await?;
     let ctx =
         TokenContext { store: &app.store, config: &app.config.tokens, now: app.clock.now(), resources: &app.resources };
     let issued = exchange(&ctx, &client, &params).await?;
@@ -690,13 +617,5 @@ mod tests {
         assert!(store.access_token(&TokenHash::of(&issued.access_token), 2000).is_some());
         store.sweep(1000 + 3600);
         assert_eq!(store.stats().grants, 0);
-    }
-
-    #[tokio::test]
-    async fn basic_header_is_decoded_per_rfc6749_2_3_1() {
-        let header = format!("Basic {}", STANDARD.encode("my%20id:p%3As"));
-        assert_eq!(parse_basic(&header).ok(), Some(("my id".to_owned(), "p:s".to_owned())));
-        assert!(parse_basic("Bearer abc").is_err());
-        assert!(parse_basic("Basic !!!").is_err());
     }
 }

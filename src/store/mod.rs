@@ -64,6 +64,8 @@ pub struct Store {
     clients: DashMap<String, Arc<Client>>,
     /// Consent forms and IdP states already used.
     used_sign_ins: SingleUse,
+    /// Client assertions (RFC 7523 `jti`, per client) already used, until they expire.
+    used_assertions: SingleUse,
     /// The source (address, IPv6 by /64) each client registered from, for fair eviction; not snapshotted.
     client_sources: DashMap<String, Source>,
     codes: DashMap<TokenHash, AuthorizationCode>,
@@ -177,6 +179,13 @@ impl Store {
     /// of one ticket, one wins.
     pub fn claim_sign_in(&self, key: TokenHash, expires_at: UnixTime, now: UnixTime) -> bool {
         self.used_sign_ins.claim(key, expires_at, now)
+    }
+
+    /// Marks a client assertion (its key: [`crate::crypto::TokenHash`] of client and `jti`) as used until
+    /// `expires_at`; `false` when it already was. Atomic. At most 100,000 are remembered (the oldest, closest to
+    /// expiry, are forgotten first), which bounds memory whatever the rate of valid assertions.
+    pub fn claim_assertion(&self, key: TokenHash, expires_at: UnixTime, now: UnixTime) -> bool {
+        self.used_assertions.claim(key, expires_at, now)
     }
 
     /// Whether a consent form or IdP state was already used. Read-only: [`Store::claim_sign_in`] is the check
@@ -318,6 +327,7 @@ impl Store {
     /// lookup checks expiry and revocation itself.
     pub fn sweep(&self, now: UnixTime) {
         self.used_sign_ins.sweep(now);
+        self.used_assertions.sweep(now);
         let gone: Vec<String> =
             self.client_sources.iter().map(|e| e.key().clone()).filter(|id| !self.clients.contains_key(id)).collect();
         for id in gone {

@@ -24,6 +24,8 @@ pub enum ClientAuthMethod {
     None,
     ClientSecretBasic,
     ClientSecretPost,
+    /// A JWT signed with the client's private key (RFC 7523 §2.2); the keys are [`Client::keys`].
+    PrivateKeyJwt,
 }
 
 impl ClientAuthMethod {
@@ -32,7 +34,16 @@ impl ClientAuthMethod {
             Self::None => "none",
             Self::ClientSecretBasic => "client_secret_basic",
             Self::ClientSecretPost => "client_secret_post",
+            Self::PrivateKeyJwt => "private_key_jwt",
         }
+    }
+
+    /// Every method, in the order they are advertised.
+    pub const ALL: [Self; 4] = [Self::None, Self::ClientSecretBasic, Self::ClientSecretPost, Self::PrivateKeyJwt];
+
+    /// Whether the client proves who it is with a shared secret.
+    pub fn uses_secret(self) -> bool {
+        matches!(self, Self::ClientSecretBasic | Self::ClientSecretPost)
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -40,9 +51,19 @@ impl ClientAuthMethod {
             "none" => Some(Self::None),
             "client_secret_basic" => Some(Self::ClientSecretBasic),
             "client_secret_post" => Some(Self::ClientSecretPost),
+            "private_key_jwt" => Some(Self::PrivateKeyJwt),
             _ => None,
         }
     }
+}
+
+/// Where a `private_key_jwt` client's public keys are (RFC 7591 §2 `jwks` / `jwks_uri`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientKeys {
+    /// The key set itself, registered or in the metadata document.
+    Inline(Arc<crate::jwk::KeySet>),
+    /// An https URL the set is fetched from (with the metadata-document fetcher's guard), cached.
+    Uri(String),
 }
 
 /// A dynamically registered client (RFC 7591).
@@ -52,6 +73,10 @@ pub struct Client {
     /// SHA-256 of the client secret, for confidential clients.
     pub secret_hash: Option<TokenHash>,
     pub auth_method: ClientAuthMethod,
+    /// The public keys of a `private_key_jwt` client (`None` for every other method).
+    pub keys: Option<ClientKeys>,
+    /// RFC 7591 `token_endpoint_auth_signing_alg`: the only algorithm its assertions may use, when set.
+    pub signing_alg: Option<jsonwebtoken::Algorithm>,
     pub redirect_uris: Vec<String>,
     pub client_name: Option<String>,
     pub scope: Option<String>,
@@ -74,6 +99,8 @@ impl Client {
             client_id: client_id.into(),
             secret_hash: None,
             auth_method: ClientAuthMethod::None,
+            keys: None,
+            signing_alg: None,
             redirect_uris,
             client_name: None,
             scope: None,

@@ -40,7 +40,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::outcome::{StoreError, UpstreamTurn};
 use super::redis_conn::{RedisConn, Subscriber};
-use super::snapshot::{client_from, client_rec, login_from, login_rec, ClientRec, LoginRec, MembershipRec};
+use super::snapshot::{decode_client, encode_client, login_from, login_rec, LoginRec, MembershipRec};
 use super::wrap::{DataKey, WrapKind};
 use super::*;
 use crate::clock::{Clock, UnixTime};
@@ -69,6 +69,9 @@ fn client_grants_key(id: &str) -> String {
 }
 fn used_key(h: &TokenHash) -> String {
     format!("dcrp:used:{}", hex(&h.0))
+}
+fn assertion_key(h: &TokenHash) -> String {
+    format!("dcrp:jti:{}", hex(&h.0))
 }
 fn code_key(h: &TokenHash) -> String {
     format!("dcrp:code:{{k:{}}}", hex(&h.0))
@@ -325,7 +328,7 @@ impl RedisStore {
     pub async fn list_clients(&self) -> Result<Vec<Arc<Client>>, StoreError> {
         let mut clients = Vec::new();
         for key in self.scan("dcrp:client:*").await? {
-            if let Some(client) = self.get(&key).await?.and_then(|b| decode::<ClientRec>(&b)).and_then(client_from) {
+            if let Some(client) = self.get(&key).await?.and_then(|b| decode_client(&b)) {
                 clients.push(Arc::new(client));
             }
         }
@@ -726,7 +729,7 @@ impl RedisStore {
 
     pub async fn client(&self, client_id: &str) -> Result<Option<Arc<Client>>, StoreError> {
         let rec = self.get(&client_key(client_id)).await?;
-        Ok(rec.and_then(|b| decode::<ClientRec>(&b)).and_then(client_from).map(Arc::new))
+        Ok(rec.and_then(|b| decode_client(&b)).map(Arc::new))
     }
 
     /// Writes a client's metadata, keeping the expiry it has (an RFC 7592 update of a never-used client does not
@@ -734,7 +737,7 @@ impl RedisStore {
     pub async fn put_client(&self, client: &Client) -> Result<(), StoreError> {
         ::redis::cmd("SET")
             .arg(client_key(&client.client_id))
-            .arg(encode(&client_rec(client))?)
+            .arg(encode_client(client).map_err(|e| StoreError::Unavailable(format!("encoding a record: {e}")))?)
             .arg("KEEPTTL")
             .query_async::<()>(&mut self.conn())
             .await
@@ -746,7 +749,7 @@ impl RedisStore {
     pub async fn update_client(&self, client: &Client) -> Result<(), StoreError> {
         ::redis::cmd("SET")
             .arg(client_key(&client.client_id))
-            .arg(encode(&client_rec(client))?)
+            .arg(encode_client(client).map_err(|e| StoreError::Unavailable(format!("encoding a record: {e}")))?)
             .arg("XX")
             .query_async::<Option<String>>(&mut self.conn())
             .await
@@ -799,7 +802,7 @@ impl RedisStore {
             .map_err(unavailable)?;
         ::redis::cmd("SET")
             .arg(client_key(&client.client_id))
-            .arg(encode(&client_rec(client))?)
+            .arg(encode_client(client).map_err(|e| StoreError::Unavailable(format!("encoding a record: {e}")))?)
             .arg("EX")
             .arg(ttl_secs.max(1))
             .query_async::<()>(&mut self.conn())
@@ -834,6 +837,20 @@ impl RedisStore {
     pub async fn claim_sign_in(&self, key: &TokenHash, expires_at: UnixTime) -> Result<bool, StoreError> {
         let set: Option<String> = ::redis::cmd("SET")
             .arg(used_key(key))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(self.ttl(expires_at))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(set.is_some())
+    }
+
+    /// `SET NX` with the assertion's remaining life as TTL: of two replicas that see one `jti`, one wins.
+    pub async fn claim_assertion(&self, key: &TokenHash, expires_at: UnixTime) -> Result<bool, StoreError> {
+        let set: Option<String> = ::redis::cmd("SET")
+            .arg(assertion_key(key))
             .arg(1)
             .arg("NX")
             .arg("EX")

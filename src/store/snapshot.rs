@@ -131,6 +131,17 @@ pub(super) struct ClientRec {
     registration_token: Option<[u8; 32]>,
 }
 
+/// The public keys of a `private_key_jwt` client, stored beside its [`ClientRec`] (a record of its own, so that
+/// files and Redis values written before `private_key_jwt` existed still read).
+#[derive(Serialize, Deserialize)]
+pub(super) struct ClientKeysRec {
+    /// The inline JWK Set, as registered.
+    jwks: Option<String>,
+    jwks_uri: Option<String>,
+    /// `token_endpoint_auth_signing_alg`.
+    signing_alg: Option<String>,
+}
+
 /// A grant's refresh-token family.
 #[derive(Serialize, Deserialize)]
 struct FamilyRec {
@@ -289,10 +300,62 @@ pub(super) fn client_rec(c: &Client) -> ClientRec {
     }
 }
 
-/// The client [`client_rec`] stored; `None` for an unknown authentication method.
-pub(super) fn client_from(c: ClientRec) -> Option<Client> {
+/// The keys of a client, when it has any to store.
+pub(super) fn client_keys_rec(c: &Client) -> Option<ClientKeysRec> {
+    if c.keys.is_none() && c.signing_alg.is_none() {
+        return None;
+    }
+    let (jwks, jwks_uri) = match &c.keys {
+        Some(ClientKeys::Inline(set)) => (Some(set.json().to_owned()), None),
+        Some(ClientKeys::Uri(uri)) => (None, Some(uri.clone())),
+        None => (None, None),
+    };
+    Some(ClientKeysRec { jwks, jwks_uri, signing_alg: c.signing_alg.map(|a| crate::jwk::algorithm_name(a).to_owned()) })
+}
+
+/// A client as one value outside the process (Redis): its [`ClientRec`], followed by its [`ClientKeysRec`] when
+/// it has keys. A value written before keys existed is the record alone, and reads as a client without keys.
+pub(super) fn encode_client(c: &Client) -> Result<Vec<u8>, postcard::Error> {
+    let mut bytes = postcard::to_allocvec(&client_rec(c))?;
+    if let Some(keys) = client_keys_rec(c) {
+        bytes.extend_from_slice(&postcard::to_allocvec(&keys)?);
+    }
+    Ok(bytes)
+}
+
+/// The client [`encode_client`] wrote; `None` when it does not decode.
+pub(super) fn decode_client(bytes: &[u8]) -> Option<Client> {
+    let (rec, rest) = postcard::take_from_bytes::<ClientRec>(bytes).ok()?;
+    let keys = if rest.is_empty() { None } else { Some(postcard::from_bytes::<ClientKeysRec>(rest).ok()?) };
+    client_from(rec, keys)
+}
+
+/// The client [`client_rec`] (and [`client_keys_rec`]) stored; `None` for an unknown authentication method, or a
+/// `private_key_jwt` client whose keys do not read.
+pub(super) fn client_from(c: ClientRec, keys: Option<ClientKeysRec>) -> Option<Client> {
+    let auth_method = ClientAuthMethod::parse(&c.auth_method)?;
+    let (keys, signing_alg) = match keys {
+        None => (None, None),
+        Some(k) => {
+            let keys = match (k.jwks, k.jwks_uri) {
+                (Some(json), _) => Some(ClientKeys::Inline(Arc::new(crate::jwk::KeySet::from_stored(&json).ok()?))),
+                (None, Some(uri)) => Some(ClientKeys::Uri(uri)),
+                (None, None) => None,
+            };
+            let alg = match k.signing_alg {
+                Some(name) => Some(crate::jwk::parse_algorithm(&name)?),
+                None => None,
+            };
+            (keys, alg)
+        }
+    };
+    if auth_method == ClientAuthMethod::PrivateKeyJwt && keys.is_none() {
+        return None;
+    }
     Some(Client {
-        auth_method: ClientAuthMethod::parse(&c.auth_method)?,
+        auth_method,
+        keys,
+        signing_alg,
         client_id: c.client_id,
         secret_hash: c.secret_hash.map(TokenHash),
         redirect_uris: c.redirect_uris,
@@ -456,6 +519,9 @@ enum Record<'a> {
     End {
         records: u64,
     },
+    /// A client with public keys (`private_key_jwt`); added after `End` in the enum so that the tags of the
+    /// records above stay as version 3 first wrote them.
+    ClientWithKeys(ClientRec, ClientKeysRec),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -690,7 +756,10 @@ fn encode_v3(store: &Store, now: UnixTime, out: &mut sealed_stream::SealingWrite
     w.put(&Record::Meta { written_at: now })?;
     let clients: Vec<Arc<Client>> = store.clients.iter().map(|c| c.clone()).collect();
     for c in clients {
-        w.put(&Record::Client(client_rec(&c)))?;
+        match client_keys_rec(&c) {
+            Some(keys) => w.put(&Record::ClientWithKeys(client_rec(&c), keys))?,
+            None => w.put(&Record::Client(client_rec(&c)))?,
+        }
     }
     let grants: Vec<Arc<Grant>> = store.grants.iter().filter(|g| !g.is_revoked()).map(|g| g.clone()).collect();
     encode_grants(&grants, &mut w)?;
@@ -921,7 +990,12 @@ fn restore_record(store: &Store, record: Record<'_>, now: UnixTime) -> Result<()
     match record {
         Record::Meta { .. } => {}
         Record::Client(c) => {
-            if let Some(client) = client_from(c) {
+            if let Some(client) = client_from(c, None) {
+                store.clients.insert(client.client_id.clone(), Arc::new(client));
+            }
+        }
+        Record::ClientWithKeys(c, keys) => {
+            if let Some(client) = client_from(c, Some(keys)) {
                 store.clients.insert(client.client_id.clone(), Arc::new(client));
             }
         }
@@ -1089,7 +1163,7 @@ fn rebuild(s: SnapshotV2, memberships: Memberships, now: UnixTime) -> Store {
     let mut grant_members: HashMap<u128, MembershipRec> = memberships.grants.into_iter().collect();
     let mut code_members: HashMap<[u8; 32], MembershipRec> = memberships.codes.into_iter().collect();
     let store = Store::new();
-    for client in s.clients.into_iter().filter_map(client_from) {
+    for client in s.clients.into_iter().filter_map(|c| client_from(c, None)) {
         store.clients.insert(client.client_id.clone(), Arc::new(client));
     }
     for g in s.grants.into_iter().filter(|g| g.expires_at > now) {

@@ -172,6 +172,20 @@ impl StateStore {
         }
     }
 
+    /// Marks a client assertion (RFC 7523 `jti`; `key` names client and `jti`) as used until `expires_at`;
+    /// `false` when it already was, on this replica or (Redis) on any other. Atomic.
+    pub async fn claim_assertion(
+        &self,
+        key: TokenHash,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Self::Memory(s) => Ok(s.claim_assertion(key, expires_at, now)),
+            Self::Redis(r) => r.claim_assertion(&key, expires_at).await,
+        }
+    }
+
     /// Whether a consent form or IdP state was already used. Read-only.
     pub async fn sign_in_used(&self, key: &TokenHash) -> Result<bool, StoreError> {
         match self {
