@@ -75,19 +75,20 @@ impl KeyCache {
 
     /// The key set at `url`: cached, or fetched now. `unknown_kid`: the cached set did not have the key an
     /// assertion names, so fetch it again if no such forced fetch happened within `jwks_refetch_interval`
-    /// (otherwise the cached set is returned as it is). `metrics` counts the fetches by result.
+    /// (otherwise the cached set is returned as it is). `metrics` counts the fetches by result. The flag: whether
+    /// the set was fetched (or waited for) by this call rather than taken from the cache.
     pub async fn keys(
         &self,
         url: &str,
         now: UnixTime,
         unknown_kid: bool,
         metrics: &crate::metrics::Metrics,
-    ) -> Result<Arc<KeySet>, DocumentError> {
+    ) -> Result<(Arc<KeySet>, bool), DocumentError> {
         for _ in 0..MAX_JOINS {
             let cached = self.sets.get(url, now);
             if let Some(entry) = &cached {
                 if !unknown_kid || !self.may_force(entry, now) {
-                    return Ok(entry.set.clone());
+                    return Ok((entry.set.clone(), false));
                 }
             } else if let Some(failure) = self.failures.get(url, now) {
                 return Err(failure);
@@ -109,10 +110,10 @@ impl KeyCache {
                         self.failures.insert(url, e.clone(), now, now + self.policy.failure_ttl.as_secs().max(1));
                     }
                     lead.finish(&result);
-                    return result;
+                    return result.map(|set| (set, true));
                 }
                 Joined::Wait(waiter) => match waiter.outcome().await {
-                    Waited::Done(outcome) => return outcome,
+                    Waited::Done(outcome) => return outcome.map(|set| (set, true)),
                     Waited::Abandoned => continue,
                 },
             }
@@ -140,10 +141,7 @@ impl KeyCache {
 
     async fn fetch(&self, url: &Url, now: UnixTime, forced_at: UnixTime) -> Result<Arc<KeySet>, DocumentError> {
         let fetched = self.fetcher.fetch(url).await?;
-        let set = Arc::new(
-            KeySet::parse_published(&fetched.body)
-                .map_err(|e| DocumentError::Invalid(format!("the key set at the jwks_uri: {e}")))?,
-        );
+        let set = Arc::new(KeySet::parse_published(&fetched.body).map_err(|e| DocumentError::KeySet(e.to_string()))?);
         let ceiling = self.policy.cache_ttl;
         let ttl = fetched.max_age.map_or(ceiling, |age| age.min(ceiling)).max(MIN_TTL.min(ceiling));
         tracing::info!(jwks_uri = url.as_str(), keys = set.len(), cache_secs = ttl.as_secs(), "client key set fetched");

@@ -79,6 +79,9 @@ pub enum DocumentError {
     ClientIdMismatch { found: String },
     #[error("the document is not valid client metadata: {0}")]
     Invalid(String),
+    /// A `jwks_uri` answered with something that is not a usable key set.
+    #[error("what it serves is not a usable key set: {0}")]
+    KeySet(String),
     #[error("too many client metadata documents are being fetched right now; try again in a moment")]
     Busy,
     /// The fetch this request waited for was abandoned (its request was cancelled), more than once in a row.
@@ -98,7 +101,7 @@ impl DocumentError {
             | Self::Redirect(_)
             | Self::Status(_)
             | Self::TooLarge(_) => "failed",
-            Self::NotJson(_) | Self::ClientIdMismatch { .. } | Self::Invalid(_) => "invalid",
+            Self::NotJson(_) | Self::ClientIdMismatch { .. } | Self::Invalid(_) | Self::KeySet(_) => "invalid",
             Self::Busy | Self::Interrupted => "busy",
         }
     }

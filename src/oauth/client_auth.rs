@@ -32,7 +32,7 @@ use crate::clock::UnixTime;
 use crate::crypto::{self, TokenHash};
 use crate::error::{Error, OAuthError};
 use crate::http::params::Params;
-use crate::jwk::{self, KeySet, SignatureError};
+use crate::jwk::{self, SignatureError};
 use crate::route::Route;
 use crate::store::{Client, ClientAuthMethod, ClientKeys};
 
@@ -308,11 +308,12 @@ pub async fn authenticate(
         Some(ClientKeys::Inline(set)) => jwk::verify(jwt, set, client.signing_alg).map_err(signature_error)?,
         Some(ClientKeys::Uri(uri)) => {
             let cache = &app.client_documents.keys;
-            let set: Arc<KeySet> = cache.keys(uri, now, false, &app.metrics).await.map_err(|e| key_error(&e))?;
+            let (set, fetched) = cache.keys(uri, now, false, &app.metrics).await.map_err(|e| key_error(&e))?;
             match jwk::verify(jwt, &set, client.signing_alg) {
-                // The client may have rotated its keys: fetch the set again (at most once per interval).
-                Err(SignatureError::UnknownKey(_) | SignatureError::NoKeyForAlgorithm(_)) => {
-                    let again = cache.keys(uri, now, true, &app.metrics).await.map_err(|e| key_error(&e))?;
+                // The client may have rotated its keys: fetch the set again (at most once per interval), unless
+                // it was fetched for this very request.
+                Err(SignatureError::UnknownKey(_) | SignatureError::NoKeyForAlgorithm(_)) if !fetched => {
+                    let (again, _) = cache.keys(uri, now, true, &app.metrics).await.map_err(|e| key_error(&e))?;
                     jwk::verify(jwt, &again, client.signing_alg).map_err(signature_error)?
                 }
                 other => other.map_err(signature_error)?,

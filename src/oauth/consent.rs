@@ -149,8 +149,13 @@ pub fn render(
         (
             format!(
                 "<code>{}</code> <span class=\"muted\">(the site that publishes the application's identity; its \
-                 name is chosen by the application)</span>",
-                isolate(&redirect_host(&client.client_id))
+                 name is chosen by the application{})</span>",
+                isolate(&redirect_host(&client.client_id)),
+                if client.auth_method == crate::store::ClientAuthMethod::PrivateKeyJwt {
+                    ". The application proves who it is with a key this site publishes"
+                } else {
+                    ""
+                }
             ),
             if redirect_uri::is_loopback_uri(&pending.redirect_uri) { LOOPBACK_WARNING } else { "" },
         )

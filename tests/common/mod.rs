@@ -159,6 +159,7 @@ impl Browser {
                 // The client's redirect URI: the test one, an https app, or an app's private-use scheme.
                 if location.starts_with(CLIENT_REDIRECT)
                     || location.starts_with("https://app.example/")
+                    || location.starts_with("https://chatgpt.com/")
                     || !location.starts_with("http")
                 {
                     let url = url::Url::parse(&location).expect("client redirect");
@@ -363,9 +364,17 @@ pub struct TestProxyBuilder {
     redis: Option<String>,
     /// More `[store]` lines with [`TestProxyBuilder::redis_at`] (TLS files, `redis_cluster`).
     redis_store_extra: String,
+    /// `server.public_url` when not this proxy's own address (replicas behind one public name).
+    public_url: Option<String>,
 }
 
 impl TestProxyBuilder {
+    /// Serves under another proxy's public URL, as replicas behind one load balancer do.
+    pub fn public_url(mut self, url: impl AsRef<str>) -> Self {
+        self.public_url = Some(url.as_ref().to_owned());
+        self
+    }
+
     /// The upstream MCP server's base URL (required).
     pub fn upstream(mut self, url: impl AsRef<str>) -> Self {
         self.upstream = Some(url.as_ref().to_owned());
@@ -438,8 +447,9 @@ impl TestProxyBuilder {
         let addr = listener.local_addr().expect("proxy addr");
         let scheme = if server_extra.contains("[server.tls]") { "https" } else { "http" };
         let base = format!("{scheme}://{addr}");
+        let public_url = self.public_url.clone().unwrap_or_else(|| base.clone());
         let text = format!(
-            "[server]\nlisten = \"{addr}\"\npublic_url = \"{base}\"\nshutdown_grace = \"1s\"\n{server_extra}\n\
+            "[server]\nlisten = \"{addr}\"\npublic_url = \"{public_url}\"\nshutdown_grace = \"1s\"\n{server_extra}\n\
              [upstream]\nurl = \"{upstream_url}\"\nresource_path = \"/mcp\"\nconnect_timeout = \"2s\"\nresponse_timeout = \"2s\"\n\
              {idp}{extra}"
         );
