@@ -3,6 +3,8 @@
 // Authorization header the MCP server received. Modes:
 //   dcr     TypeScript SDK client, Dynamic Client Registration, then an SDK-driven refresh;
 //   cimd    TypeScript SDK client with a Client ID Metadata Document (served here over TLS on 127.0.0.1);
+//   cimd-jwt  the same with a ChatGPT-style document: token_endpoint_auth_method private_key_jwt, RS256, a jwks_uri;
+//           the SDK signs its client assertions with createPrivateKeyJwtAuth (its auth-extensions);
 //   legacy  TypeScript SDK client as a 2025-03-26 client: every /.well-known/ request fails, so it falls back to
 //           /register, /authorize and /token at the server's origin and sends no `resource`;
 //   python  the Python SDK client (PyPI `mcp`, e2e/python_client.py) with DCR.
@@ -29,6 +31,8 @@ import { OAuth2Server } from 'oauth2-mock-server';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
+import { createPrivateKeyJwtAuth } from '@modelcontextprotocol/sdk/client/auth-extensions.js';
+import { createPublicKey } from 'node:crypto';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 
@@ -39,7 +43,7 @@ if (!proxyBinary || !cimdCert || !cimdKey) {
   console.error('usage: E2E_CIMD_CERT=cert.pem E2E_CIMD_KEY=key.pem node sdk_flow.mjs <dcr-proxy binary>');
   process.exit(2);
 }
-const modes = (process.env.E2E_MODES ?? 'dcr,cimd,legacy,python').split(',');
+const modes = (process.env.E2E_MODES ?? 'dcr,cimd,cimd-jwt,legacy,python').split(',');
 
 const log = (...args) => console.log('[e2e]', ...args);
 
@@ -97,26 +101,44 @@ log('MCP server at', mcpUrl);
 // ---- the client metadata document (CIMD mode), https on 127.0.0.1 ----------------------------------------
 const REDIRECT_URL = 'http://127.0.0.1:33418/callback';
 let documentFetches = 0;
+let jwksFetches = 0;
+// The private_key_jwt client's RSA key (a test-only fixture) and its public JWK.
+const jwtClientKeyPem = readFileSync(new URL('../tests/fixtures/client_rsa2_pkcs8.pem', import.meta.url), 'utf8');
+const jwtClientJwk = { ...createPublicKey(jwtClientKeyPem).export({ format: 'jwk' }), kid: 'e2e-k1', use: 'sig', alg: 'RS256' };
 const docServer = https.createServer({ cert: readFileSync(cimdCert), key: readFileSync(cimdKey) }, (req, res) => {
-  documentFetches += 1;
   const url = `https://127.0.0.1:${docServer.address().port}${req.url}`;
-  if (req.url !== '/clients/e2e-cimd.json') {
+  const json = (doc) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(doc));
+  const document = (name, auth) => ({
+    client_id: url,
+    client_name: name,
+    redirect_uris: [REDIRECT_URL],
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    ...auth,
+  });
+  if (req.url === '/clients/e2e-cimd.json') {
+    documentFetches += 1;
+    json(document('e2e CIMD client', { token_endpoint_auth_method: 'none' }));
+  } else if (req.url === '/clients/e2e-cimd-jwt.json') {
+    documentFetches += 1;
+    json(
+      document('e2e CIMD JWT client', {
+        token_endpoint_auth_method: 'private_key_jwt',
+        token_endpoint_auth_methods_supported: ['none', 'private_key_jwt'],
+        token_endpoint_auth_signing_alg: 'RS256',
+        jwks_uri: `https://127.0.0.1:${docServer.address().port}/clients/jwks.json`,
+      }),
+    );
+  } else if (req.url === '/clients/jwks.json') {
+    jwksFetches += 1;
+    json({ keys: [jwtClientJwk] });
+  } else {
     res.writeHead(404).end();
-    return;
   }
-  res.writeHead(200, { 'content-type': 'application/json' }).end(
-    JSON.stringify({
-      client_id: url,
-      client_name: 'e2e CIMD client',
-      redirect_uris: [REDIRECT_URL],
-      grant_types: ['authorization_code', 'refresh_token'],
-      response_types: ['code'],
-      token_endpoint_auth_method: 'none',
-    }),
-  );
 });
 await new Promise((r) => docServer.listen(0, '127.0.0.1', r));
 const documentUrl = `https://127.0.0.1:${docServer.address().port}/clients/e2e-cimd.json`;
+const jwtDocumentUrl = `https://127.0.0.1:${docServer.address().port}/clients/e2e-cimd-jwt.json`;
 log('client metadata document at', documentUrl);
 
 // ---- dcr-proxy (one, or N replicas behind a round-robin balancer) -----------------------------------------
@@ -259,9 +281,11 @@ async function browse(startUrl, expectedClientName) {
 }
 
 class TestProvider {
-  constructor(clientName, clientMetadataUrl) {
+  constructor(clientName, clientMetadataUrl, addClientAuthentication) {
     this.clientName = clientName;
     this.clientMetadataUrl = clientMetadataUrl;
+    // private_key_jwt: the SDK's assertion signer (audience: the authorization server's issuer).
+    if (addClientAuthentication) this.addClientAuthentication = addClientAuthentication;
     this._client = undefined;
     this._tokens = undefined;
     this._verifier = undefined;
@@ -321,10 +345,21 @@ function recordingFetch(mode, paths) {
 }
 
 async function typescriptClient(mode) {
-  const names = { dcr: 'e2e SDK client', cimd: 'e2e CIMD client', legacy: 'e2e legacy client' };
-  const provider = new TestProvider(names[mode], mode === 'cimd' ? documentUrl : undefined);
+  const names = { dcr: 'e2e SDK client', cimd: 'e2e CIMD client', 'cimd-jwt': 'e2e CIMD JWT client', legacy: 'e2e legacy client' };
+  const documents = { cimd: documentUrl, 'cimd-jwt': jwtDocumentUrl };
+  const signer =
+    mode === 'cimd-jwt'
+      ? createPrivateKeyJwtAuth({ issuer: jwtDocumentUrl, subject: jwtDocumentUrl, privateKey: jwtClientKeyPem, alg: 'RS256' })
+      : undefined;
+  const provider = new TestProvider(names[mode], documents[mode], signer);
+  const tokenBodies = [];
+  const signedFetch = (inner) => async (input, init) => {
+    const url = new URL(typeof input === 'string' || input instanceof URL ? input : input.url);
+    if (url.pathname === '/token') tokenBodies.push(String(init?.body ?? ''));
+    return inner(input, init);
+  };
   const paths = [];
-  const options = () => ({ authProvider: provider, fetch: recordingFetch(mode, paths) });
+  const options = () => ({ authProvider: provider, fetch: signedFetch(recordingFetch(mode, paths)) });
   const fetchesBefore = documentFetches;
   const client = new Client({ name: `e2e-${mode}`, version: '1.0.0' });
   try {
@@ -369,6 +404,20 @@ async function typescriptClient(mode) {
     assert.equal(clientId, documentUrl, 'the client_id is the metadata document URL');
     assert.ok(!paths.includes('/register'), 'no registration with a metadata document');
     assert.ok(documentFetches > fetchesBefore, 'the proxy fetched the document');
+  } else if (mode === 'cimd-jwt') {
+    assert.equal(clientId, jwtDocumentUrl, 'the client_id is the metadata document URL');
+    assert.ok(!paths.includes('/register'), 'no registration with a metadata document');
+    assert.ok(jwksFetches > 0, 'the proxy fetched the client keys from the jwks_uri');
+    assert.ok(tokenBodies.length > 0 && tokenBodies.every((b) => b.includes('client_assertion=')), 'signed token requests');
+    // A refresh through the SDK, signed again with a new jti.
+    provider.saveTokens({ ...provider.tokens(), access_token: 'expired-or-unknown' });
+    const again = new Client({ name: 'e2e-cimd-jwt', version: '1.0.0' });
+    await again.connect(new StreamableHTTPClientTransport(new URL(`${proxyUrl}/mcp`), options()));
+    const second = await again.callTool({ name: 'whoami', arguments: {} });
+    assert.ok(second.content[0].text.startsWith('Bearer '), 'tool works after the signed refresh');
+    assert.notEqual(provider.tokens().access_token, 'expired-or-unknown', 'the SDK refreshed');
+    await again.close();
+    log('cimd-jwt: code and refresh authenticated with private_key_jwt assertions');
   } else if (mode === 'legacy') {
     assert.ok(paths.some((p) => p.startsWith('/.well-known/')), 'the SDK tried discovery and was refused');
     for (const p of ['/register', '/token']) assert.ok(paths.includes(p), `legacy default endpoint ${p} used`);

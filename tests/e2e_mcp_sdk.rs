@@ -73,8 +73,8 @@ fn official_mcp_sdk_clients_connect_through_the_proxy_with_an_oidc_idp() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "end-to-end flow failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
-    for mode in ["dcr", "cimd", "legacy", "python"] {
+    for mode in ["dcr", "cimd", "cimd-jwt", "legacy", "python"] {
         assert!(stdout.contains(&format!("[e2e] mode {mode}: ok")), "mode {mode} did not pass:\n{stdout}");
     }
-    assert!(stdout.contains("4 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("5 passed, 0 failed"), "{stdout}");
 }

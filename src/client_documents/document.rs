@@ -184,6 +184,49 @@ mod tests {
         assert_eq!(c.client_name.as_deref(), Some("Example MCP client"));
     }
 
+    /// ChatGPT's two document shapes (issue "ChatGPT signs in").
+    fn chatgpt(extra: serde_json::Value) -> serde_json::Value {
+        let mut d = json!({
+            "client_id": ID, "client_uri": "https://chatgpt.com/",
+            "redirect_uris": ["https://chatgpt.com/connector/oauth/abc"],
+            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+            "client_name": "ChatGPT", "token_endpoint_auth_method": "private_key_jwt",
+            "token_endpoint_auth_signing_alg": "RS256", "jwks_uri": "https://chatgpt.com/oauth/jwks.json"
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            d[k] = v.clone();
+        }
+        d
+    }
+
+    #[test]
+    fn chatgpts_documents_become_private_key_jwt_clients() {
+        for doc in [
+            chatgpt(json!({})),
+            chatgpt(json!({"token_endpoint_auth_methods_supported": ["none", "private_key_jwt"],
+                "redirect_uris": ["https://chatgpt.com/connector_platform_oauth_redirect"]})),
+        ] {
+            let c = parse_json(doc).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.auth_method, ClientAuthMethod::PrivateKeyJwt);
+            assert_eq!(c.keys, Some(crate::store::ClientKeys::Uri("https://chatgpt.com/oauth/jwks.json".into())));
+            assert_eq!(c.signing_alg, Some(jsonwebtoken::Algorithm::RS256));
+        }
+        // Listed as supported (without `token_endpoint_auth_method`) and with keys: private_key_jwt as well.
+        let mut listed = chatgpt(json!({"token_endpoint_auth_methods_supported": ["none", "private_key_jwt"]}));
+        listed.as_object_mut().map(|o| o.remove("token_endpoint_auth_method"));
+        assert_eq!(parse_json(listed).map(|c| c.auth_method).ok(), Some(ClientAuthMethod::PrivateKeyJwt));
+        // private_key_jwt without keys, or with both kinds, is refused naming the fields.
+        let mut keyless = chatgpt(json!({}));
+        keyless.as_object_mut().map(|o| o.remove("jwks_uri"));
+        assert!(matches!(parse_json(keyless), Err(DocumentError::Invalid(m)) if m.contains("jwks_uri")));
+        let both = chatgpt(json!({"jwks": {"keys": []}}));
+        assert!(matches!(parse_json(both), Err(DocumentError::Invalid(m)) if m.contains("both")));
+        for secret in ["client_secret_post", "client_secret_basic"] {
+            let doc = chatgpt(json!({"token_endpoint_auth_method": secret}));
+            assert!(matches!(parse_json(doc), Err(DocumentError::Invalid(m)) if m.contains(secret)), "{secret}");
+        }
+    }
+
     #[test]
     fn documents_that_break_the_rules_are_refused() {
         let base = || json!({"client_id": ID, "redirect_uris": ["https://app.example.com/cb"]});

@@ -1548,6 +1548,57 @@ mod tests {
         assert_eq!(loaded.stats(), StoreStats { clients: 1, codes: 1, grants: 2, access_tokens: 2, ..loaded.stats() });
     }
 
+    /// A `private_key_jwt` client (keys inline, or a URL, with its signing algorithm).
+    fn keyed_client(id: &str, keys: ClientKeys) -> Client {
+        let mut c = Client::public(id, vec!["https://app.example/cb".into()], 100);
+        c.auth_method = ClientAuthMethod::PrivateKeyJwt;
+        c.keys = Some(keys);
+        c.signing_alg = Some(jsonwebtoken::Algorithm::ES256);
+        c
+    }
+
+    fn inline_keys() -> ClientKeys {
+        let jwk = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k",
+            "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]});
+        ClientKeys::Inline(Arc::new(crate::jwk::KeySet::parse_registered(&jwk).unwrap_or_else(|e| panic!("{e}"))))
+    }
+
+    #[test]
+    fn private_key_jwt_clients_keep_their_keys_in_snapshots_and_redis_values() {
+        let (dir, path) = temp_path();
+        let key = SnapshotKey([4u8; 32]);
+        let store = Store::new();
+        store.put_client(keyed_client("inline", inline_keys()));
+        store.put_client(keyed_client("uri", ClientKeys::Uri("https://app.example/jwks.json".into())));
+        store.put_client(Client::public("plain", vec!["https://app.example/cb".into()], 100));
+        assert!(write(&store, 200, &path, &key).is_ok());
+        let loaded = load(&path, &key, 200).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        for id in ["inline", "uri"] {
+            let c = loaded.client(id).unwrap_or_else(|| panic!("{id} lost"));
+            let original = store.client(id).unwrap_or_else(|| panic!("{id}"));
+            assert_eq!(
+                (c.auth_method, &c.keys, c.signing_alg),
+                (original.auth_method, &original.keys, original.signing_alg)
+            );
+        }
+        assert_eq!(loaded.client("plain").map(|c| c.keys.clone()), Some(None));
+        // Redis values: with keys they round trip; a value written before keys existed (the record alone)
+        // still reads, as a client without keys.
+        for c in [keyed_client("inline", inline_keys()), Client::public("plain", vec![], 1)] {
+            let bytes = encode_client(&c).unwrap_or_default();
+            let back = decode_client(&bytes).unwrap_or_else(|| panic!("{}", c.client_id));
+            assert_eq!((back.client_id, back.keys), (c.client_id.clone(), c.keys.clone()));
+        }
+        let old = postcard::to_allocvec(&client_rec(&Client::public("old", vec![], 1))).unwrap_or_default();
+        assert_eq!(decode_client(&old).map(|c| c.client_id), Some("old".to_owned()));
+        // A private_key_jwt client whose keys are missing does not read (it could never authenticate).
+        let mut keyless = keyed_client("keyless", inline_keys());
+        keyless.keys = None;
+        keyless.signing_alg = None;
+        assert!(decode_client(&encode_client(&keyless).unwrap_or_default()).is_none());
+    }
+
     /// The key of tests/durability.rs (`KEY`), which reads the fixture below.
     const FIXTURE_KEY: [u8; 32] = [
         0xab, 0xcd, 0xef, 0x12, 0x34, 0x56, 0x78, 0x90, 0xab, 0xcd, 0xef, 0x12, 0x34, 0x56, 0x78, 0x90, 0xab, 0xcd,
