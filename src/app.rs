@@ -46,6 +46,9 @@ pub struct App {
     /// Values accepted for RFC 8707 `resource`: the resource URL (with and without a trailing slash) and the
     /// public origin.
     pub resources: Vec<String>,
+    /// The values of [`App::resources`] that name the main upstream (not a `[[routes]]` entry): what a code or
+    /// refresh token bound to no resource may be redeemed for.
+    pub default_resources: Vec<String>,
     pub rate_limiter: RateLimiter,
     pub metrics: crate::metrics::Metrics,
     /// Client ID Metadata Documents (URL client_ids).
@@ -205,6 +208,7 @@ impl App {
             format!("{}/", config.server.public_url),
         ];
         let routes = crate::proxy::routes::RouteState::build_all(&config)?;
+        let default_resources = resources.clone();
         let resources = resources.into_iter().chain(crate::proxy::routes::accepted_resources(&routes)).collect();
         let mut metrics = crate::metrics::Metrics::new();
         if let Idp::Local(users) = &*idp {
@@ -233,6 +237,7 @@ impl App {
                 metadata::challenge_scopes(&config.idp.scopes).join(" ")
             ),
             resources,
+            default_resources,
             routes,
             rate_limiter: RateLimiter::new(&config.limits),
             metrics,

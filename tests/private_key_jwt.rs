@@ -145,6 +145,8 @@ struct FakeChatGpt {
     server: FakeServer,
     ca_file: PathBuf,
     jwks: Arc<Mutex<Value>>,
+    /// While set, the JWKS answers 503.
+    down: Arc<std::sync::atomic::AtomicBool>,
     hits: Arc<Mutex<HashMap<String, usize>>>,
 }
 
@@ -157,10 +159,11 @@ impl FakeChatGpt {
         std::fs::write(&ca_file, ck.cert.pem()).unwrap();
         let jwks = Arc::new(Mutex::new(json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()})));
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-        let (j, h) = (jwks.clone(), hits.clone());
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (j, h, d) = (jwks.clone(), hits.clone(), down.clone());
         let server = serve_tls(
             move |req| {
-                let (j, h) = (j.clone(), h.clone());
+                let (j, h, d) = (j.clone(), h.clone(), d.clone());
                 async move {
                     let path = req.uri().path().to_owned();
                     *h.lock().unwrap().entry(path.clone()).or_default() += 1;
@@ -185,6 +188,9 @@ impl FakeChatGpt {
                             let mut doc = chatgpt(SHAPE_2_REDIRECT, keys_at("/oauth/jwks.json"));
                             doc["token_endpoint_auth_methods_supported"] = json!(["none", "private_key_jwt"]);
                             resp.body(json(doc))
+                        }
+                        "/oauth/jwks.json" if d.load(std::sync::atomic::Ordering::Relaxed) => {
+                            resp.status(503).body(body(""))
                         }
                         "/oauth/jwks.json" => {
                             let set = j.lock().unwrap().clone();
@@ -213,7 +219,7 @@ impl FakeChatGpt {
             &ck.signing_key.serialize_pem(),
         )
         .await;
-        Self { server, ca_file, jwks, hits }
+        Self { server, ca_file, jwks, down, hits }
     }
 
     fn url(&self, path: &str) -> String {
@@ -538,6 +544,50 @@ async fn a_rotated_client_key_is_fetched_again_and_made_up_kids_do_not_make_the_
 }
 
 #[tokio::test]
+async fn a_known_key_set_outlives_an_outage_of_its_jwks_uri_and_a_key_replaced_under_its_kid_is_fetched() {
+    let (k1, k2) = (Key::rsa1("k1", Algorithm::RS256), Key::rsa2("k1", Algorithm::RS256));
+    let chatgpt = FakeChatGpt::start(&[&k1]).await;
+    let upstream = Upstream::start().await;
+    let proxy = proxy_for(&chatgpt, &upstream, "").await;
+    let issuer = proxy.base_url().to_owned();
+    let client_id = chatgpt.url("/oauth/app-1/client.json");
+    let (_, code) = sign_in(&proxy, &client_id, SHAPE_1_REDIRECT).await;
+    let resp =
+        redeem_signed(&proxy, &client_id, SHAPE_1_REDIRECT, &code, &k1.sign(&claims(&proxy, &client_id, &issuer)))
+            .await;
+    assert_eq!(resp.status(), 200);
+    let mut refresh_token = resp.json::<Value>().await.unwrap()["refresh_token"].as_str().unwrap().to_owned();
+    async fn refresh_with(proxy: &TestProxy, client_id: &str, token: &str, key: &Key) -> (u16, Value) {
+        let jwt = key.sign(&claims(proxy, client_id, proxy.base_url()));
+        let resp = refresh_signed(proxy, client_id, token, &jwt).await;
+        (resp.status().as_u16(), resp.json().await.unwrap())
+    }
+
+    // The key set expired (max-age 300) while ChatGPT's jwks_uri is down: the last set is still used.
+    chatgpt.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    proxy.clock.advance(301);
+    let (status, body) = refresh_with(&proxy, &client_id, &refresh_token, &k1).await;
+    assert_eq!(status, 200, "stale-if-error: {body}");
+    refresh_token = body["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(chatgpt.hits("/oauth/jwks.json"), 2, "it was tried");
+    // Long after (more than cache_ttl past expiry), an unreachable key set is an error naming the cause.
+    proxy.clock.advance(900);
+    let (status, body) = refresh_with(&proxy, &client_id, &refresh_token, &k1).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error_description"].as_str().unwrap().contains("HTTP 503"), "{body}");
+
+    // ChatGPT is back and replaced its key under the same kid: the bad signature fetches the set again.
+    chatgpt.down.store(false, std::sync::atomic::Ordering::Relaxed);
+    proxy.clock.advance(60);
+    let (status, body) = refresh_with(&proxy, &client_id, &refresh_token, &k1).await;
+    assert_eq!(status, 200, "{body}");
+    refresh_token = body["refresh_token"].as_str().unwrap().to_owned();
+    chatgpt.publish(&[&k2]);
+    let (status, body) = refresh_with(&proxy, &client_id, &refresh_token, &k2).await;
+    assert_eq!(status, 200, "a new key under the old kid: {body}");
+}
+
+#[tokio::test]
 async fn a_jwks_uri_that_fails_is_invalid_client_naming_the_cause_without_slowing_other_clients() {
     let k1 = Key::rsa1("k1", Algorithm::RS256);
     let chatgpt = FakeChatGpt::start(&[&k1]).await;
@@ -647,12 +697,17 @@ async fn registered_clients_use_private_key_jwt_with_jwks_or_jwks_uri_and_bad_me
         let resp = refresh_signed(&proxy, client_id, tokens["refresh_token"].as_str().unwrap(), &other).await;
         assert_eq!(resp.status(), 401, "{case}");
     }
-    // A secret client cannot present an assertion instead of its secret.
+    // A secret client cannot present an assertion instead of its secret; and an assertion with a made-up code
+    // is refused before anything is fetched or verified.
     let secret_client = register_json(&proxy, json!({"redirect_uris": [CLIENT_REDIRECT]})).await;
     let id = secret_client["client_id"].as_str().unwrap();
+    let mut browser = Browser::new();
+    let params = authorize(&proxy, &mut browser, id).await;
     let jwt = es.sign(&claims(&proxy, id, &proxy.url("/token")));
-    let resp = redeem_signed(&proxy, id, CLIENT_REDIRECT, "no-such-code", &jwt).await;
+    let resp = redeem_signed(&proxy, id, CLIENT_REDIRECT, &params["code"], &jwt).await;
     assert_invalid_client(resp, "client_secret_basic", "an assertion for a secret client").await;
+    let resp = redeem_signed(&proxy, id, CLIENT_REDIRECT, "no-such-code", &jwt).await;
+    assert_eq!(resp.status(), 400, "invalid_grant, nothing fetched for a made-up code");
 }
 
 #[tokio::test]

@@ -24,6 +24,11 @@ impl<T: Clone> BoundedCache<T> {
         self.entries.get(key).filter(|e| e.1 > now).map(|e| e.0.clone())
     }
 
+    /// The value under `key`, expired or not, unless it expired more than `grace` seconds ago.
+    pub fn get_stale(&self, key: &str, now: UnixTime, grace: u64) -> Option<T> {
+        self.entries.get(key).filter(|e| e.1.saturating_add(grace) > now).map(|e| e.0.clone())
+    }
+
     pub fn insert(&self, key: &str, value: T, now: UnixTime, expires_at: UnixTime) {
         if self.entries.len() >= self.capacity && !self.entries.contains_key(key) {
             self.entries.retain(|_, e| e.1 > now);

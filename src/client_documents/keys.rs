@@ -13,7 +13,8 @@
 //!   but such a forced fetch happens at most once per `jwks_refetch_interval` per URL: a stream of made-up `kid`s
 //!   costs one fetch per interval, not one per request.
 //! - A failed fetch is remembered for `failure_ttl` and answered again without fetching; other URLs (other
-//!   clients) are not slowed by it.
+//!   clients) are not slowed by it. While a URL fails, or every fetch slot is taken, the last set fetched from it
+//!   is used for up to `cache_ttl` past its expiry (stale-if-error).
 //! - At most `cache_entries` sets and `cache_entries` failures are kept.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,34 +92,46 @@ impl KeyCache {
                     return Ok((entry.set.clone(), false));
                 }
             } else if let Some(failure) = self.failures.get(url, now) {
-                return Err(failure);
+                return self.stale(url, now).map(|set| (set, false)).ok_or(failure);
             }
             let parsed = self.check_url(url)?;
-            match self.flights.join(url)? {
-                Joined::Lead(lead) => {
-                    let forced_at = match &cached {
-                        Some(entry) => {
-                            entry.forced_at.store(now, Ordering::Relaxed);
-                            now
-                        }
-                        None => 0,
-                    };
-                    let result = self.fetch(&parsed, now, forced_at).await;
-                    metrics.document_fetch(result.as_ref().map_or_else(DocumentError::kind, |_| "ok"));
-                    if let Err(e) = &result {
-                        tracing::info!(jwks_uri = url, error = %e, "client key set refused");
-                        self.failures.insert(url, e.clone(), now, now + self.policy.failure_ttl.as_secs().max(1));
-                    }
-                    lead.finish(&result);
-                    return result.map(|set| (set, true));
-                }
-                Joined::Wait(waiter) => match waiter.outcome().await {
+            let lead = match self.flights.join(url) {
+                Ok(Joined::Lead(lead)) => lead,
+                Ok(Joined::Wait(waiter)) => match waiter.outcome().await {
                     Waited::Done(outcome) => return outcome.map(|set| (set, true)),
                     Waited::Abandoned => continue,
                 },
+                Err(busy) => return self.stale(url, now).map(|set| (set, false)).ok_or(busy),
+            };
+            let forced_at = match &cached {
+                Some(entry) => {
+                    entry.forced_at.store(now, Ordering::Relaxed);
+                    now
+                }
+                None => 0,
+            };
+            let mut result = self.fetch(&parsed, now, forced_at).await;
+            metrics.document_fetch(result.as_ref().map_or_else(DocumentError::kind, |_| "ok"));
+            if let Err(e) = &result {
+                self.failures.insert(url, e.clone(), now, now + self.policy.failure_ttl.as_secs().max(1));
+                if let Some(stale) = self.stale(url, now) {
+                    tracing::warn!(jwks_uri = url, error = %e, "client key set could not be fetched; the last one is used");
+                    result = Ok(stale);
+                } else {
+                    tracing::info!(jwks_uri = url, error = %e, "client key set refused");
+                }
             }
+            lead.finish(&result);
+            return result.map(|set| (set, true));
         }
         Err(DocumentError::Interrupted)
+    }
+
+    /// The last set fetched from `url`, if it expired less than `cache_ttl` ago: used while the URL fails or the
+    /// fetch slots are taken (stale-if-error), so that a client's outage or a flood of other clients' fetches
+    /// does not stop a client whose keys were known.
+    fn stale(&self, url: &str, now: UnixTime) -> Option<Arc<KeySet>> {
+        self.sets.get_stale(url, now, self.policy.cache_ttl.as_secs()).map(|entry| entry.set.clone())
     }
 
     fn may_force(&self, entry: &Entry, now: UnixTime) -> bool {
@@ -143,7 +156,7 @@ impl KeyCache {
         let fetched = self.fetcher.fetch(url).await?;
         let set = Arc::new(KeySet::parse_published(&fetched.body).map_err(|e| DocumentError::KeySet(e.to_string()))?);
         let ceiling = self.policy.cache_ttl;
-        let ttl = fetched.max_age.map_or(ceiling, |age| age.min(ceiling)).max(MIN_TTL.min(ceiling));
+        let ttl = fetched.max_age.map_or(ceiling, |age| age.min(ceiling)).max(MIN_TTL);
         tracing::info!(jwks_uri = url.as_str(), keys = set.len(), cache_secs = ttl.as_secs(), "client key set fetched");
         let entry = Arc::new(Entry { set: set.clone(), forced_at: AtomicU64::new(forced_at) });
         self.sets.insert(url.as_str(), entry, now, now + ttl.as_secs().max(1));

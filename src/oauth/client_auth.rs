@@ -48,8 +48,9 @@ pub const MAX_LIFETIME: u64 = 600;
 /// The longest `jti` accepted.
 const MAX_JTI: usize = 256;
 
-/// What a request presents to prove which client sends it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a request presents to prove which client sends it. Its `Debug` shows the client, never the secret or
+/// the assertion.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Credential {
     /// `client_id` alone: a public client.
     Id(String),
@@ -57,6 +58,12 @@ pub enum Credential {
     Secret { client_id: String, secret: String },
     /// A signed JWT (RFC 7523 §2.2). `client_id`: the form's, or the assertion's `sub` when the form has none.
     Assertion { client_id: String, jwt: String },
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credential({}, {})", self.method_name(), self.client_id())
+    }
 }
 
 impl Credential {
@@ -247,7 +254,7 @@ pub fn check_claims(claims: &Map<String, Value>, rules: &AssertionRules<'_>) -> 
     let Some(exp) = time("exp")? else {
         return bad("client_assertion has no `exp`".into());
     };
-    if exp + SKEW <= rules.now {
+    if exp.saturating_add(SKEW) <= rules.now {
         return bad("client_assertion expired (`exp`)".into());
     }
     let iat = time("iat")?;
@@ -266,7 +273,7 @@ pub fn check_claims(claims: &Map<String, Value>, rules: &AssertionRules<'_>) -> 
         Some(_) => return bad(format!("client_assertion `jti` must be 1 to {MAX_JTI} characters")),
         None => return bad("client_assertion has no `jti`".into()),
     };
-    Ok(AcceptedAssertion { jti, expires_at: exp + SKEW })
+    Ok(AcceptedAssertion { jti, expires_at: exp.saturating_add(SKEW) })
 }
 
 /// Why the client's keys could not be had.
@@ -310,9 +317,11 @@ pub async fn authenticate(
             let cache = &app.client_documents.keys;
             let (set, fetched) = cache.keys(uri, now, false, &app.metrics).await.map_err(|e| key_error(&e))?;
             match jwk::verify(jwt, &set, client.signing_alg) {
-                // The client may have rotated its keys: fetch the set again (at most once per interval), unless
-                // it was fetched for this very request.
-                Err(SignatureError::UnknownKey(_) | SignatureError::NoKeyForAlgorithm(_)) if !fetched => {
+                // The client may have rotated its keys (a new kid, or a new key under an old or no kid): fetch
+                // the set again (at most once per interval), unless it was fetched for this very request.
+                Err(
+                    SignatureError::UnknownKey(_) | SignatureError::NoKeyForAlgorithm(_) | SignatureError::BadSignature,
+                ) if !fetched => {
                     let (again, _) = cache.keys(uri, now, true, &app.metrics).await.map_err(|e| key_error(&e))?;
                     jwk::verify(jwt, &again, client.signing_alg).map_err(signature_error)?
                 }

@@ -220,15 +220,29 @@ pub fn validate_metadata(body: &Value, allowed: &redirect_uri::Allowlist) -> Res
             ))
         })?),
     };
-    let keys = client_keys(obj)?;
-    let signing_alg = match string_field(obj, "token_endpoint_auth_signing_alg")? {
-        None => None,
-        Some(name) => Some(jwk::parse_algorithm(&name).ok_or_else(|| {
-            metadata_error(format!(
-                "`token_endpoint_auth_signing_alg` `{name}` is not supported; use one of {}",
-                jwk::algorithm_names().join(", ")
-            ))
-        })?),
+    // Keys matter only to a private_key_jwt client: for any other method they are read if they are usable and
+    // otherwise ignored, as RFC 7591 §2 has a server do with metadata it does not use (a public client's
+    // document may publish encryption keys).
+    let strict = auth_method == Some(ClientAuthMethod::PrivateKeyJwt);
+    let keys = match client_keys(obj) {
+        Ok(keys) => keys,
+        Err(e) if strict => return Err(e),
+        Err(_) => None,
+    };
+    let signing_alg = match string_field(obj, "token_endpoint_auth_signing_alg") {
+        Ok(Some(name)) => match jwk::parse_algorithm(&name) {
+            Some(alg) => Some(alg),
+            None if strict => {
+                return Err(metadata_error(format!(
+                    "`token_endpoint_auth_signing_alg` `{name}` is not supported; use one of {}",
+                    jwk::algorithm_names().join(", ")
+                )))
+            }
+            None => None,
+        },
+        Ok(None) => None,
+        Err(e) if strict => return Err(e),
+        Err(_) => None,
     };
     if auth_method == Some(ClientAuthMethod::PrivateKeyJwt) && keys.is_none() {
         return Err(metadata_error(

@@ -42,7 +42,8 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
     };
     let credential = Credential::read(&headers, &params)?;
     let id = credential.client_id();
-    if client_documents::is_document_id(id) && app.store.token_client(token).await?.as_deref() != Some(id) {
+    let may_fetch = client_documents::is_document_id(id) || matches!(credential, Credential::Assertion { .. });
+    if may_fetch && app.store.token_client(token).await?.as_deref() != Some(id) {
         return Ok(answer());
     }
     let client = requests::token_client(app, &credential, Route::Revoke).await?;

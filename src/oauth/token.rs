@@ -54,7 +54,8 @@ pub struct TokenContext<'a> {
     pub store: &'a StateStore,
     pub config: &'a TokenConfig,
     pub now: UnixTime,
-    /// Values accepted for RFC 8707 `resource`.
+    /// Values accepted for RFC 8707 `resource` at redemption of a code (or refresh of a grant) bound to no
+    /// resource: the main upstream's, never a `[[routes]]` entry's (its token would be for the main upstream).
     pub resources: &'a [String],
 }
 
@@ -238,12 +239,18 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
     let (headers, params) = requests::read_oauth_form(req).await?;
     let credential = Credential::read(&headers, &params)?;
     let id = credential.client_id();
-    if client_documents::is_document_id(id) {
+    // Authenticating a document client, or any client by assertion, may fetch (its document, its `jwks_uri`):
+    // only for a request that presents a code or refresh token of that client.
+    if client_documents::is_document_id(id) || matches!(credential, Credential::Assertion { .. }) {
         client_documents::check_token_request(&app.store, &params, id).await??;
     }
     let client = requests::token_client(app, &credential, crate::route::Route::Token).await?;
-    let ctx =
-        TokenContext { store: &app.store, config: &app.config.tokens, now: app.clock.now(), resources: &app.resources };
+    let ctx = TokenContext {
+        store: &app.store,
+        config: &app.config.tokens,
+        now: app.clock.now(),
+        resources: &app.default_resources,
+    };
     let issued = exchange(&ctx, &client, &params).await?;
     let body = serde_json::to_value(&issued).map_err(|e| Error::Internal(e.to_string()))?;
     let mut resp = json_response(StatusCode::OK, &body);

@@ -10,8 +10,12 @@
 use serde_json::Value;
 
 /// The listing methods and, for each, the `result` array and the field an entry is judged by.
-pub const LISTS: [(&str, &str, &str); 3] =
-    [("tools/list", "tools", "name"), ("prompts/list", "prompts", "name"), ("resources/list", "resources", "uri")];
+pub const LISTS: [(&str, &str, &str); 4] = [
+    ("tools/list", "tools", "name"),
+    ("prompts/list", "prompts", "name"),
+    ("resources/list", "resources", "uri"),
+    ("resources/templates/list", "resourceTemplates", "uriTemplate"),
+];
 
 /// Removes from a JSON-RPC response (or batch of responses) the listed entries `keep` refuses; whether anything
 /// changed.

@@ -2,14 +2,20 @@
 //!
 //! - A rule names tools, prompts and resources by a glob (`*` matches any run of characters; ASCII case is
 //!   ignored, so that a rule never misses a name an upstream might fold). It applies to `tools/call`
-//!   (`params.name`), `prompts/get` (`params.name`) and `resources/read` (`params.uri`).
+//!   (`params.name`), `prompts/get` (`params.name`), `resources/read` and `resources/subscribe` (`params.uri`,
+//!   which must be a URL in the form a WHATWG parser serialises it: [`check_resource_uri`]) and
+//!   `completion/complete` (the prompt's name or the resource template's URI in `params.ref`).
 //! - Every matching rule must be satisfied: its `scopes` all granted to the token (RFC 6750 §3.1: otherwise a 403
 //!   `insufficient_scope` step-up naming *all* the scopes the call needs, MCP 2026-07-28 "Scope Challenge
 //!   Handling"), and one of its `groups` held by the user (the id_token's `groups` or `roles`; otherwise 403 with
 //!   a JSON-RPC error: no scope would help). A refused call never reaches the upstream.
 //! - The body is parsed once ([`parse_message`]): a JSON object or a JSON-RPC batch (2025-03-26) whose every
 //!   element is judged; a duplicate object key anywhere is refused, since JSON parsers disagree on which copy
-//!   wins and the upstream must act on exactly what was judged.
+//!   wins and the upstream must act on exactly what was judged. For the same reason a member a server dispatches
+//!   on (`jsonrpc`, `id`, `method`, `params`; in `params`: `name`, `uri`, `ref`, `arguments`; in `params.ref`:
+//!   `type`, `name`, `uri`) must be spelled exactly: a key that case-insensitive parsers, Go's `encoding/json`
+//!   (simple folding: `paramſ` is `params`) or NUL-cutting parsers would bind to one of them (`Name`, `METHOD`,
+//!   `name\u0000`) is refused, in every element of a batch.
 //! - `Mcp-Method` / `Mcp-Name` (MCP 2026-07-28 Streamable HTTP "Request Metadata", SEP-2243), when present, must
 //!   equal the body's method and name, after the `=?base64?…?=` sentinel is decoded ([`check_headers`]): a header
 //!   never lets a call past the policy (400, JSON-RPC `-32020` HeaderMismatch).
@@ -215,7 +221,100 @@ pub enum BodyProblem {
 }
 
 /// The methods whose target a rule judges, and the parameter naming it.
-const GOVERNED: [(&str, &str); 3] = [("tools/call", "name"), ("prompts/get", "name"), ("resources/read", "uri")];
+const GOVERNED: [(&str, &str); 4] =
+    [("tools/call", "name"), ("prompts/get", "name"), ("resources/read", "uri"), ("resources/subscribe", "uri")];
+
+/// A resource URI as it is judged: exactly as a WHATWG URL parser serialises it (the TypeScript SDK looks
+/// resources up by `new URL(uri).toString()`, the Python SDK normalises dot segments), so that a rule on
+/// `file:///secret*` sees every spelling of that file. What does not parse, or parses to another string (dot
+/// segments, `localhost`, case, surrounding whitespace), carries userinfo, or escapes an unreserved character
+/// is refused: the upstream could read it as a resource the rule never saw.
+fn check_resource_uri(uri: &str) -> Result<(), BodyProblem> {
+    let bad = |why: String| Err(BodyProblem::Invalid(format!("`params.uri` {why}")));
+    let parsed = match url::Url::parse(uri) {
+        Ok(u) => u,
+        Err(e) => return bad(format!("is not a URL ({e})")),
+    };
+    if parsed.as_str() != uri {
+        return bad(format!(
+            "is not in the form URL parsers read it in (`{}`): no dot segments, `localhost`, case changes or \
+             surrounding spaces",
+            parsed.as_str().escape_debug()
+        ));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return bad("must not carry a user name or password".to_owned());
+    }
+    let bytes = uri.as_bytes();
+    let escaped_unreserved = bytes.windows(3).any(|w| {
+        w[0] == b'%'
+            && std::str::from_utf8(&w[1..])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+    });
+    if escaped_unreserved {
+        return bad("escapes an unreserved character (`%41` for `A`): send it unescaped".to_owned());
+    }
+    Ok(())
+}
+
+/// What `completion/complete` completes (`params.ref`): a prompt by name, or a resource template by its URI,
+/// judged by the rules on that name. Another kind of reference is refused.
+fn completion_target(params: Option<&Value>) -> Result<String, BodyProblem> {
+    let reference = params.and_then(|p| p.get("ref")).and_then(Value::as_object);
+    let field = |name: &str| reference.and_then(|r| r.get(name)).and_then(Value::as_str).map(str::to_owned);
+    match field("type").as_deref() {
+        Some("ref/prompt") => field("name").ok_or_else(|| {
+            BodyProblem::Invalid("`completion/complete` of a prompt needs a string `params.ref.name`".into())
+        }),
+        Some("ref/resource") => field("uri").ok_or_else(|| {
+            BodyProblem::Invalid("`completion/complete` of a resource needs a string `params.ref.uri`".into())
+        }),
+        _ => Err(BodyProblem::Invalid(
+            "`completion/complete` needs `params.ref` of type `ref/prompt` or `ref/resource`".into(),
+        )),
+    }
+}
+
+/// The members of a JSON-RPC message an MCP server dispatches on.
+const MESSAGE_MEMBERS: [&str; 4] = ["jsonrpc", "id", "method", "params"];
+/// The members of `params` the policy judges or a server dispatches on.
+const PARAMS_MEMBERS: [&str; 4] = ["name", "uri", "ref", "arguments"];
+/// The members of `params.ref` (`completion/complete`).
+const REF_MEMBERS: [&str; 3] = ["type", "name", "uri"];
+
+/// A key as a lenient parser may bind it: NULs dropped (parsers that cut a key at NUL), then case folded, with
+/// Go's simple folding of `ſ` (U+017F) to `s` and of the Kelvin sign to `k` (`encoding/json` binds keys so).
+fn lenient_key(key: &str) -> String {
+    key.chars()
+        .filter(|c| *c != '\0')
+        .flat_map(|c| match c {
+            '\u{17f}' => 's'.to_lowercase(),
+            '\u{212a}' => 'k'.to_lowercase(),
+            other => other.to_lowercase(),
+        })
+        .collect()
+}
+
+/// Refuses a key that a lenient parser (case-insensitive, Go's folding, NUL-cutting) would read as one of
+/// `members` without being spelled exactly so: the upstream could act on a member the policy never saw
+/// (`{"name":"search","Name":"db_secret"}`; CVE-2026-27896).
+fn check_spelling(obj: &serde_json::Map<String, Value>, members: &[&str]) -> Result<(), BodyProblem> {
+    for key in obj.keys() {
+        if members.contains(&key.as_str()) {
+            continue;
+        }
+        let lenient = lenient_key(key);
+        if let Some(member) = members.iter().find(|m| **m == lenient) {
+            return Err(BodyProblem::Invalid(format!(
+                "the member `{}` would be read as `{member}` by case-insensitive JSON parsers; spell it `{member}`",
+                key.escape_debug()
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// Parses an MCP POST body: a JSON-RPC message or batch. Responses (no `method`) pass without a name; a governed
 /// method whose target is missing or not a string is refused, since the upstream's reading of it is unknown.
@@ -236,15 +335,28 @@ pub fn parse_message(body: &[u8]) -> Result<Message, BodyProblem> {
     let mut calls = Vec::with_capacity(items.len());
     for item in items {
         let obj = item.as_object().ok_or_else(|| BodyProblem::Invalid("a batch element is not an object".into()))?;
+        check_spelling(obj, &MESSAGE_MEMBERS)?;
+        if let Some(Value::Object(params)) = obj.get("params") {
+            check_spelling(params, &PARAMS_MEMBERS)?;
+            if let Some(Value::Object(reference)) = params.get("ref") {
+                check_spelling(reference, &REF_MEMBERS)?;
+            }
+        }
         let method = match obj.get("method") {
             None => continue,
             Some(Value::String(m)) => m.clone(),
             Some(_) => return Err(BodyProblem::Invalid("`method` must be a string".into())),
         };
         let name = match GOVERNED.iter().find(|(m, _)| *m == method) {
+            None if method == "completion/complete" => Some(completion_target(obj.get("params"))?),
             None => None,
             Some((_, param)) => match obj.get("params").and_then(|p| p.get(param)) {
-                Some(Value::String(n)) => Some(n.clone()),
+                Some(Value::String(n)) => {
+                    if *param == "uri" {
+                        check_resource_uri(n)?;
+                    }
+                    Some(n.clone())
+                }
                 _ => return Err(BodyProblem::Invalid(format!("`{method}` needs a string `params.{param}`"))),
             },
         };
@@ -375,6 +487,68 @@ mod tests {
 
     fn user<'a>(scope: &'a str, groups: &'a [String]) -> Principal<'a> {
         Principal { scope, groups, roles: &[], groups_overage: false }
+    }
+
+    #[test]
+    fn members_a_lenient_parser_would_bind_otherwise_are_refused_at_every_judged_level() {
+        let refused = |body: &str| matches!(parse_message(body.as_bytes()), Err(BodyProblem::Invalid(m)) if m.contains("spell it"));
+        for body in [
+            r#"{"method":"tools/call","params":{"name":"search","Name":"db_secret"}}"#,
+            r#"{"method":"tools/call","params":{"name":"search","NAME":"db_secret"}}"#,
+            r#"{"method":"tools/list","Method":"tools/call","params":{"name":"db_secret"}}"#,
+            r#"{"method":"tools/call","params":{"name":"search"},"Params":{"name":"db_secret"}}"#,
+            "{\"method\":\"tools/call\",\"params\":{\"name\":\"search\"},\"param\u{17f}\":{\"name\":\"db_secret\"}}",
+            r#"{"method":"tools/call","params":{"name":"search","name\u0000":"db_secret"}}"#,
+            r#"{"method\u0000":"tools/call","method":"tools/list"}"#,
+            r#"{"method":"tools/call","params":{"name":"search","Arguments":{}}}"#,
+            r#"{"method":"completion/complete","params":{"ref":{"type":"ref/prompt","Name":"x_secret"}}}"#,
+            r#"[{"method":"tools/call","params":{"name":"search"}},{"method":"tools/call","params":{"name":"a","nAme":"db_secret"}}]"#,
+            r#"{"ID":1,"method":"ping"}"#,
+        ] {
+            assert!(refused(body), "{body}");
+        }
+        // Exact spellings pass, and tool arguments are the tool's business.
+        let ok = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","arguments":{"Name":"x","NAME":"y"}}}"#;
+        assert!(parse_message(ok.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn resource_uris_are_judged_as_url_parsers_serialise_them_and_completions_by_their_target() {
+        let read = |uri: &str| {
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": uri}});
+            parse_message(body.to_string().as_bytes())
+        };
+        assert_eq!(read("file:///secret").map(|m| m.calls[0].name.clone()), Ok(Some("file:///secret".into())));
+        assert!(read("https://example.com/a/b?q=1").is_ok());
+        for bad in [
+            "file:///./secret",
+            "file:///x/../secret",
+            "file://localhost/secret",
+            " file:///secret",
+            "file:///secret ",
+            "FILE:///secret",
+            "file:///%73ecret",
+            "https://user:pw@example.com/secret",
+            "secret",
+            "https://EXAMPLE.com/secret",
+        ] {
+            assert!(matches!(read(bad), Err(BodyProblem::Invalid(_))), "{bad}");
+        }
+        let subscribe = json!({"jsonrpc": "2.0", "id": 1, "method": "resources/subscribe",
+            "params": {"uri": "file:///x/../secret"}});
+        assert!(parse_message(subscribe.to_string().as_bytes()).is_err());
+        let complete = |reference: Value| {
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "completion/complete",
+                "params": {"ref": reference, "argument": {"name": "a", "value": "b"}}});
+            parse_message(body.to_string().as_bytes()).map(|m| m.calls[0].name.clone())
+        };
+        assert_eq!(complete(json!({"type": "ref/prompt", "name": "db_secret"})), Ok(Some("db_secret".into())));
+        assert_eq!(
+            complete(json!({"type": "ref/resource", "uri": "file:///{path}"})),
+            Ok(Some("file:///{path}".into()))
+        );
+        assert!(complete(json!({"type": "ref/other", "name": "x"})).is_err());
+        assert!(complete(json!({"type": "ref/prompt"})).is_err());
     }
 
     #[test]

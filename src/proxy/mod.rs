@@ -82,9 +82,13 @@ pub async fn handle(
     mut req: Request<RequestBody>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Error> {
-    // A `[[routes]]` entry's requests get its challenges, its upstream and its credential (issue 16 §3).
+    // A `[[routes]]` entry's requests get its challenges, its upstream and its credential (issue 16 §3). The
+    // canonical path chooses the entry, as it chooses the credential in `admit`: `//graph/x` and `/%67raph/x` are
+    // the route's (or, when the path is refused, no route is chosen and `admit` refuses it).
     let routed;
-    let cx = match routes::route_for(cx.routes, req.uri().path()) {
+    let canonical_route =
+        target::canonical_path(req.uri().path()).ok().and_then(|p| routes::route_for(cx.routes, p.as_str()));
+    let cx = match canonical_route {
         Some(r) => {
             routed = Context {
                 challenge: &r.challenge,
@@ -114,7 +118,7 @@ pub async fn handle(
         *copy.headers_mut() = req.headers().clone();
         copy
     });
-    let (req, listing) = if tool_policy::applies(cx, req.method(), path.as_str()) {
+    let (req, listing) = if tool_policy::applies(cx, path.as_str()) {
         tool_policy::judge(cx, &grant, req).await?
     } else {
         (req.map(UpstreamBody::Streamed), None)

@@ -33,10 +33,16 @@ use crate::policy::{self, listing, Principal, ToolRule, Verdict};
 static MCP_METHOD: header::HeaderName = header::HeaderName::from_static("mcp-method");
 static MCP_NAME: header::HeaderName = header::HeaderName::from_static("mcp-name");
 
-/// Whether the policy reads this request: rules exist, it is a POST, and its canonical path is the MCP endpoint.
-pub fn applies(cx: &Context<'_>, method: &http::Method, path: &str) -> bool {
-    !cx.tool_rules.is_empty() && method == http::Method::POST && scope::prefix_matches(cx.resource_path, path)
+/// Whether the policy handles this request: rules exist and its canonical path is the MCP endpoint. It then
+/// reads a POST, narrows what a GET stream carries (a resumed stream, `Last-Event-ID`, replays listings), and
+/// refuses every method that Streamable HTTP does not use (PUT, PATCH, a lowercase `post` …), which would
+/// otherwise reach the upstream unjudged.
+pub fn applies(cx: &Context<'_>, path: &str) -> bool {
+    !cx.tool_rules.is_empty() && scope::prefix_matches(cx.resource_path, path)
 }
+
+/// The methods of Streamable HTTP on the MCP endpoint.
+const MCP_METHODS: &str = "GET, POST, DELETE, OPTIONS";
 
 /// Who the call is from, owned, for a listing answer that streams after the request is gone.
 #[derive(Clone)]
@@ -46,6 +52,8 @@ pub struct Caller {
     groups: Vec<String>,
     roles: Vec<String>,
     overage: bool,
+    /// A GET stream's answer: only an event stream is narrowed; any other answer passes as it is.
+    streams_only: bool,
 }
 
 impl Caller {
@@ -58,6 +66,18 @@ impl Caller {
     }
 }
 
+/// Who the grant's user is, for narrowing answers.
+fn caller(cx: &Context<'_>, grant: &Authenticated) -> Caller {
+    Caller {
+        rules: cx.tool_rules.into(),
+        scope: grant.scope.clone(),
+        groups: grant.identity.groups.clone(),
+        roles: grant.identity.roles.clone(),
+        overage: grant.identity.groups_overage,
+        streams_only: false,
+    }
+}
+
 /// Reads and judges an MCP POST. Allowed: the request to forward (the same bytes) and, for a listing, who to
 /// narrow the answer for.
 pub async fn judge(
@@ -66,6 +86,19 @@ pub async fn judge(
     req: Request<RequestBody>,
 ) -> Result<(Request<UpstreamBody>, Option<Caller>), Error> {
     let bad = |code: i64, message: String| Error::McpBadMessage { code, message };
+    match *req.method() {
+        http::Method::POST => {}
+        // No body to judge; what the stream carries (a resumed stream replays listings) is narrowed.
+        http::Method::GET => {
+            let mut req = req.map(UpstreamBody::Streamed);
+            req.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+            return Ok((req, Some(Caller { streams_only: true, ..caller(cx, grant) })));
+        }
+        http::Method::DELETE | http::Method::OPTIONS | http::Method::HEAD => {
+            return Ok((req.map(UpstreamBody::Streamed), None))
+        }
+        _ => return Err(Error::MethodNotAllowed { allow: MCP_METHODS }),
+    }
     if let Some(encoding) = req.headers().get(header::CONTENT_ENCODING) {
         if !encoding.as_bytes().eq_ignore_ascii_case(b"identity") {
             return Err(bad(-32600, "a compressed MCP message cannot be checked by the tool policy".into()));
@@ -118,13 +151,7 @@ pub async fn judge(
     // Only a listing's answer is read back, so only then is the caller copied out of the request.
     let caller = message.lists().then(|| {
         parts.headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-        Caller {
-            rules: cx.tool_rules.into(),
-            scope: grant.scope.clone(),
-            groups: grant.identity.groups.clone(),
-            roles: grant.identity.roles.clone(),
-            overage: grant.identity.groups_overage,
-        }
+        caller(cx, grant)
     });
     Ok((Request::from_parts(parts, UpstreamBody::Buffered(Some(bytes))), caller))
 }
@@ -146,6 +173,7 @@ pub async fn narrow_listing(resp: Response<Body>, caller: Caller, limit: usize) 
             let filtered = SseListingBody { inner: body, filter: listing::SseFilter::new(limit), caller, done: false };
             Ok(Response::from_parts(parts, filtered.boxed()))
         }
+        _ if caller.streams_only => Ok(Response::from_parts(parts, body)),
         _ => {
             let bytes = Limited::new(body, limit)
                 .collect()

@@ -221,7 +221,7 @@ fn served_here(cx: &Context<'_>, head: &Head) -> bool {
     match proxy::target::canonical_path(raw) {
         Ok(path) => {
             proxy::routes::route_for(cx.routes, path.as_str()).is_none()
-                && !proxy::tool_policy::applies(cx, &head.method, path.as_str())
+                && !proxy::tool_policy::applies(cx, path.as_str())
         }
         // Refused by `admit` as on the hyper path, unless a tool policy could have read it first.
         Err(_) => cx.tool_rules.is_empty(),
