@@ -36,13 +36,15 @@ impl McpUpstream {
         let server = serve(move |req| {
             let seen = seen.clone();
             async move {
-                let sse = req.headers().contains_key("x-test-sse");
+                let sse = req.headers().contains_key("x-test-sse") || req.method() == hyper::Method::GET;
+                let get = req.method() == hyper::Method::GET;
                 let bytes = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
                 let text = String::from_utf8_lossy(&bytes).into_owned();
-                seen.lock().unwrap().push(text.clone());
+                seen.lock().unwrap().push(if get { "GET".to_owned() } else { text.clone() });
                 let msg: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 let id = msg.get("id").cloned().unwrap_or(Value::Null);
-                let answer = if msg["method"] == "tools/list" {
+                // A GET stream resumed with Last-Event-ID replays an earlier listing answer.
+                let answer = if msg["method"] == "tools/list" || get {
                     json!({"jsonrpc": "2.0", "id": id, "result": {"tools": [
                         {"name": "search", "inputSchema": {"type": "object"}},
                         {"name": "delete_user", "inputSchema": {"type": "object"}},
@@ -312,6 +314,88 @@ async fn a_policy_body_is_bounded_and_must_be_plain_json() {
     let gz = post_mcp(&proxy, &token, &call(1, "search").to_string(), &[("content-encoding", "gzip")]).await;
     assert_eq!(gz.status(), 400);
     assert!(upstream.bodies().is_empty());
+}
+
+/// Issue 23 item 1: a body that a case-insensitive, Go-folding or NUL-cutting parser reads differently from the
+/// policy is refused, at every level the policy judges and in batches.
+#[tokio::test]
+async fn members_spelled_for_lenient_parsers_never_reach_the_upstream() {
+    let (_azure, upstream, proxy) = start(POLICY).await;
+    let token = token_with_scope(&proxy, "openid").await;
+    for body in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","Name":"db_secret"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","NAME":"db_secret"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","Method":"tools/call","params":{"name":"db_secret"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search"},"Params":{"name":"db_secret"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search"},"param\u017f":{"name":"db_secret"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","name\u0000":"db_secret"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","method\u0000":"tools/call","params":{"name":"db_secret"}}"#,
+        r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search"}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"search","nAmE":"db_secret"}}]"#,
+    ] {
+        let resp = post_mcp(&proxy, &token, body, &[]).await;
+        assert_eq!(resp.status(), 400, "{body}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("case-insensitive"), "{body}: {text}");
+    }
+    assert!(upstream.bodies().is_empty(), "{:?}", upstream.bodies());
+    // Tool arguments are the tool's: keys spelled any way pass there.
+    let ok = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"search","arguments":{"Name":"x"}}}"#;
+    assert_eq!(post_mcp(&proxy, &token, ok, &[]).await.status(), 200);
+}
+
+/// Issue 23 items 2 and 8: resource URIs are judged as URL parsers serialise them; completions, subscriptions and
+/// replayed GET streams are judged or narrowed; methods Streamable HTTP does not use are refused on the MCP path.
+#[tokio::test]
+async fn every_way_to_name_or_reach_a_governed_target_is_judged() {
+    let (_azure, upstream, proxy) = start(POLICY).await;
+    let token = token_with_scope(&proxy, "openid").await;
+    let read = |method: &str, uri: &str| {
+        json!({"jsonrpc": "2.0", "id": 5, "method": method, "params": {"uri": uri}}).to_string()
+    };
+    // The plain spelling is judged (the group is missing: 403) ...
+    for method in ["resources/read", "resources/subscribe"] {
+        assert_eq!(post_mcp(&proxy, &token, &read(method, "file:///db_secret"), &[]).await.status(), 403, "{method}");
+    }
+    // ... and every other spelling of it is refused as ambiguous.
+    for uri in [
+        "file:///./db_secret",
+        "file:///x/../db_secret",
+        "file://localhost/db_secret",
+        " file:///db_secret",
+        "file:///%64b_secret",
+    ] {
+        let resp = post_mcp(&proxy, &token, &read("resources/read", uri), &[]).await;
+        assert_eq!(resp.status(), 400, "{uri}");
+    }
+    let complete = json!({"jsonrpc": "2.0", "id": 6, "method": "completion/complete",
+        "params": {"ref": {"type": "ref/prompt", "name": "db_secret"}, "argument": {"name": "a", "value": ""}}});
+    assert_eq!(post_mcp(&proxy, &token, &complete.to_string(), &[]).await.status(), 403);
+    for method in ["PUT", "PATCH", "post", "PROPFIND"] {
+        let resp = http()
+            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), proxy.url("/mcp"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(call(7, "db_secret").to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 405, "{method}");
+        assert_eq!(resp.headers().get("allow").and_then(|v| v.to_str().ok()), Some("GET, POST, DELETE, OPTIONS"));
+    }
+    assert!(upstream.bodies().is_empty(), "nothing above reached the upstream: {:?}", upstream.bodies());
+    // A resumed GET stream replays a listing: it is narrowed like a POST's.
+    let resp = http()
+        .get(proxy.url("/mcp"))
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "41")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("\"search\"") && !text.contains("delete_user") && !text.contains("db_secret"), "{text}");
+    assert_eq!(upstream.bodies(), vec!["GET".to_owned()]);
 }
 
 /// The property: whatever the headers, the spelling and the shape of the message, a call the user may not make

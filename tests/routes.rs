@@ -92,6 +92,38 @@ async fn a_token_for_graph_reaches_graph_with_a_graph_token_and_is_refused_on_ti
     assert!(s.default.recorded().is_empty(), "the default upstream never saw a request");
 }
 
+/// Issue 23 item 4: one canonical path chooses both the upstream and the credential. A route's token on
+/// `//graph/…` or `/%67raph/…` goes to the route (with the route's token), never to `[upstream]`; and a code
+/// issued without `resource` is not redeemed for a route.
+#[tokio::test]
+async fn another_spelling_of_a_route_goes_to_the_route_never_to_the_main_upstream_with_its_token() {
+    let s = start().await;
+    let graph_resource = s.proxy.url("/graph");
+    let token = sign_in_for(&s.proxy, &graph_resource).await;
+    let before = s.default.recorded().len();
+    for path in ["//graph/v1.0/me", "/%67raph/v1.0/me", "/GRAPH/v1.0/me", "/graph//v1.0/me"] {
+        let resp = get(&s.proxy, path, &token).await;
+        let status = resp.status().as_u16();
+        assert!(status == 200 || status == 400 || status == 401, "{path}: {status}");
+        if path == "//graph/v1.0/me" {
+            assert_eq!(status, 200, "repeated slashes collapse: the route serves it");
+        }
+        if status == 200 {
+            assert_eq!(s.graph.last().path, "/v1.0/me", "{path} reached the route's API");
+            assert_eq!(scope_seen_by(&s.azure, &s.graph), GRAPH_SCOPE, "{path}");
+        }
+    }
+    assert_eq!(s.default.recorded().len(), before, "the main upstream never got the route's token");
+
+    // RFC 8707: a code issued for no resource is not redeemed for a route's.
+    let client_id = register_public_client(&s.proxy).await;
+    let mut browser = Browser::new();
+    let params = authorize(&s.proxy, &mut browser, &client_id).await;
+    let resp = redeem_with(&s.proxy, &client_id, &params["code"], &[("resource", &graph_resource)]).await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "invalid_target");
+}
+
 #[tokio::test]
 async fn signing_in_for_tickets_works_and_a_default_token_stays_on_the_default_upstream() {
     let s = start().await;

@@ -150,6 +150,15 @@ mod tests {
     }
 
     #[test]
+    fn resource_template_listings_are_narrowed_too() {
+        let mut v = json!({"jsonrpc": "2.0", "id": 1, "result": {"resourceTemplates": [
+            {"uriTemplate": "file:///public/{name}"}, {"uriTemplate": "file:///db_secret/{name}"}
+        ]}});
+        assert!(filter_listing(&mut v, &|n: &str| !n.contains("secret")));
+        assert_eq!(v["result"]["resourceTemplates"], json!([{"uriTemplate": "file:///public/{name}"}]));
+    }
+
+    #[test]
     fn sse_events_are_rewritten_across_chunk_boundaries() {
         let listing =
             json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "search"}, {"name": "delete_x"}]}});
