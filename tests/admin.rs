@@ -363,3 +363,35 @@ async fn the_admin_api_on_a_unix_socket_is_0600_and_the_cli_reaches_it() {
     assert_eq!(code, 1, "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 23 item 5: idle connections to the admin listener, without the token, cannot hold descriptors the public
+/// listener needs: beyond a small cap they are closed at once, the ones within it are closed when they send no
+/// request head in time, and the public listener and the admin API keep answering.
+#[tokio::test]
+async fn idle_connections_to_the_admin_listener_are_capped_and_the_proxy_keeps_answering() {
+    use tokio::io::AsyncReadExt as _;
+    let (_azure, _upstream, proxy, admin) = start().await;
+    let addr = admin.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Those beyond the cap are closed by the proxy: a read sees the end of the stream (or a reset).
+    let mut closed = 0;
+    for stream in &mut idle {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(std::time::Duration::from_millis(200), stream.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            _ => {}
+        }
+    }
+    assert!(closed >= 100 - 32, "only {closed} of 100 idle admin connections were closed");
+    assert_eq!(http().get(proxy.url("/healthz")).send().await.unwrap().status(), 200);
+    // The admin API still answers once the idle ones go (here: the test closes them).
+    drop(idle);
+    let ok = within(std::time::Duration::from_secs(5), || async {
+        http().get(format!("{admin}/admin/clients")).bearer_auth(TOKEN).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ok.is_some(), "the admin API answers again");
+}

@@ -177,6 +177,9 @@ async fn with_redis_down_token_and_readyz_answer_503_cached_bearers_work_and_red
     let mut browser = Browser::new();
     assert!(matches!(browser.get(&authorize_url(&r[0], &client_id, "")).await, Landing::Page(503, _)));
     assert_eq!(get_mcp(&r[1], &access).await, 200, "a cached bearer keeps working while Redis is down");
+    // Issue 23 item 7: not for longer than the stale-if-error bound (a revocation during the cut is not seen).
+    r[1].clock.advance(dcr_proxy::store::redis::STALE_IF_ERROR_SECS + 1);
+    assert_eq!(get_mcp(&r[1], &access).await, 503, "a cut replica stops serving a bearer it cannot check");
     assert_eq!(get_mcp(&r[0], "never-issued").await, 503, "an unknown bearer cannot be checked: 503, not 401");
 
     assert!(redis.run().await, "redis-server restarts on its port with its append-only file");

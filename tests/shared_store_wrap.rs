@@ -403,3 +403,108 @@ async fn an_audit_line_on_another_replica_names_the_client_from_redis() {
     assert_eq!(line["client_id"], client_id.as_str());
     assert_eq!(line["client_name"], "Named In Redis", "the name comes from Redis: {line}");
 }
+
+/// Issue 23 item 3: write access to Redis is not user impersonation. A forged access-token record (a token of
+/// the attacker's choosing, the victim's grant id, no wrap, a wider scope), written in the clear as versions before
+/// issue 23 wrote them, or a sealed record moved under another key, is refused on the replica that holds the grant
+/// and on every other; and client records no longer show their metadata in the clear.
+#[tokio::test]
+async fn a_forged_access_token_record_serves_nobody() {
+    let s = start().await;
+    let r = register_json(
+        &s.a,
+        serde_json::json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "client_secret_post",
+            "client_name": "Victim Client"}),
+    )
+    .await;
+    let (client_id, secret) = (str_of(&r, "client_id").to_owned(), str_of(&r, "client_secret").to_owned());
+    let (_, tokens) = sign_in(&s.a, &s.a, &client_id, &secret, None).await;
+    let victim = str_of(&tokens, "access_token").to_owned();
+    assert_eq!(get(&s.a, "/mcp", &victim).await, 200, "A holds the grant");
+    assert_eq!(get(&s.b, "/mcp", &victim).await, 200);
+
+    let keys = dump(&s.redis).await;
+    let grant_hex = keys
+        .iter()
+        .find_map(|(k, _)| k.strip_prefix("dcrp:grant:{g:").and_then(|r| r.strip_suffix('}')))
+        .expect("the victim's grant")
+        .to_owned();
+    let grant = u128::from_str_radix(&grant_hex, 16).unwrap();
+    let hex = |token: &str| crypto::sha256(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let client = redis::Client::open(s.redis.url()).expect("url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    let expires = s.a.clock.now() + 3600;
+    // The record as the pre-issue-23 format wrote it: postcard (grant, expires_at, scope, wrapped).
+    let forged = postcard::to_allocvec(&(
+        grant,
+        expires,
+        "openid profile email offline_access User.Read Mail.ReadWrite",
+        Vec::<u8>::new(),
+    ))
+    .unwrap();
+    let attacker = "attacker-chosen-token-0123456789abcdef";
+    redis::cmd("SET")
+        .arg(format!("dcrp:at:{}", hex(attacker)))
+        .arg(&forged)
+        .arg("EX")
+        .arg(3600)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    // And the victim's own sealed record, copied under the attacker's token hash.
+    let victim_record: Vec<u8> =
+        redis::cmd("GET").arg(format!("dcrp:at:{}", hex(&victim))).query_async(&mut conn).await.unwrap();
+    let moved = "attacker-chosen-token-moved-record-0000";
+    redis::cmd("SET")
+        .arg(format!("dcrp:at:{}", hex(moved)))
+        .arg(&victim_record)
+        .arg("EX")
+        .arg(3600)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let before = s.default.recorded().len();
+    for token in [attacker, moved] {
+        assert_eq!(get(&s.a, "/mcp", token).await, 401, "on the replica that holds the grant");
+        assert_eq!(get(&s.b, "/mcp", token).await, 401, "on another replica");
+        let fresh = s.a.replica().await;
+        assert_eq!(get(&fresh, "/mcp", token).await, 401, "on a fresh replica");
+    }
+    assert_eq!(s.default.recorded().len(), before, "the upstream never got the victim's IdP token");
+    assert_eq!(get(&s.a, "/mcp", &victim).await, 200, "the victim's own token still works");
+
+    // Read access shows no client metadata: the client record is sealed.
+    let client_record: Vec<u8> =
+        redis::cmd("GET").arg(format!("dcrp:client:{{c:{client_id}}}")).query_async(&mut conn).await.unwrap();
+    assert!(!contains(&client_record, b"Victim Client") && !contains(&client_record, b"127.0.0.1:33418"));
+}
+
+/// Issue 23 item 3, the upgrade: records an older version wrote in the clear are sealed by the first replica of
+/// this version that starts on that Redis (sign-ins survive the upgrade), and never again (a record planted in
+/// the clear later is refused, not laundered).
+#[tokio::test]
+async fn records_written_in_the_clear_before_the_upgrade_are_sealed_once() {
+    let redis = TestRedis::start().await;
+    let upstream = Upstream::start().await;
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let hex = |token: &str| crypto::sha256(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let a = TestProxy::builder().upstream(upstream.url()).local().redis(&redis).start().await;
+    let (client_id, tokens) = login(&a).await;
+    let access = str_of(&tokens, "access_token").to_owned();
+    let key = format!("dcrp:at:{}", hex(&access));
+    // Make the record look as the older version left it: the same record, in the clear.
+    let sealer = Sealer::new(&crypto::derive_key(&configured_key(), "dcr-proxy redis records v1"));
+    let sealed: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
+    let plain = sealer.open(key.as_bytes(), &sealed).expect("the record is sealed with the derived key");
+    redis::cmd("SET").arg(&key).arg(&plain).arg("KEEPTTL").query_async::<()>(&mut conn).await.unwrap();
+    redis::cmd("DEL").arg("dcrp:meta:records-sealed").query_async::<()>(&mut conn).await.unwrap();
+    let fresh = a.replica().await;
+    assert_eq!(get(&fresh, "/mcp", &access).await, 200, "the upgrade sealed it");
+    let now: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
+    assert!(sealer.open(key.as_bytes(), &now).is_ok());
+    // Later, a record put back in the clear is refused, and a restart does not seal it.
+    redis::cmd("SET").arg(&key).arg(&plain).arg("KEEPTTL").query_async::<()>(&mut conn).await.unwrap();
+    let later = a.replica().await;
+    assert_eq!(get(&later, "/mcp", &access).await, 401);
+    let _ = client_id;
+}

@@ -345,6 +345,7 @@ where
 /// descriptors left) pause as in [`serve`] ([`backoff`]) instead of spinning.
 pub async fn serve_metrics(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let mut backoff = backoff::AcceptBackoff::default();
+    let side_slots = SideSlots::new();
     // The connection tasks, aborted when this function returns.
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -370,8 +371,13 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>, shutdown: impl 
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut shutdown => break,
         };
+        let Some(slot) = side_slots.try_acquire() else {
+            drop(stream);
+            continue;
+        };
         let app = app.clone();
         connections.spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let app = app.clone();
                 async move {
@@ -388,9 +394,49 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>, shutdown: impl 
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            side_connection(TokioIo::new(stream), service).await;
         });
     }
+}
+
+/// The admin and metrics listeners' supervision (issue 23): their own small cap on connections (one beyond it is
+/// closed at once, so idle sockets cannot hold descriptors the public listener needs), a deadline for each request
+/// head, and a whole-connection deadline (these answers are small and quick).
+const SIDE_MAX_CONNECTIONS: usize = 32;
+/// How long a side listener's client has to send a request head (also while idle between requests).
+const SIDE_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest a side listener's connection lives.
+const SIDE_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The connection slots of one side listener.
+#[derive(Clone)]
+struct SideSlots(Arc<tokio::sync::Semaphore>);
+
+impl SideSlots {
+    fn new() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(SIDE_MAX_CONNECTIONS)))
+    }
+
+    fn try_acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let slot = self.0.clone().try_acquire_owned().ok();
+        if slot.is_none() {
+            tracing::debug!("side listener full; connection closed");
+        }
+        slot
+    }
+}
+
+/// Serves one HTTP/1.1 connection of a side listener under its deadlines.
+async fn side_connection<I, S>(io: TokioIo<I>, service: S)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::http::Body> + Send,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(SIDE_HEADER_TIMEOUT);
+    let _ = tokio::time::timeout(SIDE_CONNECTION_LIFETIME, http.serve_connection(io, service)).await;
 }
 
 /// Serves the admin API ([`crate::admin`]) on its own listener (HTTP/1.1, loopback or a private address) until
@@ -406,15 +452,31 @@ pub async fn serve_admin_unix(listener: tokio::net::UnixListener, app: Arc<App>,
 }
 
 /// Binds the admin API's Unix socket, replacing a stale socket file (never another kind of file), mode 0600.
+///
+/// The socket never exists at `path` with wider permissions, not even for an instant: it is bound inside a new
+/// directory of mode 0700 beside `path` (nobody else can reach it there), set to 0600, then linked into place
+/// (the same effect as binding under a 077 umask, without changing the process's umask).
 #[cfg(unix)]
 pub fn bind_admin_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
         std::fs::remove_file(path)?;
     }
-    let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    // Short names: a socket path is limited to about 100 bytes (SUN_LEN).
+    let private = parent.join(format!(".dcrp{}", &crate::crypto::random_token()[..8]));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("s");
+    let bound = (|| {
+        let listener = tokio::net::UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        // A link, not a rename: it fails where anything (a regular file …) is already at `path`.
+        std::fs::hard_link(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound
 }
 
 enum AdminListener {
@@ -442,16 +504,24 @@ impl AdminListener {
 
 async fn serve_admin_on(listener: AdminListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let mut connections = tokio::task::JoinSet::new();
+    let mut backoff = backoff::AcceptBackoff::default();
+    let side_slots = SideSlots::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    backoff.succeeded();
+                    accepted
+                }
                 Err(e) if backoff::is_connection_error(&e) => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed; pausing");
+                    let after = backoff.failed(std::time::Instant::now());
+                    if let Some(failures) = after.log {
+                        tracing::warn!(error = %e, failures, pause = ?after.pause, "admin accept failed; pausing");
+                    }
                     tokio::select! {
-                        () = tokio::time::sleep(std::time::Duration::from_millis(100)) => continue,
+                        () = tokio::time::sleep(after.pause) => continue,
                         () = &mut shutdown => break,
                     }
                 }
@@ -459,20 +529,24 @@ async fn serve_admin_on(listener: AdminListener, app: Arc<App>, shutdown: impl F
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut shutdown => break,
         };
+        let Some(slot) = side_slots.try_acquire() else {
+            drop(stream);
+            continue;
+        };
         let app = app.clone();
         connections.spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let app = app.clone();
                 async move {
                     Ok::<_, Infallible>(crate::admin::handle(&app, req.method(), req.uri(), req.headers(), peer).await)
                 }
             });
-            let http = hyper::server::conn::http1::Builder::new();
-            let _ = match stream {
-                AdminStream::Tcp(s) => http.serve_connection(TokioIo::new(s), service).await,
+            match stream {
+                AdminStream::Tcp(s) => side_connection(TokioIo::new(s), service).await,
                 #[cfg(unix)]
-                AdminStream::Unix(s) => http.serve_connection(TokioIo::new(s), service).await,
-            };
+                AdminStream::Unix(s) => side_connection(TokioIo::new(s), service).await,
+            }
         });
     }
 }

@@ -1,7 +1,7 @@
 //! The shared store on Redis (`store.backend = "redis"`): N replicas behave as one (issue 12).
 //!
 //! Keys (prefix `dcrp:`; every multi-key operation stays within one `{…}` hash tag, so it works on a Cluster):
-//! - `client:{c:<client_id>}` client metadata (postcard; the secret and registration token only as hashes);
+//! - `client:{c:<client_id>}` client metadata (sealed postcard; the secret and registration token only as hashes);
 //!   `cgrants:{c:<client_id>}` the set of its grant ids, for RFC 7592 delete.
 //! - `used:<hash>` a consent form or IdP state already used: `SET NX` with the ticket's expiry (atomic claim).
 //! - `code:{k:<hash>}` a live code (sealed: it holds the IdP tokens), `spent:{k:<hash>}` the grant a redeemed code
@@ -9,11 +9,12 @@
 //!   used once; its replay revokes what it issued).
 //! - `grant:{g:<id>}` a grant (sealed: identity and IdP tokens); its absence means revoked.
 //!   `lock:{g:<id>}` / `fence:{g:<id>}` the IdP-refresh lock and its fencing counter.
-//! - `at:<hash>` an access token: grant id, expiry, scope (RFC 6750 bearer; only the SHA-256 is a key) and the
-//!   grant's data key wrapped under the token (`store::wrap`).
+//! - `at:<hash>` an access token (sealed): grant id, expiry, scope (RFC 6750 bearer; only the SHA-256 is a key)
+//!   and the grant's data key wrapped under the token (`store::wrap`). A presented token must open its own wrap
+//!   (never the replica's key), and a record whose scope exceeds its grant's is refused.
 //! - `rf:<family hash>` a refresh-token family, a hash of `gen` and `rec`: rotation is a compare-and-set on `gen`
-//!   in one Lua script (RFC 9700 §4.14: two uses of one token cannot both rotate, from any replicas); `rec` holds
-//!   the grant's data key wrapped under the current refresh token.
+//!   in one Lua script (RFC 9700 §4.14: two uses of one token cannot both rotate, from any replicas); `rec`
+//!   (sealed) holds the grant's data key wrapped under the current refresh token.
 //! - `rt:{g:<id>}` the grant's `[[routes]]` IdP tokens, a hash by route prefix, each sealed with the data key.
 //!
 //! Invariants:
@@ -25,8 +26,9 @@
 //! - The hot path is local: a bearer lookup is served from this replica's bounded cache for at most
 //!   `store.redis_cache_ttl` (≤ 1 s), then checked again in Redis. Revocations are published on `dcrp:events`;
 //!   every replica drops what they name at once, and clears its cache when its subscription (re)connects, since
-//!   a message may have been missed. When Redis does not answer, a cached bearer keeps working (stale-if-error:
-//!   no revocation can be recorded meanwhile either); everything else fails with [`StoreError::Unavailable`].
+//!   a message may have been missed. When Redis does not answer, a cached bearer keeps working for
+//!   [`STALE_IF_ERROR_SECS`] after Redis last confirmed it (stale-if-error: no revocation can be recorded meanwhile
+//!   either), then gets 503; everything else fails with [`StoreError::Unavailable`].
 //! - One IdP refresh per grant across replicas: a lock with expiry and a fencing token; the new IdP token is
 //!   written only while the fence still holds the lock, and the others adopt it from the grant record.
 //! - Expiries are relative (`EX` seconds from the proxy's clock), so that a test clock and Redis's agree.
@@ -179,7 +181,13 @@ struct Cached {
     scope: Arc<str>,
     expires_at: UnixTime,
     checked: Instant,
+    /// When Redis last confirmed the entry, by the store's clock: how long it may serve while Redis is down.
+    confirmed_at: UnixTime,
 }
+
+/// How long (seconds) a cached bearer is still served while Redis does not answer (stale-if-error). After it the
+/// bearer is answered 503: a token revoked during the cut stops working within this bound.
+pub const STALE_IF_ERROR_SECS: u64 = 10;
 
 struct Inner {
     conn: RedisConn,
@@ -207,6 +215,14 @@ pub struct RedisStore {
 
 fn unavailable(e: ::redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// Set once the records of an older version were sealed ([`RedisStore::seal_plain_records`]).
+const SEALED_MARKER: &str = "dcrp:meta:records-sealed";
+
+/// Whether every scope of `narrow` is one of `wide`'s (space-separated).
+fn scope_within(narrow: &str, wide: &str) -> bool {
+    narrow.split(' ').filter(|s| !s.is_empty()).all(|s| wide.split(' ').any(|w| w == s))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -294,7 +310,12 @@ impl RedisStore {
             refresh_lock: config.refresh_lock,
         });
         tokio::spawn(listen(Arc::downgrade(&inner), subscriber));
-        Ok(Self { inner })
+        let store = Self { inner };
+        let sealed = store.seal_plain_records().await?;
+        if sealed > 0 {
+            tracing::info!(records = sealed, "sealed the records an older version wrote in the clear");
+        }
+        Ok(store)
     }
 
     /// `registration.unused_client_ttl` in seconds.
@@ -318,6 +339,81 @@ impl RedisStore {
         decode(&self.inner.sealer.open(key.as_bytes(), sealed).ok()?)
     }
 
+    /// A client record, sealed like every record (its key name as associated data).
+    fn sealed_client(&self, client: &Client) -> Result<Vec<u8>, StoreError> {
+        let plain = encode_client(client).map_err(|e| StoreError::Unavailable(format!("encoding a record: {e}")))?;
+        Ok(self.seal(&client_key(&client.client_id), &plain))
+    }
+
+    fn open_client(&self, key: &str, sealed: &[u8]) -> Option<Client> {
+        decode_client(&self.inner.sealer.open(key.as_bytes(), sealed).ok()?)
+    }
+
+    /// Seals the access-token, refresh-family and client records that versions before issue 23 wrote in the
+    /// clear (postcard), once per Redis: the first replica of this version that starts claims the marker
+    /// `dcrp:meta:records-sealed` (`SET NX`, never expiring) and seals them, so that the sign-ins of the upgrade
+    /// survive it; every later start finds the marker and seals nothing, so that a record planted in the clear
+    /// afterwards is never laundered into a sealed one — a record that does not open is refused. Returns how many
+    /// were sealed. Records written in the clear by an older replica while this one runs are refused (upgrade
+    /// every replica).
+    async fn seal_plain_records(&self) -> Result<usize, StoreError> {
+        let first: Option<String> = ::redis::cmd("SET")
+            .arg(SEALED_MARKER)
+            .arg(self.inner.clock.now())
+            .arg("NX")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if first.is_none() {
+            return Ok(0);
+        }
+        let mut sealed = 0;
+        for key in self.scan("dcrp:at:*").await? {
+            let Some(bytes) = self.get(&key).await? else { continue };
+            if self.inner.sealer.open(key.as_bytes(), &bytes).is_err() && decode::<AccessRecord>(&bytes).is_some() {
+                ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(self.seal(&key, &bytes))
+                    .arg("XX")
+                    .arg("KEEPTTL")
+                    .query_async::<Option<String>>(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+                sealed += 1;
+            }
+        }
+        for key in self.scan("dcrp:client:*").await? {
+            let Some(bytes) = self.get(&key).await? else { continue };
+            if self.inner.sealer.open(key.as_bytes(), &bytes).is_err() && decode_client(&bytes).is_some() {
+                ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(self.seal(&key, &bytes))
+                    .arg("XX")
+                    .arg("KEEPTTL")
+                    .query_async::<Option<String>>(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+                sealed += 1;
+            }
+        }
+        for key in self.scan("dcrp:rf:*").await? {
+            let rec: Option<Vec<u8>> =
+                ::redis::cmd("HGET").arg(&key).arg("rec").query_async(&mut self.conn()).await.map_err(unavailable)?;
+            let Some(bytes) = rec else { continue };
+            if self.inner.sealer.open(key.as_bytes(), &bytes).is_err() && decode::<FamilyRecord>(&bytes).is_some() {
+                ::redis::cmd("HSET")
+                    .arg(&key)
+                    .arg("rec")
+                    .arg(self.seal(&key, &bytes))
+                    .query_async::<i64>(&mut self.conn())
+                    .await
+                    .map_err(unavailable)?;
+                sealed += 1;
+            }
+        }
+        Ok(sealed)
+    }
+
     /// The keys matching `pattern`, by `SCAN` on every master (never `KEYS`: it would block Redis on a large
     /// store).
     async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
@@ -328,7 +424,7 @@ impl RedisStore {
     pub async fn list_clients(&self) -> Result<Vec<Arc<Client>>, StoreError> {
         let mut clients = Vec::new();
         for key in self.scan("dcrp:client:*").await? {
-            if let Some(client) = self.get(&key).await?.and_then(|b| decode_client(&b)) {
+            if let Some(client) = self.get(&key).await?.and_then(|b| self.open_client(&key, &b)) {
                 clients.push(Arc::new(client));
             }
         }
@@ -459,7 +555,7 @@ impl RedisStore {
 
     /// A grant by id, metadata only unless this replica holds it: see [`RedisStore::unlock_grant`].
     async fn grant(&self, id: GrantId) -> Result<Option<Arc<Grant>>, StoreError> {
-        Ok(self.unlock_grant(id, None).await?.map(|(grant, _)| grant))
+        Ok(self.unlock_grant(id, None, true).await?.map(|(grant, _)| grant))
     }
 
     /// A grant by id and whether its IdP tokens are open. `unlock`: the data key a proxy token just unwrapped;
@@ -470,10 +566,15 @@ impl RedisStore {
     /// a grant of metadata only (identity, client, scope; credential `Local`), which is never kept nor cached, and
     /// must never be used to reach an upstream (`false`). `None` when the grant is gone (revoked or expired) —
     /// then this replica's object is revoked too.
+    ///
+    /// `held`: whether the data key this replica holds may open the grant when `unlock` is `None` (never for a
+    /// lookup by a presented token, which must open the grant itself: issue 23, a forged record naming a
+    /// grant must not borrow the replica's key).
     async fn unlock_grant(
         &self,
         id: GrantId,
         unlock: Option<&DataKey>,
+        held: bool,
     ) -> Result<Option<(Arc<Grant>, bool)>, StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
         let key = grant_key(id);
@@ -488,7 +589,8 @@ impl RedisStore {
             Some(k) => l.data_key.get() == Some(k),
             None => true,
         });
-        let data_key = unlock.cloned().or_else(|| local.as_ref().and_then(|l| l.data_key.get().cloned()));
+        let data_key =
+            unlock.cloned().or_else(|| local.as_ref().filter(|_| held).and_then(|l| l.data_key.get().cloned()));
         let (metadata, credential) = match (&rec.idp, &data_key) {
             (None, _) => match login_from(rec.login) {
                 Some(login) => (login.identity, Some(login.credential)),
@@ -507,7 +609,7 @@ impl RedisStore {
                 (identity, opened)
             }
         };
-        if let Some(local) = local {
+        if let Some(local) = local.filter(|_| held || unlock.is_some() || rec.idp.is_none()) {
             if credential.is_some() || rec.idp.is_none() {
                 local.extend_to(rec.expires_at);
                 if rec.upstream_obtained_at > local.upstream_obtained_at.load(Relaxed) {
@@ -553,14 +655,23 @@ impl RedisStore {
         secret: Option<&str>,
     ) -> Result<Option<(Arc<Grant>, UnixTime, Arc<str>)>, StoreError> {
         let key = access_key(hash);
-        let Some(rec) = self.get(&key).await?.and_then(|b| decode::<AccessRecord>(&b)) else {
+        let Some(rec) = self.get(&key).await?.and_then(|b| self.open::<AccessRecord>(&key, &b)) else {
             return Ok(None);
         };
         let unlock = secret.and_then(|t| DataKey::unwrap(&rec.wrapped, t, WrapKind::AccessToken, &key));
-        let Some((grant, open)) = self.unlock_grant(GrantId(rec.grant), unlock.as_ref()).await? else {
+        // A presented token whose wrap does not open is refused: it never borrows the replica's key.
+        if secret.is_some() && !rec.wrapped.is_empty() && unlock.is_none() {
+            return Ok(None);
+        }
+        let Some((grant, open)) = self.unlock_grant(GrantId(rec.grant), unlock.as_ref(), secret.is_none()).await?
+        else {
             return Ok(None);
         };
         if secret.is_some() && !open {
+            return Ok(None);
+        }
+        if !scope_within(&rec.scope, &grant.scope) {
+            tracing::warn!(grant = %format!("{:032x}", rec.grant), "an access-token record's scope exceeds its grant's; refused");
             return Ok(None);
         }
         let scope = if *rec.scope == *grant.scope { grant.scope.clone() } else { Arc::from(rec.scope) };
@@ -580,7 +691,7 @@ impl RedisStore {
         }
         match self.lookup_access(hash, Some(token)).await {
             Ok(Some((grant, expires_at, scope))) => {
-                let cached = Cached { grant, scope, expires_at, checked: Instant::now() };
+                let cached = Cached { grant, scope, expires_at, checked: Instant::now(), confirmed_at: now };
                 let found = live(&cached);
                 let cache = &self.inner.cache;
                 if cache.len() >= self.inner.cache_entries {
@@ -598,8 +709,8 @@ impl RedisStore {
                 Ok(None)
             }
             Err(e) => match self.inner.cache.get(hash) {
-                Some(c) => Ok(live(&c)),
-                None => Err(e),
+                Some(c) if now.saturating_sub(c.confirmed_at) <= STALE_IF_ERROR_SECS => Ok(live(&c)),
+                _ => Err(e),
             },
         }
     }
@@ -618,7 +729,7 @@ impl RedisStore {
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        Ok(rec.and_then(|b| decode(&b)))
+        Ok(rec.and_then(|b| self.open(&family_key(family), &b)))
     }
 
     /// A family, to decide on `presented`: when it is the current token, its wrap must unlock the grant (else
@@ -634,7 +745,11 @@ impl RedisStore {
         let current = presented.filter(|t| TokenHash::of(t).0 == rec.current);
         let unlock =
             current.and_then(|t| DataKey::unwrap(&rec.wrapped, t, WrapKind::RefreshToken, &family_key(family)));
-        let Some((grant, open)) = self.unlock_grant(GrantId(rec.grant), unlock.as_ref()).await? else {
+        if current.is_some() && !rec.wrapped.is_empty() && unlock.is_none() {
+            return Ok(None);
+        }
+        let Some((grant, open)) = self.unlock_grant(GrantId(rec.grant), unlock.as_ref(), current.is_none()).await?
+        else {
             return Ok(None);
         };
         if current.is_some() && !open {
@@ -677,7 +792,7 @@ impl RedisStore {
             .key(family_key(family))
             .arg(expected.map(|g| g.to_string()).unwrap_or_default())
             .arg(f.generation.to_string())
-            .arg(encode(&rec)?)
+            .arg(self.seal(&family_key(family), &encode(&rec)?))
             .arg(self.ttl(f.expires_at))
             .invoke_async(&mut self.conn())
             .await
@@ -728,8 +843,9 @@ impl RedisStore {
     }
 
     pub async fn client(&self, client_id: &str) -> Result<Option<Arc<Client>>, StoreError> {
-        let rec = self.get(&client_key(client_id)).await?;
-        Ok(rec.and_then(|b| decode_client(&b)).map(Arc::new))
+        let key = client_key(client_id);
+        let rec = self.get(&key).await?;
+        Ok(rec.and_then(|b| self.open_client(&key, &b)).map(Arc::new))
     }
 
     /// Writes a client's metadata, keeping the expiry it has (an RFC 7592 update of a never-used client does not
@@ -737,7 +853,7 @@ impl RedisStore {
     pub async fn put_client(&self, client: &Client) -> Result<(), StoreError> {
         ::redis::cmd("SET")
             .arg(client_key(&client.client_id))
-            .arg(encode_client(client).map_err(|e| StoreError::Unavailable(format!("encoding a record: {e}")))?)
+            .arg(self.sealed_client(client)?)
             .arg("KEEPTTL")
             .query_async::<()>(&mut self.conn())
             .await
@@ -749,7 +865,7 @@ impl RedisStore {
     pub async fn update_client(&self, client: &Client) -> Result<(), StoreError> {
         ::redis::cmd("SET")
             .arg(client_key(&client.client_id))
-            .arg(encode_client(client).map_err(|e| StoreError::Unavailable(format!("encoding a record: {e}")))?)
+            .arg(self.sealed_client(client)?)
             .arg("XX")
             .query_async::<Option<String>>(&mut self.conn())
             .await
@@ -802,7 +918,7 @@ impl RedisStore {
             .map_err(unavailable)?;
         ::redis::cmd("SET")
             .arg(client_key(&client.client_id))
-            .arg(encode_client(client).map_err(|e| StoreError::Unavailable(format!("encoding a record: {e}")))?)
+            .arg(self.sealed_client(client)?)
             .arg("EX")
             .arg(ttl_secs.max(1))
             .query_async::<()>(&mut self.conn())
@@ -969,7 +1085,8 @@ impl RedisStore {
             scope: token.scope.to_string(),
             wrapped,
         };
-        self.set_ex(&key, &encode(&rec)?, token.expires_at).await?;
+        let sealed = self.seal(&key, &encode(&rec)?);
+        self.set_ex(&key, &sealed, token.expires_at).await?;
         self.extend(&grant_key(token.grant.id), token.expires_at).await?;
         self.extend(&client_grants_key(&token.grant.client_id), token.expires_at).await
     }
@@ -1019,7 +1136,7 @@ impl RedisStore {
                 .await
                 .map_err(unavailable)?;
             // Whether or not this replica got the lock, another one may have refreshed already.
-            let fresh = self.unlock_grant(grant.id, grant.data_key.get()).await?.map(|(g, _)| g);
+            let fresh = self.unlock_grant(grant.id, grant.data_key.get(), true).await?.map(|(g, _)| g);
             if fresh.is_none() {
                 if fence != 0 {
                     self.end_upstream_refresh(grant, fence, false).await?;
@@ -1311,8 +1428,13 @@ mod tests {
         let (revoked, other) =
             (Grant::new("c".into(), vec![], None, login(), 1), Grant::new("c".into(), vec![], None, login(), 1));
         let cache: DashMap<TokenHash, Cached> = DashMap::new();
-        let cached =
-            |g: &Arc<Grant>| Cached { grant: g.clone(), scope: Arc::from(""), expires_at: 10, checked: Instant::now() };
+        let cached = |g: &Arc<Grant>| Cached {
+            grant: g.clone(),
+            scope: Arc::from(""),
+            expires_at: 10,
+            checked: Instant::now(),
+            confirmed_at: 0,
+        };
         cache.insert(TokenHash([1; 32]), cached(&revoked));
         cache.insert(TokenHash([2; 32]), cached(&other));
         cache.insert(TokenHash([3; 32]), cached(&other));
