@@ -195,7 +195,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             body_timeout: Duration::from_secs(1),
             max_connections: None,
-            max_connections_per_source: 1,
+            max_connections_per_source: Some(1),
         }
     }
 

@@ -458,8 +458,10 @@ pub struct LimitsConfig {
     pub body_timeout: Duration,
     /// Client connections served at once; `None`: 4096, or half the process's open-file limit when lower.
     pub max_connections: Option<usize>,
-    /// Client connections per source address (IPv6: per /64); not applied behind a TLS terminator.
-    pub max_connections_per_source: usize,
+    /// Client connections per source address (IPv6: per /64); not applied behind a TLS terminator. `None`: a
+    /// quarter of the effective `max_connections`, at most 256 (so that a low open-file limit, which lowers the
+    /// global cap, lowers this one too).
+    pub max_connections_per_source: Option<usize>,
 }
 
 /// RFC 7662 introspection for a resource server.
@@ -576,7 +578,7 @@ mod tests {
             (l.header_timeout, l.idle_timeout, l.body_timeout, l.max_connections, l.max_connections_per_source)
         });
         let secs = Duration::from_secs;
-        assert_eq!(limits, Ok((secs(15), secs(60), secs(10), None, 256)));
+        assert_eq!(limits, Ok((secs(15), secs(60), secs(10), None, None)));
         for (line, key) in [
             ("idle_timeout = \"0s\"", "limits.idle_timeout"),
             ("body_timeout = \"0s\"", "limits.body_timeout"),

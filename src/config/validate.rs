@@ -792,7 +792,7 @@ fn validate_limits(raw: RawLimits) -> Result<LimitsConfig, ConfigError> {
         },
         max_connections_per_source: match raw.max_connections_per_source {
             Some(0) => return Err(invalid("limits.max_connections_per_source", "must be at least 1")),
-            other => other.unwrap_or(256),
+            other => other,
         },
     })
 }

@@ -160,6 +160,27 @@ pub fn effective_max_connections(configured: Option<usize>, open_file_limit: Opt
     }
 }
 
+/// The per-source cap to use with the effective global cap `max_connections`: the configured one, or a quarter of
+/// the global cap (at most 256, at least 1). A configured cap that is not below the global one is lowered to half
+/// of it (with a warning): one source must never be able to take every slot.
+pub fn effective_per_source(configured: Option<usize>, max_connections: usize) -> usize {
+    match configured {
+        Some(n) if n >= max_connections => {
+            let lowered = (max_connections / 2).max(1);
+            tracing::warn!(
+                max_connections_per_source = n,
+                max_connections,
+                used = lowered,
+                "limits.max_connections_per_source is not below the connection cap; one source could take every \
+                 slot, so half the cap is used"
+            );
+            lowered
+        }
+        Some(n) => n,
+        None => (max_connections / 4).clamp(1, 256),
+    }
+}
+
 /// The soft open-file limit of this process (`RLIMIT_NOFILE`), read from `/proc/self/limits` (Linux).
 pub fn open_file_limit() -> Option<u64> {
     parse_open_file_limit(&std::fs::read_to_string("/proc/self/limits").ok()?)
@@ -448,6 +469,16 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_per_source_cap_follows_the_global_one() {
+        assert_eq!(effective_per_source(None, 4096), 256);
+        assert_eq!(effective_per_source(None, 256), 64);
+        assert_eq!(effective_per_source(None, 2), 1);
+        assert_eq!(effective_per_source(Some(10), 256), 10);
+        assert_eq!(effective_per_source(Some(256), 256), 128);
+        assert_eq!(effective_per_source(Some(1000), 1), 1);
+    }
 
     fn watch(at: Instant) -> Watch {
         Watch {

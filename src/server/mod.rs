@@ -122,7 +122,8 @@ pub fn connection_limiter(app: &App) -> Arc<ConnectionLimiter> {
             );
         }
     }
-    let per_source = (!app.config.server.behind_tls_terminator).then_some(limits.max_connections_per_source);
+    let per_source_cap = connection::effective_per_source(limits.max_connections_per_source, max_connections);
+    let per_source = (!app.config.server.behind_tls_terminator).then_some(per_source_cap);
     tracing::debug!(max_connections, ?per_source, "connection limits");
     ConnectionLimiter::new(max_connections, per_source)
 }

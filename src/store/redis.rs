@@ -685,7 +685,9 @@ impl RedisStore {
         let live =
             |c: &Cached| (c.expires_at > now && !c.grant.is_revoked()).then(|| (c.grant.clone(), c.scope.clone()));
         if let Some(c) = self.inner.cache.get(hash) {
-            if c.checked.elapsed() < self.inner.cache_ttl {
+            // Fresh by both clocks: the monotonic one (sub-second `redis_cache_ttl`) and the store's (seconds),
+            // which agree in production and let a test clock move past it.
+            if c.checked.elapsed() < self.inner.cache_ttl && now <= c.confirmed_at.saturating_add(1) {
                 return Ok(live(&c));
             }
         }
