@@ -46,6 +46,11 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -60,6 +65,8 @@ pub struct Metrics {
     refreshes: Family<ResultLabel, Counter>,
     idp_errors: Family<KindLabel, Counter>,
     document_fetches: Family<ResultLabel, Counter>,
+    /// `request_body_limits_total{limit}`, behind the callback every request body carries (built once).
+    body_limits: crate::http::timed_body::LimitCounter,
     /// `requests{route="proxy",status="200"}` and `request_duration_seconds{route="proxy"}`, resolved once.
     proxied_ok: Counter,
     proxied_latency: Histogram,
@@ -83,6 +90,15 @@ impl Metrics {
         let refreshes = Family::<ResultLabel, Counter>::default();
         let idp_errors = Family::<KindLabel, Counter>::default();
         let document_fetches = Family::<ResultLabel, Counter>::default();
+        let body_limit_family = Family::<LimitLabel, Counter>::default();
+        registry.register(
+            "request_body_limits",
+            "Request bodies cut, by the limit that fired (idle, rate, deadline)",
+            body_limit_family.clone(),
+        );
+        let body_limits: crate::http::timed_body::LimitCounter = std::sync::Arc::new(move |limit| {
+            body_limit_family.get_or_create(&LimitLabel { limit: limit.as_str() }).inc();
+        });
         registry.register("requests", "Requests by route and status", requests.clone());
         registry.register("request_duration_seconds", "Time to the response head, by route", latency.clone());
         registry.register("clients", "Registered clients", clients.clone());
@@ -105,6 +121,7 @@ impl Metrics {
             refreshes,
             idp_errors,
             document_fetches,
+            body_limits,
             proxied_ok,
             proxied_latency,
         }
@@ -131,6 +148,11 @@ impl Metrics {
     pub fn idp_error(&self, e: &IdpError) {
         let kind = e.family().label();
         self.idp_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// The callback that counts request-body limits ([`crate::http::timed_body`]).
+    pub fn body_limits(&self) -> crate::http::timed_body::LimitCounter {
+        self.body_limits.clone()
     }
 
     pub fn document_fetch(&self, result: &'static str) {

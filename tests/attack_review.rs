@@ -400,3 +400,64 @@ async fn a_register_flood_from_many_sources_never_evicts_a_client_whose_user_is_
     let text = resp.text().await.unwrap();
     assert_eq!(status, 200, "the user's client was evicted by a flood of 60 one-client sources: {text}");
 }
+
+/// Issue 23 item 10: with a low connection cap (as a low `ulimit -n` makes it) and no per-source cap configured,
+/// one source cannot take every slot: the per-source cap follows the global one, and another source still gets in.
+#[tokio::test]
+async fn one_source_cannot_fill_a_low_connection_cap() {
+    let upstream = Upstream::start().await;
+    let limits = "[limits]\nmax_connections = 8\nheader_timeout = \"30s\"\nidle_timeout = \"30s\"\n";
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().extra(limits).start().await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(TcpStream::connect(addr(&proxy)).await.unwrap());
+    }
+    // Another loopback source (127.0.0.2) asks for /healthz.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket.connect(addr(&proxy).parse().unwrap()).await.unwrap();
+    other.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), other.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "another source is served while one holds 8 idle connections: {text:?}");
+    drop(held);
+}
+
+/// Issue 23 item 6: a body that trickles (one byte a second, well within the idle limit) is cut by the minimum
+/// data rate once its grace has passed: 408, and the metric names the limit that fired.
+#[tokio::test]
+async fn a_trickling_token_body_is_cut_by_the_rate_limit_with_408() {
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
+    let mut s = TcpStream::connect(addr(&proxy)).await.unwrap();
+    s.write_all(
+        b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // One byte a second until the proxy answers (bounded: 30 s).
+    while started.elapsed() < Duration::from_secs(30) {
+        if s.write_all(b"a").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?} after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(15), "cut after the grace, not the whole-body deadline");
+    let metrics = proxy.app.metrics.render(&proxy.app.store);
+    assert!(metrics.contains("dcr_proxy_request_body_limits_total{limit=\"rate\"} 1"), "{metrics}");
+}

@@ -2,9 +2,16 @@
 //! idle limit (`limits.body_timeout`), so that a client dripping one byte now and then cannot hold a connection
 //! and a handler forever (slowloris on the body, RFC 9110 §15.5.9 `408 Request Timeout`).
 //!
-//! Invariants: the clock runs only while the consumer is waiting for the client (it is armed when the inner
-//! body is pending and disarmed by every frame), so an upstream that reads slowly never makes a steady client
-//! look idle; after a timeout the body ends with [`BodyError::TimedOut`] and yields nothing more.
+//! Three limits (issue 23: a body trickling one byte every 2 s reset the idle limit for half an hour):
+//! - idle: no frame for `limits.body_timeout`;
+//! - rate: after a grace of [`RATE_GRACE`] spent waiting for the client, fewer than [`MIN_RATE`] bytes per second
+//!   of that waiting (Kestrel's `MinRequestBodyDataRate`: 240 B/s after 5 s);
+//! - whole body: the proxy's own endpoints (small forms and JSON) get [`OWN_BODY_DEADLINE`] for their whole body.
+//!
+//! Invariants: the idle and rate clocks run only while the consumer is waiting for the client (armed when the
+//! inner body is pending, disarmed by every frame), so an upstream that reads slowly never makes a steady client
+//! look idle or slow; after a limit fires the body ends with [`BodyError::TimedOut`] naming it, the limit is
+//! counted (`dcr_proxy_request_body_limits_total{limit}`), and the body yields nothing more.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -15,16 +22,48 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+/// The slowest request body accepted once [`RATE_GRACE`] of waiting for the client has passed, in bytes per
+/// second of that waiting.
+pub const MIN_RATE: u64 = 240;
+/// Waiting for the client that the rate limit forgives.
+pub const RATE_GRACE: Duration = Duration::from_secs(5);
+/// The whole body of a request to one of the proxy's own endpoints (forms, registration JSON).
+pub const OWN_BODY_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Which limit ended a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLimit {
+    /// No frame for the idle limit.
+    Idle,
+    /// Slower than [`MIN_RATE`] after [`RATE_GRACE`].
+    Rate,
+    /// The whole body of an own endpoint took longer than [`OWN_BODY_DEADLINE`].
+    Deadline,
+}
+
+impl BodyLimit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Rate => "rate",
+            Self::Deadline => "deadline",
+        }
+    }
+}
+
 /// Why a request body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error("reading the request body failed: {0}")]
     Read(#[source] hyper::Error),
-    #[error("the request body stalled for more than {0:?}")]
-    TimedOut(Duration),
+    #[error("the request body was too slow ({} limit)", .0.as_str())]
+    TimedOut(BodyLimit),
 }
 
-/// A request body whose frames must follow each other within `idle`.
+/// Counts the limits that fired.
+pub type LimitCounter = std::sync::Arc<dyn Fn(BodyLimit) + Send + Sync>;
+
+/// A request body under the idle, rate and (optionally) whole-body limits.
 pub struct TimedBody<B = Incoming> {
     inner: B,
     idle: Duration,
@@ -32,11 +71,66 @@ pub struct TimedBody<B = Incoming> {
     sleep: Option<Pin<Box<Sleep>>>,
     armed: bool,
     done: bool,
+    /// When the current wait began, and which limit its deadline is.
+    armed_at: Option<(Instant, BodyLimit)>,
+    /// Time spent waiting for the client so far, and bytes received.
+    waited: Duration,
+    bytes: u64,
+    /// The whole-body deadline, from the first poll (own endpoints only).
+    whole: Option<Duration>,
+    started: Option<Instant>,
+    counter: Option<LimitCounter>,
 }
 
 impl<B> TimedBody<B> {
     pub fn new(inner: B, idle: Duration) -> Self {
-        Self { inner, idle, sleep: None, armed: false, done: false }
+        Self {
+            inner,
+            idle,
+            sleep: None,
+            armed: false,
+            done: false,
+            armed_at: None,
+            waited: Duration::ZERO,
+            bytes: 0,
+            whole: None,
+            started: None,
+            counter: None,
+        }
+    }
+
+    /// Ends the body when it is not whole within `deadline` of its first poll.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.whole = Some(deadline);
+        self
+    }
+
+    /// Calls `counter` with the limit that ends the body, if one does.
+    pub fn counted(mut self, counter: LimitCounter) -> Self {
+        self.counter = Some(counter);
+        self
+    }
+
+    /// The deadline of a wait beginning at `now`, and the limit it is.
+    fn wait_deadline(&mut self, now: Instant) -> (Instant, BodyLimit) {
+        let allowed = RATE_GRACE.max(Duration::from_secs_f64(self.bytes as f64 / MIN_RATE as f64));
+        let rate_left = allowed.saturating_sub(self.waited);
+        let mut best =
+            if rate_left < self.idle { (now + rate_left, BodyLimit::Rate) } else { (now + self.idle, BodyLimit::Idle) };
+        if let (Some(whole), Some(started)) = (self.whole, self.started) {
+            if started + whole < best.0 {
+                best = (started + whole, BodyLimit::Deadline);
+            }
+        }
+        best
+    }
+
+    fn fire(&mut self, limit: BodyLimit) -> BodyError {
+        self.done = true;
+        if let Some(counter) = &self.counter {
+            counter(limit);
+        }
+        BodyError::TimedOut(limit)
     }
 }
 
@@ -52,9 +146,22 @@ where
         if this.done {
             return Poll::Ready(None);
         }
+        let now = Instant::now();
+        this.started.get_or_insert(now);
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.armed = false;
+                if let Some((at, _)) = this.armed_at.take() {
+                    this.waited += now.saturating_duration_since(at);
+                }
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                if let (Some(whole), Some(started)) = (this.whole, this.started) {
+                    if now > started + whole && !this.inner.is_end_stream() {
+                        return Poll::Ready(Some(Err(this.fire(BodyLimit::Deadline))));
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -66,18 +173,19 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let deadline = Instant::now() + this.idle;
-                let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if !this.armed {
-                    sleep.as_mut().reset(deadline);
+                    let (deadline, limit) = this.wait_deadline(now);
+                    this.armed_at = Some((now, limit));
+                    match this.sleep.as_mut() {
+                        Some(sleep) => sleep.as_mut().reset(deadline),
+                        None => this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
                     this.armed = true;
                 }
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        this.done = true;
-                        Poll::Ready(Some(Err(BodyError::TimedOut(this.idle))))
-                    }
-                    Poll::Pending => Poll::Pending,
+                let fired = this.sleep.as_mut().is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+                match (fired, this.armed_at) {
+                    (true, Some((_, limit))) => Poll::Ready(Some(Err(this.fire(limit)))),
+                    _ => Poll::Pending,
                 }
             }
         }
@@ -117,11 +225,11 @@ mod tests {
         let feeder = tokio::spawn(async move {
             for _ in 0..10 {
                 tokio::time::sleep(Duration::from_millis(900)).await;
-                tx.send(Bytes::from_static(b"x")).await.ok();
+                tx.send(Bytes::from(vec![b'x'; 4096])).await.ok();
             }
         });
         let body = TimedBody::new(Fed(rx), Duration::from_secs(1)).collect().await;
-        assert_eq!(body.map(|b| b.to_bytes().len()).ok(), Some(10));
+        assert_eq!(body.map(|b| b.to_bytes().len()).ok(), Some(40960));
         feeder.await.ok();
     }
 
@@ -135,8 +243,47 @@ mod tests {
         });
         let mut body = TimedBody::new(Fed(rx), Duration::from_secs(1));
         assert!(body.frame().await.is_some_and(|f| f.is_ok()));
-        assert!(matches!(body.frame().await, Some(Err(BodyError::TimedOut(_)))));
+        assert!(matches!(body.frame().await, Some(Err(BodyError::TimedOut(BodyLimit::Idle)))));
         assert!(body.frame().await.is_none());
+        feeder.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickle_that_keeps_the_idle_limit_is_cut_by_the_rate_limit() {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let feeder = tokio::spawn(async move {
+            for _ in 0..1000 {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                if tx.send(Bytes::from_static(b"x")).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let fired = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = fired.clone();
+        let counter: LimitCounter = std::sync::Arc::new(move |l| seen.lock().map(|mut v| v.push(l)).unwrap_or(()));
+        let started = Instant::now();
+        let body = TimedBody::new(Fed(rx), Duration::from_secs(1)).counted(counter).collect().await;
+        assert!(matches!(body, Err(BodyError::TimedOut(BodyLimit::Rate))));
+        assert!(started.elapsed() <= RATE_GRACE + Duration::from_secs(1), "cut soon after the grace");
+        assert_eq!(fired.lock().map(|v| v.clone()).unwrap_or_default(), vec![BodyLimit::Rate]);
+        feeder.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_own_endpoint_body_has_a_whole_body_deadline() {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let feeder = tokio::spawn(async move {
+            for _ in 0..1000 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if tx.send(Bytes::from(vec![b'x'; 1024])).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let body =
+            TimedBody::new(Fed(rx), Duration::from_secs(1)).with_deadline(Duration::from_secs(3)).collect().await;
+        assert!(matches!(body, Err(BodyError::TimedOut(BodyLimit::Deadline))));
         feeder.abort();
     }
 }

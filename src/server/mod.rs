@@ -316,7 +316,17 @@ where
         let in_flight = tracker.begin();
         let app = app.clone();
         async move {
-            let req = req.map(|body| TimedBody::new(body, body_timeout));
+            let own = crate::route::Route::parse(req.uri().path(), &app.metadata.protected_resource_path)
+                != crate::route::Route::Proxy;
+            let limits = app.metrics.body_limits();
+            let req = req.map(|body| {
+                let timed = TimedBody::new(body, body_timeout).counted(limits);
+                if own {
+                    timed.with_deadline(crate::http::timed_body::OWN_BODY_DEADLINE)
+                } else {
+                    timed
+                }
+            });
             let resp = crate::router::handle(app, req, peer).await;
             Ok::<_, Infallible>(resp.map(|body| TrackedBody::new(body, in_flight)))
         }
