@@ -702,3 +702,36 @@ async fn an_http2_preface_after_a_fast_request_is_refused() {
     assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 "), "HTTP/2 spoken mid-connection: {answer:?}");
     assert_eq!(fast_exchanges(&proxy), 1);
 }
+
+/// Issue 23 item 12: a client that leaves during a quiet SSE stream is noticed at once, on both paths: the
+/// upstream connection is closed (and the client's slot freed) without waiting for the upstream to write again.
+#[tokio::test]
+async fn a_client_gone_during_a_quiet_stream_frees_the_upstream_connection() {
+    for fast in [true, false] {
+        let mut upstream = RawUpstream::start().await;
+        let (proxy, token) = proxy(&upstream, fast, "").await;
+        let mut c = client(&proxy).await;
+        c.write_all(
+            format!(
+                "GET /mcp HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut up = upstream.accept().await;
+        read_request(&mut up).await;
+        up.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        up.write_all(b"d\r\ndata: ready\n\n\r\n").await.unwrap();
+        let mut data = Vec::new();
+        read_until(&mut c, &mut data, |d| String::from_utf8_lossy(d).contains("data: ready")).await;
+        // The stream goes quiet; the client leaves.
+        drop(c);
+        assert!(closed_within(&mut up, Duration::from_secs(3)).await, "fast path {fast}: the upstream is still held");
+        if fast {
+            assert_eq!(fast_exchanges(&proxy), 1);
+        }
+    }
+}

@@ -310,9 +310,27 @@ where
         // but by closing (no terminating chunk), and the upstream stream is dropped.
         return Ok(false);
     };
+    // While the response streams, the client is watched too (issue 23): a client that leaves during a quiet SSE
+    // stream frees its socket, the upstream connection and its connection slot at once, not when the upstream
+    // next writes. Bytes it sends meanwhile (a pipelined request) stay in `buf`, and watching stops there.
+    let mut watch_client = true;
     while !ended {
         ubuf.reserve(BODY_READ_SIZE);
-        match upstream.read_buf(&mut ubuf).await {
+        let read = if watch_client {
+            tokio::select! {
+                read = upstream.read_buf(&mut ubuf) => read,
+                from_client = io.read_buf(buf) => {
+                    match from_client {
+                        Ok(0) | Err(_) => return Ok(false),
+                        Ok(_) => watch_client = false,
+                    }
+                    continue;
+                }
+            }
+        } else {
+            upstream.read_buf(&mut ubuf).await
+        };
+        match read {
             Ok(0) if framing == Framing::UntilClose => ended = true,
             Ok(0) | Err(_) => {
                 // The upstream broke off a framed body: the client cannot be told but by closing.
