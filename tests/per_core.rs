@@ -156,12 +156,16 @@ async fn two_threads_sign_in_forward_and_both_serve_connections() {
     assert!(!log.contains(&token), "the access token is in the log");
 }
 
-/// Opens `n` connections at once and counts those the server closes without a byte (refused by the cap); the
-/// others stay open, waiting for a request head.
+/// Opens `n` connections at once, from 127.0.0.1 and 127.0.0.2 in turn (two sources, so that the per-source cap,
+/// which follows the global one, is not what refuses), and counts those the server closes without a byte
+/// (refused by the cap); the others stay open, waiting for a request head.
 async fn refused_of(port: u16, n: usize) -> (usize, Vec<tokio::net::TcpStream>) {
     let mut streams = Vec::new();
-    for _ in 0..n {
-        streams.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    for i in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        let source = if i % 2 == 0 { "127.0.0.1:0" } else { "127.0.0.2:0" };
+        socket.bind(source.parse().unwrap()).unwrap();
+        streams.push(socket.connect(([127, 0, 0, 1], port).into()).await.unwrap());
     }
     let mut refused = 0;
     let mut open = Vec::new();
@@ -180,7 +184,8 @@ async fn refused_of(port: u16, n: usize) -> (usize, Vec<tokio::net::TcpStream>) 
 async fn the_connection_cap_counts_connections_of_every_thread() {
     let upstream = Upstream::start().await;
     let dir = ScratchDir::new("per-core-cap");
-    let limits = "[limits]\nmax_connections = 4\nheader_timeout = \"30s\"\n[log]\nfilter = \"info\"\n";
+    let limits = "[limits]\nmax_connections = 4\nmax_connections_per_source = 3\nheader_timeout = \"30s\"\n\
+                  [log]\nfilter = \"info\"\n";
     let mut proxy = retry_on_taken_port(|| try_start(&dir.0, &upstream, THREADS, limits)).await;
     // 16 connections: with a cap per thread (4 each) at most 8 would be refused, unless all 16 landed on one
     // thread (2^-15). The start-up probes may still hold a slot for a moment: retry (bounded) while more than 12
