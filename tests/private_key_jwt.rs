@@ -234,30 +234,34 @@ impl FakeChatGpt {
         *self.jwks.lock().unwrap() = json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()});
     }
 
-    fn network(&self) -> Network {
+    fn network(&self, deadline_secs: u64) -> Network {
         let pem = std::fs::read(&self.ca_file).unwrap();
         Network {
             resolver: Arc::new(LoopbackResolver),
-            transport: Arc::new(ReqwestTransport::new(Some(&pem), Duration::from_secs(1)).unwrap()),
+            transport: Arc::new(ReqwestTransport::new(Some(&pem), Duration::from_secs(deadline_secs)).unwrap()),
         }
     }
 
-    /// `[client_metadata_documents]` for this fake, with `extra` lines after it.
-    fn config(&self, extra: &str) -> String {
+    /// `[client_metadata_documents]` for this fake (fetch deadline in seconds), with `extra` lines after it.
+    fn config(&self, deadline_secs: u64, extra: &str) -> String {
         format!(
-            "[client_metadata_documents]\ntimeout = \"1s\"\nextra_ca_file = \"{}\"\nallow_loopback_for_testing = true\n\
-             {extra}\n",
+            "[client_metadata_documents]\ntimeout = \"{deadline_secs}s\"\nextra_ca_file = \"{}\"\n\
+             allow_loopback_for_testing = true\n{extra}\n",
             self.ca_file.display()
         )
     }
 }
 
 async fn proxy_for(chatgpt: &FakeChatGpt, upstream: &Upstream, extra: &str) -> TestProxy {
+    proxy_with_deadline(chatgpt, upstream, 1, extra).await
+}
+
+async fn proxy_with_deadline(chatgpt: &FakeChatGpt, upstream: &Upstream, deadline_secs: u64, extra: &str) -> TestProxy {
     TestProxy::builder()
         .upstream(upstream.url())
         .local()
-        .extra(chatgpt.config(extra))
-        .network(chatgpt.network())
+        .extra(chatgpt.config(deadline_secs, extra))
+        .network(chatgpt.network(deadline_secs))
         .start()
         .await
 }
@@ -592,7 +596,8 @@ async fn a_jwks_uri_that_fails_is_invalid_client_naming_the_cause_without_slowin
     let k1 = Key::rsa1("k1", Algorithm::RS256);
     let chatgpt = FakeChatGpt::start(&[&k1]).await;
     let upstream = Upstream::start().await;
-    let proxy = Arc::new(proxy_for(&chatgpt, &upstream, "").await);
+    // A fetch deadline of 5 s: room for the other client's whole request while the slow fetch waits.
+    let proxy = Arc::new(proxy_with_deadline(&chatgpt, &upstream, 5, "").await);
     let issuer = proxy.base_url().to_owned();
 
     for (path, needle) in [("/broken/client.json", "HTTP 500"), ("/garbage/client.json", "not a JSON object")] {

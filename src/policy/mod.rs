@@ -3,7 +3,7 @@
 //! - A rule names tools, prompts and resources by a glob (`*` matches any run of characters; ASCII case is
 //!   ignored, so that a rule never misses a name an upstream might fold). It applies to `tools/call`
 //!   (`params.name`), `prompts/get` (`params.name`), `resources/read` and `resources/subscribe` (`params.uri`,
-//!   which must be a URL in the form a WHATWG parser serialises it: [`check_resource_uri`]) and
+//!   which must be a URL in the form a WHATWG parser serialises it: `check_resource_uri`) and
 //!   `completion/complete` (the prompt's name or the resource template's URI in `params.ref`).
 //! - Every matching rule must be satisfied: its `scopes` all granted to the token (RFC 6750 §3.1: otherwise a 403
 //!   `insufficient_scope` step-up naming *all* the scopes the call needs, MCP 2026-07-28 "Scope Challenge
