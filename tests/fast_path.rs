@@ -735,3 +735,39 @@ async fn a_client_gone_during_a_quiet_stream_frees_the_upstream_connection() {
         }
     }
 }
+
+/// Issue 23 item 13: response framing that hyper fixes is fixed on the fast path too, so both paths give the
+/// client the same thing: a 204 without the upstream's `Content-Length`, one `Content-Length` where the upstream
+/// sent the same one twice, and a 502 for an HTTP/1.0 response with `Transfer-Encoding: chunked`.
+#[tokio::test]
+async fn response_framing_is_the_same_on_both_paths() {
+    for fast in [true, false] {
+        let mut upstream = RawUpstream::start().await;
+        let (proxy, token) = proxy(&upstream, fast, "").await;
+        let cases: [(&str, &dyn Fn(&str) -> bool); 3] = [
+            ("HTTP/1.1 204 No Content\r\nContent-Length: 12\r\nConnection: close\r\n\r\n", &|head| {
+                head.starts_with("HTTP/1.1 204") && !head.to_ascii_lowercase().contains("content-length")
+            }),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", &|head| {
+                head.starts_with("HTTP/1.1 200") && head.to_ascii_lowercase().matches("content-length").count() == 1
+            }),
+            ("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", &|head| {
+                head.starts_with("HTTP/1.1 502")
+            }),
+        ];
+        for (answer, expected) in cases {
+            let mut c = client(&proxy).await;
+            c.write_all(format!("GET /mcp HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut up = upstream.accept().await;
+            read_request(&mut up).await;
+            up.write_all(answer.as_bytes()).await.unwrap();
+            drop(up);
+            let mut data = Vec::new();
+            read_until(&mut c, &mut data, |d| head_end(d).is_some()).await;
+            let head = String::from_utf8_lossy(&data[..head_end(&data).unwrap()]).into_owned();
+            assert!(expected(&head), "fast path {fast}, upstream {answer:?}: the client got {head:?}");
+        }
+    }
+}

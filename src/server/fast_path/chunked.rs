@@ -144,9 +144,10 @@ impl Chunked {
                         out.extend_from_slice(b"0\r\n\r\n");
                         self.state = State::Done;
                     } else {
-                        // A trailer field is read past, not forwarded; it must at least look like one.
+                        // A trailer field is read past, not forwarded; it must be one as hyper reads it (RFC 9110
+                        // §5.1, §5.5): a token name before the colon, a value without control characters.
                         let field = &line[..line.len() - 2];
-                        if field[0] == b' ' || field[0] == b'\t' || !field.contains(&b':') {
+                        if !is_field_line(field) {
                             return Err(ChunkError::Trailers);
                         }
                         self.state = State::Trailers(seen + line.len());
@@ -160,6 +161,17 @@ impl Chunked {
     pub fn done(&self) -> bool {
         self.state == State::Done
     }
+}
+
+/// `name ":" value` with a token name (RFC 9110 §5.1) and a value of visible characters, spaces, tabs and
+/// obs-text (§5.5): a request line, a folded line or a control character is not a field line.
+fn is_field_line(field: &[u8]) -> bool {
+    let Some(colon) = field.iter().position(|b| *b == b':') else {
+        return false;
+    };
+    let (name, value) = (&field[..colon], &field[colon + 1..]);
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    !name.is_empty() && name.iter().all(tchar) && value.iter().all(|b| *b == b'\t' || (*b >= 0x20 && *b != 0x7f))
 }
 
 #[cfg(test)]
@@ -199,6 +211,10 @@ mod tests {
         assert_eq!(run(&[b"5\r\nhelloXX0\r\n\r\n"]).0, Err(ChunkError::MissingCrlf));
         assert_eq!(run(&[b"0\r\nX: 1\n\r\n"]).0, Err(ChunkError::Trailers));
         assert_eq!(run(&[b"0\r\n folded\r\n\r\n"]).0, Err(ChunkError::Trailers));
+        assert_eq!(run(&[b"0\r\nGET http://x/ HTTP/1.1\r\n\r\n"]).0, Err(ChunkError::Trailers));
+        assert_eq!(run(&[b"0\r\nX\x01Y: 1\r\n\r\n"]).0, Err(ChunkError::Trailers));
+        assert_eq!(run(&[b"0\r\nX: a\x00b\r\n\r\n"]).0, Err(ChunkError::Trailers));
+        assert_eq!(run(&[b"0\r\n: empty-name\r\n\r\n"]).0, Err(ChunkError::Trailers));
         let long = format!("5;{}", "e".repeat(MAX_LINE));
         assert_eq!(run(&[long.as_bytes()]).0, Err(ChunkError::LineTooLong));
         let long = format!("5;{}\r\nhello\r\n", "e".repeat(MAX_LINE));

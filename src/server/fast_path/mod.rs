@@ -539,10 +539,17 @@ fn parse_response(buf: &[u8]) -> Result<Option<(usize, Response)>, Error> {
         match name {
             header::CONTENT_LENGTH => {
                 let n = head::content_length(value.as_bytes()).ok_or_else(|| bad("Content-Length"))?;
-                if length.is_some_and(|m| m != n) {
-                    return Err(bad("conflicting Content-Length"));
+                match length {
+                    Some(m) if m != n => return Err(bad("conflicting Content-Length")),
+                    // The same length twice is one length: sent once, as hyper does.
+                    Some(_) => continue,
+                    None => length = Some(n),
                 }
-                length = Some(n);
+            }
+            header::TRANSFER_ENCODING if resp.version == Some(0) => {
+                // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty (a 1.0 peer cannot have
+                // framed it so); hyper refuses it too.
+                return Err(bad("Transfer-Encoding in an HTTP/1.0 response"));
             }
             header::TRANSFER_ENCODING => {
                 encoded = true;
@@ -557,6 +564,12 @@ fn parse_response(buf: &[u8]) -> Result<Option<(usize, Response)>, Error> {
             _ => {}
         }
         headers.append(name, value);
+    }
+    if status == StatusCode::NO_CONTENT {
+        // RFC 9110 §8.6, §6.4.1: a 204 has no content and carries no length (a parser honouring one would eat
+        // the next response's bytes); hyper drops it too.
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::TRANSFER_ENCODING);
     }
     let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Framing::Empty
@@ -810,6 +823,23 @@ mod tests {
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n").is_err());
         assert!(matches!(parse_response(b"HTTP/1.1 200 OK\r\n"), Ok(None)));
+    }
+
+    fn headers_of(text: &str) -> HeaderMap {
+        match parse_response(text.as_bytes()) {
+            Ok(Some((_, Response::Final { headers, .. }))) => headers,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn response_framing_that_hyper_fixes_is_fixed_here_too() {
+        // A 204 carries no length; an identical length sent twice is sent once; HTTP/1.0 with chunked is faulty.
+        let no_content = headers_of("HTTP/1.1 204 No Content\r\nContent-Length: 12\r\nX: y\r\n\r\n");
+        assert!(no_content.get(header::CONTENT_LENGTH).is_none() && no_content.get("x").is_some());
+        let twice = headers_of("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!(twice.get_all(header::CONTENT_LENGTH).iter().count(), 1);
+        assert!(parse_response(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
     }
 
     #[test]
