@@ -736,6 +736,9 @@ async fn a_client_gone_during_a_quiet_stream_frees_the_upstream_connection() {
     }
 }
 
+/// What a client must see in a response head.
+type HeadCheck = dyn Fn(&str) -> bool;
+
 /// Issue 23 item 13: response framing that hyper fixes is fixed on the fast path too, so both paths give the
 /// client the same thing: a 204 without the upstream's `Content-Length`, one `Content-Length` where the upstream
 /// sent the same one twice, and a 502 for an HTTP/1.0 response with `Transfer-Encoding: chunked`.
@@ -744,7 +747,7 @@ async fn response_framing_is_the_same_on_both_paths() {
     for fast in [true, false] {
         let mut upstream = RawUpstream::start().await;
         let (proxy, token) = proxy(&upstream, fast, "").await;
-        let cases: [(&str, &dyn Fn(&str) -> bool); 3] = [
+        let cases: [(&str, &HeadCheck); 3] = [
             ("HTTP/1.1 204 No Content\r\nContent-Length: 12\r\nConnection: close\r\n\r\n", &|head| {
                 head.starts_with("HTTP/1.1 204") && !head.to_ascii_lowercase().contains("content-length")
             }),
