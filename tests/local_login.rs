@@ -154,6 +154,17 @@ async fn concurrent_logins_hash_on_a_bounded_pool_and_the_excess_gets_503_quickl
     assert!((1.0..=2.0).contains(&peak), "at most 2 hashes at once, peak {peak}");
     assert!(sampled <= 2.0, "sampled {sampled} running at once");
     assert_eq!(metric(&text, "dcr_proxy_password_checks_running"), Some(0.0));
+    // Issue 23 item 9: the checks ran on this proxy's pool of exactly `password_checks` threads (not on tokio's
+    // blocking pool, whose every idle thread kept its own 19 MiB of argon2 memory).
+    let dcr_proxy::idp::Idp::Local(users) = &*proxy.app.idp else { panic!("the local login") };
+    let prefix = users.check_thread_prefix();
+    let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert_eq!(names.len(), 2, "password-check threads of this proxy: {names:?}");
 }
 
 #[tokio::test]

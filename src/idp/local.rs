@@ -6,8 +6,11 @@
 //! instead of an IdP token. An unknown user costs the same argon2 work as a wrong password.
 //!
 //! Bounds (issue 10, item 5), so that no number of logins can exhaust memory or the blocking pool:
-//! - At most `limits.password_checks` argon2 computations (~19 MiB each) run at once, on a semaphore around
-//!   `spawn_blocking`; the permit moves into the blocking task, so a login whose client hangs up still holds it
+//! - At most `limits.password_checks` argon2 computations (~19 MiB each) run at once, on a semaphore in front of
+//!   a dedicated pool of that many threads (`dcrpw<pool>-<n>`, started on first use; issue 23): the memory each
+//!   check allocates is reused by the same few threads, so the process's memory stays near
+//!   `password_checks × 19 MiB` whatever the number of logins (on tokio's blocking pool every idle blocking thread
+//!   kept its own 19 MiB arena). The permit moves into the job, so a login whose client hangs up still holds it
 //!   until its hash is done. A login waits at most `limits.password_check_wait` for a permit, then gets 503.
 //! - After `limits.login_failures` failures in a row, a username is locked out for `limits.login_lockout`,
 //!   doubling with each further failure (up to 16×); a success clears it. Unknown usernames are counted like known
@@ -59,9 +62,52 @@ impl From<LoginRefusal> for crate::error::Error {
     }
 }
 
+/// A password check waiting for a thread of the pool.
+type CheckJob = Box<dyn FnOnce() + Send>;
+
+/// Numbers the pools of a process, so that their threads' names tell them apart.
+static POOLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The threads that run password checks: as many as there are permits, started on first use, named
+/// `dcrpw<pool>-<n>` (a Linux thread name has at most 15 bytes).
+struct CheckPool {
+    id: usize,
+    size: usize,
+    jobs: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<CheckJob>>>,
+}
+
+impl CheckPool {
+    fn sender(&self) -> Result<std::sync::mpsc::Sender<CheckJob>, String> {
+        if let Some(tx) = self.jobs.get() {
+            return tx.lock().map(|tx| tx.clone()).map_err(|e| e.to_string());
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<CheckJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..self.size {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("dcrpw{}-{n}", self.id))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        let tx = self.jobs.get_or_init(|| Mutex::new(tx));
+        tx.lock().map(|tx| tx.clone()).map_err(|e| e.to_string())
+    }
+}
+
 /// The configured users and the bounds of their password checks.
 pub struct LocalUsers {
     table: Arc<UserTable>,
+    pool: Arc<CheckPool>,
     permits: Arc<Semaphore>,
     wait: Duration,
     failures: Arc<FailureLog>,
@@ -104,11 +150,21 @@ impl LocalUsers {
                 users: users.to_vec(),
                 decoy_hash: hash_password("decoy password").unwrap_or_default(),
             }),
+            pool: Arc::new(CheckPool {
+                id: POOLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                size: checks.max(1),
+                jobs: std::sync::OnceLock::new(),
+            }),
             permits: Arc::new(Semaphore::new(checks.max(1))),
             wait,
             failures: Arc::new(FailureLog::new(failures, lockout.as_secs().max(1))),
             running: Arc::default(),
         }
+    }
+
+    /// The prefix of the names of this pool's threads (`dcrpw<pool>-`).
+    pub fn check_thread_prefix(&self) -> String {
+        format!("dcrpw{}-", self.pool.id)
     }
 
     /// The gauges of running password checks and of their peak, for [`crate::metrics::Metrics`].
@@ -134,7 +190,8 @@ impl LocalUsers {
             .map_err(|_| LoginRefusal::Busy)?;
         let (table, gauges) = (self.table.clone(), self.running.clone());
         let username = username.to_owned();
-        tokio::task::spawn_blocking(move || {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: CheckJob = Box::new(move || {
             let _permit = permit;
             let running = gauges.running.inc() + 1;
             gauges.peak.inner().fetch_max(running, std::sync::atomic::Ordering::Relaxed);
@@ -142,10 +199,10 @@ impl LocalUsers {
             gauges.running.dec();
             // Recorded here, not by the request: a client that hangs up after sending still counts.
             attempt.finish(identity.is_some(), now);
-            identity
-        })
-        .await
-        .map_err(|e| LoginRefusal::Task(e.to_string()))
+            let _ = done.send(identity);
+        });
+        self.pool.sender().map_err(LoginRefusal::Task)?.send(job).map_err(|e| LoginRefusal::Task(e.to_string()))?;
+        result.await.map_err(|e| LoginRefusal::Task(e.to_string()))
     }
 
     /// Checks a username and password; blocking (argon2) and unbounded: [`LocalUsers::login`] is the bounded way.
