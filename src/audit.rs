@@ -48,6 +48,10 @@ pub enum Event {
     /// The IdP refused to refresh the upstream token: the grant is ended.
     UpstreamGrantEnded,
     AdminAction,
+    /// A local login with a wrong username or password (the username as typed is the subject).
+    LoginFailed,
+    /// A local login refused because the username is locked out after repeated failures.
+    LoginLockedOut,
 }
 
 /// One audit entry, built at the call site: `Entry::new(Event::GrantIssued).client(id).subject(sub)`.

@@ -69,11 +69,44 @@ async fn a_sign_in_frequency_expiry_ends_the_grant_with_invalid_token_and_counts
     assert_eq!(upstream.recorded().len(), before);
     assert_eq!(refresh(&proxy, &client_id, tokens["refresh_token"].as_str().unwrap()).await.status(), 400);
     assert_eq!(idp_errors(&proxy, "grant_ended").await, 1.0);
-    // A grant that simply ended does not make the next sign-in force anything.
+    // Issue 23 item 11: sign-in frequency means a fresh sign-in, so the next one sends prompt=login (without it
+    // Entra's single sign-on would reuse the very session it refused), and the consent page says why.
+    azure.state().refresh_error = None;
+    let mut browser = Browser::new();
+    let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
+    assert!(consent.contains("sign in again regularly"), "{consent}");
+    let _ = approve_and_sign_in(&proxy, &mut browser, &consent).await;
+    let last = azure.state().authorize_queries.last().cloned().unwrap();
+    assert_eq!(last.get("prompt").map(String::as_str), Some("login"), "{last:?}");
+}
+
+#[tokio::test]
+async fn a_grant_that_simply_expired_forces_nothing_and_an_expired_code_at_the_callback_is_a_page() {
+    let azure = FakeAzure::start().await;
+    azure.state().expires_in = 300;
+    let (_upstream, proxy) = start(&azure).await;
+    let (client_id, tokens) = login(&proxy).await;
+    azure.state().refresh_error = Some(ScriptedRefusal::new("invalid_grant", 70008));
+    proxy.clock.advance(400);
+    let resp =
+        http().get(proxy.url("/mcp")).bearer_auth(tokens["access_token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
     azure.state().refresh_error = None;
     let _ = authorize(&proxy, &mut Browser::new(), &client_id).await;
     let last = azure.state().authorize_queries.last().cloned().unwrap();
-    assert!(!last.contains_key("prompt"), "{last:?}");
+    assert!(!last.contains_key("prompt"), "an inactivity expiry needs no fresh login: {last:?}");
+
+    // Entra's code expired before the proxy redeemed it (70008): the person is told to start again, the client
+    // is not sent a server_error.
+    azure.state().code_error = Some(ScriptedRefusal::new("invalid_grant", 70008));
+    let mut browser = Browser::new();
+    let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
+    let (request, csrf) = (hidden_field(&consent, "request"), hidden_field(&consent, "csrf"));
+    let landing = browser
+        .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
+        .await;
+    let Landing::Page(400, page) = landing else { panic!("expected a page for the person, not a redirect") };
+    assert!(page.contains("Sign-in expired") && page.contains("connect again"), "{page}");
 }
 
 #[tokio::test]

@@ -170,7 +170,10 @@ async fn concurrent_logins_hash_on_a_bounded_pool_and_the_excess_gets_503_quickl
 #[tokio::test]
 async fn repeated_failures_lock_the_username_out_until_the_window_passes() {
     let upstream = Upstream::start().await;
-    let limits = "[limits]\nlogin_failures = 3\nlogin_lockout = \"1m\"\n";
+    let dir = ScratchDir::new("login-audit");
+    let audit = dir.0.join("audit.jsonl");
+    let limits =
+        format!("[limits]\nlogin_failures = 3\nlogin_lockout = \"1m\"\n[audit]\npath = \"{}\"\n", audit.display());
     let proxy = TestProxy::builder().upstream(upstream.url()).local().extra(limits).start().await;
     let mut browser = Browser::new();
     let state = login_form_state(&proxy, &mut browser).await;
@@ -184,6 +187,17 @@ async fn repeated_failures_lock_the_username_out_until_the_window_passes() {
     assert!(proxy.app.store.stats().codes == 0);
     // Another username is not affected.
     assert_eq!(post_login(&proxy, &browser, &state, "bob", "guess").await.status(), 401);
+    // Issue 23 item 11: failed logins and the lockout are in the audit trail, never a password.
+    let audited = |text: &str| text.matches("\"login_failed\"").count() >= 4 && text.contains("\"login_locked_out\"");
+    let found = within(std::time::Duration::from_secs(10), || {
+        let ok = audited(&std::fs::read_to_string(&audit).unwrap_or_default());
+        async move { ok }
+    })
+    .await;
+    let trail = std::fs::read_to_string(&audit).unwrap_or_default();
+    assert!(found.is_some(), "login failures and the lockout are audited: {trail}");
+    assert!(trail.contains("\"subject\":\"alice\"") && trail.contains("\"subject\":\"bob\""), "{trail}");
+    assert!(!trail.contains("guess") && !trail.contains(ALICE_PASSWORD), "no password in the audit trail");
     proxy.clock.advance(30);
     assert_eq!(post_login(&proxy, &browser, &state, "alice", ALICE_PASSWORD).await.status(), 429);
     proxy.clock.advance(31);

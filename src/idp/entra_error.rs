@@ -99,6 +99,14 @@ pub fn classify(status: u16, error: &str, aadsts: Option<u64>, suberror: Option<
 /// What to tell the person about an interaction Entra requires, by AADSTS code (Microsoft's error reference).
 pub fn requirement_text(aadsts: Option<u64>) -> &'static str {
     match aadsts {
+        Some(70043 | 70044) => {
+            "Your organisation requires you to sign in again regularly (a sign-in frequency policy). Sign in again \
+             with your password and any verification step your organisation asks for."
+        }
+        Some(50133 | 50173) => {
+            "Your organisation ended your earlier session (a password change or a revoked session). Sign in again \
+             with your current password."
+        }
         Some(50076 | 50079 | 50074 | 50072) => {
             "Your organisation requires multi-factor authentication for this sign-in. Sign in again and complete \
              the verification step your organisation asks for."
@@ -113,6 +121,13 @@ pub fn requirement_text(aadsts: Option<u64>) -> &'static str {
         }
         _ => "Your organisation requires you to sign in again and complete an additional verification step.",
     }
+}
+
+/// Whether Entra ended a grant because the person must sign in afresh, not just again: sign-in frequency
+/// (70043, 70044), a session ended by a password change or revocation (50133, 50173). The next sign-in must send
+/// `prompt=login`, or Entra's single sign-on would reuse the session it just refused.
+pub fn needs_fresh_sign_in(aadsts: Option<u64>) -> bool {
+    matches!(aadsts, Some(70043 | 70044 | 50133 | 50173))
 }
 
 /// The AADSTS code at the start of an Entra `error_description` (`AADSTS70008: …`).

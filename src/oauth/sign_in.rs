@@ -207,6 +207,14 @@ fn person_must_act(
 ) -> Option<Error> {
     use entra_error::ErrorFamily as F;
     match family {
+        // The code Entra gave expired, or the session behind it ended, before the exchange (70008 …): the person
+        // starts again; the client learns nothing it could act on.
+        F::GrantEnded => Some(Error::page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in expired",
+            "Your sign-in with your organisation expired before it could be completed (it took too long, or your \
+             session ended). Go back to the application and connect again.",
+        )),
         F::AdminConsent => {
             app.idp.warn_admin_consent(&error(), client_id);
             Some(Error::page(
@@ -222,7 +230,7 @@ fn person_must_act(
             "Your organisation requires more",
             format!("{} Then start the connection again from the application.", entra_error::requirement_text(aadsts)),
         )),
-        F::GrantEnded | F::Unavailable | F::Other => None,
+        F::Unavailable | F::Other => None,
     }
 }
 
@@ -262,11 +270,27 @@ pub async fn submit_login(app: &App, req: Request<RequestBody>) -> Result<Respon
         }
         Err(refusal) => {
             tracing::info!(reason = %refusal, "local login not checked");
+            if let local::LoginRefusal::LockedOut { retry_after_secs } = &refusal {
+                app.audit(
+                    Entry::new(Event::LoginLockedOut)
+                        .client(&request.pending.request.client_id)
+                        .subject(username)
+                        .detail(format!("locked out for {retry_after_secs} s")),
+                )
+                .await;
+            }
             return Err(refusal.into());
         }
     };
     let Some(identity) = identity else {
         tracing::info!("local login failed");
+        app.audit(
+            Entry::new(Event::LoginFailed)
+                .client(&request.pending.request.client_id)
+                .subject(username)
+                .detail("wrong username or password"),
+        )
+        .await;
         return Ok(local::login_page(&app.config.pages, state, Some("Wrong username or password.")));
     };
     // A wrong password leaves the state usable; a right one spends it.

@@ -279,6 +279,18 @@ async fn end_refused_grant(
             };
             cx.store.require_interaction(&grant.client_id, requirement).await?;
         }
+        // Sign-in frequency and ended sessions (issue 23): the next sign-in must be a fresh one (`prompt=login`).
+        (ErrorFamily::GrantEnded, IdpError::Refused { aadsts, .. })
+            if crate::idp::entra_error::needs_fresh_sign_in(*aadsts) =>
+        {
+            let requirement = InteractionRequirement {
+                aadsts: *aadsts,
+                claims: None,
+                login_hint: None,
+                expires_at: grant.expires_at(),
+            };
+            cx.store.require_interaction(&grant.client_id, requirement).await?;
+        }
         (ErrorFamily::AdminConsent, _) => cx.idp.warn_admin_consent(e, &grant.client_id),
         _ => {}
     }
