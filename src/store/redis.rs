@@ -368,32 +368,29 @@ impl RedisStore {
             return Ok(0);
         }
         let mut sealed = 0;
-        for key in self.scan("dcrp:at:*").await? {
-            let Some(bytes) = self.get(&key).await? else { continue };
-            if self.inner.sealer.open(key.as_bytes(), &bytes).is_err() && decode::<AccessRecord>(&bytes).is_some() {
-                ::redis::cmd("SET")
-                    .arg(&key)
-                    .arg(self.seal(&key, &bytes))
-                    .arg("XX")
-                    .arg("KEEPTTL")
-                    .query_async::<Option<String>>(&mut self.conn())
-                    .await
-                    .map_err(unavailable)?;
-                sealed += 1;
-            }
+        // String values: access tokens and clients, each recognised by its own decoder.
+        fn plain_access(b: &[u8]) -> bool {
+            decode::<AccessRecord>(b).is_some()
         }
-        for key in self.scan("dcrp:client:*").await? {
-            let Some(bytes) = self.get(&key).await? else { continue };
-            if self.inner.sealer.open(key.as_bytes(), &bytes).is_err() && decode_client(&bytes).is_some() {
-                ::redis::cmd("SET")
-                    .arg(&key)
-                    .arg(self.seal(&key, &bytes))
-                    .arg("XX")
-                    .arg("KEEPTTL")
-                    .query_async::<Option<String>>(&mut self.conn())
-                    .await
-                    .map_err(unavailable)?;
-                sealed += 1;
+        fn plain_client(b: &[u8]) -> bool {
+            decode_client(b).is_some()
+        }
+        type IsPlain = fn(&[u8]) -> bool;
+        let kinds: [(&str, IsPlain); 2] = [("dcrp:at:*", plain_access), ("dcrp:client:*", plain_client)];
+        for (pattern, is_plain) in kinds {
+            for key in self.scan(pattern).await? {
+                let Some(bytes) = self.get(&key).await? else { continue };
+                if self.inner.sealer.open(key.as_bytes(), &bytes).is_err() && is_plain(&bytes) {
+                    ::redis::cmd("SET")
+                        .arg(&key)
+                        .arg(self.seal(&key, &bytes))
+                        .arg("XX")
+                        .arg("KEEPTTL")
+                        .query_async::<Option<String>>(&mut self.conn())
+                        .await
+                        .map_err(unavailable)?;
+                    sealed += 1;
+                }
             }
         }
         for key in self.scan("dcrp:rf:*").await? {
