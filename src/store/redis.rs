@@ -950,22 +950,18 @@ impl RedisStore {
     }
 
     pub async fn claim_sign_in(&self, key: &TokenHash, expires_at: UnixTime) -> Result<bool, StoreError> {
-        let set: Option<String> = ::redis::cmd("SET")
-            .arg(used_key(key))
-            .arg(1)
-            .arg("NX")
-            .arg("EX")
-            .arg(self.ttl(expires_at))
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
-        Ok(set.is_some())
+        self.claim_once(used_key(key), expires_at).await
     }
 
     /// `SET NX` with the assertion's remaining life as TTL: of two replicas that see one `jti`, one wins.
     pub async fn claim_assertion(&self, key: &TokenHash, expires_at: UnixTime) -> Result<bool, StoreError> {
+        self.claim_once(assertion_key(key), expires_at).await
+    }
+
+    /// Marks `key` as used until `expires_at` (`SET NX EX`); `false` when it already was. Atomic across replicas.
+    async fn claim_once(&self, key: String, expires_at: UnixTime) -> Result<bool, StoreError> {
         let set: Option<String> = ::redis::cmd("SET")
-            .arg(assertion_key(key))
+            .arg(key)
             .arg(1)
             .arg("NX")
             .arg("EX")
