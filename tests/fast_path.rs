@@ -774,3 +774,49 @@ async fn response_framing_is_the_same_on_both_paths() {
         }
     }
 }
+
+/// Issue 23 item 14: hyper reads a bare LF after the last chunk (`0\r\n\n`) as the start of trailers and takes a
+/// bare LF inside a trailer line, so it swallows the next pipelined request as trailers where a front proxy sees
+/// two requests. The framing guard in front of hyper refuses both, on the hyper path (`fast_path = false`) and on
+/// a connection the fast path hands over (an own endpoint): the connection closes, the hidden request is never
+/// answered or forwarded. Sent in one write and split after the first chunk.
+#[tokio::test]
+async fn a_bare_lf_in_chunked_framing_never_hides_a_pipelined_request_from_hyper() {
+    let next = "GET /next HTTP/1.1\r\nHost: p\r\n\r\n";
+    let shapes = [format!("0\r\n\n{next}"), format!("0\r\nX-T: 1\n{next}\r\n")];
+    for fast in [false, true] {
+        let upstream = RawUpstream::start().await;
+        let (proxy, token) = proxy(&upstream, fast, "").await;
+        let seen = answer_everything(upstream);
+        // hyper serves `/mcp` with the fast path off, and `/token` (the proxy's own) either way.
+        let target = if fast { "/token" } else { "/mcp/x" };
+        let head = format!(
+            "POST {target} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        for shape in &shapes {
+            for split in [false, true] {
+                let mut c = client(&proxy).await;
+                let first = format!("{head}5\r\nhello\r\n");
+                if split {
+                    c.write_all(first.as_bytes()).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    c.write_all(shape.as_bytes()).await.unwrap();
+                } else {
+                    c.write_all(format!("{first}{shape}").as_bytes()).await.unwrap();
+                }
+                let answer = answer_of(&mut c).await;
+                let case = format!("fast {fast}, split {split}, {shape:?}");
+                assert!(answer.matches("HTTP/1.1 ").count() <= 1, "{case}: answered twice:\n{answer}");
+                assert!(closed_within(&mut c, PATIENCE).await, "{case}: the connection stayed open:\n{answer}");
+                let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+                assert!(!text.contains("/next"), "{case}: forwarded:\n{text}");
+            }
+        }
+        // A well-framed chunked request on the same path still passes, trailers and all.
+        let mut c = client(&proxy).await;
+        c.write_all(format!("{head}5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n").as_bytes()).await.unwrap();
+        let (status, _) = read_response(&mut c).await;
+        let expected = if fast { "HTTP/1.1 400 " } else { "HTTP/1.1 200 " };
+        assert!(status.starts_with(expected), "fast {fast}: {status}");
+    }
+}

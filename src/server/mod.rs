@@ -15,6 +15,7 @@
 pub mod backoff;
 pub mod connection;
 pub mod fast_path;
+pub mod framing_guard;
 pub mod per_core;
 pub mod tls;
 
@@ -331,7 +332,8 @@ where
             Ok::<_, Infallible>(resp.map(|body| TrackedBody::new(body, in_flight)))
         }
     });
-    let io = TokioIo::new(io);
+    // hyper reads what the framing guard passed (issue 23 item 14).
+    let io = TokioIo::new(framing_guard::Guarded::new(io));
     let (ended, error) = match h1_only {
         // The auto builder ignores `http1_only` with upgrades: no upgrades on a connection the fast path began.
         true => {

@@ -83,6 +83,16 @@ impl Default for Chunked {
 impl Chunked {
     /// Consumes what it can of `input`, appending the re-encoded body to `out`; `Ok(true)` once the body ended.
     pub fn feed(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Result<bool, ChunkError> {
+        self.run(input, Some(out))
+    }
+
+    /// [`Chunked::feed`] without the output: only the framing is checked (hyper's guard,
+    /// [`crate::server::framing_guard`]).
+    pub fn check(&mut self, input: &mut BytesMut) -> Result<bool, ChunkError> {
+        self.run(input, None)
+    }
+
+    fn run(&mut self, input: &mut BytesMut, mut out: Option<&mut BytesMut>) -> Result<bool, ChunkError> {
         loop {
             match self.state {
                 State::Done => return Ok(true),
@@ -105,7 +115,9 @@ impl Chunked {
                     if size == 0 {
                         self.state = State::Trailers(0);
                     } else {
-                        out.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+                        if let Some(out) = out.as_deref_mut() {
+                            out.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+                        }
                         self.state = State::Data(size);
                     }
                 }
@@ -114,7 +126,10 @@ impl Chunked {
                         return Ok(false);
                     }
                     let take = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
-                    out.extend_from_slice(&input.split_to(take));
+                    match out.as_deref_mut() {
+                        Some(out) => out.extend_from_slice(&input.split_to(take)),
+                        None => input.advance(take),
+                    }
                     let left = left - take as u64;
                     self.state = if left == 0 { State::DataEnd } else { State::Data(left) };
                 }
@@ -126,7 +141,9 @@ impl Chunked {
                         return Err(ChunkError::MissingCrlf);
                     }
                     input.advance(2);
-                    out.extend_from_slice(b"\r\n");
+                    if let Some(out) = out.as_deref_mut() {
+                        out.extend_from_slice(b"\r\n");
+                    }
                     self.state = State::Size;
                 }
                 State::Trailers(seen) => {
@@ -141,7 +158,9 @@ impl Chunked {
                     }
                     let line = input.split_to(lf + 1);
                     if line.len() == 2 {
-                        out.extend_from_slice(b"0\r\n\r\n");
+                        if let Some(out) = out.as_deref_mut() {
+                            out.extend_from_slice(b"0\r\n\r\n");
+                        }
                         self.state = State::Done;
                     } else {
                         // A trailer field is read past, not forwarded; it must be one as hyper reads it (RFC 9110
@@ -155,6 +174,15 @@ impl Chunked {
                 }
             }
         }
+    }
+
+    /// Passes over up to `n` bytes of chunk data without copying them; how many it took (none outside chunk data).
+    pub fn skip_data(&mut self, n: usize) -> usize {
+        let State::Data(left) = self.state else { return 0 };
+        let take = usize::try_from(left).unwrap_or(usize::MAX).min(n);
+        let left = left - take as u64;
+        self.state = if left == 0 { State::DataEnd } else { State::Data(left) };
+        take
     }
 
     /// Whether the body ended.

@@ -65,6 +65,10 @@ const READ_SIZE: usize = 16 * 1024;
 /// Room asked for per read of a body: a large body moves in few reads and, when it is length- or close-delimited,
 /// each read is written on as it is, without a copy ([`RequestBody::piece`]).
 const BODY_READ_SIZE: usize = 64 * 1024;
+/// How long a connection waiting for its next request keeps its read buffer ([`READ_SIZE`]) before releasing it.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
+/// The buffer a connection idle past [`IDLE_RELEASE`] reads its next bytes into (then [`READ_SIZE`] again).
+const IDLE_READ_SIZE: usize = 256;
 /// The largest upstream response head: hyper's client buffer limit (8 KiB + 100 × 4 KiB), so that a head one path
 /// takes the other takes too.
 const MAX_RESPONSE_HEAD: usize = 8192 + 4096 * 100;
@@ -176,6 +180,11 @@ async fn read_head<I: AsyncRead + Unpin>(
                 return Ok(Next::Close);
             }
             shrink_idle(buf);
+            if buf.capacity() == 0 {
+                // Idle past IDLE_RELEASE: the connection holds no buffer; the next head's first bytes come in a
+                // small one.
+                buf.reserve(IDLE_READ_SIZE);
+            }
         } else {
             match head::classify(buf, &env.app.metadata.protected_resource_path) {
                 Parsed::Partial => {}
@@ -184,20 +193,26 @@ async fn read_head<I: AsyncRead + Unpin>(
             }
             deadline = Some(*since.get_or_insert_with(Instant::now) + env.header_timeout);
         }
-        buf.reserve(READ_SIZE);
         let waiting = buf.is_empty();
+        if !waiting || buf.capacity() > IDLE_READ_SIZE {
+            buf.reserve(READ_SIZE);
+        }
+        // Waiting with a buffer: it is released once the connection has been idle for IDLE_RELEASE.
+        let release = (waiting && buf.capacity() > IDLE_READ_SIZE).then(|| Instant::now() + IDLE_RELEASE);
         tokio::select! {
             read = io.read_buf(buf) => if read? == 0 {
                 return Ok(Next::Close);
             },
             () = env.closing.wake.notified(), if waiting => {}
             () = sleep_until_some(deadline) => return Ok(Next::Close),
+            () = sleep_until_some(release) => *buf = BytesMut::new(),
         }
     }
 }
 
 /// An empty buffer that grew for a body ([`BODY_READ_SIZE`]) goes back to [`READ_SIZE`] before the connection
-/// waits for its next request: an idle keep-alive connection holds 16 KiB, whatever it carried before.
+/// waits for its next request; after [`IDLE_RELEASE`] without one it is released entirely (issue 23 item 15): an
+/// idle keep-alive connection holds no read buffer, whatever it carried before.
 fn shrink_idle(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > 2 * READ_SIZE {
         *buf = BytesMut::with_capacity(READ_SIZE);
