@@ -119,6 +119,7 @@ impl App {
             policy_max_body: self.config.policy.max_body_bytes,
             resource_path: &self.config.upstream.resource_path,
             routes: &self.routes,
+            sign_ins: &self.sign_ins,
         }
     }
 

@@ -128,7 +128,8 @@ async fn an_oversized_or_malformed_challenge_is_not_sent_to_entra() {
 async fn a_challenge_entra_answers_with_interaction_required_sends_the_person_to_sign_in_with_the_claims() {
     let azure = FakeAzure::start().await;
     let proxy = start(&azure, CP1).await;
-    let (client_id, tokens) = login(&proxy).await;
+    let mut browser = Browser::new();
+    let (client_id, tokens) = login_in(&proxy, &mut browser).await;
     let access = tokens["access_token"].as_str().unwrap();
     azure.state().cae_claims = Some(CHALLENGE.into());
     azure.state().refresh_error = Some(ScriptedRefusal {
@@ -145,7 +146,6 @@ async fn a_challenge_entra_answers_with_interaction_required_sends_the_person_to
 
     // The next sign-in carries the challenge's claims (with cp1) and prompt=login; its token satisfies Graph.
     azure.state().refresh_error = None;
-    let mut browser = Browser::new();
     let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
     assert!(consent.contains("multi-factor"), "{consent}");
     let params = approve_and_sign_in(&proxy, &mut browser, &consent).await;

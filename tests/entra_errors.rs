@@ -8,6 +8,7 @@ mod common;
 use common::fake_azure::{FakeAzure, ScriptedRefusal};
 use common::upstream::Upstream;
 use common::*;
+use serde_json::{json, Value};
 
 /// The logs of this test binary, captured in memory (a global subscriber: every test here writes into it).
 #[derive(Clone, Default)]
@@ -58,7 +59,8 @@ async fn a_sign_in_frequency_expiry_ends_the_grant_with_invalid_token_and_counts
     let azure = FakeAzure::start().await;
     azure.state().expires_in = 300;
     let (upstream, proxy) = start(&azure).await;
-    let (client_id, tokens) = login(&proxy).await;
+    let mut browser = Browser::new();
+    let (client_id, tokens) = login_in(&proxy, &mut browser).await;
     let access = tokens["access_token"].as_str().unwrap();
     azure.state().refresh_error = Some(ScriptedRefusal::new("invalid_grant", 70043));
     proxy.clock.advance(400);
@@ -72,7 +74,6 @@ async fn a_sign_in_frequency_expiry_ends_the_grant_with_invalid_token_and_counts
     // Issue 23 item 11: sign-in frequency means a fresh sign-in, so the next one sends prompt=login (without it
     // Entra's single sign-on would reuse the very session it refused), and the consent page says why.
     azure.state().refresh_error = None;
-    let mut browser = Browser::new();
     let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
     assert!(consent.contains("sign in again regularly"), "{consent}");
     let _ = approve_and_sign_in(&proxy, &mut browser, &consent).await;
@@ -114,7 +115,8 @@ async fn mfa_required_at_refresh_makes_the_next_sign_in_ask_for_a_fresh_login_wi
     let azure = FakeAzure::start().await;
     azure.state().expires_in = 300;
     let (_upstream, proxy) = start(&azure).await;
-    let (client_id, tokens) = login(&proxy).await;
+    let mut browser = Browser::new();
+    let (client_id, tokens) = login_in(&proxy, &mut browser).await;
     let claims = r#"{"access_token":{"capolids":{"essential":true,"values":["c1"]}}}"#;
     azure.state().refresh_error = Some(ScriptedRefusal {
         suberror: Some("basic_action".into()),
@@ -131,7 +133,6 @@ async fn mfa_required_at_refresh_makes_the_next_sign_in_ask_for_a_fresh_login_wi
     // The client signs in again: the consent page says what the organisation requires, and Entra is asked for a
     // fresh login with its claims — never prompt=consent.
     azure.state().refresh_error = None;
-    let mut browser = Browser::new();
     let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else {
         panic!("consent page");
     };
@@ -143,8 +144,8 @@ async fn mfa_required_at_refresh_makes_the_next_sign_in_ask_for_a_fresh_login_wi
     assert_eq!(asked.get("claims").map(String::as_str), Some(claims));
     assert!(!asked.contains_key("login_hint"), "a shared client registration must not reveal who signed in last");
 
-    // Used once: the sign-in after that is an ordinary one.
-    let _ = authorize(&proxy, &mut Browser::new(), &client_id).await;
+    // Used once: the sign-in after that is an ordinary one, in this browser too.
+    let _ = authorize(&proxy, &mut browser, &client_id).await;
     let asked = azure.state().authorize_queries.last().cloned().unwrap();
     assert!(!asked.contains_key("prompt") && !asked.contains_key("claims"), "{asked:?}");
     assert!(azure.state().authorize_queries.iter().all(|q| q.get("prompt").map(String::as_str) != Some("consent")));
@@ -232,4 +233,75 @@ async fn throttling_keeps_the_grant_and_answers_503_with_retry_after() {
     azure.state().token_fault = None;
     let resp = http().get(proxy.url("/mcp")).bearer_auth(access).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+/// Issue 23 item 11: what Entra requires of one person is kept for that person, not for the client: with a client
+/// registration shared by two people (as a metadata-document client is), Bob's sign-in does not spend what Entra
+/// asked of Alice, and Alice's next sign-in still carries it (found by the cookie her browser got when she signed
+/// in). The cookie never reaches the upstream.
+#[tokio::test]
+async fn an_interaction_requirement_waits_for_its_person_not_for_the_next_sign_in_through_the_client() {
+    let azure = FakeAzure::start().await;
+    azure.state().expires_in = 300;
+    let (upstream, proxy) = start(&azure).await;
+    let client_id = register_public_client(&proxy).await;
+    let (mut alice, mut bob) = (Browser::new(), Browser::new());
+    let code = authorize(&proxy, &mut alice, &client_id).await["code"].clone();
+    let alice_tokens: Value = redeem(&proxy, &client_id, &code).await.json().await.unwrap();
+    assert!(alice.cookies.contains_key("dcrp-who"), "{:?}", alice.cookies.keys());
+    azure.state().id_token_claims.insert("sub".into(), json!("bob-subject"));
+    azure.state().id_token_claims.insert("oid".into(), json!("00000000-0000-0000-0000-0000000000b0"));
+    let code = authorize(&proxy, &mut bob, &client_id).await["code"].clone();
+    assert_eq!(redeem(&proxy, &client_id, &code).await.status(), 200);
+    assert_ne!(alice.cookies["dcrp-who"], bob.cookies["dcrp-who"]);
+
+    // Entra refuses Alice's refresh until she does MFA.
+    let claims = r#"{"access_token":{"capolids":{"essential":true,"values":["c1"]}}}"#;
+    azure.state().refresh_error =
+        Some(ScriptedRefusal { claims: Some(claims.into()), ..ScriptedRefusal::new("invalid_grant", 50076) });
+    proxy.clock.advance(400);
+    let access = alice_tokens["access_token"].as_str().unwrap();
+    let resp = http()
+        .get(proxy.url("/mcp"))
+        .bearer_auth(access)
+        .header("cookie", format!("dcrp-who={}; keep=1", alice.cookies["dcrp-who"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    azure.state().refresh_error = None;
+
+    // Bob signs in next through the same client: an ordinary sign-in, no words about MFA.
+    let Landing::Page(200, consent) = bob.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
+    assert!(!consent.contains("multi-factor"), "{consent}");
+    let _ = approve_and_sign_in(&proxy, &mut bob, &consent).await;
+    let asked = azure.state().authorize_queries.last().cloned().unwrap();
+    assert!(!asked.contains_key("prompt") && !asked.contains_key("claims"), "Bob was asked Alice's: {asked:?}");
+
+    // Alice's next sign-in asks Entra for a fresh login with its claims; once.
+    azure.state().id_token_claims.clear();
+    let Landing::Page(200, consent) = alice.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
+    assert!(consent.contains("multi-factor"), "{consent}");
+    let _ = approve_and_sign_in(&proxy, &mut alice, &consent).await;
+    let asked = azure.state().authorize_queries.last().cloned().unwrap();
+    assert_eq!(asked.get("prompt").map(String::as_str), Some("login"), "{asked:?}");
+    assert_eq!(asked.get("claims").map(String::as_str), Some(claims));
+    let _ = authorize(&proxy, &mut alice, &client_id).await;
+    assert!(!azure.state().authorize_queries.last().unwrap().contains_key("prompt"), "used once");
+
+    // A forged person cookie (another shape, or someone's key guessed wrong) finds nothing and breaks nothing.
+    let mut mallory = Browser::new();
+    mallory.cookies.insert("dcrp-who".into(), "p.AAAAAAAAAAAAAAAAAAAAAA".into());
+    let params = authorize(&proxy, &mut mallory, &client_id).await;
+    let tokens: Value = redeem(&proxy, &client_id, &params["code"]).await.json().await.unwrap();
+    let resp = http()
+        .get(proxy.url("/mcp"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .header("cookie", format!("dcrp-who={}; keep=1", mallory.cookies["dcrp-who"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = upstream.recorded().last().unwrap().headers.get("cookie").cloned().unwrap_or_default();
+    assert_eq!(seen, vec!["keep=1".to_owned()], "the person cookie is the proxy's own");
 }

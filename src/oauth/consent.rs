@@ -38,20 +38,40 @@ pub fn cookie_name(https: bool) -> &'static str {
     }
 }
 
+/// The name of the cookie that says who last signed in with this browser ([`crate::oauth::flow::SignIns::person_key`],
+/// issue 23 item 11): what Entra requires of that person's next sign-in is found by it, not by the client.
+pub fn person_cookie_name(https: bool) -> &'static str {
+    if https {
+        "__Host-dcrp-who"
+    } else {
+        "dcrp-who"
+    }
+}
+
 /// The `Set-Cookie` value for a browser binding.
 pub fn set_cookie(https: bool, value: &str, max_age_secs: u64) -> Option<HeaderValue> {
+    set_named_cookie(cookie_name(https), https, value, max_age_secs)
+}
+
+/// The `Set-Cookie` value of the person cookie ([`person_cookie_name`]), same attributes as the binding cookie.
+pub fn set_person_cookie(https: bool, value: &str, max_age_secs: u64) -> Option<HeaderValue> {
+    set_named_cookie(person_cookie_name(https), https, value, max_age_secs)
+}
+
+fn set_named_cookie(name: &str, https: bool, value: &str, max_age_secs: u64) -> Option<HeaderValue> {
     let secure = if https { "; Secure" } else { "" };
-    HeaderValue::try_from(format!(
-        "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}",
-        cookie_name(https)
-    ))
-    .ok()
+    HeaderValue::try_from(format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}"))
+        .ok()
 }
 
 /// Every value of the binding cookie in a request, in order (a browser may send several cookies of one name).
 /// Whether a value is one the proxy minted is [`crate::oauth::flow::SignIns::browser_cookie`]'s question.
 pub fn cookie_values(headers: &HeaderMap, https: bool) -> Vec<&str> {
-    let name = cookie_name(https);
+    named_cookie_values(headers, cookie_name(https))
+}
+
+/// Every value of the cookie `name` in a request, in order.
+pub fn named_cookie_values<'h>(headers: &'h HeaderMap, name: &str) -> Vec<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()

@@ -172,6 +172,37 @@ impl SignIns {
             .map(str::to_owned)
     }
 
+    /// The key under which what Entra requires of a person's next sign-in is kept (issue 23 item 11): a tag of
+    /// their subject, so that the cookie holding it ([`consent::person_cookie_name`]) names nobody and cannot be
+    /// computed for someone else. Stable across replicas with `backend = "redis"` (derived key), per process else.
+    pub fn person_key(&self, sub: &str) -> String {
+        format!("p.{}", self.cookie_mac.tag(format!("dcr-proxy person\0{sub}").as_bytes()))
+    }
+
+    /// The person key of the browser that sent `headers` ([`SignIns::person_key`] of who last signed in there),
+    /// if it has one of that shape.
+    pub fn person_cookie(&self, headers: &HeaderMap) -> Option<String> {
+        consent::named_cookie_values(headers, consent::person_cookie_name(self.https))
+            .into_iter()
+            .find(|v| {
+                v.strip_prefix("p.").is_some_and(|t| {
+                    t.len() == 22 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+            })
+            .map(str::to_owned)
+    }
+
+    /// The key of the browser binding `browser` (a sign-in that failed at the callback names no person yet).
+    pub fn browser_key(browser: &TokenHash) -> String {
+        use base64::Engine as _;
+        format!("b.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(browser.0))
+    }
+
+    /// Whether cookies are `__Host-` and `Secure`.
+    pub fn https(&self) -> bool {
+        self.https
+    }
+
     /// A new binding cookie value: 256 random bits and their tag.
     pub fn mint_cookie(&self) -> String {
         let value = crypto::random_token();

@@ -19,7 +19,7 @@ use crate::http::{self as h, Body, RequestBody};
 use crate::idp::oidc::SignInHints;
 use crate::idp::{entra_error, local, Idp, IdpError};
 use crate::oauth::authorize::{self, AuthorizeContext};
-use crate::oauth::flow::{ConsentTicket, IdpTicket, PendingAuthorization, Ticket};
+use crate::oauth::flow::{ConsentTicket, IdpTicket, PendingAuthorization, SignIns, Ticket};
 use crate::oauth::{consent, pkce, requests};
 use crate::store::{
     AuthorizationCode, AuthorizationRequest, InteractionRequirement, UpstreamCredential, UpstreamLogin,
@@ -59,12 +59,15 @@ pub async fn authorize(app: &App, req: &Request<RequestBody>) -> Result<Response
     let ttl = app.config.tokens.pending_ttl.as_secs();
     let pending = PendingAuthorization { request, browser: TokenHash::of(&browser), expires_at: app.clock.now() + ttl };
     let ticket = ConsentTicket::new(pending, &csrf);
-    // Entra refused this client's last grant until the person interacts: say what their organisation requires.
-    let notice = app
-        .store
-        .interaction_required(&client.client_id, app.clock.now())
-        .await?
-        .map(|i| entra_error::requirement_text(i.aadsts));
+    // Entra refused this person's last grant through this client until they interact: say what their
+    // organisation requires.
+    let mut notice = None;
+    for who in people(app, req.headers(), &ticket.pending.browser) {
+        if let Some(i) = app.store.interaction_required(&client.client_id, &who, app.clock.now()).await? {
+            notice = Some(entra_error::requirement_text(i.aadsts));
+            break;
+        }
+    }
     let mut resp = consent::render(
         &client,
         &ticket.pending.request,
@@ -121,9 +124,10 @@ pub async fn consent(app: &App, req: Request<RequestBody>) -> Result<Response<Bo
     let nonce = crypto::random_token();
     let challenge = crypto::pkce_s256(&verifier);
     let client_id = pending.request.client_id.clone();
+    let people = people(app, &headers, &pending.browser);
     let state = app.sign_ins.seal(&IdpTicket::new(pending, verifier, nonce.clone()));
     let location = match &*app.idp {
-        Idp::Oidc(p) => p.authorize_url(&state, &challenge, &nonce, &sign_in_hints(app, &client_id).await?),
+        Idp::Oidc(p) => p.authorize_url(&state, &challenge, &nonce, &sign_in_hints(app, &client_id, &people).await?),
         Idp::Local(_) => h::append_query("/login", &[("state", &state)]),
     };
     Ok(h::redirect(&location))
@@ -176,7 +180,9 @@ pub async fn callback(app: &App, req: &Request<RequestBody>) -> Result<Response<
                         login_hint: None,
                         expires_at: now + app.config.tokens.pending_ttl.as_secs(),
                     };
-                    app.store.require_interaction(client_id, requirement).await?;
+                    // Nobody is known yet: kept for this browser's next attempt.
+                    let who = SignIns::browser_key(&request.pending.browser);
+                    app.store.require_interaction(client_id, &who, requirement).await?;
                 }
                 if let Some(page) = person_must_act(app, e.family(), *aadsts, client_id, || e) {
                     return Err(page);
@@ -234,14 +240,24 @@ fn person_must_act(
     }
 }
 
-/// What the next authorization request to Entra carries for `client_id` because Entra refused its last grant
-/// until the person interacts: `prompt=login` (never `prompt=consent`), the `claims` Entra asked for, and who
-/// signed in. Taken once.
-async fn sign_in_hints(app: &App, client_id: &str) -> Result<SignInHints, Error> {
-    Ok(match app.store.take_interaction(client_id, app.clock.now()).await? {
-        Some(i) => SignInHints { prompt_login: true, claims: i.claims, login_hint: i.login_hint },
-        None => SignInHints::default(),
-    })
+/// Who may be signing in with the browser that sent `headers` (issue 23 item 11): the person who last signed in
+/// there ([`SignIns::person_key`], from their cookie), then the browser binding itself (a refusal at the callback,
+/// before anyone was known). An interaction requirement is found by these, never by the client alone: a client
+/// registration (a metadata document above all) is shared by many people.
+fn people(app: &App, headers: &HeaderMap, browser: &TokenHash) -> Vec<String> {
+    app.sign_ins.person_cookie(headers).into_iter().chain([SignIns::browser_key(browser)]).collect()
+}
+
+/// What the next authorization request to Entra carries for this person and `client_id` because Entra refused
+/// their last grant until they interact: `prompt=login` (never `prompt=consent`), the `claims` Entra asked for,
+/// and who signed in. Taken once.
+async fn sign_in_hints(app: &App, client_id: &str, people: &[String]) -> Result<SignInHints, Error> {
+    for who in people {
+        if let Some(i) = app.store.take_interaction(client_id, who, app.clock.now()).await? {
+            return Ok(SignInHints { prompt_login: true, claims: i.claims, login_hint: i.login_hint });
+        }
+    }
+    Ok(SignInHints::default())
 }
 
 /// `GET /login`: the local login page of a live sign-in.
@@ -338,6 +354,13 @@ async fn finish(app: &App, pending: PendingAuthorization, login: UpstreamLogin) 
     let location = code_redirect(&pending.request, &code, &app.config.server.public_url);
     tracing::info!(client_id = %pending.request.client_id, "authorization code issued");
     app.audit(Entry::new(Event::SignInCompleted).client(&pending.request.client_id).subject(&login.identity.sub)).await;
+    // The browser remembers who signed in, for as long as a refresh token may live: what Entra later requires of
+    // this person is then asked on their next sign-in, not on someone else's through the same client.
+    let person = consent::set_person_cookie(
+        app.sign_ins.https(),
+        &app.sign_ins.person_key(&login.identity.sub),
+        app.config.tokens.refresh_ttl.as_secs(),
+    );
     app.store
         .issue_code(
             &code,
@@ -348,7 +371,11 @@ async fn finish(app: &App, pending: PendingAuthorization, login: UpstreamLogin) 
             },
         )
         .await?;
-    Ok(h::redirect(&location))
+    let mut resp = h::redirect(&location);
+    if let Some(cookie) = person {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    Ok(resp)
 }
 
 /// The authorization response's location (RFC 6749 §4.1.2): `code`, the client's `state` if it sent one, and

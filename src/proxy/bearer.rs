@@ -267,6 +267,9 @@ async fn end_refused_grant(
     }
     tracing::warn!(client_id = %grant.client_id, error = %e, kind, "upstream refresh refused; grant ended");
     cx.metrics.upstream_refresh("refused");
+    // Kept for this person's next sign-in through the client, found by the cookie their browser got when they
+    // signed in (issue 23 item 11): never spent on someone else's sign-in through a shared client.
+    let who = cx.sign_ins.person_key(&grant.identity.sub);
     match (family, e) {
         (ErrorFamily::InteractionRequired, IdpError::Refused { aadsts, claims, .. }) => {
             let requirement = InteractionRequirement {
@@ -277,7 +280,7 @@ async fn end_refused_grant(
                 login_hint: None,
                 expires_at: grant.expires_at(),
             };
-            cx.store.require_interaction(&grant.client_id, requirement).await?;
+            cx.store.require_interaction(&grant.client_id, &who, requirement).await?;
         }
         // Sign-in frequency and ended sessions (issue 23): the next sign-in must be a fresh one (`prompt=login`).
         (ErrorFamily::GrantEnded, IdpError::Refused { aadsts, .. })
@@ -289,7 +292,7 @@ async fn end_refused_grant(
                 login_hint: None,
                 expires_at: grant.expires_at(),
             };
-            cx.store.require_interaction(&grant.client_id, requirement).await?;
+            cx.store.require_interaction(&grant.client_id, &who, requirement).await?;
         }
         (ErrorFamily::AdminConsent, _) => cx.idp.warn_admin_consent(e, &grant.client_id),
         _ => {}

@@ -73,6 +73,8 @@ pub struct Context<'a> {
     pub resource_path: &'a str,
     /// `[[routes]]` (issue 16 §3); empty: every path goes to `[upstream]`.
     pub routes: &'a [routes::RouteState],
+    /// The sign-in keys: a refused grant's interaction requirement is kept under its person's key.
+    pub sign_ins: &'a crate::oauth::flow::SignIns,
 }
 
 /// Forwards a request behind its bearer token: authenticate, canonicalise the path, check the path's required

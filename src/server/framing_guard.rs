@@ -33,8 +33,6 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The largest head the guard holds while it is incomplete: above hyper's own read-buffer limit (~408 KiB), so
 /// hyper has refused the head before the guard gives up on it.
 const MAX_PENDING_HEAD: usize = 512 * 1024;
-/// An empty buffer larger than this is released rather than kept.
-const KEEP_CAPACITY: usize = 4 * 1024;
 
 /// What the guard expects next on the connection.
 #[derive(Debug)]
@@ -103,7 +101,8 @@ impl Framing {
         }
         self.pending.extend_from_slice(new);
         let judged = self.judge_pending();
-        if self.pending.is_empty() && self.pending.capacity() > KEEP_CAPACITY {
+        if self.pending.is_empty() {
+            // Released, not kept: an empty `BytesMut` that was advanced still holds its whole allocation.
             self.pending = BytesMut::new();
         }
         if judged.is_err() {
@@ -355,6 +354,12 @@ mod tests {
         assert_eq!(f.inspect(&big.as_bytes()[..10_000]), Ok(()));
         assert!(f.pending.capacity() >= 10_000);
         assert_eq!(f.inspect(&big.as_bytes()[10_000..]), Ok(()));
+        assert_eq!(f.pending.capacity(), 0);
+        // A head and part of a body in one read: nothing is held once the head is judged.
+        assert_eq!(
+            f.inspect(format!("POST / HTTP/1.1\r\nContent-Length: 99999\r\n\r\n{}", "x".repeat(9000)).as_bytes()),
+            Ok(())
+        );
         assert_eq!(f.pending.capacity(), 0);
     }
 }

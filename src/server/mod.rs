@@ -229,24 +229,32 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     let _ = stream.set_nodelay(true);
     let ended = match shared.tls.clone() {
         None => serve_http(&shared, stream, peer, accepted, shared.app.config.server.fast_path).await,
+        // Boxed (issue 23 item 15): a TLS connection's state (rustls' buffers, the handshake) is not part of every
+        // plain connection's task, which an idle keep-alive connection holds for as long as it stays.
         Some(acceptor) => {
-            let deadline = accepted + shared.deadlines.first_request;
-            let mut phase = shared.phase.clone();
-            let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
-            let done = tokio::select! {
-                done = handshake => Some(done),
-                _ = phase.wait_for(|p| *p != Phase::Running) => None,
-            };
-            match done {
-                Some(Ok(Ok(tls))) => {
-                    // A client that chose HTTP/2 is hyper's.
-                    let fast = shared.app.config.server.fast_path && tls.get_ref().1.alpn_protocol() != Some(b"h2");
-                    serve_http(&shared, tls, peer, accepted, fast).await
+            Box::pin(async {
+                let deadline = accepted + shared.deadlines.first_request;
+                let mut phase = shared.phase.clone();
+                let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
+                let done = tokio::select! {
+                    done = handshake => Some(done),
+                    _ = phase.wait_for(|p| *p != Phase::Running) => None,
+                };
+                match done {
+                    Some(Ok(Ok(tls))) => {
+                        // A client that chose HTTP/2 is hyper's.
+                        let fast = shared.app.config.server.fast_path && tls.get_ref().1.alpn_protocol() != Some(b"h2");
+                        serve_http(&shared, tls, peer, accepted, fast).await
+                    }
+                    Some(Ok(Err(e))) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        Ended::Closed
+                    }
+                    Some(Err(_)) => Ended::FirstRequestTimeout,
+                    None => Ended::Aborted,
                 }
-                Some(Ok(Err(e))) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Some(Err(_)) => Ended::FirstRequestTimeout,
-                None => Ended::Aborted,
-            }
+            })
+            .await
         }
     };
     if ended != Ended::Closed {
@@ -261,8 +269,9 @@ async fn serve_http<I>(shared: &Shared, io: I, peer: SocketAddr, accepted: Insta
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // hyper's connection state is boxed: a connection the fast path serves never carries it.
     if !fast {
-        return serve_hyper(shared, io, peer, accepted).await;
+        return Box::pin(serve_hyper(shared, io, peer, accepted)).await;
     }
     let activity = Arc::new(Activity::default());
     let closing = Arc::new(fast_path::Closing::default());
@@ -285,8 +294,8 @@ where
             let (since, served) = (hand_over.head_since, hand_over.served);
             let io = fast_path::Prefixed::new(hand_over.io, hand_over.read.freeze());
             match served {
-                true => serve_hyper_with(shared, true, io, peer, since).await,
-                false => serve_hyper(shared, io, peer, accepted).await,
+                true => Box::pin(serve_hyper_with(shared, true, io, peer, since)).await,
+                false => Box::pin(serve_hyper(shared, io, peer, accepted)).await,
             }
         }
         Some(Ok(None)) => ended,

@@ -76,7 +76,8 @@ pub struct Store {
     /// Refresh-token families (one per grant that has refresh tokens), by [`FamilyId::hash`].
     refresh_families: DashMap<TokenHash, RefreshFamily>,
     /// What the next sign-in of a client must ask of Entra (issue 16), by client id; one entry per client at most.
-    interactions: DashMap<String, InteractionRequirement>,
+    /// Keyed by client and person ([`crate::oauth::flow::SignIns::person_key`] or a browser binding's key).
+    interactions: DashMap<(String, String), InteractionRequirement>,
 }
 
 /// What [`Store::redeem_code`] found under a code's hash.
@@ -338,7 +339,7 @@ impl Store {
         self.access_tokens.retain(|_, t| t.expires_at > now && !t.grant.is_revoked());
         self.refresh_families.retain(|_, f| f.expires_at > now && !f.grant.is_revoked());
         self.grants.retain(|_, g| !g.is_revoked() && g.expires_at() > now);
-        self.interactions.retain(|id, i| i.expires_at > now && self.clients.contains_key(id));
+        self.interactions.retain(|(id, _), i| i.expires_at > now && self.clients.contains_key(id));
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -403,22 +404,25 @@ impl Store {
         ids
     }
 
-    /// Records what the next sign-in of `client_id` must ask of Entra, replacing an older record; nothing for an
-    /// unknown client (so the map never outgrows the clients). One atomic write.
-    pub fn require_interaction(&self, client_id: &str, requirement: InteractionRequirement) {
+    /// Records what the next sign-in of person `who` through `client_id` must ask of Entra, replacing an older
+    /// record; nothing for an unknown client (so the map never outlives the clients). One atomic write.
+    pub fn require_interaction(&self, client_id: &str, who: &str, requirement: InteractionRequirement) {
         if self.clients.contains_key(client_id) {
-            self.interactions.insert(client_id.to_owned(), requirement);
+            self.interactions.insert((client_id.to_owned(), who.to_owned()), requirement);
         }
     }
 
-    /// The live requirement of a client's next sign-in, without using it (for the consent page). Read-only.
-    pub fn interaction_required(&self, client_id: &str, now: UnixTime) -> Option<InteractionRequirement> {
-        self.interactions.get(client_id).filter(|i| i.expires_at > now).map(|i| i.clone())
+    /// The live requirement of `who`'s next sign-in through `client_id`, without using it (for the consent page).
+    pub fn interaction_required(&self, client_id: &str, who: &str, now: UnixTime) -> Option<InteractionRequirement> {
+        let key = (client_id.to_owned(), who.to_owned());
+        self.interactions.get(&key).filter(|i| i.expires_at > now).map(|i| i.clone())
     }
 
-    /// Takes the live requirement of a client's next sign-in (when it goes to Entra). Atomic: one taker.
-    pub fn take_interaction(&self, client_id: &str, now: UnixTime) -> Option<InteractionRequirement> {
-        self.interactions.remove(client_id).map(|(_, i)| i).filter(|i| i.expires_at > now)
+    /// Takes the live requirement of `who`'s next sign-in through `client_id` (when it goes to Entra). Atomic:
+    /// one taker.
+    pub fn take_interaction(&self, client_id: &str, who: &str, now: UnixTime) -> Option<InteractionRequirement> {
+        let key = (client_id.to_owned(), who.to_owned());
+        self.interactions.remove(&key).map(|(_, i)| i).filter(|i| i.expires_at > now)
     }
 }
 

@@ -84,8 +84,8 @@ fn spent_key(h: &TokenHash) -> String {
 fn grant_key(id: GrantId) -> String {
     format!("dcrp:grant:{{g:{:032x}}}", id.0)
 }
-fn interaction_key(client_id: &str) -> String {
-    format!("dcrp:ia:{{c:{client_id}}}")
+fn interaction_key(client_id: &str, who: &str) -> String {
+    format!("dcrp:ia:{{c:{client_id}}}:{who}")
 }
 fn lock_key(id: GrantId) -> String {
     format!("dcrp:lock:{{g:{:032x}}}", id.0)
@@ -446,29 +446,31 @@ impl RedisStore {
         self.grant(id).await
     }
 
-    /// Records what a client's next sign-in must ask of Entra, sealed (Entra's claims request), expiring with it;
+    /// Records what a person's next sign-in through a client must ask of Entra, sealed (Entra's claims request), expiring with it;
     /// nothing for an unknown client.
     pub async fn require_interaction(
         &self,
         client_id: &str,
+        who: &str,
         requirement: &InteractionRequirement,
     ) -> Result<(), StoreError> {
         if self.client(client_id).await?.is_none() {
             return Ok(());
         }
-        let key = interaction_key(client_id);
+        let key = interaction_key(client_id, who);
         let sealed = self.seal(&key, &encode(requirement)?);
         self.set_ex(&key, &sealed, requirement.expires_at).await
     }
 
-    /// The live requirement of a client's next sign-in; `take`: removed as read (`GETDEL`, one taker).
+    /// The live requirement of a person's next sign-in through a client; `take`: removed as read (`GETDEL`, one taker).
     pub async fn interaction(
         &self,
         client_id: &str,
+        who: &str,
         now: UnixTime,
         take: bool,
     ) -> Result<Option<InteractionRequirement>, StoreError> {
-        let key = interaction_key(client_id);
+        let key = interaction_key(client_id, who);
         let bytes: Option<Vec<u8>> = ::redis::cmd(if take { "GETDEL" } else { "GET" })
             .arg(&key)
             .query_async(&mut self.conn())

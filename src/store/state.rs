@@ -410,42 +410,46 @@ impl StateStore {
         }
     }
 
-    /// Records what the next sign-in of `client_id` must ask of Entra ([`Store::require_interaction`]).
+    /// Records what the next sign-in of person `who` through `client_id` must ask of Entra
+    /// ([`Store::require_interaction`]).
     pub async fn require_interaction(
         &self,
         client_id: &str,
+        who: &str,
         requirement: InteractionRequirement,
     ) -> Result<(), StoreError> {
         match self {
             Self::Memory(s) => {
-                s.require_interaction(client_id, requirement);
+                s.require_interaction(client_id, who, requirement);
                 Ok(())
             }
-            Self::Redis(r) => r.require_interaction(client_id, &requirement).await,
+            Self::Redis(r) => r.require_interaction(client_id, who, &requirement).await,
         }
     }
 
-    /// The live requirement of a client's next sign-in, without using it.
+    /// The live requirement of `who`'s next sign-in through `client_id`, without using it.
     pub async fn interaction_required(
         &self,
         client_id: &str,
+        who: &str,
         now: UnixTime,
     ) -> Result<Option<InteractionRequirement>, StoreError> {
         match self {
-            Self::Memory(s) => Ok(s.interaction_required(client_id, now)),
-            Self::Redis(r) => r.interaction(client_id, now, false).await,
+            Self::Memory(s) => Ok(s.interaction_required(client_id, who, now)),
+            Self::Redis(r) => r.interaction(client_id, who, now, false).await,
         }
     }
 
-    /// Takes the live requirement of a client's next sign-in (one taker across replicas).
+    /// Takes the live requirement of `who`'s next sign-in through `client_id` (one taker across replicas).
     pub async fn take_interaction(
         &self,
         client_id: &str,
+        who: &str,
         now: UnixTime,
     ) -> Result<Option<InteractionRequirement>, StoreError> {
         match self {
-            Self::Memory(s) => Ok(s.take_interaction(client_id, now)),
-            Self::Redis(r) => r.interaction(client_id, now, true).await,
+            Self::Memory(s) => Ok(s.take_interaction(client_id, who, now)),
+            Self::Redis(r) => r.interaction(client_id, who, now, true).await,
         }
     }
 

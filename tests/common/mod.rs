@@ -309,9 +309,13 @@ pub async fn redeem_with(
 
 /// Registers, authorizes and redeems: returns (client_id, token response).
 pub async fn login(proxy: &impl ProxyBase) -> (String, Value) {
+    login_in(proxy, &mut Browser::new()).await
+}
+
+/// [`login`] in `browser`, which keeps the cookies the proxy set (the person cookie among them).
+pub async fn login_in(proxy: &impl ProxyBase, browser: &mut Browser) -> (String, Value) {
     let client_id = register_public_client(proxy).await;
-    let mut browser = Browser::new();
-    let params = authorize(proxy, &mut browser, &client_id).await;
+    let params = authorize(proxy, browser, &client_id).await;
     let code = params.get("code").unwrap_or_else(|| panic!("no code in {params:?}"));
     let resp = redeem(proxy, &client_id, code).await;
     assert_eq!(resp.status(), 200);

@@ -151,7 +151,8 @@ where
         served = true;
         let in_flight = env.activity.begin();
         buf.advance(head.len);
-        let keep = exchange(&env, &cx, pool, &mut io, &mut buf, head).await?;
+        // Boxed (issue 23 item 15): an exchange's state lives while it runs, not in the idle connection's task.
+        let keep = Box::pin(exchange(&env, &cx, pool, &mut io, &mut buf, head)).await?;
         drop(in_flight);
         if !keep || env.closing.is_closing() {
             let _ = io.shutdown().await;
