@@ -42,9 +42,9 @@ use crate::clock::UnixTime;
 use crate::config::ClientDocumentsConfig;
 use crate::crypto::TokenHash;
 use crate::http::params::Params;
-use crate::oauth::error::{ErrorCode, OAuthError};
+use crate::oauth::error::OAuthError;
 use crate::oauth::redirect_uri::Allowlist;
-use crate::store::{Client, StateStore, StoreError};
+use crate::store::{Client, GrantType, StateStore, StoreError};
 
 /// Why a metadata document cannot be used. Messages are shown to users on an error page and to clients in
 /// `error_description`; they never contain the document's body nor an address a name resolved to.
@@ -269,31 +269,33 @@ pub async fn check_token_request(
     params: &Params,
     client_id: &str,
 ) -> Result<Result<(), OAuthError>, StoreError> {
-    let (grant_type, presented) = match params.require("grant_type") {
-        Ok(t) => (t, params.require(if t == "refresh_token" { "refresh_token" } else { "code" })),
+    let grant = match crate::oauth::token::grant_type(params) {
+        Ok(g) => g,
+        Err(e) => return Ok(Err(e)),
+    };
+    let presented = match params.require(grant.presented_param()) {
+        Ok(p) => p,
         Err(e) => return Ok(Err(e.into())),
     };
-    let owner = match (grant_type, presented) {
-        ("authorization_code" | "refresh_token", Err(e)) => return Ok(Err(e.into())),
-        ("authorization_code", Ok(code)) => store.code_client(&TokenHash::of(code)).await?,
-        ("refresh_token", Ok(token)) => store.refresh_client(token).await?,
-        (other, _) => {
-            return Ok(Err(OAuthError::new(
-                ErrorCode::UnsupportedGrantType,
-                format!("grant_type `{other}` is not supported; use authorization_code or refresh_token"),
-            )))
-        }
+    let owner = match grant {
+        GrantType::AuthorizationCode => store.code_client(&TokenHash::of(presented)).await?,
+        GrantType::RefreshToken => store.refresh_client(presented).await?,
     };
-    Ok(match (owner.as_deref() == Some(client_id), grant_type) {
+    Ok(match (owner.as_deref() == Some(client_id), grant) {
         (true, _) => Ok(()),
-        (false, "authorization_code") => Err(OAuthError::invalid_grant("authorization code is invalid or expired")),
-        (false, _) => Err(OAuthError::invalid_grant("refresh token is invalid, expired or revoked")),
+        (false, GrantType::AuthorizationCode) => {
+            Err(OAuthError::invalid_grant("authorization code is invalid or expired"))
+        }
+        (false, GrantType::RefreshToken) => {
+            Err(OAuthError::invalid_grant("refresh token is invalid, expired or revoked"))
+        }
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oauth::error::ErrorCode;
     use crate::store::{
         AuthorizationCode, FamilyId, Grant, Identity, RefreshFamily, RefreshTokenName, UpstreamCredential,
         UpstreamLogin,

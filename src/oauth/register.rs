@@ -31,7 +31,7 @@ use crate::crypto::{self, TokenHash};
 use crate::error::{ErrorCode, OAuthError};
 use crate::http::html;
 use crate::jwk::{self, KeySet};
-use crate::store::{Client, ClientAuthMethod, ClientKeys};
+use crate::store::{Client, ClientAuthMethod, ClientKeys, GrantType};
 
 /// The most redirect URIs a client may register.
 pub const MAX_REDIRECT_URIS: usize = 20;
@@ -251,11 +251,14 @@ pub fn validate_metadata(body: &Value, allowed: &redirect_uri::Allowlist) -> Res
     }
 
     let grant_types = string_array(obj, "grant_types")?
-        .unwrap_or_else(|| vec!["authorization_code".to_owned(), "refresh_token".to_owned()]);
-    if let Some(g) = grant_types.iter().find(|g| !matches!(g.as_str(), "authorization_code" | "refresh_token")) {
-        return Err(metadata_error(format!("grant type `{g}` in `grant_types` is not supported")));
+        .unwrap_or_else(|| GrantType::names().into_iter().map(str::to_owned).collect());
+    if let Some(g) = grant_types.iter().find(|g| GrantType::parse(g).is_none()) {
+        return Err(metadata_error(format!(
+            "grant type `{g}` in `grant_types` is not supported (supported: {})",
+            GrantType::names().join(", ")
+        )));
     }
-    if !grant_types.iter().any(|g| g == "authorization_code") {
+    if !grant_types.iter().any(|g| g == GrantType::AuthorizationCode.as_str()) {
         return Err(metadata_error("`grant_types` must include authorization_code"));
     }
     let response_types = string_array(obj, "response_types")?.unwrap_or_else(|| vec!["code".to_owned()]);

@@ -34,8 +34,8 @@ use crate::error::{Error, ErrorCode, OAuthError};
 use crate::http::params::Params;
 use crate::http::{json_response, no_store, Body, RequestBody};
 use crate::store::{
-    AccessToken, AuthorizationCode, Client, CodeRedemption, FamilyId, Grant, GrantId, Presented, RefreshFamily,
-    RefreshTokenName, Rotation, StateStore,
+    AccessToken, AuthorizationCode, Client, CodeRedemption, FamilyId, Grant, GrantId, GrantType, Presented,
+    RefreshFamily, RefreshTokenName, Rotation, StateStore,
 };
 
 /// A successful token response (RFC 6749 §5.1).
@@ -59,25 +59,31 @@ pub struct TokenContext<'a> {
     pub resources: &'a [String],
 }
 
+/// The request's `grant_type`, one of [`GrantType::ALL`]: `unsupported_grant_type` (naming the ones there are)
+/// otherwise. The one reading of the parameter, for `/token` and for the checks before it.
+pub fn grant_type(params: &Params) -> Result<GrantType, OAuthError> {
+    let name = params.require("grant_type")?;
+    GrantType::parse(name).ok_or_else(|| {
+        OAuthError::new(
+            ErrorCode::UnsupportedGrantType,
+            format!("grant_type `{name}` is not supported; use {}", GrantType::names().join(" or ")),
+        )
+    })
+}
+
 /// Dispatches on `grant_type`.
 pub async fn exchange(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, Error> {
-    match params.require("grant_type").map_err(OAuthError::from)? {
-        "authorization_code" => redeem_code(ctx, client, params).await,
-        "refresh_token" => {
-            if !client.grant_types.iter().any(|g| g == "refresh_token") {
-                return Err(OAuthError::new(
-                    ErrorCode::UnauthorizedClient,
-                    "this client did not register the refresh_token grant",
-                )
-                .into());
-            }
-            refresh(ctx, client, params).await
-        }
-        other => Err(OAuthError::new(
-            ErrorCode::UnsupportedGrantType,
-            format!("grant_type `{other}` is not supported; use authorization_code or refresh_token"),
+    let grant = grant_type(params)?;
+    if grant != GrantType::AuthorizationCode && !client.allows(grant) {
+        return Err(OAuthError::new(
+            ErrorCode::UnauthorizedClient,
+            format!("this client did not register the {} grant", grant.as_str()),
         )
-        .into()),
+        .into());
+    }
+    match grant {
+        GrantType::AuthorizationCode => redeem_code(ctx, client, params).await,
+        GrantType::RefreshToken => refresh(ctx, client, params).await,
     }
 }
 
@@ -126,7 +132,7 @@ async fn redeem_code(ctx: &TokenContext<'_>, client: &Client, params: &Params) -
             .subject(&grant.identity.sub)
             .detail(format!("scope: {}", grant.scope)),
     );
-    let with_refresh = client.grant_types.iter().any(|g| g == "refresh_token");
+    let with_refresh = client.allows(GrantType::RefreshToken);
     issue(ctx, &grant, with_refresh).await
 }
 

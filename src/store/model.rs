@@ -57,6 +57,43 @@ impl ClientAuthMethod {
     }
 }
 
+/// A grant type of the token endpoint (RFC 6749 §4, RFC 7591 §2 `grant_types`): declared once here, so that
+/// `/token`, registration, metadata documents and the AS metadata list and accept the same ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantType {
+    AuthorizationCode,
+    RefreshToken,
+}
+
+impl GrantType {
+    /// Every grant type, in the order they are advertised (`grant_types_supported`) and registered by default.
+    pub const ALL: [Self; 2] = [Self::AuthorizationCode, Self::RefreshToken];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthorizationCode => "authorization_code",
+            Self::RefreshToken => "refresh_token",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|g| g.as_str() == s)
+    }
+
+    /// The names of [`GrantType::ALL`].
+    pub fn names() -> Vec<&'static str> {
+        Self::ALL.iter().map(|g| g.as_str()).collect()
+    }
+
+    /// The request parameter that carries what this grant presents (a code, a refresh token).
+    pub fn presented_param(self) -> &'static str {
+        match self {
+            Self::AuthorizationCode => "code",
+            Self::RefreshToken => "refresh_token",
+        }
+    }
+}
+
 /// Where a `private_key_jwt` client's public keys are (RFC 7591 §2 `jwks` / `jwks_uri`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientKeys {
@@ -93,6 +130,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// Whether the client registered `grant` (`grant_types`).
+    pub fn allows(&self, grant: GrantType) -> bool {
+        self.grant_types.iter().any(|g| g == grant.as_str())
+    }
+
     /// A public client (`none`) with the authorization-code and refresh grants, as most MCP clients register.
     pub fn public(client_id: impl Into<String>, redirect_uris: Vec<String>, now: UnixTime) -> Self {
         Self {
