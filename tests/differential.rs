@@ -50,7 +50,8 @@ struct Known {
     name: &'static str,
     /// What each path does.
     what: &'static str,
-    /// The corpus cases that show it: each is asserted to still disagree, so that a fix shows up here.
+    /// The corpus cases that show it: each is asserted to still disagree, so that a fix shows up here. None: it
+    /// depends on timing, and its `shape` is accepted on any case.
     cases: &'static [&'static str],
     /// Whether a mutated case's disagreement is this one (mutations reach it from many shapes); `None`: the
     /// mutation run never accepts it.
@@ -135,6 +136,17 @@ const KNOWN_DIFFERENCES: &[Known] = &[
                 && !hyper.client.closed
                 && fast.upstream.is_empty()
                 && hyper.upstream.is_empty()
+        }),
+    },
+    Known {
+        name: "OVERSIZED_HEAD_TAKEN_BY_HYPER_AFTER_A_HAND_OVER",
+        what: "a request head past hyper's limit (the corpus's 500 KiB `X-Big`): hyper alone answers 431 and closes; \
+               when the fast path, slow to look (a loaded machine), has read much of the head in one read before it \
+               hands the connection over, hyper gets it whole in its first read and parses it past its own limit \
+               (400 for two bearers, or served). Timing-dependent: seen under load, not in every run.",
+        cases: &[],
+        shape: Some(|fast, hyper| {
+            hyper.client.statuses().first() == Some(&431) && fast.client.statuses().first() != Some(&431)
         }),
     },
     Known {
@@ -1020,6 +1032,10 @@ fn corpus_verdict(cases: &[Case], failed: &[Failure]) {
     let mut problems = Vec::new();
     for f in failed {
         match KNOWN_DIFFERENCES.iter().find(|k| k.cases.contains(&f.case.name.as_str())) {
+            // A timing-dependent difference (listing no case) may show on any case.
+            None if KNOWN_DIFFERENCES
+                .iter()
+                .any(|k| k.cases.is_empty() && k.shape.is_some_and(|shape| shape(&f.fast, &f.hyper))) => {}
             None => problems.push(f.report.clone()),
             Some(k) if k.shape.is_some_and(|shape| !shape(&f.fast, &f.hyper)) => problems.push(format!(
                 "{} disagrees, but not as KNOWN_DIFFERENCES {} says:\n{}",
