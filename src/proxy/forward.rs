@@ -150,6 +150,7 @@ impl Forwarder {
                 (parts, body.boxed())
             }
         };
+        check_framing(&mut parts)?;
         headers::sanitize_response(&mut parts.headers);
         Ok(Response::from_parts(parts, body))
     }
@@ -230,6 +231,36 @@ impl Forwarder {
     }
 }
 
+/// The upstream response's framing as the fast path judges it (issue 23 item 16, the differential): a 101 to a
+/// request that asked for no upgrade (the proxy never forwards `Upgrade`) and a `Content-Length` that is not one
+/// length are 502; a `Content-Length` beside `Transfer-Encoding` is dropped (RFC 9112 §6.3: the coding decides,
+/// and the length would misframe the answer hyper writes), and the same length twice is sent once.
+fn check_framing(parts: &mut http::response::Parts) -> Result<(), Error> {
+    let bad = |what: &str| Error::UpstreamUnavailable(format!("invalid response head: {what}"));
+    if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(bad("101 to a request without Upgrade"));
+    }
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Ok(());
+    }
+    let mut length = None;
+    for value in parts.headers.get_all(header::CONTENT_LENGTH) {
+        let digits = value.as_bytes();
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(bad("Content-Length"));
+        }
+        match length {
+            Some(l) if l != value => return Err(bad("conflicting Content-Length")),
+            _ => length = Some(value.clone()),
+        }
+    }
+    if let Some(length) = length {
+        parts.headers.insert(header::CONTENT_LENGTH, length);
+    }
+    Ok(())
+}
+
 /// Whether the request failed because the client's body stalled (`limits.body_timeout`), not the upstream.
 /// The upstream's answer within `upstream.response_timeout`, or the error it maps to (504, 408, 502).
 fn answered<B, E: std::error::Error + 'static>(
@@ -238,7 +269,14 @@ fn answered<B, E: std::error::Error + 'static>(
     match sent {
         Err(_) => Err(Error::UpstreamTimeout),
         Ok(Err(e)) if body_timed_out(&e) => Err(Error::RequestTimeout),
-        Ok(Err(e)) => Err(Error::UpstreamUnavailable(describe(&e))),
+        Ok(Err(e)) => match body_broken(&e) {
+            // The client's body broke (its framing refused, the connection gone): the client's error, as the fast
+            // path answers it, never the upstream's.
+            Some(reason) => {
+                Err(Error::OAuth(crate::error::OAuthError::invalid_request(format!("request body: {reason}"))))
+            }
+            None => Err(Error::UpstreamUnavailable(describe(&e))),
+        },
         Ok(Ok(resp)) => Ok(resp.into_parts()),
     }
 }
@@ -252,6 +290,20 @@ fn body_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
         source = s.source();
     }
     false
+}
+
+/// Why the client's request body broke, if that is why the upstream request failed: the innermost cause under
+/// the body's read error (for a framing the guard refused, the chunk error, worded as the fast path words it).
+fn body_broken(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source = std::error::Error::source(e);
+    let mut broken = false;
+    let mut innermost = None;
+    while let Some(s) = source {
+        broken |= matches!(s.downcast_ref(), Some(crate::http::timed_body::BodyError::Read(_)));
+        innermost = Some(s);
+        source = s.source();
+    }
+    broken.then(|| innermost.map(ToString::to_string)).flatten()
 }
 
 fn describe(e: &(dyn std::error::Error + 'static)) -> String {

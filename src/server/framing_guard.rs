@@ -58,6 +58,13 @@ pub enum FramingError {
     Refused,
 }
 
+/// A read that broke the framing: its first `valid` bytes came before the offending line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub valid: usize,
+    pub error: FramingError,
+}
+
 /// Follows the request framing of one connection's bytes.
 #[derive(Debug)]
 pub struct Framing {
@@ -73,43 +80,49 @@ impl Default for Framing {
 }
 
 impl Framing {
-    /// Judges the next bytes read from the client.
-    pub fn inspect(&mut self, mut new: &[u8]) -> Result<(), FramingError> {
+    /// Judges the next bytes read from the client. On a framing error: how many of `new`'s bytes come before
+    /// the line that broke the framing (hyper may have those), and the error.
+    pub fn inspect(&mut self, new: &[u8]) -> Result<(), Refused> {
+        let mut rest = new;
         // Body bytes that need no look pass without a copy.
-        while self.pending.is_empty() && !new.is_empty() {
+        while self.pending.is_empty() && !rest.is_empty() {
             let took = match &mut self.expect {
                 Expect::Off => return Ok(()),
-                Expect::Refused => return Err(FramingError::Refused),
+                Expect::Refused => return Err(Refused { valid: 0, error: FramingError::Refused }),
                 Expect::Length(left) => {
-                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(new.len());
+                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(rest.len());
                     *left -= take as u64;
                     if *left == 0 {
                         self.expect = Expect::Head { first: false };
                     }
                     take
                 }
-                Expect::Chunked(body) => body.skip_data(new.len()),
+                Expect::Chunked(body) => body.skip_data(rest.len()),
                 Expect::Head { .. } => 0,
             };
             if took == 0 {
                 break;
             }
-            new = &new[took..];
+            rest = &rest[took..];
         }
-        if new.is_empty() {
+        if rest.is_empty() {
             return Ok(());
         }
-        self.pending.extend_from_slice(new);
+        // Bytes of earlier reads still pending were passed on already.
+        let (earlier, skipped) = (self.pending.len(), new.len() - rest.len());
+        self.pending.extend_from_slice(rest);
+        let total = self.pending.len();
         let judged = self.judge_pending();
+        let judged_len = total - self.pending.len();
         if self.pending.is_empty() {
             // Released, not kept: an empty `BytesMut` that was advanced still holds its whole allocation.
             self.pending = BytesMut::new();
         }
-        if judged.is_err() {
+        judged.map_err(|error| {
             self.expect = Expect::Refused;
             self.pending = BytesMut::new();
-        }
-        judged
+            Refused { valid: skipped + judged_len.saturating_sub(earlier), error }
+        })
     }
 
     fn judge_pending(&mut self) -> Result<(), FramingError> {
@@ -223,25 +236,36 @@ fn digits(value: &[u8]) -> Option<u64> {
 pub struct Guarded<I> {
     inner: I,
     framing: Framing,
+    /// The error of a read whose valid part was passed on: the next read returns it.
+    failed: Option<FramingError>,
 }
 
 impl<I> Guarded<I> {
     pub fn new(inner: I) -> Self {
-        Self { inner, framing: Framing::default() }
+        Self { inner, framing: Framing::default(), failed: None }
     }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(e) = this.failed {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+        }
         let before = out.filled().len();
         std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
         match this.framing.inspect(&out.filled()[before..]) {
             Ok(()) => Poll::Ready(Ok(())),
-            Err(e) => {
-                // None of this read reaches hyper.
+            // hyper gets what came before the offending line (so that it answers the request it belongs to), and
+            // the error at its next read; never the line itself.
+            Err(Refused { valid, error }) if valid > 0 => {
+                out.set_filled(before + valid);
+                this.failed = Some(error);
+                Poll::Ready(Ok(()))
+            }
+            Err(Refused { error, .. }) => {
                 out.set_filled(before);
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)))
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, error)))
             }
         }
     }
@@ -278,7 +302,7 @@ mod tests {
     use super::*;
 
     /// Feeds `bytes` in every two-piece split; the outcome of each.
-    fn outcomes(bytes: &[u8]) -> Vec<Result<(), FramingError>> {
+    fn outcomes(bytes: &[u8]) -> Vec<Result<(), Refused>> {
         (0..=bytes.len())
             .map(|split| {
                 let mut f = Framing::default();
@@ -320,13 +344,28 @@ mod tests {
     fn a_head_hyper_refuses_passes_once_then_every_read_fails() {
         let mut f = Framing::default();
         assert_eq!(f.inspect(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"), Ok(()));
-        assert_eq!(f.inspect(NEXT.as_bytes()), Err(FramingError::Refused));
+        let refused = Err(Refused { valid: 0, error: FramingError::Refused });
+        assert_eq!(f.inspect(NEXT.as_bytes()), refused);
         let mut f = Framing::default();
         assert_eq!(f.inspect(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), Ok(()));
-        assert_eq!(f.inspect(b"0\r\n\r\n"), Err(FramingError::Refused));
+        assert_eq!(f.inspect(b"0\r\n\r\n"), refused);
         let mut f = Framing::default();
         assert_eq!(f.inspect(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"), Ok(()));
-        assert_eq!(f.inspect(b"hello"), Err(FramingError::Refused));
+        assert_eq!(f.inspect(b"hello"), refused);
+    }
+
+    #[test]
+    fn what_comes_before_the_offending_line_is_valid() {
+        let text = format!("{NEXT}{POST}5\r\nhello\r\n0\r\n\n{NEXT}");
+        let bad = text.find("0\r\n\n").map(|at| at + 3).unwrap_or_default();
+        assert!(bad > 0);
+        for split in 0..=bad {
+            let mut f = Framing::default();
+            let (first, second) = text.as_bytes().split_at(split);
+            assert_eq!(f.inspect(first), Ok(()), "split {split}");
+            let Err(refused) = f.inspect(second) else { panic!("split {split}: not refused") };
+            assert_eq!(split + refused.valid, bad, "split {split}");
+        }
     }
 
     #[test]
@@ -335,7 +374,7 @@ mod tests {
         let mut f = Framing::default();
         assert_eq!(f.inspect(NEXT.as_bytes()), Ok(()));
         assert_eq!(f.inspect(H2_PREFACE), Ok(()));
-        assert_eq!(f.inspect(b"x"), Err(FramingError::Refused));
+        assert_eq!(f.inspect(b"x"), Err(Refused { valid: 0, error: FramingError::Refused }));
     }
 
     #[test]

@@ -98,6 +98,9 @@ impl Chunked {
                 State::Done => return Ok(true),
                 State::Size => {
                     let Some(lf) = input.iter().take(MAX_LINE + 1).position(|b| *b == b'\n') else {
+                        if bare_cr(input) {
+                            return Err(ChunkError::Size);
+                        }
                         return match input.len() > MAX_LINE {
                             true => Err(ChunkError::LineTooLong),
                             false => Ok(false),
@@ -148,12 +151,18 @@ impl Chunked {
                 }
                 State::Trailers(seen) => {
                     let Some(lf) = input.iter().position(|b| *b == b'\n') else {
-                        if input.len() > MAX_LINE || seen + input.len() > MAX_TRAILERS {
+                        if input.len() > MAX_LINE || seen + input.len() > MAX_TRAILERS || bare_cr(input) {
                             return Err(ChunkError::Trailers);
                         }
                         return Ok(false);
                     };
                     if lf == 0 || input[lf - 1] != b'\r' || lf > MAX_LINE || seen + lf > MAX_TRAILERS {
+                        return Err(ChunkError::Trailers);
+                    }
+                    // A trailer field is read past, not forwarded; it must be one as hyper reads it (RFC 9110
+                    // §5.1, §5.5): a token name before the colon, a value without control characters. Judged
+                    // before it is taken, so that an error leaves the input at the line that caused it.
+                    if lf > 1 && !is_field_line(&input[..lf - 1]) {
                         return Err(ChunkError::Trailers);
                     }
                     let line = input.split_to(lf + 1);
@@ -163,12 +172,6 @@ impl Chunked {
                         }
                         self.state = State::Done;
                     } else {
-                        // A trailer field is read past, not forwarded; it must be one as hyper reads it (RFC 9110
-                        // §5.1, §5.5): a token name before the colon, a value without control characters.
-                        let field = &line[..line.len() - 2];
-                        if !is_field_line(field) {
-                            return Err(ChunkError::Trailers);
-                        }
                         self.state = State::Trailers(seen + line.len());
                     }
                 }
@@ -189,6 +192,12 @@ impl Chunked {
     pub fn done(&self) -> bool {
         self.state == State::Done
     }
+}
+
+/// Whether an incomplete line already holds a CR followed by something other than LF: a bare CR, refused at once
+/// (as hyper does) rather than when the line's LF comes.
+fn bare_cr(line: &[u8]) -> bool {
+    line.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n')
 }
 
 /// `name ":" value` with a token name (RFC 9110 §5.1) and a value of visible characters, spaces, tabs and
@@ -238,6 +247,9 @@ mod tests {
         assert_eq!(run(&[b"5\nhello\r\n"]).0, Err(ChunkError::Size));
         assert_eq!(run(&[b"5\r\nhelloXX0\r\n\r\n"]).0, Err(ChunkError::MissingCrlf));
         assert_eq!(run(&[b"0\r\nX: 1\n\r\n"]).0, Err(ChunkError::Trailers));
+        // A bare CR is refused before the line's LF arrives.
+        assert_eq!(run(&[b"2;a\rb"]).0, Err(ChunkError::Size));
+        assert_eq!(run(&[b"0\r\nX: 1\rY"]).0, Err(ChunkError::Trailers));
         assert_eq!(run(&[b"0\r\n folded\r\n\r\n"]).0, Err(ChunkError::Trailers));
         assert_eq!(run(&[b"0\r\nGET http://x/ HTTP/1.1\r\n\r\n"]).0, Err(ChunkError::Trailers));
         assert_eq!(run(&[b"0\r\nX\x01Y: 1\r\n\r\n"]).0, Err(ChunkError::Trailers));

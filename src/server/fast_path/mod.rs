@@ -533,6 +533,8 @@ fn parse_response(buf: &[u8]) -> Result<Option<(usize, Response)>, Error> {
     let mut fields = [httparse::EMPTY_HEADER; crate::server::H1_MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let len = match resp.parse(buf) {
+        // A head that arrived whole in one read is held to the same limit as one that came in pieces.
+        Ok(httparse::Status::Complete(len)) if len > MAX_RESPONSE_HEAD => return Err(bad("too large")),
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(bad(&e.to_string())),
