@@ -305,3 +305,59 @@ async fn an_interaction_requirement_waits_for_its_person_not_for_the_next_sign_i
     let seen = upstream.recorded().last().unwrap().headers.get("cookie").cloned().unwrap_or_default();
     assert_eq!(seen, vec!["keep=1".to_owned()], "the person cookie is the proxy's own");
 }
+
+/// Issue 25 §2: with a multi-tenant registration (`organizations`) and `idp.allowed_tenants`, a person of another
+/// tenant is refused at the callback with a page that names their tenant, before any grant exists; the client gets
+/// no code; a person of an allowed tenant signs in. The issuer must still be the one of the token's own tenant.
+#[tokio::test]
+async fn only_the_allowed_tenants_sign_in_with_a_multi_tenant_registration() {
+    use common::fake_azure::TENANT_ID;
+    const OTHER: &str = "0f0f0f0f-1111-2222-3333-444444444444";
+    let azure = FakeAzure::start().await;
+    let upstream = Upstream::start().await;
+    let extra = format!("allowed_tenants = [\"{}\"]\n", TENANT_ID.to_ascii_uppercase());
+    let proxy =
+        TestProxy::builder().upstream(upstream.url()).azure(&azure).azure_tenant("organizations", &extra).start().await;
+    let client_id = register_public_client(&proxy).await;
+
+    // A person of the allowed tenant: signed in.
+    let params = authorize(&proxy, &mut Browser::new(), &client_id).await;
+    assert!(params.contains_key("code"), "{params:?}");
+    assert_eq!(proxy.app.store.stats().grants, 0, "no grant before the code is redeemed");
+
+    // A person of another tenant (a token Entra issued for their tenant): a page, no code, no grant.
+    let authority = azure.authority();
+    azure.state().id_token_claims.insert("tid".into(), json!(OTHER));
+    azure.state().id_token_claims.insert("iss".into(), json!(format!("{authority}/{OTHER}/v2.0")));
+    let mut browser = Browser::new();
+    let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
+    let (request, csrf) = (hidden_field(&consent, "request"), hidden_field(&consent, "csrf"));
+    let landing = browser
+        .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
+        .await;
+    let Landing::Page(403, page) = landing else { panic!("expected a page for the person, not a redirect") };
+    assert!(page.contains("not allowed") && page.contains(OTHER), "{page}");
+    assert_eq!(proxy.app.store.stats().grants, 0);
+
+    // A token whose issuer is not its own tenant's stays a protocol error (never admitted by the list).
+    azure.state().id_token_claims.insert("tid".into(), json!(TENANT_ID));
+    let params = authorize(&proxy, &mut Browser::new(), &client_id).await;
+    assert_eq!(params.get("error").map(String::as_str), Some("server_error"), "{params:?}");
+}
+
+/// `idp.allowed_tenants` is checked at start: ids only, and a single-tenant registration cannot be widened.
+#[test]
+fn allowed_tenants_are_tenant_ids_and_cannot_widen_a_single_tenant_app() {
+    let base = "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1:8080\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\
+                [idp]\nkind = \"azure\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+    let err = |extra: &str| {
+        dcr_proxy::config::Config::from_toml(&format!("{base}{extra}"), |_| None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(err("tenant = \"organizations\"\nallowed_tenants = [\"contoso.com\"]\n").contains("idp.allowed_tenants"));
+    let single = "tenant = \"9188040d-6c67-4c5b-b112-36a304b66dad\"\nallowed_tenants = [\"0f0f0f0f-1111-2222-3333-444444444444\"]\n";
+    assert!(err(single).contains("idp.allowed_tenants"), "{}", err(single));
+    assert_eq!(err("tenant = \"organizations\"\nallowed_tenants = [\"0f0f0f0f-1111-2222-3333-444444444444\"]\n"), "");
+}

@@ -348,6 +348,9 @@ pub struct IdpConfig {
     pub client_capabilities: Vec<String>,
     /// `idp.max_claims_bytes`: longest claims JSON (decoded challenge, or Entra's) the proxy carries; default 4096.
     pub max_claims_bytes: usize,
+    /// `idp.allowed_tenants` (Azure; tenant ids, lower case): the only tenants whose users may sign in. Empty: the
+    /// configured tenant decides (a tenant id admits only itself; `common` / `organizations` any tenant).
+    pub allowed_tenants: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -540,6 +543,13 @@ fn is_loopback_host(url: &Url) -> bool {
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         None => false,
     }
+}
+
+/// Whether `s` is a GUID in its canonical 8-4-4-4-12 hex form (Entra's `tid` claim and tenant ids).
+pub fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && parts.iter().zip([8, 4, 4, 4, 12]).all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]

@@ -189,6 +189,9 @@ pub(crate) struct RawAzure {
     pub(crate) client_capabilities: Vec<String>,
     /// Issue 16 §2: longest claims challenge or claims request accepted, in bytes.
     pub(crate) max_claims_bytes: Option<usize>,
+    /// Issue 25 §2: the tenants (ids) whose users may sign in.
+    #[serde(default)]
+    pub(crate) allowed_tenants: Vec<String>,
 }
 
 #[derive(Deserialize)]

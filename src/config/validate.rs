@@ -355,6 +355,7 @@ fn required(key: &'static str, value: Option<String>) -> Result<String, ConfigEr
 
 fn validate_idp(raw: RawIdp, env: &Env<'_>) -> Result<IdpConfig, ConfigError> {
     let mut client_capabilities = Vec::new();
+    let mut allowed_tenants = Vec::new();
     let mut max_claims_bytes = DEFAULT_MAX_CLAIMS_BYTES;
     let (provider, scopes, timeout) = match raw {
         RawIdp::Azure(raw) => {
@@ -389,6 +390,7 @@ fn validate_idp(raw: RawIdp, env: &Env<'_>) -> Result<IdpConfig, ConfigError> {
                 })?;
             let client_secret = required("idp.client_secret", env.get(env::AZURE_CLIENT_SECRET).or(raw.client_secret))
                 .map_err(|_| invalid("idp.client_secret", "is required: set AZURE_CLIENT_SECRET in the environment"))?;
+            allowed_tenants = azure_allowed_tenants(raw.allowed_tenants, &tenant)?;
             let provider =
                 IdpProvider::Azure { authority, tenant, client_id, client_secret: SecretString::from(client_secret) };
             let default = ["openid", "profile", "email", "offline_access", "User.Read"];
@@ -444,7 +446,27 @@ fn validate_idp(raw: RawIdp, env: &Env<'_>) -> Result<IdpConfig, ConfigError> {
     if let Some(bad) = scopes.iter().find(|s| s.is_empty() || !s.chars().all(is_scope_char)) {
         return Err(invalid("idp.scopes", format!("`{bad}` is not a valid scope token (RFC 6749 §3.3)")));
     }
-    Ok(IdpConfig { provider, scopes, timeout, client_capabilities, max_claims_bytes })
+    Ok(IdpConfig { provider, scopes, timeout, client_capabilities, max_claims_bytes, allowed_tenants })
+}
+
+/// `idp.allowed_tenants`: tenant ids (GUIDs), lower-cased; with a tenant id as `idp.tenant`, only that one (the
+/// list cannot widen a single-tenant app, and a list without it would let nobody in).
+fn azure_allowed_tenants(raw: Vec<String>, tenant: &str) -> Result<Vec<String>, ConfigError> {
+    const KEY: &str = "idp.allowed_tenants";
+    let mut allowed = Vec::with_capacity(raw.len());
+    for t in raw {
+        if !super::is_guid(&t) {
+            return Err(invalid(
+                KEY,
+                format!("`{t}` is not a tenant id (a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47)"),
+            ));
+        }
+        allowed.push(t.to_ascii_lowercase());
+    }
+    if super::is_guid(tenant) && allowed.iter().any(|t| !t.eq_ignore_ascii_case(tenant)) {
+        return Err(invalid(KEY, format!("idp.tenant `{tenant}` is one tenant: list only it, or use `organizations`")));
+    }
+    Ok(allowed)
 }
 
 /// `idp.max_claims_bytes` by default.

@@ -37,6 +37,7 @@ pub fn provider(
         prefix: format!("{base}/"),
         suffix: "/v2.0".to_owned(),
         tenant: is_guid(tenant).then(|| tenant.to_ascii_lowercase()),
+        allowed: idp.allowed_tenants.clone(),
     };
     OidcProvider::new(
         Flavor::Azure,

@@ -41,6 +41,9 @@ pub enum IdpError {
     /// The IdP could not be set up at start (discovery failed).
     #[error("identity provider discovery failed: {0}")]
     Discovery(String),
+    /// The person's organisation is not one whose users may sign in (`idp.tenant`, `idp.allowed_tenants`).
+    #[error("tenant `{tid}` is not allowed to sign in")]
+    TenantNotAllowed { tid: String },
 }
 
 impl IdpError {
@@ -51,7 +54,7 @@ impl IdpError {
                 entra_error::classify(*status, error, *aadsts, suberror.as_deref())
             }
             Self::Unavailable(_) | Self::Busy { .. } => entra_error::ErrorFamily::Unavailable,
-            Self::Protocol(_) | Self::Discovery(_) => entra_error::ErrorFamily::Other,
+            Self::Protocol(_) | Self::Discovery(_) | Self::TenantNotAllowed { .. } => entra_error::ErrorFamily::Other,
         }
     }
 

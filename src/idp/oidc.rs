@@ -43,35 +43,39 @@ pub enum ClientAuth {
 #[derive(Debug, Clone)]
 pub enum IssuerRule {
     Exact(String),
-    /// `prefix + tid + suffix`, `tid` a GUID (and equal to `tenant` when the tenant is a GUID).
+    /// `prefix + tid + suffix`, `tid` a GUID (and equal to `tenant` when the tenant is a GUID, and one of
+    /// `allowed` when that is not empty: `idp.allowed_tenants`, issue 25 §2).
     AzureTemplate {
         prefix: String,
         suffix: String,
         tenant: Option<String>,
+        allowed: Vec<String>,
     },
 }
 
-/// Whether `s` is a GUID in its canonical 8-4-4-4-12 hex form (Entra's `tid` claim and tenant ids).
-pub fn is_guid(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.len() == 5
-        && parts.iter().zip([8, 4, 4, 4, 12]).all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
-}
+pub use crate::config::is_guid;
 
 impl IssuerRule {
-    fn check(&self, iss: &str, tid: Option<&str>) -> Result<(), String> {
+    fn check(&self, iss: &str, tid: Option<&str>) -> Result<(), IdpError> {
+        let protocol = |text: String| Err(IdpError::Protocol(text));
         match self {
             Self::Exact(expected) if expected.trim_end_matches('/') == iss.trim_end_matches('/') => Ok(()),
-            Self::Exact(expected) => Err(format!("id_token issuer `{iss}` is not `{expected}`")),
-            Self::AzureTemplate { prefix, suffix, tenant } => {
-                let tid = tid.filter(|t| is_guid(t)).ok_or("id_token has no GUID `tid` claim")?;
-                if tenant.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case(tid)) {
-                    return Err(format!("id_token tenant `{tid}` is not the configured tenant"));
+            Self::Exact(expected) => protocol(format!("id_token issuer `{iss}` is not `{expected}`")),
+            Self::AzureTemplate { prefix, suffix, tenant, allowed } => {
+                let Some(tid) = tid.filter(|t| is_guid(t)) else {
+                    return protocol("id_token has no GUID `tid` claim".into());
+                };
+                if iss != format!("{prefix}{tid}{suffix}") {
+                    return protocol(format!("id_token issuer `{iss}` does not match tenant `{tid}`"));
                 }
-                if iss == format!("{prefix}{tid}{suffix}") {
+                let admitted = match tenant {
+                    Some(t) => t.eq_ignore_ascii_case(tid),
+                    None => allowed.is_empty() || allowed.iter().any(|a| a.eq_ignore_ascii_case(tid)),
+                };
+                if admitted {
                     Ok(())
                 } else {
-                    Err(format!("id_token issuer `{iss}` does not match tenant `{tid}`"))
+                    Err(IdpError::TenantNotAllowed { tid: tid.to_ascii_lowercase() })
                 }
             }
         }
@@ -445,7 +449,7 @@ impl OidcProvider {
         let data = jsonwebtoken::decode::<IdClaims>(id_token, &key, &validation)
             .map_err(|e| IdpError::Protocol(format!("id_token: {e}")))?;
         let claims = data.claims;
-        self.issuer.check(&claims.iss, claims.tid.as_deref()).map_err(IdpError::Protocol)?;
+        self.issuer.check(&claims.iss, claims.tid.as_deref())?;
         if let Some(expected) = nonce {
             if claims.nonce.as_deref() != Some(expected) {
                 return Err(IdpError::Protocol("id_token nonce does not match the authorization request".into()));
@@ -591,15 +595,28 @@ mod tests {
     #[test]
     fn azure_issuer_template_substitutes_tid() {
         let tid = "72f988bf-86f1-41af-91ab-2d7cd011db47";
-        let rule = IssuerRule::AzureTemplate { prefix: "https://login/".into(), suffix: "/v2.0".into(), tenant: None };
+        let template = |tenant: Option<&str>, allowed: &[&str]| IssuerRule::AzureTemplate {
+            prefix: "https://login/".into(),
+            suffix: "/v2.0".into(),
+            tenant: tenant.map(str::to_owned),
+            allowed: allowed.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        let rule = template(None, &[]);
         assert!(rule.check(&format!("https://login/{tid}/v2.0"), Some(tid)).is_ok());
         assert!(rule.check("https://login/{tenantid}/v2.0", Some(tid)).is_err());
         assert!(rule.check(&format!("https://login/{tid}/v2.0"), None).is_err());
-        let pinned = IssuerRule::AzureTemplate {
-            prefix: "https://login/".into(),
-            suffix: "/v2.0".into(),
-            tenant: Some("00000000-0000-0000-0000-000000000001".into()),
-        };
-        assert!(pinned.check(&format!("https://login/{tid}/v2.0"), Some(tid)).is_err());
+        let pinned = template(Some("00000000-0000-0000-0000-000000000001"), &[]);
+        let issued = format!("https://login/{tid}/v2.0");
+        assert!(matches!(pinned.check(&issued, Some(tid)), Err(IdpError::TenantNotAllowed { .. })));
+        // `idp.allowed_tenants` with a multi-tenant registration.
+        let listed = template(None, &["00000000-0000-0000-0000-000000000001", tid]);
+        assert!(listed.check(&issued, Some(tid)).is_ok());
+        let other = template(None, &["00000000-0000-0000-0000-000000000001"]);
+        assert!(matches!(other.check(&issued, Some(tid)), Err(IdpError::TenantNotAllowed { tid: t }) if t == tid));
+        // The issuer of another tenant is a protocol error, whatever the list says.
+        assert!(matches!(
+            listed.check("https://login/00000000-0000-0000-0000-000000000001/v2.0", Some(tid)),
+            Err(IdpError::Protocol(_))
+        ));
     }
 }

@@ -168,6 +168,23 @@ pub async fn callback(app: &App, req: &Request<RequestBody>) -> Result<Response<
     };
     match provider.exchange_code(code, &request.pkce_verifier, &request.nonce, now).await {
         Ok(login) => finish(app, request.pending, login).await,
+        // Issue 25 §2: a person of a tenant that may not sign in is told so; no grant exists, the client gets no
+        // code (it learns nothing it could act on).
+        Err(IdpError::TenantNotAllowed { tid }) => {
+            let client_id = &request.pending.request.client_id;
+            tracing::warn!(%client_id, tenant = %tid, "sign-in refused: tenant not in idp.allowed_tenants");
+            app.audit(Entry::new(Event::LoginFailed).client(client_id).detail(format!("tenant not allowed: {tid}")))
+                .await;
+            Err(Error::page(
+                StatusCode::FORBIDDEN,
+                "Your organisation is not allowed",
+                format!(
+                    "You signed in with an account of the Microsoft Entra tenant {tid}, which is not allowed to use \
+                     this service. Sign in with an account of an allowed organisation, or ask the operator of this \
+                     service to allow your organisation (tenant {tid})."
+                ),
+            ))
+        }
         Err(e) => {
             let client_id = &request.pending.request.client_id;
             tracing::warn!(%client_id, error = %e, kind = e.family().label(), "IdP code exchange failed");
@@ -194,7 +211,10 @@ pub async fn callback(app: &App, req: &Request<RequestBody>) -> Result<Response<
             }
             let code = match e {
                 IdpError::Unavailable(_) | IdpError::Busy { .. } => ErrorCode::TemporarilyUnavailable,
-                IdpError::Refused { .. } | IdpError::Protocol(_) | IdpError::Discovery(_) => ErrorCode::ServerError,
+                IdpError::Refused { .. }
+                | IdpError::Protocol(_)
+                | IdpError::Discovery(_)
+                | IdpError::TenantNotAllowed { .. } => ErrorCode::ServerError,
             };
             Err(to_client(code, "the sign-in with the identity provider could not be completed"))
         }

@@ -370,9 +370,19 @@ pub struct TestProxyBuilder {
     redis_store_extra: String,
     /// `server.public_url` when not this proxy's own address (replicas behind one public name).
     public_url: Option<String>,
+    /// `idp.tenant` of the Azure preset (default `contoso.example`) and more `[idp]` lines.
+    azure_tenant: Option<String>,
+    idp_extra: String,
 }
 
 impl TestProxyBuilder {
+    /// The Azure preset's `idp.tenant` (default `contoso.example`) and more `[idp]` lines (`allowed_tenants = …`).
+    pub fn azure_tenant(mut self, tenant: &str, idp_extra: &str) -> Self {
+        self.azure_tenant = Some(tenant.to_owned());
+        self.idp_extra = idp_extra.to_owned();
+        self
+    }
+
     /// Serves under another proxy's public URL, as replicas behind one load balancer do.
     pub fn public_url(mut self, url: impl AsRef<str>) -> Self {
         self.public_url = Some(url.as_ref().to_owned());
@@ -426,10 +436,12 @@ impl TestProxyBuilder {
         let idp = match &self.idp {
             TestIdp::Given => String::new(),
             TestIdp::Azure(authority) => format!(
-                "[idp]\nkind = \"azure\"\nauthority = \"{authority}\"\ntenant = \"contoso.example\"\nclient_id = \"{}\"\n\
-                 client_secret = \"{}\"\nscopes = [\"openid\", \"profile\", \"email\", \"offline_access\", \"User.Read\"]\n",
+                "[idp]\nkind = \"azure\"\nauthority = \"{authority}\"\ntenant = \"{}\"\nclient_id = \"{}\"\n\
+                 client_secret = \"{}\"\nscopes = [\"openid\", \"profile\", \"email\", \"offline_access\", \"User.Read\"]\n{}",
+                self.azure_tenant.as_deref().unwrap_or("contoso.example"),
                 fake_azure::APP_ID,
-                fake_azure::APP_SECRET
+                fake_azure::APP_SECRET,
+                self.idp_extra,
             ),
             TestIdp::Local => {
                 let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).expect("hash");
