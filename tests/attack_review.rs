@@ -461,3 +461,43 @@ async fn a_trickling_token_body_is_cut_by_the_rate_limit_with_408() {
     let metrics = proxy.app.metrics.render(&proxy.app.store);
     assert!(metrics.contains("dcr_proxy_request_body_limits_total{limit=\"rate\"} 1"), "{metrics}");
 }
+
+/// Issue 23 item 6, proxied bodies: a body to the upstream that trickles one byte a second is cut with 408 once
+/// the rate grace has passed (5 s at 240 B/s), on the fast path (the default) as on the hyper path (`.ci/test`'s
+/// second pass), and the rate limit is counted.
+#[tokio::test]
+async fn a_trickling_proxied_body_is_cut_by_the_rate_limit_with_408() {
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
+    let (_, tokens) = login(&proxy).await;
+    let token = tokens["access_token"].as_str().unwrap();
+    let mut s = TcpStream::connect(addr(&proxy)).await.unwrap();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Content-Length: 1000\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < Duration::from_secs(30) {
+        if s.write_all(b"a").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?} after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(15), "cut after the rate grace: {:?}", started.elapsed());
+    let metrics = proxy.app.metrics.render(&proxy.app.store);
+    assert!(metrics.contains("dcr_proxy_request_body_limits_total{limit=\"rate\"} 1"), "{metrics}");
+}

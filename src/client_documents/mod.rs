@@ -269,7 +269,7 @@ pub async fn check_token_request(
     params: &Params,
     client_id: &str,
 ) -> Result<Result<(), OAuthError>, StoreError> {
-    let grant = match crate::oauth::token::grant_type(params) {
+    let grant = match crate::oauth::grant_type::requested(params) {
         Ok(g) => g,
         Err(e) => return Ok(Err(e)),
     };

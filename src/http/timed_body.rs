@@ -63,10 +63,43 @@ pub enum BodyError {
 /// Counts the limits that fired.
 pub type LimitCounter = std::sync::Arc<dyn Fn(BodyLimit) + Send + Sync>;
 
+/// The idle and rate limits of one request body: time spent waiting for the client and bytes received, and when
+/// the next wait must end. [`TimedBody`] (hyper) and the fast path ([`crate::server::fast_path`]) both keep one,
+/// so that a trickling body is cut the same way on both paths.
+#[derive(Debug, Clone)]
+pub struct BodyClock {
+    idle: Duration,
+    waited: Duration,
+    bytes: u64,
+}
+
+impl BodyClock {
+    pub fn new(idle: Duration) -> Self {
+        Self { idle, waited: Duration::ZERO, bytes: 0 }
+    }
+
+    /// The deadline of a wait for the client beginning at `now`, and the limit it is: the idle limit, or the rate
+    /// limit once [`RATE_GRACE`] of waiting (more for a body that was fast so far) has passed.
+    pub fn deadline(&self, now: Instant) -> (Instant, BodyLimit) {
+        let allowed = RATE_GRACE.max(Duration::from_secs_f64(self.bytes as f64 / MIN_RATE as f64));
+        let rate_left = allowed.saturating_sub(self.waited);
+        if rate_left < self.idle {
+            (now + rate_left, BodyLimit::Rate)
+        } else {
+            (now + self.idle, BodyLimit::Idle)
+        }
+    }
+
+    /// A wait for the client that ended with `bytes` received.
+    pub fn waited(&mut self, waited: Duration, bytes: u64) {
+        self.waited += waited;
+        self.bytes += bytes;
+    }
+}
+
 /// A request body under the idle, rate and (optionally) whole-body limits.
 pub struct TimedBody<B = Incoming> {
     inner: B,
-    idle: Duration,
     /// Created on the first wait, reset on every later one.
     sleep: Option<Pin<Box<Sleep>>>,
     armed: bool,
@@ -74,8 +107,7 @@ pub struct TimedBody<B = Incoming> {
     /// When the current wait began, and which limit its deadline is.
     armed_at: Option<(Instant, BodyLimit)>,
     /// Time spent waiting for the client so far, and bytes received.
-    waited: Duration,
-    bytes: u64,
+    clock: BodyClock,
     /// The whole-body deadline, from the first poll (own endpoints only).
     whole: Option<Duration>,
     started: Option<Instant>,
@@ -86,13 +118,11 @@ impl<B> TimedBody<B> {
     pub fn new(inner: B, idle: Duration) -> Self {
         Self {
             inner,
-            idle,
             sleep: None,
             armed: false,
             done: false,
             armed_at: None,
-            waited: Duration::ZERO,
-            bytes: 0,
+            clock: BodyClock::new(idle),
             whole: None,
             started: None,
             counter: None,
@@ -113,10 +143,7 @@ impl<B> TimedBody<B> {
 
     /// The deadline of a wait beginning at `now`, and the limit it is.
     fn wait_deadline(&mut self, now: Instant) -> (Instant, BodyLimit) {
-        let allowed = RATE_GRACE.max(Duration::from_secs_f64(self.bytes as f64 / MIN_RATE as f64));
-        let rate_left = allowed.saturating_sub(self.waited);
-        let mut best =
-            if rate_left < self.idle { (now + rate_left, BodyLimit::Rate) } else { (now + self.idle, BodyLimit::Idle) };
+        let mut best = self.clock.deadline(now);
         if let (Some(whole), Some(started)) = (self.whole, self.started) {
             if started + whole < best.0 {
                 best = (started + whole, BodyLimit::Deadline);
@@ -151,12 +178,8 @@ where
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.armed = false;
-                if let Some((at, _)) = this.armed_at.take() {
-                    this.waited += now.saturating_duration_since(at);
-                }
-                if let Some(data) = frame.data_ref() {
-                    this.bytes += data.len() as u64;
-                }
+                let waited = this.armed_at.take().map_or(Duration::ZERO, |(at, _)| now.saturating_duration_since(at));
+                this.clock.waited(waited, frame.data_ref().map_or(0, |d| d.len() as u64));
                 if let (Some(whole), Some(started)) = (this.whole, this.started) {
                     if now > started + whole && !this.inner.is_end_stream() {
                         return Poll::Ready(Some(Err(this.fire(BodyLimit::Deadline))));

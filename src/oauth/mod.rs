@@ -18,6 +18,7 @@ pub mod client_config;
 pub mod consent;
 pub mod error;
 pub mod flow;
+pub mod grant_type;
 pub mod introspect;
 pub mod metadata;
 pub mod pkce;

@@ -59,21 +59,9 @@ pub struct TokenContext<'a> {
     pub resources: &'a [String],
 }
 
-/// The request's `grant_type`, one of [`GrantType::ALL`]: `unsupported_grant_type` (naming the ones there are)
-/// otherwise. The one reading of the parameter, for `/token` and for the checks before it.
-pub fn grant_type(params: &Params) -> Result<GrantType, OAuthError> {
-    let name = params.require("grant_type")?;
-    GrantType::parse(name).ok_or_else(|| {
-        OAuthError::new(
-            ErrorCode::UnsupportedGrantType,
-            format!("grant_type `{name}` is not supported; use {}", GrantType::names().join(" or ")),
-        )
-    })
-}
-
 /// Dispatches on `grant_type`.
 pub async fn exchange(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, Error> {
-    let grant = grant_type(params)?;
+    let grant = super::grant_type::requested(params)?;
     if grant != GrantType::AuthorizationCode && !client.allows(grant) {
         return Err(OAuthError::new(
             ErrorCode::UnauthorizedClient,

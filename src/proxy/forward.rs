@@ -240,23 +240,23 @@ fn check_framing(parts: &mut http::response::Parts) -> Result<(), Error> {
     if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return Err(bad("101 to a request without Upgrade"));
     }
-    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-        parts.headers.remove(header::CONTENT_LENGTH);
-        return Ok(());
-    }
-    let mut length = None;
+    // Every length line is judged, as the fast path judges them (by value: `5` and `05` are one length).
+    let mut length = None::<u64>;
     for value in parts.headers.get_all(header::CONTENT_LENGTH) {
         let digits = value.as_bytes();
         if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
             return Err(bad("Content-Length"));
         }
-        match length {
-            Some(l) if l != value => return Err(bad("conflicting Content-Length")),
-            _ => length = Some(value.clone()),
+        let n = std::str::from_utf8(digits).ok().and_then(|d| d.parse().ok()).ok_or_else(|| bad("Content-Length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(bad("conflicting Content-Length"));
         }
+        length = Some(n);
     }
-    if let Some(length) = length {
-        parts.headers.insert(header::CONTENT_LENGTH, length);
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    } else if let Some(n) = length {
+        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     Ok(())
 }

@@ -54,6 +54,7 @@ use tokio::time::Instant;
 use super::connection::Activity;
 use crate::app::App;
 use crate::error::{Error, OAuthError};
+use crate::http::timed_body::BodyClock;
 use crate::proxy::raw_pool::RawPool;
 use crate::proxy::{self, Context};
 use crate::route::Route;
@@ -175,15 +176,15 @@ async fn read_head<I: AsyncRead + Unpin>(
     since: &mut Option<Instant>,
 ) -> std::io::Result<Next> {
     let mut deadline: Option<Instant> = None;
+    // The buffer was released while idle: the next head's first bytes come in a small one.
+    let mut released = false;
     loop {
         if buf.is_empty() {
             if env.closing.is_closing() {
                 return Ok(Next::Close);
             }
             shrink_idle(buf);
-            if buf.capacity() == 0 {
-                // Idle past IDLE_RELEASE: the connection holds no buffer; the next head's first bytes come in a
-                // small one.
+            if released && buf.capacity() == 0 {
                 buf.reserve(IDLE_READ_SIZE);
             }
         } else {
@@ -195,18 +196,23 @@ async fn read_head<I: AsyncRead + Unpin>(
             deadline = Some(*since.get_or_insert_with(Instant::now) + env.header_timeout);
         }
         let waiting = buf.is_empty();
-        if !waiting || buf.capacity() > IDLE_READ_SIZE {
+        // (An empty buffer's `capacity()` is only the room past its read position: a remnant of a large buffer
+        // may show little room while it holds the whole allocation, so `released` decides, not the capacity.)
+        if !(waiting && released) {
             buf.reserve(READ_SIZE);
         }
         // Waiting with a buffer: it is released once the connection has been idle for IDLE_RELEASE.
-        let release = (waiting && buf.capacity() > IDLE_READ_SIZE).then(|| Instant::now() + IDLE_RELEASE);
+        let release = (waiting && !released).then(|| Instant::now() + IDLE_RELEASE);
         tokio::select! {
             read = io.read_buf(buf) => if read? == 0 {
                 return Ok(Next::Close);
             },
             () = env.closing.wake.notified(), if waiting => {}
             () = sleep_until_some(deadline) => return Ok(Next::Close),
-            () = sleep_until_some(release) => *buf = BytesMut::new(),
+            () = sleep_until_some(release) => {
+                *buf = BytesMut::new();
+                released = true;
+            }
         }
     }
 }
@@ -464,13 +470,21 @@ where
                 .map_err(unavailable)?;
         }
     }
+    // The idle and rate limits of the hyper path's bodies (issue 23 item 6): a body trickling a byte now and then
+    // is cut with 408 after the grace, whatever the idle limit.
+    let mut clock = BodyClock::new(env.body_timeout);
     while !done {
         buf.reserve(BODY_READ_SIZE);
-        match tokio::time::timeout(env.body_timeout, io.read_buf(buf)).await {
-            Err(_) => return Err(Error::RequestTimeout.into()),
+        let waiting = Instant::now();
+        let (deadline, limit) = clock.deadline(waiting);
+        match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+            Err(_) => {
+                (env.app.metrics.body_limits())(limit);
+                return Err(Error::RequestTimeout.into());
+            }
             Ok(Ok(0)) => return Err(Failed::Client(std::io::ErrorKind::UnexpectedEof.into())),
             Ok(Err(e)) => return Err(Failed::Client(e)),
-            Ok(Ok(_)) => {}
+            Ok(Ok(n)) => clock.waited(waiting.elapsed(), n as u64),
         }
         out.clear();
         let piece;
