@@ -117,6 +117,9 @@ impl Framing {
         if self.pending.is_empty() {
             // Released, not kept: an empty `BytesMut` that was advanced still holds its whole allocation.
             self.pending = BytesMut::new();
+        } else if judged_len > 0 {
+            // The few bytes of an unfinished line or head, without the large read they came in.
+            self.pending = BytesMut::from(&self.pending[..]);
         }
         judged.map_err(|error| {
             self.expect = Expect::Refused;
