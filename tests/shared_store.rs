@@ -261,7 +261,8 @@ async fn nothing_in_redis_reads_as_a_token_or_secret_of_a_full_flow() {
     let mut secrets = vec![secret, registration_token, code, access, refresh_token];
     secrets.push(rotated["access_token"].as_str().expect("access").to_owned());
     secrets.push(rotated["refresh_token"].as_str().expect("refresh").to_owned());
-    secrets.extend(browser.cookies.values().map(|v| v.split('.').next().unwrap_or(v).to_owned()));
+    // The binding cookie's random part and the person cookie's tag (`value.tag`, `p.tag`): the longest piece.
+    secrets.extend(browser.cookies.values().map(|v| v.split('.').max_by_key(|p| p.len()).unwrap_or(v).to_owned()));
     let idp = azure.issued_secrets();
     assert!(idp.len() >= 2, "the IdP issued tokens");
     secrets.extend(idp);

@@ -84,8 +84,10 @@ fn spent_key(h: &TokenHash) -> String {
 fn grant_key(id: GrantId) -> String {
     format!("dcrp:grant:{{g:{:032x}}}", id.0)
 }
+/// `who` (a person's key, which their browser holds as a cookie) only as a hash: Redis read access reveals no
+/// cookie.
 fn interaction_key(client_id: &str, who: &str) -> String {
-    format!("dcrp:ia:{{c:{client_id}}}:{who}")
+    format!("dcrp:ia:{{c:{client_id}}}:{}", hex(&TokenHash::of(who).0))
 }
 fn lock_key(id: GrantId) -> String {
     format!("dcrp:lock:{{g:{:032x}}}", id.0)
