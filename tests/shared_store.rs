@@ -367,3 +367,46 @@ async fn a_rate_limit_counts_the_requests_of_a_source_on_every_replica() {
     assert_eq!(statuses[..3], [201, 201, 201]);
     assert_eq!(statuses[3], 429, "{statuses:?}");
 }
+
+/// Issue 23 item 11 on Redis: what Entra requires of one person (MFA at refresh, refused on one replica) is kept
+/// for that person across replicas — Bob's sign-in through the same client on another replica does not spend it,
+/// Alice's next sign-in there carries it — and Redis holds no person cookie.
+#[tokio::test]
+async fn an_interaction_requirement_waits_for_its_person_on_every_replica() {
+    let redis = TestRedis::start().await;
+    let azure = FakeAzure::start().await;
+    azure.state().expires_in = 300;
+    let upstream = Upstream::start().await;
+    let r = replicas(2, &redis, &upstream, Some(&azure)).await;
+    let client_id = register_public_client(&r[0]).await;
+    let (mut alice, mut bob) = (Browser::new(), Browser::new());
+    let code = authorize(&r[0], &mut alice, &client_id).await["code"].clone();
+    let alice_tokens: Value = redeem(&r[0], &client_id, &code).await.json().await.expect("json");
+    azure.state().id_token_claims.insert("sub".into(), serde_json::json!("bob-subject"));
+    let code = authorize(&r[1], &mut bob, &client_id).await["code"].clone();
+    assert_eq!(redeem(&r[1], &client_id, &code).await.status(), 200);
+    azure.state().id_token_claims.clear();
+
+    let claims = r#"{"access_token":{"capolids":{"essential":true,"values":["c1"]}}}"#;
+    azure.state().refresh_error = Some(common::fake_azure::ScriptedRefusal {
+        claims: Some(claims.into()),
+        ..common::fake_azure::ScriptedRefusal::new("invalid_grant", 50076)
+    });
+    r[0].clock.advance(400);
+    assert_eq!(get_mcp(&r[0], alice_tokens["access_token"].as_str().expect("access")).await, 401);
+    azure.state().refresh_error = None;
+
+    let _ = authorize(&r[1], &mut bob, &client_id).await;
+    let asked = azure.state().authorize_queries.last().cloned().expect("asked");
+    assert!(!asked.contains_key("prompt") && !asked.contains_key("claims"), "Bob was asked Alice's: {asked:?}");
+    let _ = authorize(&r[1], &mut alice, &client_id).await;
+    let asked = azure.state().authorize_queries.last().cloned().expect("asked");
+    assert_eq!(asked.get("prompt").map(String::as_str), Some("login"), "{asked:?}");
+    assert_eq!(asked.get("claims").map(String::as_str), Some(claims));
+
+    let tag = alice.cookies["dcrp-who"].trim_start_matches("p.").to_owned();
+    for (key, value) in redis.dump_all().await {
+        let found = |hay: &[u8]| hay.windows(tag.len()).any(|w| w == tag.as_bytes());
+        assert!(!found(&key) && !found(&value), "the person cookie is readable in Redis");
+    }
+}

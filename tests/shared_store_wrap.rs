@@ -248,7 +248,8 @@ async fn a_dump_of_redis_with_the_configured_key_yields_no_idp_token_but_a_live_
             ours.push(r.to_owned());
         }
     }
-    ours.extend(browser.cookies.values().map(|v| v.split('.').next().unwrap_or(v).to_owned()));
+    // The binding cookie's random part and the person cookie's tag (`value.tag`, `p.tag`): the longest piece.
+    ours.extend(browser.cookies.values().map(|v| v.split('.').max_by_key(|p| p.len()).unwrap_or(v).to_owned()));
     let idp = s.azure.issued_secrets();
     assert!(idp.len() >= 4, "the IdP issued a code, tokens, a refreshed token and a route token: {}", idp.len());
     assert!(idp.contains(&refreshed_idp) && idp.contains(&route_token));
