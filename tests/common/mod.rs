@@ -373,9 +373,17 @@ pub struct TestProxyBuilder {
     /// `idp.tenant` of the Azure preset (default `contoso.example`) and more `[idp]` lines.
     azure_tenant: Option<String>,
     idp_extra: String,
+    /// `upstream.response_timeout` (default 2 s).
+    response_timeout: Option<String>,
 }
 
 impl TestProxyBuilder {
+    /// `upstream.response_timeout` instead of the tests' 2 s.
+    pub fn response_timeout(mut self, timeout: &str) -> Self {
+        self.response_timeout = Some(timeout.to_owned());
+        self
+    }
+
     /// The Azure preset's `idp.tenant` (default `contoso.example`) and more `[idp]` lines (`allowed_tenants = …`).
     pub fn azure_tenant(mut self, tenant: &str, idp_extra: &str) -> Self {
         self.azure_tenant = Some(tenant.to_owned());
@@ -466,8 +474,9 @@ impl TestProxyBuilder {
         let public_url = self.public_url.clone().unwrap_or_else(|| base.clone());
         let text = format!(
             "[server]\nlisten = \"{addr}\"\npublic_url = \"{public_url}\"\nshutdown_grace = \"1s\"\n{server_extra}\n\
-             [upstream]\nurl = \"{upstream_url}\"\nresource_path = \"/mcp\"\nconnect_timeout = \"2s\"\nresponse_timeout = \"2s\"\n\
-             {idp}{extra}"
+             [upstream]\nurl = \"{upstream_url}\"\nresource_path = \"/mcp\"\nconnect_timeout = \"2s\"\nresponse_timeout = \"{response_timeout}\"\n\
+             {idp}{extra}",
+            response_timeout = self.response_timeout.as_deref().unwrap_or("2s")
         );
         let text = match &self.redis {
             Some(url) => {
