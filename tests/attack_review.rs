@@ -424,22 +424,12 @@ async fn one_source_cannot_fill_a_low_connection_cap() {
     drop(held);
 }
 
-/// Issue 23 item 6: a body that trickles (one byte a second, well within the idle limit) is cut by the minimum
-/// data rate once its grace has passed: 408, and the metric names the limit that fired.
-#[tokio::test]
-async fn a_trickling_token_body_is_cut_by_the_rate_limit_with_408() {
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
-    let mut s = TcpStream::connect(addr(&proxy)).await.unwrap();
-    s.write_all(
-        b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n",
-    )
-    .await
-    .unwrap();
+/// Sends one byte a second on `s` until the proxy answers or closes (bounded: 30 s): what it answered (up to the
+/// end of the head), and when the trickle began.
+async fn trickle(s: &mut TcpStream) -> (String, std::time::Instant) {
     let started = std::time::Instant::now();
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
-    // One byte a second until the proxy answers (bounded: 30 s).
     while started.elapsed() < Duration::from_secs(30) {
         if s.write_all(b"a").await.is_err() {
             break;
@@ -455,7 +445,22 @@ async fn a_trickling_token_body_is_cut_by_the_rate_limit_with_408() {
             Err(_) => {}
         }
     }
-    let text = String::from_utf8_lossy(&out);
+    (String::from_utf8_lossy(&out).into_owned(), started)
+}
+
+/// Issue 23 item 6: a body that trickles (one byte a second, well within the idle limit) is cut by the minimum
+/// data rate once its grace has passed: 408, and the metric names the limit that fired.
+#[tokio::test]
+async fn a_trickling_token_body_is_cut_by_the_rate_limit_with_408() {
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::builder().upstream(upstream.url()).local().start().await;
+    let mut s = TcpStream::connect(addr(&proxy)).await.unwrap();
+    s.write_all(
+        b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (text, started) = trickle(&mut s).await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text:?} after {:?}", started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(15), "cut after the grace, not the whole-body deadline");
     let metrics = proxy.app.metrics.render(&proxy.app.store);
@@ -478,25 +483,7 @@ async fn a_trickling_proxied_body_is_cut_by_the_rate_limit_with_408() {
          Content-Length: 1000\r\n\r\n"
     );
     s.write_all(head.as_bytes()).await.unwrap();
-    let started = std::time::Instant::now();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while started.elapsed() < Duration::from_secs(30) {
-        if s.write_all(b"a").await.is_err() {
-            break;
-        }
-        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => {
-                out.extend_from_slice(&buf[..n]);
-                if out.windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-            Err(_) => {}
-        }
-    }
-    let text = String::from_utf8_lossy(&out);
+    let (text, started) = trickle(&mut s).await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text:?} after {:?}", started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(15), "cut after the rate grace: {:?}", started.elapsed());
     let metrics = proxy.app.metrics.render(&proxy.app.store);

@@ -48,6 +48,12 @@ async fn start(azure: &FakeAzure) -> (Upstream, TestProxy) {
     (upstream, proxy)
 }
 
+/// Approves the consent page in `browser`: where the browser lands.
+async fn approve(proxy: &TestProxy, browser: &mut Browser, consent: &str) -> Landing {
+    let (request, csrf) = (hidden_field(consent, "request"), hidden_field(consent, "csrf"));
+    browser.post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")]).await
+}
+
 async fn idp_errors(proxy: &TestProxy, kind: &str) -> f64 {
     let url = serve_metrics(proxy).await;
     let text = http().get(url).send().await.unwrap().text().await.unwrap();
@@ -102,10 +108,7 @@ async fn a_grant_that_simply_expired_forces_nothing_and_an_expired_code_at_the_c
     azure.state().code_error = Some(ScriptedRefusal::new("invalid_grant", 70008));
     let mut browser = Browser::new();
     let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
-    let (request, csrf) = (hidden_field(&consent, "request"), hidden_field(&consent, "csrf"));
-    let landing = browser
-        .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
-        .await;
+    let landing = approve(&proxy, &mut browser, &consent).await;
     let Landing::Page(400, page) = landing else { panic!("expected a page for the person, not a redirect") };
     assert!(page.contains("Sign-in expired") && page.contains("connect again"), "{page}");
 }
@@ -159,11 +162,7 @@ async fn a_device_compliance_refusal_at_code_exchange_tells_the_person_and_marks
     azure.state().code_error = Some(ScriptedRefusal::new("invalid_grant", 530003));
     let mut browser = Browser::new();
     let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
-    let request = hidden_field(&consent, "request");
-    let csrf = hidden_field(&consent, "csrf");
-    let landing = browser
-        .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
-        .await;
+    let landing = approve(&proxy, &mut browser, &consent).await;
     let Landing::Page(403, page) = landing else { panic!("expected a page for the person") };
     assert!(page.contains("managed or compliant device"), "{page}");
     // The next attempt asks Entra for a fresh login.
@@ -190,11 +189,7 @@ async fn missing_admin_consent_is_a_page_for_the_person_not_a_redirect() {
         }
         let mut browser = Browser::new();
         let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
-        let request = hidden_field(&consent, "request");
-        let csrf = hidden_field(&consent, "csrf");
-        let landing = browser
-            .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
-            .await;
+        let landing = approve(&proxy, &mut browser, &consent).await;
         let Landing::Page(403, page) = landing else { panic!("expected a page for the person ({script})") };
         assert!(page.contains("administrator"), "{page}");
     }
@@ -331,10 +326,7 @@ async fn only_the_allowed_tenants_sign_in_with_a_multi_tenant_registration() {
     azure.state().id_token_claims.insert("iss".into(), json!(format!("{authority}/{OTHER}/v2.0")));
     let mut browser = Browser::new();
     let Landing::Page(200, consent) = browser.get(&authorize_url(&proxy, &client_id, "")).await else { panic!() };
-    let (request, csrf) = (hidden_field(&consent, "request"), hidden_field(&consent, "csrf"));
-    let landing = browser
-        .post_form(&proxy.url("/consent"), &[("request", &request), ("csrf", &csrf), ("action", "approve")])
-        .await;
+    let landing = approve(&proxy, &mut browser, &consent).await;
     let Landing::Page(403, page) = landing else { panic!("expected a page for the person, not a redirect") };
     assert!(page.contains("not allowed") && page.contains(OTHER), "{page}");
     assert_eq!(proxy.app.store.stats().grants, 0);
