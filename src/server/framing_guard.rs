@@ -12,8 +12,9 @@
 //!   where each message ends.
 //! - A read that holds a framing error is never given to hyper: the read fails instead (hyper ends the request in
 //!   progress and closes). Bytes of earlier reads were checked already.
-//! - A head hyper will refuse is passed on (hyper answers it with 400 and closes); from then on every read fails,
-//!   so that a head the two parsers might judge differently can never lead to unchecked bytes.
+//! - A head hyper will refuse is passed on (hyper answers it with 400 and closes); from then on no byte reaches
+//!   hyper (its reads stay pending: an error would end the connection before the 400 is written), so that a head
+//!   the two parsers might judge differently can never lead to unchecked bytes.
 //! - The HTTP/2 preface at the start turns the guard off for the connection (hyper's auto builder serves it as
 //!   HTTP/2, which has no such framing). The proxy never answers 101 or a 2xx to CONNECT, so a connection never
 //!   leaves HTTP/1 otherwise.
@@ -126,6 +127,11 @@ impl Framing {
             self.pending = BytesMut::new();
             Refused { valid: skipped + judged_len.saturating_sub(earlier), error }
         })
+    }
+
+    /// Whether a head hyper refuses was passed on: nothing more is read for hyper.
+    pub fn refused_head(&self) -> bool {
+        matches!(self.expect, Expect::Refused)
     }
 
     fn judge_pending(&mut self) -> Result<(), FramingError> {
@@ -254,6 +260,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
         let this = self.get_mut();
         if let Some(e) = this.failed {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+        }
+        if this.framing.refused_head() {
+            // hyper has a head it refuses: it answers (400, 431 …) and closes without reading on. No more bytes
+            // reach it, and no error either: an error would end the connection before its answer is written.
+            return Poll::Pending;
         }
         let before = out.filled().len();
         std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
