@@ -12,9 +12,9 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use criterion::{criterion_group, criterion_main, Criterion};
+use dcr_proxy::endpoints::client_auth::{self, AssertionRules, Credential};
 use dcr_proxy::http::params::Params;
 use dcr_proxy::jwk::{self, KeySet};
-use dcr_proxy::oauth::client_auth::{self, AssertionRules, Credential};
 use dcr_proxy::route::Route;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::rand::SystemRandom;

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use dcr_proxy::config::{Config, SnapshotKey};
 use dcr_proxy::crypto::{self, TokenHash};
+use dcr_proxy::endpoints::token::{self, TokenContext};
 use dcr_proxy::http::params::Params;
-use dcr_proxy::oauth::token::{self, TokenContext};
 use dcr_proxy::store::snapshot;
 use dcr_proxy::store::{AuthorizationCode, Client, Identity, Store, UpstreamCredential, UpstreamLogin, UpstreamTokens};
 

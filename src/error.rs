@@ -24,18 +24,8 @@ use crate::http::params::ParamError;
 use crate::http::{html, json_response, Body, ReadBodyError};
 use crate::oauth::authorize::AuthorizeError;
 
+pub use crate::oauth::bearer_token::BearerProblem;
 pub use crate::oauth::error::{ErrorCode, OAuthError};
-
-/// Why a bearer token was refused (RFC 6750 §3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BearerProblem {
-    /// No credentials: the challenge carries no `error` (RFC 6750 §3.1).
-    Missing,
-    /// Unknown, expired, revoked or malformed.
-    InvalidToken,
-    /// Sent somewhere other than the Authorization header (query string); RFC 6750 §3.1 `invalid_request`.
-    InvalidRequest,
-}
 
 /// A request's error. `into_response` is the only place an error becomes a response.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +66,7 @@ pub enum Error {
     MethodNotAllowed { allow: &'static str },
     /// A proxied request whose path upstream routers could read in more than one way.
     #[error("request path refused: {0}")]
-    BadPath(#[from] crate::proxy::target::PathRejection),
+    BadPath(#[from] crate::http::target::PathRejection),
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
     #[error("upstream did not answer in time")]
@@ -452,6 +442,18 @@ fn shown_uri(uri: &str) -> String {
 
 /// Longest redirect URI an error page shows in full.
 const SHOWN_URI_CHARS: usize = 300;
+
+/// A refused login check: locked out (429), every check busy (503) or a broken pool (500).
+impl From<crate::idp::local::LoginRefusal> for Error {
+    fn from(refusal: crate::idp::local::LoginRefusal) -> Self {
+        use crate::idp::local::LoginRefusal as R;
+        match refusal {
+            R::LockedOut { retry_after_secs } => Self::RateLimited { retry_after_secs, html: true },
+            R::Busy => Self::Capacity { what: "every password check is busy", html: true },
+            R::Task(reason) => Self::Internal(format!("password check task: {reason}")),
+        }
+    }
+}
 
 /// How a refused client metadata document is answered where it was named.
 impl DocumentError {

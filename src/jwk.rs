@@ -16,7 +16,7 @@
 //!   usable keys and skips the others (a provider may publish keys of types this server does not use).
 //!
 //! The signature itself is checked by `jsonwebtoken` (ring). Claims are not judged here: that is the rule of the
-//! caller (`oauth::client_auth`), which reads them from the verified payload this module returns.
+//! caller (`endpoints::client_auth`), which reads them from the verified payload this module returns.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;

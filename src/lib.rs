@@ -19,7 +19,8 @@
 //! - [`config`]: `proxy.toml` → validated [`config::Config`].
 //! - [`server`]: accept loop, TLS (rustls), HTTP/1.1 + HTTP/2, connection deadlines and caps, graceful shutdown.
 //! - [`route`]: the request path parsed once into a [`route::Route`]. [`router`]: the `match (method, route)`.
-//! - [`oauth`]: the authorization server, one module per endpoint: its handler and its rules.
+//! - [`endpoints`]: the authorization server's endpoints, one module each; [`oauth`]: their rules as plain
+//!   functions; [`redirect_uri`]: the redirect URI rules (the configuration holds an allowlist).
 //! - [`idp`]: upstream identity providers (OIDC discovery, the Azure preset, local login).
 //! - [`policy`]: per-tool authorization (`[[policy.tools]]`) judged from the JSON-RPC body; listings narrowed.
 //! - [`proxy`]: bearer lookup, upstream credential (refresh, single flight), streaming forwarder.
@@ -38,6 +39,7 @@ pub mod client_documents;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod endpoints;
 pub mod error;
 pub mod http;
 pub mod idp;
@@ -49,6 +51,7 @@ pub mod policy;
 pub mod proxy;
 pub mod rate_limit;
 pub mod readiness;
+pub mod redirect_uri;
 pub mod route;
 pub mod router;
 pub mod server;

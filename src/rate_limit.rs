@@ -19,20 +19,10 @@ use dashmap::DashMap;
 use http::HeaderMap;
 
 use crate::config::LimitsConfig;
+use crate::route::LimitClass;
 
 /// Addresses tracked at most.
 pub const MAX_SOURCES: usize = 100_000;
-
-/// The endpoints that share a limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RouteClass {
-    /// `/register`.
-    Register,
-    /// `/token`, `/revoke`, `/introspect`.
-    Token,
-    /// `/authorize`, `/consent`, `/login`.
-    Authorize,
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -112,7 +102,7 @@ pub fn source_of(headers: &HeaderMap, peer: SocketAddr, behind_tls_terminator: b
 
 /// The limiter; cheap to share.
 pub struct RateLimiter {
-    buckets: DashMap<(RouteClass, Source), Bucket>,
+    buckets: DashMap<(LimitClass, Source), Bucket>,
     per_minute: [u32; 3],
 }
 
@@ -124,25 +114,25 @@ impl RateLimiter {
         }
     }
 
-    fn capacity(&self, class: RouteClass) -> f64 {
+    fn capacity(&self, class: LimitClass) -> f64 {
         f64::from(match class {
-            RouteClass::Register => self.per_minute[0],
-            RouteClass::Token => self.per_minute[1],
-            RouteClass::Authorize => self.per_minute[2],
+            LimitClass::Register => self.per_minute[0],
+            LimitClass::Token => self.per_minute[1],
+            LimitClass::Authorize => self.per_minute[2],
         })
     }
 
     /// The configured requests per minute of `class` (the shared store counts them across replicas too).
-    pub fn per_minute(&self, class: RouteClass) -> u32 {
+    pub fn per_minute(&self, class: LimitClass) -> u32 {
         match class {
-            RouteClass::Register => self.per_minute[0],
-            RouteClass::Token => self.per_minute[1],
-            RouteClass::Authorize => self.per_minute[2],
+            LimitClass::Register => self.per_minute[0],
+            LimitClass::Token => self.per_minute[1],
+            LimitClass::Authorize => self.per_minute[2],
         }
     }
 
     /// Takes one request from the source's bucket; `Err(retry_after)` when it is empty.
-    pub fn check(&self, class: RouteClass, source: Source, now: Instant) -> Result<(), Duration> {
+    pub fn check(&self, class: LimitClass, source: Source, now: Instant) -> Result<(), Duration> {
         let capacity = self.capacity(class);
         let per_second = capacity / 60.0;
         let key = if self.buckets.len() >= MAX_SOURCES && !self.buckets.contains_key(&(class, source)) {
@@ -205,21 +195,21 @@ mod tests {
         let ip = Source::Ip([10, 1, 2, 3].into());
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert!(rl.check(RouteClass::Register, ip, t0).is_ok());
+            assert!(rl.check(LimitClass::Register, ip, t0).is_ok());
         }
-        let retry = rl.check(RouteClass::Register, ip, t0).err();
+        let retry = rl.check(LimitClass::Register, ip, t0).err();
         assert_eq!(retry, Some(Duration::from_secs(20)));
         // Other classes and other sources are independent.
-        assert!(rl.check(RouteClass::Token, ip, t0).is_ok());
-        assert!(rl.check(RouteClass::Register, Source::Ip([10, 9, 9, 9].into()), t0).is_ok());
-        assert!(rl.check(RouteClass::Register, ip, t0 + Duration::from_secs(20)).is_ok());
+        assert!(rl.check(LimitClass::Token, ip, t0).is_ok());
+        assert!(rl.check(LimitClass::Register, Source::Ip([10, 9, 9, 9].into()), t0).is_ok());
+        assert!(rl.check(LimitClass::Register, ip, t0 + Duration::from_secs(20)).is_ok());
     }
 
     #[test]
     fn refilled_buckets_are_swept() {
         let rl = RateLimiter::new(&limits(60));
         let t0 = Instant::now();
-        let _ = rl.check(RouteClass::Token, Source::Overflow, t0);
+        let _ = rl.check(LimitClass::Token, Source::Overflow, t0);
         rl.sweep(t0);
         assert_eq!(rl.tracked_sources(), 1);
         rl.sweep(t0 + Duration::from_secs(2));

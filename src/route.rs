@@ -9,7 +9,7 @@
 //!   rate-limit class ([`Route::rate_class`]) and whether a CORS preflight is answered without forwarding.
 //! - Labels are low-cardinality: a client id in `/register/{client_id}` never becomes part of one.
 
-use crate::rate_limit::RouteClass;
+use crate::http::html::LOGO_PATH;
 
 /// The endpoint a request path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +43,16 @@ pub enum Route {
 /// The path prefix of RFC 7592 client configuration endpoints.
 pub const CLIENT_CONFIGURATION_PREFIX: &str = "/register/";
 
-/// Where the pages' logo (`pages.logo_file`) is served; never forwarded, 404 when no logo is configured.
-pub const LOGO_PATH: &str = "/dcr-proxy/logo";
+/// The endpoints that share a rate limit ([`crate::rate_limit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitClass {
+    /// `/register`.
+    Register,
+    /// `/token`, `/revoke`, `/introspect`.
+    Token,
+    /// `/authorize`, `/consent`, `/login`.
+    Authorize,
+}
 
 impl Route {
     /// Parses a request path; `protected_resource_path` is the path-inserted RFC 9728 document's.
@@ -116,11 +124,11 @@ impl Route {
     }
 
     /// The rate-limit class of the route, and whether its errors are shown as pages.
-    pub fn rate_class(self) -> Option<(RouteClass, bool)> {
+    pub fn rate_class(self) -> Option<(LimitClass, bool)> {
         match self {
-            Self::Register | Self::ClientConfiguration => Some((RouteClass::Register, false)),
-            Self::Token | Self::Revoke | Self::Introspect => Some((RouteClass::Token, false)),
-            Self::Authorize | Self::Consent | Self::Login => Some((RouteClass::Authorize, true)),
+            Self::Register | Self::ClientConfiguration => Some((LimitClass::Register, false)),
+            Self::Token | Self::Revoke | Self::Introspect => Some((LimitClass::Token, false)),
+            Self::Authorize | Self::Consent | Self::Login => Some((LimitClass::Authorize, true)),
             _ => None,
         }
     }
@@ -177,8 +185,8 @@ mod tests {
     fn labels_classes_and_preflights() {
         assert_eq!(Route::parse("/register/abc", PRM).name(), "proxy");
         assert_eq!(Route::OtherWellKnown.name(), "metadata");
-        assert_eq!(Route::ClientConfiguration.rate_class(), Some((RouteClass::Register, false)));
-        assert_eq!(Route::Consent.rate_class(), Some((RouteClass::Authorize, true)));
+        assert_eq!(Route::ClientConfiguration.rate_class(), Some((LimitClass::Register, false)));
+        assert_eq!(Route::Consent.rate_class(), Some((LimitClass::Authorize, true)));
         assert_eq!(Route::Callback.rate_class(), None);
         assert!(Route::Token.answers_every_options());
         assert!(!Route::Proxy.answers_every_options() && !Route::ClientConfiguration.answers_every_options());

@@ -13,10 +13,10 @@ use std::time::Instant;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::app::App;
+use crate::endpoints::{client_config, introspect, revoke, sign_in, token};
 use crate::error::Error;
 use crate::http::{self as h, full, json_response, Body, RequestBody};
 use crate::idp::Idp;
-use crate::oauth::{client_config, introspect, revoke, sign_in, token};
 use crate::proxy::userinfo;
 use crate::rate_limit;
 use crate::route::Route;

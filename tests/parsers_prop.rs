@@ -7,9 +7,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use dcr_proxy::endpoints::client_auth;
 use dcr_proxy::http::params::Params;
-use dcr_proxy::oauth::{client_auth, redirect_uri, register};
+use dcr_proxy::oauth::register;
 use dcr_proxy::proxy::bearer;
+use dcr_proxy::redirect_uri;
 use http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
 use serde_json::Value;

@@ -13,8 +13,8 @@ use url::Url;
 
 use super::DocumentError;
 use crate::clock::UnixTime;
-use crate::oauth::redirect_uri::Allowlist;
 use crate::oauth::register;
+use crate::redirect_uri::Allowlist;
 use crate::store::{Client, ClientAuthMethod};
 
 /// The longest client_id URL accepted.
@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn the_operators_redirect_allowlist_applies() {
-        let only_claude = crate::oauth::redirect_uri::preset("claude").unwrap_or_default();
+        let only_claude = crate::redirect_uri::preset("claude").unwrap_or_default();
         let doc = json!({"client_id": ID, "redirect_uris": ["https://app.example.com/cb"]});
         assert!(parse(doc.to_string().as_bytes(), &url(), 1, &only_claude).is_err());
     }

@@ -43,7 +43,7 @@ use crate::config::ClientDocumentsConfig;
 use crate::crypto::TokenHash;
 use crate::http::params::Params;
 use crate::oauth::error::OAuthError;
-use crate::oauth::redirect_uri::Allowlist;
+use crate::redirect_uri::Allowlist;
 use crate::store::{Client, GrantType, StateStore, StoreError};
 
 /// Why a metadata document cannot be used. Messages are shown to users on an error page and to clients in

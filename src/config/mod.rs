@@ -399,7 +399,7 @@ pub struct RegistrationConfig {
     pub initial_access_token: Option<SecretString>,
     /// `registration.allowed_redirect_hosts` (hosts redirect URIs may point at; `loopback` stands for 127.0.0.1,
     /// `[::1]` and localhost; empty: any) and the presets of `registration.allow`, combined.
-    pub redirect_allowlist: crate::oauth::redirect_uri::Allowlist,
+    pub redirect_allowlist: crate::redirect_uri::Allowlist,
     /// `registration.enabled`: whether `/register` (RFC 7591) is open at start; `false` leaves only Client ID
     /// Metadata Documents (and the metadata omits `registration_endpoint`).
     pub enabled: bool,

@@ -41,7 +41,7 @@ pub struct PagesConfig {
     pub product_name: String,
     /// The protected resource named on the consent page; default: the host of `server.public_url`.
     pub resource_name: String,
-    /// The logo served at [`crate::route::LOGO_PATH`], when configured.
+    /// The logo served at [`crate::http::html::LOGO_PATH`], when configured.
     pub logo: Option<Logo>,
     /// Operator descriptions of scopes, in words, shown on the consent page before the built-in ones.
     pub scope_descriptions: BTreeMap<String, String>,

@@ -144,7 +144,7 @@ const OWN_PATHS: [&str; 13] = [
     "/userinfo",
     "/healthz",
     "/readyz",
-    crate::route::LOGO_PATH,
+    crate::http::html::LOGO_PATH,
 ];
 
 /// Why a route's `path_prefix` is not a plain path the forwarded path can start with; `None` when it is.
@@ -315,7 +315,7 @@ fn validate_required_scopes(upstream: UpstreamConfig, offered: &[String]) -> Res
                 format!("entry {i}: path_prefix `{}` must be a path starting with /", rule.path_prefix),
             ));
         }
-        // Rules are compared with the canonical forwarded path (`proxy::target`): a prefix must be written as that
+        // Rules are compared with the canonical forwarded path (`http::target`): a prefix must be written as that
         // path holds it, or it would never match — no escapes, no character the canonical form encodes (a space,
         // non-ASCII), no `;`, `\\`, `//`, dot segment or segment ending in a dot.
         let literal = |c: char| c.is_ascii_alphanumeric() || "/-._~!$&'()*+,=:@".contains(c);
@@ -492,12 +492,12 @@ fn validate_registration(raw: RawRegistration, env: &Env<'_>) -> Result<Registra
         .private_use_redirect_uris
         .unwrap_or_else(|| DEFAULT_PRIVATE_USE_REDIRECTS.iter().map(|s| (*s).to_owned()).collect());
     for uri in &private_use {
-        crate::oauth::redirect_uri::validate_private_use(uri)
+        crate::redirect_uri::validate_private_use(uri)
             .map_err(|e| invalid("registration.private_use_redirect_uris", e))?;
     }
-    let mut redirect_allowlist = crate::oauth::redirect_uri::Allowlist { hosts, prefixes: vec![], private_use };
+    let mut redirect_allowlist = crate::redirect_uri::Allowlist { hosts, prefixes: vec![], private_use };
     for name in &raw.allow {
-        let preset = crate::oauth::redirect_uri::preset(name).ok_or_else(|| {
+        let preset = crate::redirect_uri::preset(name).ok_or_else(|| {
             invalid(
                 "registration.allow",
                 format!(

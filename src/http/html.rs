@@ -9,6 +9,9 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use super::{full, Body};
 
+/// Where the pages' logo (`pages.logo_file`) is served; never forwarded, 404 when no logo is configured.
+pub const LOGO_PATH: &str = "/dcr-proxy/logo";
+
 /// Escapes text for HTML element content and double-quoted attribute values. Control and format characters
 /// ([`is_control_or_format`]) become U+FFFD; tab, line feed and carriage return stay (HTML whitespace).
 pub fn escape(s: &str) -> String {
@@ -122,7 +125,7 @@ fn page_with(status: StatusCode, title: &str, brand: Option<Brand<'_>>, body_htm
     let (header, title) = match brand {
         Some(b) => {
             let logo = if b.logo {
-                format!("<img src=\"{}\" alt=\"\" width=\"32\" height=\"32\">", crate::route::LOGO_PATH)
+                format!("<img src=\"{}\" alt=\"\" width=\"32\" height=\"32\">", LOGO_PATH)
             } else {
                 String::new()
             };
@@ -151,7 +154,7 @@ fn page_with(status: StatusCode, title: &str, brand: Option<Brand<'_>>, body_htm
     resp
 }
 
-/// The configured logo at [`crate::route::LOGO_PATH`]: its type from its extension, cached a day by browsers,
+/// The configured logo at [`LOGO_PATH`]: its type from its extension, cached a day by browsers,
 /// and sandboxed by its own CSP (an SVG opened directly runs no script and loads nothing).
 pub fn logo_response(bytes: bytes::Bytes, content_type: &'static str) -> Response<Body> {
     let mut resp = Response::new(full(bytes));

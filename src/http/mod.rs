@@ -6,6 +6,7 @@
 
 pub mod html;
 pub mod params;
+pub mod target;
 pub mod timed_body;
 
 use bytes::Bytes;

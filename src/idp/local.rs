@@ -52,16 +52,6 @@ pub enum LoginRefusal {
     Task(String),
 }
 
-impl From<LoginRefusal> for crate::error::Error {
-    fn from(refusal: LoginRefusal) -> Self {
-        match refusal {
-            LoginRefusal::LockedOut { retry_after_secs } => Self::RateLimited { retry_after_secs, html: true },
-            LoginRefusal::Busy => Self::Capacity { what: "every password check is busy", html: true },
-            LoginRefusal::Task(reason) => Self::Internal(format!("password check task: {reason}")),
-        }
-    }
-}
-
 /// A password check waiting for a thread of the pool.
 type CheckJob = Box<dyn FnOnce() + Send>;
 

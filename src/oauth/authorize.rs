@@ -15,9 +15,10 @@
 //!
 //! Refusals are [`AuthorizeError`]s; `crate::error` renders them (a page, or the redirect).
 
-use super::{pkce, redirect_uri, scope};
+use super::{pkce, scope};
 use crate::http::params::Params;
 use crate::oauth::error::{ErrorCode, OAuthError};
+use crate::redirect_uri;
 use crate::store::Client;
 
 /// Longest `/authorize` query accepted, in bytes.

@@ -9,7 +9,16 @@
 
 use http::{header, HeaderMap};
 
-use crate::error::BearerProblem;
+/// Why a bearer token was refused (RFC 6750 §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerProblem {
+    /// No credentials: the challenge carries no `error` (RFC 6750 §3.1).
+    Missing,
+    /// Unknown, expired, revoked or malformed.
+    InvalidToken,
+    /// Sent somewhere other than the Authorization header (query string); RFC 6750 §3.1 `invalid_request`.
+    InvalidRequest,
+}
 
 /// Extracts the token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1).
 pub fn token_from_headers(headers: &HeaderMap) -> Result<&str, BearerProblem> {

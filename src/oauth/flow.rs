@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixTime;
 use crate::crypto::{self, Mac, Sealer, TokenHash};
-use crate::oauth::consent;
+use crate::oauth::cookies;
 use crate::store::AuthorizationRequest;
 
 /// Longest sealed ticket accepted, in characters: a state of `limits.max_state_bytes` (at most 4 KiB) plus the
@@ -166,14 +166,14 @@ impl SignIns {
 
     /// The request's binding cookie, only if this process minted it.
     pub fn browser_cookie(&self, headers: &HeaderMap) -> Option<String> {
-        consent::cookie_values(headers, self.https)
+        cookies::cookie_values(headers, self.https)
             .into_iter()
             .find(|v| v.split_once('.').is_some_and(|(value, tag)| self.cookie_mac.verify(value.as_bytes(), tag)))
             .map(str::to_owned)
     }
 
     /// The key under which what Entra requires of a person's next sign-in is kept (issue 23 item 11): a tag of
-    /// their subject, so that the cookie holding it ([`consent::person_cookie_name`]) names nobody and cannot be
+    /// their subject, so that the cookie holding it ([`cookies::person_cookie_name`]) names nobody and cannot be
     /// computed for someone else. Stable across replicas with `backend = "redis"` (derived key), per process else.
     pub fn person_key(&self, sub: &str) -> String {
         format!("p.{}", self.cookie_mac.tag(format!("dcr-proxy person\0{sub}").as_bytes()))
@@ -182,7 +182,7 @@ impl SignIns {
     /// The person key of the browser that sent `headers` ([`SignIns::person_key`] of who last signed in there),
     /// if it has one of that shape.
     pub fn person_cookie(&self, headers: &HeaderMap) -> Option<String> {
-        consent::named_cookie_values(headers, consent::person_cookie_name(self.https))
+        cookies::named_cookie_values(headers, cookies::person_cookie_name(self.https))
             .into_iter()
             .find(|v| {
                 v.strip_prefix("p.").is_some_and(|t| {

@@ -1,5 +1,5 @@
 //! The `grant_type` of a token request (RFC 6749 §4): read once, against [`GrantType::ALL`], by `/token`
-//! ([`crate::oauth::token::exchange`]) and by the checks before it ([`crate::client_documents::check_token_request`]).
+//! ([`crate::endpoints::token::exchange`]) and by the checks before it ([`crate::client_documents::check_token_request`]).
 //! A leaf: it knows the parameters, the grant types and the OAuth error, nothing that serves requests.
 
 use crate::http::params::Params;

@@ -1,31 +1,21 @@
-//! The OAuth 2.1 authorization server the proxy presents to MCP clients.
+//! The OAuth 2.1 authorization server's rules and vocabulary, as plain types and functions: no [`crate::app::App`],
+//! no I/O, unit-tested without a server. The endpoints that apply them are in [`crate::endpoints`]; the redirect
+//! URI rules, which the configuration holds too, in [`crate::redirect_uri`].
 //!
-//! Each module holds one endpoint: a thin handler (parse → rule → response) and the rules as plain functions,
-//! unit-tested without a server. [`crate::router`] only routes to the handlers.
-//!
-//! - [`client_config`]: RFC 7591 registration and RFC 7592 client management; rules in [`register`],
-//!   [`redirect_uri`].
-//! - [`sign_in`]: `/authorize` → consent → IdP → `/callback` (RFC 6749 §4.1, RFC 7636, RFC 9207); rules in
-//!   [`authorize`], [`consent`], [`flow`] (the sealed tickets), [`pkce`], [`scope`].
-//! - [`token`] (RFC 6749 §4.1.3, §6, RFC 9700), [`revoke`] (RFC 7009), [`introspect`] (RFC 7662);
-//!   [`bearer_token`]: RFC 6750 §2 bearer parsing (the proxy's lookup uses it too).
-//! - [`metadata`] (RFC 8414, RFC 9728); [`requests`]: form bodies and client lookup shared by the handlers.
+//! - [`error`]: the RFC 6749 §5.2 error codes; [`grant_type`]: which grant a token request asks for.
+//! - [`register`]: RFC 7591 client metadata (registration and metadata documents alike).
+//! - [`authorize`]: an `/authorize` request (RFC 6749 §4.1.1, RFC 7636, RFC 8707); [`pkce`], [`scope`].
+//! - [`flow`]: the sealed tickets of a sign-in; [`cookies`]: the browser binding and person cookies.
+//! - [`bearer_token`]: RFC 6750 §2 bearer parsing (the proxy's lookup uses it too).
+//! - [`metadata`]: the RFC 8414 and RFC 9728 documents.
 
 pub mod authorize;
 pub mod bearer_token;
-pub mod client_auth;
-pub mod client_config;
-pub mod consent;
+pub mod cookies;
 pub mod error;
 pub mod flow;
 pub mod grant_type;
-pub mod introspect;
 pub mod metadata;
 pub mod pkce;
-pub mod redirect_uri;
 pub mod register;
-pub mod requests;
-pub mod revoke;
 pub mod scope;
-pub mod sign_in;
-pub mod token;

@@ -24,13 +24,13 @@
 
 use serde_json::{json, Map, Value};
 
-use super::redirect_uri;
 use super::scope;
 use crate::clock::UnixTime;
 use crate::crypto::{self, TokenHash};
-use crate::error::{ErrorCode, OAuthError};
 use crate::http::html;
 use crate::jwk::{self, KeySet};
+use crate::oauth::error::{ErrorCode, OAuthError};
+use crate::redirect_uri;
 use crate::store::{Client, ClientAuthMethod, ClientKeys, GrantType};
 
 /// The most redirect URIs a client may register.

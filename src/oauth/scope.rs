@@ -46,7 +46,7 @@ pub fn check_subset(requested: &str, granted: &str) -> Result<(), OAuthError> {
 /// The scopes a request for `path` needs that `granted` (space-separated) lacks, over every matching rule, in
 /// configuration order; empty when the token is enough.
 ///
-/// `path` must be the canonical path that is forwarded (`proxy::target::canonical_path`: no dot segment, no
+/// `path` must be the canonical path that is forwarded (`http::target::canonical_path`: no dot segment, no
 /// encoded separator, no parameter), so that the rule judges exactly what the upstream will route. Prefixes are
 /// compared without ASCII case, since some upstreams route `/MCP/Admin` to `/mcp/admin`.
 pub fn missing_for_path<'a>(rules: &'a [PathScopes], path: &str, granted: &str) -> Vec<&'a str> {

@@ -20,7 +20,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// The names of the proxy's own cookies (`oauth::consent::cookie_name` and `person_cookie_name`, for http and https).
+/// The names of the proxy's own cookies (`oauth::cookies::cookie_name` and `person_cookie_name`, for http and https).
 pub const PROXY_COOKIES: [&str; 4] = ["dcrp", "__Host-dcrp", "dcrp-who", "__Host-dcrp-who"];
 
 /// The local login's identity headers; always removed from client requests.
@@ -226,8 +226,8 @@ mod tests {
     #[test]
     fn the_cookie_names_are_those_the_consent_step_sets() {
         for https in [false, true] {
-            assert!(PROXY_COOKIES.contains(&crate::oauth::consent::cookie_name(https)));
-            assert!(PROXY_COOKIES.contains(&crate::oauth::consent::person_cookie_name(https)));
+            assert!(PROXY_COOKIES.contains(&crate::oauth::cookies::cookie_name(https)));
+            assert!(PROXY_COOKIES.contains(&crate::oauth::cookies::person_cookie_name(https)));
         }
     }
 

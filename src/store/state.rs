@@ -331,7 +331,7 @@ impl StateStore {
     /// to wait when over. Memory: nothing beyond the replica's own buckets ([`crate::rate_limit::RateLimiter`]).
     pub async fn count_request(
         &self,
-        class: crate::rate_limit::RouteClass,
+        class: crate::route::LimitClass,
         source: Source,
         per_minute: u32,
     ) -> Result<Option<u64>, StoreError> {

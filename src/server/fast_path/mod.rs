@@ -240,7 +240,7 @@ fn served_here(cx: &Context<'_>, head: &Head) -> bool {
     if proxy::routes::route_for(cx.routes, raw).is_some() {
         return false;
     }
-    match proxy::target::canonical_path(raw) {
+    match crate::http::target::canonical_path(raw) {
         Ok(path) => {
             proxy::routes::route_for(cx.routes, path.as_str()).is_none()
                 && !proxy::tool_policy::applies(cx, path.as_str())

@@ -18,9 +18,9 @@
 //!   isolated in `<bdi>`: registration refuses bidi and control characters, and the page does not rely on it
 //!   (clients restored from an older snapshot, right-to-left names).
 
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http::{Response, StatusCode};
 
-use super::redirect_uri;
+use crate::redirect_uri;
 use std::collections::BTreeMap;
 
 use crate::config::pages::PagesConfig;
@@ -28,60 +28,6 @@ use crate::http::html::{branded_page, escape, isolate};
 use crate::http::Body;
 use crate::store::AuthorizationRequest;
 use crate::store::Client;
-
-/// The binding cookie's name for the scheme of `public_url`.
-pub fn cookie_name(https: bool) -> &'static str {
-    if https {
-        "__Host-dcrp"
-    } else {
-        "dcrp"
-    }
-}
-
-/// The name of the cookie that says who last signed in with this browser ([`crate::oauth::flow::SignIns::person_key`],
-/// issue 23 item 11): what Entra requires of that person's next sign-in is found by it, not by the client.
-pub fn person_cookie_name(https: bool) -> &'static str {
-    if https {
-        "__Host-dcrp-who"
-    } else {
-        "dcrp-who"
-    }
-}
-
-/// The `Set-Cookie` value for a browser binding.
-pub fn set_cookie(https: bool, value: &str, max_age_secs: u64) -> Option<HeaderValue> {
-    set_named_cookie(cookie_name(https), https, value, max_age_secs)
-}
-
-/// The `Set-Cookie` value of the person cookie ([`person_cookie_name`]), same attributes as the binding cookie.
-pub fn set_person_cookie(https: bool, value: &str, max_age_secs: u64) -> Option<HeaderValue> {
-    set_named_cookie(person_cookie_name(https), https, value, max_age_secs)
-}
-
-fn set_named_cookie(name: &str, https: bool, value: &str, max_age_secs: u64) -> Option<HeaderValue> {
-    let secure = if https { "; Secure" } else { "" };
-    HeaderValue::try_from(format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}"))
-        .ok()
-}
-
-/// Every value of the binding cookie in a request, in order (a browser may send several cookies of one name).
-/// Whether a value is one the proxy minted is [`crate::oauth::flow::SignIns::browser_cookie`]'s question.
-pub fn cookie_values(headers: &HeaderMap, https: bool) -> Vec<&str> {
-    named_cookie_values(headers, cookie_name(https))
-}
-
-/// Every value of the cookie `name` in a request, in order.
-pub fn named_cookie_values<'h>(headers: &'h HeaderMap, name: &str) -> Vec<&'h str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-        .collect()
-}
 
 /// Where the answer goes, as the user should read it: `host[:port]`, or `scheme://host` for an app's private-use
 /// scheme (the scheme names the app).
@@ -212,15 +158,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cookie_is_host_prefixed_and_secure_only_under_https() {
-        let v = set_cookie(true, "abc", 600).map(|v| v.to_str().unwrap_or("").to_owned()).unwrap_or_default();
-        assert!(v.starts_with("__Host-dcrp=abc; Path=/; HttpOnly; SameSite=Lax"));
-        assert!(v.ends_with("; Secure"));
-        let v = set_cookie(false, "abc", 600).map(|v| v.to_str().unwrap_or("").to_owned()).unwrap_or_default();
-        assert!(v.starts_with("dcrp=abc") && !v.contains("Secure"));
-    }
-
-    #[test]
     fn scopes_read_as_words_operator_first_then_built_in_then_none() {
         let mut operator = BTreeMap::new();
         operator.insert("tools:write".to_owned(), "Run tools that change things".to_owned());
@@ -234,17 +171,5 @@ mod tests {
         );
         assert_eq!(describe_scope("api://abc/.default", &operator), describe_scope(".default", &operator));
         assert_eq!(describe_scope("mystery", &operator), None);
-    }
-
-    #[test]
-    fn cookie_is_read_among_others() {
-        let mut h = HeaderMap::new();
-        let token = "a".repeat(43);
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_str(&format!("x=1; dcrp={token}; y=2")).unwrap_or(HeaderValue::from_static("")),
-        );
-        assert_eq!(cookie_values(&h, false), vec![token.as_str()]);
-        assert!(cookie_values(&h, true).is_empty());
     }
 }

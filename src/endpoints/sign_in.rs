@@ -10,6 +10,7 @@
 
 use http::{header, HeaderMap, Request, Response, StatusCode};
 
+use super::{consent, requests};
 use crate::app::App;
 use crate::audit::{Entry, Event};
 use crate::crypto::{self, TokenHash};
@@ -20,7 +21,7 @@ use crate::idp::oidc::SignInHints;
 use crate::idp::{entra_error, local, Idp, IdpError};
 use crate::oauth::authorize::{self, AuthorizeContext};
 use crate::oauth::flow::{ConsentTicket, IdpTicket, PendingAuthorization, SignIns, Ticket};
-use crate::oauth::{consent, pkce, requests};
+use crate::oauth::{cookies, pkce};
 use crate::store::{
     AuthorizationCode, AuthorizationRequest, InteractionRequirement, UpstreamCredential, UpstreamLogin,
 };
@@ -76,7 +77,7 @@ pub async fn authorize(app: &App, req: &Request<RequestBody>) -> Result<Response
         &app.config.pages,
         notice,
     );
-    if let Some(cookie) = consent::set_cookie(app.config.is_https(), &browser, ttl) {
+    if let Some(cookie) = cookies::set_cookie(app.config.is_https(), &browser, ttl) {
         resp.headers_mut().insert(header::SET_COOKIE, cookie);
     }
     Ok(resp)
@@ -376,7 +377,7 @@ async fn finish(app: &App, pending: PendingAuthorization, login: UpstreamLogin) 
     app.audit(Entry::new(Event::SignInCompleted).client(&pending.request.client_id).subject(&login.identity.sub)).await;
     // The browser remembers who signed in, for as long as a refresh token may live: what Entra later requires of
     // this person is then asked on their next sign-in, not on someone else's through the same client.
-    let person = consent::set_person_cookie(
+    let person = cookies::set_person_cookie(
         app.sign_ins.https(),
         &app.sign_ins.person_key(&login.identity.sub),
         app.config.tokens.refresh_ttl.as_secs(),

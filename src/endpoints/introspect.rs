@@ -12,10 +12,10 @@ use serde_json::Value;
 use crate::app::App;
 use crate::clock::UnixTime;
 use crate::crypto::{self, TokenHash};
+use crate::endpoints::client_auth::Credential;
+use crate::endpoints::requests;
 use crate::error::{Error, OAuthError};
 use crate::http::{json_response, no_store, Body, RequestBody};
-use crate::oauth::client_auth::Credential;
-use crate::oauth::requests;
 use crate::store::{StateStore, StoreError};
 
 /// RFC 7662 §2: the introspection endpoint.

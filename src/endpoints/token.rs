@@ -23,7 +23,7 @@ use http::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::client_auth::Credential;
-use super::{pkce, requests, scope};
+use super::requests;
 use crate::app::App;
 use crate::audit::{self, Entry, Event};
 use crate::client_documents;
@@ -33,6 +33,7 @@ use crate::crypto::{self, Sealer, TokenHash};
 use crate::error::{Error, ErrorCode, OAuthError};
 use crate::http::params::Params;
 use crate::http::{json_response, no_store, Body, RequestBody};
+use crate::oauth::{pkce, scope};
 use crate::store::{
     AccessToken, AuthorizationCode, Client, CodeRedemption, FamilyId, Grant, GrantId, GrantType, Presented,
     RefreshFamily, RefreshTokenName, Rotation, StateStore,
@@ -61,7 +62,7 @@ pub struct TokenContext<'a> {
 
 /// Dispatches on `grant_type`.
 pub async fn exchange(ctx: &TokenContext<'_>, client: &Client, params: &Params) -> Result<TokenResponse, Error> {
-    let grant = super::grant_type::requested(params)?;
+    let grant = crate::oauth::grant_type::requested(params)?;
     if grant != GrantType::AuthorizationCode && !client.allows(grant) {
         return Err(OAuthError::new(
             ErrorCode::UnauthorizedClient,

@@ -12,10 +12,10 @@ use http::{HeaderMap, Request, StatusCode};
 
 use crate::app::App;
 use crate::client_documents::{self, DocumentError};
+use crate::endpoints::client_auth::{self, Credential};
 use crate::error::{Error, OAuthError};
 use crate::http::params::Params;
 use crate::http::{self as h, read_body, RequestBody};
-use crate::oauth::client_auth::{self, Credential};
 use crate::route::Route;
 use crate::store::Client;
 

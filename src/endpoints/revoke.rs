@@ -13,10 +13,10 @@ use crate::app::App;
 use crate::audit::{Entry, Event};
 use crate::client_documents;
 use crate::crypto::TokenHash;
+use crate::endpoints::client_auth::Credential;
+use crate::endpoints::requests;
 use crate::error::Error;
 use crate::http::{self as h, no_store, Body, RequestBody};
-use crate::oauth::client_auth::Credential;
-use crate::oauth::requests;
 use crate::route::Route;
 use crate::store::{StateStore, StoreError};
 
