@@ -5,7 +5,7 @@
 //! - `tool_policy_listing_filter`: narrow a 50-tool `tools/list` answer.
 //!
 //! The end-to-end difference through the running proxy is measured by the ignored test
-//! `policy_cost_on_allowed_calls` in `tests/mcp_2026.rs`.
+//! `policy_cost_on_allowed_calls` in `tests/proxying/mcp_2026.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

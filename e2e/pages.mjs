@@ -2,7 +2,7 @@
 // a whoami through the upstream, a denied consent and an error page (an unregistered redirect_uri), checks what a
 // person sees, runs axe-core on every page (no serious or critical violation) and saves screenshots.
 //
-// Run by tests/pages_browser.rs with: PAGES_PROXY (the proxy's base URL), PAGES_CHROMIUM (the browser),
+// Run by tests/end_to_end/pages_browser.rs with: PAGES_PROXY (the proxy's base URL), PAGES_CHROMIUM (the browser),
 // PAGES_SCREENSHOTS (a directory), PAGES_EXPECT (JSON: product, resource, application, a scope description).
 // Every request the browser makes is checked to go to 127.0.0.1; anything else is aborted and fails the run.
 // Prints one JSON line of results on stdout; exits non-zero on the first failed check.

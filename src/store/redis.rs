@@ -110,7 +110,7 @@ fn idp_aad(record_key: &str) -> Vec<u8> {
     format!("{record_key}\0idp").into_bytes()
 }
 
-/// The purpose the record key is derived from the configured key with (tests/shared_store_wrap.rs opens records
+/// The purpose the record key is derived from the configured key with (tests/stores/shared_store_wrap.rs opens records
 /// with it, as an attacker holding the configuration would).
 const RECORDS_LABEL: &str = "dcr-proxy redis records v1";
 
