@@ -12,10 +12,10 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use criterion::{criterion_group, criterion_main, Criterion};
+use dcr_proxy::endpoint::Endpoint;
 use dcr_proxy::endpoints::client_auth::{self, AssertionRules, Credential};
 use dcr_proxy::http::params::Params;
 use dcr_proxy::jwk::{self, KeySet};
-use dcr_proxy::route::Route;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -38,7 +38,7 @@ fn bench(c: &mut Criterion) {
         {"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": URL_SAFE_NO_PAD.encode(&ed_public)},
     ]}))
     .unwrap();
-    let audiences = client_auth::audiences("https://proxy.example", Route::Token);
+    let audiences = client_auth::audiences("https://proxy.example", Endpoint::Token);
     let claims = json!({"iss": CLIENT, "sub": CLIENT, "aud": "https://proxy.example", "iat": NOW, "exp": NOW + 300,
         "jti": "0123456789abcdef0123456789abcdef"});
     let cases = [

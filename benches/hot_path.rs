@@ -42,7 +42,7 @@ fn login() -> UpstreamLogin {
 }
 
 /// An authorization code for the bench client, as `/callback` stores it.
-fn insert_code(store: &Store, code: &str) {
+fn insert_code(store: &MemoryStore, code: &str) {
     store.issue_code(
         TokenHash::of(code),
         AuthorizationCode {
@@ -66,8 +66,8 @@ fn client() -> Client {
 }
 
 fn bench(c: &mut Criterion) {
-    let store = std::sync::Arc::new(Store::new());
-    let state = dcr_proxy::store::StateStore::Memory(store.clone());
+    let store = std::sync::Arc::new(MemoryStore::new());
+    let state = dcr_proxy::store::Store::Memory(store.clone());
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let grant = Grant::new("bench-client".into(), vec!["openid".into()], None, login(), 0);
     let access = crypto::random_token();

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use dcr_proxy::policy::{self, Pattern, Principal, ToolRule};
+use dcr_proxy::tool_policy::{self, Pattern, Principal, ToolRule};
 
 fn rules() -> Vec<ToolRule> {
     let rule = |m: &str, scopes: &[&str], groups: &[&str]| ToolRule {
@@ -36,9 +36,9 @@ fn bench(c: &mut Criterion) {
     .into_bytes();
     c.bench_function("tool_policy_allowed_call", |b| {
         b.iter(|| {
-            let message = policy::parse_message(&body).unwrap();
-            policy::check_headers(&[b"tools/call"], &[b"search"], &message).unwrap();
-            assert_eq!(policy::decide_message(&rules, &message, &who), policy::Verdict::Allow);
+            let message = tool_policy::parse_message(&body).unwrap();
+            tool_policy::check_headers(&[b"tools/call"], &[b"search"], &message).unwrap();
+            assert_eq!(tool_policy::decide_message(&rules, &message, &who), tool_policy::Verdict::Allow);
         })
     });
 
@@ -49,9 +49,9 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     let listing = serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}}).to_string().into_bytes();
-    let keep = |name: &str| policy::may_call(&rules, name, &who);
+    let keep = |name: &str| tool_policy::may_call(&rules, name, &who);
     c.bench_function("tool_policy_listing_filter", |b| {
-        b.iter(|| policy::listing::filter_json_body(&listing, &keep).unwrap())
+        b.iter(|| tool_policy::listing::filter_json_body(&listing, &keep).unwrap())
     });
 }
 

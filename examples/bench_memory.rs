@@ -14,7 +14,9 @@ use dcr_proxy::crypto::{self, TokenHash};
 use dcr_proxy::endpoints::token::{self, TokenContext};
 use dcr_proxy::http::params::Params;
 use dcr_proxy::store::snapshot;
-use dcr_proxy::store::{AuthorizationCode, Client, Identity, Store, UpstreamCredential, UpstreamLogin, UpstreamTokens};
+use dcr_proxy::store::{
+    AuthorizationCode, Client, Identity, MemoryStore, UpstreamCredential, UpstreamLogin, UpstreamTokens,
+};
 
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
@@ -54,8 +56,8 @@ fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let refreshes: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(0);
     let config = Config::from_toml(CONFIG, |_| None).unwrap();
-    let store = std::sync::Arc::new(Store::new());
-    let state = dcr_proxy::store::StateStore::Memory(store.clone());
+    let store = std::sync::Arc::new(MemoryStore::new());
+    let state = dcr_proxy::store::Store::Memory(store.clone());
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let client = Client::public("qlEKu_cJ_OPRZ8fwN_ohc-ySTMhvU4CqIPQctvF1y-k", vec![REDIRECT.into()], 0);
     let before = rss_bytes();

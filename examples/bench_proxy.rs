@@ -70,7 +70,7 @@ fn main() {
         let access = crypto::random_token();
         app.store.add_access_token(&access, AccessToken::new(Arc::clone(&grant), now + 86400)).await.unwrap();
         if let (Ok(n), Ok(path)) = (std::env::var("BENCH_SNAPSHOT_GRANTS"), std::env::var("BENCH_SNAPSHOT_PATH")) {
-            let dcr_proxy::store::StateStore::Memory(store) = &app.store else { unreachable!() };
+            let dcr_proxy::store::Store::Memory(store) = &app.store else { unreachable!() };
             let store = store.clone();
             fill(&app.store, n.parse().unwrap(), now).await;
             tokio::spawn(snapshot_on_signal(store, path.into(), now));
@@ -87,7 +87,7 @@ fn main() {
     });
 }
 
-async fn fill(store: &dcr_proxy::store::StateStore, n: usize, now: u64) {
+async fn fill(store: &dcr_proxy::store::Store, n: usize, now: u64) {
     for _ in 0..n {
         let seed = crypto::random_token();
         let tokens = UpstreamTokens::new(
@@ -111,7 +111,7 @@ async fn fill(store: &dcr_proxy::store::StateStore, n: usize, now: u64) {
     }
 }
 
-async fn snapshot_on_signal(store: Arc<dcr_proxy::store::Store>, path: std::path::PathBuf, now: u64) {
+async fn snapshot_on_signal(store: Arc<dcr_proxy::store::MemoryStore>, path: std::path::PathBuf, now: u64) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut usr1 = signal(SignalKind::user_defined1()).unwrap();
     let key = dcr_proxy::config::SnapshotKey([9u8; 32]);

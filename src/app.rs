@@ -10,7 +10,7 @@ use crate::idp::{Idp, IdpError};
 use crate::oauth::metadata::{self, Metadata};
 use crate::proxy::Forwarder;
 use crate::rate_limit::RateLimiter;
-use crate::store::{StateStore, Store, StoreError};
+use crate::store::{MemoryStore, Store, StoreError};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +34,7 @@ pub enum StartError {
 /// Everything a request handler needs.
 pub struct App {
     pub config: Config,
-    pub store: StateStore,
+    pub store: Store,
     pub clock: Clock,
     pub idp: Arc<Idp>,
     pub forwarder: Forwarder,
@@ -65,7 +65,7 @@ pub struct App {
     /// The audit trail (off unless `[audit] path` is set).
     pub audit: Arc<crate::audit::Audit>,
     /// `[[routes]]`: their resources, metadata, challenges and upstream pools (issue 16 §3).
-    pub routes: Vec<crate::proxy::routes::RouteState>,
+    pub upstream_routes: Vec<crate::proxy::upstream_routes::UpstreamRoute>,
 }
 
 impl App {
@@ -75,7 +75,7 @@ impl App {
         if entry.client_name.is_none() {
             if let Some(id) = entry.client_id.as_deref() {
                 let client = match &self.store {
-                    crate::store::StateStore::Memory(s) => s.client(id),
+                    crate::store::Store::Memory(s) => s.client(id),
                     redis => redis.client(id).await.ok().flatten(),
                 };
                 entry.client_name = client.and_then(|c| c.client_name.clone());
@@ -111,14 +111,14 @@ impl App {
             required_scopes: &self.config.upstream.required_scopes,
             offered_scopes: &self.config.idp.scopes,
             protected_resource_path: &self.metadata.protected_resource_path,
-            refresh: crate::proxy::bearer::RefreshPolicy {
+            refresh: crate::proxy::bearer::RefreshMargin {
                 margin: self.config.tokens.upstream_refresh_margin.as_secs(),
                 floor: self.config.tokens.upstream_refresh_floor.as_secs(),
             },
             tool_rules: &self.config.policy.rules,
             policy_max_body: self.config.policy.max_body_bytes,
             resource_path: &self.config.upstream.resource_path,
-            routes: &self.routes,
+            upstream_routes: &self.upstream_routes,
             sign_ins: &self.sign_ins,
         }
     }
@@ -137,11 +137,11 @@ impl App {
                     .await?;
             tracing::info!(url = %redis.url.redacted(), "shared store on Redis");
             let idp = Idp::from_config(&config).await?;
-            return Self::with_state(config, clock, idp, StateStore::Redis(store), network);
+            return Self::with_state(config, clock, idp, Store::Redis(store), network);
         }
         let mut origin = "empty: no snapshot configured";
         let store = match &config.store.snapshot {
-            None => Store::new(),
+            None => MemoryStore::new(),
             Some(s) => {
                 match crate::store::snapshot::load_rotating(&s.path, &s.key, s.previous_key.as_ref(), clock.now()) {
                     Ok(store) => {
@@ -153,7 +153,7 @@ impl App {
                     Err(e) if s.start_empty_on_error => {
                         tracing::warn!(error = %e, "snapshot unreadable; starting with an empty store as configured");
                         origin = "empty: the snapshot was unreadable (store.start_empty_on_bad_snapshot)";
-                        Store::new()
+                        MemoryStore::new()
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -167,7 +167,7 @@ impl App {
 
     /// Builds the state around an existing IdP, with an empty store.
     pub fn with_idp(config: Config, clock: Clock, idp: Arc<Idp>) -> Result<Arc<Self>, StartError> {
-        Self::with_parts(config, clock, idp, Store::new(), None)
+        Self::with_parts(config, clock, idp, MemoryStore::new(), None)
     }
 
     /// Builds the state around an existing IdP and store.
@@ -175,11 +175,11 @@ impl App {
         config: Config,
         clock: Clock,
         idp: Arc<Idp>,
-        store: Store,
+        store: MemoryStore,
         network: Option<Network>,
     ) -> Result<Arc<Self>, StartError> {
         store.set_sign_in_capacity(config.limits.max_pending);
-        Self::with_state(config, clock, idp, StateStore::Memory(Arc::new(store)), network)
+        Self::with_state(config, clock, idp, Store::Memory(Arc::new(store)), network)
     }
 
     /// Builds the state around an existing IdP and store of either backend.
@@ -187,7 +187,7 @@ impl App {
         config: Config,
         clock: Clock,
         idp: Arc<Idp>,
-        store: StateStore,
+        store: Store,
         network: Option<Network>,
     ) -> Result<Arc<Self>, StartError> {
         let forwarder = Forwarder::new(&config.upstream, config.is_https())?;
@@ -208,9 +208,10 @@ impl App {
             config.server.public_url.to_string(),
             format!("{}/", config.server.public_url),
         ];
-        let routes = crate::proxy::routes::RouteState::build_all(&config)?;
+        let routes = crate::proxy::upstream_routes::UpstreamRoute::build_all(&config)?;
         let default_resources = resources.clone();
-        let resources = resources.into_iter().chain(crate::proxy::routes::accepted_resources(&routes)).collect();
+        let resources =
+            resources.into_iter().chain(crate::proxy::upstream_routes::accepted_resources(&routes)).collect();
         let mut metrics = crate::metrics::Metrics::new();
         if let Idp::Local(users) = &*idp {
             let (running, peak) = users.gauges();
@@ -239,7 +240,7 @@ impl App {
             ),
             resources,
             default_resources,
-            routes,
+            upstream_routes: routes,
             rate_limiter: RateLimiter::new(&config.limits),
             metrics,
             client_documents: ClientDocuments::new(config.client_documents.clone(), network),

@@ -18,11 +18,12 @@
 //! # Layout
 //! - [`config`]: `proxy.toml` → validated [`config::Config`].
 //! - [`server`]: accept loop, TLS (rustls), HTTP/1.1 + HTTP/2, connection deadlines and caps, graceful shutdown.
-//! - [`route`]: the request path parsed once into a [`route::Route`]. [`router`]: the `match (method, route)`.
+//! - [`endpoint`]: the request path parsed once into an [`endpoint::Endpoint`]. [`router`]: the
+//!   `match (method, endpoint)`.
 //! - [`endpoints`]: the authorization server's endpoints, one module each; [`oauth`]: their rules as plain
 //!   functions; [`redirect_uri`]: the redirect URI rules (the configuration holds an allowlist).
 //! - [`idp`]: upstream identity providers (OIDC discovery, the Azure preset, local login).
-//! - [`policy`]: per-tool authorization (`[[policy.tools]]`) judged from the JSON-RPC body; listings narrowed.
+//! - [`tool_policy`]: per-tool authorization (`[[policy.tools]]`) judged from the JSON-RPC body; listings narrowed.
 //! - [`proxy`]: bearer lookup, upstream credential (refresh, single flight), streaming forwarder.
 //! - [`client_documents`]: Client ID Metadata Documents (URL client_ids), fetched without SSRF.
 //! - [`store`]: clients, codes, grants and token hashes behind named operations; the sweeper and snapshot writer.
@@ -39,6 +40,7 @@ pub mod client_documents;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod endpoint;
 pub mod endpoints;
 pub mod error;
 pub mod http;
@@ -47,12 +49,11 @@ pub mod jwk;
 pub mod log_writer;
 pub mod metrics;
 pub mod oauth;
-pub mod policy;
 pub mod proxy;
 pub mod rate_limit;
 pub mod readiness;
 pub mod redirect_uri;
-pub mod route;
 pub mod router;
 pub mod server;
 pub mod store;
+pub mod tool_policy;

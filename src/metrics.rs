@@ -12,7 +12,7 @@
 //! - `dcr_proxy_password_checks_running`, `dcr_proxy_password_checks_peak` (local login only): argon2
 //!   computations running now, and the most ever at once — never above `limits.password_checks`.
 //!
-//! Route labels are a fixed set of names, so cardinality stays bounded whatever paths clients send.
+//! Endpoint labels are a fixed set of names, so cardinality stays bounded whatever paths clients send.
 //! The hot path's label set (`route="proxy"`, `status="200"`) is resolved once at start: a proxied request
 //! updates its counter and histogram without a label lookup (issue 13).
 
@@ -24,9 +24,9 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::idp::IdpError;
-use crate::store::StateStore;
+use crate::store::Store;
 
-/// The route label of forwarded requests ([`crate::route::Route::name`]).
+/// The route label of forwarded requests ([`crate::endpoint::Endpoint::name`]).
 const PROXY_ROUTE: &str = "proxy";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -166,7 +166,7 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges read from the store now.
-    pub fn render(&self, store: &StateStore) -> String {
+    pub fn render(&self, store: &Store) -> String {
         let stats = store.stats();
         self.clients.set(i64::try_from(stats.clients).unwrap_or(i64::MAX));
         self.grants.set(i64::try_from(stats.grants).unwrap_or(i64::MAX));

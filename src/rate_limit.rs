@@ -19,7 +19,7 @@ use dashmap::DashMap;
 use http::HeaderMap;
 
 use crate::config::LimitsConfig;
-use crate::route::LimitClass;
+use crate::endpoint::LimitClass;
 
 /// Addresses tracked at most.
 pub const MAX_SOURCES: usize = 100_000;

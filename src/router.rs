@@ -1,9 +1,9 @@
-//! Routing and nothing else: the path is parsed once into a [`Route`], then one `match (method, route)` calls the
+//! Routing and nothing else: the path is parsed once into an [`Endpoint`], then one `match (method, endpoint)` calls the
 //! endpoint's handler in [`crate::oauth`] or the proxy policy [`crate::proxy::handle`].
 //!
 //! Invariants (the same on every request, so kept here): CORS preflights are answered without forwarding (never
 //! with credentials), TRACE and CONNECT are never forwarded (RFC 9110 §9.3.8: TRACE would echo the upstream
-//! credential), `OPTIONS *` is answered here (RFC 9110 §9.3.7), and the rate-limit class of the route is checked
+//! credential), `OPTIONS *` is answered here (RFC 9110 §9.3.7), and the rate-limit class of the endpoint is checked
 //! before any handler runs. Every answer gets `Access-Control-Allow-Origin: *` unless the upstream set its own.
 
 use std::net::SocketAddr;
@@ -13,27 +13,27 @@ use std::time::Instant;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::app::App;
+use crate::endpoint::Endpoint;
 use crate::endpoints::{client_config, introspect, revoke, sign_in, token};
 use crate::error::Error;
 use crate::http::{self as h, full, json_response, Body, RequestBody};
 use crate::idp::Idp;
 use crate::proxy::userinfo;
 use crate::rate_limit;
-use crate::route::Route;
-use crate::store::StateStore;
+use crate::store::Store;
 
 /// Handles one request.
 pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
-    let route = Route::parse(req.uri().path(), &app.metadata.protected_resource_path);
+    let endpoint = Endpoint::parse(req.uri().path(), &app.metadata.protected_resource_path);
     let request_id = next_request_id();
     let forwarded_for = match app.config.server.behind_tls_terminator {
         true => req.headers().get_all("x-forwarded-for").iter().next_back().cloned(),
         false => None,
     };
     let context = crate::audit::RequestContext { audit: app.audit.clone(), request_id, peer, forwarded_for };
-    let mut resp = match crate::audit::REQUEST.scope(context, dispatch(&app, route, req, peer)).await {
+    let mut resp = match crate::audit::REQUEST.scope(context, dispatch(&app, endpoint, req, peer)).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
@@ -44,8 +44,8 @@ pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) 
     }
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
-    app.metrics.request(route.name(), status, elapsed.as_secs_f64());
-    tracing::info!(request_id, %method, route = route.name(), status, micros = elapsed.as_micros() as u64, "request");
+    app.metrics.request(endpoint.name(), status, elapsed.as_secs_f64());
+    tracing::info!(request_id, %method, route = endpoint.name(), status, micros = elapsed.as_micros() as u64, "request");
     resp
 }
 
@@ -59,14 +59,14 @@ pub fn next_request_id() -> u64 {
 
 async fn dispatch(
     app: &Arc<App>,
-    route: Route,
+    endpoint: Endpoint,
     req: Request<RequestBody>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Error> {
     // CORS preflights carry no credentials, so the proxy answers them itself on every path (browser clients
     // such as MCP Inspector preflight the MCP endpoint too).
     if req.method() == Method::OPTIONS
-        && (route.answers_every_options() || req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD))
+        && (endpoint.answers_every_options() || req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD))
     {
         return Ok(preflight());
     }
@@ -77,7 +77,7 @@ async fn dispatch(
     if req.method() == Method::OPTIONS && req.uri() == "*" {
         return Ok(options_asterisk());
     }
-    if let Some((class, html)) = route.rate_class() {
+    if let Some((class, html)) = endpoint.rate_class() {
         let source = rate_limit::source_of(req.headers(), peer, app.config.server.behind_tls_terminator);
         if let Err(wait) = app.rate_limiter.check(class, source, Instant::now()) {
             tracing::info!(%source, ?class, "rate limited");
@@ -91,56 +91,58 @@ async fn dispatch(
             return Err(Error::RateLimited { retry_after_secs: wait, html });
         }
     }
-    match (req.method(), route) {
-        (&Method::GET, Route::AuthorizationServerMetadata) => Ok(json_bytes(app.authorization_server_metadata())),
-        (&Method::GET, Route::ProtectedResourceMetadata) => Ok(json_bytes(app.metadata.protected_resource.clone())),
+    match (req.method(), endpoint) {
+        (&Method::GET, Endpoint::AuthorizationServerMetadata) => Ok(json_bytes(app.authorization_server_metadata())),
+        (&Method::GET, Endpoint::ProtectedResourceMetadata) => Ok(json_bytes(app.metadata.protected_resource.clone())),
         // A `[[routes]]` entry's own RFC 9728 document (issue 16 §3).
-        (&Method::GET, Route::OtherWellKnown) => app
-            .routes
+        (&Method::GET, Endpoint::OtherWellKnown) => app
+            .upstream_routes
             .iter()
             .find(|r| r.metadata_path == req.uri().path())
             .map(|r| json_bytes(r.metadata.clone()))
             .ok_or(Error::NotFound),
-        (_, Route::AuthorizationServerMetadata | Route::ProtectedResourceMetadata | Route::OtherWellKnown) => {
+        (_, Endpoint::AuthorizationServerMetadata | Endpoint::ProtectedResourceMetadata | Endpoint::OtherWellKnown) => {
             Err(Error::NotFound)
         }
-        (&Method::POST, Route::Register) => {
+        (&Method::POST, Endpoint::Register) => {
             let source = rate_limit::source_of(req.headers(), peer, app.config.server.behind_tls_terminator);
             client_config::register(app, req, source).await
         }
-        (&Method::GET | &Method::PUT | &Method::DELETE, Route::ClientConfiguration) => {
+        (&Method::GET | &Method::PUT | &Method::DELETE, Endpoint::ClientConfiguration) => {
             client_config::manage(app, req).await
         }
         // Pages a browser shows: a store that does not answer is an HTML page too.
-        (&Method::GET, Route::Authorize) => sign_in::authorize(app, &req).await.map_err(Error::for_browser),
-        (&Method::POST, Route::Consent) => sign_in::consent(app, req).await.map_err(Error::for_browser),
-        (&Method::GET, Route::Callback) => sign_in::callback(app, &req).await.map_err(Error::for_browser),
-        (&Method::GET, Route::Login) => sign_in::show_login(app, &req).await.map_err(Error::for_browser),
-        (&Method::POST, Route::Login) => sign_in::submit_login(app, req).await.map_err(Error::for_browser),
-        (&Method::POST, Route::Token) => token::handle(app, req).await,
-        (&Method::POST, Route::Revoke) => revoke::handle(app, req).await,
-        (&Method::POST, Route::Introspect) => introspect::handle(app, req).await,
-        (&Method::GET | &Method::POST, Route::Userinfo) => userinfo::handle(&app.proxy_context(), &req).await,
-        (&Method::GET, Route::Healthz) => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
-        (&Method::GET, Route::Readyz) => Ok(readyz(app).await),
-        (_, Route::Register | Route::Consent | Route::Token | Route::Revoke | Route::Introspect) => {
+        (&Method::GET, Endpoint::Authorize) => sign_in::authorize(app, &req).await.map_err(Error::for_browser),
+        (&Method::POST, Endpoint::Consent) => sign_in::consent(app, req).await.map_err(Error::for_browser),
+        (&Method::GET, Endpoint::Callback) => sign_in::callback(app, &req).await.map_err(Error::for_browser),
+        (&Method::GET, Endpoint::Login) => sign_in::show_login(app, &req).await.map_err(Error::for_browser),
+        (&Method::POST, Endpoint::Login) => sign_in::submit_login(app, req).await.map_err(Error::for_browser),
+        (&Method::POST, Endpoint::Token) => token::handle(app, req).await,
+        (&Method::POST, Endpoint::Revoke) => revoke::handle(app, req).await,
+        (&Method::POST, Endpoint::Introspect) => introspect::handle(app, req).await,
+        (&Method::GET | &Method::POST, Endpoint::Userinfo) => userinfo::handle(&app.proxy_context(), &req).await,
+        (&Method::GET, Endpoint::Healthz) => Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        (&Method::GET, Endpoint::Readyz) => Ok(readyz(app).await),
+        (_, Endpoint::Register | Endpoint::Consent | Endpoint::Token | Endpoint::Revoke | Endpoint::Introspect) => {
             Err(Error::MethodNotAllowed { allow: "POST, OPTIONS" })
         }
-        (_, Route::Authorize | Route::Callback | Route::Healthz) => Err(Error::MethodNotAllowed { allow: "GET" }),
-        (_, Route::Login) => Err(Error::MethodNotAllowed { allow: "GET, POST" }),
+        (_, Endpoint::Authorize | Endpoint::Callback | Endpoint::Healthz) => {
+            Err(Error::MethodNotAllowed { allow: "GET" })
+        }
+        (_, Endpoint::Login) => Err(Error::MethodNotAllowed { allow: "GET, POST" }),
         // The proxy's own endpoints are never forwarded, whatever the method.
-        (_, Route::ClientConfiguration) => Err(Error::MethodNotAllowed { allow: "GET, PUT, DELETE, OPTIONS" }),
-        (_, Route::Userinfo) => Err(Error::MethodNotAllowed { allow: "GET, POST" }),
-        (_, Route::Readyz) => Err(Error::MethodNotAllowed { allow: "GET" }),
-        (&Method::GET, Route::Logo) => app
+        (_, Endpoint::ClientConfiguration) => Err(Error::MethodNotAllowed { allow: "GET, PUT, DELETE, OPTIONS" }),
+        (_, Endpoint::Userinfo) => Err(Error::MethodNotAllowed { allow: "GET, POST" }),
+        (_, Endpoint::Readyz) => Err(Error::MethodNotAllowed { allow: "GET" }),
+        (&Method::GET, Endpoint::Logo) => app
             .config
             .pages
             .logo
             .as_ref()
             .map(|l| h::html::logo_response(l.bytes.clone(), l.content_type))
             .ok_or(Error::NotFound),
-        (_, Route::Logo) => Err(Error::MethodNotAllowed { allow: "GET" }),
-        (_, Route::Proxy) => crate::proxy::handle(&app.proxy_context(), req, peer).await,
+        (_, Endpoint::Logo) => Err(Error::MethodNotAllowed { allow: "GET" }),
+        (_, Endpoint::Proxy) => crate::proxy::handle(&app.proxy_context(), req, peer).await,
     }
 }
 
@@ -154,11 +156,11 @@ async fn readyz(app: &App) -> Response<Body> {
     };
     let checks = [
         match &app.store {
-            StateStore::Redis(_) if !app.store.ready().await => {
+            Store::Redis(_) if !app.store.ready().await => {
                 Check { name: "store", ok: false, detail: "Redis does not answer PING".to_owned() }
             }
-            StateStore::Redis(_) => Check { name: "store", ok: true, detail: "Redis answers".to_owned() },
-            StateStore::Memory(_) => Check {
+            Store::Redis(_) => Check { name: "store", ok: true, detail: "Redis answers".to_owned() },
+            Store::Memory(_) => Check {
                 name: "store",
                 ok: true,
                 detail: app.store_origin.get().copied().unwrap_or("in memory").to_owned(),

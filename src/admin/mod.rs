@@ -328,7 +328,7 @@ async fn dispatch(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::store::Store;
+    use crate::store::MemoryStore;
     use crate::store::{Identity, UpstreamLogin};
 
     fn grant(client: &str, sub: &str, at: UnixTime) -> std::sync::Arc<Grant> {
@@ -367,7 +367,7 @@ mod tests {
 
     #[test]
     fn grants_are_filtered_by_user_and_client_and_counted_per_client() {
-        let store = Store::new();
+        let store = MemoryStore::new();
         store.put_client(Client::public(
             "c1",
             vec!["http://127.0.0.1:1/cb".into(), "http://127.0.0.1:2/cb".into()],

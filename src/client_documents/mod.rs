@@ -44,7 +44,7 @@ use crate::crypto::TokenHash;
 use crate::http::params::Params;
 use crate::oauth::error::OAuthError;
 use crate::redirect_uri::Allowlist;
-use crate::store::{Client, GrantType, StateStore, StoreError};
+use crate::store::{Client, GrantType, Store, StoreError};
 
 /// Why a metadata document cannot be used. Messages are shown to users on an error page and to clients in
 /// `error_description`; they never contain the document's body nor an address a name resolved to.
@@ -265,7 +265,7 @@ impl ClientDocuments {
 ///
 /// The outer error: the store did not answer.
 pub async fn check_token_request(
-    store: &StateStore,
+    store: &Store,
     params: &Params,
     client_id: &str,
 ) -> Result<Result<(), OAuthError>, StoreError> {
@@ -313,8 +313,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_request_must_present_a_code_or_refresh_token_of_that_client() {
-        let store = Arc::new(crate::store::Store::new());
-        let state = StateStore::Memory(store.clone());
+        let store = Arc::new(crate::store::MemoryStore::new());
+        let state = Store::Memory(store.clone());
         let code = |c: &str| params(&format!("grant_type=authorization_code&code={c}"));
         let refresh = |t: &str| params(&format!("grant_type=refresh_token&refresh_token={t}"));
         let refused = |p: Params| {

@@ -90,12 +90,12 @@ impl Config {
     }
 
     /// The RFC 8707 resource of a `[[routes]]` entry: `<public_url><path_prefix>`.
-    pub fn route_resource_url(&self, route: &RouteConfig) -> String {
+    pub fn route_resource_url(&self, route: &UpstreamRouteConfig) -> String {
         format!("{}{}", self.server.public_url, route.path_prefix)
     }
 
     /// The `[[routes]]` entry serving a (canonical) request path; `None`: the default `[upstream]`.
-    pub fn route_for(&self, path: &str) -> Option<&RouteConfig> {
+    pub fn route_for(&self, path: &str) -> Option<&UpstreamRouteConfig> {
         self.routes.iter().find(|r| r.serves(path))
     }
 
@@ -129,13 +129,13 @@ pub struct Config {
     /// The audit trail ([`crate::audit`]); off when absent.
     pub audit: Option<AuditConfig>,
     /// `[[routes]]` (issue 16 §3): further protected resources beside `[upstream]`, each its own API.
-    pub routes: Vec<RouteConfig>,
+    pub routes: Vec<UpstreamRouteConfig>,
 }
 
 /// One `[[routes]]` entry: the protected resource `<public_url><path_prefix>`, forwarded to `url` with an IdP
 /// access token for `scopes`. Paths under no route go to `[upstream]`, which stays the default.
 #[derive(Debug, Clone)]
-pub struct RouteConfig {
+pub struct UpstreamRouteConfig {
     /// A plain path (`/graph`): the route serves it and every path below it (`/graph/...`).
     pub path_prefix: String,
     /// Base URL; a request for `/graph/p?q` goes to `<url>/graph/p?q`, as for `[upstream]`.
@@ -150,7 +150,7 @@ pub fn path_under(prefix: &str, path: &str) -> bool {
     path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-impl RouteConfig {
+impl UpstreamRouteConfig {
     /// Whether `path` is this route's prefix or below it (segment-wise: `/graphx` is not under `/graph`).
     pub fn serves(&self, path: &str) -> bool {
         path_under(&self.path_prefix, path)
@@ -489,13 +489,13 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[policy]`: who may call which MCP tool, resource or prompt (`crate::policy`).
+/// `[policy]`: who may call which MCP tool, resource or prompt (`crate::tool_policy`).
 #[derive(Debug, Clone, Default)]
 pub struct PolicyConfig {
     /// Largest JSON-RPC body read to decide a call (413 beyond); only read when `rules` is not empty.
     pub max_body_bytes: usize,
     /// `[[policy.tools]]`, in configuration order.
-    pub rules: Vec<crate::policy::ToolRule>,
+    pub rules: Vec<crate::tool_policy::ToolRule>,
 }
 
 /// Scopes a path prefix of the upstream needs (`[[upstream.required_scopes]]`); applied by

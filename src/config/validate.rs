@@ -93,8 +93,8 @@ pub(crate) fn config(raw: RawConfig, env: &Env<'_>, files: &Files) -> Result<Con
 /// without a trailing `/`, neither the prefix of another route's nor below it, and not covering one of the proxy's
 /// own endpoints or `upstream.resource_path`; `url` as `upstream.url`; `scopes` at least one, without spaces.
 /// `[upstream]` stays required: it serves every path under no route.
-fn validate_routes(raw: Vec<RawRoute>, resource_path: &str) -> Result<Vec<RouteConfig>, ConfigError> {
-    let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.len());
+fn validate_routes(raw: Vec<RawRoute>, resource_path: &str) -> Result<Vec<UpstreamRouteConfig>, ConfigError> {
+    let mut routes: Vec<UpstreamRouteConfig> = Vec::with_capacity(raw.len());
     for (i, r) in raw.into_iter().enumerate() {
         let key = |field: &str| format!("routes[{i}].{field}");
         let prefix = r.path_prefix;
@@ -125,7 +125,7 @@ fn validate_routes(raw: Vec<RawRoute>, resource_path: &str) -> Result<Vec<RouteC
         if r.scopes.is_empty() || r.scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
             return Err(invalid_entry(key("scopes"), "must name at least one scope, each without spaces"));
         }
-        routes.push(RouteConfig { path_prefix: prefix, url, scopes: r.scopes });
+        routes.push(UpstreamRouteConfig { path_prefix: prefix, url, scopes: r.scopes });
     }
     Ok(routes)
 }
@@ -536,7 +536,7 @@ fn validate_policy(raw: RawPolicy, offered: &[String]) -> Result<PolicyConfig, C
     }
     let mut rules = Vec::with_capacity(raw.tools.len());
     for rule in raw.tools {
-        let pattern = crate::policy::Pattern::parse(&rule.pattern).map_err(|e| invalid(KEY, e))?;
+        let pattern = crate::tool_policy::Pattern::parse(&rule.pattern).map_err(|e| invalid(KEY, e))?;
         if rule.scopes.is_empty() && rule.groups.is_empty() {
             return Err(invalid(KEY, format!("the rule for `{}` needs `scopes` or `groups`", rule.pattern)));
         }
@@ -546,7 +546,7 @@ fn validate_policy(raw: RawPolicy, offered: &[String]) -> Result<PolicyConfig, C
         if rule.groups.iter().any(|g| g.trim().is_empty()) {
             return Err(invalid(KEY, format!("the rule for `{}` has an empty group", rule.pattern)));
         }
-        rules.push(crate::policy::ToolRule { pattern, scopes: rule.scopes, groups: rule.groups });
+        rules.push(crate::tool_policy::ToolRule { pattern, scopes: rule.scopes, groups: rule.groups });
     }
     Ok(PolicyConfig { max_body_bytes, rules })
 }

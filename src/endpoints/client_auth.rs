@@ -30,10 +30,10 @@ use crate::app::App;
 use crate::client_documents::DocumentError;
 use crate::clock::UnixTime;
 use crate::crypto::{self, TokenHash};
+use crate::endpoint::Endpoint;
 use crate::error::{Error, OAuthError};
 use crate::http::params::Params;
 use crate::jwk::{self, SignatureError};
-use crate::route::Route;
 use crate::store::{Client, ClientAuthMethod, ClientKeys};
 
 /// RFC 7523 §2.2: the `client_assertion_type` of a JWT client assertion.
@@ -289,9 +289,9 @@ fn signature_error(e: SignatureError) -> Error {
 }
 
 /// The audiences an assertion sent to `endpoint` may name.
-pub fn audiences(public_url: &str, endpoint: Route) -> Vec<String> {
-    let mut out = vec![public_url.to_owned(), format!("{public_url}{}", Route::Token.path().unwrap_or_default())];
-    if endpoint != Route::Token {
+pub fn audiences(public_url: &str, endpoint: Endpoint) -> Vec<String> {
+    let mut out = vec![public_url.to_owned(), format!("{public_url}{}", Endpoint::Token.path().unwrap_or_default())];
+    if endpoint != Endpoint::Token {
         out.push(format!("{public_url}{}", endpoint.path().unwrap_or_default()));
     }
     out
@@ -302,7 +302,7 @@ pub async fn authenticate(
     app: &App,
     client: Arc<Client>,
     credential: &Credential,
-    endpoint: Route,
+    endpoint: Endpoint,
 ) -> Result<Arc<Client>, Error> {
     if check_without_keys(&client, credential)? {
         return Ok(client);
@@ -427,7 +427,7 @@ mod tests {
 
     #[test]
     fn claims_must_name_the_client_this_server_and_a_short_single_use_life() {
-        let audiences = audiences("https://p.example", Route::Token);
+        let audiences = audiences("https://p.example", Endpoint::Token);
         let rules = AssertionRules { client_id: "c1", audiences: &audiences, now: 1000 };
         let good = json!({"iss": "c1", "sub": "c1", "aud": "https://p.example", "exp": 1100, "iat": 1000, "jti": "j1"});
         let check = |v: &Value| check_claims(v.as_object().unwrap_or(&Map::new()), &rules);
@@ -467,13 +467,13 @@ mod tests {
         assert!(check(&with("exp", json!(990))).is_ok());
         assert!(check(&with("nbf", json!(1030))).is_ok());
         // The revocation endpoint's URL is accepted there.
-        let at_revoke = audiences_at(Route::Revoke);
+        let at_revoke = audiences_at(Endpoint::Revoke);
         let rules = AssertionRules { client_id: "c1", audiences: &at_revoke, now: 1000 };
         let revoke = with("aud", json!("https://p.example/revoke"));
         assert!(check_claims(revoke.as_object().unwrap_or(&Map::new()), &rules).is_ok());
     }
 
-    fn audiences_at(route: Route) -> Vec<String> {
+    fn audiences_at(route: Endpoint) -> Vec<String> {
         audiences("https://p.example", route)
     }
 

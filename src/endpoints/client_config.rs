@@ -3,13 +3,13 @@
 //!
 //! Invariants:
 //! - With `registration.initial_access_token` set, registration requires it as bearer (RFC 7591 §3).
-//! - A full client table makes room by evicting never-used clients ([`crate::store::Store::make_room_for_client`]);
+//! - A full client table makes room by evicting never-used clients ([`crate::store::MemoryStore::make_room_for_client`]);
 //!   only a table whose clients all redeemed a code refuses a registration.
 //! - `/register/{client_id}` needs the registration access token of that client; an unknown client and a wrong
 //!   token are the same 401 (RFC 7592 §2), so that nothing is learned about which clients exist.
 //! - While the operator has switched registration off ([`crate::admin`]), `/register` answers 403 before reading
 //!   anything.
-//! - Deleting a client revokes every grant it holds ([`crate::store::Store::revoke_client`]).
+//! - Deleting a client revokes every grant it holds ([`crate::store::MemoryStore::revoke_client`]).
 
 use std::sync::Arc;
 
@@ -18,12 +18,12 @@ use http::{Method, Request, Response, StatusCode};
 use crate::app::App;
 use crate::audit::{Entry, Event};
 use crate::crypto::TokenHash;
+use crate::endpoint::CLIENT_CONFIGURATION_PREFIX;
 use crate::error::{Error, ErrorCode, OAuthError};
 use crate::http::{self as h, json_response, no_store, read_body, Body, RequestBody};
 use crate::oauth::{bearer_token as bearer, register};
 use crate::rate_limit;
-use crate::route::CLIENT_CONFIGURATION_PREFIX;
-use crate::store::{Client, StateStore, StoreError};
+use crate::store::{Client, Store, StoreError};
 
 /// RFC 7591 §3: registers a client from a JSON metadata body.
 pub async fn register(
@@ -125,7 +125,7 @@ pub async fn manage(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
 
 /// The registered client `client_id` if `presented` is its registration access token (RFC 7592 §2.1).
 pub async fn managed_client(
-    store: &StateStore,
+    store: &Store,
     client_id: &str,
     presented: &str,
 ) -> Result<Option<Arc<Client>>, StoreError> {
@@ -157,8 +157,8 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_clients_own_registration_token_manages_it() {
-        let store = Arc::new(crate::store::Store::new());
-        let state = StateStore::Memory(store.clone());
+        let store = Arc::new(crate::store::MemoryStore::new());
+        let state = Store::Memory(store.clone());
         let mut client = Client::public("c1", vec![], 1);
         client.registration_token = Some(TokenHash::of("rat-1"));
         store.put_client(client);

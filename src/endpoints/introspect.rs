@@ -16,7 +16,7 @@ use crate::endpoints::client_auth::Credential;
 use crate::endpoints::requests;
 use crate::error::{Error, OAuthError};
 use crate::http::{json_response, no_store, Body, RequestBody};
-use crate::store::{StateStore, StoreError};
+use crate::store::{Store, StoreError};
 
 /// RFC 7662 §2: the introspection endpoint.
 pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Body>, Error> {
@@ -52,7 +52,7 @@ pub struct Issuer<'a> {
 
 /// The introspection response for `token` (§2.2).
 pub async fn introspect(
-    store: &StateStore,
+    store: &Store,
     token: &str,
     hint: Option<&str>,
     now: UnixTime,
@@ -90,14 +90,14 @@ pub async fn introspect(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
+    use crate::store::MemoryStore;
     use crate::store::{AccessToken, Grant, Identity, UpstreamCredential, UpstreamLogin};
     use std::sync::Arc;
 
     #[tokio::test]
     async fn live_tokens_are_described_and_anything_else_is_only_inactive() {
-        let store = Arc::new(Store::new());
-        let state = StateStore::Memory(store.clone());
+        let store = Arc::new(MemoryStore::new());
+        let state = Store::Memory(store.clone());
         let login = UpstreamLogin {
             credential: UpstreamCredential::Local,
             identity: Identity { sub: "user-1".into(), ..Identity::default() },

@@ -12,11 +12,11 @@ use http::{HeaderMap, Request, StatusCode};
 
 use crate::app::App;
 use crate::client_documents::{self, DocumentError};
+use crate::endpoint::Endpoint;
 use crate::endpoints::client_auth::{self, Credential};
 use crate::error::{Error, OAuthError};
 use crate::http::params::Params;
 use crate::http::{self as h, read_body, RequestBody};
-use crate::route::Route;
 use crate::store::Client;
 
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -67,7 +67,7 @@ pub fn find_client(document: &Option<Arc<Client>>, registered: &Option<Arc<Clien
 
 /// The client a token, revocation or introspection request names (registered, or a metadata document fetched
 /// or cached), authenticated with the request's credential ([`client_auth`]).
-pub async fn token_client(app: &App, credential: &Credential, endpoint: Route) -> Result<Arc<Client>, Error> {
+pub async fn token_client(app: &App, credential: &Credential, endpoint: Endpoint) -> Result<Arc<Client>, Error> {
     let id = credential.client_id();
     let client = if client_documents::is_document_id(id) {
         document_client(app, Some(id)).await.map_err(DocumentError::into_token_error)?

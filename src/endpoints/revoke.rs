@@ -13,12 +13,12 @@ use crate::app::App;
 use crate::audit::{Entry, Event};
 use crate::client_documents;
 use crate::crypto::TokenHash;
+use crate::endpoint::Endpoint;
 use crate::endpoints::client_auth::Credential;
 use crate::endpoints::requests;
 use crate::error::Error;
 use crate::http::{self as h, no_store, Body, RequestBody};
-use crate::route::Route;
-use crate::store::{StateStore, StoreError};
+use crate::store::{Store, StoreError};
 
 /// What a revocation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
     if may_fetch && app.store.token_client(token).await?.as_deref() != Some(id) {
         return Ok(answer());
     }
-    let client = requests::token_client(app, &credential, Route::Revoke).await?;
+    let client = requests::token_client(app, &credential, Endpoint::Revoke).await?;
     match revoke(&app.store, &client.client_id, token).await? {
         Revoked::Grant => {
             tracing::info!(client_id = %client.client_id, "grant revoked by its client");
@@ -64,7 +64,7 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
 
 /// Revokes `token` if it was issued to `client_id`: a refresh token (current or just rotated) with its grant, or
 /// an access token.
-pub async fn revoke(store: &StateStore, client_id: &str, token: &str) -> Result<Revoked, StoreError> {
+pub async fn revoke(store: &Store, client_id: &str, token: &str) -> Result<Revoked, StoreError> {
     let refresh_grant = store.refresh_token(token).await?.map(|(grant, _, _)| grant);
     Ok(if let Some(grant) = refresh_grant.filter(|g| g.client_id == client_id) {
         store.revoke_grant(grant.id).await?;
@@ -79,7 +79,7 @@ pub async fn revoke(store: &StateStore, client_id: &str, token: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
+    use crate::store::MemoryStore;
     use crate::store::UpstreamLogin;
     use crate::store::{AccessToken, FamilyId, Grant, Identity, RefreshFamily, RefreshTokenName, UpstreamCredential};
     use std::sync::Arc;
@@ -91,8 +91,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_refresh_token_revokes_its_grant_for_its_own_client_only() {
-        let store = Arc::new(Store::new());
-        let state = StateStore::Memory(store.clone());
+        let store = Arc::new(MemoryStore::new());
+        let state = Store::Memory(store.clone());
         let g = grant("c1");
         store.start_grant(g.clone(), TokenHash::of("code"), 100);
         let name = RefreshTokenName { family: FamilyId::random(), generation: 0 };
@@ -113,8 +113,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_access_token_is_removed_for_its_own_client_only() {
-        let store = Arc::new(Store::new());
-        let state = StateStore::Memory(store.clone());
+        let store = Arc::new(MemoryStore::new());
+        let state = Store::Memory(store.clone());
         let g = grant("c1");
         store.add_access_token(TokenHash::of("at"), AccessToken::new(g.clone(), 100));
         assert_eq!(revoke(&state, "c2", "at").await.ok(), Some(Revoked::Nothing));

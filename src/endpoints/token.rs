@@ -36,7 +36,7 @@ use crate::http::{json_response, no_store, Body, RequestBody};
 use crate::oauth::{pkce, scope};
 use crate::store::{
     AccessToken, AuthorizationCode, Client, CodeRedemption, FamilyId, Grant, GrantId, GrantType, Presented,
-    RefreshFamily, RefreshTokenName, Rotation, StateStore,
+    RefreshFamily, RefreshTokenName, Rotation, Store,
 };
 
 /// A successful token response (RFC 6749 §5.1).
@@ -52,7 +52,7 @@ pub struct TokenResponse {
 
 /// What the token rules need to know about the proxy.
 pub struct TokenContext<'a> {
-    pub store: &'a StateStore,
+    pub store: &'a Store,
     pub config: &'a TokenConfig,
     pub now: UnixTime,
     /// Values accepted for RFC 8707 `resource` at redemption of a code (or refresh of a grant) bound to no
@@ -239,7 +239,7 @@ pub async fn handle(app: &App, req: Request<RequestBody>) -> Result<Response<Bod
     if client_documents::is_document_id(id) || matches!(credential, Credential::Assertion { .. }) {
         client_documents::check_token_request(&app.store, &params, id).await??;
     }
-    let client = requests::token_client(app, &credential, crate::route::Route::Token).await?;
+    let client = requests::token_client(app, &credential, crate::endpoint::Endpoint::Token).await?;
     let ctx = TokenContext {
         store: &app.store,
         config: &app.config.tokens,
@@ -333,7 +333,7 @@ async fn answer_refresh(ctx: &TokenContext<'_>, client: &Client, outcome: Refres
 }
 
 /// The rule of RFC 9700 §4.14 on a copy of one family: the current token rotates (into the returned next
-/// family, which [`StateStore::replace_refresh_family`] writes only if nobody rotated meanwhile), the one just
+/// family, which [`Store::replace_refresh_family`] writes only if nobody rotated meanwhile), the one just
 /// rotated is answered again within `tokens.refresh_grace`, any other spent one revokes. Writes nothing.
 fn refresh_family(
     ctx: &TokenContext<'_>,
@@ -393,7 +393,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::Store;
+    use crate::store::MemoryStore;
 
     fn oauth_code(e: Error) -> Option<ErrorCode> {
         match e {
@@ -422,7 +422,7 @@ mod tests {
     const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
     const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
-    fn put_code(store: &Store, code: &str, client_id: &str) {
+    fn put_code(store: &MemoryStore, code: &str, client_id: &str) {
         store.issue_code(TokenHash::of(code), code_for(client_id));
     }
 
@@ -454,8 +454,8 @@ mod tests {
 
     #[tokio::test]
     async fn replayed_code_fails_and_revokes_issued_tokens() {
-        let store = Arc::new(Store::new());
-        let state = StateStore::Memory(store.clone());
+        let store = Arc::new(MemoryStore::new());
+        let state = Store::Memory(store.clone());
         let cfg = config();
         let ctx = TokenContext { store: &state, config: &cfg, now: 1000, resources: &[] };
         put_code(&store, "code1", "c1");
@@ -469,8 +469,8 @@ mod tests {
 
     #[tokio::test]
     async fn code_of_another_client_wrong_verifier_and_expiry_are_invalid_grant() {
-        let store = Arc::new(Store::new());
-        let state = StateStore::Memory(store.clone());
+        let store = Arc::new(MemoryStore::new());
+        let state = Store::Memory(store.clone());
         let cfg = config();
         let ctx = TokenContext { store: &state, config: &cfg, now: 1000, resources: &[] };
         put_code(&store, "a", "c1");
@@ -494,8 +494,8 @@ mod tests {
 
     #[tokio::test]
     async fn refresh_rotates_allows_grace_replay_then_revokes_on_reuse() {
-        let store = Arc::new(Store::new());
-        let state = StateStore::Memory(store.clone());
+        let store = Arc::new(MemoryStore::new());
+        let state = Store::Memory(store.clone());
         let cfg = config();
         let c = client("c1");
         put_code(&store, "code", "c1");
@@ -533,8 +533,8 @@ mod tests {
 
     #[tokio::test]
     async fn many_refreshes_keep_one_family_and_any_spent_generation_revokes() {
-        let store = Arc::new(Store::new());
-        let state = StateStore::Memory(store.clone());
+        let store = Arc::new(MemoryStore::new());
+        let state = Store::Memory(store.clone());
         let cfg = config();
         let c = client("c1");
         put_code(&store, "code", "c1");
@@ -575,8 +575,8 @@ mod tests {
 
     #[tokio::test]
     async fn narrower_scope_on_refresh_is_given_to_the_access_token_only() {
-        let store = Arc::new(Store::new());
-        let state = StateStore::Memory(store.clone());
+        let store = Arc::new(MemoryStore::new());
+        let state = Store::Memory(store.clone());
         let cfg = config();
         let c = client("c1");
         let code = {
@@ -605,8 +605,8 @@ mod tests {
 
     #[tokio::test]
     async fn grant_without_refresh_token_survives_the_sweep_while_its_access_token_lives() {
-        let store = Arc::new(Store::new());
-        let state = StateStore::Memory(store.clone());
+        let store = Arc::new(MemoryStore::new());
+        let state = Store::Memory(store.clone());
         let cfg = config();
         let mut c = client("c1");
         c.grant_types = vec!["authorization_code".into()];

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::route::Route;
+use crate::endpoint::Endpoint;
 use crate::store::ClientAuthMethod;
 
 /// The serialized documents.
@@ -42,11 +42,11 @@ impl Metadata {
         let signing_algs = crate::jwk::algorithm_names();
         let as_doc = json!({
             "issuer": base,
-            "authorization_endpoint": endpoint(base, Route::Authorize),
-            "token_endpoint": endpoint(base, Route::Token),
-            "registration_endpoint": endpoint(base, Route::Register),
-            "revocation_endpoint": endpoint(base, Route::Revoke),
-            "userinfo_endpoint": endpoint(base, Route::Userinfo),
+            "authorization_endpoint": endpoint(base, Endpoint::Authorize),
+            "token_endpoint": endpoint(base, Endpoint::Token),
+            "registration_endpoint": endpoint(base, Endpoint::Register),
+            "revocation_endpoint": endpoint(base, Endpoint::Revoke),
+            "userinfo_endpoint": endpoint(base, Endpoint::Userinfo),
             "scopes_supported": scopes,
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
@@ -76,7 +76,7 @@ impl Metadata {
             protected_resource: Bytes::from(prm_doc.to_string()),
             protected_resource_path: format!(
                 "{}{}",
-                Route::ProtectedResourceMetadata.path().unwrap_or_default(),
+                Endpoint::ProtectedResourceMetadata.path().unwrap_or_default(),
                 config.upstream.resource_path
             ),
         }
@@ -93,8 +93,8 @@ pub fn challenge_scopes<'a>(scopes: impl IntoIterator<Item = &'a String>) -> Vec
 pub const OFFLINE_ACCESS: &str = "offline_access";
 
 /// The URL of one of the proxy's endpoints.
-fn endpoint(base: &str, route: Route) -> String {
-    format!("{base}{}", route.path().unwrap_or_default())
+fn endpoint(base: &str, endpoint: Endpoint) -> String {
+    format!("{base}{}", endpoint.path().unwrap_or_default())
 }
 
 /// The RFC 9728 metadata URL put in `WWW-Authenticate` challenges.

@@ -70,7 +70,7 @@ fn header_value(s: &str) -> Option<HeaderValue> {
 
 /// When the proxy refreshes a grant's IdP token.
 #[derive(Debug, Clone, Copy)]
-pub struct RefreshPolicy {
+pub struct RefreshMargin {
     /// `tokens.upstream_refresh_margin`: how long before expiry to refresh (capped at half the token's lifetime).
     pub margin: u64,
     /// `tokens.upstream_refresh_floor`: least time between two refreshes of one grant while its token is valid.
@@ -93,7 +93,7 @@ pub struct UpstreamTokenState {
 /// Due when rejected by the upstream, or within the margin of its expiry, the margin being at most half of the
 /// token's lifetime. A due refresh waits while the grant refreshed less than `floor` ago and the token is still
 /// valid; an expired token is always refreshed (there is nothing else to send).
-pub fn refresh_due(t: UpstreamTokenState, now: u64, policy: RefreshPolicy) -> bool {
+pub fn refresh_due(t: UpstreamTokenState, now: u64, policy: RefreshMargin) -> bool {
     let lifetime = t.expires_at.saturating_sub(t.obtained_at);
     let margin = policy.margin.min(lifetime / 2);
     let due = t.rejected || t.expires_at <= now.saturating_add(margin);
@@ -166,7 +166,7 @@ async fn refresh_upstream(cx: &Context<'_>, grant: &Grant) -> Result<UpstreamAut
 pub async fn route_auth(
     cx: &Context<'_>,
     grant: &Grant,
-    route: &crate::config::RouteConfig,
+    route: &crate::config::UpstreamRouteConfig,
 ) -> Result<UpstreamAuth, Error> {
     if matches!(&*grant.upstream(), UpstreamCredential::Local) {
         return local_auth(grant)
@@ -403,7 +403,7 @@ async fn refresh_with_retries(
 }
 
 /// The grant's credential, unless a refresh is due.
-fn current_auth(grant: &Grant, now: u64, policy: RefreshPolicy) -> Option<UpstreamAuth> {
+fn current_auth(grant: &Grant, now: u64, policy: RefreshMargin) -> Option<UpstreamAuth> {
     match &*grant.upstream() {
         UpstreamCredential::Tokens(t) => {
             let state = UpstreamTokenState {
@@ -438,7 +438,7 @@ fn local_auth(grant: &Grant) -> Option<UpstreamAuth> {
 mod tests {
     use super::*;
 
-    const POLICY: RefreshPolicy = RefreshPolicy { margin: 300, floor: 30 };
+    const POLICY: RefreshMargin = RefreshMargin { margin: 300, floor: 30 };
 
     fn token(obtained_at: u64, lifetime: u64) -> UpstreamTokenState {
         UpstreamTokenState { obtained_at, expires_at: obtained_at + lifetime, rejected: false, refreshed_at: 0 }

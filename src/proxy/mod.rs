@@ -13,7 +13,7 @@
 //!   directly; an upstream `insufficient_scope` becomes the proxy's step-up (RFC 6750 §3.1) for scopes it offers.
 //! - One canonical path ([`target::canonical_path`]) decides both the `upstream.required_scopes` policy and what
 //!   the upstream gets.
-//! - With `[[policy.tools]]` rules, an MCP POST is read and judged by the tool policy ([`tool_policy`]) before
+//! - With `[[policy.tools]]` rules, an MCP POST is read and judged by the tool policy ([`tool_gate`]) before
 //!   the credential is swapped; a refused call never reaches the upstream, and listings are narrowed.
 //!
 //! [`handle`] is the policy, in that order; it needs only a [`Context`], never the whole application.
@@ -24,9 +24,9 @@ pub mod forward;
 pub mod headers;
 pub mod pool;
 pub mod raw_pool;
-pub mod routes;
-pub mod tool_policy;
+pub mod tool_gate;
 pub mod upstream_body;
+pub mod upstream_routes;
 pub mod userinfo;
 
 use std::net::SocketAddr;
@@ -43,13 +43,13 @@ use crate::http::{self as h, Body, RequestBody};
 use crate::idp::Idp;
 use crate::metrics::Metrics;
 use crate::oauth::scope;
-use crate::store::StateStore;
-use bearer::RefreshPolicy;
+use crate::store::Store;
+use bearer::RefreshMargin;
 use forward::UpstreamBody;
 
 /// What the proxy policy needs of the application.
 pub struct Context<'a> {
-    pub store: &'a StateStore,
+    pub store: &'a Store,
     pub clock: &'a Clock,
     pub idp: &'a Idp,
     pub metrics: &'a Metrics,
@@ -64,15 +64,15 @@ pub struct Context<'a> {
     pub offered_scopes: &'a [String],
     /// The path-inserted RFC 9728 document's path (one of the proxy's own endpoints).
     pub protected_resource_path: &'a str,
-    pub refresh: RefreshPolicy,
+    pub refresh: RefreshMargin,
     /// `[[policy.tools]]` (empty: MCP bodies are streamed without being read).
-    pub tool_rules: &'a [crate::policy::ToolRule],
+    pub tool_rules: &'a [crate::tool_policy::ToolRule],
     /// `policy.max_body_bytes`: the largest MCP body the tool policy reads, and the largest listing it narrows.
     pub policy_max_body: usize,
     /// `upstream.resource_path`: the MCP endpoint the tool policy judges.
     pub resource_path: &'a str,
     /// `[[routes]]` (issue 16 §3); empty: every path goes to `[upstream]`.
-    pub routes: &'a [routes::RouteState],
+    pub upstream_routes: &'a [upstream_routes::UpstreamRoute],
     /// The sign-in keys: a refused grant's interaction requirement is kept under its person's key.
     pub sign_ins: &'a crate::oauth::flow::SignIns,
 }
@@ -88,8 +88,9 @@ pub async fn handle(
     // canonical path chooses the entry, as it chooses the credential in `admit`: `//graph/x` and `/%67raph/x` are
     // the route's (or, when the path is refused, no route is chosen and `admit` refuses it).
     let routed;
-    let canonical_route =
-        target::canonical_path(req.uri().path()).ok().and_then(|p| routes::route_for(cx.routes, p.as_str()));
+    let canonical_route = target::canonical_path(req.uri().path())
+        .ok()
+        .and_then(|p| upstream_routes::route_for(cx.upstream_routes, p.as_str()));
     let cx = match canonical_route {
         Some(r) => {
             routed = Context {
@@ -120,8 +121,8 @@ pub async fn handle(
         *copy.headers_mut() = req.headers().clone();
         copy
     });
-    let (req, listing) = if tool_policy::applies(cx, path.as_str()) {
-        tool_policy::judge(cx, &grant, req).await?
+    let (req, listing) = if tool_gate::applies(cx, path.as_str()) {
+        tool_gate::judge(cx, &grant, req).await?
     } else {
         (req.map(UpstreamBody::Streamed), None)
     };
@@ -140,7 +141,7 @@ pub async fn handle(
         resp.headers_mut().remove(header::WWW_AUTHENTICATE);
     }
     match listing {
-        Some(caller) => tool_policy::narrow_listing(resp, caller, cx.policy_max_body).await,
+        Some(caller) => tool_gate::narrow_listing(resp, caller, cx.policy_max_body).await,
         None => Ok(resp),
     }
 }
@@ -151,7 +152,7 @@ pub struct Admitted<'r> {
     /// The canonical path: what the policy judged.
     pub path: target::CanonicalPath,
     /// The `[[routes]]` entry of the canonical path.
-    pub route: Option<&'r routes::RouteState>,
+    pub route: Option<&'r upstream_routes::UpstreamRoute>,
     /// The origin-form target the upstream gets (a route's prefix stripped, the query kept).
     pub target: http::Uri,
 }
@@ -169,14 +170,14 @@ pub async fn admit<'r>(
     // One path decides both the policy and what the upstream gets.
     let path = target::canonical_path(raw_path)?;
     // RFC 8707: a token serves the resource its grant asked for, and no other (the canonical path decides).
-    let route = routes::route_for(cx.routes, path.as_str());
-    if !routes::bound_to(grant.resource.as_deref(), route.map(|r| r.resource.as_str()), cx.routes) {
+    let route = upstream_routes::route_for(cx.upstream_routes, path.as_str());
+    if !upstream_routes::bound_to(grant.resource.as_deref(), route.map(|r| r.resource.as_str()), cx.upstream_routes) {
         tracing::info!(client_id = %grant.client_id, "token used for another resource than it was issued for");
         let challenge = route.map_or(cx.challenge, |r| r.challenge.as_str()).to_owned();
         return Err(Error::Unauthorized { problem: BearerProblem::InvalidToken, challenge });
     }
     // Another spelling of one of the proxy's own endpoints (`/%74oken`, `//.well-known/x`) is never forwarded.
-    if crate::route::Route::parse(path.as_str(), cx.protected_resource_path) != crate::route::Route::Proxy {
+    if crate::endpoint::Endpoint::parse(path.as_str(), cx.protected_resource_path) != crate::endpoint::Endpoint::Proxy {
         return Err(target::PathRejection::OwnEndpoint.into());
     }
     // A route's API gets the path below its prefix (`/graph/v1.0/me` → `<url>/v1.0/me`).
@@ -194,7 +195,7 @@ pub async fn admit<'r>(
 pub async fn credential(
     cx: &Context<'_>,
     grant: &bearer::Authenticated,
-    route: Option<&routes::RouteState>,
+    route: Option<&upstream_routes::UpstreamRoute>,
 ) -> Result<bearer::UpstreamAuth, Error> {
     match route {
         Some(r) => bearer::route_auth(cx, grant, &r.config).await,
@@ -208,7 +209,7 @@ pub async fn credential(
 pub async fn after_refusal(
     cx: &Context<'_>,
     grant: &bearer::Authenticated,
-    route: Option<&routes::RouteState>,
+    route: Option<&upstream_routes::UpstreamRoute>,
     sent: &bearer::UpstreamAuth,
     status: StatusCode,
     www_authenticate: Option<&str>,

@@ -326,8 +326,8 @@ where
         let in_flight = tracker.begin();
         let app = app.clone();
         async move {
-            let own = crate::route::Route::parse(req.uri().path(), &app.metadata.protected_resource_path)
-                != crate::route::Route::Proxy;
+            let own = crate::endpoint::Endpoint::parse(req.uri().path(), &app.metadata.protected_resource_path)
+                != crate::endpoint::Endpoint::Proxy;
             let limits = app.metrics.body_limits();
             let req = req.map(|body| {
                 let timed = TimedBody::new(body, body_timeout).counted(limits);

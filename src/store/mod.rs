@@ -10,7 +10,7 @@
 //!   atomic under its lock.
 //! - Nothing an unauthenticated client can create grows without bound or locks others out: the client table evicts
 //!   never-used clients when full, those of the sources holding the most first, oldest first
-//!   ([`Store::make_room_for_client`]; a client that redeemed a code is never evicted), and [`SingleUse`] forgets
+//!   ([`MemoryStore::make_room_for_client`]; a client that redeemed a code is never evicted), and [`SingleUse`] forgets
 //!   its oldest entries when full.
 //! - No `.await` happens while a `DashMap` guard or a grant's `RwLock` is held: every guard is dropped before any
 //!   I/O. A grant's upstream refresh is serialised by its own async `refresh_lock`, not by a map lock.
@@ -18,16 +18,16 @@
 //! - Memory per grant does not grow with use: a grant has one [`RefreshFamily`] (its current refresh token and the
 //!   one just rotated) whatever the number of refreshes, and its access tokens expire after `tokens.access_ttl`.
 //!
-//! [`Store::sweep`] removes expired entries so that memory stays bounded; [`upkeep`] runs it, and the snapshot
+//! [`MemoryStore::sweep`] removes expired entries so that memory stays bounded; [`upkeep`] runs it, and the snapshot
 //! writer, for as long as its guard lives.
 //!
-//! The maps are private. The rules use operations named for what they do ([`Store::redeem_code`],
-//! [`Store::start_grant`], [`Store::rotate_refresh`], [`Store::revoke_grant`], [`Store::revoke_client`],
-//! [`Store::claim_sign_in`], …), each one round trip to a networked key-value store, so that a second
+//! The maps are private. The rules use operations named for what they do ([`MemoryStore::redeem_code`],
+//! [`MemoryStore::start_grant`], [`MemoryStore::rotate_refresh`], [`MemoryStore::revoke_grant`], [`MemoryStore::revoke_client`],
+//! [`MemoryStore::claim_sign_in`], …), each one round trip to a networked key-value store, so that a second
 //! implementation can sit behind the same operations. Atomic ones say so; the others say which order they write
-//! in and why that is safe. Must be atomic: [`Store::redeem_code`] (take), [`Store::rotate_refresh`]
-//! (compare-and-rotate), [`Store::claim_sign_in`] (set-if-absent), [`Store::revoke_access_token`]
-//! (remove-if-owner), [`Store::revoke_grant`] (one flag).
+//! in and why that is safe. Must be atomic: [`MemoryStore::redeem_code`] (take), [`MemoryStore::rotate_refresh`]
+//! (compare-and-rotate), [`MemoryStore::claim_sign_in`] (set-if-absent), [`MemoryStore::revoke_access_token`]
+//! (remove-if-owner), [`MemoryStore::revoke_grant`] (one flag).
 
 mod model;
 pub mod outcome;
@@ -41,7 +41,7 @@ pub mod wrap;
 
 pub use model::*;
 pub use outcome::{StoreError, UpstreamTurn};
-pub use state::StateStore;
+pub use state::Store;
 
 use crate::rate_limit::Source;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -60,7 +60,7 @@ use crate::crypto::TokenHash;
 /// in any implementation (a `DashMap` entry lock here, a `MULTI`/script there). Operations that touch several keys
 /// without being atomic say which order they write in and why that order is safe.
 #[derive(Default)]
-pub struct Store {
+pub struct MemoryStore {
     clients: DashMap<String, Arc<Client>>,
     /// Consent forms and IdP states already used.
     used_sign_ins: SingleUse,
@@ -80,7 +80,7 @@ pub struct Store {
     interactions: DashMap<(String, String), InteractionRequirement>,
 }
 
-/// What [`Store::redeem_code`] found under a code's hash.
+/// What [`MemoryStore::redeem_code`] found under a code's hash.
 #[derive(Debug)]
 pub enum CodeRedemption {
     /// A live code, now taken out of the store: nobody else can redeem it.
@@ -105,7 +105,7 @@ pub struct StoreStats {
     pub refresh_families: usize,
 }
 
-impl Store {
+impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
@@ -141,7 +141,7 @@ impl Store {
     }
 
     /// Revokes a grant: every token issued under it stops working at once. Atomic: the grant's flag is one write
-    /// that every lookup reads; its tokens are removed later by [`Store::sweep`].
+    /// that every lookup reads; its tokens are removed later by [`MemoryStore::sweep`].
     pub fn revoke_grant(&self, id: GrantId) {
         if let Some((_, grant)) = self.grants.remove(&id) {
             grant.revoke();
@@ -189,7 +189,7 @@ impl Store {
         self.used_assertions.claim(key, expires_at, now)
     }
 
-    /// Whether a consent form or IdP state was already used. Read-only: [`Store::claim_sign_in`] is the check
+    /// Whether a consent form or IdP state was already used. Read-only: [`MemoryStore::claim_sign_in`] is the check
     /// that counts.
     pub fn sign_in_used(&self, key: &TokenHash) -> bool {
         self.used_sign_ins.was_used(key)
@@ -207,7 +207,7 @@ impl Store {
 
     /// Takes a code out of the store. Atomic: of two concurrent redemptions of one code, one gets
     /// [`CodeRedemption::Taken`]; the other sees the code as [`CodeRedemption::Spent`] once
-    /// [`Store::start_grant`] has run, or as unknown before.
+    /// [`MemoryStore::start_grant`] has run, or as unknown before.
     pub fn redeem_code(&self, hash: &TokenHash) -> CodeRedemption {
         if let Some((_, code)) = self.codes.remove(hash) {
             return CodeRedemption::Taken(Box::new(code));
@@ -366,13 +366,13 @@ impl Store {
     }
 
     /// The client a refresh token's family belongs to, without using it: any generation counts, so that a spent
-    /// token is still recognised (its reuse must revoke the grant). Read-only, like [`Store::code_client`].
+    /// token is still recognised (its reuse must revoke the grant). Read-only, like [`MemoryStore::code_client`].
     pub fn refresh_client(&self, token: &str) -> Option<String> {
         let name = RefreshTokenName::parse(token)?;
         self.refresh_families.get(&name.family.hash()).map(|f| f.grant.client_id.clone())
     }
 
-    /// The client an access or refresh token was issued to. Read-only, like [`Store::code_client`].
+    /// The client an access or refresh token was issued to. Read-only, like [`MemoryStore::code_client`].
     pub fn token_client(&self, token: &str) -> Option<String> {
         self.refresh_client(token)
             .or_else(|| self.access_tokens.get(&TokenHash::of(token)).map(|t| t.grant.client_id.clone()))
@@ -383,7 +383,7 @@ impl Store {
         self.clients.iter().map(|c| c.value().clone()).collect()
     }
 
-    /// Every grant not revoked, for the admin API. Read-only, like [`Store::list_clients`].
+    /// Every grant not revoked, for the admin API. Read-only, like [`MemoryStore::list_clients`].
     pub fn list_grants(&self) -> Vec<Arc<Grant>> {
         self.grants.iter().filter(|g| !g.is_revoked()).map(|g| g.value().clone()).collect()
     }
@@ -394,7 +394,7 @@ impl Store {
     }
 
     /// Revokes every grant of one user (IdP subject), whatever the client; returns the grants revoked. Not atomic
-    /// across grants: each is revoked by its own flag ([`Store::revoke_grant`]); a grant started while this runs
+    /// across grants: each is revoked by its own flag ([`MemoryStore::revoke_grant`]); a grant started while this runs
     /// may survive it, as a sign-in after the call would.
     pub fn revoke_user(&self, subject: &str) -> Vec<GrantId> {
         let ids: Vec<GrantId> = self.grants.iter().filter(|g| g.identity.sub == subject).map(|g| g.id).collect();
@@ -529,7 +529,7 @@ mod tests {
 
     #[test]
     fn a_full_client_table_evicts_from_the_busiest_source_first() {
-        let store = Store::new();
+        let store = MemoryStore::new();
         let (flood, user) = (Source::of_ip([203, 0, 113, 9].into()), Source::of_ip([10, 0, 0, 1].into()));
         store.add_client(Client::public("mine", vec![], 1), user);
         for i in 0..3 {
@@ -543,7 +543,7 @@ mod tests {
 
     #[test]
     fn a_full_client_table_evicts_the_oldest_unused_clients_only() {
-        let store = Store::new();
+        let store = MemoryStore::new();
         let used = Client::public("used", vec![], 1);
         used.mark_authorized(5);
         store.put_client(used);
@@ -577,7 +577,7 @@ mod tests {
 
     #[test]
     fn a_code_is_taken_once_and_then_names_the_grant_it_started() {
-        let store = Store::new();
+        let store = MemoryStore::new();
         let hash = TokenHash::of("code");
         store.issue_code(hash, code("c1"));
         assert_eq!(store.code_client(&hash).as_deref(), Some("c1"));
@@ -591,7 +591,7 @@ mod tests {
 
     #[test]
     fn deleting_a_client_revokes_its_grants_and_no_others() {
-        let store = Store::new();
+        let store = MemoryStore::new();
         store.add_client(Client::public("c1", vec![], 1), Source::of_ip([10, 0, 0, 1].into()));
         let (mine, theirs) =
             (Grant::new("c1".into(), vec![], None, login(), 1), Grant::new("c2".into(), vec![], None, login(), 1));
@@ -605,7 +605,7 @@ mod tests {
 
     #[test]
     fn only_one_of_two_concurrent_redemptions_takes_a_code() {
-        let store = Arc::new(Store::new());
+        let store = Arc::new(MemoryStore::new());
         for round in 0..50u8 {
             let hash = TokenHash([round; 32]);
             store.issue_code(hash, code("c1"));

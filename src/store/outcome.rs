@@ -10,7 +10,7 @@ pub enum StoreError {
     Unavailable(String),
 }
 
-/// What `StateStore::begin_upstream_refresh` decided for a grant whose IdP token is due.
+/// What `Store::begin_upstream_refresh` decided for a grant whose IdP token is due.
 pub enum UpstreamTurn {
     /// This replica refreshes; `fence` is the fencing token its write must carry.
     Refresh { fence: u64 },

@@ -1291,7 +1291,7 @@ impl RedisStore {
     /// across a write). The snapshot has the hashes of the proxy tokens, not the tokens: no data key can be
     /// wrapped for them, so the imported grants and codes keep their IdP tokens under the configured key only
     /// (`store::wrap`), for as long as they live.
-    pub async fn import(&self, store: &Store, now: UnixTime) -> Result<Imported, StoreError> {
+    pub async fn import(&self, store: &MemoryStore, now: UnixTime) -> Result<Imported, StoreError> {
         let clients: Vec<Arc<Client>> = store.clients.iter().map(|c| c.clone()).collect();
         let grants: Vec<Arc<Grant>> =
             store.grants.iter().filter(|g| !g.is_revoked() && g.expires_at() > now).map(|g| g.clone()).collect();

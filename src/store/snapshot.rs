@@ -226,7 +226,7 @@ struct Memberships {
 }
 
 #[cfg(test)]
-fn collect_memberships(store: &Store) -> Memberships {
+fn collect_memberships(store: &MemoryStore) -> Memberships {
     Memberships {
         grants: store
             .grants
@@ -371,7 +371,7 @@ pub(super) fn client_from(c: ClientRec, keys: Option<ClientKeysRec>) -> Option<C
 }
 
 #[cfg(test)]
-fn collect(store: &Store, now: UnixTime) -> SnapshotV2 {
+fn collect(store: &MemoryStore, now: UnixTime) -> SnapshotV2 {
     let clients = store.clients.iter().map(|c| client_rec(&c)).collect();
     let mut grants: Vec<GrantRec> = Vec::with_capacity(store.grants.len());
     let mut index: HashMap<u128, usize> = HashMap::with_capacity(store.grants.len());
@@ -431,7 +431,7 @@ fn collect(store: &Store, now: UnixTime) -> SnapshotV2 {
 
 /// Writes the store in the version-2 format, as dcr-proxy did before version 3 (tests of the v2 reader).
 #[cfg(test)]
-fn write_v2(store: &Store, now: UnixTime, path: &Path, key: &SnapshotKey) -> Result<usize, SnapshotError> {
+fn write_v2(store: &MemoryStore, now: UnixTime, path: &Path, key: &SnapshotKey) -> Result<usize, SnapshotError> {
     let io = |source| SnapshotError::Io { path: path.to_owned(), source };
     let snapshot = collect(store, now);
     let encode_error = |e: postcard::Error| SnapshotError::Decode { path: path.to_owned(), reason: e.to_string() };
@@ -462,12 +462,12 @@ fn write_v2(store: &Store, now: UnixTime, path: &Path, key: &SnapshotKey) -> Res
 }
 
 /// Writes the store to `path` atomically, in the version-3 format. Blocking: call it from `spawn_blocking`.
-pub fn write(store: &Store, now: UnixTime, path: &Path, key: &SnapshotKey) -> Result<usize, SnapshotError> {
+pub fn write(store: &MemoryStore, now: UnixTime, path: &Path, key: &SnapshotKey) -> Result<usize, SnapshotError> {
     write_chunked(store, now, path, key, CHUNK)
 }
 
 fn write_chunked(
-    store: &Store,
+    store: &MemoryStore,
     now: UnixTime,
     path: &Path,
     key: &SnapshotKey,
@@ -751,7 +751,7 @@ fn encode_grants(grants: &[Arc<Grant>], w: &mut RecordWriter<'_>) -> std::io::Re
 }
 
 /// Streams the store's records, map by map (see the module doc for what is locked when).
-fn encode_v3(store: &Store, now: UnixTime, out: &mut sealed_stream::SealingWriter) -> std::io::Result<()> {
+fn encode_v3(store: &MemoryStore, now: UnixTime, out: &mut sealed_stream::SealingWriter) -> std::io::Result<()> {
     let mut w = RecordWriter { out, scratch: Vec::with_capacity(8192), records: 0 };
     w.put(&Record::Meta { written_at: now })?;
     let clients: Vec<Arc<Client>> = store.clients.iter().map(|c| c.clone()).collect();
@@ -838,8 +838,8 @@ const TAG_END: u8 = 7;
 /// the end); [`sealed_stream::workers`] threads decode the batches and insert into the (sharded) maps in
 /// parallel. Access tokens and families name their grant: before the first of them after a grant, every batch
 /// in flight is finished, so their grant is in the map.
-fn decode_v3(input: &mut sealed_stream::OpeningReader, now: UnixTime) -> Result<Store, String> {
-    let store = Store::new();
+fn decode_v3(input: &mut sealed_stream::OpeningReader, now: UnixTime) -> Result<MemoryStore, String> {
+    let store = MemoryStore::new();
     let threads = sealed_stream::workers();
     let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(threads);
     let batch_rx = std::sync::Mutex::new(batch_rx);
@@ -975,7 +975,7 @@ fn split_records(
 }
 
 /// Decodes a batch of whole records (each length first) and puts them into `store`.
-fn restore_batch(store: &Store, mut batch: &[u8], now: UnixTime) -> Result<(), String> {
+fn restore_batch(store: &MemoryStore, mut batch: &[u8], now: UnixTime) -> Result<(), String> {
     while let Some((len, rest)) = batch.split_first_chunk::<4>() {
         let len = u32::from_le_bytes(*len) as usize;
         let (record, rest) = rest.split_at_checked(len).ok_or("a record cut short")?;
@@ -986,7 +986,7 @@ fn restore_batch(store: &Store, mut batch: &[u8], now: UnixTime) -> Result<(), S
 }
 
 /// Puts one record into `store`, unless it expired (or names a grant that is not there).
-fn restore_record(store: &Store, record: Record<'_>, now: UnixTime) -> Result<(), String> {
+fn restore_record(store: &MemoryStore, record: Record<'_>, now: UnixTime) -> Result<(), String> {
     match record {
         Record::Meta { .. } => {}
         Record::Client(c) => {
@@ -1076,7 +1076,7 @@ pub fn load_rotating(
     key: &SnapshotKey,
     previous: Option<&SnapshotKey>,
     now: UnixTime,
-) -> Result<Store, SnapshotError> {
+) -> Result<MemoryStore, SnapshotError> {
     match (load(path, key, now), previous) {
         (Err(SnapshotError::Decrypt { .. }), Some(old)) => {
             let store = load(path, old, now)?;
@@ -1088,11 +1088,11 @@ pub fn load_rotating(
 }
 
 /// Reads a snapshot into a new store, dropping what expired. A missing file is an empty store.
-pub fn load(path: &Path, key: &SnapshotKey, now: UnixTime) -> Result<Store, SnapshotError> {
+pub fn load(path: &Path, key: &SnapshotKey, now: UnixTime) -> Result<MemoryStore, SnapshotError> {
     let io = |source| SnapshotError::Io { path: path.to_owned(), source };
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Store::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(MemoryStore::new()),
         Err(source) => return Err(io(source)),
     };
     let mut header = [0u8; HEADER_V3];
@@ -1132,7 +1132,7 @@ fn load_v3(
     header: &[u8; HEADER_V3],
     key: &SnapshotKey,
     now: UnixTime,
-) -> Result<Store, SnapshotError> {
+) -> Result<MemoryStore, SnapshotError> {
     let chunk = u32::from_be_bytes([header[9], header[10], header[11], header[12]]) as usize;
     if !CHUNK_RANGE.contains(&chunk) {
         return Err(SnapshotError::Decode { path: path.to_owned(), reason: format!("chunk size {chunk}") });
@@ -1147,7 +1147,7 @@ fn load_v3(
     })
 }
 
-fn load_v2(path: &Path, mut data: Vec<u8>, key: &SnapshotKey, now: UnixTime) -> Result<Store, SnapshotError> {
+fn load_v2(path: &Path, mut data: Vec<u8>, key: &SnapshotKey, now: UnixTime) -> Result<MemoryStore, SnapshotError> {
     let (header, sealed) = data.split_at_mut(MAGIC.len() + 1);
     let range = Sealer::new(&key.0)
         .open_in_place(header, sealed)
@@ -1159,10 +1159,10 @@ fn load_v2(path: &Path, mut data: Vec<u8>, key: &SnapshotKey, now: UnixTime) -> 
     Ok(rebuild(snapshot, memberships, now))
 }
 
-fn rebuild(s: SnapshotV2, memberships: Memberships, now: UnixTime) -> Store {
+fn rebuild(s: SnapshotV2, memberships: Memberships, now: UnixTime) -> MemoryStore {
     let mut grant_members: HashMap<u128, MembershipRec> = memberships.grants.into_iter().collect();
     let mut code_members: HashMap<[u8; 32], MembershipRec> = memberships.codes.into_iter().collect();
-    let store = Store::new();
+    let store = MemoryStore::new();
     for client in s.clients.into_iter().filter_map(|c| client_from(c, None)) {
         store.clients.insert(client.client_id.clone(), Arc::new(client));
     }
@@ -1233,8 +1233,8 @@ fn rebuild(s: SnapshotV2, memberships: Memberships, now: UnixTime) -> Store {
 mod tests {
     use super::*;
 
-    fn sample_store() -> (Store, String) {
-        let store = Store::new();
+    fn sample_store() -> (MemoryStore, String) {
+        let store = MemoryStore::new();
         let tokens = UpstreamTokens::new("upstream-access-token-value", Some("upstream-refresh".into()), 5000, None);
         let login = UpstreamLogin {
             credential: UpstreamCredential::Tokens(tokens.unwrap_or_else(|_| unreachable!())),
@@ -1255,7 +1255,7 @@ mod tests {
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join("state.snapshot");
         let key = SnapshotKey([5u8; 32]);
-        let store = Store::new();
+        let store = MemoryStore::new();
         let identity = Identity {
             sub: "bob".into(),
             groups: vec!["g-admins".into()],
@@ -1396,8 +1396,8 @@ mod tests {
         }
     }
 
-    fn many_grants(n: usize) -> (Store, Vec<String>) {
-        let store = Store::new();
+    fn many_grants(n: usize) -> (MemoryStore, Vec<String>) {
+        let store = MemoryStore::new();
         let mut tokens = Vec::new();
         for i in 0..n {
             let upstream = UpstreamTokens::new(format!("upstream-{i}"), Some(format!("refresh-{i}")), 5000, None);
@@ -1467,7 +1467,7 @@ mod tests {
     fn an_empty_store_and_a_store_of_exactly_one_chunk_round_trip_and_refuse_truncation() {
         let (dir, path) = temp_path();
         let key = SnapshotKey([3u8; 32]);
-        assert!(write(&Store::new(), 200, &path, &key).is_ok());
+        assert!(write(&MemoryStore::new(), 200, &path, &key).is_ok());
         let empty = std::fs::read(&path).unwrap_or_default();
         assert_eq!(&empty[..9], b"DCRPSNAP\x03");
         assert!(load(&path, &key, 200).is_ok_and(|s| s.stats() == StoreStats::default()));
@@ -1567,7 +1567,7 @@ mod tests {
     fn private_key_jwt_clients_keep_their_keys_in_snapshots_and_redis_values() {
         let (dir, path) = temp_path();
         let key = SnapshotKey([4u8; 32]);
-        let store = Store::new();
+        let store = MemoryStore::new();
         store.put_client(keyed_client("inline", inline_keys()));
         store.put_client(keyed_client("uri", ClientKeys::Uri("https://app.example/jwks.json".into())));
         store.put_client(Client::public("plain", vec!["https://app.example/cb".into()], 100));
@@ -1616,7 +1616,7 @@ mod tests {
     #[test]
     #[ignore = "writes the committed fixture"]
     fn write_the_version_2_fixture() {
-        let store = Store::new();
+        let store = MemoryStore::new();
         // A client that redeemed a code (never swept as unused).
         let client = Client::public("v2-fixture-client", vec!["http://127.0.0.1:33418/callback".into()], 1_700_000_000);
         client.mark_authorized(1_700_000_000);
@@ -1676,7 +1676,7 @@ mod tests {
     fn grants_over_many_batches_keep_their_access_tokens_and_families() {
         let (dir, path) = temp_path();
         let key = SnapshotKey([3u8; 32]);
-        let store = Store::new();
+        let store = MemoryStore::new();
         // Tokens of 4 KiB: several decoding batches of grants, and more encoding batches than threads.
         let n = 3 * GRANTS_PER_BATCH * sealed_stream::workers() + 7;
         let mut issued = Vec::new();

@@ -1,11 +1,11 @@
-//! The store the handlers use: the in-memory [`Store`] or the shared [`RedisStore`], behind one set of async
+//! The store the handlers use: the in-memory [`MemoryStore`] or the shared [`RedisStore`], behind one set of async
 //! operations (static dispatch, an enum: no boxed futures on the hot path).
 //!
 //! Invariants (what every backend must keep; `store::redis` says how it does):
 //! - Every operation is named for what it does, and those the rules rely on being atomic are atomic in every
-//!   backend: [`StateStore::redeem_code`] (take: get-and-delete), [`StateStore::replace_refresh_family`]
-//!   (compare-and-set on the family's generation), [`StateStore::claim_sign_in`] (set-if-absent),
-//!   [`StateStore::revoke_grant`] (one delete or flag). No operation takes a closure over a stored record.
+//!   backend: [`Store::redeem_code`] (take: get-and-delete), [`Store::replace_refresh_family`]
+//!   (compare-and-set on the family's generation), [`Store::claim_sign_in`] (set-if-absent),
+//!   [`Store::revoke_grant`] (one delete or flag). No operation takes a closure over a stored record.
 //! - The memory arm is today's store, unchanged in behaviour and speed: each call is a `DashMap` operation and
 //!   never fails.
 //! - A backend that cannot answer returns [`StoreError::Unavailable`], which `crate::error` turns into 503 with
@@ -19,20 +19,20 @@ use crate::rate_limit::Source;
 use super::outcome::{StoreError, UpstreamTurn};
 use super::redis::RedisStore;
 use super::{
-    AccessToken, AuthorizationCode, Client, CodeRedemption, Grant, GrantId, InteractionRequirement, RefreshFamily,
-    Store,
+    AccessToken, AuthorizationCode, Client, CodeRedemption, Grant, GrantId, InteractionRequirement, MemoryStore,
+    RefreshFamily,
 };
 use crate::clock::UnixTime;
 
 /// The proxy's state: in this process, or shared by every replica through Redis.
-pub enum StateStore {
-    Memory(Arc<Store>),
+pub enum Store {
+    Memory(Arc<MemoryStore>),
     Redis(RedisStore),
 }
 
-impl StateStore {
+impl Store {
     /// The in-memory store (snapshots, the sweeper and metrics read it directly); `None` with Redis.
-    pub fn memory(&self) -> Option<&Arc<Store>> {
+    pub fn memory(&self) -> Option<&Arc<MemoryStore>> {
         match self {
             Self::Memory(s) => Some(s),
             Self::Redis(_) => None,
@@ -137,7 +137,7 @@ impl StateStore {
         }
     }
 
-    /// Makes room for one more client under `max_clients` ([`Store::make_room_for_client`]). Redis: counts the
+    /// Makes room for one more client under `max_clients` ([`MemoryStore::make_room_for_client`]). Redis: counts the
     /// unused registrations of every replica (they expire after `ttl_secs`) and evicts the oldest unused ones not
     /// signing in ([`RedisStore::make_room`]).
     pub async fn make_room_for_client(
@@ -331,7 +331,7 @@ impl StateStore {
     /// to wait when over. Memory: nothing beyond the replica's own buckets ([`crate::rate_limit::RateLimiter`]).
     pub async fn count_request(
         &self,
-        class: crate::route::LimitClass,
+        class: crate::endpoint::LimitClass,
         source: Source,
         per_minute: u32,
     ) -> Result<Option<u64>, StoreError> {
@@ -362,7 +362,7 @@ impl StateStore {
 }
 
 /// Operations of the admin API and of Entra's interaction requirements (issues 14 and 16).
-impl StateStore {
+impl Store {
     /// A live grant by id.
     pub async fn grant(&self, id: GrantId) -> Result<Option<Arc<Grant>>, StoreError> {
         match self {
@@ -411,7 +411,7 @@ impl StateStore {
     }
 
     /// Records what the next sign-in of person `who` through `client_id` must ask of Entra
-    /// ([`Store::require_interaction`]).
+    /// ([`MemoryStore::require_interaction`]).
     pub async fn require_interaction(
         &self,
         client_id: &str,
@@ -466,7 +466,7 @@ impl StateStore {
 
 /// The IdP tokens of `[[routes]]` (issue 16 §3), shared across replicas with Redis (sealed with the grant's data
 /// key, `store::wrap`); the memory backend keeps them on the grant only.
-impl StateStore {
+impl Store {
     /// A route's token another replica obtained for `grant` (newer than this replica's, if any): adopted onto the
     /// grant's `route_tokens`. Memory: nothing (`None`).
     pub async fn shared_route_token(

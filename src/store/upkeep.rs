@@ -4,8 +4,8 @@
 //! Invariants:
 //! - The tasks live exactly as long as the guard: dropping it (or [`UpkeepGuard::stop`]) aborts them, so that
 //!   nothing keeps the store alive or writes it after the server is gone.
-//! - Every [`SWEEP_EVERY`] the store drops expired and revoked entries ([`Store::sweep`]) and clients unused for
-//!   `registration.unused_client_ttl` ([`Store::sweep_unused_clients`]): memory stays bounded.
+//! - Every [`SWEEP_EVERY`] the store drops expired and revoked entries ([`MemoryStore::sweep`]) and clients unused for
+//!   `registration.unused_client_ttl` ([`MemoryStore::sweep_unused_clients`]): memory stays bounded.
 //! - With `[store.snapshot]`, a snapshot is written every `store.snapshot.interval` (the first one interval after
 //!   start) and once more by [`UpkeepGuard::close`], after in-flight requests are done. Writes run on the blocking
 //!   pool; a failed write is logged, never fatal.
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::{snapshot, Store};
+use super::{snapshot, MemoryStore};
 use crate::clock::Clock;
 use crate::config::SnapshotConfig;
 
@@ -25,7 +25,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// What the upkeep tasks work on.
 #[derive(Clone)]
 pub struct Upkeep {
-    pub store: Arc<Store>,
+    pub store: Arc<MemoryStore>,
     pub clock: Clock,
     /// `registration.unused_client_ttl`.
     pub unused_client_ttl: Duration,
@@ -113,13 +113,13 @@ mod tests {
     use crate::crypto::TokenHash;
     use crate::store::{AccessToken, Grant, Identity, UpstreamCredential, UpstreamLogin};
 
-    fn upkeep(store: Arc<Store>) -> Upkeep {
+    fn upkeep(store: Arc<MemoryStore>) -> Upkeep {
         Upkeep { store, clock: Clock::default(), unused_client_ttl: Duration::from_secs(3600), snapshot: None }
     }
 
     #[tokio::test]
     async fn the_sweeper_runs_while_the_guard_lives_and_stops_with_it() {
-        let store = Arc::new(Store::new());
+        let store = Arc::new(MemoryStore::new());
         let login = UpstreamLogin { credential: UpstreamCredential::Local, identity: Identity::default() };
         let grant = Grant::new("c1".into(), vec![], None, login, 1);
         store.add_access_token(TokenHash::of("expired"), AccessToken::new(grant, 2));

@@ -2,7 +2,7 @@
 //! the fast path fully understands, or the rest of the connection goes to hyper.
 //!
 //! Invariants: eligible is only an HTTP/1.1 request with an origin-form target for the proxied space
-//! ([`Route::Proxy`]), a method among GET, POST, PUT, PATCH, DELETE, exactly one `Host`, exactly one
+//! ([`Endpoint::Proxy`]), a method among GET, POST, PUT, PATCH, DELETE, exactly one `Host`, exactly one
 //! `Authorization: Bearer`, no `access_token` in the query, no `Upgrade`, no `Expect`, `Connection` naming only
 //! `keep-alive` / `close`, and a body framing that cannot be read two ways: none, one valid `Content-Length`, or
 //! one `Transfer-Encoding: chunked` alone (RFC 9112 §6.3: a request with both is a smuggling attempt). Every name
@@ -13,7 +13,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::Method;
 
-use crate::route::Route;
+use crate::endpoint::Endpoint;
 
 /// The largest head the fast path reads before handing the connection to hyper (whose own limit is larger).
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -91,7 +91,7 @@ fn judge(req: &httparse::Request<'_, '_>, protected_resource_path: &str) -> Opti
         return None;
     }
     let target = PathAndQuery::try_from(raw_target).ok()?;
-    if Route::parse(target.path(), protected_resource_path) != Route::Proxy
+    if Endpoint::parse(target.path(), protected_resource_path) != Endpoint::Proxy
         || crate::proxy::bearer::token_in_query(target.query())
     {
         return None;

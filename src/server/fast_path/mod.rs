@@ -53,11 +53,11 @@ use tokio::time::Instant;
 
 use super::connection::Activity;
 use crate::app::App;
+use crate::endpoint::Endpoint;
 use crate::error::{Error, OAuthError};
 use crate::http::timed_body::BodyClock;
 use crate::proxy::raw_pool::RawPool;
 use crate::proxy::{self, Context};
-use crate::route::Route;
 use chunked::Chunked;
 use head::{Framing, Head, Parsed};
 
@@ -237,13 +237,13 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 /// canonical) and no tool policy.
 fn served_here(cx: &Context<'_>, head: &Head) -> bool {
     let raw = head.target.path();
-    if proxy::routes::route_for(cx.routes, raw).is_some() {
+    if proxy::upstream_routes::route_for(cx.upstream_routes, raw).is_some() {
         return false;
     }
     match crate::http::target::canonical_path(raw) {
         Ok(path) => {
-            proxy::routes::route_for(cx.routes, path.as_str()).is_none()
-                && !proxy::tool_policy::applies(cx, path.as_str())
+            proxy::upstream_routes::route_for(cx.upstream_routes, path.as_str()).is_none()
+                && !proxy::tool_gate::applies(cx, path.as_str())
         }
         // Refused by `admit` as on the hyper path, unless a tool policy could have read it first.
         Err(_) => cx.tool_rules.is_empty(),
@@ -275,11 +275,11 @@ where
         crate::audit::REQUEST.scope(context, forward(env, cx, pool, io, buf, &mut head, &mut body_sent)).await;
     let log = |status: StatusCode| {
         let elapsed = started.elapsed();
-        let route = Route::Proxy;
+        let endpoint = Endpoint::Proxy;
         let status = status.as_u16();
-        app.metrics.request(route.name(), status, elapsed.as_secs_f64());
+        app.metrics.request(endpoint.name(), status, elapsed.as_secs_f64());
         let method = &head.method;
-        tracing::info!(request_id, %method, route = route.name(), status, micros = elapsed.as_micros() as u64, "request");
+        tracing::info!(request_id, %method, route = endpoint.name(), status, micros = elapsed.as_micros() as u64, "request");
     };
     let ready = match forwarded {
         Ok(ready) => ready,

@@ -1,6 +1,6 @@
 //! What the shared store counts for itself: the gauges of `/metrics` ([`RedisStore::stats`]) and room for one more
 //! registration under `registration.max_clients` ([`RedisStore::make_room`]), the way the memory store does
-//! (`Store::make_room_for_client`).
+//! (`MemoryStore::make_room_for_client`).
 //!
 //! Invariants:
 //! - Counting is cheap: at most one replica per `store.redis_stats_interval` walks the keys (`SCAN` on every master,

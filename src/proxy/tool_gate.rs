@@ -1,4 +1,4 @@
-//! The tool policy at the proxy: the glue between an MCP POST and the rules of [`crate::policy`].
+//! The tool policy at the proxy: the glue between an MCP POST and the rules of [`crate::tool_policy`].
 //!
 //! Invariants:
 //! - Runs only when `[[policy.tools]]` has rules, only for POSTs whose canonical path is the MCP endpoint
@@ -28,7 +28,7 @@ use super::Context;
 use crate::error::Error;
 use crate::http::{full, read_body, Body, RequestBody};
 use crate::oauth::scope;
-use crate::policy::{self, listing, Principal, ToolRule, Verdict};
+use crate::tool_policy::{self, listing, Principal, ToolRule, Verdict};
 
 static MCP_METHOD: header::HeaderName = header::HeaderName::from_static("mcp-method");
 static MCP_NAME: header::HeaderName = header::HeaderName::from_static("mcp-name");
@@ -62,7 +62,7 @@ impl Caller {
     }
 
     fn may_call(&self, name: &str) -> bool {
-        policy::may_call(&self.rules, name, &self.principal())
+        tool_policy::may_call(&self.rules, name, &self.principal())
     }
 }
 
@@ -106,13 +106,13 @@ pub async fn judge(
     }
     let (mut parts, body) = req.into_parts();
     let bytes = read_body(body, cx.policy_max_body).await?;
-    let message = policy::parse_message(&bytes).map_err(|e| match e {
-        policy::BodyProblem::NotJson(_) => bad(-32700, e.to_string()),
+    let message = tool_policy::parse_message(&bytes).map_err(|e| match e {
+        tool_policy::BodyProblem::NotJson(_) => bad(-32700, e.to_string()),
         _ => bad(-32600, e.to_string()),
     })?;
     let methods: Vec<&[u8]> = parts.headers.get_all(&MCP_METHOD).iter().map(HeaderValue::as_bytes).collect();
     let names: Vec<&[u8]> = parts.headers.get_all(&MCP_NAME).iter().map(HeaderValue::as_bytes).collect();
-    policy::check_headers(&methods, &names, &message)
+    tool_policy::check_headers(&methods, &names, &message)
         .map_err(|e| Error::McpHeaderMismatch { id: message.reply_id(), message: e.0 })?;
     let who = Principal {
         scope: &grant.scope,
@@ -120,7 +120,7 @@ pub async fn judge(
         roles: &grant.identity.roles,
         groups_overage: grant.identity.groups_overage,
     };
-    match policy::decide_message(cx.tool_rules, &message, &who) {
+    match tool_policy::decide_message(cx.tool_rules, &message, &who) {
         Verdict::Allow => {}
         Verdict::StepUp { missing } => {
             let (scope, missing) = scope::step_up(&grant.scope, missing.iter().map(String::as_str))

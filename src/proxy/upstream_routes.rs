@@ -13,15 +13,15 @@
 use bytes::Bytes;
 use serde_json::json;
 
-use crate::config::{Config, RouteConfig};
+use crate::config::{Config, UpstreamRouteConfig};
+use crate::endpoint::Endpoint;
 use crate::oauth::metadata::challenge_scopes;
-use crate::route::Route;
 
 use super::Forwarder;
 
 /// A route with everything its requests need, built once at start.
-pub struct RouteState {
-    pub config: RouteConfig,
+pub struct UpstreamRoute {
+    pub config: UpstreamRouteConfig,
     /// `<public_url><path_prefix>`: the RFC 8707 resource a token must be bound to.
     pub resource: String,
     /// Path of the route's RFC 9728 document.
@@ -35,7 +35,7 @@ pub struct RouteState {
     pub forwarder: Forwarder,
 }
 
-impl RouteState {
+impl UpstreamRoute {
     /// The state of every `[[routes]]` entry.
     pub fn build_all(config: &Config) -> Result<Vec<Self>, std::io::Error> {
         config
@@ -45,7 +45,7 @@ impl RouteState {
                 let base = &config.server.public_url;
                 let resource = config.route_resource_url(r);
                 let metadata_path =
-                    format!("{}{}", Route::ProtectedResourceMetadata.path().unwrap_or_default(), r.path_prefix);
+                    format!("{}{}", Endpoint::ProtectedResourceMetadata.path().unwrap_or_default(), r.path_prefix);
                 let resource_metadata = format!("{base}{metadata_path}");
                 let scopes = challenge_scopes(&config.idp.scopes);
                 let doc = json!({
@@ -76,13 +76,13 @@ impl RouteState {
 }
 
 /// The route serving a canonical request path; `None`: `[upstream]`.
-pub fn route_for<'a>(routes: &'a [RouteState], path: &str) -> Option<&'a RouteState> {
+pub fn route_for<'a>(routes: &'a [UpstreamRoute], path: &str) -> Option<&'a UpstreamRoute> {
     routes.iter().find(|r| r.config.serves(path))
 }
 
 /// Whether a grant bound to `bound` (its RFC 8707 `resource`, `None` when it named none) may be used on `target`
 /// (`Some(route resource)`, or `None` for `[upstream]`). A trailing `/` is not a different resource.
-pub fn bound_to(bound: Option<&str>, target: Option<&str>, routes: &[RouteState]) -> bool {
+pub fn bound_to(bound: Option<&str>, target: Option<&str>, routes: &[UpstreamRoute]) -> bool {
     let norm = |s: &str| s.trim_end_matches('/').to_owned();
     let bound_route = bound.map(norm).filter(|b| routes.iter().any(|r| norm(&r.resource) == *b));
     match target {
@@ -92,7 +92,7 @@ pub fn bound_to(bound: Option<&str>, target: Option<&str>, routes: &[RouteState]
 }
 
 /// The values RFC 8707 `resource` may take for the routes (with and without a trailing `/`).
-pub fn accepted_resources(routes: &[RouteState]) -> impl Iterator<Item = String> + '_ {
+pub fn accepted_resources(routes: &[UpstreamRoute]) -> impl Iterator<Item = String> + '_ {
     routes.iter().flat_map(|r| [r.resource.clone(), format!("{}/", r.resource)])
 }
 
@@ -101,18 +101,18 @@ pub fn accepted_resources(routes: &[RouteState]) -> impl Iterator<Item = String>
 mod tests {
     use super::*;
 
-    fn routes() -> Vec<RouteState> {
+    fn routes() -> Vec<UpstreamRoute> {
         with_config().1
     }
 
-    fn with_config() -> (Config, Vec<RouteState>) {
+    fn with_config() -> (Config, Vec<UpstreamRoute>) {
         let text = format!(
             "{}\n[[routes]]\npath_prefix = \"/graph\"\nurl = \"http://127.0.0.1:9/\"\nscopes = [\"g\"]\n\
              [[routes]]\npath_prefix = \"/tickets\"\nurl = \"http://127.0.0.1:9/\"\nscopes = [\"t\"]\n",
             crate::config::DEFAULT_CONFIG
         );
         let config = Config::from_toml(&text, |_| None).expect("config");
-        let routes = RouteState::build_all(&config).expect("routes");
+        let routes = UpstreamRoute::build_all(&config).expect("routes");
         (config, routes)
     }
 

@@ -1,19 +1,19 @@
-//! The proxy's own endpoints, parsed once from the request path into a [`Route`].
+//! The proxy's own endpoints, parsed once from the request path into a [`Endpoint`].
 //!
 //! The paths are those the authorization-server metadata (RFC 8414 §2) and the protected-resource metadata
-//! (RFC 9728 §3, path-inserted) announce; [`crate::oauth::metadata`] builds its URLs from [`Route::path`], so the
-//! documents and the router cannot disagree. Every other path is [`Route::Proxy`]: forwarded, behind a bearer.
+//! (RFC 9728 §3, path-inserted) announce; [`crate::oauth::metadata`] builds its URLs from [`Endpoint::path`], so the
+//! documents and the router cannot disagree. Every other path is [`Endpoint::Proxy`]: forwarded, behind a bearer.
 //!
 //! Invariants:
-//! - A path maps to exactly one route, and the route alone decides the log/metric label ([`Route::name`]), the
-//!   rate-limit class ([`Route::rate_class`]) and whether a CORS preflight is answered without forwarding.
+//! - A path maps to exactly one route, and the route alone decides the log/metric label ([`Endpoint::name`]), the
+//!   rate-limit class ([`Endpoint::rate_class`]) and whether a CORS preflight is answered without forwarding.
 //! - Labels are low-cardinality: a client id in `/register/{client_id}` never becomes part of one.
 
 use crate::http::html::LOGO_PATH;
 
 /// The endpoint a request path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub enum Endpoint {
     /// RFC 8414 authorization-server metadata (also served as `openid-configuration`).
     AuthorizationServerMetadata,
     /// RFC 9728 protected-resource metadata, at the root or path-inserted for the resource.
@@ -54,7 +54,7 @@ pub enum LimitClass {
     Authorize,
 }
 
-impl Route {
+impl Endpoint {
     /// Parses a request path; `protected_resource_path` is the path-inserted RFC 9728 document's.
     pub fn parse(path: &str, protected_resource_path: &str) -> Self {
         match path {
@@ -149,46 +149,46 @@ mod tests {
     #[test]
     fn every_fixed_path_parses_back_to_its_route() {
         let all = [
-            Route::AuthorizationServerMetadata,
-            Route::ProtectedResourceMetadata,
-            Route::Register,
-            Route::Authorize,
-            Route::Consent,
-            Route::Callback,
-            Route::Login,
-            Route::Token,
-            Route::Revoke,
-            Route::Introspect,
-            Route::Userinfo,
-            Route::Healthz,
-            Route::Readyz,
-            Route::Logo,
+            Endpoint::AuthorizationServerMetadata,
+            Endpoint::ProtectedResourceMetadata,
+            Endpoint::Register,
+            Endpoint::Authorize,
+            Endpoint::Consent,
+            Endpoint::Callback,
+            Endpoint::Login,
+            Endpoint::Token,
+            Endpoint::Revoke,
+            Endpoint::Introspect,
+            Endpoint::Userinfo,
+            Endpoint::Healthz,
+            Endpoint::Readyz,
+            Endpoint::Logo,
         ];
         for route in all {
             let path = route.path().unwrap_or_default();
-            assert_eq!(Route::parse(path, PRM), route, "{path}");
+            assert_eq!(Endpoint::parse(path, PRM), route, "{path}");
         }
     }
 
     #[test]
     fn metadata_client_configuration_and_proxy_paths() {
-        assert_eq!(Route::parse("/.well-known/openid-configuration", PRM), Route::AuthorizationServerMetadata);
-        assert_eq!(Route::parse(PRM, PRM), Route::ProtectedResourceMetadata);
-        assert_eq!(Route::parse("/.well-known/other", PRM), Route::OtherWellKnown);
-        assert_eq!(Route::parse("/register/abc", PRM), Route::ClientConfiguration);
-        assert_eq!(Route::parse("/registerx", PRM), Route::Proxy);
-        assert_eq!(Route::parse("/mcp", PRM), Route::Proxy);
-        assert_eq!(Route::parse("/token/", PRM), Route::Proxy, "no trailing-slash aliases");
+        assert_eq!(Endpoint::parse("/.well-known/openid-configuration", PRM), Endpoint::AuthorizationServerMetadata);
+        assert_eq!(Endpoint::parse(PRM, PRM), Endpoint::ProtectedResourceMetadata);
+        assert_eq!(Endpoint::parse("/.well-known/other", PRM), Endpoint::OtherWellKnown);
+        assert_eq!(Endpoint::parse("/register/abc", PRM), Endpoint::ClientConfiguration);
+        assert_eq!(Endpoint::parse("/registerx", PRM), Endpoint::Proxy);
+        assert_eq!(Endpoint::parse("/mcp", PRM), Endpoint::Proxy);
+        assert_eq!(Endpoint::parse("/token/", PRM), Endpoint::Proxy, "no trailing-slash aliases");
     }
 
     #[test]
     fn labels_classes_and_preflights() {
-        assert_eq!(Route::parse("/register/abc", PRM).name(), "proxy");
-        assert_eq!(Route::OtherWellKnown.name(), "metadata");
-        assert_eq!(Route::ClientConfiguration.rate_class(), Some((LimitClass::Register, false)));
-        assert_eq!(Route::Consent.rate_class(), Some((LimitClass::Authorize, true)));
-        assert_eq!(Route::Callback.rate_class(), None);
-        assert!(Route::Token.answers_every_options());
-        assert!(!Route::Proxy.answers_every_options() && !Route::ClientConfiguration.answers_every_options());
+        assert_eq!(Endpoint::parse("/register/abc", PRM).name(), "proxy");
+        assert_eq!(Endpoint::OtherWellKnown.name(), "metadata");
+        assert_eq!(Endpoint::ClientConfiguration.rate_class(), Some((LimitClass::Register, false)));
+        assert_eq!(Endpoint::Consent.rate_class(), Some((LimitClass::Authorize, true)));
+        assert_eq!(Endpoint::Callback.rate_class(), None);
+        assert!(Endpoint::Token.answers_every_options());
+        assert!(!Endpoint::Proxy.answers_every_options() && !Endpoint::ClientConfiguration.answers_every_options());
     }
 }
