@@ -88,6 +88,12 @@ async fn a_token_for_graph_reaches_graph_with_a_graph_token_and_is_refused_on_ti
     );
     assert!(s.tickets.recorded().is_empty(), "tickets never saw a request");
     assert!(s.default.recorded().is_empty(), "the default upstream never saw a request");
+    // Issue 24: the fast path serves a route through the same exchange (its own raw pool), hyper when it is off.
+    let served_fast = s.proxy.app.upstream_routes[0].forwarder.raw_pool().map_or(0, |p| p.exchanges());
+    match std::env::var("DCR_TEST_FAST_PATH").as_deref() {
+        Ok("0") => assert_eq!(served_fast, 0, "the fast path is off"),
+        _ => assert_eq!(served_fast, 2, "both Graph requests went through the fast path"),
+    }
 }
 
 /// Issue 23 item 4: one canonical path chooses both the upstream and the credential. A route's token on

@@ -5,11 +5,12 @@
 //!
 //! Invariants:
 //! - The fast path never answers what it does not fully understand: a head that [`head::classify`] does not pass,
-//!   a path with a `[[routes]]` entry or under the tool policy, an `https://` upstream — the connection, from that
-//!   request on, goes to hyper with the bytes already read ([`Prefixed`]), and hyper answers exactly as without
-//!   the fast path. TLS connections that chose `h2` and HTTP/2 prior knowledge never come here.
-//! - The policy is [`crate::proxy::admit`], [`crate::proxy::credential`], [`crate::proxy::after_refusal`] and
-//!   [`crate::proxy::upstream_challenge`], the very functions `proxy::handle` calls; the upstream's headers are
+//!   or a path [`crate::proxy::needs_hyper`] gives hyper (under the tool gate, or an upstream without a raw pool) —
+//!   the connection, from that request on, goes to hyper with the bytes already read ([`Prefixed`]), and hyper
+//!   answers exactly as without the fast path. TLS connections that chose `h2` and HTTP/2 prior knowledge never
+//!   come here.
+//! - The policy is the proxy's [`Exchange`], the very state machine `proxy::handle` drives (`[[routes]]` entries
+//!   included: the canonical path chooses the route on both paths); the upstream's headers are
 //!   [`crate::proxy::Forwarder::prepare_headers`]'s and the head is written anew from them with CRLF line ends
 //!   (a client's bare LF or odd spacing never reaches the upstream). Errors are `Error::into_response`'s bytes.
 //! - Deadlines are [`super::connection::supervise`]'s: the first request, idle keep-alive, send stall (every
@@ -57,7 +58,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, OAuthError};
 use crate::http::timed_body::BodyClock;
 use crate::proxy::raw_pool::RawPool;
-use crate::proxy::{self, Context};
+use crate::proxy::{self, exchange, Context, Exchange};
 use chunked::Chunked;
 use head::{Framing, Head, Parsed};
 
@@ -145,15 +146,15 @@ where
             }
             Next::Head(head) => head,
         };
-        let Some(pool) = cx.forwarder.raw_pool().filter(|_| served_here(&cx, &head)) else {
+        if proxy::needs_hyper(&cx, head.target.path()) {
             let head_since = since.unwrap_or_else(Instant::now);
             return Ok(Some(HandOver { io, read: buf, head_since, served }));
-        };
+        }
         served = true;
         let in_flight = env.activity.begin();
         buf.advance(head.len);
         // Boxed (issue 23 item 15): an exchange's state lives while it runs, not in the idle connection's task.
-        let keep = Box::pin(exchange(&env, &cx, pool, &mut io, &mut buf, head)).await?;
+        let keep = Box::pin(exchange(&env, &cx, &mut io, &mut buf, head)).await?;
         drop(in_flight);
         if !keep || env.closing.is_closing() {
             let _ = io.shutdown().await;
@@ -233,28 +234,10 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
-/// Whether the policy needs nothing but what the fast path does: no `[[routes]]` entry for the path (as sent or
-/// canonical) and no tool policy.
-fn served_here(cx: &Context<'_>, head: &Head) -> bool {
-    let raw = head.target.path();
-    if proxy::upstream_routes::route_for(cx.upstream_routes, raw).is_some() {
-        return false;
-    }
-    match crate::http::target::canonical_path(raw) {
-        Ok(path) => {
-            proxy::upstream_routes::route_for(cx.upstream_routes, path.as_str()).is_none()
-                && !proxy::tool_gate::applies(cx, path.as_str())
-        }
-        // Refused by `admit` as on the hyper path, unless a tool policy could have read it first.
-        Err(_) => cx.tool_rules.is_empty(),
-    }
-}
-
 /// One request: forwarded and answered; `Ok(false)` when the client connection must close after it.
 async fn exchange<I>(
     env: &Env,
     cx: &Context<'_>,
-    pool: &Arc<RawPool>,
     io: &mut I,
     buf: &mut BytesMut,
     mut head: Head,
@@ -271,8 +254,7 @@ where
     };
     let context = crate::audit::RequestContext { audit: app.audit.clone(), request_id, peer: env.peer, forwarded_for };
     let mut body_sent = head.framing == Framing::Empty;
-    let forwarded =
-        crate::audit::REQUEST.scope(context, forward(env, cx, pool, io, buf, &mut head, &mut body_sent)).await;
+    let forwarded = crate::audit::REQUEST.scope(context, forward(env, cx, io, buf, &mut head, &mut body_sent)).await;
     let log = |status: StatusCode| {
         let elapsed = started.elapsed();
         let endpoint = Endpoint::Proxy;
@@ -297,7 +279,7 @@ where
             return Ok(!close);
         }
     };
-    let Ready { status, mut headers, framing, mut upstream, mut ubuf, reusable } = ready;
+    let Ready { status, mut headers, framing, mut upstream, mut ubuf, reusable, pool } = ready;
     crate::proxy::headers::sanitize_response(&mut headers);
     if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
         crate::router::add_cors(&mut headers);
@@ -388,13 +370,15 @@ struct Ready {
     ubuf: BytesMut,
     /// The upstream did not say it closes.
     reusable: bool,
+    /// Where the stream goes back after a clean exchange.
+    pool: Arc<RawPool>,
 }
 
-/// The policy, the exchange with the upstream, and the handling of an upstream refusal (as `proxy::handle`).
+/// Drives the proxy's [`Exchange`] over raw streams, as `proxy::handle` drives it over hyper: admit, swap the
+/// credential, send, and answer an upstream refusal (a replay or the proxy's challenge).
 async fn forward<I>(
     env: &Env,
     cx: &Context<'_>,
-    pool: &Arc<RawPool>,
     io: &mut I,
     buf: &mut BytesMut,
     head: &mut Head,
@@ -403,39 +387,45 @@ async fn forward<I>(
 where
     I: AsyncRead + Unpin,
 {
-    let admitted = proxy::admit(cx, &head.headers, head.target.path(), head.target.query()).await?;
-    let auth = proxy::credential(cx, &admitted.grant, admitted.route).await?;
-    let target = admitted.target.path_and_query().map_or("/", |pq| pq.as_str());
-    let target = format!("{}{target}", cx.forwarder.prefix());
-    let sent = auth.clone();
+    let replayable = head.framing == Framing::Empty;
+    let mut exchange = Exchange::begin(cx, &head.headers, head.target.path(), head.target.query(), replayable).await?;
+    let forwarder = exchange.context().forwarder;
+    // `proxy::needs_hyper` sent every request without a raw pool to hyper.
+    let pool = forwarder.raw_pool().ok_or_else(|| Error::Internal("no raw upstream pool".into()))?.clone();
+    let target = exchange.target().path_and_query().map_or("/", |pq| pq.as_str());
+    let target = format!("{}{target}", forwarder.prefix());
+    let auth = exchange.credential().await?;
     // The client's header map becomes the upstream's (no copy); a replay only swaps the credential in it.
     let mut headers = std::mem::take(&mut head.headers);
     let host = headers.get(header::HOST).cloned();
-    cx.forwarder.prepare_headers(&mut headers, host, auth, env.peer, true);
+    forwarder.prepare_headers(&mut headers, host, auth, env.peer, true);
     if head.framing == Framing::Chunked {
         headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
-    let mut ready = send(env, cx, pool, io, buf, head, &target, &headers, body_sent).await?;
-    let www_authenticate = ready.headers.get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
-    let replayable = head.framing == Framing::Empty;
-    let again =
-        proxy::after_refusal(cx, &admitted.grant, admitted.route, &sent, ready.status, www_authenticate, replayable);
-    if let Some(fresh) = again.await? {
-        // The refused response's body is not read: its stream is dropped, never reused.
-        cx.forwarder.set_auth(&mut headers, fresh);
-        ready = send(env, cx, pool, io, buf, head, &target, &headers, body_sent).await?;
+    let timeout = forwarder.response_timeout();
+    let mut ready = send(env, timeout, &pool, io, buf, head, &target, &headers, body_sent).await?;
+    loop {
+        match exchange.on_response(ready.status, ready.headers.get(header::WWW_AUTHENTICATE)).await? {
+            exchange::Next::Replay(fresh) => {
+                // The refused response's body is not read: its stream is dropped, never reused.
+                forwarder.set_auth(&mut headers, fresh);
+                ready = send(env, timeout, &pool, io, buf, head, &target, &headers, body_sent).await?;
+            }
+            exchange::Next::Deliver { strip_challenge } => {
+                if strip_challenge {
+                    ready.headers.remove(header::WWW_AUTHENTICATE);
+                }
+                return Ok(Ready { pool, ..ready });
+            }
+        }
     }
-    if proxy::upstream_challenge(cx, &admitted.grant, ready.status, ready.headers.get(header::WWW_AUTHENTICATE))? {
-        ready.headers.remove(header::WWW_AUTHENTICATE);
-    }
-    Ok(ready)
 }
 
 /// Writes the request (`headers`: the upstream's, prepared) to an upstream stream and reads the response head.
 #[allow(clippy::too_many_arguments)]
 async fn send<I>(
     env: &Env,
-    cx: &Context<'_>,
+    response_timeout: Duration,
     pool: &Arc<RawPool>,
     io: &mut I,
     buf: &mut BytesMut,
@@ -455,7 +445,6 @@ where
     write_headers(&mut out, headers);
     let mut body = RequestBody::new(head.framing);
     let mut done = body.take(buf, &mut out)?;
-    let response_timeout = cx.forwarder.response_timeout();
     let (mut upstream, reused) = pool.checkout().await.map_err(unavailable)?;
     // Every upstream write, the first included, under `upstream.response_timeout` (504), as on the hyper path.
     match tokio::time::timeout(response_timeout, upstream.write_all(&out)).await {
@@ -505,7 +494,7 @@ where
             match response {
                 Response::Informational => continue,
                 Response::Final { status, headers, framing, reusable } => {
-                    return Ok(Ready { status, headers, framing, upstream, ubuf, reusable });
+                    return Ok(Ready { status, headers, framing, upstream, ubuf, reusable, pool: pool.clone() });
                 }
             }
         }
