@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod contract;
 mod durability;
 mod replicas;
 mod shared_store;

@@ -59,6 +59,7 @@ use crate::error::{Error, OAuthError};
 use crate::http::timed_body::BodyClock;
 use crate::proxy::raw_pool::RawPool;
 use crate::proxy::{self, exchange, Context, Exchange};
+use crate::router::Envelope;
 use chunked::Chunked;
 use head::{Framing, Head, Parsed};
 
@@ -245,24 +246,11 @@ async fn exchange<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let started = std::time::Instant::now();
-    let request_id = crate::router::next_request_id();
     let app = &env.app;
-    let forwarded_for = match app.config.server.behind_tls_terminator {
-        true => head.headers.get_all("x-forwarded-for").iter().next_back().cloned(),
-        false => None,
-    };
-    let context = crate::audit::RequestContext { audit: app.audit.clone(), request_id, peer: env.peer, forwarded_for };
+    let (envelope, context) = Envelope::open(app, &head.method, Endpoint::Proxy, &head.headers, env.peer);
     let mut body_sent = head.framing == Framing::Empty;
     let forwarded = crate::audit::REQUEST.scope(context, forward(env, cx, io, buf, &mut head, &mut body_sent)).await;
-    let log = |status: StatusCode| {
-        let elapsed = started.elapsed();
-        let endpoint = Endpoint::Proxy;
-        let status = status.as_u16();
-        app.metrics.request(endpoint.name(), status, elapsed.as_secs_f64());
-        let method = &head.method;
-        tracing::info!(request_id, %method, route = endpoint.name(), status, micros = elapsed.as_micros() as u64, "request");
-    };
+    let log = |status: StatusCode| envelope.close(app, status);
     let ready = match forwarded {
         Ok(ready) => ready,
         Err(Failed::Client(e)) => {
@@ -281,9 +269,7 @@ where
     };
     let Ready { status, mut headers, framing, mut upstream, mut ubuf, reusable, pool } = ready;
     crate::proxy::headers::sanitize_response(&mut headers);
-    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
-        crate::router::add_cors(&mut headers);
-    }
+    Envelope::answer_headers(&mut headers);
     if !headers.contains_key(header::DATE) {
         headers.insert(header::DATE, date());
     }
@@ -702,9 +688,7 @@ async fn error_response(e: Error, close: bool) -> (StatusCode, BytesMut) {
     let (parts, body) = e.into_response().into_parts();
     let body: Bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let mut headers = parts.headers;
-    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
-        crate::router::add_cors(&mut headers);
-    }
+    Envelope::answer_headers(&mut headers);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     if !headers.contains_key(header::DATE) {
         headers.insert(header::DATE, date());

@@ -6,11 +6,13 @@
 //! credential), `OPTIONS *` is answered here (RFC 9110 §9.3.7), and the rate-limit class of the endpoint is checked
 //! before any handler runs. Every answer gets `Access-Control-Allow-Origin: *` unless the upstream set its own.
 
+pub mod envelope;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
 use crate::app::App;
 use crate::endpoint::Endpoint;
@@ -22,39 +24,19 @@ use crate::proxy::userinfo;
 use crate::rate_limit;
 use crate::store::Store;
 
+pub use envelope::{add_cors, Envelope};
+
 /// Handles one request.
 pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
-    let started = Instant::now();
-    let method = req.method().clone();
     let endpoint = Endpoint::parse(req.uri().path(), &app.metadata.protected_resource_path);
-    let request_id = next_request_id();
-    let forwarded_for = match app.config.server.behind_tls_terminator {
-        true => req.headers().get_all("x-forwarded-for").iter().next_back().cloned(),
-        false => None,
-    };
-    let context = crate::audit::RequestContext { audit: app.audit.clone(), request_id, peer, forwarded_for };
+    let (envelope, context) = Envelope::open(&app, req.method(), endpoint, req.headers(), peer);
     let mut resp = match crate::audit::REQUEST.scope(context, dispatch(&app, endpoint, req, peer)).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
-    // Every answer is readable by browser clients (tokens travel in headers, never cookies, so `*` is safe);
-    // an upstream that sets its own CORS headers keeps them.
-    if !resp.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
-        add_cors(resp.headers_mut());
-    }
-    let elapsed = started.elapsed();
-    let status = resp.status().as_u16();
-    app.metrics.request(endpoint.name(), status, elapsed.as_secs_f64());
-    tracing::info!(request_id, %method, route = endpoint.name(), status, micros = elapsed.as_micros() as u64, "request");
+    Envelope::answer_headers(resp.headers_mut());
+    envelope.close(&app, resp.status());
     resp
-}
-
-/// A per-process request number for the access log.
-static REQUEST_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-/// The next request number (the fast path's requests are numbered with the others).
-pub fn next_request_id() -> u64 {
-    REQUEST_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 async fn dispatch(
@@ -187,13 +169,6 @@ fn json_bytes(body: bytes::Bytes) -> Response<Body> {
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=3600"));
     resp
-}
-
-/// CORS for browser-based clients (MCP Inspector): the OAuth endpoints answer any origin and expose
-/// `WWW-Authenticate`. No credentials (cookies) are allowed cross-origin.
-pub fn add_cors(headers: &mut HeaderMap) {
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("WWW-Authenticate, Mcp-Session-Id"));
 }
 
 /// The methods the proxy serves or forwards; TRACE and CONNECT are never forwarded.
