@@ -1093,12 +1093,16 @@ impl RedisStore {
     pub async fn revoke_access_token(&self, hash: &TokenHash, client_id: &str) -> Result<bool, StoreError> {
         match self.lookup_access(hash, None).await? {
             Some((grant, _, _)) if grant.client_id == client_id => {
-                ::redis::cmd("DEL")
+                // The owner never changes: the `DEL` decides which of concurrent revocations removed the token.
+                let removed = ::redis::cmd("DEL")
                     .arg(access_key(hash))
                     .query_async::<i64>(&mut self.conn())
                     .await
                     .map_err(unavailable)?;
                 self.inner.cache.remove(hash);
+                if removed == 0 {
+                    return Ok(false);
+                }
                 self.publish(format!("a:{}", hex(&hash.0))).await?;
                 Ok(true)
             }

@@ -308,6 +308,29 @@ async fn access_token_contract(b: &Backend) {
 
 contract_test!(an_access_token_serves_its_grant_until_expiry_and_only_its_client_revokes_it, access_token_contract);
 
+/// Remove-if-owner is atomic: of concurrent revocations of one token by its client, one removes it (`/revoke`
+/// answers from it). The Redis backend answered `true` to every one before the `DEL`'s count decided.
+async fn concurrent_revocation_contract(b: &Backend) {
+    let on = b.name;
+    for round in 0..ROUNDS {
+        let client_id = fresh("client");
+        let (grant, _) = granted(b, &client_id, "alice").await;
+        let secret = fresh("at");
+        let token = AccessToken { grant, expires_at: b.now() + 60, scope: Arc::from("read") };
+        b.store.add_access_token(&secret, token).await.expect(on);
+        let hash = TokenHash::of(&secret);
+        let results = race(&b.store, |store| {
+            let client_id = client_id.clone();
+            async move { store.revoke_access_token(&hash, &client_id).await }
+        })
+        .await;
+        let removed = results.into_iter().map(|r| r.expect(on)).filter(|removed| *removed).count();
+        assert_eq!(removed, 1, "{on}, round {round}: one of {RACERS} concurrent revocations removes the token");
+    }
+}
+
+contract_test!(concurrent_revocations_of_one_token_remove_it_exactly_once, concurrent_revocation_contract);
+
 // ---- 4. refresh families ---------------------------------------------------------------------------------------
 
 async fn refresh_family_contract(b: &Backend) {
