@@ -74,10 +74,7 @@ impl App {
     pub async fn audit(&self, mut entry: crate::audit::Entry) {
         if entry.client_name.is_none() {
             if let Some(id) = entry.client_id.as_deref() {
-                let client = match &self.store {
-                    crate::store::Store::Memory(s) => s.client(id),
-                    redis => redis.client(id).await.ok().flatten(),
-                };
+                let client = self.store.client(id).await.ok().flatten();
                 entry.client_name = client.and_then(|c| c.client_name.clone());
             }
         }

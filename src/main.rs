@@ -56,7 +56,7 @@ enum Command {
         action: AdminAction,
     },
     /// The shared store: `store import --snapshot FILE` copies a memory-backend snapshot into Redis.
-    MemoryStore {
+    Store {
         #[command(subcommand)]
         action: StoreCommand,
     },
@@ -190,7 +190,7 @@ fn main() -> ExitCode {
             let base = url.clone().unwrap_or_else(|| admin_url(&cli));
             return admin(&base, json, action);
         }
-        Some(Command::MemoryStore { action: StoreCommand::Import { ref snapshot } }) => {
+        Some(Command::Store { action: StoreCommand::Import { ref snapshot } }) => {
             return match load(&cli) {
                 Ok(config) => import_snapshot(&config, snapshot),
                 Err(e) => fail(&e),

@@ -22,7 +22,6 @@ use crate::http::{self as h, full, json_response, Body, RequestBody};
 use crate::idp::Idp;
 use crate::proxy::userinfo;
 use crate::rate_limit;
-use crate::store::Store;
 
 pub use envelope::{add_cors, Envelope};
 
@@ -137,16 +136,11 @@ async fn readyz(app: &App) -> Response<Body> {
         Idp::Local(_) => "local",
     };
     let checks = [
-        match &app.store {
-            Store::Redis(_) if !app.store.ready().await => {
-                Check { name: "store", ok: false, detail: "Redis does not answer PING".to_owned() }
-            }
-            Store::Redis(_) => Check { name: "store", ok: true, detail: "Redis answers".to_owned() },
-            Store::Memory(_) => Check {
-                name: "store",
-                ok: true,
-                detail: app.store_origin.get().copied().unwrap_or("in memory").to_owned(),
-            },
+        {
+            let (ok, detail) = app.store.readiness().await;
+            // Where a store in this process came from (a snapshot, or empty), once known.
+            let detail = app.store_origin.get().copied().unwrap_or(detail).to_owned();
+            Check { name: "store", ok, detail }
         },
         Check {
             name: "idp",

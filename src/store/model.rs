@@ -598,6 +598,31 @@ impl RefreshFamily {
     }
 }
 
+/// What a redemption ([`super::Backend::redeem_code`]) found under a code's hash.
+#[derive(Debug)]
+pub enum CodeRedemption {
+    /// A live code, now taken out of the store: nobody else can redeem it.
+    Taken(Box<AuthorizationCode>),
+    /// A code already redeemed: the grant it started.
+    Spent(GrantId),
+    /// Nothing: never issued, or expired and swept.
+    Unknown,
+}
+
+/// Counts of live entries, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    pub clients: usize,
+    /// Sign-in tickets remembered as used.
+    pub used_sign_ins: usize,
+    pub codes: usize,
+    pub grants: usize,
+    pub access_tokens: usize,
+    /// Refresh tokens the store recognises by hash: each family's current token and the one it just rotated.
+    pub refresh_tokens: usize,
+    pub refresh_families: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,17 +38,18 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use futures_util::StreamExt as _;
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Serialize};
 
 use super::outcome::{StoreError, UpstreamTurn};
+use super::records::*;
 use super::redis_conn::{RedisConn, Subscriber};
-use super::snapshot::{decode_client, encode_client, login_from, login_rec, LoginRec, MembershipRec};
 use super::wrap::{DataKey, WrapKind};
 use super::*;
 use crate::clock::{Clock, UnixTime};
 use crate::config::RedisConfig;
 use crate::crypto::{self, Sealer, TokenHash};
 
+mod backend;
 mod counts;
 
 const EVENTS: &str = "dcrp:events";
@@ -113,69 +114,6 @@ fn idp_aad(record_key: &str) -> Vec<u8> {
 /// The purpose the record key is derived from the configured key with (tests/stores/shared_store_wrap.rs opens records
 /// with it, as an attacker holding the configuration would).
 const RECORDS_LABEL: &str = "dcr-proxy redis records v1";
-
-/// A grant as kept in Redis (sealed).
-#[derive(Serialize, Deserialize)]
-struct GrantRecord {
-    client_id: String,
-    scope: String,
-    resource: Option<String>,
-    login: LoginRec,
-    created_at: UnixTime,
-    expires_at: UnixTime,
-    upstream_obtained_at: UnixTime,
-    upstream_refreshed_at: UnixTime,
-    /// The identity's groups, roles and overage mark (`[[policy.tools]]`), which `LoginRec` does not carry.
-    membership: Option<MembershipRec>,
-    /// The IdP tokens (a `LoginRec` without identity) sealed with the grant's data key; then `login` holds the
-    /// identity only. `None` for a grant imported from a snapshot: `login` holds them, under the configured key.
-    #[serde(default)]
-    idp: Option<Vec<u8>>,
-}
-
-/// A live code as kept in Redis (sealed).
-#[derive(Serialize, Deserialize)]
-struct CodeRecord {
-    request: AuthorizationRequest,
-    expires_at: UnixTime,
-    /// The identity; with the IdP tokens too when `idp` is empty (a code imported from a snapshot).
-    login: LoginRec,
-    membership: Option<MembershipRec>,
-    /// The IdP tokens sealed with the code's own data key, which `wrapped` holds under the code.
-    #[serde(default)]
-    idp: Vec<u8>,
-    #[serde(default)]
-    wrapped: Vec<u8>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct AccessRecord {
-    grant: u128,
-    expires_at: UnixTime,
-    scope: String,
-    /// The grant's data key wrapped under this token (empty: imported, or a grant without one).
-    #[serde(default)]
-    wrapped: Vec<u8>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct FamilyRecord {
-    grant: u128,
-    generation: u32,
-    current: [u8; 32],
-    expires_at: UnixTime,
-    rotated: Option<([u8; 32], UnixTime, Vec<u8>)>,
-    /// The grant's data key wrapped under the current token (empty: imported, or a grant without one).
-    #[serde(default)]
-    wrapped: Vec<u8>,
-}
-
-/// A `[[routes]]` token as kept in Redis (sealed with the grant's data key).
-#[derive(Serialize, Deserialize)]
-struct RouteRecord {
-    obtained_at: UnixTime,
-    tokens: LoginRec,
-}
 
 /// A bearer lookup cached by this replica.
 struct Cached {

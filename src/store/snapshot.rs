@@ -57,6 +57,7 @@ use crate::clock::UnixTime;
 use crate::config::SnapshotKey;
 use crate::crypto::{Sealer, TokenHash};
 
+use super::records::*;
 use super::sealed_stream::{self, OpenFailure, StreamKey};
 
 const MAGIC: &[u8; 8] = b"DCRPSNAP";
@@ -90,56 +91,6 @@ pub enum SnapshotError {
     Decrypt { path: PathBuf },
     #[error("snapshot {path} is corrupted: {reason}")]
     Decode { path: PathBuf, reason: String },
-}
-
-#[derive(Serialize, Deserialize)]
-pub(super) struct TokensRec {
-    access_token: String,
-    refresh_token: Option<String>,
-    expires_at: UnixTime,
-    scope: Option<String>,
-}
-
-/// [`Identity`] without its JSON-only `skip_serializing_if` (postcard needs every field).
-#[derive(Serialize, Deserialize)]
-pub(super) struct IdentityRec {
-    sub: String,
-    name: Option<String>,
-    email: Option<String>,
-    preferred_username: Option<String>,
-    tid: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(super) struct LoginRec {
-    identity: IdentityRec,
-    upstream: Option<TokensRec>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(super) struct ClientRec {
-    client_id: String,
-    secret_hash: Option<[u8; 32]>,
-    auth_method: String,
-    redirect_uris: Vec<String>,
-    client_name: Option<String>,
-    scope: Option<String>,
-    grant_types: Vec<String>,
-    response_types: Vec<String>,
-    issued_at: UnixTime,
-    first_authorized_at: UnixTime,
-    registration_token: Option<[u8; 32]>,
-}
-
-/// The public keys of a `private_key_jwt` client, stored beside its [`ClientRec`] (a record of its own, so that
-/// files and Redis values written before `private_key_jwt` existed still read).
-#[derive(Serialize, Deserialize)]
-pub(super) struct ClientKeysRec {
-    /// The inline JWK Set, as registered.
-    jwks: Option<String>,
-    jwks_uri: Option<String>,
-    /// `token_endpoint_auth_signing_alg`.
-    signing_alg: Option<String>,
 }
 
 /// A grant's refresh-token family.
@@ -199,25 +150,6 @@ struct SnapshotV2 {
     spent_codes: Vec<([u8; 32], u128, UnixTime)>,
 }
 
-/// The groups, roles and overage mark of one identity.
-#[derive(Serialize, Deserialize, Default)]
-pub(super) struct MembershipRec {
-    groups: Vec<String>,
-    roles: Vec<String>,
-    overage: bool,
-}
-
-impl MembershipRec {
-    pub(super) fn of(i: &Identity) -> Option<Self> {
-        let any = !i.groups.is_empty() || !i.roles.is_empty() || i.groups_overage;
-        any.then(|| Self { groups: i.groups.clone(), roles: i.roles.clone(), overage: i.groups_overage })
-    }
-
-    pub(super) fn apply(self, i: &mut Identity) {
-        (i.groups, i.roles, i.groups_overage) = (self.groups, self.roles, self.overage);
-    }
-}
-
 /// The section after `SnapshotV2`: memberships by grant id and by code hash.
 #[derive(Serialize, Deserialize, Default)]
 struct Memberships {
@@ -240,134 +172,6 @@ fn collect_memberships(store: &MemoryStore) -> Memberships {
             .filter_map(|c| MembershipRec::of(&c.login.identity).map(|m| (c.key().0, m)))
             .collect(),
     }
-}
-
-pub(super) fn login_rec(credential: &UpstreamCredential, identity: &Identity) -> LoginRec {
-    let i = identity.clone();
-    LoginRec {
-        identity: IdentityRec {
-            sub: i.sub,
-            name: i.name,
-            email: i.email,
-            preferred_username: i.preferred_username,
-            tid: i.tid,
-        },
-        upstream: match credential {
-            UpstreamCredential::Tokens(t) => Some(TokensRec {
-                access_token: t.access_token().to_owned(),
-                refresh_token: t.refresh_token().map(str::to_owned),
-                expires_at: t.expires_at,
-                scope: t.scope.clone(),
-            }),
-            UpstreamCredential::Local => None,
-        },
-    }
-}
-
-pub(super) fn login_from(rec: LoginRec) -> Option<UpstreamLogin> {
-    let credential = match rec.upstream {
-        Some(t) => UpstreamCredential::Tokens(
-            UpstreamTokens::new(t.access_token, t.refresh_token, t.expires_at, t.scope).ok()?,
-        ),
-        None => UpstreamCredential::Local,
-    };
-    let i = rec.identity;
-    let identity = Identity {
-        sub: i.sub,
-        name: i.name,
-        email: i.email,
-        preferred_username: i.preferred_username,
-        tid: i.tid,
-        ..Identity::default()
-    };
-    Some(UpstreamLogin { credential, identity })
-}
-
-/// A client as stored outside the process (snapshot, Redis).
-pub(super) fn client_rec(c: &Client) -> ClientRec {
-    ClientRec {
-        client_id: c.client_id.clone(),
-        secret_hash: c.secret_hash.map(|h| h.0),
-        auth_method: c.auth_method.as_str().to_owned(),
-        redirect_uris: c.redirect_uris.clone(),
-        client_name: c.client_name.clone(),
-        scope: c.scope.clone(),
-        grant_types: c.grant_types.clone(),
-        response_types: c.response_types.clone(),
-        issued_at: c.issued_at,
-        first_authorized_at: c.first_authorized_at.load(std::sync::atomic::Ordering::Relaxed),
-        registration_token: c.registration_token.map(|h| h.0),
-    }
-}
-
-/// The keys of a client, when it has any to store.
-pub(super) fn client_keys_rec(c: &Client) -> Option<ClientKeysRec> {
-    if c.keys.is_none() && c.signing_alg.is_none() {
-        return None;
-    }
-    let (jwks, jwks_uri) = match &c.keys {
-        Some(ClientKeys::Inline(set)) => (Some(set.json().to_owned()), None),
-        Some(ClientKeys::Uri(uri)) => (None, Some(uri.clone())),
-        None => (None, None),
-    };
-    Some(ClientKeysRec { jwks, jwks_uri, signing_alg: c.signing_alg.map(|a| crate::jwk::algorithm_name(a).to_owned()) })
-}
-
-/// A client as one value outside the process (Redis): its [`ClientRec`], followed by its [`ClientKeysRec`] when
-/// it has keys. A value written before keys existed is the record alone, and reads as a client without keys.
-pub(super) fn encode_client(c: &Client) -> Result<Vec<u8>, postcard::Error> {
-    let mut bytes = postcard::to_allocvec(&client_rec(c))?;
-    if let Some(keys) = client_keys_rec(c) {
-        bytes.extend_from_slice(&postcard::to_allocvec(&keys)?);
-    }
-    Ok(bytes)
-}
-
-/// The client [`encode_client`] wrote; `None` when it does not decode.
-pub(super) fn decode_client(bytes: &[u8]) -> Option<Client> {
-    let (rec, rest) = postcard::take_from_bytes::<ClientRec>(bytes).ok()?;
-    let keys = if rest.is_empty() { None } else { Some(postcard::from_bytes::<ClientKeysRec>(rest).ok()?) };
-    client_from(rec, keys)
-}
-
-/// The client [`client_rec`] (and [`client_keys_rec`]) stored; `None` for an unknown authentication method, or a
-/// `private_key_jwt` client whose keys do not read.
-pub(super) fn client_from(c: ClientRec, keys: Option<ClientKeysRec>) -> Option<Client> {
-    let auth_method = ClientAuthMethod::parse(&c.auth_method)?;
-    let (keys, signing_alg) = match keys {
-        None => (None, None),
-        Some(k) => {
-            let keys = match (k.jwks, k.jwks_uri) {
-                (Some(json), _) => Some(ClientKeys::Inline(Arc::new(crate::jwk::KeySet::from_stored(&json).ok()?))),
-                (None, Some(uri)) => Some(ClientKeys::Uri(uri)),
-                (None, None) => None,
-            };
-            let alg = match k.signing_alg {
-                Some(name) => Some(crate::jwk::parse_algorithm(&name)?),
-                None => None,
-            };
-            (keys, alg)
-        }
-    };
-    if auth_method == ClientAuthMethod::PrivateKeyJwt && keys.is_none() {
-        return None;
-    }
-    Some(Client {
-        auth_method,
-        keys,
-        signing_alg,
-        client_id: c.client_id,
-        secret_hash: c.secret_hash.map(TokenHash),
-        redirect_uris: c.redirect_uris,
-        client_name: c.client_name,
-        scope: c.scope,
-        grant_types: c.grant_types,
-        response_types: c.response_types,
-        issued_at: c.issued_at,
-        first_authorized_at: c.first_authorized_at.into(),
-        registration_token: c.registration_token.map(TokenHash),
-        sign_in_started_at: Default::default(),
-    })
 }
 
 #[cfg(test)]

@@ -590,7 +590,7 @@ contract_test!(making_room_for_a_client_evicts_the_oldest_unused_and_never_one_i
 
 async fn backend_specific_contract(b: &Backend) {
     let on = b.name;
-    assert!(b.store.ready().await, "{on}: ready");
+    assert!(b.store.readiness().await.0, "{on}: ready");
     let source = Source::of_ip([198, 51, 100, 7].into());
     let mut waits = Vec::new();
     for _ in 0..3 {
