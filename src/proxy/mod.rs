@@ -23,6 +23,7 @@ pub mod bearer;
 pub mod exchange;
 pub mod forward;
 pub mod headers;
+pub mod idle_sweep;
 pub mod pool;
 pub mod raw_pool;
 pub mod tool_gate;

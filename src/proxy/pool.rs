@@ -25,8 +25,8 @@ use std::collections::VecDeque;
 use std::future::{poll_fn, Future as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -222,33 +222,7 @@ impl Pool {
             idle.push_back(Idle { open, since: Instant::now(), thread: runtime_thread() });
         }
         drop(idle);
-        if !self.sweeping.swap(true, Ordering::AcqRel) {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(sweep(Arc::downgrade(self), self.idle_timeout));
-            }
-        }
-    }
-
-    /// Drops the idle connections that timed out, were closed by the upstream, or received anything.
-    fn sweep(&self) {
-        let mut cx = Context::from_waker(Waker::noop());
-        let Ok(mut idle) = self.idle.lock() else { return };
-        idle.retain_mut(|e| {
-            e.since.elapsed() < self.idle_timeout && Pin::new(&mut e.open.conn).poll(&mut cx).is_pending()
-        });
-    }
-}
-
-/// The pool's sweeper: every half idle timeout until the pool is gone.
-async fn sweep(pool: Weak<Pool>, idle_timeout: Duration) {
-    let mut tick = tokio::time::interval((idle_timeout / 2).max(Duration::from_millis(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        match pool.upgrade() {
-            Some(pool) => pool.sweep(),
-            None => return,
-        }
+        super::idle_sweep::start(self, &self.sweeping, self.idle_timeout);
     }
 }
 
@@ -388,5 +362,16 @@ impl Drop for PooledBody {
         if self.open.is_some() && self.next.is_none() && self.body.is_end_stream() {
             self.check_in(&mut Context::from_waker(Waker::noop()));
         }
+    }
+}
+
+impl super::idle_sweep::Sweep for Pool {
+    /// Drops the idle connections that timed out, were closed by the upstream, or received anything.
+    fn sweep(&self) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let Ok(mut idle) = self.idle.lock() else { return };
+        idle.retain_mut(|e| {
+            e.since.elapsed() < self.idle_timeout && Pin::new(&mut e.open.conn).poll(&mut cx).is_pending()
+        });
     }
 }

@@ -12,7 +12,7 @@
 //!   with the pool) closes expired, closed or noisy idle streams every half `pool_idle_timeout`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -73,17 +73,7 @@ impl RawPool {
         }
         idle.push((stream, Instant::now()));
         drop(idle);
-        if !self.sweeping.swap(true, Ordering::AcqRel) {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(sweep(Arc::downgrade(self), self.idle_timeout));
-            }
-        }
-    }
-
-    /// Closes the idle streams that expired, were closed by the upstream or hold unasked bytes.
-    fn sweep(&self) {
-        let Ok(mut idle) = self.idle.lock() else { return };
-        idle.retain(|(stream, since)| since.elapsed() < self.idle_timeout && is_quiet(stream));
+        super::idle_sweep::start(self, &self.sweeping, self.idle_timeout);
     }
 
     /// Idle streams now.
@@ -97,19 +87,6 @@ impl RawPool {
     }
 }
 
-/// The pool's sweeper: every half idle timeout until the pool is gone.
-async fn sweep(pool: Weak<RawPool>, idle_timeout: Duration) {
-    let mut tick = tokio::time::interval((idle_timeout / 2).max(Duration::from_millis(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        match pool.upgrade() {
-            Some(pool) => pool.sweep(),
-            None => return,
-        }
-    }
-}
-
 /// Whether an idle stream has neither been closed by the upstream nor received bytes nobody asked for: a real
 /// `recv(MSG_PEEK)` on the non-blocking socket. (`TcpStream::try_read` would not do: it answers `WouldBlock`
 /// without a syscall until the reactor has seen the socket readable, so bytes or a FIN that arrived since the last
@@ -117,6 +94,14 @@ async fn sweep(pool: Weak<RawPool>, idle_timeout: Duration) {
 fn is_quiet(stream: &TcpStream) -> bool {
     let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
     matches!(socket2::SockRef::from(stream).peek(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+impl super::idle_sweep::Sweep for RawPool {
+    /// Closes the idle streams that expired, were closed by the upstream or hold unasked bytes.
+    fn sweep(&self) {
+        let Ok(mut idle) = self.idle.lock() else { return };
+        idle.retain(|(stream, since)| since.elapsed() < self.idle_timeout && is_quiet(stream));
+    }
 }
 
 #[cfg(test)]
