@@ -55,8 +55,10 @@ impl<'a> Exchange<'a> {
         query: Option<&str>,
         replayable: bool,
     ) -> Result<Self, Error> {
-        let cx = route_context(cx, raw_path);
-        let admitted = admit(&cx, headers, raw_path, query).await?;
+        // The path is made canonical once: it picks the route here and is judged by `admit`.
+        let path = target::canonical_path(raw_path);
+        let cx = route_context(cx, path.as_ref().ok());
+        let admitted = admit(&cx, headers, path, query).await?;
         Ok(Self { cx, admitted, sent: None, replayable, replayed: false })
     }
 
@@ -113,10 +115,8 @@ impl<'a> Exchange<'a> {
 }
 
 /// The context of a request path: a `[[routes]]` entry's (chosen by the canonical path) or `cx` itself.
-fn route_context<'a>(cx: &Context<'a>, raw_path: &str) -> Context<'a> {
-    let route =
-        target::canonical_path(raw_path).ok().and_then(|p| upstream_routes::route_for(cx.upstream_routes, p.as_str()));
-    match route {
+fn route_context<'a>(cx: &Context<'a>, path: Option<&target::CanonicalPath>) -> Context<'a> {
+    match path.and_then(|p| upstream_routes::route_for(cx.upstream_routes, p.as_str())) {
         Some(r) => Context {
             challenge: &r.challenge,
             resource_metadata: &r.resource_metadata,
@@ -144,12 +144,12 @@ pub struct Admitted<'r> {
 async fn admit<'r>(
     cx: &Context<'r>,
     headers: &http::HeaderMap,
-    raw_path: &str,
+    path: Result<target::CanonicalPath, target::PathRejection>,
     query: Option<&str>,
 ) -> Result<Admitted<'r>, Error> {
     let grant = bearer::authenticate(cx, headers, query).await?;
-    // One path decides both the policy and what the upstream gets.
-    let path = target::canonical_path(raw_path)?;
+    // One path decides both the policy and what the upstream gets (refused only once the bearer is known).
+    let path = path?;
     // RFC 8707: a token serves the resource its grant asked for, and no other (the canonical path decides).
     let route = upstream_routes::route_for(cx.upstream_routes, path.as_str());
     if !upstream_routes::bound_to(grant.resource.as_deref(), route.map(|r| r.resource.as_str()), cx.upstream_routes) {
