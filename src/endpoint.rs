@@ -34,11 +34,15 @@ pub enum Endpoint {
     Userinfo,
     Healthz,
     Readyz,
-    /// The configured logo of the HTML pages ([`LOGO_PATH`]).
+    /// The configured logo of the HTML pages ([`LOGO_PATH`]), also asked for by browsers as [`FAVICON_PATH`]:
+    /// answered here (404 without a logo), never forwarded (it would be a 401 logged on every page view).
     Logo,
     /// Everything else: forwarded to the upstream.
     Proxy,
 }
+
+/// Where browsers ask for a site's icon.
+pub const FAVICON_PATH: &str = "/favicon.ico";
 
 /// The path prefix of RFC 7592 client configuration endpoints.
 pub const CLIENT_CONFIGURATION_PREFIX: &str = "/register/";
@@ -52,6 +56,17 @@ pub enum LimitClass {
     Token,
     /// `/authorize`, `/consent`, `/login`.
     Authorize,
+}
+
+impl LimitClass {
+    /// The policy's name in the RateLimit header fields.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Register => "register",
+            Self::Token => "token",
+            Self::Authorize => "authorize",
+        }
+    }
 }
 
 impl Endpoint {
@@ -76,7 +91,7 @@ impl Endpoint {
             "/userinfo" => Self::Userinfo,
             "/healthz" => Self::Healthz,
             "/readyz" => Self::Readyz,
-            LOGO_PATH => Self::Logo,
+            LOGO_PATH | FAVICON_PATH => Self::Logo,
             _ => Self::Proxy,
         }
     }
@@ -179,6 +194,7 @@ mod tests {
         assert_eq!(Endpoint::parse("/registerx", PRM), Endpoint::Proxy);
         assert_eq!(Endpoint::parse("/mcp", PRM), Endpoint::Proxy);
         assert_eq!(Endpoint::parse("/token/", PRM), Endpoint::Proxy, "no trailing-slash aliases");
+        assert_eq!(Endpoint::parse(FAVICON_PATH, PRM), Endpoint::Logo, "a browser's icon request stays here");
     }
 
     #[test]

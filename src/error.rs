@@ -189,6 +189,10 @@ impl Error {
                     resp.headers_mut()
                         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"dcr-proxy\""));
                 }
+                // Every 503 the proxy makes says when to try again (issue 26 item 4).
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                }
                 resp
             }
             Self::UnsupportedMediaType { expected } => {
@@ -532,6 +536,23 @@ mod tests {
         assert_eq!(page.headers()[header::RETRY_AFTER], "1");
         let other = Error::NotFound.for_browser();
         assert!(matches!(other, Error::NotFound), "only store errors change");
+    }
+
+    #[test]
+    fn every_503_says_when_to_try_again() {
+        let oauth = Error::from(OAuthError::new(ErrorCode::TemporarilyUnavailable, "the IdP is busy")).into_response();
+        assert_eq!(oauth.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(oauth.headers()[header::RETRY_AFTER], "1");
+        let capacity = Error::Capacity { what: "too many sign-ins", html: false }.into_response();
+        assert_eq!(capacity.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(capacity.headers().contains_key(header::RETRY_AFTER));
+        let idp = Error::IdpUnavailable { retry_after: 7 }.into_response();
+        assert_eq!(
+            (idp.status(), idp.headers()[header::RETRY_AFTER].to_str().ok()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("7"))
+        );
+        let bad = Error::from(OAuthError::invalid_request("x")).into_response();
+        assert!(!bad.headers().contains_key(header::RETRY_AFTER), "a 400 has none");
     }
 
     #[test]

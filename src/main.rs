@@ -173,7 +173,10 @@ fn main() -> ExitCode {
         Some(Command::HashPassword) => return hash_password(),
         Some(Command::CheckConfig) => {
             return match load(&cli) {
-                Ok(_) => {
+                Ok(config) => {
+                    for warning in config.warnings() {
+                        let _ = writeln!(std::io::stderr(), "warning: {warning}");
+                    }
                     let _ = writeln!(std::io::stdout(), "config OK");
                     ExitCode::SUCCESS
                 }
@@ -208,6 +211,9 @@ fn main() -> ExitCode {
         _ => {}
     }
     let _log = init_logging(&config);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = match config.server.runtime {
         RuntimeKind::MultiThread => {

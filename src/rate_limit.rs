@@ -13,7 +13,7 @@
 use std::hash::BuildHasher as _;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dashmap::DashMap;
 use http::HeaderMap;
@@ -100,6 +100,41 @@ pub fn source_of(headers: &HeaderMap, peer: SocketAddr, behind_tls_terminator: b
     Source::of_ip(peer.ip())
 }
 
+/// A request's standing under its endpoint's limit, advertised with the RateLimit header fields
+/// (draft-ietf-httpapi-ratelimit-headers-10 §2, §3): the policy `"token";q=60;w=60` (requests per 60 s window for
+/// the class of endpoints) and the service limit `"token";r=59;t=1` (whole requests left to this source, seconds
+/// until the next one comes back). The partition (the source address) is not named: `pk` would echo the client's
+/// address, and each client knows its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    pub class: LimitClass,
+    /// Requests per minute for the class (`limits.*_per_minute`).
+    pub quota: u32,
+    /// Whole requests left now.
+    pub remaining: u32,
+    /// Seconds until one more request is available (0: the bucket is full); on a refusal, the `Retry-After`.
+    pub reset_secs: u64,
+}
+
+impl Standing {
+    /// A refusal by the count across replicas (the shared store): nothing left for `wait_secs`.
+    pub fn exhausted(class: LimitClass, quota: u32, wait_secs: u64) -> Self {
+        Self { class, quota, remaining: 0, reset_secs: wait_secs }
+    }
+
+    /// Sets `RateLimit-Policy` and `RateLimit` on an answer.
+    pub fn write(&self, headers: &mut http::HeaderMap) {
+        let name = self.class.name();
+        let policy = format!("\"{name}\";q={};w=60", self.quota);
+        let limit = format!("\"{name}\";r={};t={}", self.remaining, self.reset_secs);
+        for (field, value) in [("ratelimit-policy", policy), ("ratelimit", limit)] {
+            if let Ok(value) = http::HeaderValue::try_from(value) {
+                headers.insert(http::HeaderName::from_static(field), value);
+            }
+        }
+    }
+}
+
 /// The limiter; cheap to share.
 pub struct RateLimiter {
     buckets: DashMap<(LimitClass, Source), Bucket>,
@@ -131,8 +166,9 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one request from the source's bucket; `Err(retry_after)` when it is empty.
-    pub fn check(&self, class: LimitClass, source: Source, now: Instant) -> Result<(), Duration> {
+    /// Takes one request from the source's bucket: what is left of it, or `Err` when it is empty (with the
+    /// seconds until the next request, the `Retry-After`).
+    pub fn check(&self, class: LimitClass, source: Source, now: Instant) -> Result<Standing, Standing> {
         let capacity = self.capacity(class);
         let per_second = capacity / 60.0;
         let key = if self.buckets.len() >= MAX_SOURCES && !self.buckets.contains_key(&(class, source)) {
@@ -144,12 +180,19 @@ impl RateLimiter {
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * per_second).min(capacity);
         bucket.updated = now;
+        let quota = self.per_minute(class);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
-            Ok(())
+            let remaining = bucket.tokens.floor();
+            // Seconds until the next whole request is back (none while the bucket is full).
+            let reset = match bucket.tokens < capacity {
+                true => ((remaining + 1.0 - bucket.tokens) / per_second).ceil().max(1.0) as u64,
+                false => 0,
+            };
+            Ok(Standing { class, quota, remaining: remaining as u32, reset_secs: reset })
         } else {
-            let wait = (1.0 - bucket.tokens) / per_second;
-            Err(Duration::from_secs_f64(wait.ceil().max(1.0)))
+            let wait = ((1.0 - bucket.tokens) / per_second).ceil().max(1.0) as u64;
+            Err(Standing { class, quota, remaining: 0, reset_secs: wait })
         }
     }
 
@@ -169,6 +212,7 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn limits(n: u32) -> LimitsConfig {
         LimitsConfig {
@@ -194,15 +238,32 @@ mod tests {
         let rl = RateLimiter::new(&limits(3));
         let ip = Source::Ip([10, 1, 2, 3].into());
         let t0 = Instant::now();
-        for _ in 0..3 {
-            assert!(rl.check(LimitClass::Register, ip, t0).is_ok());
+        // 3 a minute: one back every 20 s; what is left counts down, the next one is 20 s away.
+        for left in [2, 1, 0] {
+            let standing = rl.check(LimitClass::Register, ip, t0);
+            assert_eq!(standing.map(|s| (s.quota, s.remaining, s.reset_secs)), Ok((3, left, 20)));
         }
-        let retry = rl.check(LimitClass::Register, ip, t0).err();
-        assert_eq!(retry, Some(Duration::from_secs(20)));
+        let retry = rl.check(LimitClass::Register, ip, t0).err().map(|s| (s.remaining, s.reset_secs));
+        assert_eq!(retry, Some((0, 20)));
+        // 30 s later one and a half came back: one is taken, half of the next is there, 10 s to go.
+        let later = rl.check(LimitClass::Register, ip, t0 + Duration::from_secs(30));
+        assert_eq!(later.map(|s| (s.remaining, s.reset_secs)), Ok((0, 10)));
         // Other classes and other sources are independent.
         assert!(rl.check(LimitClass::Token, ip, t0).is_ok());
         assert!(rl.check(LimitClass::Register, Source::Ip([10, 9, 9, 9].into()), t0).is_ok());
-        assert!(rl.check(LimitClass::Register, ip, t0 + Duration::from_secs(20)).is_ok());
+        assert!(rl.check(LimitClass::Register, ip, t0 + Duration::from_secs(50)).is_ok());
+    }
+
+    #[test]
+    fn the_standing_is_written_as_the_draft_spells_it() {
+        let mut headers = HeaderMap::new();
+        Standing { class: LimitClass::Token, quota: 60, remaining: 59, reset_secs: 1 }.write(&mut headers);
+        assert_eq!(headers["ratelimit-policy"], "\"token\";q=60;w=60");
+        assert_eq!(headers["ratelimit"], "\"token\";r=59;t=1");
+        // A full bucket: nothing to wait for.
+        let rl = RateLimiter::new(&limits(60));
+        let fresh = rl.check(LimitClass::Authorize, Source::Overflow, Instant::now());
+        assert_eq!(fresh.map(|s| (s.remaining, s.reset_secs)), Ok((59, 1)));
     }
 
     #[test]

@@ -94,6 +94,23 @@ impl Config {
         format!("{}{}", self.server.public_url, route.path_prefix)
     }
 
+    /// What is valid but most likely a mistake, one sentence each naming the keys (`check-config` prints them,
+    /// `serve` logs them at start). Today: an `upstream.url` that already ends in `upstream.resource_path`, so that
+    /// a request for `/mcp` would go to `…/mcp/mcp`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let base = self.upstream.url.path().trim_end_matches('/');
+        let resource = self.upstream.resource_path.trim_end_matches('/');
+        if !resource.is_empty() && base.ends_with(resource) {
+            out.push(format!(
+                "upstream.url ({}) already ends in upstream.resource_path ({}): a request for {resource} is sent to \
+                 {base}{resource}; set upstream.url to the server's base URL (without {resource})",
+                self.upstream.url, self.upstream.resource_path
+            ));
+        }
+        out
+    }
+
     /// The `[[routes]]` entry serving a (canonical) request path; `None`: the default `[upstream]`.
     pub fn route_for(&self, path: &str) -> Option<&UpstreamRouteConfig> {
         self.routes.iter().find(|r| r.serves(path))
@@ -689,6 +706,14 @@ mod tests {
         let c = Config::from_toml(include_str!("../../deploy/proxy.toml"), env).map_err(|e| e.to_string());
         assert!(c.is_ok(), "{c:?}");
         assert_eq!(err_key(include_str!("../../deploy/proxy.toml"), no_env), "idp.tenant");
+        // Issue 26 item 5: every missing id in one run, each variable named.
+        let all_missing =
+            Config::from_toml(include_str!("../../deploy/proxy.toml"), no_env).err().map(|e| e.to_string());
+        let message = all_missing.unwrap_or_default();
+        for name in ["idp.client_id", "idp.client_secret", "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"]
+        {
+            assert!(message.contains(name), "{name} in: {message}");
+        }
     }
 
     #[test]

@@ -69,5 +69,9 @@ impl Envelope {
 /// `Access-Control-Allow-Origin: *` and the headers a browser client may read.
 pub fn add_cors(headers: &mut HeaderMap) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("WWW-Authenticate, Mcp-Session-Id"));
+    // A browser client may read the challenge, the MCP session, and when and how much it may ask again.
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("WWW-Authenticate, Mcp-Session-Id, Retry-After, RateLimit, RateLimit-Policy"),
+    );
 }

@@ -29,10 +29,16 @@ pub use envelope::{add_cors, Envelope};
 pub async fn handle(app: Arc<App>, req: Request<RequestBody>, peer: SocketAddr) -> Response<Body> {
     let endpoint = Endpoint::parse(req.uri().path(), &app.metadata.protected_resource_path);
     let (envelope, context) = Envelope::open(&app, req.method(), endpoint, req.headers(), peer);
-    let mut resp = match crate::audit::REQUEST.scope(context, dispatch(&app, endpoint, req, peer)).await {
+    // The standing under the endpoint's rate limit, advertised on the answer whatever it is (the 429 included).
+    let mut standing = None;
+    let dispatched = dispatch(&app, endpoint, req, peer, &mut standing);
+    let mut resp = match crate::audit::REQUEST.scope(context, dispatched).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
+    if let Some(standing) = standing {
+        standing.write(resp.headers_mut());
+    }
     Envelope::answer_headers(resp.headers_mut());
     envelope.close(&app, resp.status());
     resp
@@ -43,6 +49,7 @@ async fn dispatch(
     endpoint: Endpoint,
     req: Request<RequestBody>,
     peer: SocketAddr,
+    standing: &mut Option<rate_limit::Standing>,
 ) -> Result<Response<Body>, Error> {
     // CORS preflights carry no credentials, so the proxy answers them itself on every path (browser clients
     // such as MCP Inspector preflight the MCP endpoint too).
@@ -60,15 +67,21 @@ async fn dispatch(
     }
     if let Some((class, html)) = endpoint.rate_class() {
         let source = rate_limit::source_of(req.headers(), peer, app.config.server.behind_tls_terminator);
-        if let Err(wait) = app.rate_limiter.check(class, source, Instant::now()) {
+        let checked = app.rate_limiter.check(class, source, Instant::now());
+        *standing = Some(match checked {
+            Ok(s) | Err(s) => s,
+        });
+        if let Err(refused) = checked {
             tracing::info!(%source, ?class, "rate limited");
-            return Err(Error::RateLimited { retry_after_secs: wait.as_secs(), html });
+            return Err(Error::RateLimited { retry_after_secs: refused.reset_secs, html });
         }
         // Across replicas (Redis): the same limit counted by every replica together.
-        let counted = app.store.count_request(class, source, app.rate_limiter.per_minute(class)).await;
+        let quota = app.rate_limiter.per_minute(class);
+        let counted = app.store.count_request(class, source, quota).await;
         let counted = counted.map_err(|e| if html { Error::StorePage(e) } else { Error::Store(e) })?;
         if let Some(wait) = counted {
             tracing::info!(%source, ?class, "rate limited across replicas");
+            *standing = Some(rate_limit::Standing::exhausted(class, quota, wait));
             return Err(Error::RateLimited { retry_after_secs: wait, html });
         }
     }
@@ -154,6 +167,10 @@ async fn readyz(app: &App) -> Response<Body> {
     extra.insert("snapshot".into(), app.config.store.snapshot.is_some().into());
     let (status, body) = crate::readiness::report(&checks, extra);
     let mut resp = json_response(status, &body);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // A probe asks again on its own schedule; a person or a client reading it gets when (issue 26 item 4).
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
     h::no_store(&mut resp);
     resp
 }

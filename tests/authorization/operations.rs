@@ -206,3 +206,35 @@ async fn the_metrics_listener_stops_with_the_server_and_closes_its_connections()
     assert!(closed.is_ok(), "the open metrics connection is closed");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "the metrics port no longer accepts");
 }
+
+/// Issue 26 item 5: `check-config` accepts a valid config but warns, naming both keys, when `upstream.url` already
+/// ends in the resource path (requests for `/mcp` would go to `…/mcp/mcp`); a base URL gets no warning.
+#[test]
+fn check_config_warns_when_the_upstream_url_already_ends_in_the_resource_path() {
+    let dir = std::env::temp_dir().join(format!("dcrp-warn-{}", dcr_proxy::crypto::random_token()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hash = dcr_proxy::idp::local::hash_password(ALICE_PASSWORD).unwrap();
+    let check = |url: &str| {
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1:8080\"\n[upstream]\nurl = \"{url}\"\n\
+             [idp]\nkind = \"local\"\n[[idp.users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\n"
+        );
+        std::fs::write(dir.join("proxy.toml"), config).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_dcr-proxy"))
+            .args(["check-config", "--config", dir.join("proxy.toml").to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "a warning is no error: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let warned = check("http://127.0.0.1:3000/mcp");
+    assert!(
+        warned.contains("warning: upstream.url")
+            && warned.contains("upstream.resource_path")
+            && warned.contains("/mcp/mcp"),
+        "{warned}"
+    );
+    assert!(!check("http://127.0.0.1:3000").contains("warning"), "a base URL is fine");
+    assert!(!check("http://127.0.0.1:3000/api/").contains("warning"), "another base path is fine");
+    let _ = std::fs::remove_dir_all(&dir);
+}

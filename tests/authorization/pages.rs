@@ -161,6 +161,13 @@ async fn the_logo_is_served_at_its_fixed_path_with_its_type_and_caching_and_is_n
     let bare = TestProxy::builder().upstream(upstream.url()).local().start().await;
     let resp = http().get(bare.url("/dcr-proxy/logo")).send().await.unwrap();
     assert_eq!(resp.status(), 404);
+    // Issue 26: a browser's `/favicon.ico` is the logo, answered here: no 401 per page view, nothing forwarded.
+    let icon = http().get(proxy.url("/favicon.ico")).send().await.unwrap();
+    assert_eq!((icon.status().as_u16(), icon.headers()["content-type"].to_str().unwrap()), (200, "image/png"));
+    assert_eq!(&icon.bytes().await.unwrap()[..], PNG);
+    let icon = http().get(bare.url("/favicon.ico")).send().await.unwrap();
+    assert_eq!(icon.status(), 404, "no logo: not found, not a challenge");
+    assert!(!icon.headers().contains_key("www-authenticate"));
     assert!(upstream.recorded().is_empty(), "nothing was forwarded");
     std::fs::remove_dir_all(logo.parent().unwrap()).ok();
 }

@@ -8,6 +8,8 @@ use serde_json::Value;
 
 async fn readyz(proxy: &TestProxy) -> (u16, Value) {
     let resp = http().get(proxy.url("/readyz")).send().await.unwrap();
+    // Every 503 says when to ask again (issue 26 item 4); a 200 does not.
+    assert_eq!(resp.status() == 503, resp.headers().contains_key("retry-after"), "{:?}", resp.headers());
     (resp.status().as_u16(), resp.json().await.unwrap())
 }
 

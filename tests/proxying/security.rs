@@ -116,16 +116,39 @@ async fn registration_is_refused_at_the_client_cap_only_when_every_client_was_us
 #[tokio::test]
 async fn registration_rate_limit_answers_429_with_retry_after() {
     let (_a, _u, proxy) = setup_with("[limits]\nregister_per_minute = 2\ntoken_per_minute = 3\n").await;
-    register_public_client(&proxy).await;
-    register_public_client(&proxy).await;
-    let resp =
-        http().post(proxy.url("/register")).json(&json!({"redirect_uris": [CLIENT_REDIRECT]})).send().await.unwrap();
+    let register = || http().post(proxy.url("/register")).json(&json!({"redirect_uris": [CLIENT_REDIRECT]})).send();
+    // Issue 26 item 4: every answer of a limited endpoint advertises the policy and what is left of it
+    // (draft-ietf-httpapi-ratelimit-headers), the refusal included, whose wait is its Retry-After.
+    let first = register().await.unwrap();
+    assert_eq!(first.status(), 201);
+    assert_eq!(first.headers()["ratelimit-policy"], "\"register\";q=2;w=60");
+    assert_eq!(first.headers()["ratelimit"], "\"register\";r=1;t=30");
+    let exposed = first.headers()["access-control-expose-headers"].to_str().unwrap().to_owned();
+    assert!(exposed.contains("RateLimit-Policy") && exposed.contains("Retry-After"), "a browser reads them: {exposed}");
+    let second = register().await.unwrap();
+    assert_eq!(second.headers()["ratelimit"], "\"register\";r=0;t=30");
+    let resp = register().await.unwrap();
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "30");
+    assert_eq!(resp.headers()["ratelimit"], "\"register\";r=0;t=30");
     assert_eq!(proxy.app.store.stats().clients, 2);
     for attempt in 1..=4 {
         let resp = http().post(proxy.url("/token")).form(&[("grant_type", "x")]).send().await.unwrap();
         assert_eq!(resp.status() == 429, attempt == 4, "attempt {attempt}: {}", resp.status());
+        assert_eq!(resp.headers()["ratelimit-policy"], "\"token\";q=3;w=60", "attempt {attempt}");
+    }
+    // Endpoints under no limit, forwarded requests and preflights carry none.
+    let metadata = http().get(proxy.url("/.well-known/oauth-authorization-server")).send().await.unwrap();
+    let forwarded = http().get(proxy.url("/mcp")).send().await.unwrap();
+    let preflight = http()
+        .request(reqwest::Method::OPTIONS, proxy.url("/token"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    for resp in [metadata, forwarded, preflight] {
+        assert!(!resp.headers().contains_key("ratelimit"), "{}: {:?}", resp.url(), resp.headers());
     }
 }
 

@@ -360,12 +360,20 @@ async fn a_rate_limit_counts_the_requests_of_a_source_on_every_replica() {
     r[0].clock.advance(r[1].clock.now() - r[0].clock.now());
     let metadata = serde_json::json!({"redirect_uris": [CLIENT_REDIRECT], "token_endpoint_auth_method": "none"});
     let mut statuses = Vec::new();
+    let mut last = None;
     for proxy in [&r[0], &r[1], &r[0], &r[1]] {
-        statuses.push(http().post(proxy.url("/register")).json(&metadata).send().await.unwrap().status().as_u16());
+        let resp = http().post(proxy.url("/register")).json(&metadata).send().await.unwrap();
+        statuses.push(resp.status().as_u16());
+        last = Some(resp);
     }
     // Each replica alone saw two requests, under its own limit of three; together they saw four.
     assert_eq!(statuses[..3], [201, 201, 201]);
     assert_eq!(statuses[3], 429, "{statuses:?}");
+    // The refusal across replicas says so in its RateLimit fields, with the wait of its Retry-After.
+    let refused = last.unwrap();
+    let retry_after = refused.headers()["retry-after"].to_str().unwrap().to_owned();
+    assert_eq!(refused.headers()["ratelimit-policy"], "\"register\";q=3;w=60");
+    assert_eq!(refused.headers()["ratelimit"].to_str().unwrap(), format!("\"register\";r=0;t={retry_after}"));
 }
 
 /// Issue 23 item 11 on Redis: what Entra requires of one person (MFA at refresh, refused on one replica) is kept

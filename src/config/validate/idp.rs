@@ -27,18 +27,18 @@ pub(super) fn validate_idp(raw: RawIdp, env: &Env<'_>) -> Result<IdpConfig, Conf
             if authority.scheme() != "https" && !(authority.scheme() == "http" && is_loopback_host(&authority)) {
                 return Err(invalid("idp.authority", "must be https (http only on loopback, for tests)"));
             }
-            let tenant = required("idp.tenant", env.get(env::AZURE_TENANT_ID).or(raw.tenant)).map_err(|_| {
-                invalid("idp.tenant", "is required: set AZURE_TENANT_ID in the environment or idp.tenant")
-            })?;
+            // Every missing id is named in one run, not one per run (issue 26 item 5).
+            let present = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
+            let tenant = present(env.get(env::AZURE_TENANT_ID).or(raw.tenant));
+            let client_id = present(env.get(env::AZURE_CLIENT_ID).or(raw.client_id));
+            let client_secret = present(env.get(env::AZURE_CLIENT_SECRET).or(raw.client_secret));
+            let (Some(tenant), Some(client_id), Some(client_secret)) = (&tenant, &client_id, &client_secret) else {
+                return Err(azure_missing(tenant.is_none(), client_id.is_none(), client_secret.is_none()));
+            };
+            let (tenant, client_id, client_secret) = (tenant.clone(), client_id.clone(), client_secret.clone());
             if !tenant.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) {
                 return Err(invalid("idp.tenant", "must be a tenant id, domain, `common` or `organizations`"));
             }
-            let client_id =
-                required("idp.client_id", env.get(env::AZURE_CLIENT_ID).or(raw.client_id)).map_err(|_| {
-                    invalid("idp.client_id", "is required: set AZURE_CLIENT_ID in the environment or idp.client_id")
-                })?;
-            let client_secret = required("idp.client_secret", env.get(env::AZURE_CLIENT_SECRET).or(raw.client_secret))
-                .map_err(|_| invalid("idp.client_secret", "is required: set AZURE_CLIENT_SECRET in the environment"))?;
             allowed_tenants = azure_allowed_tenants(raw.allowed_tenants, &tenant)?;
             let provider =
                 IdpProvider::Azure { authority, tenant, client_id, client_secret: SecretString::from(client_secret) };
@@ -129,4 +129,22 @@ pub(super) fn idp_timeout(value: Option<DurationText>) -> Result<Duration, Confi
 /// `idp_timeout` each with 0.1 s and 0.4 s pauses between them; one more second of margin.
 pub(super) fn refresh_lock(idp_timeout: Duration) -> Duration {
     idp_timeout.saturating_mul(3) + Duration::from_millis(1_500)
+}
+
+/// The Azure preset's missing ids, all of them in one error: the first missing key, and every variable to set.
+fn azure_missing(tenant: bool, client_id: bool, client_secret: bool) -> ConfigError {
+    let all = [
+        (tenant, "idp.tenant", "AZURE_TENANT_ID"),
+        (client_id, "idp.client_id", "AZURE_CLIENT_ID"),
+        (client_secret, "idp.client_secret", "AZURE_CLIENT_SECRET"),
+    ];
+    let missing: Vec<_> = all.iter().filter(|(m, _, _)| *m).collect();
+    let keys: Vec<&str> = missing.iter().map(|(_, k, _)| *k).collect();
+    let vars: Vec<&str> = missing.iter().map(|(_, _, v)| *v).collect();
+    let first = keys.first().copied().unwrap_or("idp.tenant");
+    let also = match keys.len() {
+        0 | 1 => String::new(),
+        _ => format!(" (and {})", keys[1..].join(", ")),
+    };
+    invalid(first, format!("is required{also}: set {} in the environment, or the key in proxy.toml", vars.join(", ")))
 }

@@ -47,7 +47,7 @@ pub(super) fn validate_routes(
 }
 
 /// The proxy's own fixed paths, which no route may cover.
-pub(super) const OWN_PATHS: [&str; 13] = [
+pub(super) const OWN_PATHS: [&str; 14] = [
     "/.well-known",
     "/register",
     "/authorize",
@@ -61,6 +61,7 @@ pub(super) const OWN_PATHS: [&str; 13] = [
     "/healthz",
     "/readyz",
     crate::http::html::LOGO_PATH,
+    crate::endpoint::FAVICON_PATH,
 ];
 
 /// Why a route's `path_prefix` is not a plain path the forwarded path can start with; `None` when it is.
