@@ -184,6 +184,9 @@ impl Error {
         let status = self.status();
         match self {
             Self::OAuth(e) => {
+                // The operator sees which rule refused (issue 26 item 5): the code and the description, which never
+                // hold a token, code or secret (module docs).
+                tracing::info!(error = e.code.as_str(), description = %e.description, "oauth request refused");
                 let mut resp = oauth_json(status, e.code.as_str(), &e.description);
                 if e.code == ErrorCode::InvalidClient {
                     resp.headers_mut()

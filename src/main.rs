@@ -69,18 +69,27 @@ enum AdminAction {
     /// Live grants: id, user, client, scopes, created, last refresh, IdP token expiry (never a token).
     Grants {
         /// Only this user's (IdP subject).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         subject: Option<String>,
         /// Only this client's.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         client: Option<String>,
     },
     /// Revoke one grant by id (from `admin grants`): its tokens stop working at once.
-    RevokeGrant { id: String },
+    RevokeGrant {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Revoke every grant of a user (IdP subject).
-    RevokeUser { subject: String },
-    /// Delete a client and revoke every grant it holds.
-    RevokeClient { id: String },
+    RevokeUser {
+        #[arg(allow_hyphen_values = true)]
+        subject: String,
+    },
+    /// Delete a client and revoke every grant it holds. (Ids may start with `-`: a client id is base64url.)
+    RevokeClient {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Switch dynamic client registration on or off (until the next restart).
     Registration {
         #[arg(value_parser = ["on", "off"])]
@@ -440,4 +449,24 @@ async fn run(config: Config) -> Result<(), String> {
         let _ = admin.await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client id, grant id or subject may start with `-` (base64url): it is a value, never taken for a flag
+    /// (the admin test's random ids hit it one run in sixty-four).
+    #[test]
+    fn ids_starting_with_a_dash_are_values() {
+        let revoke = Cli::try_parse_from(["dcr-proxy", "admin", "revoke-client", "-Xy_z"]);
+        assert!(
+            matches!(revoke.map(|c| c.command), Ok(Some(Command::Admin { action: AdminAction::RevokeClient { ref id }, .. })) if id == "-Xy_z")
+        );
+        let grants = Cli::try_parse_from(["dcr-proxy", "admin", "grants", "--client", "-abc", "--json"]);
+        assert!(matches!(
+            grants.map(|c| c.command),
+            Ok(Some(Command::Admin { action: AdminAction::Grants { client: Some(ref c), .. }, json: true, .. })) if c == "-abc"
+        ));
+    }
 }

@@ -210,6 +210,10 @@ async fn no_secret_reaches_the_logs_of_a_full_flow() {
 
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
     assert!(logs.contains("client registered"), "the capture works");
+    // Issue 26 item 5: a refused token request says which rule refused it, without the secret it carried.
+    let refusals: Vec<&str> = logs.lines().filter(|l| l.contains("oauth request refused")).collect();
+    assert!(refusals.iter().any(|l| l.contains("invalid_grant")), "the replayed code: {refusals:?}");
+    assert!(refusals.iter().any(|l| l.contains("invalid_client")), "the guessed secret: {refusals:?}");
     assert!(logs.lines().count() > 50, "trace-level logs were captured");
     for secret in secrets.iter().filter(|s| s.len() >= 8) {
         assert!(!logs.contains(secret.as_str()), "a secret appears in the logs: {}…", &secret[..6]);

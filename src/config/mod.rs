@@ -35,6 +35,11 @@ pub use public_url::PublicUrl;
 /// The shipped `proxy.toml`: local login on loopback, the embedded default.
 pub const DEFAULT_CONFIG: &str = include_str!("../../proxy.toml");
 
+/// The hash of the shipped development user's password (`demo-password`, in `proxy.toml`): its presence is warned
+/// about at start ([`Config::warnings`]).
+const DEVELOPMENT_PASSWORD_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$9gpPZNPbendRUmJ+B80f6w$M1D3xry7fPJePZbhGcGFwNCnHq8QBELZ35VHuxvcOOQ";
+
 /// A config error that names the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -95,8 +100,8 @@ impl Config {
     }
 
     /// What is valid but most likely a mistake, one sentence each naming the keys (`check-config` prints them,
-    /// `serve` logs them at start). Today: an `upstream.url` that already ends in `upstream.resource_path`, so that
-    /// a request for `/mcp` would go to `…/mcp/mcp`.
+    /// `serve` logs them at start): an `upstream.url` that already ends in `upstream.resource_path` (a request for
+    /// `/mcp` would go to `…/mcp/mcp`), and the shipped development user's well-known password.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         let base = self.upstream.url.path().trim_end_matches('/');
@@ -107,6 +112,15 @@ impl Config {
                  {base}{resource}; set upstream.url to the server's base URL (without {resource})",
                 self.upstream.url, self.upstream.resource_path
             ));
+        }
+        if let IdpProvider::Local { users } = &self.idp.provider {
+            if users.iter().any(|u| u.password_hash == DEVELOPMENT_PASSWORD_HASH) {
+                out.push(
+                    "the local login's development user (password \"demo-password\", from the shipped proxy.toml) is \
+                     active: replace [[idp.users]] before anyone else can reach this proxy"
+                        .to_owned(),
+                );
+            }
         }
         out
     }
@@ -714,6 +728,19 @@ mod tests {
         {
             assert!(message.contains(name), "{name} in: {message}");
         }
+    }
+
+    #[test]
+    fn the_shipped_development_password_is_warned_about_and_its_hash_is_the_shipped_one() {
+        let shipped = Config::from_toml(DEFAULT_CONFIG, no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert!(DEFAULT_CONFIG.contains(DEVELOPMENT_PASSWORD_HASH), "the constant follows proxy.toml");
+        assert!(shipped.warnings().iter().any(|w| w.contains("demo-password")), "{:?}", shipped.warnings());
+        let own = DEFAULT_CONFIG.replace(
+            DEVELOPMENT_PASSWORD_HASH,
+            "$argon2id$v=19$m=19456,t=2,p=1$b3RoZXJzYWx0$b3RoZXJoYXNob3RoZXJoYXNob3RoZXJoYXNob3RoZXI",
+        );
+        let own = Config::from_toml(&own, no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert!(own.warnings().is_empty(), "{:?}", own.warnings());
     }
 
     #[test]

@@ -49,10 +49,12 @@ type Sender = http1::SendRequest<UpstreamBody>;
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("connecting to the upstream failed: {0}")]
-    Connect(#[source] std::io::Error),
-    #[error("connecting to the upstream took longer than {0:?}")]
-    ConnectTimeout(Duration),
+    /// The log names the upstream (issue 26 item 5: "the unreachable-upstream warning names no URL"); the
+    /// client's answer never does (`Error::UpstreamUnavailable` keeps its reason for the log).
+    #[error("connecting to the upstream {0} failed: {1}")]
+    Connect(Address, #[source] std::io::Error),
+    #[error("connecting to the upstream {0} took longer than {1:?}")]
+    ConnectTimeout(Address, Duration),
     #[error("the upstream exchange failed: {0}")]
     Http(#[source] hyper::Error),
 }
@@ -66,6 +68,15 @@ pub enum Address {
     Name(String, u16),
 }
 
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ip(addr) => write!(f, "{addr}"),
+            Self::Name(host, port) => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
 impl Address {
     /// A new TCP stream to the upstream (`TCP_NODELAY`), within `timeout` (`upstream.connect_timeout`).
     pub async fn connect(&self, timeout: Duration) -> Result<TcpStream, PoolError> {
@@ -77,8 +88,8 @@ impl Address {
         };
         let stream = tokio::time::timeout(timeout, connecting)
             .await
-            .map_err(|_| PoolError::ConnectTimeout(timeout))?
-            .map_err(PoolError::Connect)?;
+            .map_err(|_| PoolError::ConnectTimeout(self.clone(), timeout))?
+            .map_err(|e| PoolError::Connect(self.clone(), e))?;
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
@@ -373,5 +384,22 @@ impl super::idle_sweep::Sweep for Pool {
         idle.retain_mut(|e| {
             e.since.elapsed() < self.idle_timeout && Pin::new(&mut e.open.conn).poll(&mut cx).is_pending()
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 26 item 5: the warning of an unreachable upstream names it (a closed loopback port).
+    #[tokio::test]
+    async fn a_refused_connection_names_the_upstream() {
+        // A port bound and released at once: nothing listens there.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+        let addr = closed.unwrap_or_else(|e| panic!("a loopback port: {e}"));
+        let e = Address::Ip(addr).connect(Duration::from_secs(2)).await.err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains(&addr.to_string())), "{e:?}");
+        let named = Address::Name("localhost".into(), addr.port()).to_string();
+        assert_eq!(named, format!("localhost:{}", addr.port()));
     }
 }

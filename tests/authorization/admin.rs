@@ -163,8 +163,8 @@ async fn the_cli_lists_and_revokes_and_revoked_bearers_get_401() {
     assert_eq!(code, 1, "a revoked grant is gone: {err}");
 
     // A client with its grants.
-    let (code, out, _) = cli(&admin, Some(TOKEN), &["revoke-client", &client_c]).await;
-    assert_eq!((code, out.trim()), (0, "revoked 1 grant(s)"));
+    let (code, out, err) = cli(&admin, Some(TOKEN), &["revoke-client", &client_c]).await;
+    assert_eq!((code, out.trim()), (0, "revoked 1 grant(s)"), "{err}");
     assert_eq!(mcp_status(&proxy, &bearer(&tokens_c)).await, 401);
     assert_eq!(cli_json(&admin, &["clients"]).await["clients"].as_array().unwrap().len(), 2);
 
