@@ -9,7 +9,7 @@
 //!   rate-limit class ([`Endpoint::rate_class`]) and whether a CORS preflight is answered without forwarding.
 //! - Labels are low-cardinality: a client id in `/register/{client_id}` never becomes part of one.
 
-use crate::http::html::LOGO_PATH;
+use crate::http::html::{FAVICON_PATH, LOGO_PATH};
 
 /// The endpoint a request path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,9 +40,6 @@ pub enum Endpoint {
     /// Everything else: forwarded to the upstream.
     Proxy,
 }
-
-/// Where browsers ask for a site's icon.
-pub const FAVICON_PATH: &str = "/favicon.ico";
 
 /// The path prefix of RFC 7592 client configuration endpoints.
 pub const CLIENT_CONFIGURATION_PREFIX: &str = "/register/";

@@ -12,6 +12,9 @@ use super::{full, Body};
 /// Where the pages' logo (`pages.logo_file`) is served; never forwarded, 404 when no logo is configured.
 pub const LOGO_PATH: &str = "/dcr-proxy/logo";
 
+/// Where browsers ask for a site's icon: the logo again ([`crate::endpoint::Endpoint::Logo`]).
+pub const FAVICON_PATH: &str = "/favicon.ico";
+
 /// Escapes text for HTML element content and double-quoted attribute values. Control and format characters
 /// ([`is_control_or_format`]) become U+FFFD; tab, line feed and carriage return stay (HTML whitespace).
 pub fn escape(s: &str) -> String {

@@ -61,7 +61,7 @@ pub(super) const OWN_PATHS: [&str; 14] = [
     "/healthz",
     "/readyz",
     crate::http::html::LOGO_PATH,
-    crate::endpoint::FAVICON_PATH,
+    crate::http::html::FAVICON_PATH,
 ];
 
 /// Why a route's `path_prefix` is not a plain path the forwarded path can start with; `None` when it is.
