@@ -366,40 +366,9 @@ where
 /// accepting and ends the connections it serves. Accept errors that are not the connection's own (no
 /// descriptors left) pause as in [`serve`] ([`backoff`]) instead of spinning.
 pub async fn serve_metrics(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let mut backoff = backoff::AcceptBackoff::default();
-    let side_slots = SideSlots::new();
-    // The connection tasks, aborted when this function returns.
-    let mut connections = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    backoff.succeeded();
-                    stream
-                }
-                Err(e) if backoff::is_connection_error(&e) => continue,
-                Err(e) => {
-                    let after = backoff.failed(std::time::Instant::now());
-                    if let Some(failures) = after.log {
-                        tracing::warn!(error = %e, failures, pause = ?after.pause, "metrics accept failed; pausing");
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(after.pause) => continue,
-                        () = &mut shutdown => break,
-                    }
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            () = &mut shutdown => break,
-        };
-        let Some(slot) = side_slots.try_acquire() else {
-            drop(stream);
-            continue;
-        };
+    serve_side("metrics", listener, shutdown, move |stream, _peer| {
         let app = app.clone();
-        connections.spawn(async move {
-            let _slot = slot;
+        async move {
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let app = app.clone();
                 async move {
@@ -417,8 +386,9 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>, shutdown: impl 
                 }
             });
             side_connection(TokioIo::new(stream), service).await;
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// The admin and metrics listeners' supervision (issue 23): their own small cap on connections (one beyond it is
@@ -525,6 +495,54 @@ impl AdminListener {
 }
 
 async fn serve_admin_on(listener: AdminListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    serve_side("admin", listener, shutdown, move |stream, peer| {
+        let app = app.clone();
+        async move {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let app = app.clone();
+                async move {
+                    Ok::<_, Infallible>(crate::admin::handle(&app, req.method(), req.uri(), req.headers(), peer).await)
+                }
+            });
+            match stream {
+                AdminStream::Tcp(s) => side_connection(TokioIo::new(s), service).await,
+                #[cfg(unix)]
+                AdminStream::Unix(s) => side_connection(TokioIo::new(s), service).await,
+            }
+        }
+    })
+    .await;
+}
+
+/// A listener of the admin API or the metrics page.
+trait SideListener {
+    type Stream: Send + 'static;
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Stream, std::net::SocketAddr)>> + Send;
+}
+
+impl SideListener for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Stream, std::net::SocketAddr)>> + Send {
+        TcpListener::accept(self)
+    }
+}
+
+impl SideListener for AdminListener {
+    type Stream = AdminStream;
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Stream, std::net::SocketAddr)>> + Send {
+        AdminListener::accept(self)
+    }
+}
+
+/// The one accept loop of the side listeners (`what`: `admin`, `metrics`), under their supervision
+/// ([`SIDE_MAX_CONNECTIONS`] slots, accept backoff, [`side_connection`]'s deadlines): each connection is served by
+/// `serve` in its own task, aborted when the loop ends at `shutdown`.
+async fn serve_side<L, F, Fut>(what: &'static str, listener: L, shutdown: impl Future<Output = ()>, serve: F)
+where
+    L: SideListener,
+    F: Fn(L::Stream, std::net::SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let mut connections = tokio::task::JoinSet::new();
     let mut backoff = backoff::AcceptBackoff::default();
     let side_slots = SideSlots::new();
@@ -540,7 +558,7 @@ async fn serve_admin_on(listener: AdminListener, app: Arc<App>, shutdown: impl F
                 Err(e) => {
                     let after = backoff.failed(std::time::Instant::now());
                     if let Some(failures) = after.log {
-                        tracing::warn!(error = %e, failures, pause = ?after.pause, "admin accept failed; pausing");
+                        tracing::warn!(error = %e, failures, pause = ?after.pause, "{what} accept failed; pausing");
                     }
                     tokio::select! {
                         () = tokio::time::sleep(after.pause) => continue,
@@ -555,20 +573,10 @@ async fn serve_admin_on(listener: AdminListener, app: Arc<App>, shutdown: impl F
             drop(stream);
             continue;
         };
-        let app = app.clone();
+        let connection = serve(stream, peer);
         connections.spawn(async move {
             let _slot = slot;
-            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let app = app.clone();
-                async move {
-                    Ok::<_, Infallible>(crate::admin::handle(&app, req.method(), req.uri(), req.headers(), peer).await)
-                }
-            });
-            match stream {
-                AdminStream::Tcp(s) => side_connection(TokioIo::new(s), service).await,
-                #[cfg(unix)]
-                AdminStream::Unix(s) => side_connection(TokioIo::new(s), service).await,
-            }
+            connection.await;
         });
     }
 }
